@@ -1,0 +1,5 @@
+#!/usr/bin/env node
+// Launcher: runs the TypeScript entry point through tsx's ESM loader.
+import { register } from 'tsx/esm/api';
+register();
+await import(new URL('../backends/vhost-user-blk/main.ts', import.meta.url).href);
