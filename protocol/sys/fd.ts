@@ -1,0 +1,169 @@
+import { libc, koffi, check, SysError, addressOf } from './libc.js';
+
+export const O_RDONLY = 0o0;
+export const O_WRONLY = 0o1;
+export const O_RDWR = 0o2;
+export const O_CREAT = 0o100;
+export const O_EXCL = 0o200;
+export const O_TRUNC = 0o1000;
+export const O_APPEND = 0o2000;
+export const O_NONBLOCK = 0o4000;
+export const O_DIRECTORY = 0o200000;
+export const O_NOFOLLOW = 0o400000;
+export const O_DIRECT = 0o40000;
+export const O_CLOEXEC = 0o2000000;
+export const O_PATH = 0o10000000;
+export const EFD_SEMAPHORE = 0o1;
+export const EFD_NONBLOCK = 0o4000;
+export const EFD_CLOEXEC = 0o2000000;
+const F_GETFL = 3;
+const F_SETFL = 4;
+const EAGAIN = 11;
+const EINTR = 4;
+
+const close_ = libc.func('close', 'int', ['int']);
+const read_ = libc.func('read', 'long', ['int', 'void *', 'size_t']);
+const write_ = libc.func('write', 'long', ['int', 'void *', 'size_t']);
+const readv_ = libc.func('readv', 'long', ['int', 'void *', 'int']);
+const writev_ = libc.func('writev', 'long', ['int', 'void *', 'int']);
+const preadv_ = libc.func('preadv', 'long', ['int', 'void *', 'int', 'int64']);
+const pwritev_ = libc.func('pwritev', 'long', ['int', 'void *', 'int', 'int64']);
+const eventfd_ = libc.func('eventfd', 'int', ['uint', 'int']);
+const fcntl_ = libc.func('fcntl', 'int', ['int', 'int', 'long']);
+const open_ = libc.func('open', 'int', ['str', 'int', 'uint']);
+const pipe2_ = libc.func('pipe2', 'int', ['void *', 'int']);
+const dup_ = libc.func('dup', 'int', ['int']);
+
+export function close(fd: number): void {
+  check('close', close_(fd) as number, { fd });
+}
+
+/** Close without throwing: for cleanup paths where the fd may already be gone. */
+export function closeQuiet(fd: number): void {
+  if (fd >= 0) close_(fd);
+}
+
+function retryable(call: string, ret: number, fd: number): number {
+  if (ret >= 0) return ret;
+  const e = koffi.errno();
+  if (e === EAGAIN) return -1;
+  throw new SysError(call, e, { fd });
+}
+
+/** Bytes read; -1 when a non-blocking fd has nothing; 0 at EOF. */
+export function read(fd: number, buf: Uint8Array, len = buf.byteLength): number {
+  for (;;) {
+    const r = Number(read_(fd, buf, len));
+    if (r < 0 && koffi.errno() === EINTR) continue;
+    return retryable('read', r, fd);
+  }
+}
+
+/** Bytes written; -1 when a non-blocking fd would block. */
+export function write(fd: number, buf: Uint8Array, len = buf.byteLength): number {
+  for (;;) {
+    const r = Number(write_(fd, buf, len));
+    if (r < 0 && koffi.errno() === EINTR) continue;
+    return retryable('write', r, fd);
+  }
+}
+
+/**
+ * A reusable native iovec array. Pointers are stored as two u32 halves so hot paths can push a
+ * plain number address (guest mappings are below 2^53) without BigInt work.
+ */
+export class IoVecList {
+  readonly buf: Buffer;
+  private readonly u32: Uint32Array;
+  readonly ptr: bigint;
+  count = 0;
+  totalLength = 0;
+  constructor(readonly max: number) {
+    this.buf = Buffer.alloc(max * 16);
+    this.u32 = new Uint32Array(this.buf.buffer, this.buf.byteOffset, max * 4);
+    this.ptr = addressOf(this.buf);
+  }
+  clear(): void {
+    this.count = 0;
+    this.totalLength = 0;
+  }
+  get full(): boolean {
+    return this.count >= this.max;
+  }
+  push(ptr: bigint | number, len: number): void {
+    if (this.count >= this.max) throw new RangeError(`iovec list full (${this.max})`);
+    const p = typeof ptr === 'bigint' ? Number(ptr) : ptr;
+    const i = this.count * 4;
+    this.u32[i] = p % 0x1_0000_0000;
+    this.u32[i + 1] = Math.floor(p / 0x1_0000_0000);
+    this.u32[i + 2] = len;
+    this.u32[i + 3] = 0;
+    this.count++;
+    this.totalLength += len;
+  }
+}
+
+export function readv(fd: number, iov: IoVecList): number {
+  return retryable('readv', Number(readv_(fd, iov.ptr, iov.count)), fd);
+}
+
+export function writev(fd: number, iov: IoVecList): number {
+  return retryable('writev', Number(writev_(fd, iov.ptr, iov.count)), fd);
+}
+
+export function preadv(fd: number, iov: IoVecList, offset: number): number {
+  return retryable('preadv', Number(preadv_(fd, iov.ptr, iov.count, offset)), fd);
+}
+
+export function pwritev(fd: number, iov: IoVecList, offset: number): number {
+  return retryable('pwritev', Number(pwritev_(fd, iov.ptr, iov.count, offset)), fd);
+}
+
+export function eventfd(initval = 0, flags = EFD_CLOEXEC | EFD_NONBLOCK): number {
+  return check('eventfd', eventfd_(initval, flags) as number);
+}
+
+const efdScratch = new BigUint64Array(1);
+const efdBytes = new Uint8Array(efdScratch.buffer);
+const one = new BigUint64Array([1n]);
+
+export function eventfdWrite(fd: number, n = 1): void {
+  const src = n === 1 ? one : new BigUint64Array([BigInt(n)]);
+  const r = Number(write_(fd, src, 8));
+  // EAGAIN means the counter is saturated: the reader is already due to wake up.
+  if (r < 0 && koffi.errno() !== EAGAIN) throw new SysError('write(eventfd)', koffi.errno(), { fd });
+}
+
+/** Reads and resets the counter; 0 when nothing was pending (non-blocking eventfd). */
+export function eventfdRead(fd: number): number {
+  const r = Number(read_(fd, efdBytes, 8));
+  if (r < 0) {
+    if (koffi.errno() === EAGAIN) return 0;
+    throw new SysError('read(eventfd)', koffi.errno(), { fd });
+  }
+  return Number(efdScratch[0]);
+}
+
+export function setNonBlocking(fd: number, on: boolean): void {
+  const fl = check('fcntl', fcntl_(fd, F_GETFL, 0) as number, { fd });
+  const next = on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK;
+  if (next !== fl) check('fcntl', fcntl_(fd, F_SETFL, next) as number, { fd });
+}
+
+export function fcntl(fd: number, cmd: number, arg: number): number {
+  return check('fcntl', fcntl_(fd, cmd, arg) as number, { fd, cmd });
+}
+
+export function openFile(path: string, flags: number, mode = 0o644): number {
+  return check('open', open_(path, flags | O_CLOEXEC, mode) as number, { path });
+}
+
+export function pipe2(flags = O_CLOEXEC): [number, number] {
+  const fds = new Int32Array(2);
+  check('pipe2', pipe2_(fds, flags) as number);
+  return [fds[0], fds[1]];
+}
+
+export function dup(fd: number): number {
+  return check('dup', dup_(fd) as number, { fd });
+}

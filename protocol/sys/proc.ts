@@ -1,0 +1,27 @@
+import { libc, check, rawSyscall } from './libc.js';
+
+const SYS_gettid = 186;
+const SYS_tgkill = 234;
+const PR_SET_NAME = 15;
+const prctl_ = libc.func('prctl', 'int', ['int', 'str', 'ulong', 'ulong', 'ulong']);
+const getpid_ = libc.func('getpid', 'int', []);
+
+export function gettid(): number {
+  return rawSyscall(SYS_gettid);
+}
+
+export function getpid(): number {
+  return getpid_() as number;
+}
+
+export function tgkill(tgid: number, tid: number, sig: number): void {
+  check('tgkill', rawSyscall(SYS_tgkill, tgid, tid, sig), { tid, sig });
+}
+
+/** Names the calling thread (visible in /proc/self/task/N/comm; at most 15 bytes). */
+export function setThreadName(name: string): void {
+  check('prctl(PR_SET_NAME)', prctl_(PR_SET_NAME, name.slice(0, 15), 0, 0, 0) as number, { name });
+}
+
+export const SIGUSR1 = 10;
+export const SIGUSR2 = 12;

@@ -1,0 +1,207 @@
+import { unlinkSync, existsSync, lstatSync } from 'node:fs';
+import { libc, koffi, check, SysError, addressOf } from './libc.js';
+import { closeQuiet } from './fd.js';
+
+const AF_UNIX = 1;
+const SOCK_STREAM = 1;
+const SOCK_CLOEXEC = 0o2000000;
+const SOL_SOCKET = 1;
+const SCM_RIGHTS = 1;
+const MSG_CMSG_CLOEXEC = 0x40000000;
+const MSG_NOSIGNAL = 0x4000;
+const MSG_CTRUNC = 0x8;
+const EINTR = 4;
+const EAGAIN = 11;
+const SUN_PATH_MAX = 108;
+export const SHUT_RDWR = 2;
+/** The most fds one vhost-user message may carry (rust-vmm caps at 32). */
+export const MAX_FDS = 32;
+
+const socket_ = libc.func('socket', 'int', ['int', 'int', 'int']);
+const bind_ = libc.func('bind', 'int', ['int', 'void *', 'uint']);
+const listen_ = libc.func('listen', 'int', ['int', 'int']);
+const accept4_ = libc.func('accept4', 'int', ['int', 'void *', 'void *', 'int']);
+const connect_ = libc.func('connect', 'int', ['int', 'void *', 'uint']);
+const socketpair_ = libc.func('socketpair', 'int', ['int', 'int', 'int', 'void *']);
+const sendmsg_ = libc.func('sendmsg', 'long', ['int', 'void *', 'int']);
+const recvmsg_ = libc.func('recvmsg', 'long', ['int', 'void *', 'int']);
+const shutdown_ = libc.func('shutdown', 'int', ['int', 'int']);
+
+export class SocketError extends SysError {}
+
+function sockaddrUn(path: string): Buffer {
+  const p = Buffer.from(path);
+  if (p.length >= SUN_PATH_MAX) throw new RangeError(`socket path too long (${p.length} >= ${SUN_PATH_MAX}): ${path}`);
+  const sa = Buffer.alloc(2 + SUN_PATH_MAX);
+  sa.writeUInt16LE(AF_UNIX, 0);
+  p.copy(sa, 2);
+  return sa;
+}
+
+function unixSocket(): number {
+  return check('socket', socket_(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) as number);
+}
+
+/** Listens on a Unix stream socket; a stale socket file at the path is removed first. */
+export function unixListen(path: string, backlog = 16): number {
+  if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path);
+  const fd = unixSocket();
+  try {
+    const sa = sockaddrUn(path);
+    check('bind', bind_(fd, sa, sa.length) as number, { path });
+    check('listen', listen_(fd, backlog) as number, { path });
+    return fd;
+  } catch (e) {
+    closeQuiet(fd);
+    throw e;
+  }
+}
+
+export function unixConnect(path: string): number {
+  const fd = unixSocket();
+  const sa = sockaddrUn(path);
+  const r = connect_(fd, sa, sa.length) as number;
+  if (r < 0) {
+    const e = koffi.errno();
+    closeQuiet(fd);
+    throw new SysError('connect', e, { path });
+  }
+  return fd;
+}
+
+export function accept(fd: number): number {
+  for (;;) {
+    const r = accept4_(fd, null, null, SOCK_CLOEXEC) as number;
+    if (r < 0 && koffi.errno() === EINTR) continue;
+    return check('accept4', r, { fd });
+  }
+}
+
+export function acceptAsync(fd: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    accept4_.async(fd, null, null, SOCK_CLOEXEC, (err: unknown, r: number) => {
+      if (err) return reject(err);
+      if (r < 0) return reject(new SysError('accept4', EINTR, { fd, note: 'errno unavailable from pool thread' }));
+      resolve(r);
+    });
+  });
+}
+
+export function socketPair(): [number, number] {
+  const fds = new Int32Array(2);
+  check('socketpair', socketpair_(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) as number);
+  return [fds[0], fds[1]];
+}
+
+export function shutdown(fd: number, how = SHUT_RDWR): void {
+  shutdown_(fd, how);
+}
+
+const cmsgSpace = (nfds: number) => 16 + ((nfds * 4 + 7) & ~7);
+
+/** Scratch msghdr/iovec/cmsg storage; one per in-flight call (sync calls share one). */
+class MsgScratch {
+  readonly hdr = Buffer.alloc(56);
+  readonly iov = Buffer.alloc(16);
+  readonly control = Buffer.alloc(cmsgSpace(MAX_FDS));
+
+  prepare(data: Uint8Array, len: number, controlLen: number): void {
+    this.iov.writeBigUInt64LE(addressOf(data), 0);
+    this.iov.writeBigUInt64LE(BigInt(len), 8);
+    this.hdr.fill(0);
+    this.hdr.writeBigUInt64LE(addressOf(this.iov), 16);
+    this.hdr.writeBigUInt64LE(1n, 24);
+    if (controlLen > 0) {
+      this.hdr.writeBigUInt64LE(addressOf(this.control), 32);
+      this.hdr.writeBigUInt64LE(BigInt(controlLen), 40);
+    }
+  }
+
+  /** Received fds from SCM_RIGHTS; flags truncation (the caller treats that as an error). */
+  parseFds(): { fds: number[]; truncated: boolean } {
+    const controlLen = Number(this.hdr.readBigUInt64LE(40));
+    const flags = this.hdr.readInt32LE(48);
+    const fds: number[] = [];
+    let off = 0;
+    while (off + 16 <= controlLen) {
+      const len = Number(this.control.readBigUInt64LE(off));
+      if (len < 16) break;
+      const level = this.control.readInt32LE(off + 8);
+      const type = this.control.readInt32LE(off + 12);
+      if (level === SOL_SOCKET && type === SCM_RIGHTS) {
+        for (let p = off + 16; p + 4 <= off + len; p += 4) fds.push(this.control.readInt32LE(p));
+      }
+      off += (len + 7) & ~7;
+    }
+    return { fds, truncated: (flags & MSG_CTRUNC) !== 0 };
+  }
+}
+
+const syncScratch = new MsgScratch();
+
+/** Sends data with optional fds attached (SCM_RIGHTS). Returns bytes sent. */
+export function sendMsg(fd: number, data: Uint8Array, fds: number[] = []): number {
+  if (fds.length > MAX_FDS) throw new RangeError(`too many fds (${fds.length} > ${MAX_FDS})`);
+  const s = syncScratch;
+  const clen = fds.length ? cmsgSpace(fds.length) : 0;
+  s.prepare(data, data.byteLength, clen);
+  if (fds.length) {
+    s.control.fill(0, 0, clen);
+    s.control.writeBigUInt64LE(BigInt(16 + fds.length * 4), 0);
+    s.control.writeInt32LE(SOL_SOCKET, 8);
+    s.control.writeInt32LE(SCM_RIGHTS, 12);
+    fds.forEach((f, i) => s.control.writeInt32LE(f, 16 + i * 4));
+  }
+  for (;;) {
+    const r = Number(sendmsg_(fd, s.hdr, MSG_NOSIGNAL));
+    if (r < 0 && koffi.errno() === EINTR) continue;
+    return check('sendmsg', r, { fd });
+  }
+}
+
+export interface RecvResult {
+  /** Bytes received; 0 means the peer closed; -1 means a non-blocking socket had nothing. */
+  n: number;
+  fds: number[];
+}
+
+function finishRecv(call: string, fd: number, r: number, errno: number, s: MsgScratch): RecvResult {
+  if (r < 0) {
+    if (errno === EAGAIN) return { n: -1, fds: [] };
+    throw new SysError(call, errno, { fd });
+  }
+  const { fds, truncated } = s.parseFds();
+  if (truncated) {
+    fds.forEach(closeQuiet);
+    throw new SysError(call, 105 /* ENOBUFS */, { fd, reason: 'ancillary data truncated (too many fds)' });
+  }
+  return { n: r, fds };
+}
+
+/** Receives up to `len` bytes and any fds sent with them (marked close-on-exec). */
+export function recvMsg(fd: number, buf: Uint8Array, len = buf.byteLength): RecvResult {
+  const s = syncScratch;
+  s.prepare(buf, len, s.control.length);
+  for (;;) {
+    const r = Number(recvmsg_(fd, s.hdr, MSG_CMSG_CLOEXEC));
+    if (r < 0 && koffi.errno() === EINTR) continue;
+    return finishRecv('recvmsg', fd, r, r < 0 ? koffi.errno() : 0, s);
+  }
+}
+
+/** recvMsg on koffi's thread pool, so a blocking socket does not stall the event loop. */
+export function recvMsgAsync(fd: number, buf: Uint8Array, len = buf.byteLength): Promise<RecvResult> {
+  const s = new MsgScratch();
+  s.prepare(buf, len, s.control.length);
+  return new Promise((resolve, reject) => {
+    recvmsg_.async(fd, s.hdr, MSG_CMSG_CLOEXEC, (err: unknown, r: number | bigint) => {
+      if (err) return reject(err);
+      try {
+        // errno of a pool thread is not readable here; a failed blocking recv is reported as EIO.
+        resolve(finishRecv('recvmsg', fd, Number(r), Number(r) < 0 ? 5 : 0, s));
+      } catch (e) {
+        reject(e);
+      }
+    });
+  });
+}

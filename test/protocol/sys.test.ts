@@ -1,0 +1,127 @@
+import { describe, it, expect } from 'vitest';
+import { memfdCreate, ftruncate, mapFd } from '../../protocol/sys/mem.js';
+import {
+  eventfd, eventfdRead, eventfdWrite, close, IoVecList, writev, readv, pipe2, read, write, setNonBlocking,
+} from '../../protocol/sys/fd.js';
+import { Epoll, EPOLLIN } from '../../protocol/sys/epoll.js';
+import { socketPair, sendMsg, recvMsg, recvMsgAsync, unixListen, unixConnect, accept } from '../../protocol/sys/socket.js';
+import { SysError, addressOf } from '../../protocol/sys/libc.js';
+import { gettid, setThreadName } from '../../protocol/sys/proc.js';
+import { readFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+describe('protocol/sys', () => {
+  it('shares a memfd between two mappings', () => {
+    const fd = memfdCreate('t');
+    ftruncate(fd, 8192);
+    const a = mapFd(fd, 8192);
+    const b = mapFd(fd, 4096, 4096);
+    a.bytes[4096 + 7] = 0x5a;
+    expect(b.bytes[7]).toBe(0x5a);
+    a.unmap();
+    b.unmap();
+    close(fd);
+  });
+
+  it('reports failures as SysError with the call and errno name', () => {
+    expect(() => close(987654)).toThrowError(SysError);
+    try {
+      close(987654);
+    } catch (e) {
+      expect((e as SysError).code).toBe('EBADF');
+      expect((e as SysError).call).toBe('close');
+    }
+  });
+
+  it('eventfd counts and epoll reports it with the token', () => {
+    const efd = eventfd();
+    const ep = new Epoll();
+    ep.add(efd, EPOLLIN, 77);
+    expect(ep.wait(0)).toBe(0);
+    eventfdWrite(efd, 3);
+    eventfdWrite(efd);
+    expect(ep.wait(100)).toBe(1);
+    expect(ep.tokens[0]).toBe(77);
+    expect(eventfdRead(efd)).toBe(4);
+    expect(eventfdRead(efd)).toBe(0);
+    ep.close();
+    close(efd);
+  });
+
+  it('waitAsync leaves the event loop running', async () => {
+    const efd = eventfd();
+    const ep = new Epoll();
+    ep.add(efd, EPOLLIN, 5);
+    const p = ep.waitAsync(2000);
+    setTimeout(() => eventfdWrite(efd), 20);
+    expect(await p).toBe(1);
+    expect(ep.tokens[0]).toBe(5);
+    ep.close();
+    close(efd);
+  });
+
+  it('passes fds over SCM_RIGHTS', async () => {
+    const [a, b] = socketPair();
+    const mfd = memfdCreate('shared');
+    ftruncate(mfd, 4096);
+    const efd = eventfd();
+    sendMsg(a, Buffer.from('hello'), [mfd, efd]);
+    const buf = Buffer.alloc(64);
+    const r = recvMsg(b, buf);
+    expect(r.n).toBe(5);
+    expect(buf.subarray(0, 5).toString()).toBe('hello');
+    expect(r.fds).toHaveLength(2);
+    const m1 = mapFd(mfd, 4096);
+    const m2 = mapFd(r.fds[0], 4096);
+    m1.bytes[0] = 9;
+    expect(m2.bytes[0]).toBe(9);
+    eventfdWrite(r.fds[1], 2);
+    expect(eventfdRead(efd)).toBe(2);
+    const pending = recvMsgAsync(b, buf);
+    sendMsg(a, Buffer.from('x'));
+    expect((await pending).n).toBe(1);
+    [a, b, mfd, efd, ...r.fds].forEach(close);
+  });
+
+  it('listens and connects on a unix path', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kumo-sock-'));
+    const path = join(dir, 's');
+    const l = unixListen(path);
+    const c = unixConnect(path);
+    const s = accept(l);
+    sendMsg(c, Buffer.from('ping'));
+    const buf = Buffer.alloc(8);
+    expect(recvMsg(s, buf).n).toBe(4);
+    close(c);
+    expect(recvMsg(s, buf).n).toBe(0);
+    [l, s].forEach(close);
+    expect(() => unixConnect(join(dir, 'none'))).toThrowError(/ENOENT/);
+  });
+
+  it('writev/readv move data through native iovecs', () => {
+    const [r, w] = pipe2();
+    const x = Buffer.from('abc');
+    const y = Buffer.from('defg');
+    const iov = new IoVecList(4);
+    iov.push(addressOf(x), 3);
+    iov.push(Number(addressOf(y)), 4);
+    expect(writev(w, iov)).toBe(7);
+    const o1 = Buffer.alloc(2);
+    const o2 = Buffer.alloc(5);
+    iov.clear();
+    iov.push(addressOf(o1), 2);
+    iov.push(addressOf(o2), 5);
+    expect(readv(r, iov)).toBe(7);
+    expect(Buffer.concat([o1, o2]).toString()).toBe('abcdefg');
+    setNonBlocking(r, true);
+    expect(read(r, o1)).toBe(-1);
+    expect(write(w, x)).toBe(3);
+    [r, w].forEach(close);
+  });
+
+  it('names the thread', () => {
+    setThreadName('kumo-test');
+    expect(readFileSync(`/proc/self/task/${gettid()}/comm`, 'utf8').trim()).toBe('kumo-test');
+  });
+});
