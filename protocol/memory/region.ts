@@ -1,0 +1,112 @@
+import { GuestMemoryError } from './errors.js';
+
+/** What a region is made of: where the guest sees it and which fd/offset backs it. */
+export interface MemoryRegionSpec {
+  guestAddr: number;
+  size: number;
+  fd: number;
+  fdOffset: number;
+  /** The front-end's (VMM's) virtual address of the region; vhost-user ring addresses are given in this space. */
+  userAddr: number;
+}
+
+/** 1 GiB: V8 typed arrays (and koffi views) are kept well below their length limits. */
+export const CHUNK_SIZE = 1 << 30;
+/**
+ * Each chunk view extends this far past its chunk end (the views overlap; they share the mapping),
+ * so any access of up to CHUNK_OVERLAP bytes starting inside a chunk is served by a single view.
+ */
+export const CHUNK_OVERLAP = 4 << 20;
+
+/** One mapped region: spec + host address + zero-copy views of its bytes (1 GiB chunks, overlapping). */
+export class GuestRegion implements MemoryRegionSpec {
+  readonly guestAddr: number;
+  readonly size: number;
+  readonly fd: number;
+  readonly fdOffset: number;
+  readonly userAddr: number;
+  /** Host address of the first byte (for iovecs / io_uring); 0n for views made without a mapping (tests). */
+  readonly ptr: bigint;
+  /** chunks[i] views [i*chunkSize, min(size, (i+1)*chunkSize + overlap)). */
+  readonly chunks: readonly Uint8Array[];
+  /** DataViews over the same chunks (cached: creating one per access would allocate on the hot path). */
+  readonly dataViews: readonly DataView[];
+  readonly chunkSize: number;
+  /** Called by GuestMemory.close()/removeRegion(): munmap + close the fd this region owns. */
+  readonly release: () => void;
+
+  constructor(
+    spec: MemoryRegionSpec,
+    ptr: bigint,
+    viewOf: (offset: number, len: number) => Uint8Array,
+    release: () => void = () => {},
+    chunkSize: number = CHUNK_SIZE,
+    overlap: number = CHUNK_OVERLAP,
+  ) {
+    checkSpec(spec);
+    if (!Number.isInteger(Math.log2(chunkSize))) {
+      throw new GuestMemoryError('chunk size must be a power of two', { chunkSize });
+    }
+    this.guestAddr = spec.guestAddr;
+    this.size = spec.size;
+    this.fd = spec.fd;
+    this.fdOffset = spec.fdOffset;
+    this.userAddr = spec.userAddr;
+    this.ptr = ptr;
+    this.release = release;
+    this.chunkSize = chunkSize;
+    const chunks: Uint8Array[] = [];
+    for (let off = 0; off < spec.size; off += chunkSize) {
+      chunks.push(viewOf(off, Math.min(spec.size - off, chunkSize + overlap)));
+    }
+    this.chunks = chunks;
+    this.dataViews = chunks.map((c) => new DataView(c.buffer, c.byteOffset, c.byteLength));
+  }
+
+  /** The whole region as one view; only regions that fit in one chunk have one. */
+  get bytes(): Uint8Array {
+    if (this.chunks.length !== 1) {
+      throw new GuestMemoryError('region is larger than one view chunk; use GuestMemory.segments()', {
+        guestAddr: this.guestAddr,
+        size: this.size,
+      });
+    }
+    return this.chunks[0];
+  }
+
+  /** Zero-copy view of [off, off+len) (offsets inside the region, already bounds-checked); null if it crosses a view. */
+  viewAt(off: number, len: number): Uint8Array | null {
+    if (this.chunks.length === 1) return this.chunks[0].subarray(off, off + len);
+    const ci = Math.floor(off / this.chunkSize);
+    const chunk = this.chunks[ci];
+    const coff = off - ci * this.chunkSize;
+    if (coff + len > chunk.length) return null;
+    return chunk.subarray(coff, coff + len);
+  }
+
+  /** Pieces of [off, off+len) (already bounds-checked), each inside one view, in order. */
+  *pieces(off: number, len: number): Generator<{ offset: number; bytes: Uint8Array }> {
+    let pos = off;
+    const end = off + len;
+    while (pos < end) {
+      const ci = this.chunks.length === 1 ? 0 : Math.floor(pos / this.chunkSize);
+      const chunk = this.chunks[ci];
+      const coff = pos - ci * this.chunkSize;
+      const n = Math.min(end - pos, chunk.length - coff);
+      yield { offset: pos, bytes: chunk.subarray(coff, coff + n) };
+      pos += n;
+    }
+  }
+}
+
+function checkSpec(s: MemoryRegionSpec): void {
+  const ok =
+    Number.isSafeInteger(s.guestAddr) && s.guestAddr >= 0 &&
+    Number.isSafeInteger(s.size) && s.size > 0 &&
+    Number.isSafeInteger(s.guestAddr + s.size) &&
+    Number.isSafeInteger(s.fdOffset) && s.fdOffset >= 0 &&
+    Number.isSafeInteger(s.userAddr) && s.userAddr >= 0 &&
+    Number.isSafeInteger(s.userAddr + s.size) &&
+    Number.isInteger(s.fd);
+  if (!ok) throw new GuestMemoryError('invalid memory region', { ...s });
+}

@@ -1,0 +1,5 @@
+export * from './ids.js';
+export * from './features.js';
+export * from './blk.js';
+export * from './net.js';
+export * from './fs.js';

@@ -1,0 +1,22 @@
+export { VirtqueueError, ChainError } from './errors.js';
+export {
+  type QueueLayout,
+  type Segment,
+  MAX_QUEUE_SIZE,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_AVAIL_F_NO_INTERRUPT,
+  VIRTQ_USED_F_NO_NOTIFY,
+  DESC_SIZE,
+  USED_ELEM_SIZE,
+  ringSizes,
+  validateLayout,
+  compactLayout,
+  alignUp,
+  vringNeedEvent,
+} from './layout.js';
+export { DescriptorChain, readFromChain, writeToChain } from './chain.js';
+export { DeviceQueue, type DeviceQueueOptions } from './device-queue.js';
+export { DriverQueue, type DriverQueueOptions, type UsedBuffer } from './driver-queue.js';
+export { GuestAllocator, GuestAllocatorError } from './allocator.js';
