@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { formatTable } from './format.js';
 import type { BenchModule } from './types.js';
 
-const ALL = ['virtqueue', 'kumo-vu', 'blk', 'net', 'fs', 'vmm', 'boot'];
+const ALL = ['virtqueue', 'kumo-vu', 'blk', 'net', 'fs', 'vmm-platform', 'vmm', 'boot'];
 
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -1,0 +1,69 @@
+import { logger } from '../../protocol/log.js';
+import type { GuestMemory } from '../../protocol/memory/index.js';
+import { eventfdRead } from '../../protocol/sys/fd.js';
+import { DeviceQueue, type DescriptorChain } from '../../protocol/virtqueue/index.js';
+import type { ActiveQueue } from './device.js';
+import type { EventLoop } from './event-loop.js';
+
+const log = logger('virtio-queue');
+
+/** Returns bytes written into the chain's writable part, or null to stop (no resource; retry later). */
+export type ChainHandler = (chain: DescriptorChain, mem: GuestMemory) => number | null;
+
+/**
+ * Runs one queue of a built-in device: drain the kick, pop chains, complete them, notify once per
+ * batch. A hostile chain stops the queue (the guest broke the protocol) instead of looping on it.
+ */
+export class QueueRunner {
+  readonly queue: DeviceQueue;
+  private broken = false;
+  private parked: DescriptorChain | null = null;
+
+  constructor(
+    private readonly mem: GuestMemory,
+    readonly active: ActiveQueue,
+    eventIdx: boolean,
+    private readonly handler: ChainHandler,
+    private readonly name: string,
+  ) {
+    this.queue = new DeviceQueue(mem, active.layout, { eventIdx, maxChainLength: 1024 });
+  }
+
+  listen(loop: EventLoop): void {
+    loop.add(this.active.kick, () => {
+      eventfdRead(this.active.kick);
+      this.run();
+    });
+  }
+
+  unlisten(loop: EventLoop): void {
+    loop.remove(this.active.kick);
+  }
+
+  /** Processes available chains; also called when a resource (input data) becomes available. */
+  run(): void {
+    if (this.broken) return;
+    let done = 0;
+    try {
+      for (;;) {
+        const chain = this.parked ?? this.queue.pop();
+        this.parked = null;
+        if (!chain) break;
+        const written = this.handler(chain, this.mem);
+        if (written === null) {
+          this.parked = chain;
+          break;
+        }
+        this.queue.pushUsed(chain.head, written);
+        done++;
+      }
+    } catch (err) {
+      this.broken = true;
+      log.error({ err, device: this.name, queue: this.active.index }, 'queue stopped: bad chain from the guest');
+    }
+    if (done > 0) {
+      this.queue.publishUsed();
+      if (this.queue.needsNotification()) this.active.interrupt.trigger();
+    }
+  }
+}
