@@ -1,0 +1,59 @@
+import type { Logger } from '../log.js';
+import type { GuestMemory } from '../memory/index.js';
+import type { Epoll } from '../sys/epoll.js';
+import type { DeviceQueue } from '../virtqueue/index.js';
+
+/** What a device back-end (blk, net, fs) gives the daemon; lives on the daemon's main thread. */
+export interface VhostUserBackend {
+  readonly numQueues: number;
+  /** Largest SET_VRING_NUM accepted (power of two). */
+  readonly maxQueueSize: number;
+  /** Virtio feature bits offered; the daemon adds VHOST_USER_F_PROTOCOL_FEATURES (bit 30). */
+  features(): bigint;
+  /** Protocol feature bits offered; the daemon drops bits it cannot serve (see SUPPORTED_PROTOCOL_FEATURES). */
+  protocolFeatures(): bigint;
+  getConfig(offset: number, size: number): Uint8Array;
+  /** Absent: SET_CONFIG is refused. Throwing refuses it too (the front-end gets a NACK if it asked for one). */
+  setConfig?(offset: number, data: Uint8Array): void;
+  ackFeatures?(features: bigint): void;
+  /** Module (absolute path or file: URL) exporting `createQueueHandler: CreateQueueHandler`; `data` is structured-cloned. */
+  queueWorker: { module: string; data: unknown };
+  /** Rings served by one worker thread: 1 (blk, fs) or 2 (net rx/tx pair). Default 1. */
+  queuesPerWorker?: number;
+}
+
+/** Exported as `createQueueHandler` by the queue worker module; called once per worker thread. */
+export type CreateQueueHandler = (ctx: QueueWorkerContext) => QueueHandler;
+
+export interface QueueWorkerContext {
+  data: unknown;
+  /** Current guest memory (changes on SET_MEM_TABLE / ADD/REM_MEM_REG: do not cache it across calls). */
+  memory(): GuestMemory;
+  /** The worker's epoll; handler-owned fds must use tokens >= HANDLER_TOKEN_BASE. */
+  epoll: Epoll;
+  log: Logger;
+  workerIndex: number;
+  /** Negotiated virtio features (valid once a ring starts). */
+  features(): bigint;
+}
+
+export interface QueueHandler {
+  onStart(q: VringHandle): void;
+  onStop(q: VringHandle): void;
+  /** The kick fd fired (already drained) or the ring was enabled: pop, handle, push, publish, notify. */
+  process(q: VringHandle): void;
+  /** An fd the handler added to ctx.epoll became ready. */
+  onFd?(token: number, events: number): void;
+}
+
+export interface VringHandle {
+  readonly index: number;
+  readonly queue: DeviceQueue;
+  /** Disabled rings are started but not processed (SET_VRING_ENABLE 0). */
+  readonly enabled: boolean;
+  /** Signals the call eventfd if the driver wants an interrupt (call after queue.publishUsed()). */
+  notify(): void;
+}
+
+/** Epoll tokens below this are the daemon's (ring kicks, control). */
+export const HANDLER_TOKEN_BASE = 0x1_0000;

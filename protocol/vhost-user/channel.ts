@@ -1,0 +1,147 @@
+import { closeQuiet } from '../sys/fd.js';
+import { Epoll, EPOLLIN, EPOLLHUP, EPOLLERR } from '../sys/epoll.js';
+import { recvMsg, recvMsgAsync, sendMsg, shutdown, type RecvResult } from '../sys/socket.js';
+import { decodeHeader, encodeMessage, type Header, type Message } from './codec.js';
+import { VhostUserDisconnectedError, VhostUserError, VhostUserProtocolError } from './errors.js';
+import { HEADER_SIZE, MAX_FDS, MAX_PAYLOAD, requestName } from './messages.js';
+
+/** A message as read off the socket, before its payload is decoded. */
+export interface RawMessage {
+  header: Header;
+  payload: Uint8Array;
+  fds: number[];
+}
+
+/**
+ * Message framing over a connected AF_UNIX stream socket: header, payload and the fds that came with them.
+ * Receive comes in two flavours: async (daemon main thread, event loop stays free) and sync with a timeout
+ * (front-end requests, which always wait for their reply).
+ */
+export class VhostUserChannel {
+  private readonly hdr = new Uint8Array(HEADER_SIZE);
+  private poller: Epoll | null = null;
+  private closed = false;
+
+  constructor(readonly fd: number) {}
+
+  send(msg: Message): void {
+    const bytes = encodeMessage(msg);
+    let off = 0;
+    let fds = msg.fds;
+    while (off < bytes.length) {
+      const n = sendMsg(this.fd, off === 0 ? bytes : bytes.subarray(off), fds);
+      if (n <= 0) throw new VhostUserDisconnectedError('peer stopped reading', { request: requestName(msg.request) });
+      off += n;
+      fds = [];
+    }
+  }
+
+  /** Next message, or null when the peer closed the socket cleanly between messages. */
+  async recvAsync(): Promise<RawMessage | null> {
+    return this.recv((buf, len) => recvMsgAsync(this.fd, buf, len));
+  }
+
+  /** Next message, waiting at most timeoutMs for each read; null on a clean close. */
+  recvSync(timeoutMs: number): RawMessage | null {
+    const res = this.recvWith((buf, len) => {
+      this.waitReadable(timeoutMs);
+      return recvMsg(this.fd, buf, len);
+    });
+    return res;
+  }
+
+  /** Wakes a pending recvAsync (it returns null) and closes the socket. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    shutdown(this.fd);
+    closeQuiet(this.fd);
+    this.poller?.close();
+    this.poller = null;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  private waitReadable(timeoutMs: number): void {
+    if (this.poller === null) {
+      this.poller = new Epoll(4);
+      this.poller.add(this.fd, EPOLLIN, 0);
+    }
+    const n = this.poller.wait(timeoutMs);
+    if (n === 0) throw new VhostUserError('timed out waiting for the peer', { timeoutMs });
+    if (this.poller.events[0] & (EPOLLHUP | EPOLLERR) && !(this.poller.events[0] & EPOLLIN)) {
+      throw new VhostUserDisconnectedError('peer hung up');
+    }
+  }
+
+  private async recv(read: (buf: Uint8Array, len: number) => Promise<RecvResult>): Promise<RawMessage | null> {
+    const fds: number[] = [];
+    try {
+      if (!(await this.fill(this.hdr, fds, read, true))) return null;
+      const header = decodeHeader(this.hdr);
+      const payload = new Uint8Array(header.size);
+      if (header.size > 0) await this.fill(payload, fds, read, false);
+      this.checkFdCount(fds, header);
+      return { header, payload, fds };
+    } catch (e) {
+      fds.forEach(closeQuiet);
+      throw e;
+    }
+  }
+
+  private recvWith(read: (buf: Uint8Array, len: number) => RecvResult): RawMessage | null {
+    const fds: number[] = [];
+    try {
+      if (!this.fillSync(this.hdr, fds, read, true)) return null;
+      const header = decodeHeader(this.hdr);
+      const payload = new Uint8Array(header.size);
+      if (header.size > 0) this.fillSync(payload, fds, read, false);
+      this.checkFdCount(fds, header);
+      return { header, payload, fds };
+    } catch (e) {
+      fds.forEach(closeQuiet);
+      throw e;
+    }
+  }
+
+  private checkFdCount(fds: number[], h: Header): void {
+    if (fds.length > MAX_FDS) {
+      throw new VhostUserProtocolError('too many fds on one message', { fds: fds.length, request: requestName(h.request) });
+    }
+    if (h.size > MAX_PAYLOAD) throw new VhostUserProtocolError('payload too large', { size: h.size });
+  }
+
+  /** Reads exactly buf.length bytes; false if EOF came before the first byte of a message. */
+  private async fill(
+    buf: Uint8Array, fds: number[], read: (b: Uint8Array, len: number) => Promise<RecvResult>, atStart: boolean,
+  ): Promise<boolean> {
+    let off = 0;
+    while (off < buf.length) {
+      const r = await read(off === 0 ? buf : buf.subarray(off), buf.length - off);
+      fds.push(...r.fds);
+      if (r.n === 0) return this.eof(off, atStart);
+      if (r.n < 0) continue;
+      off += r.n;
+    }
+    return true;
+  }
+
+  private fillSync(buf: Uint8Array, fds: number[], read: (b: Uint8Array, len: number) => RecvResult, atStart: boolean): boolean {
+    let off = 0;
+    while (off < buf.length) {
+      const r = read(off === 0 ? buf : buf.subarray(off), buf.length - off);
+      fds.push(...r.fds);
+      if (r.n === 0) return this.eof(off, atStart);
+      if (r.n < 0) continue;
+      off += r.n;
+    }
+    return true;
+  }
+
+  private eof(off: number, atStart: boolean): false {
+    if (atStart && off === 0) return false;
+    throw new VhostUserProtocolError(atStart ? 'short header' : 'connection closed inside a payload', { got: off });
+  }
+}

@@ -1,0 +1,165 @@
+import { EventEmitter } from 'node:events';
+import { logger, type Logger } from '../log.js';
+import { closeQuiet } from '../sys/fd.js';
+import { acceptAsync, shutdown, unixConnect, unixListen } from '../sys/socket.js';
+import type { VhostUserBackend } from './backend-types.js';
+import { VhostUserChannel } from './channel.js';
+import { decodeRequest } from './codec.js';
+import { VhostUserError } from './errors.js';
+import { requestName } from './messages.js';
+import { Session } from './session.js';
+import { WorkerPool } from './worker-pool.js';
+
+export interface DaemonOptions {
+  socketPath: string;
+  /** server (default): listen on socketPath; client: connect to it (Cloud Hypervisor's `--vhost-user-*` server mode). */
+  mode?: 'server' | 'client';
+  /** End run() after the first front-end disconnects (virtiofsd behaviour); default: serve the next one. */
+  exitOnDisconnect?: boolean;
+  /** Client mode: keep retrying the connect this long (ms), every 100 ms. Default 60 s like Cloud Hypervisor. */
+  connectTimeoutMs?: number;
+  /** Logger name (default "vhost-user"). */
+  name?: string;
+}
+
+export interface DaemonEvents {
+  connected: [];
+  /** The front-end went away; `error` is set when the daemon closed the connection because of it. */
+  disconnected: [error: Error | null];
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/**
+ * Serves one vhost-user front-end at a time for a device back-end. The main thread owns the socket, the
+ * memory table and ring state; queue worker threads run the rings (see queue-worker.ts).
+ *
+ *   const d = new VhostUserDaemon(backend, { socketPath });
+ *   await d.start();   // workers loaded, socket listening
+ *   await d.run();     // until stop() (or the first disconnect with exitOnDisconnect)
+ */
+export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
+  readonly log: Logger;
+  private pool: WorkerPool | null = null;
+  private listenFd = -1;
+  private channel: VhostUserChannel | null = null;
+  private stopping = false;
+  private serving: Promise<void> | null = null;
+  /** Connections served so far. */
+  served = 0;
+
+  constructor(
+    private readonly backend: VhostUserBackend,
+    private readonly opts: DaemonOptions,
+  ) {
+    super();
+    this.log = logger(opts.name ?? 'vhost-user', { socket: opts.socketPath });
+  }
+
+  async start(): Promise<void> {
+    const b = this.backend;
+    if (!Number.isInteger(b.numQueues) || b.numQueues < 1 || b.numQueues > 256) {
+      throw new VhostUserError('numQueues must be 1..256', { numQueues: b.numQueues });
+    }
+    const qpw = Math.max(1, b.queuesPerWorker ?? 1);
+    this.pool = await WorkerPool.spawn({
+      count: Math.ceil(b.numQueues / qpw),
+      module: b.queueWorker.module,
+      data: b.queueWorker.data,
+      logName: this.opts.name ?? 'vhost-user',
+      log: this.log,
+    });
+    if ((this.opts.mode ?? 'server') === 'server') {
+      this.listenFd = unixListen(this.opts.socketPath);
+      this.log.info('listening');
+    }
+  }
+
+  async run(): Promise<void> {
+    if (this.pool === null) throw new VhostUserError('run() before start()');
+    while (!this.stopping) {
+      let fd: number;
+      try {
+        fd = await this.nextConnection();
+      } catch (e) {
+        if (this.stopping) break;
+        throw e;
+      }
+      if (this.stopping) {
+        closeQuiet(fd);
+        break;
+      }
+      this.serving = this.serve(fd);
+      await this.serving;
+      this.serving = null;
+      if (this.opts.exitOnDisconnect) break;
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.channel?.close();
+    // Let the current connection wind down (its session resets the workers) before the workers go.
+    await this.serving;
+    if (this.listenFd >= 0) {
+      // shutdown() wakes an accept4 blocked on the thread pool.
+      shutdown(this.listenFd);
+      closeQuiet(this.listenFd);
+      this.listenFd = -1;
+    }
+    await this.pool?.close();
+    this.pool = null;
+  }
+
+  private async nextConnection(): Promise<number> {
+    if (this.listenFd >= 0) return acceptAsync(this.listenFd);
+    const until = Date.now() + (this.opts.connectTimeoutMs ?? 60_000);
+    for (;;) {
+      try {
+        return unixConnect(this.opts.socketPath);
+      } catch (e) {
+        if (this.stopping || Date.now() >= until) throw new VhostUserError('cannot connect to the front-end', { cause: String(e) });
+        await sleep(100);
+      }
+    }
+  }
+
+  private async serve(fd: number): Promise<void> {
+    const pool = this.pool;
+    if (pool === null) return;
+    const ch = new VhostUserChannel(fd);
+    this.channel = ch;
+    this.served++;
+    const session = new Session(this.backend, pool, this.log);
+    this.log.info('front-end connected');
+    this.emit('connected');
+    let failure: Error | null = null;
+    try {
+      for (;;) {
+        const raw = await ch.recvAsync();
+        if (raw === null) break;
+        let msg;
+        try {
+          msg = decodeRequest(raw.header, raw.payload, raw.fds);
+        } catch (e) {
+          raw.fds.forEach(closeQuiet);
+          throw e;
+        }
+        this.log.debug({ request: requestName(msg.request), flags: msg.flags, fds: msg.fds.length }, 'request');
+        const answer = session.handle(msg);
+        if (answer !== null) ch.send(answer);
+      }
+    } catch (e) {
+      if (!ch.isClosed) {
+        failure = e instanceof Error ? e : new Error(String(e));
+        this.log.error({ err: failure }, 'closing the front-end connection');
+      }
+    } finally {
+      session.close();
+      ch.close();
+      this.channel = null;
+    }
+    this.log.info('front-end disconnected');
+    this.emit('disconnected', failure);
+  }
+}

@@ -1,0 +1,245 @@
+/**
+ * Entry point of a vhost-user queue worker thread: one blocking epoll loop over the kick eventfds of the
+ * rings it owns, the handler's own fds and a control eventfd through which the main thread posts commands.
+ */
+import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
+import { pathToFileURL } from 'node:url';
+import { logger, type Logger } from '../log.js';
+import { GuestMemory, type MemoryRegionSpec } from '../memory/index.js';
+import { Epoll, EPOLLIN } from '../sys/epoll.js';
+import { closeQuiet, eventfdRead, eventfdWrite } from '../sys/fd.js';
+import { setThreadName } from '../sys/proc.js';
+import { DeviceQueue, type QueueLayout } from '../virtqueue/index.js';
+import { HANDLER_TOKEN_BASE, type CreateQueueHandler, type QueueHandler, type VringHandle } from './backend-types.js';
+import { CONTROL_TOKEN, type RingStart, type WorkerCommand, type WorkerInit, type WorkerResult } from './worker-protocol.js';
+
+class WorkerRing implements VringHandle {
+  failed = false;
+  constructor(
+    readonly index: number,
+    public queue: DeviceQueue,
+    public enabled: boolean,
+    readonly kickFd: number,
+    public callFd: number,
+    readonly eventIdx: boolean,
+  ) {}
+  notify(): void {
+    if (this.callFd >= 0 && this.queue.needsNotification()) eventfdWrite(this.callFd);
+  }
+}
+
+const POLL_INTERVAL_MS = 1;
+
+class QueueWorker {
+  private mem: GuestMemory | null = null;
+  private readonly rings = new Map<number, WorkerRing>();
+  /** Rings started without a kick fd: processed on every loop turn. */
+  private polled: WorkerRing[] = [];
+  private readonly epoll = new Epoll(64);
+  private features = 0n;
+  private running = true;
+  private handler!: QueueHandler;
+  private readonly ack: Int32Array;
+
+  constructor(
+    private readonly init: WorkerInit,
+    private readonly log: Logger,
+  ) {
+    this.ack = new Int32Array(init.ack);
+    this.epoll.add(init.controlFd, EPOLLIN, CONTROL_TOKEN);
+  }
+
+  async load(): Promise<void> {
+    const spec = this.init.module.startsWith('/') ? pathToFileURL(this.init.module).href : this.init.module;
+    const mod = (await import(spec)) as { createQueueHandler?: CreateQueueHandler };
+    if (typeof mod.createQueueHandler !== 'function') throw new Error(`${this.init.module} does not export createQueueHandler`);
+    this.handler = mod.createQueueHandler({
+      data: this.init.data,
+      memory: () => {
+        if (this.mem === null) throw new Error('no guest memory yet');
+        return this.mem;
+      },
+      epoll: this.epoll,
+      log: this.log,
+      workerIndex: this.init.workerIndex,
+      features: () => this.features,
+    });
+  }
+
+  loop(): void {
+    const ep = this.epoll;
+    while (this.running) {
+      const n = ep.wait(this.polled.length > 0 ? POLL_INTERVAL_MS : -1);
+      for (let i = 0; i < n; i++) {
+        const token = ep.tokens[i];
+        if (token === CONTROL_TOKEN) {
+          eventfdRead(this.init.controlFd);
+          this.drainCommands();
+        } else if (token < HANDLER_TOKEN_BASE) {
+          const ring = this.rings.get(token);
+          if (ring === undefined) continue;
+          eventfdRead(ring.kickFd);
+          if (ring.enabled) this.process(ring);
+        } else {
+          this.handler.onFd?.(token, ep.events[i]);
+        }
+      }
+      for (const r of this.polled) if (r.enabled) this.process(r);
+    }
+    this.epoll.close();
+  }
+
+  private process(ring: WorkerRing): void {
+    if (ring.failed) return;
+    try {
+      this.handler.process(ring);
+    } catch (e) {
+      // A handler that lets an error escape leaves the ring in an unknown state: stop serving it.
+      ring.failed = true;
+      this.log.error({ err: e, ring: ring.index }, 'queue handler failed; ring stopped');
+    }
+  }
+
+  private drainCommands(): void {
+    for (;;) {
+      const m = receiveMessageOnPort(this.init.port);
+      if (m === undefined) return;
+      const cmd = m.message as WorkerCommand;
+      let res: WorkerResult;
+      try {
+        res = { seq: cmd.seq, ok: true, value: this.apply(cmd) };
+      } catch (e) {
+        this.log.error({ err: e, op: cmd.op }, 'worker command failed');
+        res = { seq: cmd.seq, ok: false, error: e instanceof Error ? e.message : String(e) };
+      }
+      this.init.port.postMessage(res);
+      Atomics.store(this.ack, 0, cmd.seq);
+      Atomics.notify(this.ack, 0);
+    }
+  }
+
+  private apply(cmd: WorkerCommand): number | undefined {
+    switch (cmd.op) {
+      case 'memory': return this.setMemory(cmd.regions, cmd.layouts);
+      case 'addRegion':
+        if (this.mem === null) this.mem = GuestMemory.fromRegions([]);
+        try {
+          this.mem.addRegion(cmd.region);
+        } catch (e) {
+          closeQuiet(cmd.region.fd);
+          throw e;
+        }
+        return undefined;
+      case 'removeRegion':
+        this.mem?.removeRegion(cmd.guestAddr, cmd.size, cmd.userAddr);
+        return undefined;
+      case 'start': return this.start(cmd.ring);
+      case 'stop': return this.stop(cmd.index);
+      case 'call': {
+        const r = this.rings.get(cmd.index);
+        if (r) r.callFd = cmd.fd;
+        return undefined;
+      }
+      case 'enable': {
+        const r = this.rings.get(cmd.index);
+        if (r) {
+          r.enabled = cmd.on;
+          // Buffers made available (and kicked) while the ring was disabled must not be lost.
+          if (cmd.on) this.process(r);
+        }
+        return undefined;
+      }
+      case 'reset':
+        this.reset();
+        return undefined;
+      case 'exit':
+        this.reset();
+        this.running = false;
+        return undefined;
+    }
+  }
+
+  private setMemory(regions: MemoryRegionSpec[], layouts: { index: number; layout: QueueLayout }[]): undefined {
+    const next = GuestMemory.fromRegions([]);
+    let added = 0;
+    try {
+      for (const r of regions) {
+        next.addRegion(r);
+        added++;
+      }
+      const rebuilt = layouts.map(({ index, layout }) => {
+        const ring = this.rings.get(index);
+        if (ring === undefined) return null;
+        const q = new DeviceQueue(next, layout, { eventIdx: ring.eventIdx });
+        q.nextAvailIdx = ring.queue.nextAvailIdx;
+        return { ring, q };
+      });
+      for (const x of rebuilt) if (x) x.ring.queue = x.q;
+    } catch (e) {
+      next.close();
+      for (const r of regions.slice(added)) closeQuiet(r.fd);
+      throw e;
+    }
+    this.mem?.close();
+    this.mem = next;
+    return undefined;
+  }
+
+  private start(s: RingStart): undefined {
+    if (this.mem === null) throw new Error('ring started before the memory table');
+    if (this.rings.has(s.index)) this.stop(s.index);
+    const q = new DeviceQueue(this.mem, s.layout, { eventIdx: s.eventIdx });
+    q.nextAvailIdx = s.nextAvail;
+    this.features = BigInt(s.features);
+    const ring = new WorkerRing(s.index, q, s.enabled, s.kickFd, s.callFd, s.eventIdx);
+    if (s.kickFd >= 0) this.epoll.add(s.kickFd, EPOLLIN, s.index);
+    else this.polled.push(ring);
+    this.rings.set(s.index, ring);
+    this.handler.onStart(ring);
+    if (ring.enabled) this.process(ring);
+    return undefined;
+  }
+
+  private stop(index: number): number | undefined {
+    const ring = this.rings.get(index);
+    if (ring === undefined) return undefined;
+    if (ring.kickFd >= 0) this.epoll.remove(ring.kickFd);
+    this.polled = this.polled.filter((r) => r !== ring);
+    this.rings.delete(index);
+    try {
+      this.handler.onStop(ring);
+    } catch (e) {
+      this.log.error({ err: e, ring: index }, 'queue handler onStop failed');
+    }
+    return ring.queue.nextAvailIdx;
+  }
+
+  private reset(): void {
+    for (const i of [...this.rings.keys()]) this.stop(i);
+    this.mem?.close();
+    this.mem = null;
+  }
+}
+
+async function main(): Promise<void> {
+  const init = workerData as WorkerInit;
+  const log = logger(init.logName, { worker: init.workerIndex });
+  try {
+    setThreadName(`vu-q${init.workerIndex}`);
+  } catch {
+    // naming the thread is cosmetic
+  }
+  const w = new QueueWorker(init, log);
+  try {
+    await w.load();
+  } catch (e) {
+    parentPort?.postMessage({ ready: true, error: e instanceof Error ? e.message : String(e) });
+    return;
+  }
+  parentPort?.postMessage({ ready: true });
+  w.loop();
+  // Loader hooks (tsx) and handler handles may keep this thread alive; in a worker, exit() ends only the thread.
+  process.exit(0);
+}
+
+void main();

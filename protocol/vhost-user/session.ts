@@ -1,0 +1,419 @@
+import type { Logger } from '../log.js';
+import type { MemoryRegionSpec } from '../memory/index.js';
+import { closeQuiet, dup } from '../sys/fd.js';
+import { ringSizes, validateLayout, type QueueLayout } from '../virtqueue/index.js';
+import type { VhostUserBackend } from './backend-types.js';
+import { reply, needsReply, type Message } from './codec.js';
+import { VhostUserError, VhostUserProtocolError } from './errors.js';
+import { MemoryTable } from './memory-table.js';
+import {
+  F_PROTOCOL_FEATURES, MAX_CONFIG_SIZE, ProtocolFeature, Request, VRING_IDX_MASK, VRING_NOFD_MASK,
+  hasProtocolFeature, protocolFeatures, requestName,
+} from './messages.js';
+import type { MemRegion, Payload, PayloadOf, VringAddr } from './payload.js';
+import type { WorkerPool } from './worker-pool.js';
+
+/** Protocol features the daemon itself knows how to serve; backends choose among them. */
+export const SUPPORTED_PROTOCOL_FEATURES = protocolFeatures(
+  ProtocolFeature.MQ, ProtocolFeature.LOG_SHMFD, ProtocolFeature.REPLY_ACK, ProtocolFeature.BACKEND_REQ,
+  ProtocolFeature.CONFIG, ProtocolFeature.RESET_DEVICE, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.STATUS,
+);
+
+/** A sensible default set for backends: MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS, STATUS, RESET_DEVICE. */
+export const DEFAULT_PROTOCOL_FEATURES = protocolFeatures(
+  ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.STATUS,
+  ProtocolFeature.RESET_DEVICE,
+);
+
+export const MAX_MEM_SLOTS = 64;
+const F_EVENT_IDX = 1n << 29n;
+
+/** The request is understood but refused: NACK it (when an ack was asked for) and keep the connection. */
+export class RequestRefusedError extends VhostUserError {}
+
+interface RingState {
+  num: number;
+  addr: VringAddr | null;
+  base: number;
+  /** null: not set; -1: set without an fd (poll). */
+  kick: number | null;
+  call: number;
+  err: number;
+  enabled: boolean;
+  started: boolean;
+}
+
+function newRing(enabled: boolean): RingState {
+  return { num: 0, addr: null, base: 0, kick: null, call: -1, err: -1, enabled, started: false };
+}
+
+function bad(msg: string, ctx: Record<string, unknown> = {}): never {
+  throw new VhostUserProtocolError(msg, ctx);
+}
+
+/**
+ * The state of one front-end connection and the handling of its requests. Every handler either returns a
+ * reply payload (for requests that have their own reply) or null; errors close the connection except
+ * RequestRefusedError, which becomes a NACK.
+ */
+export class Session {
+  private features = 0n;
+  private proto = 0n;
+  private status = 0;
+  private readonly mem = new MemoryTable();
+  private rings: RingState[];
+  private backendReqFd = -1;
+  private readonly qpw: number;
+
+  constructor(
+    private readonly backend: VhostUserBackend,
+    private readonly pool: WorkerPool,
+    private readonly log: Logger,
+  ) {
+    this.qpw = Math.max(1, backend.queuesPerWorker ?? 1);
+    this.rings = Array.from({ length: backend.numQueues }, () => newRing(false));
+  }
+
+  get offeredFeatures(): bigint {
+    return this.backend.features() | F_PROTOCOL_FEATURES;
+  }
+
+  get offeredProtocolFeatures(): bigint {
+    return this.backend.protocolFeatures() & SUPPORTED_PROTOCOL_FEATURES;
+  }
+
+  /** Handles one request; returns the reply to send, if any. Takes ownership of msg.fds. */
+  handle(msg: Message): Message | null {
+    let own: Payload | null;
+    try {
+      own = this.dispatch(msg);
+    } catch (e) {
+      if (e instanceof RequestRefusedError) {
+        this.log.warn({ request: requestName(msg.request), err: e }, 'request refused');
+        return this.ack(msg, 1n);
+      }
+      throw e;
+    } finally {
+      // Handlers dup what they keep; whatever is left here is closed (see keepFd).
+      for (const fd of msg.fds) if (!this.kept.has(fd)) closeQuiet(fd);
+      this.kept.clear();
+    }
+    if (own !== null) return reply(msg.request, own);
+    return this.ack(msg, 0n);
+  }
+
+  /** Stops every ring and closes every fd (the connection ended). */
+  close(): void {
+    try {
+      this.pool.broadcast({ op: 'reset' });
+    } catch (e) {
+      this.log.error({ err: e }, 'resetting queue workers failed');
+    }
+    for (const r of this.rings) this.closeRingFds(r);
+    this.rings = this.rings.map(() => newRing(false));
+    closeQuiet(this.backendReqFd);
+    this.backendReqFd = -1;
+    this.mem.clear();
+  }
+
+  private readonly kept = new Set<number>();
+  private keepFd(fd: number): number {
+    this.kept.add(fd);
+    return fd;
+  }
+
+  private ack(msg: Message, status: bigint): Message | null {
+    if (needsReply(msg) && hasProtocolFeature(this.proto, ProtocolFeature.REPLY_ACK)) {
+      return reply(msg.request, { kind: 'u64', value: status });
+    }
+    return null;
+  }
+
+  private ring(index: number): RingState {
+    if (!Number.isInteger(index) || index < 0 || index >= this.rings.length) bad('ring index out of range', { index, numQueues: this.rings.length });
+    return this.rings[index];
+  }
+
+  private worker(index: number) {
+    return this.pool.worker(Math.floor(index / this.qpw));
+  }
+
+  private dispatch(msg: Message): Payload | null {
+    const p = msg.payload;
+    switch (msg.request) {
+      case Request.SET_OWNER:
+        return null;
+      case Request.RESET_OWNER:
+      case Request.RESET_DEVICE:
+        this.resetDevice();
+        return null;
+      case Request.GET_FEATURES:
+        return { kind: 'u64', value: this.offeredFeatures };
+      case Request.SET_FEATURES:
+        this.setFeatures((p as PayloadOf<'u64'>).value);
+        return null;
+      case Request.GET_PROTOCOL_FEATURES:
+        return { kind: 'u64', value: this.offeredProtocolFeatures };
+      case Request.SET_PROTOCOL_FEATURES: {
+        const v = (p as PayloadOf<'u64'>).value;
+        if (v & ~this.offeredProtocolFeatures) bad('protocol features not offered', { acked: v.toString(16), offered: this.offeredProtocolFeatures.toString(16) });
+        this.proto = v;
+        return null;
+      }
+      case Request.GET_QUEUE_NUM:
+        return { kind: 'u64', value: BigInt(this.backend.numQueues) };
+      case Request.GET_MAX_MEM_SLOTS:
+        return { kind: 'u64', value: BigInt(MAX_MEM_SLOTS) };
+      case Request.SET_MEM_TABLE:
+        this.setMemTable((p as PayloadOf<'memTable'>).regions, msg.fds);
+        return null;
+      case Request.ADD_MEM_REG:
+        this.addMemRegion((p as PayloadOf<'memRegion'>).region, msg.fds[0]);
+        return null;
+      case Request.REM_MEM_REG:
+        this.removeMemRegion((p as PayloadOf<'memRegion'>).region);
+        return null;
+      case Request.SET_VRING_NUM: {
+        const s = p as PayloadOf<'vringState'>;
+        const r = this.ring(s.index);
+        const max = this.backend.maxQueueSize;
+        if (s.num < 1 || s.num > max || (s.num & (s.num - 1)) !== 0) bad('queue size must be a power of two up to the maximum', { num: s.num, max });
+        r.num = s.num;
+        return null;
+      }
+      case Request.SET_VRING_ADDR:
+        this.setVringAddr(p as PayloadOf<'vringAddr'>);
+        return null;
+      case Request.SET_VRING_BASE: {
+        const s = p as PayloadOf<'vringState'>;
+        const r = this.ring(s.index);
+        if (s.num > 0xffff) bad('vring base out of range for a split ring', { base: s.num });
+        r.base = s.num;
+        return null;
+      }
+      case Request.GET_VRING_BASE: {
+        const s = p as PayloadOf<'vringState'>;
+        const next = this.stopRing(s.index, true);
+        return { kind: 'vringState', index: s.index, num: next };
+      }
+      case Request.SET_VRING_KICK:
+      case Request.SET_VRING_CALL:
+      case Request.SET_VRING_ERR:
+        this.setVringFile(msg.request, (p as PayloadOf<'u64'>).value, msg.fds);
+        return null;
+      case Request.SET_VRING_ENABLE: {
+        const s = p as PayloadOf<'vringState'>;
+        const r = this.ring(s.index);
+        if (s.num > 1) bad('SET_VRING_ENABLE takes 0 or 1', { num: s.num });
+        r.enabled = s.num === 1;
+        if (r.started) this.worker(s.index).send({ op: 'enable', index: s.index, on: r.enabled });
+        return null;
+      }
+      case Request.GET_CONFIG:
+        return this.getConfig(p as PayloadOf<'config'>);
+      case Request.SET_CONFIG: {
+        const c = p as PayloadOf<'config'>;
+        if (!this.backend.setConfig) throw new RequestRefusedError('device config is read-only', { offset: c.offset });
+        try {
+          this.backend.setConfig(c.offset, c.data);
+        } catch (e) {
+          throw new RequestRefusedError('back-end refused SET_CONFIG', { offset: c.offset, cause: String(e) });
+        }
+        return null;
+      }
+      case Request.SET_STATUS:
+        this.status = Number((p as PayloadOf<'u64'>).value & 0xffn);
+        return null;
+      case Request.GET_STATUS:
+        return { kind: 'u64', value: BigInt(this.status) };
+      case Request.SET_LOG_BASE:
+        // Dirty logging is not implemented; the fd is closed. With LOG_SHMFD QEMU waits for this reply.
+        return hasProtocolFeature(this.proto, ProtocolFeature.LOG_SHMFD) ? { kind: 'u64', value: 0n } : null;
+      case Request.SET_LOG_FD:
+        return null;
+      case Request.SET_BACKEND_REQ_FD:
+        closeQuiet(this.backendReqFd);
+        this.backendReqFd = this.keepFd(msg.fds[0]);
+        return null;
+      default:
+        return this.unsupported(msg);
+    }
+  }
+
+  private unsupported(msg: Message): Payload | null {
+    // A request whose reply we cannot produce would desynchronise the stream: end the connection.
+    const needsOwnReply = [
+      Request.GET_INFLIGHT_FD, Request.POSTCOPY_ADVISE, Request.POSTCOPY_END, Request.GET_SHARED_OBJECT,
+      Request.SET_DEVICE_STATE_FD, Request.CHECK_DEVICE_STATE, Request.GET_SHMEM_CONFIG, Request.CREATE_CRYPTO_SESSION,
+    ].includes(msg.request);
+    if (needsOwnReply) bad('unsupported request', { request: requestName(msg.request) });
+    throw new RequestRefusedError('unsupported request', { request: requestName(msg.request) });
+  }
+
+  private setFeatures(v: bigint): void {
+    const offered = this.offeredFeatures;
+    if (v & ~offered) bad('features not offered', { acked: v.toString(16), offered: offered.toString(16) });
+    this.features = v;
+    this.backend.ackFeatures?.(v);
+    if (!(v & F_PROTOCOL_FEATURES)) {
+      // Without protocol features there is no SET_VRING_ENABLE: rings are enabled now.
+      this.rings.forEach((r, i) => {
+        if (!r.enabled) {
+          r.enabled = true;
+          if (r.started) this.worker(i).send({ op: 'enable', index: i, on: true });
+        }
+      });
+    }
+  }
+
+  private resetDevice(): void {
+    for (let i = 0; i < this.rings.length; i++) this.stopRing(i, true);
+    this.features = 0n;
+    this.status = 0;
+    this.rings = this.rings.map(() => newRing(false));
+  }
+
+  private regionSpecs(regions: readonly MemRegion[], fds: number[]): MemoryRegionSpec[] {
+    return regions.map((r, i) => ({ guestAddr: r.guestAddr, size: r.size, fd: dup(fds[i]), fdOffset: r.mmapOffset, userAddr: r.userAddr }));
+  }
+
+  private setMemTable(regions: MemRegion[], fds: number[]): void {
+    MemoryTable.validate(regions);
+    const next = new MemoryTable();
+    next.replace(regions);
+    // Rings keep running across a table change: re-translate their addresses against the new table.
+    const layouts: { index: number; layout: QueueLayout }[] = [];
+    this.rings.forEach((r, index) => {
+      if (r.started && r.addr) layouts.push({ index, layout: this.translate(next, r, index) });
+    });
+    for (let w = 0; w < this.pool.size; w++) {
+      const specs = this.regionSpecs(regions, fds);
+      try {
+        this.pool.worker(w).send({ op: 'memory', regions: specs, layouts });
+      } catch (e) {
+        throw new VhostUserError('mapping the memory table failed', { worker: w, cause: String(e) });
+      }
+    }
+    this.mem.replace(regions);
+    this.rings.forEach((r, i) => this.tryStart(i, r));
+  }
+
+  private addMemRegion(region: MemRegion, fd: number): void {
+    this.mem.add(region, MAX_MEM_SLOTS);
+    for (let w = 0; w < this.pool.size; w++) {
+      const spec = this.regionSpecs([region], [fd])[0];
+      this.pool.worker(w).send({ op: 'addRegion', region: spec });
+    }
+    this.rings.forEach((r, i) => this.tryStart(i, r));
+  }
+
+  private removeMemRegion(region: MemRegion): void {
+    if (!this.mem.remove(region)) throw new RequestRefusedError('no such memory region', { ...region });
+    this.pool.broadcast({ op: 'removeRegion', guestAddr: region.guestAddr, size: region.size, userAddr: region.userAddr });
+  }
+
+  private setVringAddr(a: PayloadOf<'vringAddr'>): void {
+    const r = this.ring(a.index);
+    if (a.desc % 16 !== 0 || a.avail % 2 !== 0 || a.used % 4 !== 0) {
+      bad('ring addresses are misaligned', { index: a.index, desc: a.desc, avail: a.avail, used: a.used });
+    }
+    const restart = r.started;
+    if (restart) r.base = this.stopRing(a.index, false);
+    r.addr = { index: a.index, flags: a.flags, desc: a.desc, used: a.used, avail: a.avail, log: a.log };
+    if (!this.mem.isEmpty && r.num > 0) this.translate(this.mem, r, a.index);
+    this.tryStart(a.index, r);
+  }
+
+  private setVringFile(req: Request, value: bigint, fds: number[]): void {
+    const index = Number(value & BigInt(VRING_IDX_MASK));
+    if (value & ~BigInt(VRING_IDX_MASK | VRING_NOFD_MASK)) bad('unknown bits in vring file payload', { value: value.toString(16) });
+    const r = this.ring(index);
+    const fd = fds.length > 0 ? this.keepFd(fds[0]) : -1;
+    if (req === Request.SET_VRING_KICK) {
+      if (r.started) r.base = this.stopRing(index, false);
+      if (r.kick !== null) closeQuiet(r.kick);
+      r.kick = fd;
+      this.tryStart(index, r);
+    } else if (req === Request.SET_VRING_CALL) {
+      const old = r.call;
+      r.call = fd;
+      if (r.started) this.worker(index).send({ op: 'call', index, fd });
+      closeQuiet(old);
+    } else {
+      closeQuiet(r.err);
+      r.err = fd;
+    }
+  }
+
+  private translate(table: MemoryTable, r: RingState, index: number): QueueLayout {
+    const a = r.addr;
+    if (a === null || r.num === 0) bad('ring is not configured', { index });
+    const s = ringSizes(r.num);
+    const desc = table.userToGuest(a.desc, s.desc);
+    const avail = table.userToGuest(a.avail, s.avail);
+    const used = table.userToGuest(a.used, s.used);
+    if (desc === null || avail === null || used === null) {
+      bad('ring address is outside the memory table', { index, desc: a.desc, avail: a.avail, used: a.used });
+    }
+    const layout = { size: r.num, descAddr: desc, availAddr: avail, usedAddr: used };
+    try {
+      validateLayout(layout);
+    } catch (e) {
+      bad('invalid ring layout', { index, cause: String(e) });
+    }
+    return layout;
+  }
+
+  /** A ring starts once it has a kick (or no-fd poll), addresses, a size and a memory table. */
+  private tryStart(index: number, r: RingState): void {
+    if (r.started || r.kick === null || r.addr === null || r.num === 0 || this.mem.isEmpty) return;
+    const layout = this.translate(this.mem, r, index);
+    this.worker(index).send({
+      op: 'start',
+      ring: {
+        index, layout, nextAvail: r.base, kickFd: r.kick, callFd: r.call, enabled: r.enabled,
+        eventIdx: (this.features & F_EVENT_IDX) !== 0n, features: this.features.toString(),
+      },
+    });
+    r.started = true;
+  }
+
+  /** Stops a started ring and returns its next avail index; `drop` also closes its fds (GET_VRING_BASE). */
+  private stopRing(index: number, drop: boolean): number {
+    const r = this.ring(index);
+    let next = r.base;
+    if (r.started) {
+      const v = this.worker(index).send({ op: 'stop', index });
+      if (typeof v === 'number') next = v;
+      r.started = false;
+      r.base = next;
+    }
+    if (drop) this.closeRingFds(r);
+    return next;
+  }
+
+  private closeRingFds(r: RingState): void {
+    if (r.kick !== null) closeQuiet(r.kick);
+    closeQuiet(r.call);
+    closeQuiet(r.err);
+    r.kick = null;
+    r.call = -1;
+    r.err = -1;
+  }
+
+  private getConfig(c: PayloadOf<'config'>): Payload {
+    const size = c.data.length;
+    if (size === 0 || size > MAX_CONFIG_SIZE) bad('GET_CONFIG size must be 1..256', { size });
+    let data: Uint8Array;
+    try {
+      const got = this.backend.getConfig(c.offset, size);
+      data = new Uint8Array(size);
+      data.set(got.subarray(0, size));
+    } catch (e) {
+      // libvhost-user signals failure with an empty config; QEMU then reports the error.
+      this.log.warn({ err: e, offset: c.offset, size }, 'GET_CONFIG failed');
+      data = new Uint8Array(0);
+    }
+    return { kind: 'config', offset: c.offset, flags: c.flags, data };
+  }
+}

@@ -1,0 +1,57 @@
+import type { MessagePort } from 'node:worker_threads';
+import type { MemoryRegionSpec } from '../memory/index.js';
+import type { QueueLayout } from '../virtqueue/index.js';
+
+/** workerData of a queue worker thread. */
+export interface WorkerInit {
+  workerIndex: number;
+  module: string;
+  data: unknown;
+  /** Eventfd the main thread writes after posting a command. */
+  controlFd: number;
+  /** Int32Array over it: [0] = sequence number of the last command the worker finished. */
+  ack: SharedArrayBuffer;
+  port: MessagePort;
+  logName: string;
+}
+
+export interface RingStart {
+  index: number;
+  layout: QueueLayout;
+  nextAvail: number;
+  /** -1: no kick fd, the worker polls the ring. */
+  kickFd: number;
+  /** -1: no call fd, completions are not signalled. */
+  callFd: number;
+  enabled: boolean;
+  eventIdx: boolean;
+  features: string; // bigint as decimal (structured clone keeps bigint, but strings keep logs readable)
+}
+
+/** Commands main → worker. Every command is answered with a WorkerResult carrying the same seq. */
+export type WorkerCommand =
+  | { op: 'memory'; seq: number; regions: MemoryRegionSpec[]; layouts: { index: number; layout: QueueLayout }[] }
+  | { op: 'addRegion'; seq: number; region: MemoryRegionSpec }
+  | { op: 'removeRegion'; seq: number; guestAddr: number; size: number; userAddr: number }
+  | { op: 'start'; seq: number; ring: RingStart }
+  | { op: 'stop'; seq: number; index: number }
+  | { op: 'call'; seq: number; index: number; fd: number }
+  | { op: 'enable'; seq: number; index: number; on: boolean }
+  | { op: 'reset'; seq: number }
+  | { op: 'exit'; seq: number };
+
+export interface WorkerResult {
+  seq: number;
+  ok: boolean;
+  /** stop: the ring's next avail index. */
+  value?: number;
+  error?: string;
+}
+
+/** Posted once by the worker when its handler module is loaded. */
+export interface WorkerReady {
+  ready: true;
+  error?: string;
+}
+
+export const CONTROL_TOKEN = 0xffff_ffff;

@@ -1,0 +1,224 @@
+import {
+  bits, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO,
+  VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC,
+} from '../../../protocol/virtio/index.js';
+import { ProtocolFeature, protocolFeatures } from '../../../protocol/vhost-user/index.js';
+import type { Segment } from '../../../protocol/virtqueue/index.js';
+import { VuDevice } from '../device.js';
+import { featureNames, protocolFeatureNames } from '../features.js';
+import { BlkClient } from './client.js';
+import { BLK_CONFIG_READ, parseBlkConfig, type BlkDeviceConfig } from './config.js';
+
+export const BLK_WANTED_FEATURES = bits(
+  VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_SEG_MAX,
+  VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_CONFIG_WCE,
+);
+export const BLK_WANTED_PROTOCOL = protocolFeatures(ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG);
+
+export interface Check {
+  name: string;
+  ok: boolean;
+  detail?: string;
+}
+
+export interface VerifyReport {
+  ok: boolean;
+  socket: string;
+  offeredFeatures: string[];
+  features: string[];
+  protocolFeatures: string[];
+  maxQueues: number;
+  queuesTested: number;
+  config: BlkDeviceConfig | null;
+  id: string | null;
+  checks: Check[];
+}
+
+export interface VerifyOptions {
+  socket: string;
+  queues?: number;
+  queueSize?: number;
+  connectTimeoutMs?: number;
+}
+
+const SECTOR = 512;
+const CHUNK = 64 * 1024;
+
+/** Deterministic pattern unique to this run, position and pass: stale or misplaced data cannot match. */
+function fillPattern(buf: Uint8Array, seed: number, byteOffset: number): void {
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  for (let i = 0; i + 4 <= buf.length; i += 4) {
+    let x = (seed ^ Math.imul(byteOffset + i, 0x9e3779b1)) >>> 0;
+    x ^= x >>> 15;
+    x = Math.imul(x, 0x85ebca6b) >>> 0;
+    dv.setUint32(i, x ^ (x >>> 13), true);
+  }
+}
+
+function firstDiff(a: Uint8Array, b: Uint8Array): number {
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
+  return -1;
+}
+
+/** Negotiates with a vhost-user-blk back-end and checks it stores and returns data correctly on every queue. */
+export async function verifyBlk(o: VerifyOptions): Promise<VerifyReport> {
+  const checks: Check[] = [];
+  const check = (name: string, ok: boolean, detail?: string) => {
+    checks.push({ name, ok, ...(detail === undefined ? {} : { detail }) });
+    return ok;
+  };
+  const dev = await VuDevice.connect({
+    socket: o.socket, features: BLK_WANTED_FEATURES, protocolFeatures: BLK_WANTED_PROTOCOL, connectTimeoutMs: o.connectTimeoutMs,
+  });
+  const report: VerifyReport = {
+    ok: false,
+    socket: o.socket,
+    offeredFeatures: featureNames(dev.offered, 'blk'),
+    features: featureNames(dev.features, 'blk'),
+    protocolFeatures: protocolFeatureNames(dev.protocolFeatures),
+    maxQueues: dev.maxQueues,
+    queuesTested: 0,
+    config: null,
+    id: null,
+    checks,
+  };
+  try {
+    check('VERSION_1 negotiated', dev.has(VIRTIO_F_VERSION_1));
+    const raw = dev.readConfig(BLK_CONFIG_READ);
+    if (raw === null) {
+      check('config readable (protocol CONFIG)', false);
+      return report;
+    }
+    const cfg = parseBlkConfig(raw, (b) => dev.has(b));
+    report.config = cfg;
+    check('capacity > 0', cfg.capacity > 0, `${cfg.capacity} sectors`);
+    const blk = cfg.blkSize;
+    check('blk_size is a power of two >= 512', blk >= 512 && (blk & (blk - 1)) === 0, `${blk}`);
+    if (cfg.numQueues !== null) check('config num_queues matches GET_QUEUE_NUM', cfg.numQueues === dev.maxQueues, `${cfg.numQueues} vs ${dev.maxQueues}`);
+
+    const nq = Math.min(o.queues ?? dev.maxQueues, dev.maxQueues);
+    report.queuesTested = nq;
+    dev.start(nq, o.queueSize ?? 128, 1 << 20);
+    const client = new BlkClient(dev);
+    const mem = dev.mem!;
+    const wbuf = dev.buffer(CHUNK, 4096);
+    const rbuf = dev.buffer(CHUNK, 4096);
+    const capBytes = cfg.capacity * SECTOR;
+    const len = Math.max(blk, Math.min(CHUNK, Math.floor(capBytes / 4 / blk) * blk));
+    const ro = dev.has(VIRTIO_BLK_F_RO);
+    const seed = (Math.random() * 0x1_0000_0000) >>> 0;
+    const expect = new Uint8Array(len);
+    const got = new Uint8Array(len);
+    const mid = Math.floor(capBytes / 2 / blk) * blk;
+    // Each queue uses its own spot near the start, middle and end of the disk.
+    const points = (qi: number): [string, number][] => [
+      ['start', qi * len],
+      ['middle', mid + qi * len],
+      ['end', capBytes - (qi + 1) * len],
+    ];
+    const segMax = cfg.segMax ?? 1;
+
+    dev.queues.forEach((q, qi) => {
+      for (const [where, byteOff] of points(qi)) {
+        const at = Math.max(0, Math.min(byteOff, capBytes - len));
+        const sector = at / SECTOR;
+        const name = `queue ${qi}: ${where} (sector ${sector}, ${len} B)`;
+        if (!ro) {
+          fillPattern(expect, seed + qi, at);
+          mem.write(wbuf, expect);
+          const ws = client.write(q, sector, [{ addr: wbuf, len }]);
+          if (!check(`${name} write`, ws === VIRTIO_BLK_S_OK, `status ${ws}`)) continue;
+        }
+        mem.fill(rbuf, len, 0xa5);
+        const rs = client.read(q, sector, [{ addr: rbuf, len }]);
+        if (!check(`${name} read`, rs === VIRTIO_BLK_S_OK, `status ${rs}`)) continue;
+        if (!ro) {
+          mem.read(rbuf, got);
+          const d = firstDiff(expect, got);
+          check(`${name} data matches`, d < 0, d < 0 ? undefined : `first difference at byte ${d}`);
+        }
+      }
+    });
+
+    // Multi-segment: written in uneven pieces, read back in other pieces.
+    const q0 = dev.queues[0];
+    const msLen = 8192;
+    const writeSegs = splitSegments(wbuf, msLen, [512, 3584, 1024, 1000, 24, 2048], segMax);
+    const readSegs = splitSegments(rbuf, msLen, [4096, 2560, 1536], segMax);
+    const msAt = Math.floor(capBytes / 3 / blk) * blk;
+    if (msAt + msLen <= capBytes) {
+      const e = expect.subarray(0, msLen);
+      const g = got.subarray(0, msLen);
+      if (!ro) {
+        fillPattern(e, seed ^ 0x5a5a, msAt);
+        mem.write(wbuf, e);
+        const ws = client.write(q0, msAt / SECTOR, writeSegs);
+        check(`multi-segment write (${writeSegs.length} segments)`, ws === VIRTIO_BLK_S_OK, `status ${ws}`);
+      }
+      mem.fill(rbuf, msLen, 0x5a);
+      const rs = client.read(q0, msAt / SECTOR, readSegs);
+      check(`multi-segment read (${readSegs.length} segments)`, rs === VIRTIO_BLK_S_OK, `status ${rs}`);
+      if (!ro) {
+        mem.read(rbuf, g);
+        const d = firstDiff(e, g);
+        check('multi-segment data matches', d < 0, d < 0 ? undefined : `first difference at byte ${d}`);
+      }
+    }
+
+    const oob = client.read(q0, cfg.capacity, [{ addr: rbuf, len: SECTOR }]);
+    check('read past the end is refused', oob !== VIRTIO_BLK_S_OK, `status ${oob}`);
+
+    if (dev.has(VIRTIO_BLK_F_FLUSH)) {
+      const fs = client.run(q0, VIRTIO_BLK_T_FLUSH, 0, []).status;
+      check('FLUSH', fs === VIRTIO_BLK_S_OK, `status ${fs}`);
+    }
+    const idr = client.run(q0, VIRTIO_BLK_T_GET_ID, 0, [{ addr: rbuf, len: VIRTIO_BLK_ID_BYTES }]).status;
+    if (idr === VIRTIO_BLK_S_OK) {
+      const idBytes = new Uint8Array(VIRTIO_BLK_ID_BYTES);
+      mem.read(rbuf, idBytes);
+      const nul = idBytes.indexOf(0);
+      report.id = new TextDecoder().decode(idBytes.subarray(0, nul < 0 ? idBytes.length : nul));
+    }
+    check('GET_ID answered (OK or UNSUPP)', idr === VIRTIO_BLK_S_OK || idr === VIRTIO_BLK_S_UNSUPP, `status ${idr}`);
+  } catch (e) {
+    check('no protocol or device error', false, e instanceof Error ? e.message : String(e));
+  } finally {
+    dev.close();
+  }
+  report.ok = checks.every((c) => c.ok);
+  return report;
+}
+
+/** Splits [addr, addr+total) into pieces of the given sizes (the last one takes the rest), at most `max` pieces. */
+function splitSegments(addr: number, total: number, sizes: number[], max: number): Segment[] {
+  const segs: Segment[] = [];
+  let off = 0;
+  for (const s of sizes) {
+    if (off >= total || segs.length === max - 1) break;
+    const n = Math.min(s, total - off);
+    segs.push({ addr: addr + off, len: n });
+    off += n;
+  }
+  if (off < total) segs.push({ addr: addr + off, len: total - off });
+  return segs;
+}
+
+export function formatVerifyReport(r: VerifyReport): string {
+  const lines = [
+    `vhost-user-blk verify: ${r.socket}`,
+    `  offered features: ${r.offeredFeatures.join(' ')}`,
+    `  negotiated:       ${r.features.join(' ')}`,
+    `  protocol:         ${r.protocolFeatures.join(' ')}`,
+    `  queues:           ${r.queuesTested} tested of ${r.maxQueues}`,
+  ];
+  if (r.config) {
+    const c = r.config;
+    lines.push(`  capacity:         ${c.capacity} sectors (${(c.capacity * 512 / 2 ** 20).toFixed(1)} MiB), blk_size ${c.blkSize}, seg_max ${c.segMax ?? '-'}, size_max ${c.sizeMax ?? '-'}, num_queues ${c.numQueues ?? '-'}`);
+  }
+  if (r.id !== null) lines.push(`  id:               ${JSON.stringify(r.id)}`);
+  for (const c of r.checks) lines.push(`  ${c.ok ? 'PASS' : 'FAIL'}  ${c.name}${c.detail ? ` (${c.detail})` : ''}`);
+  lines.push(r.ok ? 'RESULT: PASS' : 'RESULT: FAIL');
+  return lines.join('\n');
+}
