@@ -8,6 +8,8 @@ export default defineConfig({
     maxWorkers: 2,
     testTimeout: 60_000,
     hookTimeout: 120_000,
-    reporters: ['default'],
+    reporters: ['default', './test/summary-reporter.ts'],
+    // Info logs from devices and daemons drown the report; KUMO_LOG=info brings them back.
+    env: { KUMO_LOG: process.env.KUMO_LOG ?? 'warn' },
   },
 });
