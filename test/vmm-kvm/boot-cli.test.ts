@@ -1,0 +1,150 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { x86, pvhElf, bzImage } from './fixtures/guests.js';
+import { hasKvm } from './helpers.js';
+
+const KUMO = new URL('../../bin/kumo.js', import.meta.url).pathname;
+let dir = '';
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'kumo-boot-'));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function kumo(args: string[]): { code: number | null; stderr: string; stdout: string } {
+  const r = spawnSync(process.execPath, [KUMO, ...args], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, KUMO_LOG: 'warn' } });
+  return { code: r.status, stderr: r.stderr, stdout: r.stdout };
+}
+
+function file(name: string, bytes: Buffer): string {
+  const p = join(dir, name);
+  writeFileSync(p, bytes);
+  return p;
+}
+
+// Prints the NUL-terminated string at ebx/rbx to the serial port (11-byte loop, valid in 32 and 64-bit code).
+const PRINT_STR_AT_EBX = [0x66, 0xba, 0xf8, 0x03, 0x8a, 0x03, 0x84, 0xc0, 0x74, 0x05, 0xee, 0xff, 0xc3, 0xeb, 0xf5];
+
+describe.skipIf(!hasKvm)('kumo CLI boots tiny kernels on /dev/kvm', () => {
+  it('PVH ELF: cmdline via hvm_start_info, serial to a file, ACPI S5 → exit 0', () => {
+    const code = [
+      0x81, 0x3b, 0x78, 0xc5, 0x6e, 0x33, // cmp dword [ebx], 0x336ec578 (start_info magic)
+      0x75, 0x0f + PRINT_STR_AT_EBX.length, // jne → skip to poweroff without printing
+      ...x86.print('PVH:', 0x3f8),
+      0x8b, 0x5b, 0x18, // mov ebx, [ebx+24]  (cmdline_paddr)
+      ...PRINT_STR_AT_EBX,
+      ...x86.poweroffS5(), ...x86.jmpSelf(),
+    ];
+    // the jne skips the print(4 chars = 4 + 12 bytes) + mov(3) + loop; recompute precisely:
+    const skip = x86.print('PVH:', 0x3f8).length + 3 + PRINT_STR_AT_EBX.length;
+    code[7] = skip;
+    const kernel = file('pvh.elf', pvhElf(code));
+    const out = join(dir, 'pvh.serial');
+    const r = kumo(['--kernel', kernel, '--cmdline', 'console=ttyS0 hello', '--memory', 'size=64M', '--serial', `file=${out}`, '--console', 'off']);
+    expect(r.stderr).toMatch(/powered off/);
+    expect(r.code).toBe(0);
+    expect(readFileSync(out, 'latin1')).toBe('PVH:console=ttyS0 hello');
+  });
+
+  it('PVH ELF with an initramfs: the modlist entry points at the initramfs bytes', () => {
+    const code = [
+      0x8b, 0x5b, 0x10, // mov ebx, [ebx+16]  (modlist_paddr)
+      0x8b, 0x1b, // mov ebx, [ebx]  (module paddr)
+      ...PRINT_STR_AT_EBX,
+      ...x86.poweroffS5(), ...x86.jmpSelf(),
+    ];
+    const kernel = file('pvh2.elf', pvhElf(code));
+    const initrd = file('initrd.img', Buffer.from('INITRAMFS-BYTES\0'));
+    const out = join(dir, 'pvh2.serial');
+    const r = kumo(['--kernel', kernel, '--initramfs', initrd, '--memory', 'size=64M', '--serial', `file=${out}`, '--console', 'off']);
+    expect(r.code).toBe(0);
+    expect(readFileSync(out, 'latin1')).toBe('INITRAMFS-BYTES');
+  });
+
+  it('bzImage: 64-bit entry with rsi = boot_params; cmd_line_ptr works; i8042 reset → exit 0', () => {
+    const code = [
+      0x8b, 0x9e, 0x28, 0x02, 0x00, 0x00, // mov ebx, [rsi+0x228]  (cmd_line_ptr)
+      ...PRINT_STR_AT_EBX,
+      ...x86.resetI8042(), ...x86.jmpSelf(),
+    ];
+    const kernel = file('bzImage', bzImage(code));
+    const out = join(dir, 'bz.serial');
+    const r = kumo(['--kernel', kernel, '--cmdline', 'root=/dev/vda quiet', '--memory', 'size=64M', '--serial', `file=${out}`, '--console', 'off']);
+    expect(r.stderr).toMatch(/requested a reset/);
+    expect(r.code).toBe(0);
+    expect(readFileSync(out, 'latin1')).toBe('root=/dev/vda quiet');
+  });
+
+  it('a guest triple fault exits non-zero and prints the registers', () => {
+    const kernel = file('tf.elf', pvhElf([...x86.ud2()]));
+    const r = kumo(['--kernel', kernel, '--memory', 'size=64M', '--serial', 'off', '--console', 'off']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/triple fault/);
+    expect(r.stderr).toMatch(/rip=0x0000000000100000/);
+    expect(r.stderr).toMatch(/cr0=/);
+  });
+});
+
+describe('kumo CLI rejects bad input before any KVM call', () => {
+  const cases: [string, (d: string) => string[], RegExp][] = [
+    ['missing kernel file', () => ['--kernel', '/nonexistent/vmlinux'], /cannot read kernel \/nonexistent\/vmlinux: ENOENT/],
+    ['kernel that is not a kernel', (d) => ['--kernel', join(d, 'junk')], /neither an ELF vmlinux with a PVH note nor a bzImage/],
+    ['ELF without a PVH note', (d) => ['--kernel', join(d, 'nonote.elf')], /no PVH entry note/],
+    ['truncated ELF', (d) => ['--kernel', join(d, 'trunc.elf')], /truncated|past the end/],
+    ['unknown --memory key', (d) => ['--kernel', join(d, 'ok.elf'), '--memory', 'size=64M,sise=1G'], /--memory: unknown option "sise"/],
+    ['malformed --memory size', (d) => ['--kernel', join(d, 'ok.elf'), '--memory', 'size=lots'], /invalid value "lots" for "size"/],
+    ['hugepage_size without hugepages', (d) => ['--kernel', join(d, 'ok.elf'), '--memory', 'size=64M,hugepage_size=2M'], /hugepage_size requires hugepages=on/],
+    ['memory larger than the host', (d) => ['--kernel', join(d, 'ok.elf'), '--memory', 'size=64T'], /larger than host memory|exceeds the guest physical address space/],
+    ['memory too small', (d) => ['--kernel', join(d, 'ok.elf'), '--memory', 'size=1M'], /too small/],
+    ['unknown --cpus key', (d) => ['--kernel', join(d, 'ok.elf'), '--cpus', 'boot=1,cores=2'], /--cpus: unknown option "cores"/],
+    ['cpus max below boot', (d) => ['--kernel', join(d, 'ok.elf'), '--cpus', 'boot=2,max=1'], /max must not be below boot/],
+    ['bad --serial mode', (d) => ['--kernel', join(d, 'ok.elf'), '--serial', 'pty'], /--serial: mode "pty" is not supported/],
+    ['unknown --rng key', (d) => ['--kernel', join(d, 'ok.elf'), '--rng', 'source=/dev/random'], /--rng: unknown option "source"/],
+    ['unknown flag', (d) => ['--kernel', join(d, 'ok.elf'), '--bogus', 'x'], /unknown option '--bogus'/],
+    ['initramfs bigger than RAM', (d) => ['--kernel', join(d, 'ok.elf'), '--memory', 'size=64M', '--initramfs', join(d, 'big.img')], /initramfs does not fit/],
+    ['missing initramfs', (d) => ['--kernel', join(d, 'ok.elf'), '--initramfs', join(d, 'none.img')], /cannot read initramfs .*ENOENT/],
+    ['command line too long', (d) => ['--kernel', join(d, 'ok.elf'), '--cmdline', 'x'.repeat(70000)], /command line is too long/],
+  ];
+
+  beforeAll(() => {
+    writeFileSync(join(dir, 'junk'), 'this is not a kernel');
+    writeFileSync(join(dir, 'ok.elf'), pvhElf([...x86.jmpSelf()]));
+    writeFileSync(join(dir, 'nonote.elf'), pvhElf([...x86.jmpSelf()], 0x100000, { note: false }));
+    writeFileSync(join(dir, 'trunc.elf'), pvhElf([...x86.jmpSelf()]).subarray(0, 100));
+    const big = Buffer.alloc(70 << 20);
+    writeFileSync(join(dir, 'big.img'), big);
+  });
+
+  it.each(cases)('%s', async (_name, args, message) => {
+    const { main } = await import('../../vmm/cli.js');
+    let err = '';
+    let ran = false;
+    const code = await main(args(dir), {
+      run: async () => {
+        ran = true;
+        throw new Error('must not run');
+      },
+      stderr: (s) => (err += s),
+    });
+    expect(code).toBe(1);
+    expect(err).toMatch(/^kumo: error: /);
+    expect(err).toMatch(message);
+    expect(ran).toBe(false);
+  });
+
+  it.skipIf(!existsSync('/usr/bin/strace'))('as a process: exit 1, the message, and /dev/kvm never opened (strace)', () => {
+    const log = join(dir, 'strace.log');
+    const r = spawnSync('strace', ['-f', '-e', 'trace=open,openat', '-o', log, process.execPath, KUMO, '--kernel', join(dir, 'ok.elf'), '--memory', 'size=64M,bogus=1'], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/kumo: error: --memory: unknown option "bogus"/);
+    const trace = readFileSync(log, 'utf8');
+    expect(trace).toMatch(/ok\.elf|kumo/); // strace did record the run
+    expect(trace).not.toMatch(/\/dev\/kvm/);
+  });
+});

@@ -1,0 +1,80 @@
+// kumo's command line → VmConfig (Cloud Hypervisor syntax). Parsing only: no files, no KVM.
+import { Command, CommanderError } from 'commander';
+import { KumoError } from '../protocol/errors.js';
+import { ConsoleConfig } from './config/console.js';
+import { CpusConfig } from './config/cpus.js';
+import { MemoryConfig } from './config/memory.js';
+import { PayloadConfig } from './config/payload.js';
+import { RngConfig } from './config/rng.js';
+import { VmConfig } from './config/vm-config.js';
+import { DiskConfig } from './config/disk.js';
+import { NetConfig } from './config/net.js';
+import { FsConfig } from './config/fs.js';
+import { parseVhostUserDevices } from './config/vhost-user-devices.js';
+
+/** A command line kumo cannot act on (commander's own errors included). */
+export class CliError extends KumoError {}
+
+export interface CliOptions {
+  config: VmConfig;
+  logLevel: string | null;
+}
+
+function program(): Command {
+  return new Command('kumo')
+    .description('kumo: a KVM virtual machine monitor (Cloud Hypervisor compatible command line)')
+    .requiredOption('--kernel <path>', 'kernel: PVH ELF vmlinux or bzImage')
+    .option('--initramfs <path>', 'initramfs image')
+    .option('--cmdline <string>', 'kernel command line', '')
+    .option('--cpus <options>', CpusConfig.SYNTAX.replace(/^--cpus /, ''), 'boot=1')
+    .option('--memory <options>', MemoryConfig.SYNTAX.replace(/^--memory /, ''), 'size=512M')
+    .option('--serial <mode>', `16550 serial at 0x3f8: ${ConsoleConfig.SYNTAX}`, 'null')
+    .option('--console <mode>', `virtio-console: ${ConsoleConfig.SYNTAX}`, 'tty')
+    .option('--rng <options>', RngConfig.SYNTAX.replace(/^--rng /, ''), 'src=/dev/urandom')
+    .option('--disk <options...>', DiskConfig.SYNTAX.replace(/^--disk /, ''))
+    .option('--net <options...>', NetConfig.SYNTAX.replace(/^--net /, ''))
+    .option('--fs <options...>', FsConfig.SYNTAX.replace(/^--fs /, ''))
+    .option('-v, --verbose', 'debug logging')
+    .allowExcessArguments(false)
+    .exitOverride()
+    .configureOutput({ writeErr: () => {}, writeOut: (s) => process.stdout.write(s) });
+}
+
+/** Parses argv (without node and script) into a validated VmConfig; throws CliError / config errors. */
+export function parseCli(argv: string[]): CliOptions | 'help' {
+  const p = program();
+  try {
+    p.parse(argv, { from: 'user' });
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.help') return 'help';
+      throw new CliError(e.message.replace(/^error: /, ''), { code: e.code });
+    }
+    throw e;
+  }
+  const o = p.opts<{
+    kernel: string;
+    initramfs?: string;
+    cmdline: string;
+    cpus: string;
+    memory: string;
+    serial: string;
+    console: string;
+    rng: string;
+    disk?: string[];
+    net?: string[];
+    fs?: string[];
+    verbose?: boolean;
+  }>();
+  const config = new VmConfig(
+    new PayloadConfig(o.kernel, o.initramfs ?? null, o.cmdline),
+    CpusConfig.parse(o.cpus),
+    MemoryConfig.parse(o.memory),
+    ConsoleConfig.parse(o.serial, '--serial'),
+    ConsoleConfig.parse(o.console, '--console'),
+    RngConfig.parse(o.rng),
+    parseVhostUserDevices({ disk: o.disk, net: o.net, fs: o.fs }),
+  );
+  config.validate();
+  return { config, logLevel: o.verbose ? 'debug' : null };
+}

@@ -1,0 +1,54 @@
+// VM-level rules for the vhost-user devices (Cloud Hypervisor's VmConfig::validate): shared memory, unique ids.
+import { DiskConfig } from './disk.js';
+import { ConfigError } from './errors.js';
+import { FsConfig } from './fs.js';
+import type { MemoryConfig } from './memory.js';
+import { NetConfig } from './net.js';
+
+export interface VhostUserDevicesConfig {
+  disks: DiskConfig[];
+  net: NetConfig[];
+  fs: FsConfig[];
+}
+
+export function parseVhostUserDevices(o: { disk?: string[]; net?: string[]; fs?: string[] }): VhostUserDevicesConfig {
+  return {
+    disks: (o.disk ?? []).map((s) => DiskConfig.parse(s)),
+    net: (o.net ?? []).map((s) => NetConfig.parse(s)),
+    fs: (o.fs ?? []).map((s) => FsConfig.parse(s)),
+  };
+}
+
+/**
+ * Backends map guest RAM from the fds kumo sends, so it must be shareable (memfd with shared=on, or
+ * hugepages). Ids must be unique; devices without one get Cloud Hypervisor style ids (_disk0, _net1, _fs2).
+ */
+export function validateVhostUserDevices(d: VhostUserDevicesConfig, memory: MemoryConfig): void {
+  const all = [...d.disks, ...d.net, ...d.fs];
+  if (all.length === 0) return;
+  if (!memory.shared && !memory.hugepages) {
+    throw new ConfigError('vhost-user devices (--disk/--net/--fs) need shared guest memory: add --memory shared=on (or hugepages=on)', {
+      shared: memory.shared,
+      hugepages: memory.hugepages,
+    });
+  }
+  const seen = new Set<string>();
+  for (const c of all) {
+    if (c.id === null) continue;
+    if (c.id.startsWith('_')) throw new ConfigError(`device id "${c.id}" is reserved (ids starting with "_" are generated)`, { id: c.id });
+    if (seen.has(c.id)) throw new ConfigError(`device id "${c.id}" is used twice`, { id: c.id });
+    seen.add(c.id);
+  }
+  let n = 0;
+  for (const [list, prefix] of [[d.disks, '_disk'], [d.net, '_net'], [d.fs, '_fs']] as const) {
+    for (const c of list) {
+      if (c.id === null) c.id = `${prefix}${n}`;
+      n++;
+    }
+  }
+  const sockets = new Set<string>();
+  for (const c of all) {
+    if (sockets.has(c.socket)) throw new ConfigError(`vhost-user socket ${c.socket} is given to two devices`, { socket: c.socket });
+    sockets.add(c.socket);
+  }
+}

@@ -1,0 +1,188 @@
+// VM assembly: config → (checks, no KVM) → guest RAM + KVM VM → device model → boot payload →
+// vCPU workers → wait for poweroff / reset / error.
+import { logger } from '../protocol/log.js';
+import { openFile, closeQuiet, O_WRONLY, O_CREAT, O_TRUNC, O_APPEND, O_CLOEXEC } from '../protocol/sys/fd.js';
+import { Machine } from './kvm/machine.js';
+import { SharedArena } from './devices/shared-state.js';
+import { EventLoop } from './virtio/event-loop.js';
+import { VirtioActivator } from './virtio/activation.js';
+import { readInitramfs, readKernel, type KernelImage } from './boot/kernel-image.js';
+import { checkBootFits, loadKernel, type BootEntry } from './boot/load.js';
+import { applyBootEntry } from './boot/entry.js';
+import { configureVcpu } from './boot/vcpu-setup.js';
+import { ramRanges, RAM_64BIT_START } from './memory/layout.js';
+import { runMachine, type VmRunResult } from './vcpu/supervisor.js';
+import { buildVmModel, fdSink, type VmModelData } from './vm-model.js';
+import type { VmConfig } from './config/vm-config.js';
+import type { ConsoleConfig } from './config/console.js';
+import type { GuestMemory } from '../protocol/memory/index.js';
+import type { Platform } from './devices/platform.js';
+import type { PlatformEvent } from './devices/types.js';
+import { buildAcpiTables } from './acpi/index.js';
+import { VirtioConsole } from './virtio/console.js';
+import { attachVhostUserDevices, withVhostUserEvents, type VhostUserAttachment } from './vhost-user/index.js';
+
+const log = logger('vm');
+const MODEL_URL = new URL(`./vm-model${import.meta.url.endsWith('.js') ? '.js' : '.ts'}`, import.meta.url).href;
+
+/** Writes ACPI tables for the model into guest RAM; returns the RSDP address (null: no ACPI). */
+export type AcpiWriter = (mem: GuestMemory, platform: Platform, cfg: VmConfig) => number | null;
+
+/** Cloud Hypervisor-style ACPI tables (RSDP at 0xA0000) for the model, written into guest RAM. */
+export const writeAcpi: AcpiWriter = (mem, platform, cfg) => {
+  const { rsdpAddr, blobs } = buildAcpiTables({ vcpus: cfg.cpus.boot, pciMmio64: platform.highMmio });
+  for (const b of blobs) mem.write(b.addr, b.bytes);
+  return rsdpAddr;
+};
+
+export interface PreparedBoot {
+  kernel: KernelImage;
+  initramfs: Buffer | null;
+}
+
+/** Everything that can fail without touching KVM: files, formats, sizes. Throws KumoError subclasses. */
+export function prepareBoot(cfg: VmConfig): PreparedBoot {
+  cfg.validate();
+  const kernel = readKernel(cfg.payload.kernel);
+  const initramfs = cfg.payload.initramfs ? readInitramfs(cfg.payload.initramfs) : null;
+  checkBootFits({ kernel, initramfs, cmdline: cfg.payload.cmdline, memSize: cfg.memory.size });
+  return { kernel, initramfs };
+}
+
+function openOutput(c: ConsoleConfig): number {
+  switch (c.mode) {
+    case 'Tty':
+      return 1;
+    case 'File':
+      return openFile(c.file!, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o644);
+    default:
+      return -1;
+  }
+}
+
+export interface PlatformRunOptions {
+  serialFd: number;
+  consoleFd: number;
+  console: boolean;
+  rngSrc: string;
+  /** Called after the model is built, before vCPUs start (ACPI tables, kernel loading, vCPU state). */
+  prepare?: (platform: Platform) => void;
+  onRunning?: () => void;
+  vhostUser?: VhostUserAttachment;
+}
+
+/** Builds the device model over `machine` (main thread + vCPU workers) and runs the vCPUs to the end. */
+export async function runPlatform(machine: Machine, o: PlatformRunOptions): Promise<VmRunResult & { platform: Platform }> {
+  const size = machine.ram.size;
+  const ranges = ramRanges(size);
+  const data: VmModelData = {
+    arena: SharedArena.create().sab,
+    vcpus: machine.vcpus.length,
+    memBelow4g: ranges[0].size,
+    memAbove4g: ranges.find((r) => r.guestAddr === RAM_64BIT_START)?.size ?? 0,
+    serialFd: o.serialFd,
+    console: o.console,
+    rngSrc: o.rngSrc,
+    vhostUser: o.vhostUser?.specs,
+  };
+  const loop = new EventLoop();
+  try {
+    let activator: VirtioActivator | null = null;
+    let handle: ((e: PlatformEvent) => boolean) | null = null;
+    const platform = buildVmModel(data, {
+      interrupts: machine.interrupts,
+      events: (e) => handle?.(e),
+      consoleOutput: o.consoleFd >= 0 ? fdSink(o.consoleFd) : null,
+      serialOutput: false,
+      vhostUserLinks: o.vhostUser?.links,
+    });
+    const act = new VirtioActivator(platform.virtio, machine.ram.memory, machine.interrupts, loop);
+    activator = act;
+    const onEvent = withVhostUserEvents(platform.virtio, (e) => act.handle(e));
+    handle = onEvent;
+    o.prepare?.(platform);
+    loop.start();
+    const res = await runMachine(machine, { module: MODEL_URL, data }, { onEvent, onRunning: o.onRunning });
+    return { ...res, platform };
+  } finally {
+    await loop.stop();
+  }
+}
+
+/**
+ * Interactive stdin (a terminal only: piped stdin is left alone) goes to the serial port when it is
+ * on the tty, else to virtio-console. Returns the detach function.
+ */
+function attachTtyInput(cfg: VmConfig, platform: Platform): () => void {
+  const stdin = process.stdin;
+  if (!stdin.isTTY) return () => {};
+  let sink: ((b: Uint8Array) => void) | null = null;
+  if (cfg.serial.mode === 'Tty') sink = (b) => void platform.serial.enqueueInput(b);
+  else if (cfg.console.mode === 'Tty') {
+    const con = platform.virtio.map((t) => t.device).find((d): d is VirtioConsole => d instanceof VirtioConsole);
+    if (con) sink = (b) => void con.input(b);
+  }
+  if (!sink) return () => {};
+  const onData = (b: Buffer) => sink!(b);
+  stdin.setRawMode(true);
+  stdin.on('data', onData);
+  return () => {
+    stdin.off('data', onData);
+    stdin.setRawMode(false);
+    stdin.pause();
+  };
+}
+
+/** Boots a VM and runs it to the end. */
+export async function runVm(
+  cfg: VmConfig,
+  opts: { prepared?: PreparedBoot; acpi?: AcpiWriter; onRunning?: () => void; kvmPath?: string } = {},
+): Promise<VmRunResult & { entry: BootEntry | null }> {
+  const prepared = opts.prepared ?? prepareBoot(cfg);
+  const serialFd = openOutput(cfg.serial);
+  const consoleFd = cfg.console.mode === 'Off' ? -1 : openOutput(cfg.console);
+  const fds = [serialFd, consoleFd].filter((fd) => fd > 2);
+  let machine: Machine | null = null;
+  let detachInput = () => {};
+  let vhostUser: VhostUserAttachment | null = null;
+  try {
+    machine = Machine.create({
+      memory: { size: cfg.memory.size, hugepages: cfg.memory.hugepages, hugepageSize: cfg.memory.hugepageSize ?? undefined },
+      vcpus: cfg.cpus.boot,
+      kvmPath: opts.kvmPath,
+    });
+    const m = machine;
+    vhostUser = await attachVhostUserDevices(cfg.vhostUser, (gsi) => m.interrupts.interrupt(gsi).fd);
+    let entry: BootEntry | null = null;
+    const res = await runPlatform(m, {
+      serialFd,
+      consoleFd,
+      console: cfg.console.mode !== 'Off',
+      rngSrc: cfg.rng.src,
+      vhostUser: vhostUser ?? undefined,
+      onRunning: opts.onRunning,
+      prepare: (platform) => {
+        const rsdp = (opts.acpi ?? writeAcpi)(m.ram.memory, platform, cfg);
+        const e = loadKernel(m.ram.memory, {
+          kernel: prepared.kernel,
+          initramfs: prepared.initramfs,
+          cmdline: cfg.payload.cmdline,
+          memSize: cfg.memory.size,
+          rsdp,
+        });
+        const cpuid = m.kvm.supportedCpuid();
+        for (const v of m.vcpus) configureVcpu(v.fd, cpuid, cfg.cpus.boot);
+        applyBootEntry(m.ram.memory, m.vcpus[0].fd, e);
+        log.info({ kernel: prepared.kernel.kind, entry: '0x' + e.rip.toString(16), rsdp, initramfs: e.initramfs }, 'booting');
+        entry = e;
+        detachInput = attachTtyInput(cfg, platform);
+      },
+    });
+    return { ...res, entry };
+  } finally {
+    detachInput();
+    vhostUser?.close();
+    machine?.close();
+    for (const fd of fds) closeQuiet(fd);
+  }
+}
