@@ -1,0 +1,76 @@
+// End to end on /dev/kvm: `kumo --disk vhost_user=on,...` attaches kumo-vhost-user-blk, and a tiny
+// guest reads the disk's config space through PCI from a vCPU worker (answered from the shared spec).
+import { afterEach, describe, expect, it } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pvhElf, x86 } from '../vmm-kvm/fixtures/guests.js';
+import { startProcess, stopProcess } from './harness.js';
+
+const KUMO = new URL('../../bin/kumo.js', import.meta.url).pathname;
+const KUMO_BLK = new URL('../../bin/kumo-vhost-user-blk.js', import.meta.url).pathname;
+const hasKvm = existsSync('/dev/kvm');
+
+const cf8 = (slot: number, reg: number) => [...x86.movDx(0xcf8), ...x86.movEax((0x8000_0000 | (slot << 11) | reg) >>> 0), ...x86.outDxEax()];
+const cfc = (v: number) => [...x86.movDx(0xcfc), ...x86.movEax(v), ...x86.outDxEax()];
+
+function runKumo(args: string[]): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const c = spawn(process.execPath, [KUMO, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'info' } });
+    let stderr = '';
+    c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const t = setTimeout(() => c.kill('SIGKILL'), 90_000);
+    c.on('exit', (code) => {
+      clearTimeout(t);
+      resolve({ code, stderr });
+    });
+  });
+}
+
+describe.skipIf(!hasKvm)('kumo with a vhost-user disk on /dev/kvm', () => {
+  let dir = '';
+  let child: ChildProcess | null = null;
+  afterEach(async () => {
+    await stopProcess(child);
+    child = null;
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('attaches the backend and the guest reads the capacity from the virtio-blk config space', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kumo-vu-kvm-'));
+    const img = join(dir, 'disk.raw');
+    const sock = join(dir, 'blk.sock');
+    const serial = join(dir, 'serial.out');
+    writeFileSync(img, Buffer.alloc(0x4b * 512)); // capacity 0x4b sectors = 'K'
+    child = await startProcess(process.execPath, [KUMO_BLK, '--block-backend', `path=${img},socket=${sock}`], sock);
+    // With --console off the functions are: 0 host bridge, 1 rng, 2 the disk.
+    const code = [
+      ...cf8(2, 0x04), ...cfc(0x6), // memory decode + bus master
+      ...cf8(2, 0x10), ...cfc(0xc000_0000), // BAR0 into the 32-bit window
+      ...cf8(2, 0x14), ...cfc(0),
+      ...x86.movEbx(0xc000_4000), ...x86.loadEaxFromEbx(), // device config: capacity (low dword)
+      ...x86.movDx(0x3f8), ...x86.outDxAl(),
+      ...x86.poweroffS5(), ...x86.jmpSelf(),
+    ];
+    const kernel = join(dir, 'guest.elf');
+    writeFileSync(kernel, pvhElf(code));
+    const r = await runKumo([
+      '--kernel', kernel, '--memory', 'size=64M,shared=on', '--serial', `file=${serial}`, '--console', 'off',
+      '--disk', `vhost_user=on,socket=${sock},id=disk0`,
+    ]);
+    expect(r.stderr).toMatch(/vhost-user backend attached/);
+    expect(r.stderr).toMatch(/powered off/);
+    expect(r.code).toBe(0);
+    expect(readFileSync(serial, 'latin1')).toBe('K');
+  }, 120_000);
+
+  it('refuses a vhost-user disk without shared memory before touching KVM', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kumo-vu-kvm-'));
+    const kernel = join(dir, 'guest.elf');
+    writeFileSync(kernel, pvhElf([...x86.poweroffS5(), ...x86.jmpSelf()]));
+    const r = await runKumo(['--kernel', kernel, '--memory', 'size=64M', '--disk', `vhost_user=on,socket=${join(dir, 'none.sock')}`]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/need shared guest memory: add --memory shared=on/);
+  }, 60_000);
+});

@@ -1,0 +1,54 @@
+import { readFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { FuseClient } from '../../../protocol/fuse/index.js';
+import { parseCount } from '../options.js';
+import { ScriptRunner } from './script.js';
+import { VirtioFsTransport } from './transport.js';
+import { benchFs, formatFsBench } from './bench.js';
+
+interface FsOpts {
+  socket: string;
+  tag?: string;
+  connectTimeout: number;
+}
+
+/** `kumo-vu fs --socket S [--tag T] run SCRIPT | bench` */
+export function registerFs(program: Command): void {
+  const fs = program
+    .command('fs')
+    .description('drive a virtio-fs (vhost-user-fs) back-end as a FUSE client')
+    .requiredOption('--socket <path>', 'vhost-user socket of the back-end')
+    .option('--tag <tag>', 'expected tag (checked when the back-end offers CONFIG)')
+    .option('--connect-timeout <ms>', 'keep retrying the connect this long', parseCount(0, 600_000), 0);
+
+  fs.command('run')
+    .description('run a script (one op per line: ls, stat, cat, write, mkdir, rm, mv, ln, setxattr ...); "-" reads stdin')
+    .argument('<script>', 'script file')
+    .action(async (script: string) => {
+      const o = fs.opts<FsOpts>();
+      const t = await VirtioFsTransport.connect(o.socket, o.connectTimeout);
+      try {
+        const c = new FuseClient(t);
+        await c.init();
+        const text = readFileSync(script === '-' ? 0 : script, 'utf8');
+        await new ScriptRunner(c).runScript(text, (s) => process.stdout.write(s + '\n'));
+      } finally {
+        t.close();
+      }
+    });
+
+  fs.command('bench')
+    .description('lookup+getattr ops/s, 4k random read IOPS, 1 MiB sequential read MB/s, create+write+close files/s')
+    .option('--seconds <s>', 'seconds per case', Number, 2)
+    .option('--json', 'print JSON')
+    .action(async (b: { seconds: number; json?: boolean }) => {
+      const o = fs.opts<FsOpts>();
+      const t = await VirtioFsTransport.connect(o.socket, o.connectTimeout);
+      try {
+        const r = await benchFs(new FuseClient(t), b.seconds);
+        process.stdout.write((b.json ? JSON.stringify(r) : formatFsBench(r)) + '\n');
+      } finally {
+        t.close();
+      }
+    });
+}

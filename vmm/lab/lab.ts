@@ -1,0 +1,158 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { logger } from '../../protocol/log.js';
+import { ensureImage } from '../image/build.js';
+import { withLockFile } from '../image/lock.js';
+import { imageCacheDir } from '../image/paths.js';
+import { LabConsole } from './console.js';
+import { LabError, LabTimeoutError } from './errors.js';
+import { jobScript, labEnv } from './job.js';
+import { onCleanup, spawnOwned, stop } from './processes.js';
+
+const log = logger('lab');
+export const VIRTIOFSD = process.env.KUMO_LAB_VIRTIOFSD ?? '/usr/lib/qemu/virtiofsd';
+export const QEMU = process.env.KUMO_LAB_QEMU ?? 'qemu-system-x86_64';
+
+export interface LabOptions {
+  /** Whole run: L1 boot + command + power-off. Default 10 minutes. */
+  timeoutMs?: number;
+  /** L1 memory (default 2048) and vCPUs (default 2). */
+  memMiB?: number;
+  cpus?: number;
+  /** Added to the default environment (PATH, HOME, TERM, KUMO_*, ...). */
+  env?: Record<string, string>;
+  /** Working directory inside L1 (the same host path); default process.cwd(). */
+  cwd?: string;
+  /** How long to wait for another lab run on this machine to finish (default 30 min). */
+  lockWaitMs?: number;
+  /** Called with the command's output as it arrives. */
+  onOutput?: (text: string) => void;
+}
+
+export interface LabResult {
+  code: number;
+  /** The command's stdout+stderr (serial console, CRs removed). */
+  output: string;
+  /** L1 console lines before the command started (kernel messages, module warnings). */
+  bootLog: string[];
+  /** Seconds: L1's uptime when the command started, and wall time of the whole run. */
+  l1BootS: number;
+  wallS: number;
+}
+
+async function waitForSocket(file: string, until: number, failed: () => string | null): Promise<void> {
+  while (!fs.existsSync(file)) {
+    const why = failed();
+    if (why) throw new LabError('virtiofsd did not start', { why });
+    if (Date.now() > until) throw new LabTimeoutError('virtiofsd socket did not appear', { file });
+    await sleep(20);
+  }
+}
+
+/**
+ * Runs `cmd` (a sh command line) inside L1: QEMU TCG with an emulated AMD SVM CPU whose Linux loads
+ * kvm_amd (nested paging), with the host's root shared read-write over virtio-fs and chrooted into,
+ * so /dev/kvm is a hardware-style KVM and everything installed on the host is there.
+ */
+export async function runInLab(cmd: string, opts: LabOptions = {}): Promise<LabResult> {
+  if (process.env.KUMO_IN_LAB === '1') throw new LabError('already inside the lab (L1): a lab in the lab is not supported');
+  if (process.env.KUMO_LAB_PARALLEL === '1') return runLab(cmd, opts);
+  // Two TCG labs on a 2-core machine starve each other into timeouts: one at a time per machine.
+  const lock = path.join(imageCacheDir(), '..', 'lab.lock');
+  fs.mkdirSync(path.dirname(lock), { recursive: true });
+  return withLockFile(lock, opts.lockWaitMs ?? 30 * 60_000, () => runLab(cmd, opts));
+}
+
+async function runLab(cmd: string, opts: LabOptions): Promise<LabResult> {
+  const t0 = Date.now();
+  const timeoutMs = opts.timeoutMs ?? 600_000;
+  const mem = opts.memMiB ?? 2048;
+  const cpus = opts.cpus ?? 2;
+  if (process.getuid?.() !== 0) throw new LabError('the lab needs root (virtiofsd shares / as root)');
+  if (!fs.existsSync(VIRTIOFSD)) throw new LabError('virtiofsd not found (apt-get install qemu-system-x86)', { path: VIRTIOFSD });
+  const img = await ensureImage();
+
+  // The job path travels on L1's kernel command line, which splits at white space.
+  if (/\s/.test(os.tmpdir())) throw new LabError('the temp dir path has white space', { tmpdir: os.tmpdir() });
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kumo-lab-'));
+  const removeDir = (): void => fs.rmSync(dir, { recursive: true, force: true });
+  const unregister = onCleanup(removeDir);
+  const sock = path.join(dir, 'fs.sock');
+  const job = path.join(dir, 'job.sh');
+  fs.writeFileSync(job, jobScript(cmd, opts.cwd ?? process.cwd(), labEnv(opts.env)), { mode: 0o755 });
+
+  const vfsErr: string[] = [];
+  const vfs = spawnOwned(VIRTIOFSD, [`--socket-path=${sock}`, '-o', 'source=/', '-o', 'cache=always', '-o', 'sandbox=chroot'],
+    { stdio: ['ignore', 'ignore', 'pipe'] });
+  vfs.stderr?.on('data', (d: Buffer) => vfsErr.push(d.toString()));
+  let vfsSpawnError: string | null = null;
+  vfs.on('error', (e) => (vfsSpawnError = e.message));
+  let qemu: ReturnType<typeof spawnOwned> | null = null;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await waitForSocket(sock, t0 + 30_000, () =>
+      vfsSpawnError ?? (vfs.exitCode !== null ? vfsErr.join('').slice(-2000) || `exit ${vfs.exitCode}` : null));
+    const append = `console=ttyS0 panic=-1 quiet transparent_hugepage=never kumo.lab=${job}`;
+    const args = [
+      '-accel', 'tcg,thread=multi', '-cpu', 'EPYC,+svm', '-m', String(mem), '-smp', String(cpus),
+      '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot',
+      '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`, '-numa', 'node,memdev=mem',
+      '-chardev', `socket,id=c0,path=${sock}`, '-device', 'vhost-user-fs-pci,chardev=c0,tag=hostroot',
+      '-kernel', img.bzImage, '-initrd', img.labInitramfs, '-append', append,
+    ];
+    log.debug({ args }, 'starting L1');
+    const q = spawnOwned(QEMU, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    qemu = q;
+    const qErr: string[] = [];
+    q.stderr?.on('data', (d: Buffer) => qErr.push(d.toString()));
+    q.on('error', (e) => qErr.push(`spawn: ${e.message}`));
+
+    let output = '';
+    let l1BootS = NaN;
+    let code: number | null = null;
+    const errors: string[] = [];
+    const con = new LabConsole({
+      onOutput: (t) => {
+        output += t;
+        opts.onOutput?.(t);
+      },
+      onStart: (s) => {
+        l1BootS = s;
+        log.debug({ l1BootS: s }, 'L1 started the command');
+      },
+      onExit: (c) => {
+        code = c;
+      },
+      onError: (m) => errors.push(m),
+    });
+    q.stdout?.setEncoding('utf8');
+    q.stdout?.on('data', (d: string) => con.push(d));
+
+    // 'close', not 'exit': the last console bytes (the exit marker) may still be in the pipe at exit.
+    const exited = new Promise<void>((resolve) => q.once('close', () => resolve()));
+    const timedOut = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), Math.max(0, timeoutMs - (Date.now() - t0)));
+    });
+    const how = await Promise.race([exited.then(() => 'exit' as const), timedOut]);
+    if (how === 'timeout') {
+      throw new LabTimeoutError('lab command timed out', { cmd, timeoutMs, pids: { qemu: q.pid, virtiofsd: vfs.pid }, output: output.slice(-4000), bootLog: con.bootLog.slice(-40) });
+    }
+    if (code === null) {
+      throw new LabError('L1 stopped without reporting an exit code', {
+        cmd, qemuExit: q.exitCode, qemuSignal: q.signalCode, errors, qemuStderr: qErr.join('').slice(-2000),
+        virtiofsdStderr: vfsErr.join('').slice(-2000), bootLog: con.bootLog.slice(-40), output: output.slice(-4000),
+      });
+    }
+    const result: LabResult = { code, output, bootLog: con.bootLog, l1BootS, wallS: (Date.now() - t0) / 1000 };
+    log.info({ code, l1BootS, wallS: result.wallS }, 'lab command finished');
+    return result;
+  } finally {
+    clearTimeout(timer);
+    if (qemu) await stop(qemu);
+    await stop(vfs);
+    unregister();
+    removeDir();
+  }
+}

@@ -1,0 +1,211 @@
+// Main thread, before the vCPUs start: connect to each backend, negotiate like Cloud Hypervisor,
+// read the config space, and produce the spec every thread's model is built from.
+import { logger } from '../../protocol/log.js';
+import { accept, unixListen } from '../../protocol/sys/socket.js';
+import { closeQuiet, eventfd, setNonBlocking } from '../../protocol/sys/fd.js';
+import { F_PROTOCOL_FEATURES, ProtocolFeature, hasProtocolFeature, VhostUserFrontend } from '../../protocol/vhost-user/index.js';
+import { VIRTIO_ID_BLOCK, VIRTIO_ID_FS, VIRTIO_ID_NET } from '../../protocol/virtio/ids.js';
+import { bits } from '../../protocol/virtio/features.js';
+import { VIRTIO_NET_F_MTU } from '../../protocol/virtio/net.js';
+import type { DiskConfig } from '../config/disk.js';
+import type { FsConfig } from '../config/fs.js';
+import type { NetConfig } from '../config/net.js';
+import type { VhostUserDevicesConfig } from '../config/vhost-user-devices.js';
+import { VhostUserDeviceError } from './errors.js';
+import { checkQueueCount, VhostUserLink, type CallFdResolver } from './link.js';
+import {
+  BLK_CONFIG_LEN, BLK_PROTOCOL_FEATURES, DEFAULT_VIRTIO_FEATURES, BLK_WRITABLE, blkFeatureMask, FS_PROTOCOL_FEATURES, fsConfig, NET_PROTOCOL_FEATURES,
+  NET_VMM_FEATURES, netConfig, netFeatureMask, patchBlkConfig,
+} from './profiles.js';
+import { newDirtyRange, type VhostUserDeviceSpec, type VhostUserKind } from './spec.js';
+
+const log = logger('vhost-user-connect');
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export interface ConnectTiming {
+  /** Cloud Hypervisor retries for 60 s, every 100 ms. */
+  retryForMs?: number;
+  retryEveryMs?: number;
+  replyTimeoutMs?: number;
+}
+
+async function listenForBackend(id: string, path: string, t: ConnectTiming): Promise<number> {
+  const lfd = unixListen(path, 1);
+  try {
+    setNonBlocking(lfd, true);
+    const until = Date.now() + (t.retryForMs ?? 60_000);
+    for (;;) {
+      try {
+        return accept(lfd);
+      } catch (e) {
+        if (Date.now() >= until) {
+          throw new VhostUserDeviceError(`vhost-user device ${id}: no backend connected to ${path}`, { id, path, cause: String(e) });
+        }
+        await sleep(t.retryEveryMs ?? 100);
+      }
+    }
+  } finally {
+    closeQuiet(lfd);
+  }
+}
+
+async function open(id: string, socket: string, server: boolean, t: ConnectTiming): Promise<VhostUserFrontend> {
+  const opts = { replyTimeoutMs: t.replyTimeoutMs ?? 30_000, ackEveryRequest: true };
+  if (server) return new VhostUserFrontend(await listenForBackend(id, socket, t), opts);
+  try {
+    return await VhostUserFrontend.connect(socket, { ...opts, retryForMs: t.retryForMs ?? 60_000, retryEveryMs: t.retryEveryMs ?? 100 });
+  } catch (e) {
+    throw new VhostUserDeviceError(`vhost-user device ${id}: cannot connect to ${socket}`, { id, socket, cause: String(e) });
+  }
+}
+
+interface Negotiated {
+  fe: VhostUserFrontend;
+  backendFeatures: bigint;
+  protocol: bigint;
+}
+
+/** SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM (SET_FEATURES waits for the guest). */
+function negotiate(id: string, fe: VhostUserFrontend, wantProtocol: bigint, queues: number): Negotiated {
+  fe.setOwner();
+  const backendFeatures = fe.getFeatures();
+  let protocol = 0n;
+  if (backendFeatures & F_PROTOCOL_FEATURES) {
+    protocol = fe.getProtocolFeatures() & wantProtocol;
+    fe.setProtocolFeatures(protocol);
+  }
+  if (hasProtocolFeature(protocol, ProtocolFeature.MQ)) checkQueueCount(id, queues, fe.getQueueNum());
+  return { fe, backendFeatures, protocol };
+}
+
+interface Built {
+  kind: VhostUserKind;
+  deviceType: number;
+  queueSizes: number[];
+  features: bigint;
+  config: Uint8Array;
+  writable: [number, number][];
+}
+
+function buildBlk(c: DiskConfig, n: Negotiated): Built {
+  if (!hasProtocolFeature(n.protocol, ProtocolFeature.CONFIG)) {
+    throw new VhostUserDeviceError(`vhost-user disk ${c.id}: the backend does not offer VHOST_USER_PROTOCOL_F_CONFIG`, { id: c.id });
+  }
+  const config = new Uint8Array(BLK_CONFIG_LEN);
+  config.set(n.fe.getConfig(0, BLK_CONFIG_LEN));
+  patchBlkConfig(config, c.numQueues);
+  return {
+    kind: 'blk',
+    deviceType: VIRTIO_ID_BLOCK,
+    queueSizes: Array<number>(c.numQueues).fill(c.queueSize),
+    features: n.backendFeatures & blkFeatureMask(c.numQueues),
+    config,
+    writable: BLK_WRITABLE,
+  };
+}
+
+function buildNet(c: NetConfig, n: Negotiated): Built {
+  let features = (n.backendFeatures & netFeatureMask({ tso: c.extra.offloadTso, ufo: c.extra.offloadUfo, csum: c.extra.offloadCsum })) | NET_VMM_FEATURES;
+  if (c.extra.mtu === null) features &= ~bits(VIRTIO_NET_F_MTU);
+  return {
+    kind: 'net',
+    deviceType: VIRTIO_ID_NET,
+    queueSizes: [c.queueSize, c.queueSize],
+    features,
+    config: netConfig(c.mac, c.extra.mtu ?? 0),
+    writable: [],
+  };
+}
+
+function buildFs(c: FsConfig, n: Negotiated): Built {
+  return {
+    kind: 'fs',
+    deviceType: VIRTIO_ID_FS,
+    queueSizes: Array<number>(c.numQueues + 1).fill(c.queueSize),
+    features: n.backendFeatures & DEFAULT_VIRTIO_FEATURES,
+    config: fsConfig(c.tag, c.numQueues),
+    writable: [],
+  };
+}
+
+function toSpec(id: string, b: Built): VhostUserDeviceSpec {
+  const config = new SharedArrayBuffer(b.config.length);
+  new Uint8Array(config).set(b.config);
+  return {
+    id,
+    kind: b.kind,
+    deviceType: b.deviceType,
+    queueSizes: b.queueSizes,
+    features: b.features & ~F_PROTOCOL_FEATURES,
+    config,
+    writable: b.writable,
+    dirty: newDirtyRange(),
+    configEventFd: eventfd(),
+  };
+}
+
+export interface VhostUserAttachment {
+  specs: VhostUserDeviceSpec[];
+  links: Map<string, VhostUserLink>;
+  close(): void;
+}
+
+type AnyDevice = { kind: 'blk'; c: DiskConfig } | { kind: 'net'; c: NetConfig } | { kind: 'fs'; c: FsConfig };
+
+async function attachOne(d: AnyDevice, callFd: CallFdResolver, t: ConnectTiming): Promise<VhostUserLink> {
+  const id = d.c.id ?? `_${d.kind}`;
+  const server = d.kind === 'net' && d.c.vhostMode === 'Server';
+  const fe = await open(id, d.c.socket, server, t);
+  try {
+    let built: Built;
+    let n: Negotiated;
+    if (d.kind === 'blk') {
+      n = negotiate(id, fe, BLK_PROTOCOL_FEATURES, d.c.numQueues);
+      built = buildBlk(d.c, n);
+    } else if (d.kind === 'net') {
+      // Backends disagree on whether GET_QUEUE_NUM counts queues or pairs: one pair is all kumo needs.
+      n = negotiate(id, fe, NET_PROTOCOL_FEATURES, 1);
+      built = buildNet(d.c, n);
+    } else {
+      n = negotiate(id, fe, FS_PROTOCOL_FEATURES, d.c.numQueues + 1);
+      built = buildFs(d.c, n);
+    }
+    const spec = toSpec(id, built);
+    log.info({ id, kind: d.kind, socket: d.c.socket, features: spec.features.toString(16), protocol: n.protocol.toString(16) }, 'vhost-user backend attached');
+    return new VhostUserLink(spec, fe, n.backendFeatures, n.protocol, callFd);
+  } catch (e) {
+    fe.close();
+    throw e;
+  }
+}
+
+/**
+ * Connects every --disk/--net/--fs backend (in that order, the order their PCI functions get).
+ * `callFd` maps an MSI GSI to the eventfd KVM uses as its irqfd.
+ */
+export async function attachVhostUserDevices(
+  cfg: VhostUserDevicesConfig,
+  callFd: CallFdResolver,
+  timing: ConnectTiming = {},
+): Promise<VhostUserAttachment> {
+  const all: AnyDevice[] = [
+    ...cfg.disks.map((c) => ({ kind: 'blk' as const, c })),
+    ...cfg.net.map((c) => ({ kind: 'net' as const, c })),
+    ...cfg.fs.map((c) => ({ kind: 'fs' as const, c })),
+  ];
+  const links = new Map<string, VhostUserLink>();
+  const close = () => {
+    for (const l of links.values()) l.close();
+    links.clear();
+  };
+  try {
+    for (const d of all) {
+      const link = await attachOne(d, callFd, timing);
+      links.set(link.spec.id, link);
+    }
+  } catch (e) {
+    close();
+    throw e;
+  }
+  return { specs: [...links.values()].map((l) => l.spec), links, close };
+}
