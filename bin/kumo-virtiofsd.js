@@ -1,5 +1,3 @@
 #!/usr/bin/env node
-// Launcher: runs the TypeScript entry point through tsx's ESM loader.
-import { register } from 'tsx/esm/api';
-register();
-await import(new URL('../backends/virtiofsd/main.ts', import.meta.url).href);
+import { launch } from './launch.js';
+await launch('backends/virtiofsd/main.ts');
