@@ -1,0 +1,39 @@
+import { fileURLToPath } from 'node:url';
+import type { VhostUserBackend } from '../../protocol/vhost-user/backend-types.js';
+import { ProtocolFeature, protocolFeatures } from '../../protocol/vhost-user/messages.js';
+import { bits, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../protocol/virtio/features.js';
+import { encodeFsConfig, FS_CONFIG_SIZE } from '../../protocol/virtio/fs.js';
+import type { FsOptions } from './options.js';
+import type { FsWorkerData } from './queue-worker.js';
+
+/** virtio-fs over vhost-user: queue 0 hiprio, queue 1 the one request queue (like virtiofsd). */
+export class VirtioFsBackend implements VhostUserBackend {
+  readonly numQueues = 2;
+  readonly maxQueueSize = 32768;
+  readonly queuesPerWorker = 2;
+  readonly queueWorker: { module: string; data: FsWorkerData };
+
+  constructor(
+    opts: FsOptions,
+    private readonly tag: string | null,
+  ) {
+    this.queueWorker = { module: fileURLToPath(new URL('./queue-worker.ts', import.meta.url)), data: { opts } };
+  }
+
+  features(): bigint {
+    return bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_RING_F_EVENT_IDX);
+  }
+
+  protocolFeatures(): bigint {
+    const p = protocolFeatures(ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS);
+    // Like virtiofsd, offer CONFIG only with --tag (QEMU 7.1-8.0 mishandle it otherwise).
+    return this.tag === null ? p : p | protocolFeatures(ProtocolFeature.CONFIG);
+  }
+
+  getConfig(offset: number, size: number): Uint8Array {
+    const cfg = this.tag === null ? new Uint8Array(FS_CONFIG_SIZE) : encodeFsConfig(this.tag, 1);
+    const out = new Uint8Array(size);
+    if (offset < cfg.length) out.set(cfg.subarray(offset, Math.min(cfg.length, offset + size)));
+    return out;
+  }
+}

@@ -1,0 +1,90 @@
+import { FsConfigError } from './errors.js';
+import { defaultFsOptions, type CacheMode, type FileHandleMode, type FsOptions, type SandboxMode } from './options.js';
+
+export interface DaemonConfig {
+  socketPath: string;
+  tag: string | null;
+  threadPoolSize: number;
+  rlimitNofile: number | null;
+  logLevel: string | null;
+  fs: FsOptions;
+}
+
+export const USAGE = `kumo-virtiofsd --socket-path=PATH --shared-dir=DIR [--tag=TAG] [--cache=auto|always|never|metadata]
+  [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--announce-submounts]
+  [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
+  [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL]
+QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,posix_lock,writeback,readdirplus`;
+
+function oneOf<T extends string>(name: string, v: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(v)) throw new FsConfigError(`--${name} must be one of ${allowed.join('|')}`, { value: v });
+  return v as T;
+}
+
+function int(name: string, v: string): number {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 0) throw new FsConfigError(`--${name} must be a non-negative integer`, { value: v });
+  return n;
+}
+
+/** Parses virtiofsd's (Rust) command line, plus QEMU virtiofsd's `-o k=v,...` and `--socket-path` forms. */
+export function parseArgs(argv: string[]): DaemonConfig {
+  let socketPath: string | null = null;
+  let sharedDir: string | null = null;
+  const cfg = { tag: null as string | null, threadPoolSize: 0, rlimitNofile: null as number | null, logLevel: null as string | null };
+  const o: Partial<FsOptions> = { sandbox: 'namespace' };
+  const set = (key: string, val: string | null): void => {
+    const v = val ?? '';
+    switch (key) {
+      case 'socket-path': socketPath = v; break;
+      case 'shared-dir': case 'source': sharedDir = v; break;
+      case 'tag': cfg.tag = v; break;
+      case 'cache': o.cache = oneOf('cache', v === 'none' ? 'never' : v, ['auto', 'always', 'never', 'metadata'] as CacheMode[]); break;
+      case 'sandbox': o.sandbox = oneOf('sandbox', v, ['namespace', 'chroot', 'none'] as SandboxMode[]); break;
+      case 'thread-pool-size': cfg.threadPoolSize = int(key, v); break;
+      case 'rlimit-nofile': cfg.rlimitNofile = int(key, v); break;
+      case 'log-level': case 'log_level': cfg.logLevel = v; break;
+      case 'inode-file-handles': o.inodeFileHandles = oneOf(key, v || 'prefer', ['never', 'prefer', 'mandatory'] as FileHandleMode[]); break;
+      case 'xattr': o.xattr = true; break;
+      case 'no_xattr': o.xattr = false; break;
+      case 'posix-lock': case 'posix_lock': o.posixLock = true; break;
+      case 'no_posix_lock': o.posixLock = false; break;
+      case 'announce-submounts': case 'announce_submounts': o.announceSubmounts = true; break;
+      case 'no-announce-submounts': o.announceSubmounts = false; break;
+      case 'readonly': o.readonly = true; break;
+      case 'writeback': o.writeback = true; break;
+      case 'no_writeback': o.writeback = false; break;
+      case 'allow-direct-io': case 'allow_direct_io': o.allowDirectIo = true; break;
+      case 'readdirplus': o.readdirplus = true; break;
+      case 'no-readdirplus': case 'no_readdirplus': o.readdirplus = false; break;
+      // Accepted for command-line compatibility; they change nothing here.
+      case 'seccomp': case 'syslog': case 'modcaps': case 'flock': case 'no_flock': case 'timeout': case 'fd': case 'socket-group':
+      case 'print-capabilities': case 'security-label': case 'posix-acl': case 'preserve-noatime': case 'killpriv-v2':
+        break;
+      default:
+        throw new FsConfigError(`unknown option ${key}`, { option: key });
+    }
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '-o') {
+      const list = argv[++i] ?? '';
+      for (const kv of list.split(',').filter(Boolean)) {
+        const eq = kv.indexOf('=');
+        set(eq < 0 ? kv : kv.slice(0, eq), eq < 0 ? null : kv.slice(eq + 1));
+      }
+    } else if (a.startsWith('--')) {
+      const eq = a.indexOf('=');
+      const key = eq < 0 ? a.slice(2) : a.slice(2, eq);
+      const takesValue = ['socket-path', 'shared-dir', 'tag', 'cache', 'sandbox', 'thread-pool-size', 'rlimit-nofile', 'log-level', 'inode-file-handles', 'seccomp', 'fd', 'socket-group', 'modcaps'].includes(key);
+      const val = eq >= 0 ? a.slice(eq + 1) : takesValue ? (argv[++i] ?? '') : null;
+      set(key, val);
+    } else if (a === '-f' || a === '-d') {
+      // QEMU virtiofsd: foreground / debug.
+    } else throw new FsConfigError(`unexpected argument ${a}`, { arg: a });
+  }
+  if (!socketPath) throw new FsConfigError('--socket-path is required');
+  if (!sharedDir) throw new FsConfigError('--shared-dir (or -o source=) is required');
+  if (cfg.tag !== null && (Buffer.byteLength(cfg.tag) === 0 || Buffer.byteLength(cfg.tag) > 36)) throw new FsConfigError('--tag must be 1..36 bytes');
+  return { socketPath, ...cfg, fs: { ...defaultFsOptions(sharedDir), ...o } };
+}

@@ -1,0 +1,21 @@
+import { KumoError } from '../../protocol/errors.js';
+
+/** A FUSE operation failed with an errno that goes back to the guest in the reply header. */
+export class FsError extends KumoError {
+  constructor(
+    readonly errno: number,
+    message: string,
+    context: Record<string, unknown> = {},
+  ) {
+    super(message, { errno, ...context });
+  }
+}
+
+/** Bad command line or configuration of kumo-virtiofsd. */
+export class FsConfigError extends KumoError {}
+
+export const E = {
+  EPERM: 1, ENOENT: 2, EIO: 5, EBADF: 9, EAGAIN: 11, ENOMEM: 12, EACCES: 13, EEXIST: 17, EXDEV: 18, ENOTDIR: 20,
+  EISDIR: 21, EINVAL: 22, ENFILE: 23, EMFILE: 24, EFBIG: 27, ENOSPC: 28, EROFS: 30, ERANGE: 34, ENOSYS: 38,
+  ENOTEMPTY: 39, ELOOP: 40, ENODATA: 61, EPROTO: 71, EOVERFLOW: 75, EOPNOTSUPP: 95,
+} as const;

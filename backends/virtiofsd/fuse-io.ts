@@ -1,0 +1,128 @@
+import type { IoVecList } from '../../protocol/sys/fd.js';
+import { addressOf } from '../../protocol/sys/libc.js';
+import type { GuestMemory } from '../../protocol/memory/index.js';
+import type { Segment } from '../../protocol/virtqueue/layout.js';
+import { readFromChain, writeToChain } from '../../protocol/virtqueue/chain.js';
+
+/**
+ * The two halves of one FUSE request as the server sees them: the request bytes (device-readable)
+ * and the reply space (device-writable). Bulk data (READ/WRITE payloads) is reached through host
+ * iovecs so it moves between the file and guest memory without a copy.
+ */
+export interface FuseIo {
+  readonly inLength: number;
+  readonly outLength: number;
+  /** Copies request bytes from `offset`; returns how many were copied. */
+  readIn(offset: number, dst: Uint8Array): number;
+  /** Appends host iovecs covering request bytes [offset, offset+len); returns bytes covered. */
+  inIovecs(offset: number, len: number, iov: IoVecList): number;
+  writeOut(offset: number, src: Uint8Array): number;
+  outIovecs(offset: number, len: number, iov: IoVecList): number;
+}
+
+function pushRange(
+  segs: readonly { len: number; ptr: (skip: number, n: number) => bigint }[],
+  offset: number,
+  len: number,
+  iov: IoVecList,
+): number {
+  let skip = offset;
+  let done = 0;
+  for (const s of segs) {
+    if (done === len) break;
+    if (skip >= s.len) {
+      skip -= s.len;
+      continue;
+    }
+    const n = Math.min(s.len - skip, len - done);
+    if (iov.full) break;
+    iov.push(s.ptr(skip, n), n);
+    done += n;
+    skip = 0;
+  }
+  return done;
+}
+
+/** A descriptor chain in guest memory. */
+export class ChainIo implements FuseIo {
+  readonly inLength: number;
+  readonly outLength: number;
+  constructor(
+    private readonly mem: GuestMemory,
+    private readonly readable: readonly Segment[],
+    private readonly writable: readonly Segment[],
+  ) {
+    this.inLength = readable.reduce((a, s) => a + s.len, 0);
+    this.outLength = writable.reduce((a, s) => a + s.len, 0);
+  }
+  readIn(offset: number, dst: Uint8Array): number {
+    return readFromChain(this.mem, this.readable, offset, dst);
+  }
+  writeOut(offset: number, src: Uint8Array): number {
+    return writeToChain(this.mem, this.writable, offset, src);
+  }
+  inIovecs(offset: number, len: number, iov: IoVecList): number {
+    return this.iovecs(this.readable, offset, len, iov);
+  }
+  outIovecs(offset: number, len: number, iov: IoVecList): number {
+    return this.iovecs(this.writable, offset, len, iov);
+  }
+  private iovecs(segs: readonly Segment[], offset: number, len: number, iov: IoVecList): number {
+    const mem = this.mem;
+    return pushRange(
+      segs.map((s) => ({ len: s.len, ptr: (skip: number, n: number) => mem.hostPtr(s.addr + skip, n) })),
+      offset, len, iov,
+    );
+  }
+}
+
+/** Plain host buffers (tests, in-process use). */
+export class BufferIo implements FuseIo {
+  readonly inLength: number;
+  readonly outLength: number;
+  constructor(
+    private readonly input: readonly Uint8Array[],
+    private readonly output: readonly Uint8Array[],
+  ) {
+    this.inLength = input.reduce((a, b) => a + b.length, 0);
+    this.outLength = output.reduce((a, b) => a + b.length, 0);
+  }
+  readIn(offset: number, dst: Uint8Array): number {
+    return copy(this.input, offset, dst.length, (b, o, n, d) => dst.set(b.subarray(o, o + n), d));
+  }
+  writeOut(offset: number, src: Uint8Array): number {
+    return copy(this.output, offset, src.length, (b, o, n, d) => b.set(src.subarray(d, d + n), o));
+  }
+  inIovecs(offset: number, len: number, iov: IoVecList): number {
+    return pushRange(this.input.map(hostSeg), offset, len, iov);
+  }
+  outIovecs(offset: number, len: number, iov: IoVecList): number {
+    return pushRange(this.output.map(hostSeg), offset, len, iov);
+  }
+}
+
+function hostSeg(b: Uint8Array): { len: number; ptr: (skip: number, n: number) => bigint } {
+  return { len: b.length, ptr: (skip) => addressOf(b) + BigInt(skip) };
+}
+
+function copy(
+  bufs: readonly Uint8Array[],
+  offset: number,
+  len: number,
+  f: (b: Uint8Array, off: number, n: number, done: number) => void,
+): number {
+  let skip = offset;
+  let done = 0;
+  for (const b of bufs) {
+    if (done === len) break;
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    const n = Math.min(b.length - skip, len - done);
+    f(b, skip, n, done);
+    done += n;
+    skip = 0;
+  }
+  return done;
+}

@@ -1,0 +1,68 @@
+import { logger, setLogLevel } from '../../protocol/log.js';
+import { KumoError } from '../../protocol/errors.js';
+import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
+import { getrlimit, setrlimit, RLIMIT_NOFILE } from '../../protocol/sys/fs.js';
+import { readFileSync, statSync } from 'node:fs';
+import { parseArgs, USAGE } from './cli.js';
+import { VirtioFsBackend } from './backend.js';
+import { FsConfigError } from './errors.js';
+
+const log = logger('virtiofsd');
+
+/** Raises RLIMIT_NOFILE: one O_PATH fd per inode the guest knows (virtiofsd default min(1e6, nr_open)). */
+function raiseNofile(want: number | null): void {
+  let target = BigInt(want ?? 1_000_000);
+  try {
+    const nrOpen = BigInt(readFileSync('/proc/sys/fs/nr_open', 'utf8').trim());
+    if (target > nrOpen) target = nrOpen;
+  } catch {
+    /* keep target */
+  }
+  const cur = getrlimit(RLIMIT_NOFILE);
+  try {
+    setrlimit(RLIMIT_NOFILE, { cur: target, max: target > cur.max ? target : cur.max });
+  } catch {
+    setrlimit(RLIMIT_NOFILE, { cur: cur.max, max: cur.max });
+  }
+  const now = getrlimit(RLIMIT_NOFILE);
+  log.info({ soft: Number(now.cur), hard: Number(now.max) }, 'RLIMIT_NOFILE');
+}
+
+async function main(argv: string[]): Promise<number> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(USAGE + '\n');
+    return 0;
+  }
+  if (argv.includes('--version') || argv.includes('-V')) {
+    process.stdout.write('kumo-virtiofsd 0.1.0\n');
+    return 0;
+  }
+  const cfg = parseArgs(argv);
+  if (cfg.logLevel) setLogLevel(cfg.logLevel === 'warning' ? 'warn' : cfg.logLevel);
+  if (!statSync(cfg.fs.sharedDir, { throwIfNoEntry: false })?.isDirectory()) {
+    throw new FsConfigError('shared directory does not exist or is not a directory', { dir: cfg.fs.sharedDir });
+  }
+  if (cfg.threadPoolSize > 0) log.info({ threadPoolSize: cfg.threadPoolSize }, 'requests run on the queue worker thread; --thread-pool-size is accepted but not used');
+  if (cfg.fs.inodeFileHandles !== 'never') log.info('inode file handles not used: inodes are held as O_PATH fds');
+  raiseNofile(cfg.rlimitNofile);
+  const daemon = new VhostUserDaemon(new VirtioFsBackend(cfg.fs, cfg.tag), { socketPath: cfg.socketPath, exitOnDisconnect: true, name: 'virtiofsd' });
+  await daemon.start();
+  log.info({ socket: cfg.socketPath, dir: cfg.fs.sharedDir, sandbox: cfg.fs.sandbox, cache: cfg.fs.cache }, 'waiting for vhost-user front-end');
+  const stop = (): void => void daemon.stop();
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  await daemon.run();
+  log.info('Client disconnected, shutting down');
+  await daemon.stop();
+  return 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    if (e instanceof FsConfigError) process.stderr.write(`kumo-virtiofsd: ${e.message}\n${USAGE}\n`);
+    else if (e instanceof KumoError) log.error({ err: e, ...e.context }, e.message);
+    else log.error({ err: e }, 'fatal');
+    process.exit(1);
+  },
+);

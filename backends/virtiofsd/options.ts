@@ -1,0 +1,37 @@
+/** Settings of one passthrough filesystem (the parsed kumo-virtiofsd command line, minus the socket). */
+export type CacheMode = 'auto' | 'always' | 'never' | 'metadata';
+export type SandboxMode = 'namespace' | 'chroot' | 'none';
+export type FileHandleMode = 'never' | 'prefer' | 'mandatory';
+
+export interface FsOptions {
+  sharedDir: string;
+  cache: CacheMode;
+  xattr: boolean;
+  posixLock: boolean;
+  readonly: boolean;
+  writeback: boolean;
+  allowDirectIo: boolean;
+  announceSubmounts: boolean;
+  readdirplus: boolean;
+  inodeFileHandles: FileHandleMode;
+  sandbox: SandboxMode;
+}
+
+export const defaultFsOptions = (sharedDir: string): FsOptions => ({
+  sharedDir,
+  cache: 'auto',
+  xattr: false,
+  posixLock: false,
+  readonly: false,
+  writeback: false,
+  allowDirectIo: false,
+  announceSubmounts: false,
+  readdirplus: true,
+  inodeFileHandles: 'never',
+  sandbox: 'none',
+});
+
+/** Entry/attr timeout in seconds for a cache mode (virtiofsd: never 0, auto 1 s, always/metadata 1 day). */
+export function cacheTimeout(c: CacheMode): number {
+  return c === 'never' ? 0 : c === 'auto' ? 1 : 86400;
+}

@@ -1,0 +1,543 @@
+import * as fs from '../../protocol/sys/fs.js';
+import { close, closeQuiet, dup, preadv, pwritev, type IoVecList } from '../../protocol/sys/fd.js';
+import { SysError, rawSyscall } from '../../protocol/sys/libc.js';
+import { Fattr, type Attr, type EntryOut, type Kstatfs, type FileLock, type SetattrIn, FUSE_LK_FLOCK } from '../../protocol/fuse/index.js';
+import { encodeDirent, encodeDirentplus } from '../../protocol/fuse/dirent.js';
+import { logger } from '../../protocol/log.js';
+import { E, FsError } from './errors.js';
+import { HandleTable, Inode, InodeTable, type Handle } from './inodes.js';
+import { cacheTimeout, type FsOptions } from './options.js';
+
+const O_ACCMODE = 3;
+const O_WRONLY = 1;
+const O_RDWR = 2;
+const O_CREAT = 0o100;
+const O_EXCL = 0o200;
+const O_TRUNC = 0o1000;
+const O_APPEND = 0o2000;
+const O_NONBLOCK = 0o4000;
+const O_DSYNC = 0o10000;
+const O_DIRECT = 0o40000;
+const O_LARGEFILE = 0o100000;
+const O_DIRECTORY = 0o200000;
+const O_NOFOLLOW = 0o400000;
+const O_NOATIME = 0o1000000;
+const O_CLOEXEC = 0o2000000;
+const O_SYNC = 0o4010000;
+const O_PATH = 0o10000000;
+/** Open flags a guest may ask for; everything else (O_PATH, O_TMPFILE, O_NOCTTY...) is dropped. */
+const GUEST_OPEN_FLAGS = O_ACCMODE | O_APPEND | O_TRUNC | O_EXCL | O_NONBLOCK | O_DSYNC | O_SYNC | O_DIRECT | O_NOATIME | O_LARGEFILE;
+const RESOLVE = fs.RESOLVE_BENEATH | fs.RESOLVE_NO_SYMLINKS | fs.RESOLVE_NO_MAGICLINKS;
+const OFFSET_MAX = 0x7fffffffffffffffn;
+const SEEK_SET = 0;
+const RENAME_NOREPLACE = 1;
+const RENAME_EXCHANGE = 2;
+const XATTR_SIZE_MAX = 65536;
+
+const log = logger('virtiofsd');
+const dec = new TextDecoder();
+
+export interface Caller {
+  uid: number;
+  gid: number;
+  pid: number;
+}
+
+/** Validates a guest-supplied name: one non-empty path component that cannot climb. */
+export function checkName(name: Uint8Array): void {
+  if (name.length === 0 || name.length > 255) throw new FsError(name.length ? 36 : E.ENOENT, 'bad name length');
+  if (name.includes(0x2f) || name.includes(0)) throw new FsError(E.EINVAL, 'name contains / or NUL');
+  if (name[0] === 0x2e && (name.length === 1 || (name.length === 2 && name[1] === 0x2e))) {
+    throw new FsError(E.EINVAL, 'name is . or ..');
+  }
+}
+
+/**
+ * The passthrough filesystem: runs decoded FUSE operations against the shared directory. Every
+ * inode is an O_PATH fd; names are resolved one component at a time below the parent's fd with
+ * openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS), so nothing outside the shared directory is reachable.
+ */
+export class PassthroughFs {
+  readonly inodes = new InodeTable();
+  readonly handles = new HandleTable();
+  private readonly procSelfFd: number;
+  private readonly root: Inode;
+  private readonly timeout: number;
+  private readonly euid: number;
+  private readonly egid: number;
+  private readonly direntBuf = Buffer.alloc(64 * 1024);
+  private readonly linkBuf = Buffer.alloc(4096);
+  /** True when this thread has its own cwd (unshare(CLONE_FS)), so fchdir is private to it. */
+  private readonly threadCwd: boolean;
+
+  constructor(
+    readonly opts: FsOptions,
+    /** fds opened before a sandbox hid their paths (see sandbox.ts); ownership passes here. */
+    pre: { rootFd: number; procSelfFd: number; threadCwd: boolean } | null = null,
+  ) {
+    this.threadCwd = pre?.threadCwd ?? false;
+    this.procSelfFd = pre?.procSelfFd ?? fs.openat(fs.AT_FDCWD, '/proc/self/fd', O_PATH | O_DIRECTORY | O_CLOEXEC);
+    const fd = pre?.rootFd ?? fs.openat(fs.AT_FDCWD, opts.sharedDir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    const st = fs.fstat(fd);
+    this.root = this.inodes.setRoot(fd, st.dev, st.ino, st.mode & fs.S_IFMT);
+    this.timeout = cacheTimeout(opts.cache);
+    this.euid = rawSyscall(107); // geteuid
+    this.egid = rawSyscall(108); // getegid
+  }
+
+  close(): void {
+    this.destroy();
+    closeQuiet(this.root.fd);
+    closeQuiet(this.procSelfFd);
+  }
+
+  destroy(): void {
+    for (const h of this.handles.clear()) closeQuiet(h.fd);
+    this.inodes.clear();
+  }
+
+  inode(nodeid: number): Inode {
+    return this.inodes.get(nodeid);
+  }
+
+  // ---- attributes -------------------------------------------------------------------------
+
+  toAttr(st: fs.Stat): Attr {
+    return {
+      ino: st.ino, size: st.size, blocks: st.blocks, atime: st.atime, mtime: st.mtime, ctime: st.ctime,
+      atimensec: st.atimeNsec, mtimensec: st.mtimeNsec, ctimensec: st.ctimeNsec, mode: st.mode, nlink: st.nlink,
+      uid: st.uid, gid: st.gid, rdev: st.rdev, blksize: st.blksize,
+      // FUSE_ATTR_SUBMOUNT: a directory on another filesystem than the root.
+      flags: this.opts.announceSubmounts && st.dev !== this.root.dev && (st.mode & fs.S_IFMT) === fs.S_IFDIR ? 1 : 0,
+    };
+  }
+
+  private entry(i: Inode, st: fs.Stat): EntryOut {
+    return {
+      nodeid: i.nodeid, generation: 0, entryValid: this.timeout, attrValid: this.timeout,
+      entryValidNsec: 0, attrValidNsec: 0, attr: this.toAttr(st),
+    };
+  }
+
+  getattr(i: Inode, fh?: number): { attr: Attr; valid: number } {
+    const st = fh !== undefined ? fs.fstat(this.handles.get(fh).fd) : fs.fstat(i.fd);
+    return { attr: this.toAttr(st), valid: this.timeout };
+  }
+
+  // ---- lookup / forget --------------------------------------------------------------------
+
+  lookup(parent: Inode, name: Uint8Array): EntryOut {
+    checkName(name);
+    const fd = fs.openat2(parent.fd, name, O_PATH | O_NOFOLLOW, 0, RESOLVE);
+    return this.register(fd);
+  }
+
+  /** Adds one lookup reference for the inode behind fd (closing fd if already known). */
+  private register(fd: number): EntryOut {
+    let st: fs.Stat;
+    try {
+      st = fs.fstat(fd);
+    } catch (e) {
+      closeQuiet(fd);
+      throw e;
+    }
+    let i = this.inodes.find(st.dev, st.ino);
+    if (i) {
+      closeQuiet(fd);
+      i.refcount++;
+    } else {
+      i = this.inodes.add(fd, st.dev, st.ino, st.mode & fs.S_IFMT);
+    }
+    return this.entry(i, st);
+  }
+
+  forget(nodeid: number, nlookup: number): void {
+    this.inodes.forget(nodeid, nlookup);
+  }
+
+  // ---- creation (with the caller's fsuid/fsgid) -------------------------------------------
+
+  private asCaller<T>(c: Caller, f: () => T): T {
+    const switchGid = c.gid !== this.egid;
+    const switchUid = c.uid !== this.euid;
+    if (switchGid) fs.setresgidThread(-1, c.gid, -1);
+    if (switchUid) {
+      try {
+        fs.setresuidThread(-1, c.uid, -1);
+      } catch (e) {
+        if (switchGid) fs.setresgidThread(-1, this.egid, -1);
+        throw e;
+      }
+    }
+    try {
+      return f();
+    } finally {
+      if (switchUid) fs.setresuidThread(-1, this.euid, -1);
+      if (switchGid) fs.setresgidThread(-1, this.egid, -1);
+    }
+  }
+
+  private writable(): void {
+    if (this.opts.readonly) throw new FsError(E.EROFS, 'read-only share');
+  }
+
+  private newEntry(parent: Inode, name: Uint8Array): EntryOut {
+    return this.register(fs.openat2(parent.fd, name, O_PATH | O_NOFOLLOW, 0, RESOLVE));
+  }
+
+  mkdir(c: Caller, parent: Inode, name: Uint8Array, mode: number): EntryOut {
+    checkName(name);
+    this.writable();
+    this.asCaller(c, () => fs.mkdirat(parent.fd, name, mode & 0o7777));
+    return this.newEntry(parent, name);
+  }
+
+  mknod(c: Caller, parent: Inode, name: Uint8Array, mode: number, rdev: number): EntryOut {
+    checkName(name);
+    this.writable();
+    this.asCaller(c, () => fs.mknodat(parent.fd, name, mode, rdev));
+    return this.newEntry(parent, name);
+  }
+
+  symlink(c: Caller, parent: Inode, name: Uint8Array, target: Uint8Array): EntryOut {
+    checkName(name);
+    this.writable();
+    if (target.length === 0 || target.length >= 4096) throw new FsError(E.EINVAL, 'bad symlink target');
+    this.asCaller(c, () => fs.symlinkat(target, parent.fd, name));
+    return this.newEntry(parent, name);
+  }
+
+  create(c: Caller, parent: Inode, name: Uint8Array, flags: number, mode: number): { entry: EntryOut; fh: number } {
+    checkName(name);
+    this.writable();
+    const fl = this.openFlags(flags) | O_CREAT | O_NOFOLLOW;
+    const fd = this.asCaller(c, () => fs.openat2(parent.fd, name, fl, mode & 0o7777, RESOLVE));
+    let entry: EntryOut;
+    try {
+      entry = this.newEntry(parent, name);
+    } catch (e) {
+      closeQuiet(fd);
+      throw e;
+    }
+    const fh = this.handles.add({ fd, inode: this.inodes.get(entry.nodeid), dir: false });
+    return { entry, fh };
+  }
+
+  link(oldInode: Inode, newParent: Inode, name: Uint8Array): EntryOut {
+    checkName(name);
+    this.writable();
+    fs.linkat(oldInode.fd, '', newParent.fd, name, fs.AT_EMPTY_PATH);
+    return this.newEntry(newParent, name);
+  }
+
+  // ---- removal / rename -------------------------------------------------------------------
+
+  unlink(parent: Inode, name: Uint8Array, dir: boolean): void {
+    checkName(name);
+    this.writable();
+    fs.unlinkat(parent.fd, name, dir ? fs.AT_REMOVEDIR : 0);
+  }
+
+  rename(parent: Inode, name: Uint8Array, newParent: Inode, newName: Uint8Array, flags: number): void {
+    checkName(name);
+    checkName(newName);
+    this.writable();
+    if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) throw new FsError(E.EINVAL, 'unsupported rename flags', { flags });
+    fs.renameat2(parent.fd, name, newParent.fd, newName, flags);
+  }
+
+  readlink(i: Inode): Uint8Array {
+    const n = fs.readlinkat(i.fd, '', this.linkBuf);
+    return this.linkBuf.subarray(0, n);
+  }
+
+  // ---- setattr ----------------------------------------------------------------------------
+
+  setattr(i: Inode, a: SetattrIn): { attr: Attr; valid: number } {
+    const v = a.valid;
+    if (v & (Fattr.MODE | Fattr.UID | Fattr.GID | Fattr.SIZE | Fattr.ATIME | Fattr.MTIME)) this.writable();
+    const h: Handle | null = v & Fattr.FH ? this.handles.get(a.fh) : null;
+    const proc = String(i.fd);
+    if (v & Fattr.MODE) {
+      if (h) fs.fchmod(h.fd, a.mode & 0o7777);
+      else fs.fchmodat(this.procSelfFd, proc, a.mode & 0o7777, 0);
+    }
+    if (v & (Fattr.UID | Fattr.GID)) {
+      const uid = v & Fattr.UID ? a.uid : -1;
+      const gid = v & Fattr.GID ? a.gid : -1;
+      fs.fchownat(i.fd, '', uid, gid, fs.AT_EMPTY_PATH | fs.AT_SYMLINK_NOFOLLOW);
+    }
+    if (v & Fattr.SIZE) {
+      if (h) fs.ftruncate(h.fd, a.size);
+      else {
+        const fd = this.reopen(i, O_WRONLY);
+        try {
+          fs.ftruncate(fd, a.size);
+        } finally {
+          close(fd);
+        }
+      }
+    }
+    if (v & (Fattr.ATIME | Fattr.MTIME)) {
+      const at = v & Fattr.ATIME_NOW ? [0, fs.UTIME_NOW] : v & Fattr.ATIME ? [a.atime, a.atimensec] : [0, fs.UTIME_OMIT];
+      const mt = v & Fattr.MTIME_NOW ? [0, fs.UTIME_NOW] : v & Fattr.MTIME ? [a.mtime, a.mtimensec] : [0, fs.UTIME_OMIT];
+      if (i.type === fs.S_IFLNK) {
+        // utimensat on a symlink needs the link itself, which only AT_EMPTY_PATH on its O_PATH fd reaches.
+        fs.utimensat(i.fd, '', [at[0], at[1], mt[0], mt[1]], fs.AT_EMPTY_PATH | fs.AT_SYMLINK_NOFOLLOW);
+      } else fs.utimensat(this.procSelfFd, proc, [at[0], at[1], mt[0], mt[1]], 0);
+    }
+    return this.getattr(i);
+  }
+
+  // ---- open / read / write ----------------------------------------------------------------
+
+  private openFlags(flags: number): number {
+    let f = flags & GUEST_OPEN_FLAGS;
+    if (!this.opts.allowDirectIo) f &= ~O_DIRECT;
+    if (this.opts.writeback) {
+      // The kernel's writeback cache may read back pages of a write-only file and handles O_APPEND itself.
+      if ((f & O_ACCMODE) === O_WRONLY) f = (f & ~O_ACCMODE) | O_RDWR;
+      f &= ~O_APPEND;
+    }
+    if (this.opts.readonly && ((f & O_ACCMODE) !== 0 || f & (O_TRUNC | O_APPEND))) {
+      throw new FsError(E.EROFS, 'read-only share');
+    }
+    return f | O_CLOEXEC;
+  }
+
+  /** Opens the inode for I/O through its /proc/self/fd link; only regular files and directories. */
+  private reopen(i: Inode, flags: number): number {
+    if (i.type !== fs.S_IFREG && i.type !== fs.S_IFDIR) throw new FsError(E.EBADF, 'not a regular file or directory');
+    return fs.openat(this.procSelfFd, String(i.fd), (flags & ~O_NOFOLLOW) | O_CLOEXEC);
+  }
+
+  open(i: Inode, flags: number): number {
+    const fd = this.reopen(i, this.openFlags(flags));
+    return this.handles.add({ fd, inode: i, dir: false });
+  }
+
+  opendir(i: Inode): number {
+    if (i.type !== fs.S_IFDIR) throw new FsError(E.ENOTDIR, 'not a directory');
+    const fd = fs.openat(i.fd, '.', O_DIRECTORY | O_CLOEXEC);
+    return this.handles.add({ fd, inode: i, dir: true });
+  }
+
+  release(fh: number): void {
+    const h = this.handles.take(fh);
+    close(h.fd);
+  }
+
+  read(fh: number, offset: number, iov: IoVecList): number {
+    const n = preadv(this.handles.get(fh).fd, iov, offset);
+    return n < 0 ? 0 : n;
+  }
+
+  write(fh: number, offset: number, iov: IoVecList): number {
+    this.writable();
+    const n = pwritev(this.handles.get(fh).fd, iov, offset);
+    if (n < 0) throw new FsError(E.EAGAIN, 'write would block');
+    return n;
+  }
+
+  flush(fh: number): void {
+    // Closing a duplicate drops the POSIX locks this open file holds, like close(2) in the guest.
+    close(dup(this.handles.get(fh).fd));
+  }
+
+  fsync(i: Inode, fh: number | null, datasync: boolean): void {
+    let fd: number;
+    let owned = false;
+    if (fh !== null) fd = this.handles.get(fh).fd;
+    else {
+      fd = this.reopen(i, 0);
+      owned = true;
+    }
+    try {
+      if (datasync) fs.fdatasync(fd);
+      else fs.fsync(fd);
+    } finally {
+      if (owned) close(fd);
+    }
+  }
+
+  fallocate(fh: number, mode: number, offset: number, length: number): void {
+    this.writable();
+    fs.fallocate(this.handles.get(fh).fd, mode, offset, length);
+  }
+
+  lseek(fh: number, offset: number, whence: number): number {
+    return fs.lseek(this.handles.get(fh).fd, offset, whence);
+  }
+
+  copyFileRange(fhIn: number, offIn: number, fhOut: number, offOut: number, len: number, flags: number): number {
+    this.writable();
+    if (flags !== 0) throw new FsError(E.EINVAL, 'copy_file_range flags');
+    return fs.copyFileRange(this.handles.get(fhIn).fd, offIn, this.handles.get(fhOut).fd, offOut, len, 0);
+  }
+
+  statfs(i: Inode): Kstatfs {
+    const s = fs.fstatfs(i.fd);
+    return { blocks: s.blocks, bfree: s.bfree, bavail: s.bavail, files: s.files, ffree: s.ffree, bsize: s.bsize, namelen: s.namelen, frsize: s.frsize };
+  }
+
+  syncfs(): void {
+    const fd = fs.openat(this.root.fd, '.', O_DIRECTORY | O_CLOEXEC);
+    try {
+      fs.syncfs(fd);
+    } finally {
+      close(fd);
+    }
+  }
+
+  access(c: Caller, i: Inode, mask: number): void {
+    if (mask & 2) this.writable();
+    this.asCaller(c, () => fs.faccessat(this.procSelfFd, String(i.fd), mask, fs.AT_EACCESS));
+  }
+
+  // ---- directories ------------------------------------------------------------------------
+
+  /** Fills out with fuse_dirent(plus) records starting at the directory cookie `offset`; returns bytes used. */
+  readdir(fh: number, offset: bigint, out: Uint8Array, plus: boolean): number {
+    const h = this.handles.get(fh);
+    if (!h.dir) throw new FsError(E.ENOTDIR, 'not a directory handle');
+    fs.lseekBig(h.fd, offset, SEEK_SET);
+    const buf = this.direntBuf;
+    let used = 0;
+    for (;;) {
+      const n = fs.getdents64(h.fd, buf.subarray(0, Math.min(buf.length, Math.max(out.length, 512))));
+      if (n === 0) return used;
+      let p = 0;
+      while (p < n) {
+        const ino = Number(buf.readBigUInt64LE(p));
+        const off = buf.readBigUInt64LE(p + 8);
+        const reclen = buf.readUInt16LE(p + 16);
+        const type = buf[p + 18];
+        let end = p + 19;
+        while (end < p + reclen && buf[end] !== 0) end++;
+        const name = buf.subarray(p + 19, end);
+        p += reclen;
+        const dot = name.length <= 2 && name[0] === 0x2e && (name.length === 1 || name[1] === 0x2e);
+        let next: number;
+        if (!plus) {
+          next = encodeDirent(out, used, { ino, off, type, name });
+        } else {
+          let entry: EntryOut;
+          if (dot) {
+            entry = { nodeid: 0, generation: 0, entryValid: 0, attrValid: 0, entryValidNsec: 0, attrValidNsec: 0,
+              attr: { ino, size: 0, blocks: 0, atime: 0, mtime: 0, ctime: 0, atimensec: 0, mtimensec: 0, ctimensec: 0,
+                mode: type << 12, nlink: 0, uid: 0, gid: 0, rdev: 0, blksize: 0, flags: 0 } };
+          } else {
+            try {
+              entry = this.lookup(h.inode, name);
+            } catch (e) {
+              if (e instanceof SysError && e.errno === E.ENOENT) continue; // raced with an unlink
+              if (used > 0) return used;
+              throw e;
+            }
+          }
+          next = encodeDirentplus(out, used, entry, { ino, off, type, name });
+          if (next < 0 && entry.nodeid !== 0) this.forget(entry.nodeid, 1);
+        }
+        if (next < 0) return used;
+        used = next;
+      }
+    }
+  }
+
+  // ---- xattrs -----------------------------------------------------------------------------
+
+  private xattrOn(): void {
+    if (!this.opts.xattr) throw new FsError(E.ENOSYS, 'xattrs disabled');
+  }
+
+  /** Runs f with an fd usable by f*xattr, or with null for symlinks/special files (then the /proc path is used). */
+  private withXattrFd<T>(i: Inode, write: boolean, f: (fd: number | null, proc: string) => T): T {
+    if (i.type !== fs.S_IFREG && i.type !== fs.S_IFDIR) {
+      // No *xattrat calls: reach the inode through its /proc/self/fd link. A sandboxed thread has no
+      // /proc mounted but its own cwd (unshare(CLONE_FS)), so it may chdir into the fd directory.
+      if (!this.threadCwd) return f(null, `/proc/self/fd/${i.fd}`);
+      fs.fchdir(this.procSelfFd);
+      return f(null, String(i.fd));
+    }
+    const fd = this.reopen(i, i.type === fs.S_IFDIR ? O_DIRECTORY : write ? 0 : 0);
+    try {
+      return f(fd, '');
+    } finally {
+      close(fd);
+    }
+  }
+
+  setxattr(i: Inode, name: Uint8Array, value: Uint8Array, flags: number): void {
+    this.xattrOn();
+    this.writable();
+    this.withXattrFd(i, true, (fd, p) => (fd !== null ? fs.fsetxattr(fd, name, value, flags) : fs.setxattr(p, name, value, flags)));
+  }
+
+  /** size 0 asks for the value's length. */
+  getxattr(i: Inode, name: Uint8Array, size: number): number | Uint8Array {
+    this.xattrOn();
+    const buf = size > 0 ? Buffer.alloc(Math.min(size, XATTR_SIZE_MAX)) : null;
+    const n = this.withXattrFd(i, false, (fd, p) => (fd !== null ? fs.fgetxattr(fd, name, buf) : fs.getxattr(p, name, buf)));
+    return buf ? buf.subarray(0, n) : n;
+  }
+
+  listxattr(i: Inode, size: number): number | Uint8Array {
+    this.xattrOn();
+    const buf = size > 0 ? Buffer.alloc(Math.min(size, XATTR_SIZE_MAX)) : null;
+    const n = this.withXattrFd(i, false, (fd, p) => (fd !== null ? fs.flistxattr(fd, buf) : fs.listxattr(p, buf)));
+    return buf ? buf.subarray(0, n) : n;
+  }
+
+  removexattr(i: Inode, name: Uint8Array): void {
+    this.xattrOn();
+    this.writable();
+    this.withXattrFd(i, true, (fd, p) => (fd !== null ? fs.fremovexattr(fd, name) : fs.removexattr(p, name)));
+  }
+
+  // ---- POSIX locks (OFD locks, one open file description per guest lock owner) -------------
+
+  private lockFd(i: Inode, owner: bigint): number {
+    if (!this.opts.posixLock) throw new FsError(E.ENOSYS, 'posix locks disabled');
+    i.lockFds ??= new Map();
+    let fd = i.lockFds.get(owner);
+    if (fd === undefined) {
+      fd = this.reopen(i, i.type === fs.S_IFDIR ? 0 : O_RDWR);
+      i.lockFds.set(owner, fd);
+    }
+    return fd;
+  }
+
+  getlk(i: Inode, owner: bigint, lk: FileLock, lkFlags: number): FileLock {
+    if (lkFlags & FUSE_LK_FLOCK) throw new FsError(E.ENOSYS, 'flock not supported');
+    const r = fs.fcntlLock(this.lockFd(i, owner), fs.F_OFD_GETLK, toFlock(lk));
+    return fromFlock(r);
+  }
+
+  setlk(i: Inode, owner: bigint, lk: FileLock, lkFlags: number, sleep: boolean): void {
+    if (lkFlags & FUSE_LK_FLOCK) throw new FsError(E.ENOSYS, 'flock not supported');
+    // A blocking wait would stall the whole queue: refuse it like virtiofsd does.
+    if (sleep) throw new FsError(E.EOPNOTSUPP, 'blocking locks not supported');
+    fs.fcntlLock(this.lockFd(i, owner), fs.F_OFD_SETLK, toFlock(lk));
+  }
+
+  /** Used by diagnostics and tests. */
+  stats(): { inodes: number; handles: number } {
+    return { inodes: this.inodes.size, handles: this.handles.size };
+  }
+
+  describe(): string {
+    return `${this.opts.sharedDir} (cache=${this.opts.cache}, xattr=${this.opts.xattr})`;
+  }
+}
+
+function toFlock(lk: FileLock): fs.Flock {
+  const len = lk.end >= OFFSET_MAX ? 0n : lk.end - lk.start + 1n;
+  return { type: lk.type, whence: SEEK_SET, start: lk.start, len, pid: 0 };
+}
+
+function fromFlock(f: fs.Flock): FileLock {
+  if (f.type === fs.F_UNLCK) return { start: 0n, end: 0n, type: fs.F_UNLCK, pid: 0 };
+  return { start: f.start, end: f.len === 0n ? OFFSET_MAX : f.start + f.len - 1n, type: f.type, pid: f.pid < 0 ? 0 : f.pid };
+}
+
+export { log as fsLog, dec as utf8 };

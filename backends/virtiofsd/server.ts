@@ -1,0 +1,353 @@
+import {
+  Op, opName, Init, FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, FUSE_MIN_MINOR_VERSION, FUSE_MAX_WRITE,
+  FUSE_GETATTR_FH, Fopen, FuseProtocolError,
+  InHeader, OutHeader, EntryOut, AttrOut, ForgetIn, ForgetOne, BatchForgetIn, GetattrIn, MknodIn, MkdirIn,
+  RenameIn, Rename2In, LinkIn, SetattrIn, OpenIn, CreateIn, OpenOut, ReleaseIn, ReadIn, WriteIn, WriteOut,
+  Kstatfs, FsyncIn, SetxattrIn, GetxattrIn, GetxattrOut, LkIn, LkOut, AccessIn, InitIn, InitOut, FallocateIn,
+  LseekIn, LseekOut, ReaddirIn, CopyFileRangeIn, IN_HEADER_SIZE, OUT_HEADER_SIZE,
+} from '../../protocol/fuse/index.js';
+import { IoVecList } from '../../protocol/sys/fd.js';
+import { SysError } from '../../protocol/sys/libc.js';
+import { logger } from '../../protocol/log.js';
+import { E, FsError } from './errors.js';
+import type { FuseIo } from './fuse-io.js';
+import type { Caller, PassthroughFs } from './passthrough.js';
+
+const log = logger('virtiofsd');
+/** Largest non-WRITE request we accept: header + setxattr_in + name + 64 KiB value, with room to spare. */
+const MAX_REQUEST = 80 * 1024;
+const MAX_IOV = 1024;
+const WRITE_ARGS = IN_HEADER_SIZE + WriteIn.size;
+const SYMLINK_MAX = 4096;
+/** Flags we are willing to accept from the guest's INIT offer. */
+const WANTED =
+  Init.ASYNC_READ | Init.PARALLEL_DIROPS | Init.BIG_WRITES | Init.AUTO_INVAL_DATA | Init.ASYNC_DIO |
+  Init.HAS_IOCTL_DIR | Init.ATOMIC_O_TRUNC | Init.MAX_PAGES | Init.INIT_EXT | Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO;
+
+export interface ServerStats {
+  requests: number;
+  errors: number;
+  dropped: number;
+}
+
+/**
+ * Frames FUSE requests: decodes the header and arguments of one request, runs it on the
+ * passthrough filesystem and writes the reply. Returns the reply length (0: no reply, e.g. FORGET).
+ */
+export class FuseServer {
+  private readonly inBuf = Buffer.alloc(MAX_REQUEST);
+  private readonly outBuf = Buffer.alloc(OUT_HEADER_SIZE + 256 * 1024);
+  private readonly iov = new IoVecList(MAX_IOV);
+  private initialized = false;
+  readonly stats: ServerStats = { requests: 0, errors: 0, dropped: 0 };
+
+  constructor(private readonly fs: PassthroughFs) {}
+
+  handle(io: FuseIo): number {
+    this.stats.requests++;
+    if (io.inLength < IN_HEADER_SIZE) return this.drop('request shorter than fuse_in_header', io.inLength);
+    const head = this.inBuf.subarray(0, IN_HEADER_SIZE);
+    io.readIn(0, head);
+    const h = InHeader.decode(head);
+    if (io.outLength < OUT_HEADER_SIZE && !noReply(h.opcode)) return this.drop('no room for a reply', io.outLength);
+    if (h.len < IN_HEADER_SIZE || h.len > io.inLength) return this.fail(io, h.unique, E.EINVAL, 'bad fuse_in_header.len', h);
+    let args: Buffer;
+    if (h.opcode === Op.WRITE) {
+      if (h.len < WRITE_ARGS) return this.fail(io, h.unique, E.EINVAL, 'short WRITE', h);
+      io.readIn(IN_HEADER_SIZE, this.inBuf.subarray(IN_HEADER_SIZE, WRITE_ARGS));
+      args = this.inBuf.subarray(IN_HEADER_SIZE, WRITE_ARGS);
+    } else {
+      if (h.len > MAX_REQUEST) return this.fail(io, h.unique, E.EINVAL, 'request too long', h);
+      io.readIn(IN_HEADER_SIZE, this.inBuf.subarray(IN_HEADER_SIZE, h.len));
+      args = this.inBuf.subarray(IN_HEADER_SIZE, h.len);
+    }
+    try {
+      return this.dispatch(io, h, args);
+    } catch (e) {
+      if (e instanceof SysError || e instanceof FsError) {
+        this.stats.errors++;
+        return this.reply(io, h.unique, -e.errno);
+      }
+      if (e instanceof FuseProtocolError) return this.fail(io, h.unique, E.EINVAL, e.message, h);
+      log.error({ err: e, op: opName(h.opcode) }, 'request failed');
+      return this.reply(io, h.unique, -E.EIO);
+    }
+  }
+
+  private drop(why: string, len: number): number {
+    this.stats.dropped++;
+    log.warn({ len }, `dropping request: ${why}`);
+    return 0;
+  }
+
+  private fail(io: FuseIo, unique: bigint, errno: number, why: string, h: InHeader): number {
+    this.stats.errors++;
+    log.warn({ op: opName(h.opcode), len: h.len, nodeid: h.nodeid }, why);
+    return this.reply(io, unique, -errno);
+  }
+
+  /** Writes header (+ body already encoded at outBuf[16..16+bodyLen)). */
+  private reply(io: FuseIo, unique: bigint, error: number, bodyLen = 0): number {
+    const len = OUT_HEADER_SIZE + (error === 0 ? bodyLen : 0);
+    if (len > io.outLength) {
+      log.warn({ need: len, have: io.outLength }, 'reply does not fit the writable buffers');
+      return this.reply(io, unique, -E.EINVAL);
+    }
+    OutHeader.encode({ len, error, unique }, this.outBuf, 0);
+    io.writeOut(0, this.outBuf.subarray(0, len));
+    return len;
+  }
+
+  private replyStruct<V>(io: FuseIo, unique: bigint, s: { encode(v: V, b: Uint8Array, o: number): number; size: number }, v: V): number {
+    s.encode(v, this.outBuf, OUT_HEADER_SIZE);
+    return this.reply(io, unique, 0, s.size);
+  }
+
+  private replyBytes(io: FuseIo, unique: bigint, b: Uint8Array): number {
+    this.outBuf.set(b, OUT_HEADER_SIZE);
+    return this.reply(io, unique, 0, b.length);
+  }
+
+  private dispatch(io: FuseIo, h: InHeader, a: Buffer): number {
+    const fs = this.fs;
+    const u = h.unique;
+    if (h.opcode === Op.INIT) return this.init(io, u, a);
+    if (!this.initialized) {
+      if (noReply(h.opcode)) return 0;
+      return this.reply(io, u, -E.EIO);
+    }
+    const caller: Caller = { uid: h.uid, gid: h.gid, pid: h.pid };
+    switch (h.opcode) {
+      case Op.LOOKUP:
+        return this.replyStruct(io, u, EntryOut, fs.lookup(fs.inode(h.nodeid), cstring(a, 0).name));
+      case Op.FORGET:
+        fs.forget(h.nodeid, ForgetIn.decode(a).nlookup);
+        return 0;
+      case Op.BATCH_FORGET: {
+        const { count } = BatchForgetIn.decode(a);
+        const n = Math.min(count, Math.floor((a.length - BatchForgetIn.size) / ForgetOne.size));
+        for (let k = 0; k < n; k++) {
+          const f = ForgetOne.decode(a, BatchForgetIn.size + k * ForgetOne.size);
+          fs.forget(f.nodeid, f.nlookup);
+        }
+        return 0;
+      }
+      case Op.GETATTR: {
+        const g = GetattrIn.decode(a);
+        const r = fs.getattr(fs.inode(h.nodeid), g.getattrFlags & FUSE_GETATTR_FH ? g.fh : undefined);
+        return this.replyStruct(io, u, AttrOut, { attrValid: r.valid, attrValidNsec: 0, attr: r.attr });
+      }
+      case Op.SETATTR: {
+        const r = fs.setattr(fs.inode(h.nodeid), SetattrIn.decode(a));
+        return this.replyStruct(io, u, AttrOut, { attrValid: r.valid, attrValidNsec: 0, attr: r.attr });
+      }
+      case Op.READLINK:
+        return this.replyBytes(io, u, fs.readlink(fs.inode(h.nodeid)));
+      case Op.SYMLINK: {
+        const name = cstring(a, 0);
+        const target = cstring(a, name.next);
+        if (target.name.length >= SYMLINK_MAX) throw new FsError(36, 'symlink target too long');
+        return this.replyStruct(io, u, EntryOut, fs.symlink(caller, fs.inode(h.nodeid), name.name, target.name));
+      }
+      case Op.MKNOD: {
+        const m = MknodIn.decode(a);
+        return this.replyStruct(io, u, EntryOut, fs.mknod(caller, fs.inode(h.nodeid), cstring(a, MknodIn.size).name, m.mode, m.rdev));
+      }
+      case Op.MKDIR: {
+        const m = MkdirIn.decode(a);
+        return this.replyStruct(io, u, EntryOut, fs.mkdir(caller, fs.inode(h.nodeid), cstring(a, MkdirIn.size).name, m.mode));
+      }
+      case Op.UNLINK:
+      case Op.RMDIR:
+        fs.unlink(fs.inode(h.nodeid), cstring(a, 0).name, h.opcode === Op.RMDIR);
+        return this.reply(io, u, 0);
+      case Op.RENAME:
+      case Op.RENAME2: {
+        const two = h.opcode === Op.RENAME2;
+        const r = two ? Rename2In.decode(a) : { ...RenameIn.decode(a), flags: 0 };
+        const oldName = cstring(a, two ? Rename2In.size : RenameIn.size);
+        const newName = cstring(a, oldName.next);
+        fs.rename(fs.inode(h.nodeid), oldName.name, fs.inode(r.newdir), newName.name, r.flags);
+        return this.reply(io, u, 0);
+      }
+      case Op.LINK: {
+        const l = LinkIn.decode(a);
+        return this.replyStruct(io, u, EntryOut, fs.link(fs.inode(l.oldnodeid), fs.inode(h.nodeid), cstring(a, LinkIn.size).name));
+      }
+      case Op.OPEN: {
+        const fh = fs.open(fs.inode(h.nodeid), OpenIn.decode(a).flags);
+        return this.replyStruct(io, u, OpenOut, { fh, openFlags: this.fopenFlags(false) });
+      }
+      case Op.CREATE: {
+        const c = CreateIn.decode(a);
+        const r = fs.create(caller, fs.inode(h.nodeid), cstring(a, CreateIn.size).name, c.flags, c.mode);
+        EntryOut.encode(r.entry, this.outBuf, OUT_HEADER_SIZE);
+        OpenOut.encode({ fh: r.fh, openFlags: this.fopenFlags(false) }, this.outBuf, OUT_HEADER_SIZE + EntryOut.size);
+        return this.reply(io, u, 0, EntryOut.size + OpenOut.size);
+      }
+      case Op.READ:
+        return this.read(io, u, a);
+      case Op.WRITE:
+        return this.write(io, h, a);
+      case Op.STATFS:
+        return this.replyStruct(io, u, Kstatfs, fs.statfs(fs.inode(h.nodeid)));
+      case Op.RELEASE:
+      case Op.RELEASEDIR:
+        fs.release(ReleaseIn.decode(a).fh);
+        return this.reply(io, u, 0);
+      case Op.FLUSH:
+        fs.flush(ReleaseIn.decode(a).fh);
+        return this.reply(io, u, 0);
+      case Op.FSYNC:
+      case Op.FSYNCDIR: {
+        const f = FsyncIn.decode(a);
+        fs.fsync(fs.inode(h.nodeid), f.fh, (f.fsyncFlags & 1) !== 0);
+        return this.reply(io, u, 0);
+      }
+      case Op.SETXATTR: {
+        const s = SetxattrIn.decode(a);
+        const name = cstring(a, SetxattrIn.size);
+        if (name.next + s.size > a.length) throw new FuseProtocolError('setxattr value overruns request', { size: s.size });
+        fs.setxattr(fs.inode(h.nodeid), name.name, a.subarray(name.next, name.next + s.size), s.flags);
+        return this.reply(io, u, 0);
+      }
+      case Op.GETXATTR:
+      case Op.LISTXATTR: {
+        const g = GetxattrIn.decode(a);
+        const i = fs.inode(h.nodeid);
+        const r = h.opcode === Op.GETXATTR ? fs.getxattr(i, cstring(a, GetxattrIn.size).name, g.size) : fs.listxattr(i, g.size);
+        if (typeof r === 'number') return this.replyStruct(io, u, GetxattrOut, { size: r });
+        return this.replyBytes(io, u, r);
+      }
+      case Op.REMOVEXATTR:
+        fs.removexattr(fs.inode(h.nodeid), cstring(a, 0).name);
+        return this.reply(io, u, 0);
+      case Op.OPENDIR: {
+        const fh = fs.opendir(fs.inode(h.nodeid));
+        return this.replyStruct(io, u, OpenOut, { fh, openFlags: this.fopenFlags(true) });
+      }
+      case Op.READDIR:
+      case Op.READDIRPLUS: {
+        const r = ReaddirIn.decode(a);
+        const size = Math.min(r.size, io.outLength - OUT_HEADER_SIZE, this.outBuf.length - OUT_HEADER_SIZE);
+        const n = fs.readdir(r.fh, r.offset, this.outBuf.subarray(OUT_HEADER_SIZE, OUT_HEADER_SIZE + size), h.opcode === Op.READDIRPLUS);
+        return this.reply(io, u, 0, n);
+      }
+      case Op.GETLK: {
+        const l = LkIn.decode(a);
+        return this.replyStruct(io, u, LkOut, { lk: fs.getlk(fs.inode(h.nodeid), l.owner, l.lk, l.lkFlags) });
+      }
+      case Op.SETLK:
+      case Op.SETLKW: {
+        const l = LkIn.decode(a);
+        fs.setlk(fs.inode(h.nodeid), l.owner, l.lk, l.lkFlags, h.opcode === Op.SETLKW);
+        return this.reply(io, u, 0);
+      }
+      case Op.ACCESS:
+        fs.access(caller, fs.inode(h.nodeid), AccessIn.decode(a).mask);
+        return this.reply(io, u, 0);
+      case Op.INTERRUPT:
+        // Requests run to completion before the next is read: there is never anything to interrupt.
+        return 0;
+      case Op.DESTROY:
+        fs.destroy();
+        this.initialized = false;
+        return this.reply(io, u, 0);
+      case Op.FALLOCATE: {
+        const f = FallocateIn.decode(a);
+        fs.fallocate(f.fh, f.mode, f.offset, f.length);
+        return this.reply(io, u, 0);
+      }
+      case Op.LSEEK: {
+        const l = LseekIn.decode(a);
+        return this.replyStruct(io, u, LseekOut, { offset: fs.lseek(l.fh, l.offset, l.whence) });
+      }
+      case Op.COPY_FILE_RANGE: {
+        const c = CopyFileRangeIn.decode(a);
+        if (c.flags !== 0n) throw new FsError(E.EINVAL, 'copy_file_range flags');
+        const n = fs.copyFileRange(c.fhIn, c.offIn, c.fhOut, c.offOut, Math.min(c.len, 0x7ffff000), 0);
+        return this.replyStruct(io, u, WriteOut, { size: n });
+      }
+      case Op.SYNCFS:
+        fs.syncfs();
+        return this.reply(io, u, 0);
+      default:
+        if (noReply(h.opcode)) return 0;
+        return this.reply(io, u, -E.ENOSYS);
+    }
+  }
+
+  private fopenFlags(dir: boolean): number {
+    const c = this.fs.opts.cache;
+    if (dir) return c === 'always' ? Fopen.CACHE_DIR : 0;
+    if (c === 'never') return Fopen.DIRECT_IO;
+    return c === 'always' ? Fopen.KEEP_CACHE : 0;
+  }
+
+  private init(io: FuseIo, u: bigint, a: Buffer): number {
+    if (a.length < 8) throw new FuseProtocolError('short INIT', { len: a.length });
+    const padded = Buffer.alloc(InitIn.size);
+    a.copy(padded, 0, 0, Math.min(a.length, InitIn.size));
+    const i = InitIn.decode(padded);
+    if (i.major < FUSE_KERNEL_VERSION || (i.major === FUSE_KERNEL_VERSION && i.minor < FUSE_MIN_MINOR_VERSION)) {
+      log.error({ major: i.major, minor: i.minor }, 'unsupported FUSE version');
+      return this.reply(io, u, -E.EPROTO);
+    }
+    const zero = { maxReadahead: 0, flags: 0, maxBackground: 0, congestionThreshold: 0, maxWrite: 0, timeGran: 0, maxPages: 0, mapAlignment: 0, flags2: 0 };
+    if (i.major > FUSE_KERNEL_VERSION) {
+      // Newer kernel: answer with our version only; it retries INIT with 7.x.
+      return this.replyStruct(io, u, InitOut, { major: FUSE_KERNEL_VERSION, minor: FUSE_KERNEL_MINOR_VERSION, ...zero });
+    }
+    const offered = BigInt(i.flags) | (BigInt(i.flags) & Init.INIT_EXT ? BigInt(i.flags2) << 32n : 0n);
+    const o = this.fs.opts;
+    let want = WANTED;
+    if (o.posixLock) want |= Init.POSIX_LOCKS;
+    if (o.writeback) want |= Init.WRITEBACK_CACHE;
+    if (o.announceSubmounts) want |= Init.SUBMOUNTS;
+    if (!o.readdirplus) want &= ~(Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO);
+    const flags = offered & want;
+    this.initialized = true;
+    log.info({ minor: i.minor, flags: `0x${flags.toString(16)}` }, 'FUSE session initialised');
+    return this.replyStruct(io, u, InitOut, {
+      major: FUSE_KERNEL_VERSION, minor: FUSE_KERNEL_MINOR_VERSION, maxReadahead: i.maxReadahead,
+      flags: Number(flags & 0xffffffffn), maxBackground: 0xffff, congestionThreshold: 0xbfff, maxWrite: FUSE_MAX_WRITE,
+      timeGran: 1, maxPages: FUSE_MAX_WRITE / 4096, mapAlignment: 0, flags2: Number(flags >> 32n),
+    });
+  }
+
+  private read(io: FuseIo, u: bigint, a: Buffer): number {
+    const r = ReadIn.decode(a);
+    const size = Math.min(r.size, io.outLength - OUT_HEADER_SIZE, FUSE_MAX_WRITE);
+    const iov = this.iov;
+    iov.clear();
+    const covered = io.outIovecs(OUT_HEADER_SIZE, size, iov);
+    const n = covered > 0 ? this.fs.read(r.fh, r.offset, iov) : 0;
+    OutHeader.encode({ len: OUT_HEADER_SIZE + n, error: 0, unique: u }, this.outBuf, 0);
+    io.writeOut(0, this.outBuf.subarray(0, OUT_HEADER_SIZE));
+    return OUT_HEADER_SIZE + n;
+  }
+
+  private write(io: FuseIo, h: InHeader, a: Buffer): number {
+    const w = WriteIn.decode(a);
+    if (w.size > FUSE_MAX_WRITE || WRITE_ARGS + w.size > h.len) {
+      throw new FuseProtocolError('WRITE size overruns request', { size: w.size, len: h.len });
+    }
+    const iov = this.iov;
+    iov.clear();
+    const covered = io.inIovecs(WRITE_ARGS, w.size, iov);
+    if (covered !== w.size) throw new FuseProtocolError('WRITE data too fragmented', { size: w.size, covered });
+    const n = w.size === 0 ? 0 : this.fs.write(w.fh, w.offset, iov);
+    return this.replyStruct(io, h.unique, WriteOut, { size: n });
+  }
+}
+
+function noReply(op: number): boolean {
+  return op === Op.FORGET || op === Op.BATCH_FORGET || op === Op.INTERRUPT;
+}
+
+/** A NUL-terminated name at a[off]; `next` is the offset after the NUL. */
+function cstring(a: Uint8Array, off: number): { name: Uint8Array; next: number } {
+  const end = a.indexOf(0, off);
+  if (off > a.length || end < 0) throw new FuseProtocolError('unterminated name', { off });
+  return { name: a.subarray(off, end), next: end + 1 };
+}

@@ -1,0 +1,6 @@
+export * from './errors.js';
+export * from './opcodes.js';
+export * from './struct.js';
+export * from './structs.js';
+export * from './dirent.js';
+export * from './client.js';

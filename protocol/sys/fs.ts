@@ -1,0 +1,410 @@
+import { libc, koffi, check, rawSyscall, SysError } from './libc.js';
+
+/**
+ * Filesystem system calls for the virtio-fs backend: *at calls, openat2, xattrs, locks, per-thread
+ * credentials and the sandbox calls. Path arguments accept a string or raw bytes (guest names need
+ * not be UTF-8); all calls throw SysError on failure unless named `try*`.
+ */
+
+export const AT_FDCWD = -100;
+export const AT_SYMLINK_NOFOLLOW = 0x100;
+export const AT_REMOVEDIR = 0x200;
+export const AT_SYMLINK_FOLLOW = 0x400;
+export const AT_EMPTY_PATH = 0x1000;
+export const RESOLVE_NO_XDEV = 0x01;
+export const RESOLVE_NO_MAGICLINKS = 0x02;
+export const RESOLVE_NO_SYMLINKS = 0x04;
+export const RESOLVE_BENEATH = 0x08;
+export const RESOLVE_IN_ROOT = 0x10;
+export const S_IFMT = 0o170000;
+export const S_IFDIR = 0o040000;
+export const S_IFREG = 0o100000;
+export const S_IFLNK = 0o120000;
+export const UTIME_NOW = (1 << 30) - 1;
+export const UTIME_OMIT = (1 << 30) - 2;
+export const F_OFD_GETLK = 36;
+export const F_OFD_SETLK = 37;
+export const F_OFD_SETLKW = 38;
+export const F_RDLCK = 0;
+export const F_WRLCK = 1;
+export const F_UNLCK = 2;
+export const RLIMIT_NOFILE = 7;
+export const CLONE_FS = 0x200;
+export const CLONE_NEWNS = 0x20000;
+export const CLONE_NEWPID = 0x20000000;
+export const CLONE_NEWNET = 0x40000000;
+export const MS_RDONLY = 1;
+export const MS_NOSUID = 2;
+export const MS_NODEV = 4;
+export const MS_NOEXEC = 8;
+export const MS_BIND = 0x1000;
+export const MS_REC = 0x4000;
+export const MS_PRIVATE = 1 << 18;
+export const MS_SLAVE = 1 << 19;
+export const MNT_DETACH = 2;
+
+const SYS_setresuid = 117;
+const SYS_setresgid = 119;
+const SYS_setgroups = 116;
+const SYS_pivot_root = 155;
+const SYS_renameat2 = 316;
+const SYS_copy_file_range = 326;
+const SYS_openat2 = 437;
+const SYS_name_to_handle_at = 303;
+const SYS_open_by_handle_at = 304;
+
+const P = 'void *';
+const openat_ = libc.func('openat', 'int', ['int', P, 'int', 'uint']);
+const fstatat_ = libc.func('fstatat', 'int', ['int', P, P, 'int']);
+const readlinkat_ = libc.func('readlinkat', 'long', ['int', P, P, 'size_t']);
+const mkdirat_ = libc.func('mkdirat', 'int', ['int', P, 'uint']);
+const mknodat_ = libc.func('mknodat', 'int', ['int', P, 'uint', 'uint64']);
+const symlinkat_ = libc.func('symlinkat', 'int', [P, 'int', P]);
+const linkat_ = libc.func('linkat', 'int', ['int', P, 'int', P, 'int']);
+const unlinkat_ = libc.func('unlinkat', 'int', ['int', P, 'int']);
+const fchmodat_ = libc.func('fchmodat', 'int', ['int', P, 'uint', 'int']);
+const fchmod_ = libc.func('fchmod', 'int', ['int', 'uint']);
+const fchownat_ = libc.func('fchownat', 'int', ['int', P, 'uint', 'uint', 'int']);
+const utimensat_ = libc.func('utimensat', 'int', ['int', P, P, 'int']);
+const ftruncate_ = libc.func('ftruncate', 'int', ['int', 'int64']);
+const fallocate_ = libc.func('fallocate', 'int', ['int', 'int', 'int64', 'int64']);
+const lseek_ = libc.func('lseek', 'int64', ['int', 'int64', 'int']);
+const fsync_ = libc.func('fsync', 'int', ['int']);
+const fdatasync_ = libc.func('fdatasync', 'int', ['int']);
+const syncfs_ = libc.func('syncfs', 'int', ['int']);
+const fstatfs_ = libc.func('fstatfs', 'int', ['int', P]);
+const getdents64_ = libc.func('getdents64', 'long', ['int', P, 'size_t']);
+const fcntlPtr_ = libc.func('fcntl', 'int', ['int', 'int', P]);
+const fgetxattr_ = libc.func('fgetxattr', 'long', ['int', P, P, 'size_t']);
+const fsetxattr_ = libc.func('fsetxattr', 'int', ['int', P, P, 'size_t', 'int']);
+const flistxattr_ = libc.func('flistxattr', 'long', ['int', P, 'size_t']);
+const fremovexattr_ = libc.func('fremovexattr', 'int', ['int', P]);
+const getxattr_ = libc.func('getxattr', 'long', [P, P, P, 'size_t']);
+const setxattr_ = libc.func('setxattr', 'int', [P, P, P, 'size_t', 'int']);
+const listxattr_ = libc.func('listxattr', 'long', [P, P, 'size_t']);
+const removexattr_ = libc.func('removexattr', 'int', [P, P]);
+const fchdir_ = libc.func('fchdir', 'int', ['int']);
+const faccessat_ = libc.func('faccessat', 'int', ['int', P, 'int', 'int']);
+const chdir_ = libc.func('chdir', 'int', [P]);
+const chroot_ = libc.func('chroot', 'int', [P]);
+const unshare_ = libc.func('unshare', 'int', ['int']);
+const mount_ = libc.func('mount', 'int', [P, P, P, 'ulong', P]);
+const umount2_ = libc.func('umount2', 'int', [P, 'int']);
+const umask_ = libc.func('umask', 'uint', ['uint']);
+const getrlimit_ = libc.func('getrlimit', 'int', ['int', P]);
+const setrlimit_ = libc.func('setrlimit', 'int', ['int', P]);
+const syscallPtr_ = libc.func('syscall', 'long', ['long', 'long', P, P, 'long', 'long']);
+
+export type PathArg = string | Uint8Array;
+
+/** A NUL-terminated copy of a path (strings are UTF-8 encoded). */
+export function cstr(p: PathArg): Buffer {
+  if (typeof p === 'string') return Buffer.from(p + '\0', 'utf8');
+  const b = Buffer.allocUnsafe(p.length + 1);
+  b.set(p, 0);
+  b[p.length] = 0;
+  return b;
+}
+const EMPTY = cstr('');
+
+function ck(call: string, ret: number | bigint, ctx?: Record<string, unknown>): number {
+  return check(call, Number(ret), ctx);
+}
+
+export function openat(dirfd: number, path: PathArg, flags: number, mode = 0): number {
+  return ck('openat', openat_(dirfd, cstr(path), flags, mode));
+}
+
+const howBuf = Buffer.alloc(24);
+/** openat2(2): resolve is a RESOLVE_* mask; O_CLOEXEC is always added. */
+export function openat2(dirfd: number, path: PathArg, flags: number, mode: number, resolve: number): number {
+  howBuf.writeBigUInt64LE(BigInt(flags | 0o2000000), 0);
+  howBuf.writeBigUInt64LE(BigInt(mode), 8);
+  howBuf.writeBigUInt64LE(BigInt(resolve), 16);
+  return ck('openat2', syscallPtr_(SYS_openat2, dirfd, cstr(path), howBuf, 24, 0));
+}
+
+/** Decoded struct stat (x86_64 layout). */
+export interface Stat {
+  dev: bigint;
+  ino: number;
+  nlink: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  rdev: number;
+  size: number;
+  blksize: number;
+  blocks: number;
+  atime: number;
+  atimeNsec: number;
+  mtime: number;
+  mtimeNsec: number;
+  ctime: number;
+  ctimeNsec: number;
+}
+const statBuf = Buffer.alloc(144);
+
+function decodeStat(b: Buffer): Stat {
+  return {
+    dev: b.readBigUInt64LE(0),
+    ino: Number(b.readBigUInt64LE(8)),
+    nlink: Number(b.readBigUInt64LE(16)),
+    mode: b.readUInt32LE(24),
+    uid: b.readUInt32LE(28),
+    gid: b.readUInt32LE(32),
+    rdev: Number(b.readBigUInt64LE(40)),
+    size: Number(b.readBigInt64LE(48)),
+    blksize: Number(b.readBigInt64LE(56)),
+    blocks: Number(b.readBigInt64LE(64)),
+    atime: Number(b.readBigInt64LE(72)),
+    atimeNsec: Number(b.readBigInt64LE(80)),
+    mtime: Number(b.readBigInt64LE(88)),
+    mtimeNsec: Number(b.readBigInt64LE(96)),
+    ctime: Number(b.readBigInt64LE(104)),
+    ctimeNsec: Number(b.readBigInt64LE(112)),
+  };
+}
+
+export function fstatat(dirfd: number, path: PathArg, flags: number): Stat {
+  ck('fstatat', fstatat_(dirfd, path === '' ? EMPTY : cstr(path), statBuf, flags));
+  return decodeStat(statBuf);
+}
+
+/** fstat of an fd, including O_PATH fds. */
+export function fstat(fd: number): Stat {
+  ck('fstat', fstatat_(fd, EMPTY, statBuf, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW), { fd });
+  return decodeStat(statBuf);
+}
+
+export function readlinkat(dirfd: number, path: PathArg, buf: Uint8Array): number {
+  return ck('readlinkat', readlinkat_(dirfd, path === '' ? EMPTY : cstr(path), buf, buf.length));
+}
+
+export function mkdirat(dirfd: number, name: PathArg, mode: number): void {
+  ck('mkdirat', mkdirat_(dirfd, cstr(name), mode));
+}
+
+export function mknodat(dirfd: number, name: PathArg, mode: number, dev: number): void {
+  ck('mknodat', mknodat_(dirfd, cstr(name), mode, dev));
+}
+
+export function symlinkat(target: PathArg, dirfd: number, name: PathArg): void {
+  ck('symlinkat', symlinkat_(cstr(target), dirfd, cstr(name)));
+}
+
+export function linkat(olddirfd: number, oldpath: PathArg, newdirfd: number, newpath: PathArg, flags: number): void {
+  ck('linkat', linkat_(olddirfd, oldpath === '' ? EMPTY : cstr(oldpath), newdirfd, cstr(newpath), flags));
+}
+
+export function unlinkat(dirfd: number, name: PathArg, flags: number): void {
+  ck('unlinkat', unlinkat_(dirfd, cstr(name), flags));
+}
+
+export function renameat2(olddirfd: number, oldname: PathArg, newdirfd: number, newname: PathArg, flags: number): void {
+  ck('renameat2', rawSyscallPaths(SYS_renameat2, olddirfd, cstr(oldname), newdirfd, cstr(newname), flags));
+}
+
+const renameFn = libc.func('syscall', 'long', ['long', 'int', P, 'int', P, 'uint']);
+function rawSyscallPaths(nr: number, a: number, p1: Buffer, b: number, p2: Buffer, flags: number): number {
+  return Number(renameFn(nr, a, p1, b, p2, flags));
+}
+
+export function fchmodat(dirfd: number, path: PathArg, mode: number, flags = 0): void {
+  ck('fchmodat', fchmodat_(dirfd, cstr(path), mode, flags));
+}
+
+export function fchmod(fd: number, mode: number): void {
+  ck('fchmod', fchmod_(fd, mode), { fd });
+}
+
+/** uid/gid of 0xffffffff leave that id unchanged. */
+export function fchownat(dirfd: number, path: PathArg, uid: number, gid: number, flags: number): void {
+  ck('fchownat', fchownat_(dirfd, path === '' ? EMPTY : cstr(path), uid >>> 0, gid >>> 0, flags));
+}
+
+const tsBuf = Buffer.alloc(32);
+/** times: [atimeSec, atimeNsec, mtimeSec, mtimeNsec]; nsec may be UTIME_NOW / UTIME_OMIT. */
+export function utimensat(dirfd: number, path: PathArg, times: [number, number, number, number], flags: number): void {
+  for (let i = 0; i < 4; i++) tsBuf.writeBigInt64LE(BigInt(Math.trunc(times[i])), i * 8);
+  ck('utimensat', utimensat_(dirfd, path === '' ? EMPTY : cstr(path), tsBuf, flags));
+}
+
+export function ftruncate(fd: number, size: number): void {
+  ck('ftruncate', ftruncate_(fd, size), { fd, size });
+}
+
+export function fallocate(fd: number, mode: number, offset: number, len: number): void {
+  ck('fallocate', fallocate_(fd, mode, offset, len), { fd });
+}
+
+export function lseek(fd: number, offset: number, whence: number): number {
+  const r = Number(lseek_(fd, offset, whence));
+  return ck('lseek', r, { fd });
+}
+
+const lseekBig_ = libc.func('lseek', 'int64', ['int', 'int64', 'int']);
+/** lseek with a 64-bit cookie (directory offsets are opaque hashes on ext4). */
+export function lseekBig(fd: number, offset: bigint, whence: number): void {
+  const r = lseekBig_(fd, BigInt.asIntN(64, offset), whence) as number | bigint;
+  if (BigInt(r) < 0n) ck('lseek', -1, { fd });
+}
+
+const offIn = new BigInt64Array(1);
+const offOut = new BigInt64Array(1);
+export function copyFileRange(fdIn: number, inOff: number, fdOut: number, outOff: number, len: number, flags: number): number {
+  offIn[0] = BigInt(inOff);
+  offOut[0] = BigInt(outOff);
+  const fn = copyFn;
+  return ck('copy_file_range', fn(SYS_copy_file_range, fdIn, offIn, fdOut, offOut, len, flags));
+}
+const copyFn = libc.func('syscall', 'long', ['long', 'int', P, 'int', P, 'size_t', 'uint']);
+
+export function fsync(fd: number): void {
+  ck('fsync', fsync_(fd), { fd });
+}
+export function fdatasync(fd: number): void {
+  ck('fdatasync', fdatasync_(fd), { fd });
+}
+export function syncfs(fd: number): void {
+  ck('syncfs', syncfs_(fd), { fd });
+}
+
+export interface StatFs {
+  bsize: number; blocks: number; bfree: number; bavail: number; files: number; ffree: number; namelen: number; frsize: number;
+}
+const statfsBuf = Buffer.alloc(120);
+export function fstatfs(fd: number): StatFs {
+  ck('fstatfs', fstatfs_(fd, statfsBuf), { fd });
+  const n = (o: number): number => Number(statfsBuf.readBigUInt64LE(o));
+  return { bsize: n(8), blocks: n(16), bfree: n(24), bavail: n(32), files: n(40), ffree: n(48), namelen: n(64), frsize: n(72) };
+}
+
+/** Raw linux_dirent64 records into buf; 0 at end of directory. */
+export function getdents64(fd: number, buf: Uint8Array): number {
+  return ck('getdents64', getdents64_(fd, buf, buf.length), { fd });
+}
+
+export interface Flock { type: number; whence: number; start: bigint; len: bigint; pid: number }
+const flockBuf = Buffer.alloc(32);
+/** fcntl with a struct flock (F_OFD_* / F_*LK); returns the (possibly updated) lock. */
+export function fcntlLock(fd: number, cmd: number, lk: Flock): Flock {
+  flockBuf.fill(0);
+  flockBuf.writeInt16LE(lk.type, 0);
+  flockBuf.writeInt16LE(lk.whence, 2);
+  flockBuf.writeBigInt64LE(lk.start, 8);
+  flockBuf.writeBigInt64LE(lk.len, 16);
+  flockBuf.writeInt32LE(lk.pid, 24);
+  ck('fcntl(lock)', fcntlPtr_(fd, cmd, flockBuf), { fd, cmd });
+  return {
+    type: flockBuf.readInt16LE(0), whence: flockBuf.readInt16LE(2), start: flockBuf.readBigInt64LE(8),
+    len: flockBuf.readBigInt64LE(16), pid: flockBuf.readInt32LE(24),
+  };
+}
+
+/** With buf null or empty, returns the attribute size. */
+export function fgetxattr(fd: number, name: PathArg, buf: Uint8Array | null): number {
+  return ck('fgetxattr', fgetxattr_(fd, cstr(name), buf, buf ? buf.length : 0));
+}
+export function fsetxattr(fd: number, name: PathArg, value: Uint8Array, flags: number): void {
+  ck('fsetxattr', fsetxattr_(fd, cstr(name), value, value.length, flags));
+}
+export function flistxattr(fd: number, buf: Uint8Array | null): number {
+  return ck('flistxattr', flistxattr_(fd, buf, buf ? buf.length : 0));
+}
+export function fremovexattr(fd: number, name: PathArg): void {
+  ck('fremovexattr', fremovexattr_(fd, cstr(name)));
+}
+/** Path forms (follow the last component): used with "N" relative to a cwd of /proc/self/fd. */
+export function getxattr(path: PathArg, name: PathArg, buf: Uint8Array | null): number {
+  return ck('getxattr', getxattr_(cstr(path), cstr(name), buf, buf ? buf.length : 0));
+}
+export function setxattr(path: PathArg, name: PathArg, value: Uint8Array, flags: number): void {
+  ck('setxattr', setxattr_(cstr(path), cstr(name), value, value.length, flags));
+}
+export function listxattr(path: PathArg, buf: Uint8Array | null): number {
+  return ck('listxattr', listxattr_(cstr(path), buf, buf ? buf.length : 0));
+}
+export function removexattr(path: PathArg, name: PathArg): void {
+  ck('removexattr', removexattr_(cstr(path), cstr(name)));
+}
+
+/** Per-thread credential switch: the raw syscall, because glibc's wrapper changes every thread. -1 keeps a value. */
+export function setresuidThread(ruid: number, euid: number, suid: number): void {
+  ck('setresuid', rawSyscall(SYS_setresuid, ruid, euid, suid));
+}
+export function setresgidThread(rgid: number, egid: number, sgid: number): void {
+  ck('setresgid', rawSyscall(SYS_setresgid, rgid, egid, sgid));
+}
+/** Per-thread supplementary groups (raw syscall). */
+export function setgroupsThread(groups: number[]): void {
+  const b = new Uint32Array(groups);
+  ck('setgroups', Number(setgroupsFn(SYS_setgroups, groups.length, b)));
+}
+const setgroupsFn = libc.func('syscall', 'long', ['long', 'size_t', P]);
+
+export interface FileHandle { handleType: number; bytes: Uint8Array; mountId: number }
+const handleFn = libc.func('syscall', 'long', ['long', 'int', P, P, P, 'int']);
+const openHandleFn = libc.func('syscall', 'long', ['long', 'int', P, 'int']);
+/** name_to_handle_at(fd, "", AT_EMPTY_PATH): a persistent handle for an inode. */
+export function nameToHandleAt(dirfd: number, path: PathArg, flags: number): FileHandle {
+  const fh = Buffer.alloc(8 + 128);
+  fh.writeUInt32LE(128, 0);
+  const mnt = new Int32Array(1);
+  ck('name_to_handle_at', handleFn(SYS_name_to_handle_at, dirfd, path === '' ? EMPTY : cstr(path), fh, mnt, flags));
+  const n = fh.readUInt32LE(0);
+  return { handleType: fh.readInt32LE(4), bytes: fh.subarray(8, 8 + n), mountId: mnt[0] };
+}
+export function openByHandleAt(mountFd: number, h: FileHandle, flags: number): number {
+  const fh = Buffer.alloc(8 + h.bytes.length);
+  fh.writeUInt32LE(h.bytes.length, 0);
+  fh.writeInt32LE(h.handleType, 4);
+  fh.set(h.bytes, 8);
+  return ck('open_by_handle_at', openHandleFn(SYS_open_by_handle_at, mountFd, fh, flags | 0o2000000));
+}
+
+export const AT_EACCESS = 0x200;
+export function faccessat(dirfd: number, path: PathArg, mode: number, flags: number): void {
+  ck('faccessat', faccessat_(dirfd, cstr(path), mode, flags));
+}
+
+export function fchdir(fd: number): void {
+  ck('fchdir', fchdir_(fd), { fd });
+}
+export function chdir(path: PathArg): void {
+  ck('chdir', chdir_(cstr(path)));
+}
+export function chroot(path: PathArg): void {
+  ck('chroot', chroot_(cstr(path)));
+}
+/** unshare(2) for the calling thread (CLONE_FS / CLONE_NEWNS affect only this thread in a threaded process). */
+export function unshare(flags: number): void {
+  ck('unshare', unshare_(flags), { flags: `0x${flags.toString(16)}` });
+}
+export function mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null = null): void {
+  ck('mount', mount_(source === null ? null : cstr(source), cstr(target), fstype === null ? null : cstr(fstype), flags,
+    data === null ? null : cstr(data)), { source, target, fstype });
+}
+export function umount2(target: string, flags: number): void {
+  ck('umount2', umount2_(cstr(target), flags), { target });
+}
+const pivotFn = libc.func('syscall', 'long', ['long', P, P]);
+export function pivotRoot(newRoot: string, putOld: string): void {
+  ck('pivot_root', pivotFn(SYS_pivot_root, cstr(newRoot), cstr(putOld)), { newRoot, putOld });
+}
+/** Sets the calling thread's umask (per thread after unshare(CLONE_FS)); returns the old one. */
+export function umask(mask: number): number {
+  return umask_(mask) as number;
+}
+
+export interface Rlimit { cur: bigint; max: bigint }
+export function getrlimit(resource: number): Rlimit {
+  const b = new BigUint64Array(2);
+  ck('getrlimit', getrlimit_(resource, b));
+  return { cur: b[0], max: b[1] };
+}
+export function setrlimit(resource: number, lim: Rlimit): void {
+  ck('setrlimit', setrlimit_(resource, new BigUint64Array([lim.cur, lim.max])));
+}
+
+export { SysError, koffi };

@@ -1,0 +1,123 @@
+import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import { mkdtempSync, writeFileSync, readFileSync, symlinkSync, mkdirSync, rmSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { FuseClient, FuseReplyError, FUSE_ROOT_ID, Op, InHeader } from '../../protocol/fuse/index.js';
+import { PassthroughFs } from '../../backends/virtiofsd/passthrough.js';
+import { FuseServer } from '../../backends/virtiofsd/server.js';
+import { BufferIo } from '../../backends/virtiofsd/fuse-io.js';
+import { defaultFsOptions } from '../../backends/virtiofsd/options.js';
+import { ScriptRunner } from '../../vmm/kumo-vu/fs/script.js';
+import { LocalTransport } from './local-transport.js';
+
+let base: string;
+let share: string;
+let fs: PassthroughFs;
+let server: FuseServer;
+let c: FuseClient;
+const CANARY = 'CANARY-outside-the-share';
+
+beforeEach(async () => {
+  base = mkdtempSync('/tmp/kumo-fs-test-');
+  share = join(base, 'share');
+  mkdirSync(share);
+  writeFileSync(join(base, 'secret'), CANARY);
+  fs = new PassthroughFs({ ...defaultFsOptions(share), xattr: true, posixLock: true });
+  server = new FuseServer(fs);
+  c = new FuseClient(new LocalTransport(server));
+  await c.init();
+});
+afterEach(() => {
+  fs.close();
+  rmSync(base, { recursive: true, force: true });
+});
+
+async function errCode(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'ok';
+  } catch (e) {
+    if (e instanceof FuseReplyError) return e.code;
+    throw e;
+  }
+}
+
+describe('passthrough filesystem (in-process, no vhost-user)', () => {
+  it('runs the comparison script with the expected replies and leaves no inodes behind', async () => {
+    const out: string[] = [];
+    await new ScriptRunner(c).runScript(readFileSync(new URL('./script.fs.txt', import.meta.url), 'utf8'), (s) => out.push(s));
+    const reply = (cmd: string): string => out[out.indexOf(`> ${cmd}`) + 1];
+    expect(reply('cat a/f1')).toBe('ok "hello world"');
+    expect(reply('pread a/f1 2 5')).toBe('ok "llo W"');
+    expect(reply('readlink a/abs')).toBe('ok "/etc/passwd"');
+    expect(reply('cat a/abs')).toBe('err EBADF');
+    expect(reply('mvn a/f2 a/hard')).toBe('err EEXIST');
+    expect(reply('getxattr a/new user.k1')).toBe('ok len=2 "v1"');
+    expect(reply('seek a/new hole 0')).toMatch(/^ok \d+$/);
+    expect(reply('copy a/src a/new 2 0')).toBe('ok copied=8');
+    expect(reply('lockw a/new wr 0 10')).toBe('err EOPNOTSUPP');
+    expect(reply('rawop 99')).toBe('err ENOSYS');
+    expect(reply('write deep/x y')).toBe('err ENOENT');
+    expect(readFileSync(join(share, 'a/f2'), 'utf8')).toBe('x');
+    expect(fs.stats()).toEqual({ inodes: 1, handles: 0 });
+  });
+
+  it('never reaches outside the shared directory', async () => {
+    symlinkSync('../secret', join(share, 'rel'));
+    symlinkSync(join(base, 'secret'), join(share, 'abs'));
+    symlinkSync('/proc/self/root' + base, join(share, 'magic'));
+    symlinkSync('..', join(share, 'up'));
+    const before = readdirSync(base).sort();
+    for (const name of ['..', '.', '../secret', 'a/b', '', 'x\0y']) {
+      expect(['EINVAL', 'ENOENT', 'ENAMETOOLONG']).toContain(await errCode(c.lookup(FUSE_ROOT_ID, name)));
+    }
+    for (const name of ['rel', 'abs', 'magic']) {
+      const e = await c.lookup(FUSE_ROOT_ID, name);
+      expect(await errCode(c.open(e.nodeid, 0))).toBe('EBADF');
+      expect(await errCode(c.lookup(e.nodeid, 'secret'))).not.toBe('ok');
+    }
+    const up = await c.lookup(FUSE_ROOT_ID, 'up');
+    expect(await errCode(c.lookup(up.nodeid, 'secret'))).not.toBe('ok');
+    expect(await errCode(c.opendir(up.nodeid))).toBe('ENOTDIR');
+    // Creating through a symlinked name, or names that climb, fails.
+    expect(await errCode(c.create(FUSE_ROOT_ID, 'rel', 0o101, 0o644))).not.toBe('ok');
+    expect(await errCode(c.mkdir(FUSE_ROOT_ID, '../evil'))).toBe('EINVAL');
+    expect(await errCode(c.symlink(FUSE_ROOT_ID, '../evil', 'x'))).toBe('EINVAL');
+    expect(await errCode(c.rename(FUSE_ROOT_ID, 'rel', FUSE_ROOT_ID, '../moved'))).toBe('EINVAL');
+    const abs = await c.lookup(FUSE_ROOT_ID, 'abs');
+    expect(await errCode(c.link(abs.nodeid, FUSE_ROOT_ID, '../hard'))).toBe('EINVAL');
+    // A hard link of the symlink stays a symlink inside the share: reading through it is refused.
+    const h = await c.link(abs.nodeid, FUSE_ROOT_ID, 'hl');
+    expect(await errCode(c.open(h.nodeid, 0))).toBe('EBADF');
+    expect(await errCode(c.setattr(abs.nodeid, { valid: 8, size: 0 }))).toBe('EBADF');
+    expect(readdirSync(base).sort()).toEqual(before);
+    expect(readFileSync(join(base, 'secret'), 'utf8')).toBe(CANARY);
+  });
+
+  it('answers hostile headers with an error or drops them, and keeps serving', async () => {
+    const send = (req: Uint8Array, out = 4096): { n: number; err: number } => {
+      const o = Buffer.alloc(out);
+      const n = server.handle(new BufferIo([Buffer.from(req)], out ? [o] : []));
+      return { n, err: n >= 16 ? o.readInt32LE(4) : 0 };
+    };
+    const hdr = (opcode: number, len: number, nodeid = 1, extra = 0): Uint8Array => {
+      const b = new Uint8Array(40 + extra);
+      InHeader.encode({ len, opcode, unique: 7n, nodeid, uid: 0, gid: 0, pid: 1, totalExtlen: 0 }, b, 0);
+      return b;
+    };
+    expect(send(new Uint8Array(10)).n).toBe(0); // shorter than a header: dropped
+    expect(send(hdr(Op.GETATTR, 40 + 16), 0).n).toBe(0); // no reply space: dropped
+    expect(send(hdr(Op.GETATTR, 9999, 1, 16)).err).toBe(-22); // len larger than the buffers
+    expect(send(hdr(Op.GETATTR, 20, 1, 16)).err).toBe(-22); // len smaller than a header
+    expect(send(hdr(999, 40)).err).toBe(-38); // unknown opcode
+    expect(send(hdr(Op.GETATTR, 56, 424242, 16)).err).toBe(-9); // nodeid never looked up
+    const noNul = hdr(Op.LOOKUP, 44, 1, 4);
+    noNul.fill(0x61, 40);
+    expect(send(noNul).err).toBe(-22); // name without NUL
+    expect(send(hdr(Op.READ, 40)).err).toBe(-22); // truncated read_in
+    const w = hdr(Op.WRITE, 80 + 8, 1, 48);
+    new DataView(w.buffer).setUint32(40 + 16, 1 << 30, true); // size far beyond the request
+    expect(send(w).err).toBe(-22);
+    expect(send(hdr(Op.GETATTR, 56, 1, 16), 20).err).toBe(-22); // reply does not fit
+    expect((await c.getattr(FUSE_ROOT_ID)).mode & 0o170000).toBe(0o040000);
+  });
+});
