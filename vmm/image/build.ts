@@ -123,6 +123,10 @@ async function build(): Promise<ImagePaths> {
       writeAtomic(labInitramfs, buildCpioGz(baseEntries(busybox, l1Init, moduleFiles(k.modulesDir, l1Order))));
       log.info({ labInitramfs, modules: l1Order.length }, 'L1 lab initramfs built');
     }
+    for (const f of fs.readdirSync(cache)) {
+      // Images of earlier script sets: superseded, and this build holds the lock.
+      if (/^(lab-)?initramfs-[0-9a-f]{12}\.cpio\.gz$/.test(f) && !f.includes(key)) fs.rmSync(path.join(cache, f), { force: true });
+    }
     const paths: ImagePaths = {
       kernelRelease: k.release, vmlinux, bzImage: k.bzImage, initramfs, labInitramfs,
       modulesDir: k.modulesDir, scripts: scripts.map((s) => s.name),
