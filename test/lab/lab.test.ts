@@ -7,17 +7,10 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureImage } from '../../vmm/image/index.js';
 import { LabTimeoutError } from '../../vmm/lab/errors.js';
-import { QEMU, runInLab, VIRTIOFSD, type LabResult } from '../../vmm/lab/lab.js';
+import { QEMU, runInLab, type LabResult } from '../../vmm/lab/lab.js';
+import { whyNoLab } from './skip.js';
 
-function whyNoLab(): string | null {
-  if (process.env.KUMO_IN_LAB === '1') return 'already inside the lab';
-  if (process.getuid?.() !== 0) return 'the lab needs root';
-  if (spawnSync(QEMU, ['--version']).status !== 0) return `${QEMU} missing (apt-get install qemu-system-x86)`;
-  if (!fs.existsSync(VIRTIOFSD)) return `${VIRTIOFSD} missing (apt-get install qemu-system-x86)`;
-  return null;
-}
-const skip = whyNoLab();
-if (skip) console.warn(`test/lab/lab.test.ts skipped: ${skip}`);
+const skip = whyNoLab('test/lab/lab.test.ts');
 
 describe.skipIf(skip !== null)('nested lab', () => {
   let dir: string;

@@ -1,0 +1,93 @@
+// kumo boots the stock Debian kernel to userspace in the nested lab: PVH vmlinux with the
+// built-in virtio-rng and virtio-console checked from inside the guest, the bzImage, a 2-vCPU
+// boot (known flaky in the lab: retried once and reported), and the demo guest on our three
+// vhost-user backends. One lab boot runs them all, in sequence, to keep CI time down.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { ensureImage, type ImagePaths } from '../../vmm/image/index.js';
+import { runInLab, type LabResult } from '../../vmm/lab/lab.js';
+import { whyNoLab } from './skip.js';
+import { shQuote } from '../../vmm/lab/job.js';
+
+const skip = whyNoLab('test/lab/kumo-boot.test.ts');
+
+const root = path.resolve(import.meta.dirname, '../..');
+
+function bootLine(name: string, img: ImagePaths, kernel: string, cmdline: string, extra: string[]): string {
+  const argv = [
+    'node', `${root}/bin/kumo.js`, '--kernel', kernel, '--initramfs', img.initramfs,
+    '--cmdline', `console=ttyS0 quiet ${cmdline}`, '--memory', 'size=512M', '--serial', 'tty', ...extra,
+  ].map(shQuote).join(' ');
+  return `echo "=== ${name} start"; timeout 300 ${argv}; echo "=== ${name} exit=$?"`;
+}
+
+/** The lines printed between "=== name start" and "=== name exit=N" (the last such block). */
+function section(out: string, name: string): { text: string; exit: number | null } {
+  const start = out.lastIndexOf(`=== ${name} start`);
+  if (start < 0) return { text: '', exit: null };
+  const rest = out.slice(start);
+  const m = rest.match(new RegExp(`=== ${name} exit=(\\d+)`));
+  return { text: m ? rest.slice(0, m.index) : rest, exit: m ? Number(m[1]) : null };
+}
+
+describe.skipIf(skip !== null)('kumo boots Debian in the lab', () => {
+  let r: LabResult;
+
+  beforeAll(async () => {
+    const img = await ensureImage();
+    const smp = bootLine('smp2', img, img.vmlinux, 'kumo.cmd=echo KUMO-CPUS $(grep -c ^processor /proc/cpuinfo)',
+      ['--cpus', 'boot=2', '--console', 'off']);
+    const jobFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kumo-boot-')), 'job.sh');
+    fs.writeFileSync(jobFile, [
+      bootLine('pvh', img, img.vmlinux, 'kumo.script=devices', ['--cpus', 'boot=1', '--console', 'tty']),
+      bootLine('bzimage', img, img.bzImage, 'kumo.script=ready', ['--cpus', 'boot=1', '--console', 'off']),
+      // 2 vCPUs in the lab hang or panic L1 some of the time (nested-lab.md): one retry.
+      `out=$( ${smp} 2>&1 ); echo "$out"; case "$out" in *"KUMO-RESULT rc=0"*) ;; *) echo "=== smp2 retry"; ${smp} ;; esac`,
+      `echo "=== demo start"; ${root}/node_modules/.bin/tsx ${root}/scripts/demo.ts; echo "=== demo exit=$?"`,
+    ].join('\n') + '\n');
+    r = await runInLab(`sh ${jobFile}`, { timeoutMs: 25 * 60_000 });
+    console.log(`lab: L1 up in ${r.l1BootS.toFixed(1)} s, whole run ${r.wallS.toFixed(1)} s`);
+  }, 26 * 60_000);
+
+  it('boots the PVH vmlinux; rng and console are bound and work; S5 ends kumo with 0', () => {
+    const s = section(r.output, 'pvh');
+    expect(s.text).toContain('KUMO-READY');
+    expect(s.text).toMatch(/KUMO-PCI \S+ 0x1af4:0x1044 \S+ driver=virtio-pci/);
+    expect(s.text).toMatch(/KUMO-PCI \S+ 0x1af4:0x1043 \S+ driver=virtio-pci/);
+    expect(s.text).toMatch(/KUMO-VIRTIO \S+ device=0x0004 driver=virtio_rng/);
+    expect(s.text).toMatch(/KUMO-VIRTIO \S+ device=0x0003 driver=virtio_console/);
+    expect(s.text).toMatch(/KUMO-HWRNG [0-9a-f]{32} /);
+    expect(s.text).toContain('KUMO-HVC-ECHO hello-from-guest');
+    expect(s.text).toContain('KUMO-RESULT rc=0');
+    expect(s.exit).toBe(0);
+  });
+
+  it('boots the bzImage to userspace', () => {
+    const s = section(r.output, 'bzimage');
+    expect(s.text).toContain('KUMO-READY');
+    expect(s.text).toContain('KUMO-RESULT rc=0');
+    expect(s.exit).toBe(0);
+  });
+
+  it('tries a 2-vCPU boot (retried once; reported, flaky in the lab)', () => {
+    const s = section(r.output, 'smp2');
+    const retried = r.output.includes('=== smp2 retry');
+    const booted = s.text.includes('KUMO-RESULT rc=0') && s.exit === 0;
+    console.log(`2-vCPU boot in the lab: ${booted ? 'booted' : 'failed'}${retried ? ' after a retry' : ''}`);
+    // Whenever the guest reached userspace, the AP must have come up through INIT/SIPI.
+    if (booted) expect(s.text).toContain('KUMO-CPUS 2');
+    expect(s.exit).not.toBeNull();
+  });
+
+  it('runs the demo guest on our blk, fs and net backends', () => {
+    const s = section(r.output, 'demo');
+    expect(s.text).toContain('ok   guest read the host-written disk header');
+    expect(s.text).toContain('ok   guest write reached the image file');
+    expect(s.text).toContain('ok   guest read the virtio-fs share');
+    expect(s.text).toContain('ok   guest file appeared in the share');
+    expect(s.text).toContain('ok   guest pinged the host through the TAP');
+    expect(s.exit).toBe(0);
+  });
+});
