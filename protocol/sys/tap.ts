@@ -11,11 +11,14 @@ export const TUNGETFEATURES = 0x800454cf;
 export const TUNSETOFFLOAD = 0x400454d0;
 export const TUNGETIFF = 0x800454d2;
 export const TUNSETVNETHDRSZ = 0x400454d8;
+export const TUNSETQUEUE = 0x400454d9;
 
 export const IFF_TAP = 0x0002;
 export const IFF_NO_PI = 0x1000;
 export const IFF_VNET_HDR = 0x4000;
 export const IFF_MULTI_QUEUE = 0x0100;
+export const IFF_ATTACH_QUEUE = 0x0200;
+export const IFF_DETACH_QUEUE = 0x0400;
 
 export const TUN_F_CSUM = 0x01;
 export const TUN_F_TSO4 = 0x02;
@@ -94,6 +97,21 @@ export class Tap {
     if (this.closed) return;
     this.closed = true;
     for (const fd of this.fds) close(fd);
+  }
+}
+
+/**
+ * Attaches or detaches one queue fd of a multi-queue TAP. The kernel only steers frames to attached
+ * queues, so queues whose virtio ring is not running must be detached or their frames are stranded.
+ */
+export function setTapQueueAttached(fd: number, attached: boolean): void {
+  const req = Buffer.alloc(IFREQ_SIZE);
+  req.writeUInt16LE(attached ? IFF_ATTACH_QUEUE : IFF_DETACH_QUEUE, IFNAMSIZ);
+  try {
+    ioctl(fd, TUNSETQUEUE, req);
+  } catch (e) {
+    // Attaching an attached queue (or detaching a detached one) is EINVAL: the state is already right.
+    if (!(e instanceof SysError && e.code === 'EINVAL')) throw e;
   }
 }
 

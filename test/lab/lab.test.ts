@@ -1,6 +1,5 @@
 // One lab boot for all the checks: command exit code and output, /dev/kvm with nested paging in L1,
 // node on the shared host root, and QEMU booting our L2 image (PVH vmlinux, microvm) to KUMO-READY.
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
