@@ -6,6 +6,9 @@ import { encodeFsConfig, FS_CONFIG_SIZE } from '../../protocol/virtio/fs.js';
 import type { FsOptions } from './options.js';
 import type { FsWorkerData } from './queue-worker.js';
 
+/** Default busy-poll window of the request loop (see queue-worker.ts). */
+export const DEFAULT_POLL_US = 50;
+
 /** virtio-fs over vhost-user: queue 0 hiprio, queue 1 the one request queue (like virtiofsd). */
 export class VirtioFsBackend implements VhostUserBackend {
   readonly numQueues = 2;
@@ -16,8 +19,11 @@ export class VirtioFsBackend implements VhostUserBackend {
   constructor(
     opts: FsOptions,
     private readonly tag: string | null,
+    pollUs = DEFAULT_POLL_US,
   ) {
-    this.queueWorker = { module: fileURLToPath(new URL('./queue-worker.ts', import.meta.url)), data: { opts } };
+    // Compiled (dist/) builds must hand the worker the compiled module, not the TypeScript source.
+    const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
+    this.queueWorker = { module: fileURLToPath(new URL(`./queue-worker.${ext}`, import.meta.url)), data: { opts, pollUs } };
   }
 
   features(): bigint {

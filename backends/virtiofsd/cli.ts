@@ -5,6 +5,8 @@ export interface DaemonConfig {
   socketPath: string;
   tag: string | null;
   threadPoolSize: number;
+  /** kumo extension: busy-poll window (µs) after the last request; 0 sleeps at once. */
+  pollUs: number | null;
   rlimitNofile: number | null;
   logLevel: string | null;
   fs: FsOptions;
@@ -13,7 +15,7 @@ export interface DaemonConfig {
 export const USAGE = `kumo-virtiofsd --socket-path=PATH --shared-dir=DIR [--tag=TAG] [--cache=auto|always|never|metadata]
   [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--announce-submounts]
   [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
-  [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL]
+  [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL] [--poll-us=N]
 QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,posix_lock,writeback,readdirplus`;
 
 function oneOf<T extends string>(name: string, v: string, allowed: readonly T[]): T {
@@ -31,7 +33,7 @@ function int(name: string, v: string): number {
 export function parseArgs(argv: string[]): DaemonConfig {
   let socketPath: string | null = null;
   let sharedDir: string | null = null;
-  const cfg = { tag: null as string | null, threadPoolSize: 0, rlimitNofile: null as number | null, logLevel: null as string | null };
+  const cfg = { tag: null as string | null, threadPoolSize: 0, pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
   const o: Partial<FsOptions> = { sandbox: 'namespace' };
   const set = (key: string, val: string | null): void => {
     const v = val ?? '';
@@ -43,6 +45,7 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'sandbox': o.sandbox = oneOf('sandbox', v, ['namespace', 'chroot', 'none'] as SandboxMode[]); break;
       case 'thread-pool-size': cfg.threadPoolSize = int(key, v); break;
       case 'rlimit-nofile': cfg.rlimitNofile = int(key, v); break;
+      case 'poll-us': case 'poll_us': cfg.pollUs = int(key, v); break;
       case 'log-level': case 'log_level': cfg.logLevel = v; break;
       case 'inode-file-handles': o.inodeFileHandles = oneOf(key, v || 'prefer', ['never', 'prefer', 'mandatory'] as FileHandleMode[]); break;
       case 'xattr': o.xattr = true; break;
@@ -76,7 +79,7 @@ export function parseArgs(argv: string[]): DaemonConfig {
     } else if (a.startsWith('--')) {
       const eq = a.indexOf('=');
       const key = eq < 0 ? a.slice(2) : a.slice(2, eq);
-      const takesValue = ['socket-path', 'shared-dir', 'tag', 'cache', 'sandbox', 'thread-pool-size', 'rlimit-nofile', 'log-level', 'inode-file-handles', 'seccomp', 'fd', 'socket-group', 'modcaps'].includes(key);
+      const takesValue = ['socket-path', 'shared-dir', 'tag', 'cache', 'sandbox', 'thread-pool-size', 'rlimit-nofile', 'poll-us', 'log-level', 'inode-file-handles', 'seccomp', 'fd', 'socket-group', 'modcaps'].includes(key);
       const val = eq >= 0 ? a.slice(eq + 1) : takesValue ? (argv[++i] ?? '') : null;
       set(key, val);
     } else if (a === '-f' || a === '-d') {

@@ -9,7 +9,8 @@ export class Inode {
   constructor(
     readonly nodeid: number,
     readonly fd: number,
-    readonly dev: bigint,
+    /** st_dev as a number (Linux dev_t values are far below 2^53). */
+    readonly dev: number,
     readonly ino: number,
     /** S_IFMT bits. */
     readonly type: number,
@@ -20,14 +21,29 @@ export class Inode {
 /** nodeid → inode and (dev, ino) → inode, with FUSE lookup-count semantics. */
 export class InodeTable {
   private byId = new Map<number, Inode>();
-  private byKey = new Map<string, Inode>();
+  /** dev → ino → inode: number keys, no string building on the LOOKUP path. */
+  private byKey = new Map<number, Map<number, Inode>>();
   private nextId = FUSE_ROOT_ID + 1;
 
-  setRoot(fd: number, dev: bigint, ino: number, type: number): Inode {
+  setRoot(fd: number, dev: number, ino: number, type: number): Inode {
     const root = new Inode(FUSE_ROOT_ID, fd, dev, ino, type, 2 ** 52);
     this.byId.set(FUSE_ROOT_ID, root);
-    this.byKey.set(`${dev}:${ino}`, root);
+    this.devMap(dev).set(ino, root);
     return root;
+  }
+
+  private devMap(dev: number): Map<number, Inode> {
+    let m = this.byKey.get(dev);
+    if (m === undefined) {
+      m = new Map();
+      this.byKey.set(dev, m);
+    }
+    return m;
+  }
+
+  /** The inode for nodeid, or undefined (hot paths answer EBADF without an exception). */
+  tryGet(nodeid: number): Inode | undefined {
+    return this.byId.get(nodeid);
   }
 
   get(nodeid: number): Inode {
@@ -36,15 +52,15 @@ export class InodeTable {
     return i;
   }
 
-  find(dev: bigint, ino: number): Inode | undefined {
-    return this.byKey.get(`${dev}:${ino}`);
+  find(dev: number, ino: number): Inode | undefined {
+    return this.byKey.get(dev)?.get(ino);
   }
 
   /** Registers a new inode (taking ownership of fd) with one lookup. */
-  add(fd: number, dev: bigint, ino: number, type: number): Inode {
+  add(fd: number, dev: number, ino: number, type: number): Inode {
     const i = new Inode(this.nextId++, fd, dev, ino, type, 1);
     this.byId.set(i.nodeid, i);
-    this.byKey.set(`${dev}:${ino}`, i);
+    this.devMap(dev).set(ino, i);
     return i;
   }
 
@@ -66,8 +82,8 @@ export class InodeTable {
 
   private drop(i: Inode): void {
     this.byId.delete(i.nodeid);
-    const key = `${i.dev}:${i.ino}`;
-    if (this.byKey.get(key) === i) this.byKey.delete(key);
+    const m = this.byKey.get(i.dev);
+    if (m !== undefined && m.get(i.ino) === i) m.delete(i.ino);
     if (i.lockFds) for (const fd of i.lockFds.values()) closeQuiet(fd);
     closeQuiet(i.fd);
   }
@@ -86,6 +102,9 @@ export class HandleTable {
     const fh = this.next++;
     this.map.set(fh, h);
     return fh;
+  }
+  tryGet(fh: number): Handle | undefined {
+    return this.map.get(fh);
   }
   get(fh: number, inode?: Inode): Handle {
     const h = this.map.get(fh);

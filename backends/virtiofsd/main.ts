@@ -28,6 +28,38 @@ function raiseNofile(want: number | null): void {
   log.info({ soft: Number(now.cur), hard: Number(now.max) }, 'RLIMIT_NOFILE');
 }
 
+/** How long an orderly stop may take before the process exits anyway. */
+const STOP_GRACE_MS = 3000;
+let stopping = false;
+
+/**
+ * daemon.stop() alone is not enough to end the process: it waits for the current connection and for the
+ * queue worker to ack its exit, and a worker that does not answer (busy, or blocked in a native call that
+ * Worker.terminate() cannot interrupt) would hold it forever, with nothing calling process.exit(). A signal
+ * therefore stops the daemon with a deadline and then exits, like virtiofsd; a second signal exits at once.
+ */
+function shutdown(daemon: VhostUserDaemon, signal: string): void {
+  if (stopping) process.exit(1);
+  stopping = true;
+  log.info({ signal }, 'shutting down');
+  void stopWithin(daemon, STOP_GRACE_MS).then(() => process.exit(0));
+}
+
+async function stopWithin(daemon: VhostUserDaemon, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<void>((r) => {
+    timer = setTimeout(() => {
+      log.warn({ ms }, 'daemon did not stop in time; exiting anyway');
+      r();
+    }, ms);
+  });
+  try {
+    await Promise.race([daemon.stop().catch((e: unknown) => log.warn({ err: e }, 'stop failed')), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(USAGE + '\n');
@@ -45,15 +77,14 @@ async function main(argv: string[]): Promise<number> {
   if (cfg.threadPoolSize > 0) log.info({ threadPoolSize: cfg.threadPoolSize }, 'requests run on the queue worker thread; --thread-pool-size is accepted but not used');
   if (cfg.fs.inodeFileHandles !== 'never') log.info('inode file handles not used: inodes are held as O_PATH fds');
   raiseNofile(cfg.rlimitNofile);
-  const daemon = new VhostUserDaemon(new VirtioFsBackend(cfg.fs, cfg.tag), { socketPath: cfg.socketPath, exitOnDisconnect: true, name: 'virtiofsd' });
+  const daemon = new VhostUserDaemon(new VirtioFsBackend(cfg.fs, cfg.tag, cfg.pollUs ?? undefined), { socketPath: cfg.socketPath, exitOnDisconnect: true, name: 'virtiofsd' });
   await daemon.start();
   log.info({ socket: cfg.socketPath, dir: cfg.fs.sharedDir, sandbox: cfg.fs.sandbox, cache: cfg.fs.cache }, 'waiting for vhost-user front-end');
-  const stop = (): void => void daemon.stop();
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
+  process.on('SIGTERM', () => shutdown(daemon, 'SIGTERM'));
+  process.on('SIGINT', () => shutdown(daemon, 'SIGINT'));
   await daemon.run();
   log.info('Client disconnected, shutting down');
-  await daemon.stop();
+  await stopWithin(daemon, STOP_GRACE_MS);
   return 0;
 }
 

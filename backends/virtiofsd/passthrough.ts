@@ -43,6 +43,18 @@ export interface Caller {
   pid: number;
 }
 
+/** errno for a bad guest name in name[0..len), 0 if it is one non-empty component that cannot climb. */
+export function nameErrno(name: Uint8Array, len: number): number {
+  if (len <= 0) return E.ENOENT;
+  if (len > 255) return 36; // ENAMETOOLONG
+  for (let k = 0; k < len; k++) {
+    const b = name[k];
+    if (b === 0x2f || b === 0) return E.EINVAL;
+  }
+  if (name[0] === 0x2e && (len === 1 || (len === 2 && name[1] === 0x2e))) return E.EINVAL;
+  return 0;
+}
+
 /** Validates a guest-supplied name: one non-empty path component that cannot climb. */
 export function checkName(name: Uint8Array): void {
   if (name.length === 0 || name.length > 255) throw new FsError(name.length ? 36 : E.ENOENT, 'bad name length');
@@ -61,8 +73,9 @@ export class PassthroughFs {
   readonly inodes = new InodeTable();
   readonly handles = new HandleTable();
   private readonly procSelfFd: number;
-  private readonly root: Inode;
-  private readonly timeout: number;
+  readonly root: Inode;
+  /** Entry/attr validity (seconds) of every reply, from the cache mode. */
+  readonly timeout: number;
   private readonly euid: number;
   private readonly egid: number;
   private readonly direntBuf = Buffer.alloc(64 * 1024);
@@ -79,7 +92,7 @@ export class PassthroughFs {
     this.procSelfFd = pre?.procSelfFd ?? fs.openat(fs.AT_FDCWD, '/proc/self/fd', O_PATH | O_DIRECTORY | O_CLOEXEC);
     const fd = pre?.rootFd ?? fs.openat(fs.AT_FDCWD, opts.sharedDir, O_PATH | O_DIRECTORY | O_CLOEXEC);
     const st = fs.fstat(fd);
-    this.root = this.inodes.setRoot(fd, st.dev, st.ino, st.mode & fs.S_IFMT);
+    this.root = this.inodes.setRoot(fd, Number(st.dev), st.ino, st.mode & fs.S_IFMT);
     this.timeout = cacheTimeout(opts.cache);
     this.euid = rawSyscall(107); // geteuid
     this.egid = rawSyscall(108); // getegid
@@ -108,7 +121,7 @@ export class PassthroughFs {
       atimensec: st.atimeNsec, mtimensec: st.mtimeNsec, ctimensec: st.ctimeNsec, mode: st.mode, nlink: st.nlink,
       uid: st.uid, gid: st.gid, rdev: st.rdev, blksize: st.blksize,
       // FUSE_ATTR_SUBMOUNT: a directory on another filesystem than the root.
-      flags: this.opts.announceSubmounts && st.dev !== this.root.dev && (st.mode & fs.S_IFMT) === fs.S_IFDIR ? 1 : 0,
+      flags: this.opts.announceSubmounts && Number(st.dev) !== this.root.dev && (st.mode & fs.S_IFMT) === fs.S_IFDIR ? 1 : 0,
     };
   }
 
@@ -141,14 +154,65 @@ export class PassthroughFs {
       closeQuiet(fd);
       throw e;
     }
-    let i = this.inodes.find(st.dev, st.ino);
+    let i = this.inodes.find(Number(st.dev), st.ino);
     if (i) {
       closeQuiet(fd);
       i.refcount++;
     } else {
-      i = this.inodes.add(fd, st.dev, st.ino, st.mode & fs.S_IFMT);
+      i = this.inodes.add(fd, Number(st.dev), st.ino, st.mode & fs.S_IFMT);
     }
     return this.entry(i, st);
+  }
+
+  // ---- hot paths: no exceptions for routine failures, stat left raw in fs.rawStat -----------
+
+  /**
+   * LOOKUP for the request loop: `cname` is the guest's NUL-terminated name. Returns the nodeid (one
+   * more lookup reference; the inode's struct stat is then in fs.rawStat) or -errno.
+   */
+  lookupRaw(parent: Inode, cname: Uint8Array): number {
+    const bad = nameErrno(cname, cname.length - 1);
+    if (bad !== 0) return -bad;
+    const fd = fs.openat2Raw(parent.fd, cname, O_PATH | O_NOFOLLOW, 0, RESOLVE);
+    return fd < 0 ? fd : this.registerRaw(fd);
+  }
+
+  /** Like register() from an fd, but returns nodeid or -errno and keeps the stat raw. */
+  private registerRaw(fd: number): number {
+    const r = fs.fstatRaw(fd);
+    if (r < 0) {
+      closeQuiet(fd);
+      return r;
+    }
+    const st = fs.rawStat;
+    const dev = st.readUInt32LE(4) * 0x1_0000_0000 + st.readUInt32LE(0);
+    const ino = st.readUInt32LE(12) * 0x1_0000_0000 + st.readUInt32LE(8);
+    let i = this.inodes.find(dev, ino);
+    if (i) {
+      closeQuiet(fd);
+      i.refcount++;
+    } else {
+      i = this.inodes.add(fd, dev, ino, st.readUInt32LE(24) & fs.S_IFMT);
+    }
+    return i.nodeid;
+  }
+
+  /** CREATE for the request loop (`cname` NUL-terminated); the new inode's stat is left in fs.rawStat. */
+  createRaw(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number): { nodeid: number; fh: number } {
+    const bad = nameErrno(cname, cname.length - 1);
+    if (bad !== 0) throw new FsError(bad, 'bad name');
+    this.writable();
+    const fl = this.openFlags(flags) | O_CREAT | O_NOFOLLOW;
+    const fd = this.asCaller(c, () => fs.openat2Raw(parent.fd, cname, fl, mode & 0o7777, RESOLVE));
+    if (fd < 0) throw new FsError(-fd, 'create failed');
+    const pathFd = fs.openat2Raw(parent.fd, cname, O_PATH | O_NOFOLLOW, 0, RESOLVE);
+    const nodeid = pathFd < 0 ? pathFd : this.registerRaw(pathFd);
+    if (nodeid < 0) {
+      closeQuiet(fd);
+      throw new FsError(-nodeid, 'created file vanished');
+    }
+    const fh = this.handles.add({ fd, inode: this.inodes.get(nodeid), dir: false });
+    return { nodeid, fh };
   }
 
   forget(nodeid: number, nlookup: number): void {

@@ -1,5 +1,11 @@
 import type { CreateQueueHandler, QueueHandler, VringHandle } from '../../protocol/vhost-user/backend-types.js';
+import { HANDLER_TOKEN_BASE } from '../../protocol/vhost-user/backend-types.js';
 import { ChainError } from '../../protocol/virtqueue/index.js';
+import { closeQuiet, eventfd, eventfdRead, eventfdWrite } from '../../protocol/sys/fd.js';
+import { EPOLLIN } from '../../protocol/sys/epoll.js';
+import { rawSyscall } from '../../protocol/sys/libc.js';
+
+const SYS_sched_yield = 24;
 import { ChainIo } from './fuse-io.js';
 import { PassthroughFs } from './passthrough.js';
 import { FuseServer } from './server.js';
@@ -8,59 +14,157 @@ import type { FsOptions } from './options.js';
 
 export interface FsWorkerData {
   opts: FsOptions;
+  /** Busy-poll the rings this long (µs) after the last request before sleeping on the kick fds; 0: never. */
+  pollUs: number;
 }
+
+/** After this long serving without a break the loop yields to the worker's epoll (control commands). */
+const SLICE_MS = 2;
+const RESUME_TOKEN = HANDLER_TOKEN_BASE + 1;
 
 /**
  * One worker thread serves both the hiprio queue and the request queue, so FORGETs on queue 0 and
  * LOOKUPs on queue 1 share one inode table. Requests run to completion in ring order.
+ *
+ * Waking a sleeping thread costs far more than serving a request, so after a batch the worker keeps
+ * polling both avail rings for `pollUs` with kicks suppressed (the driver then skips its eventfd write
+ * too); only when nothing arrives does it re-enable kicks and go back to epoll.
  */
 export const createQueueHandler: CreateQueueHandler = (ctx) => {
-  const { opts } = ctx.data as FsWorkerData;
+  const { opts, pollUs } = ctx.data as FsWorkerData;
   const fs = new PassthroughFs(opts, enterSandbox(opts, ctx.log));
   const server = new FuseServer(fs);
-  ctx.log.info({ dir: opts.sharedDir, sandbox: opts.sandbox }, 'virtio-fs worker ready');
+  const io = new ChainIo();
+  const rings: VringHandle[] = [];
+  const pollMs = Math.max(0, pollUs) / 1000;
+  // Written when a slice ends with work left, so the epoll loop comes straight back to it.
+  const resumeFd = eventfd();
+  ctx.epoll.add(resumeFd, EPOLLIN, RESUME_TOKEN);
+  ctx.log.info({ dir: opts.sharedDir, sandbox: opts.sandbox, pollUs }, 'virtio-fs worker ready');
+
+  /** Serves every available chain of one ring; publishes and signals once for the batch. */
+  function drain(q: VringHandle): number {
+    const queue = q.queue;
+    const mem = ctx.memory();
+    let served = 0;
+    for (;;) {
+      let chain;
+      try {
+        chain = queue.pop();
+      } catch (e) {
+        if (e instanceof ChainError) {
+          ctx.log.warn({ err: e.message }, 'dropping malformed descriptor chain');
+          queue.pushUsed(e.head, 0);
+          served++;
+          continue;
+        }
+        throw e;
+      }
+      if (chain === null) break;
+      let n = 0;
+      try {
+        n = server.handle(io.reset(mem, chain.readable, chain.writable, chain.readableLength, chain.writableLength));
+      } catch (e) {
+        ctx.log.warn({ err: (e as Error).message }, 'request dropped');
+      }
+      queue.pushUsed(chain.head, n);
+      served++;
+    }
+    if (served > 0) {
+      queue.publishUsed();
+      q.notify();
+    }
+    return served;
+  }
+
+  /** Served chains on all rings; a ring whose avail index is corrupt is dropped (the driver broke it). */
+  function drainAll(): number {
+    let served = 0;
+    for (const r of rings) {
+      if (!r.enabled) continue;
+      try {
+        served += drain(r);
+      } catch (e) {
+        rings.splice(rings.indexOf(r), 1);
+        ctx.log.error({ err: e, ring: r.index }, 'ring is broken; no longer served');
+        return served + 1;
+      }
+    }
+    return served;
+  }
+
+  let kicksOff = false;
+  /** Suppresses (false) or re-enables (true) kicks; re-enabling returns whether chains arrived meanwhile. */
+  function setKicks(on: boolean): boolean {
+    kicksOff = !on;
+    let more = false;
+    for (const r of rings) {
+      if (!r.enabled) continue;
+      if (on) more = r.queue.enableNotifications() || more;
+      else r.queue.disableNotifications();
+    }
+    return more;
+  }
+
+  function anyAvailable(): boolean {
+    for (const r of rings) if (r.enabled && r.queue.hasAvailable()) return true;
+    return false;
+  }
+
+  function serve(): void {
+    const sliceEnd = performance.now() + SLICE_MS;
+    let idleUntil = 0;
+    for (;;) {
+      const served = drainAll();
+      let now = performance.now();
+      if (served > 0) {
+        idleUntil = 0;
+        if (now < sliceEnd) continue;
+        // Long busy stretch: let the epoll loop run control commands, then come straight back.
+        if (kicksOff) setKicks(true);
+        eventfdWrite(resumeFd);
+        return;
+      }
+      if (pollMs > 0) {
+        if (idleUntil === 0) {
+          idleUntil = now + pollMs;
+          if (!kicksOff) setKicks(false);
+        }
+        // sched_yield: on a busy host the driver may be waiting for this very CPU; let it run first.
+        while (now < idleUntil && !anyAvailable()) {
+          rawSyscall(SYS_sched_yield);
+          now = performance.now();
+        }
+        if (now < idleUntil) continue;
+      }
+      if (!kicksOff) return;
+      // A chain made available just before kicks came back on would get no kick: serve it now.
+      if (!setKicks(true)) return;
+      idleUntil = 0;
+    }
+  }
 
   const handler: QueueHandler = {
     onStart(q: VringHandle): void {
+      if (!rings.includes(q)) rings.push(q);
       ctx.log.debug({ queue: q.index }, 'queue started');
     },
     onStop(q: VringHandle): void {
+      const i = rings.indexOf(q);
+      if (i >= 0) rings.splice(i, 1);
       ctx.log.debug({ queue: q.index }, 'queue stopped');
     },
     process(q: VringHandle): void {
       if (!q.enabled) return;
-      const mem = ctx.memory();
-      const queue = q.queue;
-      for (;;) {
-        let served = 0;
-        for (;;) {
-          let chain;
-          try {
-            chain = queue.pop();
-          } catch (e) {
-            if (e instanceof ChainError) {
-              ctx.log.warn({ err: e.message }, 'dropping malformed descriptor chain');
-              queue.pushUsed(e.head, 0);
-              served++;
-              continue;
-            }
-            throw e;
-          }
-          if (chain === null) break;
-          let n = 0;
-          try {
-            n = server.handle(new ChainIo(mem, chain.readable, chain.writable));
-          } catch (e) {
-            ctx.log.warn({ err: (e as Error).message }, 'request dropped');
-          }
-          queue.pushUsed(chain.head, n);
-          served++;
-        }
-        if (served === 0) break;
-        queue.publishUsed();
-        q.notify();
-      }
+      if (!rings.includes(q)) rings.push(q);
+      serve();
+    },
+    onFd(token: number): void {
+      if (token !== RESUME_TOKEN) return;
+      eventfdRead(resumeFd);
+      serve();
     },
   };
+  process.once('exit', () => closeQuiet(resumeFd));
   return handler;
 };

@@ -11,6 +11,7 @@ import { SysError } from '../../protocol/sys/libc.js';
 import { logger } from '../../protocol/log.js';
 import { E, FsError } from './errors.js';
 import type { FuseIo } from './fuse-io.js';
+import { FastPath, NOT_HANDLED } from './fast-path.js';
 import type { Caller, PassthroughFs } from './passthrough.js';
 
 const log = logger('virtiofsd');
@@ -41,13 +42,35 @@ export class FuseServer {
   private initialized = false;
   readonly stats: ServerStats = { requests: 0, errors: 0, dropped: 0 };
 
-  constructor(private readonly fs: PassthroughFs) {}
+  private readonly head = this.inBuf.subarray(0, IN_HEADER_SIZE);
+  private readonly fast: FastPath;
+
+  constructor(private readonly fs: PassthroughFs) {
+    this.fast = new FastPath(fs, this.inBuf, this.outBuf, this.iov, () => this.fopenFlags(false));
+  }
 
   handle(io: FuseIo): number {
     this.stats.requests++;
     if (io.inLength < IN_HEADER_SIZE) return this.drop('request shorter than fuse_in_header', io.inLength);
-    const head = this.inBuf.subarray(0, IN_HEADER_SIZE);
+    const head = this.head;
     io.readIn(0, head);
+    if (this.initialized && io.outLength >= OUT_HEADER_SIZE) {
+      const len = head.readUInt32LE(0);
+      if (len >= IN_HEADER_SIZE && len <= io.inLength) {
+        try {
+          const n = this.fast.handle(io, head.readUInt32LE(4), len);
+          if (n !== NOT_HANDLED) return n;
+        } catch (e) {
+          if (e instanceof SysError || e instanceof FsError) {
+            this.stats.errors++;
+            return this.fast.error(io, e.errno);
+          }
+          if (e instanceof FuseProtocolError) return this.fast.error(io, E.EINVAL);
+          log.error({ err: e, op: opName(head.readUInt32LE(4)) }, 'request failed');
+          return this.fast.error(io, E.EIO);
+        }
+      }
+    }
     const h = InHeader.decode(head);
     if (io.outLength < OUT_HEADER_SIZE && !noReply(h.opcode)) return this.drop('no room for a reply', io.outLength);
     if (h.len < IN_HEADER_SIZE || h.len > io.inLength) return this.fail(io, h.unique, E.EINVAL, 'bad fuse_in_header.len', h);

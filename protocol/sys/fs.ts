@@ -118,10 +118,22 @@ export function openat(dirfd: number, path: PathArg, flags: number, mode = 0): n
 const howBuf = Buffer.alloc(24);
 /** openat2(2): resolve is a RESOLVE_* mask; O_CLOEXEC is always added. */
 export function openat2(dirfd: number, path: PathArg, flags: number, mode: number, resolve: number): number {
-  howBuf.writeBigUInt64LE(BigInt(flags | 0o2000000), 0);
-  howBuf.writeBigUInt64LE(BigInt(mode), 8);
-  howBuf.writeBigUInt64LE(BigInt(resolve), 16);
-  return ck('openat2', syscallPtr_(SYS_openat2, dirfd, cstr(path), howBuf, 24, 0));
+  return ck('openat2', openat2Raw(dirfd, cstr(path), flags, mode, resolve), { dirfd });
+}
+
+/**
+ * openat2 for hot paths: `cpath` must already be NUL-terminated (a guest name is, inside its request);
+ * returns the fd, or -errno instead of throwing (a failed LOOKUP is routine, not exceptional).
+ */
+export function openat2Raw(dirfd: number, cpath: Uint8Array, flags: number, mode: number, resolve: number): number {
+  howBuf.writeUInt32LE((flags | 0o2000000) >>> 0, 0);
+  howBuf.writeUInt32LE(0, 4);
+  howBuf.writeUInt32LE(mode >>> 0, 8);
+  howBuf.writeUInt32LE(0, 12);
+  howBuf.writeUInt32LE(resolve >>> 0, 16);
+  howBuf.writeUInt32LE(0, 20);
+  const r = Number(syscallPtr_(SYS_openat2, dirfd, cpath, howBuf, 24, 0));
+  return r < 0 ? -koffi.errno() : r;
 }
 
 /** Decoded struct stat (x86_64 layout). */
@@ -169,6 +181,14 @@ function decodeStat(b: Buffer): Stat {
 export function fstatat(dirfd: number, path: PathArg, flags: number): Stat {
   ck('fstatat', fstatat_(dirfd, path === '' ? EMPTY : cstr(path), statBuf, flags));
   return decodeStat(statBuf);
+}
+
+/** The raw struct stat (x86_64 layout) filled by fstatRaw; valid until the next stat call on this thread. */
+export const rawStat: Buffer = statBuf;
+
+/** fstat into rawStat without decoding: 0, or -errno. */
+export function fstatRaw(fd: number): number {
+  return (fstatat_(fd, EMPTY, statBuf, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) as number) < 0 ? -koffi.errno() : 0;
 }
 
 /** fstat of an fd, including O_PATH fds. */

@@ -69,7 +69,10 @@ export class VhostUserChannel {
       this.poller = new Epoll(4);
       this.poller.add(this.fd, EPOLLIN, 0);
     }
-    const n = this.poller.wait(timeoutMs);
+    // Epoll.wait answers 0 on EINTR too (a profiler's SIGPROF): only a passed deadline is a timeout.
+    const deadline = Date.now() + timeoutMs;
+    let n = this.poller.wait(timeoutMs);
+    while (n === 0 && timeoutMs >= 0 && Date.now() < deadline) n = this.poller.wait(Math.max(1, deadline - Date.now()));
     if (n === 0) throw new VhostUserError('timed out waiting for the peer', { timeoutMs });
     if (this.poller.events[0] & (EPOLLHUP | EPOLLERR) && !(this.poller.events[0] & EPOLLIN)) {
       throw new VhostUserDisconnectedError('peer hung up');

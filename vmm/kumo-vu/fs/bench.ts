@@ -1,6 +1,8 @@
-import { FuseClient, FUSE_ROOT_ID } from '../../../protocol/fuse/index.js';
+import { FuseClient, FUSE_ROOT_ID, Op, ReadIn } from '../../../protocol/fuse/index.js';
 
 export interface FsBenchResult {
+  /** Requests in flight on the request queue. */
+  depth: number;
   lookupGetattrOps: number;
   randRead4kIops: number;
   seqRead1mMBps: number;
@@ -12,29 +14,51 @@ const O_WRONLY = 1;
 const O_CREAT = 0o100;
 const O_TRUNC = 0o1000;
 
-async function timed(seconds: number, op: (i: number) => Promise<number>): Promise<{ ops: number; units: number; secs: number }> {
+async function timed(seconds: number, depth: number, op: (i: number) => Promise<number>): Promise<{ ops: number; units: number; secs: number }> {
   const t0 = process.hrtime.bigint();
   const end = t0 + BigInt(Math.round(seconds * 1e9));
   let ops = 0;
   let units = 0;
-  while (process.hrtime.bigint() < end) {
-    units += await op(ops);
-    ops++;
-  }
+  let next = 0;
+  const job = async (): Promise<void> => {
+    while (process.hrtime.bigint() < end) {
+      units += await op(next++);
+      ops++;
+    }
+  };
+  await Promise.all(Array.from({ length: depth }, job));
   return { ops, units, secs: Number(process.hrtime.bigint() - t0) / 1e9 };
 }
 
-/** Runs the four cases in a scratch directory `kumo-bench` under the share root (created, then removed). */
-export async function benchFs(c: FuseClient, seconds: number): Promise<FsBenchResult> {
+/** Runs f(i) for i in [0, n) with at most `depth` calls in flight. */
+async function each(n: number, depth: number, f: (i: number) => Promise<unknown>): Promise<void> {
+  let next = 0;
+  const job = async (): Promise<void> => {
+    while (next < n) await f(next++);
+  };
+  await Promise.all(Array.from({ length: Math.min(depth, n) }, job));
+}
+
+/** READ without copying the data out of the reply (the client only counts bytes). */
+async function readLen(c: FuseClient, node: number, fh: number, offset: number, size: number): Promise<number> {
+  return (await c.call(Op.READ, node, [ReadIn.pack({ fh, offset, size, readFlags: 0, lockOwner: 0n, flags: 0 })], size, 'READ')).length;
+}
+
+/**
+ * Runs the four cases in a scratch directory under the share root (created, then removed), each with
+ * `depth` requests in flight (depth independent request streams, like `fio --iodepth`).
+ */
+export async function benchFs(c: FuseClient, seconds: number, depth = 1): Promise<FsBenchResult> {
   await c.init();
-  const dir = (await c.mkdir(FUSE_ROOT_ID, `kumo-bench-${process.pid}`)).nodeid;
-  const data = (await c.create(dir, 'data', O_WRONLY | O_CREAT | O_TRUNC, 0o100644));
+  const dirName = `kumo-bench-${process.pid}`;
+  const dir = (await c.mkdir(FUSE_ROOT_ID, dirName)).nodeid;
+  const data = await c.create(dir, 'data', O_WRONLY | O_CREAT | O_TRUNC, 0o100644);
   const chunk = new Uint8Array(1 << 20).fill(0x5a);
   const FILE = 64 << 20;
-  for (let off = 0; off < FILE; off += chunk.length) await c.write(data.entry.nodeid, data.fh, off, chunk);
+  await each(FILE >> 20, depth, (k) => c.write(data.entry.nodeid, data.fh, k << 20, chunk));
   await c.release(data.entry.nodeid, data.fh);
 
-  const lk = await timed(seconds, async () => {
+  const lk = await timed(seconds, depth, async () => {
     const e = await c.lookup(dir, 'data');
     await c.getattr(e.nodeid);
     await c.forget(e.nodeid, 1);
@@ -43,15 +67,14 @@ export async function benchFs(c: FuseClient, seconds: number): Promise<FsBenchRe
   const node = data.entry.nodeid;
   const { fh } = await c.open(node, O_RDONLY);
   let seed = 12345;
-  const rr = await timed(seconds, async () => {
+  const rr = await timed(seconds, depth, () => {
     seed = (seed * 1103515245 + 12345) >>> 0;
-    const off = (seed % (FILE / 4096)) * 4096;
-    return (await c.read(node, fh, off, 4096)).length;
+    return readLen(c, node, fh, (seed % (FILE / 4096)) * 4096, 4096);
   });
-  const sr = await timed(seconds, async (i) => (await c.read(node, fh, (i % (FILE >> 20)) << 20, 1 << 20)).length);
+  const sr = await timed(seconds, depth, (i) => readLen(c, node, fh, (i % (FILE >> 20)) << 20, 1 << 20));
   await c.release(node, fh);
   const small = new Uint8Array(4096).fill(1);
-  const cw = await timed(seconds, async (i) => {
+  const cw = await timed(seconds, depth, async (i) => {
     const r = await c.create(dir, `f${i}`, O_WRONLY | O_CREAT | O_TRUNC, 0o100644);
     await c.write(r.entry.nodeid, r.fh, 0, small);
     await c.flush(r.entry.nodeid, r.fh);
@@ -59,13 +82,13 @@ export async function benchFs(c: FuseClient, seconds: number): Promise<FsBenchRe
     await c.forget(r.entry.nodeid, 1);
     return 1;
   });
-  // Clean up so repeated runs start from the same state.
-  // Look each name up first, as a kernel would: QEMU's virtiofsd refuses UNLINK of unknown inodes.
-  for (const name of [...Array.from({ length: cw.ops }, (_, i) => `f${i}`), 'data']) {
-    await c.lookup(dir, name).then(() => c.unlink(dir, name)).catch(() => undefined);
-  }
-  await c.lookup(FUSE_ROOT_ID, `kumo-bench-${process.pid}`).then(() => c.rmdir(FUSE_ROOT_ID, `kumo-bench-${process.pid}`)).catch(() => undefined);
+  // Clean up so repeated runs start from the same state. Look each name up first, as a kernel
+  // would: QEMU's virtiofsd refuses UNLINK of unknown inodes.
+  const names = [...Array.from({ length: cw.ops + depth }, (_, i) => `f${i}`), 'data'];
+  await each(names.length, depth, (i) => c.lookup(dir, names[i]).then(() => c.unlink(dir, names[i])).catch(() => undefined));
+  await c.lookup(FUSE_ROOT_ID, dirName).then(() => c.rmdir(FUSE_ROOT_ID, dirName)).catch(() => undefined);
   return {
+    depth,
     lookupGetattrOps: Math.round(lk.ops / lk.secs),
     randRead4kIops: Math.round(rr.ops / rr.secs),
     seqRead1mMBps: Math.round(sr.units / sr.secs / 1e6),

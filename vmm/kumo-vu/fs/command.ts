@@ -40,12 +40,13 @@ export function registerFs(program: Command): void {
   fs.command('bench')
     .description('lookup+getattr ops/s, 4k random read IOPS, 1 MiB sequential read MB/s, create+write+close files/s')
     .option('--seconds <s>', 'seconds per case', Number, 2)
+    .option('--iodepth <n>', 'requests in flight on the request queue (independent request streams)', parseCount(1, 64), 1)
     .option('--json', 'print JSON')
-    .action(async (b: { seconds: number; json?: boolean }) => {
+    .action(async (b: { seconds: number; iodepth: number; json?: boolean }) => {
       const o = fs.opts<FsOpts>();
-      const t = await VirtioFsTransport.connect(o.socket, o.connectTimeout);
+      const t = await VirtioFsTransport.connect(o.socket, o.connectTimeout, 256, b.iodepth);
       try {
-        const r = await benchFs(new FuseClient(t), b.seconds);
+        const r = await benchFs(new FuseClient(t), b.seconds, b.iodepth);
         process.stdout.write((b.json ? JSON.stringify(r) : formatFsBench(r)) + '\n');
       } finally {
         t.close();

@@ -1,26 +1,59 @@
 import { bits, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../../protocol/virtio/features.js';
 import { protocolFeatures, ProtocolFeature } from '../../../protocol/vhost-user/index.js';
 import type { FuseTransport } from '../../../protocol/fuse/index.js';
+import { Epoll, EPOLLIN } from '../../../protocol/sys/epoll.js';
+import { eventfdRead } from '../../../protocol/sys/fd.js';
 import { KumoVuError } from '../errors.js';
 import { VuDevice, type VuQueue } from '../device.js';
 
+/** Request and reply buffer of one slot: a 1 MiB WRITE/READ plus headers. */
 const SLOT = (1 << 20) + 8192;
 const TIMEOUT_MS = 30_000;
 
+interface Slot {
+  /** Token of the chain: index in `slots`, -1 for the hiprio slot. */
+  token: number;
+  reqAddr: number;
+  repAddr: number;
+  replySize: number;
+  resolve: (b: Uint8Array) => void;
+  reject: (e: Error) => void;
+}
+
 /**
- * FUSE over virtio-fs queues from userspace: queue 0 (hiprio) for FORGET/INTERRUPT, queue 1 for
- * the rest. One request in flight per call; the device's reply is read back from "guest" memory.
+ * FUSE over virtio-fs queues from userspace: queue 0 (hiprio) for FORGET/INTERRUPT, queue 1 for the
+ * rest. Up to `depth` requests are in flight on the request queue (plus one on hiprio): calls made in
+ * the same turn of the event loop are published with one avail-index store and at most one kick per
+ * queue, and one wait collects every reply that is ready.
+ *
+ * A reply is a view of the slot's buffer in "guest" memory, valid until control returns to the event
+ * loop (FuseClient decodes or copies it right away).
  */
 export class VirtioFsTransport implements FuseTransport {
-  private readonly reqAddr: number;
-  private readonly repAddr: number;
+  private readonly slots: Slot[] = [];
+  private readonly free: Slot[] = [];
+  private readonly hiprioSlot: Slot;
+  private hiprioBusy = false;
+  private readonly waiting: { hiprio: boolean; go: () => void }[] = [];
+  private readonly dirty = [false, false];
+  private inFlight = 0;
+  private pumpScheduled = false;
+  private readonly epoll = new Epoll(4);
+  private closed = false;
 
-  private constructor(readonly dev: VuDevice) {
-    this.reqAddr = dev.buffer(SLOT, 4096);
-    this.repAddr = dev.buffer(SLOT, 4096);
+  private constructor(
+    readonly dev: VuDevice,
+    readonly depth: number,
+  ) {
+    const slot = (token: number): Slot => ({ token, reqAddr: dev.buffer(SLOT, 4096), repAddr: dev.buffer(SLOT, 4096), replySize: 0, resolve: noop, reject: noop });
+    for (let i = 0; i < depth; i++) this.slots.push(slot(i));
+    this.free.push(...this.slots);
+    this.hiprioSlot = slot(-1);
+    for (const q of dev.queues) this.epoll.add(q.callFd, EPOLLIN, q.index);
   }
 
-  static async connect(socket: string, connectTimeoutMs = 0, queueSize = 256): Promise<VirtioFsTransport> {
+  static async connect(socket: string, connectTimeoutMs = 0, queueSize = 256, depth = 1): Promise<VirtioFsTransport> {
+    if (!Number.isInteger(depth) || depth < 1 || depth > Math.min(64, queueSize)) throw new KumoVuError('queue depth out of range', { depth, queueSize });
     const dev = await VuDevice.connect({
       socket,
       features: bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC),
@@ -28,8 +61,8 @@ export class VirtioFsTransport implements FuseTransport {
       connectTimeoutMs,
     });
     try {
-      dev.start(2, queueSize, 2 * SLOT + (8 << 20));
-      return new VirtioFsTransport(dev);
+      dev.start(2, queueSize, 2 * SLOT * (depth + 1) + (8 << 20));
+      return new VirtioFsTransport(dev, depth);
     } catch (e) {
       dev.close();
       throw e;
@@ -44,19 +77,118 @@ export class VirtioFsTransport implements FuseTransport {
 
   async call(request: Uint8Array, replySize: number, hiprio = false): Promise<Uint8Array> {
     if (request.length > SLOT || replySize > SLOT) throw new KumoVuError('FUSE request too large', { len: request.length, replySize });
+    if (this.closed) throw new KumoVuError('transport closed');
+    const slot = await this.takeSlot(hiprio);
     const q: VuQueue = this.dev.queues[hiprio ? 0 : 1];
-    this.mem.write(this.reqAddr, request);
-    const head = q.dq.add([{ addr: this.reqAddr, len: request.length }], replySize > 0 ? [{ addr: this.repAddr, len: replySize }] : [], 0);
-    if (head === null) throw new KumoVuError('virtqueue full');
-    q.kick();
-    const used = this.dev.waitUsed(q, TIMEOUT_MS);
-    const len = Math.min(used[0].len, replySize);
-    const out = new Uint8Array(len);
-    if (len > 0) this.mem.read(this.repAddr, out);
-    return out;
+    this.mem.write(slot.reqAddr, request);
+    slot.replySize = replySize;
+    const head = q.dq.add([{ addr: slot.reqAddr, len: request.length }], replySize > 0 ? [{ addr: slot.repAddr, len: replySize }] : [], slot.token);
+    if (head === null) {
+      this.giveSlot(slot, hiprio);
+      throw new KumoVuError('virtqueue full');
+    }
+    this.dirty[q.index] = true;
+    this.inFlight++;
+    const reply = new Promise<Uint8Array>((resolve, reject) => {
+      slot.resolve = resolve;
+      slot.reject = reject;
+    });
+    this.schedulePump();
+    return reply;
+  }
+
+  private takeSlot(hiprio: boolean): Promise<Slot> | Slot {
+    if (hiprio ? !this.hiprioBusy : this.free.length > 0) return this.grab(hiprio);
+    return new Promise<Slot>((resolve) => this.waiting.push({ hiprio, go: () => resolve(this.grab(hiprio)) }));
+  }
+
+  private grab(hiprio: boolean): Slot {
+    if (hiprio) {
+      this.hiprioBusy = true;
+      return this.hiprioSlot;
+    }
+    return this.free.shift()!;
+  }
+
+  private giveSlot(s: Slot, hiprio: boolean): void {
+    if (hiprio) this.hiprioBusy = false;
+    else this.free.push(s);
+    const i = this.waiting.findIndex((w) => w.hiprio === hiprio);
+    if (i >= 0) this.waiting.splice(i, 1)[0].go();
+  }
+
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    // After the microtasks of this turn: every request issued in it goes out with one kick.
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
+  /** Publishes and kicks what was added, then blocks until at least one reply is back and hands those out. */
+  private pump(): void {
+    if (this.closed) return;
+    for (const q of this.dev.queues) {
+      if (this.dirty[q.index]) {
+        this.dirty[q.index] = false;
+        q.kick();
+      }
+    }
+    if (this.inFlight === 0) return;
+    const deadline = Date.now() + TIMEOUT_MS;
+    for (;;) {
+      let got = 0;
+      for (const q of this.dev.queues) {
+        for (const u of q.dq.takeUsed()) {
+          got++;
+          this.complete(u.token, u.len);
+        }
+      }
+      if (got > 0) break;
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        this.failAll(new KumoVuError('timed out waiting for the device', { timeoutMs: TIMEOUT_MS }));
+        return;
+      }
+      const n = this.epoll.wait(Math.min(left, 100));
+      for (let i = 0; i < n; i++) eventfdRead(this.dev.queues[this.epoll.tokens[i]].callFd);
+    }
+    if (this.inFlight > 0) this.schedulePump();
+  }
+
+  private complete(token: number, usedLen: number): void {
+    const hiprio = token === -1;
+    const slot = hiprio ? this.hiprioSlot : this.slots[token];
+    this.inFlight--;
+    const len = Math.min(usedLen, slot.replySize);
+    const reply = len > 0 ? this.mem.slice(slot.repAddr, len) : EMPTY;
+    const resolve = slot.resolve;
+    slot.resolve = noop;
+    slot.reject = noop;
+    this.giveSlot(slot, hiprio);
+    resolve(reply);
+  }
+
+  private failAll(e: Error): void {
+    for (const s of [...this.slots, this.hiprioSlot]) {
+      const reject = s.reject;
+      s.resolve = noop;
+      s.reject = noop;
+      reject(e);
+    }
+    this.inFlight = 0;
   }
 
   close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.failAll(new KumoVuError('transport closed'));
+    this.epoll.close();
     this.dev.close();
   }
 }
+
+const EMPTY = new Uint8Array(0);
+const noop = (): void => {};

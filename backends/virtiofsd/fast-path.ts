@@ -1,0 +1,251 @@
+import { Op, FUSE_GETATTR_FH, FUSE_MAX_WRITE, IN_HEADER_SIZE, OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
+import type { IoVecList } from '../../protocol/sys/fd.js';
+import { fstatRaw, rawStat, S_IFDIR, S_IFMT } from '../../protocol/sys/fs.js';
+import { E } from './errors.js';
+import type { FuseIo } from './fuse-io.js';
+import type { PassthroughFs } from './passthrough.js';
+
+const TWO32 = 0x1_0000_0000;
+const ENTRY_OUT = 128;
+const ATTR_OUT = 104;
+const OPEN_OUT = 16;
+const WRITE_OUT = 8;
+/** fuse_in_header + fuse_write_in: WRITE's arguments before its data. */
+const WRITE_ARGS = IN_HEADER_SIZE + 40;
+/** Returned when a request is not one of ours: the generic decoder takes it (and reports any error). */
+export const NOT_HANDLED = -1;
+
+/**
+ * The requests a workload is made of (LOOKUP, GETATTR, FORGET, OPEN, READ, WRITE, FLUSH, RELEASE,
+ * CREATE), decoded in place from the request buffer with one DataView and answered straight from the
+ * raw struct stat: no per-request objects, no bigints, and -errno returns instead of exceptions for
+ * routine failures. Anything unusual (a malformed request, a flag we do not special-case) is left to
+ * the generic path in server.ts, which owns validation messages and logging.
+ */
+export class FastPath {
+  private readonly inDv: DataView;
+  private readonly outDv: DataView;
+  private readonly stDv = new DataView(rawStat.buffer, rawStat.byteOffset, rawStat.byteLength);
+  private readonly outHead: Buffer;
+
+  constructor(
+    private readonly fs: PassthroughFs,
+    private readonly inBuf: Buffer,
+    private readonly outBuf: Buffer,
+    private readonly iov: IoVecList,
+    private readonly fopenFlags: () => number,
+  ) {
+    this.inDv = new DataView(inBuf.buffer, inBuf.byteOffset, inBuf.byteLength);
+    this.outDv = new DataView(outBuf.buffer, outBuf.byteOffset, outBuf.byteLength);
+    this.outHead = outBuf.subarray(0, OUT_HEADER_SIZE);
+  }
+
+  /** u64 at inBuf[o] as a number, or -1 if it is >= 2^53. */
+  private u64(o: number): number {
+    const hi = this.inDv.getUint32(o + 4, true);
+    return hi >= 0x20_0000 ? -1 : hi * TWO32 + this.inDv.getUint32(o, true);
+  }
+
+  /**
+   * Serves the request whose header is in inBuf[0..40) (len already checked against the chain);
+   * returns the reply length or NOT_HANDLED. Throws (SysError/FsError) only for rare failures.
+   */
+  handle(io: FuseIo, opcode: number, len: number): number {
+    switch (opcode) {
+      case Op.LOOKUP: case Op.GETATTR: case Op.FORGET: case Op.READ: case Op.WRITE:
+      case Op.RELEASE: case Op.FLUSH: case Op.OPEN: case Op.CREATE:
+        break;
+      default:
+        return NOT_HANDLED;
+    }
+    const end = opcode === Op.WRITE ? WRITE_ARGS : len;
+    if (end > this.inBuf.length || end > len) return NOT_HANDLED;
+    if (end > IN_HEADER_SIZE) io.readIn(IN_HEADER_SIZE, this.inBuf.subarray(IN_HEADER_SIZE, end));
+    const nodeid = this.u64(16);
+    const fs = this.fs;
+    const A = IN_HEADER_SIZE;
+    switch (opcode) {
+      case Op.LOOKUP: {
+        const parent = fs.inodes.tryGet(nodeid);
+        if (parent === undefined) return this.error(io, E.EBADF);
+        const nul = this.inBuf.indexOf(0, A);
+        if (nul < 0 || nul >= len) return NOT_HANDLED;
+        const r = fs.lookupRaw(parent, this.inBuf.subarray(A, nul + 1));
+        if (r < 0) return this.error(io, -r);
+        this.putEntry(r);
+        return this.ok(io, ENTRY_OUT);
+      }
+      case Op.GETATTR: {
+        if (len < A + 16) return NOT_HANDLED;
+        const i = fs.inodes.tryGet(nodeid);
+        if (i === undefined) return this.error(io, E.EBADF);
+        let fd = i.fd;
+        if (this.inDv.getUint32(A, true) & FUSE_GETATTR_FH) {
+          const h = fs.handles.tryGet(this.u64(A + 8));
+          if (h === undefined) return this.error(io, E.EBADF);
+          fd = h.fd;
+        }
+        const r = fstatRaw(fd);
+        if (r < 0) return this.error(io, -r);
+        const d = this.outDv;
+        this.put64(OUT_HEADER_SIZE, fs.timeout);
+        d.setUint32(OUT_HEADER_SIZE + 8, 0, true);
+        d.setUint32(OUT_HEADER_SIZE + 12, 0, true);
+        this.putAttr(OUT_HEADER_SIZE + 16);
+        return this.ok(io, ATTR_OUT);
+      }
+      case Op.FORGET: {
+        if (len < A + 8) return NOT_HANDLED;
+        const n = this.u64(A);
+        if (nodeid >= 0 && n >= 0) fs.forget(nodeid, n);
+        return 0;
+      }
+      case Op.OPEN: {
+        if (len < A + 8) return NOT_HANDLED;
+        const i = fs.inodes.tryGet(nodeid);
+        if (i === undefined) return this.error(io, E.EBADF);
+        const fh = fs.open(i, this.inDv.getUint32(A, true));
+        this.put64(OUT_HEADER_SIZE, fh);
+        this.outDv.setUint32(OUT_HEADER_SIZE + 8, this.fopenFlags(), true);
+        this.outDv.setUint32(OUT_HEADER_SIZE + 12, 0, true);
+        return this.ok(io, OPEN_OUT);
+      }
+      case Op.CREATE: {
+        if (len < A + 17) return NOT_HANDLED;
+        const parent = fs.inodes.tryGet(nodeid);
+        if (parent === undefined) return this.error(io, E.EBADF);
+        const nul = this.inBuf.indexOf(0, A + 16);
+        if (nul < 0 || nul >= len) return NOT_HANDLED;
+        const d = this.inDv;
+        const caller = { uid: d.getUint32(24, true), gid: d.getUint32(28, true), pid: d.getUint32(32, true) };
+        const r = fs.createRaw(caller, parent, this.inBuf.subarray(A + 16, nul + 1), d.getUint32(A, true), d.getUint32(A + 4, true));
+        this.putEntry(r.nodeid);
+        this.put64(OUT_HEADER_SIZE + ENTRY_OUT, r.fh);
+        this.outDv.setUint32(OUT_HEADER_SIZE + ENTRY_OUT + 8, this.fopenFlags(), true);
+        this.outDv.setUint32(OUT_HEADER_SIZE + ENTRY_OUT + 12, 0, true);
+        return this.ok(io, ENTRY_OUT + OPEN_OUT);
+      }
+      case Op.READ: {
+        if (len < A + 24) return NOT_HANDLED;
+        const fh = this.u64(A);
+        const off = this.u64(A + 8);
+        if (off < 0) return NOT_HANDLED;
+        const h = fs.handles.tryGet(fh);
+        if (h === undefined) return this.error(io, E.EBADF);
+        const size = Math.min(this.inDv.getUint32(A + 16, true), io.outLength - OUT_HEADER_SIZE, FUSE_MAX_WRITE);
+        const iov = this.iov;
+        iov.clear();
+        const covered = size > 0 ? io.outIovecs(OUT_HEADER_SIZE, size, iov) : 0;
+        const n = covered > 0 ? fs.read(fh, off, iov) : 0;
+        return this.okWithData(io, n);
+      }
+      case Op.WRITE: {
+        const fh = this.u64(A);
+        const off = this.u64(A + 8);
+        const size = this.inDv.getUint32(A + 16, true);
+        if (off < 0 || size > FUSE_MAX_WRITE || WRITE_ARGS + size > len) return NOT_HANDLED;
+        if (fs.handles.tryGet(fh) === undefined) return this.error(io, E.EBADF);
+        const iov = this.iov;
+        iov.clear();
+        const covered = io.inIovecs(WRITE_ARGS, size, iov);
+        if (covered !== size) return NOT_HANDLED;
+        const n = size === 0 ? 0 : fs.write(fh, off, iov);
+        this.outDv.setUint32(OUT_HEADER_SIZE, n, true);
+        this.outDv.setUint32(OUT_HEADER_SIZE + 4, 0, true);
+        return this.ok(io, WRITE_OUT);
+      }
+      case Op.RELEASE:
+      case Op.FLUSH: {
+        if (len < A + 8) return NOT_HANDLED;
+        const fh = this.u64(A);
+        if (fs.handles.tryGet(fh) === undefined) return this.error(io, E.EBADF);
+        if (opcode === Op.RELEASE) fs.release(fh);
+        else fs.flush(fh);
+        return this.ok(io, 0);
+      }
+    }
+    return NOT_HANDLED;
+  }
+
+  /** Out header for a reply of OUT_HEADER_SIZE + bodyLen bytes, echoing the request's unique. */
+  private header(len: number, error: number): void {
+    const d = this.outDv;
+    const i = this.inDv;
+    d.setUint32(0, len, true);
+    d.setInt32(4, error, true);
+    d.setUint32(8, i.getUint32(8, true), true);
+    d.setUint32(12, i.getUint32(12, true), true);
+  }
+
+  error(io: FuseIo, errno: number): number {
+    this.header(OUT_HEADER_SIZE, -errno);
+    io.writeOut(0, this.outHead);
+    return OUT_HEADER_SIZE;
+  }
+
+  private ok(io: FuseIo, bodyLen: number): number {
+    const len = OUT_HEADER_SIZE + bodyLen;
+    if (len > io.outLength) return this.error(io, E.EINVAL);
+    this.header(len, 0);
+    io.writeOut(0, bodyLen === 0 ? this.outHead : this.outBuf.subarray(0, len));
+    return len;
+  }
+
+  /** READ: the data is already in guest memory (preadv into the chain); only the header is written. */
+  private okWithData(io: FuseIo, n: number): number {
+    this.header(OUT_HEADER_SIZE + n, 0);
+    io.writeOut(0, this.outHead);
+    return OUT_HEADER_SIZE + n;
+  }
+
+  private put64(o: number, v: number): void {
+    this.outDv.setUint32(o, v % TWO32, true);
+    this.outDv.setUint32(o + 4, Math.floor(v / TWO32), true);
+  }
+
+  private copy64(from: number, to: number): void {
+    this.outDv.setUint32(to, this.stDv.getUint32(from, true), true);
+    this.outDv.setUint32(to + 4, this.stDv.getUint32(from + 4, true), true);
+  }
+
+  /** fuse_entry_out for nodeid at the reply body, attributes from rawStat. */
+  private putEntry(nodeid: number): void {
+    const o = OUT_HEADER_SIZE;
+    const t = this.fs.timeout;
+    this.put64(o, nodeid);
+    this.put64(o + 8, 0);
+    this.put64(o + 16, t);
+    this.put64(o + 24, t);
+    this.outDv.setUint32(o + 32, 0, true);
+    this.outDv.setUint32(o + 36, 0, true);
+    this.putAttr(o + 40);
+  }
+
+  /** fuse_attr at outBuf[o] from the x86_64 struct stat in rawStat (same fields as PassthroughFs.toAttr). */
+  private putAttr(o: number): void {
+    const s = this.stDv;
+    const d = this.outDv;
+    this.copy64(8, o); // ino
+    this.copy64(48, o + 8); // size
+    this.copy64(64, o + 16); // blocks
+    this.copy64(72, o + 24); // atime
+    this.copy64(88, o + 32); // mtime
+    this.copy64(104, o + 40); // ctime
+    d.setUint32(o + 48, s.getUint32(80, true), true);
+    d.setUint32(o + 52, s.getUint32(96, true), true);
+    d.setUint32(o + 56, s.getUint32(112, true), true);
+    const mode = s.getUint32(24, true);
+    d.setUint32(o + 60, mode, true);
+    d.setUint32(o + 64, s.getUint32(16, true), true); // nlink
+    d.setUint32(o + 68, s.getUint32(28, true), true); // uid
+    d.setUint32(o + 72, s.getUint32(32, true), true); // gid
+    d.setUint32(o + 76, s.getUint32(40, true), true); // rdev
+    d.setUint32(o + 80, s.getUint32(56, true), true); // blksize
+    let flags = 0;
+    if (this.fs.opts.announceSubmounts && (mode & S_IFMT) === S_IFDIR) {
+      const dev = s.getUint32(4, true) * TWO32 + s.getUint32(0, true);
+      if (dev !== this.fs.root.dev) flags = 1; // FUSE_ATTR_SUBMOUNT
+    }
+    d.setUint32(o + 84, flags, true);
+  }
+}

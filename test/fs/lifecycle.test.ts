@@ -1,0 +1,73 @@
+import { describe, it, expect } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+function daemon(sock: string, share: string): ChildProcess {
+  return spawn('node', [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot'], {
+    stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' },
+  });
+}
+
+const exited = (c: ChildProcess): Promise<number | null> =>
+  c.exitCode !== null ? Promise.resolve(c.exitCode) : new Promise((r) => c.once('exit', (code) => r(code)));
+
+async function waitFor(path: string): Promise<void> {
+  for (let i = 0; i < 600 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 25));
+}
+
+/** Runs `kumo-vu fs ARGS`; resolves with stdout. */
+function kumoVu(args: string[], stdin: 'ignore' | 'pipe' = 'ignore'): { child: ChildProcess; out: Promise<string> } {
+  const child = spawn('node', [join(ROOT, 'bin/kumo-vu.js'), 'fs', ...args], { stdio: [stdin, 'pipe', 'pipe'] });
+  let s = '';
+  child.stdout!.on('data', (d: Buffer) => (s += d.toString()));
+  return { child, out: exited(child).then(() => s) };
+}
+
+describe('kumo-virtiofsd lifecycle and kumo-vu fs bench', () => {
+  it('exits promptly on SIGTERM while a front-end is connected', async () => {
+    const dir = mkdtempSync('/tmp/kumo-fs-life-');
+    const share = join(dir, 'share');
+    mkdirSync(share);
+    const sock = join(dir, 's.sock');
+    const d = daemon(sock, share);
+    // A front-end that stays connected: `run -` reads its script from a stdin we never close.
+    const fe = kumoVu(['--socket', sock, '--connect-timeout', '15000', 'run', '-'], 'pipe');
+    try {
+      await waitFor(sock);
+      await new Promise((r) => setTimeout(r, 1500));
+      expect(d.exitCode).toBeNull();
+      const t0 = Date.now();
+      d.kill('SIGTERM');
+      const code = await exited(d);
+      expect(code).toBe(0);
+      expect(Date.now() - t0).toBeLessThan(10_000);
+    } finally {
+      d.kill('SIGKILL');
+      fe.child.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
+
+  it('bench with several requests in flight reports every case and cleans up; the daemon exits when it disconnects', async () => {
+    const dir = mkdtempSync('/tmp/kumo-fs-life-');
+    const share = join(dir, 'share');
+    mkdirSync(share);
+    const sock = join(dir, 's.sock');
+    const d = daemon(sock, share);
+    try {
+      const b = kumoVu(['--socket', sock, '--connect-timeout', '15000', 'bench', '--seconds', '0.2', '--iodepth', '4', '--json']);
+      const r = JSON.parse(await b.out) as Record<string, number>;
+      expect(r.depth).toBe(4);
+      for (const k of ['lookupGetattrOps', 'randRead4kIops', 'seqRead1mMBps', 'createWriteCloseFiles']) expect(r[k]).toBeGreaterThan(0);
+      expect(readdirSync(share)).toEqual([]);
+      expect(await exited(d)).toBe(0);
+    } finally {
+      d.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+});
