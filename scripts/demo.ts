@@ -27,9 +27,13 @@ function start(name: string, args: string[], out: (s: string) => void): ChildPro
   return p;
 }
 
-async function waitForFile(path: string, ms: number): Promise<void> {
+/** Waits for a backend's socket; fails at once if the backend exits first. */
+async function waitForSocket(path: string, backend: ChildProcess, ms: number): Promise<void> {
   const until = Date.now() + ms;
   while (!existsSync(path)) {
+    if (backend.exitCode !== null || backend.signalCode !== null) {
+      throw new Error(`${backend.spawnargs[1]} exited (${backend.exitCode ?? backend.signalCode}) before listening on ${path}`);
+    }
     if (Date.now() > until) throw new Error(`${path} did not appear within ${ms} ms`);
     await new Promise((r) => setTimeout(r, 50));
   }
@@ -58,7 +62,9 @@ export async function runDemo(): Promise<number> {
   img.write(DISK_HEADER, 0);
   writeFileSync(disk, img);
   const sock = (n: string) => join(dir, `${n}.sock`);
+  const logs: Record<string, string> = { blk: '', fs: '', net: '' };
   const backendLog = (tag: string) => (s: string) => {
+    logs[tag] = (logs[tag] + s).slice(-4000);
     if (process.env.KUMO_DEMO_VERBOSE) process.stderr.write(s.replace(/^/gm, `[${tag}] `));
   };
 
@@ -68,8 +74,10 @@ export async function runDemo(): Promise<number> {
     start('kumo-vhost-user-net', ['--net-backend', `ip=192.168.249.1,mask=255.255.255.0,socket=${sock('net')},num_queues=2`], backendLog('net')),
   ];
   let guestOut = '';
+  let passed = false;
   try {
-    for (const n of ['blk', 'fs', 'net']) await waitForFile(sock(n), 60_000);
+    // Generous: in the lab's emulated L1 each backend needs tens of seconds just to start node.
+    for (const [i, n] of ['blk', 'fs', 'net'].entries()) await waitForSocket(sock(n), backends[i], 240_000);
     const kumo = spawn(process.execPath, [
       bin('kumo'), '--kernel', image.vmlinux, '--initramfs', image.initramfs,
       '--cmdline', 'console=ttyS0 quiet kumo.script=demo',
@@ -95,8 +103,12 @@ export async function runDemo(): Promise<number> {
     ];
     console.log('\nkumo demo:');
     for (const [what, ok] of checks) console.log(`  ${ok ? 'ok  ' : 'FAIL'} ${what}`);
-    return checks.every(([, ok]) => ok) ? 0 : 1;
+    passed = checks.every(([, ok]) => ok);
+    return passed ? 0 : 1;
   } finally {
+    if (!passed) {
+      for (const [tag, text] of Object.entries(logs)) console.log(`--- ${tag} backend output (tail) ---\n${text}`);
+    }
     for (const b of backends) b.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
   }
