@@ -31,6 +31,11 @@ function ipArg(v: string): string {
   return v;
 }
 
+function macArg(v: string): string {
+  if (!/^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/.test(v)) throw new InvalidArgumentError(`not a MAC address: ${v}`);
+  return v;
+}
+
 /** Our address: --ip, or the peer's address with the last octet changed. */
 function guestIp(o: NetOpts, peer: Uint8Array): Uint8Array {
   if (o.ip) return ipv4Bytes(o.ip);
@@ -120,7 +125,7 @@ export function registerNet(program: Command): void {
     .option('--size <bytes>', 'frame size (64 or 1500 typical)', parseCount(60, 2000), 64)
     .option('--seconds <s>', 'duration', parsePositive, 3)
     .option('--to <addr>', 'host address the frames go to (tx)', ipArg, '192.168.100.1')
-    .option('--dst-mac <mac>', 'destination MAC of tx frames (default: ARP-resolve --to)')
+    .option('--dst-mac <mac>', 'destination MAC of tx frames (default: ARP-resolve --to)', macArg)
     .action(async (c: { tx?: boolean; rx?: boolean; size: number; seconds: number; to: string; dstMac?: string }, cmd: Command) => {
       const o = cmd.optsWithGlobals() as NetOpts;
       if (!!c.tx === !!c.rx) throw new InvalidArgumentError('give exactly one of --tx or --rx');

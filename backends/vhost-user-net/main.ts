@@ -1,0 +1,104 @@
+// kumo-vhost-user-net --net-backend "ip=..,mask=..,socket=..,num_queues=..,queue_size=..,tap=..,client=on|off"
+// A vhost-user virtio-net backend over a multi-queue TAP (Cloud Hypervisor's vhost_user_net CLI).
+// stdout carries machine-readable lines: {"ready":..} once serving, {"counters":..} on SIGUSR1 and at exit.
+import { parseArgs } from 'node:util';
+import { KumoError } from '../../protocol/errors.js';
+import { logger } from '../../protocol/log.js';
+import { configureLink, linkMtu, openTap, parseIPv4, parseMac, setTapQueueAttached, type Tap } from '../../protocol/sys/tap.js';
+import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
+import { NetBackend } from './backend.js';
+import { NetBackendConfig } from './config.js';
+import { counterView, readCounters, sumCounters } from './counters.js';
+
+const USAGE = `usage: kumo-vhost-user-net --net-backend <params>
+
+  ${NetBackendConfig.SYNTAX}
+
+  defaults: ip=192.168.100.1, mask=255.255.255.0, num_queues=2, queue_size=256, client=off;
+  tap names an existing multi-queue TAP to attach to, or the one to create (default: vunet%d).
+  SIGUSR1 prints the data-path counters as one JSON line on stdout.`;
+
+const log = logger('vhost-user-net');
+
+function fatal(msg: string, code = 1): never {
+  process.stderr.write(`kumo-vhost-user-net: ${msg}\n`);
+  process.exit(code);
+}
+
+async function main(): Promise<void> {
+  let values: { 'net-backend'?: string; help?: boolean };
+  try {
+    ({ values } = parseArgs({ options: { 'net-backend': { type: 'string' }, help: { type: 'boolean', short: 'h' } } }));
+  } catch (e) {
+    fatal(`${(e as Error).message}\n${USAGE}`);
+  }
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
+  if (!values['net-backend']) fatal(`--net-backend is required\n${USAGE}`);
+  let config: NetBackendConfig;
+  try {
+    config = NetBackendConfig.parse(values['net-backend']);
+  } catch (e) {
+    fatal((e as Error).message);
+  }
+
+  let tap: Tap;
+  try {
+    tap = openTap({ name: config.tap ?? 'vunet%d', queues: config.queuePairs });
+    configureLink(tap.name, {
+      mac: config.hostMac ? parseMac(config.hostMac) : undefined,
+      mtu: config.mtu,
+      ip: parseIPv4(config.ip),
+      mask: parseIPv4(config.mask),
+      up: true,
+    });
+    // Until a front-end runs their RX rings, queues other than 0 must not receive frames.
+    for (const fd of tap.fds.slice(1)) setTapQueueAttached(fd, false);
+  } catch (e) {
+    const ctx = e instanceof KumoError ? ` ${JSON.stringify(e.context)}` : '';
+    fatal(`${(e as Error).message}${ctx}`);
+  }
+  const backend = new NetBackend(tap, {
+    queuePairs: config.queuePairs,
+    queueSize: config.queueSize,
+    mac: config.mac ? parseMac(config.mac) : undefined,
+    mtu: config.mtu,
+    tapMtu: linkMtu(tap.name),
+  }, log);
+  const daemon = new VhostUserDaemon(backend, {
+    socketPath: config.socket,
+    mode: config.client ? 'client' : 'server',
+    name: 'vhost-user-net',
+  });
+
+  const counters = () => sumCounters(backend.counters, config.queuePairs);
+  const perPair = () => Array.from({ length: config.queuePairs }, (_, p) => readCounters(counterView(backend.counters, p)));
+  const dump = () => process.stdout.write(`${JSON.stringify({ counters: counters(), pairs: perPair() })}\n`);
+  process.on('SIGUSR1', dump);
+  let stopping = false;
+  const stop = async () => {
+    if (stopping) return;
+    stopping = true;
+    await daemon.stop().catch((e: unknown) => log.error({ err: e }, 'stopping the daemon'));
+    dump();
+    tap.close();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop());
+  process.on('SIGINT', () => void stop());
+
+  await daemon.start();
+  log.info({ tap: tap.name, config: config.toJSON() }, 'vhost-user-net backend ready');
+  process.stdout.write(`${JSON.stringify({ ready: true, tap: tap.name, socket: config.socket, pid: process.pid })}\n`);
+  try {
+    await daemon.run();
+  } catch (e) {
+    log.error({ err: e }, 'daemon failed');
+    await stop();
+  }
+  await stop();
+}
+
+main().catch((e: unknown) => fatal(e instanceof Error ? e.stack ?? e.message : String(e)));

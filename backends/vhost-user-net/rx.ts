@@ -1,0 +1,255 @@
+// TAP → guest. Each frame is read with one readv straight into the guest's posted buffers (iovecs
+// point into the shared guest mapping), so the payload is never copied by us. With MRG_RXBUF a frame
+// may span several chains; num_buffers in its header says how many.
+import type { GuestMemory } from '../../protocol/memory/index.js';
+import type { DescriptorChain } from '../../protocol/virtqueue/chain.js';
+import { ChainError } from '../../protocol/virtqueue/errors.js';
+import { IoVecList, readv } from '../../protocol/sys/fd.js';
+import { SysError } from '../../protocol/sys/libc.js';
+import { COUNTER } from './counters.js';
+import { HostAddrs } from './host-addr.js';
+import { PassResult, type NetQueue } from './net-queue.js';
+import { NET_HDR_LEN, NET_HDR_NUM_BUFFERS } from './virtio-net.js';
+
+const IOV_MAX = 1024;
+
+export interface RxOptions {
+  /** MRG_RXBUF acked: a frame may use several chains. */
+  mergeable: boolean;
+  /** virtio-net header length (12 with VERSION_1 or MRG_RXBUF, else 10). */
+  hdrLen: number;
+  /** Largest frame (header included) the TAP can hand us: buffers are gathered to cover it. */
+  maxFrame: number;
+  /** Ring size: holding this many chains means no more can come, so a gather stops there. */
+  queueSize: number;
+}
+
+/** A popped chain whose writable segments were resolved to host addresses. */
+interface HeldChain {
+  chain: DescriptorChain;
+  addrs: number[];
+}
+
+export class RxPath {
+  private held: HeldChain[] = [];
+  private first = 0;
+  private heldBytes = 0;
+  private readonly iov = new IoVecList(IOV_MAX);
+  private readonly hosts = new HostAddrs();
+  private readonly nb = new Uint8Array(2);
+  private opts: RxOptions = { mergeable: false, hdrLen: NET_HDR_LEN, maxFrame: 1526, queueSize: 256 };
+  /** Used elements pushed but not yet published. */
+  private pending = 0;
+  /** Memory the held chains' host addresses were resolved in. */
+  private mem: GuestMemory | null = null;
+
+  constructor(private readonly tapFd: number, private readonly c: Float64Array) {}
+
+  configure(opts: RxOptions): void {
+    this.opts = opts;
+  }
+
+  get heldChains(): number {
+    return this.held.length - this.first;
+  }
+
+  /**
+   * Moves up to `budget` frames from the TAP into guest buffers and publishes them.
+   * Returns how the pass ended; `published` tells the caller whether to notify.
+   */
+  run(q: NetQueue, mem: GuestMemory, budget: number): { result: PassResult; published: number } {
+    const { mergeable, hdrLen, maxFrame } = this.opts;
+    const c = this.c;
+    let frames = 0;
+    let result: PassResult = PassResult.Budget;
+    if (mem !== this.mem) this.remap(q, mem);
+    q.disableNotifications();
+    while (frames < budget) {
+      const need = mergeable ? maxFrame : 1;
+      if (!this.fill(q, mem, need, mergeable)) {
+        result = PassResult.NoBuffers;
+        break;
+      }
+      const iov = this.iov;
+      iov.clear();
+      let k = this.first;
+      let covered = 0;
+      if (mergeable) {
+        while (k < this.held.length && covered < maxFrame && iov.count < IOV_MAX) {
+          covered += this.pushChain(this.held[k], maxFrame - covered);
+          k++;
+        }
+      } else {
+        this.pushChain(this.held[k], Infinity);
+      }
+      let n: number;
+      try {
+        n = readv(this.tapFd, iov);
+      } catch (e) {
+        // EFAULT/EINVAL: the frame did not fit the buffers offered and the kernel dropped it.
+        if (e instanceof SysError && (e.code === 'EFAULT' || e.code === 'EINVAL' || e.code === 'EMSGSIZE')) {
+          c[COUNTER.rxDropped]++;
+          frames++;
+          continue;
+        }
+        throw e;
+      }
+      if (n <= 0) {
+        result = PassResult.Drained;
+        break;
+      }
+      this.complete(q, mem, n, hdrLen);
+      frames++;
+      c[COUNTER.rxFrames]++;
+      c[COUNTER.rxBytes] += n - hdrLen;
+    }
+    const published = this.pending;
+    if (published > 0) {
+      q.publishUsed();
+      this.pending = 0;
+    }
+    if (result === PassResult.NoBuffers) c[COUNTER.rxNoBuffers]++;
+    return { result, published };
+  }
+
+  /** Gives back every held (popped, unused) chain by rewinding the avail index: the ring is stopping. */
+  release(q: NetQueue): void {
+    const n = this.held.length - this.first;
+    if (n > 0) q.nextAvailIdx = (q.nextAvailIdx - n) & 0xffff;
+    this.held = [];
+    this.first = 0;
+    this.heldBytes = 0;
+    this.pending = 0;
+    this.mem = null;
+  }
+
+  /** The memory table changed: held chains keep their guest addresses but need new host ones. */
+  private remap(q: NetQueue, mem: GuestMemory): void {
+    this.mem = mem;
+    const kept: HeldChain[] = [];
+    this.heldBytes = 0;
+    for (let i = this.first; i < this.held.length; i++) {
+      const h = this.held[i];
+      const addrs = this.resolve(mem, h.chain);
+      if (addrs === null) {
+        this.c[COUNTER.rxBadChain]++;
+        q.pushUsed(h.chain.head, 0);
+        this.pending++;
+        continue;
+      }
+      kept.push({ chain: h.chain, addrs });
+      this.heldBytes += h.chain.writableLength;
+    }
+    this.held = kept;
+    this.first = 0;
+  }
+
+  private pushChain(h: HeldChain, limit: number): number {
+    const segs = h.chain.writable;
+    let covered = 0;
+    for (let i = 0; i < segs.length && covered < limit && this.iov.count < IOV_MAX; i++) {
+      this.iov.push(h.addrs[i], segs[i].len);
+      covered += segs[i].len;
+    }
+    return covered;
+  }
+
+  /** Hands the chains that now hold an n-byte frame back to the guest and fills in num_buffers. */
+  private complete(q: NetQueue, mem: GuestMemory, n: number, hdrLen: number): void {
+    let remaining = n;
+    let used = 0;
+    const firstChain = this.held[this.first].chain;
+    while (remaining > 0) {
+      const h = this.held[this.first + used];
+      const len = Math.min(remaining, h.chain.writableLength);
+      q.pushUsed(h.chain.head, len);
+      remaining -= len;
+      this.heldBytes -= h.chain.writableLength;
+      used++;
+      if (!this.opts.mergeable) break;
+    }
+    if (hdrLen === NET_HDR_LEN) this.writeNumBuffers(mem, firstChain, used);
+    this.first += used;
+    this.pending += used;
+    if (this.first === this.held.length) {
+      this.held.length = 0;
+      this.first = 0;
+    } else if (this.first >= 256) {
+      this.held = this.held.slice(this.first);
+      this.first = 0;
+    }
+  }
+
+  private writeNumBuffers(mem: GuestMemory, chain: DescriptorChain, count: number): void {
+    const s0 = chain.writable[0];
+    if (s0.len >= NET_HDR_LEN) {
+      mem.writeU16(s0.addr + NET_HDR_NUM_BUFFERS, count);
+      return;
+    }
+    // Header split over tiny descriptors: walk the segments.
+    this.nb[0] = count & 0xff;
+    this.nb[1] = count >> 8;
+    let skip = NET_HDR_NUM_BUFFERS;
+    let done = 0;
+    for (const s of chain.writable) {
+      if (skip >= s.len) {
+        skip -= s.len;
+        continue;
+      }
+      const m = Math.min(s.len - skip, 2 - done);
+      mem.write(s.addr + skip, this.nb.subarray(done, done + m));
+      done += m;
+      skip = 0;
+      if (done === 2) break;
+    }
+  }
+
+  /** Pops chains until `need` bytes (mergeable) or one chain is held; false when the ring ran dry. */
+  private fill(q: NetQueue, mem: GuestMemory, need: number, mergeable: boolean): boolean {
+    const c = this.c;
+    const { hdrLen } = this.opts;
+    for (;;) {
+      const count = this.held.length - this.first;
+      const have = mergeable ? this.heldBytes >= need || count >= this.opts.queueSize : count > 0;
+      if (have) return true;
+      let chain: DescriptorChain | null;
+      try {
+        chain = q.pop();
+      } catch (e) {
+        if (!(e instanceof ChainError)) throw e;
+        c[COUNTER.rxBadChain]++;
+        q.pushUsed(e.head, 0);
+        this.pending++;
+        continue;
+      }
+      if (chain === null) {
+        if (q.enableNotifications()) {
+          q.disableNotifications();
+          continue;
+        }
+        // Partial gathers stay held: the next kick adds to them.
+        return false;
+      }
+      const addrs = this.resolve(mem, chain);
+      if (addrs === null || chain.writableLength < hdrLen || chain.writable.length > IOV_MAX) {
+        c[COUNTER.rxBadChain]++;
+        q.pushUsed(chain.head, 0);
+        this.pending++;
+        continue;
+      }
+      this.held.push({ chain, addrs });
+      this.heldBytes += chain.writableLength;
+    }
+  }
+
+  private resolve(mem: GuestMemory, chain: DescriptorChain): number[] | null {
+    const segs = chain.writable;
+    const addrs = new Array<number>(segs.length);
+    for (let i = 0; i < segs.length; i++) {
+      const a = this.hosts.resolve(mem, segs[i].addr, segs[i].len);
+      if (a < 0) return null;
+      addrs[i] = a;
+    }
+    return addrs;
+  }
+}

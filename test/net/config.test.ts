@@ -1,0 +1,66 @@
+import { describe, expect, it } from 'vitest';
+import { NetBackendConfig } from '../../backends/vhost-user-net/config.js';
+import { tapOffloads } from '../../backends/vhost-user-net/backend.js';
+import { pathOptions } from '../../backends/vhost-user-net/worker.js';
+import { TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO } from '../../protocol/sys/tap.js';
+import { bits, VIRTIO_F_VERSION_1, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+  VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4 } from '../../protocol/virtio/index.js';
+
+describe('NetBackendConfig (--net-backend)', () => {
+  it('applies Cloud Hypervisor defaults', () => {
+    const c = NetBackendConfig.parse('socket=/tmp/net.sock');
+    expect(c.toJSON()).toEqual({
+      ip: '192.168.100.1', mask: '255.255.255.0', mac: undefined, host_mac: undefined, mtu: undefined, tap: undefined,
+      socket: '/tmp/net.sock', num_queues: 2, queue_size: 256, client: false,
+    });
+    expect(c.queuePairs).toBe(1);
+  });
+
+  it('parses every key and round-trips through toString()', () => {
+    const s = 'tap=vt0,ip=10.0.0.1,mask=255.255.0.0,mac=52:54:00:12:34:56,host_mac=02:AA:bb:cc:dd:ee,mtu=9000,socket=/run/n.sock,num_queues=4,queue_size=1024,client=on';
+    const c = NetBackendConfig.parse(s);
+    expect(c.hostMac).toBe('02:aa:bb:cc:dd:ee');
+    expect(c.queuePairs).toBe(2);
+    expect(c.client).toBe(true);
+    expect(NetBackendConfig.parse(c.toString()).toJSON()).toEqual(c.toJSON());
+  });
+
+  it.each([
+    ['ip=1.2.3.4', /socket/],
+    ['socket=/s,colour=red', /unknown option "colour"/],
+    ['socket=/s,num_queues=3', /even/],
+    ['socket=/s,num_queues=0', /num_queues/],
+    ['socket=/s,queue_size=300', /power of two/],
+    ['socket=/s,ip=300.1.1.1', /"ip"/],
+    ['socket=/s,mask=255.0.255.0', /contiguous/],
+    ['socket=/s,mac=01:00:5e:00:00:01', /unicast/],
+    ['socket=/s,host_mac=zz:00:00:00:00:00', /host_mac/],
+    ['socket=/s,mtu=20', /mtu/],
+    ['socket=/s,tap=a/b', /tap/],
+    ['socket=/s,client=maybe', /client/],
+    ['socket=/s,socket=/t', /twice/],
+  ])('rejects %s with a clear error', (input, msg) => {
+    expect(() => NetBackendConfig.parse(input)).toThrow(msg);
+  });
+
+  it('error messages carry the syntax', () => {
+    expect(() => NetBackendConfig.parse('bogus=1,socket=/s')).toThrow(/ip=<ip_addr>,mask=<net_mask>/);
+  });
+});
+
+describe('feature-dependent settings', () => {
+  it('maps guest receive offloads to TUNSETOFFLOAD bits', () => {
+    expect(tapOffloads(0n)).toBe(0);
+    expect(tapOffloads(bits(VIRTIO_NET_F_GUEST_TSO4))).toBe(0); // TSO without CSUM is not allowed
+    expect(tapOffloads(bits(VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO)))
+      .toBe(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_UFO);
+  });
+
+  it('sizes headers and frames from the acked features', () => {
+    const legacy = pathOptions(0n, 1500, 256);
+    expect(legacy.rx).toMatchObject({ hdrLen: 10, mergeable: false, maxFrame: 10 + 1518 });
+    const v1 = pathOptions(bits(VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4), 1500, 256);
+    expect(v1.rx).toMatchObject({ hdrLen: 12, mergeable: true, maxFrame: 12 + 65553 });
+    expect(v1.tx).toMatchObject({ hdrLen: 12, maxFrame: 1518, csum: true, tso4: true, tso6: false });
+  });
+});
