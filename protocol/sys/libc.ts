@@ -5,9 +5,11 @@ import { KumoError } from '../errors.js';
 /** The one libc handle every binding in protocol/sys shares. */
 export const libc = koffi.load('libc.so.6');
 
-const errnoNames = new Map<number, string>(
-  Object.entries(osConstants.errno).map(([name, n]) => [n as number, name]),
-);
+const errnoNames = new Map<number, string>([
+  // Linux errnos Node's os.constants leaves out.
+  [77, 'EBADFD'], [117, 'EUCLEAN'], [121, 'EREMOTEIO'],
+  ...Object.entries(osConstants.errno).map(([name, n]): [number, string] => [n as number, name]),
+]);
 
 export function errnoName(errno: number): string {
   return errnoNames.get(errno) ?? `E${errno}`;
