@@ -1,0 +1,145 @@
+import { fileURLToPath } from 'node:url';
+import type { VhostUserBackend } from '../../protocol/vhost-user/backend-types.js';
+import {
+  bits, hasFeature, BlkConfig, BLK_CONFIG_SIZE, VIRTIO_BLK_ID_BYTES,
+  VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+  VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_MQ,
+  VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_F_RO,
+} from '../../protocol/virtio/index.js';
+import { KumoError } from '../../protocol/errors.js';
+import type { Logger } from '../../protocol/log.js';
+import type { DiskImage } from './image.js';
+import { BlkLimits } from './limits.js';
+import type { CompletionMode } from './engine.js';
+import type { BlkWorkerData } from './worker-data.js';
+
+export class BlkConfigWriteError extends KumoError {}
+
+// vhost-user protocol feature bits
+const PF_MQ = 0;
+const PF_REPLY_ACK = 3;
+const PF_CONFIG = 9;
+const PF_CONFIGURE_MEM_SLOTS = 15;
+
+export interface BlkBackendOptions {
+  numQueues: number;
+  queueSize: number;
+  pollQueue: boolean;
+  pollUs?: number;
+  completion?: CompletionMode;
+  log?: Logger;
+}
+
+/** Cloud Hypervisor's serial: the image path, truncated/NUL-padded to 20 bytes. */
+export function serialFor(path: string): Uint8Array {
+  const out = new Uint8Array(VIRTIO_BLK_ID_BYTES);
+  out.set(Buffer.from(path, 'utf8').subarray(0, VIRTIO_BLK_ID_BYTES));
+  return out;
+}
+
+/** The virtio-blk device model of the backend (main thread): features, config space, WCE. */
+export class BlkBackend implements VhostUserBackend {
+  readonly numQueues: number;
+  readonly maxQueueSize: number;
+  readonly queueWorker: { module: string; data: BlkWorkerData };
+  readonly queuesPerWorker = 1;
+  private readonly config = new Uint8Array(BLK_CONFIG_SIZE);
+  private readonly cfgView = new DataView(this.config.buffer);
+  /** Shared with the workers: [0] = writethrough. */
+  private readonly flags: Int32Array;
+  private acked = 0n;
+
+  constructor(private readonly image: DiskImage, private readonly opts: BlkBackendOptions) {
+    this.numQueues = opts.numQueues;
+    this.maxQueueSize = opts.queueSize;
+    const sab = new SharedArrayBuffer(4);
+    this.flags = new Int32Array(sab);
+    this.buildConfig();
+    this.queueWorker = {
+      module: fileURLToPath(new URL('./worker.ts', import.meta.url)),
+      data: {
+        fd: image.fd,
+        size: image.size,
+        readonly: image.readonly,
+        serial: serialFor(image.path),
+        flags: sab,
+        queueSize: opts.queueSize,
+        pollQueue: opts.pollQueue,
+        pollUs: opts.pollUs ?? 50,
+        completion: opts.completion ?? 'eventfd',
+      },
+    };
+    this.updateWritethrough();
+  }
+
+  features(): bigint {
+    let f = bits(
+      VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+      VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_TOPOLOGY,
+      VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES,
+    );
+    if (this.image.readonly) f |= bits(VIRTIO_BLK_F_RO);
+    return f;
+  }
+
+  protocolFeatures(): bigint {
+    return bits(PF_MQ, PF_REPLY_ACK, PF_CONFIG, PF_CONFIGURE_MEM_SLOTS);
+  }
+
+  getConfig(offset: number, size: number): Uint8Array {
+    const out = new Uint8Array(Math.max(0, size));
+    if (offset < this.config.length && size > 0) out.set(this.config.subarray(offset, Math.min(this.config.length, offset + size)));
+    return out;
+  }
+
+  /** Only the writeback byte (CONFIG_WCE) is writable. */
+  setConfig(offset: number, data: Uint8Array): void {
+    if (offset !== BlkConfig.writeback || data.length !== 1) {
+      throw new BlkConfigWriteError('only the virtio-blk writeback field can be written', { offset, size: data.length });
+    }
+    if (data[0] > 1) throw new BlkConfigWriteError('writeback must be 0 or 1', { value: data[0] });
+    this.config[BlkConfig.writeback] = data[0];
+    this.opts.log?.info({ writeback: data[0] }, 'cache mode changed');
+    this.updateWritethrough();
+  }
+
+  ackFeatures(features: bigint): void {
+    this.acked = features;
+    this.updateWritethrough();
+  }
+
+  /** virtio 1.2 §5.2.6: writeback follows WCE if negotiated, else FLUSH; without either, writethrough. */
+  private updateWritethrough(): void {
+    const wb = hasFeature(this.acked, VIRTIO_BLK_F_CONFIG_WCE)
+      ? this.config[BlkConfig.writeback] === 1
+      : hasFeature(this.acked, VIRTIO_BLK_F_FLUSH);
+    Atomics.store(this.flags, 0, wb ? 0 : 1);
+  }
+
+  /** True while writes complete only once durable (tests, logs). */
+  get writethrough(): boolean {
+    return Atomics.load(this.flags, 0) === 1;
+  }
+
+  private buildConfig(): void {
+    const v = this.cfgView;
+    const sectors = this.image.sectors;
+    v.setUint32(BlkConfig.capacity, sectors % 0x1_0000_0000, true);
+    v.setUint32(BlkConfig.capacity + 4, Math.floor(sectors / 0x1_0000_0000), true);
+    v.setUint32(BlkConfig.size_max, BlkLimits.sizeMax, true);
+    v.setUint32(BlkConfig.seg_max, BlkLimits.segMax, true);
+    v.setUint32(BlkConfig.blk_size, 512, true);
+    v.setUint8(BlkConfig.physical_block_exp, 0);
+    v.setUint8(BlkConfig.alignment_offset, 0);
+    v.setUint16(BlkConfig.min_io_size, 1, true);
+    v.setUint32(BlkConfig.opt_io_size, 0, true);
+    v.setUint8(BlkConfig.writeback, 1);
+    v.setUint16(BlkConfig.num_queues, this.opts.numQueues, true);
+    v.setUint32(BlkConfig.max_discard_sectors, BlkLimits.maxDiscardSectors, true);
+    v.setUint32(BlkConfig.max_discard_seg, BlkLimits.maxDiscardSeg, true);
+    v.setUint32(BlkConfig.discard_sector_alignment, 1, true);
+    v.setUint32(BlkConfig.max_write_zeroes_sectors, BlkLimits.maxWriteZeroesSectors, true);
+    v.setUint32(BlkConfig.max_write_zeroes_seg, BlkLimits.maxWriteZeroesSeg, true);
+    v.setUint8(BlkConfig.write_zeroes_may_unmap, 1);
+  }
+}

@@ -1,0 +1,567 @@
+import type { GuestMemory } from '../../protocol/memory/index.js';
+import { ChainError, type DeviceQueue, type DescriptorChain, type Segment } from '../../protocol/virtqueue/index.js';
+import {
+  VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_DISCARD,
+  VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP,
+  VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_OUTHDR_SIZE, VIRTIO_BLK_DISCARD_SEG_SIZE, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+} from '../../protocol/virtio/index.js';
+import {
+  IoUring, IoVecArena, IORING_FSYNC_DATASYNC, IOSQE_IO_LINK,
+  FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
+} from '../../protocol/sys/uring.js';
+import type { Logger } from '../../protocol/log.js';
+import { HostMap } from './host-map.js';
+import { BlkLimits } from './limits.js';
+
+const SECTOR = 512;
+const TWO32 = 0x1_0000_0000;
+const EOPNOTSUPP = 95;
+const SLOT_SHIFT = 65536; // userData = slot + op * SLOT_SHIFT (+ ZERO_RANGE_OP)
+/** Marks an fallocate(ZERO_RANGE) op, the one that falls back to punch + allocate on EOPNOTSUPP. */
+const ZERO_RANGE_OP = 0x4000_0000;
+
+const KIND_RW = 0;
+const KIND_FLUSH = 1;
+const KIND_DISCARD = 2;
+const KIND_ZERO = 3;
+/** A write in writethrough mode: acked only after a later fdatasync completed. */
+const KIND_WT_WRITE = 4;
+/** userData of the batch fdatasync (no slot has this index: queues have at most 32768 entries). */
+const SYNC_UD = 0xffff;
+
+/** What a queue engine needs to know about the image; `flags` is shared with the main thread. */
+export interface BlkEngineImage {
+  fd: number;
+  size: number;
+  readonly: boolean;
+  /** 20-byte GET_ID answer. */
+  serial: Uint8Array;
+  /** flags[0] = 1 while the device is in writethrough mode (WCE off, or FLUSH not negotiated). */
+  flags: Int32Array;
+}
+
+export type CompletionMode = 'eventfd' | 'wait';
+
+export interface BlkEngineOptions {
+  queueSize: number;
+  completion: CompletionMode;
+  log?: Logger;
+}
+
+/**
+ * One virtio-blk queue's data path: drain the avail ring, turn requests into io_uring SQEs whose
+ * iovecs point straight into guest memory, submit the batch in one enter, and return completions
+ * to the used ring with one publish per batch. State per request lives in typed arrays (no per
+ * request allocation beyond what DeviceQueue.pop() makes).
+ */
+export class BlkQueueEngine {
+  readonly ring: IoUring;
+  private readonly iov: IoVecArena;
+  private readonly hostMap = new HostMap();
+  private readonly maxIov: number;
+  private readonly slots: number;
+  // per-slot request state
+  private readonly sHead: Uint16Array;
+  private readonly sStatusGpa: Float64Array;
+  private readonly sUsedLen: Uint32Array;
+  private readonly sOps: Uint16Array;
+  private readonly sStatus: Uint8Array;
+  private readonly sExpect: Float64Array;
+  private readonly sKind: Uint8Array;
+  /** DISCARD/WRITE_ZEROES ranges per slot: [offset, len] × maxSeg (for the zero-range fallback). */
+  private readonly sRanges: Float64Array;
+  private readonly free: Uint16Array;
+  private freeTop: number;
+  private opsInFlight = 0;
+  private queue: DeviceQueue | null = null;
+  private mem: GuestMemory | null = null;
+  private zeroRangeSupported = true;
+  private readonly hdr = new Uint8Array(VIRTIO_BLK_OUTHDR_SIZE);
+  private readonly hdrView = new DataView(this.hdr.buffer);
+  private readonly segBuf = new Uint8Array(VIRTIO_BLK_DISCARD_SEG_SIZE);
+  private readonly segView = new DataView(this.segBuf.buffer);
+  private readonly onCqe = (ud: number, res: number): void => this.complete(ud, res);
+  /** Completed requests since the last publish. */
+  private completed = 0;
+  /**
+   * Writethrough group commit: writes whose data is written but not yet synced wait in `unsynced`;
+   * one fdatasync covers all of them (those in `syncing` while it runs).
+   */
+  private readonly unsynced: Uint16Array;
+  private unsyncedCount = 0;
+  private readonly syncing: Uint16Array;
+  private syncingCount = 0;
+  private syncInFlight = false;
+
+  constructor(private readonly img: BlkEngineImage, private readonly opts: BlkEngineOptions) {
+    this.slots = opts.queueSize;
+    this.maxIov = BlkLimits.segMax + 2;
+    let entries = 1;
+    while (entries < opts.queueSize) entries <<= 1;
+    this.ring = new IoUring(entries, { cqEntries: entries * 4 });
+    this.iov = new IoVecArena(this.slots, this.maxIov);
+    const n = this.slots;
+    this.sHead = new Uint16Array(n);
+    this.sStatusGpa = new Float64Array(n);
+    this.sUsedLen = new Uint32Array(n);
+    this.sOps = new Uint16Array(n);
+    this.sStatus = new Uint8Array(n);
+    this.sExpect = new Float64Array(n);
+    this.sKind = new Uint8Array(n);
+    this.sRanges = new Float64Array(n * BlkLimits.maxDiscardSeg * 2);
+    this.unsynced = new Uint16Array(n);
+    this.syncing = new Uint16Array(n);
+    this.free = new Uint16Array(n);
+    for (let i = 0; i < n; i++) this.free[i] = n - 1 - i;
+    this.freeTop = n;
+  }
+
+  get inFlight(): number {
+    return this.slots - this.freeTop;
+  }
+
+  /**
+   * Points the engine at the queue and memory to serve: call on ring start and before each
+   * process*() (the daemon rebuilds both when the memory table changes).
+   */
+  attach(queue: DeviceQueue, mem: GuestMemory): void {
+    this.queue = queue;
+    if (mem !== this.mem) {
+      this.mem = mem;
+      this.hostMap.sync(mem);
+    }
+  }
+
+  /** Ring stop: waits for every in-flight request, publishes, detaches. Returns true if used entries were published. */
+  detach(): boolean {
+    this.drain();
+    const published = this.queue !== null && this.publish();
+    this.queue = null;
+    this.mem = null;
+    return published;
+  }
+
+  /**
+   * Takes every available request, submits them in one io_uring_enter and reaps what finished.
+   * Returns true when used entries were published (the caller then signals the driver if needed).
+   */
+  processAvail(): boolean {
+    const q = this.queue;
+    if (q === null) return false;
+    this.hostMap.sync(this.mem as GuestMemory);
+    for (;;) {
+      q.disableNotifications();
+      this.drainAvail(q);
+      this.submitAndReap();
+      if (!q.enableNotifications()) break;
+    }
+    return this.publish();
+  }
+
+  /**
+   * One busy-poll step, leaving the notification state alone (the poller keeps kicks disabled):
+   * takes new requests, submits, reaps. Returns 0 if nothing happened, 1 if something did, 3 if
+   * used entries were also published (bit 1: signal the driver).
+   */
+  pollStep(): number {
+    const q = this.queue;
+    if (q === null) return 0;
+    let progressed = false;
+    if (this.freeTop > 0 && q.hasAvailable()) {
+      this.hostMap.sync(this.mem as GuestMemory);
+      this.drainAvail(q);
+      this.submitAndReap();
+      progressed = true;
+    } else if (this.ring.cqReady() > 0 || (this.unsyncedCount > 0 && !this.syncInFlight)) {
+      this.reapAll();
+      progressed = true;
+    }
+    if (!progressed) return 0;
+    return this.publish() ? 3 : 1;
+  }
+
+  /** Completion eventfd fired (or a poll): reap completions and publish. */
+  processCompletions(): boolean {
+    if (this.queue === null) return false;
+    if (this.ring.pending > 0) this.ring.submit(0);
+    this.reapAll();
+    return this.publish();
+  }
+
+  /** True if the driver made requests available that have not been taken yet. */
+  hasAvailable(): boolean {
+    return this.queue !== null && this.freeTop > 0 && this.queue.hasAvailable();
+  }
+
+  /** Blocks until every in-flight request completed (writethrough writes included: their sync too). */
+  drain(): void {
+    for (;;) {
+      this.reapAll();
+      if (this.opsInFlight === 0 && this.unsyncedCount === 0) return;
+      this.ring.submit(1);
+    }
+  }
+
+  close(): void {
+    this.drain();
+    this.ring.close();
+    this.iov.free();
+  }
+
+  private drainAvail(q: DeviceQueue): void {
+    while (this.freeTop > 0) {
+      let chain: DescriptorChain | null;
+      try {
+        chain = q.pop();
+      } catch (e) {
+        if (e instanceof ChainError) {
+          this.opts.log?.warn({ err: e.message, ...e.context }, 'dropping malformed descriptor chain');
+          q.pushUsed(e.head, 0);
+          this.completed++;
+          continue;
+        }
+        throw e;
+      }
+      if (chain === null) return;
+      this.start(chain);
+    }
+  }
+
+  private submitAndReap(): void {
+    const ring = this.ring;
+    if (this.opts.completion === 'wait' && this.opsInFlight > 0) {
+      ring.submit(this.opsInFlight);
+    } else if (ring.pending > 0) {
+      ring.submit(0);
+    }
+    this.reapAll();
+    // 'wait' mode: a group sync started just now is waited for too.
+    if (this.opts.completion === 'wait' && this.syncInFlight) {
+      ring.submit(1);
+      this.reapAll();
+    }
+  }
+
+  /** Reaps completions, then starts the group fdatasync for writethrough writes if one is due. */
+  private reapAll(): void {
+    this.ring.reap(this.onCqe);
+    if (this.unsyncedCount > 0 && !this.syncInFlight) {
+      const n = this.unsyncedCount;
+      this.syncing.set(this.unsynced.subarray(0, n));
+      this.syncingCount = n;
+      this.unsyncedCount = 0;
+      this.syncInFlight = true;
+      this.opsInFlight++;
+      this.ensureSq(1);
+      this.ring.prepFsync(this.img.fd, SYNC_UD, IORING_FSYNC_DATASYNC);
+      this.ring.submit(0);
+    }
+  }
+
+  private syncDone(res: number): void {
+    this.syncInFlight = false;
+    for (let i = 0; i < this.syncingCount; i++) {
+      const slot = this.syncing[i];
+      if (res < 0) this.sStatus[slot] = VIRTIO_BLK_S_IOERR;
+      this.finishSlot(slot);
+    }
+    this.syncingCount = 0;
+  }
+
+  private publish(): boolean {
+    if (this.completed === 0) return false;
+    this.completed = 0;
+    (this.queue as DeviceQueue).publishUsed();
+    return true;
+  }
+
+  /** Completes a request that needs no I/O. */
+  private finishNow(head: number, statusGpa: number, status: number, usedLen: number): void {
+    if (statusGpa >= 0) this.writeStatus(statusGpa, status);
+    (this.queue as DeviceQueue).pushUsed(head, statusGpa >= 0 ? usedLen : 0);
+    this.completed++;
+  }
+
+  private writeStatus(gpa: number, status: number): boolean {
+    try {
+      (this.mem as GuestMemory).writeU8(gpa, status);
+      return true;
+    } catch {
+      return false; // the region went away while the request was in flight
+    }
+  }
+
+  private start(chain: DescriptorChain): void {
+    const head = chain.head;
+    const w = chain.writable;
+    // The status byte is the chain's last writable byte.
+    if (chain.writableLength < 1) {
+      this.opts.log?.warn({ head }, 'request without a status byte: dropped');
+      this.finishNow(head, -1, 0, 0);
+      return;
+    }
+    const last = w[w.length - 1];
+    const statusGpa = last.addr + last.len - 1;
+    if (chain.readableLength < VIRTIO_BLK_OUTHDR_SIZE) {
+      this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, 1);
+      return;
+    }
+    const mem = this.mem as GuestMemory;
+    let type: number;
+    let secLo: number;
+    let secHi: number;
+    const r0 = chain.readable[0];
+    if (r0.len >= VIRTIO_BLK_OUTHDR_SIZE) {
+      type = mem.readU32(r0.addr);
+      secLo = mem.readU32(r0.addr + 8);
+      secHi = mem.readU32(r0.addr + 12);
+    } else {
+      gather(mem, chain.readable, 0, this.hdr);
+      type = this.hdrView.getUint32(0, true);
+      secLo = this.hdrView.getUint32(8, true);
+      secHi = this.hdrView.getUint32(12, true);
+    }
+    // Sectors beyond 2^53 bytes are out of range for any image.
+    const offset = secHi >= 0x200 ? -1 : (secHi * TWO32 + secLo) * SECTOR;
+
+    switch (type) {
+      case VIRTIO_BLK_T_IN: {
+        const len = chain.writableLength - 1;
+        if (!this.rangeOk(offset, len)) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, 1);
+        if (len === 0) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_OK, 1);
+        this.startRw(head, statusGpa, w, 0, len, offset, false, len + 1);
+        return;
+      }
+      case VIRTIO_BLK_T_OUT: {
+        const len = chain.readableLength - VIRTIO_BLK_OUTHDR_SIZE;
+        if (this.img.readonly || !this.rangeOk(offset, len)) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, 1);
+        if (len === 0) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_OK, 1);
+        this.startRw(head, statusGpa, chain.readable, VIRTIO_BLK_OUTHDR_SIZE, len, offset, true, 1);
+        return;
+      }
+      case VIRTIO_BLK_T_FLUSH: {
+        if (this.img.readonly) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_OK, 1);
+        const slot = this.alloc(head, statusGpa, 1, KIND_FLUSH, 0);
+        this.sOps[slot] = 1;
+        this.opsInFlight++;
+        this.ensureSq(1);
+        this.ring.prepFsync(this.img.fd, slot, IORING_FSYNC_DATASYNC);
+        return;
+      }
+      case VIRTIO_BLK_T_GET_ID: {
+        const n = Math.min(VIRTIO_BLK_ID_BYTES, chain.writableLength - 1);
+        scatter(mem, w, this.img.serial.subarray(0, n));
+        return this.finishNow(head, statusGpa, VIRTIO_BLK_S_OK, n + 1);
+      }
+      case VIRTIO_BLK_T_DISCARD:
+      case VIRTIO_BLK_T_WRITE_ZEROES:
+        this.startRanges(chain, statusGpa, type === VIRTIO_BLK_T_DISCARD);
+        return;
+      default:
+        this.finishNow(head, statusGpa, VIRTIO_BLK_S_UNSUPP, 1);
+    }
+  }
+
+  private rangeOk(offset: number, len: number): boolean {
+    return offset >= 0 && len % SECTOR === 0 && offset + len <= this.img.size;
+  }
+
+  private alloc(head: number, statusGpa: number, usedLen: number, kind: number, expect: number): number {
+    const slot = this.free[--this.freeTop];
+    this.sHead[slot] = head;
+    this.sStatusGpa[slot] = statusGpa;
+    this.sUsedLen[slot] = usedLen;
+    this.sOps[slot] = 0;
+    this.sStatus[slot] = VIRTIO_BLK_S_OK;
+    this.sKind[slot] = kind;
+    this.sExpect[slot] = expect;
+    return slot;
+  }
+
+  /** Makes room for k SQEs (submitting what is queued if needed). */
+  private ensureSq(k: number): void {
+    if (this.ring.sqSpace() >= k) return;
+    this.ring.submit(0);
+    while (this.ring.sqSpace() < k) {
+      // The kernel refused more work (CQ backpressure): wait for completions to make room.
+      this.ring.submit(1);
+      this.ring.reap(this.onCqe);
+    }
+  }
+
+  /** READ/WRITE(V) of `len` bytes: the segments minus `skip` leading bytes (the header) and the status byte. */
+  private startRw(head: number, statusGpa: number, segs: Segment[], skip: number, len: number, offset: number, write: boolean, usedLen: number): void {
+    const writethrough = write && Atomics.load(this.img.flags, 0) !== 0;
+    const slot = this.alloc(head, statusGpa, usedLen, writethrough ? KIND_WT_WRITE : KIND_RW, len);
+    const map = this.hostMap;
+    let left = len;
+    let n = 0;
+    let single = -1;
+    for (let i = 0; i < segs.length && left > 0; i++) {
+      const s = segs[i];
+      let a = s.addr;
+      let l = s.len;
+      if (skip > 0) {
+        const k = Math.min(skip, l);
+        skip -= k;
+        a += k;
+        l -= k;
+        if (l === 0) continue;
+      }
+      if (l > left) l = left;
+      const host = map.translate(a, l);
+      if (host < 0 || n >= this.maxIov) {
+        this.free[this.freeTop++] = slot;
+        return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, 1);
+      }
+      if (n === 0) single = host;
+      this.iov.set(slot, n++, host, l);
+      left -= l;
+    }
+    const fd = this.img.fd;
+    this.sOps[slot] = 1;
+    this.opsInFlight++;
+    this.ensureSq(1);
+    if (write) {
+      if (n === 1) this.ring.prepWrite(fd, single, len, offset, slot);
+      else this.ring.prepWritev(fd, this.iov.slotAddress(slot), n, offset, slot);
+    } else if (n === 1) {
+      this.ring.prepRead(fd, single, len, offset, slot);
+    } else {
+      this.ring.prepReadv(fd, this.iov.slotAddress(slot), n, offset, slot);
+    }
+  }
+
+  /** DISCARD / WRITE_ZEROES: one fallocate per range. */
+  private startRanges(chain: DescriptorChain, statusGpa: number, discard: boolean): void {
+    const head = chain.head;
+    const payload = chain.readableLength - VIRTIO_BLK_OUTHDR_SIZE;
+    const count = payload / VIRTIO_BLK_DISCARD_SEG_SIZE;
+    const max = discard ? BlkLimits.maxDiscardSeg : BlkLimits.maxWriteZeroesSeg;
+    if (this.img.readonly || count < 1 || !Number.isInteger(count) || count > max) {
+      return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, 1);
+    }
+    const mem = this.mem as GuestMemory;
+    const base = this.free[this.freeTop - 1] * BlkLimits.maxDiscardSeg * 2; // the slot alloc() will take
+    let unmap = false;
+    for (let i = 0; i < count; i++) {
+      gather(mem, chain.readable, VIRTIO_BLK_OUTHDR_SIZE + i * VIRTIO_BLK_DISCARD_SEG_SIZE, this.segBuf);
+      const lo = this.segView.getUint32(0, true);
+      const hi = this.segView.getUint32(4, true);
+      const num = this.segView.getUint32(8, true);
+      const flags = this.segView.getUint32(12, true);
+      // DISCARD has no flags; WRITE_ZEROES knows only UNMAP.
+      if ((discard && flags !== 0) || (!discard && (flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0)) {
+        return this.finishNow(head, statusGpa, VIRTIO_BLK_S_UNSUPP, 1);
+      }
+      const max = discard ? BlkLimits.maxDiscardSectors : BlkLimits.maxWriteZeroesSectors;
+      const off = hi >= 0x200 ? -1 : (hi * TWO32 + lo) * SECTOR;
+      if (num > max || !this.rangeOk(off, num * SECTOR)) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, 1);
+      this.sRanges[base + 2 * i] = off;
+      this.sRanges[base + 2 * i + 1] = num * SECTOR;
+      if (flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) unmap = true;
+    }
+    const kind = discard ? KIND_DISCARD : KIND_ZERO;
+    const slot = this.alloc(head, statusGpa, 1, kind, 0);
+    const fd = this.img.fd;
+    for (let i = 0; i < count; i++) {
+      const off = this.sRanges[base + 2 * i];
+      const len = this.sRanges[base + 2 * i + 1];
+      if (len === 0) continue;
+      const mode = discard || unmap || !this.zeroRangeSupported
+        ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+        : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+      this.sOps[slot]++;
+      this.opsInFlight++;
+      const zeroRange = (mode & FALLOC_FL_ZERO_RANGE) !== 0;
+      const ud = slot + i * SLOT_SHIFT + (zeroRange ? ZERO_RANGE_OP : 0);
+      this.ensureSq(2);
+      if (!discard && !unmap && !this.zeroRangeSupported) {
+        // Punch (reads as zeroes) and allocate again: zeroed, still allocated.
+        this.sOps[slot]++;
+        this.opsInFlight++;
+        this.ring.prepFallocate(fd, mode, off, len, ud, IOSQE_IO_LINK);
+        this.ring.prepFallocate(fd, FALLOC_FL_KEEP_SIZE, off, len, ud);
+      } else {
+        this.ring.prepFallocate(fd, mode, off, len, ud);
+      }
+    }
+    if (this.sOps[slot] === 0) this.finishSlot(slot);
+  }
+
+  private complete(ud: number, res: number): void {
+    this.opsInFlight--;
+    if (ud === SYNC_UD) {
+      this.syncDone(res);
+      return;
+    }
+    const slot = ud & 0xffff;
+    if (res < 0) {
+      const kind = this.sKind[slot];
+      if (kind === KIND_DISCARD && res === -EOPNOTSUPP) {
+        // Discard is a hint: a file system that cannot punch holes still completes it.
+      } else if ((ud & ZERO_RANGE_OP) !== 0 && res === -EOPNOTSUPP) {
+        this.zeroRangeSupported = false;
+        this.retryZero(slot, ((ud & ~ZERO_RANGE_OP) >>> 16) & 0x3fff);
+      } else {
+        this.sStatus[slot] = VIRTIO_BLK_S_IOERR;
+        this.opts.log?.debug({ res, kind }, 'request failed');
+      }
+    } else if ((this.sKind[slot] === KIND_RW || this.sKind[slot] === KIND_WT_WRITE) && res !== this.sExpect[slot]) {
+      this.sStatus[slot] = VIRTIO_BLK_S_IOERR; // short transfer
+    }
+    if (--this.sOps[slot] !== 0) return;
+    if (this.sKind[slot] === KIND_WT_WRITE && this.sStatus[slot] === VIRTIO_BLK_S_OK) {
+      this.unsynced[this.unsyncedCount++] = slot;
+      return;
+    }
+    this.finishSlot(slot);
+  }
+
+  private retryZero(slot: number, i: number): void {
+    const base = slot * BlkLimits.maxDiscardSeg * 2;
+    const off = this.sRanges[base + 2 * i];
+    const len = this.sRanges[base + 2 * i + 1];
+    const fd = this.img.fd;
+    const ud = slot + i * SLOT_SHIFT;
+    this.sOps[slot] += 2;
+    this.opsInFlight += 2;
+    this.ensureSq(2);
+    this.ring.prepFallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len, ud, IOSQE_IO_LINK);
+    this.ring.prepFallocate(fd, FALLOC_FL_KEEP_SIZE, off, len, ud);
+  }
+
+  private finishSlot(slot: number): void {
+    const ok = this.writeStatus(this.sStatusGpa[slot], this.sStatus[slot]);
+    (this.queue as DeviceQueue).pushUsed(this.sHead[slot], ok ? this.sUsedLen[slot] : 0);
+    this.completed++;
+    this.free[this.freeTop++] = slot;
+  }
+}
+
+/** Copies readable chain bytes [offset, offset+dst.length) into dst. */
+function gather(mem: GuestMemory, segs: Segment[], offset: number, dst: Uint8Array): void {
+  let skip = offset;
+  let done = 0;
+  for (let i = 0; i < segs.length && done < dst.length; i++) {
+    const s = segs[i];
+    if (skip >= s.len) {
+      skip -= s.len;
+      continue;
+    }
+    const n = Math.min(s.len - skip, dst.length - done);
+    mem.read(s.addr + skip, dst.subarray(done, done + n));
+    done += n;
+    skip = 0;
+  }
+}
+
+/** Copies src to the start of the writable segments. */
+function scatter(mem: GuestMemory, segs: Segment[], src: Uint8Array): void {
+  let done = 0;
+  for (let i = 0; i < segs.length && done < src.length; i++) {
+    const n = Math.min(segs[i].len, src.length - done);
+    mem.write(segs[i].addr, src.subarray(done, done + n));
+    done += n;
+  }
+}

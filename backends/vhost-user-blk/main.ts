@@ -1,0 +1,97 @@
+import { logger } from '../../protocol/log.js';
+import { KumoError } from '../../protocol/errors.js';
+import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
+import { BlockBackendConfig } from './config.js';
+import { DiskImage } from './image.js';
+import { BlkBackend } from './backend.js';
+import type { CompletionMode } from './engine.js';
+
+const USAGE = `Usage: kumo-vhost-user-blk --block-backend <options>
+
+Launch a vhost-user-blk backend (Cloud Hypervisor compatible).
+
+Options:
+  --block-backend <options>  ${BlockBackendConfig.SYNTAX}
+  -h, --help                 print this help
+  -V, --version              print the version
+
+Defaults: num_queues=1, queue_size=1024, readonly=false, direct=false, poll_queue=true.
+Environment: KUMO_BLK_COMPLETION=eventfd|wait (completion strategy), KUMO_BLK_POLL_US (poll window, 50),
+  KUMO_BLK_POLL_YIELD=0 (spin without sched_yield).
+`;
+
+class UsageError extends KumoError {}
+
+function parseArgs(argv: string[]): BlockBackendConfig | null {
+  let spec: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '-h' || a === '--help') return null;
+    if (a === '-V' || a === '--version') {
+      process.stdout.write('kumo-vhost-user-blk 0.1.0\n');
+      process.exit(0);
+    }
+    if (a === '--block-backend') {
+      if (i + 1 >= argv.length) throw new UsageError('--block-backend needs a value');
+      spec = argv[++i];
+    } else if (a.startsWith('--block-backend=')) {
+      spec = a.slice('--block-backend='.length);
+    } else {
+      throw new UsageError(`unknown argument ${JSON.stringify(a)}`);
+    }
+  }
+  if (spec === undefined) throw new UsageError('missing --block-backend');
+  return BlockBackendConfig.parse(spec);
+}
+
+async function main(): Promise<number> {
+  const log = logger('vhost-user-blk');
+  let cfg: BlockBackendConfig | null;
+  try {
+    cfg = parseArgs(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`kumo-vhost-user-blk: ${e instanceof Error ? e.message : String(e)}\n\n${USAGE}`);
+    return 2;
+  }
+  if (cfg === null) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  let image: DiskImage;
+  try {
+    image = DiskImage.open(cfg.path, { readonly: cfg.readonly, direct: cfg.direct });
+  } catch (e) {
+    process.stderr.write(`kumo-vhost-user-blk: ${e instanceof Error ? e.message : String(e)}\n`);
+    return 1;
+  }
+  const completion = (process.env.KUMO_BLK_COMPLETION ?? 'eventfd') as CompletionMode;
+  const pollUs = Number(process.env.KUMO_BLK_POLL_US ?? 50);
+  const backend = new BlkBackend(image, {
+    numQueues: cfg.numQueues,
+    queueSize: cfg.queueSize,
+    pollQueue: cfg.pollQueue,
+    pollUs: Number.isFinite(pollUs) && pollUs >= 0 ? pollUs : 50,
+    completion: completion === 'wait' ? 'wait' : 'eventfd',
+    log,
+  });
+  const daemon = new VhostUserDaemon(backend, { socketPath: cfg.socket, name: 'vhost-user-blk' });
+  const stop = () => {
+    void daemon.stop();
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  try {
+    await daemon.start();
+    log.info({ config: cfg.toJSON(), sectors: image.sectors, completion }, 'vhost-user-blk backend ready');
+    await daemon.run();
+  } catch (e) {
+    log.error({ err: e }, 'backend failed');
+    return 1;
+  } finally {
+    await daemon.stop();
+    image.close();
+  }
+  return 0;
+}
+
+process.exitCode = await main();

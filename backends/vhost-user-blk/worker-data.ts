@@ -1,0 +1,22 @@
+import type { CompletionMode } from './engine.js';
+
+/** What the main thread hands each blk queue worker (structured-cloned; `flags` stays shared). */
+export interface BlkWorkerData {
+  fd: number;
+  size: number;
+  readonly: boolean;
+  serial: Uint8Array;
+  /** Int32Array over it: [0] = writethrough (see BlkEngineImage.flags). */
+  flags: SharedArrayBuffer;
+  queueSize: number;
+  pollQueue: boolean;
+  /** Busy-poll window in microseconds when pollQueue is on. */
+  pollUs: number;
+  completion: CompletionMode;
+}
+
+export function isBlkWorkerData(d: unknown): d is BlkWorkerData {
+  if (typeof d !== 'object' || d === null) return false;
+  const o = d as Record<string, unknown>;
+  return typeof o.fd === 'number' && typeof o.size === 'number' && o.flags instanceof SharedArrayBuffer && o.serial instanceof Uint8Array;
+}

@@ -1,0 +1,93 @@
+import { describe, it, expect } from 'vitest';
+import { BlockBackendConfig } from '../../backends/vhost-user-blk/config.js';
+import { BlkBackend, serialFor } from '../../backends/vhost-user-blk/backend.js';
+import type { DiskImage } from '../../backends/vhost-user-blk/image.js';
+import {
+  BlkConfig, bit, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_MQ,
+  VIRTIO_RING_F_EVENT_IDX, VIRTIO_F_VERSION_1, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES,
+} from '../../protocol/virtio/index.js';
+
+describe('BlockBackendConfig', () => {
+  it('parses with Cloud Hypervisor defaults', () => {
+    const c = BlockBackendConfig.parse('path=/tmp/img,socket=/tmp/s.sock');
+    expect(c.toJSON()).toEqual({
+      path: '/tmp/img', socket: '/tmp/s.sock', num_queues: 1, queue_size: 1024, readonly: false, direct: false, poll_queue: true,
+    });
+  });
+
+  it('parses every key and round-trips', () => {
+    const c = BlockBackendConfig.parse('path=/a b/img,socket=/s,num_queues=4,queue_size=128,readonly=on,direct=true,poll_queue=off');
+    expect(c.numQueues).toBe(4);
+    expect(c.queueSize).toBe(128);
+    expect(c.readonly).toBe(true);
+    expect(c.direct).toBe(true);
+    expect(c.pollQueue).toBe(false);
+    expect(c.path).toBe('/a b/img');
+    expect(BlockBackendConfig.parse(c.toString()).toJSON()).toEqual(c.toJSON());
+  });
+
+  it.each([
+    ['socket=/s', /missing required option "path"/],
+    ['path=/a', /missing required option "socket"/],
+    ['path=/a,socket=/s,bogus=1', /unknown option "bogus"/],
+    ['path=/a,socket=/s,num_queues=0', /num_queues/],
+    ['path=/a,socket=/s,queue_size=100', /power of two/],
+    ['path=/a,socket=/s,readonly=maybe', /readonly/],
+    ['path=/a,socket=/s,queue_size=65536', /queue_size/],
+  ])('rejects %s', (s, re) => {
+    expect(() => BlockBackendConfig.parse(s)).toThrow(re);
+  });
+
+  it('has a syntax string for --help', () => {
+    expect(BlockBackendConfig.SYNTAX).toContain('path=<image_path>');
+    expect(BlockBackendConfig.SYNTAX).toContain('poll_queue=true|false');
+  });
+});
+
+describe('BlkBackend device model', () => {
+  const image = (readonly: boolean) => ({ path: '/var/lib/images/a-very-long-image-name.raw', fd: -1, size: 1 << 30, sectors: (1 << 30) / 512, readonly, direct: false, isBlockDevice: false }) as unknown as DiskImage;
+
+  it('offers the features and config space', () => {
+    const b = new BlkBackend(image(false), { numQueues: 4, queueSize: 256, pollQueue: false });
+    const f = b.features();
+    for (const n of [VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES]) {
+      expect(f & bit(n)).not.toBe(0n);
+    }
+    expect(f & bit(VIRTIO_BLK_F_RO)).toBe(0n);
+    expect(b.protocolFeatures()).toBe((1n << 0n) | (1n << 3n) | (1n << 9n) | (1n << 15n));
+    const cfg = b.getConfig(0, 60);
+    const v = new DataView(cfg.buffer);
+    expect(Number(v.getBigUint64(0, true))).toBe(2097152);
+    expect(v.getUint32(BlkConfig.seg_max, true)).toBe(126);
+    expect(v.getUint32(BlkConfig.blk_size, true)).toBe(512);
+    expect(v.getUint16(BlkConfig.num_queues, true)).toBe(4);
+    expect(v.getUint8(BlkConfig.writeback)).toBe(1);
+    expect(v.getUint8(BlkConfig.write_zeroes_may_unmap)).toBe(1);
+    expect(b.getConfig(BlkConfig.num_queues, 2)).toEqual(new Uint8Array([4, 0]));
+    expect(b.getConfig(200, 4)).toEqual(new Uint8Array(4));
+    expect(b.features() & bit(VIRTIO_BLK_F_RO)).toBe(0n);
+    expect(new BlkBackend(image(true), { numQueues: 1, queueSize: 128, pollQueue: false }).features() & bit(VIRTIO_BLK_F_RO)).not.toBe(0n);
+  });
+
+  it('tracks writeback through WCE, FLUSH and SET_CONFIG', () => {
+    const b = new BlkBackend(image(false), { numQueues: 1, queueSize: 128, pollQueue: false });
+    b.ackFeatures(bit(VIRTIO_F_VERSION_1));
+    expect(b.writethrough).toBe(true);
+    b.ackFeatures(bit(VIRTIO_BLK_F_FLUSH));
+    expect(b.writethrough).toBe(false);
+    b.ackFeatures(bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_CONFIG_WCE));
+    expect(b.writethrough).toBe(false);
+    b.setConfig(BlkConfig.writeback, new Uint8Array([0]));
+    expect(b.writethrough).toBe(true);
+    expect(b.getConfig(BlkConfig.writeback, 1)[0]).toBe(0);
+    b.setConfig(BlkConfig.writeback, new Uint8Array([1]));
+    expect(b.writethrough).toBe(false);
+    expect(() => b.setConfig(0, new Uint8Array(8))).toThrow(/writeback/);
+    expect(() => b.setConfig(BlkConfig.writeback, new Uint8Array([7]))).toThrow();
+  });
+
+  it('uses the image path as serial', () => {
+    expect(Buffer.from(serialFor('/var/lib/images/a-very-long-image-name.raw')).toString()).toBe('/var/lib/images/a-ve');
+    expect(serialFor('/x').length).toBe(20);
+  });
+});

@@ -1,0 +1,242 @@
+import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, openSync, closeSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { BlkQueueEngine, type BlkEngineImage, type CompletionMode } from '../../backends/vhost-user-blk/engine.js';
+import {
+  VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_DISCARD,
+  VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_DISCARD_SEG_SIZE,
+} from '../../protocol/virtio/index.js';
+import { BlkTestDriver } from './harness.js';
+
+const SIZE = 1 << 20;
+
+for (const mode of ['eventfd', 'wait'] as CompletionMode[]) {
+  describe(`BlkQueueEngine (${mode})`, () => {
+    let dir: string;
+    let file: string;
+    let fd: number;
+    let initial: Buffer;
+    let d: BlkTestDriver;
+    let eng: BlkQueueEngine;
+    let img: BlkEngineImage;
+
+    const setup = (readonly = false) => {
+      fd = openSync(file, readonly ? 'r' : 'r+');
+      img = { fd, size: SIZE, readonly, serial: Buffer.from('/path/to/image.raw\0\0'), flags: new Int32Array(1) };
+      eng = new BlkQueueEngine(img, { queueSize: 128, completion: mode });
+      eng.attach(d.device, d.mem);
+    };
+
+    beforeEach(() => {
+      dir = mkdtempSync(join(tmpdir(), 'kumo-blk-'));
+      file = join(dir, 'img');
+      initial = randomBytes(SIZE);
+      writeFileSync(file, initial);
+      d = new BlkTestDriver();
+    });
+    afterEach(() => {
+      eng?.close();
+      closeSync(fd);
+      d.close();
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    /** Publishes what was added, runs the device until every request came back. */
+    const run = (expected: number) => {
+      d.driver.publish();
+      eng.processAvail();
+      const out = d.driver.takeUsed();
+      for (let i = 0; i < 100 && out.length < expected; i++) {
+        eng.drain();
+        eng.processCompletions();
+        out.push(...d.driver.takeUsed());
+      }
+      expect(out.length).toBe(expected);
+      return new Map(out.map((u) => [u.token, u.len]));
+    };
+
+    it('reads sectors into scattered guest buffers', () => {
+      setup();
+      const a = d.buf(1024);
+      const b = d.buf(3072);
+      const st = d.add(VIRTIO_BLK_T_IN, 8, [], [{ addr: a, len: 1024 }, { addr: b, len: 3072 }], 1);
+      const single = d.buf(4096);
+      const st2 = d.add(VIRTIO_BLK_T_IN, 100, [], [{ addr: single, len: 4096 }], 2);
+      const used = run(2);
+      expect(used.get(1)).toBe(4097);
+      expect(used.get(2)).toBe(4097);
+      expect(d.mem.readU8(st)).toBe(VIRTIO_BLK_S_OK);
+      expect(d.mem.readU8(st2)).toBe(VIRTIO_BLK_S_OK);
+      expect(Buffer.from(d.mem.slice(a, 1024)).equals(initial.subarray(4096, 5120))).toBe(true);
+      expect(Buffer.from(d.mem.slice(b, 3072)).equals(initial.subarray(5120, 8192))).toBe(true);
+      expect(Buffer.from(d.mem.slice(single, 4096)).equals(initial.subarray(51200, 55296))).toBe(true);
+    });
+
+    it('writes, flushes, and honours writethrough', () => {
+      setup();
+      const data = randomBytes(8192);
+      const a = d.buf(8192);
+      d.mem.write(a, data);
+      const st = d.add(VIRTIO_BLK_T_OUT, 16, [{ addr: a, len: 4096 }, { addr: a + 4096, len: 4096 }], [], 1);
+      const st2 = d.add(VIRTIO_BLK_T_FLUSH, 0, [], [], 2);
+      img.flags[0] = 1;
+      const st3 = d.add(VIRTIO_BLK_T_OUT, 2047, [{ addr: a, len: 512 }], [], 3);
+      const used = run(3);
+      expect(used.get(1)).toBe(1);
+      expect([st, st2, st3].map((s) => d.mem.readU8(s))).toEqual([0, 0, 0]);
+      const f = readFileSync(file);
+      expect(f.subarray(8192, 16384).equals(data)).toBe(true);
+      expect(f.subarray(2047 * 512).equals(data.subarray(0, 512))).toBe(true);
+      expect(f.subarray(0, 8192).equals(initial.subarray(0, 8192))).toBe(true);
+    });
+
+    it('answers GET_ID with the serial and rejects unknown types', () => {
+      setup();
+      const idb = d.buf(20);
+      const st = d.add(VIRTIO_BLK_T_GET_ID, 0, [], [{ addr: idb, len: 20 }], 1);
+      const st2 = d.add(99, 0, [], [], 2);
+      const used = run(2);
+      expect(used.get(1)).toBe(21);
+      expect(d.mem.readU8(st)).toBe(VIRTIO_BLK_S_OK);
+      expect(Buffer.from(d.mem.slice(idb, 18)).toString()).toBe('/path/to/image.raw');
+      expect(d.mem.readU8(st2)).toBe(VIRTIO_BLK_S_UNSUPP);
+    });
+
+    it('fails requests past capacity, misaligned lengths and short headers with IOERR', () => {
+      setup();
+      const a = d.buf(4096);
+      const st1 = d.add(VIRTIO_BLK_T_IN, SIZE / 512 - 1, [], [{ addr: a, len: 1024 }], 1);
+      const st2 = d.add(VIRTIO_BLK_T_OUT, SIZE / 512, [{ addr: a, len: 512 }], [], 2);
+      const st3 = d.add(VIRTIO_BLK_T_IN, 0, [], [{ addr: a, len: 100 }], 3);
+      const st4 = d.add(VIRTIO_BLK_T_IN, 2 ** 52, [], [{ addr: a, len: 512 }], 4);
+      // header only 8 bytes long
+      const h = d.buf(8);
+      const s5 = d.buf(1);
+      d.driver.add([{ addr: h, len: 8 }], [{ addr: s5, len: 1 }], 5);
+      // no status byte at all: dropped with len 0
+      const h6 = d.header(VIRTIO_BLK_T_IN, 0);
+      d.driver.add([{ addr: h6, len: 16 }], [], 6);
+      const used = run(6);
+      for (const s of [st1, st2, st3, st4, s5]) expect(d.mem.readU8(s)).toBe(VIRTIO_BLK_S_IOERR);
+      expect(used.get(6)).toBe(0);
+      expect(readFileSync(file).equals(initial)).toBe(true);
+    });
+
+    it('punches holes for DISCARD and zeroes for WRITE_ZEROES (with and without UNMAP)', () => {
+      setup();
+      const st1 = d.add(VIRTIO_BLK_T_DISCARD, 0, [d.rangesPayload([{ sector: 8, numSectors: 8, flags: 0 }])], [], 1);
+      const st2 = d.add(VIRTIO_BLK_T_WRITE_ZEROES, 0, [d.rangesPayload([
+        { sector: 64, numSectors: 16, flags: 0 },
+        { sector: 128, numSectors: 1, flags: 1 },
+      ])], [], 2);
+      const st3 = d.add(VIRTIO_BLK_T_DISCARD, 0, [d.rangesPayload([{ sector: 0, numSectors: 1, flags: 1 }])], [], 3);
+      const st4 = d.add(VIRTIO_BLK_T_WRITE_ZEROES, 0, [d.rangesPayload([{ sector: SIZE / 512, numSectors: 1, flags: 0 }])], [], 4);
+      run(4);
+      expect([st1, st2, st3, st4].map((s) => d.mem.readU8(s))).toEqual([0, 0, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_S_IOERR]);
+      const f = readFileSync(file);
+      const zero = (o: number, n: number) => f.subarray(o, o + n).every((x) => x === 0);
+      expect(zero(4096, 4096)).toBe(true);
+      expect(zero(64 * 512, 16 * 512)).toBe(true);
+      expect(zero(128 * 512, 512)).toBe(true);
+      expect(f.subarray(0, 4096).equals(initial.subarray(0, 4096))).toBe(true);
+      expect(f.subarray(8192, 64 * 512).equals(initial.subarray(8192, 64 * 512))).toBe(true);
+      expect(f.subarray(129 * 512).equals(initial.subarray(129 * 512))).toBe(true);
+      expect(statSync(file).size).toBe(SIZE);
+      expect(VIRTIO_BLK_DISCARD_SEG_SIZE).toBe(16);
+    });
+
+    it('readonly: writes, discards and zeroing fail with IOERR and leave the file untouched', () => {
+      setup(true);
+      const a = d.buf(4096);
+      d.mem.fill(a, 4096, 0x5a);
+      const st1 = d.add(VIRTIO_BLK_T_OUT, 0, [{ addr: a, len: 4096 }], [], 1);
+      const st2 = d.add(VIRTIO_BLK_T_DISCARD, 0, [d.rangesPayload([{ sector: 0, numSectors: 8, flags: 0 }])], [], 2);
+      const st3 = d.add(VIRTIO_BLK_T_WRITE_ZEROES, 0, [d.rangesPayload([{ sector: 0, numSectors: 8, flags: 0 }])], [], 3);
+      const st4 = d.add(VIRTIO_BLK_T_IN, 0, [], [{ addr: a, len: 4096 }], 4);
+      const st5 = d.add(VIRTIO_BLK_T_FLUSH, 0, [], [], 5);
+      run(5);
+      expect([st1, st2, st3, st4, st5].map((s) => d.mem.readU8(s))).toEqual([1, 1, 1, 0, 0]);
+      expect(readFileSync(file).equals(initial)).toBe(true);
+      expect(Buffer.from(d.mem.slice(a, 4096)).equals(initial.subarray(0, 4096))).toBe(true);
+    });
+
+    it('serves a full queue of random reads and writes in batches', () => {
+      setup();
+      const model = Buffer.from(initial);
+      const bufs: { addr: number; sector: number; write: boolean; data?: Buffer }[] = [];
+      for (let round = 0; round < 10; round++) {
+        bufs.length = 0;
+        for (let i = 0; i < 42; i++) {
+          const sector = (Math.floor(Math.random() * (SIZE / 4096)) * 8);
+          const write = i % 3 === 0 && !bufs.some((b) => b.sector === sector);
+          const addr = d.buf(4096);
+          if (write) {
+            const data = randomBytes(4096);
+            d.mem.write(addr, data);
+            d.add(VIRTIO_BLK_T_OUT, sector, [{ addr, len: 4096 }], [], i);
+            bufs.push({ addr, sector, write, data });
+          } else {
+            d.add(VIRTIO_BLK_T_IN, sector, [], [{ addr, len: 4096 }], i);
+            bufs.push({ addr, sector, write });
+          }
+        }
+        const writtenSectors = new Set(bufs.filter((b) => b.write).map((b) => b.sector));
+        run(42);
+        for (const b of bufs) {
+          if (b.write) b.data!.copy(model, b.sector * 512);
+          else if (!writtenSectors.has(b.sector)) {
+            expect(Buffer.from(d.mem.slice(b.addr, 4096)).equals(model.subarray(b.sector * 512, b.sector * 512 + 4096))).toBe(true);
+          }
+          d.alloc.free(b.addr);
+        }
+      }
+      expect(readFileSync(file).equals(model)).toBe(true);
+    });
+  });
+}
+
+describe('BlkQueueEngine on tmpfs (no FALLOC_FL_ZERO_RANGE)', () => {
+  it('falls back to punch hole + allocate for WRITE_ZEROES without UNMAP', () => {
+    const dir = mkdtempSync(join('/dev/shm', 'kumo-blk-'));
+    const file = join(dir, 'img');
+    const initial = randomBytes(SIZE);
+    writeFileSync(file, initial);
+    const d = new BlkTestDriver();
+    const fd = openSync(file, 'r+');
+    const eng = new BlkQueueEngine(
+      { fd, size: SIZE, readonly: false, serial: new Uint8Array(20), flags: new Int32Array(1) },
+      { queueSize: 128, completion: 'eventfd' },
+    );
+    try {
+      eng.attach(d.device, d.mem);
+      const sts = [
+        d.add(VIRTIO_BLK_T_WRITE_ZEROES, 0, [d.rangesPayload([{ sector: 8, numSectors: 8, flags: 0 }, { sector: 64, numSectors: 3, flags: 0 }])], [], 1),
+        d.add(VIRTIO_BLK_T_WRITE_ZEROES, 0, [d.rangesPayload([{ sector: 100, numSectors: 4, flags: 0 }])], [], 2),
+        d.add(VIRTIO_BLK_T_WRITE_ZEROES, 0, [d.rangesPayload([{ sector: 200, numSectors: 4, flags: 1 }])], [], 3),
+      ];
+      d.driver.publish();
+      eng.processAvail();
+      const used = d.driver.takeUsed();
+      for (let i = 0; i < 100 && used.length < 3; i++) {
+        eng.drain();
+        eng.processCompletions();
+        used.push(...d.driver.takeUsed());
+      }
+      expect(used.length).toBe(3);
+      expect(sts.map((s) => d.mem.readU8(s))).toEqual([0, 0, 0]);
+      const f = readFileSync(file);
+      const zero = (sec: number, n: number) => f.subarray(sec * 512, (sec + n) * 512).every((x) => x === 0);
+      expect(zero(8, 8) && zero(64, 3) && zero(100, 4) && zero(200, 4)).toBe(true);
+      expect(f.subarray(0, 4096).equals(initial.subarray(0, 4096))).toBe(true);
+      expect(f.subarray(67 * 512, 100 * 512).equals(initial.subarray(67 * 512, 100 * 512))).toBe(true);
+      expect(statSync(file).size).toBe(SIZE);
+    } finally {
+      eng.close();
+      closeSync(fd);
+      d.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,136 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { ChildProcess } from 'node:child_process';
+import {
+  VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, encodeBlkHeader,
+} from '../../protocol/virtio/index.js';
+import { VIRTQ_DESC_F_NEXT } from '../../protocol/virtqueue/index.js';
+import { BlkVuClient, startBackend, stopBackend } from './vu-client.js';
+
+const SIZE = 1 << 20;
+
+/** Descriptor indices of the chain added last (not yet published) on queue 0. */
+function chainDescs(c: BlkVuClient): number[] {
+  const q = c.queues[0].driver;
+  const l = q.layout;
+  const idx = (q as unknown as { availIdx: number }).availIdx;
+  let d = c.mem.readU16(l.availAddr + 4 + 2 * ((idx - 1) & (l.size - 1)));
+  const out = [d];
+  while (c.mem.readU16(l.descAddr + d * 16 + 12) & VIRTQ_DESC_F_NEXT) {
+    d = c.mem.readU16(l.descAddr + d * 16 + 14);
+    out.push(d);
+  }
+  return out;
+}
+
+describe('kumo-vhost-user-blk against hostile requests', () => {
+  let dir: string;
+  let img: string;
+  let sock: string;
+  let initial: Buffer;
+  let child: ChildProcess;
+  let c: BlkVuClient;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kumo-vub-h-'));
+    img = join(dir, 'disk.raw');
+    sock = join(dir, 'blk.sock');
+    initial = randomBytes(SIZE);
+    writeFileSync(img, initial);
+    child = await startBackend(`path=${img},socket=${sock},queue_size=256,poll_queue=off`);
+    c = await BlkVuClient.connect(sock, { queueSize: 256, indirect: false });
+  });
+  afterAll(async () => {
+    c?.close();
+    if (child) await stopBackend(child);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** A plain read still works: the backend survived. */
+  const alive = () => {
+    const r = c.buf(512);
+    const st = c.add(0, VIRTIO_BLK_T_IN, 7, [], [{ addr: r, len: 512 }], 999);
+    c.run(0, 1);
+    expect(c.mem.readU8(st)).toBe(VIRTIO_BLK_S_OK);
+    expect(Buffer.from(c.mem.slice(r, 512)).equals(initial.subarray(7 * 512, 8 * 512))).toBe(true);
+  };
+
+  it('accepts a header split across descriptors', () => {
+    const h = c.buf(16);
+    c.mem.write(h, encodeBlkHeader({ type: VIRTIO_BLK_T_IN, ioprio: 0, sector: 3 }));
+    const r = c.buf(512);
+    const st = c.buf(1);
+    c.addRaw(0, [{ addr: h, len: 5 }, { addr: h + 5, len: 11 }], [{ addr: r, len: 512 }, { addr: st, len: 1 }], 1);
+    const used = c.run(0, 1);
+    expect(used.get(1)).toBe(513);
+    expect(c.mem.readU8(st)).toBe(VIRTIO_BLK_S_OK);
+    expect(Buffer.from(c.mem.slice(r, 512)).equals(initial.subarray(1536, 2048))).toBe(true);
+  });
+
+  it('fails past-capacity, huge-sector, misaligned and over-segmented requests with IOERR', () => {
+    const r = c.buf(8192);
+    const sts = [
+      c.add(0, VIRTIO_BLK_T_IN, SIZE / 512, [], [{ addr: r, len: 512 }], 1),
+      c.add(0, VIRTIO_BLK_T_IN, SIZE / 512 - 1, [], [{ addr: r, len: 1024 }], 2),
+      c.add(0, VIRTIO_BLK_T_OUT, 2 ** 50, [{ addr: r, len: 512 }], [], 3),
+      c.add(0, VIRTIO_BLK_T_OUT, 0xffffffffff, [{ addr: r, len: 512 }], [], 4),
+      c.add(0, VIRTIO_BLK_T_IN, 0, [], [{ addr: r, len: 513 }], 5),
+      c.add(0, VIRTIO_BLK_T_DISCARD, 0, [{ addr: r, len: 15 }], [], 6),
+      // 200 data segments: more than seg_max
+      c.add(0, VIRTIO_BLK_T_IN, 0, [], Array.from({ length: 200 }, (_, i) => ({ addr: r + (i % 16) * 512, len: 512 })), 7),
+    ];
+    c.run(0, 7);
+    for (const s of sts) expect(c.mem.readU8(s)).toBe(VIRTIO_BLK_S_IOERR);
+    alive();
+  });
+
+  it('drops chains without a status byte, with a short header, or pointing outside memory', () => {
+    const h = c.buf(16);
+    c.mem.write(h, encodeBlkHeader({ type: VIRTIO_BLK_T_OUT, ioprio: 0, sector: 0 }));
+    const d = c.buf(512);
+    c.mem.fill(d, 512, 0xee);
+    // OUT without any writable byte: cannot report status, must not write either
+    c.addRaw(0, [{ addr: h, len: 16 }, { addr: d, len: 512 }], [], 1);
+    // 8-byte header with a status byte: IOERR
+    const st2 = c.buf(1);
+    c.addRaw(0, [{ addr: h, len: 8 }], [{ addr: st2, len: 1 }], 2);
+    // data buffer beyond the end of guest memory
+    const st3 = c.buf(1);
+    c.mem.writeU8(st3, 0xff);
+    c.addRaw(0, [{ addr: h, len: 16 }, { addr: d, len: 512 }], [{ addr: st3, len: 1 }], 3);
+    const second = chainDescs(c)[1];
+    c.mem.writeU32(c.queues[0].driver.layout.descAddr + second * 16 + 4, 0x7fff); // address high half
+    const used = c.run(0, 3);
+    expect(used.get(1)).toBe(0);
+    expect(c.mem.readU8(st2)).toBe(VIRTIO_BLK_S_IOERR);
+    expect(used.get(3)).toBe(0);
+    expect(c.mem.readU8(st3)).toBe(0xff);
+    expect(readFileSync(img).equals(initial)).toBe(true);
+    alive();
+  });
+
+  it('survives a descriptor loop', () => {
+    const q = c.queues[0].driver;
+    const h = c.buf(16);
+    c.mem.write(h, encodeBlkHeader({ type: VIRTIO_BLK_T_IN, ioprio: 0, sector: 0 }));
+    const r = c.buf(512);
+    const st = c.buf(1);
+    c.addRaw(0, [{ addr: h, len: 16 }], [{ addr: r, len: 512 }, { addr: st, len: 1 }], 1);
+    // Corrupt the chain: make its last descriptor point back at its head.
+    const layout = q.layout;
+    const descs = chainDescs(c);
+    const head = descs[0];
+    const d = descs[descs.length - 1];
+    c.mem.writeU16(layout.descAddr + d * 16 + 12, c.mem.readU16(layout.descAddr + d * 16 + 12) | VIRTQ_DESC_F_NEXT);
+    c.mem.writeU16(layout.descAddr + d * 16 + 14, head);
+    expect(descs.length).toBe(3);
+    const used = c.run(0, 1);
+    expect(used.get(1)).toBe(0);
+    // restore the flag so the driver can reuse the descriptor
+    c.mem.writeU16(layout.descAddr + d * 16 + 12, c.mem.readU16(layout.descAddr + d * 16 + 12) & ~VIRTQ_DESC_F_NEXT);
+    alive();
+  });
+});

@@ -1,0 +1,61 @@
+import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DiskImage } from '../../backends/vhost-user-blk/image.js';
+
+describe('DiskImage', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'kumo-img-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('opens a raw file and reports its size in sectors', () => {
+    const p = join(dir, 'a.raw');
+    writeFileSync(p, Buffer.alloc(1 << 20));
+    const img = DiskImage.open(p, { readonly: false, direct: false });
+    expect(img.size).toBe(1 << 20);
+    expect(img.sectors).toBe(2048);
+    expect(img.isBlockDevice).toBe(false);
+    img.close();
+  });
+
+  it('refuses a size that is not a multiple of 512', () => {
+    const p = join(dir, 'b.raw');
+    writeFileSync(p, Buffer.alloc(1000));
+    expect(() => DiskImage.open(p, { readonly: false, direct: false })).toThrow(/not a multiple of 512/);
+  });
+
+  it('refuses a missing file or a directory with a clear error', () => {
+    expect(() => DiskImage.open(join(dir, 'nope'), { readonly: false, direct: false })).toThrow(/cannot open image .*ENOENT/);
+    expect(() => DiskImage.open(dir, { readonly: true, direct: false })).toThrow(/neither a regular file nor a block device/);
+  });
+
+  it('locks the image: one writer, or many readers', () => {
+    const p = join(dir, 'c.raw');
+    writeFileSync(p, Buffer.alloc(4096));
+    const w = DiskImage.open(p, { readonly: false, direct: false });
+    expect(() => DiskImage.open(p, { readonly: false, direct: false })).toThrow(/locked by another process/);
+    expect(() => DiskImage.open(p, { readonly: true, direct: false })).toThrow(/locked/);
+    w.close();
+    const r1 = DiskImage.open(p, { readonly: true, direct: false });
+    const r2 = DiskImage.open(p, { readonly: true, direct: false });
+    expect(() => DiskImage.open(p, { readonly: false, direct: false })).toThrow(/locked/);
+    r1.close();
+    r2.close();
+    DiskImage.open(p, { readonly: false, direct: false }).close();
+  });
+
+  it('opens with O_DIRECT when asked (on a file system that supports it)', () => {
+    const p = join('/var/tmp', `kumo-direct-${process.pid}.raw`);
+    writeFileSync(p, Buffer.alloc(4096));
+    try {
+      const img = DiskImage.open(p, { readonly: false, direct: true });
+      expect(img.direct).toBe(true);
+      img.close();
+    } finally {
+      rmSync(p, { force: true });
+    }
+  });
+});

@@ -1,0 +1,42 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startBackend, stopBackend } from './vu-client.js';
+
+const KUMO_VU = fileURLToPath(new URL('../../bin/kumo-vu.js', import.meta.url));
+const haveKumoVu = existsSync(fileURLToPath(new URL('../../vmm/kumo-vu/cli.ts', import.meta.url)));
+
+describe.skipIf(!haveKumoVu)('kumo-vu blk verify against kumo-vhost-user-blk', () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync('/dev/shm/kumo-vuv-');
+    writeFileSync(join(dir, 'disk.raw'), Buffer.alloc(64 << 20));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  for (const queueSize of [128, 1024]) {
+    it(`passes with 1, 2 and 4 queues, queue_size=${queueSize}`, async () => {
+      const sock = join(dir, `q${queueSize}.sock`);
+      const child = await startBackend(`path=${join(dir, 'disk.raw')},socket=${sock},num_queues=4,queue_size=${queueSize}`);
+      try {
+        for (const queues of [1, 2, 4]) {
+          const r = spawnSync(process.execPath, [KUMO_VU, 'blk', '--socket', sock, '--connect-timeout', '5000', 'verify', '--queues', String(queues), '--json'], {
+            encoding: 'utf8', env: { ...process.env, KUMO_LOG: 'warn' }, timeout: 60_000,
+          });
+          let report: { ok: boolean; queuesTested: number };
+          try {
+            report = JSON.parse(r.stdout) as { ok: boolean; queuesTested: number };
+          } catch {
+            throw new Error(`kumo-vu blk verify printed no JSON (rc ${r.status}): ${r.stdout.slice(-400)} ${r.stderr.slice(-800)}`);
+          }
+          if (!report.ok) throw new Error(`verify failed with ${queues} queues: ${r.stdout.slice(0, 3000)}`);
+          expect(report.queuesTested).toBe(queues);
+        }
+      } finally {
+        await stopBackend(child);
+      }
+    });
+  }
+});
