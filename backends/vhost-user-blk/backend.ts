@@ -1,4 +1,3 @@
-import { fileURLToPath } from 'node:url';
 import type { VhostUserBackend } from '../../protocol/vhost-user/backend-types.js';
 import {
   bits, hasFeature, BlkConfig, BLK_CONFIG_SIZE, VIRTIO_BLK_ID_BYTES,
@@ -12,6 +11,7 @@ import type { DiskImage } from './image.js';
 import { BlkLimits } from './limits.js';
 import type { CompletionMode } from './engine.js';
 import type { BlkWorkerData } from './worker-data.js';
+import { siblingWorkerModule } from '../../protocol/vhost-user/worker-module.js';
 
 export class BlkConfigWriteError extends KumoError {}
 
@@ -56,7 +56,7 @@ export class BlkBackend implements VhostUserBackend {
     this.flags = new Int32Array(sab);
     this.buildConfig();
     this.queueWorker = {
-      module: fileURLToPath(new URL('./worker.ts', import.meta.url)),
+      module: siblingWorkerModule(import.meta.url, 'worker'),
       data: {
         fd: image.fd,
         size: image.size,

@@ -15,6 +15,7 @@ import {
 import { counterBuffer } from './counters.js';
 import { NET_HDR_LEN, NET_HDR_LEN_LEGACY } from './virtio-net.js';
 import type { NetWorkerData } from './worker.js';
+import { siblingWorkerModule } from '../../protocol/vhost-user/worker-module.js';
 
 /** Bytes of virtio_net_config we serve: mac, status, max_virtqueue_pairs, mtu. */
 const CONFIG_SIZE = 12;
@@ -58,7 +59,7 @@ export class NetBackend implements VhostUserBackend {
     this.maxQueueSize = s.queueSize;
     this.counters = counterBuffer(s.queuePairs);
     this.queueWorker = {
-      module: new URL('./worker.ts', import.meta.url).href,
+      module: siblingWorkerModule(import.meta.url, 'worker'),
       data: { tapFds: [...tap.fds], counters: this.counters, mtu: s.tapMtu, queueSize: s.queueSize },
     };
     const dv = new DataView(this.config.buffer);

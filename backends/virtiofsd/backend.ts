@@ -1,10 +1,10 @@
-import { fileURLToPath } from 'node:url';
 import type { VhostUserBackend } from '../../protocol/vhost-user/backend-types.js';
 import { ProtocolFeature, protocolFeatures } from '../../protocol/vhost-user/messages.js';
 import { bits, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../protocol/virtio/features.js';
 import { encodeFsConfig, FS_CONFIG_SIZE } from '../../protocol/virtio/fs.js';
 import type { FsOptions } from './options.js';
 import type { FsWorkerData } from './queue-worker.js';
+import { siblingWorkerModule } from '../../protocol/vhost-user/worker-module.js';
 
 /** Default busy-poll window of the request loop (see queue-worker.ts). */
 export const DEFAULT_POLL_US = 50;
@@ -21,9 +21,7 @@ export class VirtioFsBackend implements VhostUserBackend {
     private readonly tag: string | null,
     pollUs = DEFAULT_POLL_US,
   ) {
-    // Compiled (dist/) builds must hand the worker the compiled module, not the TypeScript source.
-    const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
-    this.queueWorker = { module: fileURLToPath(new URL(`./queue-worker.${ext}`, import.meta.url)), data: { opts, pollUs } };
+    this.queueWorker = { module: siblingWorkerModule(import.meta.url, 'queue-worker'), data: { opts, pollUs } };
   }
 
   features(): bigint {

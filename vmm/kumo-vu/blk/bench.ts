@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks';
 import { Epoll, EPOLLIN } from '../../../protocol/sys/epoll.js';
 import { eventfdRead } from '../../../protocol/sys/fd.js';
 import {
-  bits, encodeBlkHeader, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_OUTHDR_SIZE,
+  bits, encodeBlkHeader, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_OUTHDR_SIZE,
   VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 } from '../../../protocol/virtio/index.js';
 import type { GuestMemory } from '../../../protocol/memory/index.js';
@@ -44,7 +44,12 @@ export interface BenchResult {
 }
 
 /** Indirect descriptors are left out: three direct descriptors per request keep the driver allocation-free. */
-const BENCH_FEATURES = bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_MQ);
+// What a Linux guest negotiates: FLUSH + CONFIG_WCE make the device writeback, so write rows compare
+// writeback with writeback (qemu-storage-daemon is writeback whatever is negotiated).
+const BENCH_FEATURES = bits(
+  VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_MQ,
+  VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE,
+);
 
 /** Per-queue request slots: fixed header/data/status buffers and reusable segment arrays. */
 class SlotSet {
