@@ -19,6 +19,8 @@ function newestSource(dir, newest = 0) {
 
 function distIsFresh() {
   if (process.env.KUMO_NO_DIST === '1') return false;
+  // Pin the compiled snapshot even while sources change (benchmarks built right before they run).
+  if (process.env.KUMO_DIST === '1') return true;
   const stamp = join(root, 'dist', '.build-stamp');
   if (!existsSync(stamp)) return false;
   const built = statSync(stamp).mtimeMs;
