@@ -86,3 +86,18 @@ describe('VM-level rules', () => {
     expect(() => validateVhostUserDevices(sock, shared)).toThrow(/two devices/);
   });
 });
+
+describe('device ids', () => {
+  it('generates ids for a disk, a NIC and a share, and validating again keeps them', () => {
+    const d = parseVhostUserDevices({
+      disk: ['vhost_user=on,socket=/b'], net: ['vhost_user=on,socket=/n'], fs: ['tag=t,socket=/f'],
+    });
+    validateVhostUserDevices(d, shared);
+    validateVhostUserDevices(d, shared);
+    expect([...d.disks, ...d.net, ...d.fs].map((c) => c.id)).toEqual(['_disk0', '_net1', '_fs2']);
+  });
+  it('refuses a user id that looks generated but is not this device\'s', () => {
+    const d = parseVhostUserDevices({ disk: ['vhost_user=on,socket=/b,id=_fs2'] });
+    expect(() => validateVhostUserDevices(d, shared)).toThrow(/reserved/);
+  });
+});

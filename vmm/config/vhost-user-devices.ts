@@ -32,20 +32,23 @@ export function validateVhostUserDevices(d: VhostUserDevicesConfig, memory: Memo
       hugepages: memory.hugepages,
     });
   }
+  // Cloud Hypervisor style ids by position (_disk0, _net1, _fs2). Validation may run more than once
+  // (parse, then VM creation), so an id equal to its own generated one is accepted.
+  const generated = new Map<object, string>();
+  let n = 0;
+  for (const [list, prefix] of [[d.disks, '_disk'], [d.net, '_net'], [d.fs, '_fs']] as const) {
+    for (const c of list) generated.set(c, `${prefix}${n++}`);
+  }
   const seen = new Set<string>();
   for (const c of all) {
     if (c.id === null) continue;
-    if (c.id.startsWith('_')) throw new ConfigError(`device id "${c.id}" is reserved (ids starting with "_" are generated)`, { id: c.id });
+    if (c.id.startsWith('_') && c.id !== generated.get(c)) {
+      throw new ConfigError(`device id "${c.id}" is reserved (ids starting with "_" are generated)`, { id: c.id });
+    }
     if (seen.has(c.id)) throw new ConfigError(`device id "${c.id}" is used twice`, { id: c.id });
     seen.add(c.id);
   }
-  let n = 0;
-  for (const [list, prefix] of [[d.disks, '_disk'], [d.net, '_net'], [d.fs, '_fs']] as const) {
-    for (const c of list) {
-      if (c.id === null) c.id = `${prefix}${n}`;
-      n++;
-    }
-  }
+  for (const c of all) c.id ??= generated.get(c)!;
   const sockets = new Set<string>();
   for (const c of all) {
     if (sockets.has(c.socket)) throw new ConfigError(`vhost-user socket ${c.socket} is given to two devices`, { socket: c.socket });
