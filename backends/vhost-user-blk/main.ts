@@ -94,4 +94,5 @@ async function main(): Promise<number> {
   return 0;
 }
 
-process.exitCode = await main();
+// Exit explicitly: a queue worker left behind by a bounded stop must not keep the process (and its image lock) alive.
+process.exit(await main());

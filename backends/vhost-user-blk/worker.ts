@@ -91,6 +91,22 @@ class BlkQueueHandler implements QueueHandler {
     }
   }
 
+  /** Memory is about to change: reap every in-flight request (their iovecs point into the old mapping) and publish. */
+  drain(): void {
+    const q = this.current;
+    if (q === null) return;
+    this.engine.attach(q.queue, this.ctx.memory());
+    this.engine.drain();
+    if (this.engine.processCompletions()) q.notify();
+  }
+
+  /** Worker exit (the ring is already stopped): closes the io_uring and its eventfd. */
+  close(): void {
+    this.ctx.epoll.remove(this.efd);
+    this.engine.close();
+    closeQuiet(this.efd);
+  }
+
   /** The ring's eventfd: async completions arrived (or the poller asked to be called again). */
   onFd(token: number): void {
     if (token !== COMPLETION_TOKEN) return;

@@ -44,6 +44,16 @@ export interface QueueHandler {
   process(q: VringHandle): void;
   /** An fd the handler added to ctx.epoll became ready. */
   onFd?(token: number, events: number): void;
+  /**
+   * Quiesce: called before the guest memory changes (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG) while rings
+   * run. Blocks until no request of this worker's rings is in flight anywhere (io_uring, other threads),
+   * with every finished request pushed, published and notified. After it returns the daemon swaps each
+   * ring's queue and ctx.memory() and unmaps the old table, then calls process() on every enabled ring.
+   * Handlers that finish every request inside process()/onFd() need not implement it.
+   */
+  drain?(): void;
+  /** The worker is exiting (rings already stopped): release handler-owned fds, rings and threads. */
+  close?(): void;
 }
 
 export interface VringHandle {

@@ -20,6 +20,12 @@ export interface DaemonOptions {
   connectTimeoutMs?: number;
   /** Logger name (default "vhost-user"). */
   name?: string;
+  /**
+   * Upper bound of stop(): winding down the connection, stopping the rings (in-flight requests drained)
+   * and joining the queue workers. Workers still busy at the deadline are terminated or left behind.
+   * Default 1000 ms.
+   */
+  stopTimeoutMs?: number;
 }
 
 export interface DaemonEvents {
@@ -44,6 +50,9 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
   private listenFd = -1;
   private channel: VhostUserChannel | null = null;
   private stopping = false;
+  private stopped: Promise<void> | null = null;
+  /** Date.now() by which stop() must be done (set when it starts). */
+  private stopDeadline = 0;
   private serving: Promise<void> | null = null;
   /** Connections served so far. */
   served = 0;
@@ -69,6 +78,12 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
       logName: this.opts.name ?? 'vhost-user',
       log: this.log,
     });
+    if (this.stopping) {
+      // stop() came while the workers were loading: it found no pool to close.
+      await this.pool.close();
+      this.pool = null;
+      return;
+    }
     if ((this.opts.mode ?? 'server') === 'server') {
       this.listenFd = unixListen(this.opts.socketPath);
       this.log.info('listening');
@@ -76,6 +91,7 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
   }
 
   async run(): Promise<void> {
+    if (this.stopping) return;
     if (this.pool === null) throw new VhostUserError('run() before start()');
     while (!this.stopping) {
       let fd: number;
@@ -96,19 +112,45 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
     }
   }
 
-  async stop(): Promise<void> {
+  /** Idempotent and bounded by `stopTimeoutMs`: every caller gets the same promise. */
+  stop(): Promise<void> {
+    this.stopped ??= this.shutdown();
+    return this.stopped;
+  }
+
+  private async shutdown(): Promise<void> {
     this.stopping = true;
+    this.stopDeadline = Date.now() + (this.opts.stopTimeoutMs ?? 1000);
     this.channel?.close();
     // Let the current connection wind down (its session resets the workers) before the workers go.
-    await this.serving;
+    if (this.serving !== null) await this.within(this.serving);
     if (this.listenFd >= 0) {
       // shutdown() wakes an accept4 blocked on the thread pool.
       shutdown(this.listenFd);
       closeQuiet(this.listenFd);
       this.listenFd = -1;
     }
-    await this.pool?.close();
+    const pool = this.pool;
     this.pool = null;
+    // Even past the deadline the workers get a moment to answer their exit (it releases fds and mappings).
+    await pool?.close(Math.max(50, this.stopDeadline - Date.now()));
+  }
+
+  private async within(p: Promise<void>): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((r) => {
+      timer = setTimeout(r, Math.max(0, this.stopDeadline - Date.now()));
+    });
+    try {
+      await Promise.race([p, late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** How long the session may wait for the workers to reset: bounded by stop()'s deadline once stopping. */
+  private resetTimeoutMs(): number | undefined {
+    return this.stopping ? Math.max(50, this.stopDeadline - Date.now()) : undefined;
   }
 
   private async nextConnection(): Promise<number> {
@@ -155,7 +197,7 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
         this.log.error({ err: failure }, 'closing the front-end connection');
       }
     } finally {
-      session.close();
+      session.close(this.resetTimeoutMs());
       ch.close();
       this.channel = null;
     }

@@ -38,6 +38,9 @@ class QueueWorker {
   private readonly epoll = new Epoll(64);
   private features = 0n;
   private running = true;
+  /** Set when a handler failed to drain: mappings are then never unmapped (kept in `retired`). */
+  private pinned = false;
+  private readonly retired: GuestMemory[] = [];
   private handler!: QueueHandler;
   private readonly ack: Int32Array;
 
@@ -81,7 +84,7 @@ class QueueWorker {
           eventfdRead(ring.kickFd);
           if (ring.enabled) this.process(ring);
         } else {
-          this.handler.onFd?.(token, ep.events[i]);
+          this.onFd(token, ep.events[i]);
         }
       }
       for (const r of this.polled) if (r.enabled) this.process(r);
@@ -98,6 +101,55 @@ class QueueWorker {
       ring.failed = true;
       this.log.error({ err: e, ring: ring.index }, 'queue handler failed; ring stopped');
     }
+  }
+
+  private onFd(token: number, events: number): void {
+    try {
+      this.handler.onFd?.(token, events);
+    } catch (e) {
+      // Same policy as process(): the rings this handler serves are in an unknown state.
+      for (const r of this.rings.values()) r.failed = true;
+      this.log.error({ err: e, token }, 'queue handler fd callback failed; rings stopped');
+    }
+  }
+
+  /**
+   * Before the guest memory changes: no request may still be in flight in the old mapping (io_uring
+   * would read or write unmapped memory, or a new mapping at the same address), and used entries pushed
+   * on the old queue objects must be published before those objects are replaced.
+   */
+  private quiesce(): void {
+    if (this.rings.size === 0) return;
+    try {
+      this.handler.drain?.();
+    } catch (e) {
+      // In-flight I/O may still point into the current mappings: never unmap them, stop serving.
+      this.pinned = true;
+      for (const r of this.rings.values()) r.failed = true;
+      this.log.error({ err: e }, 'queue handler drain failed; rings stopped, old memory kept mapped');
+    }
+    for (const r of this.rings.values()) {
+      if (r.failed) continue;
+      try {
+        r.queue.publishUsed();
+        r.notify();
+      } catch (e) {
+        r.failed = true;
+        this.log.error({ err: e, ring: r.index }, 'publishing before a memory change failed; ring stopped');
+      }
+    }
+  }
+
+  /** After a memory change: serve what the driver made available meanwhile (kicks may have been off). */
+  private resume(): void {
+    for (const r of this.rings.values()) if (r.enabled) this.process(r);
+  }
+
+  /** Unmaps a memory table, unless a failed drain left I/O that may still use it. */
+  private release(mem: GuestMemory | null): void {
+    if (mem === null) return;
+    if (this.pinned) this.retired.push(mem);
+    else mem.close();
   }
 
   private drainCommands(): void {
@@ -120,18 +172,31 @@ class QueueWorker {
 
   private apply(cmd: WorkerCommand): number | undefined {
     switch (cmd.op) {
-      case 'memory': return this.setMemory(cmd.regions, cmd.layouts);
+      case 'memory':
+        this.quiesce();
+        this.setMemory(cmd.regions, cmd.layouts);
+        this.resume();
+        return undefined;
       case 'addRegion':
+        this.quiesce();
         if (this.mem === null) this.mem = GuestMemory.fromRegions([]);
         try {
           this.mem.addRegion(cmd.region);
         } catch (e) {
           closeQuiet(cmd.region.fd);
           throw e;
+        } finally {
+          this.resume();
         }
         return undefined;
       case 'removeRegion':
-        this.mem?.removeRegion(cmd.guestAddr, cmd.size, cmd.userAddr);
+        this.quiesce();
+        try {
+          if (this.pinned) throw new Error('memory is pinned by a failed drain; region kept mapped');
+          this.mem?.removeRegion(cmd.guestAddr, cmd.size, cmd.userAddr);
+        } finally {
+          this.resume();
+        }
         return undefined;
       case 'start': return this.start(cmd.ring);
       case 'stop': return this.stop(cmd.index);
@@ -153,8 +218,13 @@ class QueueWorker {
         this.reset();
         return undefined;
       case 'exit':
-        this.reset();
         this.running = false;
+        this.reset();
+        try {
+          this.handler.close?.();
+        } catch (e) {
+          this.log.error({ err: e }, 'queue handler close failed');
+        }
         return undefined;
     }
   }
@@ -180,7 +250,7 @@ class QueueWorker {
       for (const r of regions.slice(added)) closeQuiet(r.fd);
       throw e;
     }
-    this.mem?.close();
+    this.release(this.mem);
     this.mem = next;
     return undefined;
   }
@@ -216,7 +286,7 @@ class QueueWorker {
 
   private reset(): void {
     for (const i of [...this.rings.keys()]) this.stop(i);
-    this.mem?.close();
+    this.release(this.mem);
     this.mem = null;
   }
 }

@@ -102,10 +102,10 @@ export class Session {
     return this.ack(msg, 0n);
   }
 
-  /** Stops every ring and closes every fd (the connection ended). */
-  close(): void {
+  /** Stops every ring and closes every fd (the connection ended); waits for the workers at most timeoutMs. */
+  close(timeoutMs?: number): void {
     try {
-      this.pool.broadcast({ op: 'reset' });
+      this.pool.broadcast({ op: 'reset' }, timeoutMs);
     } catch (e) {
       this.log.error({ err: e }, 'resetting queue workers failed');
     }

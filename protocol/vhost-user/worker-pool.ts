@@ -27,7 +27,10 @@ function spawn(init: WorkerInit): Worker {
 class WorkerLink {
   private seq = 0;
   private readonly ackView: Int32Array;
+  /** No more commands: the worker exited or was told to. */
   exited = false;
+  /** The thread has ended. */
+  gone = false;
 
   constructor(
     readonly index: number,
@@ -40,26 +43,47 @@ class WorkerLink {
   }
 
   send(cmd: Command, timeoutMs = COMMAND_TIMEOUT_MS): number | undefined {
+    return this.result(this.post(cmd), cmd.op, Date.now() + timeoutMs);
+  }
+
+  /** Posts a command and wakes the worker; the answer is collected with result(). */
+  post(cmd: Command): number {
     if (this.exited) throw new VhostUserError('queue worker has exited', { worker: this.index, op: cmd.op });
     const seq = ++this.seq;
     this.port.postMessage({ ...cmd, seq });
     eventfdWrite(this.controlFd);
-    const deadline = Date.now() + timeoutMs;
+    return seq;
+  }
+
+  /** Waits (blocking, until `deadline`) for the answer to command `seq`. */
+  result(seq: number, op: string, deadline: number): number | undefined {
     for (;;) {
       const cur = Atomics.load(this.ackView, 0);
       if (cur === seq) break;
       const left = deadline - Date.now();
-      if (left <= 0) throw new VhostUserError('queue worker did not answer', { worker: this.index, op: cmd.op, timeoutMs });
+      if (left <= 0) throw new VhostUserError('queue worker did not answer', { worker: this.index, op });
       Atomics.wait(this.ackView, 0, cur, left);
     }
     for (;;) {
       const m = receiveMessageOnPort(this.port);
-      if (m === undefined) throw new VhostUserError('queue worker acked without a result', { worker: this.index, op: cmd.op });
+      if (m === undefined) throw new VhostUserError('queue worker acked without a result', { worker: this.index, op });
       const r = m.message as WorkerResult;
       if (r.seq !== seq) continue;
-      if (!r.ok) throw new VhostUserError(`queue worker refused ${cmd.op}: ${r.error}`, { worker: this.index, op: cmd.op });
+      if (!r.ok) throw new VhostUserError(`queue worker refused ${op}: ${r.error}`, { worker: this.index, op });
       return r.value;
     }
+  }
+
+  /** Resolves once the thread has ended, or false at the deadline. */
+  joined(deadline: number): Promise<boolean> {
+    if (this.gone) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const t = setTimeout(() => resolve(this.gone), Math.max(0, deadline - Date.now()));
+      this.worker.once('exit', () => {
+        clearTimeout(t);
+        resolve(true);
+      });
+    });
   }
 }
 
@@ -73,7 +97,10 @@ export interface PoolOptions {
 
 /** The daemon's queue worker threads. Ring i belongs to worker floor(i / queuesPerWorker). */
 export class WorkerPool {
-  private constructor(private readonly links: WorkerLink[]) {}
+  private constructor(
+    private readonly links: WorkerLink[],
+    private readonly log?: Logger,
+  ) {}
 
   static async spawn(o: PoolOptions): Promise<WorkerPool> {
     const links: WorkerLink[] = [];
@@ -89,6 +116,7 @@ export class WorkerPool {
         worker.on('error', (e) => o.log.error({ err: e, worker: i }, 'queue worker crashed'));
         worker.on('exit', () => {
           link.exited = true;
+          link.gone = true;
         });
         const ready = await new Promise<WorkerReady>((resolve, reject) => {
           worker.once('message', (m: WorkerReady) => resolve(m));
@@ -98,10 +126,10 @@ export class WorkerPool {
         if (ready.error) throw new VhostUserError(`queue worker failed to load its handler: ${ready.error}`, { worker: i, module: o.module });
       }
     } catch (e) {
-      await new WorkerPool(links).close();
+      await new WorkerPool(links, o.log).close();
       throw e;
     }
-    return new WorkerPool(links);
+    return new WorkerPool(links, o.log);
   }
 
   get size(): number {
@@ -112,12 +140,24 @@ export class WorkerPool {
     return this.links[i];
   }
 
-  /** Sends to every worker; the first failure is thrown after all were tried. */
-  broadcast(cmd: Command): void {
+  /**
+   * Sends to every worker at once (they work in parallel) and waits for all answers; the first failure
+   * is thrown after all were collected.
+   */
+  broadcast(cmd: Command, timeoutMs = COMMAND_TIMEOUT_MS): void {
+    const deadline = Date.now() + timeoutMs;
     let err: unknown = null;
+    const posted: [WorkerLink, number][] = [];
     for (const l of this.links) {
       try {
-        l.send(cmd);
+        posted.push([l, l.post(cmd)]);
+      } catch (e) {
+        err ??= e;
+      }
+    }
+    for (const [l, seq] of posted) {
+      try {
+        l.result(seq, cmd.op, deadline);
       } catch (e) {
         err ??= e;
       }
@@ -125,20 +165,47 @@ export class WorkerPool {
     if (err !== null) throw err;
   }
 
-  async close(): Promise<void> {
+  private closing: Promise<void> | null = null;
+
+  /**
+   * Tells every worker to exit (each stops its rings, closes its handler and unmaps guest memory before
+   * it answers) and joins the threads, all within `timeoutMs`. A worker that does not answer in time is
+   * terminated; one stuck in a native call that terminate() cannot interrupt is left behind (the caller
+   * is about to exit the process). Idempotent.
+   */
+  close(timeoutMs = 1000): Promise<void> {
+    this.closing ??= this.shutdown(timeoutMs);
+    return this.closing;
+  }
+
+  private async shutdown(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    const posted: [WorkerLink, number][] = [];
+    for (const l of this.links) {
+      if (l.exited) continue;
+      try {
+        posted.push([l, l.post({ op: 'exit' })]);
+      } catch {
+        // it exited meanwhile
+      }
+      l.exited = true;
+    }
+    const answered = new Set<WorkerLink>();
+    for (const [l, seq] of posted) {
+      try {
+        l.result(seq, 'exit', deadline);
+        answered.add(l);
+      } catch (e) {
+        this.log?.warn({ err: e, worker: l.index }, 'queue worker did not exit in time; terminating it');
+      }
+    }
     await Promise.all(
       this.links.map(async (l) => {
-        if (!l.exited) {
-          const gone = new Promise<void>((r) => l.worker.once('exit', () => r()));
-          try {
-            l.send({ op: 'exit' }, 2000);
-            l.exited = true;
-            await gone;
-          } catch {
-            await l.worker.terminate();
-          }
-        }
-        closeQuiet(l.controlFd);
+        if (!answered.has(l) && !l.gone) void l.worker.terminate();
+        const joined = await l.joined(deadline);
+        // A thread still running may still read its control eventfd: leave that fd open.
+        if (joined) closeQuiet(l.controlFd);
+        else this.log?.warn({ worker: l.index }, 'queue worker thread did not end in time; left behind');
       }),
     );
   }

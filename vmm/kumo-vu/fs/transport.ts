@@ -1,7 +1,7 @@
 import { bits, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../../protocol/virtio/features.js';
 import { protocolFeatures, ProtocolFeature } from '../../../protocol/vhost-user/index.js';
 import type { FuseTransport } from '../../../protocol/fuse/index.js';
-import { Epoll, EPOLLIN } from '../../../protocol/sys/epoll.js';
+import { Epoll, EPOLLIN, EPOLLRDHUP } from '../../../protocol/sys/epoll.js';
 import { eventfdRead } from '../../../protocol/sys/fd.js';
 import { KumoVuError } from '../errors.js';
 import { VuDevice, type VuQueue } from '../device.js';
@@ -9,6 +9,8 @@ import { VuDevice, type VuQueue } from '../device.js';
 /** Request and reply buffer of one slot: a 1 MiB WRITE/READ plus headers. */
 const SLOT = (1 << 20) + 8192;
 const TIMEOUT_MS = 30_000;
+/** Epoll token of the vhost-user socket (queue tokens are ring indices). */
+const SOCKET_TOKEN = 0xffff;
 
 interface Slot {
   /** Token of the chain: index in `slots`, -1 for the hiprio slot. */
@@ -40,6 +42,8 @@ export class VirtioFsTransport implements FuseTransport {
   private pumpScheduled = false;
   private readonly epoll = new Epoll(4);
   private closed = false;
+  /** Set once the back-end hung up or stopped answering: every later call fails with it. */
+  private broken: KumoVuError | null = null;
 
   private constructor(
     readonly dev: VuDevice,
@@ -50,6 +54,8 @@ export class VirtioFsTransport implements FuseTransport {
     this.free.push(...this.slots);
     this.hiprioSlot = slot(-1);
     for (const q of dev.queues) this.epoll.add(q.callFd, EPOLLIN, q.index);
+    // A back-end that dies closes the socket: notice that instead of waiting out TIMEOUT_MS.
+    this.epoll.add(dev.frontend.channel.fd, EPOLLRDHUP, SOCKET_TOKEN);
   }
 
   static async connect(socket: string, connectTimeoutMs = 0, queueSize = 256, depth = 1): Promise<VirtioFsTransport> {
@@ -78,7 +84,12 @@ export class VirtioFsTransport implements FuseTransport {
   async call(request: Uint8Array, replySize: number, hiprio = false): Promise<Uint8Array> {
     if (request.length > SLOT || replySize > SLOT) throw new KumoVuError('FUSE request too large', { len: request.length, replySize });
     if (this.closed) throw new KumoVuError('transport closed');
+    if (this.broken) throw this.broken;
     const slot = await this.takeSlot(hiprio);
+    if (this.broken) {
+      this.giveSlot(slot, hiprio);
+      throw this.broken;
+    }
     const q: VuQueue = this.dev.queues[hiprio ? 0 : 1];
     this.mem.write(slot.reqAddr, request);
     slot.replySize = replySize;
@@ -129,7 +140,7 @@ export class VirtioFsTransport implements FuseTransport {
 
   /** Publishes and kicks what was added, then blocks until at least one reply is back and hands those out. */
   private pump(): void {
-    if (this.closed) return;
+    if (this.closed || this.broken) return;
     for (const q of this.dev.queues) {
       if (this.dirty[q.index]) {
         this.dirty[q.index] = false;
@@ -138,6 +149,7 @@ export class VirtioFsTransport implements FuseTransport {
     }
     if (this.inFlight === 0) return;
     const deadline = Date.now() + TIMEOUT_MS;
+    let hungUp = false;
     for (;;) {
       let got = 0;
       for (const q of this.dev.queues) {
@@ -147,13 +159,22 @@ export class VirtioFsTransport implements FuseTransport {
         }
       }
       if (got > 0) break;
+      if (hungUp) {
+        this.fail(new KumoVuError('the vhost-user back-end disconnected', { inFlight: this.inFlight }));
+        return;
+      }
       const left = deadline - Date.now();
       if (left <= 0) {
-        this.failAll(new KumoVuError('timed out waiting for the device', { timeoutMs: TIMEOUT_MS }));
+        this.fail(new KumoVuError('timed out waiting for the device', { timeoutMs: TIMEOUT_MS }));
         return;
       }
       const n = this.epoll.wait(Math.min(left, 100));
-      for (let i = 0; i < n; i++) eventfdRead(this.dev.queues[this.epoll.tokens[i]].callFd);
+      for (let i = 0; i < n; i++) {
+        const t = this.epoll.tokens[i];
+        // Replies published before the hang-up are still collected (one more pass above).
+        if (t === SOCKET_TOKEN) hungUp = true;
+        else eventfdRead(this.dev.queues[t].callFd);
+      }
     }
     if (this.inFlight > 0) this.schedulePump();
   }
@@ -169,6 +190,13 @@ export class VirtioFsTransport implements FuseTransport {
     slot.reject = noop;
     this.giveSlot(slot, hiprio);
     resolve(reply);
+  }
+
+  private fail(e: KumoVuError): void {
+    this.broken = e;
+    this.failAll(e);
+    // Requests waiting for a slot would never get one.
+    for (const w of this.waiting.splice(0)) w.go();
   }
 
   private failAll(e: Error): void {
