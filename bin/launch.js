@@ -28,8 +28,10 @@ function distIsFresh() {
 }
 
 export async function launch(entry) {
-  const compiled = join(root, 'dist', entry.replace(/\.ts$/, '.js'));
-  if (distIsFresh() && existsSync(compiled)) {
+  const js = entry.replace(/\.ts$/, '.js');
+  // An esbuild bundle (dist/bundle/, see scripts/bundle.mjs) starts faster still than tsc's output.
+  const compiled = [join(root, 'dist', 'bundle', js), join(root, 'dist', js)].find((p) => existsSync(p));
+  if (compiled && distIsFresh()) {
     await import(pathToFileURL(compiled).href);
     return;
   }

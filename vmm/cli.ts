@@ -2,6 +2,7 @@
 import { KumoError } from '../protocol/errors.js';
 import { setLogLevel } from '../protocol/log.js';
 import { parseCli } from './cli-args.js';
+import { setModuleRoot } from './module-root.js';
 import { prepareBoot, runVm, type PreparedBoot } from './vm.js';
 import type { VmConfig } from './config/vm-config.js';
 import type { VmRunResult } from './vcpu/supervisor.js';
@@ -48,6 +49,8 @@ export async function main(argv: string[], deps: CliDeps = defaultDeps): Promise
 
 const isEntry = process.argv[1] && /(?:bin\/kumo(?:\.js)?|vmm\/cli\.(?:ts|js))$/.test(process.argv[1]);
 if (isEntry) {
+  // This file sits at <root>/vmm/cli.* in every layout (sources, dist/, dist/bundle/).
+  setModuleRoot(new URL('../', import.meta.url));
   main(process.argv.slice(2)).then(
     (code) => process.exit(code),
     (e: unknown) => {

@@ -21,9 +21,9 @@ import type { PlatformEvent } from './devices/types.js';
 import { buildAcpiTables } from './acpi/index.js';
 import { VirtioConsole } from './virtio/console.js';
 import { attachVhostUserDevices, withVhostUserEvents, type VhostUserAttachment } from './vhost-user/index.js';
+import { moduleUrl } from './module-root.js';
 
 const log = logger('vm');
-const MODEL_URL = new URL(`./vm-model${import.meta.url.endsWith('.js') ? '.js' : '.ts'}`, import.meta.url).href;
 
 /** Writes ACPI tables for the model into guest RAM; returns the RSDP address (null: no ACPI). */
 export type AcpiWriter = (mem: GuestMemory, platform: Platform, cfg: VmConfig) => number | null;
@@ -102,7 +102,7 @@ export async function runPlatform(machine: Machine, o: PlatformRunOptions): Prom
     handle = onEvent;
     o.prepare?.(platform);
     loop.start();
-    const res = await runMachine(machine, { module: MODEL_URL, data }, { onEvent, onRunning: o.onRunning });
+    const res = await runMachine(machine, { module: moduleUrl('vmm/vm-model').href, data }, { onEvent, onRunning: o.onRunning });
     return { ...res, platform };
   } finally {
     await loop.stop();

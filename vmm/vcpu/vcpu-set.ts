@@ -10,9 +10,9 @@ import { startTsWorker } from './ts-worker.js';
 import type { ModelRef } from './io.js';
 import type { VcpuStop } from './run-loop.js';
 import type { VcpuWorkerData, VcpuWorkerMessage } from './worker-data.js';
+import { moduleUrl } from '../module-root.js';
 
 const log = logger('vcpus');
-const WORKER_URL = new URL(`./worker${import.meta.url.endsWith('.js') ? '.js' : '.ts'}`, import.meta.url);
 
 export interface VcpuHandle {
   id: number;
@@ -102,7 +102,7 @@ export class VcpuSet {
       interrupts: this.interrupts,
       model: this.model,
     };
-    const w = startTsWorker(WORKER_URL, data, `vcpu${t.h.id}`);
+    const w = startTsWorker(moduleUrl('vmm/vcpu/worker'), data, `vcpu${t.h.id}`);
     t.worker = w;
     return new Promise<void>((resolve) => {
       w.on('message', (m: VcpuWorkerMessage) => {
