@@ -31,8 +31,10 @@ if ((${#missing[@]})); then
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  echo "setup: npm ci"
-  npm ci --no-audit --no-fund --loglevel=error
+  # `npm install`, not `npm ci`: npm 11.19 writes a lock file whose optional platform packages
+  # (msgpackr-extract's) its own `npm ci` then rejects; install still follows the lock's versions.
+  echo "setup: npm install"
+  npm install --no-audit --no-fund --loglevel=error
 fi
 
 # Compiled JS starts several times faster than tsx (bin/launch.js uses it while it is fresh).
