@@ -1,5 +1,5 @@
 import type { GuestMemory } from '../../protocol/memory/index.js';
-import { ChainError, type DeviceQueue, type DescriptorChain, type Segment } from '../../protocol/virtqueue/index.js';
+import { ChainError, readFromChain, writeToChain, type DeviceQueue, type DescriptorChain, type Segment } from '../../protocol/virtqueue/index.js';
 import {
   VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_DISCARD,
   VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP,
@@ -316,7 +316,7 @@ export class BlkQueueEngine {
       secLo = mem.readU32(r0.addr + 8);
       secHi = mem.readU32(r0.addr + 12);
     } else {
-      gather(mem, chain.readable, 0, this.hdr);
+      readFromChain(mem, chain.readable, 0, this.hdr);
       type = this.hdrView.getUint32(0, true);
       secLo = this.hdrView.getUint32(8, true);
       secHi = this.hdrView.getUint32(12, true);
@@ -350,7 +350,7 @@ export class BlkQueueEngine {
       }
       case VIRTIO_BLK_T_GET_ID: {
         const n = Math.min(VIRTIO_BLK_ID_BYTES, chain.writableLength - 1);
-        scatter(mem, w, this.img.serial.subarray(0, n));
+        writeToChain(mem, w, 0, this.img.serial.subarray(0, n));
         return this.finishNow(head, statusGpa, VIRTIO_BLK_S_OK, n + 1);
       }
       case VIRTIO_BLK_T_DISCARD:
@@ -445,7 +445,7 @@ export class BlkQueueEngine {
     const base = this.free[this.freeTop - 1] * BlkLimits.maxDiscardSeg * 2; // the slot alloc() will take
     let unmap = false;
     for (let i = 0; i < count; i++) {
-      gather(mem, chain.readable, VIRTIO_BLK_OUTHDR_SIZE + i * VIRTIO_BLK_DISCARD_SEG_SIZE, this.segBuf);
+      readFromChain(mem, chain.readable, VIRTIO_BLK_OUTHDR_SIZE + i * VIRTIO_BLK_DISCARD_SEG_SIZE, this.segBuf);
       const lo = this.segView.getUint32(0, true);
       const hi = this.segView.getUint32(4, true);
       const num = this.segView.getUint32(8, true);
@@ -536,32 +536,5 @@ export class BlkQueueEngine {
     (this.queue as DeviceQueue).pushUsed(this.sHead[slot], ok ? this.sUsedLen[slot] : 0);
     this.completed++;
     this.free[this.freeTop++] = slot;
-  }
-}
-
-/** Copies readable chain bytes [offset, offset+dst.length) into dst. */
-function gather(mem: GuestMemory, segs: Segment[], offset: number, dst: Uint8Array): void {
-  let skip = offset;
-  let done = 0;
-  for (let i = 0; i < segs.length && done < dst.length; i++) {
-    const s = segs[i];
-    if (skip >= s.len) {
-      skip -= s.len;
-      continue;
-    }
-    const n = Math.min(s.len - skip, dst.length - done);
-    mem.read(s.addr + skip, dst.subarray(done, done + n));
-    done += n;
-    skip = 0;
-  }
-}
-
-/** Copies src to the start of the writable segments. */
-function scatter(mem: GuestMemory, segs: Segment[], src: Uint8Array): void {
-  let done = 0;
-  for (let i = 0; i < segs.length && done < src.length; i++) {
-    const n = Math.min(segs[i].len, src.length - done);
-    mem.write(segs[i].addr, src.subarray(done, done + n));
-    done += n;
   }
 }
