@@ -5,6 +5,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BenchTable } from './types.js';
+import { stopProcess, waitForSocket } from './processes.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SECONDS = Number(process.env.KUMO_BENCH_SECONDS ?? 3);
@@ -33,28 +34,8 @@ interface Result {
   p50: number;
 }
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-async function waitForSocket(path: string, child: ChildProcess, what: string): Promise<void> {
-  for (let i = 0; i < 400; i++) {
-    if (child.exitCode !== null) throw new Error(`${what} exited with ${child.exitCode}`);
-    if (existsSync(path)) {
-      await sleep(200);
-      return;
-    }
-    await sleep(25);
-  }
-  throw new Error(`${what} did not create ${path}`);
-}
 
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const done = new Promise<void>((r) => child.once('exit', () => r()));
-  child.kill('SIGTERM');
-  const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-  await done;
-  clearTimeout(t);
-}
 
 function startKumo(img: string, sock: string, queues: number): ChildProcess {
   return spawn(process.execPath, [join(ROOT, 'bin/kumo-vhost-user-blk.js'), '--block-backend',
@@ -160,7 +141,7 @@ export async function run(): Promise<BenchTable[]> {
           }
         }
       } finally {
-        for (const ch of children) await stop(ch);
+        for (const ch of children) await stopProcess(ch);
       }
       if (withFio) {
         for (const q of [1, 2]) {

@@ -8,12 +8,12 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:f
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BenchTable } from './types.js';
+import { cpuSeconds, sleep, stopProcess } from './processes.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SECONDS = Number(process.env.KUMO_BENCH_SECONDS ?? 1.5);
 const DEPTH = Number(process.env.KUMO_BENCH_FS_DEPTH ?? 8);
 const QEMU_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
-const CLK_TCK = 100;
 /** tmpfs, as in the issue; falls back to the OS temp dir. */
 const BASE = existsSync('/dev/shm') ? '/dev/shm' : '/tmp';
 
@@ -25,26 +25,8 @@ interface FsBenchResult {
   createWriteCloseFiles: number;
 }
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-function cpuSeconds(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
-  } catch {
-    return 0;
-  }
-}
 
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const done = new Promise<void>((r) => child.once('exit', () => r()));
-  child.kill('SIGTERM');
-  const t = setTimeout(() => child.kill('SIGKILL'), 3000);
-  await done;
-  clearTimeout(t);
-}
 
 function startDaemon(who: 'kumo' | 'qemu', socket: string, share: string): ChildProcess {
   if (who === 'kumo') {
@@ -75,7 +57,7 @@ async function runOne(who: 'kumo' | 'qemu', dir: string, depth: number): Promise
     const cpu = (cpuSeconds(child.pid!) - c0) / ((Date.now() - t0) / 1000);
     return { r, cpu };
   } finally {
-    await stop(child);
+    await stopProcess(child);
     await sleep(50);
   }
 }

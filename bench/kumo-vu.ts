@@ -7,37 +7,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BenchTable } from './types.js';
+import { cpuSeconds, stopProcess, waitForSocket } from './processes.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SECONDS = Number(process.env.KUMO_BENCH_SECONDS ?? 3);
-const CLK_TCK = 100;
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-async function waitForSocket(path: string, child: ChildProcess): Promise<void> {
-  for (let i = 0; i < 400; i++) {
-    if (child.exitCode !== null) throw new Error(`back-end exited with ${child.exitCode}`);
-    if (existsSync(path)) return sleep(100);
-    await sleep(25);
-  }
-  throw new Error(`back-end did not create ${path}`);
-}
 
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const done = new Promise<void>((r) => child.once('exit', () => r()));
-  child.kill('SIGTERM');
-  const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-  await done;
-  clearTimeout(t);
-}
 
-/** utime + stime of a process (all threads), in seconds. */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / CLK_TCK;
-}
 
 interface VuResult {
   iops: number;
@@ -68,7 +45,7 @@ async function runCase(name: string, child: ChildProcess, socket: string, queues
     const backendCpu = ((cpuSeconds(pid) - c0) / r.seconds) * 100;
     return [name, queues, Math.round(r.iops), r.latP50Us, r.latP99Us, `${r.cpuPercent.toFixed(0)}%`, `${backendCpu.toFixed(0)}%`, r.errors];
   } finally {
-    await stop(child);
+    await stopProcess(child);
   }
 }
 
