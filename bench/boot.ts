@@ -1,6 +1,5 @@
 // Boot-to-userspace: time from launching a VMM process to the guest's KUMO-READY marker (and the
 // guest's own uptime then), inside the nested lab, median of RUNS. All runs share one lab session.
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,6 +8,7 @@ import { REPO_ROOT } from '../vmm/image/paths.js';
 import type { ProbeResult, ProbeSpec, ProbeVariant } from '../vmm/lab/boot-probe.js';
 import { runInLab } from '../vmm/lab/lab.js';
 import type { BenchTable } from './types.js';
+import { buildAndPin } from './build.js';
 
 const RUNS = Number(process.env.KUMO_BENCH_BOOT_RUNS ?? 5);
 export const GUEST_CMDLINE = 'console=ttyS0 quiet panic=-1 kumo.script=ready';
@@ -41,18 +41,9 @@ function median(xs: number[]): number {
 
 const PROBE = /^KUMO-PROBE (\{.*\})$/;
 
-/** Compiled JS (bin/launch.js runs it while fresh) keeps tsx's start-up out of the kumo column. */
-function buildDist(): string {
-  const r = spawnSync('npm', ['run', 'build', '--silent'], { cwd: REPO_ROOT, encoding: 'utf8' });
-  if (r.status !== 0) return `tsx (npm run build failed: ${(r.stderr || r.stdout).trim().split('\n')[0]})`;
-  // Just built: skip the launcher's source-tree freshness walk, hundreds of stats over the lab's virtio-fs.
-  process.env.KUMO_DIST = '1';
-  return 'compiled (dist/)';
-}
-
 export async function run(): Promise<BenchTable[]> {
   const img = await ensureImage();
-  const kumoRuns = buildDist();
+  const kumoRuns = buildAndPin();
   const variants: ProbeVariant[] = [
     { name: 'qemu microvm (PVH)', argv: qemuCommand(img) },
     { name: 'kumo', argv: kumoCommand(img) },

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { Machine } from '../vmm/kvm/machine.js';
 import { runMachine } from '../vmm/vcpu/supervisor.js';
 import type { BenchTable } from './types.js';
+import { buildAndPin } from './build.js';
 
 const EXITS = 100_000;
 const ROUNDS = 3;
@@ -134,6 +135,7 @@ const f1 = (x: number) => Math.round(x * 10) / 10;
 
 export async function run(): Promise<BenchTable[]> {
   if (!existsSync('/dev/kvm')) return [{ title: 'kumo VMM', columns: ['skipped'], rows: [['/dev/kvm missing']] }];
+  const kumoRuns = buildAndPin();
   const dir = mkdtempSync(join(tmpdir(), 'kumo-bench-vmm-'));
   try {
     const js = await kumoPio();
@@ -159,7 +161,7 @@ export async function run(): Promise<BenchTable[]> {
         title: 'kumo process start and memory',
         columns: ['figure', 'value'],
         rows: [
-          ['process start → first guest serial byte (ms, median of 3; includes node + tsx startup)', Math.round(s.firstOutputMs)],
+          ['process start → first guest serial byte (ms, median of 3; includes node start-up)', Math.round(s.firstOutputMs)],
           ['  all rounds (ms)', starts.map((x) => Math.round(x.firstOutputMs)).join(' / ')],
           ['kumo RSS after boot, 1 vCPU, 256M guest (MiB)', f1(s.rss / 1024)],
           ['  of which guest RAM (memfd mappings)', f1(s.guest / 1024)],
@@ -167,7 +169,7 @@ export async function run(): Promise<BenchTable[]> {
           ['bare `node -e` RSS (MiB)', f1(bare / 1024)],
           ['kumo threads', s.threads],
         ],
-        notes: ['First guest output comes from the first KVM_RUN: the guest writes to the serial port at its entry point.', 'kumo runs TypeScript through tsx; each vCPU worker is its own V8 isolate.'],
+        notes: ['First guest output comes from the first KVM_RUN: the guest writes to the serial port at its entry point.', `kumo runs as ${kumoRuns}; each vCPU worker is its own V8 isolate.`],
       },
     ];
   } finally {
