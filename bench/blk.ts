@@ -103,9 +103,8 @@ export async function run(): Promise<BenchTable[]> {
     `best of ${REPS} runs of ${SECONDS} s per case (kumo and qsd alternating on the same image), ${IMAGE_MB} MiB image, queue_size ${QUEUE_SIZE}, buffered I/O (direct=off / cache.direct=off) for all three;`,
     'QD is per queue; kumo and qsd are driven by `kumo-vu blk bench` (a TypeScript driver, itself a likely bottleneck on 2 cores);',
     'fio: --ioengine=io_uring --numjobs=<queues> --invalidate=0 on the same file (no virtio hop: the limit).',
-    'writes: `kumo-vu blk bench` negotiates neither FLUSH nor CONFIG_WCE, so kumo (like Cloud Hypervisor) runs the device',
-    'writethrough: a write is acked only after an fdatasync (one group fdatasync per batch); qemu-storage-daemon stays',
-    'writeback regardless, fio is writeback. A Linux guest negotiates FLUSH (then kumo is writeback too).',
+    'writes: `kumo-vu blk bench` negotiates FLUSH and CONFIG_WCE as a Linux guest does, so all three are writeback',
+    '(without FLUSH kumo, like Cloud Hypervisor, runs writethrough: one group fdatasync per batch before the acks).',
   ];
   if (!withQsd) notes.push('qemu-storage-daemon not installed: qsd column empty');
   if (!withFio) notes.push('fio not installed: fio column empty');
