@@ -87,7 +87,6 @@ export async function runPlatform(machine: Machine, o: PlatformRunOptions): Prom
   };
   const loop = new EventLoop();
   try {
-    let activator: VirtioActivator | null = null;
     let handle: ((e: PlatformEvent) => boolean) | null = null;
     const platform = buildVmModel(data, {
       interrupts: machine.interrupts,
@@ -97,7 +96,6 @@ export async function runPlatform(machine: Machine, o: PlatformRunOptions): Prom
       vhostUserLinks: o.vhostUser?.links,
     });
     const act = new VirtioActivator(platform.virtio, machine.ram.memory, machine.interrupts, loop);
-    activator = act;
     const onEvent = withVhostUserEvents(platform.virtio, (e) => act.handle(e));
     handle = onEvent;
     o.prepare?.(platform);
