@@ -11,15 +11,10 @@ import type { DiskImage } from './image.js';
 import { BlkLimits } from './limits.js';
 import type { CompletionMode } from './engine.js';
 import type { BlkWorkerData } from './worker-data.js';
+import { ProtocolFeature } from '../../protocol/vhost-user/messages.js';
 import { siblingWorkerModule } from '../../protocol/vhost-user/worker-module.js';
 
 export class BlkConfigWriteError extends KumoError {}
-
-// vhost-user protocol feature bits
-const PF_MQ = 0;
-const PF_REPLY_ACK = 3;
-const PF_CONFIG = 9;
-const PF_CONFIGURE_MEM_SLOTS = 15;
 
 export interface BlkBackendOptions {
   numQueues: number;
@@ -83,7 +78,7 @@ export class BlkBackend implements VhostUserBackend {
   }
 
   protocolFeatures(): bigint {
-    return bits(PF_MQ, PF_REPLY_ACK, PF_CONFIG, PF_CONFIGURE_MEM_SLOTS);
+    return bits(ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG, ProtocolFeature.CONFIGURE_MEM_SLOTS);
   }
 
   getConfig(offset: number, size: number): Uint8Array {

@@ -1,17 +1,13 @@
 import { fstatSync } from 'node:fs';
 import { KumoError } from '../../protocol/errors.js';
-import { libc, koffi, ioctl, SysError } from '../../protocol/sys/libc.js';
+import { ioctl, SysError } from '../../protocol/sys/libc.js';
+import { fcntlLock, F_OFD_SETLK, F_RDLCK, F_WRLCK } from '../../protocol/sys/fs.js';
 import { openFile, closeQuiet, O_RDONLY, O_RDWR, O_CLOEXEC, O_DIRECT } from '../../protocol/sys/fd.js';
 
 export const SECTOR_SIZE = 512;
 const BLKGETSIZE64 = 0x80081272;
-const F_OFD_SETLK = 37;
-const F_RDLCK = 0;
-const F_WRLCK = 1;
 const EAGAIN = 11;
 const EACCES = 13;
-
-const fcntlPtr = libc.func('fcntl', 'int', ['int', 'int', 'void *']);
 
 export class ImageError extends KumoError {}
 
@@ -77,13 +73,11 @@ export class DiskImage {
 }
 
 function lock(fd: number, path: string, type: number): void {
-  // struct flock: l_type s16 @0, l_whence s16 @2, l_start @8, l_len @16 (0 = whole file), l_pid @24 (0 for OFD)
-  const fl = Buffer.alloc(32);
-  fl.writeInt16LE(type, 0);
-  if ((fcntlPtr(fd, F_OFD_SETLK, fl) as number) < 0) {
-    const errno = koffi.errno();
-    const e = new SysError('fcntl(F_OFD_SETLK)', errno, { path });
-    if (errno === EAGAIN || errno === EACCES) {
+  try {
+    // Whole file (len 0); pid must be 0 for OFD locks.
+    fcntlLock(fd, F_OFD_SETLK, { type, whence: 0, start: 0n, len: 0n, pid: 0 });
+  } catch (e) {
+    if (e instanceof SysError && (e.errno === EAGAIN || e.errno === EACCES)) {
       throw new ImageError(`image ${path} is locked by another process`, { path, code: e.code });
     }
     throw e;
