@@ -26,6 +26,10 @@ const RESUME_TOKEN = HANDLER_TOKEN_BASE + 1;
  * One worker thread serves both the hiprio queue and the request queue, so FORGETs on queue 0 and
  * LOOKUPs on queue 1 share one inode table. Requests run to completion in ring order.
  *
+ * With EVENT_IDX each reply is published as soon as it is written: the driver is woken by the first
+ * one (used_event makes the later ones silent until it looks again) and works on it while this thread
+ * serves the rest, so driver and device overlap on two CPUs instead of taking turns per batch.
+ *
  * Waking a sleeping thread costs far more than serving a request, so after a batch the worker keeps
  * polling both avail rings for `pollUs` with kicks suppressed (the driver then skips its eventfd write
  * too); only when nothing arrives does it re-enable kicks and go back to epoll.
@@ -46,6 +50,7 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
   function drain(q: VringHandle): number {
     const queue = q.queue;
     const mem = ctx.memory();
+    const eager = queue.eventIdx;
     let served = 0;
     for (;;) {
       let chain;
@@ -69,6 +74,10 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
       }
       queue.pushUsed(chain.head, n);
       served++;
+      if (eager) {
+        queue.publishUsed();
+        q.notify();
+      }
     }
     if (served > 0) {
       queue.publishUsed();

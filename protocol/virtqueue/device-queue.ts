@@ -38,7 +38,8 @@ export class DeviceQueue {
   private rings: RingViews;
   private memGen: number;
   private readonly mask: number;
-  private readonly eventIdx: boolean;
+  /** VIRTIO_F_EVENT_IDX was negotiated: notifications are counted, so signalling per element is cheap. */
+  readonly eventIdx: boolean;
   private readonly maxChain: number;
   private readonly maxIndirect: number;
   private lastAvail = 0;
