@@ -40,14 +40,14 @@ export class BlkBackend implements VhostUserBackend {
   readonly queuesPerWorker = 1;
   private readonly config = new Uint8Array(BLK_CONFIG_SIZE);
   private readonly cfgView = new DataView(this.config.buffer);
-  /** Shared with the workers: [0] = writethrough. */
+  /** Shared with the workers: [0] = writethrough, [1] = queues being served (see BlkEngineImage.flags). */
   private readonly flags: Int32Array;
   private acked = 0n;
 
   constructor(private readonly image: DiskImage, private readonly opts: BlkBackendOptions) {
     this.numQueues = opts.numQueues;
     this.maxQueueSize = opts.queueSize;
-    const sab = new SharedArrayBuffer(4);
+    const sab = new SharedArrayBuffer(8);
     this.flags = new Int32Array(sab);
     this.buildConfig();
     this.queueWorker = {

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import type { GuestMemory } from '../../protocol/memory/index.js';
 import { ChainError, readFromChain, writeToChain, type DeviceQueue, type DescriptorChain, type Segment } from '../../protocol/virtqueue/index.js';
 import {
@@ -6,7 +7,7 @@ import {
   VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_OUTHDR_SIZE, VIRTIO_BLK_DISCARD_SEG_SIZE, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from '../../protocol/virtio/index.js';
 import {
-  IoUring, IoVecArena, IORING_FSYNC_DATASYNC, IOSQE_IO_LINK,
+  IoUring, IoVecArena, IORING_FSYNC_DATASYNC, IOSQE_IO_LINK, IOSQE_ASYNC,
   FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
 } from '../../protocol/sys/uring.js';
 import type { Logger } from '../../protocol/log.js';
@@ -36,10 +37,16 @@ export interface BlkEngineImage {
   readonly: boolean;
   /** 20-byte GET_ID answer. */
   serial: Uint8Array;
-  /** flags[0] = 1 while the device is in writethrough mode (WCE off, or FLUSH not negotiated). */
+  /**
+   * flags[0] = 1 while the device is in writethrough mode (WCE off, or FLUSH not negotiated);
+   * flags[1] = how many queue engines are attached (serving a started ring), across all workers.
+   */
   flags: Int32Array;
 }
 
+/** Reads at least this large may be split off to io-wq threads (see BlkQueueEngine.offloadNext). */
+const OFFLOAD_MIN_BYTES = 64 * 1024;
+const CPUS = availableParallelism();
 export type CompletionMode = 'eventfd' | 'wait';
 
 export interface BlkEngineOptions {
@@ -76,6 +83,8 @@ export class BlkQueueEngine {
   private queue: DeviceQueue | null = null;
   private mem: GuestMemory | null = null;
   private zeroRangeSupported = true;
+  private offloadToggle = false;
+  private attached = false;
   private readonly hdr = new Uint8Array(VIRTIO_BLK_OUTHDR_SIZE);
   private readonly hdrView = new DataView(this.hdr.buffer);
   private readonly segBuf = new Uint8Array(VIRTIO_BLK_DISCARD_SEG_SIZE);
@@ -126,6 +135,7 @@ export class BlkQueueEngine {
    */
   attach(queue: DeviceQueue, mem: GuestMemory): void {
     this.queue = queue;
+    this.setAttached(true);
     if (mem !== this.mem) {
       this.mem = mem;
       this.hostMap.sync(mem);
@@ -138,6 +148,7 @@ export class BlkQueueEngine {
     const published = this.queue !== null && this.publish();
     this.queue = null;
     this.mem = null;
+    this.setAttached(false);
     return published;
   }
 
@@ -204,8 +215,28 @@ export class BlkQueueEngine {
 
   close(): void {
     this.drain();
+    this.setAttached(false);
     this.ring.close();
     this.iov.free();
+  }
+
+  /** Keeps flags[1], the count of served queues, in step with this engine. */
+  private setAttached(on: boolean): void {
+    if (on === this.attached) return;
+    this.attached = on;
+    Atomics.add(this.img.flags, 1, on ? 1 : -1);
+  }
+
+  /**
+   * Large buffered reads are memory copies done by whichever thread runs them: inline in
+   * io_uring_enter (this thread) unless IOSQE_ASYNC sends them to an io-wq worker. While fewer
+   * queues are served than there are CPUs, every other large read goes to io-wq so that two CPUs
+   * copy at once; with a queue per CPU the other queues already keep the CPUs busy.
+   */
+  private offloadNext(): boolean {
+    if (Atomics.load(this.img.flags, 1) >= CPUS) return false;
+    this.offloadToggle = !this.offloadToggle;
+    return this.offloadToggle;
   }
 
   private drainAvail(q: DeviceQueue): void {
@@ -425,10 +456,10 @@ export class BlkQueueEngine {
     if (write) {
       if (n === 1) this.ring.prepWrite(fd, single, len, offset, slot);
       else this.ring.prepWritev(fd, this.iov.slotAddress(slot), n, offset, slot);
-    } else if (n === 1) {
-      this.ring.prepRead(fd, single, len, offset, slot);
     } else {
-      this.ring.prepReadv(fd, this.iov.slotAddress(slot), n, offset, slot);
+      const sqeFlags = len >= OFFLOAD_MIN_BYTES && this.offloadNext() ? IOSQE_ASYNC : 0;
+      if (n === 1) this.ring.prepRead(fd, single, len, offset, slot, 0, sqeFlags);
+      else this.ring.prepReadv(fd, this.iov.slotAddress(slot), n, offset, slot, 0, sqeFlags);
     }
   }
 

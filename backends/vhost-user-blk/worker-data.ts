@@ -6,7 +6,7 @@ export interface BlkWorkerData {
   size: number;
   readonly: boolean;
   serial: Uint8Array;
-  /** Int32Array over it: [0] = writethrough (see BlkEngineImage.flags). */
+  /** Int32Array over it: [0] = writethrough, [1] = queues being served (see BlkEngineImage.flags). */
   flags: SharedArrayBuffer;
   queueSize: number;
   pollQueue: boolean;

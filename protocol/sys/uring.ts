@@ -23,6 +23,8 @@ export const IORING_OP_WRITE = 23;
 export const IORING_FSYNC_DATASYNC = 1;
 /** SQE flags: the next SQE starts only after this one completed (and is cancelled if this one fails). */
 export const IOSQE_IO_LINK = 1 << 2;
+/** Always run the request from an io-wq worker thread instead of trying it inline first. */
+export const IOSQE_ASYNC = 1 << 4;
 /** preadv2/pwritev2 flags, usable as rw_flags. */
 export const RWF_HIPRI = 1;
 export const RWF_DSYNC = 2;
@@ -195,14 +197,14 @@ export class IoUring {
     return true;
   }
 
-  prepReadv(fd: number, iovAddr: number, iovCount: number, offset: number, userData: number, rwFlags = 0): boolean {
-    return this.prep(IORING_OP_READV, fd, iovAddr, iovCount, offset, rwFlags, userData);
+  prepReadv(fd: number, iovAddr: number, iovCount: number, offset: number, userData: number, rwFlags = 0, sqeFlags = 0): boolean {
+    return this.prep(IORING_OP_READV, fd, iovAddr, iovCount, offset, rwFlags, userData, sqeFlags);
   }
   prepWritev(fd: number, iovAddr: number, iovCount: number, offset: number, userData: number, rwFlags = 0): boolean {
     return this.prep(IORING_OP_WRITEV, fd, iovAddr, iovCount, offset, rwFlags, userData);
   }
-  prepRead(fd: number, bufAddr: number, len: number, offset: number, userData: number, rwFlags = 0): boolean {
-    return this.prep(IORING_OP_READ, fd, bufAddr, len, offset, rwFlags, userData);
+  prepRead(fd: number, bufAddr: number, len: number, offset: number, userData: number, rwFlags = 0, sqeFlags = 0): boolean {
+    return this.prep(IORING_OP_READ, fd, bufAddr, len, offset, rwFlags, userData, sqeFlags);
   }
   prepWrite(fd: number, bufAddr: number, len: number, offset: number, userData: number, rwFlags = 0): boolean {
     return this.prep(IORING_OP_WRITE, fd, bufAddr, len, offset, rwFlags, userData);

@@ -24,7 +24,7 @@ for (const mode of ['eventfd', 'wait'] as CompletionMode[]) {
 
     const setup = (readonly = false) => {
       fd = openSync(file, readonly ? 'r' : 'r+');
-      img = { fd, size: SIZE, readonly, serial: Buffer.from('/path/to/image.raw\0\0'), flags: new Int32Array(1) };
+      img = { fd, size: SIZE, readonly, serial: Buffer.from('/path/to/image.raw\0\0'), flags: new Int32Array(2) };
       eng = new BlkQueueEngine(img, { queueSize: 128, completion: mode });
       eng.attach(d.device, d.mem);
     };
@@ -72,6 +72,29 @@ for (const mode of ['eventfd', 'wait'] as CompletionMode[]) {
       expect(Buffer.from(d.mem.slice(a, 1024)).equals(initial.subarray(4096, 5120))).toBe(true);
       expect(Buffer.from(d.mem.slice(b, 3072)).equals(initial.subarray(5120, 8192))).toBe(true);
       expect(Buffer.from(d.mem.slice(single, 4096)).equals(initial.subarray(51200, 55296))).toBe(true);
+    });
+
+    it('splits large reads between this thread and io-wq and counts the queues it serves', () => {
+      setup();
+      expect(img.flags[1]).toBe(1);
+      // Eight 128 KiB reads, one and two segments each: with one queue served, every other one goes to io-wq.
+      const reqs = Array.from({ length: 8 }, (_, k) => {
+        const sector = k * 256;
+        const bufs = k % 2 ? [d.buf(65536), d.buf(65536)] : [d.buf(131072)];
+        const segs = bufs.map((addr) => ({ addr, len: 131072 / bufs.length }));
+        return { sector, segs, st: d.add(VIRTIO_BLK_T_IN, sector, [], segs, k) };
+      });
+      const used = run(8);
+      for (const [k, r] of reqs.entries()) {
+        expect(used.get(k)).toBe(131073);
+        expect(d.mem.readU8(r.st)).toBe(VIRTIO_BLK_S_OK);
+        const got = Buffer.concat(r.segs.map((g) => Buffer.from(d.mem.slice(g.addr, g.len))));
+        expect(got.equals(initial.subarray(r.sector * 512, r.sector * 512 + 131072))).toBe(true);
+      }
+      eng.detach();
+      expect(img.flags[1]).toBe(0);
+      eng.attach(d.device, d.mem);
+      expect(img.flags[1]).toBe(1);
     });
 
     it('writes, flushes, and honours writethrough', () => {
@@ -206,7 +229,7 @@ describe('BlkQueueEngine on tmpfs (no FALLOC_FL_ZERO_RANGE)', () => {
     const d = new BlkTestDriver();
     const fd = openSync(file, 'r+');
     const eng = new BlkQueueEngine(
-      { fd, size: SIZE, readonly: false, serial: new Uint8Array(20), flags: new Int32Array(1) },
+      { fd, size: SIZE, readonly: false, serial: new Uint8Array(20), flags: new Int32Array(2) },
       { queueSize: 128, completion: 'eventfd' },
     );
     try {
