@@ -16,7 +16,9 @@ export const USAGE = `kumo-virtiofsd --socket-path=PATH --shared-dir=DIR [--tag=
   [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--announce-submounts]
   [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
   [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL] [--poll-us=N]
-QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,posix_lock,writeback,readdirplus`;
+QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,posix_lock,writeback,readdirplus
+--inode-file-handles=prefer|mandatory: inodes are known by file handle; at most KUMO_FS_OPEN_INODE_FDS (1024)
+  of their O_PATH fds stay open, the rest are reopened by handle when used (needs CAP_DAC_READ_SEARCH).`;
 
 function oneOf<T extends string>(name: string, v: string, allowed: readonly T[]): T {
   if (!(allowed as readonly string[]).includes(v)) throw new FsConfigError(`--${name} must be one of ${allowed.join('|')}`, { value: v });

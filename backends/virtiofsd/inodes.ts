@@ -1,21 +1,73 @@
 import { closeQuiet } from '../../protocol/sys/fd.js';
 import { FUSE_ROOT_ID } from '../../protocol/fuse/index.js';
+import type { FileHandle } from '../../protocol/sys/fs.js';
 import { E, FsError } from './errors.js';
 
-/** A host inode the guest knows: an O_PATH fd plus the guest's lookup count. */
+/** Reopens the fd of an inode identified by a file handle (see InodeHandles). */
+export interface InodeOpener {
+  reopen(i: Inode): number;
+  dropped(i: Inode): void;
+}
+
+/**
+ * A host inode the guest knows: an O_PATH fd plus the guest's lookup count. With
+ * --inode-file-handles the inode also has a file handle, and its fd may be closed between requests
+ * (`fd` reopens it).
+ */
 export class Inode {
   /** OFD-lock fds, one per guest lock owner (locks belong to an open file description). */
   lockFds: Map<bigint, number> | null = null;
+  private fd_: number;
+  private used = true;
   constructor(
     readonly nodeid: number,
-    readonly fd: number,
+    fd: number,
     /** st_dev as a number (Linux dev_t values are far below 2^53). */
     readonly dev: number,
     readonly ino: number,
     /** S_IFMT bits. */
     readonly type: number,
     public refcount: number,
-  ) {}
+    readonly handle: FileHandle | null = null,
+    private readonly opener: InodeOpener | null = null,
+  ) {
+    this.fd_ = fd;
+  }
+
+  /** The inode's O_PATH fd, valid until the current request ends. */
+  get fd(): number {
+    this.used = true;
+    if (this.fd_ < 0) this.fd_ = (this.opener as InodeOpener).reopen(this);
+    return this.fd_;
+  }
+
+  /** Whether an fd is open now (a closed one means the inode number alone no longer pins the inode). */
+  get isOpen(): boolean {
+    return this.fd_ >= 0;
+  }
+
+  /** Returns and clears the used-since-last-asked bit (the fd cache's clock). */
+  takeUsed(): boolean {
+    const u = this.used;
+    this.used = false;
+    return u;
+  }
+
+  /** Closes the fd of a handle inode (reopened on next use). */
+  closeFd(): void {
+    if (this.handle === null || this.fd_ < 0) return;
+    closeQuiet(this.fd_);
+    this.fd_ = -1;
+  }
+
+  /** Closes everything the inode holds (it is being dropped). */
+  close(): void {
+    if (this.lockFds) for (const fd of this.lockFds.values()) closeQuiet(fd);
+    this.lockFds = null;
+    if (this.fd_ >= 0) closeQuiet(this.fd_);
+    this.fd_ = -1;
+    this.opener?.dropped(this);
+  }
 }
 
 /** nodeid → inode and (dev, ino) → inode, with FUSE lookup-count semantics. */
@@ -57,8 +109,8 @@ export class InodeTable {
   }
 
   /** Registers a new inode (taking ownership of fd) with one lookup. */
-  add(fd: number, dev: number, ino: number, type: number): Inode {
-    const i = new Inode(this.nextId++, fd, dev, ino, type, 1);
+  add(fd: number, dev: number, ino: number, type: number, handle: FileHandle | null = null, opener: InodeOpener | null = null): Inode {
+    const i = new Inode(this.nextId++, fd, dev, ino, type, 1, handle, opener);
     this.byId.set(i.nodeid, i);
     this.devMap(dev).set(ino, i);
     return i;
@@ -84,8 +136,7 @@ export class InodeTable {
     this.byId.delete(i.nodeid);
     const m = this.byKey.get(i.dev);
     if (m !== undefined && m.get(i.ino) === i) m.delete(i.ino);
-    if (i.lockFds) for (const fd of i.lockFds.values()) closeQuiet(fd);
-    closeQuiet(i.fd);
+    i.close();
   }
 }
 

@@ -1,11 +1,17 @@
 import { logger, setLogLevel } from '../../protocol/log.js';
 import { KumoError } from '../../protocol/errors.js';
 import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
-import { getrlimit, setrlimit, RLIMIT_NOFILE } from '../../protocol/sys/fs.js';
+import { getrlimit, setrlimit, openat, AT_FDCWD, RLIMIT_NOFILE } from '../../protocol/sys/fs.js';
+import { closeQuiet } from '../../protocol/sys/fd.js';
 import { readFileSync, statSync } from 'node:fs';
 import { parseArgs, USAGE } from './cli.js';
 import { VirtioFsBackend } from './backend.js';
-import { FsConfigError } from './errors.js';
+import { FsConfigError, FsError } from './errors.js';
+import { InodeHandles } from './inode-handles.js';
+import type { FsOptions } from './options.js';
+
+/** O_PATH | O_DIRECTORY | O_CLOEXEC */
+const O_PATH_DIR = 0o10000000 | 0o200000 | 0o2000000;
 
 const log = logger('virtiofsd');
 
@@ -60,6 +66,25 @@ async function stopWithin(daemon: VhostUserDaemon, ms: number): Promise<void> {
   }
 }
 
+/** --inode-file-handles: mandatory needs handles on the shared directory (a clear error now, not per request). */
+function checkFileHandles(o: FsOptions): void {
+  if (o.inodeFileHandles === 'never') return;
+  const fd = openat(AT_FDCWD, o.sharedDir, O_PATH_DIR);
+  const procSelfFd = openat(AT_FDCWD, '/proc/self/fd', O_PATH_DIR);
+  try {
+    const t = InodeHandles.probe(o.inodeFileHandles, fd, procSelfFd);
+    t?.close();
+    if (t === null) log.info('the shared directory has no file handles: inodes are held as O_PATH fds');
+    else log.info({ openInodeFds: o.openInodeFds }, 'inodes identified by file handles');
+  } catch (e) {
+    if (e instanceof FsError) throw new FsConfigError(e.message, { dir: o.sharedDir });
+    throw e;
+  } finally {
+    closeQuiet(fd);
+    closeQuiet(procSelfFd);
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(USAGE + '\n');
@@ -75,7 +100,9 @@ async function main(argv: string[]): Promise<number> {
     throw new FsConfigError('shared directory does not exist or is not a directory', { dir: cfg.fs.sharedDir });
   }
   if (cfg.threadPoolSize > 0) log.info({ threadPoolSize: cfg.threadPoolSize }, 'requests run on the queue worker thread; --thread-pool-size is accepted but not used');
-  if (cfg.fs.inodeFileHandles !== 'never') log.info('inode file handles not used: inodes are held as O_PATH fds');
+  const openFds = Number(process.env.KUMO_FS_OPEN_INODE_FDS ?? cfg.fs.openInodeFds);
+  if (Number.isInteger(openFds) && openFds > 0) cfg.fs.openInodeFds = openFds;
+  checkFileHandles(cfg.fs);
   raiseNofile(cfg.rlimitNofile);
   const daemon = new VhostUserDaemon(new VirtioFsBackend(cfg.fs, cfg.tag, cfg.pollUs ?? undefined), { socketPath: cfg.socketPath, exitOnDisconnect: true, name: 'virtiofsd' });
   await daemon.start();

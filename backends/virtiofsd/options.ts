@@ -14,6 +14,8 @@ export interface FsOptions {
   announceSubmounts: boolean;
   readdirplus: boolean;
   inodeFileHandles: FileHandleMode;
+  /** With file handles: how many inode fds stay open between requests (KUMO_FS_OPEN_INODE_FDS). */
+  openInodeFds: number;
   sandbox: SandboxMode;
 }
 
@@ -28,6 +30,7 @@ export const defaultFsOptions = (sharedDir: string): FsOptions => ({
   announceSubmounts: false,
   readdirplus: true,
   inodeFileHandles: 'never',
+  openInodeFds: 1024,
   sandbox: 'none',
 });
 

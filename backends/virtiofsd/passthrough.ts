@@ -1,9 +1,11 @@
 import * as fs from '../../protocol/sys/fs.js';
+import type { FileHandle } from '../../protocol/sys/fs.js';
 import { close, closeQuiet, dup, preadv, pwritev, type IoVecList } from '../../protocol/sys/fd.js';
 import { SysError, rawSyscall } from '../../protocol/sys/libc.js';
 import { Fattr, type Attr, type EntryOut, type Kstatfs, type FileLock, type SetattrIn, FUSE_LK_FLOCK } from '../../protocol/fuse/index.js';
 import { encodeDirent, encodeDirentplus } from '../../protocol/fuse/dirent.js';
 import { logger } from '../../protocol/log.js';
+import { InodeHandles, sameHandle } from './inode-handles.js';
 import { E, FsError } from './errors.js';
 import { HandleTable, Inode, InodeTable, type Handle } from './inodes.js';
 import { cacheTimeout, type FsOptions } from './options.js';
@@ -80,6 +82,8 @@ export class PassthroughFs {
   private readonly egid: number;
   private readonly direntBuf = Buffer.alloc(64 * 1024);
   private readonly linkBuf = Buffer.alloc(4096);
+  /** File-handle identity and the inode fd cache (--inode-file-handles), or null for plain fds. */
+  readonly fileHandles: InodeHandles | null;
   /** True when this thread has its own cwd (unshare(CLONE_FS)), so fchdir is private to it. */
   private readonly threadCwd: boolean;
 
@@ -93,6 +97,7 @@ export class PassthroughFs {
     const fd = pre?.rootFd ?? fs.openat(fs.AT_FDCWD, opts.sharedDir, O_PATH | O_DIRECTORY | O_CLOEXEC);
     const st = fs.fstat(fd);
     this.root = this.inodes.setRoot(fd, Number(st.dev), st.ino, st.mode & fs.S_IFMT);
+    this.fileHandles = opts.inodeFileHandles === 'never' ? null : InodeHandles.probe(opts.inodeFileHandles, fd, this.procSelfFd, opts.openInodeFds);
     this.timeout = cacheTimeout(opts.cache);
     this.euid = rawSyscall(107); // geteuid
     this.egid = rawSyscall(108); // getegid
@@ -100,6 +105,7 @@ export class PassthroughFs {
 
   close(): void {
     this.destroy();
+    this.fileHandles?.close();
     closeQuiet(this.root.fd);
     closeQuiet(this.procSelfFd);
   }
@@ -154,13 +160,8 @@ export class PassthroughFs {
       closeQuiet(fd);
       throw e;
     }
-    let i = this.inodes.find(Number(st.dev), st.ino);
-    if (i) {
-      closeQuiet(fd);
-      i.refcount++;
-    } else {
-      i = this.inodes.add(fd, Number(st.dev), st.ino, st.mode & fs.S_IFMT);
-    }
+    const i = this.adopt(fd, Number(st.dev), st.ino, st.mode & fs.S_IFMT);
+    if (typeof i === 'number') throw new FsError(-i, 'no file handle for inode');
     return this.entry(i, st);
   }
 
@@ -187,14 +188,42 @@ export class PassthroughFs {
     const st = fs.rawStat;
     const dev = st.readUInt32LE(4) * 0x1_0000_0000 + st.readUInt32LE(0);
     const ino = st.readUInt32LE(12) * 0x1_0000_0000 + st.readUInt32LE(8);
+    const i = this.adopt(fd, dev, ino, st.readUInt32LE(24) & fs.S_IFMT);
+    return typeof i === 'number' ? i : i.nodeid;
+  }
+
+  /**
+   * One more lookup of the inode behind a fresh O_PATH fd (taking the fd): the known inode with this
+   * (dev, ino), or a new one. Returns -errno when a file handle is mandatory and cannot be made.
+   */
+  private adopt(fd: number, dev: number, ino: number, type: number): Inode | number {
     let i = this.inodes.find(dev, ino);
-    if (i) {
+    const fh = this.fileHandles;
+    let h: FileHandle | null = null;
+    try {
+      if (i !== undefined && fh !== null && i.handle !== null && !i.isOpen) {
+        // Nothing pins a closed inode, so its number may belong to a newer file now: the handle decides.
+        h = fh.handleOf(fd, type);
+        if (h === null || !sameHandle(h, i.handle)) i = undefined;
+      }
+      if (i === undefined && fh !== null && h === null) h = fh.handleOf(fd, type);
+    } catch (e) {
+      closeQuiet(fd);
+      return -(e instanceof FsError ? e.errno : E.EIO);
+    }
+    if (i !== undefined) {
       closeQuiet(fd);
       i.refcount++;
-    } else {
-      i = this.inodes.add(fd, dev, ino, st.readUInt32LE(24) & fs.S_IFMT);
+      return i;
     }
-    return i.nodeid;
+    i = this.inodes.add(fd, dev, ino, type, h, h === null ? null : fh);
+    if (h !== null) fh?.opened(i);
+    return i;
+  }
+
+  /** Between requests: closes inode fds beyond the --inode-file-handles cache size. */
+  trimInodeFds(): void {
+    this.fileHandles?.trim();
   }
 
   /** CREATE for the request loop (`cname` NUL-terminated); the new inode's stat is left in fs.rawStat. */

@@ -50,6 +50,12 @@ export class FuseServer {
   }
 
   handle(io: FuseIo): number {
+    const n = this.serve(io);
+    this.fs.trimInodeFds();
+    return n;
+  }
+
+  private serve(io: FuseIo): number {
     this.stats.requests++;
     if (io.inLength < IN_HEADER_SIZE) return this.drop('request shorter than fuse_in_header', io.inLength);
     const head = this.head;

@@ -15,12 +15,15 @@ const SCRIPT = fileURLToPath(new URL('./script.fs.txt', import.meta.url));
 const KNOWN = new Set(['rm a/missing', 'lock a/new wr 0 99', 'lock a/new rd 10 20', 'access a/new 4',
   'write deep/x y', 'mkdir a/new', 'ls a', 'destroy']);
 
-function run(kind: 'kumo' | 'qemu', dir: string): { out: string; tree: string } {
+/** kumo-fh: inodes by file handle with a 2-fd inode cache, so nearly every op reopens a handle. */
+function run(kind: 'kumo' | 'kumo-fh' | 'qemu', dir: string): { out: string; tree: string } {
   const share = join(dir, kind);
   mkdirSync(share);
   const sock = join(dir, `${kind}.sock`);
-  const d: ChildProcess = kind === 'kumo'
-    ? spawn('node', [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--xattr', '--posix-lock', '--sandbox=namespace'], { stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' } })
+  const fh = kind === 'kumo-fh' ? ['--inode-file-handles=mandatory'] : [];
+  const d: ChildProcess = kind !== 'qemu'
+    ? spawn('node', [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--xattr', '--posix-lock', '--sandbox=namespace', ...fh],
+      { stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn', KUMO_FS_OPEN_INODE_FDS: '2' } })
     : spawn(QEMU_VIRTIOFSD, [`--socket-path=${sock}`, '-o', `source=${share}`, '-o', 'sandbox=chroot', '-o', 'xattr', '-o', 'posix_lock'], { stdio: 'ignore' });
   try {
     const r = spawnSync('node', [join(ROOT, 'bin/kumo-vu.js'), 'fs', '--socket', sock, '--connect-timeout', '15000', 'run', SCRIPT], { encoding: 'utf8', timeout: 90_000 });
@@ -48,6 +51,9 @@ describe('kumo-virtiofsd vs QEMU virtiofsd, same script over vhost-user', () => 
       }
       expect(diffs).toEqual([]);
       expect(k.tree).toBe(q.tree);
+      const f = run('kumo-fh', dir);
+      expect(f.out).toBe(k.out);
+      expect(f.tree).toBe(k.tree);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -1,0 +1,108 @@
+import { describe, it, expect, afterEach } from 'vitest';
+import { mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { FuseClient, FuseReplyError, FUSE_ROOT_ID } from '../../protocol/fuse/index.js';
+import { PassthroughFs } from '../../backends/virtiofsd/passthrough.js';
+import { FuseServer } from '../../backends/virtiofsd/server.js';
+import { InodeHandles } from '../../backends/virtiofsd/inode-handles.js';
+import { defaultFsOptions, type FileHandleMode } from '../../backends/virtiofsd/options.js';
+import { FsError } from '../../backends/virtiofsd/errors.js';
+import { openat, AT_FDCWD } from '../../protocol/sys/fs.js';
+import { close } from '../../protocol/sys/fd.js';
+import { ScriptRunner } from '../../vmm/kumo-vu/fs/script.js';
+import { LocalTransport } from './local-transport.js';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const SCRIPT = readFileSync(new URL('./script.fs.txt', import.meta.url), 'utf8');
+const O_PATH_DIR = 0o10000000 | 0o200000;
+const dirs: string[] = [];
+const open: PassthroughFs[] = [];
+
+function share(): string {
+  const d = mkdtempSync('/tmp/kumo-fh-');
+  dirs.push(d);
+  return d;
+}
+
+async function mount(dir: string, mode: FileHandleMode, openInodeFds = 2): Promise<{ fs: PassthroughFs; c: FuseClient }> {
+  const fs = new PassthroughFs({ ...defaultFsOptions(dir), xattr: true, posixLock: true, inodeFileHandles: mode, openInodeFds });
+  open.push(fs);
+  const c = new FuseClient(new LocalTransport(new FuseServer(fs)));
+  await c.init();
+  return { fs, c };
+}
+
+const tree = (dir: string): string =>
+  spawnSync('sh', ['-c', `cd ${dir} && find . -printf '%p %y %m %s %l\\n' | sort`], { encoding: 'utf8' }).stdout;
+
+afterEach(() => {
+  for (const fs of open.splice(0)) fs.close();
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+describe('--inode-file-handles', () => {
+  it('runs the whole comparison script the same way with handles and a 2-fd inode cache', async () => {
+    const plainDir = share();
+    const handleDir = share();
+    const plain = await mount(plainDir, 'never');
+    const handles = await mount(handleDir, 'mandatory', 2);
+    expect(plain.fs.fileHandles).toBeNull();
+    const run = async (c: FuseClient): Promise<string[]> => {
+      const out: string[] = [];
+      await new ScriptRunner(c).runScript(SCRIPT, (s) => out.push(s));
+      return out;
+    };
+    const a = await run(plain.c);
+    const b = await run(handles.c);
+    expect(b.length).toBeGreaterThan(120);
+    expect(b).toEqual(a);
+    expect(tree(handleDir)).toBe(tree(plainDir));
+    expect(handles.fs.fileHandles?.openCount).toBeLessThanOrEqual(2);
+  });
+
+  it('keeps few fds open, reopens evicted inodes by handle, and answers ESTALE for one deleted meanwhile', async () => {
+    const dir = share();
+    mkdirSync(join(dir, 'd'));
+    for (let k = 0; k < 40; k++) writeFileSync(join(dir, 'd', `f${k}`), `data ${k}`);
+    const { fs, c } = await mount(dir, 'prefer', 4);
+    const fdsBefore = readdirSync('/proc/self/fd').length;
+    const d = await c.lookup(FUSE_ROOT_ID, 'd');
+    const nodes = [];
+    for (let k = 0; k < 40; k++) nodes.push((await c.lookup(d.nodeid, `f${k}`)).nodeid);
+    expect(fs.fileHandles?.openCount).toBeLessThanOrEqual(4);
+    expect(readdirSync('/proc/self/fd').length - fdsBefore).toBeLessThanOrEqual(4);
+    expect(fs.inodes.get(nodes[0]).isOpen).toBe(false);
+    for (let k = 0; k < 40; k += 7) {
+      const { fh } = await c.open(nodes[k], 0);
+      expect(Buffer.from(await c.read(nodes[k], fh, 0, 100)).toString()).toBe(`data ${k}`);
+      await c.release(nodes[k], fh);
+    }
+    // The same name looked up again is the same inode (same nodeid), even with its fd closed.
+    expect(fs.inodes.get(nodes[1]).isOpen).toBe(false);
+    expect((await c.lookup(d.nodeid, 'f1')).nodeid).toBe(nodes[1]);
+    // Deleted on the host while only its handle was held: the handle is stale, not some other file.
+    expect(fs.inodes.get(nodes[2]).isOpen).toBe(false);
+    unlinkSync(join(dir, 'd', 'f2'));
+    const err = await c.getattr(nodes[2]).then(() => 'ok', (e: FuseReplyError) => e.code);
+    expect(err).toBe('ESTALE');
+    expect((await c.getattr(nodes[3])).size).toBe(6);
+  });
+
+  it('prefer falls back to fds where the filesystem has no handles; mandatory refuses it, also on the command line', () => {
+    const fd = openat(AT_FDCWD, '/proc/self', O_PATH_DIR);
+    const proc = openat(AT_FDCWD, '/proc/self/fd', O_PATH_DIR);
+    try {
+      expect(InodeHandles.probe('prefer', fd, proc)).toBeNull();
+      expect(() => InodeHandles.probe('mandatory', fd, proc)).toThrow(FsError);
+    } finally {
+      close(fd);
+      close(proc);
+    }
+    const r = spawnSync('node', [join(ROOT, 'bin/kumo-virtiofsd.js'), '--socket-path=/tmp/kumo-fh-never.sock', '--shared-dir=/proc/self',
+      '--sandbox=none', '--inode-file-handles=mandatory'], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain('does not support file handles');
+  });
+});
