@@ -44,7 +44,7 @@ export interface BlkEngineImage {
   flags: Int32Array;
 }
 
-/** Reads at least this large may be split off to io-wq threads (see BlkQueueEngine.offloadNext). */
+/** Reads at least this large may go to io-wq threads (see BlkQueueEngine.offloadRead). */
 const OFFLOAD_MIN_BYTES = 64 * 1024;
 const CPUS = availableParallelism();
 export type CompletionMode = 'eventfd' | 'wait';
@@ -227,14 +227,20 @@ export class BlkQueueEngine {
     Atomics.add(this.img.flags, 1, on ? 1 : -1);
   }
 
+  /** Fewer queues are served than there are CPUs: io-wq threads can run I/O beside the queue threads. */
+  private cpuToSpare(): boolean {
+    return Atomics.load(this.img.flags, 1) < CPUS;
+  }
+
   /**
-   * Large buffered reads are memory copies done by whichever thread runs them: inline in
-   * io_uring_enter (this thread) unless IOSQE_ASYNC sends them to an io-wq worker. While fewer
-   * queues are served than there are CPUs, every other large read goes to io-wq so that two CPUs
-   * copy at once; with a queue per CPU the other queues already keep the CPUs busy.
+   * Buffered I/O is a memory copy (plus filesystem work for writes) done by whichever thread runs it:
+   * inline in io_uring_enter, this thread, unless IOSQE_ASYNC hands it to an io-wq worker. With a CPU
+   * to spare, every other large read goes to io-wq so that two CPUs copy at once, and every write goes
+   * there (writes to one file serialize on its inode lock anyway; this thread meanwhile takes and
+   * completes other requests). With a queue per CPU the other queues keep the CPUs busy instead.
    */
-  private offloadNext(): boolean {
-    if (Atomics.load(this.img.flags, 1) >= CPUS) return false;
+  private offloadRead(): boolean {
+    if (!this.cpuToSpare()) return false;
     this.offloadToggle = !this.offloadToggle;
     return this.offloadToggle;
   }
@@ -454,10 +460,11 @@ export class BlkQueueEngine {
     this.opsInFlight++;
     this.ensureSq(1);
     if (write) {
-      if (n === 1) this.ring.prepWrite(fd, single, len, offset, slot);
-      else this.ring.prepWritev(fd, this.iov.slotAddress(slot), n, offset, slot);
+      const sqeFlags = this.cpuToSpare() ? IOSQE_ASYNC : 0;
+      if (n === 1) this.ring.prepWrite(fd, single, len, offset, slot, 0, sqeFlags);
+      else this.ring.prepWritev(fd, this.iov.slotAddress(slot), n, offset, slot, 0, sqeFlags);
     } else {
-      const sqeFlags = len >= OFFLOAD_MIN_BYTES && this.offloadNext() ? IOSQE_ASYNC : 0;
+      const sqeFlags = len >= OFFLOAD_MIN_BYTES && this.offloadRead() ? IOSQE_ASYNC : 0;
       if (n === 1) this.ring.prepRead(fd, single, len, offset, slot, 0, sqeFlags);
       else this.ring.prepReadv(fd, this.iov.slotAddress(slot), n, offset, slot, 0, sqeFlags);
     }

@@ -200,14 +200,14 @@ export class IoUring {
   prepReadv(fd: number, iovAddr: number, iovCount: number, offset: number, userData: number, rwFlags = 0, sqeFlags = 0): boolean {
     return this.prep(IORING_OP_READV, fd, iovAddr, iovCount, offset, rwFlags, userData, sqeFlags);
   }
-  prepWritev(fd: number, iovAddr: number, iovCount: number, offset: number, userData: number, rwFlags = 0): boolean {
-    return this.prep(IORING_OP_WRITEV, fd, iovAddr, iovCount, offset, rwFlags, userData);
+  prepWritev(fd: number, iovAddr: number, iovCount: number, offset: number, userData: number, rwFlags = 0, sqeFlags = 0): boolean {
+    return this.prep(IORING_OP_WRITEV, fd, iovAddr, iovCount, offset, rwFlags, userData, sqeFlags);
   }
   prepRead(fd: number, bufAddr: number, len: number, offset: number, userData: number, rwFlags = 0, sqeFlags = 0): boolean {
     return this.prep(IORING_OP_READ, fd, bufAddr, len, offset, rwFlags, userData, sqeFlags);
   }
-  prepWrite(fd: number, bufAddr: number, len: number, offset: number, userData: number, rwFlags = 0): boolean {
-    return this.prep(IORING_OP_WRITE, fd, bufAddr, len, offset, rwFlags, userData);
+  prepWrite(fd: number, bufAddr: number, len: number, offset: number, userData: number, rwFlags = 0, sqeFlags = 0): boolean {
+    return this.prep(IORING_OP_WRITE, fd, bufAddr, len, offset, rwFlags, userData, sqeFlags);
   }
   /** Whole-file fsync (or fdatasync with IORING_FSYNC_DATASYNC). */
   prepFsync(fd: number, userData: number, fsyncFlags = 0): boolean {
