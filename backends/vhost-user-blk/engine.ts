@@ -47,6 +47,8 @@ export interface BlkEngineImage {
 /** Reads at least this large may go to io-wq threads (see BlkQueueEngine.offloadRead). */
 const OFFLOAD_MIN_BYTES = 64 * 1024;
 const CPUS = availableParallelism();
+/** See BlkQueueEngine.drainAvail. */
+const SMALL_GROUP = 8;
 export type CompletionMode = 'eventfd' | 'wait';
 
 export interface BlkEngineOptions {
@@ -153,16 +155,20 @@ export class BlkQueueEngine {
   }
 
   /**
-   * Takes every available request, submits them in one io_uring_enter and reaps what finished.
-   * Returns true when used entries were published (the caller then signals the driver if needed).
+   * Takes every available request, submitting them group by group (see drainAvail) and reaping
+   * what finished; `notify` signals the driver after each group that published completions.
+   * Returns true when the last step published used entries (the caller then signals the driver).
    */
-  processAvail(): boolean {
+  processAvail(notify?: () => void): boolean {
     const q = this.queue;
     if (q === null) return false;
     this.hostMap.sync(this.mem as GuestMemory);
     for (;;) {
       q.disableNotifications();
-      this.drainAvail(q);
+      while (this.drainAvail(q)) {
+        this.submitAndReap();
+        if (this.publish()) notify?.();
+      }
       this.submitAndReap();
       if (!q.enableNotifications()) break;
     }
@@ -245,8 +251,16 @@ export class BlkQueueEngine {
     return this.offloadToggle;
   }
 
-  private drainAvail(q: DeviceQueue): void {
+  /**
+   * Starts available requests; returns true when it stopped after a group of small ones (more may be
+   * waiting). Small requests go in groups of SMALL_GROUP so that their completions reach the driver
+   * while this thread starts the next group: driver and device then overlap instead of taking turns.
+   */
+  private drainAvail(q: DeviceQueue): boolean {
+    let taken = 0;
+    let bytes = 0;
     while (this.freeTop > 0) {
+      if (taken >= SMALL_GROUP && bytes < SMALL_GROUP * OFFLOAD_MIN_BYTES) return true;
       let chain: DescriptorChain | null;
       try {
         chain = q.pop();
@@ -259,9 +273,12 @@ export class BlkQueueEngine {
         }
         throw e;
       }
-      if (chain === null) return;
+      if (chain === null) return false;
+      taken++;
+      bytes += chain.readableLength + chain.writableLength;
       this.start(chain);
     }
+    return false;
   }
 
   private submitAndReap(): void {

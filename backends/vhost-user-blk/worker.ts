@@ -17,6 +17,7 @@ class BlkQueueHandler implements QueueHandler {
   private readonly engine: BlkQueueEngine;
   private readonly efd: number;
   private current: VringHandle | null = null;
+  private readonly notifyCurrent = (): void => this.current?.notify();
 
   constructor(private readonly ctx: QueueWorkerContext, private readonly cfg: BlkWorkerData) {
     this.engine = new BlkQueueEngine(
@@ -51,7 +52,7 @@ class BlkQueueHandler implements QueueHandler {
     this.current = q;
     const eng = this.engine;
     eng.attach(q.queue, this.ctx.memory());
-    if (eng.processAvail()) q.notify();
+    if (eng.processAvail(this.notifyCurrent)) q.notify();
     if (this.cfg.pollQueue) this.poll(q);
   }
 
