@@ -56,6 +56,7 @@ export class BlkBackend implements VhostUserBackend {
         fd: image.fd,
         size: image.size,
         readonly: image.readonly,
+        memoryBacked: image.memoryBacked,
         serial: serialFor(image.path),
         flags: sab,
         queueSize: opts.queueSize,

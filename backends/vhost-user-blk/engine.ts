@@ -11,6 +11,7 @@ import {
   FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
 } from '../../protocol/sys/uring.js';
 import type { Logger } from '../../protocol/log.js';
+import { preadvRaw } from '../../protocol/sys/fd.js';
 import { HostMap } from './host-map.js';
 import { BlkLimits } from './limits.js';
 
@@ -35,6 +36,8 @@ export interface BlkEngineImage {
   fd: number;
   size: number;
   readonly: boolean;
+  /** Reads are done with preadv in this thread unless sent to io-wq (see DiskImage.memoryBacked). */
+  memoryBacked?: boolean;
   /** 20-byte GET_ID answer. */
   serial: Uint8Array;
   /**
@@ -481,7 +484,12 @@ export class BlkQueueEngine {
       if (n === 1) this.ring.prepWrite(fd, single, len, offset, slot, 0, sqeFlags);
       else this.ring.prepWritev(fd, this.iov.slotAddress(slot), n, offset, slot, 0, sqeFlags);
     } else {
-      const sqeFlags = len >= OFFLOAD_MIN_BYTES && this.offloadRead() ? IOSQE_ASYNC : 0;
+      const large = len >= OFFLOAD_MIN_BYTES;
+      if (!large && this.img.memoryBacked === true) {
+        this.complete(slot, preadvRaw(fd, this.iov.slotAddress(slot), n, offset));
+        return;
+      }
+      const sqeFlags = large && this.offloadRead() ? IOSQE_ASYNC : 0;
       if (n === 1) this.ring.prepRead(fd, single, len, offset, slot, 0, sqeFlags);
       else this.ring.prepReadv(fd, this.iov.slotAddress(slot), n, offset, slot, 0, sqeFlags);
     }

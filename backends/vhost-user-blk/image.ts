@@ -1,7 +1,7 @@
 import { fstatSync } from 'node:fs';
 import { KumoError } from '../../protocol/errors.js';
 import { ioctl, SysError } from '../../protocol/sys/libc.js';
-import { fcntlLock, F_OFD_SETLK, F_RDLCK, F_WRLCK } from '../../protocol/sys/fs.js';
+import { fcntlLock, fstatfs, F_OFD_SETLK, F_RDLCK, F_WRLCK, RAMFS_MAGIC, TMPFS_MAGIC } from '../../protocol/sys/fs.js';
 import { openFile, closeQuiet, O_RDONLY, O_RDWR, O_CLOEXEC, O_DIRECT } from '../../protocol/sys/fd.js';
 
 export const SECTOR_SIZE = 512;
@@ -29,6 +29,11 @@ export class DiskImage {
     readonly readonly: boolean,
     readonly direct: boolean,
     readonly isBlockDevice: boolean,
+    /**
+     * tmpfs/ramfs, buffered: reads are memory copies that never wait for a device, and io_uring has
+     * no inline (non-blocking) path for them, so each would take an io-wq round trip.
+     */
+    readonly memoryBacked: boolean,
   ) {}
 
   get sectors(): number {
@@ -60,7 +65,9 @@ export class DiskImage {
         throw new ImageError(`image ${path} size ${size} is not a multiple of ${SECTOR_SIZE} bytes`, { path, size });
       }
       lock(fd, path, opts.readonly ? F_RDLCK : F_WRLCK);
-      return new DiskImage(path, fd, size, opts.readonly, opts.direct, st.isBlockDevice());
+      const fsType = fstatfs(fd).type;
+      const memoryBacked = !opts.direct && (fsType === TMPFS_MAGIC || fsType === RAMFS_MAGIC);
+      return new DiskImage(path, fd, size, opts.readonly, opts.direct, st.isBlockDevice(), memoryBacked);
     } catch (e) {
       closeQuiet(fd);
       throw e;

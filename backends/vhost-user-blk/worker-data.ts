@@ -5,6 +5,8 @@ export interface BlkWorkerData {
   fd: number;
   size: number;
   readonly: boolean;
+  /** See DiskImage.memoryBacked. */
+  memoryBacked: boolean;
   serial: Uint8Array;
   /** Int32Array over it: [0] = writethrough, [1] = queues being served (see BlkEngineImage.flags). */
   flags: SharedArrayBuffer;

@@ -115,6 +115,16 @@ export function preadv(fd: number, iov: IoVecList, offset: number): number {
   return retryable('preadv', Number(preadv_(fd, iov.ptr, iov.count, offset)), fd);
 }
 
+/** preadv over a native iovec array at `iovAddr`; returns bytes read or -errno (no exception). */
+export function preadvRaw(fd: number, iovAddr: number, count: number, offset: number): number {
+  for (;;) {
+    const r = Number(preadv_(fd, iovAddr, count, offset));
+    if (r >= 0) return r;
+    const e = koffi.errno();
+    if (e !== EINTR) return -e;
+  }
+}
+
 export function pwritev(fd: number, iov: IoVecList, offset: number): number {
   return retryable('pwritev', Number(pwritev_(fd, iov.ptr, iov.count, offset)), fd);
 }

@@ -291,13 +291,18 @@ export function syncfs(fd: number): void {
 }
 
 export interface StatFs {
+  /** f_type: the filesystem's magic number (TMPFS_MAGIC ...). */
+  type: number;
   bsize: number; blocks: number; bfree: number; bavail: number; files: number; ffree: number; namelen: number; frsize: number;
 }
 const statfsBuf = Buffer.alloc(120);
+export const TMPFS_MAGIC = 0x01021994;
+export const RAMFS_MAGIC = 0x858458f6;
+
 export function fstatfs(fd: number): StatFs {
   ck('fstatfs', fstatfs_(fd, statfsBuf), { fd });
   const n = (o: number): number => Number(statfsBuf.readBigUInt64LE(o));
-  return { bsize: n(8), blocks: n(16), bfree: n(24), bavail: n(32), files: n(40), ffree: n(48), namelen: n(64), frsize: n(72) };
+  return { type: n(0), bsize: n(8), blocks: n(16), bfree: n(24), bavail: n(32), files: n(40), ffree: n(48), namelen: n(64), frsize: n(72) };
 }
 
 /** Raw linux_dirent64 records into buf; 0 at end of directory. */

@@ -112,6 +112,24 @@ for (const mode of ['eventfd', 'wait'] as CompletionMode[]) {
       expect(img.flags[1]).toBe(1);
     });
 
+    it('reads a memory-backed image with preadv in this thread: small reads complete before io_uring is entered', () => {
+      setup();
+      img.memoryBacked = true;
+      const bufs = [d.buf(4096), d.buf(512), d.buf(8192)];
+      const sts = bufs.map((addr, k) => d.add(VIRTIO_BLK_T_IN, 16 * k + 1, [], [{ addr, len: [4096, 512, 8192][k] }], k));
+      d.driver.publish();
+      expect(eng.processAvail()).toBe(true);
+      expect(eng.inFlight).toBe(0);
+      const used = new Map(d.driver.takeUsed().map((u) => [u.token, u.len]));
+      expect([...used.values()]).toEqual([4097, 513, 8193]);
+      bufs.forEach((addr, k) => {
+        const len = [4096, 512, 8192][k];
+        const off = (16 * k + 1) * 512;
+        expect(d.mem.readU8(sts[k])).toBe(VIRTIO_BLK_S_OK);
+        expect(Buffer.from(d.mem.slice(addr, len)).equals(initial.subarray(off, off + len))).toBe(true);
+      });
+    });
+
     it('writes, flushes, and honours writethrough', () => {
       setup();
       const data = randomBytes(8192);

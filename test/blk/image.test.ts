@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DiskImage } from '../../backends/vhost-user-blk/image.js';
@@ -19,6 +19,24 @@ describe('DiskImage', () => {
     expect(img.sectors).toBe(2048);
     expect(img.isBlockDevice).toBe(false);
     img.close();
+  });
+
+  it.skipIf(!existsSync('/dev/shm'))('knows a tmpfs image is memory-backed (buffered only)', () => {
+    const shm = mkdtempSync('/dev/shm/kumo-img-');
+    try {
+      const p = join(shm, 'm.raw');
+      writeFileSync(p, Buffer.alloc(1 << 20));
+      const img = DiskImage.open(p, { readonly: false, direct: false });
+      expect(img.memoryBacked).toBe(true);
+      img.close();
+      const onDisk = join(dir, 'd.raw');
+      writeFileSync(onDisk, Buffer.alloc(1 << 20));
+      const d = DiskImage.open(onDisk, { readonly: true, direct: false });
+      expect(d.memoryBacked).toBe(statfsSync(dir).type === 0x01021994);
+      d.close();
+    } finally {
+      rmSync(shm, { recursive: true, force: true });
+    }
   });
 
   it('refuses a size that is not a multiple of 512', () => {
