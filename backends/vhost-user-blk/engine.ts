@@ -11,7 +11,7 @@ import {
   FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
 } from '../../protocol/sys/uring.js';
 import type { Logger } from '../../protocol/log.js';
-import { preadvRaw } from '../../protocol/sys/fd.js';
+import { preadvRaw, pwritevRaw } from '../../protocol/sys/fd.js';
 import { HostMap } from './host-map.js';
 import { BlkLimits } from './limits.js';
 
@@ -36,7 +36,7 @@ export interface BlkEngineImage {
   fd: number;
   size: number;
   readonly: boolean;
-  /** Reads are done with preadv in this thread unless sent to io-wq (see DiskImage.memoryBacked). */
+  /** Small reads and writes run with preadv/pwritev in this thread (see DiskImage.memoryBacked). */
   memoryBacked?: boolean;
   /** 20-byte GET_ID answer. */
   serial: Uint8Array;
@@ -479,17 +479,18 @@ export class BlkQueueEngine {
     this.sOps[slot] = 1;
     this.opsInFlight++;
     this.ensureSq(1);
+    const small = len < OFFLOAD_MIN_BYTES;
+    if (small && this.img.memoryBacked === true) {
+      const iovAddr = this.iov.slotAddress(slot);
+      this.complete(slot, write ? pwritevRaw(fd, iovAddr, n, offset) : preadvRaw(fd, iovAddr, n, offset));
+      return;
+    }
     if (write) {
       const sqeFlags = this.cpuToSpare() ? IOSQE_ASYNC : 0;
       if (n === 1) this.ring.prepWrite(fd, single, len, offset, slot, 0, sqeFlags);
       else this.ring.prepWritev(fd, this.iov.slotAddress(slot), n, offset, slot, 0, sqeFlags);
     } else {
-      const large = len >= OFFLOAD_MIN_BYTES;
-      if (!large && this.img.memoryBacked === true) {
-        this.complete(slot, preadvRaw(fd, this.iov.slotAddress(slot), n, offset));
-        return;
-      }
-      const sqeFlags = large && this.offloadRead() ? IOSQE_ASYNC : 0;
+      const sqeFlags = !small && this.offloadRead() ? IOSQE_ASYNC : 0;
       if (n === 1) this.ring.prepRead(fd, single, len, offset, slot, 0, sqeFlags);
       else this.ring.prepReadv(fd, this.iov.slotAddress(slot), n, offset, slot, 0, sqeFlags);
     }

@@ -30,8 +30,9 @@ export class DiskImage {
     readonly direct: boolean,
     readonly isBlockDevice: boolean,
     /**
-     * tmpfs/ramfs, buffered: reads are memory copies that never wait for a device, and io_uring has
-     * no inline (non-blocking) path for them, so each would take an io-wq round trip.
+     * tmpfs/ramfs, buffered: reads and writes are memory copies that never wait for a device, and
+     * io_uring has no inline (non-blocking) path for them here, so each would take an io-wq round
+     * trip (measured 66 µs for a 4 KiB read, against about 1 µs for the copy itself).
      */
     readonly memoryBacked: boolean,
   ) {}

@@ -125,6 +125,16 @@ export function preadvRaw(fd: number, iovAddr: number, count: number, offset: nu
   }
 }
 
+/** pwritev over a native iovec array at `iovAddr`; returns bytes written or -errno (no exception). */
+export function pwritevRaw(fd: number, iovAddr: number, count: number, offset: number): number {
+  for (;;) {
+    const r = Number(pwritev_(fd, iovAddr, count, offset));
+    if (r >= 0) return r;
+    const e = koffi.errno();
+    if (e !== EINTR) return -e;
+  }
+}
+
 export function pwritev(fd: number, iov: IoVecList, offset: number): number {
   return retryable('pwritev', Number(pwritev_(fd, iov.ptr, iov.count, offset)), fd);
 }

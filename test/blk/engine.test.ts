@@ -112,9 +112,18 @@ for (const mode of ['eventfd', 'wait'] as CompletionMode[]) {
       expect(img.flags[1]).toBe(1);
     });
 
-    it('reads a memory-backed image with preadv in this thread: small reads complete before io_uring is entered', () => {
+    it('serves a memory-backed image with preadv/pwritev in this thread: small requests complete before io_uring is entered', () => {
       setup();
       img.memoryBacked = true;
+      const data = randomBytes(4096);
+      const wbuf = d.buf(4096);
+      d.mem.write(wbuf, data);
+      const wst = d.add(VIRTIO_BLK_T_OUT, 200, [{ addr: wbuf, len: 4096 }], [], 9);
+      d.driver.publish();
+      expect(eng.processAvail()).toBe(true);
+      expect(d.driver.takeUsed().map((u) => u.token)).toEqual([9]);
+      expect(d.mem.readU8(wst)).toBe(VIRTIO_BLK_S_OK);
+      expect(readFileSync(file).subarray(200 * 512, 200 * 512 + 4096).equals(data)).toBe(true);
       const bufs = [d.buf(4096), d.buf(512), d.buf(8192)];
       const sts = bufs.map((addr, k) => d.add(VIRTIO_BLK_T_IN, 16 * k + 1, [], [{ addr, len: [4096, 512, 8192][k] }], k));
       d.driver.publish();
