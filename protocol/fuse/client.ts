@@ -38,16 +38,6 @@ const z = (s: string | Uint8Array): Uint8Array => {
   return out;
 };
 
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-
 export interface Caller {
   uid: number;
   gid: number;
@@ -64,10 +54,15 @@ export class FuseClient {
 
   /** Encodes a request; exposed for hostile-input tests. */
   encode(opcode: number, nodeid: number, parts: Uint8Array[], unique = this.unique++): Uint8Array {
-    const body = concat(parts);
-    const req = new Uint8Array(IN_HEADER_SIZE + body.length);
-    InHeader.encode({ len: req.length, opcode, unique, nodeid, uid: this.caller.uid, gid: this.caller.gid, pid: this.caller.pid, totalExtlen: 0 }, req, 0);
-    req.set(body, IN_HEADER_SIZE);
+    let len = IN_HEADER_SIZE;
+    for (const p of parts) len += p.length;
+    const req = new Uint8Array(len);
+    InHeader.encode({ len, opcode, unique, nodeid, uid: this.caller.uid, gid: this.caller.gid, pid: this.caller.pid, totalExtlen: 0 }, req, 0);
+    let o = IN_HEADER_SIZE;
+    for (const p of parts) {
+      req.set(p, o);
+      o += p.length;
+    }
     return req;
   }
 

@@ -25,6 +25,8 @@ export type StructValue<L extends FieldList> = {
 };
 
 const TWO32 = 0x1_0000_0000;
+const SCRATCH = new Uint8Array(new ArrayBuffer(8192));
+const SCRATCH_DV = new DataView(SCRATCH.buffer);
 const SAFE_HI = 0x20_0000; // hi word of 2^53
 
 function primSize(t: Prim): number {
@@ -95,11 +97,20 @@ export class Struct<V> {
     if (offset + this.size > buf.length) {
       throw new FuseProtocolError(`no room for ${this.name}`, { need: this.size, have: buf.length - offset });
     }
-    const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    // Encoded in an off-heap scratch buffer, then copied: a DataView over `buf` itself would force V8
+    // to move a small on-heap typed array (every pack()) off the heap first.
+    if (this.size > SCRATCH.length) throw new FuseProtocolError(`${this.name} too large to encode`, { size: this.size });
+    this.encodeAt(v, 0);
+    buf.set(SCRATCH.subarray(0, this.size), offset);
+    return offset + this.size;
+  }
+
+  private encodeAt(v: V, base: number): void {
+    const dv = SCRATCH_DV;
     const rec = v as Record<string, unknown>;
     for (let i = 0; i < this.fields.length; i++) {
       const [name, t] = this.fields[i];
-      const o = offset + this.offsets[i];
+      const o = base + this.offsets[i];
       const x = name[0] === '_' ? undefined : rec[name];
       switch (t) {
         case 'u8': dv.setUint8(o, Number(x ?? 0)); break;
@@ -107,22 +118,25 @@ export class Struct<V> {
         case 'u32': dv.setUint32(o, Number(x ?? 0) >>> 0, true); break;
         case 'i32': dv.setInt32(o, Number(x ?? 0), true); break;
         case 'u64': case 'i64': {
-          const n = Number(x ?? 0);
-          dv.setBigInt64(o, BigInt(Math.trunc(n)), true);
+          const n = Math.trunc(Number(x ?? 0));
+          // Two 32-bit halves: no BigInt on the common path (|n| < 2^53 is exact either way).
+          const lo = n % TWO32;
+          const hi = Math.floor(n / TWO32);
+          dv.setUint32(o, lo < 0 ? lo + TWO32 : lo, true);
+          dv.setInt32(o + 4, hi, true);
           break;
         }
         case 'b64': dv.setBigUint64(o, BigInt.asUintN(64, (x as bigint | undefined) ?? 0n), true); break;
         default:
           if (t instanceof Struct) {
-            if (x === undefined) buf.fill(0, o, o + t.size);
-            else t.encode(x, buf, o);
+            if (x === undefined) SCRATCH.fill(0, o, o + t.size);
+            else t.encodeAt(x, o);
           } else {
-            buf.fill(0, o, o + t.bytes);
-            if (x instanceof Uint8Array) buf.set(x.subarray(0, t.bytes), o);
+            SCRATCH.fill(0, o, o + t.bytes);
+            if (x instanceof Uint8Array) SCRATCH.set(x.subarray(0, t.bytes), o);
           }
       }
     }
-    return offset + this.size;
   }
 
   /** A fresh zero-filled buffer holding v. */
