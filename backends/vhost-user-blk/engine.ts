@@ -244,12 +244,14 @@ export class BlkQueueEngine {
   /**
    * Buffered I/O is a memory copy (plus filesystem work for writes) done by whichever thread runs it:
    * inline in io_uring_enter, this thread, unless IOSQE_ASYNC hands it to an io-wq worker. With a CPU
-   * to spare, every other large read goes to io-wq so that two CPUs copy at once, and every write goes
+   * to spare and other requests in flight, every other large read goes to io-wq so that two CPUs copy
+   * at once, and every write goes
    * there (writes to one file serialize on its inode lock anyway; this thread meanwhile takes and
    * completes other requests). With a queue per CPU the other queues keep the CPUs busy instead.
    */
   private offloadRead(): boolean {
-    if (!this.cpuToSpare()) return false;
+    // A lone request (nothing else in flight or waiting) has nothing to overlap with: keep it inline.
+    if (!this.cpuToSpare() || (this.opsInFlight <= 1 && !(this.queue as DeviceQueue).hasAvailable())) return false;
     this.offloadToggle = !this.offloadToggle;
     return this.offloadToggle;
   }

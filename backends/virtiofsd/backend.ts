@@ -20,8 +20,9 @@ export class VirtioFsBackend implements VhostUserBackend {
     opts: FsOptions,
     private readonly tag: string | null,
     pollUs = DEFAULT_POLL_US,
+    offloadReads = true,
   ) {
-    this.queueWorker = { module: siblingWorkerModule(import.meta.url, 'queue-worker'), data: { opts, pollUs } };
+    this.queueWorker = { module: siblingWorkerModule(import.meta.url, 'queue-worker'), data: { opts, pollUs, offloadReads } };
   }
 
   features(): bigint {

@@ -4,7 +4,8 @@ import { defaultFsOptions, type CacheMode, type FileHandleMode, type FsOptions, 
 export interface DaemonConfig {
   socketPath: string;
   tag: string | null;
-  threadPoolSize: number;
+  /** null: not given (large READs may use io-wq threads); 0: everything inline on the queue thread. */
+  threadPoolSize: number | null;
   /** kumo extension: busy-poll window (µs) after the last request; 0 sleeps at once. */
   pollUs: number | null;
   rlimitNofile: number | null;
@@ -35,7 +36,7 @@ function int(name: string, v: string): number {
 export function parseArgs(argv: string[]): DaemonConfig {
   let socketPath: string | null = null;
   let sharedDir: string | null = null;
-  const cfg = { tag: null as string | null, threadPoolSize: 0, pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
+  const cfg = { tag: null as string | null, threadPoolSize: null as number | null, pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
   const o: Partial<FsOptions> = { sandbox: 'namespace' };
   const set = (key: string, val: string | null): void => {
     const v = val ?? '';

@@ -4,6 +4,7 @@ import { fstatRaw, rawStat, S_IFDIR, S_IFMT } from '../../protocol/sys/fs.js';
 import { E } from './errors.js';
 import type { FuseIo } from './fuse-io.js';
 import type { PassthroughFs } from './passthrough.js';
+import { DEFERRED, type ReadOffload } from './read-offload.js';
 
 const TWO32 = 0x1_0000_0000;
 const ENTRY_OUT = 128;
@@ -34,6 +35,7 @@ export class FastPath {
     private readonly outBuf: Buffer,
     private readonly iov: IoVecList,
     private readonly fopenFlags: () => number,
+    private readonly offload: ReadOffload | null = null,
   ) {
     this.inDv = new DataView(inBuf.buffer, inBuf.byteOffset, inBuf.byteLength);
     this.outDv = new DataView(outBuf.buffer, outBuf.byteOffset, outBuf.byteLength);
@@ -136,6 +138,14 @@ export class FastPath {
         const iov = this.iov;
         iov.clear();
         const covered = size > 0 ? io.outIovecs(OUT_HEADER_SIZE, size, iov) : 0;
+        const offload = this.offload;
+        if (offload !== null && offload.wants(covered)) {
+          const gpa = io.outHeaderGpa();
+          if (gpa >= 0) {
+            offload.submit(h.fd, iov, off, gpa, this.inDv.getUint32(8, true), this.inDv.getUint32(12, true));
+            return DEFERRED;
+          }
+        }
         const n = covered > 0 ? fs.read(fh, off, iov) : 0;
         return this.okWithData(io, n);
       }

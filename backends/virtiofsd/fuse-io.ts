@@ -18,6 +18,8 @@ export interface FuseIo {
   inIovecs(offset: number, len: number, iov: IoVecList): number;
   writeOut(offset: number, src: Uint8Array): number;
   outIovecs(offset: number, len: number, iov: IoVecList): number;
+  /** Guest address of the reply header when it lies in one guest buffer, else -1 (the reply must be written now). */
+  outHeaderGpa(): number;
 }
 
 function pushRange(
@@ -63,6 +65,10 @@ export class ChainIo implements FuseIo {
     this.inLength = inLength;
     this.outLength = outLength;
     return this;
+  }
+  outHeaderGpa(): number {
+    const w = this.writable;
+    return w.length > 0 && w[0].len >= 16 ? w[0].addr : -1;
   }
   readIn(offset: number, dst: Uint8Array): number {
     const segs = this.readable;
@@ -117,6 +123,9 @@ export class BufferIo implements FuseIo {
   ) {
     this.inLength = input.reduce((a, b) => a + b.length, 0);
     this.outLength = output.reduce((a, b) => a + b.length, 0);
+  }
+  outHeaderGpa(): number {
+    return -1;
   }
   readIn(offset: number, dst: Uint8Array): number {
     return copy(this.input, offset, dst.length, (b, o, n, d) => dst.set(b.subarray(o, o + n), d));

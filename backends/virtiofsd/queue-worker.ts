@@ -8,12 +8,15 @@ import { rawSyscall } from '../../protocol/sys/libc.js';
 const SYS_sched_yield = 24;
 import { ChainIo } from './fuse-io.js';
 import { PassthroughFs } from './passthrough.js';
-import { FuseServer } from './server.js';
+import { FuseServer, MAX_IOV } from './server.js';
+import { DEFERRED, ReadOffload } from './read-offload.js';
 import { enterSandbox } from './sandbox.js';
 import type { FsOptions } from './options.js';
 
 export interface FsWorkerData {
   opts: FsOptions;
+  /** Large READs may run on io-wq threads (false: --thread-pool-size=0, every READ copies inline). */
+  offloadReads: boolean;
   /** Busy-poll the rings this long (µs) after the last request before sleeping on the kick fds; 0: never. */
   pollUs: number;
 }
@@ -21,6 +24,7 @@ export interface FsWorkerData {
 /** After this long serving without a break the loop yields to the worker's epoll (control commands). */
 const SLICE_MS = 2;
 const RESUME_TOKEN = HANDLER_TOKEN_BASE + 1;
+const OFFLOAD_TOKEN = HANDLER_TOKEN_BASE + 2;
 
 /**
  * One worker thread serves both the hiprio queue and the request queue, so FORGETs on queue 0 and
@@ -35,9 +39,11 @@ const RESUME_TOKEN = HANDLER_TOKEN_BASE + 1;
  * too); only when nothing arrives does it re-enable kicks and go back to epoll.
  */
 export const createQueueHandler: CreateQueueHandler = (ctx) => {
-  const { opts, pollUs } = ctx.data as FsWorkerData;
+  const { opts, pollUs, offloadReads } = ctx.data as FsWorkerData;
   const fs = new PassthroughFs(opts, enterSandbox(opts, ctx.log));
-  const server = new FuseServer(fs);
+  const offload = offloadReads ? ReadOffload.create(MAX_IOV, ctx.log) : null;
+  if (offload !== null) ctx.epoll.add(offload.efd, EPOLLIN, OFFLOAD_TOKEN);
+  const server = new FuseServer(fs, offload);
   const io = new ChainIo();
   const rings: VringHandle[] = [];
   const pollMs = Math.max(0, pollUs) / 1000;
@@ -67,10 +73,16 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
       }
       if (chain === null) break;
       let n = 0;
+      if (offload !== null) offload.moreQueued = queue.hasAvailable();
       try {
         n = server.handle(io.reset(mem, chain.readable, chain.writable, chain.readableLength, chain.writableLength));
       } catch (e) {
         ctx.log.warn({ err: (e as Error).message }, 'request dropped');
+      }
+      if (n === DEFERRED) {
+        (offload as ReadOffload).bind(q, chain.head);
+        served++;
+        continue;
       }
       queue.pushUsed(chain.head, n);
       served++;
@@ -88,7 +100,7 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
 
   /** Served chains on all rings; a ring whose avail index is corrupt is dropped (the driver broke it). */
   function drainAll(): number {
-    let served = 0;
+    let served = offload !== null ? offload.reap(ctx.memory()) : 0;
     for (const r of rings) {
       if (!r.enabled) continue;
       try {
@@ -117,7 +129,7 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
 
   function anyAvailable(): boolean {
     for (const r of rings) if (r.enabled && r.queue.hasAvailable()) return true;
-    return false;
+    return offload !== null && offload.ready();
   }
 
   function serve(): void {
@@ -153,12 +165,18 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
     }
   }
 
+  /** Waits for the READs on io-wq and returns their chains (memory about to change, ring stopping, exit). */
+  function finishReads(): void {
+    if (offload !== null && offload.pending > 0) offload.drain(ctx.memory());
+  }
+
   const handler: QueueHandler = {
     onStart(q: VringHandle): void {
       if (!rings.includes(q)) rings.push(q);
       ctx.log.debug({ queue: q.index }, 'queue started');
     },
     onStop(q: VringHandle): void {
+      finishReads();
       const i = rings.indexOf(q);
       if (i >= 0) rings.splice(i, 1);
       ctx.log.debug({ queue: q.index }, 'queue stopped');
@@ -169,9 +187,19 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
       serve();
     },
     onFd(token: number): void {
-      if (token !== RESUME_TOKEN) return;
-      eventfdRead(resumeFd);
+      if (token === RESUME_TOKEN) eventfdRead(resumeFd);
+      else if (token === OFFLOAD_TOKEN) eventfdRead((offload as ReadOffload).efd);
+      else return;
       serve();
+    },
+    drain(): void {
+      finishReads();
+    },
+    close(): void {
+      if (offload === null) return;
+      finishReads();
+      ctx.epoll.remove(offload.efd);
+      offload.close();
     },
   };
   process.once('exit', () => closeQuiet(resumeFd));

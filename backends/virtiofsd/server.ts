@@ -11,13 +11,15 @@ import { SysError } from '../../protocol/sys/libc.js';
 import { logger } from '../../protocol/log.js';
 import { E, FsError } from './errors.js';
 import type { FuseIo } from './fuse-io.js';
+import type { ReadOffload } from './read-offload.js';
 import { FastPath, NOT_HANDLED } from './fast-path.js';
 import type { Caller, PassthroughFs } from './passthrough.js';
 
 const log = logger('virtiofsd');
 /** Largest non-WRITE request we accept: header + setxattr_in + name + 64 KiB value, with room to spare. */
 const MAX_REQUEST = 80 * 1024;
-const MAX_IOV = 1024;
+/** iovecs one READ/WRITE may span (a 1 MiB request in 4 KiB guest pages needs 256). */
+export const MAX_IOV = 1024;
 const WRITE_ARGS = IN_HEADER_SIZE + WriteIn.size;
 const SYMLINK_MAX = 4096;
 /** Flags we are willing to accept from the guest's INIT offer. */
@@ -45,8 +47,9 @@ export class FuseServer {
   private readonly head = this.inBuf.subarray(0, IN_HEADER_SIZE);
   private readonly fast: FastPath;
 
-  constructor(private readonly fs: PassthroughFs) {
-    this.fast = new FastPath(fs, this.inBuf, this.outBuf, this.iov, () => this.fopenFlags(false));
+  /** `offload`: large READs may be finished later (handle() then returns DEFERRED; see ReadOffload). */
+  constructor(private readonly fs: PassthroughFs, offload: ReadOffload | null = null) {
+    this.fast = new FastPath(fs, this.inBuf, this.outBuf, this.iov, () => this.fopenFlags(false), offload);
   }
 
   handle(io: FuseIo): number {

@@ -1,0 +1,160 @@
+import { availableParallelism } from 'node:os';
+import type { GuestMemory } from '../../protocol/memory/index.js';
+import type { VringHandle } from '../../protocol/vhost-user/backend-types.js';
+import { closeQuiet, eventfd, IoVecList } from '../../protocol/sys/fd.js';
+import { IoUring, IOSQE_ASYNC } from '../../protocol/sys/uring.js';
+import type { Logger } from '../../protocol/log.js';
+
+/** READs at least this large may be copied by an io-wq thread while the request loop goes on. */
+export const OFFLOAD_MIN_BYTES = 128 * 1024;
+/** FuseServer.handle()'s answer for a READ handed to ReadOffload: no reply yet, the chain stays out. */
+export const DEFERRED = -2;
+const SLOTS = 16;
+const OUT_HEADER_SIZE = 16;
+
+/**
+ * Large READs are one long copy from the page cache into guest memory, done by whichever thread
+ * runs them. With a CPU to spare, every other large READ goes to an io-wq worker (io_uring with
+ * IOSQE_ASYNC) while the request loop copies the next one itself, so two CPUs copy at once; the
+ * reply header is written and the chain returned when the completion arrives. Replies may thus
+ * overtake each other, which FUSE allows (they carry the request's unique).
+ *
+ * The io_uring holds its own reference to the file, so a RELEASE racing the READ is harmless; guest
+ * memory changes and ring stops wait in drain().
+ */
+export class ReadOffload {
+  private readonly ring: IoUring;
+  /** Signalled by the ring on every completion; the worker sleeps on it in its epoll. */
+  readonly efd: number;
+  private readonly iovs: IoVecList[] = [];
+  private readonly free: number[] = [];
+  private readonly hdrGpa = new Float64Array(SLOTS);
+  private readonly unique = new Uint32Array(SLOTS * 2);
+  private readonly heads = new Uint16Array(SLOTS);
+  private readonly owners: (VringHandle | null)[] = new Array<VringHandle | null>(SLOTS).fill(null);
+  private readonly hdr = new Uint8Array(OUT_HEADER_SIZE);
+  private readonly hdrView = new DataView(this.hdr.buffer);
+  private readonly touched = new Set<VringHandle>();
+  private toggle = false;
+  private last = -1;
+  private inFlight = 0;
+  private mem: GuestMemory | null = null;
+  private readonly onCqe = (slot: number, res: number): void => this.finish(slot, res);
+
+  private constructor(maxIovecs: number) {
+    this.ring = new IoUring(SLOTS * 2);
+    this.efd = eventfd();
+    this.ring.registerEventfd(this.efd);
+    for (let s = 0; s < SLOTS; s++) {
+      this.iovs.push(new IoVecList(maxIovecs));
+      this.free.push(s);
+    }
+  }
+
+  /** An offload, or null on a single-CPU host or where io_uring is unavailable (READs then stay inline). */
+  static create(maxIovecs: number, log?: Logger): ReadOffload | null {
+    if (availableParallelism() < 2) return null;
+    try {
+      return new ReadOffload(maxIovecs);
+    } catch (e) {
+      log?.info({ err: (e as Error).message }, 'io_uring unavailable: large READs are copied inline');
+      return null;
+    }
+  }
+
+  /**
+   * Set by the request loop before each request: more requests are waiting. A lone READ gains
+   * nothing from a second thread (nothing to copy beside it) and would pay the io-wq wakeup.
+   */
+  moreQueued = false;
+
+  /** Whether a READ of `len` bytes should go to io-wq: every other large one, with work beside it and a slot free. */
+  wants(len: number): boolean {
+    if (len < OFFLOAD_MIN_BYTES || this.free.length === 0) return false;
+    if (!this.moreQueued && this.inFlight === 0) return false;
+    this.toggle = !this.toggle;
+    return this.toggle;
+  }
+
+  /**
+   * Starts preadv(fd, iov, offset) on an io-wq worker; the reply header (unique lo/hi) goes to guest
+   * address hdrGpa on completion. The caller then bind()s the chain and treats the request as DEFERRED.
+   */
+  submit(fd: number, iov: IoVecList, offset: number, hdrGpa: number, uniqueLo: number, uniqueHi: number): void {
+    const s = this.free.pop() as number;
+    const list = this.iovs[s];
+    list.buf.set(iov.buf.subarray(0, iov.count * 16));
+    list.count = iov.count;
+    list.totalLength = iov.totalLength;
+    this.hdrGpa[s] = hdrGpa;
+    this.unique[2 * s] = uniqueLo;
+    this.unique[2 * s + 1] = uniqueHi;
+    this.owners[s] = null;
+    this.ring.prepReadv(fd, Number(list.ptr), list.count, offset, s, 0, IOSQE_ASYNC);
+    this.ring.submit(0);
+    this.last = s;
+    this.inFlight++;
+  }
+
+  /** The chain (ring, head) of the READ submit() just started. */
+  bind(owner: VringHandle, head: number): void {
+    this.owners[this.last] = owner;
+    this.heads[this.last] = head;
+  }
+
+  get pending(): number {
+    return this.inFlight;
+  }
+
+  ready(): boolean {
+    return this.inFlight > 0 && this.ring.cqReady() > 0;
+  }
+
+  /** Completes every finished READ: header, used element, one publish and notify per ring. Returns how many. */
+  reap(mem: GuestMemory): number {
+    if (this.inFlight === 0) return 0;
+    this.mem = mem;
+    const n = this.ring.reap(this.onCqe);
+    for (const r of this.touched) {
+      r.queue.publishUsed();
+      r.notify();
+    }
+    this.touched.clear();
+    return n;
+  }
+
+  /** Blocks until no READ is in flight, completing each (guest memory about to change, ring stopping). */
+  drain(mem: GuestMemory): void {
+    while (this.inFlight > 0) {
+      if (this.ring.cqReady() === 0) this.ring.submit(1);
+      this.reap(mem);
+    }
+  }
+
+  close(): void {
+    this.ring.close();
+    closeQuiet(this.efd);
+  }
+
+  private finish(s: number, res: number): void {
+    this.inFlight--;
+    this.free.push(s);
+    const owner = this.owners[s];
+    this.owners[s] = null;
+    if (owner === null) return;
+    const n = res > 0 ? res : 0;
+    const d = this.hdrView;
+    d.setUint32(0, OUT_HEADER_SIZE + n, true);
+    d.setInt32(4, res < 0 ? res : 0, true);
+    d.setUint32(8, this.unique[2 * s], true);
+    d.setUint32(12, this.unique[2 * s + 1], true);
+    let len = OUT_HEADER_SIZE + n;
+    try {
+      (this.mem as GuestMemory).write(this.hdrGpa[s], this.hdr);
+    } catch {
+      len = 0; // the header address stopped being guest memory: the chain goes back empty
+    }
+    owner.queue.pushUsed(this.heads[s], len);
+    this.touched.add(owner);
+  }
+}

@@ -1,0 +1,70 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { FuseClient, FUSE_ROOT_ID } from '../../protocol/fuse/index.js';
+import { VirtioFsTransport } from '../../vmm/kumo-vu/fs/transport.js';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const MiB = 1 << 20;
+
+/** Names of the daemon's threads (io_uring workers show up as iou-wrk-N). */
+const threads = (pid: number): string[] =>
+  readdirSync(`/proc/${pid}/task`).map((t) => {
+    try {
+      return readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim();
+    } catch {
+      return '';
+    }
+  });
+
+async function readAll(extra: string[]): Promise<{ ok: boolean; ioWorkers: number }> {
+  const dir = mkdtempSync('/tmp/kumo-fs-offload-');
+  const share = join(dir, 'share');
+  mkdirSync(share);
+  const data = randomBytes(5 * MiB + 12345);
+  writeFileSync(join(share, 'big'), data);
+  const sock = join(dir, 's.sock');
+  const d: ChildProcess = spawn('node', [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot', ...extra], {
+    stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' },
+  });
+  let t: VirtioFsTransport | null = null;
+  try {
+    t = await VirtioFsTransport.connect(sock, 15_000, 256, 8);
+    const c = new FuseClient(t);
+    await c.init();
+    const e = await c.lookup(FUSE_ROOT_ID, 'big');
+    const { fh } = await c.open(e.nodeid, 0);
+    let ok = true;
+    // 8 reads in flight, 1 MiB each, over the file and past its end (short read, then empty).
+    for (let round = 0; round < 3; round++) {
+      const offs = Array.from({ length: 8 }, (_, k) => ((round * 8 + k) % 7) * MiB);
+      const got = await Promise.all(offs.map((o) => c.read(e.nodeid, fh, o, MiB)));
+      offs.forEach((o, k) => {
+        if (!Buffer.from(got[k]).equals(data.subarray(Math.min(o, data.length), Math.min(o + MiB, data.length)))) ok = false;
+      });
+    }
+    const ioWorkers = threads(d.pid!).filter((n) => n.startsWith('iou-wrk')).length;
+    await c.release(e.nodeid, fh);
+    return { ok, ioWorkers };
+  } finally {
+    t?.close();
+    d.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe('large READs copied on io_uring workers', () => {
+  it('return the same bytes, short reads at EOF included, as inline READs (--thread-pool-size=0)', async () => {
+    const offloaded = await readAll([]);
+    const inline = await readAll(['--thread-pool-size=0']);
+    expect(offloaded.ok).toBe(true);
+    expect(inline.ok).toBe(true);
+    expect(inline.ioWorkers).toBe(0);
+    if (availableParallelism() > 1) expect(offloaded.ioWorkers).toBeGreaterThan(0);
+    else console.log('single CPU: READs are never offloaded');
+  }, 60_000);
+});
