@@ -115,24 +115,24 @@ export function preadv(fd: number, iov: IoVecList, offset: number): number {
   return retryable('preadv', Number(preadv_(fd, iov.ptr, iov.count, offset)), fd);
 }
 
-/** preadv over a native iovec array at `iovAddr`; returns bytes read or -errno (no exception). */
-export function preadvRaw(fd: number, iovAddr: number, count: number, offset: number): number {
+/** One positioned vector call, retried on EINTR; bytes moved or -errno. */
+function positionedIo(f: typeof preadv_, fd: number, iovAddr: number, count: number, offset: number): number {
   for (;;) {
-    const r = Number(preadv_(fd, iovAddr, count, offset));
+    const r = Number(f(fd, iovAddr, count, offset));
     if (r >= 0) return r;
     const e = koffi.errno();
     if (e !== EINTR) return -e;
   }
 }
 
+/** preadv over a native iovec array at `iovAddr`; returns bytes read or -errno (no exception). */
+export function preadvRaw(fd: number, iovAddr: number, count: number, offset: number): number {
+  return positionedIo(preadv_, fd, iovAddr, count, offset);
+}
+
 /** pwritev over a native iovec array at `iovAddr`; returns bytes written or -errno (no exception). */
 export function pwritevRaw(fd: number, iovAddr: number, count: number, offset: number): number {
-  for (;;) {
-    const r = Number(pwritev_(fd, iovAddr, count, offset));
-    if (r >= 0) return r;
-    const e = koffi.errno();
-    if (e !== EINTR) return -e;
-  }
+  return positionedIo(pwritev_, fd, iovAddr, count, offset);
 }
 
 export function pwritev(fd: number, iov: IoVecList, offset: number): number {
