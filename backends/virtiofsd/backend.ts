@@ -20,9 +20,9 @@ export class VirtioFsBackend implements VhostUserBackend {
     opts: FsOptions,
     private readonly tag: string | null,
     pollUs = DEFAULT_POLL_US,
-    offloadReads = true,
+    threadPoolSize: number | null = null,
   ) {
-    this.queueWorker = { module: siblingWorkerModule(import.meta.url, 'queue-worker'), data: { opts, pollUs, offloadReads } };
+    this.queueWorker = { module: siblingWorkerModule(import.meta.url, 'queue-worker'), data: { opts, pollUs, threadPoolSize } };
   }
 
   features(): bigint {

@@ -18,8 +18,8 @@ export const USAGE = `kumo-virtiofsd --socket-path=PATH --shared-dir=DIR [--tag=
   [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
   [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL] [--poll-us=N]
 QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,posix_lock,writeback,readdirplus
---thread-pool-size=0: every READ is copied by the request thread (default: with a second CPU, large READs
-  may be copied by io_uring worker threads while other requests wait; N > 0 is accepted, the kernel sizes that pool)
+--thread-pool-size=N: with a second CPU, large READs may be copied by io_uring worker threads while other
+  requests wait; N caps those threads, 0 keeps every READ on the request thread (default: the kernel's cap)
 --inode-file-handles=prefer|mandatory: inodes are known by file handle; at most KUMO_FS_OPEN_INODE_FDS (1024)
   of their O_PATH fds stay open, the rest are reopened by handle when used (needs CAP_DAC_READ_SEARCH).`;
 

@@ -99,15 +99,14 @@ async function main(argv: string[]): Promise<number> {
   if (!statSync(cfg.fs.sharedDir, { throwIfNoEntry: false })?.isDirectory()) {
     throw new FsConfigError('shared directory does not exist or is not a directory', { dir: cfg.fs.sharedDir });
   }
-  const offloadReads = cfg.threadPoolSize !== 0;
   if (cfg.threadPoolSize !== null && cfg.threadPoolSize > 0) {
-    log.info({ threadPoolSize: cfg.threadPoolSize }, 'requests run on the queue thread; large READs on io_uring worker threads (the kernel sizes that pool)');
+    log.info({ threadPoolSize: cfg.threadPoolSize }, 'requests run on the queue thread; large READs on at most this many io_uring worker threads');
   }
   const openFds = Number(process.env.KUMO_FS_OPEN_INODE_FDS ?? cfg.fs.openInodeFds);
   if (Number.isInteger(openFds) && openFds > 0) cfg.fs.openInodeFds = openFds;
   checkFileHandles(cfg.fs);
   raiseNofile(cfg.rlimitNofile);
-  const daemon = new VhostUserDaemon(new VirtioFsBackend(cfg.fs, cfg.tag, cfg.pollUs ?? undefined, offloadReads), { socketPath: cfg.socketPath, exitOnDisconnect: true, name: 'virtiofsd' });
+  const daemon = new VhostUserDaemon(new VirtioFsBackend(cfg.fs, cfg.tag, cfg.pollUs ?? undefined, cfg.threadPoolSize), { socketPath: cfg.socketPath, exitOnDisconnect: true, name: 'virtiofsd' });
   await daemon.start();
   log.info({ socket: cfg.socketPath, dir: cfg.fs.sharedDir, sandbox: cfg.fs.sandbox, cache: cfg.fs.cache }, 'waiting for vhost-user front-end');
   process.on('SIGTERM', () => shutdown(daemon, 'SIGTERM'));

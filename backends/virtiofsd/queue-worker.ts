@@ -15,8 +15,11 @@ import type { FsOptions } from './options.js';
 
 export interface FsWorkerData {
   opts: FsOptions;
-  /** Large READs may run on io-wq threads (false: --thread-pool-size=0, every READ copies inline). */
-  offloadReads: boolean;
+  /**
+   * --thread-pool-size: 0 keeps every READ on this thread; N > 0 caps the io_uring worker threads that
+   * copy large READs; null (not given) leaves the kernel's default.
+   */
+  threadPoolSize: number | null;
   /** Busy-poll the rings this long (µs) after the last request before sleeping on the kick fds; 0: never. */
   pollUs: number;
 }
@@ -39,9 +42,9 @@ const OFFLOAD_TOKEN = HANDLER_TOKEN_BASE + 2;
  * too); only when nothing arrives does it re-enable kicks and go back to epoll.
  */
 export const createQueueHandler: CreateQueueHandler = (ctx) => {
-  const { opts, pollUs, offloadReads } = ctx.data as FsWorkerData;
+  const { opts, pollUs, threadPoolSize } = ctx.data as FsWorkerData;
   const fs = new PassthroughFs(opts, enterSandbox(opts, ctx.log));
-  const offload = offloadReads ? ReadOffload.create(MAX_IOV, ctx.log) : null;
+  const offload = threadPoolSize === 0 ? null : ReadOffload.create(MAX_IOV, threadPoolSize ?? 0, ctx.log);
   if (offload !== null) ctx.epoll.add(offload.efd, EPOLLIN, OFFLOAD_TOKEN);
   const server = new FuseServer(fs, offload);
   const io = new ChainIo();

@@ -51,11 +51,16 @@ export class ReadOffload {
     }
   }
 
-  /** An offload, or null on a single-CPU host or where io_uring is unavailable (READs then stay inline). */
-  static create(maxIovecs: number, log?: Logger): ReadOffload | null {
+  /**
+   * An offload, or null on a single-CPU host or where io_uring is unavailable (READs then stay
+   * inline). `maxWorkers` > 0 caps the io-wq threads (--thread-pool-size).
+   */
+  static create(maxIovecs: number, maxWorkers: number, log?: Logger): ReadOffload | null {
     if (availableParallelism() < 2) return null;
     try {
-      return new ReadOffload(maxIovecs);
+      const o = new ReadOffload(maxIovecs);
+      if (maxWorkers > 0) o.ring.setMaxWorkers(maxWorkers, maxWorkers);
+      return o;
     } catch (e) {
       log?.info({ err: (e as Error).message }, 'io_uring unavailable: large READs are copied inline');
       return null;

@@ -48,6 +48,7 @@ const IORING_OFF_SQES = 0x10000000;
 const IORING_REGISTER_EVENTFD = 4;
 const IORING_UNREGISTER_EVENTFD = 5;
 const IORING_REGISTER_EVENTFD_ASYNC = 7;
+const IORING_REGISTER_IOWQ_MAX_WORKERS = 19;
 
 const SQE_SIZE = 64;
 const CQE_SIZE = 16;
@@ -272,6 +273,11 @@ export class IoUring {
 
   unregisterEventfd(): void {
     this.register(IORING_UNREGISTER_EVENTFD, null, 0, {});
+  }
+
+  /** Caps this ring's io-wq threads (bounded: regular-file I/O; unbounded: sockets...); 0 leaves one as it is. */
+  setMaxWorkers(bounded: number, unbounded: number): void {
+    this.register(IORING_REGISTER_IOWQ_MAX_WORKERS, new Uint32Array([bounded, unbounded]), 2, { bounded, unbounded });
   }
 
   private register(op: number, arg: PtrArg, nr: number, ctx: Record<string, unknown>): void {

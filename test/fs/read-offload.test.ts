@@ -60,10 +60,14 @@ async function readAll(extra: string[]): Promise<{ ok: boolean; ioWorkers: numbe
 describe('large READs copied on io_uring workers', () => {
   it('return the same bytes, short reads at EOF included, as inline READs (--thread-pool-size=0)', async () => {
     const offloaded = await readAll([]);
+    const capped = await readAll(['--thread-pool-size=1']);
     const inline = await readAll(['--thread-pool-size=0']);
+    console.log(`io_uring workers: default ${offloaded.ioWorkers}, --thread-pool-size=1 ${capped.ioWorkers}, =0 ${inline.ioWorkers}`);
     expect(offloaded.ok).toBe(true);
+    expect(capped.ok).toBe(true);
     expect(inline.ok).toBe(true);
     expect(inline.ioWorkers).toBe(0);
+    expect(capped.ioWorkers).toBeLessThanOrEqual(1);
     if (availableParallelism() > 1) expect(offloaded.ioWorkers).toBeGreaterThan(0);
     else console.log('single CPU: READs are never offloaded');
   }, 60_000);
