@@ -239,21 +239,13 @@ export class GuestMemory {
   /** Copies guest [gpa, gpa+dst.length) into dst (works across view chunks). */
   read(gpa: number, dst: Uint8Array): void {
     const r = this.find(gpa, dst.length);
-    let o = 0;
-    for (const p of r.pieces(gpa - r.guestAddr, dst.length)) {
-      dst.set(p.bytes, o);
-      o += p.bytes.length;
-    }
+    r.copyTo(gpa - r.guestAddr, dst);
   }
 
   /** Copies src into guest [gpa, gpa+src.length) (works across view chunks). */
   write(gpa: number, src: Uint8Array): void {
     const r = this.find(gpa, src.length);
-    let o = 0;
-    for (const p of r.pieces(gpa - r.guestAddr, src.length)) {
-      p.bytes.set(src.subarray(o, o + p.bytes.length));
-      o += p.bytes.length;
-    }
+    r.copyFrom(gpa - r.guestAddr, src);
   }
 
   /** Fills guest [gpa, gpa+len) with a byte value. */

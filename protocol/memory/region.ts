@@ -19,6 +19,10 @@ export const CHUNK_SIZE = 1 << 30;
 export const CHUNK_OVERLAP = 4 << 20;
 
 /** One mapped region: spec + host address + zero-copy views of its bytes (1 GiB chunks, overlapping). */
+/** Copies up to this many bytes with a plain loop (cheaper than a subarray + set). */
+const SMALL_COPY = 64;
+const SCRATCH = new Uint8Array(SMALL_COPY);
+
 export class GuestRegion implements MemoryRegionSpec {
   readonly guestAddr: number;
   readonly size: number;
@@ -82,6 +86,50 @@ export class GuestRegion implements MemoryRegionSpec {
     const coff = off - ci * this.chunkSize;
     if (coff + len > chunk.length) return null;
     return chunk.subarray(coff, coff + len);
+  }
+
+  /**
+   * Copies region bytes [off, off+dst.length) into dst (bounds already checked). A short copy inside
+   * one view moves byte by byte: no subarray, no generator (request headers, replies, status bytes).
+   */
+  copyTo(off: number, dst: Uint8Array): void {
+    const len = dst.length;
+    const ci = this.chunks.length === 1 ? 0 : Math.floor(off / this.chunkSize);
+    const chunk = this.chunks[ci];
+    const coff = off - ci * this.chunkSize;
+    if (coff + len <= chunk.length) {
+      if (len <= SMALL_COPY) {
+        // Through a scratch: dst may be a view of this very memory, overlapping the source.
+        for (let i = 0; i < len; i++) SCRATCH[i] = chunk[coff + i];
+        for (let i = 0; i < len; i++) dst[i] = SCRATCH[i];
+      } else dst.set(chunk.subarray(coff, coff + len));
+      return;
+    }
+    let o = 0;
+    for (const p of this.pieces(off, len)) {
+      dst.set(p.bytes, o);
+      o += p.bytes.length;
+    }
+  }
+
+  /** Copies src into region bytes [off, off+src.length) (bounds already checked); see copyTo. */
+  copyFrom(off: number, src: Uint8Array): void {
+    const len = src.length;
+    const ci = this.chunks.length === 1 ? 0 : Math.floor(off / this.chunkSize);
+    const chunk = this.chunks[ci];
+    const coff = off - ci * this.chunkSize;
+    if (coff + len <= chunk.length) {
+      if (len <= SMALL_COPY) {
+        for (let i = 0; i < len; i++) SCRATCH[i] = src[i];
+        for (let i = 0; i < len; i++) chunk[coff + i] = SCRATCH[i];
+      } else chunk.set(src, coff);
+      return;
+    }
+    let o = 0;
+    for (const p of this.pieces(off, len)) {
+      p.bytes.set(src.subarray(o, o + p.bytes.length));
+      o += p.bytes.length;
+    }
   }
 
   /** Pieces of [off, off+len) (already bounds-checked), each inside one view, in order. */

@@ -139,6 +139,26 @@ describe('GuestMemory chunked views (the >1 GiB path, scaled down)', () => {
     expect(dst).toEqual(src);
     expectMemErr(() => [...mem.segments(0x100000 + 100, 20000)]);
   });
+
+  it('short copies: inside a chunk, across a chunk end, and from a view of the same memory', () => {
+    const mem = mk();
+    const base = 0x100000;
+    for (const [at, n] of [[10, 40], [4096 - 20, 40], [8192 - 1, 2], [100, 64], [5000, 65]]) {
+      const src = new Uint8Array(n).map((_, i) => (i * 13 + 5) & 0xff);
+      mem.write(base + at, src);
+      const back = new Uint8Array(n);
+      mem.read(base + at, back);
+      expect(back).toEqual(src);
+    }
+    // Overlapping: copy [200, 240) to [210, 250) through a view of the same memory.
+    const expected = Array.from(mem.slice(base + 200, 40));
+    mem.write(base + 210, mem.slice(base + 200, 40));
+    expect(Array.from(mem.slice(base + 210, 40))).toEqual(expected);
+    const into = mem.slice(base + 300, 40);
+    const want = Array.from(mem.slice(base + 290, 40));
+    mem.read(base + 290, into);
+    expect(Array.from(into)).toEqual(want);
+  });
 });
 
 describe('GuestMemory over memfds', () => {
