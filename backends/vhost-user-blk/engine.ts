@@ -245,9 +245,8 @@ export class BlkQueueEngine {
    * Buffered I/O is a memory copy (plus filesystem work for writes) done by whichever thread runs it:
    * inline in io_uring_enter, this thread, unless IOSQE_ASYNC hands it to an io-wq worker. With a CPU
    * to spare and other requests in flight, every other large read goes to io-wq so that two CPUs copy
-   * at once, and every write goes
-   * there (writes to one file serialize on its inode lock anyway; this thread meanwhile takes and
-   * completes other requests). With a queue per CPU the other queues keep the CPUs busy instead.
+   * at once, and every write goes there (writes to one file serialize on its inode lock anyway; this
+   * thread meanwhile takes and completes other requests). With a queue per CPU the other queues keep the CPUs busy instead.
    */
   private offloadRead(): boolean {
     // A lone request (nothing else in flight or waiting) has nothing to overlap with: keep it inline.
@@ -480,13 +479,13 @@ export class BlkQueueEngine {
     const fd = this.img.fd;
     this.sOps[slot] = 1;
     this.opsInFlight++;
-    this.ensureSq(1);
     const small = len < OFFLOAD_MIN_BYTES;
     if (small && this.img.memoryBacked === true) {
       const iovAddr = this.iov.slotAddress(slot);
       this.complete(slot, write ? pwritevRaw(fd, iovAddr, n, offset) : preadvRaw(fd, iovAddr, n, offset));
       return;
     }
+    this.ensureSq(1);
     if (write) {
       const sqeFlags = this.cpuToSpare() ? IOSQE_ASYNC : 0;
       if (n === 1) this.ring.prepWrite(fd, single, len, offset, slot, 0, sqeFlags);

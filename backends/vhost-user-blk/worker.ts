@@ -2,13 +2,12 @@ import { performance } from 'node:perf_hooks';
 import { HANDLER_TOKEN_BASE, type CreateQueueHandler, type QueueHandler, type QueueWorkerContext, type VringHandle } from '../../protocol/vhost-user/backend-types.js';
 import { EPOLLIN } from '../../protocol/sys/epoll.js';
 import { eventfd, eventfdRead, eventfdWrite, closeQuiet } from '../../protocol/sys/fd.js';
-import { libc } from '../../protocol/sys/libc.js';
+import { schedYield } from '../../protocol/sys/proc.js';
 import { BlkQueueEngine } from './engine.js';
 import { isBlkWorkerData, type BlkWorkerData } from './worker-data.js';
 
 const COMPLETION_TOKEN = HANDLER_TOKEN_BASE + 1;
 // Polling yields the CPU between empty checks: on a small host the driver may need this core.
-const schedYield = libc.func('sched_yield', 'int', []) as () => number;
 const YIELD = process.env.KUMO_BLK_POLL_YIELD !== '0';
 const MAX_POLL_MS = 2;
 

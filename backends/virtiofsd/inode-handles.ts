@@ -1,16 +1,9 @@
-import { closeQuiet } from '../../protocol/sys/fd.js';
+import { closeQuiet, O_DIRECTORY, O_PATH } from '../../protocol/sys/fd.js';
 import { SysError } from '../../protocol/sys/libc.js';
 import * as fs from '../../protocol/sys/fs.js';
 import { E, FsError } from './errors.js';
 import type { Inode, InodeOpener } from './inodes.js';
 import type { FileHandleMode } from './options.js';
-
-const O_PATH = 0o10000000;
-const O_DIRECTORY = 0o200000;
-const S_IFDIR = 0o040000;
-
-/** At most this many handle-identified inodes keep an O_PATH fd open between requests (default). */
-export const DEFAULT_OPEN_INODE_FDS = 1024;
 
 export function sameHandle(a: fs.FileHandle, b: fs.FileHandle): boolean {
   if (a.mountId !== b.mountId || a.handleType !== b.handleType || a.bytes.length !== b.bytes.length) return false;
@@ -47,7 +40,7 @@ export class InodeHandles implements InodeOpener {
    * Probes the shared directory (rootFd): a handle must be made and opened again. Returns null when
    * that fails in prefer mode (the caller stays with plain fds); throws FsError in mandatory mode.
    */
-  static probe(mode: Exclude<FileHandleMode, 'never'>, rootFd: number, procSelfFd: number, maxOpen = DEFAULT_OPEN_INODE_FDS): InodeHandles | null {
+  static probe(mode: Exclude<FileHandleMode, 'never'>, rootFd: number, procSelfFd: number, maxOpen: number): InodeHandles | null {
     let mountFd = -1;
     try {
       const h = fs.nameToHandleAt(rootFd, '', fs.AT_EMPTY_PATH);
@@ -73,7 +66,7 @@ export class InodeHandles implements InodeOpener {
     try {
       const h = fs.nameToHandleAt(fd, '', fs.AT_EMPTY_PATH);
       if (!this.mountFds.has(h.mountId)) {
-        if (type !== S_IFDIR) throw new SysError('name_to_handle_at', E.EOPNOTSUPP, { why: 'no mount fd for this mount' });
+        if (type !== fs.S_IFDIR) throw new SysError('name_to_handle_at', E.EOPNOTSUPP, { why: 'no mount fd for this mount' });
         this.mountFds.set(h.mountId, fs.openat(this.procSelfFd, String(fd), O_DIRECTORY));
       }
       return h;

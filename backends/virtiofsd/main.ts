@@ -2,7 +2,7 @@ import { logger, setLogLevel } from '../../protocol/log.js';
 import { KumoError } from '../../protocol/errors.js';
 import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
 import { getrlimit, setrlimit, openat, AT_FDCWD, RLIMIT_NOFILE } from '../../protocol/sys/fs.js';
-import { closeQuiet } from '../../protocol/sys/fd.js';
+import { closeQuiet, O_CLOEXEC, O_DIRECTORY, O_PATH } from '../../protocol/sys/fd.js';
 import { readFileSync, statSync } from 'node:fs';
 import { parseArgs, USAGE } from './cli.js';
 import { VirtioFsBackend } from './backend.js';
@@ -10,8 +10,7 @@ import { FsConfigError, FsError } from './errors.js';
 import { InodeHandles } from './inode-handles.js';
 import type { FsOptions } from './options.js';
 
-/** O_PATH | O_DIRECTORY | O_CLOEXEC */
-const O_PATH_DIR = 0o10000000 | 0o200000 | 0o2000000;
+const O_PATH_DIR = O_PATH | O_DIRECTORY | O_CLOEXEC;
 
 const log = logger('virtiofsd');
 
@@ -72,7 +71,7 @@ function checkFileHandles(o: FsOptions): void {
   const fd = openat(AT_FDCWD, o.sharedDir, O_PATH_DIR);
   const procSelfFd = openat(AT_FDCWD, '/proc/self/fd', O_PATH_DIR);
   try {
-    const t = InodeHandles.probe(o.inodeFileHandles, fd, procSelfFd);
+    const t = InodeHandles.probe(o.inodeFileHandles, fd, procSelfFd, o.openInodeFds);
     t?.close();
     if (t === null) log.info('the shared directory has no file handles: inodes are held as O_PATH fds');
     else log.info({ openInodeFds: o.openInodeFds }, 'inodes identified by file handles');

@@ -3,9 +3,7 @@ import { HANDLER_TOKEN_BASE } from '../../protocol/vhost-user/backend-types.js';
 import { ChainError } from '../../protocol/virtqueue/index.js';
 import { closeQuiet, eventfd, eventfdRead, eventfdWrite } from '../../protocol/sys/fd.js';
 import { EPOLLIN } from '../../protocol/sys/epoll.js';
-import { rawSyscall } from '../../protocol/sys/libc.js';
-
-const SYS_sched_yield = 24;
+import { schedYield } from '../../protocol/sys/proc.js';
 import { ChainIo } from './fuse-io.js';
 import { PassthroughFs } from './passthrough.js';
 import { FuseServer, MAX_IOV } from './server.js';
@@ -156,7 +154,7 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
         }
         // sched_yield: on a busy host the driver may be waiting for this very CPU; let it run first.
         while (now < idleUntil && !anyAvailable()) {
-          rawSyscall(SYS_sched_yield);
+          schedYield();
           now = performance.now();
         }
         if (now < idleUntil) continue;

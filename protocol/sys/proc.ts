@@ -2,6 +2,7 @@ import { libc, check, rawSyscall } from './libc.js';
 
 const SYS_gettid = 186;
 const SYS_tgkill = 234;
+const SYS_sched_yield = 24;
 const PR_SET_NAME = 15;
 const prctl_ = libc.func('prctl', 'int', ['int', 'str', 'ulong', 'ulong', 'ulong']);
 const getpid_ = libc.func('getpid', 'int', []);
@@ -12,6 +13,11 @@ export function gettid(): number {
 
 export function getpid(): number {
   return getpid_() as number;
+}
+
+/** Gives the CPU to another runnable thread, if any (busy-poll loops call it between looks). */
+export function schedYield(): void {
+  rawSyscall(SYS_sched_yield);
 }
 
 export function tgkill(tgid: number, tid: number, sig: number): void {

@@ -94,8 +94,8 @@ describe('--inode-file-handles', () => {
     const fd = openat(AT_FDCWD, '/proc/self', O_PATH_DIR);
     const proc = openat(AT_FDCWD, '/proc/self/fd', O_PATH_DIR);
     try {
-      expect(InodeHandles.probe('prefer', fd, proc)).toBeNull();
-      expect(() => InodeHandles.probe('mandatory', fd, proc)).toThrow(FsError);
+      expect(InodeHandles.probe('prefer', fd, proc, 1024)).toBeNull();
+      expect(() => InodeHandles.probe('mandatory', fd, proc, 1024)).toThrow(FsError);
     } finally {
       close(fd);
       close(proc);

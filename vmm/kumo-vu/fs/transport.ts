@@ -3,7 +3,7 @@ import { protocolFeatures, ProtocolFeature } from '../../../protocol/vhost-user/
 import type { FuseTransport } from '../../../protocol/fuse/index.js';
 import { Epoll, EPOLLIN, EPOLLRDHUP } from '../../../protocol/sys/epoll.js';
 import { eventfdRead } from '../../../protocol/sys/fd.js';
-import { rawSyscall } from '../../../protocol/sys/libc.js';
+import { schedYield } from '../../../protocol/sys/proc.js';
 import { KumoVuError } from '../errors.js';
 import { VuDevice, type VuQueue } from '../device.js';
 
@@ -17,7 +17,6 @@ const TIMEOUT_MS = 30_000;
  * of the measurement (at the price of a busy CPU).
  */
 const SPIN_MS = Math.max(0, Number(process.env.KUMO_VU_SPIN_US ?? 0)) / 1000;
-const SYS_sched_yield = 24;
 /** Epoll token of the vhost-user socket (queue tokens are ring indices). */
 const SOCKET_TOKEN = 0xffff;
 
@@ -174,7 +173,7 @@ export class VirtioFsTransport implements FuseTransport {
         return;
       }
       if (spinUntil > 0 && performance.now() < spinUntil) {
-        rawSyscall(SYS_sched_yield);
+        schedYield();
         continue;
       }
       const left = deadline - Date.now();
