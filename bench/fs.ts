@@ -78,7 +78,8 @@ export async function run(): Promise<BenchTable[]> {
   const notes = [
     `${SECONDS} s per case, share on ${BASE} (tmpfs), both daemons: cache=auto, sandbox=chroot, default thread settings`,
     'QEMU virtiofsd serves requests from a thread pool (default 64 threads); kumo-virtiofsd from one worker thread that busy-polls briefly,',
-    'with every other large READ copied by an io_uring worker while other requests wait (kumo-vu sleeps on interrupts: KUMO_VU_SPIN_US=0)',
+    'with every other large READ copied by an io_uring worker while other requests wait, and a lone one split between both',
+    '(kumo-vu sleeps on interrupts: KUMO_VU_SPIN_US=0)',
     'depth = requests in flight on the request queue (independent request streams in kumo-vu); CPU = daemon CPU over the run, % of one core',
   ];
   try {

@@ -139,6 +139,10 @@ export class FastPath {
         iov.clear();
         const covered = size > 0 ? io.outIovecs(OUT_HEADER_SIZE, size, iov) : 0;
         const offload = this.offload;
+        if (offload !== null && offload.wantsSplit(covered)) {
+          const n = offload.readSplit(h.fd, iov, off);
+          return n < 0 ? this.error(io, -n) : this.okWithData(io, n);
+        }
         if (offload !== null && offload.wants(covered)) {
           const gpa = io.outHeaderGpa();
           if (gpa >= 0) {

@@ -1,12 +1,17 @@
 import { availableParallelism } from 'node:os';
 import type { GuestMemory } from '../../protocol/memory/index.js';
 import type { VringHandle } from '../../protocol/vhost-user/backend-types.js';
-import { closeQuiet, eventfd, IoVecList } from '../../protocol/sys/fd.js';
+import { closeQuiet, eventfd, IoVecList, preadvRaw } from '../../protocol/sys/fd.js';
 import { IoUring, IOSQE_ASYNC } from '../../protocol/sys/uring.js';
 import type { Logger } from '../../protocol/log.js';
 
 /** READs at least this large may be copied by an io-wq thread while the request loop goes on. */
 export const OFFLOAD_MIN_BYTES = 128 * 1024;
+/** A lone READ at least this large is split in two halves copied at once (see readSplit). */
+export const SPLIT_MIN_BYTES = 256 * 1024;
+/** How long the request loop spins for the io-wq half before sleeping in io_uring_enter. */
+const SPLIT_SPIN_NS = 300_000n;
+const PAGE = 4096;
 /** FuseServer.handle()'s answer for a READ handed to ReadOffload: no reply yet, the chain stays out. */
 export const DEFERRED = -2;
 const SLOTS = 16;
@@ -39,12 +44,17 @@ export class ReadOffload {
   private last = -1;
   private inFlight = 0;
   private mem: GuestMemory | null = null;
+  private readonly headIov: IoVecList;
+  /** The slot of the split READ's second half while it is out, else -1; its result lands in splitRes. */
+  private splitSlot = -1;
+  private splitRes = 0;
   private readonly onCqe = (slot: number, res: number): void => this.finish(slot, res);
 
   private constructor(maxIovecs: number) {
     this.ring = new IoUring(SLOTS * 2);
     this.efd = eventfd();
     this.ring.registerEventfd(this.efd);
+    this.headIov = new IoVecList(maxIovecs);
     for (let s = 0; s < SLOTS; s++) {
       this.iovs.push(new IoVecList(maxIovecs));
       this.free.push(s);
@@ -79,6 +89,44 @@ export class ReadOffload {
     if (!this.moreQueued && this.inFlight === 0) return false;
     this.toggle = !this.toggle;
     return this.toggle;
+  }
+
+  /** Whether a READ of `len` bytes should be split: a large one arriving alone (nothing queued or in flight). */
+  wantsSplit(len: number): boolean {
+    return len >= SPLIT_MIN_BYTES && !this.moreQueued && this.inFlight === 0 && this.free.length > 0;
+  }
+
+  /**
+   * preadv(fd, iov, offset) by two threads: an io-wq worker copies the second half while this thread
+   * copies the first, then waits for it. A lone large READ is one long copy with the other CPU idle,
+   * so this nearly halves its latency. Returns bytes read or -errno, as preadv would: a short or
+   * failed first half ends the read there.
+   */
+  readSplit(fd: number, iov: IoVecList, offset: number): number {
+    const half = Math.floor(iov.totalLength / 2 / PAGE) * PAGE;
+    const s = this.free.pop() as number;
+    const tail = this.iovs[s];
+    iov.splitInto(half, this.headIov, tail);
+    this.splitSlot = s;
+    this.ring.prepReadv(fd, Number(tail.ptr), tail.count, offset + half, s, 0, IOSQE_ASYNC);
+    this.ring.submit(0);
+    this.inFlight++;
+    const first = preadvRaw(fd, Number(this.headIov.ptr), this.headIov.count, offset);
+    this.awaitSplit();
+    let second = this.splitRes;
+    // The worker failed (it should not on a regular file): read that half here so the answer is preadv's.
+    if (first === half && second < 0) second = preadvRaw(fd, Number(tail.ptr), tail.count, offset + half);
+    this.free.push(s);
+    if (first < half) return first;
+    return second < 0 ? second : half + second;
+  }
+
+  private awaitSplit(): void {
+    const until = process.hrtime.bigint() + SPLIT_SPIN_NS;
+    while (this.splitSlot >= 0) {
+      if (this.ring.cqReady() === 0 && process.hrtime.bigint() > until) this.ring.submit(1);
+      this.ring.reap(this.onCqe);
+    }
   }
 
   /**
@@ -143,6 +191,11 @@ export class ReadOffload {
 
   private finish(s: number, res: number): void {
     this.inFlight--;
+    if (s === this.splitSlot) {
+      this.splitSlot = -1;
+      this.splitRes = res;
+      return;
+    }
     this.free.push(s);
     const owner = this.owners[s];
     this.owners[s] = null;

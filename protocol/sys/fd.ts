@@ -101,6 +101,27 @@ export class IoVecList {
     this.count++;
     this.totalLength += len;
   }
+  /** Entry i's address (below 2^53) and length. */
+  address(i: number): number {
+    return this.u32[i * 4] + this.u32[i * 4 + 1] * 0x1_0000_0000;
+  }
+  length(i: number): number {
+    return this.u32[i * 4 + 2];
+  }
+  /** Fills head with this list's first `bytes` bytes and tail with the rest, cutting an entry where needed. */
+  splitInto(bytes: number, head: IoVecList, tail: IoVecList): void {
+    head.clear();
+    tail.clear();
+    let left = bytes;
+    for (let i = 0; i < this.count; i++) {
+      const addr = this.address(i);
+      const len = this.length(i);
+      const h = Math.min(left, len);
+      if (h > 0) head.push(addr, h);
+      if (len > h) tail.push(addr + h, len - h);
+      left -= h;
+    }
+  }
 }
 
 export function readv(fd: number, iov: IoVecList): number {

@@ -120,6 +120,26 @@ describe('protocol/sys', () => {
     [r, w].forEach(close);
   });
 
+  it('splitInto cuts an iovec list at a byte count, inside an entry or on its edge', () => {
+    const list = new IoVecList(4);
+    list.push(0x1000, 100);
+    list.push(0x9000, 50);
+    list.push(0x20000, 10);
+    const head = new IoVecList(4);
+    const tail = new IoVecList(4);
+    const entries = (l: IoVecList): [number, number][] => Array.from({ length: l.count }, (_, i) => [l.address(i), l.length(i)]);
+    list.splitInto(120, head, tail);
+    expect(entries(head)).toEqual([[0x1000, 100], [0x9000, 20]]);
+    expect(entries(tail)).toEqual([[0x9000 + 20, 30], [0x20000, 10]]);
+    expect(head.totalLength + tail.totalLength).toBe(160);
+    list.splitInto(100, head, tail);
+    expect(entries(head)).toEqual([[0x1000, 100]]);
+    expect(entries(tail)).toEqual([[0x9000, 50], [0x20000, 10]]);
+    list.splitInto(0, head, tail);
+    expect(head.count).toBe(0);
+    expect(tail.totalLength).toBe(160);
+  });
+
   it('names the thread', () => {
     setThreadName('kumo-test');
     expect(readFileSync(`/proc/self/task/${gettid()}/comm`, 'utf8').trim()).toBe('kumo-test');

@@ -1,0 +1,67 @@
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { afterAll, describe, expect, it } from 'vitest';
+import { IoVecList } from '../../protocol/sys/fd.js';
+import { addressOf } from '../../protocol/sys/libc.js';
+import { ReadOffload, SPLIT_MIN_BYTES } from '../../backends/virtiofsd/read-offload.js';
+
+const KiB = 1024;
+const dir = mkdtempSync('/dev/shm/kumo-split-');
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** Destination pieces of uneven sizes, so the split point falls inside an iovec entry. */
+function pieces(total: number): Buffer[] {
+  const a = Math.floor(total / 3) + 777;
+  return [Buffer.alloc(a, 0xee), Buffer.alloc(total - a - 4096, 0xee), Buffer.alloc(4096, 0xee)];
+}
+
+describe('ReadOffload.readSplit: a lone large READ copied by two threads', () => {
+  const offload = ReadOffload.create(8, 0);
+  if (offload === null) console.log(`no split READs here (${availableParallelism()} CPU(s) or no io_uring): READs stay inline`);
+
+  it.skipIf(offload === null)('returns preadv\'s bytes and count, short at EOF in either half, errors as -errno', () => {
+    const o = offload as ReadOffload;
+    const data = randomBytes(3 * 1024 * KiB + 12345);
+    const path = join(dir, 'f');
+    writeFileSync(path, data);
+    const fd = openSync(path, 'r');
+    try {
+      const cases: [number, number][] = [
+        [0, 1024 * KiB], // two full halves
+        [4097, SPLIT_MIN_BYTES], // unaligned offset, smallest split size
+        [data.length - 100 * KiB, 1024 * KiB], // EOF inside the first half
+        [data.length - 700 * KiB, 1024 * KiB], // EOF inside the second half
+        [data.length + 5, 512 * KiB], // past EOF: 0
+      ];
+      for (const [offset, size] of cases) {
+        expect(o.wantsSplit(size)).toBe(true);
+        const bufs = pieces(size);
+        const iov = new IoVecList(8);
+        for (const b of bufs) iov.push(addressOf(b), b.length);
+        const n = o.readSplit(fd, iov, offset);
+        const want = data.subarray(Math.min(offset, data.length), Math.min(offset + size, data.length));
+        expect(n).toBe(want.length);
+        expect(Buffer.concat(bufs).subarray(0, n).equals(want)).toBe(true);
+        expect(o.pending).toBe(0);
+      }
+      expect(o.wantsSplit(SPLIT_MIN_BYTES - 1)).toBe(false);
+      o.moreQueued = true;
+      expect(o.wantsSplit(1024 * KiB)).toBe(false); // with work queued, READs alternate instead
+      o.moreQueued = false;
+    } finally {
+      closeSync(fd);
+    }
+    const wfd = openSync(join(dir, 'w'), 'w');
+    try {
+      const b = Buffer.alloc(SPLIT_MIN_BYTES);
+      const iov = new IoVecList(1);
+      iov.push(addressOf(b), b.length);
+      expect(o.readSplit(wfd, iov, 0)).toBe(-9); // EBADF: opened write-only
+      expect(o.pending).toBe(0);
+    } finally {
+      closeSync(wfd);
+    }
+  });
+});
