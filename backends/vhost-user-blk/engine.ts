@@ -134,6 +134,9 @@ export class BlkQueueEngine {
     return this.slots - this.freeTop;
   }
 
+  /** Reads and writes copied by preadv/pwritev in this thread rather than through io_uring (memory-backed images). */
+  inlineCopies = 0;
+
   /**
    * Points the engine at the queue and memory to serve: call on ring start and before each
    * process*() (the daemon rebuilds both when the memory table changes).
@@ -479,19 +482,21 @@ export class BlkQueueEngine {
     const fd = this.img.fd;
     this.sOps[slot] = 1;
     this.opsInFlight++;
-    const small = len < OFFLOAD_MIN_BYTES;
-    if (small && this.img.memoryBacked === true) {
+    const large = len >= OFFLOAD_MIN_BYTES;
+    // tmpfs: io_uring would hand every op to io-wq. Small ones are cheaper here; large ones too once every
+    // CPU has a queue thread (io-wq workers would only contend with them and, for writes, on the inode lock).
+    if (this.img.memoryBacked === true && (!large || !this.cpuToSpare())) {
       const iovAddr = this.iov.slotAddress(slot);
+      this.inlineCopies++;
       this.complete(slot, write ? pwritevRaw(fd, iovAddr, n, offset) : preadvRaw(fd, iovAddr, n, offset));
       return;
     }
     this.ensureSq(1);
+    const sqeFlags = large && (write ? this.cpuToSpare() : this.offloadRead()) ? IOSQE_ASYNC : 0;
     if (write) {
-      const sqeFlags = this.cpuToSpare() ? IOSQE_ASYNC : 0;
       if (n === 1) this.ring.prepWrite(fd, single, len, offset, slot, 0, sqeFlags);
       else this.ring.prepWritev(fd, this.iov.slotAddress(slot), n, offset, slot, 0, sqeFlags);
     } else {
-      const sqeFlags = !small && this.offloadRead() ? IOSQE_ASYNC : 0;
       if (n === 1) this.ring.prepRead(fd, single, len, offset, slot, 0, sqeFlags);
       else this.ring.prepReadv(fd, this.iov.slotAddress(slot), n, offset, slot, 0, sqeFlags);
     }

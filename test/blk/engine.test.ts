@@ -1,6 +1,6 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync, openSync, closeSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { BlkQueueEngine, type BlkEngineImage, type CompletionMode } from '../../backends/vhost-user-blk/engine.js';
@@ -137,6 +137,52 @@ for (const mode of ['eventfd', 'wait'] as CompletionMode[]) {
         expect(d.mem.readU8(sts[k])).toBe(VIRTIO_BLK_S_OK);
         expect(Buffer.from(d.mem.slice(addr, len)).equals(initial.subarray(off, off + len))).toBe(true);
       });
+    });
+
+    it('memory-backed image: large requests go through io_uring while a CPU is spare, and run in this thread once every CPU serves a queue', () => {
+      const shm = mkdtempSync('/dev/shm/kumo-blk-');
+      const onShm = join(shm, 'img');
+      writeFileSync(onShm, initial);
+      file = onShm;
+      setup();
+      img.memoryBacked = true;
+      const written = new Map<number, Buffer>();
+      const big = (k: number, write: boolean) => {
+        const addr = d.buf(131072);
+        const segs = [{ addr, len: 131072 }];
+        if (!write) return { addr, k, st: d.add(VIRTIO_BLK_T_IN, 256 * k, [], segs, k) };
+        const data = randomBytes(131072);
+        d.mem.write(addr, data);
+        written.set(k, data);
+        return { addr, k, st: d.add(VIRTIO_BLK_T_OUT, 256 * k, segs, [], k) };
+      };
+      try {
+        const first = [big(0, false), big(1, true), big(2, false)];
+        d.driver.publish();
+        eng.processAvail();
+        expect(eng.inlineCopies).toBe(0);
+        eng.drain();
+        eng.processCompletions();
+        expect(d.driver.takeUsed().length).toBe(3);
+        Atomics.store(img.flags, 1, availableParallelism());
+        const second = [big(3, false), big(4, true), big(5, false)];
+        d.driver.publish();
+        eng.processAvail();
+        expect(eng.inlineCopies).toBe(3);
+        expect(eng.inFlight).toBe(0);
+        expect(d.driver.takeUsed().length).toBe(3);
+        const disk = readFileSync(onShm);
+        for (const r of [...first, ...second]) {
+          expect(d.mem.readU8(r.st)).toBe(VIRTIO_BLK_S_OK);
+          const at = r.k * 131072;
+          const want = written.get(r.k) ?? initial.subarray(at, at + 131072);
+          expect(disk.subarray(at, at + 131072).equals(want)).toBe(true);
+          expect(Buffer.from(d.mem.slice(r.addr, 131072)).equals(want)).toBe(true);
+        }
+      } finally {
+        Atomics.store(img.flags, 1, 1);
+        rmSync(shm, { recursive: true, force: true });
+      }
     });
 
     it('writes, flushes, and honours writethrough', () => {
