@@ -112,7 +112,7 @@ export class BlkQueueEngine {
     this.maxIov = BlkLimits.segMax + 2;
     let entries = 1;
     while (entries < opts.queueSize) entries <<= 1;
-    this.ring = new IoUring(entries, { cqEntries: entries * 4 });
+    this.ring = new IoUring(entries, { cqEntries: entries * 4, coopTaskrun: true });
     this.iov = new IoVecArena(this.slots, this.maxIov);
     const n = this.slots;
     this.sHead = new Uint16Array(n);

@@ -51,7 +51,7 @@ export class ReadOffload {
   private readonly onCqe = (slot: number, res: number): void => this.finish(slot, res);
 
   private constructor(maxIovecs: number) {
-    this.ring = new IoUring(SLOTS * 2);
+    this.ring = new IoUring(SLOTS * 2, { coopTaskrun: true });
     this.efd = eventfd();
     this.ring.registerEventfd(this.efd);
     this.headIov = new IoVecList(maxIovecs);

@@ -38,9 +38,12 @@ export const IORING_SETUP_CQSIZE = 1 << 3;
 export const IORING_SETUP_CLAMP = 1 << 4;
 export const IORING_SETUP_SUBMIT_ALL = 1 << 7;
 export const IORING_SETUP_COOP_TASKRUN = 1 << 8;
+export const IORING_SETUP_TASKRUN_FLAG = 1 << 9;
 export const IORING_SETUP_SINGLE_ISSUER = 1 << 12;
 
 const IORING_ENTER_GETEVENTS = 1;
+const IORING_SQ_TASKRUN = 1 << 1;
+const EINVAL = 22;
 const IORING_FEAT_SINGLE_MMAP = 1 << 0;
 const IORING_OFF_SQ_RING = 0;
 const IORING_OFF_CQ_RING = 0x8000000;
@@ -69,6 +72,12 @@ export interface IoUringOptions {
   cqEntries?: number;
   /** Extra IORING_SETUP_* flags (CQSIZE/CLAMP/SUBMIT_ALL are always set). */
   flags?: number;
+  /**
+   * COOP_TASKRUN + TASKRUN_FLAG where the kernel has them (5.19+): an io-wq completion no longer
+   * interrupts this thread with an IPI; it is posted when the thread next enters the kernel, which
+   * cqReady() and reap() do themselves when the kernel flags work as pending.
+   */
+  coopTaskrun?: boolean;
 }
 
 /** Callback for each completion: user data (u32) and result (bytes, or -errno). */
@@ -85,6 +94,9 @@ export class IoUring {
   // SQ ring
   private readonly sqHeadIdx: number;
   private readonly sqTailIdx: number;
+  private readonly sqFlagsIdx: number;
+  /** Whether COOP_TASKRUN was asked for and granted. */
+  readonly coopTaskrun: boolean;
   private readonly sqMask: number;
   private readonly sqRing: Uint32Array;
   private readonly sqeU32: Uint32Array;
@@ -104,14 +116,20 @@ export class IoUring {
     if (!Number.isInteger(entries) || entries < 1 || entries > 32768) {
       throw new RangeError(`io_uring entries must be 1..32768, got ${entries}`);
     }
-    const params = Buffer.alloc(PARAMS_SIZE);
+    let params = Buffer.alloc(PARAMS_SIZE);
     let flags = IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL | (opts.flags ?? 0);
-    if (opts.cqEntries !== undefined) {
-      flags |= IORING_SETUP_CQSIZE;
-      params.writeUInt32LE(opts.cqEntries, 4);
-    }
-    params.writeUInt32LE(flags >>> 0, 8);
-    const fd = setup_(SYS_io_uring_setup, entries, params) as number;
+    const setup = (f: number): number => {
+      params = Buffer.alloc(PARAMS_SIZE);
+      if (opts.cqEntries !== undefined) params.writeUInt32LE(opts.cqEntries, 4);
+      params.writeUInt32LE(f >>> 0, 8);
+      return setup_(SYS_io_uring_setup, entries, params) as number;
+    };
+    if (opts.cqEntries !== undefined) flags |= IORING_SETUP_CQSIZE;
+    const coop = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+    let fd = setup(opts.coopTaskrun === true ? flags | coop : flags);
+    this.coopTaskrun = opts.coopTaskrun === true && fd >= 0;
+    // Older kernels refuse the flags they do not know: run without them.
+    if (fd < 0 && opts.coopTaskrun === true && koffi.errno() === EINVAL) fd = setup(flags);
     if (fd < 0) throw new IoUringError('io_uring_setup', koffi.errno(), { entries, flags });
     this.fd = fd;
     try {
@@ -135,6 +153,7 @@ export class IoUring {
       this.sqRing = new Uint32Array(sqMap.bytes.buffer, sqMap.bytes.byteOffset, sqMap.size >>> 2);
       this.sqHeadIdx = sq(0) >>> 2;
       this.sqTailIdx = sq(4) >>> 2;
+      this.sqFlagsIdx = sq(16) >>> 2;
       this.sqMask = this.sqRing[sq(8) >>> 2];
       // The SQ index array never changes: slot i always names SQE i.
       const arrayIdx = sq(24) >>> 2;
@@ -242,13 +261,25 @@ export class IoUring {
     }
   }
 
+  /** COOP_TASKRUN: completions are waiting for this thread to enter the kernel. */
+  taskWorkPending(): boolean {
+    return this.coopTaskrun && (Atomics.load(this.sqRing, this.sqFlagsIdx) & IORING_SQ_TASKRUN) !== 0;
+  }
+
+  /** Enters the kernel so that pending task work posts its completions. */
+  private runTaskWork(): void {
+    enter_(SYS_io_uring_enter, this.fd, 0, 0, IORING_ENTER_GETEVENTS, null, 0);
+  }
+
   /** Completions ready to reap. */
   cqReady(): number {
+    if (this.taskWorkPending()) this.runTaskWork();
     return (Atomics.load(this.cqRing, this.cqTailIdx) - this.cqRing[this.cqHeadIdx]) >>> 0;
   }
 
   /** Calls fn for every ready CQE (u32 user data, i32 result) and frees them; returns the count. */
   reap(fn: CompletionHandler): number {
+    if (this.taskWorkPending()) this.runTaskWork();
     let head = this.cqRing[this.cqHeadIdx];
     const tail = Atomics.load(this.cqRing, this.cqTailIdx);
     let n = 0;

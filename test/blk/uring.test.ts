@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync, readFileSync, openSync, closeSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  IoUring, IoVecArena, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, RWF_DSYNC,
+  IoUring, IoVecArena, IOSQE_ASYNC, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, RWF_DSYNC,
 } from '../../protocol/sys/uring.js';
 import { mapAnonymous, type Mapping } from '../../protocol/sys/mem.js';
 import { eventfd, eventfdRead, close } from '../../protocol/sys/fd.js';
@@ -161,6 +161,41 @@ describe('io_uring', () => {
     } finally {
       ep.close();
       close(efd);
+    }
+  });
+
+  it('COOP_TASKRUN: io-wq completions reach a thread that only polls, and wake one asleep in epoll', () => {
+    const coop = new IoUring(16, { coopTaskrun: true });
+    const efd = eventfd();
+    const ep = new Epoll(4);
+    try {
+      expect(coop.coopTaskrun).toBe(true); // kernel 5.19+
+      const addr = Number(buf.ptr);
+      for (let round = 0; round < 20; round++) {
+        buf.bytes.fill(0, 0, 4096);
+        coop.prepRead(fd, addr, 4096, 4096 * (round % 16), round, 0, IOSQE_ASYNC);
+        coop.submit(0);
+        // Busy-poll as the queue workers do: cqReady() must enter the kernel itself when work is pending.
+        const until = Date.now() + 2000;
+        while (coop.cqReady() === 0 && Date.now() < until);
+        const got: number[] = [];
+        coop.reap((u, r) => got.push(u, r));
+        expect(got).toEqual([round, 4096]);
+        expect(buf.bytes[0]).toBe(0);
+        expect(buf.bytes[1]).toBe(1);
+      }
+      coop.registerEventfd(efd);
+      ep.add(efd, EPOLLIN, 7);
+      coop.prepRead(fd, addr, 4096, 0, 99, 0, IOSQE_ASYNC);
+      coop.submit(0);
+      let woke = 0;
+      for (let i = 0; i < 10 && woke === 0; i++) woke = ep.wait(1000);
+      expect(woke).toBe(1);
+      expect(coop.reap(() => {})).toBe(1);
+    } finally {
+      ep.close();
+      close(efd);
+      coop.close();
     }
   });
 });
