@@ -100,7 +100,7 @@ export class ReadOffload {
    * preadv(fd, iov, offset) by two threads: an io-wq worker copies the second half while this thread
    * copies the first, then waits for it. A lone large READ is one long copy with the other CPU idle,
    * so this nearly halves its latency. Returns bytes read or -errno, as preadv would: a short or
-   * failed first half ends the read there.
+   * failed first half ends the read there, and a second half that fails twice leaves the first's count.
    */
   readSplit(fd: number, iov: IoVecList, offset: number): number {
     const half = Math.floor(iov.totalLength / 2 / PAGE) * PAGE;
@@ -118,7 +118,7 @@ export class ReadOffload {
     if (first === half && second < 0) second = preadvRaw(fd, Number(tail.ptr), tail.count, offset + half);
     this.free.push(s);
     if (first < half) return first;
-    return second < 0 ? second : half + second;
+    return second < 0 ? half : half + second;
   }
 
   private awaitSplit(): void {
