@@ -139,12 +139,12 @@ export class FastPath {
         iov.clear();
         const covered = size > 0 ? io.outIovecs(OUT_HEADER_SIZE, size, iov) : 0;
         const offload = this.offload;
-        if (offload !== null && offload.wantsSplit(covered)) {
-          const n = offload.readSplit(h.fd, iov, off);
-          return n < 0 ? this.error(io, -n) : this.okWithData(io, n);
-        }
-        if (offload !== null && offload.wants(covered)) {
-          const gpa = io.outHeaderGpa();
+        if (offload !== null) {
+          if (offload.wantsSplit(covered)) {
+            const n = offload.readSplit(h.fd, iov, off);
+            return n < 0 ? this.error(io, -n) : this.okWithData(io, n);
+          }
+          const gpa = offload.wants(covered) ? io.outHeaderGpa() : -1;
           if (gpa >= 0) {
             offload.submit(h.fd, iov, off, gpa, this.inDv.getUint32(8, true), this.inDv.getUint32(12, true));
             return DEFERRED;

@@ -18,11 +18,11 @@ export const CHUNK_SIZE = 1 << 30;
  */
 export const CHUNK_OVERLAP = 4 << 20;
 
-/** One mapped region: spec + host address + zero-copy views of its bytes (1 GiB chunks, overlapping). */
 /** Copies up to this many bytes with a plain loop (cheaper than a subarray + set). */
 const SMALL_COPY = 64;
 const SCRATCH = new Uint8Array(SMALL_COPY);
 
+/** One mapped region: spec + host address + zero-copy views of its bytes (1 GiB chunks, overlapping). */
 export class GuestRegion implements MemoryRegionSpec {
   readonly guestAddr: number;
   readonly size: number;
@@ -81,11 +81,16 @@ export class GuestRegion implements MemoryRegionSpec {
   /** Zero-copy view of [off, off+len) (offsets inside the region, already bounds-checked); null if it crosses a view. */
   viewAt(off: number, len: number): Uint8Array | null {
     if (this.chunks.length === 1) return this.chunks[0].subarray(off, off + len);
-    const ci = Math.floor(off / this.chunkSize);
+    const ci = this.chunkIndex(off);
     const chunk = this.chunks[ci];
     const coff = off - ci * this.chunkSize;
     if (coff + len > chunk.length) return null;
     return chunk.subarray(coff, coff + len);
+  }
+
+  /** The view chunk that region offset `off` starts in. */
+  private chunkIndex(off: number): number {
+    return this.chunks.length === 1 ? 0 : Math.floor(off / this.chunkSize);
   }
 
   /**
@@ -94,7 +99,7 @@ export class GuestRegion implements MemoryRegionSpec {
    */
   copyTo(off: number, dst: Uint8Array): void {
     const len = dst.length;
-    const ci = this.chunks.length === 1 ? 0 : Math.floor(off / this.chunkSize);
+    const ci = this.chunkIndex(off);
     const chunk = this.chunks[ci];
     const coff = off - ci * this.chunkSize;
     if (coff + len <= chunk.length) {
@@ -115,7 +120,7 @@ export class GuestRegion implements MemoryRegionSpec {
   /** Copies src into region bytes [off, off+src.length) (bounds already checked); see copyTo. */
   copyFrom(off: number, src: Uint8Array): void {
     const len = src.length;
-    const ci = this.chunks.length === 1 ? 0 : Math.floor(off / this.chunkSize);
+    const ci = this.chunkIndex(off);
     const chunk = this.chunks[ci];
     const coff = off - ci * this.chunkSize;
     if (coff + len <= chunk.length) {

@@ -116,20 +116,20 @@ export class IoUring {
     if (!Number.isInteger(entries) || entries < 1 || entries > 32768) {
       throw new RangeError(`io_uring entries must be 1..32768, got ${entries}`);
     }
-    let params = Buffer.alloc(PARAMS_SIZE);
+    const params = Buffer.alloc(PARAMS_SIZE);
     let flags = IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL | (opts.flags ?? 0);
+    if (opts.cqEntries !== undefined) flags |= IORING_SETUP_CQSIZE;
     const setup = (f: number): number => {
-      params = Buffer.alloc(PARAMS_SIZE);
+      params.fill(0);
       if (opts.cqEntries !== undefined) params.writeUInt32LE(opts.cqEntries, 4);
       params.writeUInt32LE(f >>> 0, 8);
       return setup_(SYS_io_uring_setup, entries, params) as number;
     };
-    if (opts.cqEntries !== undefined) flags |= IORING_SETUP_CQSIZE;
-    const coop = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
-    let fd = setup(opts.coopTaskrun === true ? flags | coop : flags);
-    this.coopTaskrun = opts.coopTaskrun === true && fd >= 0;
+    const wantCoop = opts.coopTaskrun === true;
+    let fd = setup(wantCoop ? flags | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG : flags);
+    this.coopTaskrun = wantCoop && fd >= 0;
     // Older kernels refuse the flags they do not know: run without them.
-    if (fd < 0 && opts.coopTaskrun === true && koffi.errno() === EINVAL) fd = setup(flags);
+    if (fd < 0 && wantCoop && koffi.errno() === EINVAL) fd = setup(flags);
     if (fd < 0) throw new IoUringError('io_uring_setup', koffi.errno(), { entries, flags });
     this.fd = fd;
     try {
