@@ -170,11 +170,11 @@ export class FastPath {
       }
       case Op.RELEASE:
       case Op.FLUSH: {
-        if (len < A + 8) return NOT_HANDLED;
+        if (len < A + 24) return NOT_HANDLED;
         const fh = this.u64(A);
         if (fs.handles.tryGet(fh) === undefined) return this.error(io, E.EBADF);
         if (opcode === Op.RELEASE) fs.release(fh);
-        else fs.flush(fh);
+        else fs.flush(fh, this.inDv.getBigUint64(A + 16, true));
         return this.ok(io, 0);
       }
     }

@@ -432,9 +432,18 @@ export class PassthroughFs {
     return n;
   }
 
-  flush(fh: number): void {
-    // Closing a duplicate drops the POSIX locks this open file holds, like close(2) in the guest.
-    close(dup(this.handles.get(fh).fd));
+  /**
+   * close(2) in the guest: the lock owner's POSIX locks go (the guest kernel does not unlock remote
+   * locks itself), and closing a duplicate runs the host filesystem's flush (NFS writes back here).
+   */
+  flush(fh: number, lockOwner: bigint): void {
+    const h = this.handles.get(fh);
+    const lockFd = h.inode.lockFds?.get(lockOwner);
+    if (lockFd !== undefined) {
+      h.inode.lockFds!.delete(lockOwner);
+      close(lockFd);
+    }
+    close(dup(h.fd));
   }
 
   fsync(i: Inode, fh: number | null, datasync: boolean): void {

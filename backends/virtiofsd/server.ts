@@ -2,7 +2,7 @@ import {
   Op, opName, Init, FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, FUSE_MIN_MINOR_VERSION, FUSE_MAX_WRITE,
   FUSE_GETATTR_FH, Fopen, FuseProtocolError,
   InHeader, OutHeader, EntryOut, AttrOut, ForgetIn, ForgetOne, BatchForgetIn, GetattrIn, MknodIn, MkdirIn,
-  RenameIn, Rename2In, LinkIn, SetattrIn, OpenIn, CreateIn, OpenOut, ReleaseIn, ReadIn, WriteIn, WriteOut,
+  RenameIn, Rename2In, LinkIn, SetattrIn, OpenIn, CreateIn, OpenOut, ReleaseIn, FlushIn, ReadIn, WriteIn, WriteOut,
   Kstatfs, FsyncIn, SetxattrIn, GetxattrIn, GetxattrOut, LkIn, LkOut, AccessIn, InitIn, InitOut, FallocateIn,
   LseekIn, LseekOut, ReaddirIn, CopyFileRangeIn, IN_HEADER_SIZE, OUT_HEADER_SIZE,
 } from '../../protocol/fuse/index.js';
@@ -227,9 +227,11 @@ export class FuseServer {
       case Op.RELEASEDIR:
         fs.release(ReleaseIn.decode(a).fh);
         return this.reply(io, u, 0);
-      case Op.FLUSH:
-        fs.flush(ReleaseIn.decode(a).fh);
+      case Op.FLUSH: {
+        const f = FlushIn.decode(a);
+        fs.flush(f.fh, f.lockOwner);
         return this.reply(io, u, 0);
+      }
       case Op.FSYNC:
       case Op.FSYNCDIR: {
         const f = FsyncIn.decode(a);

@@ -61,6 +61,20 @@ describe('passthrough filesystem (in-process, no vhost-user)', () => {
     expect(fs.stats()).toEqual({ inodes: 1, handles: 0 });
   });
 
+  it("FLUSH drops its lock owner's POSIX locks and keeps every other owner's", async () => {
+    const f = await c.create(FUSE_ROOT_ID, 'locked', 2 | 0o100, 0o100644);
+    const n = f.entry.nodeid;
+    const range = (start: bigint, pid: number) => ({ start, end: start + 9n, type: 1, pid });
+    await c.setlk(n, f.fh, 1n, range(0n, 1));
+    await c.setlk(n, f.fh, 3n, range(20n, 3));
+    expect(await errCode(c.setlk(n, f.fh, 2n, range(0n, 2)))).toBe('EWOULDBLOCK');
+    await c.flush(n, f.fh, 1n);
+    expect(await errCode(c.setlk(n, f.fh, 2n, range(0n, 2)))).toBe('ok');
+    expect(await errCode(c.setlk(n, f.fh, 2n, range(20n, 2)))).toBe('EWOULDBLOCK');
+    expect((await c.getlk(n, f.fh, 4n, range(20n, 4))).type).toBe(1);
+    await c.release(n, f.fh);
+  });
+
   it('never reaches outside the shared directory', async () => {
     symlinkSync('../secret', join(share, 'rel'));
     symlinkSync(join(base, 'secret'), join(share, 'abs'));
