@@ -33,12 +33,75 @@ function primSize(t: Prim): number {
   return t === 'u8' ? 1 : t === 'u16' ? 2 : t === 'u32' || t === 'i32' ? 4 : 8;
 }
 
+type DecodeFn = (dv: DataView, buf: Uint8Array, o: number, nested: readonly (Struct<unknown> | null)[], fail: (field: string, detail: Record<string, unknown>) => never) => unknown;
+type EncodeFn = (v: Record<string, unknown>, dv: DataView, o: number, nested: readonly (Struct<unknown> | null)[], scratch: Uint8Array) => void;
+
+/**
+ * Source of the straight-line decoder and encoder of one field list. Generated once per struct so that
+ * every field access is a fixed offset and a fixed property name (no per-field switch, no megamorphic
+ * keyed loads): FUSE requests and replies go through these on every call. Names come from the field
+ * lists in structs.ts, never from the wire.
+ */
+function codecSource(fields: FieldList, offsets: number[]): { dec: string; enc: string } {
+  const dec: string[] = [];
+  const enc: string[] = [];
+  const ret: string[] = [];
+  fields.forEach(([name, t], i) => {
+    const at = `o + ${offsets[i]}`;
+    const key = JSON.stringify(name);
+    const pad = name[0] === '_';
+    const x = pad ? '0' : `(v[${key}] ?? 0)`;
+    if (!pad) ret.push(`${key}: v${i}`);
+    switch (t) {
+      case 'u8': dec.push(`const v${i} = dv.getUint8(${at});`); enc.push(`dv.setUint8(${at}, Number(${x}));`); break;
+      case 'u16': dec.push(`const v${i} = dv.getUint16(${at}, true);`); enc.push(`dv.setUint16(${at}, Number(${x}), true);`); break;
+      case 'u32': dec.push(`const v${i} = dv.getUint32(${at}, true);`); enc.push(`dv.setUint32(${at}, Number(${x}) >>> 0, true);`); break;
+      case 'i32': dec.push(`const v${i} = dv.getInt32(${at}, true);`); enc.push(`dv.setInt32(${at}, Number(${x}), true);`); break;
+      case 'u64':
+        dec.push(`const h${i} = dv.getUint32(${at} + 4, true);`,
+          `if (h${i} >= ${SAFE_HI}) fail(${key}, { hi: h${i} });`,
+          `const v${i} = h${i} * ${TWO32} + dv.getUint32(${at}, true);`);
+        break;
+      case 'i64':
+        dec.push(`const b${i} = dv.getBigInt64(${at}, true);`,
+          `if (b${i} > ${Number.MAX_SAFE_INTEGER}n || b${i} < ${Number.MIN_SAFE_INTEGER}n) fail(${key}, {});`,
+          `const v${i} = Number(b${i});`);
+        break;
+      case 'b64': dec.push(`const v${i} = dv.getBigUint64(${at}, true);`); enc.push(`dv.setBigUint64(${at}, BigInt.asUintN(64, ${pad ? '0n' : `v[${key}] ?? 0n`}), true);`); break;
+      default:
+        if (t instanceof Struct) {
+          dec.push(`const v${i} = nested[${i}].decodeAt(dv, buf, ${at});`);
+          enc.push(pad ? `scratch.fill(0, ${at}, ${at} + ${t.size});`
+            : `if (v[${key}] === undefined) scratch.fill(0, ${at}, ${at} + ${t.size}); else nested[${i}].encodeAt(v[${key}], ${at});`);
+        } else {
+          dec.push(`const v${i} = buf.slice(${at}, ${at} + ${t.bytes});`);
+          enc.push(`scratch.fill(0, ${at}, ${at} + ${t.bytes});`);
+          if (!pad) enc.push(`if (v[${key}] instanceof Uint8Array) scratch.set(v[${key}].subarray(0, ${t.bytes}), ${at});`);
+        }
+    }
+    if (t === 'u64' || t === 'i64') {
+      // Two 32-bit halves: no BigInt on the common path (|n| < 2^53 is exact either way).
+      enc.push(`{ const n = Math.trunc(Number(${x})); const lo = n % ${TWO32};`,
+        `dv.setUint32(${at}, lo < 0 ? lo + ${TWO32} : lo, true); dv.setInt32(${at} + 4, Math.floor(n / ${TWO32}), true); }`);
+    }
+  });
+  dec.push(`return { ${ret.join(', ')} };`);
+  return { dec: dec.join('\n'), enc: enc.join('\n') };
+}
+
 export class Struct<V> {
   readonly size: number;
   private readonly offsets: number[];
+  private readonly nested: (Struct<unknown> | null)[];
+  private readonly dec: DecodeFn;
+  private readonly enc: EncodeFn;
+  private readonly fail = (field: string, detail: Record<string, unknown>): never => {
+    throw new FuseProtocolError(`${this.name}.${field} out of range`, detail);
+  };
+
   constructor(
     readonly name: string,
-    private readonly fields: FieldList,
+    fields: FieldList,
   ) {
     let off = 0;
     this.offsets = [];
@@ -47,6 +110,10 @@ export class Struct<V> {
       off += typeof t === 'string' ? primSize(t) : t instanceof Struct ? t.size : t.bytes;
     }
     this.size = off;
+    this.nested = fields.map(([, t]) => (t instanceof Struct ? (t as Struct<unknown>) : null));
+    const src = codecSource(fields, this.offsets);
+    this.dec = new Function('dv', 'buf', 'o', 'nested', 'fail', src.dec) as DecodeFn;
+    this.enc = new Function('v', 'dv', 'o', 'nested', 'scratch', src.enc) as EncodeFn;
   }
 
   static of<L extends FieldList>(name: string, fields: L): Struct<StructValue<L>> {
@@ -57,39 +124,12 @@ export class Struct<V> {
     if (offset < 0 || offset + this.size > buf.length) {
       throw new FuseProtocolError(`${this.name} truncated`, { need: this.size, have: buf.length - offset });
     }
-    const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-    const out: Record<string, unknown> = {};
-    for (let i = 0; i < this.fields.length; i++) {
-      const [name, t] = this.fields[i];
-      const o = offset + this.offsets[i];
-      let v: unknown;
-      switch (t) {
-        case 'u8': v = dv.getUint8(o); break;
-        case 'u16': v = dv.getUint16(o, true); break;
-        case 'u32': v = dv.getUint32(o, true); break;
-        case 'i32': v = dv.getInt32(o, true); break;
-        case 'u64': {
-          const hi = dv.getUint32(o + 4, true);
-          if (hi >= SAFE_HI) throw new FuseProtocolError(`${this.name}.${name} out of range`, { hi });
-          v = hi * TWO32 + dv.getUint32(o, true);
-          break;
-        }
-        case 'i64': {
-          const big = dv.getBigInt64(o, true);
-          if (big > BigInt(Number.MAX_SAFE_INTEGER) || big < BigInt(Number.MIN_SAFE_INTEGER)) {
-            throw new FuseProtocolError(`${this.name}.${name} out of range`, {});
-          }
-          v = Number(big);
-          break;
-        }
-        case 'b64': v = dv.getBigUint64(o, true); break;
-        default:
-          if (t instanceof Struct) v = t.decode(buf, o);
-          else v = buf.slice(o, o + t.bytes);
-      }
-      if (name[0] !== '_') out[name] = v;
-    }
-    return out as V;
+    return this.decodeAt(new DataView(buf.buffer, buf.byteOffset, buf.byteLength), buf, offset);
+  }
+
+  /** decode() without the bounds check, for a struct nested in one already checked. */
+  decodeAt(dv: DataView, buf: Uint8Array, offset: number): V {
+    return this.dec(dv, buf, offset, this.nested, this.fail) as V;
   }
 
   /** Writes v at buf[offset..offset+size); returns offset + size. */
@@ -105,38 +145,9 @@ export class Struct<V> {
     return offset + this.size;
   }
 
-  private encodeAt(v: V, base: number): void {
-    const dv = SCRATCH_DV;
-    const rec = v as Record<string, unknown>;
-    for (let i = 0; i < this.fields.length; i++) {
-      const [name, t] = this.fields[i];
-      const o = base + this.offsets[i];
-      const x = name[0] === '_' ? undefined : rec[name];
-      switch (t) {
-        case 'u8': dv.setUint8(o, Number(x ?? 0)); break;
-        case 'u16': dv.setUint16(o, Number(x ?? 0), true); break;
-        case 'u32': dv.setUint32(o, Number(x ?? 0) >>> 0, true); break;
-        case 'i32': dv.setInt32(o, Number(x ?? 0), true); break;
-        case 'u64': case 'i64': {
-          const n = Math.trunc(Number(x ?? 0));
-          // Two 32-bit halves: no BigInt on the common path (|n| < 2^53 is exact either way).
-          const lo = n % TWO32;
-          const hi = Math.floor(n / TWO32);
-          dv.setUint32(o, lo < 0 ? lo + TWO32 : lo, true);
-          dv.setInt32(o + 4, hi, true);
-          break;
-        }
-        case 'b64': dv.setBigUint64(o, BigInt.asUintN(64, (x as bigint | undefined) ?? 0n), true); break;
-        default:
-          if (t instanceof Struct) {
-            if (x === undefined) SCRATCH.fill(0, o, o + t.size);
-            else t.encodeAt(x, o);
-          } else {
-            SCRATCH.fill(0, o, o + t.bytes);
-            if (x instanceof Uint8Array) SCRATCH.set(x.subarray(0, t.bytes), o);
-          }
-      }
-    }
+  /** Writes v into the scratch buffer at base. */
+  encodeAt(v: V, base: number): void {
+    this.enc(v as Record<string, unknown>, SCRATCH_DV, base, this.nested, SCRATCH);
   }
 
   /** A fresh zero-filled buffer holding v. */

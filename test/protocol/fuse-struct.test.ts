@@ -28,6 +28,16 @@ describe('FUSE struct codec', () => {
     expect(AttrOut.decode(AttrOut.pack(AttrOut.decode(new Uint8Array(AttrOut.size)))).attr.ino).toBe(0);
   });
 
+  it('refuses 64-bit values a JS number cannot hold, naming the field', () => {
+    const buf = Outer.pack({ u: 1, i: 2, x: 3n, n: { a: 1, b: 1 }, raw: new Uint8Array(6), k: 1 });
+    const dv = new DataView(buf.buffer);
+    dv.setUint32(4, 0x20_0000, true);
+    expect(() => Outer.decode(buf)).toThrow(/outer\.u out of range/);
+    dv.setUint32(4, 0, true);
+    dv.setBigInt64(8, -(2n ** 60n), true);
+    expect(() => Outer.decode(buf)).toThrow(/outer\.i out of range/);
+  });
+
   it('refuses a buffer too small', () => {
     expect(() => Inner.encode({ a: 1, b: 2 }, new Uint8Array(7))).toThrow(/no room for inner/);
     expect(() => Inner.decode(new Uint8Array(7))).toThrow(/inner truncated/);
