@@ -1,8 +1,9 @@
 // kumo-virtiofsd vs QEMU's virtiofsd, both driven by `kumo-vu fs bench` on the same tmpfs directory with the
 // same options (cache=auto, sandbox=chroot): lookup+getattr(+forget) ops/s, 4k random read IOPS, 1 MiB
 // sequential read MB/s, create+write 4k+close files/s, at queue depth 1 and KUMO_BENCH_FS_DEPTH (default 8).
-// KUMO_BENCH_SECONDS per case (default 1.5). Each (depth, daemon) run gets a fresh daemon; kumo and QEMU
-// alternate so that background load hits both alike.
+// KUMO_BENCH_SECONDS per case (default 1.5), KUMO_BENCH_FS_REPS runs per daemon and depth (default 3; the
+// table gives the median). Each run gets a fresh daemon; kumo and QEMU alternate so that background load
+// hits both alike.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,6 +14,7 @@ import { cpuSeconds, sleep, stopProcess } from './processes.js';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SECONDS = Number(process.env.KUMO_BENCH_SECONDS ?? 1.5);
 const DEPTH = Number(process.env.KUMO_BENCH_FS_DEPTH ?? 8);
+const REPS = Math.max(1, Number(process.env.KUMO_BENCH_FS_REPS ?? 3));
 const QEMU_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
 /** tmpfs, as in the issue; falls back to the OS temp dir. */
 const BASE = existsSync('/dev/shm') ? '/dev/shm' : '/tmp';
@@ -47,8 +49,8 @@ function kumoVu(socket: string, depth: number): Promise<FsBenchResult> {
   });
 }
 
-async function runOne(who: 'kumo' | 'qemu', dir: string, depth: number): Promise<{ r: FsBenchResult; cpu: number }> {
-  const socket = join(dir, `${who}-${depth}.sock`);
+async function runOne(who: 'kumo' | 'qemu', dir: string, depth: number, rep: number): Promise<{ r: FsBenchResult; cpu: number }> {
+  const socket = join(dir, `${who}-${depth}-${rep}.sock`);
   const child = startDaemon(who, socket, join(dir, 'share'));
   try {
     const c0 = cpuSeconds(child.pid!);
@@ -60,6 +62,11 @@ async function runOne(who: 'kumo' | 'qemu', dir: string, depth: number): Promise
     await stopProcess(child);
     await sleep(50);
   }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 const CASES: [string, keyof FsBenchResult][] = [
@@ -77,6 +84,7 @@ export async function run(): Promise<BenchTable[]> {
   const rows: (string | number)[][] = [];
   const notes = [
     `${SECONDS} s per case, share on ${BASE} (tmpfs), both daemons: cache=auto, sandbox=chroot, default thread settings`,
+    `median of ${REPS} runs per daemon and depth, kumo and QEMU alternating, a fresh daemon each run; "per run" = kumo/QEMU of each pair of runs`,
     'QEMU virtiofsd serves requests from a thread pool (default 64 threads); kumo-virtiofsd from one worker thread that busy-polls briefly,',
     'with every other large READ copied by an io_uring worker while other requests wait, and a lone one split between both',
     '(kumo-vu sleeps on interrupts: KUMO_VU_SPIN_US=0)',
@@ -84,18 +92,25 @@ export async function run(): Promise<BenchTable[]> {
   ];
   try {
     for (const depth of [1, DEPTH]) {
-      const kumo = await runOne('kumo', dir, depth);
-      const qemu = haveQemu ? await runOne('qemu', dir, depth) : null;
-      for (const [name, key] of CASES) {
-        const k = kumo.r[key];
-        const q = qemu ? qemu.r[key] : NaN;
-        rows.push([name, depth, k, qemu ? q : 'n/a', qemu && q > 0 ? `${(k / q).toFixed(2)}x` : 'n/a']);
+      const kumo: { r: FsBenchResult; cpu: number }[] = [];
+      const qemu: { r: FsBenchResult; cpu: number }[] = [];
+      for (let rep = 0; rep < REPS; rep++) {
+        kumo.push(await runOne('kumo', dir, depth, rep));
+        if (haveQemu) qemu.push(await runOne('qemu', dir, depth, rep));
       }
-      rows.push(['daemon CPU', depth, `${(kumo.cpu * 100).toFixed(0)}%`, qemu ? `${(qemu.cpu * 100).toFixed(0)}%` : 'n/a', '']);
+      for (const [name, key] of CASES) {
+        const k = Math.round(median(kumo.map((x) => x.r[key])));
+        const q = haveQemu ? Math.round(median(qemu.map((x) => x.r[key]))) : NaN;
+        const perRun = qemu.map((x, i) => kumo[i].r[key] / x.r[key]);
+        rows.push([name, depth, k, haveQemu ? q : 'n/a', haveQemu && q > 0 ? `${(k / q).toFixed(2)}x` : 'n/a',
+          perRun.length ? `${Math.min(...perRun).toFixed(2)}-${Math.max(...perRun).toFixed(2)}x` : 'n/a']);
+      }
+      const cpu = (runs: { cpu: number }[]): string => (runs.length ? `${(median(runs.map((x) => x.cpu)) * 100).toFixed(0)}%` : 'n/a');
+      rows.push(['daemon CPU', depth, cpu(kumo), cpu(qemu), '', '']);
     }
     if (!haveQemu) notes.push(`${QEMU_VIRTIOFSD} not installed (apt package qemu-system-common): QEMU columns are empty`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-  return [{ title: 'virtio-fs: kumo-virtiofsd vs QEMU virtiofsd (kumo-vu fs bench)', columns: ['case', 'depth', 'kumo', 'QEMU', 'kumo/QEMU'], rows, notes }];
+  return [{ title: 'virtio-fs: kumo-virtiofsd vs QEMU virtiofsd (kumo-vu fs bench)', columns: ['case', 'depth', 'kumo', 'QEMU', 'kumo/QEMU', 'per run'], rows, notes }];
 }
