@@ -169,7 +169,7 @@ export async function run_(): Promise<BenchTable[]> {
     ],
   }];
 
-  /** One retry: now and then (1 run in ~10 here) the pair links up after the stats window and counts nothing. */
+  /** One retry: a pair now and then counts nothing at all (seen in 1 of 8 pair runs on 2026-11-22). */
   async function dpdkPair(base: string, vhostMode: string, virtioMode: string, size: number): Promise<number> {
     const pps = await dpdkPairOnce(base, vhostMode, virtioMode, size);
     return pps > 0 ? pps : dpdkPairOnce(base, vhostMode, virtioMode, size);
