@@ -2,7 +2,12 @@ import { FsConfigError } from './errors.js';
 import { defaultFsOptions, type CacheMode, type FileHandleMode, type FsOptions, type SandboxMode } from './options.js';
 
 export interface DaemonConfig {
-  socketPath: string;
+  /** --socket-path, or null with --fd. */
+  socketPath: string | null;
+  /** --fd: a listening socket inherited from the parent (libvirt, Kata), instead of --socket-path. */
+  listenFd: number | null;
+  /** --socket-group: group (name or number) given to the socket file. */
+  socketGroup: string | null;
   tag: string | null;
   /** null: not given (large READs may use io-wq threads); 0: everything inline on the queue thread. */
   threadPoolSize: number | null;
@@ -13,10 +18,10 @@ export interface DaemonConfig {
   fs: FsOptions;
 }
 
-export const USAGE = `kumo-virtiofsd --socket-path=PATH --shared-dir=DIR [--tag=TAG] [--cache=auto|always|never|metadata]
+export const USAGE = `kumo-virtiofsd --socket-path=PATH|--fd=N --shared-dir=DIR [--socket-group=GROUP] [--tag=TAG] [--cache=auto|always|never|metadata]
   [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--announce-submounts]
   [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
-  [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL] [--poll-us=N]
+  [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL] [--poll-us=N] [--print-capabilities]
 QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,posix_lock,writeback,readdirplus
 --thread-pool-size=N: with a second CPU, large READs may be copied by io_uring worker threads while other
   requests wait; N caps those threads, 0 keeps every READ on the request thread (default: the kernel's cap)
@@ -38,12 +43,14 @@ function int(name: string, v: string): number {
 export function parseArgs(argv: string[]): DaemonConfig {
   let socketPath: string | null = null;
   let sharedDir: string | null = null;
-  const cfg = { tag: null as string | null, threadPoolSize: null as number | null, pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
+  const cfg = { listenFd: null as number | null, socketGroup: null as string | null, tag: null as string | null, threadPoolSize: null as number | null, pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
   const o: Partial<FsOptions> = { sandbox: 'namespace' };
   const set = (key: string, val: string | null): void => {
     const v = val ?? '';
     switch (key) {
       case 'socket-path': socketPath = v; break;
+      case 'fd': cfg.listenFd = int(key, v); break;
+      case 'socket-group': if (v === '') throw new FsConfigError('--socket-group needs a group'); cfg.socketGroup = v; break;
       case 'shared-dir': case 'source': sharedDir = v; break;
       case 'tag': cfg.tag = v; break;
       case 'cache': o.cache = oneOf('cache', v === 'none' ? 'never' : v, ['auto', 'always', 'never', 'metadata'] as CacheMode[]); break;
@@ -66,8 +73,8 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'readdirplus': o.readdirplus = true; break;
       case 'no-readdirplus': case 'no_readdirplus': o.readdirplus = false; break;
       // Accepted for command-line compatibility; they change nothing here.
-      case 'seccomp': case 'syslog': case 'modcaps': case 'flock': case 'no_flock': case 'timeout': case 'fd': case 'socket-group':
-      case 'print-capabilities': case 'security-label': case 'posix-acl': case 'preserve-noatime': case 'killpriv-v2':
+      case 'seccomp': case 'syslog': case 'modcaps': case 'flock': case 'no_flock': case 'timeout':
+      case 'security-label': case 'posix-acl': case 'preserve-noatime': case 'killpriv-v2':
         break;
       default:
         throw new FsConfigError(`unknown option ${key}`, { option: key });
@@ -91,7 +98,9 @@ export function parseArgs(argv: string[]): DaemonConfig {
       // QEMU virtiofsd: foreground / debug.
     } else throw new FsConfigError(`unexpected argument ${a}`, { arg: a });
   }
-  if (!socketPath) throw new FsConfigError('--socket-path is required');
+  if (socketPath !== null && cfg.listenFd !== null) throw new FsConfigError('--socket-path and --fd cannot be used together');
+  if (!socketPath && cfg.listenFd === null) throw new FsConfigError('--socket-path (or --fd) is required');
+  if (cfg.socketGroup !== null && socketPath === null) throw new FsConfigError('--socket-group needs --socket-path (with --fd the parent owns the socket)');
   if (!sharedDir) throw new FsConfigError('--shared-dir (or -o source=) is required');
   if (cfg.tag !== null && (Buffer.byteLength(cfg.tag) === 0 || Buffer.byteLength(cfg.tag) > 36)) throw new FsConfigError('--tag must be 1..36 bytes');
   return { socketPath, ...cfg, fs: { ...defaultFsOptions(sharedDir), ...o } };

@@ -3,7 +3,7 @@ import { KumoError } from '../../protocol/errors.js';
 import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
 import { getrlimit, setrlimit, openat, AT_FDCWD, RLIMIT_NOFILE } from '../../protocol/sys/fs.js';
 import { closeQuiet, O_CLOEXEC, O_DIRECTORY, O_PATH } from '../../protocol/sys/fd.js';
-import { readFileSync, statSync } from 'node:fs';
+import { chmodSync, chownSync, readFileSync, statSync } from 'node:fs';
 import { parseArgs, USAGE } from './cli.js';
 import { VirtioFsBackend } from './backend.js';
 import { FsConfigError, FsError } from './errors.js';
@@ -31,6 +31,24 @@ function raiseNofile(want: number | null): void {
   }
   const now = getrlimit(RLIMIT_NOFILE);
   log.info({ soft: Number(now.cur), hard: Number(now.max) }, 'RLIMIT_NOFILE');
+}
+
+const CAPABILITIES = JSON.stringify({ type: 'fs', features: ['separate-options'] }, null, 2) + '\n';
+
+/** --socket-group: a group name from /etc/group, or a number. */
+function groupId(group: string): number {
+  if (/^\d+$/.test(group)) return Number(group);
+  let lines: string[] = [];
+  try {
+    lines = readFileSync('/etc/group', 'utf8').split('\n');
+  } catch {
+    /* no group database: only numbers work */
+  }
+  for (const line of lines) {
+    const [name, , gid] = line.split(':');
+    if (name === group && gid !== undefined && /^\d+$/.test(gid)) return Number(gid);
+  }
+  throw new FsConfigError('--socket-group: no such group', { group });
 }
 
 /** How long an orderly stop may take before the process exits anyway. */
@@ -89,6 +107,11 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(USAGE + '\n');
     return 0;
   }
+  if (argv.includes('--print-capabilities')) {
+    // vhost-user.rst "Backend program conventions": what management tools (libvirt) probe before launching.
+    process.stdout.write(CAPABILITIES);
+    return 0;
+  }
   if (argv.includes('--version') || argv.includes('-V')) {
     process.stdout.write('kumo-virtiofsd 0.1.0\n');
     return 0;
@@ -105,9 +128,17 @@ async function main(argv: string[]): Promise<number> {
   if (Number.isInteger(openFds) && openFds > 0) cfg.fs.openInodeFds = openFds;
   checkFileHandles(cfg.fs);
   raiseNofile(cfg.rlimitNofile);
-  const daemon = new VhostUserDaemon(new VirtioFsBackend(cfg.fs, cfg.tag, cfg.pollUs ?? undefined, cfg.threadPoolSize), { socketPath: cfg.socketPath, exitOnDisconnect: true, name: 'virtiofsd' });
+  const daemon = new VhostUserDaemon(new VirtioFsBackend(cfg.fs, cfg.tag, cfg.pollUs ?? undefined, cfg.threadPoolSize), {
+    socketPath: cfg.socketPath ?? undefined, listenFd: cfg.listenFd ?? undefined, exitOnDisconnect: true, name: 'virtiofsd',
+  });
+  const gid = cfg.socketGroup === null ? null : groupId(cfg.socketGroup);
   await daemon.start();
-  log.info({ socket: cfg.socketPath, dir: cfg.fs.sharedDir, sandbox: cfg.fs.sandbox, cache: cfg.fs.cache }, 'waiting for vhost-user front-end');
+  if (gid !== null && cfg.socketPath !== null) {
+    // The group may connect: connect(2) on a Unix socket needs write permission on its file.
+    chownSync(cfg.socketPath, -1, gid);
+    chmodSync(cfg.socketPath, statSync(cfg.socketPath).mode | 0o060);
+  }
+  log.info({ socket: cfg.socketPath ?? `fd ${cfg.listenFd}`, dir: cfg.fs.sharedDir, sandbox: cfg.fs.sandbox, cache: cfg.fs.cache }, 'waiting for vhost-user front-end');
   process.on('SIGTERM', () => shutdown(daemon, 'SIGTERM'));
   process.on('SIGINT', () => shutdown(daemon, 'SIGINT'));
   await daemon.run();

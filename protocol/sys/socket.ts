@@ -1,6 +1,6 @@
 import { unlinkSync, existsSync, lstatSync } from 'node:fs';
 import { libc, koffi, check, SysError, addressOf } from './libc.js';
-import { closeQuiet } from './fd.js';
+import { closeQuiet, fcntl, setNonBlocking } from './fd.js';
 
 const AF_UNIX = 1;
 const SOCK_STREAM = 1;
@@ -12,7 +12,10 @@ const MSG_NOSIGNAL = 0x4000;
 const MSG_CTRUNC = 0x8;
 const EINTR = 4;
 const EAGAIN = 11;
+const EINVAL = 22;
 const SUN_PATH_MAX = 108;
+const F_SETFD = 2;
+const FD_CLOEXEC = 1;
 export const SHUT_RDWR = 2;
 /** The most fds one vhost-user message may carry (rust-vmm caps at 32). */
 export const MAX_FDS = 32;
@@ -26,6 +29,10 @@ const socketpair_ = libc.func('socketpair', 'int', ['int', 'int', 'int', 'void *
 const sendmsg_ = libc.func('sendmsg', 'long', ['int', 'void *', 'int']);
 const recvmsg_ = libc.func('recvmsg', 'long', ['int', 'void *', 'int']);
 const shutdown_ = libc.func('shutdown', 'int', ['int', 'int']);
+const getsockopt_ = libc.func('getsockopt', 'int', ['int', 'int', 'int', 'void *', 'void *']);
+const SO_TYPE = 3;
+const SO_ACCEPTCONN = 30;
+const SO_DOMAIN = 39;
 
 export class SocketError extends SysError {}
 
@@ -55,6 +62,30 @@ export function unixListen(path: string, backlog = 16): number {
     closeQuiet(fd);
     throw e;
   }
+}
+
+function sockoptInt(fd: number, opt: number): number {
+  const v = new Int32Array(1);
+  const len = new Uint32Array([4]);
+  check('getsockopt', getsockopt_(fd, SOL_SOCKET, opt, v, len) as number, { fd, opt });
+  return v[0];
+}
+
+/**
+ * Takes over a listening socket a parent passed down (the vhost-user backend convention `--fd=N`): it
+ * must be a Unix stream socket already in listen(); it is made close-on-exec and blocking.
+ */
+export function adoptListener(fd: number): number {
+  let ok: boolean;
+  try {
+    ok = sockoptInt(fd, SO_DOMAIN) === AF_UNIX && sockoptInt(fd, SO_TYPE) === SOCK_STREAM && sockoptInt(fd, SO_ACCEPTCONN) === 1;
+  } catch (e) {
+    throw new SocketError(`take over listening socket fd ${fd}`, e instanceof SysError ? e.errno : EINVAL, { fd });
+  }
+  if (!ok) throw new SocketError(`take over listening socket fd ${fd} (not a listening Unix stream socket)`, EINVAL, { fd });
+  setNonBlocking(fd, false);
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  return fd;
 }
 
 export function unixConnect(path: string): number {

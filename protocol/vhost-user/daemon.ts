@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { logger, type Logger } from '../log.js';
 import { closeQuiet } from '../sys/fd.js';
-import { acceptAsync, shutdown, unixConnect, unixListen } from '../sys/socket.js';
+import { acceptAsync, adoptListener, shutdown, unixConnect, unixListen } from '../sys/socket.js';
 import type { VhostUserBackend } from './backend-types.js';
 import { VhostUserChannel } from './channel.js';
 import { decodeRequest } from './codec.js';
@@ -11,7 +11,10 @@ import { Session } from './session.js';
 import { WorkerPool } from './worker-pool.js';
 
 export interface DaemonOptions {
-  socketPath: string;
+  /** Where to listen (or, in client mode, connect). Optional only with listenFd. */
+  socketPath?: string;
+  /** A listening socket inherited from the parent (`--fd=N`, the vhost-user backend convention), used instead of socketPath. */
+  listenFd?: number;
   /** server (default): listen on socketPath; client: connect to it (Cloud Hypervisor's `--vhost-user-*` server mode). */
   mode?: 'server' | 'client';
   /** End run() after the first front-end disconnects (virtiofsd behaviour); default: serve the next one. */
@@ -62,7 +65,9 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
     private readonly opts: DaemonOptions,
   ) {
     super();
-    this.log = logger(opts.name ?? 'vhost-user', { socket: opts.socketPath });
+    const where = opts.listenFd !== undefined && (opts.mode ?? 'server') === 'server' ? `fd ${opts.listenFd}` : opts.socketPath;
+    if (where === undefined || where === '') throw new VhostUserError('a socket path (or, listening, an inherited fd) is required');
+    this.log = logger(opts.name ?? 'vhost-user', { socket: where });
   }
 
   async start(): Promise<void> {
@@ -85,7 +90,14 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
       return;
     }
     if ((this.opts.mode ?? 'server') === 'server') {
-      this.listenFd = unixListen(this.opts.socketPath);
+      try {
+        this.listenFd = this.opts.listenFd !== undefined ? adoptListener(this.opts.listenFd) : unixListen(this.opts.socketPath as string);
+      } catch (e) {
+        // Workers idle in epoll would keep the process alive (even through process.exit): end them first.
+        await this.pool.close();
+        this.pool = null;
+        throw e;
+      }
       this.log.info('listening');
     }
   }
@@ -158,7 +170,7 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
     const until = Date.now() + (this.opts.connectTimeoutMs ?? 60_000);
     for (;;) {
       try {
-        return unixConnect(this.opts.socketPath);
+        return unixConnect(this.opts.socketPath as string);
       } catch (e) {
         if (this.stopping || Date.now() >= until) throw new VhostUserError('cannot connect to the front-end', { cause: String(e) });
         await sleep(100);

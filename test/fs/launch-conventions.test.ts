@@ -1,0 +1,119 @@
+import { describe, it, expect } from 'vitest';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { unixListen } from '../../protocol/sys/socket.js';
+import { closeQuiet } from '../../protocol/sys/fd.js';
+
+// What management tools rely on when they launch a vhost-user backend (QEMU's vhost-user.rst, "Backend
+// program conventions"): libvirt probes --print-capabilities, libvirt and Kata pass a listening socket
+// with --fd, and virtiofsd's --socket-group lets a group connect.
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const BIN = join(ROOT, 'bin/kumo-virtiofsd.js');
+
+const exited = (c: ChildProcess): Promise<number | null> =>
+  c.exitCode !== null ? Promise.resolve(c.exitCode) : new Promise((r) => c.once('exit', (code) => r(code)));
+
+function scratch(): { dir: string; share: string } {
+  const dir = mkdtempSync('/tmp/kumo-fs-conv-');
+  const share = join(dir, 'share');
+  mkdirSync(share);
+  return { dir, share };
+}
+
+/** `kumo-vu fs run SCRIPT` against the socket; resolves with its exit code and stdout. */
+function runScript(sock: string, script: string, dir: string): Promise<{ code: number | null; out: string }> {
+  const file = join(dir, 'script.txt');
+  writeFileSync(file, script);
+  const c = spawn('node', [join(ROOT, 'bin/kumo-vu.js'), 'fs', '--socket', sock, '--connect-timeout', '15000', 'run', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  c.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  return exited(c).then((code) => ({ code, out }));
+}
+
+describe('kumo-virtiofsd launch conventions', () => {
+  it('--print-capabilities prints the vhost-user.json capabilities and exits 0 without other options', () => {
+    const r = spawnSync('node', [BIN, '--print-capabilities'], { encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ type: 'fs', features: ['separate-options'] });
+  });
+
+  it('--fd serves a listening socket inherited from the parent, and exits when the front-end leaves', async () => {
+    const { dir, share } = scratch();
+    const sock = join(dir, 'inherited.sock');
+    const lfd = unixListen(sock);
+    const d = spawn('node', [BIN, '--fd=3', `--shared-dir=${share}`, '--sandbox=chroot'], {
+      stdio: ['ignore', 'ignore', 'pipe', lfd], env: { ...process.env, KUMO_LOG: 'warn' },
+    });
+    closeQuiet(lfd);
+    try {
+      const r = await runScript(sock, 'mkdir viafd\nls .\n', dir);
+      expect(r.code).toBe(0);
+      expect(r.out).toContain('viafd');
+      expect(existsSync(join(share, 'viafd'))).toBe(true);
+      expect(await exited(d)).toBe(0);
+    } finally {
+      d.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
+
+  it('--fd that is not a listening socket is a clear error, not a hang', async () => {
+    const { dir, share } = scratch();
+    const file = join(dir, 'plain');
+    writeFileSync(file, 'x');
+    const d = spawn('node', [BIN, '--fd=3', `--shared-dir=${share}`, '--sandbox=none'], {
+      stdio: ['ignore', 'ignore', 'pipe', 'pipe'], env: { ...process.env, KUMO_LOG: 'error' },
+    });
+    let err = '';
+    d.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+    try {
+      expect(await exited(d)).toBe(1);
+      expect(err).toContain('not a listening Unix stream socket');
+    } finally {
+      d.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
+
+  it('a --socket-path that cannot be bound is a clear error and the process ends (its queue workers too)', () => {
+    const r = spawnSync('node', [BIN, '--socket-path=/nonexistent-kumo-dir/x.sock', '--shared-dir=/tmp', '--sandbox=none'], {
+      encoding: 'utf8', timeout: 20_000, env: { ...process.env, KUMO_LOG: 'error' },
+    });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain('bind failed: ENOENT');
+  }, 30_000);
+
+  it('--socket-group hands the socket to that group with read/write for it', async () => {
+    const { dir, share } = scratch();
+    const sock = join(dir, 'grp.sock');
+    const d = spawn('node', [BIN, `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=none', '--socket-group=4242'], {
+      stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' },
+    });
+    try {
+      let st = null;
+      for (let i = 0; i < 600; i++) {
+        st = existsSync(sock) ? statSync(sock) : null;
+        if (st !== null && st.gid === 4242) break;
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      expect(st?.gid).toBe(4242);
+      expect((st?.mode ?? 0) & 0o060).toBe(0o060);
+    } finally {
+      d.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
+
+  it('refuses --fd with --socket-path, neither of them, and an unknown --socket-group', () => {
+    const run = (args: string[]) => spawnSync('node', [BIN, ...args, '--shared-dir=/tmp'], { encoding: 'utf8' });
+    const both = run(['--fd=3', '--socket-path=/tmp/x.sock']);
+    expect(both.status).toBe(1);
+    expect(both.stderr).toContain('--socket-path and --fd cannot be used together');
+    expect(run([]).stderr).toContain('--socket-path (or --fd) is required');
+    const grp = run(['--socket-path=/tmp/kumo-nogroup.sock', '--socket-group=no-such-group-kumo']);
+    expect(grp.status).toBe(1);
+    expect(grp.stderr).toContain('no such group');
+  });
+});
