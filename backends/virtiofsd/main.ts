@@ -134,9 +134,14 @@ async function main(argv: string[]): Promise<number> {
   const gid = cfg.socketGroup === null ? null : groupId(cfg.socketGroup);
   await daemon.start();
   if (gid !== null && cfg.socketPath !== null) {
-    // The group may connect: connect(2) on a Unix socket needs write permission on its file.
-    chownSync(cfg.socketPath, -1, gid);
-    chmodSync(cfg.socketPath, statSync(cfg.socketPath).mode | 0o060);
+    try {
+      // The group may connect: connect(2) on a Unix socket needs write permission on its file.
+      chownSync(cfg.socketPath, -1, gid);
+      chmodSync(cfg.socketPath, statSync(cfg.socketPath).mode | 0o060);
+    } catch (e) {
+      await stopWithin(daemon, STOP_GRACE_MS); // its workers would keep the process from exiting
+      throw new FsConfigError(`--socket-group: cannot give the socket to group ${gid}: ${(e as Error).message}`);
+    }
   }
   log.info({ socket: cfg.socketPath ?? `fd ${cfg.listenFd}`, dir: cfg.fs.sharedDir, sandbox: cfg.fs.sandbox, cache: cfg.fs.cache }, 'waiting for vhost-user front-end');
   process.on('SIGTERM', () => shutdown(daemon, 'SIGTERM'));
