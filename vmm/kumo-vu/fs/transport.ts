@@ -9,6 +9,8 @@ import { VuDevice, type VuQueue } from '../device.js';
 
 /** Request and reply buffer of one slot: a 1 MiB WRITE/READ plus headers. */
 const SLOT = (1 << 20) + 8192;
+/** Request buffer of a hiprio slot: FORGET, INTERRUPT, a BATCH_FORGET of 4k entries (no replies). */
+const HIPRIO_SLOT = 64 << 10;
 const TIMEOUT_MS = 30_000;
 /**
  * KUMO_VU_SPIN_US: poll the used rings this long (yielding the CPU between looks) before sleeping on
@@ -21,8 +23,9 @@ const SPIN_MS = Math.max(0, Number(process.env.KUMO_VU_SPIN_US ?? 0)) / 1000;
 const SOCKET_TOKEN = 0xffff;
 
 interface Slot {
-  /** Token of the chain: index in `slots`, -1 for the hiprio slot. */
+  /** Token of the chain: index in `slots`. */
   token: number;
+  hiprio: boolean;
   reqAddr: number;
   repAddr: number;
   replySize: number;
@@ -32,7 +35,8 @@ interface Slot {
 
 /**
  * FUSE over virtio-fs queues from userspace: queue 0 (hiprio) for FORGET/INTERRUPT, queue 1 for the
- * rest. Up to `depth` requests are in flight on the request queue (plus one on hiprio): calls made in
+ * rest. Up to `depth` requests are in flight on each queue (a guest does not wait for one FORGET to be
+ * consumed before queueing the next): calls made in
  * the same turn of the event loop are published with one avail-index store and at most one kick per
  * queue, and one wait collects every reply that is ready.
  *
@@ -41,9 +45,8 @@ interface Slot {
  */
 export class VirtioFsTransport implements FuseTransport {
   private readonly slots: Slot[] = [];
-  private readonly free: Slot[] = [];
-  private readonly hiprioSlot: Slot;
-  private hiprioBusy = false;
+  /** Free slots of the request queue [0] and of the hiprio queue [1]. */
+  private readonly free: [Slot[], Slot[]] = [[], []];
   private readonly waiting: { hiprio: boolean; go: () => void }[] = [];
   private readonly dirty = [false, false];
   private inFlight = 0;
@@ -57,10 +60,11 @@ export class VirtioFsTransport implements FuseTransport {
     readonly dev: VuDevice,
     readonly depth: number,
   ) {
-    const slot = (token: number): Slot => ({ token, reqAddr: dev.buffer(SLOT, 4096), repAddr: dev.buffer(SLOT, 4096), replySize: 0, resolve: noop, reject: noop });
-    for (let i = 0; i < depth; i++) this.slots.push(slot(i));
-    this.free.push(...this.slots);
-    this.hiprioSlot = slot(-1);
+    const slot = (token: number, hiprio: boolean): Slot => ({
+      token, hiprio, reqAddr: dev.buffer(hiprio ? HIPRIO_SLOT : SLOT, 4096), repAddr: hiprio ? 0 : dev.buffer(SLOT, 4096), replySize: 0, resolve: noop, reject: noop,
+    });
+    for (let i = 0; i < 2 * depth; i++) this.slots.push(slot(i, i >= depth));
+    for (const s of this.slots) this.free[s.hiprio ? 1 : 0].push(s);
     for (const q of dev.queues) this.epoll.add(q.callFd, EPOLLIN, q.index);
     // A back-end that dies closes the socket: notice that instead of waiting out TIMEOUT_MS.
     this.epoll.add(dev.frontend.channel.fd, EPOLLRDHUP, SOCKET_TOKEN);
@@ -75,7 +79,7 @@ export class VirtioFsTransport implements FuseTransport {
       connectTimeoutMs,
     });
     try {
-      dev.start(2, queueSize, 2 * SLOT * (depth + 1) + (8 << 20));
+      dev.start(2, queueSize, depth * (2 * SLOT + HIPRIO_SLOT) + (8 << 20));
       return new VirtioFsTransport(dev, depth);
     } catch (e) {
       dev.close();
@@ -90,7 +94,9 @@ export class VirtioFsTransport implements FuseTransport {
   }
 
   async call(request: Uint8Array, replySize: number, hiprio = false): Promise<Uint8Array> {
-    if (request.length > SLOT || replySize > SLOT) throw new KumoVuError('FUSE request too large', { len: request.length, replySize });
+    if (request.length > (hiprio ? HIPRIO_SLOT : SLOT) || replySize > (hiprio ? 0 : SLOT)) {
+      throw new KumoVuError('FUSE request too large', { len: request.length, replySize, hiprio });
+    }
     if (this.closed) throw new KumoVuError('transport closed');
     if (this.broken) throw this.broken;
     const slot = await this.takeSlot(hiprio);
@@ -117,21 +123,16 @@ export class VirtioFsTransport implements FuseTransport {
   }
 
   private takeSlot(hiprio: boolean): Promise<Slot> | Slot {
-    if (hiprio ? !this.hiprioBusy : this.free.length > 0) return this.grab(hiprio);
+    if (this.free[hiprio ? 1 : 0].length > 0) return this.grab(hiprio);
     return new Promise<Slot>((resolve) => this.waiting.push({ hiprio, go: () => resolve(this.grab(hiprio)) }));
   }
 
   private grab(hiprio: boolean): Slot {
-    if (hiprio) {
-      this.hiprioBusy = true;
-      return this.hiprioSlot;
-    }
-    return this.free.shift()!;
+    return this.free[hiprio ? 1 : 0].shift()!;
   }
 
   private giveSlot(s: Slot, hiprio: boolean): void {
-    if (hiprio) this.hiprioBusy = false;
-    else this.free.push(s);
+    this.free[hiprio ? 1 : 0].push(s);
     const i = this.waiting.findIndex((w) => w.hiprio === hiprio);
     if (i >= 0) this.waiting.splice(i, 1)[0].go();
   }
@@ -193,8 +194,8 @@ export class VirtioFsTransport implements FuseTransport {
   }
 
   private complete(token: number, usedLen: number): void {
-    const hiprio = token === -1;
-    const slot = hiprio ? this.hiprioSlot : this.slots[token];
+    const slot = this.slots[token];
+    const hiprio = slot.hiprio;
     this.inFlight--;
     const len = Math.min(usedLen, slot.replySize);
     const reply = len > 0 ? this.mem.slice(slot.repAddr, len) : EMPTY;
@@ -213,7 +214,7 @@ export class VirtioFsTransport implements FuseTransport {
   }
 
   private failAll(e: Error): void {
-    for (const s of [...this.slots, this.hiprioSlot]) {
+    for (const s of this.slots) {
       const reject = s.reject;
       s.resolve = noop;
       s.reject = noop;
