@@ -1,10 +1,31 @@
 import { pino, type Logger } from 'pino';
+import { SyslogSink } from './syslog-sink.js';
 
 export type { Logger };
 
 const level = process.env.KUMO_LOG ?? process.env.LOG_LEVEL ?? 'info';
-// Logs go to stderr so stdout stays free for a guest console or a tool's report.
-const root: Logger = pino({ level, base: { pid: process.pid } }, pino.destination(2));
+/** Set by useSyslog() so that worker threads started afterwards log to syslog too. */
+const SYSLOG_ENV = 'KUMO_LOG_SYSLOG_IDENT';
+
+interface LineSink {
+  write(line: string): void;
+}
+// Logs go to stderr so stdout stays free for a guest console or a tool's report; --syslog moves them.
+const stderrSink: LineSink = pino.destination(2);
+let sink: LineSink = (process.env[SYSLOG_ENV] && SyslogSink.open(process.env[SYSLOG_ENV])) || stderrSink;
+const root: Logger = pino({ level, base: { pid: process.pid } }, { write: (line: string) => sink.write(line) });
+
+/**
+ * Sends every later log line of this thread, and of worker threads started after this call, to the
+ * local syslog as `ident`. Returns false, leaving logs on stderr, when there is no syslog socket.
+ */
+export function useSyslog(ident: string): boolean {
+  const s = SyslogSink.open(ident);
+  if (s === null) return false;
+  sink = s;
+  process.env[SYSLOG_ENV] = ident;
+  return true;
+}
 
 export function logger(name: string, bindings: Record<string, unknown> = {}): Logger {
   return root.child({ name, ...bindings });

@@ -8,6 +8,8 @@ export interface DaemonConfig {
   listenFd: number | null;
   /** --socket-group: group (name or number) given to the socket file. */
   socketGroup: string | null;
+  /** --syslog: log to the local syslog instead of stderr. */
+  syslog: boolean;
   tag: string | null;
   /** null: not given (large READs may use io-wq threads); 0: everything inline on the queue thread. */
   threadPoolSize: number | null;
@@ -21,7 +23,7 @@ export interface DaemonConfig {
 export const USAGE = `kumo-virtiofsd --socket-path=PATH|--fd=N --shared-dir=DIR [--socket-group=GROUP] [--tag=TAG] [--cache=auto|always|never|metadata]
   [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--announce-submounts]
   [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
-  [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL] [--poll-us=N] [--print-capabilities]
+  [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL] [--syslog] [--poll-us=N] [--print-capabilities]
 QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,posix_lock,writeback,readdirplus
 --thread-pool-size=N: with a second CPU, large READs may be copied by io_uring worker threads while other
   requests wait; N caps those threads, 0 keeps every READ on the request thread (default: the kernel's cap)
@@ -43,7 +45,7 @@ function int(name: string, v: string): number {
 export function parseArgs(argv: string[]): DaemonConfig {
   let socketPath: string | null = null;
   let sharedDir: string | null = null;
-  const cfg = { listenFd: null as number | null, socketGroup: null as string | null, tag: null as string | null, threadPoolSize: null as number | null, pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
+  const cfg = { syslog: false, listenFd: null as number | null, socketGroup: null as string | null, tag: null as string | null, threadPoolSize: null as number | null, pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
   const o: Partial<FsOptions> = { sandbox: 'namespace' };
   const set = (key: string, val: string | null): void => {
     const v = val ?? '';
@@ -73,7 +75,8 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'readdirplus': o.readdirplus = true; break;
       case 'no-readdirplus': case 'no_readdirplus': o.readdirplus = false; break;
       // Accepted for command-line compatibility; they change nothing here.
-      case 'seccomp': case 'syslog': case 'modcaps': case 'flock': case 'no_flock': case 'timeout':
+      case 'syslog': cfg.syslog = true; break;
+      case 'seccomp': case 'modcaps': case 'flock': case 'no_flock': case 'timeout':
       case 'security-label': case 'posix-acl': case 'preserve-noatime': case 'killpriv-v2':
         break;
       default:

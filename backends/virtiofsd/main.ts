@@ -1,4 +1,5 @@
-import { logger, setLogLevel } from '../../protocol/log.js';
+import { logger, setLogLevel, useSyslog } from '../../protocol/log.js';
+import { SYSLOG_SOCKET } from '../../protocol/syslog-sink.js';
 import { KumoError } from '../../protocol/errors.js';
 import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
 import { getrlimit, setrlimit, openat, AT_FDCWD, RLIMIT_NOFILE } from '../../protocol/sys/fs.js';
@@ -118,6 +119,8 @@ async function main(argv: string[]): Promise<number> {
   }
   const cfg = parseArgs(argv);
   if (cfg.logLevel) setLogLevel(cfg.logLevel === 'warning' ? 'warn' : cfg.logLevel);
+  // Before the queue workers start: they pick the choice up from the environment.
+  if (cfg.syslog && !useSyslog('kumo-virtiofsd')) log.warn({ socket: SYSLOG_SOCKET }, 'no syslog socket: logging to stderr');
   if (!statSync(cfg.fs.sharedDir, { throwIfNoEntry: false })?.isDirectory()) {
     throw new FsConfigError('shared directory does not exist or is not a directory', { dir: cfg.fs.sharedDir });
   }

@@ -30,6 +30,9 @@ const sendmsg_ = libc.func('sendmsg', 'long', ['int', 'void *', 'int']);
 const recvmsg_ = libc.func('recvmsg', 'long', ['int', 'void *', 'int']);
 const shutdown_ = libc.func('shutdown', 'int', ['int', 'int']);
 const getsockopt_ = libc.func('getsockopt', 'int', ['int', 'int', 'int', 'void *', 'void *']);
+const send_ = libc.func('send', 'long', ['int', 'void *', 'ulong', 'int']);
+const SOCK_DGRAM = 2;
+const MSG_DONTWAIT = 0x40;
 const SO_TYPE = 3;
 const SO_ACCEPTCONN = 30;
 const SO_DOMAIN = 39;
@@ -88,16 +91,37 @@ export function adoptListener(fd: number): number {
   return fd;
 }
 
-export function unixConnect(path: string): number {
-  const fd = unixSocket();
+/** A new AF_UNIX socket of `type`, bound or connected to `path`; closed again if that fails. */
+function unixAt(type: number, path: string, op: 'bind' | 'connect'): number {
+  const fd = check('socket', socket_(AF_UNIX, type | SOCK_CLOEXEC, 0) as number);
   const sa = sockaddrUn(path);
-  const r = connect_(fd, sa, sa.length) as number;
+  const r = (op === 'bind' ? bind_ : connect_)(fd, sa, sa.length) as number;
   if (r < 0) {
     const e = koffi.errno();
     closeQuiet(fd);
-    throw new SysError('connect', e, { path });
+    throw new SysError(op, e, { path });
   }
   return fd;
+}
+
+export function unixConnect(path: string): number {
+  return unixAt(SOCK_STREAM, path, 'connect');
+}
+
+/** A Unix datagram socket connected to `path` (syslog's /dev/log). */
+export function unixDgramConnect(path: string): number {
+  return unixAt(SOCK_DGRAM, path, 'connect');
+}
+
+/** A Unix datagram socket bound to `path` (tests stand in for /dev/log with it). */
+export function unixDgramBind(path: string): number {
+  return unixAt(SOCK_DGRAM, path, 'bind');
+}
+
+/** One datagram, never blocking and never raising SIGPIPE; returns bytes sent or -errno. */
+export function sendDgram(fd: number, data: Uint8Array): number {
+  const r = send_(fd, data, data.byteLength, MSG_DONTWAIT | MSG_NOSIGNAL) as number;
+  return r < 0 ? -koffi.errno() : r;
 }
 
 export function accept(fd: number): number {

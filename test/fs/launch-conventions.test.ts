@@ -3,8 +3,8 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { unixListen } from '../../protocol/sys/socket.js';
-import { closeQuiet } from '../../protocol/sys/fd.js';
+import { recvMsg, unixDgramBind, unixListen } from '../../protocol/sys/socket.js';
+import { closeQuiet, setNonBlocking } from '../../protocol/sys/fd.js';
 
 // What management tools rely on when they launch a vhost-user backend (QEMU's vhost-user.rst, "Backend
 // program conventions"): libvirt probes --print-capabilities, libvirt and Kata pass a listening socket
@@ -83,6 +83,35 @@ describe('kumo-virtiofsd launch conventions', () => {
     });
     expect(r.status).toBe(1);
     expect(r.stderr).toContain('bind failed: ENOENT');
+  }, 30_000);
+
+  it('--syslog sends the main thread\'s and the queue worker\'s logs to syslog as daemon-facility datagrams, none to stderr', async () => {
+    const { dir, share } = scratch();
+    const logSock = join(dir, 'log');
+    const lfd = unixDgramBind(logSock);
+    setNonBlocking(lfd, true);
+    const d = spawn('node', [BIN, `--socket-path=${join(dir, 's.sock')}`, `--shared-dir=${share}`, '--sandbox=none', '--syslog'], {
+      stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'info', KUMO_SYSLOG_SOCKET: logSock },
+    });
+    let stderr = '';
+    d.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+    const lines: string[] = [];
+    const buf = new Uint8Array(8192);
+    try {
+      for (let i = 0; i < 400 && !lines.some((l) => l.includes('virtio-fs worker ready')); i++) {
+        const r = recvMsg(lfd, buf);
+        if (r.n > 0) lines.push(Buffer.from(buf.subarray(0, r.n)).toString());
+        else await new Promise((res) => setTimeout(res, 25));
+      }
+      const ready = lines.find((l) => l.includes('virtio-fs worker ready'));
+      expect(ready).toMatch(new RegExp(`^<30>\\w{3} [ \\d]\\d \\d\\d:\\d\\d:\\d\\d kumo-virtiofsd\\[${d.pid}\\]: \\{`));
+      expect(lines.some((l) => l.includes('RLIMIT_NOFILE'))).toBe(true);
+      expect(stderr).toBe('');
+    } finally {
+      d.kill('SIGKILL');
+      closeQuiet(lfd);
+      rmSync(dir, { recursive: true, force: true });
+    }
   }, 30_000);
 
   it('--socket-group hands the socket to that group with read/write for it', async () => {
