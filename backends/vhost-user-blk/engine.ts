@@ -113,6 +113,9 @@ export class BlkQueueEngine {
     let entries = 1;
     while (entries < opts.queueSize) entries <<= 1;
     this.ring = new IoUring(entries, { cqEntries: entries * 4, coopTaskrun: true });
+    // One io-wq worker per CPU. The kernel's own cap (4 per CPU) lets more copiers contend for the same CPUs:
+    // 128k cached ext4 reads on one queue ran at 109-120k IOPS with it and 126-145k with this.
+    this.ring.setMaxWorkers(CPUS, CPUS);
     this.iov = new IoVecArena(this.slots, this.maxIov);
     const n = this.slots;
     this.sHead = new Uint16Array(n);
@@ -136,6 +139,11 @@ export class BlkQueueEngine {
 
   /** Reads and writes copied by preadv/pwritev in this thread rather than through io_uring (memory-backed images). */
   inlineCopies = 0;
+
+  /** io-wq thread caps of this queue's ring: [bounded (file I/O), unbounded]. */
+  ioWorkerCaps(): [number, number] {
+    return this.ring.maxWorkers();
+  }
 
   /**
    * Points the engine at the queue and memory to serve: call on ring start and before each

@@ -26,7 +26,7 @@ export const USAGE = `kumo-virtiofsd --socket-path=PATH|--fd=N --shared-dir=DIR 
   [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL] [--syslog] [--poll-us=N] [--print-capabilities]
 QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,posix_lock,writeback,readdirplus
 --thread-pool-size=N: with a second CPU, large READs may be copied by io_uring worker threads while other
-  requests wait; N caps those threads, 0 keeps every READ on the request thread (default: the kernel's cap)
+  requests wait; N caps those threads, 0 keeps every READ on the request thread (default: CPUs - 1)
 --inode-file-handles=prefer|mandatory: inodes are known by file handle; at most KUMO_FS_OPEN_INODE_FDS (1024)
   of their O_PATH fds stay open, the rest are reopened by handle when used (needs CAP_DAC_READ_SEARCH).`;
 

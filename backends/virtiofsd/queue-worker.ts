@@ -15,7 +15,7 @@ export interface FsWorkerData {
   opts: FsOptions;
   /**
    * --thread-pool-size: 0 keeps every READ on this thread; N > 0 caps the io_uring worker threads that
-   * copy large READs; null (not given) leaves the kernel's default.
+   * copy large READs; null (not given) allows one per CPU beside this thread.
    */
   threadPoolSize: number | null;
   /** Busy-poll the rings this long (µs) after the last request before sleeping on the kick fds; 0: never. */

@@ -311,6 +311,13 @@ export class IoUring {
     this.register(IORING_REGISTER_IOWQ_MAX_WORKERS, new Uint32Array([bounded, unbounded]), 2, { bounded, unbounded });
   }
 
+  /** The io-wq thread caps now in force: [bounded, unbounded]. */
+  maxWorkers(): [number, number] {
+    const v = new Uint32Array(2);
+    this.register(IORING_REGISTER_IOWQ_MAX_WORKERS, v, 2, {});
+    return [v[0], v[1]];
+  }
+
   private register(op: number, arg: PtrArg, nr: number, ctx: Record<string, unknown>): void {
     const r = register_(SYS_io_uring_register, this.fd, op, arg, nr) as number;
     if (r < 0) throw new IoUringError('io_uring_register', koffi.errno(), { op, ...ctx });

@@ -139,6 +139,11 @@ for (const mode of ['eventfd', 'wait'] as CompletionMode[]) {
       });
     });
 
+    it('caps its io-wq threads at one per CPU (the kernel would allow four)', () => {
+      setup();
+      expect(eng.ioWorkerCaps()).toEqual([availableParallelism(), availableParallelism()]);
+    });
+
     it('memory-backed image: large requests go through io_uring while a CPU is spare, and run in this thread once every CPU serves a queue', () => {
       const shm = mkdtempSync('/dev/shm/kumo-blk-');
       const onShm = join(shm, 'img');

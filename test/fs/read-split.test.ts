@@ -21,6 +21,16 @@ describe('ReadOffload.readSplit: a lone large READ copied by two threads', () =>
   const offload = ReadOffload.create(8, 0);
   if (offload === null) console.log(`no split READs here (${availableParallelism()} CPU(s) or no io_uring): READs stay inline`);
 
+  it.skipIf(offload === null)('allows one io-wq worker per CPU beside the queue thread unless --thread-pool-size says otherwise', () => {
+    expect((offload as ReadOffload).workerCaps()[0]).toBe(availableParallelism() - 1);
+    const three = ReadOffload.create(8, 3) as ReadOffload;
+    try {
+      expect(three.workerCaps()[0]).toBe(3);
+    } finally {
+      three.close();
+    }
+  });
+
   it.skipIf(offload === null)('returns preadv\'s bytes and count, short at EOF in either half, errors as -errno', () => {
     const o = offload as ReadOffload;
     const data = randomBytes(3 * 1024 * KiB + 12345);
