@@ -113,8 +113,11 @@ export class BlkQueueEngine {
     let entries = 1;
     while (entries < opts.queueSize) entries <<= 1;
     this.ring = new IoUring(entries, { cqEntries: entries * 4, coopTaskrun: true });
-    // One io-wq worker per CPU. The kernel's own cap (4 per CPU) lets more copiers contend for the same CPUs:
-    // 128k cached ext4 reads on one queue ran at 109-120k IOPS with it and 126-145k with this.
+    // One io-wq worker per CPU. io-wq is here to copy cached data on a second CPU (reads that would wait for
+    // the device take io_uring's async buffered-read path, O_DIRECT goes to the block layer); the kernel's own
+    // cap (4 per CPU) only let more copiers contend: cached 128k ext4 reads on one queue ran at 109-120k IOPS
+    // with it and 126-145k with this. A forced-async read of cold data does wait in a worker, so on a slow
+    // device fewer of those overlap.
     this.ring.setMaxWorkers(CPUS, CPUS);
     this.iov = new IoVecArena(this.slots, this.maxIov);
     const n = this.slots;
