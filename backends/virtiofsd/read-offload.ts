@@ -69,9 +69,11 @@ export class ReadOffload {
     if (availableParallelism() < 2) return null;
     try {
       const o = new ReadOffload(maxIovecs);
-      // Default: one io-wq worker per CPU beside the queue thread. The kernel's own cap (4 per CPU) lets more
-      // copiers contend for the same CPUs: 1 MiB reads at depth 8 on 2 CPUs ran at 5.3-6.4 GB/s with it and
-      // 6.7-9.0 GB/s with one worker.
+      // Default: one io-wq worker per CPU beside the queue thread, which copies too. The offload exists to copy
+      // cached data on another CPU, and the kernel's own cap (4 per CPU) only let more copiers contend: 1 MiB
+      // reads at depth 8 on 2 CPUs ran at 5.3-6.4 GB/s with it and 6.7-9.0 GB/s with one worker. Cold data
+      // on a slow device waits in that worker, so fewer offloaded READs overlap there; --thread-pool-size=N
+      // raises the cap.
       const cap = maxWorkers > 0 ? maxWorkers : availableParallelism() - 1;
       o.ring.setMaxWorkers(cap, cap);
       return o;
