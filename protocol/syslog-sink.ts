@@ -1,4 +1,3 @@
-import { closeQuiet } from './sys/fd.js';
 import { sendDgram, unixDgramConnect } from './sys/socket.js';
 
 /** Where syslog listens; KUMO_SYSLOG_SOCKET overrides it (tests). */
@@ -26,7 +25,7 @@ function timestamp(d: Date): string {
  */
 export class SyslogSink {
   private constructor(
-    private fd: number,
+    private readonly fd: number,
     private readonly ident: string,
   ) {}
 
@@ -40,13 +39,7 @@ export class SyslogSink {
   }
 
   write(line: string): void {
-    if (this.fd < 0) return;
     const msg = line.endsWith('\n') ? line.slice(0, -1) : line;
     sendDgram(this.fd, enc.encode(`<${LOG_DAEMON | severity(msg)}>${timestamp(new Date())} ${this.ident}[${process.pid}]: ${msg}`));
-  }
-
-  close(): void {
-    closeQuiet(this.fd);
-    this.fd = -1;
   }
 }

@@ -117,8 +117,12 @@ export class BlkQueueEngine {
     // the device take io_uring's async buffered-read path, O_DIRECT goes to the block layer); the kernel's own
     // cap (4 per CPU) only let more copiers contend: cached 128k ext4 reads on one queue ran at 109-120k IOPS
     // with it and 126-145k with this. A forced-async read of cold data does wait in a worker, so on a slow
-    // device fewer of those overlap.
-    this.ring.setMaxWorkers(CPUS, CPUS);
+    // device fewer of those overlap. Kernels before 5.15 lack the knob: they keep their own cap.
+    try {
+      this.ring.setMaxWorkers(CPUS, CPUS);
+    } catch {
+      /* no IORING_REGISTER_IOWQ_MAX_WORKERS */
+    }
     this.iov = new IoVecArena(this.slots, this.maxIov);
     const n = this.slots;
     this.sHead = new Uint16Array(n);

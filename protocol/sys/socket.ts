@@ -48,17 +48,11 @@ function sockaddrUn(path: string): Buffer {
   return sa;
 }
 
-function unixSocket(): number {
-  return check('socket', socket_(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) as number);
-}
-
 /** Listens on a Unix stream socket; a stale socket file at the path is removed first. */
 export function unixListen(path: string, backlog = 16): number {
   if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path);
-  const fd = unixSocket();
+  const fd = unixAt(SOCK_STREAM, path, 'bind');
   try {
-    const sa = sockaddrUn(path);
-    check('bind', bind_(fd, sa, sa.length) as number, { path });
     check('listen', listen_(fd, backlog) as number, { path });
     return fd;
   } catch (e) {

@@ -36,9 +36,8 @@ interface Slot {
 /**
  * FUSE over virtio-fs queues from userspace: queue 0 (hiprio) for FORGET/INTERRUPT, queue 1 for the
  * rest. Up to `depth` requests are in flight on each queue (a guest does not wait for one FORGET to be
- * consumed before queueing the next): calls made in
- * the same turn of the event loop are published with one avail-index store and at most one kick per
- * queue, and one wait collects every reply that is ready.
+ * consumed before queueing the next): calls made in the same turn of the event loop are published with
+ * one avail-index store and at most one kick per queue, and one wait collects every reply that is ready.
  *
  * A reply is a view of the slot's buffer in "guest" memory, valid until control returns to the event
  * loop (FuseClient decodes or copies it right away).
@@ -101,7 +100,7 @@ export class VirtioFsTransport implements FuseTransport {
     if (this.broken) throw this.broken;
     const slot = await this.takeSlot(hiprio);
     if (this.broken) {
-      this.giveSlot(slot, hiprio);
+      this.giveSlot(slot);
       throw this.broken;
     }
     const q: VuQueue = this.dev.queues[hiprio ? 0 : 1];
@@ -109,7 +108,7 @@ export class VirtioFsTransport implements FuseTransport {
     slot.replySize = replySize;
     const head = q.dq.add([{ addr: slot.reqAddr, len: request.length }], replySize > 0 ? [{ addr: slot.repAddr, len: replySize }] : [], slot.token);
     if (head === null) {
-      this.giveSlot(slot, hiprio);
+      this.giveSlot(slot);
       throw new KumoVuError('virtqueue full');
     }
     this.dirty[q.index] = true;
@@ -131,9 +130,9 @@ export class VirtioFsTransport implements FuseTransport {
     return this.free[hiprio ? 1 : 0].shift()!;
   }
 
-  private giveSlot(s: Slot, hiprio: boolean): void {
-    this.free[hiprio ? 1 : 0].push(s);
-    const i = this.waiting.findIndex((w) => w.hiprio === hiprio);
+  private giveSlot(s: Slot): void {
+    this.free[s.hiprio ? 1 : 0].push(s);
+    const i = this.waiting.findIndex((w) => w.hiprio === s.hiprio);
     if (i >= 0) this.waiting.splice(i, 1)[0].go();
   }
 
@@ -195,14 +194,13 @@ export class VirtioFsTransport implements FuseTransport {
 
   private complete(token: number, usedLen: number): void {
     const slot = this.slots[token];
-    const hiprio = slot.hiprio;
     this.inFlight--;
     const len = Math.min(usedLen, slot.replySize);
     const reply = len > 0 ? this.mem.slice(slot.repAddr, len) : EMPTY;
     const resolve = slot.resolve;
     slot.resolve = noop;
     slot.reject = noop;
-    this.giveSlot(slot, hiprio);
+    this.giveSlot(slot);
     resolve(reply);
   }
 
