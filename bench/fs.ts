@@ -86,7 +86,7 @@ export async function run(): Promise<BenchTable[]> {
     `${SECONDS} s per case, share on ${BASE} (tmpfs), both daemons: cache=auto, sandbox=chroot, default thread settings`,
     `median of ${REPS} runs per daemon and depth, kumo and QEMU alternating, a fresh daemon each run; "per run" = kumo/QEMU of each pair of runs`,
     'QEMU virtiofsd serves requests from a thread pool (default 64 threads); kumo-virtiofsd from one worker thread that busy-polls briefly,',
-    'with every other large READ copied by an io_uring worker while other requests wait, and a lone one split between both',
+    'with large READs spread over the CPUs through io_uring workers while other requests wait, and a lone one split in two',
     '(kumo-vu sleeps on interrupts: KUMO_VU_SPIN_US=0)',
     'depth = requests in flight on the request queue (independent request streams in kumo-vu); CPU = daemon CPU over the run, % of one core',
   ];

@@ -3,6 +3,7 @@ import type { GuestMemory } from '../../protocol/memory/index.js';
 import type { VringHandle } from '../../protocol/vhost-user/backend-types.js';
 import { closeQuiet, eventfd, IoVecList, preadvRaw } from '../../protocol/sys/fd.js';
 import { IoUring, IOSQE_ASYNC } from '../../protocol/sys/uring.js';
+import { CopySpread } from '../../protocol/sys/copy-spread.js';
 import type { Logger } from '../../protocol/log.js';
 
 /** READs at least this large may be copied by an io-wq thread while the request loop goes on. */
@@ -19,8 +20,8 @@ const OUT_HEADER_SIZE = 16;
 
 /**
  * Large READs are one long copy from the page cache into guest memory, done by whichever thread
- * runs them. With a CPU to spare, every other large READ goes to an io-wq worker (io_uring with
- * IOSQE_ASYNC) while the request loop copies the next one itself, so two CPUs copy at once; the
+ * runs them. With CPUs to spare, large READs go to io-wq workers (io_uring with IOSQE_ASYNC) while
+ * the request loop copies one in every `share` itself (CopySpread), so that many CPUs copy at once; the
  * reply header is written and the chain returned when the completion arrives. Replies may thus
  * overtake each other, which FUSE allows (they carry the request's unique).
  *
@@ -40,7 +41,7 @@ export class ReadOffload {
   private readonly hdr = new Uint8Array(OUT_HEADER_SIZE);
   private readonly hdrView = new DataView(this.hdr.buffer);
   private readonly touched = new Set<VringHandle>();
-  private toggle = false;
+  private readonly spread = new CopySpread();
   private last = -1;
   private inFlight = 0;
   private mem: GuestMemory | null = null;
@@ -94,12 +95,14 @@ export class ReadOffload {
    */
   moreQueued = false;
 
-  /** Whether a READ of `len` bytes should go to io-wq: every other large one, with work beside it and a slot free. */
+  /**
+   * Whether a READ of `len` bytes should go to io-wq: a large one with work beside it and a slot free, spread
+   * over the CPUs with this thread copying one in every `share` (CopySpread: every other one on 2 CPUs).
+   */
   wants(len: number): boolean {
     if (len < OFFLOAD_MIN_BYTES || this.free.length === 0) return false;
     if (!this.moreQueued && this.inFlight === 0) return false;
-    this.toggle = !this.toggle;
-    return this.toggle;
+    return this.spread.next(1);
   }
 
   /** Whether a READ of `len` bytes should be split: a large one arriving alone (nothing queued or in flight). */
