@@ -57,6 +57,7 @@ export class BlkBackend implements VhostUserBackend {
         size: image.size,
         readonly: image.readonly,
         memoryBacked: image.memoryBacked,
+        writesPunted: image.writesPunted,
         serial: serialFor(image.path),
         flags: sab,
         queueSize: opts.queueSize,

@@ -7,6 +7,8 @@ export interface BlkWorkerData {
   readonly: boolean;
   /** See DiskImage.memoryBacked. */
   memoryBacked: boolean;
+  /** See DiskImage.writesPunted. */
+  writesPunted: boolean;
   serial: Uint8Array;
   /** Int32Array over it: [0] = writethrough, [1] = queues being served (see BlkEngineImage.flags). */
   flags: SharedArrayBuffer;

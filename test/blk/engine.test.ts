@@ -190,6 +190,39 @@ for (const mode of ['eventfd', 'wait'] as CompletionMode[]) {
       }
     });
 
+    it('ext4 image with no CPU to spare: small writes run in this thread, large ones through io_uring, writethrough still syncs', () => {
+      setup();
+      Atomics.store(img.flags, 1, availableParallelism()); // a queue per CPU
+      const small = randomBytes(4096);
+      const big = randomBytes(131072);
+      const a = d.buf(4096);
+      const b = d.buf(131072);
+      d.mem.write(a, small);
+      d.mem.write(b, big);
+      try {
+        d.add(VIRTIO_BLK_T_OUT, 8, [{ addr: a, len: 4096 }], [], 1);
+        run(1);
+        expect(eng.inlineCopies).toBe(0); // not marked: io_uring
+        img.writesPunted = true;
+        const sts = [
+          d.add(VIRTIO_BLK_T_OUT, 16, [{ addr: a, len: 4096 }], [], 2),
+          d.add(VIRTIO_BLK_T_OUT, 1024, [{ addr: b, len: 131072 }], [], 3),
+        ];
+        run(2);
+        expect(eng.inlineCopies).toBe(1);
+        img.flags[0] = 1; // writethrough: acked after the group fdatasync
+        sts.push(d.add(VIRTIO_BLK_T_OUT, 32, [{ addr: a, len: 4096 }], [], 4));
+        expect(run(1).get(4)).toBe(1);
+        expect(eng.inlineCopies).toBe(2);
+        expect(sts.map((s) => d.mem.readU8(s))).toEqual([VIRTIO_BLK_S_OK, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_OK]);
+        const f = readFileSync(file);
+        for (const sector of [8, 16, 32]) expect(f.subarray(sector * 512, sector * 512 + 4096).equals(small)).toBe(true);
+        expect(f.subarray(1024 * 512, 1024 * 512 + 131072).equals(big)).toBe(true);
+      } finally {
+        Atomics.store(img.flags, 1, 1);
+      }
+    });
+
     it('writes, flushes, and honours writethrough', () => {
       setup();
       const data = randomBytes(8192);

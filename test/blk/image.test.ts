@@ -28,6 +28,7 @@ describe('DiskImage', () => {
       writeFileSync(p, Buffer.alloc(1 << 20));
       const img = DiskImage.open(p, { readonly: false, direct: false });
       expect(img.memoryBacked).toBe(true);
+      expect(img.writesPunted).toBe(false);
       img.close();
       const onDisk = join(dir, 'd.raw');
       writeFileSync(onDisk, Buffer.alloc(1 << 20));
@@ -37,6 +38,19 @@ describe('DiskImage', () => {
     } finally {
       rmSync(shm, { recursive: true, force: true });
     }
+  });
+
+  // The CI machine's root file system is ext4; elsewhere there is nothing of ours to check.
+  it.skipIf(statfsSync(tmpdir()).type !== 0xef53)('knows buffered ext4 writes would all go to io-wq (not with O_DIRECT)', () => {
+    const p = join(dir, 'e.raw');
+    writeFileSync(p, Buffer.alloc(1 << 20));
+    const img = DiskImage.open(p, { readonly: false, direct: false });
+    expect(img.writesPunted).toBe(true);
+    expect(img.memoryBacked).toBe(false);
+    img.close();
+    const direct = DiskImage.open(p, { readonly: false, direct: true });
+    expect(direct.writesPunted).toBe(false);
+    direct.close();
   });
 
   it('refuses a size that is not a multiple of 512', () => {
