@@ -9,6 +9,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:f
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BenchTable } from './types.js';
+import type { FsBenchResult } from '../vmm/kumo-vu/fs/bench.js';
 import { cpuSeconds, sleep, stopProcess } from './processes.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -18,17 +19,6 @@ const REPS = Math.max(1, Number(process.env.KUMO_BENCH_FS_REPS ?? 3));
 const QEMU_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
 /** tmpfs, as in the issue; falls back to the OS temp dir. */
 const BASE = existsSync('/dev/shm') ? '/dev/shm' : '/tmp';
-
-interface FsBenchResult {
-  depth: number;
-  lookupGetattrOps: number;
-  randRead4kIops: number;
-  seqRead1mMBps: number;
-  createWriteCloseFiles: number;
-}
-
-
-
 
 function startDaemon(who: 'kumo' | 'qemu', socket: string, share: string): ChildProcess {
   if (who === 'kumo') {
@@ -88,7 +78,8 @@ export async function run(): Promise<BenchTable[]> {
     'QEMU virtiofsd serves requests from a thread pool (default 64 threads); kumo-virtiofsd from one worker thread that busy-polls briefly,',
     'with large READs spread over the CPUs through io_uring workers while other requests wait, and a lone one split in two',
     '(kumo-vu sleeps on interrupts: KUMO_VU_SPIN_US=0)',
-    'depth = requests in flight on the request queue (independent request streams in kumo-vu); CPU = daemon CPU over the run, % of one core',
+    'depth = requests in flight on the request queue (independent request streams in kumo-vu); CPU = daemon CPU over the run, % of one core;',
+    'kumo-vu (client) CPU: the driver itself over the four cases; near 100% the single-threaded client, not the daemon, sets the pace',
   ];
   try {
     for (const depth of [1, DEPTH]) {
@@ -107,6 +98,8 @@ export async function run(): Promise<BenchTable[]> {
       }
       const cpu = (runs: { cpu: number }[]): string => (runs.length ? `${(median(runs.map((x) => x.cpu)) * 100).toFixed(0)}%` : 'n/a');
       rows.push(['daemon CPU', depth, cpu(kumo), cpu(qemu), '', '']);
+      const client = (runs: { r: FsBenchResult }[]): string => (runs.length ? `${median(runs.map((x) => x.r.clientCpuPercent))}%` : 'n/a');
+      rows.push(['kumo-vu (client) CPU', depth, client(kumo), client(qemu), '', '']);
     }
     if (!haveQemu) notes.push(`${QEMU_VIRTIOFSD} not installed (apt package qemu-system-common): QEMU columns are empty`);
   } finally {

@@ -7,6 +7,8 @@ export interface FsBenchResult {
   randRead4kIops: number;
   seqRead1mMBps: number;
   createWriteCloseFiles: number;
+  /** This client's CPU over the four cases, % of one core: near 100 it, not the daemon, sets the pace. */
+  clientCpuPercent: number;
 }
 
 const O_RDONLY = 0;
@@ -14,7 +16,16 @@ const O_WRONLY = 1;
 const O_CREAT = 0o100;
 const O_TRUNC = 0o1000;
 
-async function timed(seconds: number, depth: number, op: (i: number) => Promise<number>): Promise<{ ops: number; units: number; secs: number }> {
+interface Timed {
+  ops: number;
+  units: number;
+  secs: number;
+  /** CPU seconds this process used meanwhile. */
+  cpu: number;
+}
+
+async function timed(seconds: number, depth: number, op: (i: number) => Promise<number>): Promise<Timed> {
+  const c0 = process.cpuUsage();
   const t0 = process.hrtime.bigint();
   const end = t0 + BigInt(Math.round(seconds * 1e9));
   let ops = 0;
@@ -29,7 +40,8 @@ async function timed(seconds: number, depth: number, op: (i: number) => Promise<
     }
   };
   await Promise.all(Array.from({ length: depth }, job));
-  return { ops, units, secs: Number(process.hrtime.bigint() - t0) / 1e9 };
+  const c = process.cpuUsage(c0);
+  return { ops, units, secs: Number(process.hrtime.bigint() - t0) / 1e9, cpu: (c.user + c.system) / 1e6 };
 }
 
 /** Runs f(i) for i in [0, n) with at most `depth` calls in flight. */
@@ -95,6 +107,7 @@ export async function benchFs(c: FuseClient, seconds: number, depth = 1): Promis
     randRead4kIops: Math.round(rr.ops / rr.secs),
     seqRead1mMBps: Math.round(sr.units / sr.secs / 1e6),
     createWriteCloseFiles: Math.round(cw.ops / cw.secs),
+    clientCpuPercent: Math.round((100 * (lk.cpu + rr.cpu + sr.cpu + cw.cpu)) / (lk.secs + rr.secs + sr.secs + cw.secs)),
   };
 }
 
@@ -104,5 +117,6 @@ export function formatFsBench(r: FsBenchResult): string {
     `4k random read     ${r.randRead4kIops} IOPS`,
     `1 MiB seq read     ${r.seqRead1mMBps} MB/s`,
     `create+write+close ${r.createWriteCloseFiles} files/s`,
+    `client CPU         ${r.clientCpuPercent}% of one core`,
   ].join('\n');
 }
