@@ -41,7 +41,7 @@ export class ReadOffload {
   private readonly hdr = new Uint8Array(OUT_HEADER_SIZE);
   private readonly hdrView = new DataView(this.hdr.buffer);
   private readonly touched = new Set<VringHandle>();
-  private readonly spread = new CopySpread();
+  private readonly spread: CopySpread;
   private last = -1;
   private inFlight = 0;
   private mem: GuestMemory | null = null;
@@ -51,7 +51,9 @@ export class ReadOffload {
   private splitRes = 0;
   private readonly onCqe = (slot: number, res: number): void => this.finish(slot, res);
 
-  private constructor(maxIovecs: number) {
+  private constructor(maxIovecs: number, copiers: number) {
+    // This thread and the io-wq workers: with --thread-pool-size=1 every other READ, whatever the CPU count.
+    this.spread = new CopySpread(copiers);
     this.ring = new IoUring(SLOTS * 2, { coopTaskrun: true });
     this.efd = eventfd();
     this.ring.registerEventfd(this.efd);
@@ -64,18 +66,18 @@ export class ReadOffload {
 
   /**
    * An offload, or null on a single-CPU host or where io_uring is unavailable (READs then stay
-   * inline). `maxWorkers` > 0 caps the io-wq threads (--thread-pool-size).
+   * inline). `maxWorkers` > 0 caps the io-wq threads (--thread-pool-size); `cpus`: the host's.
    */
-  static create(maxIovecs: number, maxWorkers: number, log?: Logger): ReadOffload | null {
-    if (availableParallelism() < 2) return null;
+  static create(maxIovecs: number, maxWorkers: number, log?: Logger, cpus = availableParallelism()): ReadOffload | null {
+    if (cpus < 2) return null;
     try {
-      const o = new ReadOffload(maxIovecs);
       // Default: one io-wq worker per CPU beside the queue thread, which copies too. The offload exists to copy
       // cached data on another CPU, and the kernel's own cap (4 per CPU) only let more copiers contend: 1 MiB
       // reads at depth 8 on 2 CPUs ran at 5.3-6.4 GB/s with it and 6.7-9.0 GB/s with one worker. Cold data
       // on a slow device waits in that worker, so fewer offloaded READs overlap there; --thread-pool-size=N
       // raises the cap.
-      const cap = maxWorkers > 0 ? maxWorkers : availableParallelism() - 1;
+      const cap = maxWorkers > 0 ? maxWorkers : cpus - 1;
+      const o = new ReadOffload(maxIovecs, Math.min(cpus, cap + 1));
       o.ring.setMaxWorkers(cap, cap);
       return o;
     } catch (e) {

@@ -31,6 +31,25 @@ describe('ReadOffload.readSplit: a lone large READ copied by two threads', () =>
     }
   });
 
+  it.skipIf(offload === null)('spreads large READs over the copiers it has: this thread and the io-wq workers', () => {
+    const offloaded = (o: ReadOffload, n: number) => {
+      o.moreQueued = true;
+      const got = Array.from({ length: n }, () => o.wants(1024 * KiB));
+      o.moreQueued = false;
+      return got.filter(Boolean).length;
+    };
+    const big = ReadOffload.create(8, 0, undefined, 16) as ReadOffload; // 16 CPUs: 15 workers
+    const kata = ReadOffload.create(8, 1, undefined, 16) as ReadOffload; // --thread-pool-size=1
+    try {
+      expect(offloaded(big, 32)).toBe(30);
+      expect(offloaded(kata, 32)).toBe(16);
+      expect(big.wants(64 * KiB)).toBe(false); // small: always this thread
+    } finally {
+      big.close();
+      kata.close();
+    }
+  });
+
   it.skipIf(offload === null)('returns preadv\'s bytes and count, short at EOF in either half, errors as -errno', () => {
     const o = offload as ReadOffload;
     const data = randomBytes(3 * 1024 * KiB + 12345);
