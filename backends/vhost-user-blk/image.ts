@@ -71,9 +71,10 @@ export class DiskImage {
         throw new ImageError(`image ${path} size ${size} is not a multiple of ${SECTOR_SIZE} bytes`, { path, size });
       }
       lock(fd, path, opts.readonly ? F_RDLCK : F_WRLCK);
-      const fsType = fstatfs(fd).type;
-      const memoryBacked = !opts.direct && (fsType === TMPFS_MAGIC || fsType === RAMFS_MAGIC);
-      const writesPunted = !opts.direct && !st.isBlockDevice() && fsType === EXT4_SUPER_MAGIC;
+      // A block device's fstatfs names the file system its node lives on (devtmpfs reads as tmpfs), not the device.
+      const fsType = st.isBlockDevice() || opts.direct ? 0 : fstatfs(fd).type;
+      const memoryBacked = fsType === TMPFS_MAGIC || fsType === RAMFS_MAGIC;
+      const writesPunted = fsType === EXT4_SUPER_MAGIC;
       return new DiskImage(path, fd, size, opts.readonly, opts.direct, st.isBlockDevice(), memoryBacked, writesPunted);
     } catch (e) {
       closeQuiet(fd);

@@ -1,6 +1,7 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import { existsSync, mkdtempSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { DiskImage } from '../../backends/vhost-user-blk/image.js';
 import { EXT4_SUPER_MAGIC } from '../../protocol/sys/fs.js';
@@ -53,6 +54,28 @@ describe('DiskImage', () => {
     const direct = DiskImage.open(p, { readonly: false, direct: true });
     expect(direct.writesPunted).toBe(false);
     direct.close();
+  });
+
+  // Root, as CI runs; a loop device is the block device every Linux host can make.
+  const canLoop = process.getuid?.() === 0 && spawnSync('losetup', ['--version']).status === 0 && existsSync('/dev/loop-control');
+  if (!canLoop) console.log('not root or no losetup/loop devices: the block-device image check is skipped');
+  it.skipIf(!canLoop)('a block device is never memory-backed, though its node lives on devtmpfs (tmpfs)', () => {
+    const p = join(dir, 'loop.raw');
+    writeFileSync(p, Buffer.alloc(1 << 20));
+    const r = spawnSync('losetup', ['-f', '--show', p], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const dev = r.stdout.trim();
+    try {
+      expect(statfsSync(dev).type).toBe(0x01021994);
+      const img = DiskImage.open(dev, { readonly: true, direct: false });
+      expect(img.isBlockDevice).toBe(true);
+      expect(img.size).toBe(1 << 20);
+      expect(img.memoryBacked).toBe(false);
+      expect(img.writesPunted).toBe(false);
+      img.close();
+    } finally {
+      spawnSync('losetup', ['-d', dev]);
+    }
   });
 
   it('refuses a size that is not a multiple of 512', () => {
