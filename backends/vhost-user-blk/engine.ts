@@ -257,9 +257,14 @@ export class BlkQueueEngine {
     Atomics.add(this.img.flags, 1, on ? 1 : -1);
   }
 
+  /** Queues served across all workers (flags[1]). */
+  private servedQueues(): number {
+    return Atomics.load(this.img.flags, 1);
+  }
+
   /** Fewer queues are served than there are CPUs: io-wq threads can run I/O beside the queue threads. */
   private cpuToSpare(): boolean {
-    return Atomics.load(this.img.flags, 1) < CPUS;
+    return this.servedQueues() < CPUS;
   }
 
   /**
@@ -272,7 +277,7 @@ export class BlkQueueEngine {
   private offloadRead(): boolean {
     // A lone request (nothing else in flight or waiting) has nothing to overlap with: keep it inline.
     if (this.opsInFlight <= 1 && !(this.queue as DeviceQueue).hasAvailable()) return false;
-    return this.spread.next(Atomics.load(this.img.flags, 1));
+    return this.spread.next(this.servedQueues());
   }
 
   /**
@@ -283,7 +288,7 @@ export class BlkQueueEngine {
    * A write that must wait (dirty throttling) then holds this queue, as a synchronous backend would.
    */
   private writeInline(): boolean {
-    return this.img.writesPunted === true && this.spread.share(Atomics.load(this.img.flags, 1)) <= 2;
+    return this.img.writesPunted === true && this.spread.share(this.servedQueues()) <= 2;
   }
 
   /**
