@@ -19,6 +19,7 @@ export class Inode {
   lockFds: Map<bigint, number> | null = null;
   private fd_: number;
   private used = true;
+  private closed = false;
   constructor(
     readonly nodeid: number,
     fd: number,
@@ -37,7 +38,11 @@ export class Inode {
   /** The inode's O_PATH fd, valid until the current request ends. */
   get fd(): number {
     this.used = true;
-    if (this.fd_ < 0) this.fd_ = (this.opener as InodeOpener).reopen(this);
+    if (this.fd_ < 0) {
+      // Forgotten while an open handle still points here (a guest may FORGET what it has open).
+      if (this.closed) throw new FsError(E.EBADF, 'inode was forgotten', { nodeid: this.nodeid });
+      this.fd_ = (this.opener as InodeOpener).reopen(this);
+    }
     return this.fd_;
   }
 
@@ -62,6 +67,7 @@ export class Inode {
 
   /** Closes everything the inode holds (it is being dropped). */
   close(): void {
+    this.closed = true;
     if (this.lockFds) for (const fd of this.lockFds.values()) closeQuiet(fd);
     this.lockFds = null;
     if (this.fd_ >= 0) closeQuiet(this.fd_);

@@ -231,8 +231,7 @@ export class PassthroughFs {
     const bad = nameErrno(cname, cname.length - 1);
     if (bad !== 0) throw new FsError(bad, 'bad name');
     this.writable();
-    const fl = this.openFlags(flags) | O_CREAT | O_NOFOLLOW;
-    const fd = this.asCaller(c, () => fs.openat2Raw(parent.fd, cname, fl, mode & 0o7777, RESOLVE));
+    const fd = this.createOpen(c, parent, cname, flags, mode);
     if (fd < 0) throw new FsError(-fd, 'create failed');
     const pathFd = fs.openat2Raw(parent.fd, cname, O_PATH | O_NOFOLLOW, 0, RESOLVE);
     const nodeid = pathFd < 0 ? pathFd : this.registerRaw(pathFd);
@@ -242,6 +241,32 @@ export class PassthroughFs {
     }
     const fh = this.handles.add({ fd, inode: this.inodes.get(nodeid), dir: false });
     return { nodeid, fh };
+  }
+
+  /**
+   * The open(2) of CREATE (`cname` NUL-terminated); fd or -errno. A new file is made with O_EXCL. A name
+   * that already exists is opened the way OPEN opens an inode, through an O_PATH fd and only if it is a
+   * regular file: a plain O_CREAT open would block this thread on a FIFO, or open a host device
+   * through a device node the guest made with MKNOD.
+   */
+  private createOpen(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number): number {
+    const fl = this.openFlags(flags) | O_NOFOLLOW;
+    const fd = this.asCaller(c, () => fs.openat2Raw(parent.fd, cname, fl | O_CREAT | O_EXCL, mode & 0o7777, RESOLVE));
+    if (fd !== -E.EEXIST || (fl & O_EXCL) !== 0) return fd;
+    const pathFd = fs.openat2Raw(parent.fd, cname, O_PATH | O_NOFOLLOW, 0, RESOLVE);
+    if (pathFd < 0) return pathFd;
+    try {
+      const r = fs.fstatRaw(pathFd);
+      if (r < 0) return r;
+      const type = fs.rawStat.readUInt32LE(24) & fs.S_IFMT;
+      if (type !== fs.S_IFREG) return -(type === fs.S_IFDIR ? E.EISDIR : type === fs.S_IFLNK ? E.ELOOP : E.ENXIO);
+      return this.asCaller(c, () => fs.openat(this.procSelfFd, String(pathFd), fl & ~O_NOFOLLOW));
+    } catch (e) {
+      if (e instanceof SysError || e instanceof FsError) return -e.errno;
+      throw e;
+    } finally {
+      closeQuiet(pathFd);
+    }
   }
 
   forget(nodeid: number, nlookup: number): void {
@@ -303,8 +328,10 @@ export class PassthroughFs {
   create(c: Caller, parent: Inode, name: Uint8Array, flags: number, mode: number): { entry: EntryOut; fh: number } {
     checkName(name);
     this.writable();
-    const fl = this.openFlags(flags) | O_CREAT | O_NOFOLLOW;
-    const fd = this.asCaller(c, () => fs.openat2(parent.fd, name, fl, mode & 0o7777, RESOLVE));
+    const cname = new Uint8Array(name.length + 1);
+    cname.set(name);
+    const fd = this.createOpen(c, parent, cname, flags, mode);
+    if (fd < 0) throw new FsError(-fd, 'create failed');
     let entry: EntryOut;
     try {
       entry = this.newEntry(parent, name);
@@ -632,7 +659,10 @@ export class PassthroughFs {
   }
 }
 
+/** The guest's lock as a struct flock; a type or range the kernel could not have sent is EINVAL. */
 function toFlock(lk: FileLock): fs.Flock {
+  if (lk.type !== fs.F_RDLCK && lk.type !== fs.F_WRLCK && lk.type !== fs.F_UNLCK) throw new FsError(E.EINVAL, 'bad lock type');
+  if (lk.start > OFFSET_MAX || lk.end < lk.start) throw new FsError(E.EINVAL, 'bad lock range');
   const len = lk.end >= OFFSET_MAX ? 0n : lk.end - lk.start + 1n;
   return { type: lk.type, whence: SEEK_SET, start: lk.start, len, pid: 0 };
 }

@@ -31,6 +31,8 @@ export interface ServerStats {
   requests: number;
   errors: number;
   dropped: number;
+  /** Requests that hit an unexpected exception (a bug, answered with EIO). */
+  internal: number;
 }
 
 /**
@@ -42,7 +44,7 @@ export class FuseServer {
   private readonly outBuf = Buffer.alloc(OUT_HEADER_SIZE + 256 * 1024);
   private readonly iov = new IoVecList(MAX_IOV);
   private initialized = false;
-  readonly stats: ServerStats = { requests: 0, errors: 0, dropped: 0 };
+  readonly stats: ServerStats = { requests: 0, errors: 0, dropped: 0, internal: 0 };
 
   private readonly head = this.inBuf.subarray(0, IN_HEADER_SIZE);
   private readonly fast: FastPath;
@@ -75,6 +77,7 @@ export class FuseServer {
             return this.fast.error(io, e.errno);
           }
           if (e instanceof FuseProtocolError) return this.fast.error(io, E.EINVAL);
+          this.stats.internal++;
           log.error({ err: e, op: opName(head.readUInt32LE(4)) }, 'request failed');
           return this.fast.error(io, E.EIO);
         }
@@ -101,6 +104,7 @@ export class FuseServer {
         return this.reply(io, h.unique, -e.errno);
       }
       if (e instanceof FuseProtocolError) return this.fail(io, h.unique, E.EINVAL, e.message, h);
+      this.stats.internal++;
       log.error({ err: e, op: opName(h.opcode) }, 'request failed');
       return this.reply(io, h.unique, -E.EIO);
     }
@@ -122,6 +126,8 @@ export class FuseServer {
   private reply(io: FuseIo, unique: bigint, error: number, bodyLen = 0): number {
     const len = OUT_HEADER_SIZE + (error === 0 ? bodyLen : 0);
     if (len > io.outLength) {
+      // Not even an error header fits (a FORGET-like chain with a damaged header): nothing can be said.
+      if (io.outLength < OUT_HEADER_SIZE) return this.drop('no room for a reply', io.outLength);
       log.warn({ need: len, have: io.outLength }, 'reply does not fit the writable buffers');
       return this.reply(io, unique, -E.EINVAL);
     }

@@ -132,6 +132,66 @@ describe('passthrough filesystem (in-process, no vhost-user)', () => {
     new DataView(w.buffer).setUint32(40 + 16, 1 << 30, true); // size far beyond the request
     expect(send(w).err).toBe(-22);
     expect(send(hdr(Op.GETATTR, 56, 1, 16), 20).err).toBe(-22); // reply does not fit
+    expect(send(hdr(Op.FORGET, 9999, 1, 8), 0).n).toBe(0); // bad length and no reply space: dropped
     expect((await c.getattr(FUSE_ROOT_ID)).mode & 0o170000).toBe(0o040000);
+  });
+
+  it('CREATE of an existing name opens only a regular file: never blocks on a FIFO, never opens a device node', async () => {
+    const O_WRONLY = 1;
+    const O_RDWR = 2;
+    const O_CREAT = 0o100;
+    const O_EXCL = 0o200;
+    const O_TRUNC = 0o1000;
+    await c.mknod(FUSE_ROOT_ID, 'fifo', 0o010644);
+    // A plain O_CREAT open of a FIFO waits for a reader forever; this returns at once.
+    expect(await errCode(c.create(FUSE_ROOT_ID, 'fifo', O_WRONLY | O_CREAT, 0o644))).toBe('ENXIO');
+    if (process.getuid?.() === 0) {
+      // A guest-made node for the host's /dev/null (1, 3): opening it would open the host device.
+      await c.mknod(FUSE_ROOT_ID, 'null', 0o020666, (1 << 8) | 3);
+      expect(await errCode(c.create(FUSE_ROOT_ID, 'null', O_RDWR | O_CREAT, 0o644))).toBe('ENXIO');
+    } else {
+      console.log('device-node CREATE check skipped: mknod of a character device needs root');
+    }
+    await c.mkdir(FUSE_ROOT_ID, 'd');
+    expect(await errCode(c.create(FUSE_ROOT_ID, 'd', O_WRONLY | O_CREAT, 0o644))).toBe('EISDIR');
+    // An existing regular file is still opened (and truncated when asked); O_EXCL still refuses it.
+    writeFileSync(join(share, 'f'), 'old contents');
+    const r = await c.create(FUSE_ROOT_ID, 'f', O_WRONLY | O_CREAT | O_TRUNC, 0o644);
+    await c.write(r.entry.nodeid, r.fh, 0, new TextEncoder().encode('new'));
+    await c.release(r.entry.nodeid, r.fh);
+    expect(readFileSync(join(share, 'f'), 'utf8')).toBe('new');
+    expect(await errCode(c.create(FUSE_ROOT_ID, 'f', O_WRONLY | O_CREAT | O_EXCL, 0o644))).toBe('EEXIST');
+  });
+
+  it('refuses lock requests no kernel sends and handles whose inode the guest forgot', async () => {
+    writeFileSync(join(share, 'f'), 'x');
+    const e = await c.lookup(FUSE_ROOT_ID, 'f');
+    const { fh } = await c.open(e.nodeid, 2);
+    const lk = { start: 0n, end: 10n, type: 1, pid: 0 };
+    expect(await errCode(c.getlk(e.nodeid, fh, 1n, { ...lk, type: 0x1234 }))).toBe('EINVAL');
+    expect(await errCode(c.setlk(e.nodeid, fh, 1n, { ...lk, start: 1n << 63n, end: (1n << 64n) - 1n }))).toBe('EINVAL');
+    expect(await errCode(c.setlk(e.nodeid, fh, 1n, { ...lk, start: 10n, end: 5n }))).toBe('EINVAL');
+    await c.release(e.nodeid, fh);
+    // A directory handle outliving its inode's last lookup: READDIRPLUS gives what it can without a
+    // lookup ("." and ".."), then EBADF, never an internal error.
+    const d = await c.mkdir(FUSE_ROOT_ID, 'd');
+    writeFileSync(join(share, 'd', 'g'), 'y');
+    const dh = await c.opendir(d.nodeid);
+    await c.forget(d.nodeid, 1);
+    const names: string[] = [];
+    let off = 0n;
+    let code = 'ok';
+    for (let k = 0; k < 4 && code === 'ok'; k++) {
+      const page = await c.readdirplus(d.nodeid, dh.fh, off).catch((e: unknown) => {
+        code = e instanceof FuseReplyError ? e.code : String(e);
+        return [];
+      });
+      if (page.length === 0) break;
+      names.push(...page.map((x) => new TextDecoder().decode(x.dirent.name)));
+      off = page[page.length - 1].dirent.off;
+    }
+    expect(code).toBe('EBADF');
+    expect(names).not.toContain('g');
+    expect(server.stats.internal).toBe(0);
   });
 });
