@@ -1,5 +1,6 @@
 import { close as closeFd, closeQuiet } from '../sys/fd.js';
 import { ftruncate, mapFd, memfdCreate, viewOf } from '../sys/mem.js';
+import { fstat, S_IFMT, S_IFREG } from '../sys/fs.js';
 import { GuestMemoryError } from './errors.js';
 import { CHUNK_OVERLAP, CHUNK_SIZE, GuestRegion, type MemoryRegionSpec } from './region.js';
 
@@ -295,6 +296,11 @@ export class GuestMemory {
     // mmap needs a page-aligned file offset: map from the page below and skip the difference.
     const delta = spec.fdOffset % PAGE;
     this.checkNoOverlap(spec, !ownUserAddr);
+    // Pages of a mapping past the end of its file raise SIGBUS when touched, which would kill the process.
+    const st = fstat(spec.fd);
+    if ((st.mode & S_IFMT) === S_IFREG && st.size < spec.fdOffset + spec.size) {
+      throw new GuestMemoryError('memory region extends past the end of its file', { fdOffset: spec.fdOffset, size: spec.size, fileSize: st.size });
+    }
     const mapping = mapFd(spec.fd, spec.size + delta, spec.fdOffset - delta);
     const base = mapping.ptr + BigInt(delta);
     const full: MemoryRegionSpec = ownUserAddr ? { ...spec, userAddr: Number(base) } : spec;

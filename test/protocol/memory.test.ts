@@ -211,4 +211,14 @@ describe('GuestMemory over memfds', () => {
     );
     for (const fd of fds) expect(() => close(fd)).toThrow();
   });
+
+  it('fromRegions() refuses a region that runs past the end of its file (touching it would SIGBUS)', () => {
+    const fd = memfdCreate('short');
+    ftruncate(fd, 4096);
+    expectMemErr(() => GuestMemory.fromRegions([{ guestAddr: 0, size: 2 * 4096, fd, fdOffset: 0, userAddr: 0x100000 }]), { fileSize: 4096 });
+    expect(() => close(fd)).toThrow(); // closed on refusal, like the overlap case
+    const fd2 = memfdCreate('offset');
+    ftruncate(fd2, 2 * 4096);
+    expectMemErr(() => GuestMemory.fromRegions([{ guestAddr: 0, size: 4096, fd: fd2, fdOffset: 4097, userAddr: 0x100000 }]));
+  });
 });
