@@ -1,8 +1,9 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { closeQuiet, eventfd, eventfdWrite } from '../../protocol/sys/fd.js';
 import { ftruncate, mapFd, memfdCreate } from '../../protocol/sys/mem.js';
 import { sendMsg, unixConnect } from '../../protocol/sys/socket.js';
@@ -59,6 +60,8 @@ class Fuzzer {
   constructor(
     private readonly rng: Rng,
     private readonly sock: number,
+    /** What the preamble asks for: only protocol features the back-end offers, or it hangs up at once. */
+    private readonly protocolFeatures = 0x8209,
   ) {
     this.memfd = memfdCreate('fuzz-guest');
     ftruncate(this.memfd, MEM);
@@ -94,9 +97,9 @@ class Fuzzer {
       b.writeUInt32LE(hi >>> 0, 4);
       return b;
     };
-    // VERSION_1, PROTOCOL_FEATURES, EVENT_IDX or not, INDIRECT_DESC; then MQ | REPLY_ACK | CONFIG | CONFIGURE_MEM_SLOTS.
+    // VERSION_1, PROTOCOL_FEATURES, EVENT_IDX or not, INDIRECT_DESC; then e.g. MQ | REPLY_ACK | CONFIG | CONFIGURE_MEM_SLOTS.
     this.raw(Request.SET_FEATURES, two(0x5000_0000 | (rng.chance(0.5) ? 0x2000_0000 : 0), 1));
-    this.raw(Request.SET_PROTOCOL_FEATURES, two(0x8209, 0));
+    this.raw(Request.SET_PROTOCOL_FEATURES, two(this.protocolFeatures, 0));
     const table = Buffer.alloc(40);
     table.writeUInt32LE(1, 0);
     u64(table, 16, MEM);
@@ -341,4 +344,49 @@ describe('vhost-user daemon under random socket traffic', () => {
     if (process.env.FUZZ_DEBUG) console.log(stderr.split('\n').map((l) => /"msg":"([^"]*)/.exec(l)?.[1] ?? l.slice(0, 80)).reduce((m, k) => m.set(k, (m.get(k) ?? 0) + 1), new Map<string, number>()));
     expect(stderr).not.toMatch(/"level":60|Uncaught|FATAL|RangeError|TypeError/);
   }, 120_000);
+});
+
+describe('kumo-virtiofsd under random socket traffic', () => {
+  const BIN = fileURLToPath(new URL('../../bin/kumo-virtiofsd.js', import.meta.url));
+  const CANARY = 'CANARY-outside-the-share';
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'kumo-fs-sockfuzz-'));
+    mkdirSync(join(dir, 'share'));
+    writeFileSync(join(dir, 'share', 'a'), 'hello');
+    writeFileSync(join(dir, 'secret'), CANARY);
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  // virtiofsd serves one front-end and exits when it goes: a fresh daemon per connection.
+  it('ends every connection with a clean exit, never a crash, and leaves everything outside the share alone', async () => {
+    const rng = new Rng(Number(process.env.FUZZ_SEED ?? 0x66737a7a));
+    for (let c = 0; c < Math.ceil(CONNECTIONS / 4); c++) {
+      const sock = join(dir, `fs-${c}.sock`);
+      const child = spawn(process.execPath, [BIN, `--socket-path=${sock}`, `--shared-dir=${join(dir, 'share')}`, '--sandbox=chroot', '--xattr'], {
+        stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'warn' },
+      });
+      let stderr = '';
+      child.stderr?.on('data', (d: Buffer) => {
+        stderr += d.toString();
+      });
+      const exited = new Promise<void>((r) => child.once('exit', () => r()));
+      for (let i = 0; i < 200 && !existsSync(sock) && child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 25));
+      // MQ | REPLY_ACK | CONFIGURE_MEM_SLOTS
+      const f = new Fuzzer(rng, unixConnect(sock), 0x8009);
+      if (rng.chance(0.8)) f.preamble();
+      for (let m = 0; m < MESSAGES && f.send(); m++) {
+        if (m % 16 === 15) await new Promise((r) => setTimeout(r, 1));
+      }
+      await new Promise((r) => setTimeout(r, 20));
+      f.close();
+      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(t);
+      expect(child.signalCode, `connection ${c}: ${stderr.slice(-2000)}`).toBeNull();
+      expect(child.exitCode, `connection ${c}: ${stderr.slice(-2000)}`).toBe(0);
+      expect(stderr).not.toMatch(/"level":60|Uncaught|FATAL|RangeError|TypeError/);
+    }
+    expect(readFileSync(join(dir, 'secret'), 'utf8')).toBe(CANARY);
+  }, 180_000);
 });
