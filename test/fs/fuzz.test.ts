@@ -7,6 +7,7 @@ import { FuseServer } from '../../backends/virtiofsd/server.js';
 import { BufferIo } from '../../backends/virtiofsd/fuse-io.js';
 import { defaultFsOptions } from '../../backends/virtiofsd/options.js';
 import { LocalTransport } from './local-transport.js';
+import { fuzzSeed, Rng } from '../fuzz-rng.js';
 
 /**
  * Seeded random FUSE traffic straight into the server: well-formed requests with random fields (handles and
@@ -23,32 +24,6 @@ vi.hoisted(() => {
 const REQUESTS = Number(process.env.FUZZ_REQUESTS ?? 20_000);
 const CANARY = 'CANARY-outside-the-share';
 
-/** xorshift32: the same traffic on every run, so a failure replays. */
-class Rng {
-  constructor(private x: number) {}
-  u32(): number {
-    let x = this.x;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    this.x = x >>> 0;
-    return this.x;
-  }
-  below(n: number): number {
-    return this.u32() % n;
-  }
-  chance(p: number): boolean {
-    return this.u32() / 0x1_0000_0000 < p;
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.below(xs.length)];
-  }
-  bytes(n: number): Buffer {
-    const b = Buffer.alloc(n);
-    for (let i = 0; i < n; i++) b[i] = this.u32() & 0xff;
-    return b;
-  }
-}
 
 /** Argument layout of one opcode: struct size, where handles / nodeids / bounded numbers sit, names after it. */
 interface Shape {
@@ -165,7 +140,7 @@ describe('virtio-fs server under random FUSE traffic', () => {
     await c.mkdir(FUSE_ROOT_ID, 'dir');
     writeFileSync(join(share, 'a'), 'hello');
     const before = snapshot(base, share);
-    const rng = new Rng(Number(process.env.FUZZ_SEED ?? 0x6b756d6f));
+    const rng = new Rng(fuzzSeed(0x6b756d6f));
     // What replies handed out; invented numbers (never handed out, or stale) are mixed in below.
     const nodeids = [FUSE_ROOT_ID];
     const fhs: number[] = [];

@@ -10,6 +10,7 @@ import { sendMsg, unixConnect } from '../../protocol/sys/socket.js';
 import { Request } from '../../protocol/vhost-user/index.js';
 import { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../protocol/virtio/index.js';
 import { BlkVuClient, startBackend, stopBackend } from '../blk/vu-client.js';
+import { fuzzSeed, Rng } from '../fuzz-rng.js';
 
 /**
  * Seeded random vhost-user traffic against a real back-end process (kumo-vhost-user-blk; the daemon loop
@@ -24,26 +25,6 @@ const MESSAGES = 60;
 const MEM = 1 << 20;
 const USER_BASE = 0x7f00_0000_0000;
 
-class Rng {
-  constructor(private x: number) {}
-  u32(): number {
-    let x = this.x;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    this.x = x >>> 0;
-    return this.x;
-  }
-  below(n: number): number {
-    return this.u32() % n;
-  }
-  chance(p: number): boolean {
-    return this.u32() / 0x1_0000_0000 < p;
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.below(xs.length)];
-  }
-}
 
 function u64(b: Buffer, at: number, v: number): void {
   b.writeUInt32LE(v % 0x1_0000_0000, at);
@@ -312,7 +293,7 @@ describe('vhost-user daemon under random socket traffic', () => {
   });
 
   it('survives every connection, logs no fatal error, and then serves a normal front-end', async () => {
-    const rng = new Rng(Number(process.env.FUZZ_SEED ?? 0x76686f73));
+    const rng = new Rng(fuzzSeed(0x76686f73));
     for (let c = 0; c < CONNECTIONS; c++) {
       const f = new Fuzzer(rng, unixConnect(sock()));
       if (rng.chance(0.7)) f.preamble();
@@ -360,7 +341,7 @@ describe('kumo-virtiofsd under random socket traffic', () => {
 
   // virtiofsd serves one front-end and exits when it goes: a fresh daemon per connection.
   it('ends every connection with a clean exit, never a crash, and leaves everything outside the share alone', async () => {
-    const rng = new Rng(Number(process.env.FUZZ_SEED ?? 0x66737a7a));
+    const rng = new Rng(fuzzSeed(0x66737a7a));
     for (let c = 0; c < Math.ceil(CONNECTIONS / 4); c++) {
       const sock = join(dir, `fs-${c}.sock`);
       const child = spawn(process.execPath, [BIN, `--socket-path=${sock}`, `--shared-dir=${join(dir, 'share')}`, '--sandbox=chroot', '--xattr'], {
