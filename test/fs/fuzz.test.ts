@@ -122,147 +122,147 @@ const VARIANTS: { name: string; opts: Partial<FsOptions> }[] = [
 ];
 
 for (const v of VARIANTS) {
-let base: string;
-let share: string;
-let fs: PassthroughFs;
-let server: FuseServer;
+  describe(`virtio-fs server under random FUSE traffic: ${v.name}`, () => {
+    let base: string;
+    let share: string;
+    let fs: PassthroughFs;
+    let server: FuseServer;
 
-beforeEach(() => {
-  base = mkdtempSync('/tmp/kumo-fs-fuzz-');
-  share = join(base, 'share');
-  mkdirSync(share);
-  mkdirSync(join(base, 'outside'));
-  writeFileSync(join(base, 'outside', 'secret'), CANARY);
-  fs = new PassthroughFs({ ...defaultFsOptions(share), xattr: true, posixLock: true, ...v.opts });
-  server = new FuseServer(fs);
-});
-afterEach(() => {
-  fs.close();
-  rmSync(base, { recursive: true, force: true });
-});
+    beforeEach(() => {
+      base = mkdtempSync('/tmp/kumo-fs-fuzz-');
+      share = join(base, 'share');
+      mkdirSync(share);
+      mkdirSync(join(base, 'outside'));
+      writeFileSync(join(base, 'outside', 'secret'), CANARY);
+      fs = new PassthroughFs({ ...defaultFsOptions(share), xattr: true, posixLock: true, ...v.opts });
+      server = new FuseServer(fs);
+    });
+    afterEach(() => {
+      fs.close();
+      rmSync(base, { recursive: true, force: true });
+    });
 
-describe(`virtio-fs server under random FUSE traffic: ${v.name}`, () => {
-  it('answers every request consistently, never fails inside, never touches anything outside the share', async () => {
-    const c = new FuseClient(new LocalTransport(server));
-    await c.init();
-    mkdirSync(join(share, 'dir'));
-    writeFileSync(join(share, 'a'), 'hello');
-    const before = snapshot(base, share);
-    const shareBefore = snapshot(share, '');
-    const rng = new Rng(fuzzSeed(0x6b756d6f));
-    // What replies handed out; invented numbers (never handed out, or stale) are mixed in below.
-    const nodeids = [FUSE_ROOT_ID];
-    const fhs: number[] = [];
-    const nodeid = (): number => (rng.chance(0.9) ? rng.pick(nodeids) : rng.chance(0.5) ? rng.below(8) : rng.u32());
-    const fh = (): number => (fhs.length > 0 && rng.chance(0.9) ? rng.pick(fhs) : rng.chance(0.5) ? rng.below(8) : rng.u32());
-    let unique = 1000n;
-    const counts = { replied: 0, ok: 0, dropped: 0 };
-    const okBy = new Map<number, number>();
+    it('answers every request consistently, never fails inside, never touches anything outside the share', async () => {
+      const c = new FuseClient(new LocalTransport(server));
+      await c.init();
+      mkdirSync(join(share, 'dir'));
+      writeFileSync(join(share, 'a'), 'hello');
+      const before = snapshot(base, share);
+      const shareBefore = snapshot(share, '');
+      const rng = new Rng(fuzzSeed(0x6b756d6f));
+      // What replies handed out; invented numbers (never handed out, or stale) are mixed in below.
+      const nodeids = [FUSE_ROOT_ID];
+      const fhs: number[] = [];
+      const nodeid = (): number => (rng.chance(0.9) ? rng.pick(nodeids) : rng.chance(0.5) ? rng.below(8) : rng.u32());
+      const fh = (): number => (fhs.length > 0 && rng.chance(0.9) ? rng.pick(fhs) : rng.chance(0.5) ? rng.below(8) : rng.u32());
+      let unique = 1000n;
+      const counts = { replied: 0, ok: 0, dropped: 0 };
+      const okBy = new Map<number, number>();
 
-    for (let i = 0; i < REQUESTS; i++) {
-      // DESTROY wipes every nodeid and handle, so it stays rare; common ops get extra weight.
-      const opcode = rng.chance(0.0005) ? Op.DESTROY : rng.chance(0.03) ? rng.below(70) : rng.chance(0.4) ? rng.pick(COMMON) : rng.pick(OPCODES);
-      const shape = SHAPES[opcode] ?? { size: rng.below(64) };
-      const rawArgs = rng.chance(0.1) && !BOUNDED_ONLY.has(opcode);
-      const args = rng.bytes(shape.size);
-      if (!rawArgs) {
-        for (const at of shape.fh ?? []) putU64(args, at, fh());
-        for (const at of shape.nodeid ?? []) putU64(args, at, nodeid());
-        for (const [at, max] of shape.bound ?? []) putU64(args, at, rng.below(max + 1));
-        if (shape.flags !== undefined && rng.chance(0.7)) {
-          args.writeUInt32LE(rng.pick([0, 1, 2, 0o1101, 0o2002, 0o102, 0o302]), 0);
-          if (shape.flags) args.writeUInt32LE(rng.pick([0o100644, 0o755, 0o644, 0o40755]), 4);
+      for (let i = 0; i < REQUESTS; i++) {
+        // DESTROY wipes every nodeid and handle, so it stays rare; common ops get extra weight.
+        const opcode = rng.chance(0.0005) ? Op.DESTROY : rng.chance(0.03) ? rng.below(70) : rng.chance(0.4) ? rng.pick(COMMON) : rng.pick(OPCODES);
+        const shape = SHAPES[opcode] ?? { size: rng.below(64) };
+        const rawArgs = rng.chance(0.1) && !BOUNDED_ONLY.has(opcode);
+        const args = rng.bytes(shape.size);
+        if (!rawArgs) {
+          for (const at of shape.fh ?? []) putU64(args, at, fh());
+          for (const at of shape.nodeid ?? []) putU64(args, at, nodeid());
+          for (const [at, max] of shape.bound ?? []) putU64(args, at, rng.below(max + 1));
+          if (shape.flags !== undefined && rng.chance(0.7)) {
+            args.writeUInt32LE(rng.pick([0, 1, 2, 0o1101, 0o2002, 0o102, 0o302]), 0);
+            if (shape.flags) args.writeUInt32LE(rng.pick([0o100644, 0o755, 0o644, 0o40755]), 4);
+          }
         }
-      }
-      const parts: Buffer[] = [args];
-      for (let k = 0; k < (shape.names ?? 0); k++) parts.push(Buffer.from(rng.pick(NAMES) + '\0'));
-      if (shape.data) {
-        const data = rng.bytes(rng.below(9000));
-        if (!rawArgs) args.writeUInt32LE(rng.chance(0.9) ? data.length : rng.u32(), 16);
-        parts.push(data);
-      }
-      if (opcode === Op.BATCH_FORGET && !rawArgs) {
-        for (let k = 0; k < args.readUInt32LE(0); k++) {
-          const one = Buffer.alloc(16);
-          putU64(one, 0, nodeid());
-          putU64(one, 8, rng.below(3));
-          parts.push(one);
+        const parts: Buffer[] = [args];
+        for (let k = 0; k < (shape.names ?? 0); k++) parts.push(Buffer.from(rng.pick(NAMES) + '\0'));
+        if (shape.data) {
+          const data = rng.bytes(rng.below(9000));
+          if (!rawArgs) args.writeUInt32LE(rng.chance(0.9) ? data.length : rng.u32(), 16);
+          parts.push(data);
         }
-      }
-      const body = Buffer.concat(parts);
-      const req = Buffer.alloc(IN_HEADER_SIZE + body.length);
-      const u = unique++;
-      InHeader.encode({ len: req.length, opcode, unique: u, nodeid: nodeid(), uid: rng.chance(0.8) ? 0 : rng.below(2000),
-        gid: rng.chance(0.8) ? 0 : rng.below(2000), pid: 1, totalExtlen: 0 }, req, 0);
-      body.copy(req, IN_HEADER_SIZE);
+        if (opcode === Op.BATCH_FORGET && !rawArgs) {
+          for (let k = 0; k < args.readUInt32LE(0); k++) {
+            const one = Buffer.alloc(16);
+            putU64(one, 0, nodeid());
+            putU64(one, 8, rng.below(3));
+            parts.push(one);
+          }
+        }
+        const body = Buffer.concat(parts);
+        const req = Buffer.alloc(IN_HEADER_SIZE + body.length);
+        const u = unique++;
+        InHeader.encode({ len: req.length, opcode, unique: u, nodeid: nodeid(), uid: rng.chance(0.8) ? 0 : rng.below(2000),
+          gid: rng.chance(0.8) ? 0 : rng.below(2000), pid: 1, totalExtlen: 0 }, req, 0);
+        body.copy(req, IN_HEADER_SIZE);
 
-      // Damage: a wrong length field, a cut request, extra bytes, or a reply buffer too small.
-      let sent: Buffer = req;
-      const damage = rng.below(10);
-      if (damage === 0) req.writeUInt32LE(rng.chance(0.5) ? rng.below(req.length + 64) : rng.u32(), 0);
-      else if (damage === 1) sent = req.subarray(0, rng.below(req.length + 1));
-      else if (damage === 2) sent = Buffer.concat([req, rng.bytes(rng.below(64))]);
-      // A FORGET from a guest offers no reply space at all.
-      const outLen = damage === 3 ? rng.below(40) : NO_REPLY.has(opcode) && rng.chance(0.5) ? 0 : OUT_HEADER_SIZE + rng.pick([0, 8, 16, 128, 4096, 1 << 17]);
-      const outBufs = outLen === 0 ? [] : [Buffer.alloc(outLen)];
-      // Sometimes the request arrives in two descriptors, cut anywhere.
-      const cut = sent.length > 1 && rng.chance(0.2) ? 1 + rng.below(sent.length - 1) : sent.length;
-      const inBufs = cut < sent.length ? [sent.subarray(0, cut), sent.subarray(cut)] : [sent];
+        // Damage: a wrong length field, a cut request, extra bytes, or a reply buffer too small.
+        let sent: Buffer = req;
+        const damage = rng.below(10);
+        if (damage === 0) req.writeUInt32LE(rng.chance(0.5) ? rng.below(req.length + 64) : rng.u32(), 0);
+        else if (damage === 1) sent = req.subarray(0, rng.below(req.length + 1));
+        else if (damage === 2) sent = Buffer.concat([req, rng.bytes(rng.below(64))]);
+        // A FORGET from a guest offers no reply space at all.
+        const outLen = damage === 3 ? rng.below(40) : NO_REPLY.has(opcode) && rng.chance(0.5) ? 0 : OUT_HEADER_SIZE + rng.pick([0, 8, 16, 128, 4096, 1 << 17]);
+        const outBufs = outLen === 0 ? [] : [Buffer.alloc(outLen)];
+        // Sometimes the request arrives in two descriptors, cut anywhere.
+        const cut = sent.length > 1 && rng.chance(0.2) ? 1 + rng.below(sent.length - 1) : sent.length;
+        const inBufs = cut < sent.length ? [sent.subarray(0, cut), sent.subarray(cut)] : [sent];
 
-      let n: number;
-      try {
-        n = server.handle(new BufferIo(inBufs, outBufs));
-      } catch (e) {
-        throw new Error(`request ${i} (opcode ${opcode}) threw: ${(e as Error).stack}`);
+        let n: number;
+        try {
+          n = server.handle(new BufferIo(inBufs, outBufs));
+        } catch (e) {
+          throw new Error(`request ${i} (opcode ${opcode}) threw: ${(e as Error).stack}`);
+        }
+        expect(n, `request ${i} opcode ${opcode}`).toBeGreaterThanOrEqual(0);
+        expect(n, `request ${i} opcode ${opcode}`).toBeLessThanOrEqual(outLen);
+        if (n === 0) {
+          counts.dropped++;
+          continue;
+        }
+        const out = outBufs[0];
+        expect(n).toBeGreaterThanOrEqual(OUT_HEADER_SIZE);
+        const h = OutHeader.decode(out);
+        expect(h.len).toBe(n);
+        expect(h.unique).toBe(u);
+        expect(h.error).toBeLessThanOrEqual(0);
+        expect(h.error).toBeGreaterThan(-4096);
+        if (h.error !== 0) expect(n).toBe(OUT_HEADER_SIZE);
+        if (NO_REPLY.has(opcode) && damage >= 3 && !rawArgs) throw new Error(`request ${i}: a reply to a well-formed ${opcode}`);
+        counts.replied++;
+        if (h.error !== 0) continue;
+        counts.ok++;
+        okBy.set(opcode, (okBy.get(opcode) ?? 0) + 1);
+        if (opcode === Op.DESTROY) {
+          // The guest unmounted: every nodeid and handle is gone; mount again.
+          await c.init();
+          nodeids.splice(1);
+          fhs.splice(0);
+          continue;
+        }
+        // Learn nodeids and handles the way a guest would, so later requests reach real inodes and files.
+        const entryOps: number[] = [Op.LOOKUP, Op.MKDIR, Op.MKNOD, Op.SYMLINK, Op.LINK, Op.CREATE];
+        if (entryOps.includes(opcode) && n >= OUT_HEADER_SIZE + 8) nodeids.push(Number(out.readBigUInt64LE(16)));
+        if ((opcode === Op.OPEN || opcode === Op.OPENDIR) && n >= OUT_HEADER_SIZE + 8) fhs.push(Number(out.readBigUInt64LE(16)));
+        if (opcode === Op.CREATE && n >= OUT_HEADER_SIZE + 136) fhs.push(Number(out.readBigUInt64LE(16 + 128)));
+        if (nodeids.length > 64) nodeids.splice(1, 1);
+        if (fhs.length > 64) fhs.splice(0, 1);
       }
-      expect(n, `request ${i} opcode ${opcode}`).toBeGreaterThanOrEqual(0);
-      expect(n, `request ${i} opcode ${opcode}`).toBeLessThanOrEqual(outLen);
-      if (n === 0) {
-        counts.dropped++;
-        continue;
-      }
-      const out = outBufs[0];
-      expect(n).toBeGreaterThanOrEqual(OUT_HEADER_SIZE);
-      const h = OutHeader.decode(out);
-      expect(h.len).toBe(n);
-      expect(h.unique).toBe(u);
-      expect(h.error).toBeLessThanOrEqual(0);
-      expect(h.error).toBeGreaterThan(-4096);
-      if (h.error !== 0) expect(n).toBe(OUT_HEADER_SIZE);
-      if (NO_REPLY.has(opcode) && damage >= 3 && !rawArgs) throw new Error(`request ${i}: a reply to a well-formed ${opcode}`);
-      counts.replied++;
-      if (h.error !== 0) continue;
-      counts.ok++;
-      okBy.set(opcode, (okBy.get(opcode) ?? 0) + 1);
-      if (opcode === Op.DESTROY) {
-        // The guest unmounted: every nodeid and handle is gone; mount again.
-        await c.init();
-        nodeids.splice(1);
-        fhs.splice(0);
-        continue;
-      }
-      // Learn nodeids and handles the way a guest would, so later requests reach real inodes and files.
-      const entryOps: number[] = [Op.LOOKUP, Op.MKDIR, Op.MKNOD, Op.SYMLINK, Op.LINK, Op.CREATE];
-      if (entryOps.includes(opcode) && n >= OUT_HEADER_SIZE + 8) nodeids.push(Number(out.readBigUInt64LE(16)));
-      if ((opcode === Op.OPEN || opcode === Op.OPENDIR) && n >= OUT_HEADER_SIZE + 8) fhs.push(Number(out.readBigUInt64LE(16)));
-      if (opcode === Op.CREATE && n >= OUT_HEADER_SIZE + 136) fhs.push(Number(out.readBigUInt64LE(16 + 128)));
-      if (nodeids.length > 64) nodeids.splice(1, 1);
-      if (fhs.length > 64) fhs.splice(0, 1);
-    }
 
-    if (process.env.FUZZ_DEBUG) console.log(counts, [...okBy].sort((a, b) => a[0] - b[0]));
-    expect(server.stats.internal).toBe(0);
-    // The traffic reached the filesystem, not only the framing checks: many kinds of request succeeded.
-    expect(counts.ok).toBeGreaterThan(REQUESTS / 30);
-    expect(okBy.size).toBeGreaterThanOrEqual(v.opts.readonly ? 12 : 20);
-    expect(counts.dropped).toBeGreaterThan(0);
-    expect(snapshot(base, share)).toEqual(before);
-    if (v.opts.readonly) expect(snapshot(share, '')).toEqual(shareBefore);
-    expect(readFileSync(join(base, 'outside', 'secret'), 'utf8')).toBe(CANARY);
-    // Still serving: a fresh INIT (the traffic may have sent DESTROY) and a root GETATTR.
-    const c2 = new FuseClient(new LocalTransport(server));
-    await c2.init().catch(() => undefined);
-    expect((await c2.getattr(FUSE_ROOT_ID)).mode & 0o170000).toBe(0o040000);
-  }, 120_000);
-});
+      if (process.env.FUZZ_DEBUG) console.log(counts, [...okBy].sort((a, b) => a[0] - b[0]));
+      expect(server.stats.internal).toBe(0);
+      // The traffic reached the filesystem, not only the framing checks: many kinds of request succeeded.
+      expect(counts.ok).toBeGreaterThan(REQUESTS / 30);
+      expect(okBy.size).toBeGreaterThanOrEqual(v.opts.readonly ? 12 : 20);
+      expect(counts.dropped).toBeGreaterThan(0);
+      expect(snapshot(base, share)).toEqual(before);
+      if (v.opts.readonly) expect(snapshot(share, '')).toEqual(shareBefore);
+      expect(readFileSync(join(base, 'outside', 'secret'), 'utf8')).toBe(CANARY);
+      // Still serving: a fresh INIT (the traffic may have sent DESTROY) and a root GETATTR.
+      const c2 = new FuseClient(new LocalTransport(server));
+      await c2.init().catch(() => undefined);
+      expect((await c2.getattr(FUSE_ROOT_ID)).mode & 0o170000).toBe(0o040000);
+    }, 120_000);
+  });
 }
