@@ -33,3 +33,9 @@ export class Rng {
 export function fuzzSeed(fallback: number): number {
   return Number(process.env.FUZZ_SEED ?? fallback);
 }
+
+/** Writes a u64 field (a JS number below 2^53) little endian. */
+export function putU64(b: Buffer, at: number, v: number): void {
+  b.writeUInt32LE(v % 0x1_0000_0000, at);
+  b.writeUInt32LE(Math.floor(v / 0x1_0000_0000), at + 4);
+}

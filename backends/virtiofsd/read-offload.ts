@@ -70,20 +70,25 @@ export class ReadOffload {
    */
   static create(maxIovecs: number, maxWorkers: number, log?: Logger, cpus = availableParallelism()): ReadOffload | null {
     if (cpus < 2) return null;
+    // Default: one io-wq worker per CPU beside the queue thread, which copies too. The offload exists to copy
+    // cached data on another CPU, and the kernel's own cap (4 per CPU) only let more copiers contend: 1 MiB
+    // reads at depth 8 on 2 CPUs ran at 5.3-6.4 GB/s with it and 6.7-9.0 GB/s with one worker. Cold data
+    // on a slow device waits in that worker, so fewer offloaded READs overlap there; --thread-pool-size=N
+    // raises the cap.
+    const cap = maxWorkers > 0 ? maxWorkers : cpus - 1;
+    let o: ReadOffload;
     try {
-      // Default: one io-wq worker per CPU beside the queue thread, which copies too. The offload exists to copy
-      // cached data on another CPU, and the kernel's own cap (4 per CPU) only let more copiers contend: 1 MiB
-      // reads at depth 8 on 2 CPUs ran at 5.3-6.4 GB/s with it and 6.7-9.0 GB/s with one worker. Cold data
-      // on a slow device waits in that worker, so fewer offloaded READs overlap there; --thread-pool-size=N
-      // raises the cap.
-      const cap = maxWorkers > 0 ? maxWorkers : cpus - 1;
-      const o = new ReadOffload(maxIovecs, Math.min(cpus, cap + 1));
-      o.ring.setMaxWorkers(cap, cap);
-      return o;
+      o = new ReadOffload(maxIovecs, Math.min(cpus, cap + 1));
     } catch (e) {
       log?.info({ err: (e as Error).message }, 'io_uring unavailable: large READs are copied inline');
       return null;
     }
+    try {
+      o.ring.setMaxWorkers(cap, cap);
+    } catch {
+      // Kernels before 5.15 lack IORING_REGISTER_IOWQ_MAX_WORKERS: they keep their own cap, the offload still helps.
+    }
+    return o;
   }
 
   /** io-wq thread caps of the ring: [bounded (file I/O), unbounded]. */

@@ -7,7 +7,7 @@ import { FuseServer } from '../../backends/virtiofsd/server.js';
 import { BufferIo } from '../../backends/virtiofsd/fuse-io.js';
 import { defaultFsOptions, type FsOptions } from '../../backends/virtiofsd/options.js';
 import { LocalTransport } from './local-transport.js';
-import { fuzzSeed, Rng } from '../fuzz-rng.js';
+import { fuzzSeed, putU64, Rng } from '../fuzz-rng.js';
 
 /**
  * Seeded random FUSE traffic straight into the server: well-formed requests with random fields (handles and
@@ -23,7 +23,6 @@ vi.hoisted(() => {
 
 const REQUESTS = Number(process.env.FUZZ_REQUESTS ?? 20_000);
 const CANARY = 'CANARY-outside-the-share';
-
 
 /** Argument layout of one opcode: struct size, where handles / nodeids / bounded numbers sit, names after it. */
 interface Shape {
@@ -92,11 +91,6 @@ const BOUNDED_ONLY = new Set<number>([Op.FALLOCATE, Op.COPY_FILE_RANGE]);
 const NAMES = ['a', 'b', 'c', 'dir', 'sub', 'link', 'x.txt', 'user.k', 'trusted.k', 'security.capability', '.', '..', '', '../escape',
   'a/b', '/abs', 'n'.repeat(255), 'n'.repeat(300), 'proc'];
 const NO_REPLY = new Set<number>([Op.FORGET, Op.BATCH_FORGET]);
-
-function putU64(b: Buffer, at: number, v: number): void {
-  b.writeUInt32LE(v % 0x1_0000_0000, at);
-  b.writeUInt32LE(Math.floor(v / 0x1_0000_0000), at + 4);
-}
 
 /** Every file and link under dir (skipping `skip`), with sizes: what must not change outside the share. */
 function snapshot(dir: string, skip: string): string[] {

@@ -10,7 +10,7 @@ import { sendMsg, unixConnect } from '../../protocol/sys/socket.js';
 import { Request } from '../../protocol/vhost-user/index.js';
 import { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../protocol/virtio/index.js';
 import { BlkVuClient, startBackend, stopBackend } from '../blk/vu-client.js';
-import { fuzzSeed, Rng } from '../fuzz-rng.js';
+import { fuzzSeed, putU64, Rng } from '../fuzz-rng.js';
 
 /**
  * Seeded random vhost-user traffic against a real back-end process (kumo-vhost-user-blk; the daemon loop
@@ -24,12 +24,6 @@ const CONNECTIONS = Number(process.env.FUZZ_CONNECTIONS ?? 40);
 const MESSAGES = 60;
 const MEM = 1 << 20;
 const USER_BASE = 0x7f00_0000_0000;
-
-
-function u64(b: Buffer, at: number, v: number): void {
-  b.writeUInt32LE(v % 0x1_0000_0000, at);
-  b.writeUInt32LE(Math.floor(v / 0x1_0000_0000), at + 4);
-}
 
 /** One connection's worth of traffic: "guest memory" is a memfd filled with random bytes. */
 class Fuzzer {
@@ -83,8 +77,8 @@ class Fuzzer {
     this.raw(Request.SET_PROTOCOL_FEATURES, two(this.protocolFeatures, 0));
     const table = Buffer.alloc(40);
     table.writeUInt32LE(1, 0);
-    u64(table, 16, MEM);
-    u64(table, 24, USER_BASE);
+    putU64(table, 16, MEM);
+    putU64(table, 24, USER_BASE);
     this.raw(Request.SET_MEM_TABLE, table, [this.memfd]);
     for (let q = 0; q < 1 + rng.below(2); q++) {
       const size = rng.pick([16, 128, 256]);
@@ -93,9 +87,9 @@ class Fuzzer {
       addr.writeUInt32LE(q, 0);
       const at = (align: number): number => USER_BASE + (rng.below(MEM - 16 * 256 - 8) & ~(align - 1));
       const [desc, used, avail] = [at(16), at(4), at(2)];
-      u64(addr, 8, desc);
-      u64(addr, 16, used);
-      u64(addr, 24, avail);
+      putU64(addr, 8, desc);
+      putU64(addr, 16, used);
+      putU64(addr, 24, avail);
       this.raw(Request.SET_VRING_ADDR, addr);
       this.plausibleRing(desc - USER_BASE, avail - USER_BASE, used - USER_BASE, size);
       this.raw(Request.SET_VRING_BASE, two(q, rng.chance(0.8) ? 0 : rng.below(size)));
@@ -113,7 +107,7 @@ class Fuzzer {
     const rng = this.rng;
     const m = Buffer.from(this.guest.bytes.buffer, this.guest.bytes.byteOffset, MEM);
     for (let d = 0; d < size; d++) {
-      u64(m, desc + 16 * d, rng.below(MEM - 8192) & ~511);
+      putU64(m, desc + 16 * d, rng.below(MEM - 8192) & ~511);
       m.writeUInt32LE(rng.pick([1, 16, 512, 4096, rng.below(8192), rng.u32()]), desc + 16 * d + 8);
       // NEXT 1, WRITE 2, INDIRECT 4
       m.writeUInt16LE(rng.pick([0, 1, 2, 3, 1, 3, 4, rng.below(8)]), desc + 16 * d + 12);
@@ -151,10 +145,10 @@ class Fuzzer {
   private region(): Buffer {
     const r = Buffer.alloc(32);
     const size = this.rng.chance(0.7) ? MEM : this.rng.pick([0, 4096, MEM + 4096, 2 * MEM, 2 ** 40]);
-    u64(r, 0, this.rng.chance(0.8) ? 0 : this.addr());
-    u64(r, 8, size);
-    u64(r, 16, USER_BASE);
-    u64(r, 24, this.rng.chance(0.8) ? 0 : this.rng.pick([1, 4096, MEM - 4096, MEM]));
+    putU64(r, 0, this.rng.chance(0.8) ? 0 : this.addr());
+    putU64(r, 8, size);
+    putU64(r, 16, USER_BASE);
+    putU64(r, 24, this.rng.chance(0.8) ? 0 : this.rng.pick([1, 4096, MEM - 4096, MEM]));
     return r;
   }
 
@@ -197,7 +191,7 @@ class Fuzzer {
         const p = b(40);
         p.writeUInt32LE(this.index(), 0);
         p.writeUInt32LE(rng.below(2), 4);
-        for (const at of [8, 16, 24, 32]) u64(p, at, USER_BASE + this.addr());
+        for (const at of [8, 16, 24, 32]) putU64(p, at, USER_BASE + this.addr());
         return { payload: p, fds: [] };
       }
       case Request.SET_VRING_KICK:
