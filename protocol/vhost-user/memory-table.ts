@@ -11,6 +11,8 @@ function overlaps(a: number, alen: number, b: number, blen: number): boolean {
  */
 export class MemoryTable {
   private regs: MemRegion[] = [];
+  /** How many times each region was added and not yet removed. */
+  private users: number[] = [];
 
   get regions(): readonly MemRegion[] {
     return this.regs;
@@ -31,25 +33,48 @@ export class MemoryTable {
   replace(regions: readonly MemRegion[]): void {
     MemoryTable.validate(regions);
     this.regs = regions.map((r) => ({ ...r }));
+    this.users = regions.map(() => 1);
   }
 
-  add(r: MemRegion, maxSlots: number): void {
+  /**
+   * Adds a region (ADD_MEM_REG); returns false when it only repeats one already in the table, which then
+   * counts one more user and needs no new mapping. QEMU sends each region once per vhost device, and a
+   * multiqueue virtio-net has one vhost device per queue pair on the same connection.
+   */
+  add(r: MemRegion, maxSlots: number): boolean {
     MemoryTable.checkRegion(r);
+    const same = this.find(r);
+    if (same >= 0 && this.regs[same].mmapOffset === r.mmapOffset) {
+      this.users[same]++;
+      return false;
+    }
     if (this.regs.length >= maxSlots) throw new VhostUserProtocolError('no free memory slot', { maxSlots });
     for (const o of this.regs) MemoryTable.checkDisjoint(r, o);
     this.regs.push({ ...r });
+    this.users.push(1);
+    return true;
   }
 
-  /** Removes the region matching guest address, user address and size (spec REM_MEM_REG); false if none matches. */
-  remove(r: MemRegion): boolean {
-    const i = this.regs.findIndex((o) => o.guestAddr === r.guestAddr && o.userAddr === r.userAddr && o.size === r.size);
-    if (i < 0) return false;
+  /**
+   * Drops one user of the region matching guest address, user address and size (spec REM_MEM_REG).
+   * Returns 'unmap' when that was the last one, 'kept' while others still use it, 'none' if no region matches.
+   */
+  remove(r: MemRegion): 'unmap' | 'kept' | 'none' {
+    const i = this.find(r);
+    if (i < 0) return 'none';
+    if (--this.users[i] > 0) return 'kept';
     this.regs.splice(i, 1);
-    return true;
+    this.users.splice(i, 1);
+    return 'unmap';
+  }
+
+  private find(r: MemRegion): number {
+    return this.regs.findIndex((o) => o.guestAddr === r.guestAddr && o.userAddr === r.userAddr && o.size === r.size);
   }
 
   clear(): void {
     this.regs = [];
+    this.users = [];
   }
 
   /** User address range → guest address, or null unless the whole range lies in one region. */

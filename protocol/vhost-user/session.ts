@@ -299,7 +299,7 @@ export class Session {
   }
 
   private addMemRegion(region: MemRegion, fd: number): void {
-    this.mem.add(region, MAX_MEM_SLOTS);
+    if (!this.mem.add(region, MAX_MEM_SLOTS)) return; // already mapped (its fd is closed with the message's)
     for (let w = 0; w < this.pool.size; w++) {
       const spec = this.regionSpecs([region], [fd])[0];
       this.pool.worker(w).send({ op: 'addRegion', region: spec });
@@ -308,7 +308,9 @@ export class Session {
   }
 
   private removeMemRegion(region: MemRegion): void {
-    if (!this.mem.remove(region)) throw new RequestRefusedError('no such memory region', { ...region });
+    const r = this.mem.remove(region);
+    if (r === 'none') throw new RequestRefusedError('no such memory region', { ...region });
+    if (r === 'kept') return;
     this.pool.broadcast({ op: 'removeRegion', guestAddr: region.guestAddr, size: region.size, userAddr: region.userAddr });
   }
 

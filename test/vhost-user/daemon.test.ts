@@ -80,6 +80,39 @@ async function stillServes(): Promise<void> {
   expect(disconnects.length).toBe(before + 1);
 }
 
+/** Starts ring 1 (64 entries) over `mem`, makes n chains available and returns the tokens that came back used. */
+async function serveOnRing(c: Client, mem: GuestMemory, n: number): Promise<number[]> {
+  const kick = eventfd();
+  const call = eventfd();
+  const ep = new Epoll(4);
+  try {
+    const layout = compactLayout(0x10_0000, 64);
+    const dq = new DriverQueue<number>(mem, layout, { eventIdx: true });
+    const user = (gpa: number) => guestToUser(mem, gpa);
+    c.send(Request.SET_VRING_NUM, { kind: 'vringState', index: 1, num: 64 });
+    c.send(Request.SET_VRING_ADDR, { kind: 'vringAddr', index: 1, flags: 0, desc: user(layout.descAddr), avail: user(layout.availAddr), used: user(layout.usedAddr), log: 0 });
+    c.send(Request.SET_VRING_BASE, { kind: 'vringState', index: 1, num: 0 });
+    c.send(Request.SET_VRING_CALL, { kind: 'u64', value: 1n }, [call]);
+    c.send(Request.SET_VRING_KICK, { kind: 'u64', value: 1n }, [kick]);
+    expect(u64(await c.call(Request.SET_VRING_ENABLE, { kind: 'vringState', index: 1, num: 1 }, [], true, true))).toBe(0n);
+    for (let i = 0; i < n; i++) dq.add([{ addr: 0x18_0000 + i * 64, len: 16 }], [{ addr: 0x19_0000 + i * 64, len: 16 }], i);
+    dq.publish();
+    if (dq.kickNeeded()) eventfdWrite(kick);
+    ep.add(call, EPOLLIN, 0);
+    const got: number[] = [];
+    for (let i = 0; i < 100 && got.length < n; i++) {
+      await ep.waitAsync(50);
+      eventfdRead(call);
+      for (const u of dq.takeUsed()) got.push(u.token);
+    }
+    return got.sort((a, b) => a - b);
+  } finally {
+    ep.close();
+    closeQuiet(kick);
+    closeQuiet(call);
+  }
+}
+
 describe('VhostUserDaemon', () => {
   it('negotiates, acks NEED_REPLY, answers config and queue count', async () => {
     const c = new Client();
@@ -107,9 +140,6 @@ describe('VhostUserDaemon', () => {
   it('runs a ring in a worker: kick → used → call, GET_VRING_BASE stops it with the next avail index', async () => {
     const c = new Client();
     const mem = GuestMemory.anonymous([{ guestAddr: 0x10_0000, size: 1 << 20 }]);
-    const kick = eventfd();
-    const call = eventfd();
-    const ep = new Epoll(4);
     try {
       const f = u64(await c.call(Request.GET_FEATURES, { kind: 'none' }));
       c.send(Request.SET_PROTOCOL_FEATURES, { kind: 'u64', value: REPLY_ACK });
@@ -118,33 +148,41 @@ describe('VhostUserDaemon', () => {
       const r = mem.regions[0];
       const table = { kind: 'memTable' as const, regions: [{ guestAddr: r.guestAddr, size: r.size, userAddr: r.userAddr, mmapOffset: 0 }] };
       expect(u64(await c.call(Request.SET_MEM_TABLE, table, [r.fd], true, true))).toBe(0n);
-      const layout = compactLayout(0x10_0000, 64);
-      const dq = new DriverQueue<number>(mem, layout, { eventIdx: true });
-      const user = (gpa: number) => guestToUser(mem, gpa);
-      c.send(Request.SET_VRING_NUM, { kind: 'vringState', index: 1, num: 64 });
-      c.send(Request.SET_VRING_ADDR, { kind: 'vringAddr', index: 1, flags: 0, desc: user(layout.descAddr), avail: user(layout.availAddr), used: user(layout.usedAddr), log: 0 });
-      c.send(Request.SET_VRING_BASE, { kind: 'vringState', index: 1, num: 0 });
-      c.send(Request.SET_VRING_CALL, { kind: 'u64', value: 1n }, [call]);
-      c.send(Request.SET_VRING_KICK, { kind: 'u64', value: 1n }, [kick]);
-      expect(u64(await c.call(Request.SET_VRING_ENABLE, { kind: 'vringState', index: 1, num: 1 }, [], true, true))).toBe(0n);
-      for (let i = 0; i < 5; i++) dq.add([{ addr: 0x18_0000 + i * 64, len: 16 }], [{ addr: 0x19_0000 + i * 64, len: 16 }], i);
-      dq.publish();
-      if (dq.kickNeeded()) eventfdWrite(kick);
-      ep.add(call, EPOLLIN, 0);
-      const got: number[] = [];
-      for (let i = 0; i < 100 && got.length < 5; i++) {
-        await ep.waitAsync(50);
-        eventfdRead(call);
-        for (const u of dq.takeUsed()) got.push(u.token);
-      }
-      expect(got.sort()).toEqual([0, 1, 2, 3, 4]);
+      expect(await serveOnRing(c, mem, 5)).toEqual([0, 1, 2, 3, 4]);
       const base = await c.call(Request.GET_VRING_BASE, { kind: 'vringState', index: 1, num: 0 });
       expect(base.payload).toEqual({ kind: 'vringState', index: 1, num: 5 });
     } finally {
       c.close();
-      ep.close();
-      closeQuiet(kick);
-      closeQuiet(call);
+      mem.close();
+    }
+  });
+
+  it('counts a region added again (QEMU: one vhost device per queue pair) and maps it until removed as often', async () => {
+    const c = new Client();
+    const mem = GuestMemory.anonymous([{ guestAddr: 0x10_0000, size: 1 << 20 }]);
+    try {
+      const f = u64(await c.call(Request.GET_FEATURES, { kind: 'none' }));
+      c.send(Request.SET_PROTOCOL_FEATURES, { kind: 'u64', value: REPLY_ACK | protocolFeatures(ProtocolFeature.CONFIGURE_MEM_SLOTS) });
+      c.send(Request.SET_OWNER, { kind: 'none' });
+      c.send(Request.SET_FEATURES, { kind: 'u64', value: f });
+      const r = mem.regions[0];
+      const region = { kind: 'memRegion' as const, region: { guestAddr: r.guestAddr, size: r.size, userAddr: r.userAddr, mmapOffset: 0 } };
+      expect(u64(await c.call(Request.ADD_MEM_REG, region, [r.fd], true, true))).toBe(0n);
+      expect(u64(await c.call(Request.ADD_MEM_REG, region, [r.fd], true, true))).toBe(0n);
+      expect(u64(await c.call(Request.REM_MEM_REG, region, [], true, true))).toBe(0n);
+      // One user left: the ring still runs in that memory.
+      expect(await serveOnRing(c, mem, 3)).toEqual([0, 1, 2]);
+      const base = await c.call(Request.GET_VRING_BASE, { kind: 'vringState', index: 1, num: 0 });
+      expect(base.payload).toEqual({ kind: 'vringState', index: 1, num: 3 });
+      expect(u64(await c.call(Request.REM_MEM_REG, region, [], true, true))).toBe(0n);
+      expect(u64(await c.call(Request.REM_MEM_REG, region, [], true, true))).not.toBe(0n);
+      // A region that only overlaps is still a protocol error.
+      const before = disconnects.length;
+      c.send(Request.ADD_MEM_REG, region, [r.fd]);
+      c.send(Request.ADD_MEM_REG, { kind: 'memRegion', region: { ...region.region, userAddr: r.userAddr + 4096 } }, [r.fd]);
+      expect(await disconnectedWithError(before)).toBeInstanceOf(Error);
+    } finally {
+      c.close();
       mem.close();
     }
   });
