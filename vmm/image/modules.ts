@@ -66,8 +66,13 @@ export const L2_MODULES = [
   'rng_core', 'virtio_rng', 'vsock', 'vmw_vsock_virtio_transport_common', 'vmw_vsock_virtio_transport',
 ] as const;
 
-/** Lab (L1) modules: a hardware-style KVM plus virtiofs for the host root, tun/vhost for VMMs under test. */
+/**
+ * Lab (L1) modules: a hardware-style KVM plus virtiofs for the host root, tun/vhost for VMMs under test,
+ * virtio-blk/net for disks and NICs that QEMU attaches on our back-ends (LabOptions.blkSockets/netSockets),
+ * loop for file systems at an offset of such a disk.
+ */
 export const L1_MODULES = [
   'irqbypass', 'kvm', 'kvm_amd', 'virtio_ring', 'virtio', 'virtio_pci_modern_dev', 'virtio_pci_legacy_dev',
   'virtio_pci', 'fuse', 'virtiofs', 'tun', 'vhost_iotlb', 'vhost', 'vhost_net', 'vsock', 'vhost_vsock',
+  'virtio_blk', 'failover', 'net_failover', 'virtio_net', 'loop',
 ] as const;

@@ -29,6 +29,30 @@ export interface LabOptions {
   lockWaitMs?: number;
   /** Called with the command's output as it arrives. */
   onOutput?: (text: string) => void;
+  /**
+   * The daemon that serves L1's root (default QEMU's C virtiofsd); kumo-virtiofsd takes the same
+   * arguments. A running guest then reads every file it touches through that daemon.
+   */
+  virtiofsd?: string;
+  /** vhost-user-blk back-end sockets, given to L1 in order as 2-queue vhost-user-blk-pci disks (/dev/vda, ...). */
+  blkSockets?: string[];
+  /** vhost-user-net back-end sockets, given to L1 in order as 2-queue-pair virtio-net NICs (eth0, ...). */
+  netSockets?: string[];
+}
+
+/** QEMU arguments attaching vhost-user back-ends to L1 besides its root share. */
+function backendArgs(opts: LabOptions): string[] {
+  const args: string[] = [];
+  (opts.blkSockets ?? []).forEach((s, i) => {
+    args.push('-chardev', `socket,id=blk${i},path=${s}`, '-device', `vhost-user-blk-pci,chardev=blk${i},num-queues=2`);
+  });
+  // vectors=0 (INTx): QEMU 7.2 under TCG segfaults in vhost_net_start (msix_set_vector_notifiers) with MSI-X,
+  // whatever the vhost-user back-end (DPDK's vhost PMD too).
+  (opts.netSockets ?? []).forEach((s, i) => {
+    args.push('-chardev', `socket,id=net${i},path=${s}`, '-netdev', `vhost-user,id=nd${i},chardev=net${i},queues=2`,
+      '-device', `virtio-net-pci,netdev=nd${i},mq=on,vectors=0`);
+  });
+  return args;
 }
 
 export interface LabResult {
@@ -71,7 +95,8 @@ async function runLab(cmd: string, opts: LabOptions): Promise<LabResult> {
   const mem = opts.memMiB ?? 2048;
   const cpus = opts.cpus ?? 2;
   if (process.getuid?.() !== 0) throw new LabError('the lab needs root (virtiofsd shares / as root)');
-  if (!fs.existsSync(VIRTIOFSD)) throw new LabError('virtiofsd not found (apt-get install qemu-system-x86)', { path: VIRTIOFSD });
+  const virtiofsd = opts.virtiofsd ?? VIRTIOFSD;
+  if (!fs.existsSync(virtiofsd)) throw new LabError('virtiofsd not found (apt-get install qemu-system-x86)', { path: virtiofsd });
   const img = await ensureImage();
 
   // The job path travels on L1's kernel command line, which splits at white space.
@@ -84,7 +109,7 @@ async function runLab(cmd: string, opts: LabOptions): Promise<LabResult> {
   fs.writeFileSync(job, jobScript(cmd, opts.cwd ?? process.cwd(), labEnv(opts.env)), { mode: 0o755 });
 
   const vfsErr: string[] = [];
-  const vfs = spawnOwned(VIRTIOFSD, [`--socket-path=${sock}`, '-o', 'source=/', '-o', 'cache=always', '-o', 'sandbox=chroot'],
+  const vfs = spawnOwned(virtiofsd, [`--socket-path=${sock}`, '-o', 'source=/', '-o', 'cache=always', '-o', 'sandbox=chroot'],
     { stdio: ['ignore', 'ignore', 'pipe'] });
   vfs.stderr?.on('data', (d: Buffer) => vfsErr.push(d.toString()));
   let vfsSpawnError: string | null = null;
@@ -100,6 +125,7 @@ async function runLab(cmd: string, opts: LabOptions): Promise<LabResult> {
       '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot',
       '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`, '-numa', 'node,memdev=mem',
       '-chardev', `socket,id=c0,path=${sock}`, '-device', 'vhost-user-fs-pci,chardev=c0,tag=hostroot',
+      ...backendArgs(opts),
       '-kernel', img.bzImage, '-initrd', img.labInitramfs, '-append', append,
     ];
     log.debug({ args }, 'starting L1');

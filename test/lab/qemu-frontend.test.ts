@@ -1,0 +1,216 @@
+// QEMU as the vhost-user front-end of our back-ends, with a real Linux driving them: the lab's L1 (QEMU TCG,
+// Debian kernel) boots with its root share served by kumo-virtiofsd instead of QEMU's virtiofsd, a
+// vhost-user-blk-pci disk on kumo-vhost-user-blk and a virtio-net NIC on kumo-vhost-user-net. Inside, the
+// Linux virtiofs, virtio_blk and virtio_net drivers do the work a user would: copy trees, write and fsync
+// large files, fio with verification, discard, mkfs.ext4 and mount, TCP to the host. What L1 wrote is
+// then checked from the host side (the share's files, the image with e2fsck).
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runInLab, type LabResult } from '../../vmm/lab/lab.js';
+import { startProcess, stopProcess } from '../vmm-vhost-user/harness.js';
+import { whyNoLab } from './skip.js';
+
+const FILE = 'test/lab/qemu-frontend.test.ts';
+const root = path.resolve(import.meta.dirname, '../..');
+const bin = (name: string): string => path.join(root, 'bin', `${name}.js`);
+const MiB = 1 << 20;
+const IMAGE_MIB = 256;
+/** Host side of the NIC (kumo-vhost-user-net's TAP) and L1's address on it. */
+const HOST_IP = '192.168.247.1';
+const GUEST_IP = '192.168.247.2';
+
+function whyNot(): string | null {
+  const lab = whyNoLab(FILE);
+  if (lab !== null) return lab;
+  let why: string | null = null;
+  if (!fs.existsSync('/dev/net/tun')) why = 'no /dev/net/tun for the vhost-user-net TAP';
+  else if (spawnSync('e2fsck', ['-V']).error) why = 'e2fsck missing (apt-get install e2fsprogs)';
+  else if (spawnSync('fio', ['--version']).error) why = 'fio missing (apt-get install fio)';
+  if (why) console.warn(`${FILE} skipped: ${why}`);
+  return why;
+}
+const skip = whyNot();
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+const shaFile = (f: string): string => sha(fs.readFileSync(f));
+
+function readAt(file: string, offset: number, len: number): Buffer {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const b = Buffer.alloc(len);
+    fs.readSync(fd, b, 0, len, offset);
+    return b;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** The job L1 runs (sh, chrooted into the host root it reads through kumo-virtiofsd). Prints `ok NAME` / `FAIL NAME`. */
+function jobScript(w: string, port: number): string {
+  return String.raw`
+set -u
+W=${w}
+check() { name=$1; shift; if "$@" >$W/last.err 2>&1; then echo "ok $name"; else echo "FAIL $name: $(tail -c 600 $W/last.err)"; fi; }
+
+# ---- virtio-fs: the share is L1's own root -------------------------------------------------------------
+F=$W/fs
+echo "guest-sum from-host $(sha256sum $F/from-host | cut -d' ' -f1)"
+check big-write dd if=/dev/urandom of=$F/big bs=1M count=48 conv=fsync
+sha256sum $F/big | cut -d' ' -f1 > $F/big.guest-sum
+check tree-copy cp -a ${root}/protocol $F/tree
+check tree-diff diff -r ${root}/protocol $F/tree
+mkdir -p $F/untar
+check tar-roundtrip sh -c "tar -C $F -cf - tree | tar -C $F/untar -xf - && diff -r $F/tree $F/untar/tree"
+echo "guest-count tree $(find $F/tree | wc -l)"
+for i in 1 2 3 4 5 6; do dd if=/dev/urandom of=$F/par$i bs=64k count=40 conv=fsync 2>/dev/null & done; wait
+for i in 1 2 3 4 5 6; do echo "guest-sum par$i $(sha256sum $F/par$i | cut -d' ' -f1)"; done
+check hardlink sh -c "ln $F/par1 $F/par1.link && test \$(stat -c %h $F/par1) = 2 && cmp $F/par1 $F/par1.link"
+check symlink sh -c "ln -s par2 $F/par2.sym && test \$(readlink $F/par2.sym) = par2 && cmp $F/par2 $F/par2.sym"
+check rename-over sh -c "cp $F/par3 $F/victim && mv $F/par4 $F/victim && test ! -e $F/par4"
+check chmod sh -c "chmod 640 $F/par5 && test \$(stat -c %a $F/par5) = 640"
+check truncate sh -c "truncate -s 12345 $F/par6 && test \$(stat -c %s $F/par6) = 12345"
+check utimes sh -c "touch -d '2001-02-03 04:05:06 UTC' $F/par5 && test \$(stat -c %Y $F/par5) = 981173106"
+check fallocate sh -c "fallocate -l 3M $F/falloc && test \$(stat -c %s $F/falloc) = 3145728"
+check mkfifo sh -c "mkfifo $F/fifo && test -p $F/fifo"
+check unlink-rmdir sh -c "mkdir -p $F/gone/a/b && touch $F/gone/a/b/c && rm -r $F/gone && test ! -e $F/gone"
+check append sh -c "printf abc > $F/app && printf def >> $F/app && test \$(cat $F/app) = abcdef"
+check node-reads-share node -e "require('fs').readFileSync('${root}/package.json','utf8').includes('kumo') || process.exit(1)"
+
+# ---- vhost-user-blk: /dev/vda ---------------------------------------------------------------------------
+echo "guest-sum vda-head $(dd if=/dev/vda bs=1M count=1 2>/dev/null | sha256sum | cut -d' ' -f1)"
+echo "guest-size vda $(cat /sys/block/vda/size)"
+echo "guest-queues vda $(ls /sys/block/vda/mq | wc -l)"
+check fio-verify fio --name=v --filename=/dev/vda --offset=1M --size=48M --rw=randwrite --bs=4k --iodepth=16 --numjobs=1 --ioengine=libaio --direct=1 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse
+dd if=/dev/urandom of=$W/pattern bs=1M count=4 2>/dev/null
+check direct-write dd if=$W/pattern of=/dev/vda bs=1M seek=128 oflag=direct conv=fsync
+check discard-zeroes sh -c "blkdiscard -o 160M -l 8M /dev/vda && cmp -n 8388608 /dev/zero /dev/vda -i 0:167772160"
+check write-zeroes sh -c "blkdiscard -z -o 200M -l 4M /dev/vda && cmp -n 4194304 /dev/zero /dev/vda -i 0:209715200"
+mkdir -p $W/mnt
+check mkfs mkfs.ext4 -q -F -E offset=$((224 * 1048576)) /dev/vda 16M
+check mount sh -c "losetup -o $((224 * 1048576)) --sizelimit 16777216 -f --show /dev/vda > $W/loopdev && mount -t ext4 \$(cat $W/loopdev) $W/mnt"
+check ext4-fill sh -c "cp -a ${root}/protocol $W/mnt/tree && sync && diff -r ${root}/protocol $W/mnt/tree"
+check umount sh -c "umount $W/mnt && losetup -d \$(cat $W/loopdev)"
+
+# ---- vhost-user-net: eth0 -------------------------------------------------------------------------------
+check eth0-up sh -c "ip link set eth0 up && ip addr add ${GUEST_IP}/24 dev eth0"
+echo "guest-queues eth0 $(ls -d /sys/class/net/eth0/queues/rx-* | wc -l)"
+check tcp-echo node -e "
+  const s = require('net').connect(${port}, '${HOST_IP}', () => s.write('hello from L1\n'));
+  let got = ''; s.on('data', (d) => { got += d; if (got.includes('\n')) { s.end(); process.exit(got === 'HELLO FROM L1\n' ? 0 : 1); } });
+  s.on('error', (e) => { console.error(e.message); process.exit(1); }); setTimeout(() => process.exit(2), 20000);"
+sync
+`;
+}
+
+describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends', () => {
+  let r: LabResult;
+  let w: string;
+  let img: string;
+  const procs: ChildProcess[] = [];
+  let server: net.Server;
+  const hostFile = randomBytes(3 * MiB + 123);
+  const head = randomBytes(MiB);
+  let lines: string[] = [];
+  const value = (key: string): string | undefined => lines.find((l) => l.startsWith(`${key} `))?.slice(key.length + 1).trim();
+
+  beforeAll(async () => {
+    w = fs.mkdtempSync(path.join(os.tmpdir(), 'kumo-qfe-'));
+    fs.mkdirSync(path.join(w, 'fs'));
+    fs.writeFileSync(path.join(w, 'fs', 'from-host'), hostFile);
+    img = path.join(w, 'disk.img');
+    fs.writeFileSync(img, Buffer.alloc(0));
+    fs.truncateSync(img, IMAGE_MIB * MiB);
+    const fd = fs.openSync(img, 'r+');
+    fs.writeSync(fd, head, 0, head.length, 0);
+    fs.closeSync(fd);
+
+    server = net.createServer((s) => {
+      let got = '';
+      s.on('data', (d) => {
+        got += d.toString();
+        if (got.includes('\n')) s.end(got.toUpperCase());
+      });
+      s.on('error', () => undefined);
+    });
+    await new Promise<void>((res) => server.listen(0, '0.0.0.0', res));
+    const port = (server.address() as net.AddressInfo).port;
+
+    const blkSock = path.join(w, 'blk.sock');
+    const netSock = path.join(w, 'net.sock');
+    procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-blk'), '--block-backend',
+      `path=${img},socket=${blkSock},num_queues=2,queue_size=256`], blkSock));
+    procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-net'), '--net-backend',
+      `ip=${HOST_IP},mask=255.255.255.0,socket=${netSock},num_queues=4`], netSock));
+    const job = path.join(w, 'job.sh');
+    fs.writeFileSync(job, jobScript(w, port));
+    r = await runInLab(`sh ${job}`, {
+      timeoutMs: 15 * 60_000, virtiofsd: bin('kumo-virtiofsd'), blkSockets: [blkSock], netSockets: [netSock],
+    });
+    lines = r.output.split('\n').map((l) => l.trim());
+    console.log(`lab on kumo back-ends: L1 up in ${r.l1BootS.toFixed(1)} s, whole run ${r.wallS.toFixed(1)} s`);
+    const failed = lines.filter((l) => l.startsWith('FAIL '));
+    if (failed.length) console.log(failed.join('\n'));
+  }, 16 * 60_000);
+
+  afterAll(async () => {
+    for (const p of procs) await stopProcess(p);
+    server?.close();
+    if (w) fs.rmSync(w, { recursive: true, force: true });
+  });
+
+  it('L1 boots and runs its job from a root served by kumo-virtiofsd', () => {
+    expect(r.code).toBe(0);
+    expect(lines).toContain('ok node-reads-share');
+  });
+
+  it('virtio-fs: files cross in both directions intact, and every file operation behaves', () => {
+    expect(value('guest-sum from-host')).toBe(sha(hostFile));
+    expect(fs.readFileSync(path.join(w, 'fs', 'big.guest-sum'), 'utf8').trim()).toBe(shaFile(path.join(w, 'fs', 'big')));
+    expect(fs.statSync(path.join(w, 'fs', 'big')).size).toBe(48 * MiB);
+    for (const i of [1, 2, 3, 5]) expect(value(`guest-sum par${i}`), `par${i}`).toBe(shaFile(path.join(w, 'fs', `par${i}`)));
+    expect(shaFile(path.join(w, 'fs', 'victim'))).toBe(value('guest-sum par4'));
+    const count = spawnSync('sh', ['-c', `find ${w}/fs/tree | wc -l`], { encoding: 'utf8' }).stdout.trim();
+    expect(value('guest-count tree')).toBe(count);
+    for (const name of ['big-write', 'tree-copy', 'tree-diff', 'tar-roundtrip', 'hardlink', 'symlink', 'rename-over', 'chmod',
+      'truncate', 'utimes', 'fallocate', 'mkfifo', 'unlink-rmdir', 'append']) {
+      expect(lines, name).toContain(`ok ${name}`);
+    }
+    // The host sees what L1 did.
+    expect(fs.statSync(path.join(w, 'fs', 'par6')).size).toBe(12345);
+    expect(fs.statSync(path.join(w, 'fs', 'par5')).mode & 0o777).toBe(0o640);
+    expect(fs.statSync(path.join(w, 'fs', 'par1')).nlink).toBe(2);
+    expect(fs.readlinkSync(path.join(w, 'fs', 'par2.sym'))).toBe('par2');
+    expect(fs.statSync(path.join(w, 'fs', 'fifo')).isFIFO()).toBe(true);
+    expect(fs.readFileSync(path.join(w, 'fs', 'app'), 'utf8')).toBe('abcdef');
+  });
+
+  it('vhost-user-blk: L1 sees the disk and its queues; data, discard and write-zeroes hold', () => {
+    expect(value('guest-size vda')).toBe(String((IMAGE_MIB * MiB) / 512));
+    expect(value('guest-queues vda')).toBe('2');
+    expect(value('guest-sum vda-head')).toBe(sha(head));
+    for (const name of ['fio-verify', 'direct-write', 'discard-zeroes', 'write-zeroes']) expect(lines, name).toContain(`ok ${name}`);
+    expect(sha(readAt(img, 128 * MiB, 4 * MiB))).toBe(shaFile(path.join(w, 'pattern')));
+    expect(readAt(img, 160 * MiB, 8 * MiB).equals(Buffer.alloc(8 * MiB))).toBe(true);
+  });
+
+  it('vhost-user-blk: an ext4 made and filled by L1 is clean for the host e2fsck', () => {
+    for (const name of ['mkfs', 'mount', 'ext4-fill', 'umount']) expect(lines, name).toContain(`ok ${name}`);
+    const part = path.join(w, 'ext4.img');
+    fs.writeFileSync(part, readAt(img, 224 * MiB, 16 * MiB));
+    const fsck = spawnSync('e2fsck', ['-fn', part], { encoding: 'utf8' });
+    expect(fsck.status, fsck.stdout + fsck.stderr).toBe(0);
+    const ls = spawnSync('debugfs', ['-R', 'ls -l /tree', part], { encoding: 'utf8' });
+    expect(ls.stdout).toContain('fuse');
+  });
+
+  it('vhost-user-net: L1 brings eth0 up on its queue pairs and talks TCP to the host', () => {
+    expect(lines).toContain('ok eth0-up');
+    expect(value('guest-queues eth0')).toBe('2');
+    expect(lines).toContain('ok tcp-echo');
+  });
+});
