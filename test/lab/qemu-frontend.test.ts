@@ -79,6 +79,10 @@ check fallocate sh -c "fallocate -l 3M $F/falloc && test \$(stat -c %s $F/falloc
 check mkfifo sh -c "mkfifo $F/fifo && test -p $F/fifo"
 check unlink-rmdir sh -c "mkdir -p $F/gone/a/b && touch $F/gone/a/b/c && rm -r $F/gone && test ! -e $F/gone"
 check append sh -c "printf abc > $F/app && printf def >> $F/app && test \$(cat $F/app) = abcdef"
+echo "guest-sum python-tar $(tar -C /usr/lib -cf - python3.11 | sha256sum | cut -d' ' -f1)"
+echo "guest-sum node-modules-list $(find ${root}/node_modules -printf '%p %s %m %y %l\n' | sort | sha256sum | cut -d' ' -f1)"
+echo "guest-git-head $(git -C ${root} log -1 --format=%H)"
+check mmap-write /usr/bin/python3 -c "import mmap; f = open('$F/mm', 'w+b'); f.truncate(8192); m = mmap.mmap(f.fileno(), 8192); m[100:105] = b'hello'; m.flush(); m.close(); f.close()"
 check node-reads-share node -e "require('fs').readFileSync('${root}/package.json','utf8').includes('kumo') || process.exit(1)"
 
 # ---- vhost-user-blk: /dev/vda ---------------------------------------------------------------------------
@@ -180,6 +184,13 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
       'truncate', 'utimes', 'fallocate', 'mkfifo', 'unlink-rmdir', 'append']) {
       expect(lines, name).toContain(`ok ${name}`);
     }
+    // Whole trees read through the share: contents and metadata (tar), names, sizes, modes, link targets.
+    const host = (cmd: string): string => spawnSync('sh', ['-c', cmd], { encoding: 'utf8', maxBuffer: 1 << 26 }).stdout.trim();
+    expect(value('guest-sum python-tar')).toBe(host("tar -C /usr/lib -cf - python3.11 | sha256sum | cut -d' ' -f1"));
+    expect(value('guest-sum node-modules-list')).toBe(host(`find ${root}/node_modules -printf '%p %s %m %y %l\\n' | sort | sha256sum | cut -d' ' -f1`));
+    expect(value('guest-git-head')).toBe(host(`git -C ${root} log -1 --format=%H`));
+    expect(lines).toContain('ok mmap-write');
+    expect(readAt(path.join(w, 'fs', 'mm'), 100, 5).toString()).toBe('hello');
     // The host sees what L1 did.
     expect(fs.statSync(path.join(w, 'fs', 'par6')).size).toBe(12345);
     expect(fs.statSync(path.join(w, 'fs', 'par5')).mode & 0o777).toBe(0o640);
