@@ -1,6 +1,6 @@
 // QEMU as the vhost-user front-end of our back-ends, with a real Linux driving them: the lab's L1 (QEMU TCG,
-// Debian kernel) boots with its root share served by kumo-virtiofsd instead of QEMU's virtiofsd, a
-// vhost-user-blk-pci disk on kumo-vhost-user-blk and a virtio-net NIC on kumo-vhost-user-net. Inside, the
+// Debian kernel) boots with its root share served by kumo-virtiofsd instead of QEMU's virtiofsd, a second
+// share on kumo-virtiofsd in its namespace sandbox, a vhost-user-blk-pci disk on kumo-vhost-user-blk and a virtio-net NIC on kumo-vhost-user-net. Inside, the
 // Linux virtiofs, virtio_blk and virtio_net drivers do the work a user would: copy trees, write and fsync
 // large files, fio with verification, discard, mkfs.ext4 and mount, TCP to the host. What L1 wrote is
 // then checked from the host side (the share's files, the image with e2fsck).
@@ -85,6 +85,19 @@ echo "guest-git-head $(git -C ${root} log -1 --format=%H)"
 check mmap-write /usr/bin/python3 -c "import mmap; f = open('$F/mm', 'w+b'); f.truncate(8192); m = mmap.mmap(f.fileno(), 8192); m[100:105] = b'hello'; m.flush(); m.close(); f.close()"
 check node-reads-share node -e "require('fs').readFileSync('${root}/package.json','utf8').includes('kumo') || process.exit(1)"
 
+# ---- a second share: kumo-virtiofsd with its default namespace sandbox, --xattr and --writeback --------
+S=$W/mnt2
+mkdir -p $S
+check share2-mount mount -t virtiofs kumo2 $S
+check share2-sees-host sh -c "test \"\$(cat $S/hello)\" = 'from the host'"
+check share2-xattr /usr/bin/python3 -c "
+import os; p = '$S/x'; open(p, 'w').write('x'); os.setxattr(p, 'user.kumo', b'v1')
+assert os.getxattr(p, 'user.kumo') == b'v1' and 'user.kumo' in os.listxattr(p)
+os.removexattr(p, 'user.kumo'); os.setxattr(p, 'user.keep', b'v2')"
+check share2-write sh -c "dd if=/dev/urandom of=$S/wb bs=64k count=64 2>/dev/null && sha256sum $S/wb | cut -d' ' -f1 > $W/wb.guest-sum"
+check share2-rename sh -c "mkdir $S/d && mv $S/wb $S/d/wb && test -f $S/d/wb && test ! -e $S/wb"
+check share2-umount umount $S
+
 # ---- vhost-user-blk: /dev/vda ---------------------------------------------------------------------------
 echo "guest-sum vda-head $(dd if=/dev/vda bs=1M count=1 2>/dev/null | sha256sum | cut -d' ' -f1)"
 echo "guest-size vda $(cat /sys/block/vda/size)"
@@ -146,6 +159,11 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
 
     const blkSock = path.join(w, 'blk.sock');
     const netSock = path.join(w, 'net.sock');
+    const fsSock = path.join(w, 'fs2.sock');
+    fs.mkdirSync(path.join(w, 'share2'));
+    fs.writeFileSync(path.join(w, 'share2', 'hello'), 'from the host');
+    procs.push(await startProcess(process.execPath, [bin('kumo-virtiofsd'), `--socket-path=${fsSock}`,
+      `--shared-dir=${path.join(w, 'share2')}`, '--xattr', '--writeback', '--announce-submounts'], fsSock));
     procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-blk'), '--block-backend',
       `path=${img},socket=${blkSock},num_queues=2,queue_size=256`], blkSock));
     procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-net'), '--net-backend',
@@ -153,7 +171,8 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     const job = path.join(w, 'job.sh');
     fs.writeFileSync(job, jobScript(w, port));
     r = await runInLab(`sh ${job}`, {
-      timeoutMs: 15 * 60_000, virtiofsd: bin('kumo-virtiofsd'), blkSockets: [blkSock], netSockets: [netSock],
+      timeoutMs: 15 * 60_000, virtiofsd: bin('kumo-virtiofsd'), fsShares: [{ socket: fsSock, tag: 'kumo2' }],
+      blkSockets: [blkSock], netSockets: [netSock],
     });
     lines = r.output.split('\n').map((l) => l.trim());
     console.log(`lab on kumo back-ends: L1 up in ${r.l1BootS.toFixed(1)} s, whole run ${r.wallS.toFixed(1)} s`);
@@ -198,6 +217,16 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     expect(fs.readlinkSync(path.join(w, 'fs', 'par2.sym'))).toBe('par2');
     expect(fs.statSync(path.join(w, 'fs', 'fifo')).isFIFO()).toBe(true);
     expect(fs.readFileSync(path.join(w, 'fs', 'app'), 'utf8')).toBe('abcdef');
+  });
+
+  it('virtio-fs: a second share in the namespace sandbox keeps xattrs and data written back', () => {
+    for (const name of ['share2-mount', 'share2-sees-host', 'share2-xattr', 'share2-write', 'share2-rename', 'share2-umount']) {
+      expect(lines, name).toContain(`ok ${name}`);
+    }
+    const x = path.join(w, 'share2', 'x');
+    const xattr = spawnSync('/usr/bin/python3', ['-c', `import os; print(sorted(os.listxattr('${x}')), os.getxattr('${x}', 'user.keep'))`], { encoding: 'utf8' });
+    expect(xattr.stdout.trim()).toBe("['user.keep'] b'v2'");
+    expect(fs.readFileSync(path.join(w, 'wb.guest-sum'), 'utf8').trim()).toBe(shaFile(path.join(w, 'share2', 'd', 'wb')));
   });
 
   it('vhost-user-blk: L1 sees the disk and its queues; data, discard and write-zeroes hold', () => {

@@ -36,6 +36,8 @@ export interface LabOptions {
   virtiofsd?: string;
   /** vhost-user-blk back-end sockets, given to L1 in order as 2-queue vhost-user-blk-pci disks (/dev/vda, ...). */
   blkSockets?: string[];
+  /** Further virtio-fs shares (vhost-user-fs-pci) on back-end sockets, mounted in L1 with `mount -t virtiofs TAG DIR`. */
+  fsShares?: { socket: string; tag: string }[];
   /** vhost-user-net back-end sockets, given to L1 in order as 2-queue-pair virtio-net NICs (eth0, ...). */
   netSockets?: string[];
 }
@@ -43,6 +45,9 @@ export interface LabOptions {
 /** QEMU arguments attaching vhost-user back-ends to L1 besides its root share. */
 function backendArgs(opts: LabOptions): string[] {
   const args: string[] = [];
+  (opts.fsShares ?? []).forEach((f, i) => {
+    args.push('-chardev', `socket,id=fs${i},path=${f.socket}`, '-device', `vhost-user-fs-pci,chardev=fs${i},tag=${f.tag}`);
+  });
   (opts.blkSockets ?? []).forEach((s, i) => {
     args.push('-chardev', `socket,id=blk${i},path=${s}`, '-device', `vhost-user-blk-pci,chardev=blk${i},num-queues=2`);
   });
