@@ -80,6 +80,16 @@ async function stillServes(): Promise<void> {
   expect(disconnects.length).toBe(before + 1);
 }
 
+/** Acks every feature and the given protocol features; returns `mem`'s one region as a vhost-user region. */
+async function setUp(c: Client, mem: GuestMemory, proto: bigint): Promise<{ guestAddr: number; size: number; userAddr: number; mmapOffset: number }> {
+  const f = u64(await c.call(Request.GET_FEATURES, { kind: 'none' }));
+  c.send(Request.SET_PROTOCOL_FEATURES, { kind: 'u64', value: proto });
+  c.send(Request.SET_OWNER, { kind: 'none' });
+  c.send(Request.SET_FEATURES, { kind: 'u64', value: f });
+  const r = mem.regions[0];
+  return { guestAddr: r.guestAddr, size: r.size, userAddr: r.userAddr, mmapOffset: 0 };
+}
+
 /** Starts ring 1 (64 entries) over `mem`, makes n chains available and returns the tokens that came back used. */
 async function serveOnRing(c: Client, mem: GuestMemory, n: number): Promise<number[]> {
   const kick = eventfd();
@@ -141,13 +151,9 @@ describe('VhostUserDaemon', () => {
     const c = new Client();
     const mem = GuestMemory.anonymous([{ guestAddr: 0x10_0000, size: 1 << 20 }]);
     try {
-      const f = u64(await c.call(Request.GET_FEATURES, { kind: 'none' }));
-      c.send(Request.SET_PROTOCOL_FEATURES, { kind: 'u64', value: REPLY_ACK });
-      c.send(Request.SET_OWNER, { kind: 'none' });
-      c.send(Request.SET_FEATURES, { kind: 'u64', value: f });
-      const r = mem.regions[0];
-      const table = { kind: 'memTable' as const, regions: [{ guestAddr: r.guestAddr, size: r.size, userAddr: r.userAddr, mmapOffset: 0 }] };
-      expect(u64(await c.call(Request.SET_MEM_TABLE, table, [r.fd], true, true))).toBe(0n);
+      const r = await setUp(c, mem, REPLY_ACK);
+      const table = { kind: 'memTable' as const, regions: [r] };
+      expect(u64(await c.call(Request.SET_MEM_TABLE, table, [mem.regions[0].fd], true, true))).toBe(0n);
       expect(await serveOnRing(c, mem, 5)).toEqual([0, 1, 2, 3, 4]);
       const base = await c.call(Request.GET_VRING_BASE, { kind: 'vringState', index: 1, num: 0 });
       expect(base.payload).toEqual({ kind: 'vringState', index: 1, num: 5 });
@@ -161,14 +167,10 @@ describe('VhostUserDaemon', () => {
     const c = new Client();
     const mem = GuestMemory.anonymous([{ guestAddr: 0x10_0000, size: 1 << 20 }]);
     try {
-      const f = u64(await c.call(Request.GET_FEATURES, { kind: 'none' }));
-      c.send(Request.SET_PROTOCOL_FEATURES, { kind: 'u64', value: REPLY_ACK | protocolFeatures(ProtocolFeature.CONFIGURE_MEM_SLOTS) });
-      c.send(Request.SET_OWNER, { kind: 'none' });
-      c.send(Request.SET_FEATURES, { kind: 'u64', value: f });
-      const r = mem.regions[0];
-      const region = { kind: 'memRegion' as const, region: { guestAddr: r.guestAddr, size: r.size, userAddr: r.userAddr, mmapOffset: 0 } };
-      expect(u64(await c.call(Request.ADD_MEM_REG, region, [r.fd], true, true))).toBe(0n);
-      expect(u64(await c.call(Request.ADD_MEM_REG, region, [r.fd], true, true))).toBe(0n);
+      const r = await setUp(c, mem, REPLY_ACK | protocolFeatures(ProtocolFeature.CONFIGURE_MEM_SLOTS));
+      const region = { kind: 'memRegion' as const, region: r };
+      expect(u64(await c.call(Request.ADD_MEM_REG, region, [mem.regions[0].fd], true, true))).toBe(0n);
+      expect(u64(await c.call(Request.ADD_MEM_REG, region, [mem.regions[0].fd], true, true))).toBe(0n);
       expect(u64(await c.call(Request.REM_MEM_REG, region, [], true, true))).toBe(0n);
       // One user left: the ring still runs in that memory.
       expect(await serveOnRing(c, mem, 3)).toEqual([0, 1, 2]);
@@ -178,8 +180,8 @@ describe('VhostUserDaemon', () => {
       expect(u64(await c.call(Request.REM_MEM_REG, region, [], true, true))).not.toBe(0n);
       // A region that only overlaps is still a protocol error.
       const before = disconnects.length;
-      c.send(Request.ADD_MEM_REG, region, [r.fd]);
-      c.send(Request.ADD_MEM_REG, { kind: 'memRegion', region: { ...region.region, userAddr: r.userAddr + 4096 } }, [r.fd]);
+      c.send(Request.ADD_MEM_REG, region, [mem.regions[0].fd]);
+      c.send(Request.ADD_MEM_REG, { kind: 'memRegion', region: { ...region.region, userAddr: r.userAddr + 4096 } }, [mem.regions[0].fd]);
       expect(await disconnectedWithError(before)).toBeInstanceOf(Error);
     } finally {
       c.close();
