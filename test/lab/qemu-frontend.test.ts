@@ -1,6 +1,7 @@
 // QEMU as the vhost-user front-end of our back-ends, with a real Linux driving them: the lab's L1 (QEMU TCG,
 // Debian kernel) boots with its root share served by kumo-virtiofsd instead of QEMU's virtiofsd, a second
-// share on kumo-virtiofsd in its namespace sandbox, a vhost-user-blk-pci disk on kumo-vhost-user-blk and a virtio-net NIC on kumo-vhost-user-net. Inside, the
+// share on kumo-virtiofsd in its namespace sandbox, vhost-user-blk-pci disks on kumo-vhost-user-blk (one of them
+// readonly=on) and a virtio-net NIC on kumo-vhost-user-net. Inside, the
 // Linux virtiofs, virtio_blk and virtio_net drivers do the work a user would: copy trees, write and fsync
 // large files, fio with verification, discard, mkfs.ext4 and mount, TCP to the host. What L1 wrote is
 // then checked from the host side (the share's files, the image with e2fsck).
@@ -107,6 +108,9 @@ dd if=/dev/urandom of=$W/pattern bs=1M count=4 2>/dev/null
 check direct-write dd if=$W/pattern of=/dev/vda bs=1M seek=128 oflag=direct conv=fsync
 check discard-zeroes sh -c "blkdiscard -o 160M -l 8M /dev/vda && cmp -n 8388608 /dev/zero /dev/vda -i 0:167772160"
 check write-zeroes sh -c "blkdiscard -z -o 200M -l 4M /dev/vda && cmp -n 4194304 /dev/zero /dev/vda -i 0:209715200"
+echo "guest-ro vdb $(cat /sys/block/vdb/ro)"
+echo "guest-sum vdb $(dd if=/dev/vdb bs=1M 2>/dev/null | sha256sum | cut -d' ' -f1)"
+check vdb-refuses-writes sh -c "! dd if=/dev/zero of=/dev/vdb bs=4k count=1 oflag=direct 2>/dev/null"
 mkdir -p $W/mnt
 check mkfs mkfs.ext4 -q -F -E offset=$((224 * 1048576)) /dev/vda 16M
 check mount sh -c "losetup -o $((224 * 1048576)) --sizelimit 16777216 -f --show /dev/vda > $W/loopdev && mount -t ext4 \$(cat $W/loopdev) $W/mnt"
@@ -132,6 +136,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
   let server: net.Server;
   const hostFile = randomBytes(3 * MiB + 123);
   const head = randomBytes(MiB);
+  const roData = randomBytes(2 * MiB);
   let lines: string[] = [];
   const value = (key: string): string | undefined => lines.find((l) => l.startsWith(`${key} `))?.slice(key.length + 1).trim();
 
@@ -168,11 +173,16 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
       `path=${img},socket=${blkSock},num_queues=2,queue_size=256`], blkSock));
     procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-net'), '--net-backend',
       `ip=${HOST_IP},mask=255.255.255.0,socket=${netSock},num_queues=4`], netSock));
+    const roImg = path.join(w, 'ro.img');
+    fs.writeFileSync(roImg, roData);
+    const roSock = path.join(w, 'ro.sock');
+    procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-blk'), '--block-backend',
+      `path=${roImg},socket=${roSock},num_queues=2,readonly=on`], roSock));
     const job = path.join(w, 'job.sh');
     fs.writeFileSync(job, jobScript(w, port));
     r = await runInLab(`sh ${job}`, {
       timeoutMs: 15 * 60_000, virtiofsd: bin('kumo-virtiofsd'), fsShares: [{ socket: fsSock, tag: 'kumo2' }],
-      blkSockets: [blkSock], netSockets: [netSock],
+      blkSockets: [blkSock, roSock], netSockets: [netSock],
     });
     lines = r.output.split('\n').map((l) => l.trim());
     console.log(`lab on kumo back-ends: L1 up in ${r.l1BootS.toFixed(1)} s, whole run ${r.wallS.toFixed(1)} s`);
@@ -236,6 +246,13 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     for (const name of ['fio-verify', 'direct-write', 'discard-zeroes', 'write-zeroes']) expect(lines, name).toContain(`ok ${name}`);
     expect(sha(readAt(img, 128 * MiB, 4 * MiB))).toBe(shaFile(path.join(w, 'pattern')));
     expect(readAt(img, 160 * MiB, 8 * MiB).equals(Buffer.alloc(8 * MiB))).toBe(true);
+  });
+
+  it('vhost-user-blk: a readonly=on disk is read-only in L1 and unchanged on the host', () => {
+    expect(value('guest-ro vdb')).toBe('1');
+    expect(value('guest-sum vdb')).toBe(sha(roData));
+    expect(lines).toContain('ok vdb-refuses-writes');
+    expect(fs.readFileSync(path.join(w, 'ro.img')).equals(roData)).toBe(true);
   });
 
   it('vhost-user-blk: an ext4 made and filled by L1 is clean for the host e2fsck', () => {
