@@ -3,7 +3,8 @@
 // share on kumo-virtiofsd in its namespace sandbox, vhost-user-blk-pci disks on kumo-vhost-user-blk (one of them
 // readonly=on) and a virtio-net NIC on kumo-vhost-user-net. Inside, the
 // Linux virtiofs, virtio_blk and virtio_net drivers do the work a user would: copy trees, write and fsync
-// large files, fio with verification, discard, mkfs.ext4 and mount, TCP to the host. What L1 wrote is
+// large files, fio with verification (also across a kill -9 and restart of the disk back-end), discard,
+// mkfs.ext4 and mount, TCP to the host. What L1 wrote is
 // then checked from the host side (the share's files, the image with e2fsck).
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -11,6 +12,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runInLab, type LabResult } from '../../vmm/lab/lab.js';
 import { startProcess, stopProcess } from '../vmm-vhost-user/harness.js';
@@ -104,6 +106,10 @@ echo "guest-sum vda-head $(dd if=/dev/vda bs=1M count=1 2>/dev/null | sha256sum 
 echo "guest-size vda $(cat /sys/block/vda/size)"
 echo "guest-queues vda $(ls /sys/block/vda/mq | wc -l)"
 check fio-verify fio --name=v --filename=/dev/vda --offset=1M --size=48M --rw=randwrite --bs=4k --iodepth=16 --numjobs=1 --ioengine=libaio --direct=1 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse
+# The host kills the back-end (kill -9) while this runs and starts a new one; QEMU reconnects and resubmits.
+touch $W/crash-start
+check fio-across-restart fio --name=c --filename=/dev/vda --offset=64M --size=32M --rw=randwrite --bs=4k --iodepth=16 --ioengine=libaio --direct=1 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --loops=4 --output-format=terse
+touch $W/crash-end
 dd if=/dev/urandom of=$W/pattern bs=1M count=4 2>/dev/null
 check direct-write dd if=$W/pattern of=/dev/vda bs=1M seek=128 oflag=direct conv=fsync
 check discard-zeroes sh -c "blkdiscard -o 160M -l 8M /dev/vda && cmp -n 8388608 /dev/zero /dev/vda -i 0:167772160"
@@ -128,6 +134,32 @@ sync
 `;
 }
 
+interface Restart {
+  killed: boolean;
+  /** fio had not finished when the back-end was killed. */
+  fioStillRunning: boolean;
+}
+
+/**
+ * Once L1 starts the crash fio, kills the blk back-end with SIGKILL mid-run and starts a new one on the same
+ * socket (QEMU's chardev reconnects); the new process replaces the old in `procs`.
+ */
+async function restartDuringFio(w: string, sock: string, args: string[], procs: ChildProcess[]): Promise<Restart> {
+  const until = Date.now() + 10 * 60_000;
+  while (!fs.existsSync(path.join(w, 'crash-start'))) {
+    if (Date.now() > until) return { killed: false, fioStillRunning: false };
+    await sleep(100);
+  }
+  await sleep(2000);
+  const i = procs.findIndex((p) => p.spawnargs.includes(args[2]));
+  procs[i].kill('SIGKILL');
+  const fioStillRunning = !fs.existsSync(path.join(w, 'crash-end'));
+  await new Promise((res) => procs[i].once('exit', res));
+  fs.rmSync(sock, { force: true });
+  procs[i] = await startProcess(process.execPath, args, sock);
+  return { killed: true, fioStillRunning };
+}
+
 describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends', () => {
   let r: LabResult;
   let w: string;
@@ -138,6 +170,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
   const head = randomBytes(MiB);
   const roData = randomBytes(2 * MiB);
   let lines: string[] = [];
+  let crash: Restart = { killed: false, fioStillRunning: false };
   const value = (key: string): string | undefined => lines.find((l) => l.startsWith(`${key} `))?.slice(key.length + 1).trim();
 
   beforeAll(async () => {
@@ -169,8 +202,8 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     fs.writeFileSync(path.join(w, 'share2', 'hello'), 'from the host');
     procs.push(await startProcess(process.execPath, [bin('kumo-virtiofsd'), `--socket-path=${fsSock}`,
       `--shared-dir=${path.join(w, 'share2')}`, '--xattr', '--writeback', '--announce-submounts'], fsSock));
-    procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-blk'), '--block-backend',
-      `path=${img},socket=${blkSock},num_queues=2,queue_size=256`], blkSock));
+    const blkArgs = [bin('kumo-vhost-user-blk'), '--block-backend', `path=${img},socket=${blkSock},num_queues=2,queue_size=256`];
+    procs.push(await startProcess(process.execPath, blkArgs, blkSock));
     procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-net'), '--net-backend',
       `ip=${HOST_IP},mask=255.255.255.0,socket=${netSock},num_queues=4`], netSock));
     const roImg = path.join(w, 'ro.img');
@@ -180,10 +213,12 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
       `path=${roImg},socket=${roSock},num_queues=2,readonly=on`], roSock));
     const job = path.join(w, 'job.sh');
     fs.writeFileSync(job, jobScript(w, port));
+    const restarted = restartDuringFio(w, blkSock, blkArgs, procs);
     r = await runInLab(`sh ${job}`, {
       timeoutMs: 15 * 60_000, virtiofsd: bin('kumo-virtiofsd'), fsShares: [{ socket: fsSock, tag: 'kumo2' }],
       blkSockets: [blkSock, roSock], netSockets: [netSock],
     });
+    crash = await restarted;
     lines = r.output.split('\n').map((l) => l.trim());
     console.log(`lab on kumo back-ends: L1 up in ${r.l1BootS.toFixed(1)} s, whole run ${r.wallS.toFixed(1)} s`);
     const failed = lines.filter((l) => l.startsWith('FAIL '));
@@ -246,6 +281,11 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     for (const name of ['fio-verify', 'direct-write', 'discard-zeroes', 'write-zeroes']) expect(lines, name).toContain(`ok ${name}`);
     expect(sha(readAt(img, 128 * MiB, 4 * MiB))).toBe(shaFile(path.join(w, 'pattern')));
     expect(readAt(img, 160 * MiB, 8 * MiB).equals(Buffer.alloc(8 * MiB))).toBe(true);
+  });
+
+  it('vhost-user-blk: L1 writes on across a kill -9 and restart of the back-end, and verifies every block', () => {
+    expect(crash).toEqual({ killed: true, fioStillRunning: true });
+    expect(lines).toContain('ok fio-across-restart');
   });
 
   it('vhost-user-blk: a readonly=on disk is read-only in L1 and unchanged on the host', () => {

@@ -49,7 +49,7 @@ function backendArgs(opts: LabOptions): string[] {
     args.push('-chardev', `socket,id=fs${i},path=${f.socket}`, '-device', `vhost-user-fs-pci,chardev=fs${i},tag=${f.tag}`);
   });
   (opts.blkSockets ?? []).forEach((s, i) => {
-    args.push('-chardev', `socket,id=blk${i},path=${s}`, '-device', `vhost-user-blk-pci,chardev=blk${i},num-queues=2`);
+    args.push('-chardev', `socket,id=blk${i},path=${s},reconnect=1`, '-device', `vhost-user-blk-pci,chardev=blk${i},num-queues=2`);
   });
   // vectors=0 (INTx): QEMU 7.2 under TCG segfaults in vhost_net_start (msix_set_vector_notifiers) with MSI-X,
   // whatever the vhost-user back-end (DPDK's vhost PMD too).
