@@ -1,11 +1,10 @@
-// QEMU as the vhost-user front-end of our back-ends, with a real Linux driving them: the lab's L1 (QEMU TCG,
-// Debian kernel) boots with its root share served by kumo-virtiofsd instead of QEMU's virtiofsd, a second
-// share on kumo-virtiofsd in its namespace sandbox, vhost-user-blk-pci disks on kumo-vhost-user-blk (one of them
-// readonly=on) and a virtio-net NIC on kumo-vhost-user-net. Inside, the
-// Linux virtiofs, virtio_blk and virtio_net drivers do the work a user would: copy trees, write and fsync
-// large files, fio with verification (also across a kill -9 and restart of the disk back-end), discard,
-// mkfs.ext4 and mount, TCP to the host. What L1 wrote is
-// then checked from the host side (the share's files, the image with e2fsck).
+// QEMU as the vhost-user front-end of our back-ends, with a real Linux driving them. The lab's L1 (QEMU TCG,
+// Debian kernel) boots with its root share served by kumo-virtiofsd instead of QEMU's virtiofsd, and gets a
+// second share on kumo-virtiofsd in its namespace sandbox, vhost-user-blk-pci disks on kumo-vhost-user-blk (one
+// readonly=on) and a virtio-net NIC on kumo-vhost-user-net. L1's virtiofs, virtio_blk and virtio_net drivers do
+// the work a user would: copy trees, write and fsync large files, fio with verification (also across a kill -9
+// and restart of the disk back-end), discard, mkfs.ext4 and mount, TCP to the host. What L1 wrote is then
+// checked from the host side (the share's files, the image with e2fsck).
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
