@@ -87,7 +87,7 @@ echo "guest-git-head $(git -C ${root} log -1 --format=%H)"
 check mmap-write /usr/bin/python3 -c "import mmap; f = open('$F/mm', 'w+b'); f.truncate(8192); m = mmap.mmap(f.fileno(), 8192); m[100:105] = b'hello'; m.flush(); m.close(); f.close()"
 check node-reads-share node -e "require('fs').readFileSync('${root}/package.json','utf8').includes('kumo') || process.exit(1)"
 
-# ---- a second share: kumo-virtiofsd with its default namespace sandbox, --xattr and --writeback --------
+# ---- a second share: kumo-virtiofsd, default namespace sandbox, --xattr --writeback, inodes by file handle
 S=$W/mnt2
 mkdir -p $S
 check share2-mount mount -t virtiofs kumo2 $S
@@ -200,7 +200,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     fs.mkdirSync(path.join(w, 'share2'));
     fs.writeFileSync(path.join(w, 'share2', 'hello'), 'from the host');
     procs.push(await startProcess(process.execPath, [bin('kumo-virtiofsd'), `--socket-path=${fsSock}`,
-      `--shared-dir=${path.join(w, 'share2')}`, '--xattr', '--writeback', '--announce-submounts'], fsSock));
+      `--shared-dir=${path.join(w, 'share2')}`, '--xattr', '--writeback', '--announce-submounts', '--inode-file-handles=mandatory'], fsSock));
     const blkArgs = [bin('kumo-vhost-user-blk'), '--block-backend', `path=${img},socket=${blkSock},num_queues=2,queue_size=256`];
     procs.push(await startProcess(process.execPath, blkArgs, blkSock));
     procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-net'), '--net-backend',
@@ -263,7 +263,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     expect(fs.readFileSync(path.join(w, 'fs', 'app'), 'utf8')).toBe('abcdef');
   });
 
-  it('virtio-fs: a second share in the namespace sandbox keeps xattrs and data written back', () => {
+  it('virtio-fs: a second share (namespace sandbox, inodes by file handle) keeps xattrs and data written back', () => {
     for (const name of ['share2-mount', 'share2-sees-host', 'share2-xattr', 'share2-write', 'share2-rename', 'share2-umount']) {
       expect(lines, name).toContain(`ok ${name}`);
     }
