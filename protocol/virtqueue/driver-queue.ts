@@ -108,14 +108,16 @@ export class DriverQueue<T = unknown> {
     if (this.indirect && total > 1 && this.freeTop > 0) {
       const table = this.indirect.alloc(total * DESC_SIZE, DESC_SIZE);
       if (table !== null) {
+        const t = this.mem.slice(table, total * DESC_SIZE);
+        const tv = new DataView(t.buffer, t.byteOffset, t.byteLength);
         for (let k = 0; k < total; k++) {
           const w = k >= readable.length;
           const s = w ? writable[k - readable.length] : readable[k];
           const last = k === total - 1;
-          this.writeDesc(table + k * DESC_SIZE, s.addr, s.len, (w ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), last ? 0 : k + 1);
+          writeDesc(tv, k, s.addr, s.len, (w ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), last ? 0 : k + 1);
         }
         const head = this.freeStack[--this.freeTop];
-        this.writeDesc(this.descAddr(head), table, total * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
+        writeDesc(this.r().desc, head, table, total * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
         this.chainLen[head] = 1;
         this.indirectAddr[head] = table;
         return this.makeAvailable(head, token, wlen);
@@ -124,13 +126,14 @@ export class DriverQueue<T = unknown> {
     if (this.freeTop < total) return null;
     const top = this.freeTop;
     const head = this.freeStack[top - 1];
+    const desc = this.r().desc;
     for (let k = 0; k < total; k++) {
       const d = this.freeStack[top - 1 - k];
       const last = k === total - 1;
       const next = last ? 0 : this.freeStack[top - 2 - k];
       const w = k >= readable.length;
       const s = w ? writable[k - readable.length] : readable[k];
-      this.writeDesc(this.descAddr(d), s.addr, s.len, (w ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), next);
+      writeDesc(desc, d, s.addr, s.len, (w ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), next);
       this.shadowNext[d] = next;
     }
     this.freeTop = top - total;
@@ -159,21 +162,31 @@ export class DriverQueue<T = unknown> {
   /** Collects what the device returned, freeing descriptors (and indirect tables). */
   takeUsed(max = Infinity): UsedBuffer<T>[] {
     const out: UsedBuffer<T>[] = [];
-    const usedIdx = Atomics.load(this.r().used16, 1);
+    this.drainUsed((token, len, head) => out.push({ head, token, len }), max);
+    return out;
+  }
+
+  /** takeUsed() without the array: calls `fn` per returned chain (hot loops); returns how many. */
+  drainUsed(fn: (token: T, len: number, head: number) => void, max = Infinity): number {
+    const r = this.r();
+    const usedIdx = Atomics.load(r.used16, 1);
     const pending = (usedIdx - this.lastUsed) & 0xffff;
     if (pending > this.size) throw new VirtqueueError('used index moved further than the queue size', { usedIdx, lastUsed: this.lastUsed });
-    while (this.lastUsed !== usedIdx && out.length < max) {
+    let n = 0;
+    while (this.lastUsed !== usedIdx && n < max) {
       const i = this.lastUsed & this.mask;
-      const id = this.r().used32[1 + 2 * i];
-      const len = this.r().used32[2 + 2 * i];
+      const id = r.used32[1 + 2 * i];
+      const len = r.used32[2 + 2 * i];
       if (id >= this.size || this.busy[id] === 0) throw new VirtqueueError('device returned an id that is not in flight', { id });
       if (len > this.writableLen[id]) throw new VirtqueueError('device reported more bytes written than the chain can hold', { id, len, writable: this.writableLen[id] });
-      out.push({ head: id, token: this.tokens[id] as T, len });
+      const token = this.tokens[id] as T;
       this.release(id);
       this.lastUsed = (this.lastUsed + 1) & 0xffff;
+      n++;
+      fn(token, len, id);
     }
-    if (this.eventIdx && this.interruptsOn) Atomics.store(this.r().avail16, this.r().usedEventIdx, this.lastUsed);
-    return out;
+    if (this.eventIdx && this.interruptsOn) Atomics.store(r.avail16, r.usedEventIdx, this.lastUsed);
+    return n;
   }
 
   /** Asks the device not to interrupt (NO_INTERRUPT; with EVENT_IDX used_event stops moving). */
@@ -214,18 +227,6 @@ export class DriverQueue<T = unknown> {
     this.tokens[head] = undefined;
   }
 
-  private descAddr(i: number): number {
-    return this.layout.descAddr + i * DESC_SIZE;
-  }
-
-  private writeDesc(at: number, addr: number, len: number, flags: number, next: number): void {
-    this.mem.writeU32(at, addr % TWO32);
-    this.mem.writeU32(at + 4, Math.floor(addr / TWO32));
-    this.mem.writeU32(at + 8, len);
-    this.mem.writeU16(at + 12, flags);
-    this.mem.writeU16(at + 14, next);
-  }
-
   private checkSegment(s: Segment): void {
     if (!Number.isSafeInteger(s.len) || s.len < 0 || s.len > 0xffff_ffff || !this.mem.contains(s.addr, s.len)) {
       throw new VirtqueueError('segment is not a valid guest buffer', { addr: s.addr, len: s.len });
@@ -240,4 +241,14 @@ export class DriverQueue<T = unknown> {
     }
     return this.rings;
   }
+}
+
+/** Descriptor i of the table viewed by `table` (the ring's own, or an indirect one). */
+function writeDesc(table: DataView, i: number, addr: number, len: number, flags: number, next: number): void {
+  const at = i * DESC_SIZE;
+  table.setUint32(at, addr % TWO32, true);
+  table.setUint32(at + 4, Math.floor(addr / TWO32), true);
+  table.setUint32(at + 8, len, true);
+  table.setUint16(at + 12, flags, true);
+  table.setUint16(at + 14, next, true);
 }

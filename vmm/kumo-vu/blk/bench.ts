@@ -148,25 +148,23 @@ export async function benchBlk(o: BenchOptions): Promise<BenchResult> {
     const end = t0 + o.seconds * 1000;
     let stopping = false;
     let inflight = sets.length * o.iodepth;
+    let now = t0;
+    let set = sets[0];
+    const complete = (slot: number): void => {
+      hist.record((now - set.start[slot]) * 1000);
+      if (mem.readU8(set.statusAddr[slot]) !== 0) errors++;
+      if (stopping) inflight--;
+      else set.submit(slot, now);
+    };
     while (inflight > 0) {
       const n = ep.wait(100);
       for (let i = 0; i < n; i++) eventfdRead(sets[ep.tokens[i]].q.callFd);
-      const now = performance.now();
+      now = performance.now();
       if (!stopping && now >= end) stopping = true;
       for (const s of sets) {
+        set = s;
         let got = 0;
-        for (;;) {
-          const used = s.q.dq.takeUsed();
-          if (used.length === 0) break;
-          for (const u of used) {
-            const slot = u.token;
-            hist.record((now - s.start[slot]) * 1000);
-            if (mem.readU8(s.statusAddr[slot]) !== 0) errors++;
-            if (stopping) inflight--;
-            else s.submit(slot, now);
-          }
-          got += used.length;
-        }
+        for (let k; (k = s.q.dq.drainUsed(complete)) > 0;) got += k;
         if (got > 0 && !stopping) s.q.kick();
       }
       if (n === 0 && performance.now() > end + 5000) throw new KumoVuError('back-end stopped completing requests', { inflight });
