@@ -328,9 +328,7 @@ export class PassthroughFs {
   create(c: Caller, parent: Inode, name: Uint8Array, flags: number, mode: number): { entry: EntryOut; fh: number } {
     checkName(name);
     this.writable();
-    const cname = new Uint8Array(name.length + 1);
-    cname.set(name);
-    const fd = this.createOpen(c, parent, cname, flags, mode);
+    const fd = this.createOpen(c, parent, fs.cstr(name), flags, mode);
     if (fd < 0) throw new FsError(-fd, 'create failed');
     let entry: EntryOut;
     try {

@@ -141,16 +141,14 @@ interface Restart {
 
 /**
  * Once L1 starts the crash fio, kills the blk back-end with SIGKILL mid-run and starts a new one on the same
- * socket (QEMU's chardev reconnects); the new process replaces the old in `procs`.
+ * socket (QEMU's chardev reconnects); the new process replaces procs[i]. Gives up once the lab run has ended.
  */
-async function restartDuringFio(w: string, sock: string, args: string[], procs: ChildProcess[]): Promise<Restart> {
-  const until = Date.now() + 10 * 60_000;
+async function restartDuringFio(w: string, sock: string, args: string[], procs: ChildProcess[], i: number, lab: { done: boolean }): Promise<Restart> {
   while (!fs.existsSync(path.join(w, 'crash-start'))) {
-    if (Date.now() > until) return { killed: false, fioStillRunning: false };
+    if (lab.done) return { killed: false, fioStillRunning: false };
     await sleep(100);
   }
   await sleep(2000);
-  const i = procs.findIndex((p) => p.spawnargs.includes(args[2]));
   procs[i].kill('SIGKILL');
   const fioStillRunning = !fs.existsSync(path.join(w, 'crash-end'));
   await new Promise((res) => procs[i].once('exit', res));
@@ -202,7 +200,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     procs.push(await startProcess(process.execPath, [bin('kumo-virtiofsd'), `--socket-path=${fsSock}`,
       `--shared-dir=${path.join(w, 'share2')}`, '--xattr', '--writeback', '--announce-submounts', '--inode-file-handles=mandatory'], fsSock));
     const blkArgs = [bin('kumo-vhost-user-blk'), '--block-backend', `path=${img},socket=${blkSock},num_queues=2,queue_size=256`];
-    procs.push(await startProcess(process.execPath, blkArgs, blkSock));
+    const blkProc = procs.push(await startProcess(process.execPath, blkArgs, blkSock)) - 1;
     procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-net'), '--net-backend',
       `ip=${HOST_IP},mask=255.255.255.0,socket=${netSock},num_queues=4`], netSock));
     const roImg = path.join(w, 'ro.img');
@@ -212,11 +210,16 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
       `path=${roImg},socket=${roSock},num_queues=2,readonly=on`], roSock));
     const job = path.join(w, 'job.sh');
     fs.writeFileSync(job, jobScript(w, port));
-    const restarted = restartDuringFio(w, blkSock, blkArgs, procs);
-    r = await runInLab(`sh ${job}`, {
-      timeoutMs: 15 * 60_000, virtiofsd: bin('kumo-virtiofsd'), fsShares: [{ socket: fsSock, tag: 'kumo2' }],
-      blkSockets: [blkSock, roSock], netSockets: [netSock],
-    });
+    const lab = { done: false };
+    const restarted = restartDuringFio(w, blkSock, blkArgs, procs, blkProc, lab);
+    try {
+      r = await runInLab(`sh ${job}`, {
+        timeoutMs: 15 * 60_000, virtiofsd: bin('kumo-virtiofsd'), fsShares: [{ socket: fsSock, tag: 'kumo2' }],
+        blkSockets: [blkSock, roSock], netSockets: [netSock],
+      });
+    } finally {
+      lab.done = true;
+    }
     crash = await restarted;
     lines = r.output.split('\n').map((l) => l.trim());
     console.log(`lab on kumo back-ends: L1 up in ${r.l1BootS.toFixed(1)} s, whole run ${r.wallS.toFixed(1)} s`);
