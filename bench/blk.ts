@@ -117,7 +117,7 @@ export async function run(): Promise<BenchTable[]> {
   const rows: (string | number)[][] = [];
   const notes: string[] = [
     `best of ${REPS} runs of ${SECONDS} s per case (kumo and qsd alternating on the same image), ${IMAGE_MB} MiB image, queue_size ${QUEUE_SIZE}, buffered I/O (direct=off / cache.direct=off) for all three;`,
-    'QD is per queue; kumo and qsd are driven by `kumo-vu blk bench` (a TypeScript driver, itself a likely bottleneck on 2 cores);',
+    'QD is per queue; kumo and qsd are driven by `kumo-vu blk bench` (a TypeScript driver that shares the host CPUs);',
     'fio: --ioengine=io_uring --numjobs=<queues> --invalidate=0 on the same file (no virtio hop: the limit).',
     'writes: `kumo-vu blk bench` negotiates FLUSH and CONFIG_WCE as a Linux guest does, so all three are writeback',
     '(without FLUSH kumo, like Cloud Hypervisor, runs writethrough: one group fdatasync per batch before the acks).',

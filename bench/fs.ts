@@ -16,7 +16,8 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SECONDS = Number(process.env.KUMO_BENCH_SECONDS ?? 1.5);
 const DEPTH = Number(process.env.KUMO_BENCH_FS_DEPTH ?? 8);
 const REPS = Math.max(1, Number(process.env.KUMO_BENCH_FS_REPS ?? 3));
-const QEMU_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
+/** QEMU's C virtiofsd; KUMO_QEMU_VIRTIOFSD points elsewhere (a copy outside /usr, as in scripts/portable-bench.sh). */
+const QEMU_VIRTIOFSD = process.env.KUMO_QEMU_VIRTIOFSD ?? '/usr/lib/qemu/virtiofsd';
 /** tmpfs, as in the issue; falls back to the OS temp dir. */
 const BASE = existsSync('/dev/shm') ? '/dev/shm' : '/tmp';
 

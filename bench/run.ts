@@ -1,14 +1,30 @@
 // `npm run bench [-- name ...]`: runs each benchmark module and prints its tables side by side with the peer.
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { availableParallelism, cpus, release, totalmem } from 'node:os';
 import { formatTable } from './format.js';
 import type { BenchModule } from './types.js';
 
 const ALL = ['virtqueue', 'kumo-vu', 'blk', 'net', 'fs', 'vmm-platform', 'vmm', 'boot'];
 
+/** Which host the figures come from: ratios between kumo and its peers move with the CPU count. */
+function hostLine(): string {
+  const hasKvm = existsSync('/dev/kvm');
+  const pvm = hasKvm && existsSync('/sys/module/kvm_pvm');
+  let virt = '';
+  try {
+    virt = /^flags\s*:.*\bhypervisor\b/m.test(readFileSync('/proc/cpuinfo', 'utf8')) ? ', virtualised' : '';
+  } catch {
+    /* no /proc */
+  }
+  const kvm = hasKvm ? (pvm ? 'kvm_pvm (software KVM)' : 'KVM') : 'none';
+  return `host: ${availableParallelism()} CPUs (${cpus()[0]?.model ?? 'unknown'}${virt}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Linux ${release()}, /dev/kvm: ${kvm}`;
+}
+
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));
   const names = wanted.length ? wanted : ALL;
   let failed = 0;
+  console.log(hostLine());
   for (const name of names) {
     const file = new URL(`./${name}.ts`, import.meta.url);
     if (!existsSync(file)) {

@@ -80,7 +80,7 @@ export async function run(): Promise<BenchTable[]> {
         title: 'protocol: guest memory and split virtqueue (single thread, in-process)',
         columns: ['operation', 'time', 'unit'],
         rows,
-        notes: ['EVENT_IDX on; queue size 256; memfd-backed guest memory; 2 shared cores, so figures are noisy.'],
+        notes: ['EVENT_IDX on; queue size 256; memfd-backed guest memory; figures from a shared host are noisy.'],
       },
     ];
   } finally {
