@@ -81,6 +81,8 @@ export async function run(): Promise<BenchTable[]> {
     '(kumo-vu sleeps on interrupts: KUMO_VU_SPIN_US=0)',
     'depth = requests in flight on the request queue (independent request streams in kumo-vu); CPU = daemon CPU over the run, % of one core;',
     'kumo-vu (client) CPU: the driver itself over the four cases; near 100% the single-threaded client, not the daemon, sets the pace',
+    'kumo-vu is JavaScript, several times heavier per request than a guest kernel\'s FUSE client: on few CPUs it takes CPU that QEMU\'s',
+    'pool would otherwise use, and on many it caps both daemons (on 16 CPUs QEMU drew level with kumo at depth 8, see ARCHITECTURE.md)',
   ];
   try {
     for (const depth of [1, DEPTH]) {

@@ -8,6 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:?usage: portable-bench.sh OUT.tar.xz}")
+peers=()
+for p in qemu-storage-daemon /usr/lib/qemu/virtiofsd fio; do
+  found=$(command -v "$p") || { echo "portable-bench: $p not installed (run scripts/setup.sh)" >&2; exit 1; }
+  peers+=("$found")
+done
 npm run build >/dev/null || { npm run build; exit 1; }
 
 stage=$(mktemp -d)
@@ -23,7 +28,6 @@ tar cf - --exclude='*.map' dist | tar xf - -C "$k"
   printf '%s\n' node_modules/tsx node_modules/esbuild node_modules/@esbuild/linux-x64
 } | sort -u | tar cf - -T - | tar xf - -C "$k"
 
-peers=("$(command -v qemu-storage-daemon)" /usr/lib/qemu/virtiofsd "$(command -v fio)")
 for p in "${peers[@]}"; do
   name=$(basename "$p")
   cp "$p" "$k/peers/bin/"
