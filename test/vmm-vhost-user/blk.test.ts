@@ -14,10 +14,10 @@ import { MemoryConfig } from '../../vmm/config/memory.js';
 import { validateVhostUserDevices } from '../../vmm/config/vhost-user-devices.js';
 import { attachVhostUserDevices, vhostUserDevices, type VhostUserAttachment } from '../../vmm/vhost-user/index.js';
 import { GuestDriver, MiB, startProcess, stopProcess, TestVm, type GuestQueue } from './harness.js';
+import { haveQsd } from '../blk/vu-client.js';
 
 const IMG_SIZE = 8 * MiB;
 const KUMO_BLK = new URL('../../bin/kumo-vhost-user-blk.js', import.meta.url).pathname;
-const QSD = '/usr/bin/qemu-storage-daemon';
 
 interface Backend {
   name: string;
@@ -33,9 +33,9 @@ const backends: Backend[] = [
   },
   {
     name: 'qemu-storage-daemon',
-    available: () => (existsSync(QSD) ? null : 'qemu-storage-daemon not installed (apt-get install qemu-system-x86 / qemu-utils)'),
+    available: () => (haveQsd() ? null : 'qemu-storage-daemon not installed (apt-get install qemu-system-common)'),
     start: (img, sock) =>
-      startProcess(QSD, [
+      startProcess('qemu-storage-daemon', [
         '--blockdev', `driver=file,node-name=f,filename=${img}`,
         '--export', `type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=${sock},writable=on`,
       ], sock),
