@@ -1,4 +1,6 @@
-import { FuseClient, FUSE_ROOT_ID, Op, ReadIn } from '../../../protocol/fuse/index.js';
+import { AttrOut, EntryOut, FuseClient, FUSE_ROOT_ID, OpenOut, OUT_HEADER_SIZE, WriteOut } from '../../../protocol/fuse/index.js';
+import { RawFuseReply, RawFuseRequest } from '../../../protocol/fuse/raw.js';
+import type { RawSlot, VirtioFsTransport } from './transport.js';
 
 export interface FsBenchResult {
   /** Requests in flight on the request queue. */
@@ -24,24 +26,96 @@ interface Timed {
   cpu: number;
 }
 
-async function timed(seconds: number, depth: number, op: (i: number) => Promise<number>): Promise<Timed> {
-  const c0 = process.cpuUsage();
-  const t0 = process.hrtime.bigint();
-  const end = t0 + BigInt(Math.round(seconds * 1e9));
-  let ops = 0;
-  let units = 0;
-  let next = 0;
-  const job = async (): Promise<void> => {
-    while (process.hrtime.bigint() < end) {
-      // Not `units += await ...`: that reads `units` before the await and loses the other streams' bytes.
-      const n = await op(next++);
-      units += n;
-      ops++;
+/** What a request stream holds between its requests. */
+interface Stream {
+  /** Request slot on the request queue, and one on hiprio for FORGET. */
+  slot: RawSlot;
+  hp: RawSlot;
+  req: RawFuseRequest;
+  rep: RawFuseReply;
+  forget: RawFuseRequest;
+  /** Step of the current operation, and the unique of the request in flight. */
+  phase: number;
+  unique: number;
+  nodeid: number;
+  fh: number;
+  /** Index of the current operation (across streams). */
+  op: number;
+  /** Units the finished operation counts for (bytes of a READ, else 1). */
+  units: number;
+}
+
+/**
+ * One benchmark case over `depth` independent request streams, like `fio --iodepth`: `begin(s)` writes and
+ * submits a stream's first request of an operation; `reply(s, usedLen)` consumes a reply and either submits
+ * the operation's next request (false) or ends the operation (true). Requests are written straight into the
+ * slots in guest memory (protocol/fuse/raw.ts) and replies read there: the client does no per-request
+ * allocation or promise, so that its own cost (it shares the CPUs with the daemon) stays small.
+ */
+class StreamRunner {
+  private readonly streams: Stream[] = [];
+  private readonly byToken: Stream[] = [];
+  private unique = 1;
+  private nextOp = 0;
+
+  constructor(private readonly t: VirtioFsTransport) {
+    const slots = t.rawSlots();
+    const req = slots.filter((s) => !s.hiprio);
+    const hp = slots.filter((s) => s.hiprio);
+    for (let i = 0; i < req.length; i++) {
+      const st: Stream = {
+        slot: req[i], hp: hp[i], req: new RawFuseRequest(req[i].request), rep: new RawFuseReply(req[i].reply),
+        forget: new RawFuseRequest(hp[i].request), phase: 0, unique: 0, nodeid: 0, fh: 0, op: 0, units: 1,
+      };
+      this.streams.push(st);
+      this.byToken[req[i].token] = st;
+      this.byToken[hp[i].token] = st;
     }
-  };
-  await Promise.all(Array.from({ length: depth }, job));
-  const c = process.cpuUsage(c0);
-  return { ops, units, secs: Number(process.hrtime.bigint() - t0) / 1e9, cpu: (c.user + c.system) / 1e6 };
+  }
+
+  /** A fresh unique for stream s's next request. */
+  u(s: Stream): number {
+    s.unique = this.unique++;
+    return s.unique;
+  }
+
+  submit(s: Stream, reqLen: number, replyLen: number): void {
+    this.t.rawSubmit(s.slot, reqLen, replyLen);
+  }
+
+  /** FORGET on hiprio: its chain comes back without a reply. */
+  submitForget(s: Stream, nodeid: number): void {
+    this.t.rawSubmit(s.hp, s.forget.forget(this.u(s), nodeid, 1), 0);
+  }
+
+  run(seconds: number, begin: (s: Stream) => void, reply: (s: Stream, usedLen: number) => boolean): Timed {
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    const end = t0 + seconds * 1000;
+    let ops = 0;
+    let units = 0;
+    let running = 0;
+    this.nextOp = 0;
+    const start = (s: Stream): void => {
+      s.phase = 0;
+      s.units = 1;
+      s.op = this.nextOp++;
+      running++;
+      begin(s);
+    };
+    for (const s of this.streams) start(s);
+    const onUsed = (token: number, len: number): void => {
+      const s = this.byToken[token];
+      if (!reply(s, len)) return;
+      ops++;
+      units += s.units;
+      running--;
+      if (performance.now() < end) start(s);
+    };
+    while (running > 0) this.t.rawWait(onUsed);
+    const c = process.cpuUsage(c0);
+    return { ops, units, secs: (performance.now() - t0) / 1000, cpu: (c.user + c.system) / 1e6 };
+  }
 }
 
 /** Runs f(i) for i in [0, n) with at most `depth` calls in flight. */
@@ -53,16 +127,17 @@ async function each(n: number, depth: number, f: (i: number) => Promise<unknown>
   await Promise.all(Array.from({ length: Math.min(depth, n) }, job));
 }
 
-/** READ without copying the data out of the reply (the client only counts bytes). */
-async function readLen(c: FuseClient, node: number, fh: number, offset: number, size: number): Promise<number> {
-  return (await c.call(Op.READ, node, [ReadIn.pack({ fh, offset, size, readFlags: 0, lockOwner: 0n, flags: 0 })], size, 'READ')).length;
-}
+const REPLY_ENTRY = OUT_HEADER_SIZE + EntryOut.size;
+const REPLY_ATTR = OUT_HEADER_SIZE + AttrOut.size;
+const REPLY_CREATE = REPLY_ENTRY + OpenOut.size;
+const REPLY_WRITE = OUT_HEADER_SIZE + WriteOut.size;
 
 /**
  * Runs the four cases in a scratch directory under the share root (created, then removed), each with
- * `depth` requests in flight (depth independent request streams, like `fio --iodepth`).
+ * `depth` requests in flight (depth independent request streams, like `fio --iodepth`). Set-up and
+ * clean-up go through FuseClient; the timed loops write requests straight into guest memory.
  */
-export async function benchFs(c: FuseClient, seconds: number, depth = 1): Promise<FsBenchResult> {
+export async function benchFs(c: FuseClient, t: VirtioFsTransport, seconds: number, depth = 1): Promise<FsBenchResult> {
   await c.init();
   const dirName = `kumo-bench-${process.pid}`;
   const dir = (await c.mkdir(FUSE_ROOT_ID, dirName)).nodeid;
@@ -71,35 +146,82 @@ export async function benchFs(c: FuseClient, seconds: number, depth = 1): Promis
   const FILE = 64 << 20;
   await each(FILE >> 20, depth, (k) => c.write(data.entry.nodeid, data.fh, k << 20, chunk));
   await c.release(data.entry.nodeid, data.fh);
-
-  const lk = await timed(seconds, depth, async () => {
-    const e = await c.lookup(dir, 'data');
-    await c.getattr(e.nodeid);
-    await c.forget(e.nodeid, 1);
-    return 1;
-  });
   const node = data.entry.nodeid;
   const { fh } = await c.open(node, O_RDONLY);
-  let seed = 12345;
-  const rr = await timed(seconds, depth, () => {
-    seed = (seed * 1103515245 + 12345) >>> 0;
-    return readLen(c, node, fh, (seed % (FILE / 4096)) * 4096, 4096);
+
+  const r = new StreamRunner(t);
+  const dataZ = new TextEncoder().encode('data\0');
+  const lk = r.run(seconds, (s) => r.submit(s, s.req.lookup(r.u(s), dir, dataZ), REPLY_ENTRY), (s, len) => {
+    switch (s.phase++) {
+      case 0:
+        s.rep.check(len, s.unique, 'LOOKUP');
+        s.nodeid = s.rep.entryNodeid();
+        r.submit(s, s.req.getattr(r.u(s), s.nodeid), REPLY_ATTR);
+        return false;
+      case 1:
+        s.rep.check(len, s.unique, 'GETATTR');
+        r.submitForget(s, s.nodeid);
+        return false;
+      default:
+        return true;
+    }
   });
-  const sr = await timed(seconds, depth, (i) => readLen(c, node, fh, (i % (FILE >> 20)) << 20, 1 << 20));
+  let seed = 12345;
+  const rr = r.run(seconds, (s) => {
+    seed = (seed * 1103515245 + 12345) >>> 0;
+    r.submit(s, s.req.read(r.u(s), node, fh, (seed % (FILE / 4096)) * 4096, 4096), OUT_HEADER_SIZE + 4096);
+  }, (s, len) => {
+    s.rep.check(len, s.unique, 'READ');
+    return true;
+  });
+  const sr = r.run(seconds, (s) => {
+    r.submit(s, s.req.read(r.u(s), node, fh, (s.op % (FILE >> 20)) * (1 << 20), 1 << 20), OUT_HEADER_SIZE + (1 << 20));
+  }, (s, len) => {
+    s.units = s.rep.check(len, s.unique, 'READ');
+    return true;
+  });
   await c.release(node, fh);
   const small = new Uint8Array(4096).fill(1);
-  const cw = await timed(seconds, depth, async (i) => {
-    const r = await c.create(dir, `f${i}`, O_WRONLY | O_CREAT | O_TRUNC, 0o100644);
-    await c.write(r.entry.nodeid, r.fh, 0, small);
-    await c.flush(r.entry.nodeid, r.fh);
-    await c.release(r.entry.nodeid, r.fh);
-    await c.forget(r.entry.nodeid, 1);
-    return 1;
+  const nameZ = new Uint8Array(32);
+  const enc = new TextEncoder();
+  const cw = r.run(seconds, (s) => {
+    const n = enc.encodeInto(`f${s.op}`, nameZ).written;
+    nameZ[n] = 0;
+    r.submit(s, s.req.create(r.u(s), dir, nameZ.subarray(0, n + 1), O_WRONLY | O_CREAT | O_TRUNC, 0o100644), REPLY_CREATE);
+  }, (s, len) => {
+    switch (s.phase++) {
+      case 0:
+        s.rep.check(len, s.unique, 'CREATE');
+        s.nodeid = s.rep.entryNodeid();
+        s.fh = s.rep.createFh();
+        r.submit(s, s.req.write(r.u(s), s.nodeid, s.fh, 0, small), REPLY_WRITE);
+        return false;
+      case 1:
+        s.rep.check(len, s.unique, 'WRITE');
+        r.submit(s, s.req.flush(r.u(s), s.nodeid, s.fh), OUT_HEADER_SIZE);
+        return false;
+      case 2:
+        s.rep.check(len, s.unique, 'FLUSH');
+        r.submit(s, s.req.release(r.u(s), s.nodeid, s.fh), OUT_HEADER_SIZE);
+        return false;
+      case 3:
+        s.rep.check(len, s.unique, 'RELEASE');
+        r.submitForget(s, s.nodeid);
+        return false;
+      default:
+        return true;
+    }
   });
   // Clean up so repeated runs start from the same state. Look each name up first, as a kernel
-  // would: QEMU's virtiofsd refuses UNLINK of unknown inodes.
+  // would: QEMU's virtiofsd refuses UNLINK of unknown inodes. Forget it after: tens of thousands of
+  // inodes held open would run either daemon out of file descriptors halfway through.
   const names = [...Array.from({ length: cw.ops + depth }, (_, i) => `f${i}`), 'data'];
-  await each(names.length, depth, (i) => c.lookup(dir, names[i]).then(() => c.unlink(dir, names[i])).catch(() => undefined));
+  await each(names.length, depth, async (i) => {
+    const e = await c.lookup(dir, names[i]).catch(() => null);
+    if (e === null) return;
+    await c.unlink(dir, names[i]).catch(() => undefined);
+    await c.forget(e.nodeid, 1);
+  });
   await c.lookup(FUSE_ROOT_ID, dirName).then(() => c.rmdir(FUSE_ROOT_ID, dirName)).catch(() => undefined);
   return {
     depth,

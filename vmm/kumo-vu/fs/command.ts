@@ -46,7 +46,7 @@ export function registerFs(program: Command): void {
       const o = fs.opts<FsOpts>();
       const t = await VirtioFsTransport.connect(o.socket, o.connectTimeout, 256, b.iodepth);
       try {
-        const r = await benchFs(new FuseClient(t), b.seconds, b.iodepth);
+        const r = await benchFs(new FuseClient(t), t, b.seconds, b.iodepth);
         process.stdout.write((b.json ? JSON.stringify(r) : formatFsBench(r)) + '\n');
       } finally {
         t.close();

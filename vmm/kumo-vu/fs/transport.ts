@@ -6,6 +6,7 @@ import { eventfdRead } from '../../../protocol/sys/fd.js';
 import { schedYield } from '../../../protocol/sys/proc.js';
 import { KumoVuError } from '../errors.js';
 import { VuDevice, type VuQueue } from '../device.js';
+import type { Segment } from '../../../protocol/virtqueue/layout.js';
 
 /** Request and reply buffer of one slot: a 1 MiB WRITE/READ plus headers. */
 const SLOT = (1 << 20) + 8192;
@@ -22,6 +23,16 @@ const SPIN_MS = Math.max(0, Number(process.env.KUMO_VU_SPIN_US ?? 0)) / 1000;
 /** Epoll token of the vhost-user socket (queue tokens are ring indices). */
 const SOCKET_TOKEN = 0xffff;
 
+/** A slot's buffers in guest memory, for raw use (see VirtioFsTransport.rawSlots). */
+export interface RawSlot {
+  /** Chain token: the slot's index. */
+  readonly token: number;
+  /** Queue 0 (FORGET, INTERRUPT; no reply space) instead of the request queue. */
+  readonly hiprio: boolean;
+  readonly request: Uint8Array;
+  readonly reply: Uint8Array;
+}
+
 interface Slot {
   /** Token of the chain: index in `slots`. */
   token: number;
@@ -29,6 +40,9 @@ interface Slot {
   reqAddr: number;
   repAddr: number;
   replySize: number;
+  /** Segment lists reused by rawSubmit (DriverQueue.add reads them at once). */
+  readSeg: Segment[];
+  writeSeg: Segment[];
   resolve: (b: Uint8Array) => void;
   reject: (e: Error) => void;
 }
@@ -49,6 +63,8 @@ export class VirtioFsTransport implements FuseTransport {
   private readonly waiting: { hiprio: boolean; go: () => void }[] = [];
   private readonly dirty = [false, false];
   private inFlight = 0;
+  /** Chains queued through rawSubmit() and not back yet. */
+  private rawInFlight = 0;
   private pumpScheduled = false;
   private readonly epoll = new Epoll(4);
   private closed = false;
@@ -59,9 +75,14 @@ export class VirtioFsTransport implements FuseTransport {
     readonly dev: VuDevice,
     readonly depth: number,
   ) {
-    const slot = (token: number, hiprio: boolean): Slot => ({
-      token, hiprio, reqAddr: dev.buffer(hiprio ? HIPRIO_SLOT : SLOT, 4096), repAddr: hiprio ? 0 : dev.buffer(SLOT, 4096), replySize: 0, resolve: noop, reject: noop,
-    });
+    const slot = (token: number, hiprio: boolean): Slot => {
+      const reqAddr = dev.buffer(hiprio ? HIPRIO_SLOT : SLOT, 4096);
+      const repAddr = hiprio ? 0 : dev.buffer(SLOT, 4096);
+      return {
+        token, hiprio, reqAddr, repAddr, replySize: 0, resolve: noop, reject: noop,
+        readSeg: [{ addr: reqAddr, len: 0 }], writeSeg: [{ addr: repAddr, len: 0 }],
+      };
+    };
     for (let i = 0; i < 2 * depth; i++) this.slots.push(slot(i, i >= depth));
     for (const s of this.slots) this.free[s.hiprio ? 1 : 0].push(s);
     for (const q of dev.queues) this.epoll.add(q.callFd, EPOLLIN, q.index);
@@ -149,38 +170,46 @@ export class VirtioFsTransport implements FuseTransport {
   /** Publishes and kicks what was added, then blocks until at least one reply is back and hands those out. */
   private pump(): void {
     if (this.closed || this.broken) return;
+    if (this.inFlight === 0) {
+      this.kickDirty();
+      return;
+    }
+    const err = this.collect(this.onUsed);
+    if (err !== null) {
+      this.fail(err);
+      return;
+    }
+    if (this.inFlight > 0) this.schedulePump();
+  }
+
+  private readonly onUsed = (token: number, len: number): void => this.complete(token, len);
+
+  private kickDirty(): void {
     for (const q of this.dev.queues) {
       if (this.dirty[q.index]) {
         this.dirty[q.index] = false;
         q.kick();
       }
     }
-    if (this.inFlight === 0) return;
+  }
+
+  /** Kicks, then blocks until at least one used chain is back and hands each to onUsed; the error if none came. */
+  private collect(onUsed: (token: number, len: number) => void): KumoVuError | null {
+    this.kickDirty();
     const deadline = Date.now() + TIMEOUT_MS;
     const spinUntil = SPIN_MS > 0 ? performance.now() + SPIN_MS : 0;
     let hungUp = false;
     for (;;) {
       let got = 0;
-      for (const q of this.dev.queues) {
-        for (const u of q.dq.takeUsed()) {
-          got++;
-          this.complete(u.token, u.len);
-        }
-      }
-      if (got > 0) break;
-      if (hungUp) {
-        this.fail(new KumoVuError('the vhost-user back-end disconnected', { inFlight: this.inFlight }));
-        return;
-      }
+      for (const q of this.dev.queues) got += q.dq.drainUsed(onUsed);
+      if (got > 0) return null;
+      if (hungUp) return new KumoVuError('the vhost-user back-end disconnected', { inFlight: this.inFlight + this.rawInFlight });
       if (spinUntil > 0 && performance.now() < spinUntil) {
         schedYield();
         continue;
       }
       const left = deadline - Date.now();
-      if (left <= 0) {
-        this.fail(new KumoVuError('timed out waiting for the device', { timeoutMs: TIMEOUT_MS }));
-        return;
-      }
+      if (left <= 0) return new KumoVuError('timed out waiting for the device', { timeoutMs: TIMEOUT_MS });
       const n = this.epoll.wait(Math.min(left, 100));
       for (let i = 0; i < n; i++) {
         const t = this.epoll.tokens[i];
@@ -189,7 +218,48 @@ export class VirtioFsTransport implements FuseTransport {
         else eventfdRead(this.dev.queues[t].callFd);
       }
     }
-    if (this.inFlight > 0) this.schedulePump();
+  }
+
+  /**
+   * The slots as raw buffers, for a caller that writes FUSE requests into them itself (`kumo-vu fs bench`,
+   * with protocol/fuse/raw.ts): no promise or copy per request. Only while no call() is in flight.
+   */
+  rawSlots(): RawSlot[] {
+    if (this.inFlight > 0) throw new KumoVuError('raw use of the slots while calls are in flight', { inFlight: this.inFlight });
+    return this.slots.map((s) => ({
+      token: s.token,
+      hiprio: s.hiprio,
+      request: this.mem.slice(s.reqAddr, s.hiprio ? HIPRIO_SLOT : SLOT),
+      reply: s.hiprio ? EMPTY : this.mem.slice(s.repAddr, SLOT),
+    }));
+  }
+
+  /** Queues the `reqLen` bytes written into slot.request, with `replyLen` bytes of reply space; sent by rawWait(). */
+  rawSubmit(slot: RawSlot, reqLen: number, replyLen: number): void {
+    if (this.broken) throw this.broken;
+    const s = this.slots[slot.token];
+    if (reqLen > slot.request.length || replyLen > slot.reply.length) {
+      throw new KumoVuError('FUSE request too large', { len: reqLen, replySize: replyLen, hiprio: s.hiprio });
+    }
+    s.readSeg[0].len = reqLen;
+    s.writeSeg[0].len = replyLen;
+    const q = this.dev.queues[s.hiprio ? 0 : 1];
+    if (q.dq.add(s.readSeg, replyLen > 0 ? s.writeSeg : NO_SEGMENTS, s.token) === null) throw new KumoVuError('virtqueue full');
+    this.dirty[q.index] = true;
+    this.rawInFlight++;
+  }
+
+  /** Sends what rawSubmit() queued and blocks until at least one chain is back: onUsed(token, usedLen) for each. */
+  rawWait(onUsed: (token: number, len: number) => void): void {
+    if (this.broken) throw this.broken;
+    const err = this.collect((token, len) => {
+      this.rawInFlight--;
+      onUsed(token, len);
+    });
+    if (err !== null) {
+      this.broken = err;
+      throw err;
+    }
   }
 
   private complete(token: number, usedLen: number): void {
@@ -231,4 +301,5 @@ export class VirtioFsTransport implements FuseTransport {
 }
 
 const EMPTY = new Uint8Array(0);
+const NO_SEGMENTS: Segment[] = [];
 const noop = (): void => {};
