@@ -55,7 +55,8 @@ interface Stream {
 class StreamRunner {
   private readonly streams: Stream[] = [];
   private readonly byToken: Stream[] = [];
-  private unique = 1;
+  /** Above FuseClient's counter, which set-up and clean-up use on the same connection. */
+  private unique = 2 ** 40;
   private nextOp = 0;
 
   constructor(private readonly t: VirtioFsTransport) {
