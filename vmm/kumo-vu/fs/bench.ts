@@ -151,7 +151,8 @@ export async function benchFs(c: FuseClient, t: VirtioFsTransport, seconds: numb
   const { fh } = await c.open(node, O_RDONLY);
 
   const r = new StreamRunner(t);
-  const dataZ = new TextEncoder().encode('data\0');
+  const enc = new TextEncoder();
+  const dataZ = enc.encode('data\0');
   const lk = r.run(seconds, (s) => r.submit(s, s.req.lookup(r.u(s), dir, dataZ), REPLY_ENTRY), (s, len) => {
     switch (s.phase++) {
       case 0:
@@ -184,7 +185,6 @@ export async function benchFs(c: FuseClient, t: VirtioFsTransport, seconds: numb
   await c.release(node, fh);
   const small = new Uint8Array(4096).fill(1);
   const nameZ = new Uint8Array(32);
-  const enc = new TextEncoder();
   const cw = r.run(seconds, (s) => {
     const n = enc.encodeInto(`f${s.op}`, nameZ).written;
     nameZ[n] = 0;

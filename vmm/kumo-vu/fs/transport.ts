@@ -63,8 +63,6 @@ export class VirtioFsTransport implements FuseTransport {
   private readonly waiting: { hiprio: boolean; go: () => void }[] = [];
   private readonly dirty = [false, false];
   private inFlight = 0;
-  /** Chains queued through rawSubmit() and not back yet. */
-  private rawInFlight = 0;
   private pumpScheduled = false;
   private readonly epoll = new Epoll(4);
   private closed = false;
@@ -203,7 +201,10 @@ export class VirtioFsTransport implements FuseTransport {
       let got = 0;
       for (const q of this.dev.queues) got += q.dq.drainUsed(onUsed);
       if (got > 0) return null;
-      if (hungUp) return new KumoVuError('the vhost-user back-end disconnected', { inFlight: this.inFlight + this.rawInFlight });
+      if (hungUp) {
+        const inFlight = this.dev.queues.reduce((n, q) => n + q.dq.inFlight, 0);
+        return new KumoVuError('the vhost-user back-end disconnected', { inFlight });
+      }
       if (spinUntil > 0 && performance.now() < spinUntil) {
         schedYield();
         continue;
@@ -246,16 +247,12 @@ export class VirtioFsTransport implements FuseTransport {
     const q = this.dev.queues[s.hiprio ? 0 : 1];
     if (q.dq.add(s.readSeg, replyLen > 0 ? s.writeSeg : NO_SEGMENTS, s.token) === null) throw new KumoVuError('virtqueue full');
     this.dirty[q.index] = true;
-    this.rawInFlight++;
   }
 
   /** Sends what rawSubmit() queued and blocks until at least one chain is back: onUsed(token, usedLen) for each. */
   rawWait(onUsed: (token: number, len: number) => void): void {
     if (this.broken) throw this.broken;
-    const err = this.collect((token, len) => {
-      this.rawInFlight--;
-      onUsed(token, len);
-    });
+    const err = this.collect(onUsed);
     if (err !== null) {
       this.broken = err;
       throw err;
