@@ -51,6 +51,11 @@ export class Inode {
     return this.fd_ >= 0;
   }
 
+  /** Counts as a use for the fd cache without touching the fd. */
+  markUsed(): void {
+    this.used = true;
+  }
+
   /** Returns and clears the used-since-last-asked bit (the fd cache's clock). */
   takeUsed(): boolean {
     const u = this.used;

@@ -157,7 +157,7 @@ export interface Stat {
 }
 const statBuf = Buffer.alloc(144);
 
-function decodeStat(b: Buffer): Stat {
+export function decodeStat(b: Buffer): Stat {
   return {
     dev: b.readBigUInt64LE(0),
     ino: Number(b.readBigUInt64LE(8)),
@@ -189,6 +189,11 @@ export const rawStat: Buffer = statBuf;
 /** fstat into rawStat without decoding: 0, or -errno. */
 export function fstatRaw(fd: number): number {
   return (fstatat_(fd, EMPTY, statBuf, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) as number) < 0 ? -koffi.errno() : 0;
+}
+
+/** lstat of `cname` (NUL-terminated) under dirfd into rawStat without decoding: 0, or -errno. */
+export function fstatatRaw(dirfd: number, cname: Uint8Array): number {
+  return (fstatat_(dirfd, cname, statBuf, AT_SYMLINK_NOFOLLOW) as number) < 0 ? -koffi.errno() : 0;
 }
 
 /** fstat of an fd, including O_PATH fds. */

@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
-import { mkdtempSync, writeFileSync, readFileSync, symlinkSync, mkdirSync, rmSync, readdirSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, readFileSync, symlinkSync, mkdirSync, rmSync, readdirSync, linkSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { FuseClient, FuseReplyError, FUSE_ROOT_ID, Op, InHeader } from '../../protocol/fuse/index.js';
 import { PassthroughFs } from '../../backends/virtiofsd/passthrough.js';
@@ -134,6 +134,38 @@ describe('passthrough filesystem (in-process, no vhost-user)', () => {
     expect(send(hdr(Op.GETATTR, 56, 1, 16), 20).err).toBe(-22); // reply does not fit
     expect(send(hdr(Op.FORGET, 9999, 1, 8), 0).n).toBe(0); // bad length and no reply space: dropped
     expect((await c.getattr(FUSE_ROOT_ID)).mode & 0o170000).toBe(0o040000);
+  });
+
+  it('LOOKUP finds a held inode by its name alone: same nodeid through any link, a new one once the name leads elsewhere', async () => {
+    writeFileSync(join(share, 'f'), 'four');
+    const f = await c.lookup(FUSE_ROOT_ID, 'f');
+    const again = await c.lookup(FUSE_ROOT_ID, 'f');
+    expect(again.nodeid).toBe(f.nodeid);
+    expect(again.attr.size).toBe(4);
+    // Fresh attributes, not the ones seen when the inode was first looked up.
+    writeFileSync(join(share, 'f'), 'eight...');
+    expect((await c.lookup(FUSE_ROOT_ID, 'f')).attr.size).toBe(8);
+    linkSync(join(share, 'f'), join(share, 'hard'));
+    expect((await c.lookup(FUSE_ROOT_ID, 'hard')).nodeid).toBe(f.nodeid);
+    // A symlink is its own inode, never the file it points at.
+    symlinkSync('f', join(share, 'sym'));
+    const sym = await c.lookup(FUSE_ROOT_ID, 'sym');
+    expect(sym.nodeid).not.toBe(f.nodeid);
+    expect(sym.attr.mode & 0o170000).toBe(0o120000);
+    // Four lookups so far (f three times, hard once): three forgets keep it, the fourth drops it.
+    await c.forget(f.nodeid, 3);
+    expect((await c.getattr(f.nodeid)).size).toBe(8);
+    await c.forget(f.nodeid, 1);
+    expect(await errCode(c.getattr(f.nodeid))).toBe('EBADF');
+    // The name now leads to another file: a new inode with that file's attributes.
+    const g = await c.lookup(FUSE_ROOT_ID, 'f');
+    writeFileSync(join(share, 'other'), 'x');
+    renameSync(join(share, 'other'), join(share, 'f'));
+    const h = await c.lookup(FUSE_ROOT_ID, 'f');
+    expect(h.nodeid).not.toBe(g.nodeid);
+    expect(h.attr.size).toBe(1);
+    expect(await errCode(c.lookup(FUSE_ROOT_ID, 'gone'))).toBe('ENOENT');
+    expect(await errCode(c.lookup(sym.nodeid, 'x'))).toBe('ENOTDIR');
   });
 
   it('CREATE of an existing name opens only a regular file: never blocks on a FIFO, never opens a device node', async () => {
