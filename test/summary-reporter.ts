@@ -12,6 +12,8 @@ export default class SummaryReporter implements Reporter {
         const s = t.result().state;
         if (s === 'passed') passed++;
         else if (s === 'failed') failed++;
+        // Meant to run but did not: a beforeAll of its suite failed or timed out (a hung lab, say).
+        else if (t.options.mode === 'run' || t.options.mode === 'only') failed++;
         else skipped++;
       }
     }
