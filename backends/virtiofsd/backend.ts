@@ -19,10 +19,10 @@ export class VirtioFsBackend implements VhostUserBackend {
   constructor(
     opts: FsOptions,
     private readonly tag: string | null,
-    pollUs = DEFAULT_POLL_US,
-    threadPoolSize: number | null = null,
+    worker: Partial<Omit<FsWorkerData, 'opts'>> = {},
   ) {
-    this.queueWorker = { module: siblingWorkerModule(import.meta.url, 'queue-worker'), data: { opts, pollUs, threadPoolSize } };
+    const data: FsWorkerData = { opts, pollUs: DEFAULT_POLL_US, threadPoolSize: null, seccomp: 'none', ...worker };
+    this.queueWorker = { module: siblingWorkerModule(import.meta.url, 'queue-worker'), data };
   }
 
   features(): bigint {

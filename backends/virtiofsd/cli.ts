@@ -1,4 +1,5 @@
 import { FsConfigError } from './errors.js';
+import { SECCOMP_ACTIONS, type SeccompAction } from '../../protocol/sys/seccomp.js';
 import { defaultFsOptions, type CacheMode, type FileHandleMode, type FsOptions, type SandboxMode } from './options.js';
 
 export interface DaemonConfig {
@@ -13,6 +14,8 @@ export interface DaemonConfig {
   tag: string | null;
   /** null: not given (large READs may use io-wq threads); 0: everything inline on the queue thread. */
   threadPoolSize: number | null;
+  /** --seccomp: the request thread's syscall filter (x86-64 only). */
+  seccomp: SeccompAction;
   /** kumo extension: busy-poll window (µs) after the last request; 0 sleeps at once. */
   pollUs: number | null;
   rlimitNofile: number | null;
@@ -24,9 +27,12 @@ export const USAGE = `kumo-virtiofsd --socket-path=PATH|--fd=N --shared-dir=DIR 
   [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--announce-submounts]
   [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
   [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL] [--syslog] [--poll-us=N] [--print-capabilities]
+  [--seccomp=none|kill|log|trap]
 QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,posix_lock,writeback,readdirplus
 --thread-pool-size=N: with a second CPU, large READs may be copied by io_uring worker threads while other
   requests wait; N caps those threads, 0 keeps every READ on the request thread (default: CPUs - 1)
+--seccomp: the thread that serves guest requests may make only the syscalls its work needs; any other
+  kills the daemon (kill, the default, or trap: SIGSYS), is logged by the kernel (log) or allowed (none)
 --inode-file-handles=prefer|mandatory: inodes are known by file handle; at most KUMO_FS_OPEN_INODE_FDS (1024)
   of their O_PATH fds stay open, the rest are reopened by handle when used (needs CAP_DAC_READ_SEARCH).`;
 
@@ -45,7 +51,7 @@ function int(name: string, v: string): number {
 export function parseArgs(argv: string[]): DaemonConfig {
   let socketPath: string | null = null;
   let sharedDir: string | null = null;
-  const cfg = { syslog: false, listenFd: null as number | null, socketGroup: null as string | null, tag: null as string | null, threadPoolSize: null as number | null, pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
+  const cfg = { syslog: false, listenFd: null as number | null, socketGroup: null as string | null, tag: null as string | null, threadPoolSize: null as number | null, seccomp: 'kill' as SeccompAction, pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
   const o: Partial<FsOptions> = { sandbox: 'namespace' };
   const set = (key: string, val: string | null): void => {
     const v = val ?? '';
@@ -58,6 +64,7 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'cache': o.cache = oneOf('cache', v === 'none' ? 'never' : v, ['auto', 'always', 'never', 'metadata'] as CacheMode[]); break;
       case 'sandbox': o.sandbox = oneOf('sandbox', v, ['namespace', 'chroot', 'none'] as SandboxMode[]); break;
       case 'thread-pool-size': cfg.threadPoolSize = int(key, v); break;
+      case 'seccomp': cfg.seccomp = oneOf(key, v, SECCOMP_ACTIONS); break;
       case 'rlimit-nofile': cfg.rlimitNofile = int(key, v); break;
       case 'poll-us': case 'poll_us': cfg.pollUs = int(key, v); break;
       case 'log-level': case 'log_level': cfg.logLevel = v; break;
@@ -74,9 +81,9 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'allow-direct-io': case 'allow_direct_io': o.allowDirectIo = true; break;
       case 'readdirplus': o.readdirplus = true; break;
       case 'no-readdirplus': case 'no_readdirplus': o.readdirplus = false; break;
-      // Accepted for command-line compatibility; they change nothing here.
       case 'syslog': cfg.syslog = true; break;
-      case 'seccomp': case 'modcaps': case 'flock': case 'no_flock': case 'timeout':
+      // Accepted for command-line compatibility; they change nothing here.
+      case 'modcaps': case 'flock': case 'no_flock': case 'timeout':
       case 'security-label': case 'posix-acl': case 'preserve-noatime': case 'killpriv-v2':
         break;
       default:

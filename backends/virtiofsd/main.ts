@@ -6,7 +6,7 @@ import { getrlimit, setrlimit, openat, AT_FDCWD, RLIMIT_NOFILE } from '../../pro
 import { closeQuiet, O_CLOEXEC, O_DIRECTORY, O_PATH } from '../../protocol/sys/fd.js';
 import { chmodSync, chownSync, readFileSync, statSync } from 'node:fs';
 import { parseArgs, USAGE } from './cli.js';
-import { VirtioFsBackend } from './backend.js';
+import { DEFAULT_POLL_US, VirtioFsBackend } from './backend.js';
 import { FsConfigError, FsError } from './errors.js';
 import { InodeHandles } from './inode-handles.js';
 import type { FsOptions } from './options.js';
@@ -130,8 +130,12 @@ async function main(argv: string[]): Promise<number> {
   const openFds = Number(process.env.KUMO_FS_OPEN_INODE_FDS ?? cfg.fs.openInodeFds);
   if (Number.isInteger(openFds) && openFds > 0) cfg.fs.openInodeFds = openFds;
   checkFileHandles(cfg.fs);
+  if (cfg.seccomp !== 'none' && process.arch !== 'x64') {
+    log.warn({ arch: process.arch }, 'no seccomp allow-list for this architecture: --seccomp=none');
+    cfg.seccomp = 'none';
+  }
   raiseNofile(cfg.rlimitNofile);
-  const daemon = new VhostUserDaemon(new VirtioFsBackend(cfg.fs, cfg.tag, cfg.pollUs ?? undefined, cfg.threadPoolSize), {
+  const daemon = new VhostUserDaemon(new VirtioFsBackend(cfg.fs, cfg.tag, { pollUs: cfg.pollUs ?? DEFAULT_POLL_US, threadPoolSize: cfg.threadPoolSize, seccomp: cfg.seccomp }), {
     socketPath: cfg.socketPath ?? undefined, listenFd: cfg.listenFd ?? undefined, exitOnDisconnect: true, name: 'virtiofsd',
   });
   const gid = cfg.socketGroup === null ? null : groupId(cfg.socketGroup);

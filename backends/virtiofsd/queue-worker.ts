@@ -10,6 +10,8 @@ import { FuseServer, MAX_IOV } from './server.js';
 import { DEFERRED, ReadOffload } from './read-offload.js';
 import { enterSandbox } from './sandbox.js';
 import type { FsOptions } from './options.js';
+import { REQUEST_THREAD_SYSCALLS } from './seccomp-policy.js';
+import { restrictThreadSyscalls, type SeccompAction } from '../../protocol/sys/seccomp.js';
 
 export interface FsWorkerData {
   opts: FsOptions;
@@ -20,6 +22,8 @@ export interface FsWorkerData {
   threadPoolSize: number | null;
   /** Busy-poll the rings this long (µs) after the last request before sleeping on the kick fds; 0: never. */
   pollUs: number;
+  /** --seccomp: what a syscall outside REQUEST_THREAD_SYSCALLS does once this thread serves requests. */
+  seccomp: SeccompAction;
 }
 
 /** After this long serving without a break the loop yields to the worker's epoll (control commands). */
@@ -40,7 +44,7 @@ const OFFLOAD_TOKEN = HANDLER_TOKEN_BASE + 2;
  * too); only when nothing arrives does it re-enable kicks and go back to epoll.
  */
 export const createQueueHandler: CreateQueueHandler = (ctx) => {
-  const { opts, pollUs, threadPoolSize } = ctx.data as FsWorkerData;
+  const { opts, pollUs, threadPoolSize, seccomp } = ctx.data as FsWorkerData;
   const fs = new PassthroughFs(opts, enterSandbox(opts, ctx.log));
   const offload = threadPoolSize === 0 ? null : ReadOffload.create(MAX_IOV, threadPoolSize ?? 0, ctx.log);
   if (offload !== null) ctx.epoll.add(offload.efd, EPOLLIN, OFFLOAD_TOKEN);
@@ -51,7 +55,9 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
   // Written when a slice ends with work left, so the epoll loop comes straight back to it.
   const resumeFd = eventfd();
   ctx.epoll.add(resumeFd, EPOLLIN, RESUME_TOKEN);
-  ctx.log.info({ dir: opts.sharedDir, sandbox: opts.sandbox, pollUs }, 'virtio-fs worker ready');
+  // Last: everything above needs calls that serving requests never makes again.
+  restrictThreadSyscalls(REQUEST_THREAD_SYSCALLS, seccomp);
+  ctx.log.info({ dir: opts.sharedDir, sandbox: opts.sandbox, pollUs, seccomp }, 'virtio-fs worker ready');
 
   /** Serves every available chain of one ring; publishes and signals once for the batch. */
   function drain(q: VringHandle): number {
