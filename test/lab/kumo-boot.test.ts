@@ -1,13 +1,16 @@
 // kumo boots the stock Debian kernel to userspace in the nested lab: PVH vmlinux with the
 // built-in virtio-rng and virtio-console checked from inside the guest, the bzImage, a 2-vCPU
 // boot (known flaky in the lab: retried once and reported), and the demo guest on our three
-// vhost-user backends. One lab boot runs them all, in sequence, to keep CI time down.
+// vhost-user backends. One lab boot runs them all, in sequence, to keep CI time down; the 2-vCPU
+// boot goes last, since it sometimes hangs L1 itself: the lab's timeout then ends the run and the
+// others are judged on what they printed before it.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ensureImage, type ImagePaths } from '../../vmm/image/index.js';
-import { runInLab, type LabResult } from '../../vmm/lab/lab.js';
+import { runInLab } from '../../vmm/lab/lab.js';
+import { LabTimeoutError } from '../../vmm/lab/errors.js';
 import { whyNoLab } from './skip.js';
 import { shQuote } from '../../vmm/lab/job.js';
 
@@ -33,7 +36,7 @@ function section(out: string, name: string): { text: string; exit: number | null
 }
 
 describe.skipIf(skip !== null)('kumo boots Debian in the lab', () => {
-  let r: LabResult;
+  let r: { output: string; hung: boolean };
 
   beforeAll(async () => {
     const img = await ensureImage();
@@ -43,13 +46,21 @@ describe.skipIf(skip !== null)('kumo boots Debian in the lab', () => {
     fs.writeFileSync(jobFile, [
       bootLine('pvh', img, img.vmlinux, 'kumo.script=devices', ['--cpus', 'boot=1', '--console', 'tty']),
       bootLine('bzimage', img, img.bzImage, 'kumo.script=ready', ['--cpus', 'boot=1', '--console', 'off']),
+      `echo "=== demo start"; ${root}/node_modules/.bin/tsx ${root}/scripts/demo.ts; echo "=== demo exit=$?"`,
       // 2 vCPUs in the lab hang or panic L1 some of the time (nested-lab.md): one retry.
       `out=$( ${smp} 2>&1 ); echo "$out"; case "$out" in *"KUMO-RESULT rc=0"*) ;; *) echo "=== smp2 retry"; ${smp} ;; esac`,
-      `echo "=== demo start"; ${root}/node_modules/.bin/tsx ${root}/scripts/demo.ts; echo "=== demo exit=$?"`,
     ].join('\n') + '\n');
-    r = await runInLab(`sh ${jobFile}`, { timeoutMs: 25 * 60_000 });
-    console.log(`lab: L1 up in ${r.l1BootS.toFixed(1)} s, whole run ${r.wallS.toFixed(1)} s`);
-  }, 26 * 60_000);
+    // A normal run takes about 2 minutes; each boot is capped at 300 s inside L1.
+    try {
+      const done = await runInLab(`sh ${jobFile}`, { timeoutMs: 15 * 60_000 });
+      console.log(`lab: L1 up in ${done.l1BootS.toFixed(1)} s, whole run ${done.wallS.toFixed(1)} s`);
+      r = { output: done.output, hung: false };
+    } catch (e) {
+      if (!(e instanceof LabTimeoutError)) throw e;
+      console.log('lab: L1 stopped answering; judging each boot on what it printed before');
+      r = { output: e.output, hung: true };
+    }
+  }, 16 * 60_000);
 
   it('boots the PVH vmlinux; rng and console are bound and work; S5 ends kumo with 0', () => {
     const s = section(r.output, 'pvh');
@@ -75,10 +86,13 @@ describe.skipIf(skip !== null)('kumo boots Debian in the lab', () => {
     const s = section(r.output, 'smp2');
     const retried = r.output.includes('=== smp2 retry');
     const booted = s.text.includes('KUMO-RESULT rc=0') && s.exit === 0;
-    console.log(`2-vCPU boot in the lab: ${booted ? 'booted' : 'failed'}${retried ? ' after a retry' : ''}`);
+    const how = booted ? 'booted' : r.hung ? 'hung L1' : 'failed';
+    console.log(`2-vCPU boot in the lab: ${how}${retried ? ' after a retry' : ''}`);
     // Whenever the guest reached userspace, the AP must have come up through INIT/SIPI.
     if (booted) expect(s.text).toContain('KUMO-CPUS 2');
-    expect(s.exit).not.toBeNull();
+    // It ran: it ended (either way), or L1 stopped during it, after every other boot had finished.
+    expect(r.output).toContain('=== smp2 start');
+    if (!r.hung) expect(s.exit).not.toBeNull();
   });
 
   it('runs the demo guest on our blk, fs and net backends', () => {

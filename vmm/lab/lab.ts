@@ -168,7 +168,9 @@ async function runLab(cmd: string, opts: LabOptions): Promise<LabResult> {
     });
     const how = await Promise.race([exited.then(() => 'exit' as const), timedOut]);
     if (how === 'timeout') {
-      throw new LabTimeoutError('lab command timed out', { cmd, timeoutMs, pids: { qemu: q.pid, virtiofsd: vfs.pid }, output: output.slice(-4000), bootLog: con.bootLog.slice(-40) });
+      const e = new LabTimeoutError('lab command timed out', { cmd, timeoutMs, pids: { qemu: q.pid, virtiofsd: vfs.pid }, output: output.slice(-4000), bootLog: con.bootLog.slice(-40) });
+      e.output = output;
+      throw e;
     }
     if (code === null) {
       throw new LabError('L1 stopped without reporting an exit code', {
