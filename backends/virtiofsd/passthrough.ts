@@ -63,6 +63,13 @@ export function nameErrno(name: Uint8Array, len: number): number {
  */
 const HELD_SCORE_MAX = 16;
 
+/**
+ * Filesystems with no flush file operation (tmpfs, ramfs, ext2/3/4, xfs, btrfs): there a FLUSH has
+ * nothing to run, since the daemon holds no POSIX locks (guest locks are OFD locks), so the close of a
+ * duplicate descriptor is skipped. Everything else (NFS, FUSE, overlayfs...) still gets it.
+ */
+const NO_FLUSH_FS = new Set([fs.TMPFS_MAGIC, fs.RAMFS_MAGIC, fs.EXT4_SUPER_MAGIC, 0x5846_5342 /* xfs */, 0x9123_683e /* btrfs */]);
+
 /** A u64 of fs.rawStat (st_dev at 0, st_ino at 8) as a number; Linux keeps both far below 2^53. */
 function rawU64(offset: number): number {
   return fs.rawStat.readUInt32LE(offset + 4) * 0x1_0000_0000 + fs.rawStat.readUInt32LE(offset);
@@ -93,6 +100,8 @@ export class PassthroughFs {
   private readonly egid: number;
   private readonly direntBuf = Buffer.alloc(64 * 1024);
   private readonly linkBuf = Buffer.alloc(4096);
+  /** st_dev -> whether its filesystem has a flush operation (see flush()). */
+  private readonly flushByDev = new Map<number, boolean>();
   /** See HELD_SCORE_MAX; starts at the middle, so the first LOOKUP is stat'ed first. */
   private heldScore = HELD_SCORE_MAX / 2;
   /** File-handle identity and the inode fd cache (--inode-file-handles), or null for plain fds. */
@@ -497,7 +506,17 @@ export class PassthroughFs {
       h.inode.lockFds!.delete(lockOwner);
       close(lockFd);
     }
-    close(dup(h.fd));
+    if (this.hasFlush(h)) close(dup(h.fd));
+  }
+
+  /** Whether closing a descriptor of h's file runs its filesystem's flush (asked once per device). */
+  private hasFlush(h: Handle): boolean {
+    let yes = this.flushByDev.get(h.inode.dev);
+    if (yes === undefined) {
+      yes = !NO_FLUSH_FS.has(fs.fstatfs(h.fd).type);
+      this.flushByDev.set(h.inode.dev, yes);
+    }
+    return yes;
   }
 
   fsync(i: Inode, fh: number | null, datasync: boolean): void {
