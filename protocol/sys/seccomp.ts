@@ -1,3 +1,4 @@
+import { KumoError } from '../errors.js';
 import { addressOf, syscallChecked } from './libc.js';
 import { X86_64_SYSCALLS, type SyscallName } from './syscalls-x86_64.js';
 
@@ -27,12 +28,7 @@ const DATA_NR = 0;
 const DATA_ARCH = 4;
 const INSN_SIZE = 8;
 
-export class SeccompError extends Error {
-  constructor(message: string, readonly context: Record<string, unknown> = {}) {
-    super(message);
-    this.name = 'SeccompError';
-  }
-}
+export class SeccompError extends KumoError {}
 
 function actionValue(action: Exclude<SeccompAction, 'none'>): number {
   return action === 'kill' ? SECCOMP_RET_KILL_PROCESS : action === 'trap' ? SECCOMP_RET_TRAP : SECCOMP_RET_LOG;
