@@ -205,7 +205,7 @@ export class PassthroughFs {
       if (r < 0) return r;
       const held = this.inodes.find(rawU64(0), rawU64(8));
       if (held !== undefined && held.isOpen) {
-        this.heldScore = Math.min(HELD_SCORE_MAX, this.heldScore + 1);
+        this.noteLookup(true);
         held.markUsed();
         held.refcount++;
         return held.nodeid;
@@ -215,8 +215,13 @@ export class PassthroughFs {
     if (fd < 0) return fd;
     const known = this.inodes.size;
     const nodeid = this.registerRaw(fd);
-    if (nodeid > 0) this.heldScore = this.inodes.size === known ? Math.min(HELD_SCORE_MAX, this.heldScore + 1) : Math.max(0, this.heldScore - 1);
+    if (nodeid > 0) this.noteLookup(this.inodes.size === known);
     return nodeid;
+  }
+
+  /** Moves the score towards stat-first (the inode was already held) or away from it (see HELD_SCORE_MAX). */
+  private noteLookup(held: boolean): void {
+    this.heldScore = held ? Math.min(HELD_SCORE_MAX, this.heldScore + 1) : Math.max(0, this.heldScore - 1);
   }
 
   /** Like register() from an fd, but returns nodeid or -errno and keeps the stat raw. */
