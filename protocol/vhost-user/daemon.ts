@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { lstatSync, unlinkSync, type BigIntStats } from 'node:fs';
 import { logger, type Logger } from '../log.js';
 import { closeQuiet } from '../sys/fd.js';
 import { acceptAsync, adoptListener, shutdown, unixConnect, unixListen } from '../sys/socket.js';
@@ -51,6 +52,8 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
   readonly log: Logger;
   private pool: WorkerPool | null = null;
   private listenFd = -1;
+  /** The socket file this daemon bound (not an inherited listener's): removed again when it stops. */
+  private socketFile: BigIntStats | null = null;
   private channel: VhostUserChannel | null = null;
   private stopping = false;
   private stopped: Promise<void> | null = null;
@@ -91,7 +94,11 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
     }
     if ((this.opts.mode ?? 'server') === 'server') {
       try {
-        this.listenFd = this.opts.listenFd !== undefined ? adoptListener(this.opts.listenFd) : unixListen(this.opts.socketPath as string);
+        if (this.opts.listenFd !== undefined) this.listenFd = adoptListener(this.opts.listenFd);
+        else {
+          this.listenFd = unixListen(this.opts.socketPath as string);
+          this.socketFile = lstatSync(this.opts.socketPath as string, { bigint: true });
+        }
       } catch (e) {
         // Workers idle in epoll would keep the process alive (even through process.exit): end them first.
         await this.pool.close();
@@ -124,6 +131,20 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
     }
   }
 
+  /** Unlinks the socket path if it is still the socket this daemon bound (a newer daemon may own it now). */
+  private removeSocketFile(): void {
+    const mine = this.socketFile;
+    this.socketFile = null;
+    if (mine === null) return;
+    const path = this.opts.socketPath as string;
+    try {
+      const now = lstatSync(path, { bigint: true, throwIfNoEntry: false });
+      if (now?.isSocket() && now.dev === mine.dev && now.ino === mine.ino) unlinkSync(path);
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message, path }, 'could not remove the socket file');
+    }
+  }
+
   /** Idempotent and bounded by `stopTimeoutMs`: every caller gets the same promise. */
   stop(): Promise<void> {
     this.stopped ??= this.shutdown();
@@ -141,6 +162,7 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
       shutdown(this.listenFd);
       closeQuiet(this.listenFd);
       this.listenFd = -1;
+      this.removeSocketFile();
     }
     const pool = this.pool;
     this.pool = null;

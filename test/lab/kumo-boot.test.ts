@@ -42,7 +42,8 @@ describe.skipIf(skip !== null)('kumo boots Debian in the lab', () => {
     const img = await ensureImage();
     const smp = bootLine('smp2', img, img.vmlinux, 'kumo.cmd=echo KUMO-CPUS $(grep -c ^processor /proc/cpuinfo)',
       ['--cpus', 'boot=2', '--console', 'off']);
-    const jobFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kumo-boot-')), 'job.sh');
+    const jobDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kumo-boot-'));
+    const jobFile = path.join(jobDir, 'job.sh');
     fs.writeFileSync(jobFile, [
       bootLine('pvh', img, img.vmlinux, 'kumo.script=devices', ['--cpus', 'boot=1', '--console', 'tty']),
       bootLine('bzimage', img, img.bzImage, 'kumo.script=ready', ['--cpus', 'boot=1', '--console', 'off']),
@@ -59,6 +60,8 @@ describe.skipIf(skip !== null)('kumo boots Debian in the lab', () => {
       if (!(e instanceof LabTimeoutError)) throw e;
       console.log('lab: L1 stopped answering; judging each boot on what it printed before');
       r = { output: e.output, hung: true };
+    } finally {
+      fs.rmSync(jobDir, { recursive: true, force: true });
     }
   }, 16 * 60_000);
 

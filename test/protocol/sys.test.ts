@@ -7,7 +7,7 @@ import { Epoll, EPOLLIN } from '../../protocol/sys/epoll.js';
 import { socketPair, sendMsg, recvMsg, recvMsgAsync, unixListen, unixConnect, accept } from '../../protocol/sys/socket.js';
 import { SysError, addressOf } from '../../protocol/sys/libc.js';
 import { gettid, setThreadName } from '../../protocol/sys/proc.js';
-import { readFileSync, mkdtempSync } from 'node:fs';
+import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -97,6 +97,7 @@ describe('protocol/sys', () => {
     expect(recvMsg(s, buf).n).toBe(0);
     [l, s].forEach(close);
     expect(() => unixConnect(join(dir, 'none'))).toThrowError(/ENOENT/);
+    rmSync(dir, { recursive: true });
   });
 
   it('writev/readv move data through native iovecs', () => {

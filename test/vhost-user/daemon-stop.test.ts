@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -69,6 +69,34 @@ describe('VhostUserDaemon.stop()', () => {
     const took = Date.now() - t0;
     // Without a bound this waits for the stuck worker (BLOCK_MS), then for its exit answer.
     expect(took).toBeLessThan(BLOCK_MS / 3);
+  });
+
+  it('removes the socket file it bound when it stops, but not one a newer daemon bound meanwhile', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kumo-vu-stop-'));
+    const sock = join(dir, 'vu.sock');
+    const a = new VhostUserDaemon(nullBackend(2), { socketPath: sock, name: 'test-unlink' });
+    await a.start();
+    const running = a.run();
+    expect(existsSync(sock)).toBe(true);
+    await a.stop();
+    await running;
+    expect(existsSync(sock)).toBe(false);
+
+    const old = new VhostUserDaemon(nullBackend(2), { socketPath: sock, name: 'test-unlink-old' });
+    await old.start();
+    // A second daemon on the same path replaces the first one's socket file (as a restart would).
+    const fresh = new VhostUserDaemon(nullBackend(2), { socketPath: sock, name: 'test-unlink-new' });
+    await fresh.start();
+    const oldRun = old.run();
+    const freshRun = fresh.run();
+    await old.stop();
+    await oldRun;
+    expect(existsSync(sock)).toBe(true);
+    const ch = new VhostUserChannel(unixConnect(sock));
+    ch.close();
+    await fresh.stop();
+    await freshRun;
+    expect(existsSync(sock)).toBe(false);
   });
 
   it('is idempotent: concurrent callers share one stop, and workers are joined', async () => {
