@@ -16,6 +16,8 @@ export interface DaemonConfig {
   threadPoolSize: number | null;
   /** --seccomp: the request thread's syscall filter (x86-64 only). */
   seccomp: SeccompAction;
+  /** virtiofsd options given that kumo accepts but does not implement (warned about at start). */
+  ignored: string[];
   /** kumo extension: busy-poll window (µs) after the last request; 0 sleeps at once. */
   pollUs: number | null;
   rlimitNofile: number | null;
@@ -33,6 +35,8 @@ QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,posix_loc
   requests wait; N caps those threads, 0 keeps every READ on the request thread (default: CPUs - 1)
 --seccomp: the thread that serves guest requests may make only the syscalls its work needs; any other
   kills the daemon (kill, the default, or trap: SIGSYS), is logged by the kernel (log) or allowed (none)
+Accepted for compatibility but without effect (a warning says so): --modcaps, --security-label, --posix-acl,
+  --preserve-noatime, --killpriv-v2, -o flock, -o timeout
 --inode-file-handles=prefer|mandatory: inodes are known by file handle; at most KUMO_FS_OPEN_INODE_FDS (1024)
   of their O_PATH fds stay open, the rest are reopened by handle when used (needs CAP_DAC_READ_SEARCH).`;
 
@@ -51,7 +55,7 @@ function int(name: string, v: string): number {
 export function parseArgs(argv: string[]): DaemonConfig {
   let socketPath: string | null = null;
   let sharedDir: string | null = null;
-  const cfg = { syslog: false, listenFd: null as number | null, socketGroup: null as string | null, tag: null as string | null, threadPoolSize: null as number | null, seccomp: 'kill' as SeccompAction, pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
+  const cfg = { syslog: false, listenFd: null as number | null, socketGroup: null as string | null, tag: null as string | null, threadPoolSize: null as number | null, seccomp: 'kill' as SeccompAction, ignored: [] as string[], pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
   const o: Partial<FsOptions> = { sandbox: 'namespace' };
   const set = (key: string, val: string | null): void => {
     const v = val ?? '';
@@ -82,9 +86,12 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'readdirplus': o.readdirplus = true; break;
       case 'no-readdirplus': case 'no_readdirplus': o.readdirplus = false; break;
       case 'syslog': cfg.syslog = true; break;
-      // Accepted for command-line compatibility; they change nothing here.
-      case 'modcaps': case 'flock': case 'no_flock': case 'timeout':
+      // Accepted for command-line compatibility; they change nothing here (main.ts says so at start).
+      case 'modcaps': case 'flock': case 'timeout':
       case 'security-label': case 'posix-acl': case 'preserve-noatime': case 'killpriv-v2':
+        cfg.ignored.push(key);
+        break;
+      case 'no_flock':
         break;
       default:
         throw new FsConfigError(`unknown option ${key}`, { option: key });

@@ -129,6 +129,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const openFds = Number(process.env.KUMO_FS_OPEN_INODE_FDS ?? cfg.fs.openInodeFds);
   if (Number.isInteger(openFds) && openFds > 0) cfg.fs.openInodeFds = openFds;
+  for (const o of cfg.ignored) log.warn({ option: o }, `option ${o} is accepted for compatibility with virtiofsd but has no effect here`);
   checkFileHandles(cfg.fs);
   if (cfg.seccomp !== 'none' && process.arch !== 'x64') {
     log.warn({ arch: process.arch }, 'no seccomp allow-list for this architecture: --seccomp=none');

@@ -85,6 +85,16 @@ describe('kumo-virtiofsd launch conventions', () => {
     expect(r.stderr).toContain('bind failed: ENOENT');
   }, 30_000);
 
+  it('virtiofsd options it does not implement are accepted with a warning, never silently', () => {
+    const r = spawnSync('node', [BIN, '--socket-path=/nonexistent-kumo-dir/x.sock', '--shared-dir=/tmp', '--sandbox=none',
+      '--posix-acl', '--killpriv-v2', '-o', 'flock,no_flock'], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, KUMO_LOG: 'warn' } });
+    expect(r.stderr).toContain('option posix-acl is accepted for compatibility with virtiofsd but has no effect here');
+    expect(r.stderr).toContain('option killpriv-v2 is accepted');
+    expect(r.stderr).toContain('option flock is accepted');
+    expect(r.stderr).not.toContain('option no_flock');
+    expect(r.status).toBe(1);
+  }, 30_000);
+
   it('--syslog sends the main thread\'s and the queue worker\'s logs to syslog as daemon-facility datagrams, none to stderr', async () => {
     const { dir, share } = scratch();
     const logSock = join(dir, 'log');
