@@ -75,6 +75,11 @@ export function restrictThreadSyscalls(allowed: readonly SyscallName[], action: 
   fprog.writeUInt16LE(prog.length / INSN_SIZE, 0);
   fprog.writeBigUInt64LE(addressOf(prog), 8);
   // Without CAP_SYS_ADMIN the kernel takes a filter only from a thread that cannot gain privileges.
-  syscallChecked('prctl(PR_SET_NO_NEW_PRIVS)', SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-  syscallChecked('seccomp(SET_MODE_FILTER)', SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, addressOf(fprog));
+  try {
+    syscallChecked('prctl(PR_SET_NO_NEW_PRIVS)', SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    syscallChecked('seccomp(SET_MODE_FILTER)', SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, addressOf(fprog));
+  } catch (e) {
+    // A container's own filter may refuse nested ones; say how to run without.
+    throw new SeccompError(`${(e as Error).message}: the kernel refused the syscall filter (--seccomp=none runs without it)`, { action });
+  }
 }
