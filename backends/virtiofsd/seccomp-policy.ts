@@ -15,7 +15,7 @@ export const REQUEST_THREAD_SYSCALLS: readonly SyscallName[] = [
   'mkdirat', 'mknodat', 'symlinkat', 'linkat', 'unlinkat', 'renameat', 'renameat2', 'readlinkat',
   'fchmod', 'fchmodat', 'fchmodat2', 'fchown', 'fchownat', 'utimensat', 'faccessat', 'faccessat2',
   'getxattr', 'lgetxattr', 'fgetxattr', 'setxattr', 'lsetxattr', 'fsetxattr', 'listxattr', 'llistxattr',
-  'flistxattr', 'removexattr', 'lremovexattr', 'fremovexattr', 'fcntl', 'flock',
+  'flistxattr', 'removexattr', 'lremovexattr', 'fremovexattr', 'fcntl',
   'name_to_handle_at', 'open_by_handle_at',
   // The caller's credentials around creating calls (per thread).
   'setresuid', 'setresgid', 'setgroups', 'getuid', 'geteuid', 'getgid', 'getegid',
