@@ -29,14 +29,15 @@ export const USAGE = `kumo-virtiofsd --socket-path=PATH|--fd=N --shared-dir=DIR 
   [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--announce-submounts]
   [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
   [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL] [--syslog] [--poll-us=N] [--print-capabilities]
-  [--seccomp=none|kill|log|trap]
+  [--seccomp=none|kill|log|trap] [--preserve-noatime]
 QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,posix_lock,writeback,readdirplus
 --thread-pool-size=N: with a second CPU, large READs may be copied by io_uring worker threads while other
   requests wait; N caps those threads, 0 keeps every READ on the request thread (default: CPUs - 1)
 --seccomp: the thread that serves guest requests may make only the syscalls its work needs; any other
   kills the daemon (kill, the default, or trap: SIGSYS), is logged by the kernel (log) or allowed (none)
+--preserve-noatime: keep the guest's O_NOATIME (dropped by default, as virtiofsd does)
 Accepted for compatibility but without effect (a warning says so): --modcaps, --security-label, --posix-acl,
-  --preserve-noatime, --killpriv-v2, -o flock, -o timeout
+  --killpriv-v2, -o flock, -o timeout
 --inode-file-handles=prefer|mandatory: inodes are known by file handle; at most KUMO_FS_OPEN_INODE_FDS (1024)
   of their O_PATH fds stay open, the rest are reopened by handle when used (needs CAP_DAC_READ_SEARCH).`;
 
@@ -85,10 +86,11 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'allow-direct-io': case 'allow_direct_io': o.allowDirectIo = true; break;
       case 'readdirplus': o.readdirplus = true; break;
       case 'no-readdirplus': case 'no_readdirplus': o.readdirplus = false; break;
+      case 'preserve-noatime': o.preserveNoatime = true; break;
       case 'syslog': cfg.syslog = true; break;
       // Accepted for command-line compatibility; they change nothing here (main.ts says so at start).
       case 'modcaps': case 'flock': case 'timeout':
-      case 'security-label': case 'posix-acl': case 'preserve-noatime': case 'killpriv-v2':
+      case 'security-label': case 'posix-acl': case 'killpriv-v2':
         cfg.ignored.push(key);
         break;
       case 'no_flock':

@@ -13,6 +13,8 @@ export interface FsOptions {
   allowDirectIo: boolean;
   announceSubmounts: boolean;
   readdirplus: boolean;
+  /** --preserve-noatime: keep the guest's O_NOATIME (virtiofsd drops it: unprivileged it fails on others' files). */
+  preserveNoatime: boolean;
   inodeFileHandles: FileHandleMode;
   /** With file handles: how many inode fds stay open between requests (KUMO_FS_OPEN_INODE_FDS). */
   openInodeFds: number;
@@ -29,6 +31,7 @@ export const defaultFsOptions = (sharedDir: string): FsOptions => ({
   allowDirectIo: false,
   announceSubmounts: false,
   readdirplus: true,
+  preserveNoatime: false,
   inodeFileHandles: 'never',
   openInodeFds: 1024,
   sandbox: 'none',

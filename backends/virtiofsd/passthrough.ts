@@ -455,6 +455,7 @@ export class PassthroughFs {
   private openFlags(flags: number): number {
     let f = flags & GUEST_OPEN_FLAGS;
     if (!this.opts.allowDirectIo) f &= ~O_DIRECT;
+    if (!this.opts.preserveNoatime) f &= ~O_NOATIME;
     if (this.opts.writeback) {
       // The kernel's writeback cache may read back pages of a write-only file and handles O_APPEND itself.
       if ((f & O_ACCMODE) === O_WRONLY) f = (f & ~O_ACCMODE) | O_RDWR;

@@ -168,6 +168,27 @@ describe('passthrough filesystem (in-process, no vhost-user)', () => {
     expect(await errCode(c.lookup(sym.nodeid, 'x'))).toBe('ENOTDIR');
   });
 
+  it('drops the guest\'s O_NOATIME unless --preserve-noatime, as virtiofsd does', async () => {
+    const O_NOATIME = 0o1000000;
+    writeFileSync(join(share, 'n'), 'x');
+    const flagsOf = (fd: number): number => parseInt(/^flags:\s+(\d+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1], 8);
+    const n = await c.lookup(FUSE_ROOT_ID, 'n');
+    const { fh } = await c.open(n.nodeid, O_NOATIME);
+    expect(flagsOf(fs.handles.get(fh).fd) & O_NOATIME).toBe(0);
+    await c.release(n.nodeid, fh);
+    const keep = new PassthroughFs({ ...defaultFsOptions(share), preserveNoatime: true });
+    try {
+      const k = new FuseClient(new LocalTransport(new FuseServer(keep)));
+      await k.init();
+      const kn = await k.lookup(FUSE_ROOT_ID, 'n');
+      const kept = await k.open(kn.nodeid, O_NOATIME);
+      expect(flagsOf(keep.handles.get(kept.fh).fd) & O_NOATIME).toBe(O_NOATIME);
+      await k.release(kn.nodeid, kept.fh);
+    } finally {
+      keep.close();
+    }
+  });
+
   it('CREATE of an existing name opens only a regular file: never blocks on a FIFO, never opens a device node', async () => {
     const O_WRONLY = 1;
     const O_RDWR = 2;
