@@ -104,17 +104,19 @@ export class RawFuseRequest {
   }
 
   flush(unique: number, nodeid: number, fh: number): number {
-    this.u64(IN_HEADER_SIZE, fh);
-    this.u64(IN_HEADER_SIZE + 8, 0);
-    this.u64(IN_HEADER_SIZE + 16, 0);
-    return this.header(IN_HEADER_SIZE + 24, Op.FLUSH, unique, nodeid);
+    return this.fhOnly(Op.FLUSH, unique, nodeid, fh);
   }
 
   release(unique: number, nodeid: number, fh: number): number {
+    return this.fhOnly(Op.RELEASE, unique, nodeid, fh);
+  }
+
+  /** fuse_flush_in and fuse_release_in: fh, then fields left 0 (no flags, no lock owner). */
+  private fhOnly(opcode: number, unique: number, nodeid: number, fh: number): number {
     this.u64(IN_HEADER_SIZE, fh);
     this.u64(IN_HEADER_SIZE + 8, 0);
     this.u64(IN_HEADER_SIZE + 16, 0);
-    return this.header(IN_HEADER_SIZE + 24, Op.RELEASE, unique, nodeid);
+    return this.header(IN_HEADER_SIZE + 24, opcode, unique, nodeid);
   }
 }
 
@@ -150,6 +152,6 @@ export class RawFuseReply {
 
   /** fuse_open_out.fh after the fuse_entry_out of a CREATE reply. */
   createFh(): number {
-    return this.u64(OUT_HEADER_SIZE + 128);
+    return this.u64(OUT_HEADER_SIZE + EntryOut.size);
   }
 }

@@ -5,7 +5,7 @@ import { Epoll, EPOLLIN, EPOLLRDHUP } from '../../../protocol/sys/epoll.js';
 import { eventfdRead } from '../../../protocol/sys/fd.js';
 import { schedYield } from '../../../protocol/sys/proc.js';
 import { KumoVuError } from '../errors.js';
-import { VuDevice, type VuQueue } from '../device.js';
+import { VuDevice } from '../device.js';
 import type { Segment } from '../../../protocol/virtqueue/layout.js';
 
 /** Request and reply buffer of one slot: a 1 MiB WRITE/READ plus headers. */
@@ -40,7 +40,7 @@ interface Slot {
   reqAddr: number;
   repAddr: number;
   replySize: number;
-  /** Segment lists reused by rawSubmit (DriverQueue.add reads them at once). */
+  /** Segment lists reused for every chain of the slot (DriverQueue.add reads them at once). */
   readSeg: Segment[];
   writeSeg: Segment[];
   resolve: (b: Uint8Array) => void;
@@ -112,9 +112,7 @@ export class VirtioFsTransport implements FuseTransport {
   }
 
   async call(request: Uint8Array, replySize: number, hiprio = false): Promise<Uint8Array> {
-    if (request.length > (hiprio ? HIPRIO_SLOT : SLOT) || replySize > (hiprio ? 0 : SLOT)) {
-      throw new KumoVuError('FUSE request too large', { len: request.length, replySize, hiprio });
-    }
+    checkFits(hiprio, request.length, replySize);
     if (this.closed) throw new KumoVuError('transport closed');
     if (this.broken) throw this.broken;
     const slot = await this.takeSlot(hiprio);
@@ -122,15 +120,12 @@ export class VirtioFsTransport implements FuseTransport {
       this.giveSlot(slot);
       throw this.broken;
     }
-    const q: VuQueue = this.dev.queues[hiprio ? 0 : 1];
     this.mem.write(slot.reqAddr, request);
     slot.replySize = replySize;
-    const head = q.dq.add([{ addr: slot.reqAddr, len: request.length }], replySize > 0 ? [{ addr: slot.repAddr, len: replySize }] : [], slot.token);
-    if (head === null) {
+    if (!this.enqueue(slot, request.length, replySize)) {
       this.giveSlot(slot);
       throw new KumoVuError('virtqueue full');
     }
-    this.dirty[q.index] = true;
     this.inFlight++;
     const reply = new Promise<Uint8Array>((resolve, reject) => {
       slot.resolve = resolve;
@@ -238,15 +233,18 @@ export class VirtioFsTransport implements FuseTransport {
   /** Queues the `reqLen` bytes written into slot.request, with `replyLen` bytes of reply space; sent by rawWait(). */
   rawSubmit(slot: RawSlot, reqLen: number, replyLen: number): void {
     if (this.broken) throw this.broken;
-    const s = this.slots[slot.token];
-    if (reqLen > slot.request.length || replyLen > slot.reply.length) {
-      throw new KumoVuError('FUSE request too large', { len: reqLen, replySize: replyLen, hiprio: s.hiprio });
-    }
+    checkFits(slot.hiprio, reqLen, replyLen);
+    if (!this.enqueue(this.slots[slot.token], reqLen, replyLen)) throw new KumoVuError('virtqueue full');
+  }
+
+  /** Adds slot s's chain (reqLen request bytes, replyLen bytes of reply space) to its queue; false when full. */
+  private enqueue(s: Slot, reqLen: number, replyLen: number): boolean {
     s.readSeg[0].len = reqLen;
     s.writeSeg[0].len = replyLen;
     const q = this.dev.queues[s.hiprio ? 0 : 1];
-    if (q.dq.add(s.readSeg, replyLen > 0 ? s.writeSeg : NO_SEGMENTS, s.token) === null) throw new KumoVuError('virtqueue full');
+    if (q.dq.add(s.readSeg, replyLen > 0 ? s.writeSeg : NO_SEGMENTS, s.token) === null) return false;
     this.dirty[q.index] = true;
+    return true;
   }
 
   /** Sends what rawSubmit() queued and blocks until at least one chain is back: onUsed(token, usedLen) for each. */
@@ -294,6 +292,13 @@ export class VirtioFsTransport implements FuseTransport {
     this.failAll(new KumoVuError('transport closed'));
     this.epoll.close();
     this.dev.close();
+  }
+}
+
+/** A request and reply that fit a slot of that queue (hiprio chains have no reply space). */
+function checkFits(hiprio: boolean, reqLen: number, replyLen: number): void {
+  if (reqLen > (hiprio ? HIPRIO_SLOT : SLOT) || replyLen > (hiprio ? 0 : SLOT)) {
+    throw new KumoVuError('FUSE request too large', { len: reqLen, replySize: replyLen, hiprio });
   }
 }
 
