@@ -163,12 +163,14 @@ describe.skipIf(!hasKvm)('vCPU exit loop on /dev/kvm (stub device model)', () =>
     withMachine(2, async (m) => {
       const mem = m.ram.memory;
       mem.write(0x2000, Uint8Array.from([...x86.print16('A', 0x10), ...POWEROFF, ...x86.jmpSelf()]));
+      // The BSP prints before it starts the AP: the AP's power-off may end the run at any moment after.
       mem.write(0x100000, Uint8Array.from([
+        ...x86.print('B', 0x10),
         ...x86.movEbx(0xfee0_00f0), ...x86.movEax(0x1ff), ...x86.storeEaxAtEbx(),
         ...x86.movEbx(0xfee0_0310), ...x86.movEax(0x0100_0000), ...x86.storeEaxAtEbx(), // ICR high: APIC id 1
         ...x86.movEbx(0xfee0_0300), ...x86.movEax(0x4500), ...x86.storeEaxAtEbx(), // INIT
         ...x86.movEax(0x4602), ...x86.storeEaxAtEbx(), // SIPI, vector 2 → 0x2000
-        ...x86.print('B', 0x10), ...x86.jmpSelf(),
+        ...x86.jmpSelf(),
       ]));
       setMode(m, 0, 'protected', 0x100000);
       const res = await runWithStub(m);
