@@ -11,7 +11,9 @@ interface LineSink {
   write(line: string): void;
 }
 // Logs go to stderr so stdout stays free for a guest console or a tool's report; --syslog moves them.
-const stderrSink: LineSink = pino.destination(2);
+// Synchronous: a queue worker thread blocks in its epoll loop, so an async write's completion would never
+// run there and every later line of that thread stayed buffered (its warnings were lost).
+const stderrSink: LineSink = pino.destination({ dest: 2, sync: true });
 let sink: LineSink = (process.env[SYSLOG_ENV] && SyslogSink.open(process.env[SYSLOG_ENV])) || stderrSink;
 const root: Logger = pino({ level, base: { pid: process.pid } }, { write: (line: string) => sink.write(line) });
 

@@ -21,7 +21,7 @@ export class VirtioFsBackend implements VhostUserBackend {
     private readonly tag: string | null,
     worker: Partial<Omit<FsWorkerData, 'opts'>> = {},
   ) {
-    const data: FsWorkerData = { opts, pollUs: DEFAULT_POLL_US, threadPoolSize: null, seccomp: 'none', ...worker };
+    const data: FsWorkerData = { opts, pollUs: DEFAULT_POLL_US, threadPoolSize: null, seccomp: 'none', capabilities: null, ...worker };
     this.queueWorker = { module: siblingWorkerModule(import.meta.url, 'queue-worker'), data };
   }
 

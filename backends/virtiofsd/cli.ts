@@ -1,4 +1,6 @@
 import { FsConfigError } from './errors.js';
+import { parseXattrMap } from './xattrmap.js';
+import { parseModcaps, type ModCaps } from './capabilities.js';
 import { SECCOMP_ACTIONS, type SeccompAction } from '../../protocol/sys/seccomp.js';
 import { defaultFsOptions, type CacheMode, type FileHandleMode, type FsOptions, type SandboxMode } from './options.js';
 
@@ -16,6 +18,8 @@ export interface DaemonConfig {
   threadPoolSize: number | null;
   /** --seccomp: the request thread's syscall filter (x86-64 only). */
   seccomp: SeccompAction;
+  /** --modcaps: changes to the capabilities the request thread keeps. */
+  modcaps: ModCaps | null;
   /** virtiofsd options given that kumo accepts but does not implement (warned about at start). */
   ignored: string[];
   /** kumo extension: busy-poll window (µs) after the last request; 0 sleeps at once. */
@@ -29,15 +33,19 @@ export const USAGE = `kumo-virtiofsd --socket-path=PATH|--fd=N --shared-dir=DIR 
   [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--announce-submounts]
   [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
   [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL] [--syslog] [--poll-us=N] [--print-capabilities]
-  [--seccomp=none|kill|log|trap] [--preserve-noatime]
-QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,posix_lock,writeback,readdirplus
+  [--seccomp=none|kill|log|trap] [--preserve-noatime] [--xattrmap=RULES] [--modcaps=LIST]
+QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=RULES,posix_lock,writeback,readdirplus
+--xattrmap=RULES (implies --xattr): virtiofsd's xattr name mapping, e.g. ':map::user.virtiofs.:' keeps every guest
+  xattr under user.virtiofs. on the host; rules :prefix|ok|bad|unsupported:client|server|all:KEY:PREPEND:
 --thread-pool-size=N: with a second CPU, large READs may be copied by io_uring worker threads while other
   requests wait; N caps those threads, 0 keeps every READ on the request thread (default: CPUs - 1)
 --seccomp: the thread that serves guest requests may make only the syscalls its work needs; any other
   kills the daemon (kill, the default, or trap: SIGSYS), is logged by the kernel (log) or allowed (none)
 --preserve-noatime: keep the guest's O_NOATIME (dropped by default, as virtiofsd does)
-Accepted for compatibility but without effect (a warning says so): --modcaps, --security-label, --posix-acl,
-  --killpriv-v2, -o flock, -o timeout
+--modcaps=+CAP:-CAP...: the thread serving guest requests keeps only chown, dac_override, fowner, fsetid,
+  setgid, setuid, mknod and setfcap (plus dac_read_search with file handles), as virtiofsd does; +CAP adds, -CAP removes
+Accepted for compatibility but without effect (a warning says so): --security-label, --posix-acl, --killpriv-v2,
+  -o flock, -o timeout
 --inode-file-handles=prefer|mandatory: inodes are known by file handle; at most KUMO_FS_OPEN_INODE_FDS (1024)
   of their O_PATH fds stay open, the rest are reopened by handle when used (needs CAP_DAC_READ_SEARCH).`;
 
@@ -56,7 +64,7 @@ function int(name: string, v: string): number {
 export function parseArgs(argv: string[]): DaemonConfig {
   let socketPath: string | null = null;
   let sharedDir: string | null = null;
-  const cfg = { syslog: false, listenFd: null as number | null, socketGroup: null as string | null, tag: null as string | null, threadPoolSize: null as number | null, seccomp: 'kill' as SeccompAction, ignored: [] as string[], pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
+  const cfg = { syslog: false, listenFd: null as number | null, socketGroup: null as string | null, tag: null as string | null, threadPoolSize: null as number | null, seccomp: 'kill' as SeccompAction, modcaps: null as ModCaps | null, ignored: [] as string[], pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
   const o: Partial<FsOptions> = { sandbox: 'namespace' };
   const set = (key: string, val: string | null): void => {
     const v = val ?? '';
@@ -76,6 +84,10 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'inode-file-handles': o.inodeFileHandles = oneOf(key, v || 'prefer', ['never', 'prefer', 'mandatory'] as FileHandleMode[]); break;
       case 'xattr': o.xattr = true; break;
       case 'no_xattr': o.xattr = false; break;
+      case 'xattrmap':
+        o.xattrmap = parseXattrMap(v);
+        o.xattr = true;
+        break;
       case 'posix-lock': case 'posix_lock': o.posixLock = true; break;
       case 'no_posix_lock': o.posixLock = false; break;
       case 'announce-submounts': case 'announce_submounts': o.announceSubmounts = true; break;
@@ -89,7 +101,8 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'preserve-noatime': o.preserveNoatime = true; break;
       case 'syslog': cfg.syslog = true; break;
       // Accepted for command-line compatibility; they change nothing here (main.ts says so at start).
-      case 'modcaps': case 'flock': case 'timeout':
+      case 'modcaps': cfg.modcaps = parseModcaps(v); break;
+      case 'flock': case 'timeout':
       case 'security-label': case 'posix-acl': case 'killpriv-v2':
         cfg.ignored.push(key);
         break;
@@ -110,7 +123,7 @@ export function parseArgs(argv: string[]): DaemonConfig {
     } else if (a.startsWith('--')) {
       const eq = a.indexOf('=');
       const key = eq < 0 ? a.slice(2) : a.slice(2, eq);
-      const takesValue = ['socket-path', 'shared-dir', 'tag', 'cache', 'sandbox', 'thread-pool-size', 'rlimit-nofile', 'poll-us', 'log-level', 'inode-file-handles', 'seccomp', 'fd', 'socket-group', 'modcaps'].includes(key);
+      const takesValue = ['socket-path', 'shared-dir', 'tag', 'cache', 'sandbox', 'thread-pool-size', 'rlimit-nofile', 'poll-us', 'log-level', 'inode-file-handles', 'seccomp', 'fd', 'socket-group', 'modcaps', 'xattrmap'].includes(key);
       const val = eq >= 0 ? a.slice(eq + 1) : takesValue ? (argv[++i] ?? '') : null;
       set(key, val);
     } else if (a === '-f' || a === '-d') {

@@ -9,6 +9,7 @@ import { parseArgs, USAGE } from './cli.js';
 import { DEFAULT_POLL_US, VirtioFsBackend } from './backend.js';
 import { FsConfigError, FsError } from './errors.js';
 import { InodeHandles } from './inode-handles.js';
+import { requestThreadCaps } from './capabilities.js';
 import type { FsOptions } from './options.js';
 
 const O_PATH_DIR = O_PATH | O_DIRECTORY | O_CLOEXEC;
@@ -136,7 +137,10 @@ async function main(argv: string[]): Promise<number> {
     cfg.seccomp = 'none';
   }
   raiseNofile(cfg.rlimitNofile);
-  const daemon = new VhostUserDaemon(new VirtioFsBackend(cfg.fs, cfg.tag, { pollUs: cfg.pollUs ?? DEFAULT_POLL_US, threadPoolSize: cfg.threadPoolSize, seccomp: cfg.seccomp }), {
+  const daemon = new VhostUserDaemon(new VirtioFsBackend(cfg.fs, cfg.tag, {
+    pollUs: cfg.pollUs ?? DEFAULT_POLL_US, threadPoolSize: cfg.threadPoolSize, seccomp: cfg.seccomp,
+    capabilities: requestThreadCaps(cfg.fs.inodeFileHandles !== 'never', cfg.modcaps),
+  }), {
     socketPath: cfg.socketPath ?? undefined, listenFd: cfg.listenFd ?? undefined, exitOnDisconnect: true, name: 'virtiofsd',
   });
   const gid = cfg.socketGroup === null ? null : groupId(cfg.socketGroup);

@@ -1,3 +1,5 @@
+import type { XattrRule } from './xattrmap.js';
+
 /** Settings of one passthrough filesystem (the parsed kumo-virtiofsd command line, minus the socket). */
 export type CacheMode = 'auto' | 'always' | 'never' | 'metadata';
 export type SandboxMode = 'namespace' | 'chroot' | 'none';
@@ -7,6 +9,8 @@ export interface FsOptions {
   sharedDir: string;
   cache: CacheMode;
   xattr: boolean;
+  /** --xattrmap: how xattr names are renamed or refused between guest and host (null: passed as they are). */
+  xattrmap: XattrRule[] | null;
   posixLock: boolean;
   readonly: boolean;
   writeback: boolean;
@@ -25,6 +29,7 @@ export const defaultFsOptions = (sharedDir: string): FsOptions => ({
   sharedDir,
   cache: 'auto',
   xattr: false,
+  xattrmap: null,
   posixLock: false,
   readonly: false,
   writeback: false,

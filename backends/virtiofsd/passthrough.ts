@@ -9,6 +9,7 @@ import { InodeHandles, sameHandle } from './inode-handles.js';
 import { E, FsError } from './errors.js';
 import { HandleTable, Inode, InodeTable, type Handle } from './inodes.js';
 import { cacheTimeout, type FsOptions } from './options.js';
+import { XattrMap } from './xattrmap.js';
 
 const O_ACCMODE = 3;
 const O_WRONLY = 1;
@@ -100,6 +101,7 @@ export class PassthroughFs {
   private readonly egid: number;
   private readonly direntBuf = Buffer.alloc(64 * 1024);
   private readonly linkBuf = Buffer.alloc(4096);
+  private readonly xattrMap: XattrMap | null;
   /** st_dev -> whether its filesystem has a flush operation (see flush()). */
   private readonly flushByDev = new Map<number, boolean>();
   /** See HELD_SCORE_MAX; starts at the middle, so the first LOOKUP is stat'ed first. */
@@ -121,6 +123,7 @@ export class PassthroughFs {
     this.root = this.inodes.setRoot(fd, Number(st.dev), st.ino, st.mode & fs.S_IFMT);
     this.fileHandles = opts.inodeFileHandles === 'never' ? null : InodeHandles.probe(opts.inodeFileHandles, fd, this.procSelfFd, opts.openInodeFds);
     this.timeout = cacheTimeout(opts.cache);
+    this.xattrMap = opts.xattrmap ? new XattrMap(opts.xattrmap) : null;
     this.euid = rawSyscall(107); // geteuid
     this.egid = rawSyscall(108); // getegid
   }
@@ -651,28 +654,37 @@ export class PassthroughFs {
   setxattr(i: Inode, name: Uint8Array, value: Uint8Array, flags: number): void {
     this.xattrOn();
     this.writable();
-    this.withXattrFd(i, true, (fd, p) => (fd !== null ? fs.fsetxattr(fd, name, value, flags) : fs.setxattr(p, name, value, flags)));
+    const host = this.xattrMap?.toServer(name, 'set') ?? name;
+    this.withXattrFd(i, true, (fd, p) => (fd !== null ? fs.fsetxattr(fd, host, value, flags) : fs.setxattr(p, host, value, flags)));
   }
 
   /** size 0 asks for the value's length. */
   getxattr(i: Inode, name: Uint8Array, size: number): number | Uint8Array {
     this.xattrOn();
+    const host = this.xattrMap?.toServer(name, 'get') ?? name;
     const buf = size > 0 ? Buffer.alloc(Math.min(size, XATTR_SIZE_MAX)) : null;
-    const n = this.withXattrFd(i, false, (fd, p) => (fd !== null ? fs.fgetxattr(fd, name, buf) : fs.getxattr(p, name, buf)));
+    const n = this.withXattrFd(i, false, (fd, p) => (fd !== null ? fs.fgetxattr(fd, host, buf) : fs.getxattr(p, host, buf)));
     return buf ? buf.subarray(0, n) : n;
   }
 
   listxattr(i: Inode, size: number): number | Uint8Array {
     this.xattrOn();
-    const buf = size > 0 ? Buffer.alloc(Math.min(size, XATTR_SIZE_MAX)) : null;
+    const map = this.xattrMap;
+    // Mapped names differ in length from the host's: the whole host list is read even when only its size is asked.
+    const buf = map !== null ? Buffer.alloc(XATTR_SIZE_MAX) : size > 0 ? Buffer.alloc(Math.min(size, XATTR_SIZE_MAX)) : null;
     const n = this.withXattrFd(i, false, (fd, p) => (fd !== null ? fs.flistxattr(fd, buf) : fs.listxattr(p, buf)));
-    return buf ? buf.subarray(0, n) : n;
+    if (map === null) return buf ? buf.subarray(0, n) : n;
+    const list = map.mapList((buf as Buffer).subarray(0, n));
+    if (size === 0) return list.length;
+    if (list.length > size) throw new FsError(E.ERANGE, 'xattr list larger than the buffer', { size, needed: list.length });
+    return list;
   }
 
   removexattr(i: Inode, name: Uint8Array): void {
     this.xattrOn();
     this.writable();
-    this.withXattrFd(i, true, (fd, p) => (fd !== null ? fs.fremovexattr(fd, name) : fs.removexattr(p, name)));
+    const host = this.xattrMap?.toServer(name, 'set') ?? name;
+    this.withXattrFd(i, true, (fd, p) => (fd !== null ? fs.fremovexattr(fd, host) : fs.removexattr(p, host)));
   }
 
   // ---- POSIX locks (OFD locks, one open file description per guest lock owner) -------------

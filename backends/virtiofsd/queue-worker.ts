@@ -12,6 +12,7 @@ import { enterSandbox } from './sandbox.js';
 import type { FsOptions } from './options.js';
 import { REQUEST_THREAD_SYSCALLS } from './seccomp-policy.js';
 import { restrictThreadSyscalls, type SeccompAction } from '../../protocol/sys/seccomp.js';
+import { CAP_NAMES, restrictThreadCaps } from '../../protocol/sys/caps.js';
 
 export interface FsWorkerData {
   opts: FsOptions;
@@ -24,6 +25,8 @@ export interface FsWorkerData {
   pollUs: number;
   /** --seccomp: what a syscall outside REQUEST_THREAD_SYSCALLS does once this thread serves requests. */
   seccomp: SeccompAction;
+  /** Capabilities this thread keeps once it serves requests (numbers, see requestThreadCaps); null keeps all it has. */
+  capabilities: number[] | null;
 }
 
 /** After this long serving without a break the loop yields to the worker's epoll (control commands). */
@@ -44,7 +47,7 @@ const OFFLOAD_TOKEN = HANDLER_TOKEN_BASE + 2;
  * too); only when nothing arrives does it re-enable kicks and go back to epoll.
  */
 export const createQueueHandler: CreateQueueHandler = (ctx) => {
-  const { opts, pollUs, threadPoolSize, seccomp } = ctx.data as FsWorkerData;
+  const { opts, pollUs, threadPoolSize, seccomp, capabilities } = ctx.data as FsWorkerData;
   const fs = new PassthroughFs(opts, enterSandbox(opts, ctx.log));
   const offload = threadPoolSize === 0 ? null : ReadOffload.create(MAX_IOV, threadPoolSize ?? 0, ctx.log);
   if (offload !== null) ctx.epoll.add(offload.efd, EPOLLIN, OFFLOAD_TOKEN);
@@ -55,9 +58,11 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
   // Written when a slice ends with work left, so the epoll loop comes straight back to it.
   const resumeFd = eventfd();
   ctx.epoll.add(resumeFd, EPOLLIN, RESUME_TOKEN);
+  // After the sandbox (which needs CAP_SYS_ADMIN) and before the filter (which has no capset).
+  const caps = capabilities === null ? null : restrictThreadCaps(capabilities).map((c) => CAP_NAMES[c] ?? c);
   // Last: everything above needs calls that serving requests never makes again.
   restrictThreadSyscalls(REQUEST_THREAD_SYSCALLS, seccomp);
-  ctx.log.info({ dir: opts.sharedDir, sandbox: opts.sandbox, pollUs, seccomp }, 'virtio-fs worker ready');
+  ctx.log.info({ dir: opts.sharedDir, sandbox: opts.sandbox, pollUs, seccomp, caps }, 'virtio-fs worker ready');
 
   /** Serves every available chain of one ring; publishes and signals once for the batch. */
   function drain(q: VringHandle): number {

@@ -346,7 +346,9 @@ describe('kumo-virtiofsd under random socket traffic', () => {
         stderr += d.toString();
       });
       const exited = new Promise<void>((r) => child.once('exit', () => r()));
-      for (let i = 0; i < 200 && !existsSync(sock) && child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 25));
+      // A loaded host may take seconds to start node and the worker thread.
+      for (let i = 0; i < 600 && !existsSync(sock) && child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 25));
+      expect(existsSync(sock), `connection ${c}: no socket after 15 s: ${stderr.slice(-2000)}`).toBe(true);
       // MQ | REPLY_ACK | CONFIGURE_MEM_SLOTS
       const f = new Fuzzer(rng, unixConnect(sock), 0x8009);
       if (rng.chance(0.8)) f.preamble();
