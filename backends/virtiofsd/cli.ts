@@ -30,11 +30,11 @@ export interface DaemonConfig {
 }
 
 export const USAGE = `kumo-virtiofsd --socket-path=PATH|--fd=N --shared-dir=DIR [--socket-group=GROUP] [--tag=TAG] [--cache=auto|always|never|metadata]
-  [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--announce-submounts]
+  [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--posix-acl] [--announce-submounts]
   [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
   [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL] [--syslog] [--poll-us=N] [--print-capabilities]
   [--seccomp=none|kill|log|trap] [--preserve-noatime] [--xattrmap=RULES] [--modcaps=LIST]
-QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=RULES,posix_lock,writeback,readdirplus
+QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=RULES,posix_lock,posix_acl,writeback,readdirplus
 --xattrmap=RULES (implies --xattr): virtiofsd's xattr name mapping, e.g. ':map::user.virtiofs.:' keeps every guest
   xattr under user.virtiofs. on the host; rules :prefix|ok|bad|unsupported:client|server|all:KEY:PREPEND:
 --thread-pool-size=N: with a second CPU, large READs may be copied by io_uring worker threads while other
@@ -44,8 +44,9 @@ QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=
 --preserve-noatime: keep the guest's O_NOATIME (dropped by default, as virtiofsd does)
 --modcaps=+CAP:-CAP...: the thread serving guest requests keeps only chown, dac_override, fowner, fsetid,
   setgid, setuid, mknod and setfcap (plus dac_read_search with file handles), as virtiofsd does; +CAP adds, -CAP removes
-Accepted for compatibility but without effect (a warning says so): --security-label, --posix-acl, --killpriv-v2,
-  -o flock, -o timeout
+--posix-acl (implies --xattr): the guest enforces POSIX ACLs; the share keeps them as system.posix_acl_* xattrs
+Accepted for compatibility but without effect (a warning says so): --security-label, --killpriv-v2, -o flock,
+  -o timeout
 --inode-file-handles=prefer|mandatory: inodes are known by file handle; at most KUMO_FS_OPEN_INODE_FDS (1024)
   of their O_PATH fds stay open, the rest are reopened by handle when used (needs CAP_DAC_READ_SEARCH).`;
 
@@ -90,6 +91,11 @@ export function parseArgs(argv: string[]): DaemonConfig {
         break;
       case 'posix-lock': case 'posix_lock': o.posixLock = true; break;
       case 'no_posix_lock': o.posixLock = false; break;
+      case 'posix-acl': case 'posix_acl':
+        o.posixAcl = true;
+        o.xattr = true;
+        break;
+      case 'no_posix_acl': o.posixAcl = false; break;
       case 'announce-submounts': case 'announce_submounts': o.announceSubmounts = true; break;
       case 'no-announce-submounts': o.announceSubmounts = false; break;
       case 'readonly': o.readonly = true; break;
@@ -103,7 +109,7 @@ export function parseArgs(argv: string[]): DaemonConfig {
       // Accepted for command-line compatibility; they change nothing here (main.ts says so at start).
       case 'modcaps': cfg.modcaps = parseModcaps(v); break;
       case 'flock': case 'timeout':
-      case 'security-label': case 'posix-acl': case 'killpriv-v2':
+      case 'security-label': case 'killpriv-v2':
         cfg.ignored.push(key);
         break;
       case 'no_flock':

@@ -12,6 +12,8 @@ export interface FsOptions {
   /** --xattrmap: how xattr names are renamed or refused between guest and host (null: passed as they are). */
   xattrmap: XattrRule[] | null;
   posixLock: boolean;
+  /** --posix-acl: the guest kernel enforces POSIX ACLs, kept as system.posix_acl_* xattrs on the host. */
+  posixAcl: boolean;
   readonly: boolean;
   writeback: boolean;
   allowDirectIo: boolean;
@@ -31,6 +33,7 @@ export const defaultFsOptions = (sharedDir: string): FsOptions => ({
   xattr: false,
   xattrmap: null,
   posixLock: false,
+  posixAcl: false,
   readonly: false,
   writeback: false,
   allowDirectIo: false,

@@ -36,6 +36,8 @@ const SEEK_SET = 0;
 const RENAME_NOREPLACE = 1;
 const RENAME_EXCHANGE = 2;
 const XATTR_SIZE_MAX = 65536;
+const ACL_ACCESS_XATTR = Buffer.from('system.posix_acl_access');
+const S_ISGID = 0o2000;
 
 const log = logger('virtiofsd');
 const dec = new TextDecoder();
@@ -273,11 +275,11 @@ export class PassthroughFs {
   }
 
   /** CREATE for the request loop (`cname` NUL-terminated); the new inode's stat is left in fs.rawStat. */
-  createRaw(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number): { nodeid: number; fh: number } {
+  createRaw(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number, umask = 0): { nodeid: number; fh: number } {
     const bad = nameErrno(cname, cname.length - 1);
     if (bad !== 0) throw new FsError(bad, 'bad name');
     this.writable();
-    const fd = this.createOpen(c, parent, cname, flags, mode);
+    const fd = this.createOpen(c, parent, cname, flags, mode, umask);
     if (fd < 0) throw new FsError(-fd, 'create failed');
     const pathFd = fs.openat2Raw(parent.fd, cname, O_PATH | O_NOFOLLOW, 0, RESOLVE);
     const nodeid = pathFd < 0 ? pathFd : this.registerRaw(pathFd);
@@ -295,9 +297,9 @@ export class PassthroughFs {
    * regular file: a plain O_CREAT open would block this thread on a FIFO, or open a host device
    * through a device node the guest made with MKNOD.
    */
-  private createOpen(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number): number {
+  private createOpen(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number, umask: number): number {
     const fl = this.openFlags(flags) | O_NOFOLLOW;
-    const fd = this.asCaller(c, () => fs.openat2Raw(parent.fd, cname, fl | O_CREAT | O_EXCL, mode & 0o7777, RESOLVE));
+    const fd = this.asCaller(c, () => fs.openat2Raw(parent.fd, cname, fl | O_CREAT | O_EXCL, mode & 0o7777, RESOLVE), umask);
     if (fd !== -E.EEXIST || (fl & O_EXCL) !== 0) return fd;
     const pathFd = fs.openat2Raw(parent.fd, cname, O_PATH | O_NOFOLLOW, 0, RESOLVE);
     if (pathFd < 0) return pathFd;
@@ -321,7 +323,11 @@ export class PassthroughFs {
 
   // ---- creation (with the caller's fsuid/fsgid) -------------------------------------------
 
-  private asCaller<T>(c: Caller, f: () => T): T {
+  /**
+   * Runs a creation as the caller. `umask` is the guest's when it stopped masking modes itself (POSIX ACLs):
+   * the host applies it, unless the parent's default ACL decides the mode. This thread's umask is otherwise 0.
+   */
+  private asCaller<T>(c: Caller, f: () => T, umask = 0): T {
     const switchGid = c.gid !== this.egid;
     const switchUid = c.uid !== this.euid;
     if (switchGid) fs.setresgidThread(-1, c.gid, -1);
@@ -333,9 +339,11 @@ export class PassthroughFs {
         throw e;
       }
     }
+    if (umask !== 0) fs.umask(umask);
     try {
       return f();
     } finally {
+      if (umask !== 0) fs.umask(0);
       if (switchUid) fs.setresuidThread(-1, this.euid, -1);
       if (switchGid) fs.setresgidThread(-1, this.egid, -1);
     }
@@ -349,17 +357,17 @@ export class PassthroughFs {
     return this.register(fs.openat2(parent.fd, name, O_PATH | O_NOFOLLOW, 0, RESOLVE));
   }
 
-  mkdir(c: Caller, parent: Inode, name: Uint8Array, mode: number): EntryOut {
+  mkdir(c: Caller, parent: Inode, name: Uint8Array, mode: number, umask = 0): EntryOut {
     checkName(name);
     this.writable();
-    this.asCaller(c, () => fs.mkdirat(parent.fd, name, mode & 0o7777));
+    this.asCaller(c, () => fs.mkdirat(parent.fd, name, mode & 0o7777), umask);
     return this.newEntry(parent, name);
   }
 
-  mknod(c: Caller, parent: Inode, name: Uint8Array, mode: number, rdev: number): EntryOut {
+  mknod(c: Caller, parent: Inode, name: Uint8Array, mode: number, rdev: number, umask = 0): EntryOut {
     checkName(name);
     this.writable();
-    this.asCaller(c, () => fs.mknodat(parent.fd, name, mode, rdev));
+    this.asCaller(c, () => fs.mknodat(parent.fd, name, mode, rdev), umask);
     return this.newEntry(parent, name);
   }
 
@@ -371,10 +379,10 @@ export class PassthroughFs {
     return this.newEntry(parent, name);
   }
 
-  create(c: Caller, parent: Inode, name: Uint8Array, flags: number, mode: number): { entry: EntryOut; fh: number } {
+  create(c: Caller, parent: Inode, name: Uint8Array, flags: number, mode: number, umask = 0): { entry: EntryOut; fh: number } {
     checkName(name);
     this.writable();
-    const fd = this.createOpen(c, parent, fs.cstr(name), flags, mode);
+    const fd = this.createOpen(c, parent, fs.cstr(name), flags, mode, umask);
     if (fd < 0) throw new FsError(-fd, 'create failed');
     let entry: EntryOut;
     try {
@@ -651,11 +659,19 @@ export class PassthroughFs {
     }
   }
 
-  setxattr(i: Inode, name: Uint8Array, value: Uint8Array, flags: number): void {
+  /**
+   * `killSgid` (FUSE_SETXATTR_ACL_KILL_SGID): the caller setting an access ACL may not keep the set-group-ID
+   * bit, which this daemon (CAP_FSETID) would otherwise keep for it.
+   */
+  setxattr(i: Inode, name: Uint8Array, value: Uint8Array, flags: number, killSgid = false): void {
     this.xattrOn();
     this.writable();
     const host = this.xattrMap?.toServer(name, 'set') ?? name;
     this.withXattrFd(i, true, (fd, p) => (fd !== null ? fs.fsetxattr(fd, host, value, flags) : fs.setxattr(p, host, value, flags)));
+    if (killSgid && this.opts.posixAcl && Buffer.from(name).equals(ACL_ACCESS_XATTR)) {
+      const mode = fs.fstat(i.fd).mode;
+      if (mode & S_ISGID) fs.fchmodat(this.procSelfFd, String(i.fd), mode & 0o7777 & ~S_ISGID, 0);
+    }
   }
 
   /** size 0 asks for the value's length. */

@@ -17,8 +17,8 @@ export const REQUEST_THREAD_SYSCALLS: readonly SyscallName[] = [
   'getxattr', 'lgetxattr', 'fgetxattr', 'setxattr', 'lsetxattr', 'fsetxattr', 'listxattr', 'llistxattr',
   'flistxattr', 'removexattr', 'lremovexattr', 'fremovexattr', 'fcntl',
   'name_to_handle_at', 'open_by_handle_at',
-  // The caller's credentials around creating calls (per thread).
-  'setresuid', 'setresgid', 'setgroups', 'getuid', 'geteuid', 'getgid', 'getegid',
+  // The caller's credentials (and with --posix-acl its umask) around creating calls (per thread).
+  'umask', 'setresuid', 'setresgid', 'setgroups', 'getuid', 'geteuid', 'getgid', 'getegid',
   // Rings, kicks and interrupts: epoll, eventfds, io_uring for spread READs.
   'epoll_wait', 'epoll_pwait', 'epoll_pwait2', 'epoll_ctl', 'io_uring_enter', 'sched_yield',
   // Guest memory tables (regions mapped and unmapped as the front-end changes them) and V8's heap

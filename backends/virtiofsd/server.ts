@@ -3,7 +3,7 @@ import {
   FUSE_GETATTR_FH, Fopen, FuseProtocolError,
   InHeader, OutHeader, EntryOut, AttrOut, ForgetIn, ForgetOne, BatchForgetIn, GetattrIn, MknodIn, MkdirIn,
   RenameIn, Rename2In, LinkIn, SetattrIn, OpenIn, CreateIn, OpenOut, ReleaseIn, FlushIn, ReadIn, WriteIn, WriteOut,
-  Kstatfs, FsyncIn, SetxattrIn, GetxattrIn, GetxattrOut, LkIn, LkOut, AccessIn, InitIn, InitOut, FallocateIn,
+  Kstatfs, FsyncIn, SetxattrIn, SetxattrExtIn, FUSE_SETXATTR_ACL_KILL_SGID, GetxattrIn, GetxattrOut, LkIn, LkOut, AccessIn, InitIn, InitOut, FallocateIn,
   LseekIn, LseekOut, ReaddirIn, CopyFileRangeIn, IN_HEADER_SIZE, OUT_HEADER_SIZE,
 } from '../../protocol/fuse/index.js';
 import { IoVecList } from '../../protocol/sys/fd.js';
@@ -44,6 +44,10 @@ export class FuseServer {
   private readonly outBuf = Buffer.alloc(OUT_HEADER_SIZE + 256 * 1024);
   private readonly iov = new IoVecList(MAX_IOV);
   private initialized = false;
+  /** POSIX ACLs negotiated: the guest sends modes unmasked with its umask beside them (FUSE_DONT_MASK). */
+  private dontMask = false;
+  /** FUSE_SETXATTR_EXT negotiated: setxattr_in carries setxattr_flags. */
+  private setxattrExt = false;
   readonly stats: ServerStats = { requests: 0, errors: 0, dropped: 0, internal: 0 };
 
   private readonly head = this.inBuf.subarray(0, IN_HEADER_SIZE);
@@ -189,11 +193,11 @@ export class FuseServer {
       }
       case Op.MKNOD: {
         const m = MknodIn.decode(a);
-        return this.replyStruct(io, u, EntryOut, fs.mknod(caller, fs.inode(h.nodeid), cstring(a, MknodIn.size).name, m.mode, m.rdev));
+        return this.replyStruct(io, u, EntryOut, fs.mknod(caller, fs.inode(h.nodeid), cstring(a, MknodIn.size).name, m.mode, m.rdev, this.umask(m.umask)));
       }
       case Op.MKDIR: {
         const m = MkdirIn.decode(a);
-        return this.replyStruct(io, u, EntryOut, fs.mkdir(caller, fs.inode(h.nodeid), cstring(a, MkdirIn.size).name, m.mode));
+        return this.replyStruct(io, u, EntryOut, fs.mkdir(caller, fs.inode(h.nodeid), cstring(a, MkdirIn.size).name, m.mode, this.umask(m.umask)));
       }
       case Op.UNLINK:
       case Op.RMDIR:
@@ -218,7 +222,7 @@ export class FuseServer {
       }
       case Op.CREATE: {
         const c = CreateIn.decode(a);
-        const r = fs.create(caller, fs.inode(h.nodeid), cstring(a, CreateIn.size).name, c.flags, c.mode);
+        const r = fs.create(caller, fs.inode(h.nodeid), cstring(a, CreateIn.size).name, c.flags, c.mode, this.umask(c.umask));
         EntryOut.encode(r.entry, this.outBuf, OUT_HEADER_SIZE);
         OpenOut.encode({ fh: r.fh, openFlags: this.fopenFlags(false) }, this.outBuf, OUT_HEADER_SIZE + EntryOut.size);
         return this.reply(io, u, 0, EntryOut.size + OpenOut.size);
@@ -245,10 +249,11 @@ export class FuseServer {
         return this.reply(io, u, 0);
       }
       case Op.SETXATTR: {
-        const s = SetxattrIn.decode(a);
-        const name = cstring(a, SetxattrIn.size);
+        const s = this.setxattrExt ? SetxattrExtIn.decode(a) : { ...SetxattrIn.decode(a), setxattrFlags: 0 };
+        const name = cstring(a, this.setxattrExt ? SetxattrExtIn.size : SetxattrIn.size);
         if (name.next + s.size > a.length) throw new FuseProtocolError('setxattr value overruns request', { size: s.size });
-        fs.setxattr(fs.inode(h.nodeid), name.name, a.subarray(name.next, name.next + s.size), s.flags);
+        const killSgid = (s.setxattrFlags & FUSE_SETXATTR_ACL_KILL_SGID) !== 0;
+        fs.setxattr(fs.inode(h.nodeid), name.name, a.subarray(name.next, name.next + s.size), s.flags, killSgid);
         return this.reply(io, u, 0);
       }
       case Op.GETXATTR:
@@ -344,8 +349,14 @@ export class FuseServer {
     if (o.posixLock) want |= Init.POSIX_LOCKS;
     if (o.writeback) want |= Init.WRITEBACK_CACHE;
     if (o.announceSubmounts) want |= Init.SUBMOUNTS;
+    // The guest checks ACLs itself and leaves the umask to us (the host applies it unless a default ACL rules).
+    if (o.posixAcl) want |= (offered & Init.POSIX_ACL) !== 0n ? Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT : 0n;
     if (!o.readdirplus) want &= ~(Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO);
     const flags = offered & want;
+    if (o.posixAcl && (flags & Init.POSIX_ACL) === 0n) log.warn('--posix-acl: the guest kernel does not offer FUSE_POSIX_ACL; ACLs stay off');
+    this.dontMask = (flags & Init.DONT_MASK) !== 0n;
+    this.fast.dontMask = this.dontMask;
+    this.setxattrExt = (flags & Init.SETXATTR_EXT) !== 0n;
     this.initialized = true;
     log.info({ minor: i.minor, flags: `0x${flags.toString(16)}` }, 'FUSE session initialised');
     return this.replyStruct(io, u, InitOut, {
@@ -353,6 +364,11 @@ export class FuseServer {
       flags: Number(flags & 0xffffffffn), maxBackground: 0xffff, congestionThreshold: 0xbfff, maxWrite: FUSE_MAX_WRITE,
       timeGran: 1, maxPages: FUSE_MAX_WRITE / 4096, mapAlignment: 0, flags2: Number(flags >> 32n),
     });
+  }
+
+  /** The umask a creation applies itself: the guest's once it stopped masking modes, else none. */
+  private umask(guestUmask: number): number {
+    return this.dontMask ? guestUmask & 0o777 : 0;
   }
 
   private read(io: FuseIo, u: bigint, a: Buffer): number {

@@ -4,7 +4,7 @@ import { decodeDirents, decodeDirentsplus, type DirEntry } from './dirent.js';
 import { Op, FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, FUSE_ROOT_ID, Init } from './opcodes.js';
 import {
   InHeader, OutHeader, EntryOut, AttrOut, GetattrIn, MknodIn, MkdirIn, Rename2In, RenameIn, LinkIn, SetattrIn,
-  OpenIn, CreateIn, OpenOut, ReleaseIn, FlushIn, ReadIn, WriteIn, WriteOut, Kstatfs, FsyncIn, SetxattrIn, GetxattrIn,
+  OpenIn, CreateIn, OpenOut, ReleaseIn, FlushIn, ReadIn, WriteIn, WriteOut, Kstatfs, FsyncIn, SetxattrIn, SetxattrExtIn, GetxattrIn,
   GetxattrOut, LkIn, LkOut, AccessIn, InitIn, InitOut, FallocateIn, LseekIn, LseekOut, ReaddirIn, CopyFileRangeIn, ForgetIn,
   ForgetOne, BatchForgetIn, InterruptIn, SyncfsIn, IN_HEADER_SIZE, OUT_HEADER_SIZE,
   type EntryOut as EntryOutT, type Attr, type SetattrIn as SetattrInT, type FileLock, type InitOut as InitOutT,
@@ -120,11 +120,12 @@ export class FuseClient {
   async symlink(parent: number, name: string | Uint8Array, target: string | Uint8Array): Promise<EntryOutT> {
     return EntryOut.decode(await this.call(Op.SYMLINK, parent, [z(name), z(target)], EntryOut.size, 'SYMLINK'));
   }
-  async mknod(parent: number, name: string | Uint8Array, mode: number, rdev = 0): Promise<EntryOutT> {
-    return EntryOut.decode(await this.call(Op.MKNOD, parent, [MknodIn.pack({ mode, rdev, umask: 0 }), z(name)], EntryOut.size, 'MKNOD'));
+  /** `umask` matters once the server took FUSE_DONT_MASK: it then applies it (a kernel sends its process's). */
+  async mknod(parent: number, name: string | Uint8Array, mode: number, rdev = 0, umask = 0): Promise<EntryOutT> {
+    return EntryOut.decode(await this.call(Op.MKNOD, parent, [MknodIn.pack({ mode, rdev, umask }), z(name)], EntryOut.size, 'MKNOD'));
   }
-  async mkdir(parent: number, name: string | Uint8Array, mode = 0o755): Promise<EntryOutT> {
-    return EntryOut.decode(await this.call(Op.MKDIR, parent, [MkdirIn.pack({ mode, umask: 0 }), z(name)], EntryOut.size, 'MKDIR'));
+  async mkdir(parent: number, name: string | Uint8Array, mode = 0o755, umask = 0): Promise<EntryOutT> {
+    return EntryOut.decode(await this.call(Op.MKDIR, parent, [MkdirIn.pack({ mode, umask }), z(name)], EntryOut.size, 'MKDIR'));
   }
   async unlink(parent: number, name: string | Uint8Array): Promise<void> {
     await this.call(Op.UNLINK, parent, [z(name)], 0, 'UNLINK');
@@ -142,8 +143,8 @@ export class FuseClient {
   async open(nodeid: number, flags: number): Promise<{ fh: number; openFlags: number }> {
     return OpenOut.decode(await this.call(Op.OPEN, nodeid, [OpenIn.pack({ flags, openFlags: 0 })], OpenOut.size, 'OPEN'));
   }
-  async create(parent: number, name: string, flags: number, mode: number): Promise<{ entry: EntryOutT; fh: number }> {
-    const r = await this.call(Op.CREATE, parent, [CreateIn.pack({ flags, mode, umask: 0, openFlags: 0 }), z(name)], EntryOut.size + OpenOut.size, 'CREATE');
+  async create(parent: number, name: string, flags: number, mode: number, umask = 0): Promise<{ entry: EntryOutT; fh: number }> {
+    const r = await this.call(Op.CREATE, parent, [CreateIn.pack({ flags, mode, umask, openFlags: 0 }), z(name)], EntryOut.size + OpenOut.size, 'CREATE');
     return { entry: EntryOut.decode(r), fh: OpenOut.decode(r, EntryOut.size).fh };
   }
   async read(nodeid: number, fh: number, offset: number, size: number): Promise<Uint8Array> {
@@ -165,8 +166,11 @@ export class FuseClient {
   async fsync(nodeid: number, fh: number, datasync = false, dir = false): Promise<void> {
     await this.call(dir ? Op.FSYNCDIR : Op.FSYNC, nodeid, [FsyncIn.pack({ fh, fsyncFlags: datasync ? 1 : 0 })], 0, dir ? 'FSYNCDIR' : 'FSYNC');
   }
-  async setxattr(nodeid: number, name: string, value: Uint8Array, flags = 0): Promise<void> {
-    await this.call(Op.SETXATTR, nodeid, [SetxattrIn.pack({ size: value.length, flags }), z(name), value], 0, 'SETXATTR');
+  /** Sends the extended setxattr_in (with `setxattrFlags`) once the server took FUSE_SETXATTR_EXT. */
+  async setxattr(nodeid: number, name: string, value: Uint8Array, flags = 0, setxattrFlags = 0): Promise<void> {
+    const ext = this.init_ !== null && ((BigInt(this.init_.flags) | (BigInt(this.init_.flags2) << 32n)) & Init.SETXATTR_EXT) !== 0n;
+    const head = ext ? SetxattrExtIn.pack({ size: value.length, flags, setxattrFlags }) : SetxattrIn.pack({ size: value.length, flags });
+    await this.call(Op.SETXATTR, nodeid, [head, z(name), value], 0, 'SETXATTR');
   }
   /** size 0 → the value's length (number). */
   async getxattr(nodeid: number, name: string, size: number): Promise<number | Uint8Array> {

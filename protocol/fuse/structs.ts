@@ -71,6 +71,10 @@ export type Kstatfs = ReturnType<typeof Kstatfs.decode>;
 
 export const FsyncIn = Struct.of('fuse_fsync_in', [['fh', 'u64'], ['fsyncFlags', 'u32'], ['_pad', 'u32']] as const);
 export const SetxattrIn = Struct.of('fuse_setxattr_in', [['size', 'u32'], ['flags', 'u32']] as const);
+/** fuse_setxattr_in once FUSE_SETXATTR_EXT is negotiated. */
+export const SetxattrExtIn = Struct.of('fuse_setxattr_in', [['size', 'u32'], ['flags', 'u32'], ['setxattrFlags', 'u32'], ['_pad', 'u32']] as const);
+/** setxattr_flags: the caller may not keep the file's set-group-ID bit (it is not in the group, lacks CAP_FSETID). */
+export const FUSE_SETXATTR_ACL_KILL_SGID = 1;
 export const GetxattrIn = Struct.of('fuse_getxattr_in', [['size', 'u32'], ['_pad', 'u32']] as const);
 export const GetxattrOut = Struct.of('fuse_getxattr_out', [['size', 'u32'], ['_pad', 'u32']] as const);
 
