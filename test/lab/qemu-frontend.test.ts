@@ -96,6 +96,16 @@ check share2-xattr /usr/bin/python3 -c "
 import os; p = '$S/x'; open(p, 'w').write('x'); os.setxattr(p, 'user.kumo', b'v1')
 assert os.getxattr(p, 'user.kumo') == b'v1' and 'user.kumo' in os.listxattr(p)
 os.removexattr(p, 'user.kumo'); os.setxattr(p, 'user.keep', b'v2')"
+# --posix-acl: a default ACL decides a new file's mode (the guest's umask 077 does not apply), elsewhere the umask does.
+check share2-acl /usr/bin/python3 -c "
+import os, struct
+d = '$S/acl'; os.mkdir(d)
+e = lambda tag, perm, uid=0xffffffff: struct.pack('<HHI', tag, perm, uid)
+os.setxattr(d, 'system.posix_acl_default', struct.pack('<I', 2) + e(1, 7) + e(2, 5, 1234) + e(4, 5) + e(16, 7) + e(32, 5))
+os.umask(0o077); open(d + '/inh', 'w').close(); open('$S/masked', 'w').close()
+m = lambda p: oct(os.stat(p).st_mode & 0o777)
+assert m(d + '/inh') == '0o664' and m('$S/masked') == '0o600', (m(d + '/inh'), m('$S/masked'))
+assert struct.unpack_from('<I', os.getxattr(d + '/inh', 'system.posix_acl_access'), 16)[0] == 1234"
 check share2-write sh -c "dd if=/dev/urandom of=$S/wb bs=64k count=64 2>/dev/null && sha256sum $S/wb | cut -d' ' -f1 > $W/wb.guest-sum"
 check share2-rename sh -c "mkdir $S/d && mv $S/wb $S/d/wb && test -f $S/d/wb && test ! -e $S/wb"
 check share2-umount umount $S
@@ -198,7 +208,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     fs.mkdirSync(path.join(w, 'share2'));
     fs.writeFileSync(path.join(w, 'share2', 'hello'), 'from the host');
     procs.push(await startProcess(process.execPath, [bin('kumo-virtiofsd'), `--socket-path=${fsSock}`,
-      `--shared-dir=${path.join(w, 'share2')}`, '--xattr', '--writeback', '--announce-submounts', '--inode-file-handles=mandatory'], fsSock));
+      `--shared-dir=${path.join(w, 'share2')}`, '--xattr', '--posix-acl', '--writeback', '--announce-submounts', '--inode-file-handles=mandatory'], fsSock));
     const blkArgs = [bin('kumo-vhost-user-blk'), '--block-backend', `path=${img},socket=${blkSock},num_queues=2,queue_size=256`];
     const blkProc = procs.push(await startProcess(process.execPath, blkArgs, blkSock)) - 1;
     procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-net'), '--net-backend',
@@ -267,12 +277,15 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
   });
 
   it('virtio-fs: a second share (namespace sandbox, inodes by file handle) keeps xattrs and data written back', () => {
-    for (const name of ['share2-mount', 'share2-sees-host', 'share2-xattr', 'share2-write', 'share2-rename', 'share2-umount']) {
+    for (const name of ['share2-mount', 'share2-sees-host', 'share2-xattr', 'share2-acl', 'share2-write', 'share2-rename', 'share2-umount']) {
       expect(lines, name).toContain(`ok ${name}`);
     }
     const x = path.join(w, 'share2', 'x');
     const xattr = spawnSync('/usr/bin/python3', ['-c', `import os; print(sorted(os.listxattr('${x}')), os.getxattr('${x}', 'user.keep'))`], { encoding: 'utf8' });
     expect(xattr.stdout.trim()).toBe("['user.keep'] b'v2'");
+    // --posix-acl: the host file took its mode from the default ACL L1 set, and inherited the ACL.
+    expect(fs.statSync(path.join(w, 'share2', 'acl', 'inh')).mode & 0o777).toBe(0o664);
+    expect(fs.statSync(path.join(w, 'share2', 'masked')).mode & 0o777).toBe(0o600);
     expect(fs.readFileSync(path.join(w, 'wb.guest-sum'), 'utf8').trim()).toBe(shaFile(path.join(w, 'share2', 'd', 'wb')));
   });
 
