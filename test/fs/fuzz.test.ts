@@ -1,11 +1,12 @@
 import { describe, it, expect, beforeEach, afterEach, vi } from 'vitest';
 import { mkdtempSync, writeFileSync, readFileSync, mkdirSync, rmSync, readdirSync, lstatSync } from 'node:fs';
 import { join } from 'node:path';
-import { FuseClient, FUSE_ROOT_ID, Op, InHeader, OutHeader, IN_HEADER_SIZE, OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
+import { FuseClient, FUSE_ROOT_ID, Init, Op, InHeader, OutHeader, IN_HEADER_SIZE, OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
 import { PassthroughFs } from '../../backends/virtiofsd/passthrough.js';
 import { FuseServer } from '../../backends/virtiofsd/server.js';
 import { BufferIo } from '../../backends/virtiofsd/fuse-io.js';
 import { defaultFsOptions, type FsOptions } from '../../backends/virtiofsd/options.js';
+import { parseXattrMap } from '../../backends/virtiofsd/xattrmap.js';
 import { LocalTransport } from './local-transport.js';
 import { fuzzSeed, putU64, Rng } from '../fuzz-rng.js';
 
@@ -108,8 +109,13 @@ function snapshot(dir: string, skip: string): string[] {
   return out.sort();
 }
 
-const VARIANTS: { name: string; opts: Partial<FsOptions> }[] = [
+const VARIANTS: { name: string; opts: Partial<FsOptions>; init?: bigint }[] = [
   { name: 'inode fds', opts: {} },
+  // The guest sends unmasked modes with umasks and extended setxattr_in; xattr names go through a map.
+  {
+    name: 'POSIX ACLs, xattr map', opts: { posixAcl: true, xattrmap: parseXattrMap('/unsupported/all/security./security./ /map/trusted./user.virtiofs./') },
+    init: Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.INIT_EXT | Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT | Init.POSIX_LOCKS,
+  },
   // A 4-entry fd cache: inodes are reopened from their file handles all the time.
   { name: 'file handles, 4 inode fds open', opts: { inodeFileHandles: 'prefer', openInodeFds: 4 } },
   { name: 'read-only share, writeback', opts: { readonly: true, writeback: true } },
@@ -138,7 +144,7 @@ for (const v of VARIANTS) {
 
     it('answers every request consistently, never fails inside, never touches anything outside the share', async () => {
       const c = new FuseClient(new LocalTransport(server));
-      await c.init();
+      await c.init(v.init);
       mkdirSync(join(share, 'dir'));
       writeFileSync(join(share, 'a'), 'hello');
       const before = snapshot(base, share);
@@ -230,7 +236,7 @@ for (const v of VARIANTS) {
         okBy.set(opcode, (okBy.get(opcode) ?? 0) + 1);
         if (opcode === Op.DESTROY) {
           // The guest unmounted: every nodeid and handle is gone; mount again.
-          await c.init();
+          await c.init(v.init);
           nodeids.splice(1);
           fhs.splice(0);
           continue;
