@@ -45,8 +45,9 @@ QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=
 --modcaps=+CAP:-CAP...: the thread serving guest requests keeps only chown, dac_override, fowner, fsetid,
   setgid, setuid, mknod and setfcap (plus dac_read_search with file handles), as virtiofsd does; +CAP adds, -CAP removes
 --posix-acl (implies --xattr): the guest enforces POSIX ACLs; the share keeps them as system.posix_acl_* xattrs
-Accepted for compatibility but without effect (a warning says so): --security-label, --killpriv-v2, -o flock,
-  -o timeout
+-o timeout=SECONDS: how long the guest may cache entries and attributes (default by --cache: never 0, auto 1,
+  always and metadata 1 day)
+Accepted for compatibility but without effect (a warning says so): --security-label, --killpriv-v2, -o flock
 --inode-file-handles=prefer|mandatory: inodes are known by file handle; at most KUMO_FS_OPEN_INODE_FDS (1024)
   of their O_PATH fds stay open, the rest are reopened by handle when used (needs CAP_DAC_READ_SEARCH).`;
 
@@ -108,7 +109,13 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'syslog': cfg.syslog = true; break;
       // Accepted for command-line compatibility; they change nothing here (main.ts says so at start).
       case 'modcaps': cfg.modcaps = parseModcaps(v); break;
-      case 'flock': case 'timeout':
+      case 'timeout': {
+        const t = Number(v);
+        if (v === '' || !Number.isFinite(t) || t < 0 || t > 0xffff_ffff) throw new FsConfigError('-o timeout must be a number of seconds', { value: v });
+        o.timeout = t;
+        break;
+      }
+      case 'flock':
       case 'security-label': case 'killpriv-v2':
         cfg.ignored.push(key);
         break;

@@ -94,7 +94,7 @@ export class FastPath {
         if (r < 0) return this.error(io, -r);
         const d = this.outDv;
         this.put64(OUT_HEADER_SIZE, fs.timeout);
-        d.setUint32(OUT_HEADER_SIZE + 8, 0, true);
+        d.setUint32(OUT_HEADER_SIZE + 8, fs.timeoutNsec, true);
         d.setUint32(OUT_HEADER_SIZE + 12, 0, true);
         this.putAttr(OUT_HEADER_SIZE + 16);
         return this.ok(io, ATTR_OUT);
@@ -234,8 +234,8 @@ export class FastPath {
     this.put64(o + 8, 0);
     this.put64(o + 16, t);
     this.put64(o + 24, t);
-    this.outDv.setUint32(o + 32, 0, true);
-    this.outDv.setUint32(o + 36, 0, true);
+    this.outDv.setUint32(o + 32, this.fs.timeoutNsec, true);
+    this.outDv.setUint32(o + 36, this.fs.timeoutNsec, true);
     this.putAttr(o + 40);
   }
 

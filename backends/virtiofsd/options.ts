@@ -8,6 +8,8 @@ export type FileHandleMode = 'never' | 'prefer' | 'mandatory';
 export interface FsOptions {
   sharedDir: string;
   cache: CacheMode;
+  /** QEMU virtiofsd's -o timeout=SECONDS: entry and attribute cache time, instead of the cache mode's. */
+  timeout: number | null;
   xattr: boolean;
   /** --xattrmap: how xattr names are renamed or refused between guest and host (null: passed as they are). */
   xattrmap: XattrRule[] | null;
@@ -30,6 +32,7 @@ export interface FsOptions {
 export const defaultFsOptions = (sharedDir: string): FsOptions => ({
   sharedDir,
   cache: 'auto',
+  timeout: null,
   xattr: false,
   xattrmap: null,
   posixLock: false,

@@ -98,7 +98,9 @@ export class PassthroughFs {
   private readonly procSelfFd: number;
   readonly root: Inode;
   /** Entry/attr validity (seconds) of every reply, from the cache mode. */
+  /** Entry and attribute validity handed to the guest: whole seconds and the nanoseconds beyond them. */
   readonly timeout: number;
+  readonly timeoutNsec: number;
   private readonly euid: number;
   private readonly egid: number;
   private readonly direntBuf = Buffer.alloc(64 * 1024);
@@ -124,7 +126,9 @@ export class PassthroughFs {
     const st = fs.fstat(fd);
     this.root = this.inodes.setRoot(fd, Number(st.dev), st.ino, st.mode & fs.S_IFMT);
     this.fileHandles = opts.inodeFileHandles === 'never' ? null : InodeHandles.probe(opts.inodeFileHandles, fd, this.procSelfFd, opts.openInodeFds);
-    this.timeout = cacheTimeout(opts.cache);
+    const t = opts.timeout ?? cacheTimeout(opts.cache);
+    this.timeout = Math.floor(t);
+    this.timeoutNsec = Math.min(999_999_999, Math.round((t - this.timeout) * 1e9));
     this.xattrMap = opts.xattrmap ? new XattrMap(opts.xattrmap) : null;
     this.euid = rawSyscall(107); // geteuid
     this.egid = rawSyscall(108); // getegid
@@ -161,13 +165,13 @@ export class PassthroughFs {
   private entry(i: Inode, st: fs.Stat): EntryOut {
     return {
       nodeid: i.nodeid, generation: 0, entryValid: this.timeout, attrValid: this.timeout,
-      entryValidNsec: 0, attrValidNsec: 0, attr: this.toAttr(st),
+      entryValidNsec: this.timeoutNsec, attrValidNsec: this.timeoutNsec, attr: this.toAttr(st),
     };
   }
 
-  getattr(i: Inode, fh?: number): { attr: Attr; valid: number } {
+  getattr(i: Inode, fh?: number): { attr: Attr; valid: number; validNsec: number } {
     const st = fh !== undefined ? fs.fstat(this.handles.get(fh).fd) : fs.fstat(i.fd);
-    return { attr: this.toAttr(st), valid: this.timeout };
+    return { attr: this.toAttr(st), valid: this.timeout, validNsec: this.timeoutNsec };
   }
 
   // ---- lookup / forget --------------------------------------------------------------------
@@ -425,7 +429,7 @@ export class PassthroughFs {
 
   // ---- setattr ----------------------------------------------------------------------------
 
-  setattr(i: Inode, a: SetattrIn): { attr: Attr; valid: number } {
+  setattr(i: Inode, a: SetattrIn): { attr: Attr; valid: number; validNsec: number } {
     const v = a.valid;
     if (v & (Fattr.MODE | Fattr.UID | Fattr.GID | Fattr.SIZE | Fattr.ATIME | Fattr.MTIME)) this.writable();
     const h: Handle | null = v & Fattr.FH ? this.handles.get(a.fh) : null;

@@ -177,11 +177,11 @@ export class FuseServer {
       case Op.GETATTR: {
         const g = GetattrIn.decode(a);
         const r = fs.getattr(fs.inode(h.nodeid), g.getattrFlags & FUSE_GETATTR_FH ? g.fh : undefined);
-        return this.replyStruct(io, u, AttrOut, { attrValid: r.valid, attrValidNsec: 0, attr: r.attr });
+        return this.replyStruct(io, u, AttrOut, { attrValid: r.valid, attrValidNsec: r.validNsec, attr: r.attr });
       }
       case Op.SETATTR: {
         const r = fs.setattr(fs.inode(h.nodeid), SetattrIn.decode(a));
-        return this.replyStruct(io, u, AttrOut, { attrValid: r.valid, attrValidNsec: 0, attr: r.attr });
+        return this.replyStruct(io, u, AttrOut, { attrValid: r.valid, attrValidNsec: r.validNsec, attr: r.attr });
       }
       case Op.READLINK:
         return this.replyBytes(io, u, fs.readlink(fs.inode(h.nodeid)));
