@@ -35,15 +35,14 @@ export class FastPath {
     private readonly outBuf: Buffer,
     private readonly iov: IoVecList,
     private readonly fopenFlags: () => number,
+    /** The umask CREATE applies itself for the guest's `umask` field (see FuseServer.umask). */
+    private readonly createUmask: (guestUmask: number) => number,
     private readonly offload: ReadOffload | null = null,
   ) {
     this.inDv = new DataView(inBuf.buffer, inBuf.byteOffset, inBuf.byteLength);
     this.outDv = new DataView(outBuf.buffer, outBuf.byteOffset, outBuf.byteLength);
     this.outHead = outBuf.subarray(0, OUT_HEADER_SIZE);
   }
-
-  /** FUSE_DONT_MASK negotiated (POSIX ACLs): CREATE applies the guest's umask itself. */
-  dontMask = false;
 
   /** u64 at inBuf[o] as a number, or -1 if it is >= 2^53. */
   private u64(o: number): number {
@@ -123,7 +122,7 @@ export class FastPath {
         if (nul < 0 || nul >= len) return NOT_HANDLED;
         const d = this.inDv;
         const caller = { uid: d.getUint32(24, true), gid: d.getUint32(28, true), pid: d.getUint32(32, true) };
-        const umask = this.dontMask ? d.getUint32(A + 8, true) & 0o777 : 0;
+        const umask = this.createUmask(d.getUint32(A + 8, true));
         const r = fs.createRaw(caller, parent, this.inBuf.subarray(A + 16, nul + 1), d.getUint32(A, true), d.getUint32(A + 4, true), umask);
         this.putEntry(r.nodeid);
         this.put64(OUT_HEADER_SIZE + ENTRY_OUT, r.fh);

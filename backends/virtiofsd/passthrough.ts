@@ -664,15 +664,15 @@ export class PassthroughFs {
   }
 
   /**
-   * `killSgid` (FUSE_SETXATTR_ACL_KILL_SGID): the caller setting an access ACL may not keep the set-group-ID
-   * bit, which this daemon (CAP_FSETID) would otherwise keep for it.
+   * `killSgid` (FUSE_SETXATTR_ACL_KILL_SGID, only sent under --posix-acl): the caller setting an access ACL
+   * may not keep the set-group-ID bit, which this daemon (CAP_FSETID) would otherwise keep for it.
    */
   setxattr(i: Inode, name: Uint8Array, value: Uint8Array, flags: number, killSgid = false): void {
     this.xattrOn();
     this.writable();
     const host = this.xattrMap?.toServer(name, 'set') ?? name;
     this.withXattrFd(i, true, (fd, p) => (fd !== null ? fs.fsetxattr(fd, host, value, flags) : fs.setxattr(p, host, value, flags)));
-    if (killSgid && this.opts.posixAcl && Buffer.from(name).equals(ACL_ACCESS_XATTR)) {
+    if (killSgid && ACL_ACCESS_XATTR.equals(name)) {
       const mode = fs.fstat(i.fd).mode;
       if (mode & S_ISGID) fs.fchmodat(this.procSelfFd, String(i.fd), mode & 0o7777 & ~S_ISGID, 0);
     }

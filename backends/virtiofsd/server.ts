@@ -55,7 +55,7 @@ export class FuseServer {
 
   /** `offload`: large READs may be finished later (handle() then returns DEFERRED; see ReadOffload). */
   constructor(private readonly fs: PassthroughFs, offload: ReadOffload | null = null) {
-    this.fast = new FastPath(fs, this.inBuf, this.outBuf, this.iov, () => this.fopenFlags(false), offload);
+    this.fast = new FastPath(fs, this.inBuf, this.outBuf, this.iov, () => this.fopenFlags(false), (m) => this.umask(m), offload);
   }
 
   handle(io: FuseIo): number {
@@ -355,7 +355,6 @@ export class FuseServer {
     const flags = offered & want;
     if (o.posixAcl && (flags & Init.POSIX_ACL) === 0n) log.warn('--posix-acl: the guest kernel does not offer FUSE_POSIX_ACL; ACLs stay off');
     this.dontMask = (flags & Init.DONT_MASK) !== 0n;
-    this.fast.dontMask = this.dontMask;
     this.setxattrExt = (flags & Init.SETXATTR_EXT) !== 0n;
     this.initialized = true;
     log.info({ minor: i.minor, flags: `0x${flags.toString(16)}` }, 'FUSE session initialised');

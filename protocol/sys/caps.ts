@@ -1,8 +1,6 @@
 import { addressOf, rawSyscall, syscallChecked } from './libc.js';
+import { X86_64_SYSCALLS as NR } from './syscalls-x86_64.js';
 
-const SYS_capget = 125;
-const SYS_capset = 126;
-const SYS_prctl = 157;
 const LINUX_CAPABILITY_VERSION_3 = 0x20080522;
 const PR_CAPBSET_DROP = 24;
 
@@ -43,7 +41,7 @@ const set64 = (d: Buffer, field: number): bigint =>
 export function threadCaps(): ThreadCaps {
   const h = header();
   const d = Buffer.alloc(24);
-  syscallChecked('capget', SYS_capget, addressOf(h), addressOf(d));
+  syscallChecked('capget', NR.capget, addressOf(h), addressOf(d));
   return { effective: set64(d, 0), permitted: set64(d, 4), inheritable: set64(d, 8) };
 }
 
@@ -60,7 +58,7 @@ export function restrictThreadCaps(keep: readonly number[]): number[] {
   if (canDropBounding) {
     for (let c = 0; c < CAP_NAMES.length; c++) {
       // EINVAL: a capability this kernel does not know.
-      if ((mask & (1n << BigInt(c))) === 0n) rawSyscall(SYS_prctl, PR_CAPBSET_DROP, c, 0, 0, 0);
+      if ((mask & (1n << BigInt(c))) === 0n) rawSyscall(NR.prctl, PR_CAPBSET_DROP, c, 0, 0, 0);
     }
   }
   const permitted = cur.permitted & mask;
@@ -73,7 +71,7 @@ export function restrictThreadCaps(keep: readonly number[]): number[] {
   put(0, next.effective);
   put(4, next.permitted);
   put(8, next.inheritable);
-  syscallChecked('capset', SYS_capset, addressOf(header()), addressOf(d));
+  syscallChecked('capset', NR.capset, addressOf(header()), addressOf(d));
   const kept: number[] = [];
   for (let c = 0; c < 64; c++) if ((permitted & (1n << BigInt(c))) !== 0n) kept.push(c);
   return kept;

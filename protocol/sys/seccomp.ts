@@ -6,8 +6,6 @@ import { X86_64_SYSCALLS, type SyscallName } from './syscalls-x86_64.js';
 export type SeccompAction = 'none' | 'kill' | 'log' | 'trap';
 export const SECCOMP_ACTIONS: readonly SeccompAction[] = ['none', 'kill', 'log', 'trap'];
 
-const SYS_prctl = 157;
-const SYS_seccomp = 317;
 const PR_SET_NO_NEW_PRIVS = 38;
 const SECCOMP_SET_MODE_FILTER = 1;
 
@@ -76,8 +74,8 @@ export function restrictThreadSyscalls(allowed: readonly SyscallName[], action: 
   fprog.writeBigUInt64LE(addressOf(prog), 8);
   // Without CAP_SYS_ADMIN the kernel takes a filter only from a thread that cannot gain privileges.
   try {
-    syscallChecked('prctl(PR_SET_NO_NEW_PRIVS)', SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-    syscallChecked('seccomp(SET_MODE_FILTER)', SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, addressOf(fprog));
+    syscallChecked('prctl(PR_SET_NO_NEW_PRIVS)', X86_64_SYSCALLS.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    syscallChecked('seccomp(SET_MODE_FILTER)', X86_64_SYSCALLS.seccomp, SECCOMP_SET_MODE_FILTER, 0, addressOf(fprog));
   } catch (e) {
     // A container's own filter may refuse nested ones; say how to run without.
     throw new SeccompError(`${(e as Error).message}: the kernel refused the syscall filter (--seccomp=none runs without it)`, { action });
