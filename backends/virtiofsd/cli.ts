@@ -33,8 +33,9 @@ export const USAGE = `kumo-virtiofsd --socket-path=PATH|--fd=N --shared-dir=DIR 
   [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--posix-acl] [--announce-submounts]
   [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
   [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL] [--syslog] [--poll-us=N] [--print-capabilities]
-  [--seccomp=none|kill|log|trap] [--preserve-noatime] [--xattrmap=RULES] [--modcaps=LIST]
-QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=RULES,posix_lock,posix_acl,writeback,readdirplus
+  [--seccomp=none|kill|log|trap] [--preserve-noatime] [--xattrmap=RULES] [--modcaps=LIST] [--killpriv-v2]
+QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=RULES,posix_lock,posix_acl,flock,killpriv_v2,
+  writeback,readdirplus
 --xattrmap=RULES (implies --xattr): virtiofsd's xattr name mapping, e.g. ':map::user.virtiofs.:' keeps every guest
   xattr under user.virtiofs. on the host; rules :prefix|ok|bad|unsupported:client|server|all:KEY:PREPEND:
 --thread-pool-size=N: with a second CPU, large READs may be copied by io_uring worker threads while other
@@ -47,7 +48,11 @@ QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=
 --posix-acl (implies --xattr): the guest enforces POSIX ACLs; the share keeps them as system.posix_acl_* xattrs
 -o timeout=SECONDS: how long the guest may cache entries and attributes (default by --cache: never 0, auto 1,
   always and metadata 1 day)
-Accepted for compatibility but without effect (a warning says so): --security-label, --killpriv-v2, -o flock
+--killpriv-v2: the daemon, not the guest, clears set-user-ID and set-group-ID bits when an unprivileged guest
+  process writes, truncates or chowns a file (one request instead of two, and no window between them)
+-o flock: flock(2) in the guest locks the host file, so guests and host processes sharing it exclude each other
+  (without it the guest kernel keeps flock locks to itself)
+Accepted for compatibility but without effect (a warning says so): --security-label, -o allow_root, -o max_idle_threads
 --inode-file-handles=prefer|mandatory: inodes are known by file handle; at most KUMO_FS_OPEN_INODE_FDS (1024)
   of their O_PATH fds stay open, the rest are reopened by handle when used (needs CAP_DAC_READ_SEARCH).`;
 
@@ -115,11 +120,19 @@ export function parseArgs(argv: string[]): DaemonConfig {
         o.timeout = t;
         break;
       }
-      case 'flock':
-      case 'security-label': case 'killpriv-v2':
+      case 'flock': o.flock = true; break;
+      case 'no_flock': o.flock = false; break;
+      case 'killpriv-v2': case 'killpriv_v2': o.killPrivV2 = true; break;
+      case 'no-killpriv-v2': case 'no_killpriv_v2': o.killPrivV2 = false; break;
+      case 'security-label': case 'security_label':
+      case 'allow_root':
         cfg.ignored.push(key);
         break;
-      case 'no_flock':
+      case 'no_security_label':
+        break;
+      case 'max_idle_threads':
+        int(key, v);
+        cfg.ignored.push(key);
         break;
       default:
         throw new FsConfigError(`unknown option ${key}`, { option: key });

@@ -1,10 +1,12 @@
-import { Op, FUSE_GETATTR_FH, FUSE_MAX_WRITE, IN_HEADER_SIZE, OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
+import { Op, FUSE_GETATTR_FH, FUSE_MAX_WRITE, FUSE_OPEN_KILL_SUIDGID, FUSE_RELEASE_FLOCK_UNLOCK, FUSE_WRITE_KILL_SUIDGID, IN_HEADER_SIZE, OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
 import type { IoVecList } from '../../protocol/sys/fd.js';
 import { fstatRaw, rawStat, S_IFDIR, S_IFMT } from '../../protocol/sys/fs.js';
 import { E } from './errors.js';
 import type { FuseIo } from './fuse-io.js';
 import type { PassthroughFs } from './passthrough.js';
-import { DEFERRED, type ReadOffload } from './read-offload.js';
+import type { FuseSession } from './session.js';
+import type { ReadOffload } from './read-offload.js';
+import { DEFERRED } from './deferred.js';
 
 const TWO32 = 0x1_0000_0000;
 const ENTRY_OUT = 128;
@@ -31,12 +33,10 @@ export class FastPath {
 
   constructor(
     private readonly fs: PassthroughFs,
+    private readonly session: FuseSession,
     private readonly inBuf: Buffer,
     private readonly outBuf: Buffer,
     private readonly iov: IoVecList,
-    private readonly fopenFlags: () => number,
-    /** The umask CREATE applies itself for the guest's `umask` field (see FuseServer.umask). */
-    private readonly createUmask: (guestUmask: number) => number,
     private readonly offload: ReadOffload | null = null,
   ) {
     this.inDv = new DataView(inBuf.buffer, inBuf.byteOffset, inBuf.byteLength);
@@ -108,9 +108,10 @@ export class FastPath {
         if (len < A + 8) return NOT_HANDLED;
         const i = fs.inodes.tryGet(nodeid);
         if (i === undefined) return this.error(io, E.EBADF);
-        const fh = fs.open(i, this.inDv.getUint32(A, true));
+        const kill = this.session.kill((this.inDv.getUint32(A + 4, true) & FUSE_OPEN_KILL_SUIDGID) !== 0);
+        const fh = fs.open(i, this.inDv.getUint32(A, true), kill);
         this.put64(OUT_HEADER_SIZE, fh);
-        this.outDv.setUint32(OUT_HEADER_SIZE + 8, this.fopenFlags(), true);
+        this.outDv.setUint32(OUT_HEADER_SIZE + 8, this.session.fopenFlags(false), true);
         this.outDv.setUint32(OUT_HEADER_SIZE + 12, 0, true);
         return this.ok(io, OPEN_OUT);
       }
@@ -122,11 +123,12 @@ export class FastPath {
         if (nul < 0 || nul >= len) return NOT_HANDLED;
         const d = this.inDv;
         const caller = { uid: d.getUint32(24, true), gid: d.getUint32(28, true), pid: d.getUint32(32, true) };
-        const umask = this.createUmask(d.getUint32(A + 8, true));
-        const r = fs.createRaw(caller, parent, this.inBuf.subarray(A + 16, nul + 1), d.getUint32(A, true), d.getUint32(A + 4, true), umask);
+        const umask = this.session.umask(d.getUint32(A + 8, true));
+        const kill = this.session.kill((d.getUint32(A + 12, true) & FUSE_OPEN_KILL_SUIDGID) !== 0);
+        const r = fs.createRaw(caller, parent, this.inBuf.subarray(A + 16, nul + 1), d.getUint32(A, true), d.getUint32(A + 4, true), umask, kill);
         this.putEntry(r.nodeid);
         this.put64(OUT_HEADER_SIZE + ENTRY_OUT, r.fh);
-        this.outDv.setUint32(OUT_HEADER_SIZE + ENTRY_OUT + 8, this.fopenFlags(), true);
+        this.outDv.setUint32(OUT_HEADER_SIZE + ENTRY_OUT + 8, this.session.fopenFlags(false), true);
         this.outDv.setUint32(OUT_HEADER_SIZE + ENTRY_OUT + 12, 0, true);
         return this.ok(io, ENTRY_OUT + OPEN_OUT);
       }
@@ -166,7 +168,8 @@ export class FastPath {
         iov.clear();
         const covered = io.inIovecs(WRITE_ARGS, size, iov);
         if (covered !== size) return NOT_HANDLED;
-        const n = size === 0 ? 0 : fs.write(fh, off, iov);
+        const kill = this.session.kill((this.inDv.getUint32(A + 20, true) & FUSE_WRITE_KILL_SUIDGID) !== 0);
+        const n = size === 0 ? 0 : fs.write(fh, off, iov, kill);
         this.outDv.setUint32(OUT_HEADER_SIZE, n, true);
         this.outDv.setUint32(OUT_HEADER_SIZE + 4, 0, true);
         return this.ok(io, WRITE_OUT);
@@ -176,7 +179,7 @@ export class FastPath {
         if (len < A + 24) return NOT_HANDLED;
         const fh = this.u64(A);
         if (fs.handles.tryGet(fh) === undefined) return this.error(io, E.EBADF);
-        if (opcode === Op.RELEASE) fs.release(fh);
+        if (opcode === Op.RELEASE) fs.release(fh, (this.inDv.getUint32(A + 12, true) & FUSE_RELEASE_FLOCK_UNLOCK) !== 0);
         else fs.flush(fh, this.inDv.getBigUint64(A + 16, true));
         return this.ok(io, 0);
       }

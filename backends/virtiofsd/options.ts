@@ -14,6 +14,10 @@ export interface FsOptions {
   /** --xattrmap: how xattr names are renamed or refused between guest and host (null: passed as they are). */
   xattrmap: XattrRule[] | null;
   posixLock: boolean;
+  /** QEMU virtiofsd's -o flock: flock(2) from the guest reaches the host file (FUSE_FLOCK_LOCKS). */
+  flock: boolean;
+  /** --killpriv-v2: the daemon clears set-user-ID bits on unprivileged writes (FUSE_HANDLE_KILLPRIV_V2). */
+  killPrivV2: boolean;
   /** --posix-acl: the guest kernel enforces POSIX ACLs, kept as system.posix_acl_* xattrs on the host. */
   posixAcl: boolean;
   readonly: boolean;
@@ -36,6 +40,8 @@ export const defaultFsOptions = (sharedDir: string): FsOptions => ({
   xattr: false,
   xattrmap: null,
   posixLock: false,
+  flock: false,
+  killPrivV2: false,
   posixAcl: false,
   readonly: false,
   writeback: false,

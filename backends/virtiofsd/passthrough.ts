@@ -10,6 +10,7 @@ import { E, FsError } from './errors.js';
 import { HandleTable, Inode, InodeTable, type Handle } from './inodes.js';
 import { cacheTimeout, type FsOptions } from './options.js';
 import { XattrMap } from './xattrmap.js';
+import { capNumber, withoutEffectiveCap } from '../../protocol/sys/caps.js';
 
 const O_ACCMODE = 3;
 const O_WRONLY = 1;
@@ -38,6 +39,7 @@ const RENAME_EXCHANGE = 2;
 const XATTR_SIZE_MAX = 65536;
 const ACL_ACCESS_XATTR = Buffer.from('system.posix_acl_access');
 const S_ISGID = 0o2000;
+const CAP_FSETID = capNumber('fsetid');
 
 const log = logger('virtiofsd');
 const dec = new TextDecoder();
@@ -279,11 +281,11 @@ export class PassthroughFs {
   }
 
   /** CREATE for the request loop (`cname` NUL-terminated); the new inode's stat is left in fs.rawStat. */
-  createRaw(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number, umask = 0): { nodeid: number; fh: number } {
+  createRaw(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number, umask = 0, kill = false): { nodeid: number; fh: number } {
     const bad = nameErrno(cname, cname.length - 1);
     if (bad !== 0) throw new FsError(bad, 'bad name');
     this.writable();
-    const fd = this.createOpen(c, parent, cname, flags, mode, umask);
+    const fd = this.createOpen(c, parent, cname, flags, mode, umask, kill);
     if (fd < 0) throw new FsError(-fd, 'create failed');
     const pathFd = fs.openat2Raw(parent.fd, cname, O_PATH | O_NOFOLLOW, 0, RESOLVE);
     const nodeid = pathFd < 0 ? pathFd : this.registerRaw(pathFd);
@@ -301,7 +303,7 @@ export class PassthroughFs {
    * regular file: a plain O_CREAT open would block this thread on a FIFO, or open a host device
    * through a device node the guest made with MKNOD.
    */
-  private createOpen(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number, umask: number): number {
+  private createOpen(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number, umask: number, kill: boolean): number {
     const fl = this.openFlags(flags) | O_NOFOLLOW;
     const fd = this.asCaller(c, () => fs.openat2Raw(parent.fd, cname, fl | O_CREAT | O_EXCL, mode & 0o7777, RESOLVE), umask);
     if (fd !== -E.EEXIST || (fl & O_EXCL) !== 0) return fd;
@@ -312,7 +314,8 @@ export class PassthroughFs {
       if (r < 0) return r;
       const type = fs.rawStat.readUInt32LE(24) & fs.S_IFMT;
       if (type !== fs.S_IFREG) return -(type === fs.S_IFDIR ? E.EISDIR : type === fs.S_IFLNK ? E.ELOOP : E.ENXIO);
-      return this.asCaller(c, () => fs.openat(this.procSelfFd, String(pathFd), fl & ~O_NOFOLLOW));
+      // An existing file opened with O_TRUNC: with `kill` its set-user-ID bits go as for an unprivileged caller.
+      return this.killingPrivs(kill, () => this.asCaller(c, () => fs.openat(this.procSelfFd, String(pathFd), fl & ~O_NOFOLLOW)));
     } catch (e) {
       if (e instanceof SysError || e instanceof FsError) return -e.errno;
       throw e;
@@ -353,6 +356,14 @@ export class PassthroughFs {
     }
   }
 
+  /**
+   * Runs `f` as a caller without CAP_FSETID when `kill` is set, so the host kernel clears set-user-ID and
+   * set-group-ID bits (and file capabilities) exactly as it would for an unprivileged writer, as virtiofsd does.
+   */
+  private killingPrivs<T>(kill: boolean, f: () => T): T {
+    return kill ? withoutEffectiveCap(CAP_FSETID, f) : f();
+  }
+
   private writable(): void {
     if (this.opts.readonly) throw new FsError(E.EROFS, 'read-only share');
   }
@@ -383,10 +394,10 @@ export class PassthroughFs {
     return this.newEntry(parent, name);
   }
 
-  create(c: Caller, parent: Inode, name: Uint8Array, flags: number, mode: number, umask = 0): { entry: EntryOut; fh: number } {
+  create(c: Caller, parent: Inode, name: Uint8Array, flags: number, mode: number, umask = 0, kill = false): { entry: EntryOut; fh: number } {
     checkName(name);
     this.writable();
-    const fd = this.createOpen(c, parent, fs.cstr(name), flags, mode, umask);
+    const fd = this.createOpen(c, parent, fs.cstr(name), flags, mode, umask, kill);
     if (fd < 0) throw new FsError(-fd, 'create failed');
     let entry: EntryOut;
     try {
@@ -429,7 +440,11 @@ export class PassthroughFs {
 
   // ---- setattr ----------------------------------------------------------------------------
 
-  setattr(i: Inode, a: SetattrIn): { attr: Attr; valid: number; validNsec: number } {
+  /**
+   * SETATTR. `kill` (FATTR_KILL_SUIDGID under FUSE_HANDLE_KILLPRIV_V2): the guest caller lacks CAP_FSETID, so
+   * a truncate or chown clears set-user-ID and set-group-ID bits as it would for that caller.
+   */
+  setattr(i: Inode, a: SetattrIn, kill = false): { attr: Attr; valid: number; validNsec: number } {
     const v = a.valid;
     if (v & (Fattr.MODE | Fattr.UID | Fattr.GID | Fattr.SIZE | Fattr.ATIME | Fattr.MTIME)) this.writable();
     const h: Handle | null = v & Fattr.FH ? this.handles.get(a.fh) : null;
@@ -441,17 +456,14 @@ export class PassthroughFs {
     if (v & (Fattr.UID | Fattr.GID)) {
       const uid = v & Fattr.UID ? a.uid : -1;
       const gid = v & Fattr.GID ? a.gid : -1;
-      fs.fchownat(i.fd, '', uid, gid, fs.AT_EMPTY_PATH | fs.AT_SYMLINK_NOFOLLOW);
+      this.killingPrivs(kill, () => fs.fchownat(i.fd, '', uid, gid, fs.AT_EMPTY_PATH | fs.AT_SYMLINK_NOFOLLOW));
     }
     if (v & Fattr.SIZE) {
-      if (h) fs.ftruncate(h.fd, a.size);
-      else {
-        const fd = this.reopen(i, O_WRONLY);
-        try {
-          fs.ftruncate(fd, a.size);
-        } finally {
-          close(fd);
-        }
+      const fd = h ? h.fd : this.reopen(i, O_WRONLY);
+      try {
+        this.killingPrivs(kill, () => fs.ftruncate(fd, a.size));
+      } finally {
+        if (!h) close(fd);
       }
     }
     if (v & (Fattr.ATIME | Fattr.MTIME)) {
@@ -488,8 +500,10 @@ export class PassthroughFs {
     return fs.openat(this.procSelfFd, String(i.fd), (flags & ~O_NOFOLLOW) | O_CLOEXEC);
   }
 
-  open(i: Inode, flags: number): number {
-    const fd = this.reopen(i, this.openFlags(flags));
+  /** OPEN; `kill`: an O_TRUNC by a guest caller without CAP_FSETID (see setattr). */
+  open(i: Inode, flags: number, kill = false): number {
+    const fl = this.openFlags(flags);
+    const fd = this.killingPrivs(kill && (fl & O_TRUNC) !== 0, () => this.reopen(i, fl));
     return this.handles.add({ fd, inode: i, dir: false });
   }
 
@@ -499,9 +513,15 @@ export class PassthroughFs {
     return this.handles.add({ fd, inode: i, dir: true });
   }
 
-  release(fh: number): void {
+  /** RELEASE; `flockUnlock` (FUSE_RELEASE_FLOCK_UNLOCK): the guest's last close drops its flock lock. */
+  release(fh: number, flockUnlock = false): void {
     const h = this.handles.take(fh);
-    close(h.fd);
+    // The fd may be shared a little longer (an io_uring READ in flight holds the file): unlock now.
+    try {
+      if (flockUnlock && this.opts.flock) fs.flock(h.fd, fs.LOCK_UN);
+    } finally {
+      close(h.fd);
+    }
   }
 
   read(fh: number, offset: number, iov: IoVecList): number {
@@ -509,9 +529,11 @@ export class PassthroughFs {
     return n < 0 ? 0 : n;
   }
 
-  write(fh: number, offset: number, iov: IoVecList): number {
+  /** WRITE; `kill`: the guest writer lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID), see setattr. */
+  write(fh: number, offset: number, iov: IoVecList, kill = false): number {
     this.writable();
-    const n = pwritev(this.handles.get(fh).fd, iov, offset);
+    const fd = this.handles.get(fh).fd;
+    const n = kill ? withoutEffectiveCap(CAP_FSETID, () => pwritev(fd, iov, offset)) : pwritev(fd, iov, offset);
     if (n < 0) throw new FsError(E.EAGAIN, 'write would block');
     return n;
   }
@@ -721,15 +743,23 @@ export class PassthroughFs {
   }
 
   getlk(i: Inode, owner: bigint, lk: FileLock, lkFlags: number): FileLock {
-    if (lkFlags & FUSE_LK_FLOCK) throw new FsError(E.ENOSYS, 'flock not supported');
+    if (lkFlags & FUSE_LK_FLOCK) throw new FsError(E.EINVAL, 'flock locks cannot be tested');
     const r = fs.fcntlLock(this.lockFd(i, owner), fs.F_OFD_GETLK, toFlock(lk));
     return fromFlock(r);
   }
 
-  setlk(i: Inode, owner: bigint, lk: FileLock, lkFlags: number, sleep: boolean): void {
-    if (lkFlags & FUSE_LK_FLOCK) throw new FsError(E.ENOSYS, 'flock not supported');
-    // A blocking wait would stall the whole queue: refuse it like virtiofsd does.
-    if (sleep) throw new FsError(E.EOPNOTSUPP, 'blocking locks not supported');
+  /**
+   * Takes or drops a lock without waiting: a lock held elsewhere is EAGAIN (the server decides whether to wait).
+   * flock(2) locks (FUSE_LK_FLOCK, with -o flock) belong to the guest's open file, so to the handle's host fd.
+   */
+  setlk(i: Inode, fh: number, owner: bigint, lk: FileLock, lkFlags: number): void {
+    if (lkFlags & FUSE_LK_FLOCK) {
+      if (!this.opts.flock) throw new FsError(E.ENOSYS, 'flock locks are off (-o flock)');
+      const op = lk.type === fs.F_RDLCK ? fs.LOCK_SH : lk.type === fs.F_WRLCK ? fs.LOCK_EX : lk.type === fs.F_UNLCK ? fs.LOCK_UN : 0;
+      if (op === 0) throw new FsError(E.EINVAL, 'bad lock type');
+      fs.flock(this.handles.get(fh, i).fd, op | fs.LOCK_NB);
+      return;
+    }
     fs.fcntlLock(this.lockFd(i, owner), fs.F_OFD_SETLK, toFlock(lk));
   }
 

@@ -7,7 +7,9 @@ import { schedYield } from '../../protocol/sys/proc.js';
 import { ChainIo } from './fuse-io.js';
 import { PassthroughFs } from './passthrough.js';
 import { FuseServer, MAX_IOV } from './server.js';
-import { DEFERRED, ReadOffload } from './read-offload.js';
+import { ReadOffload } from './read-offload.js';
+import { DEFERRED } from './deferred.js';
+import { LockWaits } from './lock-waits.js';
 import { enterSandbox } from './sandbox.js';
 import type { FsOptions } from './options.js';
 import { REQUEST_THREAD_SYSCALLS } from './seccomp-policy.js';
@@ -33,6 +35,7 @@ export interface FsWorkerData {
 const SLICE_MS = 2;
 const RESUME_TOKEN = HANDLER_TOKEN_BASE + 1;
 const OFFLOAD_TOKEN = HANDLER_TOKEN_BASE + 2;
+const LOCK_TIMER_TOKEN = HANDLER_TOKEN_BASE + 3;
 
 /**
  * One worker thread serves both the hiprio queue and the request queue, so FORGETs on queue 0 and
@@ -51,7 +54,9 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
   const fs = new PassthroughFs(opts, enterSandbox(opts, ctx.log));
   const offload = threadPoolSize === 0 ? null : ReadOffload.create(MAX_IOV, threadPoolSize ?? 0, ctx.log);
   if (offload !== null) ctx.epoll.add(offload.efd, EPOLLIN, OFFLOAD_TOKEN);
-  const server = new FuseServer(fs, offload);
+  const waits = new LockWaits(() => ctx.memory());
+  ctx.epoll.add(waits.timerFd, EPOLLIN, LOCK_TIMER_TOKEN);
+  const server = new FuseServer(fs, offload, waits);
   const io = new ChainIo();
   const rings: VringHandle[] = [];
   const pollMs = Math.max(0, pollUs) / 1000;
@@ -92,7 +97,7 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
         ctx.log.warn({ err: (e as Error).message }, 'request dropped');
       }
       if (n === DEFERRED) {
-        (offload as ReadOffload).bind(q, chain.head);
+        server.bindDeferred(q, chain.head);
         served++;
         continue;
       }
@@ -110,6 +115,9 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
     return served;
   }
 
+  /** Set by the lock timer: waiting locks are due for another try even if no request came. */
+  let lockRetryDue = false;
+
   /** Served chains on all rings; a ring whose avail index is corrupt is dropped (the driver broke it). */
   function drainAll(): number {
     let served = offload !== null ? offload.reap(ctx.memory()) : 0;
@@ -123,6 +131,9 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
         return served + 1;
       }
     }
+    // Any request just served may have released a lock that one waits for.
+    if (waits.pending > 0 && (served > 0 || lockRetryDue)) served += waits.retry();
+    lockRetryDue = false;
     return served;
   }
 
@@ -189,6 +200,7 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
     },
     onStop(q: VringHandle): void {
       finishReads();
+      waits.cancel(q);
       const i = rings.indexOf(q);
       if (i >= 0) rings.splice(i, 1);
       ctx.log.debug({ queue: q.index }, 'queue stopped');
@@ -201,13 +213,19 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
     onFd(token: number): void {
       if (token === RESUME_TOKEN) eventfdRead(resumeFd);
       else if (token === OFFLOAD_TOKEN) eventfdRead((offload as ReadOffload).efd);
-      else return;
+      else if (token === LOCK_TIMER_TOKEN) {
+        eventfdRead(waits.timerFd);
+        lockRetryDue = true;
+      } else return;
       serve();
     },
     drain(): void {
       finishReads();
     },
     close(): void {
+      waits.cancel(null);
+      ctx.epoll.remove(waits.timerFd);
+      waits.close();
       if (offload === null) return;
       finishReads();
       ctx.epoll.remove(offload.efd);

@@ -5,6 +5,7 @@ import { closeQuiet, eventfd, IoVecList, preadvRaw } from '../../protocol/sys/fd
 import { IoUring, IOSQE_ASYNC } from '../../protocol/sys/uring.js';
 import { CopySpread } from '../../protocol/sys/copy-spread.js';
 import type { Logger } from '../../protocol/log.js';
+import { DeferredReplies, type Deferrer } from './deferred.js';
 
 /** READs at least this large may be copied by an io-wq thread while the request loop goes on. */
 export const OFFLOAD_MIN_BYTES = 128 * 1024;
@@ -13,10 +14,7 @@ export const SPLIT_MIN_BYTES = 256 * 1024;
 /** How long the request loop spins for the io-wq half before sleeping in io_uring_enter. */
 const SPLIT_SPIN_NS = 300_000n;
 const PAGE = 4096;
-/** FuseServer.handle()'s answer for a READ handed to ReadOffload: no reply yet, the chain stays out. */
-export const DEFERRED = -2;
 const SLOTS = 16;
-const OUT_HEADER_SIZE = 16;
 
 /**
  * Large READs are one long copy from the page cache into guest memory, done by whichever thread
@@ -28,7 +26,7 @@ const OUT_HEADER_SIZE = 16;
  * The io_uring holds its own reference to the file, so a RELEASE racing the READ is harmless; guest
  * memory changes and ring stops wait in drain().
  */
-export class ReadOffload {
+export class ReadOffload implements Deferrer {
   private readonly ring: IoUring;
   /** Signalled by the ring on every completion; the worker sleeps on it in its epoll. */
   readonly efd: number;
@@ -38,9 +36,7 @@ export class ReadOffload {
   private readonly unique = new Uint32Array(SLOTS * 2);
   private readonly heads = new Uint16Array(SLOTS);
   private readonly owners: (VringHandle | null)[] = new Array<VringHandle | null>(SLOTS).fill(null);
-  private readonly hdr = new Uint8Array(OUT_HEADER_SIZE);
-  private readonly hdrView = new DataView(this.hdr.buffer);
-  private readonly touched = new Set<VringHandle>();
+  private readonly replies = new DeferredReplies();
   private readonly spread: CopySpread;
   private last = -1;
   private inFlight = 0;
@@ -189,11 +185,7 @@ export class ReadOffload {
     if (this.inFlight === 0) return 0;
     this.mem = mem;
     const n = this.ring.reap(this.onCqe);
-    for (const r of this.touched) {
-      r.queue.publishUsed();
-      r.notify();
-    }
-    this.touched.clear();
+    this.replies.publish();
     return n;
   }
 
@@ -221,19 +213,6 @@ export class ReadOffload {
     const owner = this.owners[s];
     this.owners[s] = null;
     if (owner === null) return;
-    const n = res > 0 ? res : 0;
-    const d = this.hdrView;
-    d.setUint32(0, OUT_HEADER_SIZE + n, true);
-    d.setInt32(4, res < 0 ? res : 0, true);
-    d.setUint32(8, this.unique[2 * s], true);
-    d.setUint32(12, this.unique[2 * s + 1], true);
-    let len = OUT_HEADER_SIZE + n;
-    try {
-      (this.mem as GuestMemory).write(this.hdrGpa[s], this.hdr);
-    } catch {
-      len = 0; // the header address stopped being guest memory: the chain goes back empty
-    }
-    owner.queue.pushUsed(this.heads[s], len);
-    this.touched.add(owner);
+    this.replies.complete(this.mem as GuestMemory, owner, this.heads[s], this.hdrGpa[s], this.unique[2 * s], this.unique[2 * s + 1], res);
   }
 }

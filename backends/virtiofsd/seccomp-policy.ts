@@ -15,12 +15,16 @@ export const REQUEST_THREAD_SYSCALLS: readonly SyscallName[] = [
   'mkdirat', 'mknodat', 'symlinkat', 'linkat', 'unlinkat', 'renameat', 'renameat2', 'readlinkat',
   'fchmod', 'fchmodat', 'fchmodat2', 'fchown', 'fchownat', 'utimensat', 'faccessat', 'faccessat2',
   'getxattr', 'lgetxattr', 'fgetxattr', 'setxattr', 'lsetxattr', 'fsetxattr', 'listxattr', 'llistxattr',
-  'flistxattr', 'removexattr', 'lremovexattr', 'fremovexattr', 'fcntl',
+  'flistxattr', 'removexattr', 'lremovexattr', 'fremovexattr', 'fcntl', 'flock',
   'name_to_handle_at', 'open_by_handle_at',
   // The caller's credentials (and with --posix-acl its umask) around creating calls (per thread).
   'umask', 'setresuid', 'setresgid', 'setgroups', 'getuid', 'geteuid', 'getgid', 'getegid',
+  // --killpriv-v2: CAP_FSETID leaves the effective set around an unprivileged guest caller's write or truncate.
+  'capget', 'capset',
   // Rings, kicks and interrupts: epoll, eventfds, io_uring for spread READs.
   'epoll_wait', 'epoll_pwait', 'epoll_pwait2', 'epoll_ctl', 'io_uring_enter', 'sched_yield',
+  // The retry timer of blocking locks held elsewhere (LockWaits).
+  'timerfd_settime',
   // Guest memory tables (regions mapped and unmapped as the front-end changes them) and V8's heap
   // (pkey_mprotect where the CPU has protection keys, which this machine's lacks).
   'mmap', 'munmap', 'mremap', 'mprotect', 'pkey_mprotect', 'madvise', 'brk',

@@ -1,9 +1,9 @@
 import {
   Op, opName, Init, FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, FUSE_MIN_MINOR_VERSION, FUSE_MAX_WRITE,
-  FUSE_GETATTR_FH, Fopen, FuseProtocolError,
+  FUSE_GETATTR_FH, FUSE_OPEN_KILL_SUIDGID, FUSE_WRITE_KILL_SUIDGID, Fattr, FuseProtocolError,
   InHeader, OutHeader, EntryOut, AttrOut, ForgetIn, ForgetOne, BatchForgetIn, GetattrIn, MknodIn, MkdirIn,
   RenameIn, Rename2In, LinkIn, SetattrIn, OpenIn, CreateIn, OpenOut, ReleaseIn, FlushIn, ReadIn, WriteIn, WriteOut,
-  Kstatfs, FsyncIn, SetxattrIn, SetxattrExtIn, FUSE_SETXATTR_ACL_KILL_SGID, GetxattrIn, GetxattrOut, LkIn, LkOut, AccessIn, InitIn, InitOut, FallocateIn,
+  Kstatfs, FsyncIn, InterruptIn, FUSE_RELEASE_FLOCK_UNLOCK, SetxattrIn, SetxattrExtIn, FUSE_SETXATTR_ACL_KILL_SGID, GetxattrIn, GetxattrOut, LkIn, LkOut, AccessIn, InitIn, InitOut, FallocateIn,
   LseekIn, LseekOut, ReaddirIn, CopyFileRangeIn, IN_HEADER_SIZE, OUT_HEADER_SIZE,
 } from '../../protocol/fuse/index.js';
 import { IoVecList } from '../../protocol/sys/fd.js';
@@ -12,7 +12,12 @@ import { logger } from '../../protocol/log.js';
 import { E, FsError } from './errors.js';
 import type { FuseIo } from './fuse-io.js';
 import type { ReadOffload } from './read-offload.js';
+import type { LockWaits } from './lock-waits.js';
+import { DEFERRED, type Deferrer } from './deferred.js';
+import type { Inode } from './inodes.js';
+import type { VringHandle } from '../../protocol/vhost-user/backend-types.js';
 import { FastPath, NOT_HANDLED } from './fast-path.js';
+import { FuseSession } from './session.js';
 import type { Caller, PassthroughFs } from './passthrough.js';
 
 const log = logger('virtiofsd');
@@ -22,11 +27,6 @@ const MAX_REQUEST = 80 * 1024;
 export const MAX_IOV = 1024;
 const WRITE_ARGS = IN_HEADER_SIZE + WriteIn.size;
 const SYMLINK_MAX = 4096;
-/** Flags we are willing to accept from the guest's INIT offer. */
-const WANTED =
-  Init.ASYNC_READ | Init.PARALLEL_DIROPS | Init.BIG_WRITES | Init.AUTO_INVAL_DATA | Init.ASYNC_DIO |
-  Init.HAS_IOCTL_DIR | Init.ATOMIC_O_TRUNC | Init.MAX_PAGES | Init.INIT_EXT | Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO;
-
 export interface ServerStats {
   requests: number;
   errors: number;
@@ -43,19 +43,26 @@ export class FuseServer {
   private readonly inBuf = Buffer.alloc(MAX_REQUEST);
   private readonly outBuf = Buffer.alloc(OUT_HEADER_SIZE + 256 * 1024);
   private readonly iov = new IoVecList(MAX_IOV);
-  private initialized = false;
-  /** POSIX ACLs negotiated: the guest sends modes unmasked with its umask beside them (FUSE_DONT_MASK). */
-  private dontMask = false;
-  /** FUSE_SETXATTR_EXT negotiated: setxattr_in carries setxattr_flags. */
-  private setxattrExt = false;
+  private readonly session: FuseSession;
   readonly stats: ServerStats = { requests: 0, errors: 0, dropped: 0, internal: 0 };
 
   private readonly head = this.inBuf.subarray(0, IN_HEADER_SIZE);
   private readonly fast: FastPath;
 
-  /** `offload`: large READs may be finished later (handle() then returns DEFERRED; see ReadOffload). */
-  constructor(private readonly fs: PassthroughFs, offload: ReadOffload | null = null) {
-    this.fast = new FastPath(fs, this.inBuf, this.outBuf, this.iov, () => this.fopenFlags(false), (m) => this.umask(m), offload);
+  /** Who took the request that handle() last answered DEFERRED. */
+  private deferredTo: Deferrer | null = null;
+
+  /**
+   * `offload`: large READs may be finished later; `waits`: blocking locks held elsewhere are waited for. Either
+   * makes handle() answer DEFERRED, and the queue loop then hands the chain to bindDeferred().
+   */
+  constructor(
+    private readonly fs: PassthroughFs,
+    private readonly offload: ReadOffload | null = null,
+    private readonly waits: LockWaits | null = null,
+  ) {
+    this.session = new FuseSession(fs.opts);
+    this.fast = new FastPath(fs, this.session, this.inBuf, this.outBuf, this.iov, offload);
   }
 
   handle(io: FuseIo): number {
@@ -69,11 +76,12 @@ export class FuseServer {
     if (io.inLength < IN_HEADER_SIZE) return this.drop('request shorter than fuse_in_header', io.inLength);
     const head = this.head;
     io.readIn(0, head);
-    if (this.initialized && io.outLength >= OUT_HEADER_SIZE) {
+    if (this.session.initialized && io.outLength >= OUT_HEADER_SIZE) {
       const len = head.readUInt32LE(0);
       if (len >= IN_HEADER_SIZE && len <= io.inLength) {
         try {
           const n = this.fast.handle(io, head.readUInt32LE(4), len);
+          if (n === DEFERRED) this.deferredTo = this.offload;
           if (n !== NOT_HANDLED) return n;
         } catch (e) {
           if (e instanceof SysError || e instanceof FsError) {
@@ -112,6 +120,12 @@ export class FuseServer {
       log.error({ err: e, op: opName(h.opcode) }, 'request failed');
       return this.reply(io, h.unique, -E.EIO);
     }
+  }
+
+  /** The chain of the request handle() just answered DEFERRED. */
+  bindDeferred(owner: VringHandle, head: number): void {
+    (this.deferredTo as Deferrer).bind(owner, head);
+    this.deferredTo = null;
   }
 
   private drop(why: string, len: number): number {
@@ -154,7 +168,7 @@ export class FuseServer {
     const fs = this.fs;
     const u = h.unique;
     if (h.opcode === Op.INIT) return this.init(io, u, a);
-    if (!this.initialized) {
+    if (!this.session.initialized) {
       if (noReply(h.opcode)) return 0;
       return this.reply(io, u, -E.EIO);
     }
@@ -180,7 +194,8 @@ export class FuseServer {
         return this.replyStruct(io, u, AttrOut, { attrValid: r.valid, attrValidNsec: r.validNsec, attr: r.attr });
       }
       case Op.SETATTR: {
-        const r = fs.setattr(fs.inode(h.nodeid), SetattrIn.decode(a));
+        const sa = SetattrIn.decode(a);
+        const r = fs.setattr(fs.inode(h.nodeid), sa, this.session.kill((sa.valid & Fattr.KILL_SUIDGID) !== 0));
         return this.replyStruct(io, u, AttrOut, { attrValid: r.valid, attrValidNsec: r.validNsec, attr: r.attr });
       }
       case Op.READLINK:
@@ -193,11 +208,11 @@ export class FuseServer {
       }
       case Op.MKNOD: {
         const m = MknodIn.decode(a);
-        return this.replyStruct(io, u, EntryOut, fs.mknod(caller, fs.inode(h.nodeid), cstring(a, MknodIn.size).name, m.mode, m.rdev, this.umask(m.umask)));
+        return this.replyStruct(io, u, EntryOut, fs.mknod(caller, fs.inode(h.nodeid), cstring(a, MknodIn.size).name, m.mode, m.rdev, this.session.umask(m.umask)));
       }
       case Op.MKDIR: {
         const m = MkdirIn.decode(a);
-        return this.replyStruct(io, u, EntryOut, fs.mkdir(caller, fs.inode(h.nodeid), cstring(a, MkdirIn.size).name, m.mode, this.umask(m.umask)));
+        return this.replyStruct(io, u, EntryOut, fs.mkdir(caller, fs.inode(h.nodeid), cstring(a, MkdirIn.size).name, m.mode, this.session.umask(m.umask)));
       }
       case Op.UNLINK:
       case Op.RMDIR:
@@ -217,14 +232,16 @@ export class FuseServer {
         return this.replyStruct(io, u, EntryOut, fs.link(fs.inode(l.oldnodeid), fs.inode(h.nodeid), cstring(a, LinkIn.size).name));
       }
       case Op.OPEN: {
-        const fh = fs.open(fs.inode(h.nodeid), OpenIn.decode(a).flags);
-        return this.replyStruct(io, u, OpenOut, { fh, openFlags: this.fopenFlags(false) });
+        const o = OpenIn.decode(a);
+        const fh = fs.open(fs.inode(h.nodeid), o.flags, this.session.kill((o.openFlags & FUSE_OPEN_KILL_SUIDGID) !== 0));
+        return this.replyStruct(io, u, OpenOut, { fh, openFlags: this.session.fopenFlags(false) });
       }
       case Op.CREATE: {
         const c = CreateIn.decode(a);
-        const r = fs.create(caller, fs.inode(h.nodeid), cstring(a, CreateIn.size).name, c.flags, c.mode, this.umask(c.umask));
+        const kill = this.session.kill((c.openFlags & FUSE_OPEN_KILL_SUIDGID) !== 0);
+        const r = fs.create(caller, fs.inode(h.nodeid), cstring(a, CreateIn.size).name, c.flags, c.mode, this.session.umask(c.umask), kill);
         EntryOut.encode(r.entry, this.outBuf, OUT_HEADER_SIZE);
-        OpenOut.encode({ fh: r.fh, openFlags: this.fopenFlags(false) }, this.outBuf, OUT_HEADER_SIZE + EntryOut.size);
+        OpenOut.encode({ fh: r.fh, openFlags: this.session.fopenFlags(false) }, this.outBuf, OUT_HEADER_SIZE + EntryOut.size);
         return this.reply(io, u, 0, EntryOut.size + OpenOut.size);
       }
       case Op.READ:
@@ -234,9 +251,11 @@ export class FuseServer {
       case Op.STATFS:
         return this.replyStruct(io, u, Kstatfs, fs.statfs(fs.inode(h.nodeid)));
       case Op.RELEASE:
-      case Op.RELEASEDIR:
-        fs.release(ReleaseIn.decode(a).fh);
+      case Op.RELEASEDIR: {
+        const r = ReleaseIn.decode(a);
+        fs.release(r.fh, (r.releaseFlags & FUSE_RELEASE_FLOCK_UNLOCK) !== 0);
         return this.reply(io, u, 0);
+      }
       case Op.FLUSH: {
         const f = FlushIn.decode(a);
         fs.flush(f.fh, f.lockOwner);
@@ -249,8 +268,8 @@ export class FuseServer {
         return this.reply(io, u, 0);
       }
       case Op.SETXATTR: {
-        const s = this.setxattrExt ? SetxattrExtIn.decode(a) : { ...SetxattrIn.decode(a), setxattrFlags: 0 };
-        const name = cstring(a, this.setxattrExt ? SetxattrExtIn.size : SetxattrIn.size);
+        const s = this.session.setxattrExt ? SetxattrExtIn.decode(a) : { ...SetxattrIn.decode(a), setxattrFlags: 0 };
+        const name = cstring(a, this.session.setxattrExt ? SetxattrExtIn.size : SetxattrIn.size);
         if (name.next + s.size > a.length) throw new FuseProtocolError('setxattr value overruns request', { size: s.size });
         const killSgid = (s.setxattrFlags & FUSE_SETXATTR_ACL_KILL_SGID) !== 0;
         fs.setxattr(fs.inode(h.nodeid), name.name, a.subarray(name.next, name.next + s.size), s.flags, killSgid);
@@ -269,7 +288,7 @@ export class FuseServer {
         return this.reply(io, u, 0);
       case Op.OPENDIR: {
         const fh = fs.opendir(fs.inode(h.nodeid));
-        return this.replyStruct(io, u, OpenOut, { fh, openFlags: this.fopenFlags(true) });
+        return this.replyStruct(io, u, OpenOut, { fh, openFlags: this.session.fopenFlags(true) });
       }
       case Op.READDIR:
       case Op.READDIRPLUS: {
@@ -283,20 +302,22 @@ export class FuseServer {
         return this.replyStruct(io, u, LkOut, { lk: fs.getlk(fs.inode(h.nodeid), l.owner, l.lk, l.lkFlags) });
       }
       case Op.SETLK:
-      case Op.SETLKW: {
-        const l = LkIn.decode(a);
-        fs.setlk(fs.inode(h.nodeid), l.owner, l.lk, l.lkFlags, h.opcode === Op.SETLKW);
+        this.setlk(LkIn.decode(a), fs.inode(h.nodeid));
         return this.reply(io, u, 0);
-      }
+      case Op.SETLKW:
+        return this.setlkw(io, u, LkIn.decode(a), fs.inode(h.nodeid));
       case Op.ACCESS:
         fs.access(caller, fs.inode(h.nodeid), AccessIn.decode(a).mask);
         return this.reply(io, u, 0);
-      case Op.INTERRUPT:
-        // Requests run to completion before the next is read: there is never anything to interrupt.
+      case Op.INTERRUPT: {
+        // Only a waiting lock can be interrupted: every other request ran to completion when it was read.
+        const target = InterruptIn.decode(a).unique;
+        this.waits?.interrupt(Number(target & 0xffff_ffffn), Number(target >> 32n));
         return 0;
+      }
       case Op.DESTROY:
         fs.destroy();
-        this.initialized = false;
+        this.session.initialized = false;
         return this.reply(io, u, 0);
       case Op.FALLOCATE: {
         const f = FallocateIn.decode(a);
@@ -322,13 +343,6 @@ export class FuseServer {
     }
   }
 
-  private fopenFlags(dir: boolean): number {
-    const c = this.fs.opts.cache;
-    if (dir) return c === 'always' ? Fopen.CACHE_DIR : 0;
-    if (c === 'never') return Fopen.DIRECT_IO;
-    return c === 'always' ? Fopen.KEEP_CACHE : 0;
-  }
-
   private init(io: FuseIo, u: bigint, a: Buffer): number {
     if (a.length < 8) throw new FuseProtocolError('short INIT', { len: a.length });
     const padded = Buffer.alloc(InitIn.size);
@@ -344,19 +358,7 @@ export class FuseServer {
       return this.replyStruct(io, u, InitOut, { major: FUSE_KERNEL_VERSION, minor: FUSE_KERNEL_MINOR_VERSION, ...zero });
     }
     const offered = BigInt(i.flags) | (BigInt(i.flags) & Init.INIT_EXT ? BigInt(i.flags2) << 32n : 0n);
-    const o = this.fs.opts;
-    let want = WANTED;
-    if (o.posixLock) want |= Init.POSIX_LOCKS;
-    if (o.writeback) want |= Init.WRITEBACK_CACHE;
-    if (o.announceSubmounts) want |= Init.SUBMOUNTS;
-    // The guest checks ACLs itself and leaves the umask to us (the host applies it unless a default ACL rules).
-    if (o.posixAcl) want |= (offered & Init.POSIX_ACL) !== 0n ? Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT : 0n;
-    if (!o.readdirplus) want &= ~(Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO);
-    const flags = offered & want;
-    if (o.posixAcl && (flags & Init.POSIX_ACL) === 0n) log.warn('--posix-acl: the guest kernel does not offer FUSE_POSIX_ACL; ACLs stay off');
-    this.dontMask = (flags & Init.DONT_MASK) !== 0n;
-    this.setxattrExt = (flags & Init.SETXATTR_EXT) !== 0n;
-    this.initialized = true;
+    const flags = this.session.negotiate(offered);
     log.info({ minor: i.minor, flags: `0x${flags.toString(16)}` }, 'FUSE session initialised');
     return this.replyStruct(io, u, InitOut, {
       major: FUSE_KERNEL_VERSION, minor: FUSE_KERNEL_MINOR_VERSION, maxReadahead: i.maxReadahead,
@@ -365,9 +367,33 @@ export class FuseServer {
     });
   }
 
-  /** The umask a creation applies itself: the guest's once it stopped masking modes, else none. */
-  private umask(guestUmask: number): number {
-    return this.dontMask ? guestUmask & 0o777 : 0;
+  private setlk(l: LkIn, i: Inode): void {
+    this.fs.setlk(i, l.fh, l.owner, l.lk, l.lkFlags);
+  }
+
+  /**
+   * SETLKW: a free lock is taken at once; one held elsewhere is waited for in LockWaits while other requests
+   * go on. Without LockWaits, or with no single guest buffer for the reply header, the answer is ENOLCK.
+   */
+  private setlkw(io: FuseIo, u: bigint, l: LkIn, i: Inode): number {
+    const attempt = (): number => {
+      try {
+        this.setlk(l, i);
+        return 0;
+      } catch (e) {
+        if (e instanceof SysError || e instanceof FsError) return -e.errno;
+        log.error({ err: e }, 'lock attempt failed');
+        return -E.EIO;
+      }
+    };
+    const r = attempt();
+    if (r !== -E.EAGAIN) return this.reply(io, u, r);
+    const gpa = io.outHeaderGpa();
+    if (this.waits === null || gpa < 0 || !this.waits.park(attempt, gpa, Number(u & 0xffff_ffffn), Number(u >> 32n))) {
+      return this.reply(io, u, -E.ENOLCK);
+    }
+    this.deferredTo = this.waits;
+    return DEFERRED;
   }
 
   private read(io: FuseIo, u: bigint, a: Buffer): number {
@@ -391,7 +417,7 @@ export class FuseServer {
     iov.clear();
     const covered = io.inIovecs(WRITE_ARGS, w.size, iov);
     if (covered !== w.size) throw new FuseProtocolError('WRITE data too fragmented', { size: w.size, covered });
-    const n = w.size === 0 ? 0 : this.fs.write(w.fh, w.offset, iov);
+    const n = w.size === 0 ? 0 : this.fs.write(w.fh, w.offset, iov, this.session.kill((w.writeFlags & FUSE_WRITE_KILL_SUIDGID) !== 0));
     return this.replyStruct(io, h.unique, WriteOut, { size: n });
   }
 }

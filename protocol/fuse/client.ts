@@ -103,6 +103,10 @@ export class FuseClient {
   async batchForget(items: { nodeid: number; nlookup: number }[]): Promise<void> {
     await this.noReply(Op.BATCH_FORGET, 0, [BatchForgetIn.pack({ count: items.length }), ...items.map((i) => ForgetOne.pack(i))]);
   }
+  /** The unique the next request will carry (to INTERRUPT a request that waits, such as SETLKW). */
+  get nextUnique(): bigint {
+    return this.unique;
+  }
   async interrupt(unique: bigint): Promise<void> {
     await this.noReply(Op.INTERRUPT, 0, [InterruptIn.pack({ unique })]);
   }
@@ -140,25 +144,28 @@ export class FuseClient {
   async link(nodeid: number, newParent: number, newName: string): Promise<EntryOutT> {
     return EntryOut.decode(await this.call(Op.LINK, newParent, [LinkIn.pack({ oldnodeid: nodeid }), z(newName)], EntryOut.size, 'LINK'));
   }
-  async open(nodeid: number, flags: number): Promise<{ fh: number; openFlags: number }> {
-    return OpenOut.decode(await this.call(Op.OPEN, nodeid, [OpenIn.pack({ flags, openFlags: 0 })], OpenOut.size, 'OPEN'));
+  /** `openFlags`: FUSE_OPEN_KILL_SUIDGID for an O_TRUNC by a caller without CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2). */
+  async open(nodeid: number, flags: number, openFlags = 0): Promise<{ fh: number; openFlags: number }> {
+    return OpenOut.decode(await this.call(Op.OPEN, nodeid, [OpenIn.pack({ flags, openFlags })], OpenOut.size, 'OPEN'));
   }
-  async create(parent: number, name: string, flags: number, mode: number, umask = 0): Promise<{ entry: EntryOutT; fh: number }> {
-    const r = await this.call(Op.CREATE, parent, [CreateIn.pack({ flags, mode, umask, openFlags: 0 }), z(name)], EntryOut.size + OpenOut.size, 'CREATE');
+  async create(parent: number, name: string, flags: number, mode: number, umask = 0, openFlags = 0): Promise<{ entry: EntryOutT; fh: number }> {
+    const r = await this.call(Op.CREATE, parent, [CreateIn.pack({ flags, mode, umask, openFlags }), z(name)], EntryOut.size + OpenOut.size, 'CREATE');
     return { entry: EntryOut.decode(r), fh: OpenOut.decode(r, EntryOut.size).fh };
   }
   async read(nodeid: number, fh: number, offset: number, size: number): Promise<Uint8Array> {
     return (await this.call(Op.READ, nodeid, [ReadIn.pack({ fh, offset, size, readFlags: 0, lockOwner: 0n, flags: 0 })], size, 'READ')).slice();
   }
-  async write(nodeid: number, fh: number, offset: number, data: Uint8Array): Promise<number> {
-    const r = await this.call(Op.WRITE, nodeid, [WriteIn.pack({ fh, offset, size: data.length, writeFlags: 0, lockOwner: 0n, flags: 0 }), data], WriteOut.size, 'WRITE');
+  /** `writeFlags`: FUSE_WRITE_KILL_SUIDGID for a writer without CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2). */
+  async write(nodeid: number, fh: number, offset: number, data: Uint8Array, writeFlags = 0): Promise<number> {
+    const r = await this.call(Op.WRITE, nodeid, [WriteIn.pack({ fh, offset, size: data.length, writeFlags, lockOwner: 0n, flags: 0 }), data], WriteOut.size, 'WRITE');
     return WriteOut.decode(r).size;
   }
   async statfs(nodeid = FUSE_ROOT_ID): Promise<ReturnType<typeof Kstatfs.decode>> {
     return Kstatfs.decode(await this.call(Op.STATFS, nodeid, [], Kstatfs.size, 'STATFS'));
   }
-  async release(nodeid: number, fh: number, dir = false): Promise<void> {
-    await this.call(dir ? Op.RELEASEDIR : Op.RELEASE, nodeid, [ReleaseIn.pack({ fh, flags: 0, releaseFlags: 0, lockOwner: 0n })], 0, dir ? 'RELEASEDIR' : 'RELEASE');
+  /** `releaseFlags`: FUSE_RELEASE_FLOCK_UNLOCK when the guest's last close drops a flock lock. */
+  async release(nodeid: number, fh: number, dir = false, releaseFlags = 0): Promise<void> {
+    await this.call(dir ? Op.RELEASEDIR : Op.RELEASE, nodeid, [ReleaseIn.pack({ fh, flags: 0, releaseFlags, lockOwner: 0n })], 0, dir ? 'RELEASEDIR' : 'RELEASE');
   }
   async flush(nodeid: number, fh: number, lockOwner = 0n): Promise<void> {
     await this.call(Op.FLUSH, nodeid, [FlushIn.pack({ fh, lockOwner })], 0, 'FLUSH');
@@ -196,8 +203,9 @@ export class FuseClient {
   async getlk(nodeid: number, fh: number, owner: bigint, lk: FileLock): Promise<FileLock> {
     return LkOut.decode(await this.call(Op.GETLK, nodeid, [LkIn.pack({ fh, owner, lk, lkFlags: 0 })], LkOut.size, 'GETLK')).lk;
   }
-  async setlk(nodeid: number, fh: number, owner: bigint, lk: FileLock, wait = false): Promise<void> {
-    await this.call(wait ? Op.SETLKW : Op.SETLK, nodeid, [LkIn.pack({ fh, owner, lk, lkFlags: 0 })], 0, wait ? 'SETLKW' : 'SETLK');
+  /** `lkFlags`: FUSE_LK_FLOCK for flock(2) (whole file; the owner is the guest's open file). */
+  async setlk(nodeid: number, fh: number, owner: bigint, lk: FileLock, wait = false, lkFlags = 0): Promise<void> {
+    await this.call(wait ? Op.SETLKW : Op.SETLK, nodeid, [LkIn.pack({ fh, owner, lk, lkFlags })], 0, wait ? 'SETLKW' : 'SETLK');
   }
   async access(nodeid: number, mask: number): Promise<void> {
     await this.call(Op.ACCESS, nodeid, [AccessIn.pack({ mask })], 0, 'ACCESS');

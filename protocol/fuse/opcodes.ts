@@ -49,5 +49,7 @@ export const FUSE_RELEASE_FLUSH = 1;
 export const FUSE_RELEASE_FLOCK_UNLOCK = 2;
 export const FUSE_LK_FLOCK = 1;
 export const FUSE_WRITE_KILL_SUIDGID = 4;
+/** open_in/create_in.open_flags: O_TRUNC by a caller without CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2). */
+export const FUSE_OPEN_KILL_SUIDGID = 1;
 /** Largest payload a single READ/WRITE may carry that we accept (virtiofsd uses 1 MiB as well). */
 export const FUSE_MAX_WRITE = 1 << 20;

@@ -81,6 +81,7 @@ export const GetxattrOut = Struct.of('fuse_getxattr_out', [['size', 'u32'], ['_p
 export const FileLock = Struct.of('fuse_file_lock', [['start', 'b64'], ['end', 'b64'], ['type', 'u32'], ['pid', 'u32']] as const);
 export type FileLock = ReturnType<typeof FileLock.decode>;
 export const LkIn = Struct.of('fuse_lk_in', [['fh', 'u64'], ['owner', 'b64'], ['lk', FileLock], ['lkFlags', 'u32'], ['_pad', 'u32']] as const);
+export type LkIn = ReturnType<typeof LkIn.decode>;
 export const LkOut = Struct.of('fuse_lk_out', [['lk', FileLock]] as const);
 export const AccessIn = Struct.of('fuse_access_in', [['mask', 'u32'], ['_pad', 'u32']] as const);
 

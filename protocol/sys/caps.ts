@@ -76,3 +76,31 @@ export function restrictThreadCaps(keep: readonly number[]): number[] {
   for (let c = 0; c < 64; c++) if ((permitted & (1n << BigInt(c))) !== 0n) kept.push(c);
   return kept;
 }
+
+const toggleHeader = header();
+const toggleData = Buffer.alloc(24);
+const toggleHeaderPtr = addressOf(toggleHeader);
+const toggleDataPtr = addressOf(toggleData);
+
+/**
+ * Runs `f` with capability `cap` cleared from the calling thread's effective set, and sets it back after
+ * (only if the thread had it). The kernel then applies the rules it keeps for unprivileged callers: a write
+ * or truncate without CAP_FSETID clears set-user-ID and set-group-ID bits. The sets are read on every use,
+ * since a setresuid away from root and back refills the effective set from the permitted one.
+ */
+export function withoutEffectiveCap<T>(cap: number, f: () => T): T {
+  toggleHeader.writeInt32LE(0, 4);
+  syscallChecked('capget', NR.capget, toggleHeaderPtr, toggleDataPtr);
+  const word = cap < 32 ? 0 : 12;
+  const bit = 1 << (cap & 31);
+  const eff = toggleData.readUInt32LE(word);
+  if ((eff & bit) === 0) return f();
+  toggleData.writeUInt32LE((eff & ~bit) >>> 0, word);
+  syscallChecked('capset', NR.capset, toggleHeaderPtr, toggleDataPtr);
+  try {
+    return f();
+  } finally {
+    toggleData.writeUInt32LE(eff, word);
+    rawSyscall(NR.capset, toggleHeaderPtr, toggleDataPtr);
+  }
+}

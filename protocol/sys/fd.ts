@@ -29,6 +29,8 @@ const writev_ = libc.func('writev', 'long', ['int', 'void *', 'int']);
 const preadv_ = libc.func('preadv', 'long', ['int', 'void *', 'int', 'int64']);
 const pwritev_ = libc.func('pwritev', 'long', ['int', 'void *', 'int', 'int64']);
 const eventfd_ = libc.func('eventfd', 'int', ['uint', 'int']);
+const timerfdCreate_ = libc.func('timerfd_create', 'int', ['int', 'int']);
+const timerfdSettime_ = libc.func('timerfd_settime', 'int', ['int', 'int', 'void *', 'void *']);
 const fcntl_ = libc.func('fcntl', 'int', ['int', 'int', 'long']);
 const open_ = libc.func('open', 'int', ['str', 'int', 'uint']);
 const pipe2_ = libc.func('pipe2', 'int', ['void *', 'int']);
@@ -173,6 +175,25 @@ export function eventfdWrite(fd: number, n = 1): void {
   const r = Number(write_(fd, src, 8));
   // EAGAIN means the counter is saturated: the reader is already due to wake up.
   if (r < 0 && koffi.errno() !== EAGAIN) throw new SysError('write(eventfd)', koffi.errno(), { fd });
+}
+
+const CLOCK_MONOTONIC = 1;
+const timerSpec = new BigInt64Array(4);
+
+/** A non-blocking CLOCK_MONOTONIC timerfd; read it with eventfdRead (both hand out an 8-byte count). */
+export function timerfd(): number {
+  return check('timerfd_create', timerfdCreate_(CLOCK_MONOTONIC, EFD_CLOEXEC | EFD_NONBLOCK) as number);
+}
+
+/** Fires every `periodMs` (first after `periodMs`); 0 disarms it. */
+export function timerfdSetPeriod(fd: number, periodMs: number): void {
+  const sec = BigInt(Math.floor(periodMs / 1000));
+  const nsec = BigInt(Math.round((periodMs % 1000) * 1e6));
+  timerSpec[0] = sec;
+  timerSpec[1] = nsec;
+  timerSpec[2] = sec;
+  timerSpec[3] = nsec;
+  check('timerfd_settime', timerfdSettime_(fd, 0, timerSpec, null) as number, { fd });
 }
 
 /** Reads and resets the counter; 0 when nothing was pending (non-blocking eventfd). */

@@ -75,6 +75,7 @@ const syncfs_ = libc.func('syncfs', 'int', ['int']);
 const fstatfs_ = libc.func('fstatfs', 'int', ['int', P]);
 const getdents64_ = libc.func('getdents64', 'long', ['int', P, 'size_t']);
 const fcntlPtr_ = libc.func('fcntl', 'int', ['int', 'int', P]);
+const flock_ = libc.func('flock', 'int', ['int', 'int']);
 const fgetxattr_ = libc.func('fgetxattr', 'long', ['int', P, P, 'size_t']);
 const fsetxattr_ = libc.func('fsetxattr', 'int', ['int', P, P, 'size_t', 'int']);
 const flistxattr_ = libc.func('flistxattr', 'long', ['int', P, 'size_t']);
@@ -331,6 +332,15 @@ export function fcntlLock(fd: number, cmd: number, lk: Flock): Flock {
     type: flockBuf.readInt16LE(0), whence: flockBuf.readInt16LE(2), start: flockBuf.readBigInt64LE(8),
     len: flockBuf.readBigInt64LE(16), pid: flockBuf.readInt32LE(24),
   };
+}
+
+export const LOCK_SH = 1;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
+/** flock(2): whole-file lock of the open file description behind fd. */
+export function flock(fd: number, op: number): void {
+  ck('flock', flock_(fd, op) as number, { fd, op });
 }
 
 /** With buf null or empty, returns the attribute size. */

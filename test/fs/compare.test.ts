@@ -10,9 +10,10 @@ const SCRIPT = fileURLToPath(new URL('./script.fs.txt', import.meta.url));
 /**
  * Replies where QEMU's C virtiofsd (7.2) differs from ours, each for a known reason:
  * ACCESS is not implemented there (ENOSYS); UNLINK of a name the client never looked up is EIO there;
- * its OFD GETLK rejects our lock owner (EINVAL); after a failed CREATE path lookup it answers EIO.
+ * its OFD GETLK rejects our lock owner (EINVAL); SETLKW is refused there (EOPNOTSUPP) where we take a free
+ * lock at once and wait for a held one; after a failed CREATE path lookup it answers EIO.
  */
-const KNOWN = new Set(['rm a/missing', 'lock a/new wr 0 99', 'lock a/new rd 10 20', 'access a/new 4',
+const KNOWN = new Set(['rm a/missing', 'lock a/new wr 0 99', 'lock a/new rd 10 20', 'lockw a/new wr 0 10', 'access a/new 4',
   'write deep/x y', 'mkdir a/new', 'ls a', 'destroy']);
 
 /** kumo-fh: inodes by file handle with a 2-fd inode cache, so nearly every op reopens a handle. */

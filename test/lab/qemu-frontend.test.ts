@@ -5,7 +5,7 @@
 // the work a user would: copy trees, write and fsync large files, fio with verification (also across a kill -9
 // and restart of the disk back-end), discard, mkfs.ext4 and mount, TCP to the host. What L1 wrote is then
 // checked from the host side (the share's files, the image with e2fsck).
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -106,6 +106,11 @@ os.umask(0o077); open(d + '/inh', 'w').close(); open('$S/masked', 'w').close()
 m = lambda p: oct(os.stat(p).st_mode & 0o777)
 assert m(d + '/inh') == '0o664' and m('$S/masked') == '0o600', (m(d + '/inh'), m('$S/masked'))
 assert struct.unpack_from('<I', os.getxattr(d + '/inh', 'system.posix_acl_access'), 16)[0] == 1234"
+# --killpriv-v2: an unprivileged writer's write reaches the daemon flagged, and the daemon clears set-user-ID.
+check share2-killpriv sh -c "touch $S/suid && chmod 4777 $S/suid && setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'echo x >> $S/suid' && test \$(stat -c %a $S/suid) = 777"
+# -o flock: the host holds hostlock for the whole run; a guest flock waits for another guest holder and gets it.
+check share2-flock-host sh -c "! flock -n $S/hostlock true"
+check share2-flock-wait sh -c "flock $S/glock sleep 2 & sleep 0.5; s=\$(date +%s); flock $S/glock true; e=\$(date +%s); wait; test \$((e - s)) -ge 1"
 check share2-write sh -c "dd if=/dev/urandom of=$S/wb bs=64k count=64 2>/dev/null && sha256sum $S/wb | cut -d' ' -f1 > $W/wb.guest-sum"
 check share2-rename sh -c "mkdir $S/d && mv $S/wb $S/d/wb && test -f $S/d/wb && test ! -e $S/wb"
 check share2-umount umount $S
@@ -178,6 +183,8 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
   const roData = randomBytes(2 * MiB);
   let lines: string[] = [];
   let crash: Restart = { killed: false, fioStillRunning: false };
+  /** The second share's daemon log (info): its INIT line tells what L1's kernel negotiated. */
+  let fs2Log = '';
   const value = (key: string): string | undefined => lines.find((l) => l.startsWith(`${key} `))?.slice(key.length + 1).trim();
 
   beforeAll(async () => {
@@ -207,8 +214,13 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     const fsSock = path.join(w, 'fs2.sock');
     fs.mkdirSync(path.join(w, 'share2'));
     fs.writeFileSync(path.join(w, 'share2', 'hello'), 'from the host');
-    procs.push(await startProcess(process.execPath, [bin('kumo-virtiofsd'), `--socket-path=${fsSock}`,
-      `--shared-dir=${path.join(w, 'share2')}`, '--xattr', '--posix-acl', '--writeback', '--announce-submounts', '--inode-file-handles=mandatory'], fsSock));
+    fs.writeFileSync(path.join(w, 'share2', 'hostlock'), '');
+    const hostLock = spawn('flock', ['-x', path.join(w, 'share2', 'hostlock'), 'sleep', '3600'], { stdio: 'ignore' });
+    procs.push(hostLock);
+    const fs2 = await startProcess(process.execPath, [bin('kumo-virtiofsd'), `--socket-path=${fsSock}`, `--shared-dir=${path.join(w, 'share2')}`,
+      '--xattr', '--posix-acl', '--writeback', '--announce-submounts', '--inode-file-handles=mandatory', '--killpriv-v2', '-o', 'flock'], fsSock, { KUMO_LOG: 'info' });
+    fs2.stderr?.on('data', (d: Buffer) => (fs2Log += d.toString()));
+    procs.push(fs2);
     const blkArgs = [bin('kumo-vhost-user-blk'), '--block-backend', `path=${img},socket=${blkSock},num_queues=2,queue_size=256`];
     const blkProc = procs.push(await startProcess(process.execPath, blkArgs, blkSock)) - 1;
     procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-net'), '--net-backend',
@@ -277,7 +289,8 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
   });
 
   it('virtio-fs: a second share (namespace sandbox, inodes by file handle) keeps xattrs and data written back', () => {
-    for (const name of ['share2-mount', 'share2-sees-host', 'share2-xattr', 'share2-acl', 'share2-write', 'share2-rename', 'share2-umount']) {
+    for (const name of ['share2-mount', 'share2-sees-host', 'share2-xattr', 'share2-acl', 'share2-killpriv', 'share2-flock-host', 'share2-flock-wait',
+      'share2-write', 'share2-rename', 'share2-umount']) {
       expect(lines, name).toContain(`ok ${name}`);
     }
     const x = path.join(w, 'share2', 'x');
@@ -286,6 +299,13 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     // --posix-acl: the host file took its mode from the default ACL L1 set, and inherited the ACL.
     expect(fs.statSync(path.join(w, 'share2', 'acl', 'inh')).mode & 0o777).toBe(0o664);
     expect(fs.statSync(path.join(w, 'share2', 'masked')).mode & 0o777).toBe(0o600);
+    // L1's kernel took FUSE_HANDLE_KILLPRIV_V2 and FUSE_FLOCK_LOCKS, so the daemon, not the guest, cleared the bit.
+    const init = /"flags":"0x([0-9a-f]+)"[^\n]*FUSE session initialised/.exec(fs2Log);
+    expect(init, 'INIT line in the daemon log').not.toBeNull();
+    const flags = BigInt('0x' + init![1]);
+    expect(flags & (1n << 28n)).not.toBe(0n);
+    expect(flags & (1n << 10n)).not.toBe(0n);
+    expect(fs.statSync(path.join(w, 'share2', 'suid')).mode & 0o7777).toBe(0o777);
     expect(fs.readFileSync(path.join(w, 'wb.guest-sum'), 'utf8').trim()).toBe(shaFile(path.join(w, 'share2', 'd', 'wb')));
   });
 

@@ -1,0 +1,117 @@
+import type { GuestMemory } from '../../protocol/memory/index.js';
+import type { VringHandle } from '../../protocol/vhost-user/backend-types.js';
+import { closeQuiet, timerfd, timerfdSetPeriod } from '../../protocol/sys/fd.js';
+import { DeferredReplies, type Deferrer } from './deferred.js';
+import { E } from './errors.js';
+
+/**
+ * How often waiting locks are tried again when no request here may have freed one (the holder is a host
+ * process or another daemon). A release through this daemon retries them at once.
+ */
+export const LOCK_RETRY_MS = 20;
+/** Blocking lock requests waiting at once; more get ENOLCK. */
+const MAX_WAITS = 256;
+
+interface Wait {
+  /** Takes the lock without blocking: 0, -EAGAIN while it is held elsewhere, or another -errno (the answer). */
+  attempt: () => number;
+  hdrGpa: number;
+  uniqueLo: number;
+  uniqueHi: number;
+  owner: VringHandle | null;
+  head: number;
+}
+
+/**
+ * SETLKW (fcntl F_SETLKW, and flock(2) without LOCK_NB) on a lock held elsewhere. One thread serves every
+ * request, so it cannot block in the kernel for the lock: the request is parked with its chain out, and the
+ * lock is tried again, oldest first, after each round of requests (one of them may have released it) and on a
+ * timer. The reply goes out when the lock is taken, or with EINTR when the guest interrupts the request or
+ * the queue stops.
+ */
+export class LockWaits implements Deferrer {
+  /** Ticks every LOCK_RETRY_MS while a lock is waited for; the queue loop watches it in its epoll. */
+  readonly timerFd = timerfd();
+  private waits: Wait[] = [];
+  private last: Wait | null = null;
+  private armed = false;
+  private readonly replies = new DeferredReplies();
+
+  constructor(private readonly memory: () => GuestMemory) {}
+
+  get pending(): number {
+    return this.waits.length;
+  }
+
+  /** Parks a blocked request whose reply header goes to hdrGpa; false when too many wait already. */
+  park(attempt: () => number, hdrGpa: number, uniqueLo: number, uniqueHi: number): boolean {
+    if (this.waits.length >= MAX_WAITS) return false;
+    this.last = { attempt, hdrGpa, uniqueLo, uniqueHi, owner: null, head: 0 };
+    this.waits.push(this.last);
+    this.arm(true);
+    return true;
+  }
+
+  bind(owner: VringHandle, head: number): void {
+    const w = this.last as Wait;
+    w.owner = owner;
+    w.head = head;
+  }
+
+  /** Tries every waiting lock again; answers those taken or failed. Returns how many were answered. */
+  retry(): number {
+    if (this.waits.length === 0) return 0;
+    const mem = this.memory();
+    const still: Wait[] = [];
+    for (const w of this.waits) {
+      const r = w.attempt();
+      if (r === -E.EAGAIN) still.push(w);
+      else this.answer(mem, w, r);
+    }
+    const done = this.waits.length - still.length;
+    this.waits = still;
+    this.settle();
+    return done;
+  }
+
+  /** FUSE_INTERRUPT for `unique`: a waiting request gets EINTR. Returns whether one was waiting. */
+  interrupt(uniqueLo: number, uniqueHi: number): boolean {
+    const k = this.waits.findIndex((w) => w.uniqueLo === uniqueLo && w.uniqueHi === uniqueHi);
+    if (k < 0) return false;
+    const [w] = this.waits.splice(k, 1);
+    this.answer(this.memory(), w, -E.EINTR);
+    this.settle();
+    return true;
+  }
+
+  /** Answers EINTR to the requests waiting on `owner`'s ring (every ring when null): it stops. */
+  cancel(owner: VringHandle | null): void {
+    if (this.waits.length === 0) return;
+    const mem = this.memory();
+    this.waits = this.waits.filter((w) => {
+      if (owner !== null && w.owner !== owner) return true;
+      this.answer(mem, w, -E.EINTR);
+      return false;
+    });
+    this.settle();
+  }
+
+  close(): void {
+    closeQuiet(this.timerFd);
+  }
+
+  private answer(mem: GuestMemory, w: Wait, result: number): void {
+    if (w.owner !== null) this.replies.complete(mem, w.owner, w.head, w.hdrGpa, w.uniqueLo, w.uniqueHi, result);
+  }
+
+  private settle(): void {
+    this.replies.publish();
+    if (this.waits.length === 0) this.arm(false);
+  }
+
+  private arm(on: boolean): void {
+    if (on === this.armed) return;
+    timerfdSetPeriod(this.timerFd, on ? LOCK_RETRY_MS : 0);
+    this.armed = on;
+  }
+}

@@ -1,0 +1,69 @@
+import { Fopen, Init } from '../../protocol/fuse/index.js';
+import { logger } from '../../protocol/log.js';
+import type { FsOptions } from './options.js';
+
+const log = logger('virtiofsd');
+
+/** Flags we are willing to accept from the guest's INIT offer whatever the options. */
+const WANTED =
+  Init.ASYNC_READ | Init.PARALLEL_DIROPS | Init.BIG_WRITES | Init.AUTO_INVAL_DATA | Init.ASYNC_DIO |
+  Init.HAS_IOCTL_DIR | Init.ATOMIC_O_TRUNC | Init.MAX_PAGES | Init.INIT_EXT | Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO;
+
+/**
+ * What INIT settled for one FUSE connection. Both request decoders (the fast path and the generic one)
+ * read it, so a negotiated behaviour cannot differ between them.
+ */
+export class FuseSession {
+  initialized = false;
+  /** POSIX ACLs negotiated: the guest sends modes unmasked with its umask beside them (FUSE_DONT_MASK). */
+  private dontMask = false;
+  /** FUSE_SETXATTR_EXT negotiated: setxattr_in carries setxattr_flags. */
+  setxattrExt = false;
+  /**
+   * FUSE_HANDLE_KILLPRIV_V2 negotiated: the guest no longer clears set-user-ID and set-group-ID bits itself
+   * after a write, truncate or chown by an unprivileged caller; it flags those requests and the daemon does it.
+   */
+  killPrivV2 = false;
+
+  constructor(private readonly opts: FsOptions) {}
+
+  /** The INIT flags to answer for the guest's offer (flags | flags2 << 32), and the session they set up. */
+  negotiate(offered: bigint): bigint {
+    const o = this.opts;
+    let want = WANTED;
+    if (o.posixLock) want |= Init.POSIX_LOCKS;
+    if (o.flock) want |= Init.FLOCK_LOCKS;
+    if (o.writeback) want |= Init.WRITEBACK_CACHE;
+    if (o.announceSubmounts) want |= Init.SUBMOUNTS;
+    if (o.killPrivV2) want |= Init.HANDLE_KILLPRIV_V2;
+    // The guest checks ACLs itself and leaves the umask to us (the host applies it unless a default ACL rules).
+    if (o.posixAcl) want |= (offered & Init.POSIX_ACL) !== 0n ? Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT : 0n;
+    if (!o.readdirplus) want &= ~(Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO);
+    const flags = offered & want;
+    if (o.posixAcl && (flags & Init.POSIX_ACL) === 0n) log.warn('--posix-acl: the guest kernel does not offer FUSE_POSIX_ACL; ACLs stay off');
+    if (o.killPrivV2 && (flags & Init.HANDLE_KILLPRIV_V2) === 0n) log.info('--killpriv-v2: the guest kernel does not offer it; the guest clears set-user-ID bits itself');
+    this.dontMask = (flags & Init.DONT_MASK) !== 0n;
+    this.setxattrExt = (flags & Init.SETXATTR_EXT) !== 0n;
+    this.killPrivV2 = (flags & Init.HANDLE_KILLPRIV_V2) !== 0n;
+    this.initialized = true;
+    return flags;
+  }
+
+  /** The umask a creation applies itself: the guest's once it stopped masking modes, else none. */
+  umask(guestUmask: number): number {
+    return this.dontMask ? guestUmask & 0o777 : 0;
+  }
+
+  /** Whether a request's kill-privileges flag is to be acted on (only a negotiated one is). */
+  kill(flagged: boolean): boolean {
+    return flagged && this.killPrivV2;
+  }
+
+  /** open_out.open_flags for a file or directory handle, from the cache mode. */
+  fopenFlags(dir: boolean): number {
+    const c = this.opts.cache;
+    if (dir) return c === 'always' ? Fopen.CACHE_DIR : 0;
+    if (c === 'never') return Fopen.DIRECT_IO;
+    return c === 'always' ? Fopen.KEEP_CACHE : 0;
+  }
+}

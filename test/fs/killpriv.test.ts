@@ -1,0 +1,127 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Fattr, FuseClient, FUSE_OPEN_KILL_SUIDGID, FUSE_ROOT_ID, FUSE_WRITE_KILL_SUIDGID, Init } from '../../protocol/fuse/index.js';
+import { parseArgs } from '../../backends/virtiofsd/cli.js';
+import { VirtioFsTransport } from '../../vmm/kumo-vu/fs/transport.js';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const QEMU_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
+const INIT = Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.ATOMIC_O_TRUNC | Init.HANDLE_KILLPRIV_V2 | Init.INIT_EXT;
+const O_RDWR = 2;
+const O_CREAT = 0o100;
+const O_TRUNC = 0o1000;
+const root = process.getuid?.() === 0;
+if (!root) console.log('killpriv tests skipped: set-user-ID files owned by another user and a daemon with CAP_FSETID need root');
+
+/**
+ * One case per file: its mode before, and what the guest sends. `kill` marks the request the way a guest kernel
+ * does for a caller without CAP_FSETID once FUSE_HANDLE_KILLPRIV_V2 is negotiated.
+ */
+const CASES: { name: string; mode: number; run: (c: FuseClient, node: number, kill: boolean) => Promise<unknown>; notOnQemu?: boolean }[] = [
+  { name: 'write', mode: 0o6755, run: (c, n, k) => withFile(c, n, O_RDWR, 0, (fh) => c.write(n, fh, 0, Buffer.from('x'), k ? FUSE_WRITE_KILL_SUIDGID : 0)) },
+  { name: 'truncate', mode: 0o6755, run: (c, n, k) => c.setattr(n, { valid: Fattr.SIZE | (k ? Fattr.KILL_SUIDGID : 0), size: 1 }) },
+  { name: 'open-trunc', mode: 0o4755, run: (c, n, k) => withFile(c, n, O_RDWR | O_TRUNC, k ? FUSE_OPEN_KILL_SUIDGID : 0, async () => undefined) },
+  { name: 'create-trunc', mode: 0o6755, run: (c, n, k) => c.create(FUSE_ROOT_ID, `f-create-trunc`, O_RDWR | O_CREAT | O_TRUNC, 0o100644, 0, k ? FUSE_OPEN_KILL_SUIDGID : 0).then((r) => c.release(n, r.fh)),
+    // QEMU's virtiofsd 7.2 aborts here (glibc: "invalid openat64 call: O_CREAT or O_TMPFILE without mode").
+    notOnQemu: true },
+  { name: 'sgid-no-group-exec', mode: 0o2644, run: (c, n, k) => withFile(c, n, O_RDWR, 0, (fh) => c.write(n, fh, 0, Buffer.from('x'), k ? FUSE_WRITE_KILL_SUIDGID : 0)) },
+  { name: 'chown', mode: 0o6755, run: (c, n, k) => c.setattr(n, { valid: Fattr.UID | Fattr.GID | (k ? Fattr.KILL_SUIDGID : 0), uid: 1001, gid: 1001 }) },
+];
+
+async function withFile<T>(c: FuseClient, node: number, flags: number, openFlags: number, f: (fh: number) => Promise<T>): Promise<T> {
+  const { fh } = await c.open(node, flags, openFlags);
+  try {
+    return await f(fh);
+  } finally {
+    await c.release(node, fh);
+  }
+}
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const f of cleanups.splice(0).reverse()) f();
+});
+
+/** Runs every case twice (flagged and not) against a daemon; returns "case: mode before -> after" lines and INIT's answer. */
+async function run(daemon: (share: string, sock: string) => ChildProcess, qemu = false): Promise<{ granted: boolean; lines: string[] }> {
+  const cases = CASES.filter((c) => !(qemu && c.notOnQemu));
+  const dir = mkdtempSync('/tmp/kumo-fs-killpriv-');
+  const share = join(dir, 'share');
+  mkdirSync(share);
+  const files: string[] = [];
+  for (const c of cases) {
+    for (const kill of [true, false]) {
+      const name = `f-${c.name}${kill ? '' : '-privileged'}`;
+      const p = join(share, c.name === 'create-trunc' ? 'f-create-trunc' : name);
+      if (c.name === 'create-trunc' && !kill) continue; // one name only: CREATE picks it
+      writeFileSync(p, 'contents');
+      chownSync(p, 1000, 1000);
+      chmodSync(p, c.mode);
+      files.push(p);
+    }
+  }
+  const sock = join(dir, 's.sock');
+  const d = daemon(share, sock);
+  let t: VirtioFsTransport | null = null;
+  cleanups.push(() => {
+    t?.close();
+    d.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+  t = await VirtioFsTransport.connect(sock, 15_000, 256, 1);
+  const c = new FuseClient(t);
+  const r = await c.init(INIT);
+  const lines: string[] = [];
+  for (const k of cases) {
+    for (const kill of [true, false]) {
+      if (k.name === 'create-trunc' && !kill) continue;
+      const name = k.name === 'create-trunc' ? 'f-create-trunc' : `f-${k.name}${kill ? '' : '-privileged'}`;
+      const e = await c.lookup(FUSE_ROOT_ID, name);
+      await k.run(c, e.nodeid, kill);
+      const after = statSync(join(share, name)).mode & 0o7777;
+      lines.push(`${k.name}${kill ? ' (unprivileged caller)' : ''}: ${k.mode.toString(8)} -> ${after.toString(8)}`);
+    }
+  }
+  return { granted: (BigInt(r.flags) & Init.HANDLE_KILLPRIV_V2) !== 0n, lines };
+}
+
+const kumo = (extra: string[]) => (share: string, sock: string): ChildProcess =>
+  spawn(process.execPath, [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot', ...extra],
+    { stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' } });
+
+describe.skipIf(!root)('--killpriv-v2: the daemon clears set-user-ID bits for unprivileged guest callers', () => {
+  it('parses both spellings', () => {
+    expect(parseArgs(['--socket-path=/s', '--shared-dir=/d', '--killpriv-v2']).fs.killPrivV2).toBe(true);
+    expect(parseArgs(['--socket-path=/s', '--shared-dir=/d', '-o', 'killpriv_v2']).fs.killPrivV2).toBe(true);
+    expect(parseArgs(['--socket-path=/s', '--shared-dir=/d', '-o', 'killpriv_v2,no_killpriv_v2']).fs.killPrivV2).toBe(false);
+    expect(parseArgs(['--socket-path=/s', '--shared-dir=/d']).fs.killPrivV2).toBe(false);
+  });
+
+  it.skipIf(!existsSync(QEMU_VIRTIOFSD))('leaves every file with the mode QEMU virtiofsd -o killpriv_v2 leaves', async () => {
+    const k = await run(kumo(['--killpriv-v2']));
+    const q = await run((share, sock) => spawn(QEMU_VIRTIOFSD, [`--socket-path=${sock}`, '-o', `source=${share}`, '-o', 'sandbox=chroot', '-o', 'killpriv_v2'], { stdio: 'ignore' }), true);
+    console.log(`killpriv_v2 (kumo = QEMU):\n  ${k.lines.join('\n  ')}`);
+    expect(k.granted).toBe(true);
+    expect(q.granted).toBe(true);
+    expect(k.lines.filter((l) => !l.startsWith('create-trunc'))).toEqual(q.lines);
+    expect(k.lines).toContain('create-trunc (unprivileged caller): 6755 -> 755');
+    // The flagged requests clear the bits; the same requests from a privileged caller keep them.
+    expect(k.lines).toContain('write (unprivileged caller): 6755 -> 755');
+    expect(k.lines).toContain('write: 6755 -> 6755');
+    expect(k.lines).toContain('truncate (unprivileged caller): 6755 -> 755');
+    expect(k.lines).toContain('truncate: 6755 -> 6755');
+    expect(k.lines).toContain('open-trunc (unprivileged caller): 4755 -> 755');
+    expect(k.lines).toContain('open-trunc: 4755 -> 4755');
+  }, 60_000);
+  if (!existsSync(QEMU_VIRTIOFSD)) console.log(`killpriv comparison skipped: ${QEMU_VIRTIOFSD} is not installed`);
+
+  it('is off by default: not granted, and the flags of a guest that sends them anyway change nothing', async () => {
+    const k = await run(kumo([]));
+    expect(k.granted).toBe(false);
+    expect(k.lines).toContain('write (unprivileged caller): 6755 -> 6755');
+    expect(k.lines).toContain('truncate (unprivileged caller): 6755 -> 6755');
+  }, 60_000);
+});

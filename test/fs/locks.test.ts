@@ -1,0 +1,182 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FuseClient, FuseReplyError, FUSE_LK_FLOCK, FUSE_RELEASE_FLOCK_UNLOCK, FUSE_ROOT_ID, Init, type FileLock } from '../../protocol/fuse/index.js';
+import { parseArgs } from '../../backends/virtiofsd/cli.js';
+import { VirtioFsTransport } from '../../vmm/kumo-vu/fs/transport.js';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const QEMU_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
+const INIT = Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.PARALLEL_DIROPS | Init.ATOMIC_O_TRUNC | Init.POSIX_LOCKS | Init.FLOCK_LOCKS | Init.INIT_EXT;
+const O_RDWR = 2;
+const F_RDLCK = 0;
+const F_WRLCK = 1;
+const F_UNLCK = 2;
+const whole = (type: number): FileLock => ({ start: 0n, end: 0x7fffffffffffffffn, type, pid: 1 });
+const range = (start: bigint, len: number, type = F_WRLCK): FileLock => ({ start, end: start + BigInt(len) - 1n, type, pid: 1 });
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function errCode(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'ok';
+  } catch (e) {
+    if (e instanceof FuseReplyError) return e.code;
+    throw e;
+  }
+}
+
+/** Whether a host process can take flock(LOCK_EX|LOCK_NB) on the file right now. */
+const hostCanFlock = (path: string): boolean => spawnSync('flock', ['-n', '-x', path, 'true']).status === 0;
+
+interface Session {
+  c: FuseClient;
+  granted: bigint;
+  share: string;
+  /** The file `f` in the share, opened twice (two guest open files): nodeid and handles. */
+  node: number;
+  fh: [number, number];
+}
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const f of cleanups.splice(0).reverse()) f();
+});
+
+async function open(who: 'kumo' | 'qemu', args: string[]): Promise<Session> {
+  const dir = mkdtempSync('/tmp/kumo-fs-locks-');
+  const share = join(dir, 'share');
+  mkdirSync(share);
+  writeFileSync(join(share, 'f'), 'locked file\n');
+  const sock = join(dir, 's.sock');
+  const d: ChildProcess = who === 'kumo'
+    ? spawn(process.execPath, [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot', ...args],
+      { stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' } })
+    : spawn(QEMU_VIRTIOFSD, [`--socket-path=${sock}`, '-o', `source=${share}`, '-o', 'sandbox=chroot', ...args.flatMap((a) => ['-o', a])], { stdio: 'ignore' });
+  let t: VirtioFsTransport | null = null;
+  cleanups.push(() => {
+    t?.close();
+    d.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+  t = await VirtioFsTransport.connect(sock, 15_000, 256, 8);
+  const c = new FuseClient(t);
+  const r = await c.init(INIT);
+  const granted = BigInt(r.flags) | (BigInt(r.flags2) << 32n);
+  const e = await c.lookup(FUSE_ROOT_ID, 'f');
+  const a = await c.open(e.nodeid, O_RDWR);
+  const b = await c.open(e.nodeid, O_RDWR);
+  return { c, granted, share, node: e.nodeid, fh: [a.fh, b.fh] };
+}
+
+/** flock(2) as the guest kernel sends it: SETLK(W) with FUSE_LK_FLOCK on the open file's handle. */
+const flock = (s: Session, k: 0 | 1, type: number, wait = false): Promise<void> =>
+  s.c.setlk(s.node, s.fh[k], BigInt(100 + k), whole(type), wait, FUSE_LK_FLOCK);
+
+/** Two guest open files contend without waiting; the host sees the locks. Same sequence on either daemon. */
+async function flockSequence(s: Session): Promise<string[]> {
+  const path = join(s.share, 'f');
+  const out: string[] = [];
+  const step = async (what: string, p: Promise<void>): Promise<void> => {
+    out.push(`${what}=${await errCode(p)} host=${hostCanFlock(path) ? 'free' : 'held'}`);
+  };
+  await step('ex0', flock(s, 0, F_WRLCK));
+  await step('ex1', flock(s, 1, F_WRLCK));
+  await step('sh1', flock(s, 1, F_RDLCK));
+  await step('un0', flock(s, 0, F_UNLCK));
+  await step('sh1', flock(s, 1, F_RDLCK));
+  await step('sh0', flock(s, 0, F_RDLCK));
+  await step('ex0', flock(s, 0, F_WRLCK));
+  await step('rel1', s.c.release(s.node, s.fh[1], false, FUSE_RELEASE_FLOCK_UNLOCK));
+  await step('ex0', flock(s, 0, F_WRLCK));
+  await step('rel0', s.c.release(s.node, s.fh[0], false, FUSE_RELEASE_FLOCK_UNLOCK));
+  return out;
+}
+
+describe('-o flock: flock(2) from the guest locks the host file', () => {
+  it('is off unless asked for: FUSE_FLOCK_LOCKS is not granted and a flock request is ENOSYS', async () => {
+    const s = await open('kumo', []);
+    expect(s.granted & Init.FLOCK_LOCKS).toBe(0n);
+    expect(await errCode(flock(s, 0, F_WRLCK))).toBe('ENOSYS');
+    expect(parseArgs(['--socket-path=/s', '--shared-dir=/d', '-o', 'flock']).fs.flock).toBe(true);
+    expect(parseArgs(['--socket-path=/s', '--shared-dir=/d', '-o', 'flock,no_flock']).fs.flock).toBe(false);
+  }, 30_000);
+
+  it.skipIf(!existsSync(QEMU_VIRTIOFSD))('grants, refuses and releases locks as QEMU virtiofsd -o flock does, and the host sees them', async () => {
+    const k = await open('kumo', ['-o', 'flock']);
+    expect(k.granted & Init.FLOCK_LOCKS).toBe(Init.FLOCK_LOCKS);
+    const kumo = await flockSequence(k);
+    const q = await open('qemu', ['flock']);
+    const qemu = await flockSequence(q);
+    console.log(`flock sequence (kumo = QEMU): ${kumo.join(', ')}`);
+    expect(kumo).toEqual(qemu);
+    expect(kumo).toEqual([
+      'ex0=ok host=held', 'ex1=EWOULDBLOCK host=held', 'sh1=EWOULDBLOCK host=held', 'un0=ok host=free', 'sh1=ok host=held',
+      // A failed LOCK_EX|LOCK_NB upgrade drops the shared lock first (flock(2): conversion is not atomic).
+      'sh0=ok host=held', 'ex0=EWOULDBLOCK host=held', 'rel1=ok host=free', 'ex0=ok host=held', 'rel0=ok host=free',
+    ]);
+  }, 60_000);
+  if (!existsSync(QEMU_VIRTIOFSD)) console.log(`flock comparison skipped: ${QEMU_VIRTIOFSD} is not installed`);
+
+  it('waits for a lock another guest file holds without holding up other requests, and gets it on release', async () => {
+    const s = await open('kumo', ['-o', 'flock']);
+    await flock(s, 0, F_WRLCK);
+    let settled = '';
+    const waiting = flock(s, 1, F_WRLCK, true).then(() => (settled = 'ok'), (e: FuseReplyError) => (settled = e.code));
+    // Served while the SETLKW waits: the request loop is not blocked on it.
+    const attr = await s.c.getattr(s.node);
+    expect(attr.size).toBe(12);
+    expect(settled).toBe('');
+    await flock(s, 0, F_UNLCK);
+    await waiting;
+    expect(settled).toBe('ok');
+    expect(hostCanFlock(join(s.share, 'f'))).toBe(false);
+  }, 30_000);
+
+  it('waits for a lock a host process holds, retrying until it is free', async () => {
+    const s = await open('kumo', ['-o', 'flock']);
+    const path = join(s.share, 'f');
+    const holder = spawn('flock', ['-x', path, 'sleep', '0.6'], { stdio: 'ignore' });
+    cleanups.push(() => holder.kill('SIGKILL'));
+    for (let i = 0; i < 100 && hostCanFlock(path); i++) await sleep(10);
+    expect(hostCanFlock(path)).toBe(false);
+    const t0 = Date.now();
+    await flock(s, 0, F_WRLCK, true);
+    const waited = Date.now() - t0;
+    console.log(`SETLKW behind a host flock held ~0.6 s: answered after ${waited} ms`);
+    expect(waited).toBeGreaterThan(200);
+    expect(holder.exitCode ?? (await new Promise((r) => holder.once('exit', r)))).toBe(0);
+  }, 30_000);
+
+  it('answers EINTR to a waiting lock the front-end interrupts', async () => {
+    const s = await open('kumo', ['-o', 'flock']);
+    await flock(s, 0, F_WRLCK);
+    const unique = s.c.nextUnique;
+    const waiting = errCode(flock(s, 1, F_WRLCK, true));
+    await s.c.getattr(s.node); // the SETLKW is parked once this is answered (same queue, in order)
+    await s.c.interrupt(unique);
+    expect(await waiting).toBe('EINTR');
+    // The interrupted request took nothing: the first file still holds the lock.
+    expect(await errCode(flock(s, 1, F_WRLCK))).toBe('EWOULDBLOCK');
+  }, 30_000);
+});
+
+describe('blocking POSIX locks (SETLKW with --posix-lock)', () => {
+  it('take a free range at once and wait for a held one while other requests go on', async () => {
+    const s = await open('kumo', ['--posix-lock']);
+    await s.c.setlk(s.node, s.fh[0], 1n, range(0n, 10), true);
+    await s.c.setlk(s.node, s.fh[0], 2n, range(20n, 5), true);
+    let settled = '';
+    const waiting = s.c.setlk(s.node, s.fh[1], 2n, range(5n, 10), true).then(() => (settled = 'ok'), (e: FuseReplyError) => (settled = e.code));
+    expect((await s.c.getlk(s.node, s.fh[1], 3n, range(0n, 1))).type).toBe(F_WRLCK);
+    expect(settled).toBe('');
+    await s.c.setlk(s.node, s.fh[0], 1n, range(0n, 10, F_UNLCK));
+    await waiting;
+    expect(settled).toBe('ok');
+    const held = await s.c.getlk(s.node, s.fh[1], 3n, range(5n, 1));
+    expect(held.type).toBe(F_WRLCK);
+    expect(held.start).toBe(5n);
+  }, 30_000);
+});
