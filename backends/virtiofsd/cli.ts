@@ -33,7 +33,7 @@ export const USAGE = `kumo-virtiofsd --socket-path=PATH|--fd=N --shared-dir=DIR 
   [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--posix-acl] [--announce-submounts]
   [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
   [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL] [--syslog] [--poll-us=N] [--print-capabilities]
-  [--seccomp=none|kill|log|trap] [--preserve-noatime] [--xattrmap=RULES] [--modcaps=LIST] [--killpriv-v2]
+  [--seccomp=none|kill|log|trap] [--preserve-noatime] [--xattrmap=RULES] [--modcaps=LIST] [--killpriv-v2] [--security-label]
 QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=RULES,posix_lock,posix_acl,flock,killpriv_v2,
   writeback,readdirplus
 --xattrmap=RULES (implies --xattr): virtiofsd's xattr name mapping, e.g. ':map::user.virtiofs.:' keeps every guest
@@ -52,7 +52,10 @@ QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=
   process writes, truncates or chowns a file (one request instead of two, and no window between them)
 -o flock: flock(2) in the guest locks the host file, so guests and host processes sharing it exclude each other
   (without it the guest kernel keeps flock locks to itself)
-Accepted for compatibility but without effect (a warning says so): --security-label, -o allow_root, -o max_idle_threads
+--security-label (implies --xattr): a new file, directory, node or symlink gets the label the guest's LSM chose
+  (SELinux: security.selinux, which the host accepts only with --modcaps=+sys_admin or an --xattrmap rule that
+  renames it); a label that cannot be set undoes the creation
+Accepted for compatibility but without effect (a warning says so): -o allow_root, -o max_idle_threads
 --inode-file-handles=prefer|mandatory: inodes are known by file handle; at most KUMO_FS_OPEN_INODE_FDS (1024)
   of their O_PATH fds stay open, the rest are reopened by handle when used (needs CAP_DAC_READ_SEARCH).`;
 
@@ -125,10 +128,12 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'killpriv-v2': case 'killpriv_v2': o.killPrivV2 = true; break;
       case 'no-killpriv-v2': case 'no_killpriv_v2': o.killPrivV2 = false; break;
       case 'security-label': case 'security_label':
+        o.securityLabel = true;
+        o.xattr = true;
+        break;
+      case 'no_security_label': o.securityLabel = false; break;
       case 'allow_root':
         cfg.ignored.push(key);
-        break;
-      case 'no_security_label':
         break;
       case 'max_idle_threads':
         int(key, v);

@@ -18,6 +18,8 @@ export interface FsOptions {
   flock: boolean;
   /** --killpriv-v2: the daemon clears set-user-ID bits on unprivileged writes (FUSE_HANDLE_KILLPRIV_V2). */
   killPrivV2: boolean;
+  /** --security-label: new inodes get the label the guest's LSM chose (FUSE_SECURITY_CTX), as an xattr. */
+  securityLabel: boolean;
   /** --posix-acl: the guest kernel enforces POSIX ACLs, kept as system.posix_acl_* xattrs on the host. */
   posixAcl: boolean;
   readonly: boolean;
@@ -42,6 +44,7 @@ export const defaultFsOptions = (sharedDir: string): FsOptions => ({
   posixLock: false,
   flock: false,
   killPrivV2: false,
+  securityLabel: false,
   posixAcl: false,
   readonly: false,
   writeback: false,

@@ -2,7 +2,7 @@ import * as fs from '../../protocol/sys/fs.js';
 import type { FileHandle } from '../../protocol/sys/fs.js';
 import { close, closeQuiet, dup, preadv, pwritev, type IoVecList } from '../../protocol/sys/fd.js';
 import { SysError, rawSyscall } from '../../protocol/sys/libc.js';
-import { Fattr, type Attr, type EntryOut, type Kstatfs, type FileLock, type SetattrIn, FUSE_LK_FLOCK } from '../../protocol/fuse/index.js';
+import { Fattr, type Attr, type EntryOut, type Kstatfs, type FileLock, type SetattrIn, type SecurityContext, FUSE_LK_FLOCK } from '../../protocol/fuse/index.js';
 import { encodeDirent, encodeDirentplus } from '../../protocol/fuse/dirent.js';
 import { logger } from '../../protocol/log.js';
 import { InodeHandles, sameHandle } from './inode-handles.js';
@@ -303,9 +303,11 @@ export class PassthroughFs {
    * regular file: a plain O_CREAT open would block this thread on a FIFO, or open a host device
    * through a device node the guest made with MKNOD.
    */
-  private createOpen(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number, umask: number, kill: boolean): number {
+  private createOpen(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number, umask: number, kill: boolean, label: SecurityContext | null = null): number {
     const fl = this.openFlags(flags) | O_NOFOLLOW;
     const fd = this.asCaller(c, () => fs.openat2Raw(parent.fd, cname, fl | O_CREAT | O_EXCL, mode & 0o7777, RESOLVE), umask);
+    // Only a file made here gets the label; an existing one that CREATE opens keeps its own.
+    if (fd >= 0 && label !== null) return this.labelNewFile(fd, parent, cname, label);
     if (fd !== -E.EEXIST || (fl & O_EXCL) !== 0) return fd;
     const pathFd = fs.openat2Raw(parent.fd, cname, O_PATH | O_NOFOLLOW, 0, RESOLVE);
     if (pathFd < 0) return pathFd;
@@ -321,6 +323,19 @@ export class PassthroughFs {
       throw e;
     } finally {
       closeQuiet(pathFd);
+    }
+  }
+
+  /** Sets the label on a file CREATE just made (fd open on it); on failure the file goes and -errno is returned. */
+  private labelNewFile(fd: number, parent: Inode, cname: Uint8Array, label: SecurityContext): number {
+    try {
+      fs.fsetxattr(fd, this.xattrMap?.toServer(label.name, 'set') ?? label.name, label.value, 0);
+      return fd;
+    } catch (e) {
+      closeQuiet(fd);
+      this.unlinkQuiet(parent, cname.subarray(0, cname.length - 1), false);
+      if (e instanceof SysError || e instanceof FsError) return -e.errno;
+      throw e;
     }
   }
 
@@ -372,32 +387,59 @@ export class PassthroughFs {
     return this.register(fs.openat2(parent.fd, name, O_PATH | O_NOFOLLOW, 0, RESOLVE));
   }
 
-  mkdir(c: Caller, parent: Inode, name: Uint8Array, mode: number, umask = 0): EntryOut {
+  mkdir(c: Caller, parent: Inode, name: Uint8Array, mode: number, umask = 0, label: SecurityContext | null = null): EntryOut {
     checkName(name);
     this.writable();
     this.asCaller(c, () => fs.mkdirat(parent.fd, name, mode & 0o7777), umask);
-    return this.newEntry(parent, name);
+    return this.labelled(parent, name, true, label);
   }
 
-  mknod(c: Caller, parent: Inode, name: Uint8Array, mode: number, rdev: number, umask = 0): EntryOut {
+  mknod(c: Caller, parent: Inode, name: Uint8Array, mode: number, rdev: number, umask = 0, label: SecurityContext | null = null): EntryOut {
     checkName(name);
     this.writable();
     this.asCaller(c, () => fs.mknodat(parent.fd, name, mode, rdev), umask);
-    return this.newEntry(parent, name);
+    return this.labelled(parent, name, false, label);
   }
 
-  symlink(c: Caller, parent: Inode, name: Uint8Array, target: Uint8Array): EntryOut {
+  symlink(c: Caller, parent: Inode, name: Uint8Array, target: Uint8Array, label: SecurityContext | null = null): EntryOut {
     checkName(name);
     this.writable();
     if (target.length === 0 || target.length >= 4096) throw new FsError(E.EINVAL, 'bad symlink target');
     this.asCaller(c, () => fs.symlinkat(target, parent.fd, name));
-    return this.newEntry(parent, name);
+    return this.labelled(parent, name, false, label);
   }
 
-  create(c: Caller, parent: Inode, name: Uint8Array, flags: number, mode: number, umask = 0, kill = false): { entry: EntryOut; fh: number } {
+  /**
+   * The entry of an inode just created as `name`, with the label the guest's LSM chose (--security-label) set
+   * on it. A label that cannot be set undoes the creation: no unlabelled inode is left where the guest's
+   * policy expects a labelled one.
+   */
+  private labelled(parent: Inode, name: Uint8Array, dir: boolean, label: SecurityContext | null): EntryOut {
+    const e = this.newEntry(parent, name);
+    if (label === null) return e;
+    try {
+      const host = this.xattrMap?.toServer(label.name, 'set') ?? label.name;
+      this.withXattrFd(this.inodes.get(e.nodeid), true, (fd, p) => (fd !== null ? fs.fsetxattr(fd, host, label.value, 0) : fs.setxattr(p, host, label.value, 0)));
+    } catch (err) {
+      this.forget(e.nodeid, 1);
+      this.unlinkQuiet(parent, name, dir);
+      throw err;
+    }
+    return e;
+  }
+
+  private unlinkQuiet(parent: Inode, name: Uint8Array, dir: boolean): void {
+    try {
+      fs.unlinkat(parent.fd, name, dir ? fs.AT_REMOVEDIR : 0);
+    } catch {
+      // Already gone (the guest or the host removed it meanwhile).
+    }
+  }
+
+  create(c: Caller, parent: Inode, name: Uint8Array, flags: number, mode: number, umask = 0, kill = false, label: SecurityContext | null = null): { entry: EntryOut; fh: number } {
     checkName(name);
     this.writable();
-    const fd = this.createOpen(c, parent, fs.cstr(name), flags, mode, umask, kill);
+    const fd = this.createOpen(c, parent, fs.cstr(name), flags, mode, umask, kill, label);
     if (fd < 0) throw new FsError(-fd, 'create failed');
     let entry: EntryOut;
     try {

@@ -16,6 +16,8 @@ export const REQUEST_THREAD_SYSCALLS: readonly SyscallName[] = [
   'fchmod', 'fchmodat', 'fchmodat2', 'fchown', 'fchownat', 'utimensat', 'faccessat', 'faccessat2',
   'getxattr', 'lgetxattr', 'fgetxattr', 'setxattr', 'lsetxattr', 'fsetxattr', 'listxattr', 'llistxattr',
   'flistxattr', 'removexattr', 'lremovexattr', 'fremovexattr', 'fcntl', 'flock',
+  // xattrs of symlinks and special files: through their /proc/self/fd link, from the thread's own cwd.
+  'fchdir',
   'name_to_handle_at', 'open_by_handle_at',
   // The caller's credentials (and with --posix-acl its umask) around creating calls (per thread).
   'umask', 'setresuid', 'setresgid', 'setgroups', 'getuid', 'geteuid', 'getgid', 'getegid',

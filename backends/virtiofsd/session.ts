@@ -24,6 +24,8 @@ export class FuseSession {
    * after a write, truncate or chown by an unprivileged caller; it flags those requests and the daemon does it.
    */
   killPrivV2 = false;
+  /** FUSE_SECURITY_CTX negotiated: creations carry the label the guest's LSM chose (--security-label). */
+  securityCtx = false;
 
   constructor(private readonly opts: FsOptions) {}
 
@@ -36,6 +38,7 @@ export class FuseSession {
     if (o.writeback) want |= Init.WRITEBACK_CACHE;
     if (o.announceSubmounts) want |= Init.SUBMOUNTS;
     if (o.killPrivV2) want |= Init.HANDLE_KILLPRIV_V2;
+    if (o.securityLabel) want |= Init.SECURITY_CTX;
     // The guest checks ACLs itself and leaves the umask to us (the host applies it unless a default ACL rules).
     if (o.posixAcl) want |= (offered & Init.POSIX_ACL) !== 0n ? Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT : 0n;
     if (!o.readdirplus) want &= ~(Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO);
@@ -45,6 +48,7 @@ export class FuseSession {
     this.dontMask = (flags & Init.DONT_MASK) !== 0n;
     this.setxattrExt = (flags & Init.SETXATTR_EXT) !== 0n;
     this.killPrivV2 = (flags & Init.HANDLE_KILLPRIV_V2) !== 0n;
+    this.securityCtx = (flags & Init.SECURITY_CTX) !== 0n;
     this.initialized = true;
     return flags;
   }

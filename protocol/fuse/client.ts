@@ -1,6 +1,7 @@
 import { KumoError } from '../errors.js';
 import { errnoName } from '../sys/libc.js';
 import { decodeDirents, decodeDirentsplus, type DirEntry } from './dirent.js';
+import { encodeSecctx, type SecurityContext } from './secctx.js';
 import { Op, FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, FUSE_ROOT_ID, Init } from './opcodes.js';
 import {
   InHeader, OutHeader, EntryOut, AttrOut, GetattrIn, MknodIn, MkdirIn, Rename2In, RenameIn, LinkIn, SetattrIn,
@@ -103,6 +104,21 @@ export class FuseClient {
   async batchForget(items: { nodeid: number; nlookup: number }[]): Promise<void> {
     await this.noReply(Op.BATCH_FORGET, 0, [BatchForgetIn.pack({ count: items.length }), ...items.map((i) => ForgetOne.pack(i))]);
   }
+  /**
+   * The label creations carry once the server took FUSE_SECURITY_CTX, as a kernel whose LSM labels new inodes
+   * sends it (null: the bare header, as a kernel without such an LSM sends).
+   */
+  securityContext: SecurityContext | null = null;
+
+  private secctx(): Uint8Array[] {
+    return this.granted(Init.SECURITY_CTX) ? [encodeSecctx(this.securityContext)] : [];
+  }
+
+  /** Whether the server's INIT reply took `flag`. */
+  granted(flag: bigint): boolean {
+    return this.init_ !== null && ((BigInt(this.init_.flags) | (BigInt(this.init_.flags2) << 32n)) & flag) !== 0n;
+  }
+
   /** The unique the next request will carry (to INTERRUPT a request that waits, such as SETLKW). */
   get nextUnique(): bigint {
     return this.unique;
@@ -122,14 +138,14 @@ export class FuseClient {
     return (await this.call(Op.READLINK, nodeid, [], 4096, 'READLINK')).slice();
   }
   async symlink(parent: number, name: string | Uint8Array, target: string | Uint8Array): Promise<EntryOutT> {
-    return EntryOut.decode(await this.call(Op.SYMLINK, parent, [z(name), z(target)], EntryOut.size, 'SYMLINK'));
+    return EntryOut.decode(await this.call(Op.SYMLINK, parent, [z(name), z(target), ...this.secctx()], EntryOut.size, 'SYMLINK'));
   }
   /** `umask` matters once the server took FUSE_DONT_MASK: it then applies it (a kernel sends its process's). */
   async mknod(parent: number, name: string | Uint8Array, mode: number, rdev = 0, umask = 0): Promise<EntryOutT> {
-    return EntryOut.decode(await this.call(Op.MKNOD, parent, [MknodIn.pack({ mode, rdev, umask }), z(name)], EntryOut.size, 'MKNOD'));
+    return EntryOut.decode(await this.call(Op.MKNOD, parent, [MknodIn.pack({ mode, rdev, umask }), z(name), ...this.secctx()], EntryOut.size, 'MKNOD'));
   }
   async mkdir(parent: number, name: string | Uint8Array, mode = 0o755, umask = 0): Promise<EntryOutT> {
-    return EntryOut.decode(await this.call(Op.MKDIR, parent, [MkdirIn.pack({ mode, umask }), z(name)], EntryOut.size, 'MKDIR'));
+    return EntryOut.decode(await this.call(Op.MKDIR, parent, [MkdirIn.pack({ mode, umask }), z(name), ...this.secctx()], EntryOut.size, 'MKDIR'));
   }
   async unlink(parent: number, name: string | Uint8Array): Promise<void> {
     await this.call(Op.UNLINK, parent, [z(name)], 0, 'UNLINK');
@@ -149,7 +165,7 @@ export class FuseClient {
     return OpenOut.decode(await this.call(Op.OPEN, nodeid, [OpenIn.pack({ flags, openFlags })], OpenOut.size, 'OPEN'));
   }
   async create(parent: number, name: string, flags: number, mode: number, umask = 0, openFlags = 0): Promise<{ entry: EntryOutT; fh: number }> {
-    const r = await this.call(Op.CREATE, parent, [CreateIn.pack({ flags, mode, umask, openFlags }), z(name)], EntryOut.size + OpenOut.size, 'CREATE');
+    const r = await this.call(Op.CREATE, parent, [CreateIn.pack({ flags, mode, umask, openFlags }), z(name), ...this.secctx()], EntryOut.size + OpenOut.size, 'CREATE');
     return { entry: EntryOut.decode(r), fh: OpenOut.decode(r, EntryOut.size).fh };
   }
   async read(nodeid: number, fh: number, offset: number, size: number): Promise<Uint8Array> {
@@ -175,7 +191,7 @@ export class FuseClient {
   }
   /** Sends the extended setxattr_in (with `setxattrFlags`) once the server took FUSE_SETXATTR_EXT. */
   async setxattr(nodeid: number, name: string, value: Uint8Array, flags = 0, setxattrFlags = 0): Promise<void> {
-    const ext = this.init_ !== null && ((BigInt(this.init_.flags) | (BigInt(this.init_.flags2) << 32n)) & Init.SETXATTR_EXT) !== 0n;
+    const ext = this.granted(Init.SETXATTR_EXT);
     const head = ext ? SetxattrExtIn.pack({ size: value.length, flags, setxattrFlags }) : SetxattrIn.pack({ size: value.length, flags });
     await this.call(Op.SETXATTR, nodeid, [head, z(name), value], 0, 'SETXATTR');
   }

@@ -3,4 +3,5 @@ export * from './opcodes.js';
 export * from './struct.js';
 export * from './structs.js';
 export * from './dirent.js';
+export * from './secctx.js';
 export * from './client.js';

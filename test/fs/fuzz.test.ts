@@ -1,7 +1,7 @@
 import { describe, it, expect, beforeEach, afterEach, vi } from 'vitest';
 import { mkdtempSync, writeFileSync, readFileSync, mkdirSync, rmSync, readdirSync, lstatSync } from 'node:fs';
 import { join } from 'node:path';
-import { FuseClient, FUSE_ROOT_ID, Init, Op, InHeader, OutHeader, IN_HEADER_SIZE, OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
+import { FuseClient, FUSE_ROOT_ID, Init, Op, encodeSecctx, InHeader, OutHeader, IN_HEADER_SIZE, OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
 import { PassthroughFs } from '../../backends/virtiofsd/passthrough.js';
 import { FuseServer } from '../../backends/virtiofsd/server.js';
 import { BufferIo } from '../../backends/virtiofsd/fuse-io.js';
@@ -109,12 +109,17 @@ function snapshot(dir: string, skip: string): string[] {
   return out.sort();
 }
 
+const LABELLED = new Set<number>([Op.MKDIR, Op.MKNOD, Op.SYMLINK, Op.CREATE]);
+
 const VARIANTS: { name: string; opts: Partial<FsOptions>; init?: bigint }[] = [
   { name: 'inode fds', opts: {} },
-  // The guest sends unmasked modes with umasks and extended setxattr_in; xattr names go through a map.
+  // The guest sends unmasked modes with umasks, extended setxattr_in, kill-privilege flags, flock requests and
+  // security contexts after creations' names; xattr names go through a map.
   {
-    name: 'POSIX ACLs, xattr map', opts: { posixAcl: true, xattrmap: parseXattrMap('/unsupported/all/security./security./ /map/trusted./user.virtiofs./') },
-    init: Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.INIT_EXT | Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT | Init.POSIX_LOCKS,
+    name: 'POSIX ACLs, xattr map, security labels, killpriv_v2, flock',
+    opts: { posixAcl: true, xattrmap: parseXattrMap('/unsupported/all/security./security./ /map/trusted./user.virtiofs./'), securityLabel: true, killPrivV2: true, flock: true },
+    init: Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.INIT_EXT | Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT | Init.POSIX_LOCKS |
+      Init.SECURITY_CTX | Init.HANDLE_KILLPRIV_V2 | Init.FLOCK_LOCKS,
   },
   // A 4-entry fd cache: inodes are reopened from their file handles all the time.
   { name: 'file handles, 4 inode fds open', opts: { inodeFileHandles: 'prefer', openInodeFds: 4 } },
@@ -158,6 +163,7 @@ for (const v of VARIANTS) {
       let unique = 1000n;
       const counts = { replied: 0, ok: 0, dropped: 0 };
       const okBy = new Map<number, number>();
+      const labels = ((v.init ?? 0n) & Init.SECURITY_CTX) !== 0n;
 
       for (let i = 0; i < REQUESTS; i++) {
         // DESTROY wipes every nodeid and handle, so it stays rare; common ops get extra weight.
@@ -176,6 +182,10 @@ for (const v of VARIANTS) {
         }
         const parts: Buffer[] = [args];
         for (let k = 0; k < (shape.names ?? 0); k++) parts.push(Buffer.from(rng.pick(NAMES) + '\0'));
+        // With FUSE_SECURITY_CTX a creation ends with a security context block: mostly well-formed, some garbage.
+        if (labels && LABELLED.has(opcode) && !rawArgs) {
+          parts.push(Buffer.from(rng.chance(0.8) ? encodeSecctx(rng.chance(0.5) ? null : { name: Buffer.from(rng.pick(['user.l', 'trusted.l', 'security.selinux'])), value: rng.bytes(rng.below(40)) }) : rng.bytes(rng.below(24))));
+        }
         if (shape.data) {
           const data = rng.bytes(rng.below(9000));
           if (!rawArgs) args.writeUInt32LE(rng.chance(0.9) ? data.length : rng.u32(), 16);
