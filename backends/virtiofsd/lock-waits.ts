@@ -6,7 +6,7 @@ import { E } from './errors.js';
 
 /**
  * How often waiting locks are tried again when no request here may have freed one (the holder is a host
- * process or another daemon). A release through this daemon retries them at once.
+ * process or another daemon); KUMO_FS_LOCK_RETRY_MS changes it. A release through this daemon retries them at once.
  */
 export const LOCK_RETRY_MS = 20;
 /** Blocking lock requests waiting at once; more get ENOLCK. */
@@ -37,7 +37,10 @@ export class LockWaits implements Deferrer {
   private armed = false;
   private readonly replies = new DeferredReplies();
 
-  constructor(private readonly memory: () => GuestMemory) {}
+  constructor(
+    private readonly memory: () => GuestMemory,
+    private readonly retryMs = LOCK_RETRY_MS,
+  ) {}
 
   get pending(): number {
     return this.waits.length;
@@ -111,7 +114,7 @@ export class LockWaits implements Deferrer {
 
   private arm(on: boolean): void {
     if (on === this.armed) return;
-    timerfdSetPeriod(this.timerFd, on ? LOCK_RETRY_MS : 0);
+    timerfdSetPeriod(this.timerFd, on ? this.retryMs : 0);
     this.armed = on;
   }
 }

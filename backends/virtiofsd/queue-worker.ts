@@ -54,7 +54,8 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
   const fs = new PassthroughFs(opts, enterSandbox(opts, ctx.log));
   const offload = threadPoolSize === 0 ? null : ReadOffload.create(MAX_IOV, threadPoolSize ?? 0, ctx.log);
   if (offload !== null) ctx.epoll.add(offload.efd, EPOLLIN, OFFLOAD_TOKEN);
-  const waits = new LockWaits(() => ctx.memory());
+  const retryMs = Number(process.env.KUMO_FS_LOCK_RETRY_MS);
+  const waits = new LockWaits(() => ctx.memory(), Number.isFinite(retryMs) && retryMs > 0 ? retryMs : undefined);
   ctx.epoll.add(waits.timerFd, EPOLLIN, LOCK_TIMER_TOKEN);
   const server = new FuseServer(fs, offload, waits);
   const io = new ChainIo();

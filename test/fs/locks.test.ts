@@ -45,7 +45,7 @@ afterEach(() => {
   for (const f of cleanups.splice(0).reverse()) f();
 });
 
-async function open(who: 'kumo' | 'qemu', args: string[]): Promise<Session> {
+async function open(who: 'kumo' | 'qemu', args: string[], env: Record<string, string> = {}): Promise<Session> {
   const dir = mkdtempSync('/tmp/kumo-fs-locks-');
   const share = join(dir, 'share');
   mkdirSync(share);
@@ -53,7 +53,7 @@ async function open(who: 'kumo' | 'qemu', args: string[]): Promise<Session> {
   const sock = join(dir, 's.sock');
   const d: ChildProcess = who === 'kumo'
     ? spawn(process.execPath, [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot', ...args],
-      { stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' } })
+      { stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn', ...env } })
     : spawn(QEMU_VIRTIOFSD, [`--socket-path=${sock}`, '-o', `source=${share}`, '-o', 'sandbox=chroot', ...args.flatMap((a) => ['-o', a])], { stdio: 'ignore' });
   let t: VirtioFsTransport | null = null;
   cleanups.push(() => {
@@ -121,7 +121,8 @@ describe('-o flock: flock(2) from the guest locks the host file', () => {
   if (!existsSync(QEMU_VIRTIOFSD)) console.log(`flock comparison skipped: ${QEMU_VIRTIOFSD} is not installed`);
 
   it('waits for a lock another guest file holds without holding up other requests, and gets it on release', async () => {
-    const s = await open('kumo', ['-o', 'flock']);
+    // The timer's retries are 10 s apart here: the release itself must hand the lock over.
+    const s = await open('kumo', ['-o', 'flock'], { KUMO_FS_LOCK_RETRY_MS: '10000' });
     await flock(s, 0, F_WRLCK);
     let settled = '';
     const waiting = flock(s, 1, F_WRLCK, true).then(() => (settled = 'ok'), (e: FuseReplyError) => (settled = e.code));
@@ -129,9 +130,11 @@ describe('-o flock: flock(2) from the guest locks the host file', () => {
     const attr = await s.c.getattr(s.node);
     expect(attr.size).toBe(12);
     expect(settled).toBe('');
+    const t0 = Date.now();
     await flock(s, 0, F_UNLCK);
     await waiting;
     expect(settled).toBe('ok');
+    expect(Date.now() - t0).toBeLessThan(5000);
     expect(hostCanFlock(join(s.share, 'f'))).toBe(false);
   }, 30_000);
 
