@@ -1,14 +1,10 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Fattr, FuseClient, FUSE_OPEN_KILL_SUIDGID, FUSE_ROOT_ID, FUSE_WRITE_KILL_SUIDGID, Init } from '../../protocol/fuse/index.js';
 import { parseArgs } from '../../backends/virtiofsd/cli.js';
-import { VirtioFsTransport } from '../../vmm/kumo-vu/fs/transport.js';
+import { connectFs, QEMU_VIRTIOFSD, type FsDaemon } from './daemons.js';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const QEMU_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
 const INIT = Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.ATOMIC_O_TRUNC | Init.HANDLE_KILLPRIV_V2 | Init.INIT_EXT;
 const O_RDWR = 2;
 const O_CREAT = 0o100;
@@ -46,8 +42,8 @@ afterEach(() => {
 });
 
 /** Runs every case twice (flagged and not) against a daemon; returns "case: mode before -> after" lines and INIT's answer. */
-async function run(daemon: (share: string, sock: string) => ChildProcess, qemu = false): Promise<{ granted: boolean; lines: string[] }> {
-  const cases = CASES.filter((c) => !(qemu && c.notOnQemu));
+async function run(daemon: FsDaemon): Promise<{ granted: boolean; lines: string[] }> {
+  const cases = CASES.filter((c) => !(daemon.who === 'qemu' && c.notOnQemu));
   const dir = mkdtempSync('/tmp/kumo-fs-killpriv-');
   const share = join(dir, 'share');
   mkdirSync(share);
@@ -63,16 +59,7 @@ async function run(daemon: (share: string, sock: string) => ChildProcess, qemu =
       files.push(p);
     }
   }
-  const sock = join(dir, 's.sock');
-  const d = daemon(share, sock);
-  let t: VirtioFsTransport | null = null;
-  cleanups.push(() => {
-    t?.close();
-    d.kill('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
-  });
-  t = await VirtioFsTransport.connect(sock, 15_000, 256, 1);
-  const c = new FuseClient(t);
+  const c = await connectFs(daemon, dir, share, cleanups);
   const r = await c.init(INIT);
   const lines: string[] = [];
   for (const k of cases) {
@@ -88,10 +75,6 @@ async function run(daemon: (share: string, sock: string) => ChildProcess, qemu =
   return { granted: (BigInt(r.flags) & Init.HANDLE_KILLPRIV_V2) !== 0n, lines };
 }
 
-const kumo = (extra: string[]) => (share: string, sock: string): ChildProcess =>
-  spawn(process.execPath, [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot', ...extra],
-    { stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' } });
-
 describe.skipIf(!root)('--killpriv-v2: the daemon clears set-user-ID bits for unprivileged guest callers', () => {
   it('parses both spellings', () => {
     expect(parseArgs(['--socket-path=/s', '--shared-dir=/d', '--killpriv-v2']).fs.killPrivV2).toBe(true);
@@ -101,8 +84,8 @@ describe.skipIf(!root)('--killpriv-v2: the daemon clears set-user-ID bits for un
   });
 
   it.skipIf(!existsSync(QEMU_VIRTIOFSD))('leaves every file with the mode QEMU virtiofsd -o killpriv_v2 leaves', async () => {
-    const k = await run(kumo(['--killpriv-v2']));
-    const q = await run((share, sock) => spawn(QEMU_VIRTIOFSD, [`--socket-path=${sock}`, '-o', `source=${share}`, '-o', 'sandbox=chroot', '-o', 'killpriv_v2'], { stdio: 'ignore' }), true);
+    const k = await run({ who: 'kumo', kumoArgs: ['--killpriv-v2'] });
+    const q = await run({ who: 'qemu', qemuOptions: ['killpriv_v2'] });
     console.log(`killpriv_v2 (kumo = QEMU):\n  ${k.lines.join('\n  ')}`);
     expect(k.granted).toBe(true);
     expect(q.granted).toBe(true);
@@ -119,7 +102,7 @@ describe.skipIf(!root)('--killpriv-v2: the daemon clears set-user-ID bits for un
   if (!existsSync(QEMU_VIRTIOFSD)) console.log(`killpriv comparison skipped: ${QEMU_VIRTIOFSD} is not installed`);
 
   it('is off by default: not granted, and the flags of a guest that sends them anyway change nothing', async () => {
-    const k = await run(kumo([]));
+    const k = await run({ who: 'kumo' });
     expect(k.granted).toBe(false);
     expect(k.lines).toContain('write (unprivileged caller): 6755 -> 6755');
     expect(k.lines).toContain('truncate (unprivileged caller): 6755 -> 6755');

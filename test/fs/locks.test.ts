@@ -1,14 +1,11 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FuseClient, FuseReplyError, FUSE_LK_FLOCK, FUSE_RELEASE_FLOCK_UNLOCK, FUSE_ROOT_ID, Init, type FileLock } from '../../protocol/fuse/index.js';
 import { parseArgs } from '../../backends/virtiofsd/cli.js';
-import { VirtioFsTransport } from '../../vmm/kumo-vu/fs/transport.js';
+import { connectFs, errCode, QEMU_VIRTIOFSD } from './daemons.js';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const QEMU_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
 const INIT = Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.PARALLEL_DIROPS | Init.ATOMIC_O_TRUNC | Init.POSIX_LOCKS | Init.FLOCK_LOCKS | Init.INIT_EXT;
 const O_RDWR = 2;
 const F_RDLCK = 0;
@@ -17,16 +14,6 @@ const F_UNLCK = 2;
 const whole = (type: number): FileLock => ({ start: 0n, end: 0x7fffffffffffffffn, type, pid: 1 });
 const range = (start: bigint, len: number, type = F_WRLCK): FileLock => ({ start, end: start + BigInt(len) - 1n, type, pid: 1 });
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-async function errCode(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'ok';
-  } catch (e) {
-    if (e instanceof FuseReplyError) return e.code;
-    throw e;
-  }
-}
 
 /** Whether a host process can take flock(LOCK_EX|LOCK_NB) on the file right now. */
 const hostCanFlock = (path: string): boolean => spawnSync('flock', ['-n', '-x', path, 'true']).status === 0;
@@ -50,19 +37,7 @@ async function open(who: 'kumo' | 'qemu', args: string[], env: Record<string, st
   const share = join(dir, 'share');
   mkdirSync(share);
   writeFileSync(join(share, 'f'), 'locked file\n');
-  const sock = join(dir, 's.sock');
-  const d: ChildProcess = who === 'kumo'
-    ? spawn(process.execPath, [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot', ...args],
-      { stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn', ...env } })
-    : spawn(QEMU_VIRTIOFSD, [`--socket-path=${sock}`, '-o', `source=${share}`, '-o', 'sandbox=chroot', ...args.flatMap((a) => ['-o', a])], { stdio: 'ignore' });
-  let t: VirtioFsTransport | null = null;
-  cleanups.push(() => {
-    t?.close();
-    d.kill('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
-  });
-  t = await VirtioFsTransport.connect(sock, 15_000, 256, 8);
-  const c = new FuseClient(t);
+  const c = await connectFs({ who, kumoArgs: args, qemuOptions: args, env }, dir, share, cleanups, 8);
   const r = await c.init(INIT);
   const granted = BigInt(r.flags) | (BigInt(r.flags2) << 32n);
   const e = await c.lookup(FUSE_ROOT_ID, 'f');

@@ -8,6 +8,7 @@ import { BufferIo } from '../../backends/virtiofsd/fuse-io.js';
 import { defaultFsOptions } from '../../backends/virtiofsd/options.js';
 import { ScriptRunner } from '../../vmm/kumo-vu/fs/script.js';
 import { LocalTransport } from './local-transport.js';
+import { errCode } from './daemons.js';
 
 let base: string;
 let share: string;
@@ -31,15 +32,6 @@ afterEach(() => {
   rmSync(base, { recursive: true, force: true });
 });
 
-async function errCode(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'ok';
-  } catch (e) {
-    if (e instanceof FuseReplyError) return e.code;
-    throw e;
-  }
-}
 
 describe('passthrough filesystem (in-process, no vhost-user)', () => {
   it('runs the comparison script with the expected replies and leaves no inodes behind', async () => {

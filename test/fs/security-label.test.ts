@@ -1,14 +1,11 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { decodeSecctx, encodeSecctx, FuseClient, FuseProtocolError, FuseReplyError, FUSE_ROOT_ID, Init } from '../../protocol/fuse/index.js';
+import { decodeSecctx, encodeSecctx, FuseProtocolError, FuseReplyError, FUSE_ROOT_ID, Init } from '../../protocol/fuse/index.js';
 import { parseArgs } from '../../backends/virtiofsd/cli.js';
-import { VirtioFsTransport } from '../../vmm/kumo-vu/fs/transport.js';
+import { connectFs, QEMU_VIRTIOFSD } from './daemons.js';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const QEMU_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
 const INIT = Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.ATOMIC_O_TRUNC | Init.INIT_EXT | Init.SECURITY_CTX;
 const O_RDWR = 2;
 const O_CREAT = 0o100;
@@ -58,19 +55,7 @@ async function run(who: 'kumo' | 'qemu', extra: string[] = [], first = label('us
   const share = join(dir, 'share');
   mkdirSync(share);
   writeFileSync(join(share, 'existing'), 'x');
-  const sock = join(dir, 's.sock');
-  const d: ChildProcess = who === 'kumo'
-    ? spawn(process.execPath, [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot', '--security-label', ...extra],
-      { stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' } })
-    : spawn(QEMU_VIRTIOFSD, [`--socket-path=${sock}`, '-o', `source=${share}`, '-o', 'sandbox=chroot', '-o', 'xattr', '-o', 'security_label'], { stdio: 'ignore' });
-  let t: VirtioFsTransport | null = null;
-  cleanups.push(() => {
-    t?.close();
-    d.kill('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
-  });
-  t = await VirtioFsTransport.connect(sock, 15_000, 256, 1);
-  const c = new FuseClient(t);
+  const c = await connectFs({ who, kumoArgs: ['--security-label', ...extra], qemuOptions: ['xattr', 'security_label'] }, dir, share, cleanups);
   await c.init(INIT);
   const out: string[] = [];
   const step = async (what: string, f: () => Promise<unknown>): Promise<void> => {
