@@ -1,5 +1,6 @@
 import { FsConfigError } from './errors.js';
 import { parseXattrMap } from './xattrmap.js';
+import { idMaps, parseIdRule, type IdRule } from './idmap.js';
 import { parseModcaps, type ModCaps } from './capabilities.js';
 import { SECCOMP_ACTIONS, type SeccompAction } from '../../protocol/sys/seccomp.js';
 import { defaultFsOptions, type CacheMode, type FileHandleMode, type FsOptions, type SandboxMode } from './options.js';
@@ -34,6 +35,7 @@ export const USAGE = `kumo-virtiofsd --socket-path=PATH|--fd=N --shared-dir=DIR 
   [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
   [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL] [--syslog] [--poll-us=N] [--print-capabilities]
   [--seccomp=none|kill|log|trap] [--preserve-noatime] [--xattrmap=RULES] [--modcaps=LIST] [--killpriv-v2] [--security-label]
+  [--translate-uid=RULE] [--translate-gid=RULE]
 QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=RULES,posix_lock,posix_acl,flock,killpriv_v2,
   writeback,readdirplus
 --xattrmap=RULES (implies --xattr): virtiofsd's xattr name mapping, e.g. ':map::user.virtiofs.:' keeps every guest
@@ -55,6 +57,10 @@ QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=
 --security-label (implies --xattr): a new file, directory, node or symlink gets the label the guest's LSM chose
   (SELinux: security.selinux, which the host accepts only with --modcaps=+sys_admin or an --xattrmap rule that
   renames it); a label that cannot be set undoes the creation
+--translate-uid=RULE, --translate-gid=RULE (repeatable): translate IDs between guest and host in the daemon.
+  RULE is map|guest|host|squash-guest|squash-host:FROM:TO:COUNT or forbid-guest:FROM:COUNT, e.g.
+  squash-guest:0:1000:4294967295 gives every file a guest creates host owner 1000 (guest or host
+  IDs no rule covers pass unchanged; a forbid-guest ID cannot create or own files: EPERM)
 Accepted for compatibility but without effect (a warning says so): -o allow_root, -o max_idle_threads
 --inode-file-handles=prefer|mandatory: inodes are known by file handle; at most KUMO_FS_OPEN_INODE_FDS (1024)
   of their O_PATH fds stay open, the rest are reopened by handle when used (needs CAP_DAC_READ_SEARCH).`;
@@ -76,6 +82,7 @@ export function parseArgs(argv: string[]): DaemonConfig {
   let sharedDir: string | null = null;
   const cfg = { syslog: false, listenFd: null as number | null, socketGroup: null as string | null, tag: null as string | null, threadPoolSize: null as number | null, seccomp: 'kill' as SeccompAction, modcaps: null as ModCaps | null, ignored: [] as string[], pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
   const o: Partial<FsOptions> = { sandbox: 'namespace' };
+  const translate: Record<'uid' | 'gid', IdRule[]> = { uid: [], gid: [] };
   const set = (key: string, val: string | null): void => {
     const v = val ?? '';
     switch (key) {
@@ -132,6 +139,13 @@ export function parseArgs(argv: string[]): DaemonConfig {
         o.xattr = true;
         break;
       case 'no_security_label': o.securityLabel = false; break;
+      case 'translate-uid': translate.uid.push(parseIdRule(key, v)); break;
+      case 'translate-gid': translate.gid.push(parseIdRule(key, v)); break;
+      case 'uid-map': case 'gid-map':
+        // virtiofsd writes these into the user namespace it creates before starting threads; a Node process
+        // cannot create one (CLONE_NEWUSER refuses a multithreaded caller).
+        throw new FsConfigError(`--${key} is not supported: kumo-virtiofsd creates no user namespace. Start it inside one ` +
+          `(unshare --user --map-users=..., or your container runtime), or translate IDs in the daemon with --translate-${key.slice(0, 3)}`, { option: key });
       case 'allow_root':
         cfg.ignored.push(key);
         break;
@@ -154,7 +168,7 @@ export function parseArgs(argv: string[]): DaemonConfig {
     } else if (a.startsWith('--')) {
       const eq = a.indexOf('=');
       const key = eq < 0 ? a.slice(2) : a.slice(2, eq);
-      const takesValue = ['socket-path', 'shared-dir', 'tag', 'cache', 'sandbox', 'thread-pool-size', 'rlimit-nofile', 'poll-us', 'log-level', 'inode-file-handles', 'seccomp', 'fd', 'socket-group', 'modcaps', 'xattrmap'].includes(key);
+      const takesValue = ['socket-path', 'shared-dir', 'tag', 'cache', 'sandbox', 'thread-pool-size', 'rlimit-nofile', 'poll-us', 'log-level', 'inode-file-handles', 'seccomp', 'fd', 'socket-group', 'modcaps', 'xattrmap', 'translate-uid', 'translate-gid', 'uid-map', 'gid-map'].includes(key);
       const val = eq >= 0 ? a.slice(eq + 1) : takesValue ? (argv[++i] ?? '') : null;
       set(key, val);
     } else if (a === '-f' || a === '-d') {
@@ -166,5 +180,6 @@ export function parseArgs(argv: string[]): DaemonConfig {
   if (cfg.socketGroup !== null && socketPath === null) throw new FsConfigError('--socket-group needs --socket-path (with --fd the parent owns the socket)');
   if (!sharedDir) throw new FsConfigError('--shared-dir (or -o source=) is required');
   if (cfg.tag !== null && (Buffer.byteLength(cfg.tag) === 0 || Buffer.byteLength(cfg.tag) > 36)) throw new FsConfigError('--tag must be 1..36 bytes');
-  return { socketPath, ...cfg, fs: { ...defaultFsOptions(sharedDir), ...o } };
+  idMaps(translate.uid, translate.gid); // refuses overlapping ranges now rather than on the request thread
+  return { socketPath, ...cfg, fs: { ...defaultFsOptions(sharedDir), ...o, translateUid: translate.uid, translateGid: translate.gid } };
 }

@@ -1,4 +1,5 @@
 import type { XattrRule } from './xattrmap.js';
+import type { IdRule } from './idmap.js';
 
 /** Settings of one passthrough filesystem (the parsed kumo-virtiofsd command line, minus the socket). */
 export type CacheMode = 'auto' | 'always' | 'never' | 'metadata';
@@ -22,6 +23,9 @@ export interface FsOptions {
   securityLabel: boolean;
   /** --posix-acl: the guest kernel enforces POSIX ACLs, kept as system.posix_acl_* xattrs on the host. */
   posixAcl: boolean;
+  /** --translate-uid / --translate-gid rules (empty: IDs pass unchanged). */
+  translateUid: IdRule[];
+  translateGid: IdRule[];
   readonly: boolean;
   writeback: boolean;
   allowDirectIo: boolean;
@@ -46,6 +50,8 @@ export const defaultFsOptions = (sharedDir: string): FsOptions => ({
   killPrivV2: false,
   securityLabel: false,
   posixAcl: false,
+  translateUid: [],
+  translateGid: [],
   readonly: false,
   writeback: false,
   allowDirectIo: false,

@@ -9,6 +9,7 @@ import { InodeHandles, sameHandle } from './inode-handles.js';
 import { E, FsError } from './errors.js';
 import { HandleTable, Inode, InodeTable, type Handle } from './inodes.js';
 import { cacheTimeout, type FsOptions } from './options.js';
+import { FORBIDDEN, idMaps, type IdMaps } from './idmap.js';
 import { XattrMap } from './xattrmap.js';
 import { capNumber, withoutEffectiveCap } from '../../protocol/sys/caps.js';
 
@@ -108,6 +109,8 @@ export class PassthroughFs {
   private readonly direntBuf = Buffer.alloc(64 * 1024);
   private readonly linkBuf = Buffer.alloc(4096);
   private readonly xattrMap: XattrMap | null;
+  /** --translate-uid / --translate-gid, or null when IDs pass unchanged. */
+  readonly ids: IdMaps | null;
   /** st_dev -> whether its filesystem has a flush operation (see flush()). */
   private readonly flushByDev = new Map<number, boolean>();
   /** See HELD_SCORE_MAX; starts at the middle, so the first LOOKUP is stat'ed first. */
@@ -132,6 +135,7 @@ export class PassthroughFs {
     this.timeout = Math.floor(t);
     this.timeoutNsec = Math.min(999_999_999, Math.round((t - this.timeout) * 1e9));
     this.xattrMap = opts.xattrmap ? new XattrMap(opts.xattrmap) : null;
+    this.ids = idMaps(opts.translateUid, opts.translateGid);
     this.euid = rawSyscall(107); // geteuid
     this.egid = rawSyscall(108); // getegid
   }
@@ -158,7 +162,7 @@ export class PassthroughFs {
     return {
       ino: st.ino, size: st.size, blocks: st.blocks, atime: st.atime, mtime: st.mtime, ctime: st.ctime,
       atimensec: st.atimeNsec, mtimensec: st.mtimeNsec, ctimensec: st.ctimeNsec, mode: st.mode, nlink: st.nlink,
-      uid: st.uid, gid: st.gid, rdev: st.rdev, blksize: st.blksize,
+      uid: this.ids ? this.ids.uid.toGuest(st.uid) : st.uid, gid: this.ids ? this.ids.gid.toGuest(st.gid) : st.gid, rdev: st.rdev, blksize: st.blksize,
       // FUSE_ATTR_SUBMOUNT: a directory on another filesystem than the root.
       flags: this.opts.announceSubmounts && Number(st.dev) !== this.root.dev && (st.mode & fs.S_IFMT) === fs.S_IFDIR ? 1 : 0,
     };
@@ -350,12 +354,14 @@ export class PassthroughFs {
    * the host applies it, unless the parent's default ACL decides the mode. This thread's umask is otherwise 0.
    */
   private asCaller<T>(c: Caller, f: () => T, umask = 0): T {
-    const switchGid = c.gid !== this.egid;
-    const switchUid = c.uid !== this.euid;
-    if (switchGid) fs.setresgidThread(-1, c.gid, -1);
+    const uid = this.hostId(c.uid, 'uid');
+    const gid = this.hostId(c.gid, 'gid');
+    const switchGid = gid !== this.egid;
+    const switchUid = uid !== this.euid;
+    if (switchGid) fs.setresgidThread(-1, gid, -1);
     if (switchUid) {
       try {
-        fs.setresuidThread(-1, c.uid, -1);
+        fs.setresuidThread(-1, uid, -1);
       } catch (e) {
         if (switchGid) fs.setresgidThread(-1, this.egid, -1);
         throw e;
@@ -369,6 +375,14 @@ export class PassthroughFs {
       if (switchUid) fs.setresuidThread(-1, this.euid, -1);
       if (switchGid) fs.setresgidThread(-1, this.egid, -1);
     }
+  }
+
+  /** The host ID for a guest's (--translate-uid/gid); EPERM for one that forbid-guest refuses. */
+  private hostId(guestId: number, kind: 'uid' | 'gid'): number {
+    if (this.ids === null) return guestId;
+    const id = this.ids[kind].toHost(guestId);
+    if (id === FORBIDDEN) throw new FsError(E.EPERM, `guest ${kind} forbidden by --translate-${kind}`, { [kind]: guestId });
+    return id;
   }
 
   /**
@@ -496,8 +510,8 @@ export class PassthroughFs {
       else fs.fchmodat(this.procSelfFd, proc, a.mode & 0o7777, 0);
     }
     if (v & (Fattr.UID | Fattr.GID)) {
-      const uid = v & Fattr.UID ? a.uid : -1;
-      const gid = v & Fattr.GID ? a.gid : -1;
+      const uid = v & Fattr.UID ? this.hostId(a.uid, 'uid') : -1;
+      const gid = v & Fattr.GID ? this.hostId(a.gid, 'gid') : -1;
       this.killingPrivs(kill, () => fs.fchownat(i.fd, '', uid, gid, fs.AT_EMPTY_PATH | fs.AT_SYMLINK_NOFOLLOW));
     }
     if (v & Fattr.SIZE) {
