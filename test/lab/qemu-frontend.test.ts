@@ -113,6 +113,11 @@ echo "guest-mode suid $(stat -c %a $S/suid)"
 # -o flock: the host holds hostlock for the whole run; a guest flock waits for another guest holder and gets it.
 check share2-flock-host sh -c "! flock -n $S/hostlock true"
 check share2-flock-wait sh -c "flock $S/glock sleep 2 & sleep 0.5; s=\$(date +%s); flock $S/glock true; e=\$(date +%s); wait; test \$((e - s)) -ge 1"
+# --translate-uid/gid map:3000:4000:1 (and forbid-guest 3001): a guest user 3000 creates a file the host sees owned by 4000,
+# L1 sees it back as 3000, and a chown to the forbidden 3001 is refused (the share's path is not searchable by 3000: cd first).
+check share2-idmap sh -c "mkdir $S/idm && chmod 777 $S/idm && cd $S/idm && setpriv --reuid=3000 --regid=3000 --clear-groups touch f && test \$(stat -c %u:%g f) = 3000:3000"
+check share2-idmap-forbid sh -c "! chown 3001 $S/idm/f 2>/dev/null && test \$(stat -c %u $S/idm/f) = 3000"
+echo "guest-owner hostowned $(stat -c %u:%g $S/hostowned)"
 check share2-write sh -c "dd if=/dev/urandom of=$S/wb bs=64k count=64 2>/dev/null && sha256sum $S/wb | cut -d' ' -f1 > $W/wb.guest-sum"
 check share2-rename sh -c "mkdir $S/d && mv $S/wb $S/d/wb && test -f $S/d/wb && test ! -e $S/wb"
 check share2-umount umount $S
@@ -217,10 +222,13 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     fs.mkdirSync(path.join(w, 'share2'));
     fs.writeFileSync(path.join(w, 'share2', 'hello'), 'from the host');
     fs.writeFileSync(path.join(w, 'share2', 'hostlock'), '');
+    fs.writeFileSync(path.join(w, 'share2', 'hostowned'), '');
+    fs.chownSync(path.join(w, 'share2', 'hostowned'), 4000, 4000);
     const hostLock = spawn('flock', ['-x', path.join(w, 'share2', 'hostlock'), 'sleep', '3600'], { stdio: 'ignore' });
     procs.push(hostLock);
     const fs2 = await startProcess(process.execPath, [bin('kumo-virtiofsd'), `--socket-path=${fsSock}`, `--shared-dir=${path.join(w, 'share2')}`,
-      '--xattr', '--posix-acl', '--writeback', '--announce-submounts', '--inode-file-handles=mandatory', '--killpriv-v2', '-o', 'flock'], fsSock, { KUMO_LOG: 'info' });
+      '--xattr', '--posix-acl', '--writeback', '--announce-submounts', '--inode-file-handles=mandatory', '--killpriv-v2', '-o', 'flock',
+      '--translate-uid=map:3000:4000:1', '--translate-gid=map:3000:4000:1', '--translate-uid=forbid-guest:3001:1'], fsSock, { KUMO_LOG: 'info' });
     fs2.stderr?.on('data', (d: Buffer) => (fs2Log += d.toString()));
     procs.push(fs2);
     const blkArgs = [bin('kumo-vhost-user-blk'), '--block-backend', `path=${img},socket=${blkSock},num_queues=2,queue_size=256`];
@@ -292,7 +300,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
 
   it('virtio-fs: a second share (namespace sandbox, inodes by file handle) keeps xattrs and data written back', () => {
     for (const name of ['share2-mount', 'share2-sees-host', 'share2-xattr', 'share2-acl', 'share2-killpriv', 'share2-flock-host', 'share2-flock-wait',
-      'share2-write', 'share2-rename', 'share2-umount']) {
+      'share2-idmap', 'share2-idmap-forbid', 'share2-write', 'share2-rename', 'share2-umount']) {
       expect(lines, name).toContain(`ok ${name}`);
     }
     const x = path.join(w, 'share2', 'x');
@@ -310,6 +318,10 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     expect(fs.statSync(path.join(w, 'share2', 'suid')).mode & 0o7777).toBe(0o777);
     console.log(`--killpriv-v2: host mode 0777 after the write; L1 saw ${value('guest-mode suid')} right after it`);
     expect(fs.readFileSync(path.join(w, 'wb.guest-sum'), 'utf8').trim()).toBe(shaFile(path.join(w, 'share2', 'd', 'wb')));
+    // --translate-uid/gid: L1's user 3000 made a file owned by 4000 here; a host file of 4000 showed as 3000 there.
+    const f = fs.statSync(path.join(w, 'share2', 'idm', 'f'));
+    expect(`${f.uid}:${f.gid}`).toBe('4000:4000');
+    expect(value('guest-owner hostowned')).toBe('3000:3000');
   });
 
   it('vhost-user-blk: L1 sees the disk and its queues; data, discard and write-zeroes hold', () => {
