@@ -11,6 +11,8 @@ import { E } from './errors.js';
 export const LOCK_RETRY_MS = 20;
 /** Blocking lock requests waiting at once; more get ENOLCK. */
 const MAX_WAITS = 256;
+/** INTERRUPTs kept for requests not yet seen; the oldest goes first (its request most likely came and went). */
+const MAX_EARLY_INTERRUPTS = 64;
 
 interface Wait {
   /** Takes the lock without blocking: 0, -EAGAIN while it is held elsewhere, or another -errno (the answer). */
@@ -36,6 +38,11 @@ export class LockWaits implements Deferrer {
   private last: Wait | null = null;
   private armed = false;
   private readonly replies = new DeferredReplies();
+  /**
+   * Uniques of INTERRUPTs that found no waiting request, as [lo, hi] pairs. The hiprio queue is served before
+   * the request queue, so an INTERRUPT can be read before the SETLKW it targets, as libfuse also allows for.
+   */
+  private early: number[] = [];
 
   constructor(
     private readonly memory: () => GuestMemory,
@@ -77,14 +84,32 @@ export class LockWaits implements Deferrer {
     return done;
   }
 
-  /** FUSE_INTERRUPT for `unique`: a waiting request gets EINTR. Returns whether one was waiting. */
+  /**
+   * FUSE_INTERRUPT for `unique`: a waiting request gets EINTR. Returns whether one was waiting; if none was, the
+   * interrupt is kept for a request with that unique still to come (see interrupted()).
+   */
   interrupt(uniqueLo: number, uniqueHi: number): boolean {
     const k = this.waits.findIndex((w) => w.uniqueLo === uniqueLo && w.uniqueHi === uniqueHi);
-    if (k < 0) return false;
+    if (k < 0) {
+      if (this.early.length >= 2 * MAX_EARLY_INTERRUPTS) this.early.splice(0, 2);
+      this.early.push(uniqueLo, uniqueHi);
+      return false;
+    }
     const [w] = this.waits.splice(k, 1);
     this.answer(this.memory(), w, -E.EINTR);
     this.settle();
     return true;
+  }
+
+  /** Whether an INTERRUPT for `unique` came before the request did (it is then consumed): answer EINTR, do not wait. */
+  interrupted(uniqueLo: number, uniqueHi: number): boolean {
+    for (let k = 0; k < this.early.length; k += 2) {
+      if (this.early[k] === uniqueLo && this.early[k + 1] === uniqueHi) {
+        this.early.splice(k, 2);
+        return true;
+      }
+    }
+    return false;
   }
 
   /** Answers EINTR to the requests waiting on `owner`'s ring (every ring when null): it stops. */

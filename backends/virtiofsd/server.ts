@@ -313,7 +313,8 @@ export class FuseServer {
         fs.access(caller, fs.inode(h.nodeid), AccessIn.decode(a).mask);
         return this.reply(io, u, 0);
       case Op.INTERRUPT: {
-        // Only a waiting lock can be interrupted: every other request ran to completion when it was read.
+        // Only a waiting lock can be interrupted: every other request ran to completion when it was read. One
+        // for a request not read yet is kept for it.
         const target = InterruptIn.decode(a).unique;
         this.waits?.interrupt(Number(target & 0xffff_ffffn), Number(target >> 32n));
         return 0;
@@ -397,7 +398,10 @@ export class FuseServer {
     const r = attempt();
     if (r !== -E.EAGAIN) return this.reply(io, u, r);
     const gpa = io.outHeaderGpa();
-    if (this.waits === null || gpa < 0 || !this.waits.park(attempt, gpa, Number(u & 0xffff_ffffn), Number(u >> 32n))) {
+    const lo = Number(u & 0xffff_ffffn);
+    const hi = Number(u >> 32n);
+    if (this.waits?.interrupted(lo, hi)) return this.reply(io, u, -E.EINTR);
+    if (this.waits === null || gpa < 0 || !this.waits.park(attempt, gpa, lo, hi)) {
       return this.reply(io, u, -E.ENOLCK);
     }
     this.deferredTo = this.waits;

@@ -139,6 +139,24 @@ describe('-o flock: flock(2) from the guest locks the host file', () => {
     // The interrupted request took nothing: the first file still holds the lock.
     expect(await errCode(flock(s, 1, F_WRLCK))).toBe('EWOULDBLOCK');
   }, 30_000);
+
+  it('answers EINTR to a SETLKW whose INTERRUPT was read before it, and only to that one', async () => {
+    const s = await open('kumo', ['-o', 'flock']);
+    await flock(s, 0, F_WRLCK);
+    // The INTERRUPT takes the next unique; the SETLKW after it the one beyond.
+    await s.c.interrupt(s.c.nextUnique + 1n);
+    expect(await errCode(flock(s, 1, F_WRLCK, true))).toBe('EINTR');
+    // An interrupt whose request never blocked (a GETATTR) leaves later waits alone.
+    await s.c.interrupt(s.c.nextUnique + 1n);
+    await s.c.getattr(s.node);
+    const unique = s.c.nextUnique;
+    let settled = '';
+    const waiting = errCode(flock(s, 1, F_WRLCK, true)).then((r) => (settled = r));
+    await s.c.getattr(s.node);
+    expect(settled).toBe('');
+    await s.c.interrupt(unique);
+    expect(await waiting).toBe('EINTR');
+  }, 30_000);
 });
 
 describe('blocking POSIX locks (SETLKW with --posix-lock)', () => {
