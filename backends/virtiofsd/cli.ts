@@ -33,7 +33,7 @@ export interface DaemonConfig {
 export const USAGE = `kumo-virtiofsd --socket-path=PATH|--fd=N --shared-dir=DIR [--socket-group=GROUP] [--tag=TAG] [--cache=auto|always|never|metadata]
   [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--posix-acl] [--announce-submounts]
   [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
-  [--no-readdirplus] [--rlimit-nofile=N] [--log-level=LEVEL] [--syslog] [--poll-us=N] [--print-capabilities]
+  [--no-readdirplus] [--allow-mmap] [--rlimit-nofile=N] [--log-level=LEVEL] [--syslog] [--poll-us=N] [--print-capabilities]
   [--seccomp=none|kill|log|trap] [--preserve-noatime] [--xattrmap=RULES] [--modcaps=LIST] [--killpriv-v2] [--security-label]
   [--translate-uid=RULE] [--translate-gid=RULE]
 QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=RULES,posix_lock,posix_acl,flock,killpriv_v2,
@@ -61,7 +61,10 @@ QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=
   RULE is map|guest|host|squash-guest|squash-host:FROM:TO:COUNT or forbid-guest:FROM:COUNT, e.g.
   squash-guest:0:1000:4294967295 gives every file a guest creates host owner 1000 (guest or host
   IDs no rule covers pass unchanged; a forbid-guest ID cannot create or own files: EPERM)
-Accepted for compatibility but without effect (a warning says so): -o allow_root, -o max_idle_threads
+--allow-mmap: guests may mmap files shared under --cache=never or metadata (which open them with direct I/O)
+Accepted for compatibility but without effect (a warning says so): -o allow_root, -o max_idle_threads,
+  --migration-mode, --migration-on-error, --migration-verify-handles, --migration-confirm-paths (the daemon
+  offers no device-state transfer, so front-ends do not migrate a VM using it)
 --inode-file-handles=prefer|mandatory: inodes are known by file handle; at most KUMO_FS_OPEN_INODE_FDS (1024)
   of their O_PATH fds stay open, the rest are reopened by handle when used (needs CAP_DAC_READ_SEARCH).`;
 
@@ -118,6 +121,7 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'writeback': o.writeback = true; break;
       case 'no_writeback': o.writeback = false; break;
       case 'allow-direct-io': case 'allow_direct_io': o.allowDirectIo = true; break;
+      case 'allow-mmap': case 'allow_mmap': o.allowMmap = true; break;
       case 'readdirplus': o.readdirplus = true; break;
       case 'no-readdirplus': case 'no_readdirplus': o.readdirplus = false; break;
       case 'preserve-noatime': o.preserveNoatime = true; break;
@@ -149,6 +153,11 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'allow_root':
         cfg.ignored.push(key);
         break;
+      // Live migration of the daemon's state (vhost-user device state transfer) is not offered, so a front-end
+      // refuses to migrate a VM with this device (QEMU then refuses to migrate it); the values are still checked.
+      case 'migration-mode': oneOf(key, v, ['find-paths', 'file-handles']); cfg.ignored.push(key); break;
+      case 'migration-on-error': oneOf(key, v, ['abort', 'guest-error']); cfg.ignored.push(key); break;
+      case 'migration-verify-handles': case 'migration-confirm-paths': cfg.ignored.push(key); break;
       case 'max_idle_threads':
         int(key, v);
         cfg.ignored.push(key);
@@ -168,7 +177,7 @@ export function parseArgs(argv: string[]): DaemonConfig {
     } else if (a.startsWith('--')) {
       const eq = a.indexOf('=');
       const key = eq < 0 ? a.slice(2) : a.slice(2, eq);
-      const takesValue = ['socket-path', 'shared-dir', 'tag', 'cache', 'sandbox', 'thread-pool-size', 'rlimit-nofile', 'poll-us', 'log-level', 'inode-file-handles', 'seccomp', 'fd', 'socket-group', 'modcaps', 'xattrmap', 'translate-uid', 'translate-gid', 'uid-map', 'gid-map'].includes(key);
+      const takesValue = ['socket-path', 'shared-dir', 'tag', 'cache', 'sandbox', 'thread-pool-size', 'rlimit-nofile', 'poll-us', 'log-level', 'inode-file-handles', 'seccomp', 'fd', 'socket-group', 'modcaps', 'xattrmap', 'translate-uid', 'translate-gid', 'uid-map', 'gid-map', 'migration-mode', 'migration-on-error'].includes(key);
       const val = eq >= 0 ? a.slice(eq + 1) : takesValue ? (argv[++i] ?? '') : null;
       set(key, val);
     } else if (a === '-f' || a === '-d') {

@@ -29,6 +29,8 @@ export interface FsOptions {
   readonly: boolean;
   writeback: boolean;
   allowDirectIo: boolean;
+  /** --allow-mmap: the guest may map direct-I/O files shared (FUSE_DIRECT_IO_ALLOW_MMAP). */
+  allowMmap: boolean;
   announceSubmounts: boolean;
   readdirplus: boolean;
   /** --preserve-noatime: keep the guest's O_NOATIME (virtiofsd drops it: unprivileged it fails on others' files). */
@@ -55,6 +57,7 @@ export const defaultFsOptions = (sharedDir: string): FsOptions => ({
   readonly: false,
   writeback: false,
   allowDirectIo: false,
+  allowMmap: false,
   announceSubmounts: false,
   readdirplus: true,
   preserveNoatime: false,

@@ -39,11 +39,14 @@ export class FuseSession {
     if (o.announceSubmounts) want |= Init.SUBMOUNTS;
     if (o.killPrivV2) want |= Init.HANDLE_KILLPRIV_V2;
     if (o.securityLabel) want |= Init.SECURITY_CTX;
+    // Shared mmap of files opened with direct I/O (cache=never, metadata); Linux 6.6+ offers it.
+    if (o.allowMmap) want |= Init.DIRECT_IO_ALLOW_MMAP;
     // The guest checks ACLs itself and leaves the umask to us (the host applies it unless a default ACL rules).
     if (o.posixAcl) want |= (offered & Init.POSIX_ACL) !== 0n ? Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT : 0n;
     if (!o.readdirplus) want &= ~(Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO);
     const flags = offered & want;
     if (o.posixAcl && (flags & Init.POSIX_ACL) === 0n) log.warn('--posix-acl: the guest kernel does not offer FUSE_POSIX_ACL; ACLs stay off');
+    if (o.allowMmap && (flags & Init.DIRECT_IO_ALLOW_MMAP) === 0n) log.info('--allow-mmap: the guest kernel does not offer FUSE_DIRECT_IO_ALLOW_MMAP; direct-I/O files cannot be mapped shared');
     if (o.killPrivV2 && (flags & Init.HANDLE_KILLPRIV_V2) === 0n) log.info('--killpriv-v2: the guest kernel does not offer it; the guest clears set-user-ID bits itself');
     this.dontMask = (flags & Init.DONT_MASK) !== 0n;
     this.setxattrExt = (flags & Init.SETXATTR_EXT) !== 0n;
@@ -63,11 +66,15 @@ export class FuseSession {
     return flagged && this.killPrivV2;
   }
 
-  /** open_out.open_flags for a file or directory handle, from the cache mode. */
+  /**
+   * open_out.open_flags for a file or directory handle, from the cache mode as virtiofsd sets them: never and
+   * metadata keep file data out of the guest's page cache (direct I/O), always and metadata keep directory
+   * listings across opens, always keeps file data across opens.
+   */
   fopenFlags(dir: boolean): number {
     const c = this.opts.cache;
-    if (dir) return c === 'always' ? Fopen.CACHE_DIR : 0;
-    if (c === 'never') return Fopen.DIRECT_IO;
+    if (dir) return c === 'always' || c === 'metadata' ? Fopen.CACHE_DIR | Fopen.KEEP_CACHE : 0;
+    if (c === 'never' || c === 'metadata') return Fopen.DIRECT_IO;
     return c === 'always' ? Fopen.KEEP_CACHE : 0;
   }
 }

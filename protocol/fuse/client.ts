@@ -164,9 +164,10 @@ export class FuseClient {
   async open(nodeid: number, flags: number, openFlags = 0): Promise<{ fh: number; openFlags: number }> {
     return OpenOut.decode(await this.call(Op.OPEN, nodeid, [OpenIn.pack({ flags, openFlags })], OpenOut.size, 'OPEN'));
   }
-  async create(parent: number, name: string, flags: number, mode: number, umask = 0, openFlags = 0): Promise<{ entry: EntryOutT; fh: number }> {
+  async create(parent: number, name: string, flags: number, mode: number, umask = 0, openFlags = 0): Promise<{ entry: EntryOutT; fh: number; openFlags: number }> {
     const r = await this.call(Op.CREATE, parent, [CreateIn.pack({ flags, mode, umask, openFlags }), z(name), ...this.secctx()], EntryOut.size + OpenOut.size, 'CREATE');
-    return { entry: EntryOut.decode(r), fh: OpenOut.decode(r, EntryOut.size).fh };
+    const o = OpenOut.decode(r, EntryOut.size);
+    return { entry: EntryOut.decode(r), fh: o.fh, openFlags: o.openFlags };
   }
   async read(nodeid: number, fh: number, offset: number, size: number): Promise<Uint8Array> {
     return (await this.call(Op.READ, nodeid, [ReadIn.pack({ fh, offset, size, readFlags: 0, lockOwner: 0n, flags: 0 })], size, 'READ')).slice();

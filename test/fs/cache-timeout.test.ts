@@ -1,7 +1,7 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { AttrOut, FuseClient, FUSE_ROOT_ID, GetattrIn, Op, SetattrIn } from '../../protocol/fuse/index.js';
+import { AttrOut, Fopen, FuseClient, FUSE_ROOT_ID, GetattrIn, Init, Op, SetattrIn } from '../../protocol/fuse/index.js';
 import { PassthroughFs } from '../../backends/virtiofsd/passthrough.js';
 import { FuseServer } from '../../backends/virtiofsd/server.js';
 import { defaultFsOptions, type FsOptions } from '../../backends/virtiofsd/options.js';
@@ -16,13 +16,19 @@ afterEach(() => {
   rmSync(base, { recursive: true, force: true });
 });
 
-async function client(opts: Partial<FsOptions>): Promise<FuseClient> {
+async function client(opts: Partial<FsOptions>, initFlags?: bigint): Promise<FuseClient> {
   base = mkdtempSync('/tmp/kumo-fs-timeout-');
   writeFileSync(join(base, 'f'), 'x');
   fs = new PassthroughFs({ ...defaultFsOptions(base), ...opts });
   const c = new FuseClient(new LocalTransport(new FuseServer(fs)));
-  await c.init();
+  await c.init(initFlags);
   return c;
+}
+
+function reset(): void {
+  fs!.close();
+  fs = null;
+  rmSync(base, { recursive: true, force: true });
 }
 
 describe('entry and attribute cache time', () => {
@@ -48,9 +54,42 @@ describe('entry and attribute cache time', () => {
       const c = await client({ cache });
       const e = await c.lookup(FUSE_ROOT_ID, 'f');
       expect([e.entryValid, e.entryValidNsec, e.attrValid], cache).toEqual([t, 0, t]);
-      fs!.close();
-      fs = null;
-      rmSync(base, { recursive: true, force: true });
+      reset();
     }
+  });
+});
+
+describe('open flags by cache mode', () => {
+  it('keep file data out of the guest cache under never and metadata, and listings under always and metadata', async () => {
+    const { DIRECT_IO, KEEP_CACHE, CACHE_DIR } = Fopen;
+    const want = { never: [DIRECT_IO, 0], auto: [0, 0], always: [KEEP_CACHE, CACHE_DIR | KEEP_CACHE], metadata: [DIRECT_IO, CACHE_DIR | KEEP_CACHE] };
+    for (const [cache, [file, dir]] of Object.entries(want) as [FsOptions['cache'], number[]][]) {
+      const c = await client({ cache });
+      const e = await c.lookup(FUSE_ROOT_ID, 'f');
+      const created = await c.create(FUSE_ROOT_ID, 'g', 0o1, 0o644);
+      expect([(await c.open(e.nodeid, 0)).openFlags, (await c.opendir(FUSE_ROOT_ID)).openFlags, created.openFlags], cache).toEqual([file, dir, file]);
+      reset();
+    }
+  });
+
+  it('--allow-mmap takes FUSE_DIRECT_IO_ALLOW_MMAP from a guest that offers it, and only then', async () => {
+    expect(parseArgs(['--socket-path=/s', '--shared-dir=/d', '--cache=never', '--allow-mmap']).fs.allowMmap).toBe(true);
+    expect(parseArgs(['--socket-path=/s', '--shared-dir=/d']).fs.allowMmap).toBe(false);
+    const offer = Init.ASYNC_READ | Init.INIT_EXT | Init.DIRECT_IO_ALLOW_MMAP;
+    for (const [allowMmap, offered, granted] of [[true, offer, true], [false, offer, false], [true, offer & ~Init.DIRECT_IO_ALLOW_MMAP, false]] as const) {
+      const c = await client({ cache: 'never', allowMmap }, offered);
+      expect(c.granted(Init.DIRECT_IO_ALLOW_MMAP), `allowMmap=${allowMmap}`).toBe(granted);
+      reset();
+    }
+  });
+});
+
+describe('virtiofsd migration options', () => {
+  it('are accepted with their values checked, and warned about (no device state is offered)', () => {
+    const cfg = parseArgs(['--socket-path=/s', '--shared-dir=/d', '--migration-mode=file-handles', '--migration-on-error', 'guest-error',
+      '--migration-verify-handles', '--migration-confirm-paths']);
+    expect(cfg.ignored).toEqual(['migration-mode', 'migration-on-error', 'migration-verify-handles', 'migration-confirm-paths']);
+    expect(() => parseArgs(['--socket-path=/s', '--shared-dir=/d', '--migration-mode=teleport'])).toThrow(/--migration-mode must be one of find-paths\|file-handles/);
+    expect(() => parseArgs(['--socket-path=/s', '--shared-dir=/d', '--migration-on-error=ignore'])).toThrow(/--migration-on-error must be one of abort\|guest-error/);
   });
 });
