@@ -116,8 +116,8 @@ export class FastPath {
         return this.ok(io, OPEN_OUT);
       }
       case Op.CREATE: {
-        // A label to set (--security-label) takes the generic path.
-        if (len < A + 17 || this.session.securityCtx) return NOT_HANDLED;
+        // A label to set (--security-label) or request extensions (a supplementary group) take the generic path.
+        if (len < A + 17 || this.session.securityCtx || this.inDv.getUint16(36, true) !== 0) return NOT_HANDLED;
         const parent = fs.inodes.tryGet(nodeid);
         if (parent === undefined) return this.error(io, E.EBADF);
         const nul = this.inBuf.indexOf(0, A + 16);

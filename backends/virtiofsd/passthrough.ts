@@ -49,6 +49,8 @@ export interface Caller {
   uid: number;
   gid: number;
   pid: number;
+  /** The supplementary group a creation carries (FUSE_CREATE_SUPP_GROUP), if any. */
+  suppGid?: number | null;
 }
 
 /** errno for a bad guest name in name[0..len), 0 if it is one non-empty component that cannot climb. */
@@ -106,6 +108,8 @@ export class PassthroughFs {
   readonly timeoutNsec: number;
   private readonly euid: number;
   private readonly egid: number;
+  /** This thread's supplementary groups, restored after a creation that carried the caller's. */
+  private readonly groups: number[];
   private readonly direntBuf = Buffer.alloc(64 * 1024);
   private readonly linkBuf = Buffer.alloc(4096);
   private readonly xattrMap: XattrMap | null;
@@ -138,6 +142,7 @@ export class PassthroughFs {
     this.ids = idMaps(opts.translateUid, opts.translateGid);
     this.euid = rawSyscall(107); // geteuid
     this.egid = rawSyscall(108); // getegid
+    this.groups = fs.getgroupsThread();
   }
 
   close(): void {
@@ -356,6 +361,18 @@ export class PassthroughFs {
   private asCaller<T>(c: Caller, f: () => T, umask = 0): T {
     const uid = this.hostId(c.uid, 'uid');
     const gid = this.hostId(c.gid, 'gid');
+    const supp = c.suppGid != null ? this.hostId(c.suppGid, 'gid') : -1;
+    if (supp < 0) return this.asIds(uid, gid, f, umask);
+    // Groups change first and come back last: that needs CAP_SETGID, which a non-root effective uid loses.
+    fs.setgroupsThread([supp]);
+    try {
+      return this.asIds(uid, gid, f, umask);
+    } finally {
+      fs.setgroupsThread(this.groups);
+    }
+  }
+
+  private asIds<T>(uid: number, gid: number, f: () => T, umask: number): T {
     const switchGid = gid !== this.egid;
     const switchUid = uid !== this.euid;
     if (switchGid) fs.setresgidThread(-1, gid, -1);

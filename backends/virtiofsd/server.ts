@@ -4,7 +4,7 @@ import {
   InHeader, OutHeader, EntryOut, AttrOut, ForgetIn, ForgetOne, BatchForgetIn, GetattrIn, MknodIn, MkdirIn,
   RenameIn, Rename2In, LinkIn, SetattrIn, OpenIn, CreateIn, OpenOut, ReleaseIn, FlushIn, ReadIn, WriteIn, WriteOut,
   Kstatfs, FsyncIn, InterruptIn, FUSE_RELEASE_FLOCK_UNLOCK, SetxattrIn, SetxattrExtIn, FUSE_SETXATTR_ACL_KILL_SGID, GetxattrIn, GetxattrOut, LkIn, LkOut, AccessIn, InitIn, InitOut, FallocateIn,
-  LseekIn, LseekOut, ReaddirIn, CopyFileRangeIn, IN_HEADER_SIZE, OUT_HEADER_SIZE, decodeSecctx, type SecurityContext,
+  LseekIn, LseekOut, ReaddirIn, CopyFileRangeIn, IN_HEADER_SIZE, OUT_HEADER_SIZE, decodeSecctx, decodeSuppGroup, type SecurityContext,
 } from '../../protocol/fuse/index.js';
 import { IoVecList } from '../../protocol/sys/fd.js';
 import { SysError } from '../../protocol/sys/libc.js';
@@ -204,17 +204,17 @@ export class FuseServer {
         const name = cstring(a, 0);
         const target = cstring(a, name.next);
         if (target.name.length >= SYMLINK_MAX) throw new FsError(36, 'symlink target too long');
-        return this.replyStruct(io, u, EntryOut, fs.symlink(caller, fs.inode(h.nodeid), name.name, target.name, this.label(h, a, target.next)));
+        return this.replyStruct(io, u, EntryOut, fs.symlink(this.creator(caller, h, a), fs.inode(h.nodeid), name.name, target.name, this.label(h, a, target.next)));
       }
       case Op.MKNOD: {
         const m = MknodIn.decode(a);
         const name = cstring(a, MknodIn.size);
-        return this.replyStruct(io, u, EntryOut, fs.mknod(caller, fs.inode(h.nodeid), name.name, m.mode, m.rdev, this.session.umask(m.umask), this.label(h, a, name.next)));
+        return this.replyStruct(io, u, EntryOut, fs.mknod(this.creator(caller, h, a), fs.inode(h.nodeid), name.name, m.mode, m.rdev, this.session.umask(m.umask), this.label(h, a, name.next)));
       }
       case Op.MKDIR: {
         const m = MkdirIn.decode(a);
         const name = cstring(a, MkdirIn.size);
-        return this.replyStruct(io, u, EntryOut, fs.mkdir(caller, fs.inode(h.nodeid), name.name, m.mode, this.session.umask(m.umask), this.label(h, a, name.next)));
+        return this.replyStruct(io, u, EntryOut, fs.mkdir(this.creator(caller, h, a), fs.inode(h.nodeid), name.name, m.mode, this.session.umask(m.umask), this.label(h, a, name.next)));
       }
       case Op.UNLINK:
       case Op.RMDIR:
@@ -242,7 +242,7 @@ export class FuseServer {
         const c = CreateIn.decode(a);
         const kill = this.session.kill((c.openFlags & FUSE_OPEN_KILL_SUIDGID) !== 0);
         const name = cstring(a, CreateIn.size);
-        const r = fs.create(caller, fs.inode(h.nodeid), name.name, c.flags, c.mode, this.session.umask(c.umask), kill, this.label(h, a, name.next));
+        const r = fs.create(this.creator(caller, h, a), fs.inode(h.nodeid), name.name, c.flags, c.mode, this.session.umask(c.umask), kill, this.label(h, a, name.next));
         EntryOut.encode(r.entry, this.outBuf, OUT_HEADER_SIZE);
         OpenOut.encode({ fh: r.fh, openFlags: this.session.fopenFlags(false) }, this.outBuf, OUT_HEADER_SIZE + EntryOut.size);
         return this.reply(io, u, 0, EntryOut.size + OpenOut.size);
@@ -372,6 +372,12 @@ export class FuseServer {
   }
 
   /** The label a creation carries (FUSE_SECURITY_CTX, negotiated under --security-label) after its names at `after`. */
+  /** The caller of a creation, with the supplementary group its request extension carries (FUSE_CREATE_SUPP_GROUP). */
+  private creator(c: Caller, h: InHeader, a: Buffer): Caller {
+    if (this.session.createSuppGroup && h.totalExtlen > 0) c.suppGid = decodeSuppGroup(a, h.totalExtlen);
+    return c;
+  }
+
   private label(h: InHeader, a: Buffer, after: number): SecurityContext | null {
     return this.session.securityCtx ? decodeSecctx(a, after, h.totalExtlen) : null;
   }

@@ -7,7 +7,8 @@ const log = logger('virtiofsd');
 /** Flags we are willing to accept from the guest's INIT offer whatever the options. */
 const WANTED =
   Init.ASYNC_READ | Init.PARALLEL_DIROPS | Init.BIG_WRITES | Init.AUTO_INVAL_DATA | Init.ASYNC_DIO |
-  Init.HAS_IOCTL_DIR | Init.ATOMIC_O_TRUNC | Init.MAX_PAGES | Init.INIT_EXT | Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO;
+  Init.HAS_IOCTL_DIR | Init.ATOMIC_O_TRUNC | Init.MAX_PAGES | Init.INIT_EXT | Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO |
+  Init.CREATE_SUPP_GROUP;
 
 /**
  * What INIT settled for one FUSE connection. Both request decoders (the fast path and the generic one)
@@ -26,6 +27,11 @@ export class FuseSession {
   killPrivV2 = false;
   /** FUSE_SECURITY_CTX negotiated: creations carry the label the guest's LSM chose (--security-label). */
   securityCtx = false;
+  /**
+   * FUSE_CREATE_SUPP_GROUP negotiated: a creation in a directory whose group the caller has only as a
+   * supplementary group carries that group, so the host's permission check sees it too.
+   */
+  createSuppGroup = false;
 
   constructor(private readonly opts: FsOptions) {}
 
@@ -52,6 +58,7 @@ export class FuseSession {
     this.setxattrExt = (flags & Init.SETXATTR_EXT) !== 0n;
     this.killPrivV2 = (flags & Init.HANDLE_KILLPRIV_V2) !== 0n;
     this.securityCtx = (flags & Init.SECURITY_CTX) !== 0n;
+    this.createSuppGroup = (flags & Init.CREATE_SUPP_GROUP) !== 0n;
     this.initialized = true;
     return flags;
   }

@@ -2,6 +2,7 @@ import { KumoError } from '../errors.js';
 import { errnoName } from '../sys/libc.js';
 import { decodeDirents, decodeDirentsplus, type DirEntry } from './dirent.js';
 import { encodeSecctx, type SecurityContext } from './secctx.js';
+import { encodeSuppGroups } from './supp-groups.js';
 import { Op, FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, FUSE_ROOT_ID, Init } from './opcodes.js';
 import {
   InHeader, OutHeader, EntryOut, AttrOut, GetattrIn, MknodIn, MkdirIn, Rename2In, RenameIn, LinkIn, SetattrIn,
@@ -54,11 +55,11 @@ export class FuseClient {
   constructor(private readonly t: FuseTransport) {}
 
   /** Encodes a request; exposed for hostile-input tests. */
-  encode(opcode: number, nodeid: number, parts: Uint8Array[], unique = this.unique++): Uint8Array {
+  encode(opcode: number, nodeid: number, parts: Uint8Array[], unique = this.unique++, totalExtlen = 0): Uint8Array {
     let len = IN_HEADER_SIZE;
     for (const p of parts) len += p.length;
     const req = new Uint8Array(len);
-    InHeader.encode({ len, opcode, unique, nodeid, uid: this.caller.uid, gid: this.caller.gid, pid: this.caller.pid, totalExtlen: 0 }, req, 0);
+    InHeader.encode({ len, opcode, unique, nodeid, uid: this.caller.uid, gid: this.caller.gid, pid: this.caller.pid, totalExtlen }, req, 0);
     let o = IN_HEADER_SIZE;
     for (const p of parts) {
       req.set(p, o);
@@ -68,9 +69,9 @@ export class FuseClient {
   }
 
   /** Sends a request; returns the reply body, throws FuseReplyError on error. */
-  async call(opcode: number, nodeid: number, parts: Uint8Array[], replySize: number, name = String(opcode)): Promise<Uint8Array> {
+  async call(opcode: number, nodeid: number, parts: Uint8Array[], replySize: number, name = String(opcode), totalExtlen = 0): Promise<Uint8Array> {
     const unique = this.unique++;
-    const reply = await this.t.call(this.encode(opcode, nodeid, parts, unique), OUT_HEADER_SIZE + replySize);
+    const reply = await this.t.call(this.encode(opcode, nodeid, parts, unique, totalExtlen), OUT_HEADER_SIZE + replySize);
     if (reply.length < OUT_HEADER_SIZE) throw new KumoError('short FUSE reply', { op: name, len: reply.length });
     const h = OutHeader.decode(reply);
     if (h.unique !== unique) throw new KumoError('FUSE reply for another request', { op: name, want: unique, got: h.unique });
@@ -110,8 +111,27 @@ export class FuseClient {
    */
   securityContext: SecurityContext | null = null;
 
-  private secctx(): Uint8Array[] {
-    return this.granted(Init.SECURITY_CTX) ? [encodeSecctx(this.securityContext)] : [];
+  /**
+   * The supplementary group creations carry once the server took FUSE_CREATE_SUPP_GROUP, as a kernel sends the
+   * parent directory's group when the caller has it only as a supplementary group (null: none sent).
+   */
+  suppGroup: number | null = null;
+
+  /**
+   * What follows a creation's names: the security context, and the supplementary group as a request extension.
+   * With a group both are extensions (total_extlen counts them), as Linux 6.2+ sends them.
+   */
+  private creationExt(): { parts: Uint8Array[]; extlen: number } {
+    const parts = this.granted(Init.SECURITY_CTX) ? [encodeSecctx(this.securityContext)] : [];
+    if (this.suppGroup === null || !this.granted(Init.CREATE_SUPP_GROUP)) return { parts, extlen: 0 };
+    parts.push(encodeSuppGroups([this.suppGroup]));
+    return { parts, extlen: parts.reduce((n, p) => n + p.length, 0) / 8 };
+  }
+
+  /** A creation request (CREATE, MKDIR, MKNOD, SYMLINK): `args` then the creation extensions. */
+  private create_(opcode: number, parent: number, args: Uint8Array[], replySize: number, name: string): Promise<Uint8Array> {
+    const ext = this.creationExt();
+    return this.call(opcode, parent, [...args, ...ext.parts], replySize, name, ext.extlen);
   }
 
   /** Whether the server's INIT reply took `flag`. */
@@ -138,14 +158,14 @@ export class FuseClient {
     return (await this.call(Op.READLINK, nodeid, [], 4096, 'READLINK')).slice();
   }
   async symlink(parent: number, name: string | Uint8Array, target: string | Uint8Array): Promise<EntryOutT> {
-    return EntryOut.decode(await this.call(Op.SYMLINK, parent, [z(name), z(target), ...this.secctx()], EntryOut.size, 'SYMLINK'));
+    return EntryOut.decode(await this.create_(Op.SYMLINK, parent, [z(name), z(target)], EntryOut.size, 'SYMLINK'));
   }
   /** `umask` matters once the server took FUSE_DONT_MASK: it then applies it (a kernel sends its process's). */
   async mknod(parent: number, name: string | Uint8Array, mode: number, rdev = 0, umask = 0): Promise<EntryOutT> {
-    return EntryOut.decode(await this.call(Op.MKNOD, parent, [MknodIn.pack({ mode, rdev, umask }), z(name), ...this.secctx()], EntryOut.size, 'MKNOD'));
+    return EntryOut.decode(await this.create_(Op.MKNOD, parent, [MknodIn.pack({ mode, rdev, umask }), z(name)], EntryOut.size, 'MKNOD'));
   }
   async mkdir(parent: number, name: string | Uint8Array, mode = 0o755, umask = 0): Promise<EntryOutT> {
-    return EntryOut.decode(await this.call(Op.MKDIR, parent, [MkdirIn.pack({ mode, umask }), z(name), ...this.secctx()], EntryOut.size, 'MKDIR'));
+    return EntryOut.decode(await this.create_(Op.MKDIR, parent, [MkdirIn.pack({ mode, umask }), z(name)], EntryOut.size, 'MKDIR'));
   }
   async unlink(parent: number, name: string | Uint8Array): Promise<void> {
     await this.call(Op.UNLINK, parent, [z(name)], 0, 'UNLINK');
@@ -165,7 +185,7 @@ export class FuseClient {
     return OpenOut.decode(await this.call(Op.OPEN, nodeid, [OpenIn.pack({ flags, openFlags })], OpenOut.size, 'OPEN'));
   }
   async create(parent: number, name: string, flags: number, mode: number, umask = 0, openFlags = 0): Promise<{ entry: EntryOutT; fh: number; openFlags: number }> {
-    const r = await this.call(Op.CREATE, parent, [CreateIn.pack({ flags, mode, umask, openFlags }), z(name), ...this.secctx()], EntryOut.size + OpenOut.size, 'CREATE');
+    const r = await this.create_(Op.CREATE, parent, [CreateIn.pack({ flags, mode, umask, openFlags }), z(name)], EntryOut.size + OpenOut.size, 'CREATE');
     const o = OpenOut.decode(r, EntryOut.size);
     return { entry: EntryOut.decode(r), fh: o.fh, openFlags: o.openFlags };
   }

@@ -46,6 +46,7 @@ export const MNT_DETACH = 2;
 const SYS_setresuid = 117;
 const SYS_setresgid = 119;
 const SYS_setgroups = 116;
+const SYS_getgroups = 115;
 const SYS_pivot_root = 155;
 const SYS_renameat2 = 316;
 const SYS_copy_file_range = 326;
@@ -383,6 +384,13 @@ export function setgroupsThread(groups: number[]): void {
   ck('setgroups', Number(setgroupsFn(SYS_setgroups, groups.length, b)));
 }
 const setgroupsFn = libc.func('syscall', 'long', ['long', 'size_t', P]);
+/** The calling thread's supplementary groups (raw getgroups). */
+export function getgroupsThread(): number[] {
+  const n = ck('getgroups', Number(setgroupsFn(SYS_getgroups, 0, null)));
+  const b = new Uint32Array(Math.max(1, n));
+  const got = ck('getgroups', Number(setgroupsFn(SYS_getgroups, b.length, b)));
+  return [...b.subarray(0, got)];
+}
 
 export interface FileHandle { handleType: number; bytes: Uint8Array; mountId: number }
 const handleFn = libc.func('syscall', 'long', ['long', 'int', P, P, P, 'int']);

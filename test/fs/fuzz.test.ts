@@ -1,7 +1,7 @@
 import { describe, it, expect, beforeEach, afterEach, vi } from 'vitest';
 import { mkdtempSync, writeFileSync, readFileSync, mkdirSync, rmSync, readdirSync, lstatSync } from 'node:fs';
 import { join } from 'node:path';
-import { FuseClient, FUSE_ROOT_ID, Init, Op, encodeSecctx, InHeader, OutHeader, IN_HEADER_SIZE, OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
+import { FuseClient, FUSE_ROOT_ID, Init, Op, encodeSecctx, encodeSuppGroups, InHeader, OutHeader, IN_HEADER_SIZE, OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
 import { PassthroughFs } from '../../backends/virtiofsd/passthrough.js';
 import { FuseServer } from '../../backends/virtiofsd/server.js';
 import { BufferIo } from '../../backends/virtiofsd/fuse-io.js';
@@ -116,10 +116,10 @@ const VARIANTS: { name: string; opts: Partial<FsOptions>; init?: bigint }[] = [
   // The guest sends unmasked modes with umasks, extended setxattr_in, kill-privilege flags, flock requests and
   // security contexts after creations' names; xattr names go through a map.
   {
-    name: 'POSIX ACLs, xattr map, security labels, killpriv_v2, flock',
+    name: 'POSIX ACLs, xattr map, security labels, killpriv_v2, flock, supplementary groups',
     opts: { posixAcl: true, xattrmap: parseXattrMap('/unsupported/all/security./security./ /map/trusted./user.virtiofs./'), securityLabel: true, killPrivV2: true, flock: true },
     init: Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.INIT_EXT | Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT | Init.POSIX_LOCKS |
-      Init.SECURITY_CTX | Init.HANDLE_KILLPRIV_V2 | Init.FLOCK_LOCKS,
+      Init.SECURITY_CTX | Init.HANDLE_KILLPRIV_V2 | Init.FLOCK_LOCKS | Init.CREATE_SUPP_GROUP,
   },
   // A 4-entry fd cache: inodes are reopened from their file handles all the time.
   { name: 'file handles, 4 inode fds open', opts: { inodeFileHandles: 'prefer', openInodeFds: 4 } },
@@ -164,6 +164,7 @@ for (const v of VARIANTS) {
       const counts = { replied: 0, ok: 0, dropped: 0 };
       const okBy = new Map<number, number>();
       const labels = ((v.init ?? 0n) & Init.SECURITY_CTX) !== 0n;
+      const suppGroups = ((v.init ?? 0n) & Init.CREATE_SUPP_GROUP) !== 0n;
 
       for (let i = 0; i < REQUESTS; i++) {
         // DESTROY wipes every nodeid and handle, so it stays rare; common ops get extra weight.
@@ -183,8 +184,18 @@ for (const v of VARIANTS) {
         const parts: Buffer[] = [args];
         for (let k = 0; k < (shape.names ?? 0); k++) parts.push(Buffer.from(rng.pick(NAMES) + '\0'));
         // With FUSE_SECURITY_CTX a creation ends with a security context block: mostly well-formed, some garbage.
+        let extBytes = 0;
         if (labels && LABELLED.has(opcode) && !rawArgs) {
           parts.push(Buffer.from(rng.chance(0.8) ? encodeSecctx(rng.chance(0.5) ? null : { name: Buffer.from(rng.pick(['user.l', 'trusted.l', 'security.selinux'])), value: rng.bytes(rng.below(40)) }) : rng.bytes(rng.below(24))));
+          extBytes = parts[parts.length - 1].length;
+        }
+        // With FUSE_CREATE_SUPP_GROUP some creations carry a group as a request extension (total_extlen then
+        // counts the label block too, as Linux 6.2+ sends them), or a garbage extension, or a wrong total_extlen.
+        let totalExtlen = 0;
+        if (suppGroups && LABELLED.has(opcode) && !rawArgs && rng.chance(0.3)) {
+          parts.push(Buffer.from(rng.chance(0.8) ? encodeSuppGroups([rng.chance(0.5) ? 0 : rng.below(2000)]) : rng.bytes(8 * (1 + rng.below(3)))));
+          extBytes += parts[parts.length - 1].length;
+          totalExtlen = rng.chance(0.9) ? Math.ceil(extBytes / 8) : rng.below(64);
         }
         if (shape.data) {
           const data = rng.bytes(rng.below(9000));
@@ -203,7 +214,7 @@ for (const v of VARIANTS) {
         const req = Buffer.alloc(IN_HEADER_SIZE + body.length);
         const u = unique++;
         InHeader.encode({ len: req.length, opcode, unique: u, nodeid: nodeid(), uid: rng.chance(0.8) ? 0 : rng.below(2000),
-          gid: rng.chance(0.8) ? 0 : rng.below(2000), pid: 1, totalExtlen: 0 }, req, 0);
+          gid: rng.chance(0.8) ? 0 : rng.below(2000), pid: 1, totalExtlen }, req, 0);
         body.copy(req, IN_HEADER_SIZE);
 
         // Damage: a wrong length field, a cut request, extra bytes, or a reply buffer too small.
