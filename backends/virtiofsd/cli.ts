@@ -153,8 +153,8 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'allow_root':
         cfg.ignored.push(key);
         break;
-      // Live migration of the daemon's state (vhost-user device state transfer) is not offered, so a front-end
-      // refuses to migrate a VM with this device (QEMU then refuses to migrate it); the values are still checked.
+      // The daemon's state cannot be migrated (no vhost-user device-state transfer is offered), so a front-end
+      // refuses to migrate a VM with this device; the values are still checked.
       case 'migration-mode': oneOf(key, v, ['find-paths', 'file-handles']); cfg.ignored.push(key); break;
       case 'migration-on-error': oneOf(key, v, ['abort', 'guest-error']); cfg.ignored.push(key); break;
       case 'migration-verify-handles': case 'migration-confirm-paths': cfg.ignored.push(key); break;

@@ -110,6 +110,7 @@ export class PassthroughFs {
   private readonly egid: number;
   /** This thread's supplementary groups, restored after a creation that carried the caller's. */
   private readonly groups: number[];
+  private warnedGroups = false;
   private readonly direntBuf = Buffer.alloc(64 * 1024);
   private readonly linkBuf = Buffer.alloc(4096);
   private readonly xattrMap: XattrMap | null;
@@ -362,13 +363,27 @@ export class PassthroughFs {
     const uid = this.hostId(c.uid, 'uid');
     const gid = this.hostId(c.gid, 'gid');
     const supp = c.suppGid != null ? this.hostId(c.suppGid, 'gid') : -1;
-    if (supp < 0) return this.asIds(uid, gid, f, umask);
-    // Groups change first and come back last: that needs CAP_SETGID, which a non-root effective uid loses.
-    fs.setgroupsThread([supp]);
+    if (supp < 0 || !this.setGroups([supp])) return this.asIds(uid, gid, f, umask);
     try {
       return this.asIds(uid, gid, f, umask);
     } finally {
       fs.setgroupsThread(this.groups);
+    }
+  }
+
+  /**
+   * Takes `groups` as this thread's supplementary groups: before the uid switch, since changing them needs
+   * CAP_SETGID, which a non-root effective uid loses. An unprivileged daemon cannot: it goes on without them.
+   */
+  private setGroups(groups: number[]): boolean {
+    try {
+      fs.setgroupsThread(groups);
+      return true;
+    } catch (e) {
+      if (!(e instanceof SysError) || e.errno !== E.EPERM) throw e;
+      if (!this.warnedGroups) log.info('no CAP_SETGID: creations run without the supplementary group the guest sends');
+      this.warnedGroups = true;
+      return false;
     }
   }
 

@@ -371,13 +371,13 @@ export class FuseServer {
     });
   }
 
-  /** The label a creation carries (FUSE_SECURITY_CTX, negotiated under --security-label) after its names at `after`. */
   /** The caller of a creation, with the supplementary group its request extension carries (FUSE_CREATE_SUPP_GROUP). */
   private creator(c: Caller, h: InHeader, a: Buffer): Caller {
     if (this.session.createSuppGroup && h.totalExtlen > 0) c.suppGid = decodeSuppGroup(a, h.totalExtlen);
     return c;
   }
 
+  /** The label a creation carries (FUSE_SECURITY_CTX, negotiated under --security-label) after its names at `after`. */
   private label(h: InHeader, a: Buffer, after: number): SecurityContext | null {
     return this.session.securityCtx ? decodeSecctx(a, after, h.totalExtlen) : null;
   }
