@@ -1,9 +1,9 @@
 import type { GuestMemory } from '../../protocol/memory/index.js';
 import type { VringHandle } from '../../protocol/vhost-user/backend-types.js';
+import { OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
 
 /** FuseServer.handle()'s answer for a request it will answer later: no reply yet, the chain stays out. */
 export const DEFERRED = -2;
-const OUT_HEADER_SIZE = 16;
 
 /** Takes the chains of the requests it deferred: after a DEFERRED answer the queue loop hands it (ring, head). */
 export interface Deferrer {

@@ -258,9 +258,8 @@ export class FastPath {
     const mode = s.getUint32(24, true);
     d.setUint32(o + 60, mode, true);
     d.setUint32(o + 64, s.getUint32(16, true), true); // nlink
-    const ids = this.fs.ids;
-    d.setUint32(o + 68, ids ? ids.uid.toGuest(s.getUint32(28, true)) : s.getUint32(28, true), true); // uid
-    d.setUint32(o + 72, ids ? ids.gid.toGuest(s.getUint32(32, true)) : s.getUint32(32, true), true); // gid
+    d.setUint32(o + 68, this.fs.guestId(s.getUint32(28, true), 'uid'), true);
+    d.setUint32(o + 72, this.fs.guestId(s.getUint32(32, true), 'gid'), true);
     d.setUint32(o + 76, s.getUint32(40, true), true); // rdev
     d.setUint32(o + 80, s.getUint32(56, true), true); // blksize
     let flags = 0;

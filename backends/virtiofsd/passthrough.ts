@@ -115,7 +115,7 @@ export class PassthroughFs {
   private readonly linkBuf = Buffer.alloc(4096);
   private readonly xattrMap: XattrMap | null;
   /** --translate-uid / --translate-gid, or null when IDs pass unchanged. */
-  readonly ids: IdMaps | null;
+  private readonly ids: IdMaps | null;
   /** st_dev -> whether its filesystem has a flush operation (see flush()). */
   private readonly flushByDev = new Map<number, boolean>();
   /** See HELD_SCORE_MAX; starts at the middle, so the first LOOKUP is stat'ed first. */
@@ -168,7 +168,7 @@ export class PassthroughFs {
     return {
       ino: st.ino, size: st.size, blocks: st.blocks, atime: st.atime, mtime: st.mtime, ctime: st.ctime,
       atimensec: st.atimeNsec, mtimensec: st.mtimeNsec, ctimensec: st.ctimeNsec, mode: st.mode, nlink: st.nlink,
-      uid: this.ids ? this.ids.uid.toGuest(st.uid) : st.uid, gid: this.ids ? this.ids.gid.toGuest(st.gid) : st.gid, rdev: st.rdev, blksize: st.blksize,
+      uid: this.guestId(st.uid, 'uid'), gid: this.guestId(st.gid, 'gid'), rdev: st.rdev, blksize: st.blksize,
       // FUSE_ATTR_SUBMOUNT: a directory on another filesystem than the root.
       flags: this.opts.announceSubmounts && Number(st.dev) !== this.root.dev && (st.mode & fs.S_IFMT) === fs.S_IFDIR ? 1 : 0,
     };
@@ -407,6 +407,11 @@ export class PassthroughFs {
       if (switchUid) fs.setresuidThread(-1, this.euid, -1);
       if (switchGid) fs.setresgidThread(-1, this.egid, -1);
     }
+  }
+
+  /** The guest's view of a host ID (--translate-uid/gid) in attribute replies. */
+  guestId(hostId: number, kind: 'uid' | 'gid'): number {
+    return this.ids === null ? hostId : this.ids[kind].toGuest(hostId);
   }
 
   /** The host ID for a guest's (--translate-uid/gid); EPERM for one that forbid-guest refuses. */

@@ -1,4 +1,5 @@
 import { FuseProtocolError } from './errors.js';
+import { extensionAt, findExtension } from './extensions.js';
 
 /** The security label a guest LSM gives a new inode (FUSE_SECURITY_CTX): an xattr name and its value. */
 export interface SecurityContext {
@@ -36,20 +37,12 @@ export function encodeSecctx(ctx: SecurityContext | null): Uint8Array {
  * bytes. Returns null when the block carries no context; a block that overruns the request is an error.
  */
 export function decodeSecctx(a: Uint8Array, after: number, totalExtlen: number): SecurityContext | null {
-  const d = new DataView(a.buffer, a.byteOffset, a.byteLength);
-  let off = totalExtlen > 0 ? a.length - totalExtlen * 8 : after;
-  if (off < after) throw new FuseProtocolError('request extensions overlap the arguments', { totalExtlen });
-  for (;;) {
-    if (off + HEADER > a.length) throw new FuseProtocolError('security context header overruns the request', { off });
-    const size = d.getUint32(off, true);
-    const type = d.getUint32(off + 4, true);
-    if (size < HEADER || off + size > a.length) throw new FuseProtocolError('bad security context size', { size });
-    if (type <= MAX_NR_SECCTX) return type === 0 ? null : decodeOne(a, d, off + HEADER, off + size);
-    // Another extension (supplementary groups): skip it.
-    if (totalExtlen === 0) throw new FuseProtocolError('bad security context count', { type });
-    off += size;
-    if (off >= a.length) return null;
-  }
+  const isSecctx = (type: number): boolean => type <= MAX_NR_SECCTX;
+  const block = totalExtlen > 0 ? findExtension(a, totalExtlen, after, isSecctx) : extensionAt(a, after);
+  if (block === null) return null;
+  if (!isSecctx(block.type)) throw new FuseProtocolError('bad security context count', { type: block.type });
+  if (block.type === 0) return null;
+  return decodeOne(a, new DataView(a.buffer, a.byteOffset, a.byteLength), block.off + HEADER, block.off + block.size);
 }
 
 function decodeOne(a: Uint8Array, d: DataView, off: number, end: number): SecurityContext {

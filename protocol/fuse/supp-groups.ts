@@ -1,8 +1,8 @@
 import { FuseProtocolError } from './errors.js';
+import { EXT_HEADER, findExtension } from './extensions.js';
 
 /** fuse_ext_header.type of the supplementary-groups request extension (FUSE_CREATE_SUPP_GROUP). */
 export const FUSE_EXT_GROUPS = 32;
-const EXT_HEADER = 8; // fuse_ext_header { u32 size; u32 type }
 
 /**
  * The extension a kernel with FUSE_CREATE_SUPP_GROUP appends to CREATE, MKDIR, MKNOD and SYMLINK when the new
@@ -25,19 +25,11 @@ export function encodeSuppGroups(groups: readonly number[]): Uint8Array {
  * `a`), or null when there is none. The kernel sends one group; a malformed extension list is an error.
  */
 export function decodeSuppGroup(a: Uint8Array, totalExtlen: number): number | null {
+  if (totalExtlen === 0 || totalExtlen * 8 > a.length) return null;
+  const e = findExtension(a, totalExtlen, 0, (type) => type === FUSE_EXT_GROUPS);
+  if (e === null) return null;
   const d = new DataView(a.buffer, a.byteOffset, a.byteLength);
-  let off = a.length - totalExtlen * 8;
-  if (totalExtlen === 0 || off < 0) return null;
-  while (off < a.length) {
-    if (off + EXT_HEADER > a.length) throw new FuseProtocolError('request extension header overruns the request', { off });
-    const size = d.getUint32(off, true);
-    if (size < EXT_HEADER || off + size > a.length) throw new FuseProtocolError('bad request extension size', { size });
-    if (d.getUint32(off + 4, true) === FUSE_EXT_GROUPS) {
-      const n = size >= EXT_HEADER + 4 ? d.getUint32(off + EXT_HEADER, true) : 0;
-      if (n < 1 || EXT_HEADER + 4 + 4 * n > size) throw new FuseProtocolError('bad supplementary groups extension', { size, n });
-      return d.getUint32(off + EXT_HEADER + 4, true);
-    }
-    off += size;
-  }
-  return null;
+  const n = e.size >= EXT_HEADER + 4 ? d.getUint32(e.off + EXT_HEADER, true) : 0;
+  if (n < 1 || EXT_HEADER + 4 + 4 * n > e.size) throw new FuseProtocolError('bad supplementary groups extension', { size: e.size, n });
+  return d.getUint32(e.off + EXT_HEADER + 4, true);
 }

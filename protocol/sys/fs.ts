@@ -381,14 +381,15 @@ export function setresgidThread(rgid: number, egid: number, sgid: number): void 
 /** Per-thread supplementary groups (raw syscall). */
 export function setgroupsThread(groups: number[]): void {
   const b = new Uint32Array(groups);
-  ck('setgroups', Number(setgroupsFn(SYS_setgroups, groups.length, b)));
+  ck('setgroups', Number(groupsFn(SYS_setgroups, groups.length, b)));
 }
-const setgroupsFn = libc.func('syscall', 'long', ['long', 'size_t', P]);
+/** syscall(SYS_setgroups or SYS_getgroups, count, list). */
+const groupsFn = libc.func('syscall', 'long', ['long', 'size_t', P]);
 /** The calling thread's supplementary groups (raw getgroups). */
 export function getgroupsThread(): number[] {
-  const n = ck('getgroups', Number(setgroupsFn(SYS_getgroups, 0, null)));
+  const n = ck('getgroups', Number(groupsFn(SYS_getgroups, 0, null)));
   const b = new Uint32Array(Math.max(1, n));
-  const got = ck('getgroups', Number(setgroupsFn(SYS_getgroups, b.length, b)));
+  const got = ck('getgroups', Number(groupsFn(SYS_getgroups, b.length, b)));
   return [...b.subarray(0, got)];
 }
 

@@ -1,34 +1,24 @@
 import { describe, it, expect, afterEach } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AttrOut, Fopen, FuseClient, FUSE_ROOT_ID, GetattrIn, Init, Op, SetattrIn } from '../../protocol/fuse/index.js';
-import { PassthroughFs } from '../../backends/virtiofsd/passthrough.js';
-import { FuseServer } from '../../backends/virtiofsd/server.js';
-import { defaultFsOptions, type FsOptions } from '../../backends/virtiofsd/options.js';
+import type { FsOptions } from '../../backends/virtiofsd/options.js';
 import { parseArgs } from '../../backends/virtiofsd/cli.js';
-import { LocalTransport } from './local-transport.js';
+import { LocalShare } from './local-transport.js';
 
-let base = '';
-let fs: PassthroughFs | null = null;
-afterEach(() => {
-  fs?.close();
-  fs = null;
-  rmSync(base, { recursive: true, force: true });
-});
-
-async function client(opts: Partial<FsOptions>, initFlags?: bigint): Promise<FuseClient> {
-  base = mkdtempSync('/tmp/kumo-fs-timeout-');
-  writeFileSync(join(base, 'f'), 'x');
-  fs = new PassthroughFs({ ...defaultFsOptions(base), ...opts });
-  const c = new FuseClient(new LocalTransport(new FuseServer(fs)));
-  await c.init(initFlags);
-  return c;
-}
+let share: LocalShare | null = null;
+afterEach(() => reset());
 
 function reset(): void {
-  fs!.close();
-  fs = null;
-  rmSync(base, { recursive: true, force: true });
+  share?.close();
+  share = null;
+}
+
+async function client(opts: Partial<FsOptions>, initFlags?: bigint): Promise<FuseClient> {
+  share = new LocalShare('kumo-fs-timeout-', opts);
+  writeFileSync(join(share.dir, 'f'), 'x');
+  await share.client.init(initFlags);
+  return share.client;
 }
 
 describe('entry and attribute cache time', () => {

@@ -1,13 +1,10 @@
 import { describe, it, expect, afterEach } from 'vitest';
-import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FuseClient, FUSE_ROOT_ID, Init, FUSE_SETXATTR_ACL_KILL_SGID } from '../../protocol/fuse/index.js';
 import * as sysfs from '../../protocol/sys/fs.js';
-import { PassthroughFs } from '../../backends/virtiofsd/passthrough.js';
-import { FuseServer } from '../../backends/virtiofsd/server.js';
-import { defaultFsOptions } from '../../backends/virtiofsd/options.js';
 import { parseArgs } from '../../backends/virtiofsd/cli.js';
-import { LocalTransport } from './local-transport.js';
+import { LocalShare } from './local-transport.js';
 
 /** What a Linux guest offers at INIT (the parts that matter here). */
 const KERNEL_FLAGS = Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.INIT_EXT | Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT;
@@ -25,20 +22,20 @@ function acl(entries: [number, number, number?][]): Buffer {
   return b;
 }
 
+let share: LocalShare | null = null;
 let base = '';
-let fs: PassthroughFs | null = null;
-afterEach(() => {
-  fs?.close();
-  fs = null;
-  rmSync(base, { recursive: true, force: true });
-});
+afterEach(() => unmount());
+
+function unmount(): void {
+  share?.close();
+  share = null;
+}
 
 async function mount(posixAcl: boolean): Promise<{ c: FuseClient; flags: bigint }> {
-  base = mkdtempSync('/tmp/kumo-fs-acl-');
-  fs = new PassthroughFs({ ...defaultFsOptions(base), xattr: true, posixAcl });
-  const c = new FuseClient(new LocalTransport(new FuseServer(fs)));
-  const r = await c.init(KERNEL_FLAGS);
-  return { c, flags: BigInt(r.flags) | (BigInt(r.flags2) << 32n) };
+  share = new LocalShare('kumo-fs-acl-', { xattr: true, posixAcl });
+  base = share.dir;
+  const r = await share.client.init(KERNEL_FLAGS);
+  return { c: share.client, flags: BigInt(r.flags) | (BigInt(r.flags2) << 32n) };
 }
 const mode = (p: string): number => statSync(join(base, p)).mode & 0o7777;
 
@@ -55,9 +52,7 @@ describe('--posix-acl', () => {
   it('takes POSIX_ACL, DONT_MASK and SETXATTR_EXT only when enabled', async () => {
     const on = await mount(true);
     expect(on.flags & (Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT)).toBe(Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT);
-    fs!.close();
-    fs = null;
-    rmSync(base, { recursive: true, force: true });
+    unmount();
     const off = await mount(false);
     expect(off.flags & (Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT)).toBe(0n);
   });
