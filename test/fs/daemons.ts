@@ -14,6 +14,8 @@ export interface FsDaemon {
   kumoArgs?: string[];
   qemuOptions?: string[];
   env?: Record<string, string>;
+  /** A command kumo-virtiofsd runs under (e.g. setpriv to drop privileges). */
+  wrap?: string[];
 }
 
 /**
@@ -24,7 +26,8 @@ export interface FsDaemon {
 export async function connectFs(d: FsDaemon, dir: string, share: string, cleanups: (() => void)[], depth = 1): Promise<FuseClient> {
   const sock = join(dir, 's.sock');
   const child: ChildProcess = d.who === 'kumo'
-    ? spawn(process.execPath, [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot', ...(d.kumoArgs ?? [])],
+    ? spawn(d.wrap?.[0] ?? process.execPath, [...(d.wrap ? [...d.wrap.slice(1), process.execPath] : []), join(ROOT, 'bin/kumo-virtiofsd.js'),
+      `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot', ...(d.kumoArgs ?? [])],
       { stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn', ...d.env } })
     : spawn(QEMU_VIRTIOFSD, [`--socket-path=${sock}`, '-o', `source=${share}`, '-o', 'sandbox=chroot', ...(d.qemuOptions ?? []).flatMap((o) => ['-o', o])],
       { stdio: 'ignore' });
