@@ -58,7 +58,7 @@ export const defaultFsOptions = (sharedDir: string): FsOptions => ({
   writeback: false,
   allowDirectIo: false,
   allowMmap: false,
-  announceSubmounts: false,
+  announceSubmounts: true,
   readdirplus: true,
   preserveNoatime: false,
   inodeFileHandles: 'never',

@@ -164,20 +164,29 @@ export class PassthroughFs {
 
   // ---- attributes -------------------------------------------------------------------------
 
-  toAttr(st: fs.Stat): Attr {
+  /** `parentDev`: the st_dev of the directory the entry was found in (entry replies); omitted for GETATTR. */
+  toAttr(st: fs.Stat, parentDev = -1): Attr {
     return {
       ino: st.ino, size: st.size, blocks: st.blocks, atime: st.atime, mtime: st.mtime, ctime: st.ctime,
       atimensec: st.atimeNsec, mtimensec: st.mtimeNsec, ctimensec: st.ctimeNsec, mode: st.mode, nlink: st.nlink,
       uid: this.guestId(st.uid, 'uid'), gid: this.guestId(st.gid, 'gid'), rdev: st.rdev, blksize: st.blksize,
-      // FUSE_ATTR_SUBMOUNT: a directory on another filesystem than the root.
-      flags: this.opts.announceSubmounts && Number(st.dev) !== this.root.dev && (st.mode & fs.S_IFMT) === fs.S_IFDIR ? 1 : 0,
+      flags: this.submountFlag(st.mode, Number(st.dev), parentDev),
     };
   }
 
-  private entry(i: Inode, st: fs.Stat): EntryOut {
+  /**
+   * FUSE_ATTR_SUBMOUNT for an entry: a directory on another filesystem than the directory it was found in (a mount
+   * point), which the guest then mounts on its own (own st_dev, so inode numbers of two host filesystems do not
+   * collide). Only the mount point itself: a directory inside it shares its parent's filesystem.
+   */
+  submountFlag(mode: number, dev: number, parentDev: number): number {
+    return this.opts.announceSubmounts && parentDev >= 0 && dev !== parentDev && (mode & fs.S_IFMT) === fs.S_IFDIR ? 1 : 0;
+  }
+
+  private entry(i: Inode, st: fs.Stat, parent: Inode): EntryOut {
     return {
       nodeid: i.nodeid, generation: 0, entryValid: this.timeout, attrValid: this.timeout,
-      entryValidNsec: this.timeoutNsec, attrValidNsec: this.timeoutNsec, attr: this.toAttr(st),
+      entryValidNsec: this.timeoutNsec, attrValidNsec: this.timeoutNsec, attr: this.toAttr(st, parent.dev),
     };
   }
 
@@ -192,11 +201,11 @@ export class PassthroughFs {
     checkName(name);
     const nodeid = this.lookupRaw(parent, fs.cstr(name));
     if (nodeid < 0) throw new FsError(-nodeid, 'lookup failed');
-    return this.entry(this.inodes.get(nodeid), fs.decodeStat(fs.rawStat));
+    return this.entry(this.inodes.get(nodeid), fs.decodeStat(fs.rawStat), parent);
   }
 
-  /** Adds one lookup reference for the inode behind fd (closing fd if already known). */
-  private register(fd: number): EntryOut {
+  /** Adds one lookup reference for the inode behind fd, found in `parent` (closing fd if already known). */
+  private register(fd: number, parent: Inode): EntryOut {
     let st: fs.Stat;
     try {
       st = fs.fstat(fd);
@@ -206,7 +215,7 @@ export class PassthroughFs {
     }
     const i = this.adopt(fd, Number(st.dev), st.ino, st.mode & fs.S_IFMT);
     if (typeof i === 'number') throw new FsError(-i, 'no file handle for inode');
-    return this.entry(i, st);
+    return this.entry(i, st, parent);
   }
 
   // ---- hot paths: no exceptions for routine failures, stat left raw in fs.rawStat -----------
@@ -435,7 +444,7 @@ export class PassthroughFs {
   }
 
   private newEntry(parent: Inode, name: Uint8Array): EntryOut {
-    return this.register(fs.openat2(parent.fd, name, O_PATH | O_NOFOLLOW, 0, RESOLVE));
+    return this.register(fs.openat2(parent.fd, name, O_PATH | O_NOFOLLOW, 0, RESOLVE), parent);
   }
 
   mkdir(c: Caller, parent: Inode, name: Uint8Array, mode: number, umask = 0, label: SecurityContext | null = null): EntryOut {
