@@ -23,17 +23,20 @@ export interface DaemonConfig {
   modcaps: ModCaps | null;
   /** virtiofsd options given that kumo accepts but does not implement (warned about at start). */
   ignored: string[];
+  /** Deprecated spellings given (virtiofsd warns about the same ones at start). */
+  deprecated: string[];
   /** kumo extension: busy-poll window (µs) after the last request; 0 sleeps at once. */
   pollUs: number | null;
   rlimitNofile: number | null;
+  /** A pino level: error, warn, info, debug, trace or silent (virtiofsd's off). */
   logLevel: string | null;
   fs: FsOptions;
 }
 
 export const USAGE = `kumo-virtiofsd --socket-path=PATH|--fd=N --shared-dir=DIR [--socket-group=GROUP] [--tag=TAG] [--cache=auto|always|never|metadata]
-  [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--posix-acl] [--announce-submounts]
+  [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--posix-acl] [--no-announce-submounts]
   [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
-  [--no-readdirplus] [--allow-mmap] [--rlimit-nofile=N] [--log-level=LEVEL] [--syslog] [--poll-us=N] [--print-capabilities]
+  [--no-readdirplus] [--allow-mmap] [--rlimit-nofile=N] [--log-level=error|warn|info|debug|trace|off] [--syslog] [--poll-us=N] [--print-capabilities]
   [--seccomp=none|kill|log|trap] [--preserve-noatime] [--xattrmap=RULES] [--modcaps=LIST] [--killpriv-v2] [--security-label]
   [--translate-uid=RULE] [--translate-gid=RULE]
 QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=RULES,posix_lock,posix_acl,flock,killpriv_v2,
@@ -73,6 +76,11 @@ function oneOf<T extends string>(name: string, v: string, allowed: readonly T[])
   return v as T;
 }
 
+/** virtiofsd's --log-level values (and QEMU virtiofsd's -o log_level/loglevel ones) as pino levels. */
+const LOG_LEVELS: Record<string, string> = {
+  error: 'error', err: 'error', warn: 'warn', warning: 'warn', info: 'info', debug: 'debug', trace: 'trace', off: 'silent',
+};
+
 function int(name: string, v: string): number {
   const n = Number(v);
   if (!Number.isSafeInteger(n) || n < 0) throw new FsConfigError(`--${name} must be a non-negative integer`, { value: v });
@@ -83,13 +91,18 @@ function int(name: string, v: string): number {
 export function parseArgs(argv: string[]): DaemonConfig {
   let socketPath: string | null = null;
   let sharedDir: string | null = null;
-  const cfg = { syslog: false, listenFd: null as number | null, socketGroup: null as string | null, tag: null as string | null, threadPoolSize: null as number | null, seccomp: 'kill' as SeccompAction, modcaps: null as ModCaps | null, ignored: [] as string[], pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
+  const cfg = { syslog: false, listenFd: null as number | null, socketGroup: null as string | null, tag: null as string | null, threadPoolSize: null as number | null, seccomp: 'kill' as SeccompAction, modcaps: null as ModCaps | null, ignored: [] as string[], deprecated: [] as string[], pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
   const o: Partial<FsOptions> = { sandbox: 'namespace' };
   const translate: Record<'uid' | 'gid', IdRule[]> = { uid: [], gid: [] };
+  const migration = { mode: 'find-paths', pathChecks: [] as string[] };
   const set = (key: string, val: string | null): void => {
     const v = val ?? '';
     switch (key) {
       case 'socket-path': socketPath = v; break;
+      case 'socket':
+        socketPath = v;
+        cfg.deprecated.push("--socket is deprecated: use --socket-path");
+        break;
       case 'fd': cfg.listenFd = int(key, v); break;
       case 'socket-group': if (v === '') throw new FsConfigError('--socket-group needs a group'); cfg.socketGroup = v; break;
       case 'shared-dir': case 'source': sharedDir = v; break;
@@ -100,8 +113,13 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'seccomp': cfg.seccomp = oneOf(key, v, SECCOMP_ACTIONS); break;
       case 'rlimit-nofile': cfg.rlimitNofile = int(key, v); break;
       case 'poll-us': case 'poll_us': cfg.pollUs = int(key, v); break;
-      case 'log-level': case 'log_level': cfg.logLevel = v; break;
-      case 'inode-file-handles': o.inodeFileHandles = oneOf(key, v || 'prefer', ['never', 'prefer', 'mandatory'] as FileHandleMode[]); break;
+      case 'log-level': case 'log_level': case 'loglevel':
+        cfg.logLevel = LOG_LEVELS[oneOf(key, v, Object.keys(LOG_LEVELS))];
+        break;
+      case 'inode-file-handles':
+        if (v === 'fallback') cfg.deprecated.push("--inode-file-handles=fallback is deprecated: use 'prefer'");
+        o.inodeFileHandles = oneOf(key, v === 'fallback' || v === '' ? 'prefer' : v, ['never', 'prefer', 'mandatory'] as FileHandleMode[]);
+        break;
       case 'xattr': o.xattr = true; break;
       case 'no_xattr': o.xattr = false; break;
       case 'xattrmap':
@@ -155,9 +173,9 @@ export function parseArgs(argv: string[]): DaemonConfig {
         break;
       // The daemon's state cannot be migrated (no vhost-user device-state transfer is offered), so a front-end
       // refuses to migrate a VM with this device; the values are still checked.
-      case 'migration-mode': oneOf(key, v, ['find-paths', 'file-handles']); cfg.ignored.push(key); break;
+      case 'migration-mode': migration.mode = oneOf(key, v, ['find-paths', 'file-handles']); cfg.ignored.push(key); break;
       case 'migration-on-error': oneOf(key, v, ['abort', 'guest-error']); cfg.ignored.push(key); break;
-      case 'migration-verify-handles': case 'migration-confirm-paths': cfg.ignored.push(key); break;
+      case 'migration-verify-handles': case 'migration-confirm-paths': migration.pathChecks.push(key); cfg.ignored.push(key); break;
       case 'max_idle_threads':
         int(key, v);
         cfg.ignored.push(key);
@@ -177,11 +195,13 @@ export function parseArgs(argv: string[]): DaemonConfig {
     } else if (a.startsWith('--')) {
       const eq = a.indexOf('=');
       const key = eq < 0 ? a.slice(2) : a.slice(2, eq);
-      const takesValue = ['socket-path', 'shared-dir', 'tag', 'cache', 'sandbox', 'thread-pool-size', 'rlimit-nofile', 'poll-us', 'log-level', 'inode-file-handles', 'seccomp', 'fd', 'socket-group', 'modcaps', 'xattrmap', 'translate-uid', 'translate-gid', 'uid-map', 'gid-map', 'migration-mode', 'migration-on-error'].includes(key);
+      const takesValue = ['socket-path', 'socket', 'shared-dir', 'tag', 'cache', 'sandbox', 'thread-pool-size', 'rlimit-nofile', 'poll-us', 'log-level', 'inode-file-handles', 'seccomp', 'fd', 'socket-group', 'modcaps', 'xattrmap', 'translate-uid', 'translate-gid', 'uid-map', 'gid-map', 'migration-mode', 'migration-on-error'].includes(key);
       const val = eq >= 0 ? a.slice(eq + 1) : takesValue ? (argv[++i] ?? '') : null;
       set(key, val);
-    } else if (a === '-f' || a === '-d') {
-      // QEMU virtiofsd: foreground / debug.
+    } else if (a === '-d') {
+      cfg.logLevel ??= 'debug';
+    } else if (a === '-f') {
+      // QEMU virtiofsd's foreground flag: this daemon never forks.
     } else throw new FsConfigError(`unexpected argument ${a}`, { arg: a });
   }
   if (socketPath !== null && cfg.listenFd !== null) throw new FsConfigError('--socket-path and --fd cannot be used together');
@@ -190,5 +210,12 @@ export function parseArgs(argv: string[]): DaemonConfig {
   if (!sharedDir) throw new FsConfigError('--shared-dir (or -o source=) is required');
   if (cfg.tag !== null && (Buffer.byteLength(cfg.tag) === 0 || Buffer.byteLength(cfg.tag) > 36)) throw new FsConfigError('--tag must be 1..36 bytes');
   idMaps(translate.uid, translate.gid); // refuses overlapping ranges now rather than on the request thread
+  if (o.posixAcl === true && translate.uid.length + translate.gid.length > 0) {
+    // As virtiofsd: ACL entries name host IDs inside xattr values, which the translation would not reach.
+    throw new FsConfigError('--translate-uid and --translate-gid cannot be used with --posix-acl (the IDs inside ACLs would not be translated)');
+  }
+  if (migration.mode === 'file-handles' && migration.pathChecks.length > 0) {
+    throw new FsConfigError(`--${migration.pathChecks[0]} only applies to --migration-mode=find-paths`);
+  }
   return { socketPath, ...cfg, fs: { ...defaultFsOptions(sharedDir), ...o, translateUid: translate.uid, translateGid: translate.gid } };
 }

@@ -2,6 +2,7 @@ import { closeQuiet } from '../../protocol/sys/fd.js';
 import { FUSE_ROOT_ID } from '../../protocol/fuse/index.js';
 import type { FileHandle } from '../../protocol/sys/fs.js';
 import { E, FsError } from './errors.js';
+import type { GuestFds } from './guest-fds.js';
 
 /** Reopens the fd of an inode identified by a file handle (see InodeHandles). */
 export interface InodeOpener {
@@ -83,6 +84,8 @@ export class Inode {
 
 /** nodeid → inode and (dev, ino) → inode, with FUSE lookup-count semantics. */
 export class InodeTable {
+  /** `fds` counts the inodes' O_PATH fds and lock fds (not those of handle inodes, whose fds are a bounded cache). */
+  constructor(private readonly fds: GuestFds) {}
   private byId = new Map<number, Inode>();
   /** dev → ino → inode: number keys, no string building on the LOOKUP path. */
   private byKey = new Map<number, Map<number, Inode>>();
@@ -122,6 +125,7 @@ export class InodeTable {
   /** Registers a new inode (taking ownership of fd) with one lookup. */
   add(fd: number, dev: number, ino: number, type: number, handle: FileHandle | null = null, opener: InodeOpener | null = null): Inode {
     const i = new Inode(this.nextId++, fd, dev, ino, type, 1, handle, opener);
+    if (handle === null) this.fds.took();
     this.byId.set(i.nodeid, i);
     this.devMap(dev).set(ino, i);
     return i;
@@ -147,6 +151,7 @@ export class InodeTable {
     this.byId.delete(i.nodeid);
     const m = this.byKey.get(i.dev);
     if (m !== undefined && m.get(i.ino) === i) m.delete(i.ino);
+    this.fds.gave((i.handle === null ? 1 : 0) + (i.lockFds?.size ?? 0));
     i.close();
   }
 }
@@ -158,9 +163,11 @@ export interface Handle {
 }
 
 export class HandleTable {
+  constructor(private readonly fds: GuestFds) {}
   private map = new Map<number, Handle>();
   private next = 1;
   add(h: Handle): number {
+    this.fds.took();
     const fh = this.next++;
     this.map.set(fh, h);
     return fh;
@@ -177,11 +184,13 @@ export class HandleTable {
   take(fh: number): Handle {
     const h = this.get(fh);
     this.map.delete(fh);
+    this.fds.gave();
     return h;
   }
   clear(): Handle[] {
     const all = [...this.map.values()];
     this.map.clear();
+    this.fds.gave(all.length);
     return all;
   }
   get size(): number {

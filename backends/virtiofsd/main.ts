@@ -2,12 +2,15 @@ import { logger, setLogLevel, useSyslog } from '../../protocol/log.js';
 import { SYSLOG_SOCKET } from '../../protocol/syslog-sink.js';
 import { KumoError } from '../../protocol/errors.js';
 import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
+import { MAX_MEM_SLOTS } from '../../protocol/vhost-user/index.js';
 import { getrlimit, setrlimit, openat, AT_FDCWD, RLIMIT_NOFILE } from '../../protocol/sys/fs.js';
 import { closeQuiet, O_CLOEXEC, O_DIRECTORY, O_PATH } from '../../protocol/sys/fd.js';
 import { chmodSync, chownSync, readFileSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { parseArgs, USAGE } from './cli.js';
 import { DEFAULT_POLL_US, VirtioFsBackend } from './backend.js';
 import { FsConfigError, FsError } from './errors.js';
+import { lockPidFile } from './pid-file.js';
 import { InodeHandles } from './inode-handles.js';
 import { requestThreadCaps } from './capabilities.js';
 import type { FsOptions } from './options.js';
@@ -17,22 +20,48 @@ const O_PATH_DIR = O_PATH | O_DIRECTORY | O_CLOEXEC;
 const log = logger('virtiofsd');
 
 /** Raises RLIMIT_NOFILE: one O_PATH fd per inode the guest knows (virtiofsd default min(1e6, nr_open)). */
-function raiseNofile(want: number | null): void {
-  let target = BigInt(want ?? 1_000_000);
-  try {
-    const nrOpen = BigInt(readFileSync('/proc/sys/fs/nr_open', 'utf8').trim());
-    if (target > nrOpen) target = nrOpen;
-  } catch {
-    /* keep target */
-  }
-  const cur = getrlimit(RLIMIT_NOFILE);
-  try {
-    setrlimit(RLIMIT_NOFILE, { cur: target, max: target > cur.max ? target : cur.max });
-  } catch {
-    setrlimit(RLIMIT_NOFILE, { cur: cur.max, max: cur.max });
+/**
+ * --rlimit-nofile (default min(1000000, nr_open); 0 leaves the limit as it is), as virtiofsd. Returns the soft limit
+ * now in force.
+ */
+function raiseNofile(want: number | null): number {
+  if (want !== 0) {
+    let target = BigInt(want ?? 1_000_000);
+    try {
+      const nrOpen = BigInt(readFileSync('/proc/sys/fs/nr_open', 'utf8').trim());
+      if (target > nrOpen) target = nrOpen;
+    } catch {
+      /* keep target */
+    }
+    const cur = getrlimit(RLIMIT_NOFILE);
+    try {
+      setrlimit(RLIMIT_NOFILE, { cur: target, max: target > cur.max ? target : cur.max });
+    } catch {
+      setrlimit(RLIMIT_NOFILE, { cur: cur.max, max: cur.max });
+    }
   }
   const now = getrlimit(RLIMIT_NOFILE);
   log.info({ soft: Number(now.cur), hard: Number(now.max) }, 'RLIMIT_NOFILE');
+  return Number(now.cur);
+}
+
+/**
+ * The fds the daemon keeps for itself out of RLIMIT_NOFILE, beyond what the guest may make it hold: every memory
+ * region a front-end may send (held by the main thread and again by the queue worker), queue eventfds, io_uring
+ * rings and Node's own. virtiofsd keeps 609 plus one per pool thread.
+ */
+const INTERNAL_FDS = 2 * MAX_MEM_SLOTS + 256;
+
+/**
+ * The guest's share of the fd limit (see GuestFds); a clear error when the limit leaves it nothing. With
+ * --inode-file-handles the inode fd cache (which GuestFds does not count) comes off too.
+ */
+function guestFdLimit(soft: number, o: FsOptions): number {
+  const kept = INTERNAL_FDS + (o.inodeFileHandles === 'never' ? 0 : o.openInodeFds);
+  const limit = soft - kept;
+  if (limit < 1) throw new FsConfigError(`--rlimit-nofile: the fd limit is ${soft}, and the daemon keeps ${kept} for itself; it must be at least ${kept + 1}`);
+  if (limit < 128) log.warn({ limit }, 'the guest may hold very few fds; raise --rlimit-nofile');
+  return limit;
 }
 
 const CAPABILITIES = JSON.stringify({ type: 'fs', features: ['separate-options'] }, null, 2) + '\n';
@@ -119,7 +148,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const cfg = parseArgs(argv);
-  if (cfg.logLevel) setLogLevel(cfg.logLevel === 'warning' ? 'warn' : cfg.logLevel);
+  if (cfg.logLevel) setLogLevel(cfg.logLevel);
   // Before the queue workers start: they pick the choice up from the environment.
   if (cfg.syslog && !useSyslog('kumo-virtiofsd')) log.warn({ socket: SYSLOG_SOCKET }, 'no syslog socket: logging to stderr');
   if (!statSync(cfg.fs.sharedDir, { throwIfNoEntry: false })?.isDirectory()) {
@@ -130,13 +159,20 @@ async function main(argv: string[]): Promise<number> {
   }
   const openFds = Number(process.env.KUMO_FS_OPEN_INODE_FDS ?? cfg.fs.openInodeFds);
   if (Number.isInteger(openFds) && openFds > 0) cfg.fs.openInodeFds = openFds;
+  for (const d of cfg.deprecated) log.warn(d);
   for (const o of cfg.ignored) log.warn({ option: o }, `option ${o} is accepted for compatibility with virtiofsd but has no effect here`);
   checkFileHandles(cfg.fs);
   if (cfg.seccomp !== 'none' && process.arch !== 'x64') {
     log.warn({ arch: process.arch }, 'no seccomp allow-list for this architecture: --seccomp=none');
     cfg.seccomp = 'none';
   }
-  raiseNofile(cfg.rlimitNofile);
+  cfg.fs.guestFdLimit = guestFdLimit(raiseNofile(cfg.rlimitNofile), cfg.fs);
+  // Before the socket is bound: binding unlinks whatever socket file is there, another daemon's included.
+  if (cfg.socketPath !== null) {
+    const dir = dirname(cfg.socketPath);
+    if (!statSync(dir, { throwIfNoEntry: false })?.isDirectory()) throw new FsConfigError(`the socket's directory ${dir} does not exist`, { socket: cfg.socketPath });
+    lockPidFile(cfg.socketPath);
+  }
   const daemon = new VhostUserDaemon(new VirtioFsBackend(cfg.fs, cfg.tag, {
     pollUs: cfg.pollUs ?? DEFAULT_POLL_US, threadPoolSize: cfg.threadPoolSize, seccomp: cfg.seccomp,
     capabilities: requestThreadCaps(cfg.fs.inodeFileHandles !== 'never', cfg.modcaps),

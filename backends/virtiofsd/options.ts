@@ -27,6 +27,8 @@ export interface FsOptions {
   translateUid: IdRule[];
   translateGid: IdRule[];
   readonly: boolean;
+  /** How many fds the guest may make the daemon hold (ENFILE beyond; see GuestFds). */
+  guestFdLimit: number;
   writeback: boolean;
   allowDirectIo: boolean;
   /** --allow-mmap: the guest may map direct-I/O files shared (FUSE_DIRECT_IO_ALLOW_MMAP). */
@@ -55,6 +57,7 @@ export const defaultFsOptions = (sharedDir: string): FsOptions => ({
   translateUid: [],
   translateGid: [],
   readonly: false,
+  guestFdLimit: Number.MAX_SAFE_INTEGER,
   writeback: false,
   allowDirectIo: false,
   allowMmap: false,

@@ -5,6 +5,7 @@ import { SysError, rawSyscall } from '../../protocol/sys/libc.js';
 import { Fattr, type Attr, type EntryOut, type Kstatfs, type FileLock, type SetattrIn, type SecurityContext, FUSE_LK_FLOCK } from '../../protocol/fuse/index.js';
 import { encodeDirent, encodeDirentplus } from '../../protocol/fuse/dirent.js';
 import { logger } from '../../protocol/log.js';
+import { GuestFds } from './guest-fds.js';
 import { InodeHandles, sameHandle } from './inode-handles.js';
 import { E, FsError } from './errors.js';
 import { HandleTable, Inode, InodeTable, type Handle } from './inodes.js';
@@ -98,8 +99,10 @@ export function checkName(name: Uint8Array): void {
  * openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS), so nothing outside the shared directory is reachable.
  */
 export class PassthroughFs {
-  readonly inodes = new InodeTable();
-  readonly handles = new HandleTable();
+  /** The fds the guest makes this filesystem hold, against --rlimit-nofile less what the daemon keeps for itself. */
+  readonly guestFds: GuestFds;
+  readonly inodes: InodeTable;
+  readonly handles: HandleTable;
   private readonly procSelfFd: number;
   readonly root: Inode;
   /** Entry/attr validity (seconds) of every reply, from the cache mode. */
@@ -130,6 +133,9 @@ export class PassthroughFs {
     /** fds opened before a sandbox hid their paths (see sandbox.ts); ownership passes here. */
     pre: { rootFd: number; procSelfFd: number; threadCwd: boolean } | null = null,
   ) {
+    this.guestFds = new GuestFds(opts.guestFdLimit);
+    this.inodes = new InodeTable(this.guestFds);
+    this.handles = new HandleTable(this.guestFds);
     this.threadCwd = pre?.threadCwd ?? false;
     this.procSelfFd = pre?.procSelfFd ?? fs.openat(fs.AT_FDCWD, '/proc/self/fd', O_PATH | O_DIRECTORY | O_CLOEXEC);
     const fd = pre?.rootFd ?? fs.openat(fs.AT_FDCWD, opts.sharedDir, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -214,7 +220,7 @@ export class PassthroughFs {
       throw e;
     }
     const i = this.adopt(fd, Number(st.dev), st.ino, st.mode & fs.S_IFMT);
-    if (typeof i === 'number') throw new FsError(-i, 'no file handle for inode');
+    if (typeof i === 'number') throw new FsError(-i, 'inode not registered');
     return this.entry(i, st, parent);
   }
 
@@ -267,7 +273,8 @@ export class PassthroughFs {
 
   /**
    * One more lookup of the inode behind a fresh O_PATH fd (taking the fd): the known inode with this
-   * (dev, ino), or a new one. Returns -errno when a file handle is mandatory and cannot be made.
+   * (dev, ino), or a new one. Returns -errno when a file handle is mandatory and cannot be made, or when a new
+   * inode would hold one fd more than the guest may have (ENFILE).
    */
   private adopt(fd: number, dev: number, ino: number, type: number): Inode | number {
     let i = this.inodes.find(dev, ino);
@@ -289,6 +296,10 @@ export class PassthroughFs {
       i.refcount++;
       return i;
     }
+    if (h === null && !this.guestFds.fits(1)) {
+      closeQuiet(fd);
+      return -E.ENFILE;
+    }
     i = this.inodes.add(fd, dev, ino, type, h, h === null ? null : fh);
     if (h !== null) fh?.opened(i);
     return i;
@@ -304,6 +315,7 @@ export class PassthroughFs {
     const bad = nameErrno(cname, cname.length - 1);
     if (bad !== 0) throw new FsError(bad, 'bad name');
     this.writable();
+    this.guestFds.need(2); // the new inode and its open file
     const fd = this.createOpen(c, parent, cname, flags, mode, umask, kill);
     if (fd < 0) throw new FsError(-fd, 'create failed');
     const pathFd = fs.openat2Raw(parent.fd, cname, O_PATH | O_NOFOLLOW, 0, RESOLVE);
@@ -450,6 +462,7 @@ export class PassthroughFs {
   mkdir(c: Caller, parent: Inode, name: Uint8Array, mode: number, umask = 0, label: SecurityContext | null = null): EntryOut {
     checkName(name);
     this.writable();
+    this.guestFds.need(1); // checked before the creation, which the entry's fd could otherwise not follow
     this.asCaller(c, () => fs.mkdirat(parent.fd, name, mode & 0o7777), umask);
     return this.labelled(parent, name, true, label);
   }
@@ -457,6 +470,7 @@ export class PassthroughFs {
   mknod(c: Caller, parent: Inode, name: Uint8Array, mode: number, rdev: number, umask = 0, label: SecurityContext | null = null): EntryOut {
     checkName(name);
     this.writable();
+    this.guestFds.need(1);
     this.asCaller(c, () => fs.mknodat(parent.fd, name, mode, rdev), umask);
     return this.labelled(parent, name, false, label);
   }
@@ -465,6 +479,7 @@ export class PassthroughFs {
     checkName(name);
     this.writable();
     if (target.length === 0 || target.length >= 4096) throw new FsError(E.EINVAL, 'bad symlink target');
+    this.guestFds.need(1);
     this.asCaller(c, () => fs.symlinkat(target, parent.fd, name));
     return this.labelled(parent, name, false, label);
   }
@@ -499,6 +514,7 @@ export class PassthroughFs {
   create(c: Caller, parent: Inode, name: Uint8Array, flags: number, mode: number, umask = 0, kill = false, label: SecurityContext | null = null): { entry: EntryOut; fh: number } {
     checkName(name);
     this.writable();
+    this.guestFds.need(2);
     const fd = this.createOpen(c, parent, fs.cstr(name), flags, mode, umask, kill, label);
     if (fd < 0) throw new FsError(-fd, 'create failed');
     let entry: EntryOut;
@@ -515,6 +531,7 @@ export class PassthroughFs {
   link(oldInode: Inode, newParent: Inode, name: Uint8Array): EntryOut {
     checkName(name);
     this.writable();
+    this.guestFds.need(1);
     fs.linkat(oldInode.fd, '', newParent.fd, name, fs.AT_EMPTY_PATH);
     return this.newEntry(newParent, name);
   }
@@ -605,12 +622,14 @@ export class PassthroughFs {
   /** OPEN; `kill`: an O_TRUNC by a guest caller without CAP_FSETID (see setattr). */
   open(i: Inode, flags: number, kill = false): number {
     const fl = this.openFlags(flags);
+    this.guestFds.need(1);
     const fd = this.killingPrivs(kill && (fl & O_TRUNC) !== 0, () => this.reopen(i, fl));
     return this.handles.add({ fd, inode: i, dir: false });
   }
 
   opendir(i: Inode): number {
     if (i.type !== fs.S_IFDIR) throw new FsError(E.ENOTDIR, 'not a directory');
+    this.guestFds.need(1);
     const fd = fs.openat(i.fd, '.', O_DIRECTORY | O_CLOEXEC);
     return this.handles.add({ fd, inode: i, dir: true });
   }
@@ -649,6 +668,7 @@ export class PassthroughFs {
     const lockFd = h.inode.lockFds?.get(lockOwner);
     if (lockFd !== undefined) {
       h.inode.lockFds!.delete(lockOwner);
+      this.guestFds.gave();
       close(lockFd);
     }
     if (this.hasFlush(h)) close(dup(h.fd));
@@ -838,8 +858,10 @@ export class PassthroughFs {
     i.lockFds ??= new Map();
     let fd = i.lockFds.get(owner);
     if (fd === undefined) {
+      this.guestFds.need(1);
       fd = this.reopen(i, i.type === fs.S_IFDIR ? 0 : O_RDWR);
       i.lockFds.set(owner, fd);
+      this.guestFds.took();
     }
     return fd;
   }

@@ -76,9 +76,13 @@ describe('open flags by cache mode', () => {
 
 describe('virtiofsd migration options', () => {
   it('are accepted with their values checked, and warned about (no device state is offered)', () => {
-    const cfg = parseArgs(['--socket-path=/s', '--shared-dir=/d', '--migration-mode=file-handles', '--migration-on-error', 'guest-error',
+    const cfg = parseArgs(['--socket-path=/s', '--shared-dir=/d', '--migration-mode=find-paths', '--migration-on-error', 'guest-error',
       '--migration-verify-handles', '--migration-confirm-paths']);
     expect(cfg.ignored).toEqual(['migration-mode', 'migration-on-error', 'migration-verify-handles', 'migration-confirm-paths']);
+    expect(parseArgs(['--socket-path=/s', '--shared-dir=/d', '--migration-mode=file-handles']).ignored).toEqual(['migration-mode']);
+    // As virtiofsd: the path checks belong to find-paths migration.
+    expect(() => parseArgs(['--socket-path=/s', '--shared-dir=/d', '--migration-mode=file-handles', '--migration-confirm-paths']))
+      .toThrow(/--migration-confirm-paths only applies to --migration-mode=find-paths/);
     expect(() => parseArgs(['--socket-path=/s', '--shared-dir=/d', '--migration-mode=teleport'])).toThrow(/--migration-mode must be one of find-paths\|file-handles/);
     expect(() => parseArgs(['--socket-path=/s', '--shared-dir=/d', '--migration-on-error=ignore'])).toThrow(/--migration-on-error must be one of abort\|guest-error/);
   });
