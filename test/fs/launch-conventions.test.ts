@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { recvMsg, unixDgramBind, unixListen } from '../../protocol/sys/socket.js';
@@ -76,6 +76,39 @@ describe('kumo-virtiofsd launch conventions', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   }, 30_000);
+
+  it("a second daemon on a running one's --socket-path stops with an error and leaves the first serving (<socket>.pid)", async () => {
+    const { dir, share } = scratch();
+    const sock = join(dir, 'fs.sock');
+    const argv = [BIN, `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=none'];
+    const env = { ...process.env, KUMO_LOG: 'error' };
+    const first = spawn('node', argv, { stdio: 'ignore', env });
+    let next: ChildProcess | null = null;
+    try {
+      for (let i = 0; i < 300 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+      const ino = statSync(sock).ino;
+      expect(readFileSync(`${sock}.pid`, 'utf8')).toBe(`${first.pid}\n`);
+      const second = spawnSync('node', argv, { encoding: 'utf8', timeout: 20_000, env });
+      expect(second.status).toBe(1);
+      expect(second.stderr).toContain(`another daemon (pid ${first.pid}) is serving ${sock}`);
+      expect(statSync(sock).ino).toBe(ino);
+      const r = await runScript(sock, 'mkdir still-first\n', dir);
+      expect(r.code).toBe(0);
+      expect(existsSync(join(share, 'still-first'))).toBe(true);
+      expect(await exited(first)).toBe(0);
+      // Its lock went with it: the next daemon takes the path (and the pid file) over.
+      const n = spawn('node', argv, { stdio: 'ignore', env });
+      next = n;
+      for (let i = 0; i < 300 && readFileSync(`${sock}.pid`, 'utf8') !== `${n.pid}\n`; i++) await new Promise((res) => setTimeout(res, 50));
+      expect(readFileSync(`${sock}.pid`, 'utf8')).toBe(`${n.pid}\n`);
+      expect((await runScript(sock, 'mkdir then-next\n', dir)).code).toBe(0);
+      expect(await exited(n)).toBe(0);
+    } finally {
+      first.kill('SIGKILL');
+      next?.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 
   it('a --socket-path that cannot be bound is a clear error and the process ends (its queue workers too)', () => {
     const r = spawnSync('node', [BIN, '--socket-path=/nonexistent-kumo-dir/x.sock', '--shared-dir=/tmp', '--sandbox=none'], {

@@ -113,14 +113,24 @@ echo "guest-mode suid $(stat -c %a $S/suid)"
 # -o flock: the host holds hostlock for the whole run; a guest flock waits for another guest holder and gets it.
 check share2-flock-host sh -c "! flock -n $S/hostlock true"
 check share2-flock-wait sh -c "flock $S/glock sleep 2 & sleep 0.5; s=\$(date +%s); flock $S/glock true; e=\$(date +%s); wait; test \$((e - s)) -ge 1"
-# --translate-uid/gid map:3000:4000:1 (and forbid-guest 3001): a guest user 3000 creates a file the host sees owned by 4000,
-# L1 sees it back as 3000, and a chown to the forbidden 3001 is refused (the share's path is not searchable by 3000: cd first).
-check share2-idmap sh -c "mkdir $S/idm && chmod 777 $S/idm && cd $S/idm && setpriv --reuid=3000 --regid=3000 --clear-groups touch f && test \$(stat -c %u:%g f) = 3000:3000"
-check share2-idmap-forbid sh -c "! chown 3001 $S/idm/f 2>/dev/null && test \$(stat -c %u $S/idm/f) = 3000"
-echo "guest-owner hostowned $(stat -c %u:%g $S/hostowned)"
 check share2-write sh -c "dd if=/dev/urandom of=$S/wb bs=64k count=64 2>/dev/null && sha256sum $S/wb | cut -d' ' -f1 > $W/wb.guest-sum"
 check share2-rename sh -c "mkdir $S/d && mv $S/wb $S/d/wb && test -f $S/d/wb && test ! -e $S/wb"
 check share2-umount umount $S
+
+# ---- a third share: ID translation (refused beside --posix-acl, as by virtiofsd) and a host mount inside it
+T=$W/mnt3
+mkdir -p $T
+check share3-mount mount -t virtiofs kumo3 $T
+# --translate-uid/gid map:3000:4000:1 (and forbid-guest 3001): a guest user 3000 creates a file the host sees owned by 4000,
+# L1 sees it back as 3000, and a chown to the forbidden 3001 is refused (the share's path is not searchable by 3000: cd first).
+check share3-idmap sh -c "mkdir $T/idm && chmod 777 $T/idm && cd $T/idm && setpriv --reuid=3000 --regid=3000 --clear-groups touch f && test \$(stat -c %u:%g f) = 3000:3000"
+check share3-idmap-forbid sh -c "! chown 3001 $T/idm/f 2>/dev/null && test \$(stat -c %u $T/idm/f) = 3000"
+echo "guest-owner hostowned $(stat -c %u:%g $T/hostowned)"
+# Submounts are announced by default: the host's tmpfs on sub/ becomes a mount of its own in L1 (its own st_dev), the
+# directories inside it do not, so a link between two of them stays within one mount (EXDEV otherwise).
+check share3-submount sh -c "test \$(stat -c %d $T/sub) != \$(stat -c %d $T) && test \$(stat -c %d $T/sub/a) = \$(stat -c %d $T/sub) && grep -q ' $T/sub ' /proc/mounts"
+check share3-submount-link sh -c "echo x > $T/sub/a/f && mv $T/sub/a/f $T/sub/b/f && ln $T/sub/b/f $T/sub/a/g && test \$(stat -c %h $T/sub/b/f) = 2"
+check share3-umount umount -R $T
 
 # ---- vhost-user-blk: /dev/vda ---------------------------------------------------------------------------
 echo "guest-sum vda-head $(dd if=/dev/vda bs=1M count=1 2>/dev/null | sha256sum | cut -d' ' -f1)"
@@ -192,6 +202,8 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
   let crash: Restart = { killed: false, fioStillRunning: false };
   /** The second share's daemon log (info): its INIT line tells what L1's kernel negotiated. */
   let fs2Log = '';
+  /** share3/sub: a tmpfs mounted inside the third share. */
+  let subMount = '';
   const value = (key: string): string | undefined => lines.find((l) => l.startsWith(`${key} `))?.slice(key.length + 1).trim();
 
   beforeAll(async () => {
@@ -223,14 +235,23 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     fs.writeFileSync(path.join(w, 'share2', 'hello'), 'from the host');
     fs.writeFileSync(path.join(w, 'share2', 'hostlock'), '');
     fs.writeFileSync(path.join(w, 'share2', 'hostowned'), '');
-    fs.chownSync(path.join(w, 'share2', 'hostowned'), 4000, 4000);
+    fs.mkdirSync(path.join(w, 'share3'));
+    fs.writeFileSync(path.join(w, 'share3', 'hostowned'), '');
+    fs.chownSync(path.join(w, 'share3', 'hostowned'), 4000, 4000);
+    subMount = path.join(w, 'share3', 'sub');
+    fs.mkdirSync(subMount);
+    const mounted = spawnSync('mount', ['-t', 'tmpfs', 'kumo-lab-sub', subMount], { encoding: 'utf8' });
+    if (mounted.status !== 0) throw new Error(`mount tmpfs on share3/sub: ${mounted.stderr}`);
+    for (const d of ['a', 'b']) fs.mkdirSync(path.join(subMount, d));
     const hostLock = spawn('flock', ['-x', path.join(w, 'share2', 'hostlock'), 'sleep', '3600'], { stdio: 'ignore' });
     procs.push(hostLock);
     const fs2 = await startProcess(process.execPath, [bin('kumo-virtiofsd'), `--socket-path=${fsSock}`, `--shared-dir=${path.join(w, 'share2')}`,
-      '--xattr', '--posix-acl', '--writeback', '--announce-submounts', '--inode-file-handles=mandatory', '--killpriv-v2', '-o', 'flock',
-      '--translate-uid=map:3000:4000:1', '--translate-gid=map:3000:4000:1', '--translate-uid=forbid-guest:3001:1'], fsSock, { KUMO_LOG: 'info' });
+      '--xattr', '--posix-acl', '--writeback', '--inode-file-handles=mandatory', '--killpriv-v2', '-o', 'flock'], fsSock, { KUMO_LOG: 'info' });
     fs2.stderr?.on('data', (d: Buffer) => (fs2Log += d.toString()));
     procs.push(fs2);
+    const fs3Sock = path.join(w, 'fs3.sock');
+    procs.push(await startProcess(process.execPath, [bin('kumo-virtiofsd'), `--socket-path=${fs3Sock}`, `--shared-dir=${path.join(w, 'share3')}`,
+      '--translate-uid=map:3000:4000:1', '--translate-gid=map:3000:4000:1', '--translate-uid=forbid-guest:3001:1'], fs3Sock));
     const blkArgs = [bin('kumo-vhost-user-blk'), '--block-backend', `path=${img},socket=${blkSock},num_queues=2,queue_size=256`];
     const blkProc = procs.push(await startProcess(process.execPath, blkArgs, blkSock)) - 1;
     procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-net'), '--net-backend',
@@ -246,7 +267,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     const restarted = restartDuringFio(w, blkSock, blkArgs, procs, blkProc, lab);
     try {
       r = await runInLab(`sh ${job}`, {
-        timeoutMs: 15 * 60_000, virtiofsd: bin('kumo-virtiofsd'), fsShares: [{ socket: fsSock, tag: 'kumo2' }],
+        timeoutMs: 15 * 60_000, virtiofsd: bin('kumo-virtiofsd'), fsShares: [{ socket: fsSock, tag: 'kumo2' }, { socket: path.join(w, 'fs3.sock'), tag: 'kumo3' }],
         blkSockets: [blkSock, roSock], netSockets: [netSock],
       });
     } finally {
@@ -261,6 +282,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
 
   afterAll(async () => {
     for (const p of procs) await stopProcess(p);
+    if (subMount) spawnSync('umount', ['-l', subMount]);
     server?.close();
     if (w) fs.rmSync(w, { recursive: true, force: true });
   });
@@ -300,7 +322,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
 
   it('virtio-fs: a second share (namespace sandbox, inodes by file handle) keeps xattrs and data written back', () => {
     for (const name of ['share2-mount', 'share2-sees-host', 'share2-xattr', 'share2-acl', 'share2-killpriv', 'share2-flock-host', 'share2-flock-wait',
-      'share2-idmap', 'share2-idmap-forbid', 'share2-write', 'share2-rename', 'share2-umount']) {
+      'share2-write', 'share2-rename', 'share2-umount']) {
       expect(lines, name).toContain(`ok ${name}`);
     }
     const x = path.join(w, 'share2', 'x');
@@ -318,10 +340,17 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     expect(fs.statSync(path.join(w, 'share2', 'suid')).mode & 0o7777).toBe(0o777);
     console.log(`--killpriv-v2: host mode 0777 after the write; L1 saw ${value('guest-mode suid')} right after it`);
     expect(fs.readFileSync(path.join(w, 'wb.guest-sum'), 'utf8').trim()).toBe(shaFile(path.join(w, 'share2', 'd', 'wb')));
+  });
+
+  it('virtio-fs: a third share translates IDs, and a host mount inside it is a submount of its own in L1', () => {
+    for (const name of ['share3-mount', 'share3-idmap', 'share3-idmap-forbid', 'share3-submount', 'share3-submount-link', 'share3-umount']) {
+      expect(lines, name).toContain(`ok ${name}`);
+    }
     // --translate-uid/gid: L1's user 3000 made a file owned by 4000 here; a host file of 4000 showed as 3000 there.
-    const f = fs.statSync(path.join(w, 'share2', 'idm', 'f'));
+    const f = fs.statSync(path.join(w, 'share3', 'idm', 'f'));
     expect(`${f.uid}:${f.gid}`).toBe('4000:4000');
     expect(value('guest-owner hostowned')).toBe('3000:3000');
+    expect(fs.statSync(path.join(subMount, 'a', 'g')).nlink).toBe(2);
   });
 
   it('vhost-user-blk: L1 sees the disk and its queues; data, discard and write-zeroes hold', () => {
