@@ -64,6 +64,9 @@ QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=
   RULE is map|guest|host|squash-guest|squash-host:FROM:TO:COUNT or forbid-guest:FROM:COUNT, e.g.
   squash-guest:0:1000:4294967295 gives every file a guest creates host owner 1000 (guest or host
   IDs no rule covers pass unchanged; a forbid-guest ID cannot create or own files: EPERM)
+--rlimit-nofile=N: the daemon's fd limit (default min(1000000, nr_open); 0 leaves it as it is); the guest may make
+  it hold N less 384 (plus the inode fd cache with --inode-file-handles), and gets ENFILE beyond
+--no-announce-submounts: do not tell the guest which directories are host mount points (announced by default)
 --allow-mmap: guests may mmap files shared under --cache=never or metadata (which open them with direct I/O)
 Accepted for compatibility but without effect (a warning says so): -o allow_root, -o max_idle_threads,
   --migration-mode, --migration-on-error, --migration-verify-handles, --migration-confirm-paths (the daemon
