@@ -3,7 +3,10 @@ import * as fs from '../../protocol/sys/fs.js';
 import { SysError } from '../../protocol/sys/libc.js';
 import type { FsOptions } from './options.js';
 
+const EPERM = 1;
 const O_PATH = 0o10000000;
+
+export class SandboxError extends Error {}
 const O_DIRECTORY = 0o200000;
 
 export interface SandboxFds {
@@ -35,7 +38,14 @@ export function enterSandbox(opts: FsOptions, log: Logger): SandboxFds {
     }
   }
   if (mode === 'chroot') {
-    fs.chroot(opts.sharedDir);
+    try {
+      fs.chroot(opts.sharedDir);
+    } catch (e) {
+      if (!(e instanceof SysError) || e.errno !== EPERM) throw e;
+      // virtiofsd would enter a user namespace here; a multithreaded Node process cannot create one.
+      throw new SandboxError(`--sandbox=${opts.sandbox} needs CAP_SYS_ADMIN (namespace) or CAP_SYS_CHROOT (chroot): run kumo-virtiofsd ` +
+        'as root, start it inside a user namespace (unshare --user --map-root-user), or pass --sandbox=none');
+    }
     fs.chdir('/');
   }
   const rootFd = fs.openat(fs.AT_FDCWD, mode === 'none' ? opts.sharedDir : '/', O_PATH | O_DIRECTORY);

@@ -123,7 +123,12 @@ export class WorkerPool {
           worker.once('error', reject);
           worker.once('exit', (code) => reject(new VhostUserError('queue worker exited during start', { worker: i, code })));
         });
-        if (ready.error) throw new VhostUserError(`queue worker failed to load its handler: ${ready.error}`, { worker: i, module: o.module });
+        if (ready.error) {
+          // It answers nothing more: ending it now spares close() a wait for an exit ack that cannot come.
+          link.exited = true;
+          await worker.terminate();
+          throw new VhostUserError(`queue worker failed to load its handler: ${ready.error}`, { worker: i, module: o.module });
+        }
       }
     } catch (e) {
       await new WorkerPool(links, o.log).close();

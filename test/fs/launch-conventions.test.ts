@@ -110,6 +110,22 @@ describe('kumo-virtiofsd launch conventions', () => {
     }
   }, 60_000);
 
+  it('without the privileges its sandbox needs it stops at once and says what to do instead', () => {
+    const { dir, share } = scratch();
+    try {
+      // uid 0 with no capability at all: neither a mount namespace nor chroot is possible.
+      const r = spawnSync('setpriv', ['--inh-caps=-all', '--ambient-caps=-all', '--bounding-set=-all', '--', process.execPath, BIN,
+        `--socket-path=${join(dir, 's.sock')}`, `--shared-dir=${share}`], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, KUMO_LOG: 'warn' } });
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain('--sandbox=namespace needs CAP_SYS_ADMIN (namespace) or CAP_SYS_CHROOT (chroot)');
+      expect(r.stderr).toContain('unshare --user --map-root-user');
+      // The worker that failed is ended with it, not waited for.
+      expect(r.stderr).not.toMatch(/did not (answer|exit in time)/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
+
   it('a --socket-path that cannot be bound is a clear error and the process ends (its queue workers too)', () => {
     const r = spawnSync('node', [BIN, '--socket-path=/nonexistent-kumo-dir/x.sock', '--shared-dir=/tmp', '--sandbox=none'], {
       encoding: 'utf8', timeout: 20_000, env: { ...process.env, KUMO_LOG: 'error' },
