@@ -19,10 +19,9 @@ const O_PATH_DIR = O_PATH | O_DIRECTORY | O_CLOEXEC;
 
 const log = logger('virtiofsd');
 
-/** Raises RLIMIT_NOFILE: one O_PATH fd per inode the guest knows (virtiofsd default min(1e6, nr_open)). */
 /**
- * --rlimit-nofile (default min(1000000, nr_open); 0 leaves the limit as it is), as virtiofsd. Returns the soft limit
- * now in force.
+ * Raises RLIMIT_NOFILE (one O_PATH fd per inode the guest knows) to --rlimit-nofile, by default min(1000000,
+ * nr_open); 0 leaves the limit as it is, as in virtiofsd. Returns the soft limit now in force.
  */
 function raiseNofile(want: number | null): number {
   if (want !== 0) {

@@ -1,12 +1,11 @@
 import type { Logger } from '../../protocol/log.js';
 import * as fs from '../../protocol/sys/fs.js';
 import { SysError } from '../../protocol/sys/libc.js';
+import { FsConfigError } from './errors.js';
 import type { FsOptions } from './options.js';
 
 const EPERM = 1;
 const O_PATH = 0o10000000;
-
-export class SandboxError extends Error {}
 const O_DIRECTORY = 0o200000;
 
 export interface SandboxFds {
@@ -43,7 +42,7 @@ export function enterSandbox(opts: FsOptions, log: Logger): SandboxFds {
     } catch (e) {
       if (!(e instanceof SysError) || e.errno !== EPERM) throw e;
       // virtiofsd would enter a user namespace here; a multithreaded Node process cannot create one.
-      throw new SandboxError(`--sandbox=${opts.sandbox} needs CAP_SYS_ADMIN (namespace) or CAP_SYS_CHROOT (chroot): run kumo-virtiofsd ` +
+      throw new FsConfigError(`--sandbox=${opts.sandbox} needs CAP_SYS_ADMIN (namespace) or CAP_SYS_CHROOT (chroot): run kumo-virtiofsd ` +
         'as root, start it inside a user namespace (unshare --user --map-root-user), or pass --sandbox=none');
     }
     fs.chdir('/');
