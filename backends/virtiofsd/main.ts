@@ -166,6 +166,7 @@ async function main(argv: string[]): Promise<number> {
     cfg.seccomp = 'none';
   }
   cfg.fs.guestFdLimit = guestFdLimit(raiseNofile(cfg.rlimitNofile), cfg.fs);
+  const gid = cfg.socketGroup === null ? null : groupId(cfg.socketGroup);
   // Before the socket is bound: binding unlinks whatever socket file is there, another daemon's included.
   if (cfg.socketPath !== null) {
     const dir = dirname(cfg.socketPath);
@@ -178,7 +179,6 @@ async function main(argv: string[]): Promise<number> {
   }), {
     socketPath: cfg.socketPath ?? undefined, listenFd: cfg.listenFd ?? undefined, exitOnDisconnect: true, name: 'virtiofsd',
   });
-  const gid = cfg.socketGroup === null ? null : groupId(cfg.socketGroup);
   await daemon.start();
   if (gid !== null && cfg.socketPath !== null) {
     try {

@@ -204,5 +204,7 @@ describe('kumo-virtiofsd launch conventions', () => {
     const grp = run(['--socket-path=/tmp/kumo-nogroup.sock', '--socket-group=no-such-group-kumo']);
     expect(grp.status).toBe(1);
     expect(grp.stderr).toContain('no such group');
+    // Refused before it takes anything: no pid file is left beside the socket path.
+    expect(existsSync('/tmp/kumo-nogroup.sock.pid')).toBe(false);
   });
 });
