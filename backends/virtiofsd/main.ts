@@ -6,7 +6,6 @@ import { MAX_MEM_SLOTS } from '../../protocol/vhost-user/index.js';
 import { getrlimit, setrlimit, openat, AT_FDCWD, RLIMIT_NOFILE } from '../../protocol/sys/fs.js';
 import { closeQuiet, O_CLOEXEC, O_DIRECTORY, O_PATH } from '../../protocol/sys/fd.js';
 import { chmodSync, chownSync, readFileSync, statSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { parseArgs, USAGE } from './cli.js';
 import { DEFAULT_POLL_US, VirtioFsBackend } from './backend.js';
 import { FsConfigError, FsError } from './errors.js';
@@ -168,11 +167,7 @@ async function main(argv: string[]): Promise<number> {
   cfg.fs.guestFdLimit = guestFdLimit(raiseNofile(cfg.rlimitNofile), cfg.fs);
   const gid = cfg.socketGroup === null ? null : groupId(cfg.socketGroup);
   // Before the socket is bound: binding unlinks whatever socket file is there, another daemon's included.
-  if (cfg.socketPath !== null) {
-    const dir = dirname(cfg.socketPath);
-    if (!statSync(dir, { throwIfNoEntry: false })?.isDirectory()) throw new FsConfigError(`the socket's directory ${dir} does not exist`, { socket: cfg.socketPath });
-    lockPidFile(cfg.socketPath);
-  }
+  if (cfg.socketPath !== null) lockPidFile(cfg.socketPath);
   const daemon = new VhostUserDaemon(new VirtioFsBackend(cfg.fs, cfg.tag, {
     pollUs: cfg.pollUs ?? DEFAULT_POLL_US, threadPoolSize: cfg.threadPoolSize, seccomp: cfg.seccomp,
     capabilities: requestThreadCaps(cfg.fs.inodeFileHandles !== 'never', cfg.modcaps),

@@ -105,7 +105,6 @@ export class PassthroughFs {
   readonly handles: HandleTable;
   private readonly procSelfFd: number;
   readonly root: Inode;
-  /** Entry/attr validity (seconds) of every reply, from the cache mode. */
   /** Entry and attribute validity handed to the guest: whole seconds and the nanoseconds beyond them. */
   readonly timeout: number;
   readonly timeoutNsec: number;
@@ -654,7 +653,7 @@ export class PassthroughFs {
   write(fh: number, offset: number, iov: IoVecList, kill = false): number {
     this.writable();
     const fd = this.handles.get(fh).fd;
-    const n = kill ? withoutEffectiveCap(CAP_FSETID, () => pwritev(fd, iov, offset)) : pwritev(fd, iov, offset);
+    const n = this.killingPrivs(kill, () => pwritev(fd, iov, offset));
     if (n < 0) throw new FsError(E.EAGAIN, 'write would block');
     return n;
   }

@@ -1,4 +1,5 @@
 import { readFileSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { closeQuiet, O_CREAT, O_WRONLY, openFile, write } from '../../protocol/sys/fd.js';
 import { flock, fstat, ftruncate, LOCK_EX, LOCK_NB } from '../../protocol/sys/fs.js';
 import { SysError } from '../../protocol/sys/libc.js';
@@ -17,6 +18,7 @@ export function lockPidFile(socketPath: string): number {
     try {
       fd = openFile(path, O_WRONLY | O_CREAT, 0o600);
     } catch (e) {
+      if (e instanceof SysError && e.errno === E.ENOENT) throw new FsConfigError(`the socket's directory ${dirname(socketPath)} does not exist`, { socket: socketPath });
       throw new FsConfigError(`cannot create the pid file ${path}: ${(e as Error).message}`);
     }
     try {
