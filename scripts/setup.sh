@@ -16,6 +16,7 @@ APT_PACKAGES=(
   iproute2              # network namespaces and TAP set-up in net tests
   e2fsprogs python3     # QEMU front-end lab test: ext4 on our disk, xattrs and mmap on our share
   gcc libc6-dev         # tiny C baselines in benchmarks
+  uidmap                # newuidmap/newgidmap: kumo-virtiofsd --uid-map tests
 )
 
 missing=()

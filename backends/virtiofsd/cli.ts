@@ -2,6 +2,7 @@ import { FsConfigError } from './errors.js';
 import { parseXattrMap } from './xattrmap.js';
 import { idMaps, parseIdRule, type IdRule } from './idmap.js';
 import { parseModcaps, type ModCaps } from './capabilities.js';
+import { parseIdRange, type IdRange } from './user-namespace.js';
 import { SECCOMP_ACTIONS, type SeccompAction } from '../../protocol/sys/seccomp.js';
 import { defaultFsOptions, type CacheMode, type FileHandleMode, type FsOptions, type SandboxMode } from './options.js';
 
@@ -30,6 +31,9 @@ export interface DaemonConfig {
   rlimitNofile: number | null;
   /** A pino level: error, warn, info, debug, trace or silent (virtiofsd's off). */
   logLevel: string | null;
+  /** --uid-map / --gid-map: the ranges of the user namespace an unprivileged daemon runs in (see user-namespace.ts). */
+  uidMap: IdRange[];
+  gidMap: IdRange[];
   fs: FsOptions;
 }
 
@@ -38,7 +42,7 @@ export const USAGE = `kumo-virtiofsd --socket-path=PATH|--fd=N --shared-dir=DIR 
   [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
   [--no-readdirplus] [--allow-mmap] [--rlimit-nofile=N] [--log-level=error|warn|info|debug|trace|off] [--syslog] [--poll-us=N] [--print-capabilities]
   [--seccomp=none|kill|log|trap] [--preserve-noatime] [--xattrmap=RULES] [--modcaps=LIST] [--killpriv-v2] [--security-label]
-  [--translate-uid=RULE] [--translate-gid=RULE]
+  [--translate-uid=RULE] [--translate-gid=RULE] [--uid-map=:INSIDE:OUTSIDE:COUNT:] [--gid-map=:INSIDE:OUTSIDE:COUNT:]
 QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=RULES,posix_lock,posix_acl,flock,killpriv_v2,
   writeback,readdirplus
 --xattrmap=RULES (implies --xattr): virtiofsd's xattr name mapping, e.g. ':map::user.virtiofs.:' keeps every guest
@@ -64,6 +68,10 @@ QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=
   RULE is map|guest|host|squash-guest|squash-host:FROM:TO:COUNT or forbid-guest:FROM:COUNT, e.g.
   squash-guest:0:1000:4294967295 gives every file a guest creates host owner 1000 (guest or host
   IDs no rule covers pass unchanged; a forbid-guest ID cannot create or own files: EPERM)
+--sandbox=namespace started unprivileged: the daemon runs in a new user namespace (made by util-linux's unshare) with
+  the capabilities it has there, and this process waits outside, as virtiofsd does; inside, it keeps the user's own
+  uid and gid, or the ranges of --uid-map/--gid-map=:INSIDE:OUTSIDE:COUNT: (repeatable; newuidmap/newgidmap check
+  them against /etc/subuid and /etc/subgid). A guest's root creates files as the daemon's own IDs.
 --rlimit-nofile=N: the daemon's fd limit (default min(1000000, nr_open); 0 leaves it as it is); the guest may make
   it hold N less 384 (plus the inode fd cache with --inode-file-handles), and gets ENFILE beyond
 --no-announce-submounts: do not tell the guest which directories are host mount points (announced by default)
@@ -94,7 +102,7 @@ function int(name: string, v: string): number {
 export function parseArgs(argv: string[]): DaemonConfig {
   let socketPath: string | null = null;
   let sharedDir: string | null = null;
-  const cfg = { syslog: false, listenFd: null as number | null, socketGroup: null as string | null, tag: null as string | null, threadPoolSize: null as number | null, seccomp: 'kill' as SeccompAction, modcaps: null as ModCaps | null, ignored: [] as string[], deprecated: [] as string[], pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null };
+  const cfg = { syslog: false, listenFd: null as number | null, socketGroup: null as string | null, tag: null as string | null, threadPoolSize: null as number | null, seccomp: 'kill' as SeccompAction, modcaps: null as ModCaps | null, ignored: [] as string[], deprecated: [] as string[], pollUs: null as number | null, rlimitNofile: null as number | null, logLevel: null as string | null, uidMap: [] as IdRange[], gidMap: [] as IdRange[] };
   const o: Partial<FsOptions> = { sandbox: 'namespace' };
   const translate: Record<'uid' | 'gid', IdRule[]> = { uid: [], gid: [] };
   const migration = { mode: 'find-paths', pathChecks: [] as string[] };
@@ -166,11 +174,8 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'no_security_label': o.securityLabel = false; break;
       case 'translate-uid': translate.uid.push(parseIdRule(key, v)); break;
       case 'translate-gid': translate.gid.push(parseIdRule(key, v)); break;
-      case 'uid-map': case 'gid-map':
-        // virtiofsd writes these into the user namespace it creates before starting threads; a Node process
-        // cannot create one (CLONE_NEWUSER refuses a multithreaded caller).
-        throw new FsConfigError(`--${key} is not supported: kumo-virtiofsd creates no user namespace. Start it inside one ` +
-          `(unshare --user --map-users=..., or your container runtime), or translate IDs in the daemon with --translate-${key.slice(0, 3)}`, { option: key });
+      case 'uid-map': cfg.uidMap.push(parseIdRange(key, v)); break;
+      case 'gid-map': cfg.gidMap.push(parseIdRange(key, v)); break;
       case 'allow_root':
         cfg.ignored.push(key);
         break;

@@ -13,6 +13,7 @@ import { lockPidFile } from './pid-file.js';
 import { InodeHandles } from './inode-handles.js';
 import { requestThreadCaps } from './capabilities.js';
 import type { FsOptions } from './options.js';
+import { joinUserNamespace, superviseInUserNamespace, userNamespaceWanted } from './user-namespace.js';
 
 const O_PATH_DIR = O_PATH | O_DIRECTORY | O_CLOEXEC;
 
@@ -147,11 +148,14 @@ async function main(argv: string[]): Promise<number> {
   }
   const cfg = parseArgs(argv);
   if (cfg.logLevel) setLogLevel(cfg.logLevel);
+  const inUserNs = joinUserNamespace();
   // Before the queue workers start: they pick the choice up from the environment.
   if (cfg.syslog && !useSyslog('kumo-virtiofsd')) log.warn({ socket: SYSLOG_SOCKET }, 'no syslog socket: logging to stderr');
   if (!statSync(cfg.fs.sharedDir, { throwIfNoEntry: false })?.isDirectory()) {
     throw new FsConfigError('shared directory does not exist or is not a directory', { dir: cfg.fs.sharedDir });
   }
+  const nsPlan = { uidMap: cfg.uidMap, gidMap: cfg.gidMap, listenFd: cfg.listenFd };
+  if (!inUserNs && userNamespaceWanted(cfg.fs.sandbox, nsPlan)) return superviseInUserNamespace(argv, nsPlan);
   if (cfg.threadPoolSize !== null && cfg.threadPoolSize > 0) {
     log.info({ threadPoolSize: cfg.threadPoolSize }, 'requests run on the queue thread; large READs on at most this many io_uring worker threads');
   }

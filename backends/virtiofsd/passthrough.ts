@@ -407,9 +407,14 @@ export class PassthroughFs {
     }
   }
 
+  /**
+   * Host root is never switched to, as in virtiofsd: a root caller's files get the daemon's own IDs. That changes
+   * nothing for a root daemon, and lets an unprivileged one (in its user namespace, where 0 may be unmapped) serve
+   * a guest's root.
+   */
   private asIds<T>(uid: number, gid: number, f: () => T, umask: number): T {
-    const switchGid = gid !== this.egid;
-    const switchUid = uid !== this.euid;
+    const switchGid = gid !== 0 && gid !== this.egid;
+    const switchUid = uid !== 0 && uid !== this.euid;
     if (switchGid) fs.setresgidThread(-1, gid, -1);
     if (switchUid) {
       try {

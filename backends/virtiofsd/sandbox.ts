@@ -41,9 +41,8 @@ export function enterSandbox(opts: FsOptions, log: Logger): SandboxFds {
       fs.chroot(opts.sharedDir);
     } catch (e) {
       if (!(e instanceof SysError) || e.errno !== EPERM) throw e;
-      // virtiofsd would enter a user namespace here; a multithreaded Node process cannot create one.
       throw new FsConfigError(`--sandbox=${opts.sandbox} needs CAP_SYS_ADMIN (namespace) or CAP_SYS_CHROOT (chroot): run kumo-virtiofsd ` +
-        'as root, start it inside a user namespace (unshare --user --map-root-user), or pass --sandbox=none');
+        'as root, or unprivileged with --sandbox=namespace (it then makes its own user namespace), or pass --sandbox=none');
     }
     fs.chdir('/');
   }
