@@ -84,6 +84,8 @@ function groupId(group: string): number {
 /** How long an orderly stop may take before the process exits anyway. */
 const STOP_GRACE_MS = 3000;
 let stopping = false;
+/** The daemon once it is started (what a signal stops). */
+let serving: VhostUserDaemon | null = null;
 
 /**
  * daemon.stop() alone is not enough to end the process: it waits for the current connection and for the
@@ -91,10 +93,10 @@ let stopping = false;
  * Worker.terminate() cannot interrupt) would hold it forever, with nothing calling process.exit(). A signal
  * therefore stops the daemon with a deadline and then exits, like virtiofsd; a second signal exits at once.
  */
-function shutdown(daemon: VhostUserDaemon, signal: string): void {
+function shutdown(daemon: VhostUserDaemon, why: string): void {
   if (stopping) process.exit(1);
   stopping = true;
-  log.info({ signal }, 'shutting down');
+  log.info({ why }, 'shutting down');
   void stopWithin(daemon, STOP_GRACE_MS).then(() => process.exit(0));
 }
 
@@ -148,7 +150,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const cfg = parseArgs(argv);
   if (cfg.logLevel) setLogLevel(cfg.logLevel);
-  const inUserNs = joinUserNamespace();
+  const inUserNs = joinUserNamespace(() => (serving === null ? process.exit(1) : shutdown(serving, 'supervisor exited')));
   // Before the queue workers start: they pick the choice up from the environment.
   if (cfg.syslog && !useSyslog('kumo-virtiofsd')) log.warn({ socket: SYSLOG_SOCKET }, 'no syslog socket: logging to stderr');
   if (!statSync(cfg.fs.sharedDir, { throwIfNoEntry: false })?.isDirectory()) {
@@ -190,6 +192,7 @@ async function main(argv: string[]): Promise<number> {
     }
   }
   log.info({ socket: cfg.socketPath ?? `fd ${cfg.listenFd}`, dir: cfg.fs.sharedDir, sandbox: cfg.fs.sandbox, cache: cfg.fs.cache }, 'waiting for vhost-user front-end');
+  serving = daemon;
   process.on('SIGTERM', () => shutdown(daemon, 'SIGTERM'));
   process.on('SIGINT', () => shutdown(daemon, 'SIGINT'));
   await daemon.run();

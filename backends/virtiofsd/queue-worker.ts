@@ -157,6 +157,8 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
   }
 
   function serve(): void {
+    // A resume or timer event may still come after the last ring stopped (and the memory went with it).
+    if (rings.length === 0) return;
     const sliceEnd = performance.now() + SLICE_MS;
     let idleUntil = 0;
     for (;;) {

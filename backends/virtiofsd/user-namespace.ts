@@ -1,9 +1,9 @@
 import { spawn, spawnSync, type StdioOptions } from 'node:child_process';
-import { closeSync, readSync, writeFileSync, writeSync } from 'node:fs';
+import { readSync, writeFileSync, writeSync } from 'node:fs';
+import { Socket } from 'node:net';
 import { constants } from 'node:os';
 import type { Duplex } from 'node:stream';
 import { logger } from '../../protocol/log.js';
-import { setParentDeathSignal } from '../../protocol/sys/proc.js';
 import { FsConfigError } from './errors.js';
 
 const log = logger('virtiofsd');
@@ -31,19 +31,18 @@ export function parseIdRange(option: string, v: string): IdRange {
 const SYNC_ENV = 'KUMO_VIRTIOFSD_USERNS_FD';
 const INSIDE = 0x72; // 'r': the daemon is in its new user namespace
 const MAPPED = 0x67; // 'g': the supervisor wrote the ID maps
-const SIGTERM = 15;
 
 /**
  * In a daemon the supervisor started: says it is inside the new user namespace and waits until the supervisor has
- * written the ID maps (uid/gid and the capabilities in use need them). False in any other process.
+ * written the ID maps (uid/gid and the capabilities in use need them). Afterwards `onSupervisorGone` runs once if
+ * the supervisor ends (its end of the socket closes), so that a supervisor killed outright takes the daemon with it.
+ * False in any other process.
  */
-export function joinUserNamespace(): boolean {
+export function joinUserNamespace(onSupervisorGone: () => void): boolean {
   const v = process.env[SYNC_ENV];
   if (v === undefined) return false;
   delete process.env[SYNC_ENV];
   const fd = Number(v);
-  // Before the handshake: a supervisor that dies earlier closes the socket, and the read below ends.
-  setParentDeathSignal(SIGTERM);
   writeSync(fd, Buffer.of(INSIDE));
   const b = Buffer.alloc(1);
   let n = 0;
@@ -56,9 +55,15 @@ export function joinUserNamespace(): boolean {
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
     }
   }
-  closeSync(fd);
   // The supervisor has said why on stderr.
   if (n !== 1 || b[0] !== MAPPED) throw new FsConfigError('the supervisor did not set up the user namespace');
+  // Not PR_SET_PDEATHSIG: the kernel sends that again each time the daemon passes to another of the dying
+  // supervisor's threads, and a second signal means "exit at once".
+  const link = new Socket({ fd, readable: true, writable: false });
+  link.once('close', onSupervisorGone);
+  link.on('error', () => undefined);
+  link.resume();
+  link.unref();
   return true;
 }
 
@@ -88,6 +93,7 @@ export function userNamespaceWanted(sandbox: string, plan: UserNamespacePlan): b
  * CLONE_NEWUSER refuses a multithreaded caller, and Node always has threads, so the namespace comes from util-linux's
  * `unshare --user --keep-caps` (the daemon keeps the capabilities it gets there); this process then writes the ID maps
  * (its own IDs, or --uid-map/--gid-map through newuidmap/newgidmap), passes signals on, and returns the daemon's status.
+ * Killed outright, it takes the daemon with it: the socket between them closes.
  */
 export async function superviseInUserNamespace(argv: string[], plan: UserNamespacePlan): Promise<number> {
   const syncFd = plan.listenFd === 3 ? 4 : 3;
@@ -122,7 +128,8 @@ export async function superviseInUserNamespace(argv: string[], plan: UserNamespa
     await exit;
     return 1;
   }
-  sync.end(Buffer.of(MAPPED));
+  // Kept open: the daemon stops when it closes, i.e. when this process ends.
+  sync.write(Buffer.of(MAPPED));
   log.info({ daemonPid: child.pid, uidMap: plan.uidMap, gidMap: plan.gidMap }, 'daemon running in its own user namespace');
   const pass = (sig: NodeJS.Signals): void => void child.kill(sig);
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, pass);

@@ -3,8 +3,6 @@ import { libc, check, rawSyscall } from './libc.js';
 const SYS_gettid = 186;
 const SYS_tgkill = 234;
 const SYS_sched_yield = 24;
-const SYS_prctl = 157;
-const PR_SET_PDEATHSIG = 1;
 const PR_SET_NAME = 15;
 const prctl_ = libc.func('prctl', 'int', ['int', 'str', 'ulong', 'ulong', 'ulong']);
 const getpid_ = libc.func('getpid', 'int', []);
@@ -29,11 +27,6 @@ export function tgkill(tgid: number, tid: number, sig: number): void {
 /** Names the calling thread (visible in /proc/self/task/N/comm; at most 15 bytes). */
 export function setThreadName(name: string): void {
   check('prctl(PR_SET_NAME)', prctl_(PR_SET_NAME, name.slice(0, 15), 0, 0, 0) as number, { name });
-}
-
-/** Asks the kernel to send `sig` to this process when the thread that started it exits (PR_SET_PDEATHSIG). */
-export function setParentDeathSignal(sig: number): void {
-  check('prctl(PR_SET_PDEATHSIG)', rawSyscall(SYS_prctl, PR_SET_PDEATHSIG, sig), { sig });
 }
 
 export const SIGUSR1 = 10;

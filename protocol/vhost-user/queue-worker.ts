@@ -29,6 +29,11 @@ class WorkerRing implements VringHandle {
 }
 
 const POLL_INTERVAL_MS = 1;
+/**
+ * An idle worker still comes back to JS this often: Node ends a worker (process.exit() joins every one) only between
+ * JS steps, and a thread parked in an unbounded epoll_wait would hold the whole process up for good.
+ */
+const IDLE_WAIT_MS = 500;
 
 class QueueWorker {
   private mem: GuestMemory | null = null;
@@ -72,7 +77,7 @@ class QueueWorker {
   loop(): void {
     const ep = this.epoll;
     while (this.running) {
-      const n = ep.wait(this.polled.length > 0 ? POLL_INTERVAL_MS : -1);
+      const n = ep.wait(this.polled.length > 0 ? POLL_INTERVAL_MS : IDLE_WAIT_MS);
       for (let i = 0; i < n; i++) {
         const token = ep.tokens[i];
         if (token === CONTROL_TOKEN) {

@@ -1,19 +1,17 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdtempSync, readFileSync, readlinkSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { FuseClient, FUSE_ROOT_ID } from '../../protocol/fuse/index.js';
 import { VirtioFsTransport } from '../../vmm/kumo-vu/fs/transport.js';
 import { parseArgs } from '../../backends/virtiofsd/cli.js';
 import { parseIdRange, userNamespaceWanted } from '../../backends/virtiofsd/user-namespace.js';
 import { errCode } from './daemons.js';
+import { asNobody, NOBODY, nobodyDirs } from '../unprivileged.js';
 
 // virtiofsd started unprivileged with its default --sandbox=namespace runs in a user namespace of its own (its
 // uid and gid kept inside, or --uid-map/--gid-map ranges set up with newuidmap/newgidmap). Here the daemon runs as
 // uid 65534 with nothing but what an ordinary user has.
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const NOBODY = 65534;
 const O_RDWR = 2;
 const O_CREAT = 0o100;
 const args = (...extra: string[]): string[] => ['--socket-path=/s', '--shared-dir=/d', ...extra];
@@ -61,29 +59,13 @@ afterEach(() => {
   for (const f of cleanups.splice(0).reverse()) f();
 });
 
-/**
- * kumo-virtiofsd as uid 65534 with no capabilities, as an ordinary user would start it. The checkout is bind-mounted
- * at a path that user can reach (a CI clone may sit in a 0700 directory), and /etc/subuid and /etc/subgid are replaced
- * by `subids` in that private mount namespace only.
- */
-function startUnprivileged(extra: string[], subids = `nobody:200000:65536\n${NOBODY}:200000:65536\n`): Unprivileged {
+/** kumo-virtiofsd as uid 65534 with no capabilities, as an ordinary user would start it (see asNobody). */
+function startUnprivileged(extra: string[], subids?: string): Unprivileged {
   const base = mkdtempSync('/tmp/kumo-fs-userns-');
-  chmodSync(base, 0o755);
-  const repo = join(base, 'repo');
-  const work = join(base, 'w');
-  const share = join(work, 'share');
-  mkdirSync(repo);
-  mkdirSync(share, { recursive: true });
-  chmodSync(work, 0o777);
-  chownSync(share, NOBODY, NOBODY);
-  const ids = join(base, 'subids');
-  writeFileSync(ids, subids, { mode: 0o644 });
+  const { work, share } = nobodyDirs(base);
   const sock = join(work, 's.sock');
-  const binds = [`mount --bind "$1" "$2"`, ...['/etc/subuid', '/etc/subgid'].filter(existsSync).map((f) => `mount --bind "$3" ${f}`)];
-  const proc = spawn('unshare', ['--mount', '--propagation', 'private', '--', 'sh', '-c',
-    `${binds.join(' && ')} && shift 3 && exec setpriv --reuid=${NOBODY} --regid=${NOBODY} --clear-groups -- "$@"`, 'sh', ROOT, repo, ids,
-    process.execPath, join(repo, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, ...extra],
-  { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'info' } });
+  const [cmd, ...argv] = asNobody(base, 'bin/kumo-virtiofsd.js', [`--socket-path=${sock}`, `--shared-dir=${share}`, ...extra], subids);
+  const proc = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'info' } });
   let err = '';
   proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   cleanups.push(() => {
@@ -180,7 +162,7 @@ describe.skipIf(!usernsWorks)('an unprivileged kumo-virtiofsd with --sandbox=nam
     expect(existsSync(refused.sock)).toBe(false);
   }, 60_000);
 
-  it('passes SIGTERM on to the daemon, and the daemon stops when its supervisor is killed', async () => {
+  it('passes SIGTERM on to the daemon, and the daemon stops in order when its supervisor is killed', async () => {
     const first = startUnprivileged([]);
     await connect(first);
     const pid1 = daemonPid(first.sock)!;
@@ -194,6 +176,9 @@ describe.skipIf(!usernsWorks)('an unprivileged kumo-virtiofsd with --sandbox=nam
     second.proc.kill('SIGKILL');
     for (let i = 0; i < 100 && alive(pid2); i++) await new Promise((r) => setTimeout(r, 50));
     expect(alive(pid2)).toBe(false);
+    // One orderly stop, not a signal per thread of the dying supervisor.
+    expect(second.stderr()).toContain('"why":"supervisor exited","msg":"shutting down"');
+    expect(second.stderr()).not.toMatch(/failed|did not stop/);
   }, 60_000);
 
   it('an unprivileged --sandbox=chroot or --uid-map with another sandbox is a clear error', async () => {

@@ -1,4 +1,6 @@
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -111,4 +113,14 @@ describe('VhostUserDaemon.stop()', () => {
     expect(a).toBe(b);
     await Promise.all([a, running]);
   });
+
+  it('process.exit() ends a daemon whose queue workers sit idle (Node joins every worker thread first)', () => {
+    const child = fileURLToPath(new URL('./fixtures/exit-while-idle.ts', import.meta.url));
+    const t0 = Date.now();
+    const r = spawnSync(process.execPath, ['--import', 'tsx', child], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, KUMO_LOG: 'warn' } });
+    expect(r.stdout).toContain('exiting');
+    expect(r.signal).toBeNull(); // not killed by the timeout: a worker parked for good in epoll_wait held it
+    expect(r.status).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(15_000);
+  }, 30_000);
 });
