@@ -1,6 +1,7 @@
 // QEMU as the vhost-user front-end of our back-ends, with a real Linux driving them. The lab's L1 (QEMU TCG,
 // Debian kernel) boots with its root share served by kumo-virtiofsd instead of QEMU's virtiofsd, and gets a
-// second share on kumo-virtiofsd in its namespace sandbox, vhost-user-blk-pci disks on kumo-vhost-user-blk (one
+// second share on kumo-virtiofsd in its namespace sandbox (and a fourth from one started as an ordinary user, in
+// a user namespace of its own), vhost-user-blk-pci disks on kumo-vhost-user-blk (one
 // readonly=on) and a virtio-net NIC on kumo-vhost-user-net. L1's virtiofs, virtio_blk and virtio_net drivers do
 // the work a user would: copy trees, write and fsync large files, fio with verification (also across a kill -9
 // and restart of the disk back-end), discard, mkfs.ext4 and mount, TCP to the host. What L1 wrote is then
@@ -16,6 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runInLab, type LabResult } from '../../vmm/lab/lab.js';
 import { startProcess, stopProcess } from '../vmm-vhost-user/harness.js';
 import { whyNoLab } from './skip.js';
+import { asNobody, nobodyDirs } from '../unprivileged.js';
 
 const FILE = 'test/lab/qemu-frontend.test.ts';
 const root = path.resolve(import.meta.dirname, '../..');
@@ -133,6 +135,15 @@ check share3-submount sh -c "test \$(stat -c %d $T/sub/.) != \$(stat -c %d $T) &
 check share3-submount-link sh -c "echo x > $T/sub/a/f && mv $T/sub/a/f $T/sub/b/f && ln $T/sub/b/f $T/sub/a/g && test \$(stat -c %h $T/sub/b/f) = 2"
 check share3-umount umount -R $T
 
+# ---- a fourth share: kumo-virtiofsd started by an ordinary user (uid 65534), in a user namespace of its own
+N=$W/mnt4
+mkdir -p $N
+check share4-mount mount -t virtiofs kumo4 $N
+# L1's root creates as the daemon's user (root has no ID in that namespace), and sees that owner.
+check share4-root-creates sh -c "echo hi > $N/by-root && test \"\$(cat $N/by-root)\" = hi && test \$(stat -c %u:%g $N/by-root) = 65534:65534"
+check share4-tree sh -c "mkdir -p $N/d && cp -r ${root}/protocol/fuse $N/d/ && diff -r ${root}/protocol/fuse $N/d/fuse && mv $N/d/fuse $N/d/moved && rm -r $N/d/moved"
+check share4-umount umount $N
+
 # ---- vhost-user-blk: /dev/vda ---------------------------------------------------------------------------
 echo "guest-sum vda-head $(dd if=/dev/vda bs=1M count=1 2>/dev/null | sha256sum | cut -d' ' -f1)"
 echo "guest-size vda $(cat /sys/block/vda/size)"
@@ -205,6 +216,11 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
   let fs2Log = '';
   /** share3/sub: a tmpfs mounted inside the third share. */
   let subMount = '';
+  /** The fourth share's daemon runs as uid 65534: its socket, share and checkout bind mount live here. */
+  let nobodyBase = '';
+  let share4 = '';
+  /** The user namespace the fourth share's daemon serves from (read while it runs). */
+  let fs4UserNs = '';
   const value = (key: string): string | undefined => lines.find((l) => l.startsWith(`${key} `))?.slice(key.length + 1).trim();
 
   beforeAll(async () => {
@@ -253,6 +269,13 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     const fs3Sock = path.join(w, 'fs3.sock');
     procs.push(await startProcess(process.execPath, [bin('kumo-virtiofsd'), `--socket-path=${fs3Sock}`, `--shared-dir=${path.join(w, 'share3')}`,
       '--translate-uid=map:3000:4000:1', '--translate-gid=map:3000:4000:1', '--translate-uid=forbid-guest:3001:1'], fs3Sock));
+    nobodyBase = fs.mkdtempSync('/tmp/kumo-lab-nobody-');
+    const nobody = nobodyDirs(nobodyBase);
+    share4 = nobody.share;
+    const fs4Sock = path.join(nobody.work, 'fs4.sock');
+    const [nobodyCmd, ...nobodyArgs] = asNobody(nobodyBase, 'bin/kumo-virtiofsd.js', [`--socket-path=${fs4Sock}`, `--shared-dir=${share4}`]);
+    procs.push(await startProcess(nobodyCmd, nobodyArgs, fs4Sock));
+    fs4UserNs = fs.readlinkSync(`/proc/${fs.readFileSync(`${fs4Sock}.pid`, 'utf8').trim()}/ns/user`);
     const blkArgs = [bin('kumo-vhost-user-blk'), '--block-backend', `path=${img},socket=${blkSock},num_queues=2,queue_size=256`];
     const blkProc = procs.push(await startProcess(process.execPath, blkArgs, blkSock)) - 1;
     procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-net'), '--net-backend',
@@ -268,7 +291,8 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     const restarted = restartDuringFio(w, blkSock, blkArgs, procs, blkProc, lab);
     try {
       r = await runInLab(`sh ${job}`, {
-        timeoutMs: 15 * 60_000, virtiofsd: bin('kumo-virtiofsd'), fsShares: [{ socket: fsSock, tag: 'kumo2' }, { socket: path.join(w, 'fs3.sock'), tag: 'kumo3' }],
+        timeoutMs: 15 * 60_000, virtiofsd: bin('kumo-virtiofsd'), fsShares: [{ socket: fsSock, tag: 'kumo2' }, { socket: path.join(w, 'fs3.sock'), tag: 'kumo3' },
+          { socket: fs4Sock, tag: 'kumo4' }],
         blkSockets: [blkSock, roSock], netSockets: [netSock],
       });
     } finally {
@@ -284,6 +308,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
   afterAll(async () => {
     for (const p of procs) await stopProcess(p);
     if (subMount) spawnSync('umount', ['-l', subMount]);
+    if (nobodyBase) fs.rmSync(nobodyBase, { recursive: true, force: true });
     server?.close();
     if (w) fs.rmSync(w, { recursive: true, force: true });
   });
@@ -352,6 +377,15 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     expect(`${f.uid}:${f.gid}`).toBe('4000:4000');
     expect(value('guest-owner hostowned')).toBe('3000:3000');
     expect(fs.statSync(path.join(subMount, 'a', 'g')).nlink).toBe(2);
+  });
+
+  it('virtio-fs: a share from kumo-virtiofsd started unprivileged serves L1 from a user namespace of its own', () => {
+    for (const name of ['share4-mount', 'share4-root-creates', 'share4-tree', 'share4-umount']) expect(lines, name).toContain(`ok ${name}`);
+    const f = fs.statSync(path.join(share4, 'by-root'));
+    expect(`${f.uid}:${f.gid}`).toBe('65534:65534');
+    expect(fs.readFileSync(path.join(share4, 'by-root'), 'utf8')).toBe('hi\n');
+    expect(fs4UserNs).toMatch(/^user:/);
+    expect(fs4UserNs).not.toBe(fs.readlinkSync('/proc/self/ns/user'));
   });
 
   it('vhost-user-blk: L1 sees the disk and its queues; data, discard and write-zeroes hold', () => {
