@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { chmodSync, existsSync, lstatSync, mkdtempSync, readFileSync, readlinkSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { FuseClient, FUSE_ROOT_ID } from '../../protocol/fuse/index.js';
@@ -7,6 +7,8 @@ import { VirtioFsTransport } from '../../vmm/kumo-vu/fs/transport.js';
 import { parseArgs } from '../../backends/virtiofsd/cli.js';
 import { parseIdRange, userNamespaceWanted } from '../../backends/virtiofsd/user-namespace.js';
 import { errCode } from './daemons.js';
+import { unixListen } from '../../protocol/sys/socket.js';
+import { closeQuiet } from '../../protocol/sys/fd.js';
 import { asNobody, NOBODY, nobodyDirs } from '../unprivileged.js';
 
 // virtiofsd started unprivileged with its default --sandbox=namespace runs in a user namespace of its own (its
@@ -179,6 +181,29 @@ describe.skipIf(!usernsWorks)('an unprivileged kumo-virtiofsd with --sandbox=nam
     // One orderly stop, not a signal per thread of the dying supervisor.
     expect(second.stderr()).toContain('"why":"supervisor exited","msg":"shutting down"');
     expect(second.stderr()).not.toMatch(/failed|did not stop/);
+  }, 60_000);
+
+  it('passes a listening socket from its launcher (--fd, as libvirt gives it) on into the namespace, whatever its number', async () => {
+    for (const n of [3, 4]) {
+      const base = mkdtempSync('/tmp/kumo-fs-userns-');
+      const { work, share } = nobodyDirs(base);
+      const sock = join(work, 'inherited.sock');
+      const lfd = unixListen(sock);
+      const stdio: StdioOptions = ['ignore', 'ignore', 'pipe', 'ignore', 'ignore'];
+      stdio[n] = lfd;
+      const [cmd, ...argv] = asNobody(base, 'bin/kumo-virtiofsd.js', [`--fd=${n}`, `--shared-dir=${share}`]);
+      const proc = spawn(cmd, argv, { stdio, env: { ...process.env, KUMO_LOG: 'warn' } });
+      closeQuiet(lfd);
+      cleanups.push(() => {
+        proc.kill('SIGKILL');
+        rmSync(base, { recursive: true, force: true });
+      });
+      const { c, t } = await connect({ proc, sock, share, stderr: () => '' });
+      await c.mkdir(FUSE_ROOT_ID, `via-fd${n}`, 0o755);
+      expect(owner(join(share, `via-fd${n}`)), `--fd=${n}`).toBe(`${NOBODY}:${NOBODY}`);
+      t.close();
+      expect(await exited(proc), `--fd=${n}`).toBe(0);
+    }
   }, 60_000);
 
   it('an unprivileged --sandbox=chroot or --uid-map with another sandbox is a clear error', async () => {
