@@ -84,7 +84,7 @@ function groupId(group: string): number {
 /** How long an orderly stop may take before the process exits anyway. */
 const STOP_GRACE_MS = 3000;
 let stopping = false;
-/** The daemon once it is started (what a signal stops). */
+/** The daemon once it is started: what the end of a user-namespace supervisor stops (see joinUserNamespace). */
 let serving: VhostUserDaemon | null = null;
 
 /**

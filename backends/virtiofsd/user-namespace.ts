@@ -5,6 +5,7 @@ import { constants } from 'node:os';
 import type { Duplex } from 'node:stream';
 import { logger } from '../../protocol/log.js';
 import { FsConfigError } from './errors.js';
+import type { SandboxMode } from './options.js';
 
 const log = logger('virtiofsd');
 
@@ -45,6 +46,7 @@ export function joinUserNamespace(onSupervisorGone: () => void): boolean {
   const fd = Number(v);
   writeSync(fd, Buffer.of(INSIDE));
   const b = Buffer.alloc(1);
+  const nap = new Int32Array(new SharedArrayBuffer(4));
   let n = 0;
   for (;;) {
     try {
@@ -52,7 +54,7 @@ export function joinUserNamespace(onSupervisorGone: () => void): boolean {
       break;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
+      Atomics.wait(nap, 0, 0, 2);
     }
   }
   // The supervisor has said why on stderr.
@@ -78,7 +80,7 @@ export interface UserNamespacePlan {
  * Whether this process must run the daemon in a user namespace, as virtiofsd does when started unprivileged
  * with --sandbox=namespace; refuses --uid-map/--gid-map where virtiofsd does (root, or another sandbox).
  */
-export function userNamespaceWanted(sandbox: string, plan: UserNamespacePlan): boolean {
+export function userNamespaceWanted(sandbox: SandboxMode, plan: UserNamespacePlan): boolean {
   const root = process.geteuid?.() === 0;
   const maps = plan.uidMap.length + plan.gidMap.length > 0;
   if (maps && (root || sandbox !== 'namespace')) {
