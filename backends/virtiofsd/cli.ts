@@ -1,8 +1,7 @@
 import { FsConfigError } from './errors.js';
 import { parseXattrMap } from './xattrmap.js';
-import { idMaps, parseIdRule, type IdRule } from './idmap.js';
+import { idMaps, parseIdRange, parseIdRule, type IdRange, type IdRule } from './idmap.js';
 import { parseModcaps, type ModCaps } from './capabilities.js';
-import { parseIdRange, type IdRange } from './user-namespace.js';
 import { SECCOMP_ACTIONS, type SeccompAction } from '../../protocol/sys/seccomp.js';
 import { defaultFsOptions, type CacheMode, type FileHandleMode, type FsOptions, type SandboxMode } from './options.js';
 

@@ -27,9 +27,15 @@ const ID_SPACE = 2 ** 32;
 /** toHost's answer for a guest ID that forbid-guest refuses. */
 export const FORBIDDEN = -1;
 
-function u32(option: string, spec: string, what: string, v: string): number {
+/** `v` as an ID (decimal, 0 to 2^32-1), or -1. */
+function idNumber(v: string): number {
   const n = /^\d+$/.test(v) ? Number(v) : NaN;
-  if (!Number.isSafeInteger(n) || n >= ID_SPACE) throw new FsConfigError(`--${option}: ${what} must be a number from 0 to 4294967295`, { rule: spec, value: v });
+  return Number.isSafeInteger(n) && n < ID_SPACE ? n : -1;
+}
+
+function u32(option: string, spec: string, what: string, v: string): number {
+  const n = idNumber(v);
+  if (n < 0) throw new FsConfigError(`--${option}: ${what} must be a number from 0 to 4294967295`, { rule: spec, value: v });
   return n;
 }
 
@@ -53,6 +59,28 @@ export function parseIdRule(option: string, spec: string): IdRule {
     throw new FsConfigError(`--${option}: '${spec}' maps past ID 4294967295`, { rule: spec });
   }
   return { type, from, to, count };
+}
+
+/**
+ * One --uid-map / --gid-map range: host IDs [outside, outside+count) appear in the daemon's user namespace as
+ * [inside, inside+count). Unlike the --translate rules, the kernel applies it (see user-namespace.ts).
+ */
+export interface IdRange {
+  inside: number;
+  outside: number;
+  count: number;
+}
+
+/** virtiofsd's `:INSIDE:OUTSIDE:COUNT:`; the delimiter is the last character (any non-alphanumeric), and leads too. */
+export function parseIdRange(option: string, v: string): IdRange {
+  const d = v.at(-1) ?? '';
+  const fields = v.length > 2 && !/[\p{L}\p{N}]/u.test(d) && v.startsWith(d) ? v.slice(1, -1).split(d).map(idNumber) : [];
+  if (fields.length !== 3 || fields.some((n) => n < 0)) {
+    throw new FsConfigError(`--${option} must be :INSIDE:OUTSIDE:COUNT: (IDs in the namespace, on the host, how many), e.g. :0:100000:65536:`, { value: v });
+  }
+  const [inside, outside, count] = fields;
+  if (count === 0 || inside + count > ID_SPACE || outside + count > ID_SPACE) throw new FsConfigError(`--${option}: the range is empty or runs past 2^32`, { value: v });
+  return { inside, outside, count };
 }
 
 /** A range of one direction: IDs [from, from+count) go to `to` (+ offset unless squashed), or are refused. */

@@ -11,7 +11,7 @@ import { E, FsError } from './errors.js';
 import { HandleTable, Inode, InodeTable, type Handle } from './inodes.js';
 import { cacheTimeout, type FsOptions } from './options.js';
 import { FORBIDDEN, idMaps, type IdMaps } from './idmap.js';
-import { XattrMap } from './xattrmap.js';
+import { XattrMap, type XattrAccess } from './xattrmap.js';
 import { capNumber, withoutEffectiveCap } from '../../protocol/sys/caps.js';
 
 const O_ACCMODE = 3;
@@ -359,7 +359,7 @@ export class PassthroughFs {
   /** Sets the label on a file CREATE just made (fd open on it); on failure the file goes and -errno is returned. */
   private labelNewFile(fd: number, parent: Inode, cname: Uint8Array, label: SecurityContext): number {
     try {
-      fs.fsetxattr(fd, this.xattrMap?.toServer(label.name, 'set') ?? label.name, label.value, 0);
+      fs.fsetxattr(fd, this.hostXattr(label.name, 'set'), label.value, 0);
       return fd;
     } catch (e) {
       closeQuiet(fd);
@@ -497,7 +497,7 @@ export class PassthroughFs {
     const e = this.newEntry(parent, name);
     if (label === null) return e;
     try {
-      const host = this.xattrMap?.toServer(label.name, 'set') ?? label.name;
+      const host = this.hostXattr(label.name, 'set');
       this.withXattrFd(this.inodes.get(e.nodeid), true, (fd, p) => (fd !== null ? fs.fsetxattr(fd, host, label.value, 0) : fs.setxattr(p, host, label.value, 0)));
     } catch (err) {
       this.forget(e.nodeid, 1);
@@ -818,7 +818,7 @@ export class PassthroughFs {
   setxattr(i: Inode, name: Uint8Array, value: Uint8Array, flags: number, killSgid = false): void {
     this.xattrOn();
     this.writable();
-    const host = this.xattrMap?.toServer(name, 'set') ?? name;
+    const host = this.hostXattr(name, 'set');
     this.withXattrFd(i, true, (fd, p) => (fd !== null ? fs.fsetxattr(fd, host, value, flags) : fs.setxattr(p, host, value, flags)));
     if (killSgid && ACL_ACCESS_XATTR.equals(name)) {
       const mode = fs.fstat(i.fd).mode;
@@ -826,10 +826,15 @@ export class PassthroughFs {
     }
   }
 
+  /** The host's name for a guest xattr name (--xattrmap), or the name itself. */
+  private hostXattr(name: Uint8Array, access: XattrAccess): Uint8Array {
+    return this.xattrMap?.toServer(name, access) ?? name;
+  }
+
   /** size 0 asks for the value's length. */
   getxattr(i: Inode, name: Uint8Array, size: number): number | Uint8Array {
     this.xattrOn();
-    const host = this.xattrMap?.toServer(name, 'get') ?? name;
+    const host = this.hostXattr(name, 'get');
     const buf = size > 0 ? Buffer.alloc(Math.min(size, XATTR_SIZE_MAX)) : null;
     const n = this.withXattrFd(i, false, (fd, p) => (fd !== null ? fs.fgetxattr(fd, host, buf) : fs.getxattr(p, host, buf)));
     return buf ? buf.subarray(0, n) : n;
@@ -851,7 +856,7 @@ export class PassthroughFs {
   removexattr(i: Inode, name: Uint8Array): void {
     this.xattrOn();
     this.writable();
-    const host = this.xattrMap?.toServer(name, 'set') ?? name;
+    const host = this.hostXattr(name, 'set');
     this.withXattrFd(i, true, (fd, p) => (fd !== null ? fs.fremovexattr(fd, host) : fs.removexattr(p, host)));
   }
 

@@ -6,27 +6,9 @@ import type { Duplex } from 'node:stream';
 import { logger } from '../../protocol/log.js';
 import { FsConfigError } from './errors.js';
 import type { SandboxMode } from './options.js';
+import type { IdRange } from './idmap.js';
 
 const log = logger('virtiofsd');
-
-/** One --uid-map / --gid-map range: host IDs [outside, outside+count) appear in the namespace as [inside, inside+count). */
-export interface IdRange {
-  inside: number;
-  outside: number;
-  count: number;
-}
-
-/** virtiofsd's `:INSIDE:OUTSIDE:COUNT:`; the delimiter is the last character (any non-alphanumeric), and leads too. */
-export function parseIdRange(option: string, v: string): IdRange {
-  const d = v.at(-1) ?? '';
-  const fields = v.length > 2 && !/[\p{L}\p{N}]/u.test(d) && v.startsWith(d) ? v.slice(1, -1).split(d) : [];
-  if (fields.length !== 3 || fields.some((f) => !/^\d{1,10}$/.test(f) || Number(f) > 0xffff_ffff)) {
-    throw new FsConfigError(`--${option} must be :INSIDE:OUTSIDE:COUNT: (IDs in the namespace, on the host, how many), e.g. :0:100000:65536:`, { value: v });
-  }
-  const [inside, outside, count] = fields.map(Number);
-  if (count === 0 || inside + count > 2 ** 32 || outside + count > 2 ** 32) throw new FsConfigError(`--${option}: the range is empty or runs past 2^32`, { value: v });
-  return { inside, outside, count };
-}
 
 /** Names the inherited socket the supervisor and the daemon it started talk over (set only in that daemon). */
 const SYNC_ENV = 'KUMO_VIRTIOFSD_USERNS_FD';

@@ -1,4 +1,5 @@
 import { Dirent, EntryOut, type EntryOut as EntryOutT } from './structs.js';
+import { align8 } from './struct.js';
 
 export interface DirEntry {
   ino: number;
@@ -7,8 +8,6 @@ export interface DirEntry {
   type: number;
   name: Uint8Array;
 }
-
-const align8 = (n: number): number => (n + 7) & ~7;
 
 export function direntSize(nameLen: number): number {
   return align8(Dirent.size + nameLen);

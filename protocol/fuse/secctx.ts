@@ -1,5 +1,6 @@
 import { FuseProtocolError } from './errors.js';
 import { extensionAt, findExtension } from './extensions.js';
+import { align8 } from './struct.js';
 
 /** The security label a guest LSM gives a new inode (FUSE_SECURITY_CTX): an xattr name and its value. */
 export interface SecurityContext {
@@ -11,7 +12,6 @@ const HEADER = 8; // fuse_secctx_header { u32 size; u32 nr_secctx }
 const ENTRY = 8; // fuse_secctx { u32 size; u32 padding }
 /** Extension types 0..31 are a fuse_secctx_header whose nr_secctx is the type (fuse_ext_header shares its layout). */
 const MAX_NR_SECCTX = 31;
-const align8 = (n: number): number => (n + 7) & ~7;
 
 /**
  * The block a kernel with FUSE_SECURITY_CTX appends to CREATE, MKDIR, MKNOD and SYMLINK: a header, then at most

@@ -8,6 +8,9 @@ import { FuseProtocolError } from './errors.js';
 type Prim = 'u8' | 'u16' | 'u32' | 'i32' | 'u64' | 'i64' | 'b64';
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type FieldType = Prim | Struct<any> | { bytes: number };
+/** FUSE pads dirents, extensions and security contexts to 8 bytes. */
+export const align8 = (n: number): number => (n + 7) & ~7;
+
 export type FieldList = readonly (readonly [string, FieldType])[];
 
 type ValueOf<T> = T extends 'b64'

@@ -1,5 +1,6 @@
 import { FuseProtocolError } from './errors.js';
 import { EXT_HEADER, findExtension } from './extensions.js';
+import { align8 } from './struct.js';
 
 /** fuse_ext_header.type of the supplementary-groups request extension (FUSE_CREATE_SUPP_GROUP). */
 export const FUSE_EXT_GROUPS = 32;
@@ -10,7 +11,7 @@ export const FUSE_EXT_GROUPS = 32;
  * u32 groups[] }, padded to 8 bytes. It counts in fuse_in_header.total_extlen (units of 8 bytes).
  */
 export function encodeSuppGroups(groups: readonly number[]): Uint8Array {
-  const size = (EXT_HEADER + 4 + 4 * groups.length + 7) & ~7;
+  const size = align8(EXT_HEADER + 4 + 4 * groups.length);
   const b = new Uint8Array(size);
   const d = new DataView(b.buffer);
   d.setUint32(0, size, true);
