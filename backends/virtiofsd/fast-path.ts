@@ -1,9 +1,10 @@
 import { Op, FUSE_GETATTR_FH, FUSE_MAX_WRITE, FUSE_OPEN_KILL_SUIDGID, FUSE_RELEASE_FLOCK_UNLOCK, FUSE_WRITE_KILL_SUIDGID, IN_HEADER_SIZE, OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
 import type { IoVecList } from '../../protocol/sys/fd.js';
-import { fstatRaw, rawStat } from '../../protocol/sys/fs.js';
+import { fstatRaw, rawMountId, rawStat } from '../../protocol/sys/fs.js';
 import { E } from './errors.js';
 import type { FuseIo } from './fuse-io.js';
 import type { PassthroughFs } from './passthrough.js';
+import type { Inode } from './inodes.js';
 import type { FuseSession } from './session.js';
 import type { ReadOffload } from './read-offload.js';
 import { DEFERRED } from './deferred.js';
@@ -76,7 +77,7 @@ export class FastPath {
         if (nul < 0 || nul >= len) return NOT_HANDLED;
         const r = fs.lookupRaw(parent, this.inBuf.subarray(A, nul + 1));
         if (r < 0) return this.error(io, -r);
-        this.putEntry(r, parent.dev);
+        this.putEntry(r, parent);
         return this.ok(io, ENTRY_OUT);
       }
       case Op.GETATTR: {
@@ -95,7 +96,7 @@ export class FastPath {
         this.put64(OUT_HEADER_SIZE, fs.timeout);
         d.setUint32(OUT_HEADER_SIZE + 8, fs.timeoutNsec, true);
         d.setUint32(OUT_HEADER_SIZE + 12, 0, true);
-        this.putAttr(OUT_HEADER_SIZE + 16, -1);
+        this.putAttr(OUT_HEADER_SIZE + 16, null);
         return this.ok(io, ATTR_OUT);
       }
       case Op.FORGET: {
@@ -127,7 +128,7 @@ export class FastPath {
         const umask = this.session.umask(d.getUint32(A + 8, true));
         const kill = this.session.kill((d.getUint32(A + 12, true) & FUSE_OPEN_KILL_SUIDGID) !== 0);
         const r = fs.createRaw(caller, parent, this.inBuf.subarray(A + 16, nul + 1), d.getUint32(A, true), d.getUint32(A + 4, true), umask, kill);
-        this.putEntry(r.nodeid, parent.dev);
+        this.putEntry(r.nodeid, parent);
         this.put64(OUT_HEADER_SIZE + ENTRY_OUT, r.fh);
         this.outDv.setUint32(OUT_HEADER_SIZE + ENTRY_OUT + 8, this.session.fopenFlags(false), true);
         this.outDv.setUint32(OUT_HEADER_SIZE + ENTRY_OUT + 12, 0, true);
@@ -229,8 +230,8 @@ export class FastPath {
     this.outDv.setUint32(to + 4, this.stDv.getUint32(from + 4, true), true);
   }
 
-  /** fuse_entry_out for nodeid, found in a directory on `parentDev`, at the reply body; attributes from rawStat. */
-  private putEntry(nodeid: number, parentDev: number): void {
+  /** fuse_entry_out for nodeid, found in `parent`, at the reply body; attributes from rawStat and rawMountId(). */
+  private putEntry(nodeid: number, parent: Inode): void {
     const o = OUT_HEADER_SIZE;
     const t = this.fs.timeout;
     this.put64(o, nodeid);
@@ -239,11 +240,14 @@ export class FastPath {
     this.put64(o + 24, t);
     this.outDv.setUint32(o + 32, this.fs.timeoutNsec, true);
     this.outDv.setUint32(o + 36, this.fs.timeoutNsec, true);
-    this.putAttr(o + 40, parentDev);
+    this.putAttr(o + 40, parent);
   }
 
-  /** fuse_attr at outBuf[o] from the x86_64 struct stat in rawStat (same fields as PassthroughFs.toAttr). */
-  private putAttr(o: number, parentDev: number): void {
+  /**
+   * fuse_attr at outBuf[o] from the x86_64 struct stat in rawStat (same fields as PassthroughFs.toAttr); `parent`
+   * for an entry (then rawStat came from statxRaw, and rawMountId() is the entry's mount), else null.
+   */
+  private putAttr(o: number, parent: Inode | null): void {
     const s = this.stDv;
     const d = this.outDv;
     this.copy64(8, o); // ino
@@ -262,6 +266,6 @@ export class FastPath {
     d.setUint32(o + 72, this.fs.guestId(s.getUint32(32, true), 'gid'), true);
     d.setUint32(o + 76, s.getUint32(40, true), true); // rdev
     d.setUint32(o + 80, s.getUint32(56, true), true); // blksize
-    d.setUint32(o + 84, this.fs.submountFlag(mode, s.getUint32(4, true) * TWO32 + s.getUint32(0, true), parentDev), true);
+    d.setUint32(o + 84, parent === null ? 0 : this.fs.submountFlag(mode, s.getUint32(4, true) * TWO32 + s.getUint32(0, true), rawMountId(), parent), true);
   }
 }

@@ -27,6 +27,8 @@ export class Inode {
     /** st_dev as a number (Linux dev_t values are far below 2^53). */
     readonly dev: number,
     readonly ino: number,
+    /** The mount it was reached through (statx's mount ID): one directory bind-mounted twice is two inodes. */
+    readonly mnt: number,
     /** S_IFMT bits. */
     readonly type: number,
     public refcount: number,
@@ -82,27 +84,32 @@ export class Inode {
   }
 }
 
-/** nodeid → inode and (dev, ino) → inode, with FUSE lookup-count semantics. */
+/** nodeid → inode and (mount, dev, ino) → inode, with FUSE lookup-count semantics. */
 export class InodeTable {
   /** `fds` counts the inodes' O_PATH fds and lock fds (not those of handle inodes, whose fds are a bounded cache). */
   constructor(private readonly fds: GuestFds) {}
   private byId = new Map<number, Inode>();
-  /** dev → ino → inode: number keys, no string building on the LOOKUP path. */
-  private byKey = new Map<number, Map<number, Inode>>();
+  /** mount → dev → ino → inode: number keys, no string building on the LOOKUP path. */
+  private byKey = new Map<number, Map<number, Map<number, Inode>>>();
   private nextId = FUSE_ROOT_ID + 1;
 
-  setRoot(fd: number, dev: number, ino: number, type: number): Inode {
-    const root = new Inode(FUSE_ROOT_ID, fd, dev, ino, type, 2 ** 52);
+  setRoot(fd: number, dev: number, ino: number, mnt: number, type: number): Inode {
+    const root = new Inode(FUSE_ROOT_ID, fd, dev, ino, mnt, type, 2 ** 52);
     this.byId.set(FUSE_ROOT_ID, root);
-    this.devMap(dev).set(ino, root);
+    this.devMap(mnt, dev).set(ino, root);
     return root;
   }
 
-  private devMap(dev: number): Map<number, Inode> {
-    let m = this.byKey.get(dev);
+  private devMap(mnt: number, dev: number): Map<number, Inode> {
+    let devs = this.byKey.get(mnt);
+    if (devs === undefined) {
+      devs = new Map();
+      this.byKey.set(mnt, devs);
+    }
+    let m = devs.get(dev);
     if (m === undefined) {
       m = new Map();
-      this.byKey.set(dev, m);
+      devs.set(dev, m);
     }
     return m;
   }
@@ -118,16 +125,16 @@ export class InodeTable {
     return i;
   }
 
-  find(dev: number, ino: number): Inode | undefined {
-    return this.byKey.get(dev)?.get(ino);
+  find(dev: number, ino: number, mnt: number): Inode | undefined {
+    return this.byKey.get(mnt)?.get(dev)?.get(ino);
   }
 
   /** Registers a new inode (taking ownership of fd) with one lookup. */
-  add(fd: number, dev: number, ino: number, type: number, handle: FileHandle | null = null, opener: InodeOpener | null = null): Inode {
-    const i = new Inode(this.nextId++, fd, dev, ino, type, 1, handle, opener);
+  add(fd: number, dev: number, ino: number, mnt: number, type: number, handle: FileHandle | null = null, opener: InodeOpener | null = null): Inode {
+    const i = new Inode(this.nextId++, fd, dev, ino, mnt, type, 1, handle, opener);
     if (handle === null) this.fds.took();
     this.byId.set(i.nodeid, i);
-    this.devMap(dev).set(ino, i);
+    this.devMap(mnt, dev).set(ino, i);
     return i;
   }
 
@@ -149,8 +156,13 @@ export class InodeTable {
 
   private drop(i: Inode): void {
     this.byId.delete(i.nodeid);
-    const m = this.byKey.get(i.dev);
-    if (m !== undefined && m.get(i.ino) === i) m.delete(i.ino);
+    const devs = this.byKey.get(i.mnt);
+    const m = devs?.get(i.dev);
+    if (m !== undefined && m.get(i.ino) === i) {
+      m.delete(i.ino);
+      if (m.size === 0) devs?.delete(i.dev);
+      if (devs?.size === 0) this.byKey.delete(i.mnt);
+    }
     this.fds.gave((i.handle === null ? 1 : 0) + (i.lockFds?.size ?? 0));
     i.close();
   }

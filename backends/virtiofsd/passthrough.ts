@@ -84,6 +84,8 @@ function rawU64(offset: number): number {
   return fs.rawStat.readUInt32LE(offset + 4) * 0x1_0000_0000 + fs.rawStat.readUInt32LE(offset);
 }
 
+const EMPTY_NAME = new Uint8Array(1);
+
 /** Validates a guest-supplied name: one non-empty path component that cannot climb. */
 export function checkName(name: Uint8Array): void {
   if (name.length === 0 || name.length > 255) throw new FsError(name.length ? 36 : E.ENOENT, 'bad name length');
@@ -138,8 +140,8 @@ export class PassthroughFs {
     this.threadCwd = pre?.threadCwd ?? false;
     this.procSelfFd = pre?.procSelfFd ?? fs.openat(fs.AT_FDCWD, '/proc/self/fd', O_PATH | O_DIRECTORY | O_CLOEXEC);
     const fd = pre?.rootFd ?? fs.openat(fs.AT_FDCWD, opts.sharedDir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    const st = fs.fstat(fd);
-    this.root = this.inodes.setRoot(fd, Number(st.dev), st.ino, st.mode & fs.S_IFMT);
+    const st = fs.fstatx(fd);
+    this.root = this.inodes.setRoot(fd, Number(st.dev), st.ino, st.mountId, st.mode & fs.S_IFMT);
     this.fileHandles = opts.inodeFileHandles === 'never' ? null : InodeHandles.probe(opts.inodeFileHandles, fd, this.procSelfFd, opts.openInodeFds);
     const t = opts.timeout ?? cacheTimeout(opts.cache);
     this.timeout = Math.floor(t);
@@ -169,29 +171,30 @@ export class PassthroughFs {
 
   // ---- attributes -------------------------------------------------------------------------
 
-  /** `parentDev`: the st_dev of the directory the entry was found in (entry replies); omitted for GETATTR. */
-  toAttr(st: fs.Stat, parentDev = -1): Attr {
+  /** `found`: where an entry was found (entry replies: its parent, and the entry's mount ID); omitted for GETATTR. */
+  toAttr(st: fs.Stat, found: { parent: Inode; mnt: number } | null = null): Attr {
     return {
       ino: st.ino, size: st.size, blocks: st.blocks, atime: st.atime, mtime: st.mtime, ctime: st.ctime,
       atimensec: st.atimeNsec, mtimensec: st.mtimeNsec, ctimensec: st.ctimeNsec, mode: st.mode, nlink: st.nlink,
       uid: this.guestId(st.uid, 'uid'), gid: this.guestId(st.gid, 'gid'), rdev: st.rdev, blksize: st.blksize,
-      flags: this.submountFlag(st.mode, Number(st.dev), parentDev),
+      flags: found === null ? 0 : this.submountFlag(st.mode, Number(st.dev), found.mnt, found.parent),
     };
   }
 
   /**
-   * FUSE_ATTR_SUBMOUNT for an entry: a directory on another filesystem than the directory it was found in (a mount
-   * point), which the guest then mounts on its own (own st_dev, so inode numbers of two host filesystems do not
-   * collide). Only the mount point itself: a directory inside it shares its parent's filesystem.
+   * FUSE_ATTR_SUBMOUNT for an entry: a directory on another mount than the directory it was found in (a mount
+   * point: another filesystem, or a bind mount of the same one), which the guest then mounts on its own (own st_dev,
+   * so inode numbers of two host filesystems do not collide, and a directory bind-mounted at two places is not one
+   * directory with two parents). Only the mount point itself: a directory inside it is on its parent's mount.
    */
-  submountFlag(mode: number, dev: number, parentDev: number): number {
-    return this.opts.announceSubmounts && parentDev >= 0 && dev !== parentDev && (mode & fs.S_IFMT) === fs.S_IFDIR ? 1 : 0;
+  submountFlag(mode: number, dev: number, mnt: number, parent: Inode): number {
+    return this.opts.announceSubmounts && (dev !== parent.dev || mnt !== parent.mnt) && (mode & fs.S_IFMT) === fs.S_IFDIR ? 1 : 0;
   }
 
   private entry(i: Inode, st: fs.Stat, parent: Inode): EntryOut {
     return {
       nodeid: i.nodeid, generation: 0, entryValid: this.timeout, attrValid: this.timeout,
-      entryValidNsec: this.timeoutNsec, attrValidNsec: this.timeoutNsec, attr: this.toAttr(st, parent.dev),
+      entryValidNsec: this.timeoutNsec, attrValidNsec: this.timeoutNsec, attr: this.toAttr(st, { parent, mnt: i.mnt }),
     };
   }
 
@@ -211,14 +214,14 @@ export class PassthroughFs {
 
   /** Adds one lookup reference for the inode behind fd, found in `parent` (closing fd if already known). */
   private register(fd: number, parent: Inode): EntryOut {
-    let st: fs.Stat;
+    let st: fs.Stat & { mountId: number };
     try {
-      st = fs.fstat(fd);
+      st = fs.fstatx(fd);
     } catch (e) {
       closeQuiet(fd);
       throw e;
     }
-    const i = this.adopt(fd, Number(st.dev), st.ino, st.mode & fs.S_IFMT);
+    const i = this.adopt(fd, Number(st.dev), st.ino, st.mountId, st.mode & fs.S_IFMT);
     if (typeof i === 'number') throw new FsError(-i, 'inode not registered');
     return this.entry(i, st, parent);
   }
@@ -236,9 +239,9 @@ export class PassthroughFs {
       // One stat instead of open, stat and close when the name leads to an inode we hold open: the
       // held fd pins the inode, so its (dev, ino) cannot belong to another file. The name is one
       // component and no symlink is followed, so the stat reaches nothing openat2 would refuse.
-      const r = fs.fstatatRaw(parent.fd, cname);
+      const r = fs.statxRaw(parent.fd, cname);
       if (r < 0) return r;
-      const held = this.inodes.find(rawU64(0), rawU64(8));
+      const held = this.inodes.find(rawU64(0), rawU64(8), fs.rawMountId());
       if (held !== undefined && held.isOpen) {
         this.noteLookup(true);
         held.markUsed();
@@ -261,22 +264,22 @@ export class PassthroughFs {
 
   /** Like register() from an fd, but returns nodeid or -errno and keeps the stat raw. */
   private registerRaw(fd: number): number {
-    const r = fs.fstatRaw(fd);
+    const r = fs.statxRaw(fd, EMPTY_NAME, fs.AT_EMPTY_PATH);
     if (r < 0) {
       closeQuiet(fd);
       return r;
     }
-    const i = this.adopt(fd, rawU64(0), rawU64(8), fs.rawStat.readUInt32LE(24) & fs.S_IFMT);
+    const i = this.adopt(fd, rawU64(0), rawU64(8), fs.rawMountId(), fs.rawStat.readUInt32LE(24) & fs.S_IFMT);
     return typeof i === 'number' ? i : i.nodeid;
   }
 
   /**
    * One more lookup of the inode behind a fresh O_PATH fd (taking the fd): the known inode with this
-   * (dev, ino), or a new one. Returns -errno when a file handle is mandatory and cannot be made, or when a new
+   * (dev, ino) on this mount, or a new one. Returns -errno when a file handle is mandatory and cannot be made, or when a new
    * inode would hold one fd more than the guest may have (ENFILE).
    */
-  private adopt(fd: number, dev: number, ino: number, type: number): Inode | number {
-    let i = this.inodes.find(dev, ino);
+  private adopt(fd: number, dev: number, ino: number, mnt: number, type: number): Inode | number {
+    let i = this.inodes.find(dev, ino, mnt);
     const fh = this.fileHandles;
     let h: FileHandle | null = null;
     try {
@@ -299,7 +302,7 @@ export class PassthroughFs {
       closeQuiet(fd);
       return -E.ENFILE;
     }
-    i = this.inodes.add(fd, dev, ino, type, h, h === null ? null : fh);
+    i = this.inodes.add(fd, dev, ino, mnt, type, h, h === null ? null : fh);
     if (h !== null) fh?.opened(i);
     return i;
   }

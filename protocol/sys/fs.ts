@@ -57,6 +57,7 @@ const SYS_open_by_handle_at = 304;
 const P = 'void *';
 const openat_ = libc.func('openat', 'int', ['int', P, 'int', 'uint']);
 const fstatat_ = libc.func('fstatat', 'int', ['int', P, P, 'int']);
+const statx_ = libc.func('statx', 'int', ['int', P, 'int', 'uint', P]);
 const readlinkat_ = libc.func('readlinkat', 'long', ['int', P, P, 'size_t']);
 const mkdirat_ = libc.func('mkdirat', 'int', ['int', P, 'uint']);
 const mknodat_ = libc.func('mknodat', 'int', ['int', P, 'uint', 'uint64']);
@@ -196,6 +197,67 @@ export function fstatRaw(fd: number): number {
 /** lstat of `cname` (NUL-terminated) under dirfd into rawStat without decoding: 0, or -errno. */
 export function fstatatRaw(dirfd: number, cname: Uint8Array): number {
   return (fstatat_(dirfd, cname, statBuf, AT_SYMLINK_NOFOLLOW) as number) < 0 ? -koffi.errno() : 0;
+}
+
+const STATX_BASIC_STATS = 0x7ff;
+const STATX_MNT_ID = 0x1000;
+const statxBuf = Buffer.alloc(256);
+const stx = new DataView(statxBuf.buffer, statxBuf.byteOffset, statxBuf.byteLength);
+const st = new DataView(statBuf.buffer, statBuf.byteOffset, statBuf.byteLength);
+let lastMountId = 0;
+/** statx offsets of atime, mtime, ctime -> struct stat offsets. */
+const STATX_TIMES: readonly (readonly [number, number])[] = [[64, 72], [112, 88], [96, 104]];
+
+/** The kernel's struct stat encoding of a device number (new_encode_dev), written as a u64 at st[off]. */
+function putDev(off: number, major: number, minor: number): void {
+  const lo = minor & 0xff;
+  const v = lo + major * 0x100 + (minor - lo) * 0x1000;
+  st.setUint32(off, v % 0x1_0000_0000, true);
+  st.setUint32(off + 4, Math.floor(v / 0x1_0000_0000), true);
+}
+
+function copyU64(from: number, to: number): void {
+  st.setUint32(to, stx.getUint32(from, true), true);
+  st.setUint32(to + 4, stx.getUint32(from + 4, true), true);
+}
+
+/**
+ * statx of `cname` (NUL-terminated) under dirfd, no symlink followed (AT_EMPTY_PATH in `flags` and an empty name: the
+ * fd itself), left in rawStat in struct stat layout, plus the mount ID (rawMountId()). 0, or -errno.
+ */
+export function statxRaw(dirfd: number, cname: Uint8Array, flags = 0): number {
+  if ((statx_(dirfd, cname, flags | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_MNT_ID, statxBuf) as number) < 0) return -koffi.errno();
+  putDev(0, stx.getUint32(136, true), stx.getUint32(140, true));
+  copyU64(32, 8); // ino
+  st.setUint32(16, stx.getUint32(16, true), true); // nlink
+  st.setUint32(20, 0, true);
+  st.setUint32(24, stx.getUint16(28, true), true); // mode
+  st.setUint32(28, stx.getUint32(20, true), true); // uid
+  st.setUint32(32, stx.getUint32(24, true), true); // gid
+  putDev(40, stx.getUint32(128, true), stx.getUint32(132, true)); // rdev
+  copyU64(40, 48); // size
+  st.setUint32(56, stx.getUint32(4, true), true); // blksize
+  st.setUint32(60, 0, true);
+  copyU64(48, 64); // blocks
+  for (const [from, to] of STATX_TIMES) {
+    copyU64(from, to);
+    st.setUint32(to + 8, stx.getUint32(from + 8, true), true);
+    st.setUint32(to + 12, 0, true);
+  }
+  lastMountId = (stx.getUint32(0, true) & STATX_MNT_ID) !== 0 ? stx.getUint32(148, true) * 0x1_0000_0000 + stx.getUint32(144, true) : 0;
+  return 0;
+}
+
+/** The mount ID of the last statxRaw (0 on kernels before 5.8, which do not report it). */
+export function rawMountId(): number {
+  return lastMountId;
+}
+
+/** fstat of an fd (O_PATH too) with the ID of the mount it was reached through. */
+export function fstatx(fd: number): Stat & { mountId: number } {
+  const r = statxRaw(fd, EMPTY, AT_EMPTY_PATH);
+  if (r < 0) throw new SysError('statx', -r, { fd });
+  return { ...decodeStat(statBuf), mountId: lastMountId };
 }
 
 /** fstat of an fd, including O_PATH fds. */

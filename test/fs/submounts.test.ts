@@ -1,9 +1,12 @@
 import { spawnSync } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FUSE_ROOT_ID, Init } from '../../protocol/fuse/index.js';
 import { parseArgs } from '../../backends/virtiofsd/cli.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { FuseClient } from '../../protocol/fuse/index.js';
+import { connectFs } from './daemons.js';
 import { LocalShare } from './local-transport.js';
 
 const FUSE_ATTR_SUBMOUNT = 1;
@@ -62,6 +65,76 @@ describe.skipIf(!root)('submounts on a share', () => {
     const inner = await c.opendir(sub.nodeid);
     const inside = await c.readdirplus(sub.nodeid, inner.fh, 0n);
     expect(inside.filter((e) => e.entry.nodeid !== 0).map((e) => [e.dirent.name.toString(), e.entry.attr.flags]).sort()).toEqual([['inner', 0], ['made', 0]]);
+  });
+
+  /**
+   * A share whose dir/ (holding inner/ and f) is bind-mounted at bind/ too: the same filesystem, so st_dev cannot
+   * tell, only the mount ID can. Kata's shared directory is made of such bind mounts.
+   */
+  function withBind(dir: string): void {
+    mkdirSync(join(dir, 'dir', 'inner'), { recursive: true });
+    writeFileSync(join(dir, 'dir', 'f'), 'one');
+    mkdirSync(join(dir, 'bind'));
+    const r = spawnSync('mount', ['--bind', join(dir, 'dir'), join(dir, 'bind')], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    mounted = join(dir, 'bind');
+  }
+
+  /** What a guest needs of a same-filesystem bind mount: its own submount, and inodes of its own under it. */
+  async function expectBindIsSubmount(c: FuseClient, dir: string): Promise<void> {
+    await c.init(INIT);
+    const orig = await c.lookup(FUSE_ROOT_ID, 'dir');
+    const bind = await c.lookup(FUSE_ROOT_ID, 'bind');
+    expect([orig.attr.flags, bind.attr.flags]).toEqual([0, FUSE_ATTR_SUBMOUNT]);
+    // One host directory reached through two mounts is two inodes, as in virtiofsd: one nodeid would be one guest
+    // directory with two parents (or one inode shared by two guest superblocks).
+    expect(bind.attr.ino).toBe(orig.attr.ino);
+    expect(bind.nodeid).not.toBe(orig.nodeid);
+    const innerOrig = await c.lookup(orig.nodeid, 'inner');
+    const innerBind = await c.lookup(bind.nodeid, 'inner');
+    expect(innerBind.nodeid).not.toBe(innerOrig.nodeid);
+    expect([innerOrig.attr.flags, innerBind.attr.flags]).toEqual([0, 0]);
+    // Looked up again, each path keeps its own inode.
+    expect((await c.lookup(bind.nodeid, 'inner')).nodeid).toBe(innerBind.nodeid);
+    expect((await c.lookup(orig.nodeid, 'inner')).nodeid).toBe(innerOrig.nodeid);
+    const fOrig = await c.lookup(orig.nodeid, 'f');
+    const fBind = await c.lookup(bind.nodeid, 'f');
+    expect(fBind.nodeid).not.toBe(fOrig.nodeid);
+    // Still one file: a write through the bind mount is read through the original path.
+    const h = await c.open(fBind.nodeid, 1 /* O_WRONLY */);
+    await c.write(fBind.nodeid, h.fh, 0, Buffer.from('two'));
+    await c.release(fBind.nodeid, h.fh);
+    expect(readFileSync(join(dir, 'dir', 'f'), 'utf8')).toBe('two');
+    // A directory made inside the bind mount is on its parent's mount.
+    expect((await c.mkdir(bind.nodeid, 'made')).attr.flags).toBe(0);
+    const made = await c.create(innerBind.nodeid, 'g', 0o101 /* O_WRONLY|O_CREAT */, 0o644);
+    expect(made.entry.attr.flags).toBe(0);
+    await c.release(made.entry.nodeid, made.fh);
+    const listed = await c.readdirplus(FUSE_ROOT_ID, (await c.opendir(FUSE_ROOT_ID)).fh, 0n);
+    const byName = new Map(listed.map((e) => [Buffer.from(e.dirent.name).toString(), e.entry]));
+    expect([byName.get('dir')?.attr.flags, byName.get('bind')?.attr.flags]).toEqual([0, FUSE_ATTR_SUBMOUNT]);
+    expect(byName.get('bind')?.nodeid).toBe(bind.nodeid);
+  }
+
+  it('flags a bind mount of the same filesystem, and keeps its inodes apart from the original path', async () => {
+    share = new LocalShare('kumo-fs-bind-', { announceSubmounts: true });
+    withBind(share.dir);
+    await expectBindIsSubmount(share.client, share.dir);
+  });
+
+  it('does the same in the daemon, whose LOOKUP and CREATE take the fast path', async () => {
+    const cleanups: (() => void)[] = [];
+    const dir = mkdtempSync('/tmp/kumo-fs-bind-daemon-');
+    const shared = join(dir, 'share');
+    mkdirSync(shared);
+    withBind(shared);
+    try {
+      await expectBindIsSubmount(await connectFs({ who: 'kumo' }, dir, shared, cleanups), shared);
+    } finally {
+      spawnSync('umount', ['-l', join(shared, 'bind')]);
+      mounted = null;
+      for (const f of cleanups.reverse()) f();
+    }
   });
 
   it('with --no-announce-submounts neither offers FUSE_SUBMOUNTS nor flags mount points', async () => {
