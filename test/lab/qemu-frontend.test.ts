@@ -133,6 +133,9 @@ echo "guest-owner hostowned $(stat -c %u:%g $T/hostowned)"
 # itself would show the mount point before the automount; sub/. walks into it.
 check share3-submount sh -c "test \$(stat -c %d $T/sub/.) != \$(stat -c %d $T) && test \$(stat -c %d $T/sub/a/.) = \$(stat -c %d $T/sub/.) && grep -q ' $T/sub ' /proc/mounts"
 check share3-submount-link sh -c "echo x > $T/sub/a/f && mv $T/sub/a/f $T/sub/b/f && ln $T/sub/b/f $T/sub/a/g && test \$(stat -c %h $T/sub/b/f) = 2"
+# bind/ is the host's bind mount of orig/, on the share's own filesystem: only the mount ID tells it apart, and it
+# must still become a mount of its own in L1 (one directory with two parents otherwise), showing orig/'s files.
+check share3-bind sh -c "test \$(stat -c %d $T/bind/.) != \$(stat -c %d $T) && grep -q ' $T/bind ' /proc/mounts && echo y > $T/bind/f && test \$(cat $T/orig/f) = y && test -d $T/bind/inner && test \$(stat -c %d $T/bind/inner/.) = \$(stat -c %d $T/bind/.)"
 check share3-umount umount -R $T
 
 # ---- a fourth share: kumo-virtiofsd started by an ordinary user (uid 65534), in a user namespace of its own
@@ -216,6 +219,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
   let fs2Log = '';
   /** share3/sub: a tmpfs mounted inside the third share. */
   let subMount = '';
+  let bindMount = '';
   /** The fourth share's daemon runs as uid 65534: its socket, share and checkout bind mount live here. */
   let nobodyBase = '';
   let share4 = '';
@@ -260,6 +264,11 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     const mounted = spawnSync('mount', ['-t', 'tmpfs', 'kumo-lab-sub', subMount], { encoding: 'utf8' });
     if (mounted.status !== 0) throw new Error(`mount tmpfs on share3/sub: ${mounted.stderr}`);
     for (const d of ['a', 'b']) fs.mkdirSync(path.join(subMount, d));
+    fs.mkdirSync(path.join(w, 'share3', 'orig', 'inner'), { recursive: true });
+    bindMount = path.join(w, 'share3', 'bind');
+    fs.mkdirSync(bindMount);
+    const bound = spawnSync('mount', ['--bind', path.join(w, 'share3', 'orig'), bindMount], { encoding: 'utf8' });
+    if (bound.status !== 0) throw new Error(`bind-mount share3/orig on share3/bind: ${bound.stderr}`);
     const hostLock = spawn('flock', ['-x', path.join(w, 'share2', 'hostlock'), 'sleep', '3600'], { stdio: 'ignore' });
     procs.push(hostLock);
     const fs2 = await startProcess(process.execPath, [bin('kumo-virtiofsd'), `--socket-path=${fsSock}`, `--shared-dir=${path.join(w, 'share2')}`,
@@ -308,6 +317,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
   afterAll(async () => {
     for (const p of procs) await stopProcess(p);
     if (subMount) spawnSync('umount', ['-l', subMount]);
+    if (bindMount) spawnSync('umount', ['-l', bindMount]);
     if (nobodyBase) fs.rmSync(nobodyBase, { recursive: true, force: true });
     server?.close();
     if (w) fs.rmSync(w, { recursive: true, force: true });
@@ -368,8 +378,8 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     expect(fs.readFileSync(path.join(w, 'wb.guest-sum'), 'utf8').trim()).toBe(shaFile(path.join(w, 'share2', 'd', 'wb')));
   });
 
-  it('virtio-fs: a third share translates IDs, and a host mount inside it is a submount of its own in L1', () => {
-    for (const name of ['share3-mount', 'share3-idmap', 'share3-idmap-forbid', 'share3-submount', 'share3-submount-link', 'share3-umount']) {
+  it('virtio-fs: a third share translates IDs, and host mounts inside it (a tmpfs, a bind mount of its own filesystem) are submounts of their own in L1', () => {
+    for (const name of ['share3-mount', 'share3-idmap', 'share3-idmap-forbid', 'share3-submount', 'share3-submount-link', 'share3-bind', 'share3-umount']) {
       expect(lines, name).toContain(`ok ${name}`);
     }
     // --translate-uid/gid: L1's user 3000 made a file owned by 4000 here; a host file of 4000 showed as 3000 there.
@@ -377,6 +387,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     expect(`${f.uid}:${f.gid}`).toBe('4000:4000');
     expect(value('guest-owner hostowned')).toBe('3000:3000');
     expect(fs.statSync(path.join(subMount, 'a', 'g')).nlink).toBe(2);
+    expect(fs.readFileSync(path.join(w, 'share3', 'orig', 'f'), 'utf8')).toBe('y\n');
   });
 
   it('virtio-fs: a share from kumo-virtiofsd started unprivileged serves L1 from a user namespace of its own', () => {
