@@ -202,23 +202,14 @@ export function fstatatRaw(dirfd: number, cname: Uint8Array): number {
 const STATX_BASIC_STATS = 0x7ff;
 const STATX_MNT_ID = 0x1000;
 const statxBuf = Buffer.alloc(256);
-const stx = new DataView(statxBuf.buffer, statxBuf.byteOffset, statxBuf.byteLength);
-const st = new DataView(statBuf.buffer, statBuf.byteOffset, statBuf.byteLength);
+/** u32 views of struct statx and of the struct stat in rawStat (both buffers own their 8-aligned memory). */
+const sx = new Uint32Array(statxBuf.buffer, statxBuf.byteOffset, 64);
+const so = new Uint32Array(statBuf.buffer, statBuf.byteOffset, 36);
 let lastMountId = 0;
-/** statx offsets of atime, mtime, ctime -> struct stat offsets. */
-const STATX_TIMES: readonly (readonly [number, number])[] = [[64, 72], [112, 88], [96, 104]];
 
-/** The kernel's struct stat encoding of a device number (new_encode_dev), written as a u64 at st[off]. */
-function putDev(off: number, major: number, minor: number): void {
-  const lo = minor & 0xff;
-  const v = lo + major * 0x100 + (minor - lo) * 0x1000;
-  st.setUint32(off, v % 0x1_0000_0000, true);
-  st.setUint32(off + 4, Math.floor(v / 0x1_0000_0000), true);
-}
-
-function copyU64(from: number, to: number): void {
-  st.setUint32(to, stx.getUint32(from, true), true);
-  st.setUint32(to + 4, stx.getUint32(from + 4, true), true);
+/** The kernel's struct stat encoding of a device number (new_encode_dev: 12-bit major, 20-bit minor). */
+function encodeDev(major: number, minor: number): number {
+  return ((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)) >>> 0;
 }
 
 /**
@@ -227,24 +218,36 @@ function copyU64(from: number, to: number): void {
  */
 export function statxRaw(dirfd: number, cname: Uint8Array, flags = 0): number {
   if ((statx_(dirfd, cname, flags | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_MNT_ID, statxBuf) as number) < 0) return -koffi.errno();
-  putDev(0, stx.getUint32(136, true), stx.getUint32(140, true));
-  copyU64(32, 8); // ino
-  st.setUint32(16, stx.getUint32(16, true), true); // nlink
-  st.setUint32(20, 0, true);
-  st.setUint32(24, stx.getUint16(28, true), true); // mode
-  st.setUint32(28, stx.getUint32(20, true), true); // uid
-  st.setUint32(32, stx.getUint32(24, true), true); // gid
-  putDev(40, stx.getUint32(128, true), stx.getUint32(132, true)); // rdev
-  copyU64(40, 48); // size
-  st.setUint32(56, stx.getUint32(4, true), true); // blksize
-  st.setUint32(60, 0, true);
-  copyU64(48, 64); // blocks
-  for (const [from, to] of STATX_TIMES) {
-    copyU64(from, to);
-    st.setUint32(to + 8, stx.getUint32(from + 8, true), true);
-    st.setUint32(to + 12, 0, true);
-  }
-  lastMountId = (stx.getUint32(0, true) & STATX_MNT_ID) !== 0 ? stx.getUint32(148, true) * 0x1_0000_0000 + stx.getUint32(144, true) : 0;
+  so[0] = encodeDev(sx[34], sx[35]); // dev
+  so[1] = 0;
+  so[2] = sx[8]; // ino
+  so[3] = sx[9];
+  so[4] = sx[4]; // nlink
+  so[5] = 0;
+  so[6] = sx[7] & 0xffff; // mode
+  so[7] = sx[5]; // uid
+  so[8] = sx[6]; // gid
+  so[10] = encodeDev(sx[32], sx[33]); // rdev
+  so[11] = 0;
+  so[12] = sx[10]; // size
+  so[13] = sx[11];
+  so[14] = sx[1]; // blksize
+  so[15] = 0;
+  so[16] = sx[12]; // blocks
+  so[17] = sx[13];
+  so[18] = sx[16]; // atime
+  so[19] = sx[17];
+  so[20] = sx[18];
+  so[21] = 0;
+  so[22] = sx[28]; // mtime
+  so[23] = sx[29];
+  so[24] = sx[30];
+  so[25] = 0;
+  so[26] = sx[24]; // ctime
+  so[27] = sx[25];
+  so[28] = sx[26];
+  so[29] = 0;
+  lastMountId = (sx[0] & STATX_MNT_ID) !== 0 ? sx[37] * 0x1_0000_0000 + sx[36] : 0;
   return 0;
 }
 

@@ -146,3 +146,32 @@ describe('protocol/sys', () => {
     expect(readFileSync(`/proc/self/task/${gettid()}/comm`, 'utf8').trim()).toBe('kumo-test');
   });
 });
+
+describe('statxRaw', () => {
+  it('leaves the same struct stat as fstatat (devices and times included) and adds the mount ID', async () => {
+    const fs = await import('../../protocol/sys/fs.js');
+    const dir = mkdtempSync(join(tmpdir(), 'kumo-statx-'));
+    try {
+      const root = fs.openat(fs.AT_FDCWD, '/', 0o10000000 /* O_PATH */);
+      // A character device (rdev), a directory, a file of some blocks, a symlink (not followed), procfs (another mount).
+      for (const path of ['dev/null', 'dev', 'proc', 'proc/self', join(dir, 'f').slice(1)]) {
+        if (path.endsWith('/f')) (await import('node:fs')).writeFileSync('/' + path, Buffer.alloc(70_000, 1));
+        const name = fs.cstr(path);
+        expect(fs.fstatatRaw(root, name)).toBe(0);
+        const want = Buffer.from(fs.rawStat.subarray(0, 120));
+        expect(fs.statxRaw(root, name)).toBe(0);
+        // atime may move between the two calls only if something reads the file meanwhile; nothing does.
+        expect(Buffer.from(fs.rawStat.subarray(0, 120)).equals(want), path).toBe(true);
+      }
+      const mountIdOf = (path: string): number => (fs.statxRaw(root, fs.cstr(path)), fs.rawMountId());
+      const mountIds = new Map(readFileSync('/proc/self/mountinfo', 'utf8').trim().split('\n').map((l) => [l.split(' ')[4], Number(l.split(' ')[0])]));
+      expect(mountIdOf('proc')).toBe(mountIds.get('/proc'));
+      expect(mountIdOf('.')).toBe(mountIds.get('/'));
+      expect(mountIdOf('.')).not.toBe(mountIdOf('proc'));
+      expect(fs.statxRaw(root, fs.cstr('no/such/name'))).toBe(-2);
+      close(root);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
