@@ -30,7 +30,7 @@ export interface DaemonConfig {
   rlimitNofile: number | null;
   /** A pino level: error, warn, info, debug, trace or silent (virtiofsd's off). */
   logLevel: string | null;
-  /** --uid-map / --gid-map: the ranges of the user namespace an unprivileged daemon runs in (see user-namespace.ts). */
+  /** --uid-map / --gid-map: the ranges of the user namespace an unprivileged daemon runs in (see namespaces.ts). */
   uidMap: IdRange[];
   gidMap: IdRange[];
   fs: FsOptions;
@@ -67,8 +67,9 @@ QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=
   RULE is map|guest|host|squash-guest|squash-host:FROM:TO:COUNT or forbid-guest:FROM:COUNT, e.g.
   squash-guest:0:1000:4294967295 gives every file a guest creates host owner 1000 (guest or host
   IDs no rule covers pass unchanged; a forbid-guest ID cannot create or own files: EPERM)
---sandbox=namespace started unprivileged: the daemon runs in a new user namespace (made by util-linux's unshare) with
-  the capabilities it has there, and this process waits outside, as virtiofsd does; inside, it keeps the user's own
+--sandbox=namespace: the daemon runs in a new pid namespace (made by util-linux's unshare; without it, it serves
+  without one) and this process waits outside, passing signals on, as virtiofsd does. Started unprivileged, also in
+  a new user namespace with the capabilities it has there; inside, it keeps the user's own
   uid and gid, or the ranges of --uid-map/--gid-map=:INSIDE:OUTSIDE:COUNT: (repeatable; newuidmap/newgidmap check
   them against /etc/subuid and /etc/subgid). A guest's root creates files as the daemon's own IDs.
 --rlimit-nofile=N: the daemon's fd limit (default min(1000000, nr_open); 0 leaves it as it is); the guest may make

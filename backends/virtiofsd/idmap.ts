@@ -63,7 +63,7 @@ export function parseIdRule(option: string, spec: string): IdRule {
 
 /**
  * One --uid-map / --gid-map range: host IDs [outside, outside+count) appear in the daemon's user namespace as
- * [inside, inside+count). Unlike the --translate rules, the kernel applies it (see user-namespace.ts).
+ * [inside, inside+count). Unlike the --translate rules, the kernel applies it (see namespaces.ts).
  */
 export interface IdRange {
   inside: number;

@@ -1,3 +1,4 @@
+import { constants } from 'node:os';
 import { logger, setLogLevel, useSyslog } from '../../protocol/log.js';
 import { SYSLOG_SOCKET } from '../../protocol/syslog-sink.js';
 import { KumoError } from '../../protocol/errors.js';
@@ -13,7 +14,7 @@ import { lockPidFile } from './pid-file.js';
 import { InodeHandles } from './inode-handles.js';
 import { requestThreadCaps } from './capabilities.js';
 import type { FsOptions } from './options.js';
-import { joinUserNamespace, superviseInUserNamespace, userNamespaceWanted } from './user-namespace.js';
+import { joinSupervisor, namespacesWanted, superviseInNamespaces } from './namespaces.js';
 
 const O_PATH_DIR = O_PATH | O_DIRECTORY | O_CLOEXEC;
 
@@ -84,7 +85,7 @@ function groupId(group: string): number {
 /** How long an orderly stop may take before the process exits anyway. */
 const STOP_GRACE_MS = 3000;
 let stopping = false;
-/** The daemon once it is started: what the end of a user-namespace supervisor stops (see joinUserNamespace). */
+/** The daemon once it is started: what the supervisor's signals and end stop (see joinSupervisor). */
 let serving: VhostUserDaemon | null = null;
 
 /**
@@ -150,14 +151,21 @@ async function main(argv: string[]): Promise<number> {
   }
   const cfg = parseArgs(argv);
   if (cfg.logLevel) setLogLevel(cfg.logLevel);
-  const inUserNs = joinUserNamespace(() => (serving === null ? process.exit(1) : shutdown(serving, 'supervisor exited')));
+  const supervised = joinSupervisor({
+    signal: (sig) => (serving === null ? process.exit(128 + constants.signals[sig]) : shutdown(serving, sig)),
+    gone: () => (serving === null ? process.exit(1) : shutdown(serving, 'supervisor exited')),
+  });
   // Before the queue workers start: they pick the choice up from the environment.
   if (cfg.syslog && !useSyslog('kumo-virtiofsd')) log.warn({ socket: SYSLOG_SOCKET }, 'no syslog socket: logging to stderr');
   if (!statSync(cfg.fs.sharedDir, { throwIfNoEntry: false })?.isDirectory()) {
     throw new FsConfigError('shared directory does not exist or is not a directory', { dir: cfg.fs.sharedDir });
   }
   const nsPlan = { uidMap: cfg.uidMap, gidMap: cfg.gidMap, listenFd: cfg.listenFd };
-  if (!inUserNs && userNamespaceWanted(cfg.fs.sandbox, nsPlan)) return superviseInUserNamespace(argv, nsPlan);
+  const ns = supervised ? null : namespacesWanted(cfg.fs.sandbox, nsPlan);
+  if (ns !== null) {
+    const code = await superviseInNamespaces(argv, nsPlan, ns);
+    if (code !== null) return code;
+  }
   if (cfg.threadPoolSize !== null && cfg.threadPoolSize > 0) {
     log.info({ threadPoolSize: cfg.threadPoolSize }, 'requests run on the queue thread; large READs on at most this many io_uring worker threads');
   }

@@ -36,11 +36,25 @@ export function lockPidFile(socketPath: string): number {
     const locked = fstat(fd);
     if (named !== undefined && Number(named.ino) === locked.ino && Number(named.dev) === Number(locked.dev)) {
       ftruncate(fd, 0);
-      write(fd, Buffer.from(`${process.pid}\n`));
+      write(fd, Buffer.from(`${hostPid()}\n`));
       return fd;
     }
     closeQuiet(fd);
   }
+}
+
+/**
+ * This process's pid as whoever started it sees it: the first NStgid of /proc/self/status (the pid in the namespace of
+ * that procfs), since as init of the pid namespace its supervisor made (namespaces.ts) process.pid is 1.
+ */
+function hostPid(): number {
+  try {
+    const m = /^NStgid:\s+(\d+)/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    if (m !== null) return Number(m[1]);
+  } catch {
+    // no procfs: process.pid
+  }
+  return process.pid;
 }
 
 function holder(path: string): string {

@@ -1,11 +1,12 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawn, spawnSync, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { chmodSync, existsSync, lstatSync, mkdtempSync, readFileSync, readlinkSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { FuseClient, FUSE_ROOT_ID } from '../../protocol/fuse/index.js';
 import { VirtioFsTransport } from '../../vmm/kumo-vu/fs/transport.js';
 import { parseArgs } from '../../backends/virtiofsd/cli.js';
-import { userNamespaceWanted } from '../../backends/virtiofsd/user-namespace.js';
+import { namespacesWanted } from '../../backends/virtiofsd/namespaces.js';
 import { parseIdRange } from '../../backends/virtiofsd/idmap.js';
 import { errCode } from './daemons.js';
 import { unixListen } from '../../protocol/sys/socket.js';
@@ -44,8 +45,10 @@ describe('--uid-map / --gid-map', () => {
 
   it.skipIf(!root)('are refused for a root daemon and for a sandbox other than namespace, as virtiofsd refuses them', () => {
     const plan = { uidMap: [{ inside: 0, outside: 1000, count: 1 }], gidMap: [], listenFd: null };
-    expect(() => userNamespaceWanted('namespace', plan)).toThrow(/apply only to an unprivileged daemon with --sandbox=namespace/);
-    expect(userNamespaceWanted('namespace', { ...plan, uidMap: [] })).toBe(false); // root needs no user namespace
+    expect(() => namespacesWanted('namespace', plan)).toThrow(/apply only to an unprivileged daemon with --sandbox=namespace/);
+    // Root needs no user namespace; the pid namespace is for every --sandbox=namespace, as in virtiofsd.
+    expect(namespacesWanted('namespace', { ...plan, uidMap: [] })).toEqual({ user: false, pid: true });
+    expect(namespacesWanted('chroot', { ...plan, uidMap: [] })).toBeNull();
   });
 });
 
@@ -105,6 +108,9 @@ const owner = (p: string): string => {
   return `${st.uid}:${st.gid}`;
 };
 
+const pidNs = (pid: number | 'self'): string => readlinkSync(`/proc/${pid}/ns/pid`);
+const BIN = fileURLToPath(new URL('../../bin/kumo-virtiofsd.js', import.meta.url));
+
 const alive = (pid: number): boolean => existsSync(`/proc/${pid}`) && !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
 
 describe.skipIf(!usernsWorks)('an unprivileged kumo-virtiofsd with --sandbox=namespace', () => {
@@ -114,6 +120,7 @@ describe.skipIf(!usernsWorks)('an unprivileged kumo-virtiofsd with --sandbox=nam
     const pid = daemonPid(d.sock)!;
     expect(pid).not.toBe(d.proc.pid);
     expect(readlinkSync(`/proc/${pid}/ns/user`)).not.toBe(readlinkSync('/proc/self/ns/user'));
+    expect(pidNs(pid)).not.toBe(pidNs('self'));
     expect(readFileSync(`/proc/${pid}/uid_map`, 'utf8').trim().split(/\s+/)).toEqual([`${NOBODY}`, `${NOBODY}`, '1']);
     expect(readFileSync(`/proc/${pid}/setgroups`, 'utf8').trim()).toBe('deny');
     // The namespace sandbox itself, not the chroot fallback: the request thread has a mount namespace of its own.
@@ -214,5 +221,75 @@ describe.skipIf(!usernsWorks)('an unprivileged kumo-virtiofsd with --sandbox=nam
     const maps = startUnprivileged(['--sandbox=none', '--uid-map=:0:65534:1:']);
     expect(await exited(maps.proc)).toBe(1);
     expect(maps.stderr()).toContain('--uid-map and --gid-map apply only to an unprivileged daemon with --sandbox=namespace');
+  }, 60_000);
+});
+
+// virtiofsd's namespace sandbox puts the daemon in a pid namespace of its own: it sees none of the host's processes,
+// and can signal none. A root daemon gets one too (made by util-linux's unshare, the daemon is its init).
+describe.skipIf(!root)('a root daemon with --sandbox=namespace', () => {
+  /** kumo-virtiofsd as root with the default sandbox; `env` on top of the usual; `prepare` runs on the share first. */
+  function startRoot(env: Record<string, string> = {}, prepare?: (share: string) => void): Unprivileged {
+    const base = mkdtempSync('/tmp/kumo-fs-pidns-');
+    const share = join(base, 'share');
+    mkdirSync(share);
+    prepare?.(share);
+    const sock = join(base, 's.sock');
+    const proc = spawn(process.execPath, [BIN, `--socket-path=${sock}`, `--shared-dir=${share}`],
+      { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'info', ...env } });
+    let err = '';
+    proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    cleanups.push(() => {
+      proc.kill('SIGKILL');
+      const pid = daemonPid(sock);
+      if (pid !== null && pid !== proc.pid) spawnSync('kill', ['-9', String(pid)]);
+      spawnSync('umount', ['-R', '-l', share]);
+      rmSync(base, { recursive: true, force: true });
+    });
+    return { proc, sock, share, stderr: () => err };
+  }
+
+  it('serves from a pid namespace of its own, as its init; the pid file names it as the host sees it', async () => {
+    const d = startRoot();
+    const { c } = await connect(d);
+    await c.mkdir(FUSE_ROOT_ID, 'made', 0o755);
+    expect(owner(join(d.share, 'made'))).toBe('0:0');
+    const pid = daemonPid(d.sock)!;
+    expect(pid).not.toBe(d.proc.pid);
+    expect(pidNs(pid)).not.toBe(pidNs('self'));
+    // Its pid here, then 1 in its own namespace.
+    expect(/^NStgid:\s+(.*)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1].split(/\s+/)).toEqual([String(pid), '1']);
+    // Init of a pid namespace gets only the signals it handles: the supervisor passes them on over the socket.
+    d.proc.kill('SIGHUP');
+    expect(await exited(d.proc)).toBe(0);
+    expect(alive(pid)).toBe(false);
+    expect(d.stderr()).toContain('"why":"SIGHUP","msg":"shutting down"');
+  }, 60_000);
+
+  it('serves without a pid namespace, saying so, where none can be made (no unshare on PATH)', async () => {
+    const d = startRoot({ PATH: '/nonexistent' });
+    const { c, t } = await connect(d);
+    await c.mkdir(FUSE_ROOT_ID, 'made', 0o755);
+    expect(daemonPid(d.sock)).toBe(d.proc.pid);
+    expect(pidNs(d.proc.pid!)).toBe(pidNs('self'));
+    expect(d.stderr()).toContain('unshare (util-linux) is not installed: serving without a pid namespace');
+    t.close();
+    expect(await exited(d.proc)).toBe(0);
+  }, 60_000);
+
+  it('sees a mount added under a shared-propagation share while it runs, as Kata adds volumes to its shared directory', async () => {
+    const d = startRoot({}, (share) => {
+      for (const cmd of [['--bind', share, share], ['--make-rshared', share]]) {
+        const r = spawnSync('mount', cmd, { encoding: 'utf8' });
+        expect(r.status, r.stderr).toBe(0);
+      }
+      mkdirSync(join(share, 'late'));
+    });
+    const { c } = await connect(d);
+    const r = spawnSync('mount', ['-t', 'tmpfs', 'kumo-late', join(d.share, 'late')], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    writeFileSync(join(d.share, 'late', 'volume-file'), 'v');
+    const late = await c.lookup(FUSE_ROOT_ID, 'late');
+    expect(late.attr.flags & 1 /* FUSE_ATTR_SUBMOUNT */).toBe(1);
+    expect((await c.lookup(late.nodeid, 'volume-file')).attr.size).toBe(1);
   }, 60_000);
 });
