@@ -56,8 +56,9 @@ describe.skipIf(!root)('kumo-virtiofsd drops capabilities on the thread that ser
       d.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
       const exited = new Promise<void>((r) => d.once('exit', () => r()));
       for (let i = 0; i < 600 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 25));
-      // The worker thread confines itself before the socket listens.
-      const threads = threadCapEff(d.pid!);
+      // The worker thread confines itself before the socket listens. The pid file names the daemon: with the default
+      // --sandbox=namespace, d is its supervisor outside the daemon's pid namespace.
+      const threads = threadCapEff(Number(readFileSync(`${sock}.pid`, 'utf8')));
       const r = spawnSync(process.execPath, [join(ROOT, 'bin/kumo-vu.js'), 'fs', '--socket', sock, '--connect-timeout', '15000', 'run', join(dir, 'script')],
         { encoding: 'utf8', timeout: 60_000 });
       const t = setTimeout(() => d.kill('SIGKILL'), 10_000);
