@@ -12,7 +12,7 @@ APT_PACKAGES=(
   dpdk-dev              # dpdk-testpmd: virtio-user front-end and vhost PMD peer
   kmod                  # depmod/modinfo for the guest initramfs module order
   busybox-static        # guest and L1 initramfs userland
-  lz4 cpio gzip         # cutting vmlinux out of the bzImage, packing initramfs
+  lz4 zstd cpio gzip    # cutting vmlinux out of the bzImage (LZ4: bookworm, zstd: backports), packing initramfs
   iproute2              # network namespaces and TAP set-up in net tests
   e2fsprogs python3     # QEMU front-end lab test: ext4 on our disk, xattrs and mmap on our share
   gcc libc6-dev         # tiny C baselines in benchmarks

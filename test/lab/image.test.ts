@@ -6,7 +6,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { buildCpioGz } from '../../vmm/image/cpio.js';
 import { ensureImage, ImageError, moduleName, parseModulesDep, pvhEntry, resolveLoadOrder, type ImagePaths } from '../../vmm/image/index.js';
 import { withLockFile } from '../../vmm/image/lock.js';
-import { elfNotes, lz4Payload } from '../../vmm/image/vmlinux.js';
+import { elfNotes, kernelPayload } from '../../vmm/image/vmlinux.js';
 
 function cpioList(gz: string): string[] {
   const r = spawnSync('sh', ['-c', `zcat '${gz}' | cpio -it --quiet`], { encoding: 'utf8' });
@@ -58,7 +58,7 @@ describe('module load order', () => {
 
 describe('kernel format checks reject garbage', () => {
   it('refuses a non-bzImage and a truncated ELF', () => {
-    expect(() => lz4Payload(Buffer.alloc(4096))).toThrow(/bzImage/);
+    expect(() => kernelPayload(Buffer.alloc(4096))).toThrow(/bzImage/);
     const elf = Buffer.alloc(64);
     elf.writeUInt32BE(0x7f454c46, 0);
     elf[4] = 2;

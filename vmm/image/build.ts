@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { logger } from '../../protocol/log.js';
 import { buildCpioGz, type CpioEntry } from './cpio.js';
-import { aptDownload, depmod, downloadKernel, extractDeb, readModule } from './debian.js';
+import { aptDownload, depmod, downloadKernel, extractDeb, readModule, suiteApt } from './debian.js';
 import { ImageError } from './errors.js';
 import { withLockFile } from './lock.js';
 import { L1_MODULES, L2_MODULES, parseBuiltin, parseModulesDep, resolveLoadOrder } from './modules.js';
@@ -23,9 +23,16 @@ function writeAtomic(file: string, data: Buffer | string): void {
 
 interface KernelTree { release: string; root: string; modulesDir: string; bzImage: string }
 
-function prepareKernel(cache: string): KernelTree {
+/**
+ * Which Debian cloud kernel the images carry: bookworm's own (6.1, the default), or bookworm-backports' newer one
+ * (6.12 today), for guest-side features 6.1 lacks (FUSE_DIRECT_IO_ALLOW_MMAP, FUSE_CREATE_SUPP_GROUP).
+ */
+export type KernelChoice = 'stable' | 'backports';
+
+function prepareKernel(cache: string, choice: KernelChoice): KernelTree {
   const debs = path.join(cache, 'debs');
-  const { deb, pkg } = downloadKernel(debs);
+  const apt = choice === 'backports' ? suiteApt(path.join(cache, 'apt'), 'bookworm-backports') : [];
+  const { deb, pkg } = downloadKernel(debs, 'linux-image-cloud-amd64', apt);
   const root = path.join(cache, 'kernel', pkg);
   extractDeb(deb, root);
   const releases = fs.readdirSync(path.join(root, 'lib', 'modules'));
@@ -89,11 +96,16 @@ function hashOf(...parts: (string | Buffer)[]): string {
   return h.digest('hex').slice(0, 12);
 }
 
-async function build(): Promise<ImagePaths> {
-  const cache = imageCacheDir();
+/** Where a kernel choice's images live: the image cache itself for stable, a folder of its own for backports. */
+function cacheFor(choice: KernelChoice): string {
+  return choice === 'stable' ? imageCacheDir() : path.join(imageCacheDir(), choice);
+}
+
+async function build(choice: KernelChoice): Promise<ImagePaths> {
+  const cache = cacheFor(choice);
   fs.mkdirSync(cache, { recursive: true });
   return withLockFile(path.join(cache, '.lock'), 15 * 60_000, async () => {
-    const k = prepareKernel(cache);
+    const k = prepareKernel(cache, choice);
     const vmlinux = ensureVmlinux(k);
     const bbDeb = aptDownload(path.join(cache, 'debs'), 'busybox-static');
     const bbRoot = path.join(cache, 'busybox');
@@ -136,16 +148,20 @@ async function build(): Promise<ImagePaths> {
   });
 }
 
-let pending: Promise<ImagePaths> | null = null;
+const pending = new Map<KernelChoice, Promise<ImagePaths>>();
 
 /**
  * Builds (or finds in build/image/) the guest kernel and initramfs images. Cached and idempotent;
  * concurrent callers in one process share one build, across processes a lock file serialises them.
  */
-export function ensureImage(): Promise<ImagePaths> {
-  pending ??= build().catch((e: unknown) => {
-    pending = null;
-    throw e;
-  });
-  return pending;
+export function ensureImage(choice: KernelChoice = 'stable'): Promise<ImagePaths> {
+  let p = pending.get(choice);
+  if (p === undefined) {
+    p = build(choice).catch((e: unknown) => {
+      pending.delete(choice);
+      throw e;
+    });
+    pending.set(choice, p);
+  }
+  return p;
 }

@@ -16,12 +16,15 @@ function findDeb(dir: string, pkg: string): string | null {
   return hit.length ? path.join(dir, hit[hit.length - 1]) : null;
 }
 
-/** `apt-get download pkg` into `dir` unless a deb of it is already there. Returns the .deb path. */
-export function aptDownload(dir: string, pkg: string): string {
+/**
+ * `apt-get download pkg` into `dir` unless a deb of it is already there (`apt`: options naming other sources, see
+ * suiteApt). Returns the .deb path.
+ */
+export function aptDownload(dir: string, pkg: string, apt: readonly string[] = []): string {
   fs.mkdirSync(dir, { recursive: true });
   const have = findDeb(dir, pkg);
   if (have) return have;
-  run('apt-get', ['download', '-q', pkg], dir);
+  run('apt-get', [...apt, 'download', '-q', pkg], dir);
   const got = findDeb(dir, pkg);
   if (!got) throw new ImageError('apt-get download produced no deb', { pkg, dir });
   return got;
@@ -35,11 +38,35 @@ export function debField(deb: string, field: string): string {
  * The real kernel package behind a Debian meta package (linux-image-cloud-amd64 depends on
  * linux-image-<release>), downloaded into `dir`.
  */
-export function downloadKernel(dir: string, meta = 'linux-image-cloud-amd64'): { deb: string; pkg: string } {
-  const metaDeb = aptDownload(dir, meta);
+export function downloadKernel(dir: string, meta = 'linux-image-cloud-amd64', apt: readonly string[] = []): { deb: string; pkg: string } {
+  const metaDeb = aptDownload(dir, meta, apt);
   const dep = debField(metaDeb, 'Depends').split(',').map((d) => d.trim().split(/\s/)[0]).find((d) => d.startsWith('linux-image-'));
   if (!dep) throw new ImageError('kernel meta package names no linux-image dependency', { metaDeb });
-  return { deb: aptDownload(dir, dep), pkg: dep };
+  return { deb: aptDownload(dir, dep, apt), pkg: dep };
+}
+
+/** How long a suite's package index fetched by suiteApt is used before it is fetched again. */
+const INDEX_MAX_AGE_MS = 24 * 3600_000;
+
+/**
+ * apt-get options that see one Debian suite only (e.g. bookworm-backports), through a sources list and package
+ * index of their own under `dir`: the system's apt configuration stays untouched. Fetches the index when it is
+ * missing or older than a day.
+ */
+export function suiteApt(dir: string, suite: string): string[] {
+  const lists = path.join(dir, 'lists');
+  fs.mkdirSync(path.join(lists, 'partial'), { recursive: true });
+  const sources = path.join(dir, 'sources.list');
+  fs.writeFileSync(sources, `deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian ${suite} main\n`);
+  const apt = ['-o', `Dir::Etc::SourceList=${sources}`, '-o', 'Dir::Etc::SourceParts=/nonexistent', '-o', `Dir::State::Lists=${lists}`,
+    '-o', 'Dir::Cache::pkgcache=', '-o', 'Dir::Cache::srcpkgcache=', '-o', 'Debug::NoLocking=1'];
+  const fetched = fs.readdirSync(lists).filter((f) => f.endsWith('_Packages') || f.endsWith('_Packages.lz4'))
+    .map((f) => fs.statSync(path.join(lists, f)).mtimeMs);
+  if (fetched.length === 0 || Date.now() - Math.min(...fetched) > INDEX_MAX_AGE_MS) {
+    // Backports keeps only its newest kernel on the mirror: an old index may name a deb that is gone.
+    run('apt-get', [...apt, 'update', '-q']);
+  }
+  return apt;
 }
 
 /** dpkg-deb -x into `dest` (once; a marker file records completion). */

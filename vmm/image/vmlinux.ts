@@ -4,13 +4,20 @@ import { ImageError } from './errors.js';
 /** Xen ELF note type XEN_ELFNOTE_PHYS32_ENTRY: the 32-bit PVH entry point. */
 export const XEN_ELFNOTE_PHYS32_ENTRY = 0x12;
 const LZ4_LEGACY_MAGIC = Buffer.from([0x02, 0x21, 0x4c, 0x18]);
+const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
+
+/** The kernel compressions Debian ships: LZ4 (bookworm's 6.1) and zstd (the 6.12 of bookworm-backports). */
+const FORMATS = [
+  { name: 'lz4', magic: LZ4_LEGACY_MAGIC, tool: 'lz4' },
+  { name: 'zstd', magic: ZSTD_MAGIC, tool: 'zstd' },
+] as const;
 
 /**
  * The compressed kernel inside a bzImage. The setup header gives its exact place
  * (payload_offset/payload_length at 0x248, relative to the protected-mode code after the setup
- * sectors); the last 4 bytes of the payload are the uncompressed size, not LZ4 data.
+ * sectors); the last 4 bytes of the payload are the uncompressed size, not compressed data.
  */
-export function lz4Payload(bz: Buffer): { data: Buffer; expectedSize: number } {
+export function kernelPayload(bz: Buffer): { data: Buffer; expectedSize: number; tool: 'lz4' | 'zstd' } {
   if (bz.length < 0x250 || bz.readUInt32LE(0x202) !== 0x53726448 /* "HdrS" */) {
     throw new ImageError('not a bzImage (no HdrS setup header)', { size: bz.length });
   }
@@ -20,20 +27,19 @@ export function lz4Payload(bz: Buffer): { data: Buffer; expectedSize: number } {
   const len = bz.readUInt32LE(0x24c);
   if (off + len > bz.length || len < 8) throw new ImageError('bzImage payload outside the file', { off, len, size: bz.length });
   const payload = bz.subarray(off, off + len);
-  if (!payload.subarray(0, 4).equals(LZ4_LEGACY_MAGIC)) {
-    const found = bz.indexOf(LZ4_LEGACY_MAGIC);
-    throw new ImageError('bzImage payload is not LZ4 (legacy frame magic 02 21 4c 18 missing)', {
+  const format = FORMATS.find((f) => payload.subarray(0, 4).equals(f.magic));
+  if (format === undefined) {
+    throw new ImageError('bzImage payload is neither LZ4 (legacy frame magic 02 21 4c 18) nor zstd (28 b5 2f fd)', {
       payloadStart: payload.subarray(0, 4).toString('hex'),
-      magicFoundAt: found,
     });
   }
-  return { data: payload.subarray(0, len - 4), expectedSize: payload.readUInt32LE(len - 4) };
+  return { data: payload.subarray(0, len - 4), expectedSize: payload.readUInt32LE(len - 4), tool: format.tool };
 }
 
-export function decompressLz4(data: Buffer): Buffer {
-  const r = spawnSync('lz4', ['-dc'], { input: data, maxBuffer: 512 << 20 });
-  if (r.error) throw new ImageError('cannot run lz4 (apt-get install lz4)', { error: r.error.message });
-  if (r.status !== 0) throw new ImageError('lz4 -d failed', { status: r.status, stderr: r.stderr.toString() });
+function decompress(tool: 'lz4' | 'zstd', data: Buffer): Buffer {
+  const r = spawnSync(tool, ['-dc'], { input: data, maxBuffer: 512 << 20 });
+  if (r.error) throw new ImageError(`cannot run ${tool} (apt-get install ${tool})`, { error: r.error.message });
+  if (r.status !== 0) throw new ImageError(`${tool} -d failed`, { status: r.status, stderr: r.stderr.toString() });
   return r.stdout;
 }
 
@@ -80,10 +86,10 @@ export function pvhEntry(elf: Buffer): number | null {
   return note.desc.length >= 8 ? Number(note.desc.readBigUInt64LE(0)) : note.desc.readUInt32LE(0);
 }
 
-/** Cuts the ELF vmlinux out of a Debian (LZ4) bzImage and checks it is PVH-bootable. */
+/** Cuts the ELF vmlinux out of a Debian (LZ4 or zstd) bzImage and checks it is PVH-bootable. */
 export function extractVmlinux(bz: Buffer): { elf: Buffer; pvhEntry: number } {
-  const { data, expectedSize } = lz4Payload(bz);
-  const elf = decompressLz4(data);
+  const { data, expectedSize, tool } = kernelPayload(bz);
+  const elf = decompress(tool, data);
   if (elf.length !== expectedSize) throw new ImageError('decompressed kernel has the wrong size', { got: elf.length, expectedSize });
   const entry = pvhEntry(elf);
   if (entry === null) throw new ImageError('vmlinux has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)');

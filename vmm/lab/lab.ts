@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { logger } from '../../protocol/log.js';
-import { ensureImage } from '../image/build.js';
+import { ensureImage, type KernelChoice } from '../image/build.js';
 import { withLockFile } from '../image/lock.js';
 import { imageCacheDir } from '../image/paths.js';
 import { LabConsole } from './console.js';
@@ -40,6 +40,17 @@ export interface LabOptions {
   fsShares?: { socket: string; tag: string }[];
   /** vhost-user-net back-end sockets, given to L1 in order as 2-queue-pair virtio-net NICs (eth0, ...). */
   netSockets?: string[];
+  /** L1's kernel: bookworm's (default) or bookworm-backports' newer one. */
+  kernel?: KernelChoice;
+}
+
+/**
+ * L1's CPU: an AMD model with SVM, so that L1 has KVM. The backports kernel (6.12) gets it without CMPXCHG16B:
+ * under QEMU 7.2's multi-threaded TCG its SLUB fast path (this_cpu cmpxchg16b) corrupts slab state, and L1
+ * panicked in 5 of 5 boots with it, 0 of 5 without (2026-11-23); bookworm's 6.1 boots either way.
+ */
+function l1CpuModel(kernel: KernelChoice): string {
+  return kernel === 'backports' ? 'EPYC,+svm,-cx16' : 'EPYC,+svm';
 }
 
 /** QEMU arguments attaching vhost-user back-ends to L1 besides its root share. */
@@ -102,7 +113,7 @@ async function runLab(cmd: string, opts: LabOptions): Promise<LabResult> {
   if (process.getuid?.() !== 0) throw new LabError('the lab needs root (virtiofsd shares / as root)');
   const virtiofsd = opts.virtiofsd ?? VIRTIOFSD;
   if (!fs.existsSync(virtiofsd)) throw new LabError('virtiofsd not found (apt-get install qemu-system-x86)', { path: virtiofsd });
-  const img = await ensureImage();
+  const img = await ensureImage(opts.kernel);
 
   // The job path travels on L1's kernel command line, which splits at white space.
   if (/\s/.test(os.tmpdir())) throw new LabError('the temp dir path has white space', { tmpdir: os.tmpdir() });
@@ -126,7 +137,7 @@ async function runLab(cmd: string, opts: LabOptions): Promise<LabResult> {
       vfsSpawnError ?? (vfs.exitCode !== null ? vfsErr.join('').slice(-2000) || `exit ${vfs.exitCode}` : null));
     const append = `console=ttyS0 panic=-1 quiet transparent_hugepage=never kumo.lab=${job}`;
     const args = [
-      '-accel', 'tcg,thread=multi', '-cpu', 'EPYC,+svm', '-m', String(mem), '-smp', String(cpus),
+      '-accel', 'tcg,thread=multi', '-cpu', l1CpuModel(opts.kernel ?? 'stable'), '-m', String(mem), '-smp', String(cpus),
       '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot',
       '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`, '-numa', 'node,memdev=mem',
       '-chardev', `socket,id=c0,path=${sock}`, '-device', 'vhost-user-fs-pci,chardev=c0,tag=hostroot',
