@@ -14,9 +14,12 @@ const log = logger('virtiofsd');
 const SYNC_ENV = 'KUMO_VIRTIOFSD_SUPERVISOR_FD';
 const INSIDE = 0x72; // 'r': the daemon is in its new namespaces
 const MAPPED = 0x67; // 'g': the supervisor wrote the ID maps (if any): go on
-/** Signals the supervisor got, passed on as bytes: the daemon may be init of its pid namespace, which gets only signals it handles. */
-const SIGNAL_BYTES: Readonly<Record<string, NodeJS.Signals>> = { T: 'SIGTERM', I: 'SIGINT', H: 'SIGHUP' };
-const PASSED_SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+/**
+ * Signals the supervisor gets, passed on as these bytes: the daemon may be init of its pid namespace, which gets only
+ * signals it handles (and unshare's parent, between the two, blocks them).
+ */
+const SIGNAL_BYTE = { SIGTERM: 'T', SIGINT: 'I', SIGHUP: 'H' } as const;
+const SIGNAL_OF_BYTE = new Map(Object.entries(SIGNAL_BYTE).map(([sig, byte]) => [byte as string, sig as NodeJS.Signals]));
 
 /** What a daemon started by a supervisor hears from it. */
 export interface SupervisorEvents {
@@ -57,7 +60,7 @@ export function joinSupervisor(events: SupervisorEvents): boolean {
   link.once('close', () => events.gone());
   link.on('data', (d: Buffer) => {
     for (const c of d.toString('latin1')) {
-      const sig = SIGNAL_BYTES[c];
+      const sig = SIGNAL_OF_BYTE.get(c);
       if (sig !== undefined) events.signal(sig);
     }
   });
@@ -113,8 +116,9 @@ export async function superviseInNamespaces(argv: string[], plan: NamespacePlan,
   stdio[syncFd] = 'pipe';
   if (plan.listenFd !== null) stdio[plan.listenFd] = plan.listenFd;
   const flags = [...(ns.user ? ['--user', '--keep-caps'] : []), ...(ns.pid ? ['--pid', '--fork'] : [])];
+  // Its own process group: a terminal's ^C reaches this process only, which passes it on once.
   const child = spawn('unshare', [...flags, '--', process.execPath, ...process.execArgv, process.argv[1], ...argv], {
-    stdio, env: { ...process.env, [SYNC_ENV]: String(syncFd) },
+    stdio, env: { ...process.env, [SYNC_ENV]: String(syncFd) }, detached: true,
   });
   let missing = false;
   const exit = new Promise<number>((resolve) => {
@@ -154,7 +158,7 @@ export async function superviseInNamespaces(argv: string[], plan: NamespacePlan,
   sync.on('error', () => undefined);
   sync.write(Buffer.of(MAPPED));
   log.info({ supervisor: process.pid, ...ns, uidMap: plan.uidMap, gidMap: plan.gidMap }, 'daemon running in namespaces of its own');
-  for (const sig of PASSED_SIGNALS) process.on(sig, () => void sync.write(sig === 'SIGTERM' ? 'T' : sig === 'SIGINT' ? 'I' : 'H'));
+  for (const [sig, byte] of Object.entries(SIGNAL_BYTE)) process.on(sig, () => void sync.write(byte));
   return exit;
 }
 

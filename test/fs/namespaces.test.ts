@@ -228,14 +228,14 @@ describe.skipIf(!usernsWorks)('an unprivileged kumo-virtiofsd with --sandbox=nam
 // and can signal none. A root daemon gets one too (made by util-linux's unshare, the daemon is its init).
 describe.skipIf(!root)('a root daemon with --sandbox=namespace', () => {
   /** kumo-virtiofsd as root with the default sandbox; `env` on top of the usual; `prepare` runs on the share first. */
-  function startRoot(env: Record<string, string> = {}, prepare?: (share: string) => void): Unprivileged {
+  function startRoot(env: Record<string, string> = {}, prepare?: (share: string) => void, ownGroup = false): Unprivileged {
     const base = mkdtempSync('/tmp/kumo-fs-pidns-');
     const share = join(base, 'share');
     mkdirSync(share);
     prepare?.(share);
     const sock = join(base, 's.sock');
     const proc = spawn(process.execPath, [BIN, `--socket-path=${sock}`, `--shared-dir=${share}`],
-      { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'info', ...env } });
+      { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'info', ...env }, detached: ownGroup });
     let err = '';
     proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
     cleanups.push(() => {
@@ -263,6 +263,17 @@ describe.skipIf(!root)('a root daemon with --sandbox=namespace', () => {
     expect(await exited(d.proc)).toBe(0);
     expect(alive(pid)).toBe(false);
     expect(d.stderr()).toContain('"why":"SIGHUP","msg":"shutting down"');
+  }, 60_000);
+
+  it("stops in order on a terminal's ^C (SIGINT to the whole process group), not at once on a second delivery", async () => {
+    const d = startRoot({}, undefined, true);
+    await connect(d);
+    const pid = daemonPid(d.sock)!;
+    process.kill(-d.proc.pid!, 'SIGINT');
+    expect(await exited(d.proc)).toBe(0);
+    expect(alive(pid)).toBe(false);
+    expect(d.stderr().match(/"msg":"shutting down"/g)).toHaveLength(1);
+    expect(d.stderr()).toContain('"why":"SIGINT","msg":"shutting down"');
   }, 60_000);
 
   it('serves without a pid namespace, saying so, where none can be made (no unshare on PATH)', async () => {
