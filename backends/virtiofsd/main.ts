@@ -6,6 +6,7 @@ import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
 import { MAX_MEM_SLOTS } from '../../protocol/vhost-user/index.js';
 import { getrlimit, setrlimit, openat, AT_FDCWD, RLIMIT_NOFILE } from '../../protocol/sys/fs.js';
 import { closeQuiet, O_CLOEXEC, O_DIRECTORY, O_PATH } from '../../protocol/sys/fd.js';
+import { listenerProblem } from '../../protocol/sys/socket.js';
 import { chmodSync, chownSync, readFileSync, statSync } from 'node:fs';
 import { parseArgs, USAGE } from './cli.js';
 import { DEFAULT_POLL_US, VirtioFsBackend } from './backend.js';
@@ -20,23 +21,27 @@ const O_PATH_DIR = O_PATH | O_DIRECTORY | O_CLOEXEC;
 
 const log = logger('virtiofsd');
 
+const DEFAULT_NOFILE = 1_000_000n;
+
 /**
- * Raises RLIMIT_NOFILE (one O_PATH fd per inode the guest knows) to --rlimit-nofile, by default min(1000000,
- * nr_open); 0 leaves the limit as it is, as in virtiofsd. Returns the soft limit now in force.
+ * Sets RLIMIT_NOFILE (one O_PATH fd per inode the guest knows) as virtiofsd does, and returns the soft limit now in
+ * force. --rlimit-nofile=N sets soft and hard limit to N, and a value the kernel refuses is an error; 0 leaves the
+ * limit as it is. Without it the soft limit is raised to min(1000000, nr_open) unless it is already that high, or
+ * to the hard limit (with a warning) when raising the hard limit is not allowed.
  */
 function raiseNofile(want: number | null): number {
-  if (want !== 0) {
-    let target = BigInt(want ?? 1_000_000);
+  const cur = getrlimit(RLIMIT_NOFILE);
+  let target: bigint | null = want === null ? (cur.cur >= DEFAULT_NOFILE ? null : DEFAULT_NOFILE) : want === 0 ? null : BigInt(want);
+  if (target !== null) {
+    const nrOpen = BigInt(readFileSync('/proc/sys/fs/nr_open', 'utf8').trim());
+    if (want === null && target > nrOpen) target = nrOpen;
+    if (target > nrOpen) throw new FsConfigError(`--rlimit-nofile=${want}: the fd limit cannot be raised above ${nrOpen} (/proc/sys/fs/nr_open)`);
     try {
-      const nrOpen = BigInt(readFileSync('/proc/sys/fs/nr_open', 'utf8').trim());
-      if (target > nrOpen) target = nrOpen;
-    } catch {
-      /* keep target */
-    }
-    const cur = getrlimit(RLIMIT_NOFILE);
-    try {
-      setrlimit(RLIMIT_NOFILE, { cur: target, max: target > cur.max ? target : cur.max });
-    } catch {
+      setrlimit(RLIMIT_NOFILE, { cur: target, max: target });
+    } catch (e) {
+      const why = e instanceof KumoError ? e.message : String(e);
+      if (want !== null) throw new FsConfigError(`--rlimit-nofile=${want}: ${why} (raising the hard limit ${cur.max} needs CAP_SYS_RESOURCE)`);
+      log.warn({ wanted: Number(target), hard: Number(cur.max) }, 'cannot raise the fd limit past the hard limit; using the hard limit');
       setrlimit(RLIMIT_NOFILE, { cur: cur.max, max: cur.max });
     }
   }
@@ -160,6 +165,8 @@ async function main(argv: string[]): Promise<number> {
   if (!statSync(cfg.fs.sharedDir, { throwIfNoEntry: false })?.isDirectory()) {
     throw new FsConfigError('shared directory does not exist or is not a directory', { dir: cfg.fs.sharedDir });
   }
+  const fdProblem = cfg.listenFd === null ? null : listenerProblem(cfg.listenFd);
+  if (fdProblem !== null) throw new FsConfigError(`--fd=${cfg.listenFd}: ${fdProblem}`);
   const nsPlan = { uidMap: cfg.uidMap, gidMap: cfg.gidMap, listenFd: cfg.listenFd };
   const ns = supervised ? null : namespacesWanted(cfg.fs.sandbox, nsPlan);
   if (ns !== null) {

@@ -13,6 +13,7 @@ const MSG_CTRUNC = 0x8;
 const EINTR = 4;
 const EAGAIN = 11;
 const EINVAL = 22;
+const EBADF = 9;
 const SUN_PATH_MAX = 108;
 const F_SETFD = 2;
 const FD_CLOEXEC = 1;
@@ -69,17 +70,26 @@ function sockoptInt(fd: number, opt: number): number {
 }
 
 /**
- * Takes over a listening socket a parent passed down (the vhost-user backend convention `--fd=N`): it
- * must be a Unix stream socket already in listen(); it is made close-on-exec and blocking.
+ * Why `fd` cannot be taken over as a listening socket (`--fd=N`), or null when it can: it must be a Unix
+ * stream socket already in listen().
+ */
+export function listenerProblem(fd: number): string | null {
+  try {
+    const ok = sockoptInt(fd, SO_DOMAIN) === AF_UNIX && sockoptInt(fd, SO_TYPE) === SOCK_STREAM && sockoptInt(fd, SO_ACCEPTCONN) === 1;
+    return ok ? null : 'not a listening Unix stream socket';
+  } catch (e) {
+    const errno = e instanceof SysError ? e.errno : EINVAL;
+    return errno === EBADF ? 'not an open file descriptor' : 'not a listening Unix stream socket';
+  }
+}
+
+/**
+ * Takes over a listening socket a parent passed down (the vhost-user backend convention `--fd=N`); it is
+ * made close-on-exec and blocking.
  */
 export function adoptListener(fd: number): number {
-  let ok: boolean;
-  try {
-    ok = sockoptInt(fd, SO_DOMAIN) === AF_UNIX && sockoptInt(fd, SO_TYPE) === SOCK_STREAM && sockoptInt(fd, SO_ACCEPTCONN) === 1;
-  } catch (e) {
-    throw new SocketError(`take over listening socket fd ${fd}`, e instanceof SysError ? e.errno : EINVAL, { fd });
-  }
-  if (!ok) throw new SocketError(`take over listening socket fd ${fd} (not a listening Unix stream socket)`, EINVAL, { fd });
+  const problem = listenerProblem(fd);
+  if (problem !== null) throw new SocketError(`take over listening socket fd ${fd} (${problem})`, EINVAL, { fd });
   setNonBlocking(fd, false);
   fcntl(fd, F_SETFD, FD_CLOEXEC);
   return fd;

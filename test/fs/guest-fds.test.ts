@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -107,5 +107,10 @@ describe('kumo-virtiofsd --rlimit-nofile', () => {
     const zero = run(0);
     expect(zero.status).toBe(1);
     expect(zero.stderr).toContain("the socket's directory /nonexistent-kumo-dir does not exist");
+    // As in virtiofsd, a limit the kernel cannot give is an error, not a silent lower one.
+    const nrOpen = Number(readFileSync('/proc/sys/fs/nr_open', 'utf8'));
+    const high = run(nrOpen + 1);
+    expect(high.status).toBe(1);
+    expect(high.stderr).toContain(`--rlimit-nofile=${nrOpen + 1}: the fd limit cannot be raised above ${nrOpen}`);
   }, 30_000);
 });

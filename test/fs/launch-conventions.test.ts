@@ -207,4 +207,15 @@ describe('kumo-virtiofsd launch conventions', () => {
     // Refused before it takes anything: no pid file is left beside the socket path.
     expect(existsSync('/tmp/kumo-nogroup.sock.pid')).toBe(false);
   });
+
+  it('refuses an --fd that is not open or not a listening socket before it sets up a sandbox', () => {
+    // The default sandbox (namespace) would otherwise hand the fd to its supervised child first.
+    const run = (fd: number) => spawnSync('node', [BIN, `--fd=${fd}`, '--shared-dir=/tmp'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    const closed = run(77);
+    expect(closed.status).toBe(1);
+    expect(closed.stderr).toContain('--fd=77: not an open file descriptor');
+    const stdin = run(0);
+    expect(stdin.status).toBe(1);
+    expect(stdin.stderr).toContain('--fd=0: not a listening Unix stream socket');
+  });
 });
