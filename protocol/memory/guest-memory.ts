@@ -1,5 +1,5 @@
 import { close as closeFd, closeQuiet } from '../sys/fd.js';
-import { ftruncate, mapFd, memfdCreate, viewOf } from '../sys/mem.js';
+import { ftruncate, mapFd, memfdCreate, sealAgainstShrink, viewOf, F_SEAL_GROW, F_SEAL_SEAL, MFD_ALLOW_SEALING, MFD_CLOEXEC } from '../sys/mem.js';
 import { fstat, S_IFMT, S_IFREG } from '../sys/fs.js';
 import { GuestMemoryError } from './errors.js';
 import { CHUNK_OVERLAP, CHUNK_SIZE, GuestRegion, type MemoryRegionSpec } from './region.js';
@@ -54,12 +54,15 @@ export class GuestMemory {
     return this.gen;
   }
 
-  /** Maps each fd MAP_SHARED. Consumes the fds: close()/removeRegion() close them, and on failure all are closed. */
-  static fromRegions(specs: MemoryRegionSpec[]): GuestMemory {
+  /**
+   * Maps each fd MAP_SHARED. Consumes the fds: close()/removeRegion() close them, and on failure all are closed.
+   * `seal: false` leaves the files' seals alone (a front-end that keeps its memory resizable).
+   */
+  static fromRegions(specs: MemoryRegionSpec[], opts: { seal?: boolean } = {}): GuestMemory {
     const mem = new GuestMemory();
     let i = 0;
     try {
-      for (; i < specs.length; i++) mem.addRegion(specs[i]);
+      for (; i < specs.length; i++) mem.addMapped(specs[i], false, opts.seal ?? true);
     } catch (e) {
       mem.close();
       for (; i < specs.length; i++) if (specs[i].fd >= 0) closeQuiet(specs[i].fd);
@@ -76,9 +79,11 @@ export class GuestMemory {
         if (!Number.isSafeInteger(l.size) || l.size <= 0) {
           throw new GuestMemoryError('invalid region size', { ...l });
         }
-        const fd = memfdCreate(`kumo-guest-${l.guestAddr.toString(16)}`);
+        const fd = memfdCreate(`kumo-guest-${l.guestAddr.toString(16)}`, MFD_CLOEXEC | MFD_ALLOW_SEALING);
         try {
           ftruncate(fd, l.size);
+          // As QEMU's memory-backend-memfd (seal=on): a back-end given this fd cannot resize it under us.
+          sealAgainstShrink(fd, F_SEAL_GROW | F_SEAL_SEAL);
           mem.addMapped({ guestAddr: l.guestAddr, size: l.size, fd, fdOffset: 0, userAddr: 0 }, true);
         } catch (e) {
           closeFd(fd);
@@ -291,12 +296,14 @@ export class GuestMemory {
     return null;
   }
 
-  /** ownUserAddr: the region's user address is our own mapping address (anonymous memory). */
-  private addMapped(spec: MemoryRegionSpec, ownUserAddr = false): void {
+  /** ownUserAddr: the region's user address is our own mapping address (anonymous memory); seal: see fromRegions. */
+  private addMapped(spec: MemoryRegionSpec, ownUserAddr = false, seal = true): void {
     // mmap needs a page-aligned file offset: map from the page below and skip the difference.
     const delta = spec.fdOffset % PAGE;
     this.checkNoOverlap(spec, !ownUserAddr);
-    // Pages of a mapping past the end of its file raise SIGBUS when touched, which would kill the process.
+    // Pages of a mapping past the end of its file raise SIGBUS when touched, which would kill the process: a
+    // front-end's memfd is sealed against shrinking where it allows seals, before its size is checked.
+    const sealed = seal && sealAgainstShrink(spec.fd);
     const st = fstat(spec.fd);
     if ((st.mode & S_IFMT) === S_IFREG && st.size < spec.fdOffset + spec.size) {
       throw new GuestMemoryError('memory region extends past the end of its file', { fdOffset: spec.fdOffset, size: spec.size, fileSize: st.size });
@@ -310,6 +317,7 @@ export class GuestMemory {
         mapping.unmap();
         closeFd(spec.fd);
       });
+      region.shrinkable = !sealed && (st.mode & S_IFMT) === S_IFREG;
       this.insert(region);
     } catch (e) {
       mapping.unmap();

@@ -38,6 +38,8 @@ export class GuestRegion implements MemoryRegionSpec {
   readonly chunkSize: number;
   /** Called by GuestMemory.close()/removeRegion(): munmap + close the fd this region owns. */
   readonly release: () => void;
+  /** The file behind the mapping takes no shrink seal, so whoever else holds it could truncate it (SIGBUS here). */
+  shrinkable = false;
 
   constructor(
     spec: MemoryRegionSpec,

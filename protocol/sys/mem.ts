@@ -1,4 +1,5 @@
 import { libc, koffi, check, SysError, type PtrArg } from './libc.js';
+import { fcntl } from './fd.js';
 
 export const PROT_NONE = 0;
 export const PROT_READ = 1;
@@ -11,6 +12,11 @@ export const MAP_POPULATE = 0x8000;
 export const MFD_CLOEXEC = 0x1;
 export const MFD_ALLOW_SEALING = 0x2;
 export const MFD_HUGETLB = 0x4;
+export const F_SEAL_SEAL = 0x1;
+export const F_SEAL_SHRINK = 0x2;
+export const F_SEAL_GROW = 0x4;
+const F_ADD_SEALS = 1033;
+const F_GET_SEALS = 1034;
 export const MADV_DONTNEED = 4;
 export const MADV_HUGEPAGE = 14;
 export const MADV_NOHUGEPAGE = 15;
@@ -25,6 +31,30 @@ const madvise_ = libc.func('madvise', 'int', ['void *', 'size_t', 'int']);
 
 export function memfdCreate(name: string, flags = MFD_CLOEXEC): number {
   return check('memfd_create', memfd_create(name, flags) as number, { name });
+}
+
+/**
+ * Makes sure nobody can shrink the file behind a shared mapping: a page past a new end raises SIGBUS in whoever
+ * touches it, which no JS code can catch. Adds F_SEAL_SHRINK (plus `more`) unless it is there already. Returns
+ * false when the file takes no seals: not a memfd, a memfd made without MFD_ALLOW_SEALING, or one sealed with
+ * F_SEAL_SEAL but not F_SEAL_SHRINK.
+ */
+export function sealAgainstShrink(fd: number, more = 0): boolean {
+  let seals: number;
+  try {
+    seals = fcntl(fd, F_GET_SEALS, 0);
+  } catch {
+    return false;
+  }
+  const want = F_SEAL_SHRINK | more;
+  if ((seals & want) === want) return true;
+  if ((seals & F_SEAL_SEAL) !== 0) return (seals & F_SEAL_SHRINK) !== 0;
+  try {
+    fcntl(fd, F_ADD_SEALS, want);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export function ftruncate(fd: number, size: number): void {

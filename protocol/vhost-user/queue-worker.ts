@@ -45,6 +45,7 @@ class QueueWorker {
   private running = true;
   /** Set when a handler failed to drain: mappings are then never unmapped (kept in `retired`). */
   private pinned = false;
+  private shrinkNoted = false;
   private readonly retired: GuestMemory[] = [];
   private handler!: QueueHandler;
   private readonly ack: Int32Array;
@@ -175,6 +176,15 @@ class QueueWorker {
     }
   }
 
+  /** Says once that a front-end's memory could be truncated under this worker (a SIGBUS nothing can catch). */
+  private noteShrinkable(): void {
+    if (this.shrinkNoted || this.mem === null) return;
+    const r = this.mem.regions.find((x) => x.shrinkable);
+    if (r === undefined) return;
+    this.shrinkNoted = true;
+    this.log.info({ guestAddr: r.guestAddr, size: r.size }, 'front-end memory file takes no shrink seal: a front-end that truncates it would crash this back-end');
+  }
+
   private apply(cmd: WorkerCommand): number | undefined {
     switch (cmd.op) {
       case 'memory':
@@ -187,6 +197,7 @@ class QueueWorker {
         if (this.mem === null) this.mem = GuestMemory.fromRegions([]);
         try {
           this.mem.addRegion(cmd.region);
+          this.noteShrinkable();
         } catch (e) {
           closeQuiet(cmd.region.fd);
           throw e;
@@ -257,6 +268,7 @@ class QueueWorker {
     }
     this.release(this.mem);
     this.mem = next;
+    this.noteShrinkable();
     return undefined;
   }
 

@@ -76,7 +76,7 @@ export class BlkVuClient {
     this.features = features;
   }
 
-  static async connect(socket: string, opts: { numQueues?: number; queueSize?: number; memSize?: number; eventIdx?: boolean; indirect?: boolean; writethrough?: boolean } = {}): Promise<BlkVuClient> {
+  static async connect(socket: string, opts: { numQueues?: number; queueSize?: number; memSize?: number; eventIdx?: boolean; indirect?: boolean; writethrough?: boolean; memory?: GuestMemory } = {}): Promise<BlkVuClient> {
     const nq = opts.numQueues ?? 1;
     const qs = opts.queueSize ?? 128;
     const memSize = opts.memSize ?? 64 << 20;
@@ -85,7 +85,8 @@ export class BlkVuClient {
     // Without FLUSH (and CONFIG_WCE) the device must be writethrough.
     if (opts.writethrough) want &= ~bits(VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE);
     const { features } = fe.negotiate(want, bits(0, 3, 9, 15));
-    const mem = GuestMemory.anonymous([{ guestAddr: 0, size: memSize }]);
+    // A caller's memory must start at guest address 0 and hold memSize bytes.
+    const mem = opts.memory ?? GuestMemory.anonymous([{ guestAddr: 0, size: memSize }]);
     fe.setMemTable(mem);
     let base = 0x1000;
     const layouts = [];

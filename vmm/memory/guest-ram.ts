@@ -1,5 +1,5 @@
 import { GuestMemory, type MemoryRegionSpec } from '../../protocol/memory/index.js';
-import { memfdCreate, ftruncate, MFD_CLOEXEC, MFD_HUGETLB } from '../../protocol/sys/mem.js';
+import { memfdCreate, ftruncate, sealAgainstShrink, F_SEAL_GROW, F_SEAL_SEAL, MFD_ALLOW_SEALING, MFD_CLOEXEC, MFD_HUGETLB } from '../../protocol/sys/mem.js';
 import { closeQuiet } from '../../protocol/sys/fd.js';
 import { logger } from '../../protocol/log.js';
 import { ramRanges, type RamRange } from './layout.js';
@@ -41,7 +41,7 @@ export class GuestRam {
     } else {
       const pageSize = opts.hugepageSize ?? 2 * 1024 * 1024;
       checkHugepagesAvailable(opts.size, pageSize);
-      const flags = MFD_CLOEXEC | MFD_HUGETLB | hugetlbFlags(pageSize);
+      const flags = MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB | hugetlbFlags(pageSize);
       // GuestMemory.anonymous has no memfd flags: map hugetlb memfds ourselves. Their front-end
       // ("user") addresses are the guest addresses — any non-overlapping space works for vhost-user.
       const specs: MemoryRegionSpec[] = [];
@@ -50,6 +50,7 @@ export class GuestRam {
           const fd = memfdCreate(`kumo-ram-${r.guestAddr.toString(16)}`, flags);
           specs.push({ guestAddr: r.guestAddr, size: r.size, fd, fdOffset: 0, userAddr: r.guestAddr });
           ftruncate(fd, r.size);
+          sealAgainstShrink(fd, F_SEAL_GROW | F_SEAL_SEAL);
         }
       } catch (e) {
         for (const s of specs) closeQuiet(s.fd);
