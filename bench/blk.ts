@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BenchTable } from './types.js';
 import { stopProcess, waitForSocket } from './processes.js';
+import { fmtSteal, StealMeter, STEAL_NOISY } from './steal.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SECONDS = Number(process.env.KUMO_BENCH_SECONDS ?? 3);
@@ -32,6 +33,8 @@ interface Result {
   iops: number;
   mbps: number;
   p50: number;
+  /** Percent of the host's CPU time stolen by the hypervisor during this run. */
+  steal: number | null;
 }
 
 
@@ -54,25 +57,27 @@ function startQsd(img: string, sock: string, queues: number): ChildProcess {
 }
 
 function vuBench(sock: string, c: Case, queues: number): Result {
+  const steal = new StealMeter();
   const r = spawnSync(process.execPath, [join(ROOT, 'bin/kumo-vu.js'), 'blk', '--socket', sock, '--connect-timeout', '5000', 'bench',
     '--rw', c.rw, '--bs', String(c.bs), '--iodepth', String(c.iodepth), '--queues', String(queues),
     '--seconds', String(SECONDS), '--queue-size', String(QUEUE_SIZE), '--json'], { encoding: 'utf8', env: { ...process.env, KUMO_LOG: 'error' } });
   try {
     const j = JSON.parse(r.stdout) as { iops: number; mbPerSec: number; latP50Us: number; errors: number };
     if (j.errors > 0) throw new Error(`${j.errors} I/O errors`);
-    return { iops: j.iops, mbps: j.mbPerSec, p50: j.latP50Us };
+    return { iops: j.iops, mbps: j.mbPerSec, p50: j.latP50Us, steal: steal.percent() };
   } catch (e) {
     throw new Error(`kumo-vu blk bench failed: ${(e as Error).message} ${r.stderr.slice(-500)}`);
   }
 }
 
 function fio(img: string, c: Case, queues: number): Result {
+  const steal = new StealMeter();
   const r = spawnSync('fio', ['--name=b', `--filename=${img}`, '--ioengine=io_uring', `--rw=${c.rw}`, `--bs=${c.bs}`,
     `--iodepth=${c.iodepth}`, `--numjobs=${queues}`, `--runtime=${SECONDS}`, '--time_based', '--group_reporting',
     '--direct=0', '--invalidate=0', '--output-format=json'], { encoding: 'utf8' });
   const j = JSON.parse(r.stdout) as { jobs: { read: FioSide; write: FioSide }[] };
   const side = c.rw.includes('read') ? j.jobs[0].read : j.jobs[0].write;
-  return { iops: side.iops, mbps: side.bw_bytes / 1e6, p50: (side.clat_ns?.percentile?.['50.000000'] ?? 0) / 1000 };
+  return { iops: side.iops, mbps: side.bw_bytes / 1e6, p50: (side.clat_ns?.percentile?.['50.000000'] ?? 0) / 1000, steal: steal.percent() };
 }
 interface FioSide { iops: number; bw_bytes: number; clat_ns?: { percentile?: Record<string, number> } }
 
@@ -123,6 +128,7 @@ export async function run(): Promise<BenchTable[]> {
     '(without FLUSH kumo, like Cloud Hypervisor, runs writethrough: one group fdatasync per batch before the acks).',
     'disk: before every run the image is synced and dropped from the page cache (and read back in for read cases), so every',
     'run starts from the same state: writes into uncached pages, reads from cached ones (see settle() in bench/blk.ts).',
+    `steal %: the share of the host's CPU time the hypervisor gave to other tenants during the kept run of kumo/qsd/fio; above ${STEAL_NOISY}% a figure is low by about that much or more.`,
   ];
   if (!withQsd) notes.push('qemu-storage-daemon not installed: qsd column empty');
   if (!withFio) notes.push('fio not installed: fio column empty');
@@ -184,6 +190,7 @@ export async function run(): Promise<BenchTable[]> {
             fmt(k), r.qsd ? fmt(r.qsd.iops) : '-', r.fio ? fmt(r.fio.iops) : '-',
             r.qsd ? ratio(k, r.qsd.iops) : '-', r.fio ? ratio(k, r.fio.iops) : '-',
             r.kumo ? r.kumo.mbps.toFixed(0) : '-', r.kumo ? r.kumo.p50 : '-',
+            `${fmtSteal(r.kumo?.steal)}/${fmtSteal(r.qsd?.steal)}/${fmtSteal(r.fio?.steal)}`,
           ]);
         }
       }
@@ -193,7 +200,7 @@ export async function run(): Promise<BenchTable[]> {
   }
   return [{
     title: 'vhost-user-blk: kumo-vhost-user-blk vs qemu-storage-daemon vs fio (IOPS)',
-    columns: ['fs', 'workload', 'queues', 'kumo IOPS', 'qsd IOPS', 'fio IOPS', 'kumo/qsd', 'kumo/fio', 'kumo MB/s', 'kumo p50 µs'],
+    columns: ['fs', 'workload', 'queues', 'kumo IOPS', 'qsd IOPS', 'fio IOPS', 'kumo/qsd', 'kumo/fio', 'kumo MB/s', 'kumo p50 µs', 'steal % k/q/f'],
     rows,
     notes,
   }];

@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import type { BenchTable } from './types.js';
 import type { FsBenchResult } from '../vmm/kumo-vu/fs/bench.js';
 import { cpuSeconds, sleep, stopProcess } from './processes.js';
+import { fmtSteal, StealMeter, STEAL_NOISY } from './steal.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SECONDS = Number(process.env.KUMO_BENCH_SECONDS ?? 1.5);
@@ -40,7 +41,15 @@ function kumoVu(socket: string, depth: number): Promise<FsBenchResult> {
   });
 }
 
-async function runOne(who: 'kumo' | 'qemu', dir: string, depth: number, rep: number): Promise<{ r: FsBenchResult; cpu: number }> {
+interface Run {
+  r: FsBenchResult;
+  /** Daemon CPU over the run, in cores. */
+  cpu: number;
+  /** Percent of the host's CPU time stolen by the hypervisor during the run. */
+  steal: number | null;
+}
+
+async function runOne(who: 'kumo' | 'qemu', dir: string, depth: number, rep: number): Promise<Run> {
   const socket = join(dir, `${who}-${depth}-${rep}.sock`);
   const child = startDaemon(who, socket, join(dir, 'share'));
   // Sampled while the client runs: both daemons exit when it disconnects, often before a read after it.
@@ -49,9 +58,10 @@ async function runOne(who: 'kumo' | 'qemu', dir: string, depth: number, rep: num
   try {
     const c0 = cpuSeconds(child.pid!);
     const t0 = Date.now();
+    const steal = new StealMeter();
     const r = await kumoVu(socket, depth);
     const cpu = (Math.max(last, cpuSeconds(child.pid!)) - c0) / ((Date.now() - t0) / 1000);
-    return { r, cpu };
+    return { r, cpu, steal: steal.percent() };
   } finally {
     clearInterval(sample);
     await stopProcess(child);
@@ -87,11 +97,12 @@ export async function run(): Promise<BenchTable[]> {
     'kumo-vu (client) CPU: the driver itself over the four cases; near 100% the single-threaded client, not the daemon, sets the pace',
     'the timed loops write requests straight into guest memory and read replies there (protocol/fuse/raw.ts), with no allocation or',
     'promise per request: a heavier client took CPU that QEMU\'s pool would use (its depth-8 lookups doubled when the client got lighter)',
+    `host steal %: the share of the host's CPU time the hypervisor gave to other tenants during each run; above ${STEAL_NOISY}% that run is noisy`,
   ];
   try {
     for (const depth of [1, DEPTH]) {
-      const kumo: { r: FsBenchResult; cpu: number }[] = [];
-      const qemu: { r: FsBenchResult; cpu: number }[] = [];
+      const kumo: Run[] = [];
+      const qemu: Run[] = [];
       for (let rep = 0; rep < REPS; rep++) {
         kumo.push(await runOne('kumo', dir, depth, rep));
         if (haveQemu) qemu.push(await runOne('qemu', dir, depth, rep));
@@ -107,6 +118,8 @@ export async function run(): Promise<BenchTable[]> {
       rows.push(['daemon CPU', depth, cpu(kumo), cpu(qemu), '', '']);
       const client = (runs: { r: FsBenchResult }[]): string => (runs.length ? `${median(runs.map((x) => x.r.clientCpuPercent))}%` : 'n/a');
       rows.push(['kumo-vu (client) CPU', depth, client(kumo), client(qemu), '', '']);
+      const steal = (runs: Run[]): string => runs.map((x) => fmtSteal(x.steal)).join('/') || 'n/a';
+      rows.push(['host steal % per run', depth, steal(kumo), steal(qemu), '', '']);
     }
     if (!haveQemu) notes.push(`${QEMU_VIRTIOFSD} not installed (apt package qemu-system-common): QEMU columns are empty`);
   } finally {
