@@ -1,6 +1,7 @@
 import { logger } from '../../protocol/log.js';
 import { KumoError } from '../../protocol/errors.js';
 import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
+import { VhostUserSocketError } from '../../protocol/vhost-user/errors.js';
 import { BlockBackendConfig } from './config.js';
 import { DiskImage } from './image.js';
 import { BlkBackend } from './backend.js';
@@ -85,7 +86,8 @@ async function main(): Promise<number> {
     log.info({ config: cfg.toJSON(), sectors: image.sectors, completion }, 'vhost-user-blk backend ready');
     await daemon.run();
   } catch (e) {
-    log.error({ err: e }, 'backend failed');
+    if (e instanceof VhostUserSocketError) process.stderr.write(`kumo-vhost-user-blk: ${e.message}\n`);
+    else log.error({ err: e }, 'backend failed');
     return 1;
   } finally {
     await daemon.stop();

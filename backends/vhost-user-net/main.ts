@@ -6,6 +6,7 @@ import { KumoError } from '../../protocol/errors.js';
 import { logger } from '../../protocol/log.js';
 import { configureLink, linkMtu, openTap, parseIPv4, parseMac, setTapQueueAttached, type Tap } from '../../protocol/sys/tap.js';
 import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
+import { VhostUserSocketError } from '../../protocol/vhost-user/errors.js';
 import { NetBackend } from './backend.js';
 import { NetBackendConfig } from './config.js';
 import { counterView, readCounters, sumCounters } from './counters.js';
@@ -84,19 +85,25 @@ async function main(): Promise<void> {
     await daemon.stop().catch((e: unknown) => log.error({ err: e }, 'stopping the daemon'));
     dump();
     tap.close();
-    process.exit(0);
+    process.exit(); // process.exitCode: 1 after a failure
   };
   process.on('SIGTERM', () => void stop());
   process.on('SIGINT', () => void stop());
 
-  await daemon.start();
+  await daemon.start().catch((e: unknown) => {
+    if (!(e instanceof VhostUserSocketError)) throw e;
+    tap.close();
+    fatal(e.message);
+  });
   log.info({ tap: tap.name, config: config.toJSON() }, 'vhost-user-net backend ready');
   process.stdout.write(`${JSON.stringify({ ready: true, tap: tap.name, socket: config.socket, pid: process.pid })}\n`);
   try {
     await daemon.run();
   } catch (e) {
-    log.error({ err: e }, 'daemon failed');
-    await stop();
+    // Client mode: the front-end's socket never answered.
+    if (e instanceof VhostUserSocketError) process.stderr.write(`kumo-vhost-user-net: ${e.message}\n`);
+    else log.error({ err: e }, 'daemon failed');
+    process.exitCode = 1;
   }
   await stop();
 }

@@ -3,7 +3,7 @@ import { logger, setLogLevel, useSyslog } from '../../protocol/log.js';
 import { SYSLOG_SOCKET } from '../../protocol/syslog-sink.js';
 import { KumoError } from '../../protocol/errors.js';
 import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
-import { MAX_MEM_SLOTS } from '../../protocol/vhost-user/index.js';
+import { MAX_MEM_SLOTS, VhostUserSocketError } from '../../protocol/vhost-user/index.js';
 import { getrlimit, setrlimit, openat, AT_FDCWD, RLIMIT_NOFILE } from '../../protocol/sys/fs.js';
 import { closeQuiet, O_CLOEXEC, O_DIRECTORY, O_PATH } from '../../protocol/sys/fd.js';
 import { listenerProblem } from '../../protocol/sys/socket.js';
@@ -220,6 +220,7 @@ main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (e: unknown) => {
     if (e instanceof FsConfigError) process.stderr.write(`kumo-virtiofsd: ${e.message}\n${USAGE}\n`);
+    else if (e instanceof VhostUserSocketError) process.stderr.write(`kumo-virtiofsd: ${e.message}\n`);
     else if (e instanceof KumoError) log.error({ err: e, ...e.context }, e.message);
     else log.error({ err: e }, 'fatal');
     process.exit(1);

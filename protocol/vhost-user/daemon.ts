@@ -1,12 +1,14 @@
 import { EventEmitter } from 'node:events';
-import { lstatSync, unlinkSync, type BigIntStats } from 'node:fs';
+import { existsSync, lstatSync, unlinkSync, type BigIntStats } from 'node:fs';
+import { dirname } from 'node:path';
 import { logger, type Logger } from '../log.js';
 import { closeQuiet } from '../sys/fd.js';
 import { acceptAsync, adoptListener, shutdown, unixConnect, unixListen } from '../sys/socket.js';
 import type { VhostUserBackend } from './backend-types.js';
 import { VhostUserChannel } from './channel.js';
 import { decodeRequest } from './codec.js';
-import { VhostUserError } from './errors.js';
+import { VhostUserError, VhostUserSocketError } from './errors.js';
+import { SysError } from '../sys/libc.js';
 import { requestName } from './messages.js';
 import { Session } from './session.js';
 import { WorkerPool } from './worker-pool.js';
@@ -96,7 +98,7 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
       try {
         if (this.opts.listenFd !== undefined) this.listenFd = adoptListener(this.opts.listenFd);
         else {
-          this.listenFd = unixListen(this.opts.socketPath as string);
+          this.listenFd = listenOn(this.opts.socketPath as string);
           this.socketFile = lstatSync(this.opts.socketPath as string, { bigint: true });
         }
       } catch (e) {
@@ -194,7 +196,10 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
       try {
         return unixConnect(this.opts.socketPath as string);
       } catch (e) {
-        if (this.stopping || Date.now() >= until) throw new VhostUserError('cannot connect to the front-end', { cause: String(e) });
+        if (this.stopping || Date.now() >= until) {
+          const why = e instanceof SysError ? e.code : String(e);
+          throw new VhostUserSocketError(`cannot connect to the front-end at ${this.opts.socketPath}: ${why}`, { socket: this.opts.socketPath });
+        }
         await sleep(100);
       }
     }
@@ -237,5 +242,22 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
     }
     this.log.info('front-end disconnected');
     this.emit('disconnected', failure);
+  }
+}
+
+/** Listens on a Unix socket path; what goes wrong is said in words (the usual causes are set-up mistakes). */
+function listenOn(path: string): number {
+  try {
+    return unixListen(path);
+  } catch (e) {
+    if (!(e instanceof SysError)) throw new VhostUserSocketError(`cannot listen on ${path}: ${(e as Error).message}`, { socket: path });
+    const why: Record<string, string> = {
+      ENOENT: existsSync(dirname(path)) ? `no socket file can be made in ${dirname(path)}` : `its directory ${dirname(path)} does not exist`,
+      ENOTDIR: `a part of ${dirname(path)} is not a directory`,
+      EACCES: 'permission denied',
+      EROFS: 'read-only file system',
+      EADDRINUSE: 'something that is not a socket is in the way',
+    };
+    throw new VhostUserSocketError(`cannot listen on ${path}: ${why[e.code] ?? e.code}`, { socket: path, errno: e.errno });
   }
 }

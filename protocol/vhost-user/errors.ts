@@ -3,6 +3,12 @@ import { KumoError } from '../errors.js';
 /** Any vhost-user failure. */
 export class VhostUserError extends KumoError {}
 
+/**
+ * The daemon could not take its socket (listen, or connect in client mode): a set-up mistake the
+ * command line reports in one line, without a stack.
+ */
+export class VhostUserSocketError extends VhostUserError {}
+
 /** A message that breaks the wire protocol (bad header, size, payload or fd count): the connection is closed. */
 export class VhostUserProtocolError extends VhostUserError {}
 
