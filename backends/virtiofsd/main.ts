@@ -163,7 +163,7 @@ async function main(argv: string[]): Promise<number> {
   // Before the queue workers start: they pick the choice up from the environment.
   if (cfg.syslog && !useSyslog('kumo-virtiofsd')) log.warn({ socket: SYSLOG_SOCKET }, 'no syslog socket: logging to stderr');
   if (!statSync(cfg.fs.sharedDir, { throwIfNoEntry: false })?.isDirectory()) {
-    throw new FsConfigError('shared directory does not exist or is not a directory', { dir: cfg.fs.sharedDir });
+    throw new FsConfigError(`shared directory ${cfg.fs.sharedDir} does not exist or is not a directory`, { dir: cfg.fs.sharedDir });
   }
   const fdProblem = cfg.listenFd === null ? null : listenerProblem(cfg.listenFd);
   if (fdProblem !== null) throw new FsConfigError(`--fd=${cfg.listenFd}: ${fdProblem}`);

@@ -134,6 +134,16 @@ describe('kumo-virtiofsd launch conventions', () => {
     expect(r.stderr).toContain("the socket's directory /nonexistent-kumo-dir does not exist");
   }, 30_000);
 
+  it('a --shared-dir that is missing or not a directory is named in the error', () => {
+    for (const dir of ['/nonexistent-kumo-share', '/etc/hostname']) {
+      const r = spawnSync('node', [BIN, '--socket-path=/tmp/kumo-never.sock', `--shared-dir=${dir}`, '--sandbox=none'], {
+        encoding: 'utf8', timeout: 20_000, env: { ...process.env, KUMO_LOG: 'error' },
+      });
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain(`kumo-virtiofsd: shared directory ${dir} does not exist or is not a directory`);
+    }
+  }, 30_000);
+
   it('virtiofsd options it does not implement are accepted with a warning, never silently', () => {
     const r = spawnSync('node', [BIN, '--socket-path=/nonexistent-kumo-dir/x.sock', '--shared-dir=/tmp', '--sandbox=none',
       '--security-label', '--killpriv-v2', '--posix-acl', '-o', 'flock,no_flock,timeout=5,allow_root,max_idle_threads=4'],
