@@ -13,6 +13,7 @@ import {
 import type { Logger } from '../../protocol/log.js';
 import { preadvRaw, pwritevRaw } from '../../protocol/sys/fd.js';
 import { CopySpread } from '../../protocol/sys/copy-spread.js';
+import { DirectBounce, WriteGate } from './bounce.js';
 import { HostMap } from './host-map.js';
 import { BlkLimits } from './limits.js';
 
@@ -41,11 +42,14 @@ export interface BlkEngineImage {
   memoryBacked?: boolean;
   /** Small writes run with pwritev in this thread while no CPU is spare (see DiskImage.writesPunted). */
   writesPunted?: boolean;
+  /** O_DIRECT: the block its offsets, lengths and buffers must keep to (see DiskImage.alignment); 0 otherwise. */
+  alignment?: number;
   /** 20-byte GET_ID answer. */
   serial: Uint8Array;
   /**
    * flags[0] = 1 while the device is in writethrough mode (WCE off, or FLUSH not negotiated);
-   * flags[1] = how many queue engines are attached (serving a started ring), across all workers.
+   * flags[1] = how many queue engines are attached (serving a started ring), across all workers;
+   * flags[2], flags[3] = the WriteGate of O_DIRECT images with blocks larger than a sector.
    */
   flags: Int32Array;
 }
@@ -92,6 +96,19 @@ export class BlkQueueEngine {
   private mem: GuestMemory | null = null;
   private zeroRangeSupported = true;
   private readonly spread = new CopySpread();
+  /** O_DIRECT requests off the image's alignment. */
+  private readonly bounce: DirectBounce | null;
+  /** O_DIRECT blocks larger than a sector: orders patches against other writes (null otherwise). */
+  private readonly gate: WriteGate | null;
+  /** Per slot: 1 while the slot's write is counted in the gate. */
+  private readonly sGated: Uint8Array;
+  /** Reaps this engine's completions for a gate wait; false when none are in flight. */
+  private readonly progress = (): boolean => {
+    if (this.opsInFlight === 0) return false;
+    this.ring.submit(1);
+    this.reapAll();
+    return true;
+  };
   private attached = false;
   private readonly hdr = new Uint8Array(VIRTIO_BLK_OUTHDR_SIZE);
   private readonly hdrView = new DataView(this.hdr.buffer);
@@ -127,6 +144,9 @@ export class BlkQueueEngine {
       /* no IORING_REGISTER_IOWQ_MAX_WORKERS */
     }
     this.iov = new IoVecArena(this.slots, this.maxIov);
+    const align = img.alignment ?? 0;
+    this.bounce = align > 0 ? new DirectBounce(img.fd, align) : null;
+    this.gate = align > SECTOR ? new WriteGate(img.flags) : null;
     const n = this.slots;
     this.sHead = new Uint16Array(n);
     this.sStatusGpa = new Float64Array(n);
@@ -136,6 +156,7 @@ export class BlkQueueEngine {
     this.sExpect = new Float64Array(n);
     this.sKind = new Uint8Array(n);
     this.sRanges = new Float64Array(n * BlkLimits.maxDiscardSeg * 2);
+    this.sGated = new Uint8Array(n);
     this.unsynced = new Uint16Array(n);
     this.syncing = new Uint16Array(n);
     this.free = new Uint16Array(n);
@@ -248,6 +269,7 @@ export class BlkQueueEngine {
     this.setAttached(false);
     this.ring.close();
     this.iov.free();
+    this.bounce?.free();
   }
 
   /** Keeps flags[1], the count of served queues, in step with this engine. */
@@ -488,6 +510,9 @@ export class BlkQueueEngine {
     const writethrough = write && Atomics.load(this.img.flags, 0) !== 0;
     const slot = this.alloc(head, statusGpa, usedLen, writethrough ? KIND_WT_WRITE : KIND_RW, len);
     const map = this.hostMap;
+    const bounce = this.bounce;
+    let misaligned = bounce !== null && (offset % bounce.alignment !== 0 || len % bounce.alignment !== 0);
+    const segSkip = skip;
     let left = len;
     let n = 0;
     let single = -1;
@@ -509,10 +534,23 @@ export class BlkQueueEngine {
         return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, 1);
       }
       if (n === 0) single = host;
+      if (bounce !== null && (host % bounce.alignment !== 0 || l % bounce.alignment !== 0)) misaligned = true;
       this.iov.set(slot, n++, host, l);
       left -= l;
     }
     const fd = this.img.fd;
+    // Gate waits reap this engine's completions: this slot is counted in flight only after them.
+    if (misaligned) {
+      const res = this.bounced(segs, segSkip, offset, len, write);
+      this.sOps[slot] = 1;
+      this.opsInFlight++;
+      this.complete(slot, res);
+      return;
+    }
+    if (write && this.gate !== null) {
+      this.gate.enter(this.progress);
+      this.sGated[slot] = 1;
+    }
     this.sOps[slot] = 1;
     this.opsInFlight++;
     const large = len >= OFFLOAD_MIN_BYTES;
@@ -535,6 +573,24 @@ export class BlkQueueEngine {
       const sqeFlags = large && this.offloadRead() ? IOSQE_ASYNC : 0;
       if (n === 1) this.ring.prepRead(fd, single, len, offset, slot, 0, sqeFlags);
       else this.ring.prepReadv(fd, this.iov.slotAddress(slot), n, offset, slot, 0, sqeFlags);
+    }
+  }
+
+  /** An O_DIRECT request off the alignment, through the bounce buffer; returns len or -errno. */
+  private bounced(segs: Segment[], skip: number, offset: number, len: number, write: boolean): number {
+    const b = this.bounce as DirectBounce;
+    const mem = this.mem as GuestMemory;
+    if (!write) return b.read(mem, segs, skip, offset, len);
+    const gate = this.gate;
+    if (gate === null) return b.write(mem, segs, skip, offset, len);
+    const patch = b.patches(offset, len);
+    if (patch) gate.lock(this.progress);
+    else gate.enter(this.progress);
+    try {
+      return b.write(mem, segs, skip, offset, len);
+    } finally {
+      if (patch) gate.unlock();
+      else gate.leave();
     }
   }
 
@@ -569,6 +625,10 @@ export class BlkQueueEngine {
     }
     const kind = discard ? KIND_DISCARD : KIND_ZERO;
     const slot = this.alloc(head, statusGpa, 1, kind, 0);
+    if (this.gate !== null) {
+      this.gate.enter(this.progress);
+      this.sGated[slot] = 1;
+    }
     const fd = this.img.fd;
     for (let i = 0; i < count; i++) {
       const off = this.sRanges[base + 2 * i];
@@ -638,6 +698,10 @@ export class BlkQueueEngine {
   }
 
   private finishSlot(slot: number): void {
+    if (this.sGated[slot] === 1) {
+      this.sGated[slot] = 0;
+      (this.gate as WriteGate).leave();
+    }
     const ok = this.writeStatus(this.sStatusGpa[slot], this.sStatus[slot]);
     (this.queue as DeviceQueue).pushUsed(this.sHead[slot], ok ? this.sUsedLen[slot] : 0);
     this.completed++;

@@ -2,7 +2,9 @@ import { fstatSync } from 'node:fs';
 import { KumoError } from '../../protocol/errors.js';
 import { ioctl, SysError } from '../../protocol/sys/libc.js';
 import { EXT4_SUPER_MAGIC, fcntlLock, fstatfs, F_OFD_SETLK, F_RDLCK, F_WRLCK, RAMFS_MAGIC, TMPFS_MAGIC } from '../../protocol/sys/fs.js';
-import { openFile, closeQuiet, O_RDONLY, O_RDWR, O_CLOEXEC, O_DIRECT } from '../../protocol/sys/fd.js';
+import { openFile, closeQuiet, preadvRaw, O_RDONLY, O_RDWR, O_CLOEXEC, O_DIRECT } from '../../protocol/sys/fd.js';
+import { mapAnonymous } from '../../protocol/sys/mem.js';
+import { IoVecArena } from '../../protocol/sys/uring.js';
 
 export const SECTOR_SIZE = 512;
 const BLKGETSIZE64 = 0x80081272;
@@ -40,6 +42,11 @@ export class DiskImage {
      * every write to an io-wq worker, and io-wq runs one file's writes one at a time.
      */
     readonly writesPunted: boolean,
+    /**
+     * O_DIRECT: the block (512 or 4096 bytes) that offsets, lengths and buffers must keep to, probed as
+     * Cloud Hypervisor does; requests off it go through DirectBounce. 0 without O_DIRECT.
+     */
+    readonly alignment: number,
   ) {}
 
   get sectors(): number {
@@ -75,7 +82,8 @@ export class DiskImage {
       const fsType = st.isBlockDevice() || opts.direct ? 0 : fstatfs(fd).type;
       const memoryBacked = fsType === TMPFS_MAGIC || fsType === RAMFS_MAGIC;
       const writesPunted = fsType === EXT4_SUPER_MAGIC;
-      return new DiskImage(path, fd, size, opts.readonly, opts.direct, st.isBlockDevice(), memoryBacked, writesPunted);
+      const alignment = opts.direct ? directAlignment(fd) : 0;
+      return new DiskImage(path, fd, size, opts.readonly, opts.direct, st.isBlockDevice(), memoryBacked, writesPunted, alignment);
     } catch (e) {
       closeQuiet(fd);
       throw e;
@@ -96,5 +104,24 @@ function lock(fd: number, path: string, type: number): void {
       throw new ImageError(`image ${path} is locked by another process`, { path, code: e.code });
     }
     throw e;
+  }
+}
+
+/**
+ * The smallest block O_DIRECT accepts on this file: a 512-byte read at 512 into a buffer that is
+ * 512- but not 4096-aligned, else 4096 (a 4096-byte sector device, or a file system that wants pages).
+ */
+function directAlignment(fd: number): number {
+  const buf = mapAnonymous(8192);
+  const iov = new IoVecArena(1, 1);
+  try {
+    for (const align of [512, 4096]) {
+      iov.set(0, 0, Number(buf.ptr) + (align === 512 ? 512 : 0), align);
+      if (preadvRaw(fd, iov.slotAddress(0), 1, align) >= 0) return align;
+    }
+    return 4096;
+  } finally {
+    iov.free();
+    buf.unmap();
   }
 }

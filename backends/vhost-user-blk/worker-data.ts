@@ -9,8 +9,10 @@ export interface BlkWorkerData {
   memoryBacked: boolean;
   /** See DiskImage.writesPunted. */
   writesPunted: boolean;
+  /** See DiskImage.alignment. */
+  alignment: number;
   serial: Uint8Array;
-  /** Int32Array over it: [0] = writethrough, [1] = queues being served (see BlkEngineImage.flags). */
+  /** Int32Array over it: [0] = writethrough, [1] = queues being served, [2], [3] = O_DIRECT WriteGate (see BlkEngineImage.flags). */
   flags: SharedArrayBuffer;
   queueSize: number;
   pollQueue: boolean;

@@ -42,6 +42,8 @@ const variants: { name: string; img: Partial<BlkEngineImage>; writethrough?: boo
   { name: 'io_uring, writethrough, completions waited for', img: {}, writethrough: true, completion: 'wait' },
   { name: 'memory-backed (inline preadv/pwritev)', img: { memoryBacked: true } },
   { name: 'writes punted (inline small writes)', img: { writesPunted: true } },
+  // O_DIRECT's rules without O_DIRECT: requests off 4096 go through the bounce buffer, sectors inside a block are patched.
+  { name: 'O_DIRECT with 4096-byte blocks (bounce buffer, patched blocks)', img: { alignment: 4096 } },
 ];
 
 for (const v of variants) {
@@ -58,7 +60,7 @@ for (const v of variants) {
       writeFileSync(file, randomBytes(SIZE));
       fd = openSync(file, 'r+');
       d = new BlkTestDriver(256, 16 << 20);
-      const img: BlkEngineImage = { fd, size: SIZE, readonly: false, serial: Buffer.from('fuzz-serial\0\0\0\0\0\0\0\0\0'), flags: new Int32Array(2), ...v.img };
+      const img: BlkEngineImage = { fd, size: SIZE, readonly: false, serial: Buffer.from('fuzz-serial\0\0\0\0\0\0\0\0\0'), flags: new Int32Array(4), ...v.img };
       if (v.writethrough) img.flags[0] = 1;
       eng = new BlkQueueEngine(img, { queueSize: 256, completion: v.completion ?? 'eventfd' });
       eng.attach(d.device, d.mem);
