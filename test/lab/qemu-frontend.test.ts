@@ -35,6 +35,7 @@ function whyNot(): string | null {
   if (!fs.existsSync('/dev/net/tun')) why = 'no /dev/net/tun for the vhost-user-net TAP';
   else if (spawnSync('e2fsck', ['-V']).error) why = 'e2fsck missing (apt-get install e2fsprogs)';
   else if (spawnSync('fio', ['--version']).error) why = 'fio missing (apt-get install fio)';
+  else if (!fs.existsSync('/dev/loop-control') || spawnSync('losetup', ['--version']).error) why = 'no loop devices (losetup) for the 4096-byte-sector disk';
   if (why) console.warn(`${FILE} skipped: ${why}`);
   return why;
 }
@@ -163,6 +164,13 @@ check write-zeroes sh -c "blkdiscard -z -o 200M -l 4M /dev/vda && cmp -n 4194304
 echo "guest-ro vdb $(cat /sys/block/vdb/ro)"
 echo "guest-sum vdb $(dd if=/dev/vdb bs=1M 2>/dev/null | sha256sum | cut -d' ' -f1)"
 check vdb-refuses-writes sh -c "! dd if=/dev/zero of=/dev/vdb bs=4k count=1 oflag=direct 2>/dev/null"
+
+# ---- vhost-user-blk direct=on on a 4096-byte-sector host device: /dev/vdc ------------------------------
+# 512-byte sectors to L1; writes of part of a host block are patched into it (read, patch, write back).
+echo "guest-blocks vdc $(cat /sys/block/vdc/queue/logical_block_size) $(cat /sys/block/vdc/queue/physical_block_size)"
+for bs in 512 1536 4096; do
+  check vdc-verify-$bs fio --name=d$bs --filename=/dev/vdc --offset=$((bs * 1024)) --size=$((bs * 512)) --rw=randwrite --bs=$bs --iodepth=16 --ioengine=libaio --direct=1 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse
+done
 mkdir -p $W/mnt
 check mkfs mkfs.ext4 -q -F -E offset=$((224 * 1048576)) /dev/vda 16M
 check mount sh -c "losetup -o $((224 * 1048576)) --sizelimit 16777216 -f --show /dev/vda > $W/loopdev && mount -t ext4 \$(cat $W/loopdev) $W/mnt"
@@ -222,6 +230,8 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
   let bindMount = '';
   /** The fourth share's daemon runs as uid 65534: its socket, share and checkout bind mount live here. */
   let nobodyBase = '';
+  /** A loop device with 4096-byte sectors, served with direct=on as L1's /dev/vdc. */
+  let loop4k = '';
   let share4 = '';
   /** The user namespace the fourth share's daemon serves from (read while it runs). */
   let fs4UserNs = '';
@@ -294,6 +304,14 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     const roSock = path.join(w, 'ro.sock');
     procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-blk'), '--block-backend',
       `path=${roImg},socket=${roSock},num_queues=2,readonly=on`], roSock));
+    const backing4k = path.join(w, '4kn.img');
+    fs.writeFileSync(backing4k, randomBytes(8 * MiB));
+    const lo = spawnSync('losetup', ['-f', '--show', '--sector-size', '4096', backing4k], { encoding: 'utf8' });
+    if (lo.status !== 0) throw new Error(`losetup --sector-size 4096: ${lo.stderr}`);
+    loop4k = lo.stdout.trim();
+    const directSock = path.join(w, 'direct.sock');
+    procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-blk'), '--block-backend',
+      `path=${loop4k},socket=${directSock},num_queues=2,direct=on`], directSock));
     const job = path.join(w, 'job.sh');
     fs.writeFileSync(job, jobScript(w, port));
     const lab = { done: false };
@@ -302,7 +320,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
       r = await runInLab(`sh ${job}`, {
         timeoutMs: 15 * 60_000, virtiofsd: bin('kumo-virtiofsd'), fsShares: [{ socket: fsSock, tag: 'kumo2' }, { socket: path.join(w, 'fs3.sock'), tag: 'kumo3' },
           { socket: fs4Sock, tag: 'kumo4' }],
-        blkSockets: [blkSock, roSock], netSockets: [netSock],
+        blkSockets: [blkSock, roSock, directSock], netSockets: [netSock],
       });
     } finally {
       lab.done = true;
@@ -316,6 +334,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
 
   afterAll(async () => {
     for (const p of procs) await stopProcess(p);
+    if (loop4k) spawnSync('losetup', ['-d', loop4k]);
     if (subMount) spawnSync('umount', ['-l', subMount]);
     if (bindMount) spawnSync('umount', ['-l', bindMount]);
     if (nobodyBase) fs.rmSync(nobodyBase, { recursive: true, force: true });
@@ -418,6 +437,11 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     expect(value('guest-sum vdb')).toBe(sha(roData));
     expect(lines).toContain('ok vdb-refuses-writes');
     expect(fs.readFileSync(path.join(w, 'ro.img')).equals(roData)).toBe(true);
+  });
+
+  it('vhost-user-blk direct=on: on a 4096-byte-sector device L1 keeps 512-byte sectors, and its sector-sized writes verify', () => {
+    expect(value('guest-blocks vdc')).toBe('512 4096');
+    for (const bs of [512, 1536, 4096]) expect(lines, `bs ${bs}`).toContain(`ok vdc-verify-${bs}`);
   });
 
   it('vhost-user-blk: an ext4 made and filled by L1 is clean for the host e2fsck', () => {
