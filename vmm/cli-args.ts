@@ -1,5 +1,6 @@
 // kumo's command line → VmConfig (Cloud Hypervisor syntax). Parsing only: no files, no KVM.
 import { Command, CommanderError } from 'commander';
+import { KUMO_VERSION } from '../protocol/version.js';
 import { KumoError } from '../protocol/errors.js';
 import { ConsoleConfig } from './config/console.js';
 import { CpusConfig } from './config/cpus.js';
@@ -35,6 +36,7 @@ function program(): Command {
     .option('--net <options...>', NetConfig.SYNTAX.replace(/^--net /, ''))
     .option('--fs <options...>', FsConfig.SYNTAX.replace(/^--fs /, ''))
     .option('-v, --verbose', 'debug logging')
+    .version(`kumo ${KUMO_VERSION}`, '-V, --version', 'print the version')
     .allowExcessArguments(false)
     .exitOverride()
     .configureOutput({ writeErr: () => {}, writeOut: (s) => process.stdout.write(s) });
@@ -47,7 +49,8 @@ export function parseCli(argv: string[]): CliOptions | 'help' {
     p.parse(argv, { from: 'user' });
   } catch (e) {
     if (e instanceof CommanderError) {
-      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.help') return 'help';
+      // Help and version were printed: nothing more to do.
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.help' || e.code === 'commander.version') return 'help';
       throw new CliError(e.message.replace(/^error: /, ''), { code: e.code });
     }
     throw e;

@@ -1,5 +1,6 @@
 import { logger } from '../../protocol/log.js';
 import { KumoError } from '../../protocol/errors.js';
+import { KUMO_VERSION } from '../../protocol/version.js';
 import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
 import { VhostUserSocketError } from '../../protocol/vhost-user/errors.js';
 import { BlockBackendConfig } from './config.js';
@@ -29,7 +30,7 @@ function parseArgs(argv: string[]): BlockBackendConfig | null {
     const a = argv[i];
     if (a === '-h' || a === '--help') return null;
     if (a === '-V' || a === '--version') {
-      process.stdout.write('kumo-vhost-user-blk 0.1.0\n');
+      process.stdout.write(`kumo-vhost-user-blk ${KUMO_VERSION}\n`);
       process.exit(0);
     }
     if (a === '--block-backend') {

@@ -4,6 +4,7 @@
 import { parseArgs } from 'node:util';
 import { KumoError } from '../../protocol/errors.js';
 import { logger } from '../../protocol/log.js';
+import { KUMO_VERSION } from '../../protocol/version.js';
 import { configureLink, linkMtu, openTap, parseIPv4, parseMac, setTapQueueAttached, type Tap } from '../../protocol/sys/tap.js';
 import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
 import { VhostUserSocketError } from '../../protocol/vhost-user/errors.js';
@@ -17,7 +18,8 @@ const USAGE = `usage: kumo-vhost-user-net --net-backend <params>
 
   defaults: ip=192.168.100.1, mask=255.255.255.0, num_queues=2, queue_size=256, client=off;
   tap names an existing multi-queue TAP to attach to, or the one to create (default: vunet%d).
-  SIGUSR1 prints the data-path counters as one JSON line on stdout.`;
+  SIGUSR1 prints the data-path counters as one JSON line on stdout.
+  -V, --version prints the version.`;
 
 const log = logger('vhost-user-net');
 
@@ -27,11 +29,15 @@ function fatal(msg: string, code = 1): never {
 }
 
 async function main(): Promise<void> {
-  let values: { 'net-backend'?: string; help?: boolean };
+  let values: { 'net-backend'?: string; help?: boolean; version?: boolean };
   try {
-    ({ values } = parseArgs({ options: { 'net-backend': { type: 'string' }, help: { type: 'boolean', short: 'h' } } }));
+    ({ values } = parseArgs({ options: { 'net-backend': { type: 'string' }, help: { type: 'boolean', short: 'h' }, version: { type: 'boolean', short: 'V' } } }));
   } catch (e) {
     fatal(`${(e as Error).message}\n${USAGE}`);
+  }
+  if (values.version) {
+    process.stdout.write(`kumo-vhost-user-net ${KUMO_VERSION}\n`);
+    return;
   }
   if (values.help) {
     process.stdout.write(`${USAGE}\n`);

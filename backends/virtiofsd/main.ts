@@ -2,6 +2,7 @@ import { constants } from 'node:os';
 import { logger, setLogLevel, useSyslog } from '../../protocol/log.js';
 import { SYSLOG_SOCKET } from '../../protocol/syslog-sink.js';
 import { KumoError } from '../../protocol/errors.js';
+import { KUMO_VERSION } from '../../protocol/version.js';
 import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
 import { MAX_MEM_SLOTS, VhostUserSocketError } from '../../protocol/vhost-user/index.js';
 import { getrlimit, setrlimit, openat, AT_FDCWD, RLIMIT_NOFILE } from '../../protocol/sys/fs.js';
@@ -151,7 +152,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (argv.includes('--version') || argv.includes('-V')) {
-    process.stdout.write('kumo-virtiofsd 0.1.0\n');
+    process.stdout.write(`kumo-virtiofsd ${KUMO_VERSION}\n`);
     return 0;
   }
   const cfg = parseArgs(argv);

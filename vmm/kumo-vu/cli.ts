@@ -4,11 +4,13 @@
  */
 import { Command } from 'commander';
 import { setLogLevel } from '../../protocol/log.js';
+import { KUMO_VERSION } from '../../protocol/version.js';
 import { registrations } from './commands.js';
 
 const program = new Command('kumo-vu')
   .description('userspace vhost-user front-end: verify and benchmark vhost-user back-ends')
   .option('--log-level <level>', 'pino log level (stderr)', 'warn')
+  .version(`kumo-vu ${KUMO_VERSION}`, '-V, --version', 'print the version')
   .hook('preAction', (cmd) => setLogLevel(String(cmd.opts().logLevel)));
 
 for (const register of registrations) register(program);
