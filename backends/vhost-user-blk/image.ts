@@ -74,6 +74,11 @@ export class DiskImage {
       } else {
         throw new ImageError(`image ${path} is neither a regular file nor a block device`, { path });
       }
+      const format = formatOf(fd);
+      if (format !== null) {
+        // Served raw, a guest would see the container's bytes and, writing, destroy the image.
+        throw new ImageError(`image ${path} is a ${format} image: only raw images are served (qemu-img convert -O raw ${path} OUT)`, { path, format });
+      }
       if (size % SECTOR_SIZE !== 0) {
         throw new ImageError(`image ${path} size ${size} is not a multiple of ${SECTOR_SIZE} bytes`, { path, size });
       }
@@ -120,6 +125,29 @@ function directAlignment(fd: number): number {
       if (preadvRaw(fd, iov.slotAddress(0), 1, align) >= 0) return align;
     }
     return 4096;
+  } finally {
+    iov.free();
+    buf.unmap();
+  }
+}
+
+/** Image containers Cloud Hypervisor opens and a raw back-end must not: their magic at byte 0. */
+const CONTAINERS: [string, Buffer][] = [
+  ['qcow2', Buffer.from([0x51, 0x46, 0x49, 0xfb])],
+  ['vhdx', Buffer.from('vhdxfile', 'latin1')],
+];
+
+/** The container format the image starts with, or null for raw. Read through an aligned buffer: O_DIRECT may be on. */
+function formatOf(fd: number): string | null {
+  const buf = mapAnonymous(4096);
+  const iov = new IoVecArena(1, 1);
+  try {
+    iov.set(0, 0, Number(buf.ptr), 4096);
+    const n = preadvRaw(fd, iov.slotAddress(0), 1, 0);
+    for (const [name, magic] of CONTAINERS) {
+      if (n >= magic.length && Buffer.from(buf.bytes.subarray(0, magic.length)).equals(magic)) return name;
+    }
+    return null;
   } finally {
     iov.free();
     buf.unmap();

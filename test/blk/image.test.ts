@@ -78,6 +78,23 @@ describe('DiskImage', () => {
     }
   });
 
+  const haveQemuImg = spawnSync('qemu-img', ['--version']).status === 0;
+  if (!haveQemuImg) console.log('qemu-img missing (apt-get install qemu-utils): the qcow2/vhdx refusal check is skipped');
+  it.skipIf(!haveQemuImg)('refuses qcow2 and vhdx containers (served raw, a guest would overwrite them), with direct=on too', () => {
+    for (const format of ['qcow2', 'vhdx']) {
+      const p = join('/var/tmp', `kumo-${format}-${process.pid}.img`);
+      const r = spawnSync('qemu-img', ['create', '-q', '-f', format, p, '16M'], { encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+      try {
+        for (const direct of [false, true]) {
+          expect(() => DiskImage.open(p, { readonly: false, direct })).toThrow(`image ${p} is a ${format} image: only raw images are served`);
+        }
+      } finally {
+        rmSync(p, { force: true });
+      }
+    }
+  });
+
   it('refuses a size that is not a multiple of 512', () => {
     const p = join(dir, 'b.raw');
     writeFileSync(p, Buffer.alloc(1000));
