@@ -113,22 +113,28 @@ function lock(fd: number, path: string, type: number): void {
 }
 
 /**
- * The smallest block O_DIRECT accepts on this file: a 512-byte read at 512 into a buffer that is
- * 512- but not 4096-aligned, else 4096 (a 4096-byte sector device, or a file system that wants pages).
+ * Reads `len` bytes at `at` into a page-aligned buffer, `skew` bytes into it (O_DIRECT may be on), and hands
+ * the count (or -errno) and the bytes to `use`.
  */
-function directAlignment(fd: number): number {
+function alignedRead<T>(fd: number, len: number, at: number, skew: number, use: (n: number, bytes: Uint8Array) => T): T {
   const buf = mapAnonymous(8192);
   const iov = new IoVecArena(1, 1);
   try {
-    for (const align of [512, 4096]) {
-      iov.set(0, 0, Number(buf.ptr) + (align === 512 ? 512 : 0), align);
-      if (preadvRaw(fd, iov.slotAddress(0), 1, align) >= 0) return align;
-    }
-    return 4096;
+    iov.set(0, 0, Number(buf.ptr) + skew, len);
+    return use(preadvRaw(fd, iov.slotAddress(0), 1, at), buf.bytes.subarray(skew, skew + len));
   } finally {
     iov.free();
     buf.unmap();
   }
+}
+
+/**
+ * The smallest block O_DIRECT accepts on this file: a 512-byte read at 512 into a buffer that is
+ * 512- but not 4096-aligned, else 4096 (a 4096-byte sector device, or a file system that wants pages).
+ */
+function directAlignment(fd: number): number {
+  if (alignedRead(fd, 512, 512, 512, (n) => n >= 0)) return 512;
+  return 4096;
 }
 
 /** Image containers Cloud Hypervisor opens and a raw back-end must not: their magic at byte 0. */
@@ -137,19 +143,10 @@ const CONTAINERS: [string, Buffer][] = [
   ['vhdx', Buffer.from('vhdxfile', 'latin1')],
 ];
 
-/** The container format the image starts with, or null for raw. Read through an aligned buffer: O_DIRECT may be on. */
+/** The container format the image starts with, or null for raw. */
 function formatOf(fd: number): string | null {
-  const buf = mapAnonymous(4096);
-  const iov = new IoVecArena(1, 1);
-  try {
-    iov.set(0, 0, Number(buf.ptr), 4096);
-    const n = preadvRaw(fd, iov.slotAddress(0), 1, 0);
-    for (const [name, magic] of CONTAINERS) {
-      if (n >= magic.length && Buffer.from(buf.bytes.subarray(0, magic.length)).equals(magic)) return name;
-    }
-    return null;
-  } finally {
-    iov.free();
-    buf.unmap();
-  }
+  return alignedRead(fd, 4096, 0, 0, (n, bytes) => {
+    const hit = CONTAINERS.find(([, magic]) => n >= magic.length && Buffer.from(bytes.subarray(0, magic.length)).equals(magic));
+    return hit?.[0] ?? null;
+  });
 }
