@@ -102,10 +102,10 @@ export class BlkQueueEngine {
   private readonly gate: WriteGate | null;
   /** Per slot: 1 while the slot's write is counted in the gate. */
   private readonly sGated: Uint8Array;
-  /** Reaps this engine's completions for a gate wait; false when none are in flight. */
+  /** Reaps this engine's completions for a gate wait (starting a due group sync); false when it has none to wait for. */
   private readonly progress = (): boolean => {
-    if (this.opsInFlight === 0) return false;
-    this.ring.submit(1);
+    if (this.opsInFlight === 0 && this.unsyncedCount === 0) return false;
+    if (this.opsInFlight > 0) this.ring.submit(1);
     this.reapAll();
     return true;
   };

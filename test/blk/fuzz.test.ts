@@ -44,6 +44,7 @@ const variants: { name: string; img: Partial<BlkEngineImage>; writethrough?: boo
   { name: 'writes punted (inline small writes)', img: { writesPunted: true } },
   // O_DIRECT's rules without O_DIRECT: requests off 4096 go through the bounce buffer, sectors inside a block are patched.
   { name: 'O_DIRECT with 4096-byte blocks (bounce buffer, patched blocks)', img: { alignment: 4096 } },
+  { name: 'O_DIRECT with 4096-byte blocks, writethrough', img: { alignment: 4096 }, writethrough: true },
 ];
 
 for (const v of variants) {
