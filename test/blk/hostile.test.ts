@@ -26,7 +26,8 @@ function chainDescs(c: BlkVuClient): number[] {
   return out;
 }
 
-describe('kumo-vhost-user-blk against hostile requests', () => {
+// direct=on too: requests off the O_DIRECT alignment take the bounce buffer, which must refuse the same way.
+for (const direct of [false, true]) describe(`kumo-vhost-user-blk against hostile requests${direct ? ' (direct=on)' : ''}`, () => {
   let dir: string;
   let img: string;
   let sock: string;
@@ -35,12 +36,13 @@ describe('kumo-vhost-user-blk against hostile requests', () => {
   let c: BlkVuClient;
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'kumo-vub-h-'));
+    // O_DIRECT needs a disk file system (tmpfs may refuse it).
+    dir = mkdtempSync(join(direct ? '/var/tmp' : tmpdir(), 'kumo-vub-h-'));
     img = join(dir, 'disk.raw');
     sock = join(dir, 'blk.sock');
     initial = randomBytes(SIZE);
     writeFileSync(img, initial);
-    child = await startBackend(`path=${img},socket=${sock},queue_size=256,poll_queue=off`);
+    child = await startBackend(`path=${img},socket=${sock},queue_size=256,poll_queue=off,direct=${direct ? 'on' : 'off'}`);
     c = await BlkVuClient.connect(sock, { queueSize: 256, indirect: false });
   });
   afterAll(async () => {
