@@ -59,6 +59,7 @@ export class BlkBackend implements VhostUserBackend {
         memoryBacked: image.memoryBacked,
         writesPunted: image.writesPunted,
         alignment: image.alignment,
+        logicalBlock: image.logicalBlock,
         serial: serialFor(image.path),
         flags: sab,
         queueSize: opts.queueSize,
@@ -127,9 +128,11 @@ export class BlkBackend implements VhostUserBackend {
     v.setUint32(BlkConfig.size_max, BlkLimits.sizeMax, true);
     v.setUint32(BlkConfig.seg_max, BlkLimits.segMax, true);
     v.setUint32(BlkConfig.blk_size, 512, true);
-    // Sectors stay 512 bytes (a guest's partition tables count in them); an O_DIRECT device with larger
-    // blocks is announced as its physical block, so guests align to it and few writes need patching.
-    const perBlock = this.image.alignment > 512 ? this.image.alignment / 512 : 1;
+    // Sectors stay 512 bytes (a guest's partition tables count in them); a device with larger blocks (its
+    // O_DIRECT alignment, or a block device's logical block) is announced as the physical block, so guests
+    // align to it and few writes need patching, and discards to it (fallocate takes whole blocks).
+    const block = Math.max(this.image.alignment ?? 0, this.image.logicalBlock ?? 0);
+    const perBlock = block > 512 ? block / 512 : 1;
     v.setUint8(BlkConfig.physical_block_exp, Math.log2(perBlock));
     v.setUint8(BlkConfig.alignment_offset, 0);
     v.setUint16(BlkConfig.min_io_size, perBlock, true);
@@ -138,7 +141,7 @@ export class BlkBackend implements VhostUserBackend {
     v.setUint16(BlkConfig.num_queues, this.opts.numQueues, true);
     v.setUint32(BlkConfig.max_discard_sectors, BlkLimits.maxDiscardSectors, true);
     v.setUint32(BlkConfig.max_discard_seg, BlkLimits.maxDiscardSeg, true);
-    v.setUint32(BlkConfig.discard_sector_alignment, 1, true);
+    v.setUint32(BlkConfig.discard_sector_alignment, perBlock, true);
     v.setUint32(BlkConfig.max_write_zeroes_sectors, BlkLimits.maxWriteZeroesSectors, true);
     v.setUint32(BlkConfig.max_write_zeroes_seg, BlkLimits.maxWriteZeroesSeg, true);
     v.setUint8(BlkConfig.write_zeroes_may_unmap, 1);

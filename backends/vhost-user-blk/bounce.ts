@@ -42,6 +42,15 @@ export class DirectBounce {
 
   /** Writes `len` bytes from the segments (after `skip` bytes) at `offset`; returns len or -errno. */
   write(mem: GuestMemory, segs: readonly Segment[], skip: number, offset: number, len: number): number {
+    return this.put(offset, len, (dst) => readFromChain(mem, segs, skip, dst));
+  }
+
+  /** Writes `len` zero bytes at `offset`; returns len or -errno. */
+  zero(offset: number, len: number): number {
+    return this.put(offset, len, (dst) => dst.fill(0));
+  }
+
+  private put(offset: number, len: number, fill: (dst: Uint8Array) => void): number {
     const lo = this.down(offset);
     const hi = this.up(offset + len);
     const span = hi - lo;
@@ -52,7 +61,7 @@ export class DirectBounce {
       if (r < 0) return r;
       if (r < span) buf.fill(0, r, span);
     }
-    readFromChain(mem, segs, skip, buf.subarray(offset - lo, offset - lo + len));
+    fill(buf.subarray(offset - lo, offset - lo + len));
     const w = this.io(true, span, lo);
     if (w < 0) return w;
     return w === span ? len : -EIO;

@@ -13,6 +13,7 @@ import {
 import type { Logger } from '../../protocol/log.js';
 import { preadvRaw, pwritevRaw } from '../../protocol/sys/fd.js';
 import { CopySpread } from '../../protocol/sys/copy-spread.js';
+import { mapAnonymous, type Mapping } from '../../protocol/sys/mem.js';
 import { DirectBounce, WriteGate } from './bounce.js';
 import { HostMap } from './host-map.js';
 import { BlkLimits } from './limits.js';
@@ -20,6 +21,7 @@ import { BlkLimits } from './limits.js';
 const SECTOR = 512;
 const TWO32 = 0x1_0000_0000;
 const EOPNOTSUPP = 95;
+const EIO = 5;
 const SLOT_SHIFT = 65536; // userData = slot + op * SLOT_SHIFT (+ ZERO_RANGE_OP)
 /** Marks an fallocate(ZERO_RANGE) op, the one that falls back to punch + allocate on EOPNOTSUPP. */
 const ZERO_RANGE_OP = 0x4000_0000;
@@ -44,6 +46,8 @@ export interface BlkEngineImage {
   writesPunted?: boolean;
   /** O_DIRECT: the block its offsets, lengths and buffers must keep to (see DiskImage.alignment); 0 otherwise. */
   alignment?: number;
+  /** The device's logical block: fallocate takes whole ones (see DiskImage.logicalBlock); 512 if absent. */
+  logicalBlock?: number;
   /** 20-byte GET_ID answer. */
   serial: Uint8Array;
   /**
@@ -98,6 +102,8 @@ export class BlkQueueEngine {
   private readonly spread = new CopySpread();
   /** O_DIRECT requests off the image's alignment. */
   private readonly bounce: DirectBounce | null;
+  /** Zeroes for partial blocks of WRITE_ZEROES on a buffered block device (see wholeBlocks). */
+  private zeroes: Mapping | null = null;
   /** O_DIRECT blocks larger than a sector: orders patches against other writes (null otherwise). */
   private readonly gate: WriteGate | null;
   /** Per slot: 1 while the slot's write is counted in the gate. */
@@ -270,6 +276,7 @@ export class BlkQueueEngine {
     this.ring.close();
     this.iov.free();
     this.bounce?.free();
+    this.zeroes?.unmap();
   }
 
   /** Keeps flags[1], the count of served queues, in step with this engine. */
@@ -625,6 +632,8 @@ export class BlkQueueEngine {
     }
     const kind = discard ? KIND_DISCARD : KIND_ZERO;
     const slot = this.alloc(head, statusGpa, 1, kind, 0);
+    const block = this.img.logicalBlock ?? SECTOR;
+    if (block > SECTOR) this.wholeBlocks(slot, base, count, block, discard);
     if (this.gate !== null) {
       this.gate.enter(this.progress);
       this.sGated[slot] = 1;
@@ -653,6 +662,47 @@ export class BlkQueueEngine {
       }
     }
     if (this.sOps[slot] === 0) this.finishSlot(slot);
+  }
+
+  /**
+   * A block device takes fallocate on whole logical blocks only: each range is cut to the blocks it covers.
+   * WRITE_ZEROES writes zeroes over the partial blocks at either end; DISCARD, a hint, leaves them alone.
+   */
+  private wholeBlocks(slot: number, base: number, count: number, block: number, discard: boolean): void {
+    for (let i = 0; i < count; i++) {
+      const off = this.sRanges[base + 2 * i];
+      const end = off + this.sRanges[base + 2 * i + 1];
+      const lo = Math.ceil(off / block) * block;
+      const hi = Math.floor(end / block) * block;
+      if (!discard && end > off) {
+        const headEnd = Math.min(lo, end);
+        const tail = Math.max(hi, headEnd);
+        if ((headEnd > off && this.writeZeroes(slot, off, headEnd - off) < 0) || (end > tail && this.writeZeroes(slot, tail, end - tail) < 0)) {
+          this.sStatus[slot] = VIRTIO_BLK_S_IOERR;
+        }
+      }
+      this.sRanges[base + 2 * i] = lo;
+      this.sRanges[base + 2 * i + 1] = Math.max(0, hi - lo);
+    }
+  }
+
+  /** Zeroes part of one block, now, in this thread; returns len or -errno. */
+  private writeZeroes(slot: number, offset: number, len: number): number {
+    const bounce = this.bounce;
+    if (bounce !== null) {
+      // O_DIRECT: read the block, zero the part, write it back, ordered against other writes like any patch.
+      this.gate?.lock(this.progress);
+      try {
+        return bounce.zero(offset, len);
+      } finally {
+        this.gate?.unlock();
+      }
+    }
+    // Buffered: the kernel patches the block in its page cache.
+    this.zeroes ??= mapAnonymous(this.img.logicalBlock ?? SECTOR);
+    this.iov.set(slot, 0, Number(this.zeroes.ptr), len);
+    const n = pwritevRaw(this.img.fd, this.iov.slotAddress(slot), 1, offset);
+    return n === len ? len : n < 0 ? n : -EIO;
   }
 
   private complete(ud: number, res: number): void {

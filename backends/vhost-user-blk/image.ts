@@ -8,6 +8,7 @@ import { IoVecArena } from '../../protocol/sys/uring.js';
 
 export const SECTOR_SIZE = 512;
 const BLKGETSIZE64 = 0x80081272;
+const BLKSSZGET = 0x1268;
 const EAGAIN = 11;
 const EACCES = 13;
 
@@ -47,6 +48,8 @@ export class DiskImage {
      * Cloud Hypervisor does; requests off it go through DirectBounce. 0 without O_DIRECT.
      */
     readonly alignment: number,
+    /** The device's logical block (BLKSSZGET) for a block device, 512 for a file: fallocate takes whole ones. */
+    readonly logicalBlock: number,
   ) {}
 
   get sectors(): number {
@@ -65,10 +68,13 @@ export class DiskImage {
     try {
       const st = fstatSync(fd);
       let size: number;
+      let logicalBlock = SECTOR_SIZE;
       if (st.isBlockDevice()) {
         const b = Buffer.alloc(8);
         ioctl(fd, BLKGETSIZE64, b);
         size = Number(b.readBigUInt64LE(0));
+        ioctl(fd, BLKSSZGET, b);
+        logicalBlock = b.readInt32LE(0);
       } else if (st.isFile()) {
         size = st.size;
       } else {
@@ -88,7 +94,7 @@ export class DiskImage {
       const memoryBacked = fsType === TMPFS_MAGIC || fsType === RAMFS_MAGIC;
       const writesPunted = fsType === EXT4_SUPER_MAGIC;
       const alignment = opts.direct ? directAlignment(fd) : 0;
-      return new DiskImage(path, fd, size, opts.readonly, opts.direct, st.isBlockDevice(), memoryBacked, writesPunted, alignment);
+      return new DiskImage(path, fd, size, opts.readonly, opts.direct, st.isBlockDevice(), memoryBacked, writesPunted, alignment, logicalBlock);
     } catch (e) {
       closeQuiet(fd);
       throw e;

@@ -11,6 +11,8 @@ export interface BlkWorkerData {
   writesPunted: boolean;
   /** See DiskImage.alignment. */
   alignment: number;
+  /** See DiskImage.logicalBlock. */
+  logicalBlock: number;
   serial: Uint8Array;
   /** Int32Array over it: [0] = writethrough, [1] = queues being served, [2], [3] = O_DIRECT WriteGate (see BlkEngineImage.flags). */
   flags: SharedArrayBuffer;

@@ -6,7 +6,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, r
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { eventfdWrite } from '../../protocol/sys/fd.js';
-import { BlkConfig, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../protocol/virtio/index.js';
+import { BlkConfig, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES } from '../../protocol/virtio/index.js';
 import { DiskImage } from '../../backends/vhost-user-blk/image.js';
 import { BlkVuClient, startBackend, stopBackend } from './vu-client.js';
 
@@ -155,4 +155,44 @@ describe('kumo-vhost-user-blk direct=on', () => {
     }
     expect(lost).toEqual([]);
   });
+
+  for (const direct of [true, false]) {
+    it.skipIf(!canLoop)(`WRITE_ZEROES and DISCARD off the 4096-byte blocks of a block device (direct=${direct ? 'on' : 'off'})`, async () => {
+      const backing = join(dir, 'backing.raw');
+      const initial = randomBytes(SIZE);
+      writeFileSync(backing, initial);
+      const r = spawnSync('losetup', ['-f', '--show', '--sector-size', '4096', backing], { encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+      loop = r.stdout.trim();
+      const sock = join(dir, 's.sock');
+      child = await startBackend(`path=${loop},socket=${sock},direct=${direct ? 'on' : 'off'}`);
+      client = await BlkVuClient.connect(sock);
+      const c = client;
+      const cfg = new DataView(c.fe.getConfig(0, 60).buffer);
+      expect(cfg.getUint32(BlkConfig.discard_sector_alignment, true)).toBe(8);
+      expect(cfg.getUint8(BlkConfig.physical_block_exp)).toBe(3);
+      const expected = Buffer.from(initial);
+      // [first sector, sectors]: inside one block, across a boundary, whole blocks with ragged ends, whole blocks.
+      const zeroes: [number, number][] = [[1, 2], [15, 2], [33, 30], [128, 16]];
+      const st: number[] = [];
+      zeroes.forEach(([sector, n], k) => {
+        st.push(c.add(0, VIRTIO_BLK_T_WRITE_ZEROES, 0, [c.ranges([{ sector, numSectors: n, flags: k % 2 }])], [], k));
+        expected.fill(0, sector * 512, (sector + n) * 512);
+      });
+      // A discard off the blocks is a hint: it succeeds, and only the whole block inside it may change.
+      st.push(c.add(0, VIRTIO_BLK_T_DISCARD, 0, [c.ranges([{ sector: 260, numSectors: 14, flags: 0 }])], [], 9));
+      c.run(0, zeroes.length + 1);
+      expect(st.map((a) => c.mem.readU8(a))).toEqual([0, 0, 0, 0, 0]);
+      await stopBackend(child);
+      child = null;
+      const after = readDevice(loop, SIZE);
+      // The discard's partial blocks (sectors 260-263 and 272-273) keep their data; block 33 (264-271) is free to change.
+      after.copy(expected, 264 * 512, 264 * 512, 272 * 512);
+      const wrong: number[] = [];
+      for (let s = 0; s < SIZE / 512; s++) {
+        if (!after.subarray(s * 512, s * 512 + 512).equals(expected.subarray(s * 512, s * 512 + 512))) wrong.push(s);
+      }
+      expect(wrong).toEqual([]);
+    });
+  }
 });

@@ -167,10 +167,11 @@ export class BlkVuClient {
   }
 }
 
-/** qemu-storage-daemon exporting img as vhost-user-blk on sock (the reference back-end). */
-export async function startQsd(img: string, sock: string, numQueues = 1): Promise<ChildProcess> {
+/** qemu-storage-daemon exporting img (a file, or with blockDevice a block device) as vhost-user-blk on sock (the reference back-end). */
+export async function startQsd(img: string, sock: string, numQueues = 1, opts: { direct?: boolean; blockDevice?: boolean } = {}): Promise<ChildProcess> {
+  const driver = opts.blockDevice ? 'host_device' : 'file';
   const child = spawn('qemu-storage-daemon', [
-    '--blockdev', `driver=file,node-name=f,filename=${img},aio=io_uring,cache.direct=off,discard=unmap`,
+    '--blockdev', `driver=${driver},node-name=f,filename=${img},aio=io_uring,cache.direct=${opts.direct ? 'on' : 'off'},discard=unmap`,
     '--export', `type=vhost-user-blk,id=e0,node-name=f,addr.type=unix,addr.path=${sock},writable=on,num-queues=${numQueues}`,
   ], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
