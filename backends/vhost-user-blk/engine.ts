@@ -108,6 +108,8 @@ export class BlkQueueEngine {
   private readonly gate: WriteGate | null;
   /** Per slot: 1 while the slot's write is counted in the gate. */
   private readonly sGated: Uint8Array;
+  /** Per slot: 1 if the request is acked only after a group fdatasync (writethrough writes, zeroes, discards). */
+  private readonly sSync: Uint8Array;
   /** Reaps this engine's completions for a gate wait (starting a due group sync); false when it has none to wait for. */
   private readonly progress = (): boolean => {
     if (this.opsInFlight === 0 && this.unsyncedCount === 0) return false;
@@ -163,6 +165,7 @@ export class BlkQueueEngine {
     this.sKind = new Uint8Array(n);
     this.sRanges = new Float64Array(n * BlkLimits.maxDiscardSeg * 2);
     this.sGated = new Uint8Array(n);
+    this.sSync = new Uint8Array(n);
     this.unsynced = new Uint16Array(n);
     this.syncing = new Uint16Array(n);
     this.free = new Uint16Array(n);
@@ -176,6 +179,9 @@ export class BlkQueueEngine {
 
   /** Reads and writes copied by preadv/pwritev in this thread rather than through io_uring (memory-backed images). */
   inlineCopies = 0;
+
+  /** Group fdatasyncs started for writethrough acks. */
+  groupSyncs = 0;
 
   /** io-wq thread caps of this queue's ring: [bounded (file I/O), unbounded]. */
   ioWorkerCaps(): [number, number] {
@@ -374,6 +380,7 @@ export class BlkQueueEngine {
       this.syncingCount = n;
       this.unsyncedCount = 0;
       this.syncInFlight = true;
+      this.groupSyncs++;
       this.opsInFlight++;
       this.ensureSq(1);
       this.ring.prepFsync(this.img.fd, SYNC_UD, IORING_FSYNC_DATASYNC);
@@ -498,6 +505,7 @@ export class BlkQueueEngine {
     this.sStatus[slot] = VIRTIO_BLK_S_OK;
     this.sKind[slot] = kind;
     this.sExpect[slot] = expect;
+    this.sSync[slot] = kind === KIND_WT_WRITE ? 1 : 0;
     return slot;
   }
 
@@ -632,6 +640,8 @@ export class BlkQueueEngine {
     }
     const kind = discard ? KIND_DISCARD : KIND_ZERO;
     const slot = this.alloc(head, statusGpa, 1, kind, 0);
+    // Writethrough: like writes, acked once an fdatasync after them completed.
+    if (Atomics.load(this.img.flags, 0) !== 0) this.sSync[slot] = 1;
     const block = this.img.logicalBlock ?? SECTOR;
     if (block > SECTOR) this.wholeBlocks(slot, base, count, block, discard);
     if (this.gate !== null) {
@@ -661,7 +671,7 @@ export class BlkQueueEngine {
         this.ring.prepFallocate(fd, mode, off, len, ud);
       }
     }
-    if (this.sOps[slot] === 0) this.finishSlot(slot);
+    if (this.sOps[slot] === 0) this.settle(slot);
   }
 
   /**
@@ -727,7 +737,12 @@ export class BlkQueueEngine {
       this.sStatus[slot] = VIRTIO_BLK_S_IOERR; // short transfer
     }
     if (--this.sOps[slot] !== 0) return;
-    if (this.sKind[slot] === KIND_WT_WRITE && this.sStatus[slot] === VIRTIO_BLK_S_OK) {
+    this.settle(slot);
+  }
+
+  /** A request whose operations all completed: acked now, or after the next group fdatasync. */
+  private settle(slot: number): void {
+    if (this.sSync[slot] === 1 && this.sStatus[slot] === VIRTIO_BLK_S_OK) {
       this.unsynced[this.unsyncedCount++] = slot;
       return;
     }

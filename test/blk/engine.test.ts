@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { BlkQueueEngine, type BlkEngineImage, type CompletionMode } from '../../backends/vhost-user-blk/engine.js';
 import {
   VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_DISCARD,
-  VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_DISCARD_SEG_SIZE,
+  VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_DISCARD_SEG_SIZE, encodeBlkDiscardSegment,
 } from '../../protocol/virtio/index.js';
 import { BlkTestDriver } from './harness.js';
 
@@ -239,6 +239,25 @@ for (const mode of ['eventfd', 'wait'] as CompletionMode[]) {
       expect(f.subarray(8192, 16384).equals(data)).toBe(true);
       expect(f.subarray(2047 * 512).equals(data.subarray(0, 512))).toBe(true);
       expect(f.subarray(0, 8192).equals(initial.subarray(0, 8192))).toBe(true);
+    });
+
+    it('writethrough: WRITE_ZEROES and DISCARD are acked after a group fdatasync too, writeback ones without', () => {
+      setup();
+      const ranges = (sector: number) => {
+        const r = d.buf(16, 16);
+        d.mem.write(r, encodeBlkDiscardSegment({ sector, numSectors: 8, flags: 0 }));
+        return [{ addr: r, len: 16 }];
+      };
+      const sts = [d.add(VIRTIO_BLK_T_WRITE_ZEROES, 0, ranges(64), [], 1), d.add(VIRTIO_BLK_T_DISCARD, 0, ranges(128), [], 2)];
+      run(2);
+      expect(eng.groupSyncs).toBe(0);
+      img.flags[0] = 1;
+      sts.push(d.add(VIRTIO_BLK_T_WRITE_ZEROES, 0, ranges(256), [], 3), d.add(VIRTIO_BLK_T_DISCARD, 0, ranges(512), [], 4));
+      run(2);
+      expect(eng.groupSyncs).toBeGreaterThanOrEqual(1);
+      expect(sts.map((s) => d.mem.readU8(s))).toEqual([0, 0, 0, 0]);
+      const f = readFileSync(file);
+      for (const sector of [64, 256]) expect(f.subarray(sector * 512, sector * 512 + 4096).equals(Buffer.alloc(4096))).toBe(true);
     });
 
     it('answers GET_ID with the serial and rejects unknown types', () => {
