@@ -171,6 +171,8 @@ echo "guest-blocks vdc $(cat /sys/block/vdc/queue/logical_block_size) $(cat /sys
 for bs in 512 1536 4096; do
   check vdc-verify-$bs fio --name=d$bs --filename=/dev/vdc --offset=$((bs * 1024)) --size=$((bs * 512)) --rw=randwrite --bs=$bs --iodepth=16 --ioengine=libaio --direct=1 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse
 done
+# WRITE_ZEROES from sector 1 to the end of the second block: a partial block, then a whole one.
+check vdc-zero-ragged sh -c "blkdiscard -z -o 512 -l 7680 /dev/vdc && cmp -n 7680 /dev/zero /dev/vdc -i 0:512"
 mkdir -p $W/mnt
 check mkfs mkfs.ext4 -q -F -E offset=$((224 * 1048576)) /dev/vda 16M
 check mount sh -c "losetup -o $((224 * 1048576)) --sizelimit 16777216 -f --show /dev/vda > $W/loopdev && mount -t ext4 \$(cat $W/loopdev) $W/mnt"
@@ -232,6 +234,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
   let nobodyBase = '';
   /** A loop device with 4096-byte sectors, served with direct=on as L1's /dev/vdc. */
   let loop4k = '';
+  const disk4k = randomBytes(8 * MiB);
   let share4 = '';
   /** The user namespace the fourth share's daemon serves from (read while it runs). */
   let fs4UserNs = '';
@@ -305,7 +308,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     procs.push(await startProcess(process.execPath, [bin('kumo-vhost-user-blk'), '--block-backend',
       `path=${roImg},socket=${roSock},num_queues=2,readonly=on`], roSock));
     const backing4k = path.join(w, '4kn.img');
-    fs.writeFileSync(backing4k, randomBytes(8 * MiB));
+    fs.writeFileSync(backing4k, disk4k);
     const lo = spawnSync('losetup', ['-f', '--show', '--sector-size', '4096', backing4k], { encoding: 'utf8' });
     if (lo.status !== 0) throw new Error(`losetup --sector-size 4096: ${lo.stderr}`);
     loop4k = lo.stdout.trim();
@@ -442,6 +445,10 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
   it('vhost-user-blk direct=on: on a 4096-byte-sector device L1 keeps 512-byte sectors, and its sector-sized writes verify', () => {
     expect(value('guest-blocks vdc')).toBe('512 4096');
     for (const bs of [512, 1536, 4096]) expect(lines, `bs ${bs}`).toContain(`ok vdc-verify-${bs}`);
+    expect(lines).toContain('ok vdc-zero-ragged');
+    // The sector before the zeroed range kept its data.
+    expect(readAt(path.join(w, '4kn.img'), 0, 512).equals(disk4k.subarray(0, 512))).toBe(true);
+    expect(readAt(path.join(w, '4kn.img'), 512, 7680).equals(Buffer.alloc(7680))).toBe(true);
   });
 
   it('vhost-user-blk: an ext4 made and filled by L1 is clean for the host e2fsck', () => {
