@@ -42,6 +42,15 @@ function runAll(c: BlkVuClient, count: number[]): void {
   count.forEach((n, q) => c.run(q, n));
 }
 
+/** A loop device with 4096-byte sectors over a file holding `data` (detached in afterEach). */
+function loopDevice(data: Buffer): string {
+  const backing = join(dir, 'backing.raw');
+  writeFileSync(backing, data);
+  const r = spawnSync('losetup', ['-f', '--show', '--sector-size', '4096', backing], { encoding: 'utf8' });
+  expect(r.status, r.stderr).toBe(0);
+  return r.stdout.trim();
+}
+
 function guestBytes(c: BlkVuClient, addr: number, len: number): Buffer {
   const b = Buffer.alloc(len);
   c.mem.read(addr, b);
@@ -99,12 +108,8 @@ describe('kumo-vhost-user-blk direct=on', () => {
   const canLoop = process.getuid?.() === 0 && spawnSync('losetup', ['--version']).status === 0 && existsSync('/dev/loop-control');
   if (!canLoop) console.log('not root or no losetup/loop devices: the 4096-byte sector device check is skipped');
   it.skipIf(!canLoop)('serves 512-byte sectors on a 4096-byte sector device; two queues patching one block lose nothing', async () => {
-    const backing = join(dir, 'backing.raw');
     const initial = randomBytes(SIZE);
-    writeFileSync(backing, initial);
-    const r = spawnSync('losetup', ['-f', '--show', '--sector-size', '4096', backing], { encoding: 'utf8' });
-    expect(r.status, r.stderr).toBe(0);
-    loop = r.stdout.trim();
+    loop = loopDevice(initial);
     const probe = DiskImage.open(loop, { readonly: true, direct: true });
     expect(probe.alignment).toBe(4096);
     probe.close();
@@ -158,12 +163,8 @@ describe('kumo-vhost-user-blk direct=on', () => {
 
   for (const direct of [true, false]) {
     it.skipIf(!canLoop)(`WRITE_ZEROES and DISCARD off the 4096-byte blocks of a block device (direct=${direct ? 'on' : 'off'})`, async () => {
-      const backing = join(dir, 'backing.raw');
       const initial = randomBytes(SIZE);
-      writeFileSync(backing, initial);
-      const r = spawnSync('losetup', ['-f', '--show', '--sector-size', '4096', backing], { encoding: 'utf8' });
-      expect(r.status, r.stderr).toBe(0);
-      loop = r.stdout.trim();
+      loop = loopDevice(initial);
       const sock = join(dir, 's.sock');
       child = await startBackend(`path=${loop},socket=${sock},direct=${direct ? 'on' : 'off'}`);
       client = await BlkVuClient.connect(sock);
