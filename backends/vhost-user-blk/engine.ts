@@ -596,13 +596,17 @@ export class BlkQueueEngine {
     const b = this.bounce as DirectBounce;
     const mem = this.mem as GuestMemory;
     if (!write) return b.read(mem, segs, skip, offset, len);
+    return this.gated(b.patches(offset, len), () => b.write(mem, segs, skip, offset, len));
+  }
+
+  /** Runs a write done in this thread inside the gate: a patch holds its lock, any other write is counted. */
+  private gated(patch: boolean, io: () => number): number {
     const gate = this.gate;
-    if (gate === null) return b.write(mem, segs, skip, offset, len);
-    const patch = b.patches(offset, len);
+    if (gate === null) return io();
     if (patch) gate.lock(this.progress);
     else gate.enter(this.progress);
     try {
-      return b.write(mem, segs, skip, offset, len);
+      return io();
     } finally {
       if (patch) gate.unlock();
       else gate.leave();
@@ -699,15 +703,8 @@ export class BlkQueueEngine {
   /** Zeroes part of one block, now, in this thread; returns len or -errno. */
   private writeZeroes(slot: number, offset: number, len: number): number {
     const bounce = this.bounce;
-    if (bounce !== null) {
-      // O_DIRECT: read the block, zero the part, write it back, ordered against other writes like any patch.
-      this.gate?.lock(this.progress);
-      try {
-        return bounce.zero(offset, len);
-      } finally {
-        this.gate?.unlock();
-      }
-    }
+    // O_DIRECT: read the block, zero the part, write it back, ordered against other writes like any patch.
+    if (bounce !== null) return this.gated(true, () => bounce.zero(offset, len));
     // Buffered: the kernel patches the block in its page cache.
     this.zeroes ??= mapAnonymous(this.img.logicalBlock ?? SECTOR);
     this.iov.set(slot, 0, Number(this.zeroes.ptr), len);
