@@ -1,5 +1,7 @@
 import type { GuestMemory } from '../../protocol/memory/index.js';
 import { preadvRaw, pwritevRaw } from '../../protocol/sys/fd.js';
+import { ftruncate } from '../../protocol/sys/fs.js';
+import { SysError } from '../../protocol/sys/libc.js';
 import { mapAnonymous, type Mapping } from '../../protocol/sys/mem.js';
 import { IoVecArena } from '../../protocol/sys/uring.js';
 import { readFromChain, writeToChain, type Segment } from '../../protocol/virtqueue/index.js';
@@ -13,6 +15,7 @@ const GROW_STEP = 1 << 20;
  * through an aligned buffer in the calling thread, as Cloud Hypervisor's RawFile does: a read reads
  * the blocks around the range and copies the part asked for; a write inside a block reads that block,
  * patches it and writes it back (the caller holds the WriteGate's lock around such a patch).
+ * An image file whose end lies inside a block is cut back to `end` after a write of that last block.
  */
 export class DirectBounce {
   private map: Mapping | null = null;
@@ -21,6 +24,7 @@ export class DirectBounce {
   constructor(
     private readonly fd: number,
     readonly alignment: number,
+    private readonly end: number,
   ) {}
 
   /** True if writing this range means reading and patching a block (it starts or ends inside one). */
@@ -64,7 +68,16 @@ export class DirectBounce {
     fill(buf.subarray(offset - lo, offset - lo + len));
     const w = this.io(true, span, lo);
     if (w < 0) return w;
-    return w === span ? len : -EIO;
+    if (w !== span) return -EIO;
+    if (hi > this.end) {
+      // The whole block went to the file, past its end: no other write is in flight (the gate's lock).
+      try {
+        ftruncate(this.fd, this.end);
+      } catch (e) {
+        return e instanceof SysError ? -e.errno : -EIO;
+      }
+    }
+    return len;
   }
 
   free(): void {

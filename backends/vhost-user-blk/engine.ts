@@ -153,7 +153,7 @@ export class BlkQueueEngine {
     }
     this.iov = new IoVecArena(this.slots, this.maxIov);
     const align = img.alignment ?? 0;
-    this.bounce = align > 0 ? new DirectBounce(img.fd, align) : null;
+    this.bounce = align > 0 ? new DirectBounce(img.fd, align, img.size) : null;
     this.gate = align > SECTOR ? new WriteGate(img.flags) : null;
     const n = this.slots;
     this.sHead = new Uint16Array(n);
