@@ -8,6 +8,7 @@ import {
 import { KumoError } from '../../protocol/errors.js';
 import type { Logger } from '../../protocol/log.js';
 import type { DiskImage } from './image.js';
+import { IMAGE_FLAGS_LENGTH } from './bounce.js';
 import { BlkLimits } from './limits.js';
 import type { CompletionMode } from './engine.js';
 import type { BlkWorkerData } from './worker-data.js';
@@ -40,14 +41,14 @@ export class BlkBackend implements VhostUserBackend {
   readonly queuesPerWorker = 1;
   private readonly config = new Uint8Array(BLK_CONFIG_SIZE);
   private readonly cfgView = new DataView(this.config.buffer);
-  /** Shared with the workers: [0] = writethrough, [1] = queues being served, [2], [3] = O_DIRECT WriteGate (see BlkEngineImage.flags). */
+  /** Shared with the workers: [0] = writethrough, [1] = queues being served, then the O_DIRECT WriteGate (see BlkEngineImage.flags). */
   private readonly flags: Int32Array;
   private acked = 0n;
 
   constructor(private readonly image: DiskImage, private readonly opts: BlkBackendOptions) {
     this.numQueues = opts.numQueues;
     this.maxQueueSize = opts.queueSize;
-    const sab = new SharedArrayBuffer(16);
+    const sab = new SharedArrayBuffer(IMAGE_FLAGS_LENGTH * 4);
     this.flags = new Int32Array(sab);
     this.buildConfig();
     this.queueWorker = {

@@ -110,45 +110,85 @@ export class DirectBounce {
   }
 }
 
-/** Indices in the image's shared flags (see BlkEngineImage.flags). */
-const PATCH_LOCK = 2;
-const WRITES = 3;
+/** The gate's stripes: a write waits only for patches in the stripes its range falls in, and a patch only for them. */
+const STRIPES = 32;
+/** Bytes of the disk per stripe before the stripes wrap around. */
+const REGION_SHIFT = 20;
+/** Where the gate starts in the image's shared flags (see BlkEngineImage.flags): STRIPES locks, then STRIPES counts. */
+const GATE_BASE = 2;
+/** Length of an image's shared flags array, the gate included. */
+export const IMAGE_FLAGS_LENGTH = GATE_BASE + 2 * STRIPES;
+const ALL_STRIPES = 0xffffffff;
+const LOCKS = GATE_BASE;
+const WRITES = GATE_BASE + STRIPES;
 
 /**
- * Orders block patches (read-modify-write) against every other write of an image whose O_DIRECT block
- * is larger than a sector, across queue threads: flags[PATCH_LOCK] is 1 while a thread patches, and
- * flags[WRITES] counts the other writes in flight. A patch starts once none is in flight and none
- * starts during a patch, so a patch never writes stale bytes back over a newer write in its block.
+ * Orders block patches (read-modify-write) against the other writes of an image whose O_DIRECT block is
+ * larger than a sector, across queue threads. The disk is cut into 1 MiB regions, which map onto 32
+ * stripes; each stripe has a lock, held while a thread patches a block there, and a count of the other
+ * writes in flight there. A patch starts once no write is in flight in its stripes, and no write starts
+ * in them during the patch, so a patch never writes stale bytes back over a newer write in its block;
+ * patches and writes in other stripes go on meanwhile. Stripes are taken in ascending order.
  * `progress` reaps the caller's own completions (its writes may be the ones a patch waits for) and
  * says whether there were any to wait for.
  */
 export class WriteGate {
   constructor(private readonly flags: Int32Array) {}
 
-  /** Before a write that goes to the file as it is; leave() once it completed. */
-  enter(progress: () => boolean): void {
+  /** The stripes a write of `len` bytes at `offset` falls in, as a bit mask (never 0). */
+  static stripes(offset: number, len: number): number {
+    const first = Math.floor(offset / 2 ** REGION_SHIFT);
+    const last = Math.floor((offset + Math.max(len, 1) - 1) / 2 ** REGION_SHIFT);
+    if (last - first + 1 >= STRIPES) return ALL_STRIPES;
+    let mask = 0;
+    for (let r = first; r <= last; r++) mask |= 1 << (r % STRIPES);
+    return mask >>> 0;
+  }
+
+  /** Before a write that goes to the file as it is, in `mask`'s stripes; leave(mask) once it completed. */
+  enter(mask: number, progress: () => boolean): void {
     for (;;) {
-      Atomics.add(this.flags, WRITES, 1);
-      if (Atomics.load(this.flags, PATCH_LOCK) === 0) return;
-      this.leave();
-      this.waitWhile(PATCH_LOCK, (v) => v !== 0, progress);
+      let blocked = -1;
+      for (let s = 0; s < STRIPES; s++) {
+        if ((mask & (1 << s)) === 0) continue;
+        Atomics.add(this.flags, WRITES + s, 1);
+        if (Atomics.load(this.flags, LOCKS + s) !== 0) {
+          blocked = s;
+          break;
+        }
+      }
+      if (blocked < 0) return;
+      // Step back out of the stripes entered so far (the blocked one included), then wait for its patch.
+      this.leave(blocked === STRIPES - 1 ? mask : mask & ((2 ** (blocked + 1)) - 1));
+      this.waitWhile(LOCKS + blocked, (v) => v !== 0, progress);
     }
   }
 
-  leave(): void {
-    Atomics.sub(this.flags, WRITES, 1);
-    Atomics.notify(this.flags, WRITES);
+  leave(mask: number): void {
+    for (let s = 0; s < STRIPES; s++) {
+      if ((mask & (1 << s)) === 0) continue;
+      Atomics.sub(this.flags, WRITES + s, 1);
+      Atomics.notify(this.flags, WRITES + s);
+    }
   }
 
-  /** Before a patch: takes the lock, then waits for the writes in flight (this thread's included). */
-  lock(progress: () => boolean): void {
-    while (Atomics.compareExchange(this.flags, PATCH_LOCK, 0, 1) !== 0) this.waitWhile(PATCH_LOCK, (v) => v !== 0, progress);
-    this.waitWhile(WRITES, (v) => v > 0, progress);
+  /** Before a patch: takes the locks of `mask`'s stripes, then waits for the writes in flight there (this thread's included). */
+  lock(mask: number, progress: () => boolean): void {
+    for (let s = 0; s < STRIPES; s++) {
+      if ((mask & (1 << s)) === 0) continue;
+      while (Atomics.compareExchange(this.flags, LOCKS + s, 0, 1) !== 0) this.waitWhile(LOCKS + s, (v) => v !== 0, progress);
+    }
+    for (let s = 0; s < STRIPES; s++) {
+      if ((mask & (1 << s)) !== 0) this.waitWhile(WRITES + s, (v) => v > 0, progress);
+    }
   }
 
-  unlock(): void {
-    Atomics.store(this.flags, PATCH_LOCK, 0);
-    Atomics.notify(this.flags, PATCH_LOCK);
+  unlock(mask: number): void {
+    for (let s = 0; s < STRIPES; s++) {
+      if ((mask & (1 << s)) === 0) continue;
+      Atomics.store(this.flags, LOCKS + s, 0);
+      Atomics.notify(this.flags, LOCKS + s);
+    }
   }
 
   private waitWhile(index: number, busy: (v: number) => boolean, progress: () => boolean): void {

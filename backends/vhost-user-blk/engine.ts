@@ -53,7 +53,7 @@ export interface BlkEngineImage {
   /**
    * flags[0] = 1 while the device is in writethrough mode (WCE off, or FLUSH not negotiated);
    * flags[1] = how many queue engines are attached (serving a started ring), across all workers;
-   * flags[2], flags[3] = the WriteGate of O_DIRECT images with blocks larger than a sector.
+   * from flags[2] on, the WriteGate of O_DIRECT images with blocks larger than a sector (IMAGE_FLAGS_LENGTH in all).
    */
   flags: Int32Array;
 }
@@ -106,8 +106,8 @@ export class BlkQueueEngine {
   private zeroes: Mapping | null = null;
   /** O_DIRECT blocks larger than a sector: orders patches against other writes (null otherwise). */
   private readonly gate: WriteGate | null;
-  /** Per slot: 1 while the slot's write is counted in the gate. */
-  private readonly sGated: Uint8Array;
+  /** Per slot: the gate stripes the slot's write is counted in (0: none). */
+  private readonly sGateMask: Uint32Array;
   /** Per slot: 1 if the request is acked only after a group fdatasync (writethrough writes, zeroes, discards). */
   private readonly sSync: Uint8Array;
   /** Reaps this engine's completions for a gate wait (starting a due group sync); false when it has none to wait for. */
@@ -164,7 +164,7 @@ export class BlkQueueEngine {
     this.sExpect = new Float64Array(n);
     this.sKind = new Uint8Array(n);
     this.sRanges = new Float64Array(n * BlkLimits.maxDiscardSeg * 2);
-    this.sGated = new Uint8Array(n);
+    this.sGateMask = new Uint32Array(n);
     this.sSync = new Uint8Array(n);
     this.unsynced = new Uint16Array(n);
     this.syncing = new Uint16Array(n);
@@ -563,8 +563,9 @@ export class BlkQueueEngine {
       return;
     }
     if (write && this.gate !== null) {
-      this.gate.enter(this.progress);
-      this.sGated[slot] = 1;
+      const mask = WriteGate.stripes(offset, len);
+      this.gate.enter(mask, this.progress);
+      this.sGateMask[slot] = mask;
     }
     this.sOps[slot] = 1;
     this.opsInFlight++;
@@ -596,20 +597,21 @@ export class BlkQueueEngine {
     const b = this.bounce as DirectBounce;
     const mem = this.mem as GuestMemory;
     if (!write) return b.read(mem, segs, skip, offset, len);
-    return this.gated(b.patches(offset, len), () => b.write(mem, segs, skip, offset, len));
+    return this.gated(b.patches(offset, len), offset, len, () => b.write(mem, segs, skip, offset, len));
   }
 
   /** Runs a write done in this thread inside the gate: a patch holds its lock, any other write is counted. */
-  private gated(patch: boolean, io: () => number): number {
+  private gated(patch: boolean, offset: number, len: number, io: () => number): number {
     const gate = this.gate;
     if (gate === null) return io();
-    if (patch) gate.lock(this.progress);
-    else gate.enter(this.progress);
+    const mask = WriteGate.stripes(offset, len);
+    if (patch) gate.lock(mask, this.progress);
+    else gate.enter(mask, this.progress);
     try {
       return io();
     } finally {
-      if (patch) gate.unlock();
-      else gate.leave();
+      if (patch) gate.unlock(mask);
+      else gate.leave(mask);
     }
   }
 
@@ -649,8 +651,15 @@ export class BlkQueueEngine {
     const block = this.img.logicalBlock ?? SECTOR;
     if (block > SECTOR) this.wholeBlocks(slot, base, count, block, discard);
     if (this.gate !== null) {
-      this.gate.enter(this.progress);
-      this.sGated[slot] = 1;
+      let mask = 0;
+      for (let i = 0; i < count; i++) {
+        const len = this.sRanges[base + 2 * i + 1];
+        if (len > 0) mask |= WriteGate.stripes(this.sRanges[base + 2 * i], len);
+      }
+      if (mask !== 0) {
+        this.gate.enter(mask, this.progress);
+        this.sGateMask[slot] = mask;
+      }
     }
     const fd = this.img.fd;
     for (let i = 0; i < count; i++) {
@@ -704,7 +713,7 @@ export class BlkQueueEngine {
   private writeZeroes(slot: number, offset: number, len: number): number {
     const bounce = this.bounce;
     // O_DIRECT: read the block, zero the part, write it back, ordered against other writes like any patch.
-    if (bounce !== null) return this.gated(true, () => bounce.zero(offset, len));
+    if (bounce !== null) return this.gated(true, offset, len, () => bounce.zero(offset, len));
     // Buffered: the kernel patches the block in its page cache.
     this.zeroes ??= mapAnonymous(this.img.logicalBlock ?? SECTOR);
     this.iov.set(slot, 0, Number(this.zeroes.ptr), len);
@@ -760,9 +769,10 @@ export class BlkQueueEngine {
   }
 
   private finishSlot(slot: number): void {
-    if (this.sGated[slot] === 1) {
-      this.sGated[slot] = 0;
-      (this.gate as WriteGate).leave();
+    const mask = this.sGateMask[slot];
+    if (mask !== 0) {
+      this.sGateMask[slot] = 0;
+      (this.gate as WriteGate).leave(mask);
     }
     const ok = this.writeStatus(this.sStatusGpa[slot], this.sStatus[slot]);
     (this.queue as DeviceQueue).pushUsed(this.sHead[slot], ok ? this.sUsedLen[slot] : 0);

@@ -14,7 +14,7 @@ export interface BlkWorkerData {
   /** See DiskImage.logicalBlock. */
   logicalBlock: number;
   serial: Uint8Array;
-  /** Int32Array over it: [0] = writethrough, [1] = queues being served, [2], [3] = O_DIRECT WriteGate (see BlkEngineImage.flags). */
+  /** Int32Array over it: [0] = writethrough, [1] = queues being served, then the O_DIRECT WriteGate (see BlkEngineImage.flags). */
   flags: SharedArrayBuffer;
   queueSize: number;
   pollQueue: boolean;

@@ -42,11 +42,14 @@ function runAll(c: BlkVuClient, count: number[]): void {
   count.forEach((n, q) => c.run(q, n));
 }
 
-/** A loop device with 4096-byte sectors over a file holding `data` (detached in afterEach). */
-function loopDevice(data: Buffer): string {
+/**
+ * A loop device with 4096-byte sectors over a file holding `data` (detached in afterEach). With `directIo`
+ * it passes requests on to the file asynchronously, so requests in flight together may complete in any order.
+ */
+function loopDevice(data: Buffer, directIo = false): string {
   const backing = join(dir, 'backing.raw');
   writeFileSync(backing, data);
-  const r = spawnSync('losetup', ['-f', '--show', '--sector-size', '4096', backing], { encoding: 'utf8' });
+  const r = spawnSync('losetup', ['-f', '--show', '--sector-size', '4096', ...(directIo ? ['--direct-io=on'] : []), backing], { encoding: 'utf8' });
   expect(r.status, r.stderr).toBe(0);
   return r.stdout.trim();
 }
@@ -107,8 +110,10 @@ describe('kumo-vhost-user-blk direct=on', () => {
   // Root, as CI runs: a loop device with 4096-byte sectors stands in for a 4Kn disk.
   const canLoop = process.getuid?.() === 0 && spawnSync('losetup', ['--version']).status === 0 && existsSync('/dev/loop-control');
   if (!canLoop) console.log('not root or no losetup/loop devices: the 4096-byte sector device check is skipped');
-  it.skipIf(!canLoop)('serves 512-byte sectors on a 4096-byte sector device; two queues patching one block lose nothing', async () => {
-    const initial = randomBytes(SIZE);
+  it.skipIf(!canLoop)('serves 512-byte sectors on a 4096-byte sector device; two queues patching blocks lose nothing', async () => {
+    // 4 MiB: blocks in two of the write gate's 1 MiB regions (stripes 0 and 2).
+    const size = 4 * SIZE;
+    const initial = randomBytes(size);
     loop = loopDevice(initial);
     const probe = DiskImage.open(loop, { readonly: true, direct: true });
     expect(probe.alignment).toBe(4096);
@@ -130,22 +135,23 @@ describe('kumo-vhost-user-blk direct=on', () => {
     expect(c.mem.readU8(sr)).toBe(0);
     expect(guestBytes(c, rb, 512).equals(initial.subarray(13 * 512, 14 * 512))).toBe(true);
 
-    // Two queues hammer one block: queue 0 writes its even sectors and queue 1 its odd ones, 256 rounds each,
-    // all in flight at once. Each write reads the block, patches its sector and writes the block back.
-    const ROUNDS = 256;
-    const BLOCK = 2;
+    // Two queues hammer two blocks in different regions: queue 0 writes their even sectors and queue 1 their
+    // odd ones, 128 rounds each, all in flight at once. Each write reads its block, patches its sector and
+    // writes the block back.
+    const ROUNDS = 128;
+    const BLOCKS = [2, 2 * 256 + 5];
     const expected = Buffer.from(initial);
     const status: number[] = [];
     const counts = [0, 0];
     for (let round = 0; round < ROUNDS; round++) {
-      for (let k = 0; k < 8; k++) {
-        const s = BLOCK * 8 + k;
+      for (let k = 0; k < 16; k++) {
+        const s = BLOCKS[k >> 3] * 8 + (k & 7);
         const data = randomBytes(512);
         data.copy(expected, s * 512); // the last round's data stays
         const b = c.buf(512);
         c.mem.write(b, data);
         const q = k % 2;
-        status.push(c.add(q, VIRTIO_BLK_T_OUT, s, [{ addr: b, len: 512 }], [], round * 8 + k));
+        status.push(c.add(q, VIRTIO_BLK_T_OUT, s, [{ addr: b, len: 512 }], [], round * 16 + k));
         counts[q]++;
       }
     }
@@ -153,12 +159,51 @@ describe('kumo-vhost-user-blk direct=on', () => {
     expect(status.every((a) => c.mem.readU8(a) === 0)).toBe(true);
     await stopBackend(child);
     child = null;
-    const after = readDevice(loop, SIZE);
+    const after = readDevice(loop, size);
     const lost = [];
-    for (let s = 0; s < SIZE / 512; s++) {
+    for (let s = 0; s < size / 512; s++) {
       if (!after.subarray(s * 512, s * 512 + 512).equals(expected.subarray(s * 512, s * 512 + 512))) lost.push(s);
     }
     expect(lost).toEqual([]);
+  });
+
+  it.skipIf(!canLoop)('a patch on one queue never writes stale data over a whole-block write on another', async () => {
+    const size = 4 * SIZE;
+    const initial = randomBytes(size);
+    loop = loopDevice(initial, true);
+    const sock = join(dir, 's.sock');
+    child = await startBackend(`path=${loop},socket=${sock},direct=on,num_queues=2,queue_size=1024`);
+    client = await BlkVuClient.connect(sock, { numQueues: 2, queueSize: 1024, memSize: 128 << 20 });
+    const c = client;
+    // Blocks 256-1023 (regions 1-3), in waves: queue 1 writes each whole block once from an aligned buffer
+    // (straight to the file, counted by the gate) while queue 0 patches each block's first sector, all in
+    // flight at once. Whichever of the two lands last, sectors 1-7 must then hold the whole-block write's data.
+    const first = 256;
+    const blocks = 768;
+    const wide = c.buf(blocks * 4096, 4096);
+    const pb = c.buf(512);
+    const stale: string[] = [];
+    for (let wave = 0; wave < 8; wave++) {
+      const data = randomBytes(blocks * 4096);
+      c.mem.write(wide, data);
+      const patch = randomBytes(512);
+      c.mem.write(pb, patch);
+      const status: number[] = [];
+      for (let k = 0; k < blocks; k++) {
+        status.push(c.add(1, VIRTIO_BLK_T_OUT, (first + k) * 8, [{ addr: wide + k * 4096, len: 4096 }], [], k));
+        status.push(c.add(0, VIRTIO_BLK_T_OUT, (first + k) * 8, [{ addr: pb, len: 512 }], [], k));
+      }
+      runAll(c, [blocks, blocks]);
+      expect(status.every((a) => c.mem.readU8(a) === 0)).toBe(true);
+      const after = readDevice(loop, size);
+      for (let k = 0; k < blocks; k++) {
+        const got = after.subarray((first + k) * 4096, (first + k + 1) * 4096);
+        const sent = data.subarray(k * 4096, (k + 1) * 4096);
+        const head = got.subarray(0, 512);
+        if (!got.subarray(512).equals(sent.subarray(512)) || !(head.equals(patch) || head.equals(sent.subarray(0, 512)))) stale.push(`${wave}:${first + k}`);
+      }
+    }
+    expect(stale).toEqual([]);
   });
 
   const canMkfs = canLoop && spawnSync('mkfs.ext4', ['-V']).status === 0;

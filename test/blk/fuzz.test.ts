@@ -9,6 +9,7 @@ import {
   VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP,
 } from '../../protocol/virtio/index.js';
 import type { Segment } from '../../protocol/virtqueue/index.js';
+import { IMAGE_FLAGS_LENGTH } from '../../backends/vhost-user-blk/bounce.js';
 import { BlkTestDriver } from './harness.js';
 import { fuzzSeed, Rng } from '../fuzz-rng.js';
 
@@ -61,7 +62,7 @@ for (const v of variants) {
       writeFileSync(file, randomBytes(SIZE));
       fd = openSync(file, 'r+');
       d = new BlkTestDriver(256, 16 << 20);
-      const img: BlkEngineImage = { fd, size: SIZE, readonly: false, serial: Buffer.from('fuzz-serial\0\0\0\0\0\0\0\0\0'), flags: new Int32Array(4), ...v.img };
+      const img: BlkEngineImage = { fd, size: SIZE, readonly: false, serial: Buffer.from('fuzz-serial\0\0\0\0\0\0\0\0\0'), flags: new Int32Array(IMAGE_FLAGS_LENGTH), ...v.img };
       if (v.writethrough) img.flags[0] = 1;
       eng = new BlkQueueEngine(img, { queueSize: 256, completion: v.completion ?? 'eventfd' });
       eng.attach(d.device, d.mem);
