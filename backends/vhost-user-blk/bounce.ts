@@ -7,15 +7,16 @@ import { IoVecArena } from '../../protocol/sys/uring.js';
 import { readFromChain, writeToChain, type Segment } from '../../protocol/virtqueue/index.js';
 
 const EIO = 5;
-const GROW_STEP = 1 << 20;
+/** The aligned buffer's size: larger requests go through it a chunk at a time, so a guest cannot grow it. */
+const CHUNK = 1 << 20;
 
 /**
  * O_DIRECT I/O that the file cannot take as it is: a guest buffer off the device's alignment, or a
  * range that starts or ends inside a device block (512-byte sectors on a 4096-byte device). It goes
- * through an aligned buffer in the calling thread, as Cloud Hypervisor's RawFile does: a read reads
- * the blocks around the range and copies the part asked for; a write inside a block reads that block,
- * patches it and writes it back (the caller holds the WriteGate's lock around such a patch).
- * An image file whose end lies inside a block is cut back to `end` after a write of that last block.
+ * through an aligned buffer in the calling thread, as Cloud Hypervisor's RawFile does, CHUNK bytes at a
+ * time: a read reads the blocks around the range and copies the part asked for; a write inside a block
+ * reads that block, patches it and writes it back (the caller holds the WriteGate's lock around such a
+ * patch). An image file whose end lies inside a block is cut back to `end` after a write of that block.
  */
 export class DirectBounce {
   private map: Mapping | null = null;
@@ -34,19 +35,23 @@ export class DirectBounce {
 
   /** Reads `len` bytes at `offset` into the segments (after `skip` bytes); returns len or -errno. */
   read(mem: GuestMemory, segs: readonly Segment[], skip: number, offset: number, len: number): number {
-    const lo = this.down(offset);
-    const span = this.up(offset + len) - lo;
-    const buf = this.buffer(span);
-    const r = this.io(false, span, lo);
-    if (r < 0) return r;
-    if (r < offset - lo + len) return -EIO;
-    writeToChain(mem, segs, skip, buf.subarray(offset - lo, offset - lo + len));
+    const buf = this.buffer();
+    const stop = offset + len;
+    for (let at = this.down(offset); at < stop; at += CHUNK) {
+      const span = Math.min(CHUNK, this.up(stop) - at);
+      const from = Math.max(offset, at);
+      const to = Math.min(stop, at + span);
+      const r = this.io(false, span, at);
+      if (r < 0) return r;
+      if (r < to - at) return -EIO;
+      writeToChain(mem, segs, skip + from - offset, buf.subarray(from - at, to - at));
+    }
     return len;
   }
 
   /** Writes `len` bytes from the segments (after `skip` bytes) at `offset`; returns len or -errno. */
   write(mem: GuestMemory, segs: readonly Segment[], skip: number, offset: number, len: number): number {
-    return this.put(offset, len, (dst) => readFromChain(mem, segs, skip, dst));
+    return this.put(offset, len, (dst, pos) => readFromChain(mem, segs, skip + pos, dst));
   }
 
   /** Writes `len` zero bytes at `offset`; returns len or -errno. */
@@ -54,30 +59,43 @@ export class DirectBounce {
     return this.put(offset, len, (dst) => dst.fill(0));
   }
 
-  private put(offset: number, len: number, fill: (dst: Uint8Array) => void): number {
-    const lo = this.down(offset);
-    const hi = this.up(offset + len);
-    const span = hi - lo;
-    const buf = this.buffer(span);
-    if (lo !== offset || hi !== offset + len) {
-      // The blocks around the range, as they are now (a block past the end of the file reads short).
-      const r = this.io(false, span, lo);
+  /** `fill(dst, pos)` puts the bytes at `pos` into the range into dst. */
+  private put(offset: number, len: number, fill: (dst: Uint8Array, pos: number) => void): number {
+    const buf = this.buffer();
+    const stop = offset + len;
+    for (let at = this.down(offset); at < stop; at += CHUNK) {
+      const span = Math.min(CHUNK, this.up(stop) - at);
+      const from = Math.max(offset, at);
+      const to = Math.min(stop, at + span);
+      // The blocks the range starts and ends inside, as they are now (past the end of the file reads short).
+      const head = from - at;
+      const r = head > 0 ? this.readBlock(at) : 0;
       if (r < 0) return r;
-      if (r < span) buf.fill(0, r, span);
-    }
-    fill(buf.subarray(offset - lo, offset - lo + len));
-    const w = this.io(true, span, lo);
-    if (w < 0) return w;
-    if (w !== span) return -EIO;
-    if (hi > this.end) {
-      // The whole block went to the file, past its end: no other write is in flight (the gate's lock).
-      try {
-        ftruncate(this.fd, this.end);
-      } catch (e) {
-        return e instanceof SysError ? -e.errno : -EIO;
+      const tailBlock = this.down(to);
+      const t = to - at < span && (head === 0 || tailBlock !== at) ? this.readBlock(tailBlock, tailBlock - at) : 0;
+      if (t < 0) return t;
+      fill(buf.subarray(head, to - at), from - offset);
+      const w = this.io(true, span, at);
+      if (w < 0) return w;
+      if (w !== span) return -EIO;
+      if (at + span > this.end) {
+        // The whole block went to the file, past its end: no other write is in flight (the gate's lock).
+        try {
+          ftruncate(this.fd, this.end);
+        } catch (e) {
+          return e instanceof SysError ? -e.errno : -EIO;
+        }
       }
     }
     return len;
+  }
+
+  /** Reads the block at file offset `at` into the buffer at `bufAt` (zeroes past the file's end); 0 or -errno. */
+  private readBlock(at: number, bufAt = 0): number {
+    const r = this.io(false, this.alignment, at, bufAt);
+    if (r < 0) return r;
+    if (r < this.alignment) (this.map as Mapping).bytes.fill(0, bufAt + r, bufAt + this.alignment);
+    return 0;
   }
 
   free(): void {
@@ -86,18 +104,15 @@ export class DirectBounce {
     this.iov.free();
   }
 
-  private io(write: boolean, span: number, at: number): number {
-    this.iov.set(0, 0, Number((this.map as Mapping).ptr), span);
+  private io(write: boolean, span: number, at: number, bufAt = 0): number {
+    this.iov.set(0, 0, Number((this.map as Mapping).ptr) + bufAt, span);
     const a = this.iov.slotAddress(0);
     return write ? pwritevRaw(this.fd, a, 1, at) : preadvRaw(this.fd, a, 1, at);
   }
 
-  /** A page-aligned buffer of at least `span` bytes, kept for the next request. */
-  private buffer(span: number): Uint8Array {
-    if (this.map === null || this.map.size < span) {
-      this.map?.unmap();
-      this.map = mapAnonymous(Math.ceil(span / GROW_STEP) * GROW_STEP);
-    }
+  /** The page-aligned buffer, made on first use and kept. */
+  private buffer(): Uint8Array {
+    this.map ??= mapAnonymous(CHUNK);
     return this.map.bytes;
   }
 
