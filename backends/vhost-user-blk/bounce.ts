@@ -163,25 +163,27 @@ export class WriteGate {
   /** Before a write that goes to the file as it is, in `mask`'s stripes; leave(mask) once it completed. */
   enter(mask: number, progress: () => boolean): void {
     for (;;) {
+      let entered = 0;
       let blocked = -1;
-      for (let s = 0; s < STRIPES; s++) {
-        if ((mask & (1 << s)) === 0) continue;
+      for (let m = mask | 0; m !== 0; m &= m - 1) {
+        const s = lowestBit(m);
         Atomics.add(this.flags, WRITES + s, 1);
+        entered |= 1 << s;
         if (Atomics.load(this.flags, LOCKS + s) !== 0) {
           blocked = s;
           break;
         }
       }
       if (blocked < 0) return;
-      // Step back out of the stripes entered so far (the blocked one included), then wait for its patch.
-      this.leave(blocked === STRIPES - 1 ? mask : mask & ((2 ** (blocked + 1)) - 1));
+      // Step back out of the stripes entered so far, then wait for the patch that holds this one.
+      this.leave(entered);
       this.waitWhile(LOCKS + blocked, (v) => v !== 0, progress);
     }
   }
 
   leave(mask: number): void {
-    for (let s = 0; s < STRIPES; s++) {
-      if ((mask & (1 << s)) === 0) continue;
+    for (let m = mask | 0; m !== 0; m &= m - 1) {
+      const s = lowestBit(m);
       Atomics.sub(this.flags, WRITES + s, 1);
       Atomics.notify(this.flags, WRITES + s);
     }
@@ -189,18 +191,16 @@ export class WriteGate {
 
   /** Before a patch: takes the locks of `mask`'s stripes, then waits for the writes in flight there (this thread's included). */
   lock(mask: number, progress: () => boolean): void {
-    for (let s = 0; s < STRIPES; s++) {
-      if ((mask & (1 << s)) === 0) continue;
+    for (let m = mask | 0; m !== 0; m &= m - 1) {
+      const s = lowestBit(m);
       while (Atomics.compareExchange(this.flags, LOCKS + s, 0, 1) !== 0) this.waitWhile(LOCKS + s, (v) => v !== 0, progress);
     }
-    for (let s = 0; s < STRIPES; s++) {
-      if ((mask & (1 << s)) !== 0) this.waitWhile(WRITES + s, (v) => v > 0, progress);
-    }
+    for (let m = mask | 0; m !== 0; m &= m - 1) this.waitWhile(WRITES + lowestBit(m), (v) => v > 0, progress);
   }
 
   unlock(mask: number): void {
-    for (let s = 0; s < STRIPES; s++) {
-      if ((mask & (1 << s)) === 0) continue;
+    for (let m = mask | 0; m !== 0; m &= m - 1) {
+      const s = lowestBit(m);
       Atomics.store(this.flags, LOCKS + s, 0);
       Atomics.notify(this.flags, LOCKS + s);
     }
@@ -213,4 +213,9 @@ export class WriteGate {
       if (!progress()) Atomics.wait(this.flags, index, v, 1);
     }
   }
+}
+
+/** Index of the lowest set bit of a non-zero 32-bit mask. */
+function lowestBit(m: number): number {
+  return 31 - Math.clz32(m & -m);
 }

@@ -62,5 +62,21 @@ describe('WriteGate', () => {
     gate.leave(span);
     gate.leave(b);
     expect(Array.from(flags.subarray(2))).toEqual(new Array(IMAGE_FLAGS_LENGTH - 2).fill(0));
+
+    // Every stripe, the 32nd included: a write in the last one holds back a patch there.
+    const all = WriteGate.stripes(0, 64 * MiB);
+    const last = WriteGate.stripes(31 * MiB, 4096);
+    gate.enter(all, never.progress);
+    expect(Array.from(flags.subarray(2 + 32))).toEqual(new Array(32).fill(1));
+    gate.leave(all & ~last);
+    const lastDone = progressOr(() => {
+      gate.leave(last);
+      return true;
+    });
+    gate.lock(all, lastDone.progress);
+    expect(lastDone.calls()).toBe(1);
+    expect(Array.from(flags.subarray(2, 2 + 32))).toEqual(new Array(32).fill(1));
+    gate.unlock(all);
+    expect(Array.from(flags.subarray(2))).toEqual(new Array(IMAGE_FLAGS_LENGTH - 2).fill(0));
   });
 });
