@@ -13,8 +13,8 @@ const CHUNK = 1 << 20;
 /**
  * O_DIRECT I/O that the file cannot take as it is: a guest buffer off the device's alignment, or a
  * range that starts or ends inside a device block (512-byte sectors on a 4096-byte device). It goes
- * through an aligned buffer in the calling thread, as Cloud Hypervisor's RawFile does, CHUNK bytes at a
- * time: a read reads the blocks around the range and copies the part asked for; a write inside a block
+ * through an aligned buffer in the calling thread, as Cloud Hypervisor's RawFile does, `chunk` bytes
+ * at a time: a read reads the blocks around the range and copies the part asked for; a write inside a block
  * reads that block, patches it and writes it back (the caller holds the WriteGate's lock around such a
  * patch). An image file whose end lies inside a block is cut back to `end` after a write of that block.
  */
@@ -26,6 +26,8 @@ export class DirectBounce {
     private readonly fd: number,
     readonly alignment: number,
     private readonly end: number,
+    /** A multiple of `alignment`. */
+    private readonly chunk = CHUNK,
   ) {}
 
   /** True if writing this range means reading and patching a block (it starts or ends inside one). */
@@ -37,8 +39,8 @@ export class DirectBounce {
   read(mem: GuestMemory, segs: readonly Segment[], skip: number, offset: number, len: number): number {
     const buf = this.buffer();
     const stop = offset + len;
-    for (let at = this.down(offset); at < stop; at += CHUNK) {
-      const span = Math.min(CHUNK, this.up(stop) - at);
+    for (let at = this.down(offset); at < stop; at += this.chunk) {
+      const span = Math.min(this.chunk, this.up(stop) - at);
       const from = Math.max(offset, at);
       const to = Math.min(stop, at + span);
       const r = this.io(false, span, at);
@@ -63,8 +65,8 @@ export class DirectBounce {
   private put(offset: number, len: number, fill: (dst: Uint8Array, pos: number) => void): number {
     const buf = this.buffer();
     const stop = offset + len;
-    for (let at = this.down(offset); at < stop; at += CHUNK) {
-      const span = Math.min(CHUNK, this.up(stop) - at);
+    for (let at = this.down(offset); at < stop; at += this.chunk) {
+      const span = Math.min(this.chunk, this.up(stop) - at);
       const from = Math.max(offset, at);
       const to = Math.min(stop, at + span);
       // The blocks the range starts and ends inside, as they are now (past the end of the file reads short).
@@ -112,7 +114,7 @@ export class DirectBounce {
 
   /** The page-aligned buffer, made on first use and kept. */
   private buffer(): Uint8Array {
-    this.map ??= mapAnonymous(CHUNK);
+    this.map ??= mapAnonymous(this.chunk);
     return this.map.bytes;
   }
 
