@@ -127,6 +127,50 @@ export class DirectBounce {
   }
 }
 
+/** Largest request the pool serves; larger ones are bounced in the queue thread, a chunk at a time. */
+const POOLED_MAX = 1 << 20;
+/** Bytes of pooled buffers one queue may hold. */
+const POOL_LIMIT = 16 << 20;
+
+/**
+ * Aligned buffers for O_DIRECT requests whose range keeps to the alignment but whose guest buffers do not
+ * (a guest told 512-byte sectors may hand over 512-aligned memory): the data is copied through one of these
+ * and the request goes to io_uring like any other, so such requests overlap instead of queueing behind one
+ * another in the queue thread. Buffers come in power-of-two sizes, are kept for reuse, and stop at POOL_LIMIT
+ * bytes in all: past that, take() says no and the caller bounces in its own thread.
+ */
+export class BouncePool {
+  private readonly idle = new Map<number, Mapping[]>();
+  private bytes = 0;
+
+  constructor(private readonly limit = POOL_LIMIT) {}
+
+  /** A page-aligned buffer of at least `len` bytes, or null (too large, or the pool is at its limit). */
+  take(len: number): Mapping | null {
+    if (len > POOLED_MAX) return null;
+    let size = 4096;
+    while (size < len) size *= 2;
+    const kept = this.idle.get(size)?.pop();
+    if (kept !== undefined) return kept;
+    if (this.bytes + size > this.limit) return null;
+    this.bytes += size;
+    return mapAnonymous(size);
+  }
+
+  give(m: Mapping): void {
+    const list = this.idle.get(m.size);
+    if (list === undefined) this.idle.set(m.size, [m]);
+    else list.push(m);
+  }
+
+  /** Unmaps every buffer; all must have been given back. */
+  free(): void {
+    for (const list of this.idle.values()) for (const m of list) m.unmap();
+    this.idle.clear();
+    this.bytes = 0;
+  }
+}
+
 /** The gate's stripes: a write waits only for patches in the stripes its range falls in, and a patch only for them. */
 const STRIPES = 32;
 /** Bytes of the disk per stripe before the stripes wrap around. */

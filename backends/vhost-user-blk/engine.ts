@@ -14,7 +14,7 @@ import type { Logger } from '../../protocol/log.js';
 import { preadvRaw, pwritevRaw } from '../../protocol/sys/fd.js';
 import { CopySpread } from '../../protocol/sys/copy-spread.js';
 import { mapAnonymous, type Mapping } from '../../protocol/sys/mem.js';
-import { DirectBounce, WriteGate } from './bounce.js';
+import { BouncePool, DirectBounce, WriteGate } from './bounce.js';
 import { HostMap } from './host-map.js';
 import { BlkLimits } from './limits.js';
 
@@ -102,6 +102,13 @@ export class BlkQueueEngine {
   private readonly spread = new CopySpread();
   /** O_DIRECT requests off the image's alignment. */
   private readonly bounce: DirectBounce | null;
+  /** O_DIRECT requests on the alignment from guest buffers off it: copied through these, then to io_uring. */
+  private readonly pool: BouncePool | null;
+  /** Per slot: the pooled buffer of such a request (null: none). */
+  private readonly sBuf: (Mapping | null)[];
+  /** Per slot: a pooled read's guest segments and the bytes to skip in them, for the copy once it completed. */
+  private readonly sSegs: (Segment[] | null)[];
+  private readonly sSkip: Uint32Array;
   /** Zeroes for partial blocks of WRITE_ZEROES on a buffered block device (see wholeBlocks). */
   private zeroes: Mapping | null = null;
   /** O_DIRECT blocks larger than a sector: orders patches against other writes (null otherwise). */
@@ -154,6 +161,7 @@ export class BlkQueueEngine {
     this.iov = new IoVecArena(this.slots, this.maxIov);
     const align = img.alignment ?? 0;
     this.bounce = align > 0 ? new DirectBounce(img.fd, align, img.size) : null;
+    this.pool = align > 0 ? new BouncePool() : null;
     this.gate = align > SECTOR ? new WriteGate(img.flags) : null;
     const n = this.slots;
     this.sHead = new Uint16Array(n);
@@ -165,6 +173,9 @@ export class BlkQueueEngine {
     this.sKind = new Uint8Array(n);
     this.sRanges = new Float64Array(n * BlkLimits.maxDiscardSeg * 2);
     this.sGateMask = new Uint32Array(n);
+    this.sBuf = new Array<Mapping | null>(n).fill(null);
+    this.sSegs = new Array<Segment[] | null>(n).fill(null);
+    this.sSkip = new Uint32Array(n);
     this.sSync = new Uint8Array(n);
     this.unsynced = new Uint16Array(n);
     this.syncing = new Uint16Array(n);
@@ -282,6 +293,7 @@ export class BlkQueueEngine {
     this.ring.close();
     this.iov.free();
     this.bounce?.free();
+    this.pool?.free();
     this.zeroes?.unmap();
   }
 
@@ -556,6 +568,7 @@ export class BlkQueueEngine {
     const fd = this.img.fd;
     // Gate waits reap this engine's completions: this slot is counted in flight only after them.
     if (misaligned) {
+      if (!(bounce as DirectBounce).patches(offset, len) && this.startPooled(slot, segs, segSkip, offset, len, write)) return;
       const res = this.bounced(segs, segSkip, offset, len, write);
       this.sOps[slot] = 1;
       this.opsInFlight++;
@@ -590,6 +603,48 @@ export class BlkQueueEngine {
       if (n === 1) this.ring.prepRead(fd, single, len, offset, slot, 0, sqeFlags);
       else this.ring.prepReadv(fd, this.iov.slotAddress(slot), n, offset, slot, 0, sqeFlags);
     }
+  }
+
+  /**
+   * An O_DIRECT request on the alignment whose guest buffers are off it, through a pooled buffer and io_uring;
+   * false when the pool has none to give (the caller bounces it in this thread).
+   */
+  private startPooled(slot: number, segs: Segment[], skip: number, offset: number, len: number, write: boolean): boolean {
+    const buf = (this.pool as BouncePool).take(len);
+    if (buf === null) return false;
+    if (write) {
+      readFromChain(this.mem as GuestMemory, segs, skip, buf.bytes.subarray(0, len));
+      if (this.gate !== null) {
+        const mask = WriteGate.stripes(offset, len);
+        this.gate.enter(mask, this.progress);
+        this.sGateMask[slot] = mask;
+      }
+    } else {
+      this.sSegs[slot] = segs.map((g) => ({ addr: g.addr, len: g.len }));
+      this.sSkip[slot] = skip;
+    }
+    this.sBuf[slot] = buf;
+    this.sOps[slot] = 1;
+    this.opsInFlight++;
+    this.ensureSq(1);
+    if (write) this.ring.prepWrite(this.img.fd, Number(buf.ptr), len, offset, slot);
+    else this.ring.prepRead(this.img.fd, Number(buf.ptr), len, offset, slot, 0, 0);
+    return true;
+  }
+
+  /** A pooled request completed: a read's data goes to the guest; the buffer goes back. */
+  private unpool(slot: number, buf: Mapping, res: number): void {
+    const segs = this.sSegs[slot];
+    if (segs !== null && res === this.sExpect[slot]) {
+      try {
+        writeToChain(this.mem as GuestMemory, segs, this.sSkip[slot], buf.bytes.subarray(0, res));
+      } catch {
+        this.sStatus[slot] = VIRTIO_BLK_S_IOERR; // the region went away while the read was in flight
+      }
+    }
+    this.sSegs[slot] = null;
+    this.sBuf[slot] = null;
+    (this.pool as BouncePool).give(buf);
   }
 
   /** An O_DIRECT request off the alignment, through the bounce buffer; returns len or -errno. */
@@ -728,6 +783,8 @@ export class BlkQueueEngine {
       return;
     }
     const slot = ud & 0xffff;
+    const pooled = this.sBuf[slot];
+    if (pooled !== null) this.unpool(slot, pooled, res);
     if (res < 0) {
       const kind = this.sKind[slot];
       if (kind === KIND_DISCARD && res === -EOPNOTSUPP) {

@@ -107,6 +107,42 @@ describe('kumo-vhost-user-blk direct=on', () => {
     expect(after.subarray(101 * 512 + data.length).equals(initial.subarray(101 * 512 + data.length))).toBe(true);
   });
 
+  it('serves many requests from odd buffers at once, past what the aligned-buffer pool holds', async () => {
+    const img = join(dir, 'wide.raw');
+    const MiB = 1 << 20;
+    const n = 40; // 40 MiB in flight: the pool holds 16
+    const initial = randomBytes(n * MiB);
+    writeFileSync(img, initial);
+    const sock = join(dir, 's.sock');
+    child = await startBackend(`path=${img},socket=${sock},direct=on,queue_size=256`);
+    client = await BlkVuClient.connect(sock, { queueSize: 256, memSize: 160 << 20 });
+    const c = client;
+    // Writes of 1 MiB (odd blocks) and reads of 1 MiB (even blocks), from buffers 16 bytes past a page.
+    const data = randomBytes(n * MiB);
+    const st: number[] = [];
+    const reads: { addr: number; at: number }[] = [];
+    for (let k = 0; k < n; k++) {
+      const addr = c.buf(MiB + 4096, 4096) + 16;
+      if (k % 2 === 1) {
+        c.mem.write(addr, data.subarray(k * MiB, (k + 1) * MiB));
+        st.push(c.add(0, VIRTIO_BLK_T_OUT, (k * MiB) / 512, [{ addr, len: MiB }], [], k));
+      } else {
+        reads.push({ addr, at: k * MiB });
+        st.push(c.add(0, VIRTIO_BLK_T_IN, (k * MiB) / 512, [], [{ addr, len: MiB }], k));
+      }
+    }
+    c.run(0, n);
+    expect(st.map((a) => c.mem.readU8(a))).toEqual(new Array(n).fill(0));
+    for (const r of reads) expect(guestBytes(c, r.addr, MiB).equals(initial.subarray(r.at, r.at + MiB))).toBe(true);
+    await stopBackend(child);
+    child = null;
+    const after = readFileSync(img);
+    for (let k = 0; k < n; k++) {
+      const want = k % 2 === 1 ? data.subarray(k * MiB, (k + 1) * MiB) : initial.subarray(k * MiB, (k + 1) * MiB);
+      expect(after.subarray(k * MiB, (k + 1) * MiB).equals(want), `block ${k}`).toBe(true);
+    }
+  });
+
   it('serves a 64 MiB request off the alignment without a 64 MiB buffer', async () => {
     const img = join(dir, 'big.raw');
     const size = 80 << 20;

@@ -24,6 +24,8 @@ export interface BenchOptions {
   seconds: number;
   queueSize?: number;
   connectTimeoutMs?: number;
+  /** Data buffers start this many bytes past a page boundary (0: page-aligned). */
+  bufferOffset?: number;
 }
 
 export interface BenchResult {
@@ -75,7 +77,7 @@ class SlotSet {
     this.rng = (0x9e3779b9 ^ (q.index + 1) * 0x85ebca6b) >>> 0 || 1;
     for (let s = 0; s < o.iodepth; s++) {
       const hdr = dev.buffer(VIRTIO_BLK_OUTHDR_SIZE, 16);
-      const data = dev.buffer(o.bs, 4096);
+      const data = dev.buffer(o.bs + (o.bufferOffset ?? 0), 4096) + (o.bufferOffset ?? 0);
       const st = dev.buffer(1, 1);
       this.hdrAddr.push(hdr);
       this.statusAddr.push(st);

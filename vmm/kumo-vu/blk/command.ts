@@ -37,8 +37,9 @@ export function registerBlk(program: Command): void {
     .option('--queues <n>', 'queues', parseCount(1, 256), 1)
     .option('--seconds <s>', 'duration', parsePositive, 10)
     .option('--queue-size <n>', 'virtqueue size', parseCount(1, 32768))
+    .option('--buffer-offset <n>', 'data buffers this many bytes past a page boundary (off an O_DIRECT alignment)', parseCount(0, 4095), 0)
     .option('--json', 'print the result as JSON')
-    .action(async (o: { rw: BenchRw; bs: number; iodepth: number; queues: number; seconds: number; queueSize?: number; json?: boolean }) => {
+    .action(async (o: { rw: BenchRw; bs: number; iodepth: number; queues: number; seconds: number; queueSize?: number; bufferOffset: number; json?: boolean }) => {
       const b = blk.opts<BlkOpts>();
       const r = await benchBlk({ socket: b.socket, connectTimeoutMs: b.connectTimeout, ...o });
       process.stdout.write((o.json ? JSON.stringify(r) : formatBenchResult(r)) + '\n');
