@@ -37,18 +37,13 @@ export class DirectBounce {
 
   /** Reads `len` bytes at `offset` into the segments (after `skip` bytes); returns len or -errno. */
   read(mem: GuestMemory, segs: readonly Segment[], skip: number, offset: number, len: number): number {
-    const buf = this.buffer();
-    const stop = offset + len;
-    for (let at = this.down(offset); at < stop; at += this.chunk) {
-      const span = Math.min(this.chunk, this.up(stop) - at);
-      const from = Math.max(offset, at);
-      const to = Math.min(stop, at + span);
+    return this.chunked(offset, len, (buf, at, span, from, to) => {
       const r = this.io(false, span, at);
       if (r < 0) return r;
       if (r < to - at) return -EIO;
       writeToChain(mem, segs, skip + from - offset, buf.subarray(from - at, to - at));
-    }
-    return len;
+      return 0;
+    });
   }
 
   /** Writes `len` bytes from the segments (after `skip` bytes) at `offset`; returns len or -errno. */
@@ -63,12 +58,7 @@ export class DirectBounce {
 
   /** `fill(dst, pos)` puts the bytes at `pos` into the range into dst. */
   private put(offset: number, len: number, fill: (dst: Uint8Array, pos: number) => void): number {
-    const buf = this.buffer();
-    const stop = offset + len;
-    for (let at = this.down(offset); at < stop; at += this.chunk) {
-      const span = Math.min(this.chunk, this.up(stop) - at);
-      const from = Math.max(offset, at);
-      const to = Math.min(stop, at + span);
+    return this.chunked(offset, len, (buf, at, span, from, to) => {
       // The blocks the range starts and ends inside, as they are now (past the end of the file reads short).
       const head = from - at;
       const r = head > 0 ? this.readBlock(at) : 0;
@@ -80,14 +70,28 @@ export class DirectBounce {
       const w = this.io(true, span, at);
       if (w < 0) return w;
       if (w !== span) return -EIO;
-      if (at + span > this.end) {
-        // The whole block went to the file, past its end: no other write is in flight (the gate's lock).
-        try {
-          ftruncate(this.fd, this.end);
-        } catch (e) {
-          return e instanceof SysError ? -e.errno : -EIO;
-        }
+      if (at + span <= this.end) return 0;
+      // The whole block went to the file, past its end: no other write is in flight (the gate's lock).
+      try {
+        ftruncate(this.fd, this.end);
+        return 0;
+      } catch (e) {
+        return e instanceof SysError ? -e.errno : -EIO;
       }
+    });
+  }
+
+  /**
+   * Runs `step` over the aligned pieces of the buffer's size that cover [offset, offset + len): the piece
+   * [at, at + span) of the file, of which [from, to) is in the range. Returns len, or the first -errno.
+   */
+  private chunked(offset: number, len: number, step: (buf: Uint8Array, at: number, span: number, from: number, to: number) => number): number {
+    const buf = this.buffer();
+    const stop = offset + len;
+    for (let at = this.down(offset); at < stop; at += this.chunk) {
+      const span = Math.min(this.chunk, this.up(stop) - at);
+      const r = step(buf, at, span, Math.max(offset, at), Math.min(stop, at + span));
+      if (r < 0) return r;
     }
     return len;
   }
@@ -133,11 +137,9 @@ const POOLED_MAX = 1 << 20;
 const POOL_LIMIT = 16 << 20;
 
 /**
- * Aligned buffers for O_DIRECT requests whose range keeps to the alignment but whose guest buffers do not
- * (a guest told 512-byte sectors may hand over 512-aligned memory): the data is copied through one of these
- * and the request goes to io_uring like any other, so such requests overlap instead of queueing behind one
- * another in the queue thread. Buffers come in power-of-two sizes, are kept for reuse, and stop at POOL_LIMIT
- * bytes in all: past that, take() says no and the caller bounces in its own thread.
+ * Aligned buffers for the O_DIRECT requests PooledIo serves through io_uring. Buffers come in power-of-two
+ * sizes, are kept for reuse, and stop at POOL_LIMIT bytes in all: past that, take() says no and the caller
+ * bounces the request in its own thread (DirectBounce).
  */
 export class BouncePool {
   private readonly idle = new Map<number, Mapping[]>();
@@ -195,6 +197,9 @@ const WRITES = GATE_BASE + STRIPES;
  */
 export class WriteGate {
   constructor(private readonly flags: Int32Array) {}
+
+  /** Every stripe: what a patch that may cut the file back takes, so that no other write runs meanwhile. */
+  static readonly ALL = ALL_STRIPES;
 
   /** The stripes a write of `len` bytes at `offset` falls in, as a bit mask (never 0). */
   static stripes(offset: number, len: number): number {

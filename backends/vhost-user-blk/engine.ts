@@ -14,7 +14,8 @@ import type { Logger } from '../../protocol/log.js';
 import { preadvRaw, pwritevRaw } from '../../protocol/sys/fd.js';
 import { CopySpread } from '../../protocol/sys/copy-spread.js';
 import { mapAnonymous, type Mapping } from '../../protocol/sys/mem.js';
-import { BouncePool, DirectBounce, WriteGate } from './bounce.js';
+import { DirectBounce, WriteGate } from './bounce.js';
+import { OP_SHIFT, PooledIo, POOLED_PENDING } from './pooled.js';
 import { HostMap } from './host-map.js';
 import { BlkLimits } from './limits.js';
 
@@ -22,7 +23,7 @@ const SECTOR = 512;
 const TWO32 = 0x1_0000_0000;
 const EOPNOTSUPP = 95;
 const EIO = 5;
-const SLOT_SHIFT = 65536; // userData = slot + op * SLOT_SHIFT (+ ZERO_RANGE_OP)
+const SLOT_SHIFT = OP_SHIFT; // userData = slot + op * SLOT_SHIFT (+ ZERO_RANGE_OP)
 /** Marks an fallocate(ZERO_RANGE) op, the one that falls back to punch + allocate on EOPNOTSUPP. */
 const ZERO_RANGE_OP = 0x4000_0000;
 
@@ -102,13 +103,8 @@ export class BlkQueueEngine {
   private readonly spread = new CopySpread();
   /** O_DIRECT requests off the image's alignment. */
   private readonly bounce: DirectBounce | null;
-  /** O_DIRECT requests on the alignment from guest buffers off it: copied through these, then to io_uring. */
-  private readonly pool: BouncePool | null;
-  /** Per slot: the pooled buffer of such a request (null: none). */
-  private readonly sBuf: (Mapping | null)[];
-  /** Per slot: a pooled read's guest segments and the bytes to skip in them, for the copy once it completed. */
-  private readonly sSegs: (Segment[] | null)[];
-  private readonly sSkip: Uint32Array;
+  /** O_DIRECT requests off the alignment, through pooled aligned buffers and io_uring (see PooledIo). */
+  private readonly pooled: PooledIo | null;
   /** Zeroes for partial blocks of WRITE_ZEROES on a buffered block device (see wholeBlocks). */
   private zeroes: Mapping | null = null;
   /** O_DIRECT blocks larger than a sector: orders patches against other writes (null otherwise). */
@@ -161,8 +157,21 @@ export class BlkQueueEngine {
     this.iov = new IoVecArena(this.slots, this.maxIov);
     const align = img.alignment ?? 0;
     this.bounce = align > 0 ? new DirectBounce(img.fd, align, img.size) : null;
-    this.pool = align > 0 ? new BouncePool() : null;
     this.gate = align > SECTOR ? new WriteGate(img.flags) : null;
+    this.pooled = align > 0
+      ? new PooledIo({
+        ring: this.ring,
+        fd: img.fd,
+        end: img.size,
+        gate: this.gate,
+        progress: this.progress,
+        mem: () => this.mem as GuestMemory,
+        ensureSq: (k) => this.ensureSq(k),
+        started: (k) => {
+          this.opsInFlight += k;
+        },
+      }, align, opts.queueSize)
+      : null;
     const n = this.slots;
     this.sHead = new Uint16Array(n);
     this.sStatusGpa = new Float64Array(n);
@@ -173,9 +182,6 @@ export class BlkQueueEngine {
     this.sKind = new Uint8Array(n);
     this.sRanges = new Float64Array(n * BlkLimits.maxDiscardSeg * 2);
     this.sGateMask = new Uint32Array(n);
-    this.sBuf = new Array<Mapping | null>(n).fill(null);
-    this.sSegs = new Array<Segment[] | null>(n).fill(null);
-    this.sSkip = new Uint32Array(n);
     this.sSync = new Uint8Array(n);
     this.unsynced = new Uint16Array(n);
     this.syncing = new Uint16Array(n);
@@ -293,7 +299,7 @@ export class BlkQueueEngine {
     this.ring.close();
     this.iov.free();
     this.bounce?.free();
-    this.pool?.free();
+    this.pooled?.free();
     this.zeroes?.unmap();
   }
 
@@ -386,6 +392,8 @@ export class BlkQueueEngine {
   /** Reaps completions, then starts the group fdatasync for writethrough writes if one is due. */
   private reapAll(): void {
     this.ring.reap(this.onCqe);
+    // Ops that completions started (a patch's write after its reads, a zero-range retry) go in now.
+    if (this.ring.pending > 0) this.ring.submit(0);
     if (this.unsyncedCount > 0 && !this.syncInFlight) {
       const n = this.unsyncedCount;
       this.syncing.set(this.unsynced.subarray(0, n));
@@ -568,7 +576,10 @@ export class BlkQueueEngine {
     const fd = this.img.fd;
     // Gate waits reap this engine's completions: this slot is counted in flight only after them.
     if (misaligned) {
-      if (!(bounce as DirectBounce).patches(offset, len) && this.startPooled(slot, segs, segSkip, offset, len, write)) return;
+      if ((this.pooled as PooledIo).start(slot, segs, segSkip, offset, len, write)) {
+        this.sOps[slot] = 1;
+        return;
+      }
       const res = this.bounced(segs, segSkip, offset, len, write);
       this.sOps[slot] = 1;
       this.opsInFlight++;
@@ -605,48 +616,6 @@ export class BlkQueueEngine {
     }
   }
 
-  /**
-   * An O_DIRECT request on the alignment whose guest buffers are off it, through a pooled buffer and io_uring;
-   * false when the pool has none to give (the caller bounces it in this thread).
-   */
-  private startPooled(slot: number, segs: Segment[], skip: number, offset: number, len: number, write: boolean): boolean {
-    const buf = (this.pool as BouncePool).take(len);
-    if (buf === null) return false;
-    if (write) {
-      readFromChain(this.mem as GuestMemory, segs, skip, buf.bytes.subarray(0, len));
-      if (this.gate !== null) {
-        const mask = WriteGate.stripes(offset, len);
-        this.gate.enter(mask, this.progress);
-        this.sGateMask[slot] = mask;
-      }
-    } else {
-      this.sSegs[slot] = segs.map((g) => ({ addr: g.addr, len: g.len }));
-      this.sSkip[slot] = skip;
-    }
-    this.sBuf[slot] = buf;
-    this.sOps[slot] = 1;
-    this.opsInFlight++;
-    this.ensureSq(1);
-    if (write) this.ring.prepWrite(this.img.fd, Number(buf.ptr), len, offset, slot);
-    else this.ring.prepRead(this.img.fd, Number(buf.ptr), len, offset, slot, 0, 0);
-    return true;
-  }
-
-  /** A pooled request completed: a read's data goes to the guest; the buffer goes back. */
-  private unpool(slot: number, buf: Mapping, res: number): void {
-    const segs = this.sSegs[slot];
-    if (segs !== null && res === this.sExpect[slot]) {
-      try {
-        writeToChain(this.mem as GuestMemory, segs, this.sSkip[slot], buf.bytes.subarray(0, res));
-      } catch {
-        this.sStatus[slot] = VIRTIO_BLK_S_IOERR; // the region went away while the read was in flight
-      }
-    }
-    this.sSegs[slot] = null;
-    this.sBuf[slot] = null;
-    (this.pool as BouncePool).give(buf);
-  }
-
   /** An O_DIRECT request off the alignment, through the bounce buffer; returns len or -errno. */
   private bounced(segs: Segment[], skip: number, offset: number, len: number, write: boolean): number {
     const b = this.bounce as DirectBounce;
@@ -659,7 +628,9 @@ export class BlkQueueEngine {
   private gated(patch: boolean, offset: number, len: number, io: () => number): number {
     const gate = this.gate;
     if (gate === null) return io();
-    const mask = WriteGate.stripes(offset, len);
+    const b = this.bounce as DirectBounce;
+    // A patch that writes past the end of the file cuts it back after: it takes every stripe.
+    const mask = patch && Math.ceil((offset + len) / b.alignment) * b.alignment > this.img.size ? WriteGate.ALL : WriteGate.stripes(offset, len);
     if (patch) gate.lock(mask, this.progress);
     else gate.enter(mask, this.progress);
     try {
@@ -783,8 +754,15 @@ export class BlkQueueEngine {
       return;
     }
     const slot = ud & 0xffff;
-    const pooled = this.sBuf[slot];
-    if (pooled !== null) this.unpool(slot, pooled, res);
+    const pooled = this.pooled;
+    if (pooled !== null && pooled.owns(slot)) {
+      const failed = pooled.complete(slot, (ud >>> 16) & 0x3fff, res);
+      if (failed === POOLED_PENDING) return;
+      if (failed === 1) this.sStatus[slot] = VIRTIO_BLK_S_IOERR;
+      this.sOps[slot] = 0;
+      this.settle(slot);
+      return;
+    }
     if (res < 0) {
       const kind = this.sKind[slot];
       if (kind === KIND_DISCARD && res === -EOPNOTSUPP) {

@@ -280,17 +280,19 @@ export class IoUring {
   /** Calls fn for every ready CQE (u32 user data, i32 result) and frees them; returns the count. */
   reap(fn: CompletionHandler): number {
     if (this.taskWorkPending()) this.runTaskWork();
-    let head = this.cqRing[this.cqHeadIdx];
-    const tail = Atomics.load(this.cqRing, this.cqTailIdx);
     let n = 0;
-    while (head !== tail) {
+    // Each CQE is consumed before its handler runs, and head is read again after: a handler may prep
+    // and submit more work, and reap again while it waits for room, without a CQE being seen twice.
+    for (;;) {
+      const head = this.cqRing[this.cqHeadIdx];
+      if (head === Atomics.load(this.cqRing, this.cqTailIdx)) return n;
       const w = (head & this.cqMask) * 4;
-      fn(this.cqeU32[w], this.cqeI32[w + 2]);
-      head = (head + 1) >>> 0;
+      const ud = this.cqeU32[w];
+      const res = this.cqeI32[w + 2];
+      Atomics.store(this.cqRing, this.cqHeadIdx, (head + 1) >>> 0);
+      fn(ud, res);
       n++;
     }
-    if (n > 0) Atomics.store(this.cqRing, this.cqHeadIdx, head);
-    return n;
   }
 
   /**

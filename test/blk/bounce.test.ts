@@ -45,20 +45,21 @@ describe('DirectBounce', () => {
         }
         return segs.filter((s) => s.len > 0);
       };
-      const bytesOf = (segs: Segment[], skip: number, len: number): Buffer => {
-        const out = Buffer.alloc(len);
-        let done = 0;
+      /** Calls `f` for each piece of guest memory the segments hold after `skip` bytes, with its place in the data. */
+      const pieces = (segs: Segment[], skip: number, f: (addr: number, pos: number, len: number) => void): void => {
+        let pos = 0;
         let left = skip;
         for (const s of segs) {
           const k = Math.min(left, s.len);
           left -= k;
-          if (s.len - k === 0) continue;
-          const part = Buffer.alloc(s.len - k);
-          mem.read(s.addr + k, part);
-          part.copy(out, done);
-          done += part.length;
+          if (s.len > k) f(s.addr + k, pos, s.len - k);
+          pos += s.len - k;
         }
-        return out.subarray(0, len);
+      };
+      const bytesOf = (segs: Segment[], skip: number, len: number): Buffer => {
+        const out = Buffer.alloc(len);
+        pieces(segs, skip, (addr, pos, n) => mem.read(addr, out.subarray(pos, pos + n)));
+        return out;
       };
       for (let op = 0; op < 3000; op++) {
         const sectors = SIZE / SECTOR;
@@ -75,14 +76,7 @@ describe('DirectBounce', () => {
         } else if (kind === 1) {
           const segs = segments(len, skip);
           const data = rng.bytes(len);
-          let done = 0;
-          let left = skip;
-          for (const s of segs) {
-            const k = Math.min(left, s.len);
-            left -= k;
-            mem.write(s.addr + k, data.subarray(done, done + s.len - k));
-            done += s.len - k;
-          }
+          pieces(segs, skip, (addr, pos, n) => mem.write(addr, data.subarray(pos, pos + n)));
           expect(b.write(mem, segs, skip, offset, len), `op ${op} seed ${seed}`).toBe(len);
           data.copy(model, offset);
         } else {
