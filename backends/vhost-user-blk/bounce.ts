@@ -70,14 +70,7 @@ export class DirectBounce {
       const w = this.io(true, span, at);
       if (w < 0) return w;
       if (w !== span) return -EIO;
-      if (at + span <= this.end) return 0;
-      // The whole block went to the file, past its end: no other write is in flight (the gate's lock).
-      try {
-        ftruncate(this.fd, this.end);
-        return 0;
-      } catch (e) {
-        return e instanceof SysError ? -e.errno : -EIO;
-      }
+      return at + span <= this.end ? 0 : cutBack(this.fd, this.end);
     });
   }
 
@@ -128,6 +121,19 @@ export class DirectBounce {
 
   private up(x: number): number {
     return Math.ceil(x / this.alignment) * this.alignment;
+  }
+}
+
+/**
+ * After a write of whole blocks that reached past the end of an image file (O_DIRECT writes whole blocks):
+ * cuts the file back to `end`. The caller holds every gate stripe, so no other write runs. 0 or -errno.
+ */
+export function cutBack(fd: number, end: number): number {
+  try {
+    ftruncate(fd, end);
+    return 0;
+  } catch (e) {
+    return e instanceof SysError ? -e.errno : -EIO;
   }
 }
 
@@ -198,8 +204,13 @@ const WRITES = GATE_BASE + STRIPES;
 export class WriteGate {
   constructor(private readonly flags: Int32Array) {}
 
-  /** Every stripe: what a patch that may cut the file back takes, so that no other write runs meanwhile. */
-  static readonly ALL = ALL_STRIPES;
+  /**
+   * The stripes a write takes: its own, or every one for a patch whose last block reaches past `end`, the
+   * image file's size (it cuts the file back after, with no other write running).
+   */
+  static stripesFor(offset: number, len: number, patch: boolean, alignment: number, end: number): number {
+    return patch && Math.ceil((offset + len) / alignment) * alignment > end ? ALL_STRIPES : WriteGate.stripes(offset, len);
+  }
 
   /** The stripes a write of `len` bytes at `offset` falls in, as a bit mask (never 0). */
   static stripes(offset: number, len: number): number {

@@ -576,10 +576,7 @@ export class BlkQueueEngine {
     const fd = this.img.fd;
     // Gate waits reap this engine's completions: this slot is counted in flight only after them.
     if (misaligned) {
-      if ((this.pooled as PooledIo).start(slot, segs, segSkip, offset, len, write)) {
-        this.sOps[slot] = 1;
-        return;
-      }
+      if ((this.pooled as PooledIo).start(slot, segs, segSkip, offset, len, write)) return;
       const res = this.bounced(segs, segSkip, offset, len, write);
       this.sOps[slot] = 1;
       this.opsInFlight++;
@@ -628,9 +625,7 @@ export class BlkQueueEngine {
   private gated(patch: boolean, offset: number, len: number, io: () => number): number {
     const gate = this.gate;
     if (gate === null) return io();
-    const b = this.bounce as DirectBounce;
-    // A patch that writes past the end of the file cuts it back after: it takes every stripe.
-    const mask = patch && Math.ceil((offset + len) / b.alignment) * b.alignment > this.img.size ? WriteGate.ALL : WriteGate.stripes(offset, len);
+    const mask = WriteGate.stripesFor(offset, len, patch, (this.bounce as DirectBounce).alignment, this.img.size);
     if (patch) gate.lock(mask, this.progress);
     else gate.enter(mask, this.progress);
     try {
@@ -759,7 +754,6 @@ export class BlkQueueEngine {
       const failed = pooled.complete(slot, (ud >>> 16) & 0x3fff, res);
       if (failed === POOLED_PENDING) return;
       if (failed === 1) this.sStatus[slot] = VIRTIO_BLK_S_IOERR;
-      this.sOps[slot] = 0;
       this.settle(slot);
       return;
     }

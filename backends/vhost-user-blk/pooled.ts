@@ -1,8 +1,7 @@
 import type { GuestMemory } from '../../protocol/memory/index.js';
-import { ftruncate } from '../../protocol/sys/fs.js';
 import type { IoUring } from '../../protocol/sys/uring.js';
 import { readFromChain, writeToChain, type Segment } from '../../protocol/virtqueue/index.js';
-import { BouncePool, WriteGate } from './bounce.js';
+import { BouncePool, cutBack, WriteGate } from './bounce.js';
 import type { Mapping } from '../../protocol/sys/mem.js';
 
 /** userData of a pooled request's op: slot + op * OP_SHIFT (as the engine encodes its own ops). */
@@ -93,13 +92,12 @@ export class PooledIo {
     let mask = 0;
     if (write && h.gate !== null) {
       // Before the request counts as in flight: these waits reap this ring, and may finish other requests.
-      // A patch that writes past the end of the file cuts it back after: it takes every stripe.
-      mask = patch && lo + span > h.end ? WriteGate.ALL : WriteGate.stripes(offset, len);
+      mask = WriteGate.stripesFor(offset, len, patch, a, h.end);
       if (patch) h.gate.lock(mask, h.progress);
       else h.gate.enter(mask, h.progress);
     }
     this.buf[slot] = buf;
-    this.segs[slot] = segs.map((g) => ({ addr: g.addr, len: g.len }));
+    this.segs[slot] = segs; // each popped chain has arrays of its own
     this.skip[slot] = skip;
     this.offset[slot] = offset;
     this.len[slot] = len;
@@ -155,7 +153,7 @@ export class PooledIo {
       }
     } else if (phase === PATCH_WRITE) {
       if (res !== this.span[slot]) this.failed[slot] = 1;
-      else if (this.lo[slot] + this.span[slot] > this.host.end && !this.cutBack()) this.failed[slot] = 1;
+      else if (this.lo[slot] + this.span[slot] > this.host.end && cutBack(this.host.fd, this.host.end) < 0) this.failed[slot] = 1;
     }
     return this.finish(slot, buf);
   }
@@ -185,7 +183,7 @@ export class PooledIo {
     return this.failed[slot];
   }
 
-  /** The guest's part of a completed read; false (and the request failed) if its memory went away. */
+  /** The guest's part of a completed read; the request fails if its memory went away. */
   private copyOut(slot: number, buf: Mapping): void {
     const from = this.offset[slot] - this.lo[slot];
     try {
@@ -203,16 +201,6 @@ export class PooledIo {
       return true;
     } catch {
       this.failed[slot] = 1;
-      return false;
-    }
-  }
-
-  /** A block written past the end of the file: the file is cut back (no other write runs: the stripes are locked). */
-  private cutBack(): boolean {
-    try {
-      ftruncate(this.host.fd, this.host.end);
-      return true;
-    } catch {
       return false;
     }
   }
