@@ -1,100 +1,40 @@
-import type { GuestMemory } from '../../protocol/memory/index.js';
 import { preadvRaw, pwritevRaw } from '../../protocol/sys/fd.js';
 import { ftruncate } from '../../protocol/sys/fs.js';
 import { SysError } from '../../protocol/sys/libc.js';
 import { mapAnonymous, type Mapping } from '../../protocol/sys/mem.js';
 import { IoVecArena } from '../../protocol/sys/uring.js';
-import { readFromChain, writeToChain, type Segment } from '../../protocol/virtqueue/index.js';
 
 const EIO = 5;
-/** The aligned buffer's size: larger requests go through it a chunk at a time, so a guest cannot grow it. */
-const CHUNK = 1 << 20;
 
 /**
- * O_DIRECT I/O that the file cannot take as it is: a guest buffer off the device's alignment, or a
- * range that starts or ends inside a device block (512-byte sectors on a 4096-byte device). It goes
- * through an aligned buffer in the calling thread, as Cloud Hypervisor's RawFile does, `chunk` bytes
- * at a time: a read reads the blocks around the range and copies the part asked for; a write inside a block
- * reads that block, patches it and writes it back (the caller holds the WriteGate's lock around such a
- * patch). An image file whose end lies inside a block is cut back to `end` after a write of that block.
+ * WRITE_ZEROES over part of a block of an O_DIRECT block device (fallocate takes whole blocks): reads the
+ * blocks the range lies in into an aligned buffer, zeroes the range there and writes them back, in the
+ * calling thread (the caller holds the WriteGate's lock around it). The ranges are the partial blocks at the
+ * ends of a request, so the buffer stays a block or two. An image file whose end lies inside a block is cut
+ * back to `end` after a write of that block.
  */
-export class DirectBounce {
+export class DirectZeroes {
   private map: Mapping | null = null;
   private readonly iov = new IoVecArena(1, 1);
 
-  constructor(
-    private readonly fd: number,
-    readonly alignment: number,
-    private readonly end: number,
-    /** A multiple of `alignment`. */
-    private readonly chunk = CHUNK,
-  ) {}
-
-  /** True if writing this range means reading and patching a block (it starts or ends inside one). */
-  patches(offset: number, len: number): boolean {
-    return offset % this.alignment !== 0 || (offset + len) % this.alignment !== 0;
-  }
-
-  /** Reads `len` bytes at `offset` into the segments (after `skip` bytes); returns len or -errno. */
-  read(mem: GuestMemory, segs: readonly Segment[], skip: number, offset: number, len: number): number {
-    return this.chunked(offset, len, (buf, at, span, from, to) => {
-      const r = this.io(false, span, at);
-      if (r < 0) return r;
-      if (r < to - at) return -EIO;
-      writeToChain(mem, segs, skip + from - offset, buf.subarray(from - at, to - at));
-      return 0;
-    });
-  }
-
-  /** Writes `len` bytes from the segments (after `skip` bytes) at `offset`; returns len or -errno. */
-  write(mem: GuestMemory, segs: readonly Segment[], skip: number, offset: number, len: number): number {
-    return this.put(offset, len, (dst, pos) => readFromChain(mem, segs, skip + pos, dst));
-  }
+  constructor(private readonly fd: number, readonly alignment: number, private readonly end: number) {}
 
   /** Writes `len` zero bytes at `offset`; returns len or -errno. */
   zero(offset: number, len: number): number {
-    return this.put(offset, len, (dst) => dst.fill(0));
-  }
-
-  /** `fill(dst, pos)` puts the bytes at `pos` into the range into dst. */
-  private put(offset: number, len: number, fill: (dst: Uint8Array, pos: number) => void): number {
-    return this.chunked(offset, len, (buf, at, span, from, to) => {
-      // The blocks the range starts and ends inside, as they are now (past the end of the file reads short).
-      const head = from - at;
-      const r = head > 0 ? this.readBlock(at) : 0;
-      if (r < 0) return r;
-      const tailBlock = this.down(to);
-      const t = to - at < span && (head === 0 || tailBlock !== at) ? this.readBlock(tailBlock, tailBlock - at) : 0;
-      if (t < 0) return t;
-      fill(buf.subarray(head, to - at), from - offset);
-      const w = this.io(true, span, at);
-      if (w < 0) return w;
-      if (w !== span) return -EIO;
-      return at + span <= this.end ? 0 : cutBack(this.fd, this.end);
-    });
-  }
-
-  /**
-   * Runs `step` over the aligned pieces of the buffer's size that cover [offset, offset + len): the piece
-   * [at, at + span) of the file, of which [from, to) is in the range. Returns len, or the first -errno.
-   */
-  private chunked(offset: number, len: number, step: (buf: Uint8Array, at: number, span: number, from: number, to: number) => number): number {
-    const buf = this.buffer();
-    const stop = offset + len;
-    for (let at = this.down(offset); at < stop; at += this.chunk) {
-      const span = Math.min(this.chunk, this.up(stop) - at);
-      const r = step(buf, at, span, Math.max(offset, at), Math.min(stop, at + span));
-      if (r < 0) return r;
-    }
-    return len;
-  }
-
-  /** Reads the block at file offset `at` into the buffer at `bufAt` (zeroes past the file's end); 0 or -errno. */
-  private readBlock(at: number, bufAt = 0): number {
-    const r = this.io(false, this.alignment, at, bufAt);
+    const a = this.alignment;
+    const at = Math.floor(offset / a) * a;
+    const span = Math.ceil((offset + len) / a) * a - at;
+    const buf = this.buffer(span);
+    const r = this.io(false, span, at);
     if (r < 0) return r;
-    if (r < this.alignment) (this.map as Mapping).bytes.fill(0, bufAt + r, bufAt + this.alignment);
-    return 0;
+    // Past the end of the file reads short: zeroes.
+    buf.fill(0, r, span);
+    buf.fill(0, offset - at, offset - at + len);
+    const w = this.io(true, span, at);
+    if (w < 0) return w;
+    if (w !== span) return -EIO;
+    const cut = at + span <= this.end ? 0 : cutBack(this.fd, this.end);
+    return cut < 0 ? cut : len;
   }
 
   free(): void {
@@ -103,24 +43,19 @@ export class DirectBounce {
     this.iov.free();
   }
 
-  private io(write: boolean, span: number, at: number, bufAt = 0): number {
-    this.iov.set(0, 0, Number((this.map as Mapping).ptr) + bufAt, span);
+  private io(write: boolean, span: number, at: number): number {
+    this.iov.set(0, 0, Number((this.map as Mapping).ptr), span);
     const a = this.iov.slotAddress(0);
     return write ? pwritevRaw(this.fd, a, 1, at) : preadvRaw(this.fd, a, 1, at);
   }
 
-  /** The page-aligned buffer, made on first use and kept. */
-  private buffer(): Uint8Array {
-    this.map ??= mapAnonymous(this.chunk);
-    return this.map.bytes;
-  }
-
-  private down(x: number): number {
-    return Math.floor(x / this.alignment) * this.alignment;
-  }
-
-  private up(x: number): number {
-    return Math.ceil(x / this.alignment) * this.alignment;
+  /** A page-aligned buffer of at least `span` bytes, kept for the next call. */
+  private buffer(span: number): Uint8Array {
+    if (this.map === null || this.map.size < span) {
+      this.map?.unmap();
+      this.map = mapAnonymous(span);
+    }
+    return this.map.bytes.subarray(0, span);
   }
 }
 
@@ -137,15 +72,13 @@ export function cutBack(fd: number, end: number): number {
   }
 }
 
-/** Largest request the pool serves; larger ones are bounced in the queue thread, a chunk at a time. */
-const POOLED_MAX = 1 << 20;
 /** Bytes of pooled buffers one queue may hold. */
 const POOL_LIMIT = 16 << 20;
 
 /**
  * Aligned buffers for the O_DIRECT requests PooledIo serves through io_uring. Buffers come in power-of-two
- * sizes, are kept for reuse, and stop at POOL_LIMIT bytes in all: past that, take() says no and the caller
- * bounces the request in its own thread (DirectBounce).
+ * sizes and are kept for reuse, up to `limit` bytes in all: past that, idle buffers of other sizes are let go
+ * to make room, and take() says no only while buffers in use fill the limit (the request then waits).
  */
 export class BouncePool {
   private readonly idle = new Map<number, Mapping[]>();
@@ -153,13 +86,19 @@ export class BouncePool {
 
   constructor(private readonly limit = POOL_LIMIT) {}
 
-  /** A page-aligned buffer of at least `len` bytes, or null (too large, or the pool is at its limit). */
+  /** A page-aligned buffer of at least `len` bytes (at most the limit), or null while the pool is full. */
   take(len: number): Mapping | null {
-    if (len > POOLED_MAX) return null;
     let size = 4096;
     while (size < len) size *= 2;
+    if (size > this.limit) throw new RangeError(`a ${len}-byte buffer is larger than the pool (${this.limit} bytes)`);
     const kept = this.idle.get(size)?.pop();
     if (kept !== undefined) return kept;
+    for (const [s, list] of this.idle) {
+      while (this.bytes + size > this.limit && list.length > 0) {
+        (list.pop() as Mapping).unmap();
+        this.bytes -= s;
+      }
+    }
     if (this.bytes + size > this.limit) return null;
     this.bytes += size;
     return mapAnonymous(size);

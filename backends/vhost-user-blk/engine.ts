@@ -14,7 +14,7 @@ import type { Logger } from '../../protocol/log.js';
 import { preadvRaw, pwritevRaw } from '../../protocol/sys/fd.js';
 import { CopySpread } from '../../protocol/sys/copy-spread.js';
 import { mapAnonymous, type Mapping } from '../../protocol/sys/mem.js';
-import { DirectBounce, WriteGate } from './bounce.js';
+import { DirectZeroes, WriteGate } from './bounce.js';
 import { OP_SHIFT, PooledIo, POOLED_PENDING } from './pooled.js';
 import { HostMap } from './host-map.js';
 import { BlkLimits } from './limits.js';
@@ -70,6 +70,8 @@ export interface BlkEngineOptions {
   queueSize: number;
   completion: CompletionMode;
   log?: Logger;
+  /** O_DIRECT requests off the alignment: the pool's byte limit and the piece size (tests make them small). */
+  pooled?: { limit: number; piece: number };
 }
 
 /**
@@ -101,8 +103,8 @@ export class BlkQueueEngine {
   private mem: GuestMemory | null = null;
   private zeroRangeSupported = true;
   private readonly spread = new CopySpread();
-  /** O_DIRECT requests off the image's alignment. */
-  private readonly bounce: DirectBounce | null;
+  /** O_DIRECT: WRITE_ZEROES over part of a block. */
+  private readonly zeroPart: DirectZeroes | null;
   /** O_DIRECT requests off the alignment, through pooled aligned buffers and io_uring (see PooledIo). */
   private readonly pooled: PooledIo | null;
   /** Zeroes for partial blocks of WRITE_ZEROES on a buffered block device (see wholeBlocks). */
@@ -117,9 +119,16 @@ export class BlkQueueEngine {
   private readonly progress = (): boolean => {
     if (this.opsInFlight === 0 && this.unsyncedCount === 0) return false;
     if (this.opsInFlight > 0) this.ring.submit(1);
-    this.reapAll();
+    this.gateWaits++;
+    try {
+      this.reapAll();
+    } finally {
+      this.gateWaits--;
+    }
     return true;
   };
+  /** Gate waits under way in this thread: parked pooled requests are not started inside one (see PooledIo.resume). */
+  private gateWaits = 0;
   private attached = false;
   private readonly hdr = new Uint8Array(VIRTIO_BLK_OUTHDR_SIZE);
   private readonly hdrView = new DataView(this.hdr.buffer);
@@ -156,7 +165,7 @@ export class BlkQueueEngine {
     }
     this.iov = new IoVecArena(this.slots, this.maxIov);
     const align = img.alignment ?? 0;
-    this.bounce = align > 0 ? new DirectBounce(img.fd, align, img.size) : null;
+    this.zeroPart = align > 0 ? new DirectZeroes(img.fd, align, img.size) : null;
     this.gate = align > SECTOR ? new WriteGate(img.flags) : null;
     this.pooled = align > 0
       ? new PooledIo({
@@ -170,7 +179,7 @@ export class BlkQueueEngine {
         started: (k) => {
           this.opsInFlight += k;
         },
-      }, align, opts.queueSize)
+      }, align, opts.queueSize, opts.pooled?.piece, opts.pooled?.limit)
       : null;
     const n = this.slots;
     this.sHead = new Uint16Array(n);
@@ -288,7 +297,11 @@ export class BlkQueueEngine {
   drain(): void {
     for (;;) {
       this.reapAll();
-      if (this.opsInFlight === 0 && this.unsyncedCount === 0) return;
+      if (this.opsInFlight === 0 && this.unsyncedCount === 0) {
+        // Parked requests wait only for buffers that requests in flight hold, and reapAll() started them.
+        if (this.pooled !== null && this.pooled.parked > 0) throw new Error('pooled requests parked with none in flight');
+        return;
+      }
       this.ring.submit(1);
     }
   }
@@ -298,7 +311,7 @@ export class BlkQueueEngine {
     this.setAttached(false);
     this.ring.close();
     this.iov.free();
-    this.bounce?.free();
+    this.zeroPart?.free();
     this.pooled?.free();
     this.zeroes?.unmap();
   }
@@ -392,6 +405,7 @@ export class BlkQueueEngine {
   /** Reaps completions, then starts the group fdatasync for writethrough writes if one is due. */
   private reapAll(): void {
     this.ring.reap(this.onCqe);
+    if (this.gateWaits === 0) this.pooled?.resume();
     // Ops that completions started (a patch's write after its reads, a zero-range retry) go in now.
     if (this.ring.pending > 0) this.ring.submit(0);
     if (this.unsyncedCount > 0 && !this.syncInFlight) {
@@ -545,8 +559,8 @@ export class BlkQueueEngine {
     const writethrough = write && Atomics.load(this.img.flags, 0) !== 0;
     const slot = this.alloc(head, statusGpa, usedLen, writethrough ? KIND_WT_WRITE : KIND_RW, len);
     const map = this.hostMap;
-    const bounce = this.bounce;
-    let misaligned = bounce !== null && (offset % bounce.alignment !== 0 || len % bounce.alignment !== 0);
+    const align = this.pooled === null ? 0 : this.pooled.alignment;
+    let misaligned = align > 0 && (offset % align !== 0 || len % align !== 0);
     const segSkip = skip;
     let left = len;
     let n = 0;
@@ -569,18 +583,14 @@ export class BlkQueueEngine {
         return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, 1);
       }
       if (n === 0) single = host;
-      if (bounce !== null && (host % bounce.alignment !== 0 || l % bounce.alignment !== 0)) misaligned = true;
+      if (align > 0 && (host % align !== 0 || l % align !== 0)) misaligned = true;
       this.iov.set(slot, n++, host, l);
       left -= l;
     }
     const fd = this.img.fd;
     // Gate waits reap this engine's completions: this slot is counted in flight only after them.
     if (misaligned) {
-      if ((this.pooled as PooledIo).start(slot, segs, segSkip, offset, len, write)) return;
-      const res = this.bounced(segs, segSkip, offset, len, write);
-      this.sOps[slot] = 1;
-      this.opsInFlight++;
-      this.complete(slot, res);
+      (this.pooled as PooledIo).start(slot, segs, segSkip, offset, len, write);
       return;
     }
     if (write && this.gate !== null) {
@@ -613,26 +623,16 @@ export class BlkQueueEngine {
     }
   }
 
-  /** An O_DIRECT request off the alignment, through the bounce buffer; returns len or -errno. */
-  private bounced(segs: Segment[], skip: number, offset: number, len: number, write: boolean): number {
-    const b = this.bounce as DirectBounce;
-    const mem = this.mem as GuestMemory;
-    if (!write) return b.read(mem, segs, skip, offset, len);
-    return this.gated(b.patches(offset, len), offset, len, () => b.write(mem, segs, skip, offset, len));
-  }
-
-  /** Runs a write done in this thread inside the gate: a patch holds its lock, any other write is counted. */
-  private gated(patch: boolean, offset: number, len: number, io: () => number): number {
+  /** Zeroes part of a block of an O_DIRECT image in this thread, holding its gate stripes' locks; len or -errno. */
+  private zeroPartGated(z: DirectZeroes, offset: number, len: number): number {
     const gate = this.gate;
-    if (gate === null) return io();
-    const mask = WriteGate.stripesFor(offset, len, patch, (this.bounce as DirectBounce).alignment, this.img.size);
-    if (patch) gate.lock(mask, this.progress);
-    else gate.enter(mask, this.progress);
+    if (gate === null) return z.zero(offset, len);
+    const mask = WriteGate.stripesFor(offset, len, true, z.alignment, this.img.size);
+    gate.lock(mask, this.progress);
     try {
-      return io();
+      return z.zero(offset, len);
     } finally {
-      if (patch) gate.unlock(mask);
-      else gate.leave(mask);
+      gate.unlock(mask);
     }
   }
 
@@ -732,9 +732,8 @@ export class BlkQueueEngine {
 
   /** Zeroes part of one block, now, in this thread; returns len or -errno. */
   private writeZeroes(slot: number, offset: number, len: number): number {
-    const bounce = this.bounce;
     // O_DIRECT: read the block, zero the part, write it back, ordered against other writes like any patch.
-    if (bounce !== null) return this.gated(true, offset, len, () => bounce.zero(offset, len));
+    if (this.zeroPart !== null) return this.zeroPartGated(this.zeroPart, offset, len);
     // Buffered: the kernel patches the block in its page cache.
     this.zeroes ??= mapAnonymous(this.img.logicalBlock ?? SECTOR);
     this.iov.set(slot, 0, Number(this.zeroes.ptr), len);

@@ -45,7 +45,7 @@ export class DiskImage {
     readonly writesPunted: boolean,
     /**
      * O_DIRECT: the block (512 or 4096 bytes) that offsets, lengths and buffers must keep to, probed as
-     * Cloud Hypervisor does; requests off it go through DirectBounce. 0 without O_DIRECT.
+     * Cloud Hypervisor does; requests off it go through PooledIo. 0 without O_DIRECT.
      */
     readonly alignment: number,
     /** The device's logical block (BLKSSZGET) for a block device, 512 for a file: fallocate takes whole ones. */

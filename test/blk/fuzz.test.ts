@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync, readFileSync, openSync, closeSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { BlkQueueEngine, type BlkEngineImage, type CompletionMode } from '../../backends/vhost-user-blk/engine.js';
+import { BlkQueueEngine, type BlkEngineImage, type BlkEngineOptions, type CompletionMode } from '../../backends/vhost-user-blk/engine.js';
 import {
   encodeBlkDiscardSegment, encodeBlkHeader, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
   VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP,
@@ -38,14 +38,16 @@ interface Req {
   payload: Buffer | null;
 }
 
-const variants: { name: string; img: Partial<BlkEngineImage>; writethrough?: boolean; completion?: CompletionMode }[] = [
+const variants: { name: string; img: Partial<BlkEngineImage>; writethrough?: boolean; completion?: CompletionMode; pooled?: BlkEngineOptions['pooled'] }[] = [
   { name: 'io_uring', img: {} },
   { name: 'io_uring, writethrough, completions waited for', img: {}, writethrough: true, completion: 'wait' },
   { name: 'memory-backed (inline preadv/pwritev)', img: { memoryBacked: true } },
   { name: 'writes punted (inline small writes)', img: { writesPunted: true } },
-  // O_DIRECT's rules without O_DIRECT: requests off 4096 go through the bounce buffer, sectors inside a block are patched.
-  { name: 'O_DIRECT with 4096-byte blocks (bounce buffer, patched blocks)', img: { alignment: 4096 } },
+  // O_DIRECT's rules without O_DIRECT: requests off 4096 go through the pooled aligned buffers, sectors inside a block are patched.
+  { name: 'O_DIRECT with 4096-byte blocks (pooled buffers, patched blocks)', img: { alignment: 4096 } },
   { name: 'O_DIRECT with 4096-byte blocks, writethrough', img: { alignment: 4096 }, writethrough: true },
+  // 8 KiB pieces and 16 KiB of buffers: requests go in pieces and wait for the pool, patches among them.
+  { name: 'O_DIRECT with 4096-byte blocks, a tiny pool', img: { alignment: 4096 }, pooled: { limit: 16384, piece: 8192 } },
 ];
 
 for (const v of variants) {
@@ -64,7 +66,7 @@ for (const v of variants) {
       d = new BlkTestDriver(256, 16 << 20);
       const img: BlkEngineImage = { fd, size: SIZE, readonly: false, serial: Buffer.from('fuzz-serial\0\0\0\0\0\0\0\0\0'), flags: new Int32Array(IMAGE_FLAGS_LENGTH), ...v.img };
       if (v.writethrough) img.flags[0] = 1;
-      eng = new BlkQueueEngine(img, { queueSize: 256, completion: v.completion ?? 'eventfd' });
+      eng = new BlkQueueEngine(img, { queueSize: 256, completion: v.completion ?? 'eventfd', pooled: v.pooled });
       eng.attach(d.device, d.mem);
     });
     afterEach(() => {

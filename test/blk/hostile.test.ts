@@ -26,7 +26,7 @@ function chainDescs(c: BlkVuClient): number[] {
   return out;
 }
 
-// direct=on too: requests off the O_DIRECT alignment take the bounce buffer, which must refuse the same way.
+// direct=on too: requests off the O_DIRECT alignment take the pooled buffers, which must refuse the same way.
 for (const direct of [false, true]) describe(`kumo-vhost-user-blk against hostile requests${direct ? ' (direct=on)' : ''}`, () => {
   let dir: string;
   let img: string;
