@@ -119,26 +119,27 @@ export class BouncePool {
 }
 
 /** The gate's stripes: a write waits only for patches in the stripes its range falls in, and a patch only for them. */
-const STRIPES = 32;
-/** Bytes of the disk per stripe before the stripes wrap around. */
-const REGION_SHIFT = 20;
+export const STRIPES = 1024;
+/** Bytes of the disk per stripe (64 KiB) before the stripes wrap around. */
+const REGION_SHIFT = 16;
 /** Where the gate starts in the image's shared flags (see BlkEngineImage.flags): STRIPES locks, then STRIPES counts. */
 const GATE_BASE = 2;
 /** Length of an image's shared flags array, the gate included. */
 export const IMAGE_FLAGS_LENGTH = GATE_BASE + 2 * STRIPES;
-const ALL_STRIPES = 0xffffffff;
 const LOCKS = GATE_BASE;
 const WRITES = GATE_BASE + STRIPES;
+/** A run of stripes is one number: first + count * STRIPES (0: none); the run may wrap past the last stripe. */
+const ALL_STRIPES = STRIPES * STRIPES;
 
 /**
  * Orders block patches (read-modify-write) against the other writes of an image whose O_DIRECT block is
- * larger than a sector, across queue threads. The disk is cut into 1 MiB regions, which map onto 32
+ * larger than a sector, across queue threads. The disk is cut into 64 KiB regions, which map onto 1024
  * stripes; each stripe has a lock, held while a thread patches a block there, and a count of the other
  * writes in flight there. A patch starts once no write is in flight in its stripes, and no write starts
  * in them during the patch, so a patch never writes stale bytes back over a newer write in its block;
- * patches and writes in other stripes go on meanwhile. Stripes are taken in ascending order.
- * `progress` reaps the caller's own completions (its writes may be the ones a patch waits for) and
- * says whether there were any to wait for.
+ * patches and writes in other stripes go on meanwhile (16 random patches in flight on a large disk seldom
+ * share one). Stripes are taken in ascending order. `progress` reaps the caller's own completions (its
+ * writes may be the ones a patch waits for) and says whether there were any to wait for.
  */
 export class WriteGate {
   constructor(private readonly flags: Int32Array) {}
@@ -151,25 +152,29 @@ export class WriteGate {
     return patch && Math.ceil((offset + len) / alignment) * alignment > end ? ALL_STRIPES : WriteGate.stripes(offset, len);
   }
 
-  /** The stripes a write of `len` bytes at `offset` falls in, as a bit mask (never 0). */
+  /** The run of stripes a write of `len` bytes at `offset` falls in (never none). */
   static stripes(offset: number, len: number): number {
     const first = Math.floor(offset / 2 ** REGION_SHIFT);
-    const last = Math.floor((offset + Math.max(len, 1) - 1) / 2 ** REGION_SHIFT);
-    if (last - first + 1 >= STRIPES) return ALL_STRIPES;
-    let mask = 0;
-    for (let r = first; r <= last; r++) mask |= 1 << (r % STRIPES);
-    return mask >>> 0;
+    const count = Math.floor((offset + Math.max(len, 1) - 1) / 2 ** REGION_SHIFT) - first + 1;
+    return count >= STRIPES ? ALL_STRIPES : (first % STRIPES) + count * STRIPES;
   }
 
-  /** Before a write that goes to the file as it is, in `mask`'s stripes; leave(mask) once it completed. */
-  enter(mask: number, progress: () => boolean): void {
+  /** The stripes of a run, in the order they are taken. */
+  static list(run: number): number[] {
+    const out: number[] = [];
+    for (let k = 0, n = runCount(run); k < n; k++) out.push(stripeAt(run, k));
+    return out;
+  }
+
+  /** Before a write that goes to the file as it is, in `run`'s stripes; leave(run) once it completed. */
+  enter(run: number, progress: () => boolean): void {
+    const n = runCount(run);
     for (;;) {
       let entered = 0;
       let blocked = -1;
-      for (let m = mask | 0; m !== 0; m &= m - 1) {
-        const s = lowestBit(m);
+      while (entered < n) {
+        const s = stripeAt(run, entered++);
         Atomics.add(this.flags, WRITES + s, 1);
-        entered |= 1 << s;
         if (Atomics.load(this.flags, LOCKS + s) !== 0) {
           blocked = s;
           break;
@@ -177,33 +182,38 @@ export class WriteGate {
       }
       if (blocked < 0) return;
       // Step back out of the stripes entered so far, then wait for the patch that holds this one.
-      this.leave(entered);
+      this.leaveFirst(run, entered);
       this.waitWhile(LOCKS + blocked, (v) => v !== 0, progress);
     }
   }
 
-  leave(mask: number): void {
-    for (let m = mask | 0; m !== 0; m &= m - 1) {
-      const s = lowestBit(m);
-      Atomics.sub(this.flags, WRITES + s, 1);
-      Atomics.notify(this.flags, WRITES + s);
-    }
+  leave(run: number): void {
+    this.leaveFirst(run, runCount(run));
   }
 
-  /** Before a patch: takes the locks of `mask`'s stripes, then waits for the writes in flight there (this thread's included). */
-  lock(mask: number, progress: () => boolean): void {
-    for (let m = mask | 0; m !== 0; m &= m - 1) {
-      const s = lowestBit(m);
+  /** Before a patch: takes the locks of `run`'s stripes, then waits for the writes in flight there (this thread's included). */
+  lock(run: number, progress: () => boolean): void {
+    const n = runCount(run);
+    for (let k = 0; k < n; k++) {
+      const s = stripeAt(run, k);
       while (Atomics.compareExchange(this.flags, LOCKS + s, 0, 1) !== 0) this.waitWhile(LOCKS + s, (v) => v !== 0, progress);
     }
-    for (let m = mask | 0; m !== 0; m &= m - 1) this.waitWhile(WRITES + lowestBit(m), (v) => v > 0, progress);
+    for (let k = 0; k < n; k++) this.waitWhile(WRITES + stripeAt(run, k), (v) => v > 0, progress);
   }
 
-  unlock(mask: number): void {
-    for (let m = mask | 0; m !== 0; m &= m - 1) {
-      const s = lowestBit(m);
+  unlock(run: number): void {
+    for (let k = 0, n = runCount(run); k < n; k++) {
+      const s = stripeAt(run, k);
       Atomics.store(this.flags, LOCKS + s, 0);
       Atomics.notify(this.flags, LOCKS + s);
+    }
+  }
+
+  private leaveFirst(run: number, n: number): void {
+    for (let k = 0; k < n; k++) {
+      const s = stripeAt(run, k);
+      Atomics.sub(this.flags, WRITES + s, 1);
+      Atomics.notify(this.flags, WRITES + s);
     }
   }
 
@@ -216,7 +226,17 @@ export class WriteGate {
   }
 }
 
-/** Index of the lowest set bit of a non-zero 32-bit mask. */
-function lowestBit(m: number): number {
-  return 31 - Math.clz32(m & -m);
+function runCount(run: number): number {
+  return Math.floor(run / STRIPES);
+}
+
+/**
+ * The k-th stripe of a run in ascending order: a run that wraps past the last stripe is taken from
+ * stripe 0 up first, so that every thread takes locks in one order.
+ */
+function stripeAt(run: number, k: number): number {
+  const first = run % STRIPES;
+  const wrapped = first + runCount(run) - STRIPES;
+  if (wrapped <= 0) return first + k;
+  return k < wrapped ? k : first + k - wrapped;
 }

@@ -111,8 +111,8 @@ export class BlkQueueEngine {
   private zeroes: Mapping | null = null;
   /** O_DIRECT blocks larger than a sector: orders patches against other writes (null otherwise). */
   private readonly gate: WriteGate | null;
-  /** Per slot: the gate stripes the slot's write is counted in (0: none). */
-  private readonly sGateMask: Uint32Array;
+  /** Per slot: the run of gate stripes the slot's write is counted in (0: none). */
+  private readonly sGateRun: Uint32Array;
   /** Per slot: 1 if the request is acked only after a group fdatasync (writethrough writes, zeroes, discards). */
   private readonly sSync: Uint8Array;
   /** Reaps this engine's completions for a gate wait (starting a due group sync); false when it has none to wait for. */
@@ -190,7 +190,7 @@ export class BlkQueueEngine {
     this.sExpect = new Float64Array(n);
     this.sKind = new Uint8Array(n);
     this.sRanges = new Float64Array(n * BlkLimits.maxDiscardSeg * 2);
-    this.sGateMask = new Uint32Array(n);
+    this.sGateRun = new Uint32Array(n);
     this.sSync = new Uint8Array(n);
     this.unsynced = new Uint16Array(n);
     this.syncing = new Uint16Array(n);
@@ -594,9 +594,9 @@ export class BlkQueueEngine {
       return;
     }
     if (write && this.gate !== null) {
-      const mask = WriteGate.stripes(offset, len);
-      this.gate.enter(mask, this.progress);
-      this.sGateMask[slot] = mask;
+      const run = WriteGate.stripes(offset, len);
+      this.gate.enter(run, this.progress);
+      this.sGateRun[slot] = run;
     }
     this.sOps[slot] = 1;
     this.opsInFlight++;
@@ -627,12 +627,12 @@ export class BlkQueueEngine {
   private zeroPartGated(z: DirectZeroes, offset: number, len: number): number {
     const gate = this.gate;
     if (gate === null) return z.zero(offset, len);
-    const mask = WriteGate.stripesFor(offset, len, true, z.alignment, this.img.size);
-    gate.lock(mask, this.progress);
+    const run = WriteGate.stripesFor(offset, len, true, z.alignment, this.img.size);
+    gate.lock(run, this.progress);
     try {
       return z.zero(offset, len);
     } finally {
-      gate.unlock(mask);
+      gate.unlock(run);
     }
   }
 
@@ -672,14 +672,20 @@ export class BlkQueueEngine {
     const block = this.img.logicalBlock ?? SECTOR;
     if (block > SECTOR) this.wholeBlocks(slot, base, count, block, discard);
     if (this.gate !== null) {
-      let mask = 0;
+      // One run of stripes over all the ranges (more than they need when they lie apart: fine for a rare request).
+      let lo = Infinity;
+      let hi = -Infinity;
       for (let i = 0; i < count; i++) {
+        const off = this.sRanges[base + 2 * i];
         const len = this.sRanges[base + 2 * i + 1];
-        if (len > 0) mask |= WriteGate.stripes(this.sRanges[base + 2 * i], len);
+        if (len === 0) continue;
+        lo = Math.min(lo, off);
+        hi = Math.max(hi, off + len);
       }
-      if (mask !== 0) {
-        this.gate.enter(mask, this.progress);
-        this.sGateMask[slot] = mask;
+      if (hi > lo) {
+        const run = WriteGate.stripes(lo, hi - lo);
+        this.gate.enter(run, this.progress);
+        this.sGateRun[slot] = run;
       }
     }
     const fd = this.img.fd;
@@ -797,10 +803,10 @@ export class BlkQueueEngine {
   }
 
   private finishSlot(slot: number): void {
-    const mask = this.sGateMask[slot];
-    if (mask !== 0) {
-      this.sGateMask[slot] = 0;
-      (this.gate as WriteGate).leave(mask);
+    const run = this.sGateRun[slot];
+    if (run !== 0) {
+      this.sGateRun[slot] = 0;
+      (this.gate as WriteGate).leave(run);
     }
     const ok = this.writeStatus(this.sStatusGpa[slot], this.sStatus[slot]);
     (this.queue as DeviceQueue).pushUsed(this.sHead[slot], ok ? this.sUsedLen[slot] : 0);

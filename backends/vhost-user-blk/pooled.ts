@@ -73,7 +73,8 @@ export class PooledIo {
   private readonly patch: Uint8Array;
   private readonly left: Uint8Array;
   private readonly failed: Uint8Array;
-  private readonly mask: Uint32Array;
+  /** The run of gate stripes the request holds (0: none). */
+  private readonly run: Uint32Array;
   /** Parked slots, oldest first: a ring of `slots` entries. */
   private readonly parkedSlots: Uint16Array;
   private parkedHead = 0;
@@ -100,7 +101,7 @@ export class PooledIo {
     this.patch = new Uint8Array(slots);
     this.left = new Uint8Array(slots);
     this.failed = new Uint8Array(slots);
-    this.mask = new Uint32Array(slots);
+    this.run = new Uint32Array(slots);
     this.parkedSlots = new Uint16Array(slots);
   }
 
@@ -124,7 +125,7 @@ export class PooledIo {
     this.writes[slot] = write ? 1 : 0;
     this.patch[slot] = write && (offset % a !== 0 || (offset + len) % a !== 0) ? 1 : 0;
     this.failed[slot] = 0;
-    this.mask[slot] = 0;
+    this.run[slot] = 0;
     if (this.parkedCount > 0 || !this.begin(slot)) {
       this.phase[slot] = PARKED;
       this.parkedSlots[(this.parkedHead + this.parkedCount++) % this.parkedSlots.length] = slot;
@@ -196,10 +197,10 @@ export class PooledIo {
     if (this.writes[slot] === 1 && gate !== null) {
       // Before the request counts as in flight: these waits reap this ring, and may finish other requests.
       const patch = this.patch[slot] === 1;
-      const mask = WriteGate.stripesFor(offset, len, patch, a, this.host.end);
-      if (patch) gate.lock(mask, this.host.progress);
-      else gate.enter(mask, this.host.progress);
-      this.mask[slot] = mask;
+      const run = WriteGate.stripesFor(offset, len, patch, a, this.host.end);
+      if (patch) gate.lock(run, this.host.progress);
+      else gate.enter(run, this.host.progress);
+      this.run[slot] = run;
     }
     this.buf[slot] = buf;
     this.next(slot, lo);
@@ -254,10 +255,10 @@ export class PooledIo {
 
   private finish(slot: number, buf: Mapping): number {
     const gate = this.host.gate;
-    const mask = this.mask[slot];
-    if (gate !== null && mask !== 0) {
-      if (this.patch[slot] === 1) gate.unlock(mask);
-      else gate.leave(mask);
+    const run = this.run[slot];
+    if (gate !== null && run !== 0) {
+      if (this.patch[slot] === 1) gate.unlock(run);
+      else gate.leave(run);
     }
     this.phase[slot] = IDLE;
     this.segs[slot] = null;

@@ -6,7 +6,7 @@ import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, writ
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { BouncePool, DirectZeroes, IMAGE_FLAGS_LENGTH, WriteGate } from '../../backends/vhost-user-blk/bounce.js';
+import { BouncePool, DirectZeroes, IMAGE_FLAGS_LENGTH, STRIPES, WriteGate } from '../../backends/vhost-user-blk/bounce.js';
 import { PooledIo, POOLED_PENDING } from '../../backends/vhost-user-blk/pooled.js';
 import { IoUring } from '../../protocol/sys/uring.js';
 import { GuestMemory } from '../../protocol/memory/index.js';
@@ -191,23 +191,30 @@ function progressOr(onCall: () => boolean, limit = 5): { progress: () => boolean
 }
 
 describe('WriteGate', () => {
-  it('maps a range to the stripes of the 1 MiB regions it touches', () => {
-    expect(WriteGate.stripes(0, 512)).toBe(1);
-    expect(WriteGate.stripes(MiB - 512, 512)).toBe(1);
-    expect(WriteGate.stripes(MiB - 512, 1024)).toBe(0b11);
-    expect(WriteGate.stripes(5 * MiB, 4096)).toBe(1 << 5);
-    // Regions wrap around the 32 stripes.
-    expect(WriteGate.stripes(33 * MiB, 4096)).toBe(1 << 1);
-    expect(WriteGate.stripes(31 * MiB + 4096, MiB)).toBe((2 ** 31 + 1) >>> 0);
-    expect(WriteGate.stripes(0, 64 * MiB)).toBe(0xffffffff);
-    expect(WriteGate.stripes(7 * MiB, 0)).toBe(1 << 7);
+  const KiB64 = 64 * 1024;
+  it('maps a range to the stripes of the 64 KiB regions it touches, in the order they are taken', () => {
+    expect(WriteGate.list(WriteGate.stripes(0, 512))).toEqual([0]);
+    expect(WriteGate.list(WriteGate.stripes(KiB64 - 512, 512))).toEqual([0]);
+    expect(WriteGate.list(WriteGate.stripes(KiB64 - 512, 1024))).toEqual([0, 1]);
+    expect(WriteGate.list(WriteGate.stripes(5 * KiB64, 4096))).toEqual([5]);
+    expect(WriteGate.list(WriteGate.stripes(7 * KiB64, 0))).toEqual([7]);
+    expect(WriteGate.list(WriteGate.stripes(3 * KiB64 + 4096, MiB))).toEqual([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
+    // Regions wrap around the stripes; a run that wraps is taken from stripe 0 up.
+    expect(WriteGate.list(WriteGate.stripes((STRIPES + 1) * KiB64, 4096))).toEqual([1]);
+    expect(WriteGate.list(WriteGate.stripes((STRIPES - 2) * KiB64 + 4096, 3 * KiB64))).toEqual([0, 1, STRIPES - 2, STRIPES - 1]);
+    const all = WriteGate.list(WriteGate.stripes(0, STRIPES * KiB64));
+    expect(all).toEqual(Array.from({ length: STRIPES }, (_, i) => i));
+    expect(WriteGate.list(WriteGate.stripes(12345 * 512, 2 * STRIPES * KiB64))).toEqual(all);
+    // A patch whose block reaches past the file's end takes every stripe (it cuts the file back).
+    expect(WriteGate.list(WriteGate.stripesFor(MiB - 512, 512, true, 4096, MiB - 1024))).toEqual(all);
+    expect(WriteGate.list(WriteGate.stripesFor(MiB - 512, 512, false, 4096, MiB - 1024))).toEqual([15]);
   });
 
   it('lets a patch run beside a write in another stripe and makes it wait for one in its own', () => {
     const flags = new Int32Array(new SharedArrayBuffer(IMAGE_FLAGS_LENGTH * 4));
     const gate = new WriteGate(flags);
-    const a = WriteGate.stripes(3 * MiB, 4096);
-    const b = WriteGate.stripes(9 * MiB, 4096);
+    const a = WriteGate.stripes(3 * KiB64, 4096);
+    const b = WriteGate.stripes(9 * KiB64, 4096);
     const never = progressOr(() => true, 0);
     gate.enter(b, never.progress);
 
@@ -225,31 +232,34 @@ describe('WriteGate', () => {
     gate.lock(a, done.progress);
     expect(done.calls()).toBe(1);
 
-    // While the patch holds a, a write spanning a and b steps back out of both and waits for the lock.
-    const span = a | b;
+    // While the patch holds a, a write spanning stripes 3 to 9 steps back out of the ones it entered and waits for the lock.
+    const span = WriteGate.stripes(3 * KiB64, 7 * KiB64);
     const waits = progressOr(() => {
+      expect(Array.from(flags.subarray(2 + STRIPES + 3, 2 + STRIPES + 10))).toEqual([0, 0, 0, 0, 0, 0, 1]);
       gate.unlock(a);
       return true;
     });
     gate.enter(span, waits.progress);
     expect(waits.calls()).toBe(1);
+    expect(Array.from(flags.subarray(2 + STRIPES + 3, 2 + STRIPES + 10))).toEqual([1, 1, 1, 1, 1, 1, 2]);
     gate.leave(span);
     gate.leave(b);
     expect(Array.from(flags.subarray(2))).toEqual(new Array(IMAGE_FLAGS_LENGTH - 2).fill(0));
 
-    // Every stripe, the 32nd included: a write in the last one holds back a patch there.
-    const all = WriteGate.stripes(0, 64 * MiB);
-    const last = WriteGate.stripes(31 * MiB, 4096);
+    // Every stripe, the last included: a write in the last one holds back a patch over all of them.
+    const all = WriteGate.stripes(0, STRIPES * KiB64);
+    const last = WriteGate.stripes((STRIPES - 1) * KiB64, 4096);
+    const rest = WriteGate.stripes(0, (STRIPES - 1) * KiB64);
     gate.enter(all, never.progress);
-    expect(Array.from(flags.subarray(2 + 32))).toEqual(new Array(32).fill(1));
-    gate.leave(all & ~last);
+    expect(Array.from(flags.subarray(2 + STRIPES))).toEqual(new Array(STRIPES).fill(1));
+    gate.leave(rest);
     const lastDone = progressOr(() => {
       gate.leave(last);
       return true;
     });
     gate.lock(all, lastDone.progress);
     expect(lastDone.calls()).toBe(1);
-    expect(Array.from(flags.subarray(2, 2 + 32))).toEqual(new Array(32).fill(1));
+    expect(Array.from(flags.subarray(2, 2 + STRIPES))).toEqual(new Array(STRIPES).fill(1));
     gate.unlock(all);
     expect(Array.from(flags.subarray(2))).toEqual(new Array(IMAGE_FLAGS_LENGTH - 2).fill(0));
   });

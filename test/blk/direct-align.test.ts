@@ -172,7 +172,7 @@ describe('kumo-vhost-user-blk direct=on', () => {
   const canLoop = process.getuid?.() === 0 && spawnSync('losetup', ['--version']).status === 0 && existsSync('/dev/loop-control');
   if (!canLoop) console.log('not root or no losetup/loop devices: the 4096-byte sector device check is skipped');
   it.skipIf(!canLoop)('serves 512-byte sectors on a 4096-byte sector device; two queues patching blocks lose nothing', async () => {
-    // 4 MiB: blocks in two of the write gate's 1 MiB regions (stripes 0 and 2).
+    // 4 MiB: blocks in two of the write gate's 64 KiB regions (stripes 0 and 32).
     const size = 4 * SIZE;
     const initial = randomBytes(size);
     loop = loopDevice(initial);
