@@ -2,6 +2,7 @@
 // anywhere on 512-byte sectors, guest buffers split at odd addresses, requests many pieces long, several at
 // once with some parked for the pool, a file whose end lies inside a block; a plain file stands in for the
 // O_DIRECT one, since the classes only keep to the alignment), the write gate's stripes, and the buffer pool.
+import { randomBytes } from 'node:crypto';
 import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -189,6 +190,40 @@ function progressOr(onCall: () => boolean, limit = 5): { progress: () => boolean
     calls: () => n,
   };
 }
+
+describe('PooledIo with guest memory gone', () => {
+  it('fails the request, leaves the file and the gate as they were, and gives the buffer back', () => {
+    const data = randomBytes(SIZE);
+    const path = join(dir, 'img.raw');
+    writeFileSync(path, data);
+    const fd = openSync(path, 'r+');
+    const mem = GuestMemory.anonymous([{ guestAddr: 0, size: 1 << 20 }]);
+    const h = new PooledHarness(fd, SIZE, mem, CHUNK, CHUNK);
+    try {
+      const gone: Segment[] = [{ addr: (1 << 20) + 4096, len: 3 * ALIGN }];
+      // A write on whole blocks (copied in before its write), a patch (copied in after its reads), and a read.
+      h.io.start(0, gone, 0, 2 * ALIGN, 3 * ALIGN, true);
+      h.settle();
+      h.io.start(1, [{ addr: (1 << 20) - 512, len: 1024 }], 0, ALIGN + 512, 1024, true);
+      h.settle();
+      h.io.start(2, gone, 0, 2 * ALIGN + 512, 3 * ALIGN, false);
+      h.settle();
+      expect([h.done.get(0), h.done.get(1), h.done.get(2)]).toEqual([1, 1, 1]);
+      expect(Array.from(h.flags.subarray(2))).toEqual(new Array(IMAGE_FLAGS_LENGTH - 2).fill(0));
+      // The pool (one piece's worth) has its buffer back: a good request runs.
+      const ok: Segment[] = [{ addr: 4096 + 16, len: ALIGN }];
+      h.io.start(3, ok, 0, 0, ALIGN, false);
+      h.settle();
+      expect(h.done.get(3)).toBe(0);
+      expect(Buffer.from(mem.slice(4096 + 16, ALIGN)).equals(data.subarray(0, ALIGN))).toBe(true);
+    } finally {
+      h.close();
+      mem.close();
+      closeSync(fd);
+    }
+    expect(readFileSync(path).equals(data)).toBe(true);
+  });
+});
 
 describe('WriteGate', () => {
   const KiB64 = 64 * 1024;
