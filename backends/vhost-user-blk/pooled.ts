@@ -7,7 +7,7 @@ import type { Mapping } from '../../protocol/sys/mem.js';
 /** userData of a pooled request's op: slot + op * OP_SHIFT (as the engine encodes its own ops). */
 export const OP_SHIFT = 65536;
 /** The largest buffer a request takes: longer ones go through it a piece at a time, so a guest cannot grow it. */
-export const PIECE = 1 << 20;
+const PIECE = 1 << 20;
 
 /** What a pooled request is doing. */
 const IDLE = 0;

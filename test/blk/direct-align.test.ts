@@ -71,15 +71,27 @@ function readDevice(path: string, len: number): Buffer {
   }
 }
 
+/** Starts the back-end on `path` with `keys` after its path and socket, and connects a client (both closed after each test). */
+async function serve(path: string, keys: string, opts?: Parameters<typeof BlkVuClient.connect>[1]): Promise<BlkVuClient> {
+  const sock = join(dir, 's.sock');
+  child = await startBackend(`path=${path},socket=${sock},${keys}`);
+  client = await BlkVuClient.connect(sock, opts);
+  return client;
+}
+
+/** Stops the back-end serve() started (its writes are then on the image). */
+async function stopServing(): Promise<void> {
+  const c = child;
+  child = null;
+  if (c) await stopBackend(c);
+}
+
 describe('kumo-vhost-user-blk direct=on', () => {
   it('reads into and writes from guest buffers at any address, split over segments', async () => {
     const img = join(dir, 'disk.raw');
     const initial = randomBytes(SIZE);
     writeFileSync(img, initial);
-    const sock = join(dir, 's.sock');
-    child = await startBackend(`path=${img},socket=${sock},direct=on`);
-    client = await BlkVuClient.connect(sock);
-    const c = client;
+    const c = await serve(img, `direct=on`);
     const odd = (len: number, at: number) => c.buf(len + 64, 4096) + at;
     // 4 KiB at sector 24 into three pieces at odd addresses; 512 bytes at sector 3 into one at +1.
     const parts = [{ addr: odd(1000, 3), len: 1000 }, { addr: odd(3000, 17), len: 3000 }, { addr: odd(96, 5), len: 96 }];
@@ -98,8 +110,7 @@ describe('kumo-vhost-user-blk direct=on', () => {
     const sw = c.add(0, VIRTIO_BLK_T_OUT, 101, w, [], 3);
     c.run(0, 1);
     expect(c.mem.readU8(sw)).toBe(0);
-    await stopBackend(child);
-    child = null;
+    await stopServing();
     const after = readFileSync(img);
     expect(after.subarray(101 * 512, 101 * 512 + data.length).equals(data)).toBe(true);
     // Nothing around the written range moved.
@@ -113,10 +124,7 @@ describe('kumo-vhost-user-blk direct=on', () => {
     const n = 40; // 40 MiB in flight: the pool holds 16
     const initial = randomBytes(n * MiB);
     writeFileSync(img, initial);
-    const sock = join(dir, 's.sock');
-    child = await startBackend(`path=${img},socket=${sock},direct=on,queue_size=256`);
-    client = await BlkVuClient.connect(sock, { queueSize: 256, memSize: 160 << 20 });
-    const c = client;
+    const c = await serve(img, `direct=on,queue_size=256`, { queueSize: 256, memSize: 160 << 20 });
     // Writes of 1 MiB (odd blocks) and reads of 1 MiB (even blocks), from buffers 16 bytes past a page.
     const data = randomBytes(n * MiB);
     const st: number[] = [];
@@ -134,8 +142,7 @@ describe('kumo-vhost-user-blk direct=on', () => {
     c.run(0, n);
     expect(st.map((a) => c.mem.readU8(a))).toEqual(new Array(n).fill(0));
     for (const r of reads) expect(guestBytes(c, r.addr, MiB).equals(initial.subarray(r.at, r.at + MiB))).toBe(true);
-    await stopBackend(child);
-    child = null;
+    await stopServing();
     const after = readFileSync(img);
     for (let k = 0; k < n; k++) {
       const want = k % 2 === 1 ? data.subarray(k * MiB, (k + 1) * MiB) : initial.subarray(k * MiB, (k + 1) * MiB);
@@ -148,10 +155,7 @@ describe('kumo-vhost-user-blk direct=on', () => {
     const size = 80 << 20;
     writeFileSync(img, Buffer.alloc(0));
     truncateSync(img, size);
-    const sock = join(dir, 's.sock');
-    child = await startBackend(`path=${img},socket=${sock},direct=on`);
-    client = await BlkVuClient.connect(sock, { memSize: 160 << 20 });
-    const c = client;
+    const c = await serve(img, `direct=on`, { memSize: 160 << 20 });
     const rssAnon = () => Number(/RssAnon:\s+(\d+) kB/.exec(readFileSync(`/proc/${child?.pid}/status`, 'utf8'))?.[1]) * 1024;
     // A small bounced read first, so that the buffer and the queue thread exist before the baseline.
     const small = c.buf(600, 4096) + 16;
@@ -180,10 +184,7 @@ describe('kumo-vhost-user-blk direct=on', () => {
     expect(probe.alignment).toBe(4096);
     probe.close();
 
-    const sock = join(dir, 's.sock');
-    child = await startBackend(`path=${loop},socket=${sock},direct=on,num_queues=2,queue_size=1024`);
-    client = await BlkVuClient.connect(sock, { numQueues: 2, queueSize: 1024, memSize: 128 << 20 });
-    const c = client;
+    const c = await serve(loop, `direct=on,num_queues=2,queue_size=1024`, { numQueues: 2, queueSize: 1024, memSize: 128 << 20 });
     const cfg = new DataView(c.fe.getConfig(0, 60).buffer);
     expect(cfg.getUint32(BlkConfig.blk_size, true)).toBe(512);
     expect(cfg.getUint8(BlkConfig.physical_block_exp)).toBe(3);
@@ -218,8 +219,7 @@ describe('kumo-vhost-user-blk direct=on', () => {
     }
     runAll(c, counts);
     expect(status.every((a) => c.mem.readU8(a) === 0)).toBe(true);
-    await stopBackend(child);
-    child = null;
+    await stopServing();
     const after = readDevice(loop, size);
     const lost = [];
     for (let s = 0; s < size / 512; s++) {
@@ -232,10 +232,7 @@ describe('kumo-vhost-user-blk direct=on', () => {
     const size = 4 * SIZE;
     const initial = randomBytes(size);
     loop = loopDevice(initial);
-    const sock = join(dir, 's.sock');
-    child = await startBackend(`path=${loop},socket=${sock},direct=on`);
-    client = await BlkVuClient.connect(sock, { memSize: 128 << 20 });
-    const c = client;
+    const c = await serve(loop, `direct=on`, { memSize: 128 << 20 });
     const odd = (len: number, at: number) => c.buf(len + 64, 4096) + at;
     // 2 MiB + 1 KiB at sector 3: inside a block at both ends, from three buffers at odd addresses.
     const data = randomBytes(2 * SIZE + 1024);
@@ -255,8 +252,7 @@ describe('kumo-vhost-user-blk direct=on', () => {
     expect(c.mem.readU8(sr)).toBe(0);
     const got = Buffer.concat(r.map((p) => guestBytes(c, p.addr, p.len)));
     expect(got.equals(expected.subarray(512, 512 + rlen))).toBe(true);
-    await stopBackend(child);
-    child = null;
+    await stopServing();
     expect(readDevice(loop, size).equals(expected)).toBe(true);
   });
 
@@ -264,10 +260,7 @@ describe('kumo-vhost-user-blk direct=on', () => {
     const size = 4 * SIZE;
     const initial = randomBytes(size);
     loop = loopDevice(initial, true);
-    const sock = join(dir, 's.sock');
-    child = await startBackend(`path=${loop},socket=${sock},direct=on,num_queues=2,queue_size=1024`);
-    client = await BlkVuClient.connect(sock, { numQueues: 2, queueSize: 1024, memSize: 128 << 20 });
-    const c = client;
+    const c = await serve(loop, `direct=on,num_queues=2,queue_size=1024`, { numQueues: 2, queueSize: 1024, memSize: 128 << 20 });
     // Blocks 256-1023 (regions 1-3), in waves: queue 1 writes each whole block once from an aligned buffer
     // (straight to the file, counted by the gate) while queue 0 patches each block's first sector, all in
     // flight at once. Whichever of the two lands last, sectors 1-7 must then hold the whole-block write's data.
@@ -313,10 +306,7 @@ describe('kumo-vhost-user-blk direct=on', () => {
       const size = 64 * 1024 + 512;
       const initial = randomBytes(size);
       writeFileSync(img, initial);
-      const sock = join(dir, 's.sock');
-      child = await startBackend(`path=${img},socket=${sock},direct=on`);
-      client = await BlkVuClient.connect(sock);
-      const c = client;
+      const c = await serve(img, `direct=on`);
       const last = size / 512 - 1;
       const data = randomBytes(1024);
       const b = c.buf(1024);
@@ -334,8 +324,7 @@ describe('kumo-vhost-user-blk direct=on', () => {
       expected.fill(0, last * 512);
       expect(st.map((a) => c.mem.readU8(a))).toEqual([0, 0, 0]);
       expect(statSync(img).size).toBe(size);
-      await stopBackend(child);
-      child = null;
+      await stopServing();
       expect(readFileSync(img).equals(expected)).toBe(true);
     } finally {
       client?.close();
@@ -350,10 +339,7 @@ describe('kumo-vhost-user-blk direct=on', () => {
     it.skipIf(!canLoop)(`WRITE_ZEROES and DISCARD off the 4096-byte blocks of a block device (direct=${direct ? 'on' : 'off'})`, async () => {
       const initial = randomBytes(SIZE);
       loop = loopDevice(initial);
-      const sock = join(dir, 's.sock');
-      child = await startBackend(`path=${loop},socket=${sock},direct=${direct ? 'on' : 'off'}`);
-      client = await BlkVuClient.connect(sock);
-      const c = client;
+      const c = await serve(loop, `direct=${direct ? 'on' : 'off'}`);
       const cfg = new DataView(c.fe.getConfig(0, 60).buffer);
       expect(cfg.getUint32(BlkConfig.discard_sector_alignment, true)).toBe(8);
       expect(cfg.getUint8(BlkConfig.physical_block_exp)).toBe(3);
@@ -369,8 +355,7 @@ describe('kumo-vhost-user-blk direct=on', () => {
       st.push(c.add(0, VIRTIO_BLK_T_DISCARD, 0, [c.ranges([{ sector: 260, numSectors: 14, flags: 0 }])], [], 9));
       c.run(0, zeroes.length + 1);
       expect(st.map((a) => c.mem.readU8(a))).toEqual([0, 0, 0, 0, 0]);
-      await stopBackend(child);
-      child = null;
+      await stopServing();
       const after = readDevice(loop, SIZE);
       // The discard's partial blocks (sectors 260-263 and 272-273) keep their data; block 33 (264-271) is free to change.
       after.copy(expected, 264 * 512, 264 * 512, 272 * 512);
