@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BenchTable } from './types.js';
 import { stopProcess, waitForSocket } from './processes.js';
-import { fmtSteal, StealMeter, STEAL_NOISY } from './steal.js';
+import { fmtPercent, HostCpuMeter, STEAL_NOISY } from './host-cpu.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SECONDS = Number(process.env.KUMO_BENCH_SECONDS ?? 3);
@@ -35,6 +35,8 @@ interface Result {
   p50: number;
   /** Percent of the host's CPU time stolen by the hypervisor during this run. */
   steal: number | null;
+  /** Percent of all the host's CPU time spent running (anything) during this run. */
+  busy: number | null;
 }
 
 
@@ -57,27 +59,27 @@ function startQsd(img: string, sock: string, queues: number): ChildProcess {
 }
 
 function vuBench(sock: string, c: Case, queues: number): Result {
-  const steal = new StealMeter();
+  const host = new HostCpuMeter();
   const r = spawnSync(process.execPath, [join(ROOT, 'bin/kumo-vu.js'), 'blk', '--socket', sock, '--connect-timeout', '5000', 'bench',
     '--rw', c.rw, '--bs', String(c.bs), '--iodepth', String(c.iodepth), '--queues', String(queues),
     '--seconds', String(SECONDS), '--queue-size', String(QUEUE_SIZE), '--json'], { encoding: 'utf8', env: { ...process.env, KUMO_LOG: 'error' } });
   try {
     const j = JSON.parse(r.stdout) as { iops: number; mbPerSec: number; latP50Us: number; errors: number };
     if (j.errors > 0) throw new Error(`${j.errors} I/O errors`);
-    return { iops: j.iops, mbps: j.mbPerSec, p50: j.latP50Us, steal: steal.percent() };
+    return { iops: j.iops, mbps: j.mbPerSec, p50: j.latP50Us, steal: host.percent(), busy: host.busyPercent() };
   } catch (e) {
     throw new Error(`kumo-vu blk bench failed: ${(e as Error).message} ${r.stderr.slice(-500)}`);
   }
 }
 
 function fio(img: string, c: Case, queues: number): Result {
-  const steal = new StealMeter();
+  const host = new HostCpuMeter();
   const r = spawnSync('fio', ['--name=b', `--filename=${img}`, '--ioengine=io_uring', `--rw=${c.rw}`, `--bs=${c.bs}`,
     `--iodepth=${c.iodepth}`, `--numjobs=${queues}`, `--runtime=${SECONDS}`, '--time_based', '--group_reporting',
     '--direct=0', '--invalidate=0', '--output-format=json'], { encoding: 'utf8' });
   const j = JSON.parse(r.stdout) as { jobs: { read: FioSide; write: FioSide }[] };
   const side = c.rw.includes('read') ? j.jobs[0].read : j.jobs[0].write;
-  return { iops: side.iops, mbps: side.bw_bytes / 1e6, p50: (side.clat_ns?.percentile?.['50.000000'] ?? 0) / 1000, steal: steal.percent() };
+  return { iops: side.iops, mbps: side.bw_bytes / 1e6, p50: (side.clat_ns?.percentile?.['50.000000'] ?? 0) / 1000, steal: host.percent(), busy: host.busyPercent() };
 }
 interface FioSide { iops: number; bw_bytes: number; clat_ns?: { percentile?: Record<string, number> } }
 
@@ -128,6 +130,9 @@ export async function run(): Promise<BenchTable[]> {
     '(without FLUSH kumo, like Cloud Hypervisor, runs writethrough: one group fdatasync per batch before the acks).',
     'disk: before every run the image is synced and dropped from the page cache (and read back in for read cases), so every',
     'run starts from the same state: writes into uncached pages, reads from cached ones (see settle() in bench/blk.ts).',
+    'host busy %: the share of all the host\'s CPU time spent running anything (back-end, driver, fio, io_uring workers) during the',
+    'kept run; 100 = every CPU busy. fio needs no driver: on tmpfs its own thread and one io_uring worker fill both CPUs, while kumo',
+    'serves a queue from one thread and the driver takes ~40% of the other CPU (the driver\'s own figure is `kumo-vu blk bench`\'s CPU).',
     `steal %: the share of the host's CPU time the hypervisor gave to other tenants during the kept run of kumo/qsd/fio; above ${STEAL_NOISY}% a figure is low by about that much or more.`,
   ];
   if (!withQsd) notes.push('qemu-storage-daemon not installed: qsd column empty');
@@ -190,7 +195,8 @@ export async function run(): Promise<BenchTable[]> {
             fmt(k), r.qsd ? fmt(r.qsd.iops) : '-', r.fio ? fmt(r.fio.iops) : '-',
             r.qsd ? ratio(k, r.qsd.iops) : '-', r.fio ? ratio(k, r.fio.iops) : '-',
             r.kumo ? r.kumo.mbps.toFixed(0) : '-', r.kumo ? r.kumo.p50 : '-',
-            `${fmtSteal(r.kumo?.steal)}/${fmtSteal(r.qsd?.steal)}/${fmtSteal(r.fio?.steal)}`,
+            `${fmtPercent(r.kumo?.busy)}/${fmtPercent(r.qsd?.busy)}/${fmtPercent(r.fio?.busy)}`,
+            `${fmtPercent(r.kumo?.steal)}/${fmtPercent(r.qsd?.steal)}/${fmtPercent(r.fio?.steal)}`,
           ]);
         }
       }
@@ -200,7 +206,7 @@ export async function run(): Promise<BenchTable[]> {
   }
   return [{
     title: 'vhost-user-blk: kumo-vhost-user-blk vs qemu-storage-daemon vs fio (IOPS)',
-    columns: ['fs', 'workload', 'queues', 'kumo IOPS', 'qsd IOPS', 'fio IOPS', 'kumo/qsd', 'kumo/fio', 'kumo MB/s', 'kumo p50 µs', 'steal % k/q/f'],
+    columns: ['fs', 'workload', 'queues', 'kumo IOPS', 'qsd IOPS', 'fio IOPS', 'kumo/qsd', 'kumo/fio', 'kumo MB/s', 'kumo p50 µs', 'host busy % k/q/f', 'steal % k/q/f'],
     rows,
     notes,
   }];

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import type { BenchTable } from './types.js';
 import type { FsBenchResult } from '../vmm/kumo-vu/fs/bench.js';
 import { cpuSeconds, sleep, stopProcess } from './processes.js';
-import { fmtSteal, StealMeter, STEAL_NOISY } from './steal.js';
+import { fmtPercent, HostCpuMeter, STEAL_NOISY } from './host-cpu.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SECONDS = Number(process.env.KUMO_BENCH_SECONDS ?? 1.5);
@@ -47,6 +47,8 @@ interface Run {
   cpu: number;
   /** Percent of the host's CPU time stolen by the hypervisor during the run. */
   steal: number | null;
+  /** Percent of all the host's CPU time spent running (anything) during the run. */
+  busy: number | null;
 }
 
 async function runOne(who: 'kumo' | 'qemu', dir: string, depth: number, rep: number): Promise<Run> {
@@ -58,10 +60,10 @@ async function runOne(who: 'kumo' | 'qemu', dir: string, depth: number, rep: num
   try {
     const c0 = cpuSeconds(child.pid!);
     const t0 = Date.now();
-    const steal = new StealMeter();
+    const host = new HostCpuMeter();
     const r = await kumoVu(socket, depth);
     const cpu = (Math.max(last, cpuSeconds(child.pid!)) - c0) / ((Date.now() - t0) / 1000);
-    return { r, cpu, steal: steal.percent() };
+    return { r, cpu, steal: host.percent(), busy: host.busyPercent() };
   } finally {
     clearInterval(sample);
     await stopProcess(child);
@@ -97,6 +99,7 @@ export async function run(): Promise<BenchTable[]> {
     'kumo-vu (client) CPU: the driver itself over the four cases; near 100% the single-threaded client, not the daemon, sets the pace',
     'the timed loops write requests straight into guest memory and read replies there (protocol/fuse/raw.ts), with no allocation or',
     'promise per request: a heavier client took CPU that QEMU\'s pool would use (its depth-8 lookups doubled when the client got lighter)',
+    'host busy %: the share of all the host\'s CPU time spent running anything (daemon, client, kernel) during each run; 100 = every CPU busy',
     `host steal %: the share of the host's CPU time the hypervisor gave to other tenants during each run; above ${STEAL_NOISY}% that run is noisy`,
   ];
   try {
@@ -118,8 +121,9 @@ export async function run(): Promise<BenchTable[]> {
       rows.push(['daemon CPU', depth, cpu(kumo), cpu(qemu), '', '']);
       const client = (runs: { r: FsBenchResult }[]): string => (runs.length ? `${median(runs.map((x) => x.r.clientCpuPercent))}%` : 'n/a');
       rows.push(['kumo-vu (client) CPU', depth, client(kumo), client(qemu), '', '']);
-      const steal = (runs: Run[]): string => runs.map((x) => fmtSteal(x.steal)).join('/') || 'n/a';
-      rows.push(['host steal % per run', depth, steal(kumo), steal(qemu), '', '']);
+      const hostPct = (runs: Run[], f: (x: Run) => number | null): string => runs.map((x) => fmtPercent(f(x))).join('/') || 'n/a';
+      rows.push(['host busy % per run', depth, hostPct(kumo, (x) => x.busy), hostPct(qemu, (x) => x.busy), '', '']);
+      rows.push(['host steal % per run', depth, hostPct(kumo, (x) => x.steal), hostPct(qemu, (x) => x.steal), '', '']);
     }
     if (!haveQemu) notes.push(`${QEMU_VIRTIOFSD} not installed (apt package qemu-system-common): QEMU columns are empty`);
   } finally {

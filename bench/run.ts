@@ -2,7 +2,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { availableParallelism, cpus, release, totalmem } from 'node:os';
 import { formatTable } from './format.js';
-import { StealMeter } from './steal.js';
+import { HostCpuMeter } from './host-cpu.js';
 import type { BenchModule } from './types.js';
 
 const ALL = ['virtqueue', 'kumo-vu', 'blk', 'net', 'fs', 'vmm-platform', 'vmm', 'boot'];
@@ -35,7 +35,7 @@ async function main(): Promise<void> {
     console.log(`\n## ${name}`);
     try {
       const mod = (await import(file.href)) as BenchModule;
-      const steal = new StealMeter();
+      const steal = new HostCpuMeter();
       for (const t of await mod.run()) console.log(`\n${formatTable(t)}`);
       const line = steal.line(name);
       if (line !== null) console.log(`\n${line}`);

@@ -1,8 +1,10 @@
 import { readFileSync } from 'node:fs';
 
-/** CPU time the hypervisor gave to other tenants (the `steal` column of /proc/stat), in ticks, with the total. */
+/** CPU time the hypervisor gave to other tenants (the `steal` column of /proc/stat) and time spent running, in ticks, with the total. */
 interface CpuTicks {
   steal: number;
+  /** user + nice + system + irq + softirq: every CPU's time not idle, waiting or stolen. */
+  busy: number;
   total: number;
 }
 
@@ -13,18 +15,18 @@ function cpuTicks(): CpuTicks | null {
     // user nice system idle iowait irq softirq steal (guest and guest_nice are already in user and nice)
     const f = line.trim().split(/\s+/).slice(0, 8).map(Number);
     if (f.length < 8 || f.some((x) => !Number.isFinite(x))) return null;
-    return { steal: f[7], total: f.reduce((a, b) => a + b, 0) };
+    return { steal: f[7], busy: f[0] + f[1] + f[2] + f[5] + f[6], total: f.reduce((a, b) => a + b, 0) };
   } catch {
     return null;
   }
 }
 
 /**
- * Measures how much CPU the host took away while a benchmark ran: on an overcommitted VM the figures
- * swing with it (the same blk case ran at 103k IOPS with 41% stolen and 277k with 6%), so every module's
- * tables are followed by this share.
+ * Measures the host's CPUs while a benchmark ran: how much the hypervisor took away (on an overcommitted VM the
+ * figures swing with it: the same blk case ran at 103k IOPS with 41% stolen and 277k with 6%, so every module's
+ * tables are followed by this share), and how busy they were (whether a run used the whole host).
  */
-export class StealMeter {
+export class HostCpuMeter {
   private readonly start = cpuTicks();
 
   /** Percent of all CPU time since construction that was stolen, or null where /proc/stat cannot tell. */
@@ -33,6 +35,17 @@ export class StealMeter {
     if (this.start === null || end === null) return null;
     const total = end.total - this.start.total;
     return total > 0 ? ((end.steal - this.start.steal) / total) * 100 : null;
+  }
+
+  /**
+   * Percent of all CPUs' time since construction spent running anything (100: every CPU busy throughout), or null
+   * where /proc/stat cannot tell. Shows whether a run used the whole host or left CPUs idle.
+   */
+  busyPercent(): number | null {
+    const end = cpuTicks();
+    if (this.start === null || end === null) return null;
+    const total = end.total - this.start.total;
+    return total > 0 ? ((end.busy - this.start.busy) / total) * 100 : null;
   }
 
   /** "steal: 12.0% of CPU time ..." or null where /proc/stat cannot tell. */
@@ -47,4 +60,4 @@ export class StealMeter {
 /** Above this share of stolen CPU a run's figures are visibly off. */
 export const STEAL_NOISY = 5;
 
-export const fmtSteal = (pct: number | null | undefined): string => (pct === null || pct === undefined ? '-' : pct.toFixed(0));
+export const fmtPercent = (pct: number | null | undefined): string => (pct === null || pct === undefined ? '-' : pct.toFixed(0));
