@@ -152,10 +152,7 @@ export class FastPath {
             return n < 0 ? this.error(io, -n) : this.okWithData(io, n);
           }
           const gpa = offload.wants(covered) ? io.outHeaderGpa() : -1;
-          if (gpa >= 0) {
-            offload.submit(h.fd, iov, off, gpa, this.inDv.getUint32(8, true), this.inDv.getUint32(12, true));
-            return DEFERRED;
-          }
+          if (gpa >= 0 && offload.submit(h.fd, iov, off, gpa, this.inDv.getUint32(8, true), this.inDv.getUint32(12, true))) return DEFERRED;
         }
         const n = covered > 0 ? fs.read(fh, off, iov) : 0;
         return this.okWithData(io, n);

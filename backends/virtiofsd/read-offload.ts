@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os';
 import type { GuestMemory } from '../../protocol/memory/index.js';
 import type { VringHandle } from '../../protocol/vhost-user/backend-types.js';
-import { closeQuiet, eventfd, IoVecList, preadvRaw } from '../../protocol/sys/fd.js';
+import { closeQuiet, dupCloexecRaw, eventfd, IoVecList, preadvRaw } from '../../protocol/sys/fd.js';
 import { IoUring, IOSQE_ASYNC } from '../../protocol/sys/uring.js';
 import { CopySpread } from '../../protocol/sys/copy-spread.js';
 import type { Logger } from '../../protocol/log.js';
@@ -23,8 +23,11 @@ const SLOTS = 16;
  * reply header is written and the chain returned when the completion arrives. Replies may thus
  * overtake each other, which FUSE allows (they carry the request's unique).
  *
- * The io_uring holds its own reference to the file, so a RELEASE racing the READ is harmless; guest
- * memory changes and ring stops wait in drain().
+ * io_uring looks a forced-async request's fd up only when an io-wq worker picks it up, by number: a
+ * RELEASE (and an OPEN that gets the number) before then would make the READ read another file. So
+ * each offloaded READ runs on an fd of its own, a duplicate closed on completion. A split READ needs
+ * none: this thread waits for its half before taking another request. Guest memory changes and ring
+ * stops wait in drain().
  */
 export class ReadOffload implements Deferrer {
   private readonly ring: IoUring;
@@ -35,6 +38,8 @@ export class ReadOffload implements Deferrer {
   private readonly hdrGpa = new Float64Array(SLOTS);
   private readonly unique = new Uint32Array(SLOTS * 2);
   private readonly heads = new Uint16Array(SLOTS);
+  /** The slot's own duplicate of the READ's fd (see the class comment). */
+  private readonly fds = new Int32Array(SLOTS);
   private readonly owners: (VringHandle | null)[] = new Array<VringHandle | null>(SLOTS).fill(null);
   private readonly replies = new DeferredReplies();
   private readonly spread: CopySpread;
@@ -149,9 +154,13 @@ export class ReadOffload implements Deferrer {
   /**
    * Starts preadv(fd, iov, offset) on an io-wq worker; the reply header (unique lo/hi) goes to guest
    * address hdrGpa on completion. The caller then bind()s the chain and treats the request as DEFERRED.
+   * False, and nothing started, when fd cannot be duplicated (out of fds): the caller reads inline.
    */
-  submit(fd: number, iov: IoVecList, offset: number, hdrGpa: number, uniqueLo: number, uniqueHi: number): void {
+  submit(fd: number, iov: IoVecList, offset: number, hdrGpa: number, uniqueLo: number, uniqueHi: number): boolean {
+    const own = dupCloexecRaw(fd);
+    if (own < 0) return false;
     const s = this.free.pop() as number;
+    this.fds[s] = own;
     const list = this.iovs[s];
     list.buf.set(iov.buf.subarray(0, iov.count * 16));
     list.count = iov.count;
@@ -160,10 +169,11 @@ export class ReadOffload implements Deferrer {
     this.unique[2 * s] = uniqueLo;
     this.unique[2 * s + 1] = uniqueHi;
     this.owners[s] = null;
-    this.ring.prepReadv(fd, Number(list.ptr), list.count, offset, s, 0, IOSQE_ASYNC);
+    this.ring.prepReadv(own, Number(list.ptr), list.count, offset, s, 0, IOSQE_ASYNC);
     this.ring.submit(0);
     this.last = s;
     this.inFlight++;
+    return true;
   }
 
   /** The chain (ring, head) of the READ submit() just started. */
@@ -209,6 +219,7 @@ export class ReadOffload implements Deferrer {
       this.splitRes = res;
       return;
     }
+    closeQuiet(this.fds[s]);
     this.free.push(s);
     const owner = this.owners[s];
     this.owners[s] = null;

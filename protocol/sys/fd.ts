@@ -18,6 +18,7 @@ export const EFD_NONBLOCK = 0o4000;
 export const EFD_CLOEXEC = 0o2000000;
 const F_GETFL = 3;
 const F_SETFL = 4;
+const F_DUPFD_CLOEXEC = 1030;
 const EAGAIN = 11;
 const EINTR = 4;
 
@@ -228,4 +229,10 @@ export function pipe2(flags = O_CLOEXEC): [number, number] {
 
 export function dup(fd: number): number {
   return check('dup', dup_(fd) as number, { fd });
+}
+
+/** A second fd (close-on-exec) for the open file `fd` names, or -errno (no exception). */
+export function dupCloexecRaw(fd: number): number {
+  const r = fcntl_(fd, F_DUPFD_CLOEXEC, 0) as number;
+  return r < 0 ? -koffi.errno() : r;
 }

@@ -72,3 +72,56 @@ describe('large READs copied on io_uring workers', () => {
     else console.log('single CPU: READs are never offloaded');
   }, 60_000);
 });
+
+describe('a RELEASE racing offloaded READs', () => {
+  // io_uring resolves a request's fd when an io-wq worker picks it up, not at submission: READs queued
+  // behind a worker's first copy would read whatever file the fd number names by then.
+  it('never makes them read the file a later OPEN got the same fd number for', async () => {
+    if (availableParallelism() < 2) return console.log('single CPU: READs are never offloaded');
+    const dir = mkdtempSync('/tmp/kumo-fs-offload-');
+    const share = join(dir, 'share');
+    mkdirSync(share);
+    const big = Buffer.alloc(8 * MiB, 0x11);
+    writeFileSync(join(share, 'big'), big);
+    writeFileSync(join(share, 'other'), Buffer.alloc(8 * MiB, 0x22));
+    const sock = join(dir, 's.sock');
+    const d: ChildProcess = spawn('node', [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot'], {
+      stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' },
+    });
+    let t: VirtioFsTransport | null = null;
+    try {
+      t = await VirtioFsTransport.connect(sock, 15_000, 256, 8);
+      const c = new FuseClient(t);
+      await c.init();
+      const e = await c.lookup(FUSE_ROOT_ID, 'big');
+      const o = await c.lookup(FUSE_ROOT_ID, 'other');
+      let wrong = 0;
+      let answered = 0;
+      for (let round = 0; round < 20; round++) {
+        const { fh } = await c.open(e.nodeid, 0);
+        // A hostile driver: RELEASE and another OPEN while READs on the handle are still out.
+        const reads = Array.from({ length: 6 }, (_, k) => c.read(e.nodeid, fh, k * MiB, MiB).catch(() => null));
+        const release = c.release(e.nodeid, fh);
+        const open2 = c.open(o.nodeid, 0);
+        const got = await Promise.all(reads);
+        await release;
+        const { fh: fh2 } = await open2;
+        for (const g of got) {
+          if (g === null || g.length === 0) continue;
+          answered++;
+          if (Buffer.from(g).some((b) => b !== 0x11)) wrong++;
+        }
+        await c.release(o.nodeid, fh2);
+      }
+      const workers = threads(d.pid!).filter((n) => n.startsWith('iou-wrk')).length;
+      console.log(`READs racing a RELEASE: ${answered} answered with data, ${wrong} with another file's bytes; ${workers} io_uring workers`);
+      expect(answered).toBeGreaterThan(0);
+      expect(workers).toBeGreaterThan(0); // the READs did go to io-wq
+      expect(wrong).toBe(0);
+    } finally {
+      t?.close();
+      d.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+});
