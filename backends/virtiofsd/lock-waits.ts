@@ -112,6 +112,14 @@ export class LockWaits implements Deferrer {
     return false;
   }
 
+  /**
+   * The session ended (DESTROY) or a new one starts (INIT): INTERRUPTs kept for requests not seen yet go, since the
+   * next session may number its requests from the start again and would have an unrelated one interrupted.
+   */
+  forgetEarlyInterrupts(): void {
+    this.early = [];
+  }
+
   /** Answers EINTR to the requests waiting on `owner`'s ring (every ring when null): it stops. */
   cancel(owner: VringHandle | null): void {
     if (this.waits.length === 0) return;

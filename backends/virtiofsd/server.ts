@@ -320,6 +320,7 @@ export class FuseServer {
         return 0;
       }
       case Op.DESTROY:
+        this.waits?.forgetEarlyInterrupts();
         fs.destroy();
         this.session.initialized = false;
         return this.reply(io, u, 0);
@@ -349,6 +350,7 @@ export class FuseServer {
 
   private init(io: FuseIo, u: bigint, a: Buffer): number {
     if (a.length < 8) throw new FuseProtocolError('short INIT', { len: a.length });
+    this.waits?.forgetEarlyInterrupts();
     const padded = Buffer.alloc(InitIn.size);
     a.copy(padded, 0, 0, Math.min(a.length, InitIn.size));
     const i = InitIn.decode(padded);

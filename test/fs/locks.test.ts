@@ -157,6 +157,27 @@ describe('-o flock: flock(2) from the guest locks the host file', () => {
     await s.c.interrupt(unique);
     expect(await waiting).toBe('EINTR');
   }, 30_000);
+  it('forgets INTERRUPTs kept for requests it never saw when the guest unmounts (DESTROY)', async () => {
+    const s = await open('kumo', ['-o', 'flock']);
+    // A new mount may number its requests from the start again: its SETLKW that gets the number an old
+    // session's INTERRUPT named (one that came after its reply, say) must wait like any other.
+    const target = s.c.nextUnique + 7n; // INTERRUPT, DESTROY, INIT, LOOKUP, OPEN, OPEN, SETLK, then the SETLKW
+    await s.c.interrupt(target);
+    await s.c.destroy();
+    await s.c.init(INIT);
+    const e = await s.c.lookup(FUSE_ROOT_ID, 'f');
+    const a = await s.c.open(e.nodeid, O_RDWR);
+    const b = await s.c.open(e.nodeid, O_RDWR);
+    const s2: Session = { ...s, node: e.nodeid, fh: [a.fh, b.fh] };
+    await flock(s2, 0, F_WRLCK);
+    expect(s.c.nextUnique).toBe(target);
+    let settled = '';
+    const waiting = errCode(flock(s2, 1, F_WRLCK, true)).then((r) => (settled = r));
+    await s.c.getattr(e.nodeid);
+    expect(settled).toBe('');
+    await flock(s2, 0, F_UNLCK);
+    expect(await waiting).toBe('ok');
+  }, 30_000);
 });
 
 describe('blocking POSIX locks (SETLKW with --posix-lock)', () => {
