@@ -1,13 +1,12 @@
 import { fstatSync } from 'node:fs';
 import { KumoError } from '../../protocol/errors.js';
 import { ioctl, SysError } from '../../protocol/sys/libc.js';
-import { EXT4_SUPER_MAGIC, fcntlLock, fstatfs, F_OFD_SETLK, F_RDLCK, F_WRLCK, RAMFS_MAGIC, TMPFS_MAGIC } from '../../protocol/sys/fs.js';
+import { blockDeviceSize, EXT4_SUPER_MAGIC, fcntlLock, fstatfs, F_OFD_SETLK, F_RDLCK, F_WRLCK, RAMFS_MAGIC, TMPFS_MAGIC } from '../../protocol/sys/fs.js';
 import { openFile, closeQuiet, preadvRaw, O_RDONLY, O_RDWR, O_CLOEXEC, O_DIRECT } from '../../protocol/sys/fd.js';
 import { mapAnonymous } from '../../protocol/sys/mem.js';
 import { IoVecArena } from '../../protocol/sys/uring.js';
 
 export const SECTOR_SIZE = 512;
-const BLKGETSIZE64 = 0x80081272;
 const BLKSSZGET = 0x1268;
 const EAGAIN = 11;
 const EACCES = 13;
@@ -70,9 +69,8 @@ export class DiskImage {
       let size: number;
       let logicalBlock = SECTOR_SIZE;
       if (st.isBlockDevice()) {
+        size = blockDeviceSize(fd);
         const b = Buffer.alloc(8);
-        ioctl(fd, BLKGETSIZE64, b);
-        size = Number(b.readBigUInt64LE(0));
         ioctl(fd, BLKSSZGET, b);
         logicalBlock = b.readInt32LE(0);
       } else if (st.isFile()) {

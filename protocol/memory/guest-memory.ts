@@ -1,6 +1,6 @@
 import { close as closeFd, closeQuiet } from '../sys/fd.js';
 import { ftruncate, mapFd, memfdCreate, sealAgainstShrink, viewOf, F_SEAL_GROW, F_SEAL_SEAL, MFD_ALLOW_SEALING, MFD_CLOEXEC } from '../sys/mem.js';
-import { fstat, S_IFMT, S_IFREG } from '../sys/fs.js';
+import { blockDeviceSize, fstat, S_IFBLK, S_IFMT, S_IFREG } from '../sys/fs.js';
 import { GuestMemoryError } from './errors.js';
 import { CHUNK_OVERLAP, CHUNK_SIZE, GuestRegion, type MemoryRegionSpec } from './region.js';
 
@@ -305,8 +305,14 @@ export class GuestMemory {
     // front-end's memfd is sealed against shrinking where it allows seals, before its size is checked.
     const sealed = seal && sealAgainstShrink(spec.fd);
     const st = fstat(spec.fd);
-    if ((st.mode & S_IFMT) === S_IFREG && st.size < spec.fdOffset + spec.size) {
-      throw new GuestMemoryError('memory region extends past the end of its file', { fdOffset: spec.fdOffset, size: spec.size, fileSize: st.size });
+    const type = st.mode & S_IFMT;
+    // Only files whose size can be known are mapped: a device mapped past its end would SIGBUS as well.
+    if (type !== S_IFREG && type !== S_IFBLK) {
+      throw new GuestMemoryError('memory region fd is neither a regular file (memfd, tmpfs, hugetlbfs) nor a block device', { mode: st.mode.toString(8) });
+    }
+    const fileSize = type === S_IFREG ? st.size : blockDeviceSize(spec.fd);
+    if (fileSize < spec.fdOffset + spec.size) {
+      throw new GuestMemoryError('memory region extends past the end of its file', { fdOffset: spec.fdOffset, size: spec.size, fileSize });
     }
     const mapping = mapFd(spec.fd, spec.size + delta, spec.fdOffset - delta);
     const base = mapping.ptr + BigInt(delta);

@@ -1,4 +1,4 @@
-import { libc, koffi, check, rawSyscall, SysError } from './libc.js';
+import { libc, koffi, check, ioctl, rawSyscall, SysError } from './libc.js';
 
 /**
  * Filesystem system calls for the virtio-fs backend: *at calls, openat2, xattrs, locks, per-thread
@@ -20,6 +20,7 @@ export const S_IFMT = 0o170000;
 export const S_IFDIR = 0o040000;
 export const S_IFREG = 0o100000;
 export const S_IFLNK = 0o120000;
+export const S_IFBLK = 0o060000;
 export const UTIME_NOW = (1 << 30) - 1;
 export const UTIME_OMIT = (1 << 30) - 2;
 export const F_OFD_GETLK = 36;
@@ -192,6 +193,15 @@ export const rawStat: Buffer = statBuf;
 /** fstat into rawStat without decoding: 0, or -errno. */
 export function fstatRaw(fd: number): number {
   return (fstatat_(fd, EMPTY, statBuf, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) as number) < 0 ? -koffi.errno() : 0;
+}
+
+const BLKGETSIZE64 = 0x80081272;
+
+/** A block device's size in bytes (BLKGETSIZE64): fstat reports 0 for it. */
+export function blockDeviceSize(fd: number): number {
+  const b = Buffer.alloc(8);
+  ioctl(fd, BLKGETSIZE64, b);
+  return Number(b.readBigUInt64LE(0));
 }
 
 /** lstat of `cname` (NUL-terminated) under dirfd into rawStat without decoding: 0, or -errno. */

@@ -1,7 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { GuestMemory, GuestMemoryError } from '../../protocol/memory/index.js';
 import { mapFd, memfdCreate, ftruncate } from '../../protocol/sys/mem.js';
-import { close } from '../../protocol/sys/fd.js';
+import { close, openFile, O_RDWR, pipe2 } from '../../protocol/sys/fd.js';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 
 const GUARD = 0xa5;
 
@@ -220,5 +223,32 @@ describe('GuestMemory over memfds', () => {
     const fd2 = memfdCreate('offset');
     ftruncate(fd2, 2 * 4096);
     expectMemErr(() => GuestMemory.fromRegions([{ guestAddr: 0, size: 4096, fd: fd2, fdOffset: 4097, userAddr: 0x100000 }]));
+  });
+
+  it('fromRegions() measures a block device and refuses fds whose size cannot be known (a pipe, /dev/zero)', () => {
+    const [r, w] = pipe2();
+    expectMemErr(() => GuestMemory.fromRegions([{ guestAddr: 0, size: 4096, fd: r, fdOffset: 0, userAddr: 0x100000 }]), { mode: '10600' });
+    close(w);
+    const zero = openFile('/dev/zero', O_RDWR);
+    expectMemErr(() => GuestMemory.fromRegions([{ guestAddr: 0, size: 4096, fd: zero, fdOffset: 0, userAddr: 0x100000 }]));
+    // A 1 MiB loop device: fstat says 0 bytes, and a 64 MiB region on it used to be mapped and SIGBUS when touched.
+    if (process.getuid?.() !== 0) return console.log('not root: no loop device to map');
+    const dir = mkdtempSync('/tmp/kumo-mem-blk-');
+    writeFileSync(join(dir, 'img'), Buffer.alloc(1 << 20));
+    const lo = spawnSync('losetup', ['-f', '--show', join(dir, 'img')], { encoding: 'utf8' });
+    try {
+      if (lo.status !== 0) throw new Error(`losetup failed: ${lo.stderr}`);
+      const dev = lo.stdout.trim();
+      const big = openFile(dev, O_RDWR);
+      expectMemErr(() => GuestMemory.fromRegions([{ guestAddr: 0, size: 64 << 20, fd: big, fdOffset: 0, userAddr: 0x100000 }]), { fileSize: 1 << 20 });
+      const fits = openFile(dev, O_RDWR);
+      const mem = GuestMemory.fromRegions([{ guestAddr: 0, size: 1 << 20, fd: fits, fdOffset: 0, userAddr: 0x100000 }]);
+      mem.writeU32((1 << 20) - 4, 0xfeedf00d);
+      expect(mem.readU32((1 << 20) - 4)).toBe(0xfeedf00d);
+      mem.close();
+    } finally {
+      if (lo.status === 0) spawnSync('losetup', ['-d', lo.stdout.trim()]);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
