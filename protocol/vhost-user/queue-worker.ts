@@ -7,7 +7,7 @@ import { pathToFileURL } from 'node:url';
 import { logger, type Logger } from '../log.js';
 import { GuestMemory, type MemoryRegionSpec } from '../memory/index.js';
 import { Epoll, EPOLLIN } from '../sys/epoll.js';
-import { closeQuiet, eventfdRead, eventfdWrite } from '../sys/fd.js';
+import { closeQuiet, eventfdRead, eventfdWrite, setNonBlocking } from '../sys/fd.js';
 import { setThreadName } from '../sys/proc.js';
 import { DeviceQueue, type QueueLayout } from '../virtqueue/index.js';
 import { HANDLER_TOKEN_BASE, type CreateQueueHandler, type QueueHandler, type VringHandle } from './backend-types.js';
@@ -26,6 +26,14 @@ class WorkerRing implements VringHandle {
   notify(): void {
     if (this.callFd >= 0 && this.queue.needsNotification()) eventfdWrite(this.callFd);
   }
+}
+
+/**
+ * Kick and call fds are eventfds a front-end made, normally non-blocking already; one that is not (or a full pipe
+ * passed instead) would park this thread in read() or write() for good. A full call fd means a wakeup is pending.
+ */
+function nonBlocking(fd: number): void {
+  if (fd >= 0) setNonBlocking(fd, true);
 }
 
 const POLL_INTERVAL_MS = 1;
@@ -218,7 +226,13 @@ class QueueWorker {
       case 'stop': return this.stop(cmd.index);
       case 'call': {
         const r = this.rings.get(cmd.index);
-        if (r) r.callFd = cmd.fd;
+        if (r === undefined) {
+          closeQuiet(cmd.fd);
+          return undefined;
+        }
+        closeQuiet(r.callFd);
+        r.callFd = cmd.fd;
+        nonBlocking(cmd.fd);
         return undefined;
       }
       case 'enable': {
@@ -272,15 +286,25 @@ class QueueWorker {
     return undefined;
   }
 
+  /** Starts a ring, which owns s.kickFd and s.callFd from then on (they are closed here if it cannot start). */
   private start(s: RingStart): undefined {
-    if (this.mem === null) throw new Error('ring started before the memory table');
-    if (this.rings.has(s.index)) this.stop(s.index);
-    const q = new DeviceQueue(this.mem, s.layout, { eventIdx: s.eventIdx });
-    q.nextAvailIdx = s.nextAvail;
-    this.features = BigInt(s.features);
-    const ring = new WorkerRing(s.index, q, s.enabled, s.kickFd, s.callFd, s.eventIdx);
-    if (s.kickFd >= 0) this.epoll.add(s.kickFd, EPOLLIN, s.index);
-    else this.polled.push(ring);
+    let ring: WorkerRing;
+    try {
+      if (this.mem === null) throw new Error('ring started before the memory table');
+      if (this.rings.has(s.index)) this.stop(s.index);
+      const q = new DeviceQueue(this.mem, s.layout, { eventIdx: s.eventIdx });
+      q.nextAvailIdx = s.nextAvail;
+      this.features = BigInt(s.features);
+      nonBlocking(s.kickFd);
+      nonBlocking(s.callFd);
+      ring = new WorkerRing(s.index, q, s.enabled, s.kickFd, s.callFd, s.eventIdx);
+      if (s.kickFd >= 0) this.epoll.add(s.kickFd, EPOLLIN, s.index);
+    } catch (e) {
+      closeQuiet(s.kickFd);
+      closeQuiet(s.callFd);
+      throw e;
+    }
+    if (s.kickFd < 0) this.polled.push(ring);
     this.rings.set(s.index, ring);
     this.handler.onStart(ring);
     if (ring.enabled) this.process(ring);
@@ -290,14 +314,20 @@ class QueueWorker {
   private stop(index: number): number | undefined {
     const ring = this.rings.get(index);
     if (ring === undefined) return undefined;
-    if (ring.kickFd >= 0) this.epoll.remove(ring.kickFd);
     this.polled = this.polled.filter((r) => r !== ring);
     this.rings.delete(index);
+    try {
+      if (ring.kickFd >= 0) this.epoll.remove(ring.kickFd);
+    } catch (e) {
+      this.log.error({ err: e, ring: index }, 'removing a kick fd from epoll failed');
+    }
     try {
       this.handler.onStop(ring);
     } catch (e) {
       this.log.error({ err: e, ring: index }, 'queue handler onStop failed');
     }
+    closeQuiet(ring.kickFd);
+    closeQuiet(ring.callFd);
     return ring.queue.nextAvailIdx;
   }
 

@@ -339,7 +339,7 @@ export class Session {
     } else if (req === Request.SET_VRING_CALL) {
       const old = r.call;
       r.call = fd;
-      if (r.started) this.worker(index).send({ op: 'call', index, fd });
+      if (r.started) this.worker(index).send({ op: 'call', index, fd: fd >= 0 ? dup(fd) : -1 });
       closeQuiet(old);
     } else {
       closeQuiet(r.err);
@@ -366,14 +366,18 @@ export class Session {
     return layout;
   }
 
-  /** A ring starts once it has a kick (or no-fd poll), addresses, a size and a memory table. */
+  /**
+   * A ring starts once it has a kick (or no-fd poll), addresses, a size and a memory table. The worker gets
+   * duplicates of the kick and call fds and closes them itself: one that missed a command's deadline may still
+   * use its fds after this side closed its own, and must not find other files under their numbers.
+   */
   private tryStart(index: number, r: RingState): void {
     if (r.started || r.kick === null || r.addr === null || r.num === 0 || this.mem.isEmpty) return;
     const layout = this.translate(this.mem, r, index);
     this.worker(index).send({
       op: 'start',
       ring: {
-        index, layout, nextAvail: r.base, kickFd: r.kick, callFd: r.call, enabled: r.enabled,
+        index, layout, nextAvail: r.base, kickFd: r.kick >= 0 ? dup(r.kick) : -1, callFd: r.call >= 0 ? dup(r.call) : -1, enabled: r.enabled,
         eventIdx: (this.features & F_EVENT_IDX) !== 0n, features: this.features.toString(),
       },
     });

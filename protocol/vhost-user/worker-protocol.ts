@@ -19,9 +19,9 @@ export interface RingStart {
   index: number;
   layout: QueueLayout;
   nextAvail: number;
-  /** -1: no kick fd, the worker polls the ring. */
+  /** -1: no kick fd, the worker polls the ring. The worker's own duplicate: it closes it. */
   kickFd: number;
-  /** -1: no call fd, completions are not signalled. */
+  /** -1: no call fd, completions are not signalled. The worker's own duplicate: it closes it. */
   callFd: number;
   enabled: boolean;
   eventIdx: boolean;

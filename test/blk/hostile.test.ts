@@ -1,14 +1,15 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, writeSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { ChildProcess } from 'node:child_process';
 import {
-  VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, encodeBlkHeader,
+  VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, encodeBlkHeader,
 } from '../../protocol/virtio/index.js';
 import { VIRTQ_DESC_F_NEXT } from '../../protocol/virtqueue/index.js';
 import { BlkVuClient, startBackend, stopBackend } from './vu-client.js';
+import { closeQuiet, pipe2, setNonBlocking } from '../../protocol/sys/fd.js';
 
 const SIZE = 1 << 20;
 
@@ -135,4 +136,51 @@ for (const direct of [false, true]) describe(`kumo-vhost-user-blk against hostil
     c.mem.writeU16(layout.descAddr + d * 16 + 12, c.mem.readU16(layout.descAddr + d * 16 + 12) & ~VIRTQ_DESC_F_NEXT);
     alive();
   });
+});
+
+describe('kumo-vhost-user-blk against a front-end whose call fd blocks', () => {
+  // A call fd must be an eventfd; one that is a full, blocking pipe used to park the queue worker in write() for
+  // good: GET_VRING_BASE then timed out, and the ring stayed dead for every later front-end.
+  it('still serves the ring, answers GET_VRING_BASE and serves the next front-end', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kumo-vub-call-'));
+    const img = join(dir, 'disk.raw');
+    const sock = join(dir, 'blk.sock');
+    writeFileSync(img, Buffer.alloc(SIZE));
+    const child = await startBackend(`path=${img},socket=${sock},queue_size=64`);
+    const [r, w] = pipe2();
+    try {
+      const c = await BlkVuClient.connect(sock, { queueSize: 64 });
+      setNonBlocking(w, true);
+      for (;;) {
+        try {
+          writeSync(w, Buffer.alloc(65536));
+        } catch {
+          break; // EAGAIN: full
+        }
+      }
+      setNonBlocking(w, false);
+      c.fe.setVringCall(0, w);
+      for (let k = 1; k <= 3; k++) {
+        const id = c.buf(20);
+        const st = c.add(0, VIRTIO_BLK_T_GET_ID, 0, [], [{ addr: id, len: 20 }], k);
+        c.run(0, 1, 3000);
+        expect(c.mem.readU8(st)).toBe(VIRTIO_BLK_S_OK);
+      }
+      const t0 = Date.now();
+      c.fe.getVringBase(0);
+      expect(Date.now() - t0).toBeLessThan(3000);
+      c.close();
+      const c2 = await BlkVuClient.connect(sock, { queueSize: 64 });
+      const id = c2.buf(20);
+      const st = c2.add(0, VIRTIO_BLK_T_GET_ID, 0, [], [{ addr: id, len: 20 }], 1);
+      c2.run(0, 1, 3000);
+      expect(c2.mem.readU8(st)).toBe(VIRTIO_BLK_S_OK);
+      c2.close();
+    } finally {
+      closeQuiet(r);
+      closeQuiet(w);
+      await stopBackend(child);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
