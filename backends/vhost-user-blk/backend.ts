@@ -98,21 +98,24 @@ export class BlkBackend implements VhostUserBackend {
       throw new BlkConfigWriteError('only the virtio-blk writeback field can be written', { offset, size: data.length });
     }
     if (data[0] > 1) throw new BlkConfigWriteError('writeback must be 0 or 1', { value: data[0] });
-    this.config[BlkConfig.writeback] = data[0];
-    this.opts.log?.info({ writeback: data[0] }, 'cache mode changed');
+    // A driver without FLUSH could never make writeback writes durable: it stays writethrough.
+    const wb = hasFeature(this.acked, VIRTIO_BLK_F_FLUSH) ? data[0] : 0;
+    this.config[BlkConfig.writeback] = wb;
+    this.opts.log?.info({ writeback: wb, asked: data[0] }, 'cache mode changed');
     this.updateWritethrough();
   }
 
   ackFeatures(features: bigint): void {
     this.acked = features;
+    // virtio 1.2 §5.2.5: writeback starts as 1 with FLUSH, and MUST start as 0 with CONFIG_WCE but no FLUSH.
+    this.config[BlkConfig.writeback] = hasFeature(features, VIRTIO_BLK_F_FLUSH) ? 1 : 0;
     this.updateWritethrough();
   }
 
-  /** virtio 1.2 §5.2.6: writeback follows WCE if negotiated, else FLUSH; without either, writethrough. */
+  /** virtio 1.2 §5.2.6: writeback follows WCE if negotiated, else FLUSH; without FLUSH, always writethrough. */
   private updateWritethrough(): void {
-    const wb = hasFeature(this.acked, VIRTIO_BLK_F_CONFIG_WCE)
-      ? this.config[BlkConfig.writeback] === 1
-      : hasFeature(this.acked, VIRTIO_BLK_F_FLUSH);
+    const wb = hasFeature(this.acked, VIRTIO_BLK_F_FLUSH)
+      && (!hasFeature(this.acked, VIRTIO_BLK_F_CONFIG_WCE) || this.config[BlkConfig.writeback] === 1);
     Atomics.store(this.flags, 0, wb ? 0 : 1);
   }
 

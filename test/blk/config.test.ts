@@ -82,6 +82,18 @@ describe('BlkBackend device model', () => {
     expect(b.getConfig(BlkConfig.writeback, 1)[0]).toBe(0);
     b.setConfig(BlkConfig.writeback, new Uint8Array([1]));
     expect(b.writethrough).toBe(false);
+    // CONFIG_WCE without FLUSH: writeback starts at 0 (virtio 1.2 §5.2.5) and cannot be turned on, since the
+    // driver could never make its writes durable.
+    b.ackFeatures(bit(VIRTIO_BLK_F_CONFIG_WCE));
+    expect(b.getConfig(BlkConfig.writeback, 1)[0]).toBe(0);
+    expect(b.writethrough).toBe(true);
+    b.setConfig(BlkConfig.writeback, new Uint8Array([1]));
+    expect(b.getConfig(BlkConfig.writeback, 1)[0]).toBe(0);
+    expect(b.writethrough).toBe(true);
+    // A later negotiation with FLUSH starts from writeback again.
+    b.ackFeatures(bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_CONFIG_WCE));
+    expect(b.getConfig(BlkConfig.writeback, 1)[0]).toBe(1);
+    expect(b.writethrough).toBe(false);
     expect(() => b.setConfig(0, new Uint8Array(8))).toThrow(/writeback/);
     expect(() => b.setConfig(BlkConfig.writeback, new Uint8Array([7]))).toThrow();
   });
