@@ -6,7 +6,7 @@ import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_thread
 import { pathToFileURL } from 'node:url';
 import { logger, type Logger } from '../log.js';
 import { GuestMemory, type MemoryRegionSpec } from '../memory/index.js';
-import { Epoll, EPOLLIN } from '../sys/epoll.js';
+import { Epoll, EPOLLERR, EPOLLHUP, EPOLLIN } from '../sys/epoll.js';
 import { closeQuiet, eventfdRead, eventfdWrite, setNonBlocking } from '../sys/fd.js';
 import { setThreadName } from '../sys/proc.js';
 import { DeviceQueue, type QueueLayout } from '../virtqueue/index.js';
@@ -95,7 +95,7 @@ class QueueWorker {
         } else if (token < HANDLER_TOKEN_BASE) {
           const ring = this.rings.get(token);
           if (ring === undefined) continue;
-          eventfdRead(ring.kickFd);
+          this.takeKick(ring, ep.events[i]);
           if (ring.enabled) this.process(ring);
         } else {
           this.onFd(token, ep.events[i]);
@@ -104,6 +104,28 @@ class QueueWorker {
       for (const r of this.polled) if (r.enabled) this.process(r);
     }
     this.epoll.close();
+  }
+
+  /**
+   * Consumes a kick. An eventfd never hangs up or fails; a kick fd that does (a pipe the front-end closed, say) would
+   * report so on every epoll_wait, or fail every read: it is dropped from epoll and the ring is kicked no more.
+   */
+  private takeKick(ring: WorkerRing, events: number): void {
+    let broken = (events & (EPOLLERR | EPOLLHUP)) !== 0;
+    if (!broken) {
+      try {
+        eventfdRead(ring.kickFd);
+      } catch {
+        broken = true;
+      }
+    }
+    if (!broken) return;
+    try {
+      this.epoll.remove(ring.kickFd);
+    } catch {
+      // already gone
+    }
+    this.log.warn({ ring: ring.index, events }, 'kick fd hung up or failed: the ring is no longer kicked');
   }
 
   private process(ring: WorkerRing): void {
