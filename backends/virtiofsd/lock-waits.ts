@@ -3,6 +3,9 @@ import type { VringHandle } from '../../protocol/vhost-user/backend-types.js';
 import { closeQuiet, timerfd, timerfdSetPeriod } from '../../protocol/sys/fd.js';
 import { DeferredReplies, type Deferrer } from './deferred.js';
 import { E } from './errors.js';
+import { logger } from '../../protocol/log.js';
+
+const log = logger('virtiofsd');
 
 /**
  * How often waiting locks are tried again when no request here may have freed one (the holder is a host
@@ -136,8 +139,14 @@ export class LockWaits implements Deferrer {
     closeQuiet(this.timerFd);
   }
 
+  /** Sends the reply; a wait whose chain can no longer be returned (its ring changed under it) is dropped all the same. */
   private answer(mem: GuestMemory, w: Wait, result: number): void {
-    if (w.owner !== null) this.replies.complete(mem, w.owner, w.head, w.hdrGpa, w.uniqueLo, w.uniqueHi, result);
+    if (w.owner === null) return;
+    try {
+      this.replies.complete(mem, w.owner, w.head, w.hdrGpa, w.uniqueLo, w.uniqueHi, result);
+    } catch (e) {
+      log.error({ err: e, ring: w.owner.index, head: w.head }, 'a waiting lock request could not be answered; dropped');
+    }
   }
 
   private settle(): void {

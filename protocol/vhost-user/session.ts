@@ -178,7 +178,10 @@ export class Session {
         const r = this.ring(s.index);
         const max = this.backend.maxQueueSize;
         if (s.num < 1 || s.num > max || (s.num & (s.num - 1)) !== 0) bad('queue size must be a power of two up to the maximum', { num: s.num, max });
+        // On a running ring (front-ends stop it first): stop it, so that no request of the old size is still out.
+        if (r.started) r.base = this.stopRing(s.index, false);
         r.num = s.num;
+        this.tryStart(s.index, r);
         return null;
       }
       case Request.SET_VRING_ADDR:
@@ -188,7 +191,9 @@ export class Session {
         const s = p as PayloadOf<'vringState'>;
         const r = this.ring(s.index);
         if (s.num > 0xffff) bad('vring base out of range for a split ring', { base: s.num });
+        if (r.started) this.stopRing(s.index, false);
         r.base = s.num;
+        this.tryStart(s.index, r);
         return null;
       }
       case Request.GET_VRING_BASE: {

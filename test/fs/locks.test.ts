@@ -5,6 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { FuseClient, FuseReplyError, FUSE_LK_FLOCK, FUSE_RELEASE_FLOCK_UNLOCK, FUSE_ROOT_ID, Init, type FileLock } from '../../protocol/fuse/index.js';
 import { parseArgs } from '../../backends/virtiofsd/cli.js';
 import { connectFs, errCode, QEMU_VIRTIOFSD } from './daemons.js';
+import type { VirtioFsTransport } from '../../vmm/kumo-vu/fs/transport.js';
 
 const INIT = Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.PARALLEL_DIROPS | Init.ATOMIC_O_TRUNC | Init.POSIX_LOCKS | Init.FLOCK_LOCKS | Init.INIT_EXT;
 const O_RDWR = 2;
@@ -157,6 +158,20 @@ describe('-o flock: flock(2) from the guest locks the host file', () => {
     await s.c.interrupt(unique);
     expect(await waiting).toBe('EINTR');
   }, 30_000);
+  it('answers a waiting lock EINTR when the front-end resizes the running ring, and serves on', async () => {
+    const s = await open('kumo', ['-o', 'flock']);
+    await flock(s, 0, F_WRLCK);
+    let settled = '';
+    const waiting = errCode(flock(s, 1, F_WRLCK, true)).then((r) => (settled = r));
+    await s.c.getattr(s.node);
+    expect(settled).toBe('');
+    // Front-ends stop a ring before resizing it; one that does not used to leave the wait parked on a queue
+    // rebuilt around it, its reply failing every retry.
+    (s.c as unknown as { t: VirtioFsTransport }).t.dev.frontend.setVringNum(1, 256);
+    expect(await waiting).toBe('EINTR');
+    expect(await errCode(s.c.getattr(s.node))).toBe('ok');
+  }, 30_000);
+
   it('forgets INTERRUPTs kept for requests it never saw when the guest unmounts (DESTROY)', async () => {
     const s = await open('kumo', ['-o', 'flock']);
     // A new mount may number its requests from the start again: its SETLKW that gets the number an old
