@@ -466,8 +466,10 @@ export class BlkQueueEngine {
     }
     const last = w[w.length - 1];
     const statusGpa = last.addr + last.len - 1;
+    // The used length covers the status byte, the last one: drivers may not look past it (as qsd reports).
+    const used = chain.writableLength;
     if (chain.readableLength < VIRTIO_BLK_OUTHDR_SIZE) {
-      this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, 1);
+      this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, used);
       return;
     }
     const mem = this.mem as GuestMemory;
@@ -491,21 +493,21 @@ export class BlkQueueEngine {
     switch (type) {
       case VIRTIO_BLK_T_IN: {
         const len = chain.writableLength - 1;
-        if (!this.rangeOk(offset, len)) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, 1);
-        if (len === 0) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_OK, 1);
-        this.startRw(head, statusGpa, w, 0, len, offset, false, len + 1);
+        if (!this.rangeOk(offset, len)) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, used);
+        if (len === 0) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_OK, used);
+        this.startRw(head, statusGpa, w, 0, len, offset, false, used);
         return;
       }
       case VIRTIO_BLK_T_OUT: {
         const len = chain.readableLength - VIRTIO_BLK_OUTHDR_SIZE;
-        if (this.img.readonly || !this.rangeOk(offset, len)) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, 1);
-        if (len === 0) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_OK, 1);
-        this.startRw(head, statusGpa, chain.readable, VIRTIO_BLK_OUTHDR_SIZE, len, offset, true, 1);
+        if (this.img.readonly || !this.rangeOk(offset, len)) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, used);
+        if (len === 0) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_OK, used);
+        this.startRw(head, statusGpa, chain.readable, VIRTIO_BLK_OUTHDR_SIZE, len, offset, true, used);
         return;
       }
       case VIRTIO_BLK_T_FLUSH: {
-        if (this.img.readonly) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_OK, 1);
-        const slot = this.alloc(head, statusGpa, 1, KIND_FLUSH, 0);
+        if (this.img.readonly) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_OK, used);
+        const slot = this.alloc(head, statusGpa, used, KIND_FLUSH, 0);
         this.sOps[slot] = 1;
         this.opsInFlight++;
         this.ensureSq(1);
@@ -515,14 +517,14 @@ export class BlkQueueEngine {
       case VIRTIO_BLK_T_GET_ID: {
         const n = Math.min(VIRTIO_BLK_ID_BYTES, chain.writableLength - 1);
         writeToChain(mem, w, 0, this.img.serial.subarray(0, n));
-        return this.finishNow(head, statusGpa, VIRTIO_BLK_S_OK, n + 1);
+        return this.finishNow(head, statusGpa, VIRTIO_BLK_S_OK, used);
       }
       case VIRTIO_BLK_T_DISCARD:
       case VIRTIO_BLK_T_WRITE_ZEROES:
         this.startRanges(chain, statusGpa, type === VIRTIO_BLK_T_DISCARD);
         return;
       default:
-        this.finishNow(head, statusGpa, VIRTIO_BLK_S_UNSUPP, 1);
+        this.finishNow(head, statusGpa, VIRTIO_BLK_S_UNSUPP, used);
     }
   }
 
@@ -580,7 +582,7 @@ export class BlkQueueEngine {
       const host = map.translate(a, l);
       if (host < 0 || n >= this.maxIov) {
         this.free[this.freeTop++] = slot;
-        return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, 1);
+        return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, usedLen);
       }
       if (n === 0) single = host;
       if (align > 0 && (host % align !== 0 || l % align !== 0)) misaligned = true;
@@ -639,11 +641,12 @@ export class BlkQueueEngine {
   /** DISCARD / WRITE_ZEROES: one fallocate per range. */
   private startRanges(chain: DescriptorChain, statusGpa: number, discard: boolean): void {
     const head = chain.head;
+    const used = chain.writableLength;
     const payload = chain.readableLength - VIRTIO_BLK_OUTHDR_SIZE;
     const count = payload / VIRTIO_BLK_DISCARD_SEG_SIZE;
     const max = discard ? BlkLimits.maxDiscardSeg : BlkLimits.maxWriteZeroesSeg;
     if (this.img.readonly || count < 1 || !Number.isInteger(count) || count > max) {
-      return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, 1);
+      return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, used);
     }
     const mem = this.mem as GuestMemory;
     const base = this.free[this.freeTop - 1] * BlkLimits.maxDiscardSeg * 2; // the slot alloc() will take
@@ -656,17 +659,17 @@ export class BlkQueueEngine {
       const flags = this.segView.getUint32(12, true);
       // DISCARD has no flags; WRITE_ZEROES knows only UNMAP.
       if ((discard && flags !== 0) || (!discard && (flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0)) {
-        return this.finishNow(head, statusGpa, VIRTIO_BLK_S_UNSUPP, 1);
+        return this.finishNow(head, statusGpa, VIRTIO_BLK_S_UNSUPP, used);
       }
       const max = discard ? BlkLimits.maxDiscardSectors : BlkLimits.maxWriteZeroesSectors;
       const off = hi >= 0x200 ? -1 : (hi * TWO32 + lo) * SECTOR;
-      if (num > max || !this.rangeOk(off, num * SECTOR)) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, 1);
+      if (num > max || !this.rangeOk(off, num * SECTOR)) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, used);
       this.sRanges[base + 2 * i] = off;
       this.sRanges[base + 2 * i + 1] = num * SECTOR;
       if (flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) unmap = true;
     }
     const kind = discard ? KIND_DISCARD : KIND_ZERO;
-    const slot = this.alloc(head, statusGpa, 1, kind, 0);
+    const slot = this.alloc(head, statusGpa, used, kind, 0);
     // Writethrough: like writes, acked once an fdatasync after them completed.
     if (Atomics.load(this.img.flags, 0) !== 0) this.sSync[slot] = 1;
     const block = this.img.logicalBlock ?? SECTOR;

@@ -272,6 +272,21 @@ for (const mode of ['eventfd', 'wait'] as CompletionMode[]) {
       expect(d.mem.readU8(st2)).toBe(VIRTIO_BLK_S_UNSUPP);
     });
 
+    it('reports used lengths that cover the status byte, whatever the request came to', () => {
+      setup();
+      const big = d.buf(4096);
+      const idb = d.buf(30);
+      const extra = d.buf(8);
+      const sts = [
+        d.add(VIRTIO_BLK_T_IN, 1 << 30, [], [{ addr: big, len: 4096 }], 1), // past capacity: IOERR
+        d.add(VIRTIO_BLK_T_GET_ID, 0, [], [{ addr: idb, len: 30 }], 2), // 20 bytes of serial in a 30-byte buffer
+        d.add(99, 0, [], [{ addr: extra, len: 8 }], 3), // unknown type: UNSUPP
+      ];
+      const used = run(3);
+      expect([used.get(1), used.get(2), used.get(3)]).toEqual([4097, 31, 9]);
+      expect(sts.map((s) => d.mem.readU8(s))).toEqual([VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP]);
+    });
+
     it('fails requests past capacity, misaligned lengths and short headers with IOERR', () => {
       setup();
       const a = d.buf(4096);
