@@ -712,7 +712,7 @@ export class PassthroughFs {
     fs.fallocate(this.handles.get(fh).fd, mode, offset, length);
   }
 
-  lseek(fh: number, offset: number, whence: number): number {
+  lseek(fh: number, offset: bigint, whence: number): bigint {
     return fs.lseek(this.handles.get(fh).fd, offset, whence);
   }
 

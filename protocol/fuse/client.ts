@@ -250,8 +250,8 @@ export class FuseClient {
   async fallocate(nodeid: number, fh: number, offset: number, length: number, mode = 0): Promise<void> {
     await this.call(Op.FALLOCATE, nodeid, [FallocateIn.pack({ fh, offset, length, mode })], 0, 'FALLOCATE');
   }
-  async lseek(nodeid: number, fh: number, offset: number, whence: number): Promise<number> {
-    return LseekOut.decode(await this.call(Op.LSEEK, nodeid, [LseekIn.pack({ fh, offset, whence })], LseekOut.size, 'LSEEK')).offset;
+  async lseek(nodeid: number, fh: number, offset: bigint, whence: number): Promise<bigint> {
+    return BigInt.asIntN(64, LseekOut.decode(await this.call(Op.LSEEK, nodeid, [LseekIn.pack({ fh, offset, whence })], LseekOut.size, 'LSEEK')).offset);
   }
   async copyFileRange(nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
     const r = await this.call(Op.COPY_FILE_RANGE, nodeIn, [CopyFileRangeIn.pack({ fhIn, offIn, nodeidOut: nodeOut, fhOut, offOut, len, flags: 0n })], WriteOut.size, 'COPY_FILE_RANGE');

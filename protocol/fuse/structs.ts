@@ -98,8 +98,9 @@ export type InitOut = ReturnType<typeof InitOut.decode>;
 
 export const InterruptIn = Struct.of('fuse_interrupt_in', [['unique', 'b64']] as const);
 export const FallocateIn = Struct.of('fuse_fallocate_in', [['fh', 'u64'], ['offset', 'u64'], ['length', 'u64'], ['mode', 'u32'], ['_pad', 'u32']] as const);
-export const LseekIn = Struct.of('fuse_lseek_in', [['fh', 'u64'], ['offset', 'i64'], ['whence', 'u32'], ['_pad', 'u32']] as const);
-export const LseekOut = Struct.of('fuse_lseek_out', [['offset', 'i64']] as const);
+// Offsets as bigint: they span the whole i64 range (SEEK_END of a directory, SEEK_DATA far into a sparse file).
+export const LseekIn = Struct.of('fuse_lseek_in', [['fh', 'u64'], ['offset', 'b64'], ['whence', 'u32'], ['_pad', 'u32']] as const);
+export const LseekOut = Struct.of('fuse_lseek_out', [['offset', 'b64']] as const);
 export const CopyFileRangeIn = Struct.of('fuse_copy_file_range_in', [
   ['fhIn', 'u64'], ['offIn', 'u64'], ['nodeidOut', 'u64'], ['fhOut', 'u64'], ['offOut', 'u64'], ['len', 'u64'], ['flags', 'b64'],
 ] as const);

@@ -340,9 +340,11 @@ export function fallocate(fd: number, mode: number, offset: number, len: number)
   ck('fallocate', fallocate_(fd, mode, offset, len), { fd });
 }
 
-export function lseek(fd: number, offset: number, whence: number): number {
-  const r = Number(lseek_(fd, offset, whence));
-  return ck('lseek', r, { fd });
+/** lseek with 64-bit offsets both ways (SEEK_END of an ext4 directory is 2^63 - 1); the new offset. */
+export function lseek(fd: number, offset: bigint, whence: number): bigint {
+  const r = BigInt(lseekBig_(fd, BigInt.asIntN(64, offset), whence) as number | bigint);
+  if (r < 0n) ck('lseek', -1, { fd });
+  return r;
 }
 
 const lseekBig_ = libc.func('lseek', 'int64', ['int', 'int64', 'int']);

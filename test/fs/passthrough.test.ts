@@ -9,6 +9,8 @@ import { defaultFsOptions } from '../../backends/virtiofsd/options.js';
 import { ScriptRunner } from '../../vmm/kumo-vu/fs/script.js';
 import { LocalTransport } from './local-transport.js';
 import { errCode } from './daemons.js';
+import { closeQuiet, openFile, O_RDONLY } from '../../protocol/sys/fd.js';
+import { lseek as sysLseek } from '../../protocol/sys/fs.js';
 
 let base: string;
 let share: string;
@@ -34,6 +36,18 @@ afterEach(() => {
 
 
 describe('passthrough filesystem (in-process, no vhost-user)', () => {
+  it('answers LSEEK with offsets beyond 2^53 as the host does (SEEK_END of a directory, SEEK_DATA far out)', async () => {
+    writeFileSync(join(share, 'f'), 'data');
+    const dirFd = openFile(share, O_RDONLY);
+    const hostEnd = sysLseek(dirFd, 0n, 2);
+    closeQuiet(dirFd);
+    const d = await c.opendir(FUSE_ROOT_ID);
+    expect(await c.lseek(FUSE_ROOT_ID, d.fh, 0n, 2)).toBe(hostEnd); // 2^63 - 1 on ext4, which a double turned negative
+    const e = await c.lookup(FUSE_ROOT_ID, 'f');
+    const { fh } = await c.open(e.nodeid, 0);
+    expect(await errCode(c.lseek(e.nodeid, fh, 1n << 60n, 3))).toBe('ENXIO'); // was EINVAL: the offset did not decode
+  });
+
   it('runs the comparison script with the expected replies and leaves no inodes behind', async () => {
     const out: string[] = [];
     await new ScriptRunner(c).runScript(readFileSync(new URL('./script.fs.txt', import.meta.url), 'utf8'), (s) => out.push(s));

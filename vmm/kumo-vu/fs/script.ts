@@ -303,7 +303,9 @@ export class ScriptRunner {
           return `ok ${attrLine(await c.getattr(n))}`;
         });
       case 'seek':
-        return this.withFile(a1, O_RDONLY, async (n, fh) => `ok ${await c.lseek(n, fh, Number(a3), a2 === 'data' ? 3 : a2 === 'hole' ? 4 : Number(a2))}`);
+        need(3);
+        if (!/^-?\d+$/.test(a3)) throw new ScriptError('seek offset must be an integer', { line: w.join(' ') });
+        return this.withFile(a1, O_RDONLY, async (n, fh) => `ok ${await c.lseek(n, fh, BigInt(a3), a2 === 'data' ? 3 : a2 === 'hole' ? 4 : Number(a2))}`);
       case 'copy': {
         need(2);
         return this.withFile(a1, O_RDONLY, (ni, fhi) =>
