@@ -26,6 +26,9 @@ const EIO = 5;
 const SLOT_SHIFT = OP_SHIFT; // userData = slot + op * SLOT_SHIFT (+ ZERO_RANGE_OP)
 /** Marks an fallocate(ZERO_RANGE) op, the one that falls back to punch + allocate on EOPNOTSUPP. */
 const ZERO_RANGE_OP = 0x4000_0000;
+/** userData flag of the fallocate that allocates a range again after a punch (WRITE_ZEROES without ZERO_RANGE). */
+const ALLOC_OP = 0x8000_0000;
+const ECANCELED = 125;
 
 const KIND_RW = 0;
 const KIND_FLUSH = 1;
@@ -709,7 +712,7 @@ export class BlkQueueEngine {
         this.sOps[slot]++;
         this.opsInFlight++;
         this.ring.prepFallocate(fd, mode, off, len, ud, IOSQE_IO_LINK);
-        this.ring.prepFallocate(fd, FALLOC_FL_KEEP_SIZE, off, len, ud);
+        this.ring.prepFallocate(fd, FALLOC_FL_KEEP_SIZE, off, len, ud + ALLOC_OP);
       } else {
         this.ring.prepFallocate(fd, mode, off, len, ud);
       }
@@ -769,6 +772,12 @@ export class BlkQueueEngine {
       const kind = this.sKind[slot];
       if (kind === KIND_DISCARD && res === -EOPNOTSUPP) {
         // Discard is a hint: a file system that cannot punch holes still completes it.
+      } else if ((ud & ALLOC_OP) !== 0 && (res === -EOPNOTSUPP || res === -ECANCELED)) {
+        // Allocating again after the punch: the range reads as zeroes already, and a file system with no plain
+        // fallocate (ext2, ext4 without extents) leaves it a hole. Cancelled: the punch failed, and said so.
+      } else if (kind === KIND_ZERO && res === -EOPNOTSUPP && (ud & ZERO_RANGE_OP) === 0) {
+        // No way to zero a range here (no fallocate at all): UNSUPP, so the guest writes zeroes itself (Linux does).
+        if (this.sStatus[slot] === VIRTIO_BLK_S_OK) this.sStatus[slot] = VIRTIO_BLK_S_UNSUPP;
       } else if ((ud & ZERO_RANGE_OP) !== 0 && res === -EOPNOTSUPP) {
         this.zeroRangeSupported = false;
         this.retryZero(slot, ((ud & ~ZERO_RANGE_OP) >>> 16) & 0x3fff);
@@ -802,7 +811,7 @@ export class BlkQueueEngine {
     this.opsInFlight += 2;
     this.ensureSq(2);
     this.ring.prepFallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len, ud, IOSQE_IO_LINK);
-    this.ring.prepFallocate(fd, FALLOC_FL_KEEP_SIZE, off, len, ud);
+    this.ring.prepFallocate(fd, FALLOC_FL_KEEP_SIZE, off, len, ud + ALLOC_OP);
   }
 
   private finishSlot(slot: number): void {
