@@ -21,20 +21,34 @@ const threads = (pid: number): string[] =>
     }
   });
 
-async function readAll(extra: string[]): Promise<{ ok: boolean; ioWorkers: number }> {
+/** A daemon on a fresh share holding `files`, and a client 8 requests deep; close() ends both and removes the share. */
+async function serve(files: Record<string, Buffer>, extra: string[] = []): Promise<{ c: FuseClient; d: ChildProcess; close: () => void }> {
   const dir = mkdtempSync('/tmp/kumo-fs-offload-');
   const share = join(dir, 'share');
   mkdirSync(share);
-  const data = randomBytes(5 * MiB + 12345);
-  writeFileSync(join(share, 'big'), data);
+  for (const [name, data] of Object.entries(files)) writeFileSync(join(share, name), data);
   const sock = join(dir, 's.sock');
   const d: ChildProcess = spawn('node', [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot', ...extra], {
     stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' },
   });
-  let t: VirtioFsTransport | null = null;
+  const close = (t: VirtioFsTransport | null): void => {
+    t?.close();
+    d.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  };
   try {
-    t = await VirtioFsTransport.connect(sock, 15_000, 256, 8);
-    const c = new FuseClient(t);
+    const t = await VirtioFsTransport.connect(sock, 15_000, 256, 8);
+    return { c: new FuseClient(t), d, close: () => close(t) };
+  } catch (e) {
+    close(null);
+    throw e;
+  }
+}
+
+async function readAll(extra: string[]): Promise<{ ok: boolean; ioWorkers: number }> {
+  const data = randomBytes(5 * MiB + 12345);
+  const { c, d, close } = await serve({ big: data }, extra);
+  try {
     await c.init();
     const e = await c.lookup(FUSE_ROOT_ID, 'big');
     const { fh } = await c.open(e.nodeid, 0);
@@ -51,9 +65,7 @@ async function readAll(extra: string[]): Promise<{ ok: boolean; ioWorkers: numbe
     await c.release(e.nodeid, fh);
     return { ok, ioWorkers };
   } finally {
-    t?.close();
-    d.kill('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
+    close();
   }
 }
 
@@ -78,20 +90,8 @@ describe('a RELEASE racing offloaded READs', () => {
   // behind a worker's first copy would read whatever file the fd number names by then.
   it('never makes them read the file a later OPEN got the same fd number for', async () => {
     if (availableParallelism() < 2) return console.log('single CPU: READs are never offloaded');
-    const dir = mkdtempSync('/tmp/kumo-fs-offload-');
-    const share = join(dir, 'share');
-    mkdirSync(share);
-    const big = Buffer.alloc(8 * MiB, 0x11);
-    writeFileSync(join(share, 'big'), big);
-    writeFileSync(join(share, 'other'), Buffer.alloc(8 * MiB, 0x22));
-    const sock = join(dir, 's.sock');
-    const d: ChildProcess = spawn('node', [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot'], {
-      stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' },
-    });
-    let t: VirtioFsTransport | null = null;
+    const { c, d, close } = await serve({ big: Buffer.alloc(8 * MiB, 0x11), other: Buffer.alloc(8 * MiB, 0x22) });
     try {
-      t = await VirtioFsTransport.connect(sock, 15_000, 256, 8);
-      const c = new FuseClient(t);
       await c.init();
       const e = await c.lookup(FUSE_ROOT_ID, 'big');
       const o = await c.lookup(FUSE_ROOT_ID, 'other');
@@ -119,9 +119,7 @@ describe('a RELEASE racing offloaded READs', () => {
       expect(workers).toBeGreaterThan(0); // the READs did go to io-wq
       expect(wrong).toBe(0);
     } finally {
-      t?.close();
-      d.kill('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
+      close();
     }
   }, 60_000);
 });
