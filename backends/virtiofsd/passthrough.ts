@@ -22,6 +22,8 @@ const O_EXCL = 0o200;
 const O_TRUNC = 0o1000;
 const O_APPEND = 0o2000;
 const O_NONBLOCK = 0o4000;
+/** (uid_t)-1 / (gid_t)-1. */
+const NO_ID = 0xffffffff;
 const O_DSYNC = 0o10000;
 const O_DIRECT = 0o40000;
 const O_LARGEFILE = 0o100000;
@@ -444,9 +446,10 @@ export class PassthroughFs {
 
   /** The host ID for a guest's (--translate-uid/gid); EPERM for one that forbid-guest refuses. */
   private hostId(guestId: number, kind: 'uid' | 'gid'): number {
-    if (this.ids === null) return guestId;
-    const id = this.ids[kind].toHost(guestId);
+    const id = this.ids === null ? guestId : this.ids[kind].toHost(guestId);
     if (id === FORBIDDEN) throw new FsError(E.EPERM, `guest ${kind} forbidden by --translate-${kind}`, { [kind]: guestId });
+    // (uid_t)-1 means "unchanged" to setresuid and chown: a caller claiming it would act with the daemon's own IDs.
+    if (guestId === NO_ID || id === NO_ID) throw new FsError(E.EINVAL, `${kind} 4294967295 is not an ID`, { [kind]: guestId });
     return id;
   }
 

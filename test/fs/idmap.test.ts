@@ -1,4 +1,4 @@
-import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Fattr, FUSE_ROOT_ID, Init, type FuseClient } from '../../protocol/fuse/index.js';
@@ -119,6 +119,20 @@ describe.skipIf(!root)('--translate-uid / --translate-gid on a share', () => {
     await c.release(FUSE_ROOT_ID, fh, true);
     const seen = Object.fromEntries(entries.filter((x) => x.entry.nodeid !== 0).map((x) => [Buffer.from(x.dirent.name).toString(), `${x.entry.attr.uid}:${x.entry.attr.gid}`]));
     expect(seen).toMatchObject({ 'host-file': '77:1005', mapped: '1001:1002', squashed: '4242:4343', plain: '3000:3000' });
+  }, 30_000);
+
+  it('refuses a caller claiming uid or gid 4294967295, which no rule covers and setresuid reads as "unchanged"', async () => {
+    // It used to create as the daemon itself (host root) past squash-guest:0:1000:4294967295 and forbid-guest rules.
+    const { c, dir } = await share(['--translate-uid=squash-guest:0:1000:4294967295', '--translate-gid=squash-guest:0:1000:4294967295']);
+    for (const [uid, gid] of [[0xffffffff, 0], [0, 0xffffffff]]) {
+      c.caller = { uid, gid, pid: 1 };
+      expect(await errCode(c.create(FUSE_ROOT_ID, `f${uid}-${gid}`, O_RDWR | O_CREAT, 0o100644))).toBe('EINVAL');
+      expect(await errCode(c.mkdir(FUSE_ROOT_ID, `d${uid}-${gid}`, 0o755))).toBe('EINVAL');
+    }
+    c.caller = { uid: 0, gid: 0, pid: 1 };
+    await c.mkdir(FUSE_ROOT_ID, 'squashed', 0o755);
+    expect(owner(join(dir, 'squashed'))).toBe('1000:1000');
+    expect(readdirSync(dir)).toEqual(['squashed']);
   }, 30_000);
 
   it('translates chown, and refuses forbidden guest IDs without touching the host', async () => {
