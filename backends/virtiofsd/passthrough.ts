@@ -120,6 +120,8 @@ export class PassthroughFs {
   private readonly direntBuf = Buffer.alloc(64 * 1024);
   private readonly linkBuf = Buffer.alloc(4096);
   private readonly xattrMap: XattrMap | null;
+  /** Where --xattrmap moves security.capability on the host, or null where the host kernel keeps it (see dropCapabilities). */
+  private readonly capXattr: Uint8Array | null;
   /** --translate-uid / --translate-gid, or null when IDs pass unchanged. */
   private readonly ids: IdMaps | null;
   /** st_dev -> whether its filesystem has a flush operation (see flush()). */
@@ -149,6 +151,7 @@ export class PassthroughFs {
     this.timeout = Math.floor(t);
     this.timeoutNsec = Math.min(999_999_999, Math.round((t - this.timeout) * 1e9));
     this.xattrMap = opts.xattrmap ? new XattrMap(opts.xattrmap) : null;
+    this.capXattr = movedCapabilityXattr(this.xattrMap);
     this.ids = idMaps(opts.translateUid, opts.translateGid);
     this.euid = rawSyscall(107); // geteuid
     this.egid = rawSyscall(108); // getegid
@@ -352,7 +355,9 @@ export class PassthroughFs {
       const type = fs.rawStat.readUInt32LE(24) & fs.S_IFMT;
       if (type !== fs.S_IFREG) return -(type === fs.S_IFDIR ? E.EISDIR : type === fs.S_IFLNK ? E.ELOOP : E.ENXIO);
       // An existing file opened with O_TRUNC: with `kill` its set-user-ID bits go as for an unprivileged caller.
-      return this.killingPrivs(kill, () => this.asCaller(c, () => fs.openat(this.procSelfFd, String(pathFd), fl & ~O_NOFOLLOW)));
+      const fd = this.killingPrivs(kill, () => this.asCaller(c, () => fs.openat(this.procSelfFd, String(pathFd), fl & ~O_NOFOLLOW)));
+      if (fl & O_TRUNC) this.dropCapabilities(fd);
+      return fd;
     } catch (e) {
       if (e instanceof SysError || e instanceof FsError) return -e.errno;
       throw e;
@@ -586,11 +591,13 @@ export class PassthroughFs {
       const uid = v & Fattr.UID ? this.hostId(a.uid, 'uid') : -1;
       const gid = v & Fattr.GID ? this.hostId(a.gid, 'gid') : -1;
       this.killingPrivs(kill, () => fs.fchownat(i.fd, '', uid, gid, fs.AT_EMPTY_PATH | fs.AT_SYMLINK_NOFOLLOW));
+      if (this.capXattr !== null && i.type === fs.S_IFREG) this.withXattrFd(i, true, (fd, p) => this.dropCapabilities(fd, p));
     }
     if (v & Fattr.SIZE) {
       const fd = h ? h.fd : this.reopen(i, O_WRONLY);
       try {
         this.killingPrivs(kill, () => fs.ftruncate(fd, a.size));
+        this.dropCapabilities(fd);
       } finally {
         if (!h) close(fd);
       }
@@ -617,7 +624,8 @@ export class PassthroughFs {
       if ((f & O_ACCMODE) === O_WRONLY) f = (f & ~O_ACCMODE) | O_RDWR;
       f &= ~O_APPEND;
     }
-    if (this.opts.readonly && ((f & O_ACCMODE) !== 0 || f & (O_TRUNC | O_APPEND))) {
+    // O_APPEND alone writes nothing: a read-only open may carry it, as virtiofsd allows.
+    if (this.opts.readonly && ((f & O_ACCMODE) !== 0 || f & O_TRUNC)) {
       throw new FsError(E.EROFS, 'read-only share');
     }
     return f | O_CLOEXEC;
@@ -634,6 +642,7 @@ export class PassthroughFs {
     const fl = this.openFlags(flags);
     this.guestFds.need(1);
     const fd = this.killingPrivs(kill && (fl & O_TRUNC) !== 0, () => this.reopen(i, fl));
+    if (fl & O_TRUNC) this.dropCapabilities(fd);
     return this.handles.add({ fd, inode: i, dir: false });
   }
 
@@ -666,6 +675,7 @@ export class PassthroughFs {
     const fd = this.handles.get(fh).fd;
     const n = this.killingPrivs(kill, () => pwritev(fd, iov, offset));
     if (n < 0) throw new FsError(E.EAGAIN, 'write would block');
+    if (n > 0) this.dropCapabilities(fd);
     return n;
   }
 
@@ -833,6 +843,22 @@ export class PassthroughFs {
   }
 
   /** The host's name for a guest xattr name (--xattrmap), or the name itself. */
+  /**
+   * The host kernel drops security.capability when a file is written, truncated or chowned; moved elsewhere by
+   * --xattrmap it is an ordinary xattr to the host, so the daemon drops it itself (as virtiofsd does). A guest
+   * with FUSE_HANDLE_KILLPRIV_V2 relies on that. `proc`: the /proc path when fd is null (an O_PATH inode).
+   */
+  private dropCapabilities(fd: number | null, proc = ''): void {
+    const name = this.capXattr;
+    if (name === null) return;
+    try {
+      if (fd !== null) fs.fremovexattr(fd, name);
+      else fs.removexattr(proc, name);
+    } catch (e) {
+      if (!(e instanceof SysError) || (e.errno !== E.ENODATA && e.errno !== E.EOPNOTSUPP)) throw e;
+    }
+  }
+
   private hostXattr(name: Uint8Array, access: XattrAccess): Uint8Array {
     return this.xattrMap?.toServer(name, access) ?? name;
   }
@@ -909,6 +935,18 @@ export class PassthroughFs {
 
   describe(): string {
     return `${this.opts.sharedDir} (cache=${this.opts.cache}, xattr=${this.opts.xattr})`;
+  }
+}
+
+/** The host name --xattrmap gives security.capability, when it is not that name itself (null: unmoved or refused). */
+function movedCapabilityXattr(map: XattrMap | null): Uint8Array | null {
+  if (map === null) return null;
+  const name = Buffer.from('security.capability');
+  try {
+    const host = map.toServer(name, 'set');
+    return Buffer.compare(Buffer.from(host), name) === 0 ? null : host;
+  } catch {
+    return null; // the guest cannot set it at all
   }
 }
 

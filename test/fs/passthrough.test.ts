@@ -1,7 +1,7 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import { mkdtempSync, writeFileSync, readFileSync, symlinkSync, mkdirSync, rmSync, readdirSync, linkSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
-import { FuseClient, FuseReplyError, FUSE_ROOT_ID, Op, InHeader } from '../../protocol/fuse/index.js';
+import { Fattr, FuseClient, FuseReplyError, FUSE_ROOT_ID, Op, InHeader } from '../../protocol/fuse/index.js';
 import { PassthroughFs } from '../../backends/virtiofsd/passthrough.js';
 import { FuseServer } from '../../backends/virtiofsd/server.js';
 import { BufferIo } from '../../backends/virtiofsd/fuse-io.js';
@@ -36,6 +36,35 @@ afterEach(() => {
 
 
 describe('passthrough filesystem (in-process, no vhost-user)', () => {
+  it('--readonly refuses every change with EROFS and still opens for reading, O_APPEND included (as virtiofsd)', async () => {
+    writeFileSync(join(share, 'f'), 'data');
+    const ro = new PassthroughFs({ ...defaultFsOptions(share), xattr: true, readonly: true });
+    try {
+      const rc = new FuseClient(new LocalTransport(new FuseServer(ro)));
+      await rc.init();
+      const e = await rc.lookup(FUSE_ROOT_ID, 'f');
+      const O_WRONLY = 1;
+      const O_APPEND = 0o2000;
+      const O_TRUNC = 0o1000;
+      const { fh } = await rc.open(e.nodeid, O_APPEND); // O_RDONLY | O_APPEND
+      expect(Buffer.from(await rc.read(e.nodeid, fh, 0, 16)).toString()).toBe('data');
+      const refused = await Promise.all([
+        errCode(rc.open(e.nodeid, O_WRONLY)),
+        errCode(rc.open(e.nodeid, O_TRUNC)),
+        errCode(rc.create(FUSE_ROOT_ID, 'new', O_WRONLY | 0o100, 0o100644)),
+        errCode(rc.mkdir(FUSE_ROOT_ID, 'd', 0o755)),
+        errCode(rc.unlink(FUSE_ROOT_ID, 'f')),
+        errCode(rc.setattr(e.nodeid, { valid: Fattr.SIZE, size: 0 })),
+        errCode(rc.setxattr(e.nodeid, 'user.x', Buffer.from('1'))),
+      ]);
+      expect(refused).toEqual(Array(7).fill('EROFS'));
+      expect(readdirSync(share)).toEqual(['f']);
+      expect(readFileSync(join(share, 'f'), 'utf8')).toBe('data');
+    } finally {
+      ro.close();
+    }
+  });
+
   it('answers LSEEK with offsets beyond 2^53 as the host does (SEEK_END of a directory, SEEK_DATA far out)', async () => {
     writeFileSync(join(share, 'f'), 'data');
     const dirFd = openFile(share, O_RDONLY);

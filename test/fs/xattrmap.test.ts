@@ -3,7 +3,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { FuseClient, FuseReplyError, FUSE_ROOT_ID } from '../../protocol/fuse/index.js';
+import { Fattr, FuseClient, FuseReplyError, FUSE_ROOT_ID, Init } from '../../protocol/fuse/index.js';
 import * as sysfs from '../../protocol/sys/fs.js';
 import { PassthroughFs } from '../../backends/virtiofsd/passthrough.js';
 import { FuseServer } from '../../backends/virtiofsd/server.js';
@@ -11,7 +11,8 @@ import { defaultFsOptions } from '../../backends/virtiofsd/options.js';
 import { parseArgs } from '../../backends/virtiofsd/cli.js';
 import { parseXattrMap, XattrMap } from '../../backends/virtiofsd/xattrmap.js';
 import { FsConfigError, FsError } from '../../backends/virtiofsd/errors.js';
-import { LocalTransport } from './local-transport.js';
+import { LocalShare, LocalTransport } from './local-transport.js';
+import { errCode } from './daemons.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const QEMU_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
@@ -170,4 +171,38 @@ describe('--xattrmap: kumo-virtiofsd vs QEMU virtiofsd over vhost-user', () => {
       }
     }, 60_000);
   }
+});
+
+describe('--xattrmap moving security.capability', () => {
+  // The host kernel drops security.capability on write, truncate, chown and O_TRUNC; renamed by a map it is an
+  // ordinary xattr to the host, and a rewritten binary kept its file capabilities in the guest.
+  it('drops it where the host kernel would drop the real one', async () => {
+    const cap = Buffer.alloc(20);
+    cap.writeUInt32LE(0x02000001, 0); // vfs_cap_data v2, effective
+    cap.writeUInt32LE(1 << 13, 4); // CAP_NET_RAW permitted
+    const s = new LocalShare('kumo-fs-secap-', { xattr: true, killPrivV2: true, cache: 'never', xattrmap: parseXattrMap(':map::user.virtiofs.:') });
+    try {
+      const c = s.client;
+      await c.init(Init.ASYNC_READ | Init.BIG_WRITES | Init.ATOMIC_O_TRUNC | Init.HANDLE_KILLPRIV_V2 | Init.INIT_EXT);
+      const ops: [string, (n: number, fh: number) => Promise<unknown>][] = [
+        ['write', (n, fh) => c.write(n, fh, 0, Buffer.from('x'))],
+        ['truncate', (n) => c.setattr(n, { valid: Fattr.SIZE, size: 0 })],
+        ['chown', (n) => c.setattr(n, { valid: Fattr.UID, uid: 0 })],
+        ['open-trunc', (n) => c.open(n, 2 | 0o1000)],
+        ['read', (n, fh) => c.read(n, fh, 0, 16)], // not a modification: the capability stays
+      ];
+      const left: Record<string, string> = {};
+      for (const [what, op] of ops) {
+        const cr = await c.create(FUSE_ROOT_ID, what, 2 | 0o100, 0o100755);
+        await c.write(cr.entry.nodeid, cr.fh, 0, Buffer.from('#!/bin/true\n'));
+        await c.setxattr(cr.entry.nodeid, 'security.capability', cap);
+        expect(sysfs.getxattr(join(s.dir, what), 'user.virtiofs.security.capability', Buffer.alloc(64))).toBe(20);
+        await op(cr.entry.nodeid, cr.fh);
+        left[what] = await errCode(c.getxattr(cr.entry.nodeid, 'security.capability', 0));
+      }
+      expect(left).toEqual({ write: 'ENODATA', truncate: 'ENODATA', chown: 'ENODATA', 'open-trunc': 'ENODATA', read: 'ok' });
+    } finally {
+      s.close();
+    }
+  });
 });
