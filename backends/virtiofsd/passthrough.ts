@@ -900,11 +900,26 @@ export class PassthroughFs {
     let fd = i.lockFds.get(owner);
     if (fd === undefined) {
       this.guestFds.need(1);
-      fd = this.reopen(i, i.type === fs.S_IFDIR ? 0 : O_RDWR);
+      fd = this.lockReopen(i);
       i.lockFds.set(owner, fd);
       this.guestFds.took();
     }
     return fd;
+  }
+
+  /**
+   * The open file a lock owner's OFD locks hang on: read-write, so that it can take write locks, unless the share is
+   * read-only or the file cannot be opened for writing (read-only file or mount, a binary being run): read locks
+   * still work there, and a read-only share never holds a writable fd (one would keep the host from running the file).
+   */
+  private lockReopen(i: Inode): number {
+    if (i.type === fs.S_IFDIR || this.opts.readonly) return this.reopen(i, 0);
+    try {
+      return this.reopen(i, O_RDWR);
+    } catch (e) {
+      if (!(e instanceof SysError) || (e.errno !== E.EACCES && e.errno !== E.EROFS && e.errno !== E.ETXTBSY)) throw e;
+      return this.reopen(i, 0);
+    }
   }
 
   getlk(i: Inode, owner: bigint, lk: FileLock, lkFlags: number): FileLock {

@@ -14,6 +14,8 @@ const F_WRLCK = 1;
 const F_UNLCK = 2;
 const whole = (type: number): FileLock => ({ start: 0n, end: 0x7fffffffffffffffn, type, pid: 1 });
 const range = (start: bigint, len: number, type = F_WRLCK): FileLock => ({ start, end: start + BigInt(len) - 1n, type, pid: 1 });
+/** A write lock through a handle opened read-only. */
+const s2lock = (c: FuseClient, node: number, fh: number): Promise<void> => c.setlk(node, fh, 2n, whole(F_WRLCK));
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Whether a host process can take flock(LOCK_EX|LOCK_NB) on the file right now. */
@@ -196,6 +198,23 @@ describe('-o flock: flock(2) from the guest locks the host file', () => {
 });
 
 describe('blocking POSIX locks (SETLKW with --posix-lock)', () => {
+  it('under --readonly take read locks without a writable host fd (the host can still run the file)', async () => {
+    const dir = mkdtempSync('/tmp/kumo-fs-locks-');
+    const share = join(dir, 'share');
+    mkdirSync(share);
+    writeFileSync(join(share, 'prog'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
+    const c = await connectFs({ who: 'kumo', kumoArgs: ['--posix-lock', '--readonly'] }, dir, share, cleanups, 8);
+    await c.init(INIT);
+    const e = await c.lookup(FUSE_ROOT_ID, 'prog');
+    const { fh } = await c.open(e.nodeid, 0);
+    await c.setlk(e.nodeid, fh, 1n, whole(F_RDLCK));
+    // A writable fd on it, held for the lock, made exec fail with ETXTBSY.
+    const run = spawnSync(join(share, 'prog'));
+    expect(run.error?.message ?? '').toBe('');
+    expect(run.status).toBe(0);
+    expect(await errCode(s2lock(c, e.nodeid, fh))).toBe('EBADF'); // a write lock needs a writable open, as on Linux
+  }, 30_000);
+
   it('take a free range at once and wait for a held one while other requests go on', async () => {
     const s = await open('kumo', ['--posix-lock']);
     await s.c.setlk(s.node, s.fh[0], 1n, range(0n, 10), true);
