@@ -49,7 +49,8 @@ export class FuseSession {
     if (o.allowMmap) want |= Init.DIRECT_IO_ALLOW_MMAP;
     // The guest checks ACLs itself and leaves the umask to us (the host applies it unless a default ACL rules).
     if (o.posixAcl) want |= (offered & Init.POSIX_ACL) !== 0n ? Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT : 0n;
-    if (!o.readdirplus) want &= ~(Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO);
+    // cache=never: the guest drops the attributes READDIRPLUS carries, which would only pin an inode per entry here.
+    if (!o.readdirplus || o.cache === 'never') want &= ~(Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO);
     const flags = offered & want;
     if (o.posixAcl && (flags & Init.POSIX_ACL) === 0n) log.warn('--posix-acl: the guest kernel does not offer FUSE_POSIX_ACL; ACLs stay off');
     if (o.allowMmap && (flags & Init.DIRECT_IO_ALLOW_MMAP) === 0n) log.info('--allow-mmap: the guest kernel does not offer FUSE_DIRECT_IO_ALLOW_MMAP; direct-I/O files cannot be mapped shared');

@@ -1,7 +1,7 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import { mkdtempSync, writeFileSync, readFileSync, symlinkSync, mkdirSync, rmSync, readdirSync, linkSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
-import { Fattr, FuseClient, FuseReplyError, FUSE_ROOT_ID, Op, InHeader } from '../../protocol/fuse/index.js';
+import { Fattr, FuseClient, FuseReplyError, FUSE_ROOT_ID, Init, Op, InHeader } from '../../protocol/fuse/index.js';
 import { PassthroughFs } from '../../backends/virtiofsd/passthrough.js';
 import { FuseServer } from '../../backends/virtiofsd/server.js';
 import { BufferIo } from '../../backends/virtiofsd/fuse-io.js';
@@ -36,6 +36,17 @@ afterEach(() => {
 
 
 describe('passthrough filesystem (in-process, no vhost-user)', () => {
+  it('offers READDIRPLUS except under --cache=never (as virtiofsd: the guest would drop its attributes)', async () => {
+    const plus = (r: { flags: number; flags2: number }) => ((BigInt(r.flags) | (BigInt(r.flags2) << 32n)) & Init.DO_READDIRPLUS) !== 0n;
+    expect(plus(await c.init())).toBe(true);
+    const never = new PassthroughFs({ ...defaultFsOptions(share), cache: 'never' });
+    try {
+      expect(plus(await new FuseClient(new LocalTransport(new FuseServer(never))).init())).toBe(false);
+    } finally {
+      never.close();
+    }
+  });
+
   it('--readonly refuses every change with EROFS and still opens for reading, O_APPEND included (as virtiofsd)', async () => {
     writeFileSync(join(share, 'f'), 'data');
     const ro = new PassthroughFs({ ...defaultFsOptions(share), xattr: true, readonly: true });
