@@ -1,6 +1,6 @@
 import type { CreateQueueHandler, QueueHandler, VringHandle } from '../../protocol/vhost-user/backend-types.js';
 import { HANDLER_TOKEN_BASE } from '../../protocol/vhost-user/backend-types.js';
-import { ChainError } from '../../protocol/virtqueue/index.js';
+import { ChainError, RingMemoryError } from '../../protocol/virtqueue/index.js';
 import { closeQuiet, eventfd, eventfdRead, eventfdWrite } from '../../protocol/sys/fd.js';
 import { EPOLLIN } from '../../protocol/sys/epoll.js';
 import { schedYield } from '../../protocol/sys/proc.js';
@@ -127,6 +127,8 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
       try {
         served += drain(r);
       } catch (e) {
+        // Its memory was removed and may come back (see the queue worker): served again once it is mapped.
+        if (e instanceof RingMemoryError) continue;
         rings.splice(rings.indexOf(r), 1);
         ctx.log.error({ err: e, ring: r.index }, 'ring is broken; no longer served');
         return served + 1;

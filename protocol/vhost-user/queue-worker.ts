@@ -9,12 +9,14 @@ import { GuestMemory, type MemoryRegionSpec } from '../memory/index.js';
 import { Epoll, EPOLLERR, EPOLLHUP, EPOLLIN } from '../sys/epoll.js';
 import { closeQuiet, eventfdRead, eventfdWrite, setNonBlocking } from '../sys/fd.js';
 import { setThreadName } from '../sys/proc.js';
-import { DeviceQueue, type QueueLayout } from '../virtqueue/index.js';
+import { DeviceQueue, RingMemoryError, type QueueLayout } from '../virtqueue/index.js';
 import { HANDLER_TOKEN_BASE, type CreateQueueHandler, type QueueHandler, type VringHandle } from './backend-types.js';
 import { CONTROL_TOKEN, type RingStart, type WorkerCommand, type WorkerInit, type WorkerResult } from './worker-protocol.js';
 
 class WorkerRing implements VringHandle {
   failed = false;
+  /** Its rings' memory was found unmapped (see process()). */
+  memoryMissing = false;
   constructor(
     readonly index: number,
     public queue: DeviceQueue,
@@ -132,7 +134,15 @@ class QueueWorker {
     if (ring.failed) return;
     try {
       this.handler.process(ring);
+      ring.memoryMissing = false;
     } catch (e) {
+      if (e instanceof RingMemoryError) {
+        // Its region was removed (REM_MEM_REG), maybe to come back (ADD_MEM_REG, as QEMU resizes memory): nothing
+        // was taken from the ring, so it is served again once its memory is mapped.
+        if (!ring.memoryMissing) this.log.warn({ ring: ring.index, err: e.message }, 'ring memory is not mapped; waiting for it');
+        ring.memoryMissing = true;
+        return;
+      }
       // A handler that lets an error escape leaves the ring in an unknown state: stop serving it.
       ring.failed = true;
       this.log.error({ err: e, ring: ring.index }, 'queue handler failed; ring stopped');

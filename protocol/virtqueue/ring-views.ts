@@ -1,5 +1,5 @@
 import { GuestMemoryError, type GuestMemory } from '../memory/index.js';
-import { VirtqueueError } from './errors.js';
+import { RingMemoryError, VirtqueueError } from './errors.js';
 import { ringSizes, validateLayout, type QueueLayout } from './layout.js';
 
 // Ring fields are read through host-endian typed arrays (Atomics need them); virtio 1.x rings are little endian.
@@ -41,7 +41,7 @@ function sliceRing(mem: GuestMemory, what: string, addr: number, len: number): U
   try {
     return mem.slice(addr, len);
   } catch (e) {
-    if (e instanceof GuestMemoryError) throw new VirtqueueError(`${what} is not inside guest memory`, { addr, len });
+    if (e instanceof GuestMemoryError) throw new RingMemoryError(`${what} is not inside guest memory`, { addr, len });
     throw e;
   }
 }

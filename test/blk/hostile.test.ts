@@ -197,6 +197,18 @@ describe('kumo-vhost-user-blk against a front-end with broken kick and call fds'
     }
   }), 60_000);
 
+  // QEMU removes and adds a region again to resize it; libvhost-user remaps the rings that lived in it.
+  it('serves a ring again once the region it lives in is removed and added back', () => withBackend(async (sock) => {
+    const c = await BlkVuClient.connect(sock, { queueSize: 64 });
+    getId(c, 1);
+    const r = c.mem.regions[0];
+    const region = { guestAddr: r.guestAddr, size: r.size, userAddr: r.userAddr, mmapOffset: r.fdOffset };
+    c.fe.removeMemRegion(region);
+    c.fe.addMemRegion(region, r.fd);
+    getId(c, 2);
+    c.close();
+  }), 60_000);
+
   // A pipe end whose other end is gone: epoll reports HUP (read end) or ERR (write end) on every wait.
   for (const end of ['read', 'write'] as const) {
     it(`neither spins nor loses the worker on a kick fd that is the ${end} end of a closed pipe`, () => withBackend(async (sock, child) => {
