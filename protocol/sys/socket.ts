@@ -199,7 +199,11 @@ class MsgScratch {
 const syncScratch = new MsgScratch();
 
 /** Sends data with optional fds attached (SCM_RIGHTS). Returns bytes sent. */
-export function sendMsg(fd: number, data: Uint8Array, fds: number[] = []): number {
+/**
+ * sendmsg of data with fds (SCM_RIGHTS); bytes sent. `dontWait`: this call does not block on a full socket
+ * buffer (the socket itself stays blocking) and returns -1 instead.
+ */
+export function sendMsg(fd: number, data: Uint8Array, fds: number[] = [], dontWait = false): number {
   if (fds.length > MAX_FDS) throw new RangeError(`too many fds (${fds.length} > ${MAX_FDS})`);
   const s = syncScratch;
   const clen = fds.length ? cmsgSpace(fds.length) : 0;
@@ -212,8 +216,9 @@ export function sendMsg(fd: number, data: Uint8Array, fds: number[] = []): numbe
     fds.forEach((f, i) => s.control.writeInt32LE(f, 16 + i * 4));
   }
   for (;;) {
-    const r = Number(sendmsg_(fd, s.hdr, MSG_NOSIGNAL));
+    const r = Number(sendmsg_(fd, s.hdr, MSG_NOSIGNAL | (dontWait ? MSG_DONTWAIT : 0)));
     if (r < 0 && koffi.errno() === EINTR) continue;
+    if (r < 0 && dontWait && koffi.errno() === EAGAIN) return -1;
     return check('sendmsg', r, { fd });
   }
 }

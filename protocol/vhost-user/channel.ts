@@ -1,5 +1,5 @@
 import { closeQuiet } from '../sys/fd.js';
-import { Epoll, EPOLLIN, EPOLLHUP, EPOLLERR } from '../sys/epoll.js';
+import { Epoll, EPOLLIN, EPOLLHUP, EPOLLERR, EPOLLOUT } from '../sys/epoll.js';
 import { recvMsg, recvMsgAsync, sendMsg, shutdown, type RecvResult } from '../sys/socket.js';
 import { decodeHeader, encodeMessage, type Header, type Message } from './codec.js';
 import { VhostUserDisconnectedError, VhostUserError, VhostUserProtocolError } from './errors.js';
@@ -17,6 +17,9 @@ export interface RawMessage {
  * Receive comes in two flavours: async (daemon main thread, event loop stays free) and sync with a timeout
  * (front-end requests, which always wait for their reply).
  */
+/** How long a send waits for a peer that stops reading (its socket buffer full) before the connection is dropped. */
+const SEND_TIMEOUT_MS = 1000;
+
 export class VhostUserChannel {
   private readonly hdr = new Uint8Array(HEADER_SIZE);
   private poller: Epoll | null = null;
@@ -24,15 +27,40 @@ export class VhostUserChannel {
 
   constructor(readonly fd: number) {}
 
+  /**
+   * Sends a message. A peer that leaves its socket full is waited for at most SEND_TIMEOUT_MS, then dropped: a
+   * blocking send would freeze the caller's thread (the daemon's main thread: no signal handled, no stop).
+   */
   send(msg: Message): void {
     const bytes = encodeMessage(msg);
     let off = 0;
     let fds = msg.fds;
+    let deadline = 0;
     while (off < bytes.length) {
-      const n = sendMsg(this.fd, off === 0 ? bytes : bytes.subarray(off), fds);
-      if (n <= 0) throw new VhostUserDisconnectedError('peer stopped reading', { request: requestName(msg.request) });
+      const n = sendMsg(this.fd, off === 0 ? bytes : bytes.subarray(off), fds, true);
+      if (n < 0) {
+        if (deadline === 0) deadline = Date.now() + SEND_TIMEOUT_MS;
+        if (!this.waitWritable(deadline)) throw new VhostUserDisconnectedError('peer stopped reading', { request: requestName(msg.request) });
+        continue;
+      }
+      if (n === 0) throw new VhostUserDisconnectedError('peer stopped reading', { request: requestName(msg.request) });
       off += n;
       fds = [];
+    }
+  }
+
+  /** Waits until the socket takes more data or the deadline passes; false at the deadline. */
+  private waitWritable(deadline: number): boolean {
+    const ep = new Epoll(1);
+    try {
+      ep.add(this.fd, EPOLLOUT, 0);
+      for (;;) {
+        const left = deadline - Date.now();
+        if (left <= 0) return false;
+        if (ep.wait(left) > 0) return true;
+      }
+    } finally {
+      ep.close();
     }
   }
 

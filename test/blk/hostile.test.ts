@@ -10,6 +10,7 @@ import {
 import { VIRTQ_DESC_F_NEXT } from '../../protocol/virtqueue/index.js';
 import { BlkVuClient, startBackend, stopBackend } from './vu-client.js';
 import { closeQuiet, pipe2, setNonBlocking } from '../../protocol/sys/fd.js';
+import { sendMsg, unixConnect } from '../../protocol/sys/socket.js';
 
 const SIZE = 1 << 20;
 
@@ -194,6 +195,24 @@ describe('kumo-vhost-user-blk against a front-end with broken kick and call fds'
     } finally {
       closeQuiet(r);
       closeQuiet(w);
+    }
+  }), 60_000);
+
+  // Replies went out with a blocking sendmsg on the main thread: a front-end that queued requests and never read
+  // froze the daemon (no next front-end, no SIGTERM) for as long as it kept the connection open.
+  it('drops a front-end that stops reading its replies, and serves the next one', () => withBackend(async (sock) => {
+    const fd = unixConnect(sock);
+    try {
+      const getFeatures = new Uint8Array(12);
+      new DataView(getFeatures.buffer).setUint32(0, 1, true); // GET_FEATURES, version 1, no payload
+      new DataView(getFeatures.buffer).setUint32(4, 1, true);
+      const burst = Buffer.concat(Array.from({ length: 1000 }, () => getFeatures));
+      let queued = 0;
+      while (queued < 40_000 && sendMsg(fd, burst, [], true) > 0) queued += 1000;
+      expect(queued).toBeGreaterThan(1000); // more replies than the socket holds
+      await nextFrontEndServed(sock);
+    } finally {
+      closeQuiet(fd);
     }
   }), 60_000);
 
