@@ -4,6 +4,9 @@ import type { FileHandle } from '../../protocol/sys/fs.js';
 import { E, FsError } from './errors.js';
 import type { GuestFds } from './guest-fds.js';
 
+/** An inode number, exact (see Inode.ino). */
+export type Ino = number | bigint;
+
 /** Reopens the fd of an inode identified by a file handle (see InodeHandles). */
 export interface InodeOpener {
   reopen(i: Inode): number;
@@ -26,7 +29,8 @@ export class Inode {
     fd: number,
     /** st_dev as a number (Linux dev_t values are far below 2^53). */
     readonly dev: number,
-    readonly ino: number,
+    /** Exact: a bigint above 2^53 (overlayfs xino puts the layer in the top bits), where neighbours would round alike. */
+    readonly ino: Ino,
     /** The mount it was reached through (statx's mount ID): one directory bind-mounted twice is two inodes. */
     readonly mnt: number,
     /** S_IFMT bits. */
@@ -90,17 +94,17 @@ export class InodeTable {
   constructor(private readonly fds: GuestFds) {}
   private byId = new Map<number, Inode>();
   /** mount → dev → ino → inode: number keys, no string building on the LOOKUP path. */
-  private byKey = new Map<number, Map<number, Map<number, Inode>>>();
+  private byKey = new Map<number, Map<number, Map<Ino, Inode>>>();
   private nextId = FUSE_ROOT_ID + 1;
 
-  setRoot(fd: number, dev: number, ino: number, mnt: number, type: number): Inode {
+  setRoot(fd: number, dev: number, ino: Ino, mnt: number, type: number): Inode {
     const root = new Inode(FUSE_ROOT_ID, fd, dev, ino, mnt, type, 2 ** 52);
     this.byId.set(FUSE_ROOT_ID, root);
     this.devMap(mnt, dev).set(ino, root);
     return root;
   }
 
-  private devMap(mnt: number, dev: number): Map<number, Inode> {
+  private devMap(mnt: number, dev: number): Map<Ino, Inode> {
     let devs = this.byKey.get(mnt);
     if (devs === undefined) {
       devs = new Map();
@@ -125,12 +129,12 @@ export class InodeTable {
     return i;
   }
 
-  find(dev: number, ino: number, mnt: number): Inode | undefined {
+  find(dev: number, ino: Ino, mnt: number): Inode | undefined {
     return this.byKey.get(mnt)?.get(dev)?.get(ino);
   }
 
   /** Registers a new inode (taking ownership of fd) with one lookup. */
-  add(fd: number, dev: number, ino: number, mnt: number, type: number, handle: FileHandle | null = null, opener: InodeOpener | null = null): Inode {
+  add(fd: number, dev: number, ino: Ino, mnt: number, type: number, handle: FileHandle | null = null, opener: InodeOpener | null = null): Inode {
     const i = new Inode(this.nextId++, fd, dev, ino, mnt, type, 1, handle, opener);
     if (handle === null) this.fds.took();
     this.byId.set(i.nodeid, i);

@@ -8,7 +8,7 @@ import { logger } from '../../protocol/log.js';
 import { GuestFds } from './guest-fds.js';
 import { InodeHandles, sameHandle } from './inode-handles.js';
 import { E, FsError } from './errors.js';
-import { HandleTable, Inode, InodeTable, type Handle } from './inodes.js';
+import { HandleTable, Inode, InodeTable, type Handle, type Ino } from './inodes.js';
 import { cacheTimeout, type FsOptions } from './options.js';
 import { FORBIDDEN, idMaps, type IdMaps } from './idmap.js';
 import { XattrMap, type XattrAccess } from './xattrmap.js';
@@ -81,9 +81,14 @@ const HELD_SCORE_MAX = 16;
  */
 const NO_FLUSH_FS = new Set([fs.TMPFS_MAGIC, fs.RAMFS_MAGIC, fs.EXT4_SUPER_MAGIC, 0x5846_5342 /* xfs */, 0x9123_683e /* btrfs */]);
 
-/** A u64 of fs.rawStat (st_dev at 0, st_ino at 8) as a number; Linux keeps both far below 2^53. */
-function rawU64(offset: number): number {
-  return fs.rawStat.readUInt32LE(offset + 4) * 0x1_0000_0000 + fs.rawStat.readUInt32LE(offset);
+/** st_dev of fs.rawStat as a number (Linux device numbers are far below 2^53). */
+function rawDev(): number {
+  return fs.rawStat.readUInt32LE(4) * 0x1_0000_0000 + fs.rawStat.readUInt32LE(0);
+}
+
+/** st_ino of fs.rawStat, exact (overlayfs xino puts inode numbers near 2^63, where numbers round neighbours alike). */
+function rawIno(): Ino {
+  return fs.u64Exact(fs.rawStat, 8);
 }
 
 const EMPTY_NAME = new Uint8Array(1);
@@ -246,7 +251,7 @@ export class PassthroughFs {
       // component and no symlink is followed, so the stat reaches nothing openat2 would refuse.
       const r = fs.statxRaw(parent.fd, cname);
       if (r < 0) return r;
-      const held = this.inodes.find(rawU64(0), rawU64(8), fs.rawMountId());
+      const held = this.inodes.find(rawDev(), rawIno(), fs.rawMountId());
       if (held !== undefined && held.isOpen) {
         this.noteLookup(true);
         held.markUsed();
@@ -274,7 +279,7 @@ export class PassthroughFs {
       closeQuiet(fd);
       return r;
     }
-    const i = this.adopt(fd, rawU64(0), rawU64(8), fs.rawMountId(), fs.rawStat.readUInt32LE(24) & fs.S_IFMT);
+    const i = this.adopt(fd, rawDev(), rawIno(), fs.rawMountId(), fs.rawStat.readUInt32LE(24) & fs.S_IFMT);
     return typeof i === 'number' ? i : i.nodeid;
   }
 
@@ -283,7 +288,7 @@ export class PassthroughFs {
    * (dev, ino) on this mount, or a new one. Returns -errno when a file handle is mandatory and cannot be made, or when a new
    * inode would hold one fd more than the guest may have (ENFILE).
    */
-  private adopt(fd: number, dev: number, ino: number, mnt: number, type: number): Inode | number {
+  private adopt(fd: number, dev: number, ino: Ino, mnt: number, type: number): Inode | number {
     let i = this.inodes.find(dev, ino, mnt);
     const fh = this.fileHandles;
     let h: FileHandle | null = null;
@@ -768,7 +773,7 @@ export class PassthroughFs {
       if (n === 0) return used;
       let p = 0;
       while (p < n) {
-        const ino = Number(buf.readBigUInt64LE(p));
+        const ino = fs.u64Exact(buf, p);
         const off = buf.readBigUInt64LE(p + 8);
         const reclen = buf.readUInt16LE(p + 16);
         const type = buf[p + 18];

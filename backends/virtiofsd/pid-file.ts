@@ -34,7 +34,7 @@ export function lockPidFile(socketPath: string): number {
     // only the file the path names now counts.
     const named = statSync(path, { throwIfNoEntry: false, bigint: true });
     const locked = fstat(fd);
-    if (named !== undefined && Number(named.ino) === locked.ino && Number(named.dev) === Number(locked.dev)) {
+    if (named !== undefined && BigInt.asUintN(64, named.ino) === BigInt(locked.ino) && Number(named.dev) === Number(locked.dev)) {
       ftruncate(fd, 0);
       write(fd, Buffer.from(`${hostPid()}\n`));
       return fd;

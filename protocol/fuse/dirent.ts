@@ -2,7 +2,7 @@ import { Dirent, EntryOut, type EntryOut as EntryOutT } from './structs.js';
 import { align8 } from './struct.js';
 
 export interface DirEntry {
-  ino: number;
+  ino: number | bigint;
   /** Cookie the kernel passes back as the next READDIR offset (opaque 64-bit). */
   off: bigint;
   type: number;

@@ -2,10 +2,11 @@ import { FuseProtocolError } from './errors.js';
 
 /**
  * A fixed little-endian C struct described by a field list. `u64` fields are JS numbers and
- * decoding refuses values >= 2^53; `b64` fields are bigints (lock ranges, owners, raw flags).
+ * decoding refuses values >= 2^53; `b64` fields are bigints (lock ranges, owners, raw flags); `x64` fields
+ * (inode numbers, which overlayfs xino puts near 2^63) are numbers below 2^53 and exact bigints above.
  * Fields whose name starts with `_` are padding: written as 0, not part of the value type.
  */
-type Prim = 'u8' | 'u16' | 'u32' | 'i32' | 'u64' | 'i64' | 'b64';
+type Prim = 'u8' | 'u16' | 'u32' | 'i32' | 'u64' | 'i64' | 'b64' | 'x64';
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type FieldType = Prim | Struct<any> | { bytes: number };
 /** FUSE pads dirents, extensions and security contexts to 8 bytes. */
@@ -15,6 +16,8 @@ export type FieldList = readonly (readonly [string, FieldType])[];
 
 type ValueOf<T> = T extends 'b64'
   ? bigint
+  : T extends 'x64'
+    ? number | bigint
   : T extends Prim
     ? number
     : T extends Struct<infer V>
@@ -69,6 +72,12 @@ function codecSource(fields: FieldList, offsets: number[]): { dec: string; enc: 
         dec.push(`const b${i} = dv.getBigInt64(${at}, true);`,
           `if (b${i} > ${Number.MAX_SAFE_INTEGER}n || b${i} < ${Number.MIN_SAFE_INTEGER}n) fail(${key}, {});`,
           `const v${i} = Number(b${i});`);
+        break;
+      case 'x64':
+        dec.push(`const h${i} = dv.getUint32(${at} + 4, true);`,
+          `const v${i} = h${i} < ${SAFE_HI} ? h${i} * ${TWO32} + dv.getUint32(${at}, true) : dv.getBigUint64(${at}, true);`);
+        enc.push(`{ const x = ${x}; if (typeof x === 'bigint') dv.setBigUint64(${at}, BigInt.asUintN(64, x), true);`,
+          `else { dv.setUint32(${at}, x % ${TWO32}, true); dv.setUint32(${at} + 4, Math.floor(x / ${TWO32}), true); } }`);
         break;
       case 'b64': dec.push(`const v${i} = dv.getBigUint64(${at}, true);`); enc.push(`dv.setBigUint64(${at}, BigInt.asUintN(64, ${pad ? '0n' : `v[${key}] ?? 0n`}), true);`); break;
       default:

@@ -12,7 +12,7 @@ export const OutHeader = Struct.of('fuse_out_header', [['len', 'u32'], ['error',
 export type OutHeader = ReturnType<typeof OutHeader.decode>;
 
 export const Attr = Struct.of('fuse_attr', [
-  ['ino', 'u64'], ['size', 'u64'], ['blocks', 'u64'], ['atime', 'i64'], ['mtime', 'i64'], ['ctime', 'i64'],
+  ['ino', 'x64'], ['size', 'u64'], ['blocks', 'u64'], ['atime', 'i64'], ['mtime', 'i64'], ['ctime', 'i64'],
   ['atimensec', 'u32'], ['mtimensec', 'u32'], ['ctimensec', 'u32'], ['mode', 'u32'], ['nlink', 'u32'],
   ['uid', 'u32'], ['gid', 'u32'], ['rdev', 'u32'], ['blksize', 'u32'], ['flags', 'u32'],
 ] as const);
@@ -107,7 +107,7 @@ export const CopyFileRangeIn = Struct.of('fuse_copy_file_range_in', [
 export const SyncfsIn = Struct.of('fuse_syncfs_in', [['_pad', 'u64']] as const);
 
 /** fuse_dirent: fixed part; the name follows, padded to 8 bytes. */
-export const Dirent = Struct.of('fuse_dirent', [['ino', 'u64'], ['off', 'b64'], ['namelen', 'u32'], ['type', 'u32']] as const);
+export const Dirent = Struct.of('fuse_dirent', [['ino', 'x64'], ['off', 'b64'], ['namelen', 'u32'], ['type', 'u32']] as const);
 export type Dirent = ReturnType<typeof Dirent.decode>;
 
 export const IN_HEADER_SIZE = InHeader.size; // 40

@@ -143,7 +143,7 @@ export function openat2Raw(dirfd: number, cpath: Uint8Array, flags: number, mode
 /** Decoded struct stat (x86_64 layout). */
 export interface Stat {
   dev: bigint;
-  ino: number;
+  ino: number | bigint;
   nlink: number;
   mode: number;
   uid: number;
@@ -161,10 +161,16 @@ export interface Stat {
 }
 const statBuf = Buffer.alloc(144);
 
+/** A u64 of `b` at `off` exactly: a number below 2^53, a bigint above (overlayfs xino inode numbers sit near 2^63). */
+export function u64Exact(b: Buffer, off: number): number | bigint {
+  const hi = b.readUInt32LE(off + 4);
+  return hi < 0x20_0000 ? hi * 0x1_0000_0000 + b.readUInt32LE(off) : b.readBigUInt64LE(off);
+}
+
 export function decodeStat(b: Buffer): Stat {
   return {
     dev: b.readBigUInt64LE(0),
-    ino: Number(b.readBigUInt64LE(8)),
+    ino: u64Exact(b, 8),
     nlink: Number(b.readBigUInt64LE(16)),
     mode: b.readUInt32LE(24),
     uid: b.readUInt32LE(28),

@@ -1,5 +1,6 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
-import { mkdtempSync, writeFileSync, readFileSync, symlinkSync, mkdirSync, rmSync, readdirSync, linkSync, renameSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, readFileSync, symlinkSync, mkdirSync, rmSync, readdirSync, linkSync, renameSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { Fattr, FuseClient, FuseReplyError, FUSE_ROOT_ID, Init, Op, InHeader } from '../../protocol/fuse/index.js';
 import { PassthroughFs } from '../../backends/virtiofsd/passthrough.js';
@@ -293,5 +294,58 @@ describe('passthrough filesystem (in-process, no vhost-user)', () => {
     expect(code).toBe('EBADF');
     expect(names).not.toContain('g');
     expect(server.stats.internal).toBe(0);
+  });
+});
+
+describe('a share whose inode numbers pass 2^53 (overlayfs xino=on)', () => {
+  // xino puts the layer number in the top bits of st_ino: neighbouring files got near 2^63, where a double
+  // rounds 2048 numbers alike, so LOOKUP handed out one inode for them all and READ served the first file's data.
+  it('keeps every file its own inode and exact inode numbers', async () => {
+    if (process.getuid?.() !== 0) return console.log('not root: cannot mount an overlay here');
+    const dir = mkdtempSync('/tmp/kumo-fs-xino-');
+    const lower = join(dir, 'lower');
+    const upper = join(dir, 'tmp');
+    const merged = join(dir, 'merged');
+    for (const d of [lower, upper, merged]) mkdirSync(d);
+    for (let k = 0; k < 3; k++) writeFileSync(join(lower, `l${k}`), `file ${k}`);
+    const sh = (args: string[]) => {
+      const r = spawnSync('mount', args, { encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`mount ${args.join(' ')}: ${r.stderr}`);
+    };
+    const mounted: string[] = [];
+    let xfs: PassthroughFs | null = null;
+    try {
+      // Upper layer on tmpfs, lower on /tmp's file system: two file systems, so xino spreads the numbers.
+      sh(['-t', 'tmpfs', 'tmpfs', upper]);
+      mounted.unshift(upper);
+      mkdirSync(join(upper, 'up'));
+      mkdirSync(join(upper, 'work'));
+      sh(['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper}/up,workdir=${upper}/work,xino=on`, merged]);
+      mounted.unshift(merged);
+      // Node gives st_ino as a signed bigint: read it back as the u64 it is.
+      const inos = [0, 1, 2].map((k) => BigInt.asUintN(64, statSync(join(merged, `l${k}`), { bigint: true }).ino));
+      expect(inos[0]).toBeGreaterThan(2n ** 53n); // else this host's overlay does not exercise it
+      xfs = new PassthroughFs(defaultFsOptions(merged));
+      const xc = new FuseClient(new LocalTransport(new FuseServer(xfs)));
+      await xc.init();
+      const nodeids = new Set<number>();
+      for (let k = 0; k < 3; k++) {
+        const e = await xc.lookup(FUSE_ROOT_ID, `l${k}`);
+        nodeids.add(e.nodeid);
+        expect(BigInt(e.attr.ino)).toBe(inos[k]);
+        const { fh } = await xc.open(e.nodeid, 0);
+        expect(Buffer.from(await xc.read(e.nodeid, fh, 0, 64)).toString()).toBe(`file ${k}`);
+        expect(BigInt((await xc.getattr(e.nodeid)).ino)).toBe(inos[k]); // the generic path's attribute reply too
+      }
+      expect(nodeids.size).toBe(3);
+      const { fh } = await xc.opendir(FUSE_ROOT_ID);
+      const listed = await xc.readdir(FUSE_ROOT_ID, fh, 0n, 65536);
+      const byName = new Map(listed.map((d) => [Buffer.from(d.name).toString(), BigInt(d.ino)]));
+      expect([0, 1, 2].map((k) => byName.get(`l${k}`))).toEqual(inos);
+    } finally {
+      xfs?.close();
+      for (const m of mounted) spawnSync('umount', [m]);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
