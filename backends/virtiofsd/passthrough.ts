@@ -1,6 +1,6 @@
 import * as fs from '../../protocol/sys/fs.js';
 import type { FileHandle } from '../../protocol/sys/fs.js';
-import { close, closeQuiet, dup, preadv, pwritev, type IoVecList } from '../../protocol/sys/fd.js';
+import { close, closeQuiet, dup, preadv, pwritev, type FileOffset, type IoVecList } from '../../protocol/sys/fd.js';
 import { SysError, rawSyscall } from '../../protocol/sys/libc.js';
 import { Fattr, type Attr, type EntryOut, type Kstatfs, type FileLock, type SetattrIn, type SecurityContext, FUSE_LK_FLOCK } from '../../protocol/fuse/index.js';
 import { encodeDirent, encodeDirentplus } from '../../protocol/fuse/dirent.js';
@@ -669,13 +669,13 @@ export class PassthroughFs {
     }
   }
 
-  read(fh: number, offset: number, iov: IoVecList): number {
+  read(fh: number, offset: FileOffset, iov: IoVecList): number {
     const n = preadv(this.handles.get(fh).fd, iov, offset);
     return n < 0 ? 0 : n;
   }
 
   /** WRITE; `kill`: the guest writer lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID), see setattr. */
-  write(fh: number, offset: number, iov: IoVecList, kill = false): number {
+  write(fh: number, offset: FileOffset, iov: IoVecList, kill = false): number {
     this.writable();
     const fd = this.handles.get(fh).fd;
     const n = this.killingPrivs(kill, () => pwritev(fd, iov, offset));
@@ -725,7 +725,7 @@ export class PassthroughFs {
     }
   }
 
-  fallocate(fh: number, mode: number, offset: number, length: number): void {
+  fallocate(fh: number, mode: number, offset: FileOffset, length: FileOffset): void {
     this.writable();
     fs.fallocate(this.handles.get(fh).fd, mode, offset, length);
   }
@@ -734,7 +734,7 @@ export class PassthroughFs {
     return fs.lseek(this.handles.get(fh).fd, offset, whence);
   }
 
-  copyFileRange(fhIn: number, offIn: number, fhOut: number, offOut: number, len: number, flags: number): number {
+  copyFileRange(fhIn: number, offIn: FileOffset, fhOut: number, offOut: FileOffset, len: number, flags: number): number {
     this.writable();
     if (flags !== 0) throw new FsError(E.EINVAL, 'copy_file_range flags');
     return fs.copyFileRange(this.handles.get(fhIn).fd, offIn, this.handles.get(fhOut).fd, offOut, len, 0);

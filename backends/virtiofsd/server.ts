@@ -336,7 +336,7 @@ export class FuseServer {
       case Op.COPY_FILE_RANGE: {
         const c = CopyFileRangeIn.decode(a);
         if (c.flags !== 0n) throw new FsError(E.EINVAL, 'copy_file_range flags');
-        const n = fs.copyFileRange(c.fhIn, c.offIn, c.fhOut, c.offOut, Math.min(c.len, 0x7ffff000), 0);
+        const n = fs.copyFileRange(c.fhIn, c.offIn, c.fhOut, c.offOut, typeof c.len === 'bigint' ? 0x7ffff000 : Math.min(c.len, 0x7ffff000), 0);
         return this.replyStruct(io, u, WriteOut, { size: n });
       }
       case Op.SYNCFS:

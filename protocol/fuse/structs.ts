@@ -40,7 +40,7 @@ export const Rename2In = Struct.of('fuse_rename2_in', [['newdir', 'u64'], ['flag
 export const LinkIn = Struct.of('fuse_link_in', [['oldnodeid', 'u64']] as const);
 
 export const SetattrIn = Struct.of('fuse_setattr_in', [
-  ['valid', 'u32'], ['_pad', 'u32'], ['fh', 'u64'], ['size', 'u64'], ['lockOwner', 'b64'],
+  ['valid', 'u32'], ['_pad', 'u32'], ['fh', 'u64'], ['size', 'x64'], ['lockOwner', 'b64'],
   ['atime', 'i64'], ['mtime', 'i64'], ['ctime', 'i64'], ['atimensec', 'u32'], ['mtimensec', 'u32'],
   ['ctimensec', 'u32'], ['mode', 'u32'], ['_unused4', 'u32'], ['uid', 'u32'], ['gid', 'u32'], ['_unused5', 'u32'],
 ] as const);
@@ -52,14 +52,14 @@ export const OpenOut = Struct.of('fuse_open_out', [['fh', 'u64'], ['openFlags', 
 export const ReleaseIn = Struct.of('fuse_release_in', [['fh', 'u64'], ['flags', 'u32'], ['releaseFlags', 'u32'], ['lockOwner', 'b64']] as const);
 export const FlushIn = Struct.of('fuse_flush_in', [['fh', 'u64'], ['_unused', 'u32'], ['_pad', 'u32'], ['lockOwner', 'b64']] as const);
 export const ReadIn = Struct.of('fuse_read_in', [
-  ['fh', 'u64'], ['offset', 'u64'], ['size', 'u32'], ['readFlags', 'u32'], ['lockOwner', 'b64'], ['flags', 'u32'], ['_pad', 'u32'],
+  ['fh', 'u64'], ['offset', 'x64'], ['size', 'u32'], ['readFlags', 'u32'], ['lockOwner', 'b64'], ['flags', 'u32'], ['_pad', 'u32'],
 ] as const);
 /** READDIR/READDIRPLUS use fuse_read_in with an opaque 64-bit directory cookie as the offset. */
 export const ReaddirIn = Struct.of('fuse_read_in', [
   ['fh', 'u64'], ['offset', 'b64'], ['size', 'u32'], ['readFlags', 'u32'], ['lockOwner', 'b64'], ['flags', 'u32'], ['_pad', 'u32'],
 ] as const);
 export const WriteIn = Struct.of('fuse_write_in', [
-  ['fh', 'u64'], ['offset', 'u64'], ['size', 'u32'], ['writeFlags', 'u32'], ['lockOwner', 'b64'], ['flags', 'u32'], ['_pad', 'u32'],
+  ['fh', 'u64'], ['offset', 'x64'], ['size', 'u32'], ['writeFlags', 'u32'], ['lockOwner', 'b64'], ['flags', 'u32'], ['_pad', 'u32'],
 ] as const);
 export const WriteOut = Struct.of('fuse_write_out', [['size', 'u32'], ['_pad', 'u32']] as const);
 
@@ -97,12 +97,12 @@ export const InitOut = Struct.of('fuse_init_out', [
 export type InitOut = ReturnType<typeof InitOut.decode>;
 
 export const InterruptIn = Struct.of('fuse_interrupt_in', [['unique', 'b64']] as const);
-export const FallocateIn = Struct.of('fuse_fallocate_in', [['fh', 'u64'], ['offset', 'u64'], ['length', 'u64'], ['mode', 'u32'], ['_pad', 'u32']] as const);
+export const FallocateIn = Struct.of('fuse_fallocate_in', [['fh', 'u64'], ['offset', 'x64'], ['length', 'x64'], ['mode', 'u32'], ['_pad', 'u32']] as const);
 // Offsets as bigint: they span the whole i64 range (SEEK_END of a directory, SEEK_DATA far into a sparse file).
 export const LseekIn = Struct.of('fuse_lseek_in', [['fh', 'u64'], ['offset', 'b64'], ['whence', 'u32'], ['_pad', 'u32']] as const);
 export const LseekOut = Struct.of('fuse_lseek_out', [['offset', 'b64']] as const);
 export const CopyFileRangeIn = Struct.of('fuse_copy_file_range_in', [
-  ['fhIn', 'u64'], ['offIn', 'u64'], ['nodeidOut', 'u64'], ['fhOut', 'u64'], ['offOut', 'u64'], ['len', 'u64'], ['flags', 'b64'],
+  ['fhIn', 'u64'], ['offIn', 'x64'], ['nodeidOut', 'u64'], ['fhOut', 'u64'], ['offOut', 'x64'], ['len', 'x64'], ['flags', 'b64'],
 ] as const);
 export const SyncfsIn = Struct.of('fuse_syncfs_in', [['_pad', 'u64']] as const);
 

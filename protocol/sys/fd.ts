@@ -135,8 +135,16 @@ export function writev(fd: number, iov: IoVecList): number {
   return retryable('writev', Number(writev_(fd, iov.ptr, iov.count)), fd);
 }
 
-export function preadv(fd: number, iov: IoVecList, offset: number): number {
-  return retryable('preadv', Number(preadv_(fd, iov.ptr, iov.count, offset)), fd);
+/** A file offset or size from the wire: a number below 2^53, a bigint above (FUSE u64 fields, see struct `x64`). */
+export type FileOffset = number | bigint;
+
+/** As an int64 argument: a u64 from 2^63 up turns negative, which the kernel refuses (EINVAL), as for any caller. */
+export function int64(x: FileOffset): number | bigint {
+  return typeof x === 'bigint' ? BigInt.asIntN(64, x) : x;
+}
+
+export function preadv(fd: number, iov: IoVecList, offset: FileOffset): number {
+  return retryable('preadv', Number(preadv_(fd, iov.ptr, iov.count, int64(offset))), fd);
 }
 
 /** One positioned vector call, retried on EINTR; bytes moved or -errno. */
@@ -159,8 +167,8 @@ export function pwritevRaw(fd: number, iovAddr: number, count: number, offset: n
   return positionedIo(pwritev_, fd, iovAddr, count, offset);
 }
 
-export function pwritev(fd: number, iov: IoVecList, offset: number): number {
-  return retryable('pwritev', Number(pwritev_(fd, iov.ptr, iov.count, offset)), fd);
+export function pwritev(fd: number, iov: IoVecList, offset: FileOffset): number {
+  return retryable('pwritev', Number(pwritev_(fd, iov.ptr, iov.count, int64(offset))), fd);
 }
 
 export function eventfd(initval = 0, flags = EFD_CLOEXEC | EFD_NONBLOCK): number {

@@ -1,4 +1,5 @@
 import { libc, koffi, check, ioctl, rawSyscall, SysError } from './libc.js';
+import { int64, type FileOffset } from './fd.js';
 
 /**
  * Filesystem system calls for the virtio-fs backend: *at calls, openat2, xattrs, locks, per-thread
@@ -338,12 +339,12 @@ export function utimensat(dirfd: number, path: PathArg, times: [number, number, 
   ck('utimensat', utimensat_(dirfd, path === '' ? EMPTY : cstr(path), tsBuf, flags));
 }
 
-export function ftruncate(fd: number, size: number): void {
-  ck('ftruncate', ftruncate_(fd, size), { fd, size });
+export function ftruncate(fd: number, size: FileOffset): void {
+  ck('ftruncate', ftruncate_(fd, int64(size)), { fd, size: String(size) });
 }
 
-export function fallocate(fd: number, mode: number, offset: number, len: number): void {
-  ck('fallocate', fallocate_(fd, mode, offset, len), { fd });
+export function fallocate(fd: number, mode: number, offset: FileOffset, len: FileOffset): void {
+  ck('fallocate', fallocate_(fd, mode, int64(offset), int64(len)), { fd });
 }
 
 /** lseek with 64-bit offsets both ways (SEEK_END of an ext4 directory is 2^63 - 1); the new offset. */
@@ -362,7 +363,7 @@ export function lseekBig(fd: number, offset: bigint, whence: number): void {
 
 const offIn = new BigInt64Array(1);
 const offOut = new BigInt64Array(1);
-export function copyFileRange(fdIn: number, inOff: number, fdOut: number, outOff: number, len: number, flags: number): number {
+export function copyFileRange(fdIn: number, inOff: FileOffset, fdOut: number, outOff: FileOffset, len: number, flags: number): number {
   offIn[0] = BigInt(inOff);
   offOut[0] = BigInt(outOff);
   const fn = copyFn;

@@ -77,6 +77,21 @@ describe('passthrough filesystem (in-process, no vhost-user)', () => {
     }
   });
 
+  it('passes offsets and sizes beyond 2^53 to the host instead of refusing them EINVAL', async () => {
+    writeFileSync(join(share, 'f'), 'data');
+    const e = await c.lookup(FUSE_ROOT_ID, 'f');
+    const { fh } = await c.open(e.nodeid, 2);
+    // Reading far past the end is 0 bytes on any file system; the rest is the file system's answer (ext4: EFBIG,
+    // tmpfs: done), never EINVAL from a number that did not decode.
+    expect((await c.read(e.nodeid, fh, 2 ** 60, 16)).length).toBe(0);
+    expect(await errCode(c.write(e.nodeid, fh, 2 ** 60, Buffer.from('x')))).not.toBe('EINVAL');
+    expect(await errCode(c.setattr(e.nodeid, { valid: Fattr.SIZE, size: 2n ** 53n + 1n }))).not.toBe('EINVAL');
+    expect(await errCode(c.fallocate(e.nodeid, fh, 2 ** 60, 4096))).not.toBe('EINVAL');
+    const g = await c.create(FUSE_ROOT_ID, 'g', 2 | 0o100, 0o100644);
+    expect(await c.copyFileRange(e.nodeid, fh, 0, g.entry.nodeid, g.fh, 0, 2 ** 63)).toBe(4); // up to EOF
+    expect(await errCode(c.read(e.nodeid, fh, 2 ** 63, 16))).toBe('EINVAL'); // past the largest off_t, as on the host
+  });
+
   it('answers LSEEK with offsets beyond 2^53 as the host does (SEEK_END of a directory, SEEK_DATA far out)', async () => {
     writeFileSync(join(share, 'f'), 'data');
     const dirFd = openFile(share, O_RDONLY);
