@@ -12,7 +12,7 @@ export const OutHeader = Struct.of('fuse_out_header', [['len', 'u32'], ['error',
 export type OutHeader = ReturnType<typeof OutHeader.decode>;
 
 export const Attr = Struct.of('fuse_attr', [
-  ['ino', 'x64'], ['size', 'u64'], ['blocks', 'u64'], ['atime', 'i64'], ['mtime', 'i64'], ['ctime', 'i64'],
+  ['ino', 'x64'], ['size', 'x64'], ['blocks', 'u64'], ['atime', 'i64'], ['mtime', 'i64'], ['ctime', 'i64'],
   ['atimensec', 'u32'], ['mtimensec', 'u32'], ['ctimensec', 'u32'], ['mode', 'u32'], ['nlink', 'u32'],
   ['uid', 'u32'], ['gid', 'u32'], ['rdev', 'u32'], ['blksize', 'u32'], ['flags', 'u32'],
 ] as const);

@@ -150,7 +150,7 @@ export interface Stat {
   uid: number;
   gid: number;
   rdev: number;
-  size: number;
+  size: number | bigint;
   blksize: number;
   blocks: number;
   atime: number;
@@ -177,7 +177,7 @@ export function decodeStat(b: Buffer): Stat {
     uid: b.readUInt32LE(28),
     gid: b.readUInt32LE(32),
     rdev: Number(b.readBigUInt64LE(40)),
-    size: Number(b.readBigInt64LE(48)),
+    size: u64Exact(b, 48), // off_t: never negative for a file
     blksize: Number(b.readBigInt64LE(56)),
     blocks: Number(b.readBigInt64LE(64)),
     atime: Number(b.readBigInt64LE(72)),

@@ -77,6 +77,31 @@ describe('passthrough filesystem (in-process, no vhost-user)', () => {
     }
   });
 
+  it('reports file sizes beyond 2^53 exactly in every attribute reply', async () => {
+    const dir = mkdtempSync('/dev/shm/kumo-fs-bigsize-'); // tmpfs takes sparse files up to 2^63 - 1
+    const big = new PassthroughFs(defaultFsOptions(dir));
+    try {
+      const sizes = [2n ** 53n + 1n, 2n ** 63n - 1n];
+      sizes.forEach((n, k) => {
+        writeFileSync(join(dir, `f${k}`), '');
+        spawnSync('truncate', ['-s', String(n), join(dir, `f${k}`)]);
+      });
+      const bc = new FuseClient(new LocalTransport(new FuseServer(big)));
+      await bc.init();
+      const e = await bc.lookup(FUSE_ROOT_ID, 'f1');
+      expect(BigInt(e.attr.size)).toBe(sizes[1]);
+      // The generic path: SETATTR's reply and READDIRPLUS (2^63 - 1 came back as 2^63, a negative loff_t).
+      expect(BigInt((await bc.setattr(e.nodeid, { valid: Fattr.MODE, mode: 0o600 })).size)).toBe(sizes[1]);
+      const { fh } = await bc.opendir(FUSE_ROOT_ID);
+      const entries = await bc.readdirplus(FUSE_ROOT_ID, fh, 0n, 65536);
+      const got = new Map(entries.map((x) => [Buffer.from(x.dirent.name).toString(), BigInt(x.entry.attr.size)]));
+      expect([got.get('f0'), got.get('f1')]).toEqual(sizes);
+    } finally {
+      big.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('passes offsets and sizes beyond 2^53 to the host instead of refusing them EINVAL', async () => {
     writeFileSync(join(share, 'f'), 'data');
     const e = await c.lookup(FUSE_ROOT_ID, 'f');
