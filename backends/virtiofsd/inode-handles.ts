@@ -1,4 +1,4 @@
-import { closeQuiet, O_DIRECTORY, O_PATH } from '../../protocol/sys/fd.js';
+import { closeQuiet, O_DIRECTORY, O_PATH, O_RDONLY } from '../../protocol/sys/fd.js';
 import { SysError } from '../../protocol/sys/libc.js';
 import * as fs from '../../protocol/sys/fs.js';
 import { E, FsError } from './errors.js';
@@ -59,15 +59,16 @@ export class InodeHandles implements InodeOpener {
 
   /**
    * The handle of the inode behind the O_PATH fd `fd` (S_IFMT `type`); null if none can be used
-   * (prefer); FsError (mandatory). A new mount is entered through its root directory, which becomes
-   * that mount's mount_fd; anything else first met on an unknown mount gets no handle.
+   * (prefer); FsError (mandatory). A new mount is entered through its root: a directory, or a regular file
+   * bind-mounted on its own (containers' hosts and resolv.conf), which becomes that mount's mount_fd (any open
+   * file of the mount will do; an O_PATH one will not). Anything else first met on an unknown mount gets no handle.
    */
   handleOf(fd: number, type: number): fs.FileHandle | null {
     try {
       const h = fs.nameToHandleAt(fd, '', fs.AT_EMPTY_PATH);
       if (!this.mountFds.has(h.mountId)) {
-        if (type !== fs.S_IFDIR) throw new SysError('name_to_handle_at', E.EOPNOTSUPP, { why: 'no mount fd for this mount' });
-        this.mountFds.set(h.mountId, fs.openat(this.procSelfFd, String(fd), O_DIRECTORY));
+        if (type !== fs.S_IFDIR && type !== fs.S_IFREG) throw new SysError('name_to_handle_at', E.EOPNOTSUPP, { why: 'no mount fd for this mount' });
+        this.mountFds.set(h.mountId, fs.openat(this.procSelfFd, String(fd), type === fs.S_IFDIR ? O_DIRECTORY : O_RDONLY));
       }
       return h;
     } catch (e) {

@@ -90,6 +90,30 @@ describe('--inode-file-handles', () => {
     expect((await c.getattr(nodes[3])).size).toBe(6);
   });
 
+  it('mandatory serves a regular file bind-mounted into the share (a container\'s hosts or resolv.conf)', async () => {
+    if (process.getuid?.() !== 0) return console.log('not root: cannot bind-mount here');
+    const dir = share();
+    const outside = share();
+    writeFileSync(join(outside, 'file'), 'bound');
+    writeFileSync(join(dir, 'fb'), '');
+    writeFileSync(join(dir, 'plain'), 'plain');
+    const m = spawnSync('mount', ['--bind', join(outside, 'file'), join(dir, 'fb')], { encoding: 'utf8' });
+    if (m.status !== 0) throw new Error(`mount --bind: ${m.stderr}`);
+    try {
+      const { fs, c } = await mount(dir, 'mandatory', 2);
+      const e = await c.lookup(FUSE_ROOT_ID, 'fb'); // was EOPNOTSUPP: no mount fd for a mount entered through a file
+      const { fh } = await c.open(e.nodeid, 0);
+      expect(Buffer.from(await c.read(e.nodeid, fh, 0, 16)).toString()).toBe('bound');
+      const d = await c.opendir(FUSE_ROOT_ID);
+      const names = (await c.readdirplus(FUSE_ROOT_ID, d.fh, 0n, 65536)).map((x) => Buffer.from(x.dirent.name).toString());
+      expect(names.sort()).toEqual(['.', '..', 'fb', 'plain']);
+      fs.close();
+      open.splice(open.indexOf(fs), 1);
+    } finally {
+      spawnSync('umount', ['-l', join(dir, 'fb')]);
+    }
+  });
+
   it('prefer falls back to fds where the filesystem has no handles; mandatory refuses it, also on the command line', () => {
     const fd = openat(AT_FDCWD, '/proc/self', O_PATH_DIR);
     const proc = openat(AT_FDCWD, '/proc/self/fd', O_PATH_DIR);
