@@ -2,12 +2,13 @@ import { fstatSync } from 'node:fs';
 import { KumoError } from '../../protocol/errors.js';
 import { ioctl, SysError } from '../../protocol/sys/libc.js';
 import { blockDeviceSize, EXT4_SUPER_MAGIC, fcntlLock, fstatfs, F_OFD_SETLK, F_RDLCK, F_WRLCK, RAMFS_MAGIC, TMPFS_MAGIC } from '../../protocol/sys/fs.js';
-import { openFile, closeQuiet, preadvRaw, O_RDONLY, O_RDWR, O_CLOEXEC, O_DIRECT } from '../../protocol/sys/fd.js';
+import { openFile, closeQuiet, preadvRaw, setNonBlocking, O_RDONLY, O_RDWR, O_CLOEXEC, O_DIRECT, O_NONBLOCK } from '../../protocol/sys/fd.js';
 import { mapAnonymous } from '../../protocol/sys/mem.js';
 import { IoVecArena } from '../../protocol/sys/uring.js';
 
 export const SECTOR_SIZE = 512;
 const BLKSSZGET = 0x1268;
+const BLKROGET = 0x125e;
 const EAGAIN = 11;
 const EACCES = 13;
 
@@ -56,7 +57,8 @@ export class DiskImage {
   }
 
   static open(path: string, opts: ImageOptions): DiskImage {
-    const flags = (opts.readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | (opts.direct ? O_DIRECT : 0);
+    // O_NONBLOCK until the type is known: opening a FIFO would otherwise wait for a writer, for good.
+    const flags = (opts.readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NONBLOCK | (opts.direct ? O_DIRECT : 0);
     let fd: number;
     try {
       fd = openFile(path, flags);
@@ -73,11 +75,15 @@ export class DiskImage {
         const b = Buffer.alloc(8);
         ioctl(fd, BLKSSZGET, b);
         logicalBlock = b.readInt32LE(0);
+        // A read-only device opens O_RDWR all the same, and every write would then fail IOERR.
+        ioctl(fd, BLKROGET, b);
+        if (!opts.readonly && b.readInt32LE(0) !== 0) throw new ImageError(`block device ${path} is read-only: serve it with readonly=on`, { path });
       } else if (st.isFile()) {
         size = st.size;
       } else {
         throw new ImageError(`image ${path} is neither a regular file nor a block device`, { path });
       }
+      setNonBlocking(fd, false);
       const format = formatOf(fd);
       if (format !== null) {
         // Served raw, a guest would see the container's bytes and, writing, destroy the image.
@@ -91,7 +97,7 @@ export class DiskImage {
       const fsType = st.isBlockDevice() || opts.direct ? 0 : fstatfs(fd).type;
       const memoryBacked = fsType === TMPFS_MAGIC || fsType === RAMFS_MAGIC;
       const writesPunted = fsType === EXT4_SUPER_MAGIC;
-      const alignment = opts.direct ? directAlignment(fd) : 0;
+      const alignment = opts.direct ? directAlignment(fd, size) : 0;
       return new DiskImage(path, fd, size, opts.readonly, opts.direct, st.isBlockDevice(), memoryBacked, writesPunted, alignment, logicalBlock);
     } catch (e) {
       closeQuiet(fd);
@@ -135,9 +141,11 @@ function alignedRead<T>(fd: number, len: number, at: number, skew: number, use: 
 /**
  * The smallest block O_DIRECT accepts on this file: a 512-byte read at 512 into a buffer that is
  * 512- but not 4096-aligned, else 4096 (a 4096-byte sector device, or a file system that wants pages).
+ * The read must lie inside the file: at its end the kernel answers 0 without checking alignment, so an image
+ * of less than 1 KiB is probed at 0 (the buffer's skew still tells).
  */
-function directAlignment(fd: number): number {
-  if (alignedRead(fd, 512, 512, 512, (n) => n >= 0)) return 512;
+function directAlignment(fd: number, size: number): number {
+  if (alignedRead(fd, 512, size >= 1024 ? 512 : 0, 512, (n) => n >= 0)) return 512;
   return 4096;
 }
 

@@ -1,8 +1,9 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
-import { existsSync, mkdtempSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { DiskImage } from '../../backends/vhost-user-blk/image.js';
 import { EXT4_SUPER_MAGIC } from '../../protocol/sys/fs.js';
 
@@ -130,6 +131,69 @@ describe('DiskImage', () => {
       img.close();
     } finally {
       rmSync(p, { force: true });
+    }
+  });
+});
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+describe('DiskImage.open on images of unusual kinds', () => {
+  const root = process.getuid?.() === 0;
+
+  // In a child process: the old open() blocked in the kernel, which no test timeout can interrupt.
+  it('refuses a FIFO at once instead of waiting for a writer (readonly=on too)', () => {
+    const d = mkdtempSync(join(tmpdir(), 'kumo-img-fifo-'));
+    try {
+      spawnSync('mkfifo', [join(d, 'f')]);
+      for (const ro of ['on', 'off']) {
+        const r = spawnSync(process.execPath, [join(ROOT, 'bin/kumo-vhost-user-blk.js'), '--block-backend', `path=${join(d, 'f')},socket=${join(d, 's')},readonly=${ro}`],
+          { encoding: 'utf8', timeout: 20_000 });
+        expect(r.status).toBe(1);
+        expect(r.stderr).toMatch(/neither a regular file nor a block device/);
+      }
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  it.skipIf(!root)('refuses a read-only block device unless readonly=on (every write would fail IOERR)', () => {
+    const d = mkdtempSync(join(tmpdir(), 'kumo-img-ro-'));
+    writeFileSync(join(d, 'img'), Buffer.alloc(1 << 20));
+    const lo = spawnSync('losetup', ['-f', '--show', '-r', join(d, 'img')], { encoding: 'utf8' });
+    try {
+      expect(lo.status).toBe(0);
+      const dev = lo.stdout.trim();
+      expect(() => DiskImage.open(dev, { readonly: false, direct: false })).toThrow(/read-only: serve it with readonly=on/);
+      DiskImage.open(dev, { readonly: true, direct: false }).close();
+    } finally {
+      if (lo.status === 0) spawnSync('losetup', ['-d', lo.stdout.trim()]);
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  it.skipIf(!root)('finds the 4096-byte O_DIRECT block of an image smaller than 1 KiB (the probe read its end, which checks nothing)', () => {
+    const d = mkdtempSync(join(tmpdir(), 'kumo-img-tiny-'));
+    const back = join(d, 'fs.img');
+    const mnt = join(d, 'mnt');
+    writeFileSync(back, Buffer.alloc(16 << 20));
+    const lo = spawnSync('losetup', ['-f', '--show', '--sector-size', '4096', back], { encoding: 'utf8' });
+    let mounted = false;
+    try {
+      expect(lo.status).toBe(0);
+      const dev = lo.stdout.trim();
+      expect(spawnSync('mkfs.ext4', ['-q', '-F', '-b', '4096', dev]).status).toBe(0);
+      mkdirSync(mnt);
+      expect(spawnSync('mount', [dev, mnt]).status).toBe(0);
+      mounted = true;
+      writeFileSync(join(mnt, 'tiny'), Buffer.alloc(512));
+      const img = DiskImage.open(join(mnt, 'tiny'), { readonly: false, direct: true });
+      const alignment = img.alignment;
+      img.close(); // before the assertion: an open image would keep the mount busy
+      expect(alignment).toBe(4096);
+    } finally {
+      if (mounted) spawnSync('umount', [mnt]);
+      if (lo.status === 0) spawnSync('losetup', ['-d', lo.stdout.trim()]);
+      rmSync(d, { recursive: true, force: true });
     }
   });
 });
