@@ -33,11 +33,13 @@ function parseArgs(argv: string[]): BlockBackendConfig | null {
       process.stdout.write(`kumo-vhost-user-blk ${KUMO_VERSION}\n`);
       process.exit(0);
     }
-    if (a === '--block-backend') {
-      if (i + 1 >= argv.length) throw new UsageError('--block-backend needs a value');
-      spec = argv[++i];
-    } else if (a.startsWith('--block-backend=')) {
-      spec = a.slice('--block-backend='.length);
+    if (a === '--block-backend' || a.startsWith('--block-backend=')) {
+      // As Cloud Hypervisor's vhost_user_block: one back-end per process, so a second one is an error, not a replacement.
+      if (spec !== undefined) throw new UsageError('--block-backend given more than once (one back-end per process)');
+      if (a === '--block-backend') {
+        if (i + 1 >= argv.length) throw new UsageError('--block-backend needs a value');
+        spec = argv[++i];
+      } else spec = a.slice('--block-backend='.length);
     } else {
       throw new UsageError(`unknown argument ${JSON.stringify(a)}`);
     }

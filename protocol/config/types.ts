@@ -45,7 +45,8 @@ export function str(o: StrOptions = {}): OptionType<string> {
   const hint = o.hint ?? (o.choices ? o.choices.join('|') : '<string>');
   return make<string>(hint, o, (raw, key) => {
     if (raw === null) throw bad(key, raw, hint);
-    const v = unquote(raw);
+    // Cloud Hypervisor's option parser trims values: `socket=/run/s ` names /run/s, not a file ending in a space.
+    const v = unquote(raw.trim());
     if (o.choices && !o.choices.includes(v)) throw bad(key, raw, `one of ${o.choices.join(', ')}`);
     if (o.pattern && !o.pattern.test(v)) throw bad(key, raw, hint);
     if (o.required && v === '') throw bad(key, raw, `a non-empty ${hint}`);

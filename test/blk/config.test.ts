@@ -1,4 +1,7 @@
 import { describe, it, expect } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { BlockBackendConfig } from '../../backends/vhost-user-blk/config.js';
 import { BlkBackend, serialFor } from '../../backends/vhost-user-blk/backend.js';
 import type { DiskImage } from '../../backends/vhost-user-blk/image.js';
@@ -24,6 +27,11 @@ describe('BlockBackendConfig', () => {
     expect(c.pollQueue).toBe(false);
     expect(c.path).toBe('/a b/img');
     expect(BlockBackendConfig.parse(c.toString()).toJSON()).toEqual(c.toJSON());
+  });
+
+  it('trims values as Cloud Hypervisor does (a stray space never ends up in a path)', () => {
+    const c = BlockBackendConfig.parse('path=/tmp/img ,socket= /tmp/s.sock ');
+    expect([c.path, c.socket]).toEqual(['/tmp/img', '/tmp/s.sock']);
   });
 
   it.each([
@@ -101,5 +109,16 @@ describe('BlkBackend device model', () => {
   it('uses the image path as serial', () => {
     expect(Buffer.from(serialFor('/var/lib/images/a-very-long-image-name.raw')).toString()).toBe('/var/lib/images/a-ve');
     expect(serialFor('/x').length).toBe(20);
+  });
+});
+
+describe('kumo-vhost-user-blk command line', () => {
+  it('refuses --block-backend given twice instead of serving the last one', () => {
+    const root = fileURLToPath(new URL('../../', import.meta.url));
+    const r = spawnSync(process.execPath, [join(root, 'bin/kumo-vhost-user-blk.js'),
+      '--block-backend', 'path=/nonexistent/a,socket=/nonexistent/a.sock', '--block-backend=path=/nonexistent/b,socket=/nonexistent/b.sock'],
+    { encoding: 'utf8', timeout: 30_000 });
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/--block-backend given more than once/);
   });
 });
