@@ -168,7 +168,8 @@ export class FastPath {
         const covered = io.inIovecs(WRITE_ARGS, size, iov);
         if (covered !== size) return NOT_HANDLED;
         const kill = this.session.kill((this.inDv.getUint32(A + 20, true) & FUSE_WRITE_KILL_SUIDGID) !== 0);
-        const n = size === 0 ? 0 : fs.write(fh, off, iov, kill);
+        // Zero bytes too: the host still checks the handle's mode and the offset (EBADF, EINVAL).
+        const n = fs.write(fh, off, iov, kill);
         this.outDv.setUint32(OUT_HEADER_SIZE, n, true);
         this.outDv.setUint32(OUT_HEADER_SIZE + 4, 0, true);
         return this.ok(io, WRITE_OUT);

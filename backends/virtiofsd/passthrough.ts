@@ -40,6 +40,7 @@ const OFFSET_MAX = 0x7fffffffffffffffn;
 const SEEK_SET = 0;
 const RENAME_NOREPLACE = 1;
 const RENAME_EXCHANGE = 2;
+const RENAME_WHITEOUT = 4;
 const XATTR_SIZE_MAX = 65536;
 const ACL_ACCESS_XATTR = Buffer.from('system.posix_acl_access');
 const S_ISGID = 0o2000;
@@ -498,7 +499,9 @@ export class PassthroughFs {
   symlink(c: Caller, parent: Inode, name: Uint8Array, target: Uint8Array, label: SecurityContext | null = null): EntryOut {
     checkName(name);
     this.writable();
-    if (target.length === 0 || target.length >= 4096) throw new FsError(E.EINVAL, 'bad symlink target');
+    // As symlink(2): an empty target is ENOENT, one of PATH_MAX or more ENAMETOOLONG.
+    if (target.length === 0) throw new FsError(E.ENOENT, 'empty symlink target');
+    if (target.length >= 4096) throw new FsError(36, 'symlink target too long');
     this.guestFds.need(1);
     this.asCaller(c, () => fs.symlinkat(target, parent.fd, name));
     return this.labelled(parent, name, false, label);
@@ -568,7 +571,8 @@ export class PassthroughFs {
     checkName(name);
     checkName(newName);
     this.writable();
-    if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) throw new FsError(E.EINVAL, 'unsupported rename flags', { flags });
+    // RENAME_WHITEOUT too: overlayfs in the guest, its upper layer on this share, leaves whiteouts with it.
+    if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT)) throw new FsError(E.EINVAL, 'unsupported rename flags', { flags });
     fs.renameat2(parent.fd, name, newParent.fd, newName, flags);
   }
 

@@ -102,6 +102,22 @@ describe('passthrough filesystem (in-process, no vhost-user)', () => {
     }
   });
 
+  it('answers as the host does: a zero-byte WRITE on a read-only handle, RENAME_WHITEOUT, an empty symlink target', async () => {
+    writeFileSync(join(share, 'f'), 'data');
+    const e = await c.lookup(FUSE_ROOT_ID, 'f');
+    const ro = await c.open(e.nodeid, 0);
+    // pwrite(2) checks the handle even for 0 bytes; the shortcut answered ok.
+    expect(await errCode(c.write(e.nodeid, ro.fh, 0, new Uint8Array(0)))).toBe('EBADF');
+    expect(await errCode(c.symlink(FUSE_ROOT_ID, 'sl', ''))).toBe('ENOENT');
+    if (process.getuid?.() === 0) {
+      // overlayfs in a guest with its upper layer here renames with RENAME_WHITEOUT (a 0:0 character device stays).
+      await c.rename(FUSE_ROOT_ID, 'f', FUSE_ROOT_ID, 'g', 4);
+      const st = statSync(join(share, 'f'));
+      expect([st.isCharacterDevice(), st.rdev]).toEqual([true, 0]);
+      expect(readFileSync(join(share, 'g'), 'utf8')).toBe('data');
+    }
+  });
+
   it('passes offsets and sizes beyond 2^53 to the host instead of refusing them EINVAL', async () => {
     writeFileSync(join(share, 'f'), 'data');
     const e = await c.lookup(FUSE_ROOT_ID, 'f');
