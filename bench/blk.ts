@@ -66,7 +66,7 @@ function vuBench(sock: string, c: Case, queues: number): Result {
   try {
     const j = JSON.parse(r.stdout) as { iops: number; mbPerSec: number; latP50Us: number; errors: number };
     if (j.errors > 0) throw new Error(`${j.errors} I/O errors`);
-    return { iops: j.iops, mbps: j.mbPerSec, p50: j.latP50Us, steal: host.percent(), busy: host.busyPercent() };
+    return { iops: j.iops, mbps: j.mbPerSec, p50: j.latP50Us, ...host.shares() };
   } catch (e) {
     throw new Error(`kumo-vu blk bench failed: ${(e as Error).message} ${r.stderr.slice(-500)}`);
   }
@@ -79,7 +79,7 @@ function fio(img: string, c: Case, queues: number): Result {
     '--direct=0', '--invalidate=0', '--output-format=json'], { encoding: 'utf8' });
   const j = JSON.parse(r.stdout) as { jobs: { read: FioSide; write: FioSide }[] };
   const side = c.rw.includes('read') ? j.jobs[0].read : j.jobs[0].write;
-  return { iops: side.iops, mbps: side.bw_bytes / 1e6, p50: (side.clat_ns?.percentile?.['50.000000'] ?? 0) / 1000, steal: host.percent(), busy: host.busyPercent() };
+  return { iops: side.iops, mbps: side.bw_bytes / 1e6, p50: (side.clat_ns?.percentile?.['50.000000'] ?? 0) / 1000, ...host.shares() };
 }
 interface FioSide { iops: number; bw_bytes: number; clat_ns?: { percentile?: Record<string, number> } }
 

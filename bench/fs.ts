@@ -63,7 +63,7 @@ async function runOne(who: 'kumo' | 'qemu', dir: string, depth: number, rep: num
     const host = new HostCpuMeter();
     const r = await kumoVu(socket, depth);
     const cpu = (Math.max(last, cpuSeconds(child.pid!)) - c0) / ((Date.now() - t0) / 1000);
-    return { r, cpu, steal: host.percent(), busy: host.busyPercent() };
+    return { r, cpu, ...host.shares() };
   } finally {
     clearInterval(sample);
     await stopProcess(child);

@@ -29,23 +29,20 @@ function cpuTicks(): CpuTicks | null {
 export class HostCpuMeter {
   private readonly start = cpuTicks();
 
-  /** Percent of all CPU time since construction that was stolen, or null where /proc/stat cannot tell. */
-  percent(): number | null {
+  /**
+   * Percent of all CPU time since construction that was stolen, and that was spent running anything (100: every
+   * CPU busy throughout: the run used the whole host), from one read of /proc/stat; null where it cannot tell.
+   */
+  shares(): { steal: number | null; busy: number | null } {
     const end = cpuTicks();
-    if (this.start === null || end === null) return null;
+    if (this.start === null || end === null || end.total <= this.start.total) return { steal: null, busy: null };
     const total = end.total - this.start.total;
-    return total > 0 ? ((end.steal - this.start.steal) / total) * 100 : null;
+    return { steal: ((end.steal - this.start.steal) / total) * 100, busy: ((end.busy - this.start.busy) / total) * 100 };
   }
 
-  /**
-   * Percent of all CPUs' time since construction spent running anything (100: every CPU busy throughout), or null
-   * where /proc/stat cannot tell. Shows whether a run used the whole host or left CPUs idle.
-   */
-  busyPercent(): number | null {
-    const end = cpuTicks();
-    if (this.start === null || end === null) return null;
-    const total = end.total - this.start.total;
-    return total > 0 ? ((end.busy - this.start.busy) / total) * 100 : null;
+  /** The stolen share alone (see shares()). */
+  percent(): number | null {
+    return this.shares().steal;
   }
 
   /** "steal: 12.0% of CPU time ..." or null where /proc/stat cannot tell. */

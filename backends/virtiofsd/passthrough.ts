@@ -22,8 +22,6 @@ const O_EXCL = 0o200;
 const O_TRUNC = 0o1000;
 const O_APPEND = 0o2000;
 const O_NONBLOCK = 0o4000;
-/** (uid_t)-1 / (gid_t)-1. */
-const NO_ID = 0xffffffff;
 const O_DSYNC = 0o10000;
 const O_DIRECT = 0o40000;
 const O_LARGEFILE = 0o100000;
@@ -41,6 +39,8 @@ const SEEK_SET = 0;
 const RENAME_NOREPLACE = 1;
 const RENAME_EXCHANGE = 2;
 const RENAME_WHITEOUT = 4;
+/** (uid_t)-1 / (gid_t)-1. */
+const NO_ID = 0xffffffff;
 const XATTR_SIZE_MAX = 65536;
 const ACL_ACCESS_XATTR = Buffer.from('system.posix_acl_access');
 const S_ISGID = 0o2000;
@@ -769,7 +769,7 @@ export class PassthroughFs {
   readdir(fh: number, offset: bigint, out: Uint8Array, plus: boolean): number {
     const h = this.handles.get(fh);
     if (!h.dir) throw new FsError(E.ENOTDIR, 'not a directory handle');
-    fs.lseekBig(h.fd, offset, SEEK_SET);
+    fs.lseek(h.fd, offset, SEEK_SET);
     const buf = this.direntBuf;
     let used = 0;
     for (;;) {

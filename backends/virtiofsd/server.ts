@@ -331,7 +331,7 @@ export class FuseServer {
       }
       case Op.LSEEK: {
         const l = LseekIn.decode(a);
-        return this.replyStruct(io, u, LseekOut, { offset: fs.lseek(l.fh, BigInt.asIntN(64, l.offset), l.whence) });
+        return this.replyStruct(io, u, LseekOut, { offset: fs.lseek(l.fh, l.offset, l.whence) });
       }
       case Op.COPY_FILE_RANGE: {
         const c = CopyFileRangeIn.decode(a);

@@ -348,18 +348,13 @@ export function fallocate(fd: number, mode: number, offset: FileOffset, len: Fil
 }
 
 /** lseek with 64-bit offsets both ways (SEEK_END of an ext4 directory is 2^63 - 1); the new offset. */
+/** Directory offsets are opaque 64-bit cookies (hashes on ext4) and go through here as well. */
 export function lseek(fd: number, offset: bigint, whence: number): bigint {
-  const r = BigInt(lseekBig_(fd, BigInt.asIntN(64, offset), whence) as number | bigint);
+  const r = BigInt(lseek_(fd, int64(offset), whence) as number | bigint);
   if (r < 0n) ck('lseek', -1, { fd });
   return r;
 }
 
-const lseekBig_ = libc.func('lseek', 'int64', ['int', 'int64', 'int']);
-/** lseek with a 64-bit cookie (directory offsets are opaque hashes on ext4). */
-export function lseekBig(fd: number, offset: bigint, whence: number): void {
-  const r = lseekBig_(fd, BigInt.asIntN(64, offset), whence) as number | bigint;
-  if (BigInt(r) < 0n) ck('lseek', -1, { fd });
-}
 
 const offIn = new BigInt64Array(1);
 const offOut = new BigInt64Array(1);

@@ -113,15 +113,14 @@ class QueueWorker {
    * report so on every epoll_wait, or fail every read: it is dropped from epoll and the ring is kicked no more.
    */
   private takeKick(ring: WorkerRing, events: number): void {
-    let broken = (events & (EPOLLERR | EPOLLHUP)) !== 0;
-    if (!broken) {
+    if ((events & (EPOLLERR | EPOLLHUP)) === 0) {
       try {
         eventfdRead(ring.kickFd);
+        return;
       } catch {
-        broken = true;
+        // a read that fails is as broken as a hang-up
       }
     }
-    if (!broken) return;
     try {
       this.epoll.remove(ring.kickFd);
     } catch {
