@@ -46,8 +46,9 @@ QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=
   writeback,readdirplus
 --xattrmap=RULES (implies --xattr): virtiofsd's xattr name mapping, e.g. ':map::user.virtiofs.:' keeps every guest
   xattr under user.virtiofs. on the host; rules :prefix|ok|bad|unsupported:client|server|all:KEY:PREPEND:
---thread-pool-size=N: with a second CPU, large READs may be copied by io_uring worker threads while other
-  requests wait; N caps those threads, 0 keeps every READ on the request thread (default: CPUs - 1)
+--thread-pool-size=N: with a second CPU, large READs may be copied, and FSYNCs on disk-backed files waited
+  for, by io_uring worker threads while other requests go on; N caps those threads, 0 keeps all of them on the
+  request thread (default: CPUs - 1)
 --seccomp: the thread that serves guest requests may make only the syscalls its work needs; any other
   kills the daemon (kill, the default, or trap: SIGSYS), is logged by the kernel (log) or allowed (none)
 --preserve-noatime: keep the guest's O_NOATIME (dropped by default, as virtiofsd does)

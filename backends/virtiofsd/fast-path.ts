@@ -6,7 +6,7 @@ import type { FuseIo } from './fuse-io.js';
 import type { PassthroughFs } from './passthrough.js';
 import type { Inode } from './inodes.js';
 import type { FuseSession } from './session.js';
-import type { ReadOffload } from './read-offload.js';
+import type { IoOffload } from './io-offload.js';
 import { DEFERRED } from './deferred.js';
 
 const TWO32 = 0x1_0000_0000;
@@ -38,7 +38,7 @@ export class FastPath {
     private readonly inBuf: Buffer,
     private readonly outBuf: Buffer,
     private readonly iov: IoVecList,
-    private readonly offload: ReadOffload | null = null,
+    private readonly offload: IoOffload | null = null,
   ) {
     this.inDv = new DataView(inBuf.buffer, inBuf.byteOffset, inBuf.byteLength);
     this.outDv = new DataView(outBuf.buffer, outBuf.byteOffset, outBuf.byteLength);

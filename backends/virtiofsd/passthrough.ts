@@ -1,6 +1,6 @@
 import * as fs from '../../protocol/sys/fs.js';
 import type { FileHandle } from '../../protocol/sys/fs.js';
-import { close, closeQuiet, dup, preadv, pwritev, type FileOffset, type IoVecList } from '../../protocol/sys/fd.js';
+import { close, closeQuiet, dup, dupCloexecRaw, preadv, pwritev, type FileOffset, type IoVecList } from '../../protocol/sys/fd.js';
 import { SysError, rawSyscall } from '../../protocol/sys/libc.js';
 import { Fattr, type Attr, type EntryOut, type Kstatfs, type FileLock, type SetattrIn, type SecurityContext, FUSE_LK_FLOCK } from '../../protocol/fuse/index.js';
 import { encodeDirent, encodeDirentplus } from '../../protocol/fuse/dirent.js';
@@ -75,6 +75,8 @@ export function nameErrno(name: Uint8Array, len: number): number {
  */
 const HELD_SCORE_MAX = 16;
 
+/** File systems that hold files in memory only: fsync has nothing to wait for. */
+const MEMORY_FS = new Set([fs.TMPFS_MAGIC, fs.RAMFS_MAGIC]);
 /**
  * Filesystems with no flush file operation (tmpfs, ramfs, ext2/3/4, xfs, btrfs): there a FLUSH has
  * nothing to run, since the daemon holds no POSIX locks (guest locks are OFD locks), so the close of a
@@ -132,6 +134,7 @@ export class PassthroughFs {
   private readonly ids: IdMaps | null;
   /** st_dev -> whether its filesystem has a flush operation (see flush()). */
   private readonly flushByDev = new Map<number, boolean>();
+  private readonly syncAtOnceByDev = new Map<number, boolean>();
   /** See HELD_SCORE_MAX; starts at the middle, so the first LOOKUP is stat'ed first. */
   private heldScore = HELD_SCORE_MAX / 2;
   /** File-handle identity and the inode fd cache (--inode-file-handles), or null for plain fds. */
@@ -709,6 +712,29 @@ export class PassthroughFs {
     if (yes === undefined) {
       yes = !NO_FLUSH_FS.has(fs.fstatfs(h.fd).type);
       this.flushByDev.set(h.inode.dev, yes);
+    }
+    return yes;
+  }
+
+  /**
+   * An fd of its own to sync i through, for a sync that finishes later (the handle's fd duplicated, or the inode
+   * opened again), or -1 when there is none to be had: the caller then syncs inline. The caller closes it.
+   */
+  syncFd(i: Inode, fh: number | null): number {
+    if (fh !== null) return dupCloexecRaw(this.handles.get(fh).fd);
+    try {
+      return this.reopen(i, 0);
+    } catch {
+      return -1;
+    }
+  }
+
+  /** Whether fsync on i's file system returns at once (it keeps files in memory only): not worth another thread. */
+  syncsAtOnce(i: Inode): boolean {
+    let yes = this.syncAtOnceByDev.get(i.dev);
+    if (yes === undefined) {
+      yes = MEMORY_FS.has(fs.fstatfs(i.fd).type);
+      this.syncAtOnceByDev.set(i.dev, yes);
     }
     return yes;
   }

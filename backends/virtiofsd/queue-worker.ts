@@ -7,7 +7,7 @@ import { schedYield } from '../../protocol/sys/proc.js';
 import { ChainIo } from './fuse-io.js';
 import { PassthroughFs } from './passthrough.js';
 import { FuseServer, MAX_IOV } from './server.js';
-import { ReadOffload } from './read-offload.js';
+import { IoOffload } from './io-offload.js';
 import { DEFERRED } from './deferred.js';
 import { LockWaits } from './lock-waits.js';
 import { enterSandbox } from './sandbox.js';
@@ -52,7 +52,7 @@ const LOCK_TIMER_TOKEN = HANDLER_TOKEN_BASE + 3;
 export const createQueueHandler: CreateQueueHandler = (ctx) => {
   const { opts, pollUs, threadPoolSize, seccomp, capabilities } = ctx.data as FsWorkerData;
   const fs = new PassthroughFs(opts, enterSandbox(opts, ctx.log));
-  const offload = threadPoolSize === 0 ? null : ReadOffload.create(MAX_IOV, threadPoolSize ?? 0, ctx.log);
+  const offload = threadPoolSize === 0 ? null : IoOffload.create(MAX_IOV, threadPoolSize ?? 0, ctx.log);
   if (offload !== null) ctx.epoll.add(offload.efd, EPOLLIN, OFFLOAD_TOKEN);
   const retryMs = Number(process.env.KUMO_FS_LOCK_RETRY_MS);
   const waits = new LockWaits(() => ctx.memory(), Number.isFinite(retryMs) && retryMs > 0 ? retryMs : undefined);
@@ -217,7 +217,7 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
     },
     onFd(token: number): void {
       if (token === RESUME_TOKEN) eventfdRead(resumeFd);
-      else if (token === OFFLOAD_TOKEN) eventfdRead((offload as ReadOffload).efd);
+      else if (token === OFFLOAD_TOKEN) eventfdRead((offload as IoOffload).efd);
       else if (token === LOCK_TIMER_TOKEN) {
         eventfdRead(waits.timerFd);
         lockRetryDue = true;

@@ -11,7 +11,7 @@ import { SysError } from '../../protocol/sys/libc.js';
 import { logger } from '../../protocol/log.js';
 import { E, FsError } from './errors.js';
 import type { FuseIo } from './fuse-io.js';
-import type { ReadOffload } from './read-offload.js';
+import type { IoOffload } from './io-offload.js';
 import type { LockWaits } from './lock-waits.js';
 import { DEFERRED, type Deferrer } from './deferred.js';
 import type { Inode } from './inodes.js';
@@ -58,7 +58,7 @@ export class FuseServer {
    */
   constructor(
     private readonly fs: PassthroughFs,
-    private readonly offload: ReadOffload | null = null,
+    private readonly offload: IoOffload | null = null,
     private readonly waits: LockWaits | null = null,
   ) {
     this.session = new FuseSession(fs.opts);
@@ -267,7 +267,17 @@ export class FuseServer {
       case Op.FSYNC:
       case Op.FSYNCDIR: {
         const f = FsyncIn.decode(a);
-        fs.fsync(fs.inode(h.nodeid), f.fh, (f.fsyncFlags & 1) !== 0);
+        const i = fs.inode(h.nodeid);
+        const datasync = (f.fsyncFlags & 1) !== 0;
+        const off = this.offload;
+        const gpa = off !== null && off.canSync() && !fs.syncsAtOnce(i) ? io.outHeaderGpa() : -1;
+        const fd = gpa >= 0 ? fs.syncFd(i, f.fh) : -1;
+        if (fd >= 0) {
+          (off as IoOffload).submitFsync(fd, datasync, gpa, this.head.readUInt32LE(8), this.head.readUInt32LE(12));
+          this.deferredTo = off;
+          return DEFERRED;
+        }
+        fs.fsync(i, f.fh, datasync);
         return this.reply(io, u, 0);
       }
       case Op.SETXATTR: {

@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { IoVecList } from '../../protocol/sys/fd.js';
 import { addressOf } from '../../protocol/sys/libc.js';
-import { ReadOffload, SPLIT_MIN_BYTES } from '../../backends/virtiofsd/read-offload.js';
+import { IoOffload, SPLIT_MIN_BYTES } from '../../backends/virtiofsd/io-offload.js';
 
 const KiB = 1024;
 const dir = mkdtempSync('/dev/shm/kumo-split-');
@@ -17,13 +17,13 @@ function pieces(total: number): Buffer[] {
   return [Buffer.alloc(a, 0xee), Buffer.alloc(total - a - 4096, 0xee), Buffer.alloc(4096, 0xee)];
 }
 
-describe('ReadOffload.readSplit: a lone large READ copied by two threads', () => {
-  const offload = ReadOffload.create(8, 0);
+describe('IoOffload.readSplit: a lone large READ copied by two threads', () => {
+  const offload = IoOffload.create(8, 0);
   if (offload === null) console.log(`no split READs here (${availableParallelism()} CPU(s) or no io_uring): READs stay inline`);
 
   it.skipIf(offload === null)('allows one io-wq worker per CPU beside the queue thread unless --thread-pool-size says otherwise', () => {
-    expect((offload as ReadOffload).workerCaps()[0]).toBe(availableParallelism() - 1);
-    const three = ReadOffload.create(8, 3) as ReadOffload;
+    expect((offload as IoOffload).workerCaps()[0]).toBe(availableParallelism() - 1);
+    const three = IoOffload.create(8, 3) as IoOffload;
     try {
       expect(three.workerCaps()[0]).toBe(3);
     } finally {
@@ -32,14 +32,14 @@ describe('ReadOffload.readSplit: a lone large READ copied by two threads', () =>
   });
 
   it.skipIf(offload === null)('spreads large READs over the copiers it has: this thread and the io-wq workers', () => {
-    const offloaded = (o: ReadOffload, n: number) => {
+    const offloaded = (o: IoOffload, n: number) => {
       o.moreQueued = true;
       const got = Array.from({ length: n }, () => o.wants(1024 * KiB));
       o.moreQueued = false;
       return got.filter(Boolean).length;
     };
-    const big = ReadOffload.create(8, 0, undefined, 16) as ReadOffload; // 16 CPUs: 15 workers
-    const kata = ReadOffload.create(8, 1, undefined, 16) as ReadOffload; // --thread-pool-size=1
+    const big = IoOffload.create(8, 0, undefined, 16) as IoOffload; // 16 CPUs: 15 workers
+    const kata = IoOffload.create(8, 1, undefined, 16) as IoOffload; // --thread-pool-size=1
     try {
       expect(offloaded(big, 32)).toBe(30);
       expect(offloaded(kata, 32)).toBe(16);
@@ -51,7 +51,7 @@ describe('ReadOffload.readSplit: a lone large READ copied by two threads', () =>
   });
 
   it.skipIf(offload === null)('returns preadv\'s bytes and count, short at EOF in either half, errors as -errno', () => {
-    const o = offload as ReadOffload;
+    const o = offload as IoOffload;
     const data = randomBytes(3 * 1024 * KiB + 12345);
     const path = join(dir, 'f');
     writeFileSync(path, data);

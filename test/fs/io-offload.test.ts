@@ -123,3 +123,54 @@ describe('a RELEASE racing offloaded READs', () => {
     }
   }, 60_000);
 });
+
+/** FSYNC of `MiB`s the host wrote to a file on the share and has not written back yet, with GETATTRs sent after it. */
+async function syncBehindGetattrs(extra: string[], dirtyMiB = 64): Promise<{ order: string[]; syncMs: number }> {
+  const { c, close } = await serve({ dirty: randomBytes(dirtyMiB * MiB), other: Buffer.alloc(10) }, extra);
+  try {
+    await c.init();
+    const e = await c.lookup(FUSE_ROOT_ID, 'dirty');
+    const o = await c.lookup(FUSE_ROOT_ID, 'other');
+    const { fh } = await c.open(e.nodeid, 0);
+    const order: string[] = [];
+    const t0 = performance.now();
+    let syncMs = 0;
+    const sync = c.fsync(e.nodeid, fh, false).then(() => {
+      syncMs = performance.now() - t0;
+      order.push('fsync');
+    });
+    // The handle goes, and its fd number is taken by another OPEN, while the sync may still be out.
+    const rest = (async () => {
+      for (let k = 0; k < 3; k++) {
+        await c.getattr(FUSE_ROOT_ID);
+        order.push('getattr');
+      }
+      await c.release(e.nodeid, fh);
+      const other = await c.open(o.nodeid, 0);
+      order.push('release+open');
+      return other.fh;
+    })();
+    await sync;
+    await c.release(o.nodeid, await rest);
+    // FSYNCDIR (fdatasync) takes the same path.
+    const dir = await c.opendir(FUSE_ROOT_ID);
+    await c.fsync(FUSE_ROOT_ID, dir.fh, true, true);
+    await c.release(FUSE_ROOT_ID, dir.fh, true);
+    return { order, syncMs };
+  } finally {
+    close();
+  }
+}
+
+describe('FSYNC on a file system that writes to a device', () => {
+  // The share is under /tmp: a disk file system here (ext4), where 64 MiB of dirty pages take tens of ms to write.
+  it('waits on an io_uring worker, so later requests are answered meanwhile; inline with --thread-pool-size=0', async () => {
+    if (availableParallelism() < 2) return console.log('single CPU: FSYNCs are never offloaded');
+    const offloaded = await syncBehindGetattrs([]);
+    const inline = await syncBehindGetattrs(['--thread-pool-size=0']);
+    console.log(`FSYNC of 64 MiB: offloaded ${offloaded.syncMs.toFixed(1)} ms, order ${offloaded.order.join(',')}; ` +
+      `inline ${inline.syncMs.toFixed(1)} ms, order ${inline.order.join(',')}`);
+    expect(offloaded.order).toEqual(['getattr', 'getattr', 'getattr', 'release+open', 'fsync']);
+    expect(inline.order[0]).toBe('fsync');
+  }, 60_000);
+});

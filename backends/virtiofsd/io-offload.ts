@@ -2,7 +2,7 @@ import { availableParallelism } from 'node:os';
 import type { GuestMemory } from '../../protocol/memory/index.js';
 import type { VringHandle } from '../../protocol/vhost-user/backend-types.js';
 import { closeQuiet, dupCloexecRaw, eventfd, IoVecList, preadvRaw } from '../../protocol/sys/fd.js';
-import { IoUring, IOSQE_ASYNC } from '../../protocol/sys/uring.js';
+import { IoUring, IORING_FSYNC_DATASYNC, IOSQE_ASYNC } from '../../protocol/sys/uring.js';
 import { CopySpread } from '../../protocol/sys/copy-spread.js';
 import type { Logger } from '../../protocol/log.js';
 import { DeferredReplies, type Deferrer } from './deferred.js';
@@ -28,8 +28,11 @@ const SLOTS = 16;
  * each offloaded READ runs on an fd of its own, a duplicate closed on completion. A split READ needs
  * none: this thread waits for its half before taking another request. Guest memory changes and ring
  * stops wait in drain().
+ *
+ * FSYNCs on a file system that writes to a device go to io-wq as well, each on an fd of its own: a sync that
+ * waits for a disk would otherwise hold up every other request of every guest process behind it.
  */
-export class ReadOffload implements Deferrer {
+export class IoOffload implements Deferrer {
   private readonly ring: IoUring;
   /** Signalled by the ring on every completion; the worker sleeps on it in its epoll. */
   readonly efd: number;
@@ -40,6 +43,9 @@ export class ReadOffload implements Deferrer {
   private readonly heads = new Uint16Array(SLOTS);
   /** The slot's own duplicate of the READ's fd (see the class comment). */
   private readonly fds = new Int32Array(SLOTS);
+  /** 1 for a slot that carries an FSYNC. */
+  private readonly isSync = new Uint8Array(SLOTS);
+  private syncs = 0;
   private readonly owners: (VringHandle | null)[] = new Array<VringHandle | null>(SLOTS).fill(null);
   private readonly replies = new DeferredReplies();
   private readonly spread: CopySpread;
@@ -52,7 +58,7 @@ export class ReadOffload implements Deferrer {
   private splitRes = 0;
   private readonly onCqe = (slot: number, res: number): void => this.finish(slot, res);
 
-  private constructor(maxIovecs: number, copiers: number) {
+  private constructor(maxIovecs: number, copiers: number, private readonly workers: number) {
     // This thread and the io-wq workers: with --thread-pool-size=1 every other READ, whatever the CPU count.
     this.spread = new CopySpread(copiers);
     this.ring = new IoUring(SLOTS * 2, { coopTaskrun: true });
@@ -69,7 +75,7 @@ export class ReadOffload implements Deferrer {
    * An offload, or null on a single-CPU host or where io_uring is unavailable (READs then stay
    * inline). `maxWorkers` > 0 caps the io-wq threads (--thread-pool-size); `cpus`: the host's.
    */
-  static create(maxIovecs: number, maxWorkers: number, log?: Logger, cpus = availableParallelism()): ReadOffload | null {
+  static create(maxIovecs: number, maxWorkers: number, log?: Logger, cpus = availableParallelism()): IoOffload | null {
     if (cpus < 2) return null;
     // Default: one io-wq worker per CPU beside the queue thread, which copies too. The offload exists to copy
     // cached data on another CPU, and the kernel's own cap (4 per CPU) only let more copiers contend: 1 MiB
@@ -77,9 +83,9 @@ export class ReadOffload implements Deferrer {
     // on a slow device waits in that worker, so fewer offloaded READs overlap there; --thread-pool-size=N
     // raises the cap.
     const cap = maxWorkers > 0 ? maxWorkers : cpus - 1;
-    let o: ReadOffload;
+    let o: IoOffload;
     try {
-      o = new ReadOffload(maxIovecs, Math.min(cpus, cap + 1));
+      o = new IoOffload(maxIovecs, Math.min(cpus, cap + 1), cap);
     } catch (e) {
       log?.info({ err: (e as Error).message }, 'io_uring unavailable: large READs are copied inline');
       return null;
@@ -108,7 +114,8 @@ export class ReadOffload implements Deferrer {
    * over the CPUs with this thread copying one in every `share` (CopySpread: every other one on 2 CPUs).
    */
   wants(len: number): boolean {
-    if (len < OFFLOAD_MIN_BYTES || this.free.length === 0) return false;
+    // Syncs waiting for a device in every worker would make the READ wait behind them: copy it here.
+    if (len < OFFLOAD_MIN_BYTES || this.free.length === 0 || this.syncs >= this.workers) return false;
     if (!this.moreQueued && this.inFlight === 0) return false;
     return this.spread.next(1);
   }
@@ -159,24 +166,47 @@ export class ReadOffload implements Deferrer {
   submit(fd: number, iov: IoVecList, offset: number, hdrGpa: number, uniqueLo: number, uniqueHi: number): boolean {
     const own = dupCloexecRaw(fd);
     if (own < 0) return false;
-    const s = this.free.pop() as number;
-    this.fds[s] = own;
+    const s = this.take(own, hdrGpa, uniqueLo, uniqueHi);
     const list = this.iovs[s];
     list.buf.set(iov.buf.subarray(0, iov.count * 16));
     list.count = iov.count;
     list.totalLength = iov.totalLength;
+    this.ring.prepReadv(own, Number(list.ptr), list.count, offset, s, 0, IOSQE_ASYNC);
+    this.ring.submit(0);
+    return true;
+  }
+
+  /** Whether submitFsync() can take a sync now. */
+  canSync(): boolean {
+    return this.free.length > 0;
+  }
+
+  /**
+   * Starts fsync(fd), fdatasync with `datasync`, on an io-wq worker, taking `fd` (closed on completion); the reply
+   * header goes to hdrGpa as for submit(), and the caller bind()s the chain. Only when canSync().
+   */
+  submitFsync(fd: number, datasync: boolean, hdrGpa: number, uniqueLo: number, uniqueHi: number): void {
+    const s = this.take(fd, hdrGpa, uniqueLo, uniqueHi);
+    this.isSync[s] = 1;
+    this.syncs++;
+    this.ring.prepFsync(fd, s, datasync ? IORING_FSYNC_DATASYNC : 0);
+    this.ring.submit(0);
+  }
+
+  /** A free slot for a request on `fd` (the slot's own) whose reply header goes to hdrGpa; it becomes `last`. */
+  private take(fd: number, hdrGpa: number, uniqueLo: number, uniqueHi: number): number {
+    const s = this.free.pop() as number;
+    this.fds[s] = fd;
     this.hdrGpa[s] = hdrGpa;
     this.unique[2 * s] = uniqueLo;
     this.unique[2 * s + 1] = uniqueHi;
     this.owners[s] = null;
-    this.ring.prepReadv(own, Number(list.ptr), list.count, offset, s, 0, IOSQE_ASYNC);
-    this.ring.submit(0);
     this.last = s;
     this.inFlight++;
-    return true;
+    return s;
   }
 
-  /** The chain (ring, head) of the READ submit() just started. */
+  /** The chain (ring, head) of the READ or FSYNC just started. */
   bind(owner: VringHandle, head: number): void {
     this.owners[this.last] = owner;
     this.heads[this.last] = head;
@@ -199,7 +229,7 @@ export class ReadOffload implements Deferrer {
     return n;
   }
 
-  /** Blocks until no READ is in flight, completing each (guest memory about to change, ring stopping). */
+  /** Blocks until no READ or FSYNC is in flight, completing each (guest memory about to change, ring stopping). */
   drain(mem: GuestMemory): void {
     while (this.inFlight > 0) {
       if (this.ring.cqReady() === 0) this.ring.submit(1);
@@ -220,6 +250,10 @@ export class ReadOffload implements Deferrer {
       return;
     }
     closeQuiet(this.fds[s]);
+    if (this.isSync[s] === 1) {
+      this.isSync[s] = 0;
+      this.syncs--;
+    }
     this.free.push(s);
     const owner = this.owners[s];
     this.owners[s] = null;
