@@ -44,6 +44,8 @@ export class BlkBackend implements VhostUserBackend {
   /** Shared with the workers: [0] = writethrough, [1] = queues being served, then the O_DIRECT WriteGate (see BlkEngineImage.flags). */
   private readonly flags: Int32Array;
   private acked = 0n;
+  /** The driver wrote writeback (CONFIG_WCE) since the device was last reset. */
+  private writebackSet = false;
 
   constructor(private readonly image: DiskImage, private readonly opts: BlkBackendOptions) {
     this.numQueues = opts.numQueues;
@@ -101,14 +103,26 @@ export class BlkBackend implements VhostUserBackend {
     // A driver without FLUSH could never make writeback writes durable: it stays writethrough.
     const wb = hasFeature(this.acked, VIRTIO_BLK_F_FLUSH) ? data[0] : 0;
     this.config[BlkConfig.writeback] = wb;
+    this.writebackSet = hasFeature(this.acked, VIRTIO_BLK_F_FLUSH);
     this.opts.log?.info({ writeback: wb, asked: data[0] }, 'cache mode changed');
     this.updateWritethrough();
   }
 
   ackFeatures(features: bigint): void {
     this.acked = features;
-    // virtio 1.2 §5.2.5: writeback starts as 1 with FLUSH, and MUST start as 0 with CONFIG_WCE but no FLUSH.
-    this.config[BlkConfig.writeback] = hasFeature(features, VIRTIO_BLK_F_FLUSH) ? 1 : 0;
+    // virtio 1.2 §5.2.5: writeback MUST be 0 with CONFIG_WCE but no FLUSH. With FLUSH it keeps what the driver
+    // wrote: front-ends send SET_FEATURES again at every start (QEMU's stop/cont), and a guest that chose
+    // writethrough sends no FLUSH.
+    if (!hasFeature(features, VIRTIO_BLK_F_FLUSH)) this.config[BlkConfig.writeback] = 0;
+    else if (!this.writebackSet) this.config[BlkConfig.writeback] = 1;
+    this.updateWritethrough();
+  }
+
+  /** A new front-end or a device reset: writeback back to its default (1), until a driver writes it. */
+  reset(): void {
+    this.writebackSet = false;
+    this.config[BlkConfig.writeback] = 1;
+    this.acked = 0n;
     this.updateWritethrough();
   }
 

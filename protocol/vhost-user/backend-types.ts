@@ -16,6 +16,11 @@ export interface VhostUserBackend {
   /** Absent: SET_CONFIG is refused. Throwing refuses it too (the front-end gets a NACK if it asked for one). */
   setConfig?(offset: number, data: Uint8Array): void;
   ackFeatures?(features: bigint): void;
+  /**
+   * The device starts afresh: a front-end connected, or sent RESET_OWNER/RESET_DEVICE. Driver-written state (config
+   * fields) goes back to its defaults here, not on SET_FEATURES, which front-ends send again at every start.
+   */
+  reset?(): void;
   /** Module (absolute path or file: URL) exporting `createQueueHandler: CreateQueueHandler`; `data` is structured-cloned. */
   queueWorker: { module: string; data: unknown };
   /** Rings served by one worker thread: 1 (blk, fs) or 2 (net rx/tx pair). Default 1. */

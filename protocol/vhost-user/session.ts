@@ -72,6 +72,7 @@ export class Session {
   ) {
     this.qpw = Math.max(1, backend.queuesPerWorker ?? 1);
     this.rings = Array.from({ length: backend.numQueues }, () => newRing(false));
+    backend.reset?.();
   }
 
   get offeredFeatures(): bigint {
@@ -276,6 +277,7 @@ export class Session {
     this.features = 0n;
     this.status = 0;
     this.rings = this.rings.map(() => newRing(false));
+    this.backend.reset?.();
   }
 
   private regionSpecs(regions: readonly MemRegion[], fds: number[]): MemoryRegionSpec[] {

@@ -35,6 +35,20 @@ describe('kumo-vhost-user-blk process', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
+  it('keeps the writeback a driver chose when SET_FEATURES comes again; the next front-end starts from writeback', async () => {
+    child = await startBackend(`path=${img},socket=${sock}`);
+    client = await BlkVuClient.connect(sock);
+    const wb = (c: BlkVuClient): number => c.fe.getConfig(BlkConfig.writeback, 1)[0];
+    expect(wb(client)).toBe(1);
+    client.fe.setConfig(BlkConfig.writeback, Uint8Array.of(0));
+    // QEMU sends SET_FEATURES again at every vhost_dev_start (stop/cont): the guest, which chose writethrough, sends no FLUSH.
+    client.fe.setFeatures(client.features);
+    expect(wb(client)).toBe(0);
+    client.close();
+    client = await BlkVuClient.connect(sock);
+    expect(wb(client)).toBe(1);
+  });
+
   it('serves reads, writes, flush and GET_ID; config space over GET_CONFIG', async () => {
     child = await startBackend(`path=${img},socket=${sock},num_queues=2,queue_size=256`);
     client = await BlkVuClient.connect(sock, { numQueues: 2, queueSize: 256 });

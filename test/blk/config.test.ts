@@ -106,6 +106,20 @@ describe('BlkBackend device model', () => {
     expect(() => b.setConfig(BlkConfig.writeback, new Uint8Array([7]))).toThrow();
   });
 
+  it('keeps the driver\'s writeback across SET_FEATURES until the device is reset', () => {
+    const b = new BlkBackend(image(false), { numQueues: 1, queueSize: 128, pollQueue: false });
+    const f = bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_CONFIG_WCE);
+    b.ackFeatures(f);
+    b.setConfig(BlkConfig.writeback, new Uint8Array([0]));
+    b.ackFeatures(f);
+    expect(b.getConfig(BlkConfig.writeback, 1)[0]).toBe(0);
+    expect(b.writethrough).toBe(true);
+    b.reset();
+    b.ackFeatures(f);
+    expect(b.getConfig(BlkConfig.writeback, 1)[0]).toBe(1);
+    expect(b.writethrough).toBe(false);
+  });
+
   it('uses the image path as serial', () => {
     expect(Buffer.from(serialFor('/var/lib/images/a-very-long-image-name.raw')).toString()).toBe('/var/lib/images/a-ve');
     expect(serialFor('/x').length).toBe(20);
