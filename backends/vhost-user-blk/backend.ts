@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import type { VhostUserBackend } from '../../protocol/vhost-user/backend-types.js';
 import {
   bits, hasFeature, BlkConfig, BLK_CONFIG_SIZE, VIRTIO_BLK_ID_BYTES,
@@ -26,10 +27,20 @@ export interface BlkBackendOptions {
   log?: Logger;
 }
 
-/** Cloud Hypervisor's serial: the image path, truncated/NUL-padded to 20 bytes. */
+/**
+ * Cloud Hypervisor's serial (kvmtool's device id): st_dev, st_rdev and st_ino of the image in decimal, one after
+ * the other, cut or NUL-padded to 20 bytes; all NULs when the image cannot be stat'ed. Distinct images get distinct
+ * serials (the guest's /dev/disk/by-id names), and the host path stays private.
+ */
 export function serialFor(path: string): Uint8Array {
   const out = new Uint8Array(VIRTIO_BLK_ID_BYTES);
-  out.set(Buffer.from(path, 'utf8').subarray(0, VIRTIO_BLK_ID_BYTES));
+  let st;
+  try {
+    st = statSync(path, { bigint: true });
+  } catch {
+    return out;
+  }
+  out.set(Buffer.from(`${st.dev}${st.rdev}${st.ino}`, 'ascii').subarray(0, VIRTIO_BLK_ID_BYTES));
   return out;
 }
 

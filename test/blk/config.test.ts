@@ -1,5 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BlockBackendConfig } from '../../backends/vhost-user-blk/config.js';
@@ -120,9 +122,23 @@ describe('BlkBackend device model', () => {
     expect(b.writethrough).toBe(false);
   });
 
-  it('uses the image path as serial', () => {
-    expect(Buffer.from(serialFor('/var/lib/images/a-very-long-image-name.raw')).toString()).toBe('/var/lib/images/a-ve');
-    expect(serialFor('/x').length).toBe(20);
+  it('serial: st_dev, st_rdev, st_ino in decimal as Cloud Hypervisor builds it, distinct per image', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kumo-serial-'));
+    try {
+      const a = join(dir, 'a-very-long-image-name-a.raw');
+      const b = join(dir, 'a-very-long-image-name-b.raw');
+      writeFileSync(a, Buffer.alloc(512));
+      writeFileSync(b, Buffer.alloc(512));
+      const st = statSync(a, { bigint: true });
+      const text = (u: Uint8Array): string => Buffer.from(u).toString('ascii').replace(/\0+$/, '');
+      expect(serialFor(a).length).toBe(20);
+      expect(text(serialFor(a))).toBe(`${st.dev}${st.rdev}${st.ino}`.slice(0, 20));
+      expect(text(serialFor(a))).not.toBe(text(serialFor(b)));
+      expect(Buffer.from(serialFor(a)).toString()).not.toContain('image');
+      expect(serialFor(join(dir, 'missing'))).toEqual(new Uint8Array(20));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
