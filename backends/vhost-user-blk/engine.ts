@@ -34,6 +34,8 @@ const KIND_RW = 0;
 const KIND_FLUSH = 1;
 const KIND_DISCARD = 2;
 const KIND_ZERO = 3;
+/** WRITE_ZEROES with UNMAP, its ranges punched: where punching is not supported they are zeroed the plain way. */
+const KIND_ZERO_UNMAP = 5;
 /** A write in writethrough mode: acked only after a later fdatasync completed. */
 const KIND_WT_WRITE = 4;
 /** userData of the batch fdatasync (no slot has this index: queues have at most 32768 entries). */
@@ -105,6 +107,8 @@ export class BlkQueueEngine {
   private queue: DeviceQueue | null = null;
   private mem: GuestMemory | null = null;
   private zeroRangeSupported = true;
+  /** Whether punching a hole zeroes a range here (a block device needs write-zeroes with unmap for it). */
+  private punchSupported = true;
   private readonly spread = new CopySpread();
   /** O_DIRECT: WRITE_ZEROES over part of a block. */
   private readonly zeroPart: DirectZeroes | null;
@@ -654,6 +658,8 @@ export class BlkQueueEngine {
     const mem = this.mem as GuestMemory;
     const base = this.free[this.freeTop - 1] * BlkLimits.maxDiscardSeg * 2; // the slot alloc() will take
     let unmap = false;
+    // Unknown flags in any segment make the request UNSUPP (virtio 1.2 §5.2.6), whatever the other segments hold.
+    let outOfRange = false;
     for (let i = 0; i < count; i++) {
       readFromChain(mem, chain.readable, VIRTIO_BLK_OUTHDR_SIZE + i * VIRTIO_BLK_DISCARD_SEG_SIZE, this.segBuf);
       const lo = this.segView.getUint32(0, true);
@@ -666,12 +672,17 @@ export class BlkQueueEngine {
       }
       const max = discard ? BlkLimits.maxDiscardSectors : BlkLimits.maxWriteZeroesSectors;
       const off = hi >= 0x200 ? -1 : (hi * TWO32 + lo) * SECTOR;
-      if (num > max || !this.rangeOk(off, num * SECTOR)) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, used);
+      if (num > max || !this.rangeOk(off, num * SECTOR)) {
+        outOfRange = true;
+        continue;
+      }
       this.sRanges[base + 2 * i] = off;
       this.sRanges[base + 2 * i + 1] = num * SECTOR;
       if (flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) unmap = true;
     }
-    const kind = discard ? KIND_DISCARD : KIND_ZERO;
+    if (outOfRange) return this.finishNow(head, statusGpa, VIRTIO_BLK_S_IOERR, used);
+    unmap &&= this.punchSupported;
+    const kind = discard ? KIND_DISCARD : unmap ? KIND_ZERO_UNMAP : KIND_ZERO;
     const slot = this.alloc(head, statusGpa, used, kind, 0);
     // Writethrough: like writes, acked once an fdatasync after them completed.
     if (Atomics.load(this.img.flags, 0) !== 0) this.sSync[slot] = 1;
@@ -775,7 +786,12 @@ export class BlkQueueEngine {
       } else if ((ud & ALLOC_OP) !== 0 && (res === -EOPNOTSUPP || res === -ECANCELED)) {
         // Allocating again after the punch: the range reads as zeroes already, and a file system with no plain
         // fallocate (ext2, ext4 without extents) leaves it a hole. Cancelled: the punch failed, and said so.
-      } else if (kind === KIND_ZERO && res === -EOPNOTSUPP && (ud & ZERO_RANGE_OP) === 0) {
+      } else if (kind === KIND_ZERO_UNMAP && res === -EOPNOTSUPP && (ud & ZERO_RANGE_OP) === 0 && this.zeroRangeSupported) {
+        // UNMAP only allows deallocating: the range must read as zeroes all the same (a block device without
+        // write-zeroes-with-unmap refuses the punch, and takes ZERO_RANGE, which writes zeroes if it must).
+        this.punchSupported = false;
+        this.zeroRange(slot, ((ud >>> 16) & 0x3fff));
+      } else if ((kind === KIND_ZERO || kind === KIND_ZERO_UNMAP) && res === -EOPNOTSUPP && (ud & ZERO_RANGE_OP) === 0) {
         // No way to zero a range here (no fallocate at all): UNSUPP, so the guest writes zeroes itself (Linux does).
         if (this.sStatus[slot] === VIRTIO_BLK_S_OK) this.sStatus[slot] = VIRTIO_BLK_S_UNSUPP;
       } else if ((ud & ZERO_RANGE_OP) !== 0 && res === -EOPNOTSUPP) {
@@ -799,6 +815,16 @@ export class BlkQueueEngine {
       return;
     }
     this.finishSlot(slot);
+  }
+
+  /** fallocate(ZERO_RANGE) of range i of the slot's request, in place of a punch that was refused. */
+  private zeroRange(slot: number, i: number): void {
+    const base = slot * BlkLimits.maxDiscardSeg * 2;
+    this.sOps[slot]++;
+    this.opsInFlight++;
+    this.ensureSq(1);
+    const mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+    this.ring.prepFallocate(this.img.fd, mode, this.sRanges[base + 2 * i], this.sRanges[base + 2 * i + 1], slot + i * SLOT_SHIFT + ZERO_RANGE_OP);
   }
 
   private retryZero(slot: number, i: number): void {
