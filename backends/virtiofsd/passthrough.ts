@@ -799,7 +799,15 @@ export class PassthroughFs {
     const buf = this.direntBuf;
     let used = 0;
     for (;;) {
-      const n = fs.getdents64(h.fd, buf.subarray(0, Math.min(buf.length, Math.max(out.length, 512))));
+      let n: number;
+      try {
+        n = fs.getdents64(h.fd, buf.subarray(0, Math.min(buf.length, Math.max(out.length, 512))));
+      } catch (e) {
+        // The directory went (removed on the host) after some entries were encoded: they go out, with the lookups
+        // READDIRPLUS took for them, which the guest could never forget had the reply been an error.
+        if (used > 0) return used;
+        throw e;
+      }
       if (n === 0) return used;
       let p = 0;
       while (p < n) {

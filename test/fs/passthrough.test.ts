@@ -320,6 +320,34 @@ describe('passthrough filesystem (in-process, no vhost-user)', () => {
     expect(await errCode(c.create(FUSE_ROOT_ID, 'f', O_WRONLY | O_CREAT | O_EXCL, 0o644))).toBe('EEXIST');
   });
 
+  it('READDIRPLUS whose directory is removed on the host midway answers the entries it looked up, so none leaks', async () => {
+    const dir = join(share, 'd');
+    mkdirSync(dir);
+    for (let k = 0; k < 5; k++) writeFileSync(join(dir, `f${k}`), 'x');
+    const d = await c.lookup(FUSE_ROOT_ID, 'd');
+    const { fh } = await c.opendir(d.nodeid);
+    const held = fs.stats().inodes;
+    // The host removes the tree right after the last entry was looked up: the next getdents64 fails (ENOENT).
+    const lookup = fs.lookup.bind(fs);
+    let n = 0;
+    fs.lookup = (parent, name) => {
+      const e = lookup(parent, name);
+      if (++n === 5) rmSync(dir, { recursive: true });
+      return e;
+    };
+    let entries: Awaited<ReturnType<FuseClient['readdirplus']>>;
+    try {
+      entries = await c.readdirplus(d.nodeid, fh, 0n, 65536);
+    } finally {
+      fs.lookup = lookup;
+    }
+    const looked = entries.filter((e) => e.entry.nodeid !== 0);
+    expect(looked.length).toBe(5);
+    for (const e of looked) await c.forget(e.entry.nodeid, 1);
+    await c.release(d.nodeid, fh, true);
+    expect(fs.stats().inodes).toBe(held);
+  });
+
   it('refuses lock requests no kernel sends and handles whose inode the guest forgot', async () => {
     writeFileSync(join(share, 'f'), 'x');
     const e = await c.lookup(FUSE_ROOT_ID, 'f');
