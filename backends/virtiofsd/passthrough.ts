@@ -615,8 +615,9 @@ export class PassthroughFs {
       }
     }
     if (v & (Fattr.ATIME | Fattr.MTIME)) {
-      const at = v & Fattr.ATIME_NOW ? [0, fs.UTIME_NOW] : v & Fattr.ATIME ? [a.atime, a.atimensec] : [0, fs.UTIME_OMIT];
-      const mt = v & Fattr.MTIME_NOW ? [0, fs.UTIME_NOW] : v & Fattr.MTIME ? [a.mtime, a.mtimensec] : [0, fs.UTIME_OMIT];
+      // Seconds beyond 2^53 either way arrive as bigints (utimensat takes them whole, as the host stores them).
+      const at: [number | bigint, number] = v & Fattr.ATIME_NOW ? [0, fs.UTIME_NOW] : v & Fattr.ATIME ? [a.atime, a.atimensec] : [0, fs.UTIME_OMIT];
+      const mt: [number | bigint, number] = v & Fattr.MTIME_NOW ? [0, fs.UTIME_NOW] : v & Fattr.MTIME ? [a.mtime, a.mtimensec] : [0, fs.UTIME_OMIT];
       if (i.type === fs.S_IFLNK) {
         // utimensat on a symlink needs the link itself, which only AT_EMPTY_PATH on its O_PATH fd reaches.
         fs.utimensat(i.fd, '', [at[0], at[1], mt[0], mt[1]], fs.AT_EMPTY_PATH | fs.AT_SYMLINK_NOFOLLOW);

@@ -3,8 +3,8 @@ import { FuseProtocolError } from './errors.js';
 /**
  * A fixed little-endian C struct described by a field list. `u64` fields are JS numbers and
  * decoding refuses values >= 2^53; `b64` fields are bigints (lock ranges, owners, raw flags); `x64` fields
- * (inode numbers, which overlayfs xino puts near 2^63; file offsets and sizes the host takes whole) are numbers
- * below 2^53 and exact bigints above.
+ * (inode numbers, which overlayfs xino puts near 2^63; file offsets, sizes and times the host takes whole) are
+ * numbers below 2^53 and exact bigints above (times are signed: negative ones decode as bigints; BigInt.asIntN).
  * Fields whose name starts with `_` are padding: written as 0, not part of the value type.
  */
 type Prim = 'u8' | 'u16' | 'u32' | 'i32' | 'u64' | 'i64' | 'b64' | 'x64';

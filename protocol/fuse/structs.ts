@@ -41,7 +41,7 @@ export const LinkIn = Struct.of('fuse_link_in', [['oldnodeid', 'u64']] as const)
 
 export const SetattrIn = Struct.of('fuse_setattr_in', [
   ['valid', 'u32'], ['_pad', 'u32'], ['fh', 'u64'], ['size', 'x64'], ['lockOwner', 'b64'],
-  ['atime', 'i64'], ['mtime', 'i64'], ['ctime', 'i64'], ['atimensec', 'u32'], ['mtimensec', 'u32'],
+  ['atime', 'x64'], ['mtime', 'x64'], ['ctime', 'x64'], ['atimensec', 'u32'], ['mtimensec', 'u32'],
   ['ctimensec', 'u32'], ['mode', 'u32'], ['_unused4', 'u32'], ['uid', 'u32'], ['gid', 'u32'], ['_unused5', 'u32'],
 ] as const);
 export type SetattrIn = ReturnType<typeof SetattrIn.decode>;

@@ -334,8 +334,12 @@ export function fchownat(dirfd: number, path: PathArg, uid: number, gid: number,
 
 const tsBuf = Buffer.alloc(32);
 /** times: [atimeSec, atimeNsec, mtimeSec, mtimeNsec]; nsec may be UTIME_NOW / UTIME_OMIT. */
-export function utimensat(dirfd: number, path: PathArg, times: [number, number, number, number], flags: number): void {
-  for (let i = 0; i < 4; i++) tsBuf.writeBigInt64LE(BigInt(Math.trunc(times[i])), i * 8);
+/** `times`: atime sec, nsec, mtime sec, nsec; a bigint second is taken as the 64-bit two's complement value it holds. */
+export function utimensat(dirfd: number, path: PathArg, times: [number | bigint, number, number | bigint, number], flags: number): void {
+  for (let i = 0; i < 4; i++) {
+    const t = times[i];
+    tsBuf.writeBigInt64LE(typeof t === 'bigint' ? BigInt.asIntN(64, t) : BigInt(Math.trunc(t)), i * 8);
+  }
   ck('utimensat', utimensat_(dirfd, path === '' ? EMPTY : cstr(path), tsBuf, flags));
 }
 

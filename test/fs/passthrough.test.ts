@@ -11,7 +11,7 @@ import { ScriptRunner } from '../../vmm/kumo-vu/fs/script.js';
 import { LocalTransport } from './local-transport.js';
 import { errCode } from './daemons.js';
 import { closeQuiet, openFile, O_RDONLY } from '../../protocol/sys/fd.js';
-import { lseek as sysLseek } from '../../protocol/sys/fs.js';
+import { AT_FDCWD, lseek as sysLseek, utimensat as hostUtimensat } from '../../protocol/sys/fs.js';
 
 let base: string;
 let share: string;
@@ -318,6 +318,23 @@ describe('passthrough filesystem (in-process, no vhost-user)', () => {
     await c.release(r.entry.nodeid, r.fh);
     expect(readFileSync(join(share, 'f'), 'utf8')).toBe('new');
     expect(await errCode(c.create(FUSE_ROOT_ID, 'f', O_WRONLY | O_CREAT | O_EXCL, 0o644))).toBe('EEXIST');
+  });
+
+  it('SETATTR takes times beyond 2^53 seconds either way, as the host does (it was EINVAL)', async () => {
+    for (const t of [2 ** 60, -(2 ** 60), 2 ** 53 + 2]) {
+      writeFileSync(join(share, 'f'), '');
+      writeFileSync(join(base, 'ref'), '');
+      const e = await c.lookup(FUSE_ROOT_ID, 'f');
+      const wire = BigInt(t);
+      await c.setattr(e.nodeid, { valid: Fattr.MTIME | Fattr.ATIME, mtime: wire, atime: wire, mtimensec: 5, atimensec: 7 });
+      await c.forget(e.nodeid, 1);
+      // The host's own answer for the same times (ext4 clamps what it cannot store, tmpfs keeps it).
+      hostUtimensat(AT_FDCWD, join(base, 'ref'), [wire, 7, wire, 5], 0);
+      const got = statSync(join(share, 'f'), { bigint: true });
+      const ref = statSync(join(base, 'ref'), { bigint: true });
+      expect(got.mtimeNs / 1_000_000_000n).toBe(ref.mtimeNs / 1_000_000_000n);
+      expect(got.atimeNs / 1_000_000_000n).toBe(ref.atimeNs / 1_000_000_000n);
+    }
   });
 
   it('READDIRPLUS whose directory is removed on the host midway answers the entries it looked up, so none leaks', async () => {
