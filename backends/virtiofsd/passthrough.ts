@@ -602,7 +602,9 @@ export class PassthroughFs {
     if (v & (Fattr.UID | Fattr.GID)) {
       const uid = v & Fattr.UID ? this.hostId(a.uid, 'uid') : -1;
       const gid = v & Fattr.GID ? this.hostId(a.gid, 'gid') : -1;
-      this.killingPrivs(kill, () => fs.fchownat(i.fd, '', uid, gid, fs.AT_EMPTY_PATH | fs.AT_SYMLINK_NOFOLLOW));
+      // Not without CAP_FSETID, whatever KILL_SUIDGID says (as virtiofsd): the host's chown clears set-user-ID, and
+      // set-group-ID with group execute, by itself, and a set-group-ID file without it keeps the bit.
+      fs.fchownat(i.fd, '', uid, gid, fs.AT_EMPTY_PATH | fs.AT_SYMLINK_NOFOLLOW);
       if (this.capXattr !== null && i.type === fs.S_IFREG) this.withXattrFd(i, true, (fd, p) => this.dropCapabilities(fd, p));
     }
     if (v & Fattr.SIZE) {

@@ -25,6 +25,9 @@ const CASES: { name: string; mode: number; run: (c: FuseClient, node: number, ki
     notOnQemu: true },
   { name: 'sgid-no-group-exec', mode: 0o2644, run: (c, n, k) => withFile(c, n, O_RDWR, 0, (fh) => c.write(n, fh, 0, Buffer.from('x'), k ? FUSE_WRITE_KILL_SUIDGID : 0)) },
   { name: 'chown', mode: 0o6755, run: (c, n, k) => c.setattr(n, { valid: Fattr.UID | Fattr.GID | (k ? Fattr.KILL_SUIDGID : 0), uid: 1001, gid: 1001 }) },
+  // The host's chown clears set-user-ID, and set-group-ID with group execute, by itself; set-group-ID without it
+  // only for a caller outside the file's group and without CAP_FSETID, which the daemon is not.
+  { name: 'chgrp-sgid-no-group-exec', mode: 0o2664, run: (c, n, k) => c.setattr(n, { valid: Fattr.GID | (k ? Fattr.KILL_SUIDGID : 0), gid: 1001 }) },
 ];
 
 async function withFile<T>(c: FuseClient, node: number, flags: number, openFlags: number, f: (fh: number) => Promise<T>): Promise<T> {
@@ -98,6 +101,7 @@ describe.skipIf(!root)('--killpriv-v2: the daemon clears set-user-ID bits for un
     expect(k.lines).toContain('truncate: 6755 -> 6755');
     expect(k.lines).toContain('open-trunc (unprivileged caller): 4755 -> 755');
     expect(k.lines).toContain('open-trunc: 4755 -> 4755');
+    expect(k.lines).toContain('chgrp-sgid-no-group-exec (unprivileged caller): 2664 -> 2664');
   }, 60_000);
   if (!existsSync(QEMU_VIRTIOFSD)) console.log(`killpriv comparison skipped: ${QEMU_VIRTIOFSD} is not installed`);
 
