@@ -94,10 +94,21 @@ const LOG_LEVELS: Record<string, string> = {
 };
 
 function int(name: string, v: string): number {
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 0) throw new FsConfigError(`--${name} must be a non-negative integer`, { value: v });
+  // Decimal digits only, as virtiofsd's integer options: no '', hex, exponents or blanks (Number() takes them all).
+  const n = /^[0-9]+$/.test(v) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n)) throw new FsConfigError(`--${name} must be a non-negative integer`, { value: v });
   return n;
 }
+
+/** Options that take no value: `--readonly=false` or `-o writeback=no` is an error, not --readonly or -o writeback. */
+const FLAGS = new Set([
+  'xattr', 'no_xattr', 'posix-lock', 'posix_lock', 'no_posix_lock', 'posix-acl', 'posix_acl', 'no_posix_acl',
+  'announce-submounts', 'announce_submounts', 'no-announce-submounts', 'readonly', 'writeback', 'no_writeback',
+  'allow-direct-io', 'allow_direct_io', 'no_allow_direct_io', 'allow-mmap', 'allow_mmap', 'readdirplus', 'no-readdirplus',
+  'no_readdirplus', 'preserve-noatime', 'syslog', 'flock', 'no_flock', 'killpriv-v2', 'killpriv_v2', 'no-killpriv-v2',
+  'no_killpriv_v2', 'security-label', 'security_label', 'no_security_label', 'allow_root', 'debug',
+  'migration-verify-handles', 'migration-confirm-paths',
+]);
 
 /** Parses virtiofsd's (Rust) command line, plus QEMU virtiofsd's `-o k=v,...` and `--socket-path` forms. */
 export function parseArgs(argv: string[]): DaemonConfig {
@@ -108,6 +119,7 @@ export function parseArgs(argv: string[]): DaemonConfig {
   const translate: Record<'uid' | 'gid', IdRule[]> = { uid: [], gid: [] };
   const migration = { mode: 'find-paths', pathChecks: [] as string[] };
   const set = (key: string, val: string | null): void => {
+    if (val !== null && FLAGS.has(key)) throw new FsConfigError(`${key} takes no value`, { option: key, value: val });
     const v = val ?? '';
     switch (key) {
       case 'socket-path': socketPath = v; break;
@@ -151,6 +163,8 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'writeback': o.writeback = true; break;
       case 'no_writeback': o.writeback = false; break;
       case 'allow-direct-io': case 'allow_direct_io': o.allowDirectIo = true; break;
+      case 'no_allow_direct_io': o.allowDirectIo = false; break;
+      case 'debug': cfg.logLevel = 'debug'; break;
       case 'allow-mmap': case 'allow_mmap': o.allowMmap = true; break;
       case 'readdirplus': o.readdirplus = true; break;
       case 'no-readdirplus': case 'no_readdirplus': o.readdirplus = false; break;
@@ -196,7 +210,8 @@ export function parseArgs(argv: string[]): DaemonConfig {
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '-o') {
-      const list = argv[++i] ?? '';
+      if (i + 1 >= argv.length) throw new FsConfigError('missing argument after -o');
+      const list = argv[++i];
       for (const kv of list.split(',').filter(Boolean)) {
         const eq = kv.indexOf('=');
         set(eq < 0 ? kv : kv.slice(0, eq), eq < 0 ? null : kv.slice(eq + 1));

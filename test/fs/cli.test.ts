@@ -13,6 +13,23 @@ describe('kumo-virtiofsd command line, as virtiofsd reads it', () => {
     expect(() => parseArgs(args('--log-level=loud'))).toThrow(/--log-level must be one of error\|err\|warn/);
   });
 
+  it('refuses a value on a flag, a number that is not plain decimal digits, and -o with nothing after it', () => {
+    expect(() => parseArgs(args('--readonly=false'))).toThrow(/readonly takes no value/);
+    expect(() => parseArgs(args('-o', 'writeback=no'))).toThrow(/writeback takes no value/);
+    expect(() => parseArgs(args('--xattr=on'))).toThrow(/xattr takes no value/);
+    for (const v of ['', '0x10', '1e3', ' 7', '-1', '7.5']) {
+      expect(() => parseArgs(args(`--thread-pool-size=${v}`)), v).toThrow(/non-negative integer/);
+      expect(() => parseArgs(args(`--rlimit-nofile=${v}`)), v).toThrow(/non-negative integer/);
+    }
+    expect(parseArgs(args('--thread-pool-size=16')).threadPoolSize).toBe(16);
+    expect(() => parseArgs(args('-o'))).toThrow(/missing argument after -o/);
+  });
+
+  it("takes QEMU virtiofsd's -o no_allow_direct_io and -o debug", () => {
+    expect(parseArgs(args('-o', 'allow_direct_io,no_allow_direct_io')).fs.allowDirectIo).toBe(false);
+    expect(parseArgs(args('-o', 'debug')).logLevel).toBe('debug');
+  });
+
   it('accepts the deprecated --socket and --inode-file-handles=fallback, and says they are deprecated', () => {
     const cfg = parseArgs(['--socket', '/run/x.sock', '--shared-dir=/d', '--inode-file-handles=fallback']);
     expect([cfg.socketPath, cfg.fs.inodeFileHandles]).toEqual(['/run/x.sock', 'prefer']);
