@@ -778,8 +778,11 @@ export class PassthroughFs {
     return { blocks: s.blocks, bfree: s.bfree, bavail: s.bavail, files: s.files, ffree: s.ffree, bsize: s.bsize, namelen: s.namelen, frsize: s.frsize };
   }
 
-  syncfs(): void {
-    const fd = fs.openat(this.root.fd, '.', O_DIRECTORY | O_CLOEXEC);
+  /** SYNCFS of the file system that holds i (the guest names the root of one of its superblocks: a submount's too). */
+  syncfs(i: Inode): void {
+    if (i.type !== fs.S_IFDIR && i.type !== fs.S_IFREG) throw new FsError(E.EINVAL, 'syncfs of a special file');
+    // syncfs(2) takes no O_PATH fd: a directory is opened through '.', a file reopened read-only.
+    const fd = i.type === fs.S_IFDIR ? fs.openat(i.fd, '.', O_DIRECTORY | O_CLOEXEC) : this.reopen(i, 0);
     try {
       fs.syncfs(fd);
     } finally {

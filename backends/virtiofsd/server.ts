@@ -350,7 +350,7 @@ export class FuseServer {
         return this.replyStruct(io, u, WriteOut, { size: n });
       }
       case Op.SYNCFS:
-        fs.syncfs();
+        fs.syncfs(fs.inode(h.nodeid));
         return this.reply(io, u, 0);
       default:
         if (noReply(h.opcode)) return 0;

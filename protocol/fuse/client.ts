@@ -257,7 +257,8 @@ export class FuseClient {
     const r = await this.call(Op.COPY_FILE_RANGE, nodeIn, [CopyFileRangeIn.pack({ fhIn, offIn, nodeidOut: nodeOut, fhOut, offOut, len, flags: 0n })], WriteOut.size, 'COPY_FILE_RANGE');
     return WriteOut.decode(r).size;
   }
-  async syncfs(): Promise<void> {
-    await this.call(Op.SYNCFS, FUSE_ROOT_ID, [SyncfsIn.pack({})], 0, 'SYNCFS');
+  /** SYNCFS of the file system whose root (the share's, or a submount's) is `nodeid`. */
+  async syncfs(nodeid = FUSE_ROOT_ID): Promise<void> {
+    await this.call(Op.SYNCFS, nodeid, [SyncfsIn.pack({})], 0, 'SYNCFS');
   }
 }

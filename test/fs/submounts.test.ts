@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FUSE_ROOT_ID, Init } from '../../protocol/fuse/index.js';
@@ -142,5 +142,35 @@ describe.skipIf(!root)('submounts on a share', () => {
     await c.init(INIT);
     expect(c.granted(Init.SUBMOUNTS)).toBe(false);
     expect((await c.lookup(FUSE_ROOT_ID, 'sub')).attr.flags).toBe(0);
+  });
+  it("SYNCFS syncs the file system of the nodeid it names (a submount's), and refuses one never looked up", async () => {
+    share = new LocalShare('kumo-fs-syncfs-', { announceSubmounts: true });
+    const img = join(share.dir, '..', `${share.dir.split('/').pop()}.ext4`);
+    writeFileSync(img, Buffer.alloc(32 << 20));
+    expect(spawnSync('mkfs.ext4', ['-q', '-F', img]).status).toBe(0);
+    mkdirSync(join(share.dir, 'sub'));
+    const r = spawnSync('mount', ['-o', 'loop', img, join(share.dir, 'sub')], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    mounted = join(share.dir, 'sub');
+    try {
+      const loop = spawnSync('findmnt', ['-no', 'SOURCE', mounted], { encoding: 'utf8' }).stdout.trim().split('/').pop();
+      const written = (): number => Number(readFileSync(`/sys/block/${loop}/stat`, 'utf8').trim().split(/\s+/)[6]);
+      const c = share.client;
+      await c.init(INIT);
+      const sub = await c.lookup(FUSE_ROOT_ID, 'sub');
+      // 4 MiB the host wrote into the submount and has not written back (that waits 30 s).
+      writeFileSync(join(mounted, 'dirty'), Buffer.alloc(4 << 20, 1));
+      const before = written();
+      await c.syncfs(FUSE_ROOT_ID);
+      expect(written() - before).toBeLessThan(8192); // the share's own file system: not the loop device
+      await c.syncfs(sub.nodeid);
+      expect(written() - before).toBeGreaterThanOrEqual(8192); // 4 MiB in 512-byte sectors
+      expect(await c.syncfs(424242).then(() => 'ok', (e: Error) => e.message)).toMatch(/EBADF/);
+      await c.forget(sub.nodeid, 1);
+    } finally {
+      spawnSync('umount', [mounted]);
+      mounted = null;
+      rmSync(img, { force: true });
+    }
   });
 });
