@@ -181,8 +181,9 @@ export class FuseServer {
         return 0;
       case Op.BATCH_FORGET: {
         const { count } = BatchForgetIn.decode(a);
-        const n = Math.min(count, Math.floor((a.length - BatchForgetIn.size) / ForgetOne.size));
-        for (let k = 0; k < n; k++) {
+        // A count its body does not hold is a malformed request: dropped whole, as virtiofsd and QEMU's do.
+        if (count > Math.floor((a.length - BatchForgetIn.size) / ForgetOne.size)) return this.drop('BATCH_FORGET count beyond its entries', a.length);
+        for (let k = 0; k < count; k++) {
           const f = ForgetOne.decode(a, BatchForgetIn.size + k * ForgetOne.size);
           fs.forget(f.nodeid, f.nlookup);
         }
@@ -373,7 +374,11 @@ export class FuseServer {
       // Newer kernel: answer with our version only; it retries INIT with 7.x.
       return this.replyStruct(io, u, InitOut, { major: FUSE_KERNEL_VERSION, minor: FUSE_KERNEL_MINOR_VERSION, ...zero });
     }
-    const offered = BigInt(i.flags) | (BigInt(i.flags) & Init.INIT_EXT ? BigInt(i.flags2) << 32n : 0n);
+    // A 7.x kernel sends major, minor, max_readahead and flags (16 bytes) at least, and the whole fuse_init_in with
+    // INIT_EXT: a shorter body would have the missing fields read as zeroes.
+    const ext = (BigInt(i.flags) & Init.INIT_EXT) !== 0n;
+    if (a.length < (ext ? InitIn.size : 16)) throw new FuseProtocolError('short INIT', { len: a.length, initExt: ext });
+    const offered = BigInt(i.flags) | (ext ? BigInt(i.flags2) << 32n : 0n);
     const flags = this.session.negotiate(offered);
     log.info({ minor: i.minor, flags: `0x${flags.toString(16)}` }, 'FUSE session initialised');
     return this.replyStruct(io, u, InitOut, {

@@ -237,6 +237,27 @@ describe('passthrough filesystem (in-process, no vhost-user)', () => {
     expect(send(w).err).toBe(-22);
     expect(send(hdr(Op.GETATTR, 56, 1, 16), 20).err).toBe(-22); // reply does not fit
     expect(send(hdr(Op.FORGET, 9999, 1, 8), 0).n).toBe(0); // bad length and no reply space: dropped
+    // INIT shorter than a 7.x kernel sends (16 bytes; the whole fuse_init_in with INIT_EXT): EINVAL, as QEMU's.
+    const init = (body: number, flags: number): Uint8Array => {
+      const b = hdr(Op.INIT, 40 + body, 0, body);
+      const d = new DataView(b.buffer);
+      d.setUint32(40, 7, true);
+      d.setUint32(44, 36, true);
+      if (body >= 16) d.setUint32(52, flags, true);
+      return b;
+    };
+    expect(send(init(8, 0)).err).toBe(-22);
+    expect(send(init(16, Number(Init.INIT_EXT))).err).toBe(-22);
+    // BATCH_FORGET whose count its body does not hold: dropped whole, nothing forgotten.
+    writeFileSync(join(share, 'kept'), '');
+    const kept = await c.lookup(FUSE_ROOT_ID, 'kept');
+    const bf = hdr(Op.BATCH_FORGET, 40 + 8 + 16 + 8, 0, 8 + 16 + 8);
+    const bd = new DataView(bf.buffer);
+    bd.setUint32(40, 2, true);
+    bd.setUint32(48, kept.nodeid, true);
+    bd.setUint32(56, 1, true);
+    expect(send(bf, 0).n).toBe(0);
+    expect((await c.getattr(kept.nodeid)).size).toBe(0);
     expect((await c.getattr(FUSE_ROOT_ID)).mode & 0o170000).toBe(0o040000);
   });
 
