@@ -137,6 +137,8 @@ export class PassthroughFs {
   private readonly syncAtOnceByDev = new Map<number, boolean>();
   /** See HELD_SCORE_MAX; starts at the middle, so the first LOOKUP is stat'ed first. */
   private heldScore = HELD_SCORE_MAX / 2;
+  /** FUSE_SUBMOUNTS negotiated at INIT (set by the server): only then are mount points flagged. */
+  submountsNegotiated = false;
   /** File-handle identity and the inode fd cache (--inode-file-handles), or null for plain fds. */
   readonly fileHandles: InodeHandles | null;
   /** True when this thread has its own cwd (unshare(CLONE_FS)), so fchdir is private to it. */
@@ -202,7 +204,7 @@ export class PassthroughFs {
    * directory with two parents). Only the mount point itself: a directory inside it is on its parent's mount.
    */
   submountFlag(mode: number, dev: number, mnt: number, parent: Inode): number {
-    return this.opts.announceSubmounts && (dev !== parent.dev || mnt !== parent.mnt) && (mode & fs.S_IFMT) === fs.S_IFDIR ? 1 : 0;
+    return this.submountsNegotiated && (dev !== parent.dev || mnt !== parent.mnt) && (mode & fs.S_IFMT) === fs.S_IFDIR ? 1 : 0;
   }
 
   private entry(i: Inode, st: fs.Stat, parent: Inode): EntryOut {

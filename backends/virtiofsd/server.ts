@@ -380,6 +380,7 @@ export class FuseServer {
     if (a.length < (ext ? InitIn.size : 16)) throw new FuseProtocolError('short INIT', { len: a.length, initExt: ext });
     const offered = BigInt(i.flags) | (ext ? BigInt(i.flags2) << 32n : 0n);
     const flags = this.session.negotiate(offered);
+    this.fs.submountsNegotiated = (flags & Init.SUBMOUNTS) !== 0n;
     log.info({ minor: i.minor, flags: `0x${flags.toString(16)}` }, 'FUSE session initialised');
     return this.replyStruct(io, u, InitOut, {
       major: FUSE_KERNEL_VERSION, minor: FUSE_KERNEL_MINOR_VERSION, maxReadahead: i.maxReadahead,

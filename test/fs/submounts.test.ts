@@ -143,6 +143,14 @@ describe.skipIf(!root)('submounts on a share', () => {
     expect(c.granted(Init.SUBMOUNTS)).toBe(false);
     expect((await c.lookup(FUSE_ROOT_ID, 'sub')).attr.flags).toBe(0);
   });
+
+  it('flags no mount point for a guest that did not offer FUSE_SUBMOUNTS, as virtiofsd', async () => {
+    const c = withMount(true).client;
+    await c.init(INIT & ~Init.SUBMOUNTS);
+    expect(c.granted(Init.SUBMOUNTS)).toBe(false);
+    expect((await c.lookup(FUSE_ROOT_ID, 'sub')).attr.flags).toBe(0);
+  });
+
   it("SYNCFS syncs the file system of the nodeid it names (a submount's), and refuses one never looked up", async () => {
     share = new LocalShare('kumo-fs-syncfs-', { announceSubmounts: true });
     const img = join(share.dir, '..', `${share.dir.split('/').pop()}.ext4`);
