@@ -83,8 +83,9 @@ export class FuseClient {
     await this.t.call(this.encode(opcode, nodeid, parts), 0, true);
   }
 
+  /** `flags`: by default much of what a Linux virtio-fs guest offers (FUSE_SUBMOUNTS included). */
   async init(flags = Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO |
-    Init.PARALLEL_DIROPS | Init.ATOMIC_O_TRUNC | Init.POSIX_LOCKS | Init.INIT_EXT): Promise<InitOutT> {
+    Init.PARALLEL_DIROPS | Init.ATOMIC_O_TRUNC | Init.POSIX_LOCKS | Init.INIT_EXT | Init.SUBMOUNTS): Promise<InitOutT> {
     const r = await this.call(Op.INIT, 0, [InitIn.pack({ major: FUSE_KERNEL_VERSION, minor: FUSE_KERNEL_MINOR_VERSION, maxReadahead: 131072,
       flags: Number(flags & 0xffffffffn), flags2: Number(flags >> 32n) })], InitOut.size, 'INIT');
     const padded = new Uint8Array(InitOut.size);
