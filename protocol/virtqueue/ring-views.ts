@@ -1,4 +1,5 @@
 import { GuestMemoryError, type GuestMemory } from '../memory/index.js';
+import { addressOf } from '../sys/libc.js';
 import { RingMemoryError, VirtqueueError } from './errors.js';
 import { ringSizes, validateLayout, type QueueLayout } from './layout.js';
 
@@ -24,8 +25,10 @@ export class RingViews {
     const desc = sliceRing(mem, 'descriptor table', layout.descAddr, s.desc);
     const avail = sliceRing(mem, 'avail ring', layout.availAddr, s.avail);
     const used = sliceRing(mem, 'used ring', layout.usedAddr, s.used);
-    if (avail.byteOffset % 2 !== 0 || used.byteOffset % 4 !== 0) {
-      throw new VirtqueueError('ring host view is misaligned', { availOffset: avail.byteOffset, usedOffset: used.byteOffset });
+    // The host addresses themselves: a region whose mmap_offset is not a multiple of 4 shifts every guest address
+    // against the mapping, and an atomic access across two cache lines is a split lock (SIGBUS where it is fatal).
+    if (addressOf(avail) % 2n !== 0n || addressOf(used) % 4n !== 0n || addressOf(desc) % 8n !== 0n) {
+      throw new VirtqueueError('ring host view is misaligned', { availAddr: layout.availAddr, usedAddr: layout.usedAddr });
     }
     this.desc = new DataView(desc.buffer, desc.byteOffset, desc.byteLength);
     this.avail16 = new Uint16Array(avail.buffer, avail.byteOffset, s.avail / 2);

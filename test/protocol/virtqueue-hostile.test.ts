@@ -182,6 +182,20 @@ describe('DeviceQueue refuses hostile chains', () => {
     expect(catchErr(() => new DeviceQueue(mem, { size: 16, descAddr: 0, availAddr: 0x1000, usedAddr: 0x2002 }, { eventIdx: false }))).toBeInstanceOf(VirtqueueError);
     expect(catchErr(() => new DeviceQueue(mem, { size: 12, descAddr: 0, availAddr: 0x1000, usedAddr: 0x2000 }, { eventIdx: false }))).toBeInstanceOf(VirtqueueError);
   });
+
+  it('refuses rings whose host addresses are misaligned though their guest addresses are not (mmap_offset 1)', () => {
+    const fd = memfdCreate('vq-offset');
+    ftruncate(fd, 0x10000);
+    // A front-end's region starting one byte into its file: guest 0x2000 is host page + 0x2001.
+    const m = GuestMemory.fromRegions([{ guestAddr: 0, size: 0x8000, fd, fdOffset: 1, userAddr: 0 }], { seal: false });
+    try {
+      const e = catchErr(() => new DeviceQueue(m, { size: 16, descAddr: 0, availAddr: 0x1000, usedAddr: 0x2000 }, { eventIdx: false }));
+      expect(e).toBeInstanceOf(VirtqueueError);
+      expect((e as Error).message).toMatch(/misaligned/);
+    } finally {
+      m.close();
+    }
+  });
 });
 
 describe('hostile chains against memory fenced by PROT_NONE pages', () => {
