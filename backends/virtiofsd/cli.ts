@@ -138,7 +138,8 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'rlimit-nofile': cfg.rlimitNofile = int(key, v); break;
       case 'poll-us': case 'poll_us': cfg.pollUs = int(key, v); break;
       case 'log-level': case 'log_level': case 'loglevel':
-        cfg.logLevel = LOG_LEVELS[oneOf(key, v, Object.keys(LOG_LEVELS))];
+        // Any case, as virtiofsd's (the log crate's level names).
+        cfg.logLevel = LOG_LEVELS[oneOf(key, v.toLowerCase(), Object.keys(LOG_LEVELS))];
         break;
       case 'inode-file-handles':
         if (v === 'fallback') cfg.deprecated.push("--inode-file-handles=fallback is deprecated: use 'prefer'");

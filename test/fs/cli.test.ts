@@ -11,6 +11,8 @@ describe('kumo-virtiofsd command line, as virtiofsd reads it', () => {
       level('--log-level=trace'), level('--log-level=off')]).toEqual(['error', 'warn', 'info', 'debug', 'trace', 'silent']);
     expect([level('-o', 'loglevel=err'), level('-o', 'log_level=warning'), level('-d'), level()]).toEqual(['error', 'warn', 'debug', null]);
     expect(() => parseArgs(args('--log-level=loud'))).toThrow(/--log-level must be one of error\|err\|warn/);
+    expect(parseArgs(args('--log-level=INFO')).logLevel).toBe('info');
+    expect(parseArgs(args('--log-level=Off')).logLevel).toBe('silent');
   });
 
   it('refuses a value on a flag, a number that is not plain decimal digits, and -o with nothing after it', () => {
