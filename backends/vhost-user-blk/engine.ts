@@ -34,10 +34,10 @@ const KIND_RW = 0;
 const KIND_FLUSH = 1;
 const KIND_DISCARD = 2;
 const KIND_ZERO = 3;
-/** WRITE_ZEROES with UNMAP, its ranges punched: where punching is not supported they are zeroed the plain way. */
-const KIND_ZERO_UNMAP = 5;
 /** A write in writethrough mode: acked only after a later fdatasync completed. */
 const KIND_WT_WRITE = 4;
+/** WRITE_ZEROES with UNMAP, its ranges punched: where punching is not supported they are zeroed the plain way. */
+const KIND_ZERO_UNMAP = 5;
 /** userData of the batch fdatasync (no slot has this index: queues have at most 32768 entries). */
 const SYNC_UD = 0xffff;
 
@@ -790,7 +790,7 @@ export class BlkQueueEngine {
         // UNMAP only allows deallocating: the range must read as zeroes all the same (a block device without
         // write-zeroes-with-unmap refuses the punch, and takes ZERO_RANGE, which writes zeroes if it must).
         this.punchSupported = false;
-        this.zeroRange(slot, ((ud >>> 16) & 0x3fff));
+        this.zeroRange(slot, (ud >>> 16) & 0x3fff);
       } else if ((kind === KIND_ZERO || kind === KIND_ZERO_UNMAP) && res === -EOPNOTSUPP && (ud & ZERO_RANGE_OP) === 0) {
         // No way to zero a range here (no fallocate at all): UNSUPP, so the guest writes zeroes itself (Linux does).
         if (this.sStatus[slot] === VIRTIO_BLK_S_OK) this.sStatus[slot] = VIRTIO_BLK_S_UNSUPP;

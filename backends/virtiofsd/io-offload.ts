@@ -72,7 +72,7 @@ export class IoOffload implements Deferrer {
   }
 
   /**
-   * An offload, or null on a single-CPU host or where io_uring is unavailable (READs then stay
+   * An offload, or null on a single-CPU host or where io_uring is unavailable (READs and FSYNCs then stay
    * inline). `maxWorkers` > 0 caps the io-wq threads (--thread-pool-size); `cpus`: the host's.
    */
   static create(maxIovecs: number, maxWorkers: number, log?: Logger, cpus = availableParallelism()): IoOffload | null {
@@ -87,7 +87,7 @@ export class IoOffload implements Deferrer {
     try {
       o = new IoOffload(maxIovecs, Math.min(cpus, cap + 1), cap);
     } catch (e) {
-      log?.info({ err: (e as Error).message }, 'io_uring unavailable: large READs are copied inline');
+      log?.info({ err: (e as Error).message }, 'io_uring unavailable: large READs and FSYNCs run inline');
       return null;
     }
     try {
