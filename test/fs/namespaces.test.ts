@@ -58,6 +58,8 @@ interface Unprivileged {
   sock: string;
   share: string;
   stderr: () => string;
+  /** Resolves once every process holding the stderr pipe (supervisor, daemon) is gone and all it wrote was read. */
+  stderrClosed?: Promise<void>;
 }
 
 const cleanups: (() => void)[] = [];
@@ -74,13 +76,14 @@ function startUnprivileged(extra: string[], subids?: string): Unprivileged {
   const proc = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'info' } });
   let err = '';
   proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const stderrClosed = new Promise<void>((r) => proc.stderr!.once('close', () => r()));
   cleanups.push(() => {
     proc.kill('SIGKILL');
     const pid = daemonPid(sock);
     if (pid !== null) spawnSync('kill', ['-9', String(pid)]);
     rmSync(base, { recursive: true, force: true });
   });
-  return { proc, sock, share, stderr: () => err };
+  return { proc, sock, share, stderr: () => err, stderrClosed };
 }
 
 function daemonPid(sock: string): number | null {
@@ -184,6 +187,8 @@ describe.skipIf(!usernsWorks)('an unprivileged kumo-virtiofsd with --sandbox=nam
     await connect(second);
     const pid2 = daemonPid(second.sock)!;
     second.proc.kill('SIGKILL');
+    // The daemon holds the stderr pipe too: its close means the daemon is gone and its last words were read.
+    await Promise.race([second.stderrClosed, new Promise((r) => setTimeout(r, 20_000))]);
     for (let i = 0; i < 100 && alive(pid2); i++) await new Promise((r) => setTimeout(r, 50));
     expect(alive(pid2)).toBe(false);
     // One orderly stop, not a signal per thread of the dying supervisor.
@@ -238,6 +243,7 @@ describe.skipIf(!root)('a root daemon with --sandbox=namespace', () => {
       { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'info', ...env }, detached: ownGroup });
     let err = '';
     proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const stderrClosed = new Promise<void>((r) => proc.stderr!.once('close', () => r()));
     cleanups.push(() => {
       proc.kill('SIGKILL');
       const pid = daemonPid(sock);
