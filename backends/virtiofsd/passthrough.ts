@@ -560,7 +560,9 @@ export class PassthroughFs {
     checkName(name);
     this.writable();
     this.guestFds.need(1);
-    fs.linkat(oldInode.fd, '', newParent.fd, name, fs.AT_EMPTY_PATH);
+    // Through the fd's /proc link, as virtiofsd does: AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH, or (Linux 6.10+) an
+    // fd opened under this thread's current credentials, which every switch to a guest caller replaces.
+    fs.linkat(this.procSelfFd, String(oldInode.fd), newParent.fd, name, fs.AT_SYMLINK_FOLLOW);
     return this.newEntry(newParent, name);
   }
 

@@ -1,4 +1,4 @@
-import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Fattr, FUSE_ROOT_ID, Init, type FuseClient } from '../../protocol/fuse/index.js';
@@ -119,6 +119,27 @@ describe.skipIf(!root)('--translate-uid / --translate-gid on a share', () => {
     await c.release(FUSE_ROOT_ID, fh, true);
     const seen = Object.fromEntries(entries.filter((x) => x.entry.nodeid !== 0).map((x) => [Buffer.from(x.dirent.name).toString(), `${x.entry.attr.uid}:${x.entry.attr.gid}`]));
     expect(seen).toMatchObject({ 'host-file': '77:1005', mapped: '1001:1002', squashed: '4242:4343', plain: '3000:3000' });
+  }, 30_000);
+
+  it('LINK works after a creation as another caller (the request thread then has other credentials)', async () => {
+    const { c, dir } = await share([]);
+    writeFileSync(join(dir, 'f'), 'x');
+    symlinkSync('target', join(dir, 's'));
+    const f = await c.lookup(FUSE_ROOT_ID, 'f');
+    const s = await c.lookup(FUSE_ROOT_ID, 's');
+    c.caller = { uid: 1001, gid: 1001, pid: 1 };
+    await c.mkdir(FUSE_ROOT_ID, 'by-user', 0o755);
+    c.caller = { uid: 0, gid: 0, pid: 1 };
+    expect((await c.link(f.nodeid, FUSE_ROOT_ID, 'f2')).attr.nlink).toBe(2);
+    expect(readFileSync(join(dir, 'f2'), 'utf8')).toBe('x');
+    // A symlink is linked itself, not followed to its target.
+    await c.link(s.nodeid, FUSE_ROOT_ID, 's2');
+    expect(readlinkSync(join(dir, 's2'))).toBe('target');
+    // A file removed on the host meanwhile cannot be linked back in.
+    writeFileSync(join(dir, 'gone'), 'y');
+    const g = await c.lookup(FUSE_ROOT_ID, 'gone');
+    rmSync(join(dir, 'gone'));
+    expect(await errCode(c.link(g.nodeid, FUSE_ROOT_ID, 'back'))).toBe('ENOENT');
   }, 30_000);
 
   it('refuses a caller claiming uid or gid 4294967295, which no rule covers and setresuid reads as "unchanged"', async () => {
