@@ -968,13 +968,18 @@ export class PassthroughFs {
    * still work there, and a read-only share never holds a writable fd (one would keep the host from running the file).
    */
   private lockReopen(i: Inode): number {
+    const REOPEN_READ_ONLY = [E.EACCES, E.EROFS, E.ETXTBSY, E.EPERM];
     if (i.type === fs.S_IFDIR || this.opts.readonly) return this.reopen(i, 0);
-    try {
-      return this.reopen(i, O_RDWR);
-    } catch (e) {
-      if (!(e instanceof SysError) || (e.errno !== E.EACCES && e.errno !== E.EROFS && e.errno !== E.ETXTBSY)) throw e;
-      return this.reopen(i, 0);
+    // An append-only file (chattr +a) opens for writing only with O_APPEND; an immutable one (+i) not at all (EPERM).
+    for (const flags of [O_RDWR, O_RDWR | O_APPEND]) {
+      try {
+        return this.reopen(i, flags);
+      } catch (e) {
+        if (!(e instanceof SysError) || !(REOPEN_READ_ONLY as readonly number[]).includes(e.errno)) throw e;
+        if (e.errno !== E.EPERM) break;
+      }
     }
+    return this.reopen(i, 0);
   }
 
   getlk(i: Inode, owner: bigint, lk: FileLock, lkFlags: number): FileLock {

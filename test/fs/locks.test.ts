@@ -215,6 +215,32 @@ describe('blocking POSIX locks (SETLKW with --posix-lock)', () => {
     expect(await errCode(s2lock(c, e.nodeid, fh))).toBe('EBADF'); // a write lock needs a writable open, as on Linux
   }, 30_000);
 
+  it('lock an append-only file (write locks through O_APPEND) and read-lock an immutable one, as the host does', async (ctx) => {
+    if (process.getuid?.() !== 0 || spawnSync('chattr', ['-V']).error) return ctx.skip();
+    const s = await open('kumo', ['--posix-lock']);
+    const f = join(s.share, 'f');
+    const chattr = (flag: string): void => void expect(spawnSync('chattr', [flag, f]).status).toBe(0);
+    chattr('+a');
+    try {
+      const a = await s.c.open(s.node, 1 | 0o2000); // O_WRONLY | O_APPEND
+      expect(await errCode(s.c.setlk(s.node, a.fh, 10n, whole(F_WRLCK)))).toBe('ok');
+      await s.c.flush(s.node, a.fh, 10n);
+      const r = await s.c.open(s.node, 0);
+      expect(await errCode(s.c.setlk(s.node, r.fh, 11n, range(100n, 5, F_RDLCK)))).toBe('ok');
+      await s.c.flush(s.node, r.fh, 11n);
+    } finally {
+      chattr('-a');
+    }
+    chattr('+i');
+    try {
+      const r = await s.c.open(s.node, 0);
+      expect(await errCode(s.c.setlk(s.node, r.fh, 12n, whole(F_RDLCK)))).toBe('ok');
+      await s.c.flush(s.node, r.fh, 12n);
+    } finally {
+      chattr('-i');
+    }
+  }, 30_000);
+
   it('take a free range at once and wait for a held one while other requests go on', async () => {
     const s = await open('kumo', ['--posix-lock']);
     await s.c.setlk(s.node, s.fh[0], 1n, range(0n, 10), true);
