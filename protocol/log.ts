@@ -36,3 +36,38 @@ export function logger(name: string, bindings: Record<string, unknown> = {}): Lo
 export function setLogLevel(l: string): void {
   root.level = l;
 }
+
+/**
+ * Warnings a peer can cause at will (a guest's malformed requests, a front-end's refused messages): at most `burst`
+ * lines per `windowMs` reach the log, and the count of those held back goes out with the next one that does, so a
+ * hostile guest cannot fill the host's disk or syslog through the daemon.
+ */
+export class WarnLimiter {
+  private windowStart = -Infinity;
+  private sent = 0;
+  private held = 0;
+
+  constructor(
+    private readonly log: Logger,
+    private readonly burst = 20,
+    private readonly windowMs = 1000,
+  ) {}
+
+  warn(obj: Record<string, unknown>, msg: string): void {
+    const now = performance.now();
+    if (now - this.windowStart >= this.windowMs) {
+      this.windowStart = now;
+      this.sent = 0;
+    }
+    if (this.sent >= this.burst) {
+      this.held++;
+      return;
+    }
+    this.sent++;
+    if (this.held > 0) {
+      obj = { ...obj, heldBack: this.held };
+      this.held = 0;
+    }
+    this.log.warn(obj, msg);
+  }
+}

@@ -10,7 +10,7 @@ import {
   IoUring, IoVecArena, IORING_FSYNC_DATASYNC, IOSQE_IO_LINK, IOSQE_ASYNC,
   FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
 } from '../../protocol/sys/uring.js';
-import type { Logger } from '../../protocol/log.js';
+import { WarnLimiter, type Logger } from '../../protocol/log.js';
 import { preadvRaw, pwritevRaw } from '../../protocol/sys/fd.js';
 import { CopySpread } from '../../protocol/sys/copy-spread.js';
 import { mapAnonymous, type Mapping } from '../../protocol/sys/mem.js';
@@ -154,7 +154,11 @@ export class BlkQueueEngine {
   private syncingCount = 0;
   private syncInFlight = false;
 
+  /** Warnings about what the guest sent: rate-limited (see WarnLimiter). */
+  private readonly guestWarn: WarnLimiter | null;
+
   constructor(private readonly img: BlkEngineImage, private readonly opts: BlkEngineOptions) {
+    this.guestWarn = opts.log ? new WarnLimiter(opts.log) : null;
     this.slots = opts.queueSize;
     this.maxIov = BlkLimits.segMax + 2;
     let entries = 1;
@@ -379,7 +383,7 @@ export class BlkQueueEngine {
         chain = q.pop();
       } catch (e) {
         if (e instanceof ChainError) {
-          this.opts.log?.warn({ err: e.message, ...e.context }, 'dropping malformed descriptor chain');
+          this.guestWarn?.warn({ err: e.message, ...e.context }, 'dropping malformed descriptor chain');
           q.pushUsed(e.head, 0);
           this.completed++;
           continue;
@@ -467,7 +471,7 @@ export class BlkQueueEngine {
     const w = chain.writable;
     // The status byte is the chain's last writable byte.
     if (chain.writableLength < 1) {
-      this.opts.log?.warn({ head }, 'request without a status byte: dropped');
+      this.guestWarn?.warn({ head }, 'request without a status byte: dropped');
       this.finishNow(head, -1, 0, 0);
       return;
     }

@@ -4,7 +4,7 @@ import { close, closeQuiet, dup, dupCloexecRaw, preadv, pwritev, type FileOffset
 import { SysError, rawSyscall } from '../../protocol/sys/libc.js';
 import { Fattr, type Attr, type EntryOut, type Kstatfs, type FileLock, type SetattrIn, type SecurityContext, FUSE_LK_FLOCK } from '../../protocol/fuse/index.js';
 import { encodeDirent, encodeDirentplus } from '../../protocol/fuse/dirent.js';
-import { logger } from '../../protocol/log.js';
+import { logger, WarnLimiter } from '../../protocol/log.js';
 import { GuestFds } from './guest-fds.js';
 import { InodeHandles, sameHandle } from './inode-handles.js';
 import { E, FsError } from './errors.js';
@@ -47,6 +47,8 @@ const S_ISGID = 0o2000;
 const CAP_FSETID = capNumber('fsetid');
 
 const log = logger('virtiofsd');
+/** Once per write when it fails: rate-limited (see WarnLimiter). */
+const capWarn = new WarnLimiter(log);
 const dec = new TextDecoder();
 
 export interface Caller {
@@ -910,7 +912,7 @@ export class PassthroughFs {
     } catch (e) {
       if (!(e instanceof SysError)) throw e;
       // The change it follows is made already: a failure here must not turn it into an error for the guest.
-      if (e.errno !== E.ENODATA && e.errno !== E.EOPNOTSUPP) log.warn({ err: e.message }, 'could not drop the moved security.capability xattr');
+      if (e.errno !== E.ENODATA && e.errno !== E.EOPNOTSUPP) capWarn.warn({ err: e.message }, 'could not drop the moved security.capability xattr');
     }
   }
 

@@ -13,6 +13,7 @@ import { LockWaits } from './lock-waits.js';
 import { enterSandbox } from './sandbox.js';
 import type { FsOptions } from './options.js';
 import { REQUEST_THREAD_SYSCALLS } from './seccomp-policy.js';
+import { WarnLimiter } from '../../protocol/log.js';
 import { restrictThreadSyscalls, type SeccompAction } from '../../protocol/sys/seccomp.js';
 import { CAP_NAMES, restrictThreadCaps } from '../../protocol/sys/caps.js';
 
@@ -58,6 +59,7 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
   const waits = new LockWaits(() => ctx.memory(), Number.isFinite(retryMs) && retryMs > 0 ? retryMs : undefined);
   ctx.epoll.add(waits.timerFd, EPOLLIN, LOCK_TIMER_TOKEN);
   const server = new FuseServer(fs, offload, waits);
+  const guestWarn = new WarnLimiter(ctx.log);
   const io = new ChainIo();
   const rings: VringHandle[] = [];
   const pollMs = Math.max(0, pollUs) / 1000;
@@ -82,7 +84,7 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
         chain = queue.pop();
       } catch (e) {
         if (e instanceof ChainError) {
-          ctx.log.warn({ err: e.message }, 'dropping malformed descriptor chain');
+          guestWarn.warn({ err: e.message }, 'dropping malformed descriptor chain');
           queue.pushUsed(e.head, 0);
           served++;
           continue;
@@ -95,7 +97,7 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
       try {
         n = server.handle(io.reset(mem, chain.readable, chain.writable, chain.readableLength, chain.writableLength));
       } catch (e) {
-        ctx.log.warn({ err: (e as Error).message }, 'request dropped');
+        guestWarn.warn({ err: (e as Error).message }, 'request dropped');
       }
       if (n === DEFERRED) {
         server.bindDeferred(q, chain.head);

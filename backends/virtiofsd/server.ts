@@ -8,7 +8,7 @@ import {
 } from '../../protocol/fuse/index.js';
 import { IoVecList } from '../../protocol/sys/fd.js';
 import { SysError } from '../../protocol/sys/libc.js';
-import { logger } from '../../protocol/log.js';
+import { logger, WarnLimiter } from '../../protocol/log.js';
 import { E, FsError } from './errors.js';
 import type { FuseIo } from './fuse-io.js';
 import type { IoOffload } from './io-offload.js';
@@ -21,6 +21,8 @@ import { FuseSession } from './session.js';
 import type { Caller, PassthroughFs } from './passthrough.js';
 
 const log = logger('virtiofsd');
+/** Warnings about what a guest sent: rate-limited (see WarnLimiter). */
+const guestWarn = new WarnLimiter(log);
 /** Largest non-WRITE request we accept: header + setxattr_in + name + 64 KiB value, with room to spare. */
 const MAX_REQUEST = 80 * 1024;
 /** iovecs one READ/WRITE may span (a 1 MiB request in 4 KiB guest pages needs 256). */
@@ -130,13 +132,13 @@ export class FuseServer {
 
   private drop(why: string, len: number): number {
     this.stats.dropped++;
-    log.warn({ len }, `dropping request: ${why}`);
+    guestWarn.warn({ len }, `dropping request: ${why}`);
     return 0;
   }
 
   private fail(io: FuseIo, unique: bigint, errno: number, why: string, h: InHeader): number {
     this.stats.errors++;
-    log.warn({ op: opName(h.opcode), len: h.len, nodeid: h.nodeid }, why);
+    guestWarn.warn({ op: opName(h.opcode), len: h.len, nodeid: h.nodeid }, why);
     return this.reply(io, unique, -errno);
   }
 
@@ -146,7 +148,7 @@ export class FuseServer {
     if (len > io.outLength) {
       // Not even an error header fits (a FORGET-like chain with a damaged header): nothing can be said.
       if (io.outLength < OUT_HEADER_SIZE) return this.drop('no room for a reply', io.outLength);
-      log.warn({ need: len, have: io.outLength }, 'reply does not fit the writable buffers');
+      guestWarn.warn({ need: len, have: io.outLength }, 'reply does not fit the writable buffers');
       return this.reply(io, unique, -E.EINVAL);
     }
     OutHeader.encode({ len, error, unique }, this.outBuf, 0);

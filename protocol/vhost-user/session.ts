@@ -1,4 +1,4 @@
-import type { Logger } from '../log.js';
+import { WarnLimiter, type Logger } from '../log.js';
 import type { MemoryRegionSpec } from '../memory/index.js';
 import { closeQuiet, dup } from '../sys/fd.js';
 import { ringSizes, validateLayout, type QueueLayout } from '../virtqueue/index.js';
@@ -64,6 +64,8 @@ export class Session {
   private rings: RingState[];
   private backendReqFd = -1;
   private readonly qpw: number;
+  /** A front-end can send refused requests at will: their warnings are rate-limited. */
+  private readonly refusals: WarnLimiter;
 
   constructor(
     private readonly backend: VhostUserBackend,
@@ -71,6 +73,7 @@ export class Session {
     private readonly log: Logger,
   ) {
     this.qpw = Math.max(1, backend.queuesPerWorker ?? 1);
+    this.refusals = new WarnLimiter(log);
     this.rings = Array.from({ length: backend.numQueues }, () => newRing(false));
     backend.reset?.();
   }
@@ -90,7 +93,7 @@ export class Session {
       own = this.dispatch(msg);
     } catch (e) {
       if (e instanceof RequestRefusedError) {
-        this.log.warn({ request: requestName(msg.request), err: e }, 'request refused');
+        this.refusals.warn({ request: requestName(msg.request), err: e }, 'request refused');
         return this.ack(msg, 1n);
       }
       throw e;

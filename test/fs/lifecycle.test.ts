@@ -3,6 +3,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { FuseClient, FUSE_ROOT_ID, Op, OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
+import { VirtioFsTransport } from '../../vmm/kumo-vu/fs/transport.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -73,4 +75,44 @@ describe('kumo-virtiofsd lifecycle and kumo-vu fs bench', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   }, 60_000);
+});
+
+describe('a guest flooding the daemon with malformed requests', () => {
+  it('gets an error for each, while the warnings it causes are rate-limited (the count held back is logged)', async () => {
+    const dir = mkdtempSync('/tmp/kumo-fs-flood-');
+    const share = join(dir, 'share');
+    mkdirSync(share);
+    const sock = join(dir, 's.sock');
+    const d = spawn('node', [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot'], {
+      stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'warn' },
+    });
+    let err = '';
+    d.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+    let t: VirtioFsTransport | null = null;
+    try {
+      t = await VirtioFsTransport.connect(sock, 15_000);
+      const c = new FuseClient(t);
+      await c.init();
+      // A header whose len is smaller than a header: EINVAL, and a warning.
+      const bad = c.encode(Op.GETATTR, FUSE_ROOT_ID, [new Uint8Array(16)]);
+      new DataView(bad.buffer, bad.byteOffset).setUint32(0, 20, true);
+      const N = 300;
+      for (let k = 0; k < N; k++) {
+        const r = await t.call(bad, OUT_HEADER_SIZE + 16);
+        expect(new DataView(r.buffer, r.byteOffset).getInt32(4, true)).toBe(-22);
+      }
+      await new Promise((r) => setTimeout(r, 1100));
+      await t.call(bad, OUT_HEADER_SIZE + 16);
+      expect((await c.getattr(FUSE_ROOT_ID)).mode & 0o170000).toBe(0o040000);
+      const lines = err.split('\n').filter((l) => l.includes('bad fuse_in_header.len'));
+      const held = lines.map((l) => (JSON.parse(l) as { heldBack?: number }).heldBack ?? 0).reduce((a, b) => a + b, 0);
+      console.log(`${N + 1} malformed requests: ${lines.length} warning lines, ${held} held back`);
+      expect(lines.length).toBeLessThan(50);
+      expect(lines.length + held).toBe(N + 1);
+    } finally {
+      t?.close();
+      d.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
 });

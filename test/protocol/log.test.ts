@@ -1,0 +1,24 @@
+import { describe, expect, it, vi } from 'vitest';
+import { pino } from 'pino';
+import { WarnLimiter } from '../../protocol/log.js';
+
+describe('WarnLimiter', () => {
+  it('passes `burst` warnings per window, holds back the rest and reports their count with the next line', () => {
+    vi.useFakeTimers();
+    try {
+      const lines: { msg: string; heldBack?: number }[] = [];
+      const log = pino({ level: 'warn' }, { write: (l: string) => void lines.push(JSON.parse(l)) });
+      const w = new WarnLimiter(log, 3, 1000);
+      for (let k = 0; k < 10; k++) w.warn({ k }, 'bad request');
+      expect(lines.length).toBe(3);
+      vi.advanceTimersByTime(1000);
+      w.warn({}, 'bad request');
+      expect(lines.length).toBe(4);
+      expect(lines[3].heldBack).toBe(7);
+      w.warn({}, 'bad request');
+      expect(lines[4].heldBack).toBeUndefined();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
