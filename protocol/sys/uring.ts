@@ -42,7 +42,10 @@ export const IORING_SETUP_TASKRUN_FLAG = 1 << 9;
 export const IORING_SETUP_SINGLE_ISSUER = 1 << 12;
 
 const IORING_ENTER_GETEVENTS = 1;
-const IORING_SQ_TASKRUN = 1 << 1;
+// sq_flags bits (bit 0 is NEED_WAKEUP, for SQPOLL). Completions that did not fit the CQ ring are kept on a kernel
+// list until an enter with GETEVENTS moves them in.
+const IORING_SQ_CQ_OVERFLOW = 1 << 1;
+const IORING_SQ_TASKRUN = 1 << 2;
 const EINVAL = 22;
 const IORING_FEAT_SINGLE_MMAP = 1 << 0;
 const IORING_OFF_SQ_RING = 0;
@@ -266,6 +269,15 @@ export class IoUring {
     return this.coopTaskrun && (Atomics.load(this.sqRing, this.sqFlagsIdx) & IORING_SQ_TASKRUN) !== 0;
   }
 
+  /**
+   * Completions the kernel holds back until this thread enters it: task work (COOP_TASKRUN), or CQEs that overflowed
+   * the CQ ring (one request may post many: a 32-range DISCARD); those signal no eventfd until they are moved in.
+   */
+  private kernelHolds(): boolean {
+    const f = Atomics.load(this.sqRing, this.sqFlagsIdx);
+    return (f & IORING_SQ_CQ_OVERFLOW) !== 0 || (this.coopTaskrun && (f & IORING_SQ_TASKRUN) !== 0);
+  }
+
   /** Enters the kernel so that pending task work posts its completions. */
   private runTaskWork(): void {
     enter_(SYS_io_uring_enter, this.fd, 0, 0, IORING_ENTER_GETEVENTS, null, 0);
@@ -273,25 +285,31 @@ export class IoUring {
 
   /** Completions ready to reap. */
   cqReady(): number {
-    if (this.taskWorkPending()) this.runTaskWork();
+    if (this.kernelHolds()) this.runTaskWork();
     return (Atomics.load(this.cqRing, this.cqTailIdx) - this.cqRing[this.cqHeadIdx]) >>> 0;
   }
 
-  /** Calls fn for every ready CQE (u32 user data, i32 result) and frees them; returns the count. */
+  /**
+   * Calls fn for every ready CQE (u32 user data, i32 result) and frees them; returns the count. Overflowed CQEs are
+   * moved in and reaped too: left on the kernel's list they would wait for the next unrelated wakeup, or forever.
+   */
   reap(fn: CompletionHandler): number {
-    if (this.taskWorkPending()) this.runTaskWork();
     let n = 0;
-    // Each CQE is consumed before its handler runs, and head is read again after: a handler may prep
-    // and submit more work, and reap again while it waits for room, without a CQE being seen twice.
     for (;;) {
-      const head = this.cqRing[this.cqHeadIdx];
-      if (head === Atomics.load(this.cqRing, this.cqTailIdx)) return n;
-      const w = (head & this.cqMask) * 4;
-      const ud = this.cqeU32[w];
-      const res = this.cqeI32[w + 2];
-      Atomics.store(this.cqRing, this.cqHeadIdx, (head + 1) >>> 0);
-      fn(ud, res);
-      n++;
+      if (this.kernelHolds()) this.runTaskWork();
+      if (this.cqRing[this.cqHeadIdx] === Atomics.load(this.cqRing, this.cqTailIdx)) return n;
+      // Each CQE is consumed before its handler runs, and head is read again after: a handler may prep
+      // and submit more work, and reap again while it waits for room, without a CQE being seen twice.
+      for (;;) {
+        const head = this.cqRing[this.cqHeadIdx];
+        if (head === Atomics.load(this.cqRing, this.cqTailIdx)) break;
+        const w = (head & this.cqMask) * 4;
+        const ud = this.cqeU32[w];
+        const res = this.cqeI32[w + 2];
+        Atomics.store(this.cqRing, this.cqHeadIdx, (head + 1) >>> 0);
+        fn(ud, res);
+        n++;
+      }
     }
   }
 

@@ -136,6 +136,23 @@ describe('io_uring', () => {
     expect(total).toBe(320);
   });
 
+  it('reaps completions that overflowed the CQ ring (held on the kernel\'s list) in the same reap', () => {
+    const small = new IoUring(8, { cqEntries: 8 });
+    try {
+      // Three SQ-fuls of NOPs before any reap: 24 completions for 8 CQ slots.
+      for (let round = 0; round < 3; round++) {
+        for (let k = 0; k < 8; k++) expect(small.prepNop(round * 8 + k)).toBe(true);
+        small.submit(0);
+      }
+      const seen = new Set<number>();
+      small.reap((ud) => void seen.add(ud));
+      expect(seen.size).toBe(24);
+      expect(small.cqReady()).toBe(0);
+    } finally {
+      small.close();
+    }
+  });
+
   it('signals a registered eventfd that wakes epoll', () => {
     const efd = eventfd();
     const ep = new Epoll(4);
