@@ -161,7 +161,8 @@ export class BlkQueueEngine {
     this.guestWarn = opts.log ? new WarnLimiter(opts.log) : null;
     this.slots = opts.queueSize;
     this.maxIov = BlkLimits.segMax + 2;
-    let entries = 1;
+    // At least 8: one request may need two SQEs at once (a punch linked to an allocation, a block's head and tail).
+    let entries = 8;
     while (entries < opts.queueSize) entries <<= 1;
     this.ring = new IoUring(entries, { cqEntries: entries * 4, coopTaskrun: true });
     // One io-wq worker per CPU. io-wq is here to copy cached data on a second CPU (reads that would wait for

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import type { ChildProcess } from 'node:child_process';
 import {
   VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR,
-  BlkConfig, bit, VIRTIO_BLK_F_RO,
+  BlkConfig, bit, VIRTIO_BLK_F_RO, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_T_DISCARD,
 } from '../../protocol/virtio/index.js';
 import { BlkVuClient, startBackend, stopBackend } from './vu-client.js';
 
@@ -47,6 +47,19 @@ describe('kumo-vhost-user-blk process', () => {
     client.close();
     client = await BlkVuClient.connect(sock);
     expect(wb(client)).toBe(1);
+  });
+
+  it('serves WRITE_ZEROES and DISCARD with queue_size=1 (its io_uring once had room for one SQE, and waited for two)', async () => {
+    child = await startBackend(`path=${img},socket=${sock},queue_size=1`);
+    client = await BlkVuClient.connect(sock, { queueSize: 1 });
+    const statuses: number[] = [];
+    for (const [type, flags] of [[VIRTIO_BLK_T_WRITE_ZEROES, 0], [VIRTIO_BLK_T_WRITE_ZEROES, 1], [VIRTIO_BLK_T_DISCARD, 0]]) {
+      const st = client.add(0, type, 0, [client.ranges([{ sector: 8, numSectors: 8, flags }])], [], 1);
+      client.run(0, 1, 5000);
+      statuses.push(client.mem.readU8(st));
+    }
+    expect(statuses).toEqual([0, 0, 0]);
+    expect(readFileSync(img).subarray(4096, 8192).equals(Buffer.alloc(4096))).toBe(true);
   });
 
   it('serves reads, writes, flush and GET_ID; config space over GET_CONFIG', async () => {
