@@ -1,7 +1,7 @@
 import { fstatSync } from 'node:fs';
 import { KumoError } from '../../protocol/errors.js';
 import { ioctl, SysError } from '../../protocol/sys/libc.js';
-import { blockDeviceSize, EXT4_SUPER_MAGIC, fcntlLock, fstatfs, F_OFD_SETLK, F_RDLCK, F_WRLCK, RAMFS_MAGIC, TMPFS_MAGIC } from '../../protocol/sys/fs.js';
+import { blockDeviceSize, directIoAlignment, EXT4_SUPER_MAGIC, fcntlLock, fstatfs, F_OFD_SETLK, F_RDLCK, F_WRLCK, RAMFS_MAGIC, TMPFS_MAGIC } from '../../protocol/sys/fs.js';
 import { openFile, closeQuiet, preadvRaw, setNonBlocking, O_RDONLY, O_RDWR, O_CLOEXEC, O_DIRECT, O_NONBLOCK } from '../../protocol/sys/fd.js';
 import { mapAnonymous } from '../../protocol/sys/mem.js';
 import { IoVecArena } from '../../protocol/sys/uring.js';
@@ -139,12 +139,16 @@ function alignedRead<T>(fd: number, len: number, at: number, skew: number, use: 
 }
 
 /**
- * The smallest block O_DIRECT accepts on this file: a 512-byte read at 512 into a buffer that is
- * 512- but not 4096-aligned, else 4096 (a 4096-byte sector device, or a file system that wants pages).
- * The read must lie inside the file: at its end the kernel answers 0 without checking alignment, so an image
- * of less than 1 KiB is probed at 0 (the buffer's skew still tells).
+ * The smallest block O_DIRECT accepts on this file: what statx says (STATX_DIOALIGN), else a 512-byte read at 512
+ * into a buffer that is 512- but not 4096-aligned, else 4096 (a 4096-byte sector device, or a file system that
+ * wants pages). The read must lie inside the file: at its end the kernel answers 0 without checking alignment, so an
+ * image of less than 1 KiB is probed at 0 (the buffer's skew still tells).
  */
 function directAlignment(fd: number, size: number): number {
+  // The kernel's own answer where it gives one: a probe inside a hole or an unwritten extent (a fresh image) is
+  // answered without the alignment check, and took a 4096-byte-sector disk for 512.
+  const k = directIoAlignment(fd);
+  if (k !== null && k.offset > 0) return Math.max(SECTOR_SIZE, k.offset, k.memory);
   if (alignedRead(fd, 512, size >= 1024 ? 512 : 0, 512, (n) => n >= 0)) return 512;
   return 4096;
 }

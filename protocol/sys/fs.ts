@@ -268,6 +268,20 @@ export function statxRaw(dirfd: number, cname: Uint8Array, flags = 0): number {
   return 0;
 }
 
+const STATX_DIOALIGN = 0x2000;
+
+/**
+ * O_DIRECT's alignment for the file behind fd as the kernel states it (statx STATX_DIOALIGN, Linux 6.1+; block
+ * devices 6.11+): the alignment of offsets and lengths, and of memory. null where it does not say (older kernels,
+ * file systems that do not report it); 0 offset alignment means O_DIRECT is not supported on the file.
+ */
+export function directIoAlignment(fd: number): { offset: number; memory: number } | null {
+  const b = Buffer.alloc(256);
+  if ((statx_(fd, EMPTY, AT_EMPTY_PATH, STATX_DIOALIGN, b) as number) < 0) return null;
+  if ((b.readUInt32LE(0) & STATX_DIOALIGN) === 0) return null;
+  return { memory: b.readUInt32LE(0x98), offset: b.readUInt32LE(0x9c) };
+}
+
 /** The mount ID of the last statxRaw (0 on kernels before 5.8, which do not report it). */
 export function rawMountId(): number {
   return lastMountId;
