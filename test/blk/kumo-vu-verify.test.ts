@@ -1,6 +1,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync, existsSync } from 'node:fs';
+import { verifyBlk } from '../../vmm/kumo-vu/blk/verify.js';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startBackend, stopBackend } from './vu-client.js';
@@ -22,7 +23,8 @@ describe.skipIf(!haveKumoVu)('kumo-vu blk verify against kumo-vhost-user-blk', (
       const child = await startBackend(`path=${join(dir, 'disk.raw')},socket=${sock},num_queues=4,queue_size=${queueSize}`);
       try {
         for (const queues of [1, 2, 4]) {
-          const r = spawnSync(process.execPath, [KUMO_VU, 'blk', '--socket', sock, '--connect-timeout', '5000', 'verify', '--queues', String(queues), '--json'], {
+          const r = spawnSync(process.execPath, [KUMO_VU, 'blk', '--socket', sock, '--connect-timeout', '5000', 'verify', '--queues', String(queues),
+            '--queue-size', String(queueSize), '--json'], {
             encoding: 'utf8', env: { ...process.env, KUMO_LOG: 'warn' }, timeout: 60_000,
           });
           let report: { ok: boolean; queuesTested: number };
@@ -34,9 +36,33 @@ describe.skipIf(!haveKumoVu)('kumo-vu blk verify against kumo-vhost-user-blk', (
           if (!report.ok) throw new Error(`verify failed with ${queues} queues: ${r.stdout.slice(0, 3000)}`);
           expect(report.queuesTested).toBe(queues);
         }
+        // More queues than the back-end has is a failure, not a quiet cap.
+        const eight = spawnSync(process.execPath, [KUMO_VU, 'blk', '--socket', sock, 'verify', '--queues', '8', '--queue-size', String(queueSize)], {
+          encoding: 'utf8', env: { ...process.env, KUMO_LOG: 'warn' }, timeout: 60_000,
+        });
+        expect(eight.status).toBe(1);
+        expect(eight.stdout).toContain('8 queue(s) asked for, the back-end has 4');
       } finally {
         await stopBackend(child);
       }
     });
   }
+
+  it('fails when a spot no longer holds what was written there once every spot is written (misplaced writes)', async () => {
+    const img = join(dir, 'disk.raw');
+    const sock = join(dir, 'alias.sock');
+    const child = await startBackend(`path=${img},socket=${sock},num_queues=2`);
+    try {
+      // What a back-end that writes every sector to the wrong place would leave: the first spot overwritten later.
+      const r = await verifyBlk({ socket: sock, connectTimeoutMs: 5000, afterWrites: () => {
+        const fd = openSync(img, 'r+');
+        writeSync(fd, Buffer.alloc(4096, 0x77), 0, 4096, 4096);
+        closeSync(fd);
+      } });
+      expect(r.ok).toBe(false);
+      expect(r.checks.filter((c) => !c.ok).map((c) => c.name)).toEqual(['queue 0: start (sector 0, 65536 B) still holds its data after every write (read on queue 1)']);
+    } finally {
+      await stopBackend(child);
+    }
+  });
 });

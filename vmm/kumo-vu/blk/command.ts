@@ -1,4 +1,4 @@
-import { Option, type Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import { parseCount, parsePositive, parseSize } from '../options.js';
 import { benchBlk, formatBenchResult, type BenchRw } from './bench.js';
 import { formatVerifyReport, verifyBlk } from './verify.js';
@@ -20,10 +20,12 @@ export function registerBlk(program: Command): void {
     .command('verify')
     .description('negotiate, read config, write/read/compare patterns on every queue, FLUSH, GET_ID')
     .option('--queues <n>', 'queues to test (default: all)', parseCount(1, 256))
+    .option('--queue-size <n>', 'virtqueue size (a power of two the back-end allows)', parseCount(1, 32768), 128)
     .option('--json', 'print the report as JSON')
-    .action(async (o: { queues?: number; json?: boolean }) => {
+    .action(async (o: { queues?: number; queueSize: number; json?: boolean }) => {
       const b = blk.opts<BlkOpts>();
-      const r = await verifyBlk({ socket: b.socket, queues: o.queues, connectTimeoutMs: b.connectTimeout });
+      if ((o.queueSize & (o.queueSize - 1)) !== 0) throw new InvalidArgumentError(`--queue-size must be a power of two, got ${o.queueSize}`);
+      const r = await verifyBlk({ socket: b.socket, queues: o.queues, queueSize: o.queueSize, connectTimeoutMs: b.connectTimeout });
       process.stdout.write((o.json ? JSON.stringify(r, null, 2) : formatVerifyReport(r)) + '\n');
       process.exitCode = r.ok ? 0 : 1;
     });
