@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FuseClient, FUSE_ROOT_ID, Op, OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
@@ -75,6 +75,67 @@ describe('kumo-virtiofsd lifecycle and kumo-vu fs bench', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   }, 60_000);
+});
+
+describe('kumo-vu fs input checks', () => {
+  /** kumo-vu fs ARGS with stdout and stderr, and its exit code. */
+  function vu(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+    const child = spawn('node', [join(ROOT, 'bin/kumo-vu.js'), 'fs', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    return exited(child).then((code) => ({ code, out, err }));
+  }
+
+  it('refuses bad script lines before sending them, a missing script before connecting, a wrong tag and bad --seconds', async () => {
+    const dir = mkdtempSync('/tmp/kumo-fs-vu-');
+    const share = join(dir, 'share');
+    mkdirSync(share);
+    writeFileSync(join(share, 'f'), 'contents');
+    const script = join(dir, 'script.fs.txt');
+    let n = 0;
+    /** kumo-vu fs ARGS against a fresh daemon (each serves one front-end, then exits); `alive`: the daemon is still up after. */
+    const withDaemon = async (args: string[]): Promise<{ code: number | null; out: string; err: string; alive: boolean }> => {
+      const sock = join(dir, `s${n++}.sock`);
+      const d = spawn('node', [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot', '--tag=myfs'], {
+        stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' },
+      });
+      try {
+        await waitFor(sock);
+        const r = await vu(['--socket', sock, '--connect-timeout', '15000', ...args]);
+        return { ...r, alive: d.exitCode === null };
+      } finally {
+        d.kill('SIGKILL');
+      }
+    };
+    try {
+      // A missing script is found before the daemon (which serves one front-end) is used up.
+      const missing = await withDaemon(['run', join(dir, 'no-such-script')]);
+      expect(missing.code).not.toBe(0);
+      expect(missing.alive).toBe(true);
+      // Forgotten or mistyped numbers: errors naming the line, and nothing reaches the share.
+      for (const line of ['chmod f', 'truncate f 1O', 'chmod 999 f', 'utime f', 'lock f zz', 'stat "f', 'stat f g']) {
+        writeFileSync(script, `stat f\n${line}\n`);
+        const r = await withDaemon(['run', script]);
+        expect(r.code, line).not.toBe(0);
+        expect(r.err, line).toMatch(/line 2: /);
+      }
+      expect(statSync(share).mode & 0o7777).toBe(0o755);
+      expect(readFileSync(join(share, 'f'), 'utf8')).toBe('contents');
+      // The tag the back-end reports (CONFIG) must be the one asked for.
+      writeFileSync(script, 'stat f\n');
+      const wrong = await withDaemon(['--tag', 'other', 'run', script]);
+      expect(wrong.code).not.toBe(0);
+      expect(wrong.err).toContain('"myfs", not "other"');
+      expect((await withDaemon(['bench', '--seconds', 'abc'])).code).not.toBe(0);
+      const right = await withDaemon(['--tag', 'myfs', 'run', script]);
+      expect(right.code).toBe(0);
+      expect(right.out).toContain('ok type=f mode=0644');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
 });
 
 describe('a guest flooding the daemon with malformed requests', () => {

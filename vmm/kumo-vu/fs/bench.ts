@@ -142,6 +142,15 @@ export async function benchFs(c: FuseClient, t: VirtioFsTransport, seconds: numb
   await c.init();
   const dirName = `kumo-bench-${process.pid}`;
   const dir = (await c.mkdir(FUSE_ROOT_ID, dirName)).nodeid;
+  try {
+    return await timedCases(c, t, seconds, depth, dir);
+  } finally {
+    await removeScratch(c, dir, dirName, depth).catch(() => undefined);
+  }
+}
+
+/** The four timed cases in the scratch directory `dir`. */
+async function timedCases(c: FuseClient, t: VirtioFsTransport, seconds: number, depth: number, dir: number): Promise<FsBenchResult> {
   const data = await c.create(dir, 'data', O_WRONLY | O_CREAT | O_TRUNC, 0o100644);
   const chunk = new Uint8Array(1 << 20).fill(0x5a);
   const FILE = 64 << 20;
@@ -213,17 +222,6 @@ export async function benchFs(c: FuseClient, t: VirtioFsTransport, seconds: numb
         return true;
     }
   });
-  // Clean up so repeated runs start from the same state. Look each name up first, as a kernel
-  // would: QEMU's virtiofsd refuses UNLINK of unknown inodes. Forget it after: tens of thousands of
-  // inodes held open would run either daemon out of file descriptors halfway through.
-  const names = [...Array.from({ length: cw.ops + depth }, (_, i) => `f${i}`), 'data'];
-  await each(names.length, depth, async (i) => {
-    const e = await c.lookup(dir, names[i]).catch(() => null);
-    if (e === null) return;
-    await c.unlink(dir, names[i]).catch(() => undefined);
-    await c.forget(e.nodeid, 1);
-  });
-  await c.lookup(FUSE_ROOT_ID, dirName).then(() => c.rmdir(FUSE_ROOT_ID, dirName)).catch(() => undefined);
   return {
     depth,
     lookupGetattrOps: Math.round(lk.ops / lk.secs),
@@ -242,4 +240,34 @@ export function formatFsBench(r: FsBenchResult): string {
     `create+write+close ${r.createWriteCloseFiles} files/s`,
     `client CPU         ${r.clientCpuPercent}% of one core`,
   ].join('\n');
+}
+
+/**
+ * Removes the scratch directory, whatever a run left in it (also after a failure midway), so repeated runs start
+ * from the same state. Each name is looked up first, as a kernel would: QEMU's virtiofsd refuses UNLINK of unknown
+ * inodes. Forgotten after: tens of thousands of inodes held would run either daemon out of file descriptors.
+ */
+async function removeScratch(c: FuseClient, dir: number, dirName: string, depth: number): Promise<void> {
+  const { fh } = await c.opendir(dir);
+  const names: string[] = [];
+  try {
+    for (let off = 0n; ;) {
+      const es = await c.readdir(dir, fh, off);
+      if (es.length === 0) break;
+      for (const e of es) {
+        const name = new TextDecoder().decode(e.name);
+        if (name !== '.' && name !== '..') names.push(name);
+        off = e.off;
+      }
+    }
+  } finally {
+    await c.release(dir, fh, true);
+  }
+  await each(names.length, depth, async (i) => {
+    const e = await c.lookup(dir, names[i]).catch(() => null);
+    if (e === null) return;
+    await c.unlink(dir, names[i]).catch(() => undefined);
+    await c.forget(e.nodeid, 1);
+  });
+  await c.lookup(FUSE_ROOT_ID, dirName).then(() => c.rmdir(FUSE_ROOT_ID, dirName));
 }

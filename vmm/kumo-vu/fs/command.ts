@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { FuseClient } from '../../../protocol/fuse/index.js';
-import { parseCount } from '../options.js';
+import { parseCount, parsePositive } from '../options.js';
 import { ScriptRunner } from './script.js';
 import { VirtioFsTransport } from './transport.js';
 import { benchFs, formatFsBench } from './bench.js';
@@ -26,11 +26,12 @@ export function registerFs(program: Command): void {
     .argument('<script>', 'script file')
     .action(async (script: string) => {
       const o = fs.opts<FsOpts>();
-      const t = await VirtioFsTransport.connect(o.socket, o.connectTimeout);
+      // Read first: a daemon serves one front-end, and a missing script must not use it up.
+      const text = readFileSync(script === '-' ? 0 : script, 'utf8');
+      const t = await VirtioFsTransport.connect(o.socket, o.connectTimeout, 256, 1, o.tag);
       try {
         const c = new FuseClient(t);
         await c.init();
-        const text = readFileSync(script === '-' ? 0 : script, 'utf8');
         await new ScriptRunner(c).runScript(text, (s) => process.stdout.write(s + '\n'));
       } finally {
         t.close();
@@ -39,12 +40,12 @@ export function registerFs(program: Command): void {
 
   fs.command('bench')
     .description('lookup+getattr ops/s, 4k random read IOPS, 1 MiB sequential read MB/s, create+write+close files/s')
-    .option('--seconds <s>', 'seconds per case', Number, 2)
+    .option('--seconds <s>', 'seconds per case', parsePositive, 2)
     .option('--iodepth <n>', 'requests in flight on the request queue (independent request streams)', parseCount(1, 64), 1)
     .option('--json', 'print JSON')
     .action(async (b: { seconds: number; iodepth: number; json?: boolean }) => {
       const o = fs.opts<FsOpts>();
-      const t = await VirtioFsTransport.connect(o.socket, o.connectTimeout, 256, b.iodepth);
+      const t = await VirtioFsTransport.connect(o.socket, o.connectTimeout, 256, b.iodepth, o.tag);
       try {
         const r = await benchFs(new FuseClient(t), t, b.seconds, b.iodepth);
         process.stdout.write((b.json ? JSON.stringify(r) : formatFsBench(r)) + '\n');

@@ -30,8 +30,42 @@ export function words(line: string): string[] {
   const out: string[] = [];
   const re = /"((?:[^"\\]|\\.)*)"|(\S+)/g;
   let m: RegExpExecArray | null;
-  while ((m = re.exec(line))) out.push(m[1] !== undefined ? (JSON.parse(`"${m[1]}"`) as string) : m[2]);
+  while ((m = re.exec(line))) {
+    if (m[1] === undefined) {
+      if (m[2].startsWith('"')) throw new ScriptError('unterminated quote', { word: m[2] });
+      out.push(m[2]);
+      continue;
+    }
+    try {
+      out.push(JSON.parse(`"${m[1]}"`) as string);
+    } catch {
+      throw new ScriptError('bad escape in a quoted word (JSON escapes only)', { word: m[1] });
+    }
+  }
   return out;
+}
+
+/** Arguments each command takes: [at least, at most]. */
+const ARITY: Record<string, [number, number]> = {
+  lookup: [1, 1], stat: [1, 1], mtime: [1, 1], ls: [0, 1], lsraw: [0, 1], cat: [1, 1], pread: [3, 3], write: [2, 2],
+  pwrite: [3, 3], create: [1, 2], mkdir: [1, 2], mknod: [1, 2], symlink: [2, 2], readlink: [1, 1], ln: [2, 2], rm: [1, 1],
+  rmdir: [1, 1], mv: [2, 2], mvx: [2, 2], mvn: [2, 2], chmod: [2, 2], chown: [3, 3], truncate: [2, 2], ftruncate: [2, 2],
+  utime: [2, 2], setxattr: [3, 4], getxattr: [2, 2], listxattr: [1, 1], rmxattr: [2, 2], statfs: [0, 1], fsync: [1, 2],
+  fsyncdir: [0, 1], fallocate: [3, 4], seek: [3, 3], copy: [2, 4], lock: [2, 4], lockw: [2, 4], access: [2, 2], flush: [1, 1],
+  syncfs: [0, 0], interrupt: [0, 0], rawop: [1, 2], destroy: [0, 0], init: [0, 0],
+};
+
+/** A decimal integer argument (negative allowed), or a ScriptError naming it. */
+function int(v: string, what: string): number {
+  const n = /^-?[0-9]+$/.test(v) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n)) throw new ScriptError(`${what} must be an integer`, { value: v });
+  return n;
+}
+
+/** An octal mode argument, or a ScriptError naming it. */
+function octal(v: string, what: string): number {
+  if (!/^[0-7]{1,6}$/.test(v)) throw new ScriptError(`${what} must be an octal number`, { value: v });
+  return parseInt(v, 8);
 }
 
 export class ScriptRunner {
@@ -40,11 +74,17 @@ export class ScriptRunner {
   constructor(private readonly c: FuseClient) {}
 
   async runScript(text: string, print: (s: string) => void): Promise<void> {
-    for (const raw of text.split('\n')) {
-      const line = raw.trim();
+    const lines = text.split('\n');
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i].trim();
       if (!line || line.startsWith('#')) continue;
       print(`> ${line}`);
-      print(await this.runLine(line));
+      try {
+        print(await this.runLine(line));
+      } catch (e) {
+        if (e instanceof ScriptError) throw new ScriptError(`line ${i + 1}: ${e.message}`, { line, ...e.context });
+        throw e;
+      }
     }
   }
 
@@ -111,13 +151,15 @@ export class ScriptRunner {
   private async exec(w: string[]): Promise<string> {
     const c = this.c;
     const [cmd, a1 = '', a2 = '', a3 = '', a4 = ''] = w;
-    const need = (n: number): void => {
-      if (w.length < n + 1) throw new ScriptError(`${cmd} needs ${n} argument(s)`, { line: w.join(' ') });
-    };
+    const arity = ARITY[cmd];
+    if (arity === undefined) throw new ScriptError(`unknown command ${cmd}`, { cmd });
+    const [least, most] = arity;
+    if (w.length - 1 < least || w.length - 1 > most) {
+      throw new ScriptError(`${cmd} takes ${least === most ? least : `${least} to ${most}`} argument(s), got ${w.length - 1}`, { line: w.join(' ') });
+    }
     switch (cmd) {
       case 'lookup':
       case 'stat': {
-        need(1);
         const n = await this.resolve(a1);
         return `ok ${attrLine(await c.getattr(n))}`;
       }
@@ -156,7 +198,6 @@ export class ScriptRunner {
         return `ok ${names.sort().join(' ')}`;
       }
       case 'cat':
-        need(1);
         return this.withFile(a1, O_RDONLY, async (n, fh) => {
           const parts: Uint8Array[] = [];
           for (let off = 0; ; ) {
@@ -168,12 +209,11 @@ export class ScriptRunner {
           return `ok ${show(Buffer.concat(parts))}`;
         });
       case 'pread':
-        return this.withFile(a1, O_RDONLY, async (n, fh) => `ok ${show(await c.read(n, fh, Number(a2), Number(a3)))}`);
+        return this.withFile(a1, O_RDONLY, async (n, fh) => `ok ${show(await c.read(n, fh, int(a2, 'offset'), int(a3, 'size')))}`);
       case 'write':
       case 'pwrite': {
-        need(2);
         const data = nameBytes(cmd === 'write' ? a2 : a3);
-        const off = cmd === 'write' ? 0 : Number(a2);
+        const off = cmd === 'write' ? 0 : int(a2, 'offset');
         const [p, name] = await this.parent(a1);
         let node: number;
         let fh: number;
@@ -196,25 +236,24 @@ export class ScriptRunner {
       }
       case 'create': {
         const [p, name] = await this.parent(a1);
-        const r = await c.create(p, name, O_RDWR | O_CREAT | 0o200 /* O_EXCL */, 0o100000 | parseInt(a2 || '644', 8));
+        const r = await c.create(p, name, O_RDWR | O_CREAT | 0o200 /* O_EXCL */, 0o100000 | octal(a2 || '644', 'mode'));
         this.track(r.entry.nodeid);
         await c.release(r.entry.nodeid, r.fh);
         return `ok ${attrLine(r.entry.attr)}`;
       }
       case 'mkdir': {
         const [p, name] = await this.parent(a1);
-        const e = await c.mkdir(p, name, parseInt(a2 || '755', 8));
+        const e = await c.mkdir(p, name, octal(a2 || '755', 'mode'));
         this.track(e.nodeid);
         return `ok ${attrLine(e.attr)}`;
       }
       case 'mknod': {
         const [p, name] = await this.parent(a1);
-        const e = await c.mknod(p, name, 0o010000 | parseInt(a2 || '644', 8));
+        const e = await c.mknod(p, name, 0o010000 | octal(a2 || '644', 'mode'));
         this.track(e.nodeid);
         return `ok ${attrLine(e.attr)}`;
       }
       case 'symlink': {
-        need(2);
         const [p, name] = await this.parent(a2);
         const e = await c.symlink(p, name, a1);
         this.track(e.nodeid);
@@ -223,7 +262,6 @@ export class ScriptRunner {
       case 'readlink':
         return `ok ${show(await c.readlink(await this.resolve(a1)))}`;
       case 'ln': {
-        need(2);
         const n = await this.resolve(a1);
         const [p, name] = await this.parent(a2);
         const e = await c.link(n, p, name);
@@ -241,7 +279,6 @@ export class ScriptRunner {
       case 'mv':
       case 'mvx':
       case 'mvn': {
-        need(2);
         const [p1, n1] = await this.parent(a1);
         const [p2, n2] = await this.parent(a2);
         await this.known(p1, n1);
@@ -249,22 +286,31 @@ export class ScriptRunner {
         await c.rename(p1, n1, p2, n2, cmd === 'mv' ? undefined : cmd === 'mvx' ? 2 : 1);
         return 'ok';
       }
-      case 'chmod':
-        return `ok ${attrLine(await c.setattr(await this.resolve(a2), { valid: Fattr.MODE, mode: parseInt(a1, 8) }))}`;
-      case 'chown':
-        return `ok ${attrLine(await c.setattr(await this.resolve(a3), { valid: Fattr.UID | Fattr.GID, uid: Number(a1), gid: Number(a2) }))}`;
-      case 'truncate':
-        return `ok ${attrLine(await c.setattr(await this.resolve(a1), { valid: Fattr.SIZE, size: Number(a2) }))}`;
-      case 'ftruncate':
-        return this.withFile(a1, O_RDWR, async (n, fh) => `ok ${attrLine(await c.setattr(n, { valid: Fattr.SIZE | Fattr.FH, fh, size: Number(a2) }))}`);
+      case 'chmod': {
+        const mode = octal(a1, 'mode');
+        return `ok ${attrLine(await c.setattr(await this.resolve(a2), { valid: Fattr.MODE, mode }))}`;
+      }
+      case 'chown': {
+        const uid = int(a1, 'uid');
+        const gid = int(a2, 'gid');
+        return `ok ${attrLine(await c.setattr(await this.resolve(a3), { valid: Fattr.UID | Fattr.GID, uid, gid }))}`;
+      }
+      case 'truncate': {
+        const size = int(a2, 'size');
+        return `ok ${attrLine(await c.setattr(await this.resolve(a1), { valid: Fattr.SIZE, size }))}`;
+      }
+      case 'ftruncate': {
+        const size = int(a2, 'size');
+        return this.withFile(a1, O_RDWR, async (n, fh) => `ok ${attrLine(await c.setattr(n, { valid: Fattr.SIZE | Fattr.FH, fh, size }))}`);
+      }
       case 'utime': {
-        const t = Number(a2);
+        const t = int(a2, 'time');
         await c.setattr(await this.resolve(a1), { valid: Fattr.ATIME | Fattr.MTIME, atime: t, mtime: t });
         const a = await c.getattr(await this.resolve(a1));
         return `ok mtime=${a.mtime} atime=${a.atime}`;
       }
       case 'setxattr':
-        await c.setxattr(await this.resolve(a1), a2, nameBytes(a3), Number(a4 || 0));
+        await c.setxattr(await this.resolve(a1), a2, nameBytes(a3), int(a4 || '0', 'flags'));
         return 'ok';
       case 'getxattr': {
         const n = await this.resolve(a1);
@@ -286,6 +332,7 @@ export class ScriptRunner {
         return `ok namelen=${s.namelen} bsize=${s.bsize}`;
       }
       case 'fsync':
+        if (a2 !== '' && a2 !== 'data') throw new ScriptError('fsync takes "data" or nothing after the path', { value: a2 });
         return this.withFile(a1, O_RDWR, async (n, fh) => (await c.fsync(n, fh, a2 === 'data'), 'ok'));
       case 'fsyncdir': {
         const n = await this.resolve(a1);
@@ -297,32 +344,36 @@ export class ScriptRunner {
         }
         return 'ok';
       }
-      case 'fallocate':
+      case 'fallocate': {
+        const [off, len, mode] = [int(a2, 'offset'), int(a3, 'length'), int(a4 || '0', 'mode')];
         return this.withFile(a1, O_RDWR, async (n, fh) => {
-          await c.fallocate(n, fh, Number(a2), Number(a3), Number(a4 || 0));
+          await c.fallocate(n, fh, off, len, mode);
           return `ok ${attrLine(await c.getattr(n))}`;
         });
+      }
       case 'seek':
-        need(3);
         if (!/^-?\d+$/.test(a3)) throw new ScriptError('seek offset must be an integer', { line: w.join(' ') });
         return this.withFile(a1, O_RDONLY, async (n, fh) => `ok ${await c.lseek(n, fh, BigInt(a3), a2 === 'data' ? 3 : a2 === 'hole' ? 4 : Number(a2))}`);
       case 'copy': {
-        need(2);
+        const [offIn, offOut] = [int(a3 || '0', 'input offset'), int(a4 || '0', 'output offset')];
         return this.withFile(a1, O_RDONLY, (ni, fhi) =>
-          this.withFile(a2, O_RDWR, async (no, fho) => `ok copied=${await c.copyFileRange(ni, fhi, Number(a3 || 0), no, fho, Number(a4 || 0), 1 << 20)}`),
+          this.withFile(a2, O_RDWR, async (no, fho) => `ok copied=${await c.copyFileRange(ni, fhi, offIn, no, fho, offOut, 1 << 20)}`),
         );
       }
       case 'lock':
-      case 'lockw':
+      case 'lockw': {
+        const type = ['rd', 'wr', 'un'].indexOf(a2);
+        if (type < 0) throw new ScriptError('lock type must be rd, wr or un', { value: a2 });
+        if ((a3 !== '' && !/^[0-9]+$/.test(a3)) || (a4 !== '' && !/^[0-9]+$/.test(a4))) throw new ScriptError('lock range must be integers', { start: a3, end: a4 });
         return this.withFile(a1, O_RDWR, async (n, fh) => {
-          const type = a2 === 'rd' ? 0 : a2 === 'wr' ? 1 : 2;
           await c.setlk(n, fh, 1n, { start: BigInt(a3 || 0), end: BigInt(a4 || '9223372036854775807'), type, pid: 1 }, cmd === 'lockw');
           // A second owner sees the first owner's lock.
           const g = await c.getlk(n, fh, 2n, { start: 0n, end: 0x7fffffffffffffffn, type: 1, pid: 2 });
           return `ok conflict=${g.type === 2 ? 'none' : `${g.type === 0 ? 'rd' : 'wr'}:${g.start}-${g.end}`}`;
         });
+      }
       case 'access':
-        await c.access(await this.resolve(a1), Number(a2));
+        await c.access(await this.resolve(a1), int(a2, 'mask'));
         return 'ok';
       case 'flush':
         return this.withFile(a1, O_RDONLY, async (n, fh) => (await c.flush(n, fh, 7n), 'ok'));
@@ -333,7 +384,9 @@ export class ScriptRunner {
         await c.interrupt(12345n);
         return 'ok';
       case 'rawop': {
-        await c.call(Number(a1), FUSE_ROOT_ID, [new Uint8Array(Number(a2 || 0))], 64, `OP_${a1}`);
+        const len = int(a2 || '0', 'length');
+        if (len < 0 || len > 1 << 20) throw new ScriptError('rawop length must be 0..1048576', { len });
+        await c.call(int(a1, 'opcode'), FUSE_ROOT_ID, [new Uint8Array(len)], 64, `OP_${a1}`);
         return 'ok';
       }
       case 'destroy':

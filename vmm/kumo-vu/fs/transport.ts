@@ -88,15 +88,25 @@ export class VirtioFsTransport implements FuseTransport {
     this.epoll.add(dev.frontend.channel.fd, EPOLLRDHUP, SOCKET_TOKEN);
   }
 
-  static async connect(socket: string, connectTimeoutMs = 0, queueSize = 256, depth = 1): Promise<VirtioFsTransport> {
+  /** `tag`: the tag the back-end must report in its config space, when it offers one (CONFIG); else an error. */
+  static async connect(socket: string, connectTimeoutMs = 0, queueSize = 256, depth = 1, tag?: string): Promise<VirtioFsTransport> {
     if (!Number.isInteger(depth) || depth < 1 || depth > Math.min(64, queueSize)) throw new KumoVuError('queue depth out of range', { depth, queueSize });
     const dev = await VuDevice.connect({
       socket,
       features: bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC),
-      protocolFeatures: protocolFeatures(ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS),
+      protocolFeatures: protocolFeatures(ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.CONFIG),
       connectTimeoutMs,
     });
     try {
+      if (tag !== undefined) {
+        // virtio-fs config: tag[36] (NUL-padded), num_request_queues u32.
+        const raw = dev.readConfig(40);
+        if (raw !== null) {
+          const end = raw.subarray(0, 36).indexOf(0);
+          const theirs = new TextDecoder().decode(raw.subarray(0, end < 0 ? 36 : end));
+          if (theirs !== tag) throw new KumoVuError(`the back-end's tag is ${JSON.stringify(theirs)}, not ${JSON.stringify(tag)}`, { socket });
+        }
+      }
       dev.start(2, queueSize, depth * (2 * SLOT + HIPRIO_SLOT) + (8 << 20));
       return new VirtioFsTransport(dev, depth);
     } catch (e) {
