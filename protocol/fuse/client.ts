@@ -103,8 +103,12 @@ export class FuseClient {
   async forget(nodeid: number, nlookup: number): Promise<void> {
     await this.noReply(Op.FORGET, nodeid, [ForgetIn.pack({ nlookup })]);
   }
+  /** BATCH_FORGET, in requests of at most 1024 entries (16 KiB), as the kernel splits its own. */
   async batchForget(items: { nodeid: number; nlookup: number }[]): Promise<void> {
-    await this.noReply(Op.BATCH_FORGET, 0, [BatchForgetIn.pack({ count: items.length }), ...items.map((i) => ForgetOne.pack(i))]);
+    for (let k = 0; k < items.length; k += 1024) {
+      const part = items.slice(k, k + 1024);
+      await this.noReply(Op.BATCH_FORGET, 0, [BatchForgetIn.pack({ count: part.length }), ...part.map((i) => ForgetOne.pack(i))]);
+    }
   }
   /**
    * The label creations carry once the server took FUSE_SECURITY_CTX, as a kernel whose LSM labels new inodes

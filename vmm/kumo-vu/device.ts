@@ -130,7 +130,8 @@ export class VuDevice {
       try {
         this.frontend.getVringBase(q.index);
       } catch {
-        // the back-end may already be gone; closing is best effort
+        // The back-end is gone or not answering: closing is best effort, and each further try would wait as long.
+        break;
       }
     }
     this.frontend.close();

@@ -1,4 +1,5 @@
 import { FuseClient, FuseReplyError, FUSE_ROOT_ID, Fattr, Op, nameBytes, type Attr } from '../../../protocol/fuse/index.js';
+import { createHash } from 'node:crypto';
 import { KumoError } from '../../../protocol/errors.js';
 
 /**
@@ -18,8 +19,13 @@ const dec = new TextDecoder();
 const TYPES: Record<number, string> = { 0o01: 'p', 0o02: 'c', 0o04: 'd', 0o06: 'b', 0o10: 'f', 0o12: 'l', 0o14: 's' };
 const typeChar = (mode: number): string => TYPES[(mode >> 12) & 0o17] ?? '?';
 const oct = (n: number): string => n.toString(8).padStart(4, '0');
+/** Bytes as a JSON string; beyond 64 bytes their length, a SHA-256 prefix of all of them and the first 32. */
 const show = (b: Uint8Array): string =>
-  b.length <= 64 ? JSON.stringify(dec.decode(b)) : `len=${b.length} ${JSON.stringify(dec.decode(b.subarray(0, 32)))}...`;
+  b.length <= 64
+    ? JSON.stringify(dec.decode(b))
+    : `len=${b.length} sha256=${createHash('sha256').update(b).digest('hex').slice(0, 16)} ${JSON.stringify(dec.decode(b.subarray(0, 32)))}...`;
+/** A directory entry's name as printed: JSON-quoted when it holds blanks, ':', quotes or anything unprintable. */
+const showName = (name: string): string => (/^[\x21-\x7e]+$/.test(name) && !/[:"\\]/.test(name) ? name : JSON.stringify(name));
 
 function attrLine(a: Attr): string {
   return `type=${typeChar(a.mode)} mode=${oct(a.mode & 0o7777)} nlink=${a.nlink} size=${a.size} uid=${a.uid} gid=${a.gid}`;
@@ -180,14 +186,14 @@ export class ScriptRunner {
               if (es.length === 0) break;
               for (const e of es) {
                 this.track(e.entry.nodeid);
-                names.push(`${dec.decode(e.dirent.name)}:${typeChar(e.dirent.type << 12)}`);
+                names.push(`${showName(dec.decode(e.dirent.name))}:${typeChar(e.dirent.type << 12)}`);
                 off = e.dirent.off;
               }
             } else {
               const es = await c.readdir(n, fh, off);
               if (es.length === 0) break;
               for (const e of es) {
-                names.push(`${dec.decode(e.name)}:${typeChar(e.type << 12)}`);
+                names.push(`${showName(dec.decode(e.name))}:${typeChar(e.type << 12)}`);
                 off = e.off;
               }
             }
