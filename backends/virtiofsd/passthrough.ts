@@ -356,7 +356,8 @@ export class PassthroughFs {
    */
   private createOpen(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number, umask: number, kill: boolean, label: SecurityContext | null = null): number {
     const fl = this.openFlags(flags) | O_NOFOLLOW;
-    const fd = this.asCaller(c, () => fs.openat2Raw(parent.fd, cname, fl | O_CREAT | O_EXCL, mode & 0o7777, RESOLVE), umask);
+    const dirFd = parent.fd; // before the switch: reopening an evicted inode by handle needs CAP_DAC_READ_SEARCH
+    const fd = this.asCaller(c, () => fs.openat2Raw(dirFd, cname, fl | O_CREAT | O_EXCL, mode & 0o7777, RESOLVE), umask);
     // Only a file made here gets the label; an existing one that CREATE opens keeps its own.
     if (fd >= 0 && label !== null) return this.labelNewFile(fd, parent, cname, label);
     if (fd !== -E.EEXIST || (fl & O_EXCL) !== 0) return fd;
@@ -491,7 +492,8 @@ export class PassthroughFs {
     checkName(name);
     this.writable();
     this.guestFds.need(1); // checked before the creation, which the entry's fd could otherwise not follow
-    this.asCaller(c, () => fs.mkdirat(parent.fd, name, mode & 0o7777), umask);
+    const dirFd = parent.fd; // before the switch (see createOpen)
+    this.asCaller(c, () => fs.mkdirat(dirFd, name, mode & 0o7777), umask);
     return this.labelled(parent, name, true, label);
   }
 
@@ -499,7 +501,8 @@ export class PassthroughFs {
     checkName(name);
     this.writable();
     this.guestFds.need(1);
-    this.asCaller(c, () => fs.mknodat(parent.fd, name, mode, rdev), umask);
+    const dirFd = parent.fd; // before the switch (see createOpen)
+    this.asCaller(c, () => fs.mknodat(dirFd, name, mode, rdev), umask);
     return this.labelled(parent, name, false, label);
   }
 
@@ -510,7 +513,8 @@ export class PassthroughFs {
     if (target.length === 0) throw new FsError(E.ENOENT, 'empty symlink target');
     if (target.length >= 4096) throw new FsError(36, 'symlink target too long');
     this.guestFds.need(1);
-    this.asCaller(c, () => fs.symlinkat(target, parent.fd, name));
+    const dirFd = parent.fd; // before the switch (see createOpen)
+    this.asCaller(c, () => fs.symlinkat(target, dirFd, name));
     return this.labelled(parent, name, false, label);
   }
 
@@ -798,7 +802,8 @@ export class PassthroughFs {
 
   access(c: Caller, i: Inode, mask: number): void {
     if (mask & 2) this.writable();
-    this.asCaller(c, () => fs.faccessat(this.procSelfFd, String(i.fd), mask, fs.AT_EACCESS));
+    const path = String(i.fd); // before the switch (see createOpen)
+    this.asCaller(c, () => fs.faccessat(this.procSelfFd, path, mask, fs.AT_EACCESS));
   }
 
   // ---- directories ------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 import { describe, it, expect, afterEach } from 'vitest';
-import { mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { connectFs } from './daemons.js';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -60,6 +61,44 @@ describe('--inode-file-handles', () => {
     expect(b).toEqual(a);
     expect(tree(handleDir)).toBe(tree(plainDir));
     expect(handles.fs.fileHandles?.openCount).toBeLessThanOrEqual(2);
+  });
+
+  it('lets a non-root caller create in, and ACCESS, inodes whose fds were evicted (reopened before switching to it)', async () => {
+    if (process.getuid?.() !== 0) return console.log('not root: file handles need CAP_DAC_READ_SEARCH');
+    const base = share();
+    const dir = join(base, 'share');
+    mkdirSync(dir, { mode: 0o777 });
+    chmodSync(dir, 0o777);
+    mkdirSync(join(dir, 'd'));
+    chmodSync(join(dir, 'd'), 0o777);
+    writeFileSync(join(dir, 'r'), 'readable', { mode: 0o644 });
+    for (let k = 0; k < 4; k++) writeFileSync(join(dir, `o${k}`), '');
+    const cleanups: (() => void)[] = [];
+    mkdirSync(join(base, 'run'));
+    try {
+      const c = await connectFs({ who: 'kumo', kumoArgs: ['--inode-file-handles=mandatory'], env: { KUMO_FS_OPEN_INODE_FDS: '2' } }, join(base, 'run'), dir, cleanups);
+      await c.init();
+      const d = await c.lookup(FUSE_ROOT_ID, 'd');
+      const r = await c.lookup(FUSE_ROOT_ID, 'r');
+      const evict = async (): Promise<void> => {
+        c.caller = { uid: 0, gid: 0, pid: 1 };
+        for (let k = 0; k < 4; k++) await c.lookup(FUSE_ROOT_ID, `o${k}`);
+        c.caller = { uid: 1000, gid: 1000, pid: 1 };
+      };
+      const made: string[] = [];
+      for (const [name, f] of [
+        ['mkdir', () => c.mkdir(d.nodeid, 'x', 0o755)], ['mknod', () => c.mknod(d.nodeid, 'p', 0o010644)],
+        ['symlink', () => c.symlink(d.nodeid, 's', 't')], ['create', () => c.create(d.nodeid, 'f', 0o102, 0o100644)],
+        ['access', () => c.access(r.nodeid, 4)],
+      ] as const) {
+        await evict();
+        made.push(`${name}: ${await (f as () => Promise<unknown>)().then(() => 'ok', (e: FuseReplyError) => e.code)}`);
+      }
+      expect(made).toEqual(['mkdir: ok', 'mknod: ok', 'symlink: ok', 'create: ok', 'access: ok']);
+      expect(statSync(join(dir, 'd', 'x')).uid).toBe(1000);
+    } finally {
+      for (const f of cleanups) f();
+    }
   });
 
   it('keeps few fds open, reopens evicted inodes by handle, and answers ESTALE for one deleted meanwhile', async () => {
