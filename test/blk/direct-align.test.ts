@@ -294,14 +294,27 @@ describe('kumo-vhost-user-blk direct=on', () => {
 
   const canMkfs = canLoop && spawnSync('mkfs.ext4', ['-V']).status === 0;
   if (canLoop && !canMkfs) console.log('no mkfs.ext4: the image file on a 4096-byte sector file system check is skipped');
-  it.skipIf(!canMkfs)('an image file whose end is inside a 4096-byte block keeps its size when that block is patched', async () => {
-    // ext4 on a 4096-byte sector device: O_DIRECT there takes whole 4096-byte blocks, past the file's end too.
+
+  /** Runs `body` with an ext4 mounted over a 4096-byte-sector loop device; stops the back-end and unmounts after. */
+  async function onExt4Of4kSectors(body: (mnt: string) => Promise<void>): Promise<void> {
     loop = loopDevice(Buffer.alloc(16 << 20));
     expect(spawnSync('mkfs.ext4', ['-q', '-F', '-b', '4096', loop]).status).toBe(0);
     const mnt = join(dir, 'mnt');
     mkdirSync(mnt);
     expect(spawnSync('mount', [loop, mnt]).status).toBe(0);
     try {
+      await body(mnt);
+    } finally {
+      client?.close();
+      client = null;
+      if (child) await stopBackend(child);
+      child = null;
+      spawnSync('umount', [mnt]);
+    }
+  }
+  it.skipIf(!canMkfs)('an image file whose end is inside a 4096-byte block keeps its size when that block is patched', async () => {
+    // ext4 on a 4096-byte sector device: O_DIRECT there takes whole 4096-byte blocks, past the file's end too.
+    await onExt4Of4kSectors(async (mnt) => {
       const img = join(mnt, 'disk.raw');
       const size = 64 * 1024 + 512;
       const initial = randomBytes(size);
@@ -326,23 +339,12 @@ describe('kumo-vhost-user-blk direct=on', () => {
       expect(statSync(img).size).toBe(size);
       await stopServing();
       expect(readFileSync(img).equals(expected)).toBe(true);
-    } finally {
-      client?.close();
-      client = null;
-      if (child) await stopBackend(child);
-      child = null;
-      spawnSync('umount', [mnt]);
-    }
+    });
   });
 
   it.skipIf(!canMkfs)('a fresh sparse image on a 4096-byte sector file system takes 512-byte writes and reads', async () => {
     // The alignment probe used to read inside a hole, which the kernel answers without its alignment check: 512.
-    loop = loopDevice(Buffer.alloc(16 << 20));
-    expect(spawnSync('mkfs.ext4', ['-q', '-F', '-b', '4096', loop]).status).toBe(0);
-    const mnt = join(dir, 'mnt');
-    mkdirSync(mnt);
-    expect(spawnSync('mount', [loop, mnt]).status).toBe(0);
-    try {
+    await onExt4Of4kSectors(async (mnt) => {
       const img = join(mnt, 'fresh.raw');
       writeFileSync(img, '');
       truncateSync(img, 1 << 20);
@@ -359,13 +361,7 @@ describe('kumo-vhost-user-blk direct=on', () => {
       expect(Buffer.from(c.mem.slice(r, 512)).equals(data)).toBe(true);
       await stopServing();
       expect(readFileSync(img).subarray(512, 1024).equals(data)).toBe(true);
-    } finally {
-      client?.close();
-      client = null;
-      if (child) await stopBackend(child);
-      child = null;
-      spawnSync('umount', [mnt]);
-    }
+    });
   });
 
   for (const direct of [true, false]) {
