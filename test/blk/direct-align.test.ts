@@ -312,6 +312,7 @@ describe('kumo-vhost-user-blk direct=on', () => {
       spawnSync('umount', [mnt]);
     }
   }
+
   it.skipIf(!canMkfs)('an image file whose end is inside a 4096-byte block keeps its size when that block is patched', async () => {
     // ext4 on a 4096-byte sector device: O_DIRECT there takes whole 4096-byte blocks, past the file's end too.
     await onExt4Of4kSectors(async (mnt) => {

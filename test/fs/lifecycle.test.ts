@@ -21,12 +21,17 @@ async function waitFor(path: string): Promise<void> {
   for (let i = 0; i < 600 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 25));
 }
 
-/** Runs `kumo-vu fs ARGS`; resolves with stdout. */
-function kumoVu(args: string[], stdin: 'ignore' | 'pipe' = 'ignore'): { child: ChildProcess; out: Promise<string> } {
+/** Runs `kumo-vu fs ARGS`; `out` resolves with stdout, `done` with the exit code, stdout and stderr. */
+function kumoVu(args: string[], stdin: 'ignore' | 'pipe' = 'ignore'): {
+  child: ChildProcess; out: Promise<string>; done: Promise<{ code: number | null; out: string; err: string }>;
+} {
   const child = spawn('node', [join(ROOT, 'bin/kumo-vu.js'), 'fs', ...args], { stdio: [stdin, 'pipe', 'pipe'] });
-  let s = '';
-  child.stdout!.on('data', (d: Buffer) => (s += d.toString()));
-  return { child, out: exited(child).then(() => s) };
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const done = exited(child).then((code) => ({ code, out, err }));
+  return { child, out: done.then((r) => r.out), done };
 }
 
 describe('kumo-virtiofsd lifecycle and kumo-vu fs bench', () => {
@@ -78,16 +83,6 @@ describe('kumo-virtiofsd lifecycle and kumo-vu fs bench', () => {
 });
 
 describe('kumo-vu fs input checks', () => {
-  /** kumo-vu fs ARGS with stdout and stderr, and its exit code. */
-  function vu(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-    const child = spawn('node', [join(ROOT, 'bin/kumo-vu.js'), 'fs', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    return exited(child).then((code) => ({ code, out, err }));
-  }
-
   it('refuses bad script lines before sending them, a missing script before connecting, a wrong tag and bad --seconds', async () => {
     const dir = mkdtempSync('/tmp/kumo-fs-vu-');
     const share = join(dir, 'share');
@@ -103,7 +98,7 @@ describe('kumo-vu fs input checks', () => {
       });
       try {
         await waitFor(sock);
-        const r = await vu(['--socket', sock, '--connect-timeout', '15000', ...args]);
+        const r = await kumoVu(['--socket', sock, '--connect-timeout', '15000', ...args]).done;
         return { ...r, alive: d.exitCode === null };
       } finally {
         d.kill('SIGKILL');
