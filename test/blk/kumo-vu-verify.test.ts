@@ -42,6 +42,12 @@ describe.skipIf(!haveKumoVu)('kumo-vu blk verify against kumo-vhost-user-blk', (
         });
         expect(eight.status).toBe(1);
         expect(eight.stdout).toContain('8 queue(s) asked for, the back-end has 4');
+        // bench: an iodepth whose rings would pass 1024 is a clear error up front (it was a dropped connection).
+        const deep = spawnSync(process.execPath, [KUMO_VU, 'blk', '--socket', sock, 'bench', '--iodepth', '400', '--seconds', '0.2'], {
+          encoding: 'utf8', env: { ...process.env, KUMO_LOG: 'warn' }, timeout: 60_000,
+        });
+        expect(deep.status).toBe(2);
+        expect(deep.stderr).toContain('--iodepth 400 needs rings of 2048');
       } finally {
         await stopBackend(child);
       }

@@ -130,7 +130,11 @@ export async function benchBlk(o: BenchOptions): Promise<BenchResult> {
     const blocks = Math.floor((cfg.capacity * 512) / o.bs);
     if (blocks < 1) throw new KumoVuError('disk smaller than one block', { capacity: cfg.capacity, bs: o.bs });
     if (o.bs % 512 !== 0) throw new KumoVuError('block size must be a multiple of 512', { bs: o.bs });
+    // Three descriptors a request (no indirect tables); Cloud Hypervisor's back-ends allow rings of 1024 by default.
     const queueSize = o.queueSize ?? Math.max(256, 1 << Math.ceil(Math.log2(3 * o.iodepth)));
+    if (o.queueSize === undefined && queueSize > 1024) {
+      throw new KumoVuError(`--iodepth ${o.iodepth} needs rings of ${queueSize}: pass --queue-size ${queueSize} if the back-end allows it`);
+    }
     dev.start(o.queues, queueSize, o.queues * o.iodepth * (o.bs + 4096 + 64) + (1 << 20));
     const mem = dev.mem!;
     const isWrite = o.rw === 'write' || o.rw === 'randwrite';
