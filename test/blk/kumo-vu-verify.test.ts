@@ -54,6 +54,23 @@ describe.skipIf(!haveKumoVu)('kumo-vu blk verify against kumo-vhost-user-blk', (
     });
   }
 
+  it('reports a back-end that dies mid-run as disconnected, at once rather than after its timeout', async () => {
+    const sock = join(dir, 'dies.sock');
+    const child = await startBackend(`path=${join(dir, 'disk.raw')},socket=${sock}`);
+    try {
+      let t0 = 0;
+      const r = await verifyBlk({ socket: sock, connectTimeoutMs: 5000, afterWrites: () => {
+        child.kill('SIGKILL');
+        t0 = Date.now();
+      } });
+      expect(r.ok).toBe(false);
+      expect(r.checks.find((c) => !c.ok)?.detail).toContain('the vhost-user back-end disconnected');
+      expect(Date.now() - t0).toBeLessThan(5000);
+    } finally {
+      await stopBackend(child);
+    }
+  });
+
   it('fails when a spot no longer holds what was written there once every spot is written (misplaced writes)', async () => {
     const img = join(dir, 'disk.raw');
     const sock = join(dir, 'alias.sock');

@@ -1,5 +1,5 @@
 import { GuestMemory } from '../../protocol/memory/index.js';
-import { Epoll, EPOLLIN } from '../../protocol/sys/epoll.js';
+import { Epoll, EPOLLIN, EPOLLRDHUP } from '../../protocol/sys/epoll.js';
 import { closeQuiet, eventfd, eventfdRead, eventfdWrite } from '../../protocol/sys/fd.js';
 import { VhostUserFrontend, ProtocolFeature, hasProtocolFeature } from '../../protocol/vhost-user/index.js';
 import { compactLayout, DriverQueue, GuestAllocator, type UsedBuffer } from '../../protocol/virtqueue/index.js';
@@ -10,6 +10,8 @@ import { KumoVuError } from './errors.js';
 const GUEST_BASE = 0x10_0000;
 const PAGE = 4096;
 const INDIRECT_POOL = 256 * 1024;
+/** epoll token of the vhost-user socket (queue tokens are their indexes). */
+const HANGUP_TOKEN = 0xffff;
 
 /** One driver-side ring: the queue, its kick eventfd (we write) and call eventfd (the back-end writes). */
 export class VuQueue {
@@ -100,6 +102,8 @@ export class VuDevice {
       this.epoll.add(callFd, EPOLLIN, i);
       this.frontend.setupVring(i, mem, layout, kickFd, callFd, 0);
     }
+    // A back-end that goes away wakes waitUsed() at once instead of after its timeout.
+    this.epoll.add(this.frontend.channel.fd, EPOLLRDHUP, HANGUP_TOKEN);
   }
 
   /** Allocates a guest buffer from the data area. */
@@ -114,12 +118,15 @@ export class VuDevice {
    */
   waitUsed(q: VuQueue, timeoutMs: number): UsedBuffer<number>[] {
     const deadline = Date.now() + timeoutMs;
+    let hungUp = false;
     for (;;) {
       const used = q.dq.takeUsed();
       if (used.length > 0) return used;
+      if (hungUp) throw new KumoVuError('the vhost-user back-end disconnected', { queue: q.index });
       const left = deadline - Date.now();
       if (left <= 0) throw new KumoVuError('timed out waiting for the device', { queue: q.index, timeoutMs });
-      this.epoll.wait(Math.min(left, 100));
+      const n = this.epoll.wait(Math.min(left, 100));
+      for (let k = 0; k < n; k++) if (this.epoll.tokens[k] === HANGUP_TOKEN) hungUp = true;
       eventfdRead(q.callFd);
     }
   }
