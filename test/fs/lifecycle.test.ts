@@ -133,6 +133,38 @@ describe('kumo-vu fs input checks', () => {
   }, 120_000);
 });
 
+describe('kumo-vu fs run output', () => {
+  it('lists a directory of 5,000 entries (its lookups forgotten in several BATCH_FORGETs) and prints names and contents unambiguously', async () => {
+    const dir = mkdtempSync('/tmp/kumo-fs-out-');
+    const share = join(dir, 'share');
+    mkdirSync(join(share, 'big'), { recursive: true });
+    for (let k = 0; k < 5000; k++) writeFileSync(join(share, 'big', `f${k}`), '');
+    mkdirSync(join(share, 'two'));
+    writeFileSync(join(share, 'two', 'a'), '');
+    writeFileSync(join(share, 'two', 'b'), '');
+    mkdirSync(join(share, 'one'));
+    writeFileSync(join(share, 'one', 'a:f b'), '');
+    writeFileSync(join(share, 'long'), Buffer.alloc(70, 0x61));
+    const sock = join(dir, 's.sock');
+    const d = daemon(sock, share);
+    try {
+      await waitFor(sock);
+      const script = join(dir, 'script.fs.txt');
+      writeFileSync(script, 'ls big\nls two\nls one\ncat long\n');
+      const r = await kumoVu(['--socket', sock, '--connect-timeout', '15000', 'run', script]).done;
+      expect(r.code, r.err).toBe(0);
+      const replies = r.out.split('\n').filter((l) => l.startsWith('ok'));
+      expect(replies[0].split(' ').length).toBe(1 + 5002);
+      expect(replies[1]).toBe('ok ..:d .:d a:f b:f');
+      expect(replies[2]).toBe('ok "a:f b":f ..:d .:d');
+      expect(replies[3]).toMatch(/^ok len=70 sha256=[0-9a-f]{16} "a{32}"\.\.\.$/);
+    } finally {
+      d.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+});
+
 describe('a guest flooding the daemon with malformed requests', () => {
   it('gets an error for each, while the warnings it causes are rate-limited (the count held back is logged)', async () => {
     const dir = mkdtempSync('/tmp/kumo-fs-flood-');
