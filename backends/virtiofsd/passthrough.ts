@@ -77,6 +77,8 @@ export function nameErrno(name: Uint8Array, len: number): number {
  */
 const HELD_SCORE_MAX = 16;
 
+/** Why a lock fd cannot open for writing, and a read-only one serves read locks (EPERM: append-only or immutable). */
+const LOCK_FD_READ_ONLY = new Set<number>([E.EACCES, E.EROFS, E.ETXTBSY, E.EPERM]);
 /** File systems that hold files in memory only: fsync has nothing to wait for. */
 const MEMORY_FS = new Set([fs.TMPFS_MAGIC, fs.RAMFS_MAGIC]);
 /**
@@ -135,8 +137,8 @@ export class PassthroughFs {
   /** --translate-uid / --translate-gid, or null when IDs pass unchanged. */
   private readonly ids: IdMaps | null;
   /** st_dev -> whether its filesystem has a flush operation (see flush()). */
-  private readonly flushByDev = new Map<number, boolean>();
-  private readonly syncAtOnceByDev = new Map<number, boolean>();
+  /** statfs f_type per st_dev, asked once: whether FLUSH and FSYNC have anything to wait for there. */
+  private readonly fsTypeByDev = new Map<number, number>();
   /** See HELD_SCORE_MAX; starts at the middle, so the first LOOKUP is stat'ed first. */
   private heldScore = HELD_SCORE_MAX / 2;
   /** FUSE_SUBMOUNTS negotiated at INIT (set by the server): only then are mount points flagged. */
@@ -721,51 +723,33 @@ export class PassthroughFs {
 
   /** Whether closing a descriptor of h's file runs its filesystem's flush (asked once per device). */
   private hasFlush(h: Handle): boolean {
-    let yes = this.flushByDev.get(h.inode.dev);
-    if (yes === undefined) {
-      yes = !NO_FLUSH_FS.has(fs.fstatfs(h.fd).type);
-      this.flushByDev.set(h.inode.dev, yes);
-    }
-    return yes;
+    return !NO_FLUSH_FS.has(this.fsType(h.inode));
   }
 
-  /**
-   * An fd of its own to sync i through, for a sync that finishes later (the handle's fd duplicated, or the inode
-   * opened again), or -1 when there is none to be had: the caller then syncs inline. The caller closes it.
-   */
-  syncFd(i: Inode, fh: number | null): number {
-    if (fh !== null) return dupCloexecRaw(this.handles.get(fh).fd);
-    try {
-      return this.reopen(i, 0);
-    } catch {
-      return -1;
+  /** The statfs type of i's file system (one per device, asked once). */
+  private fsType(i: Inode): number {
+    let t = this.fsTypeByDev.get(i.dev);
+    if (t === undefined) {
+      t = fs.fstatfs(i.fd).type;
+      this.fsTypeByDev.set(i.dev, t);
     }
+    return t;
+  }
+
+  /** A duplicate of handle fh's fd, for a sync that finishes later, or -errno (the caller then syncs inline). The caller closes it. */
+  syncFd(fh: number): number {
+    return dupCloexecRaw(this.handles.get(fh).fd);
   }
 
   /** Whether fsync on i's file system returns at once (it keeps files in memory only): not worth another thread. */
   syncsAtOnce(i: Inode): boolean {
-    let yes = this.syncAtOnceByDev.get(i.dev);
-    if (yes === undefined) {
-      yes = MEMORY_FS.has(fs.fstatfs(i.fd).type);
-      this.syncAtOnceByDev.set(i.dev, yes);
-    }
-    return yes;
+    return MEMORY_FS.has(this.fsType(i));
   }
 
-  fsync(i: Inode, fh: number | null, datasync: boolean): void {
-    let fd: number;
-    let owned = false;
-    if (fh !== null) fd = this.handles.get(fh).fd;
-    else {
-      fd = this.reopen(i, 0);
-      owned = true;
-    }
-    try {
-      if (datasync) fs.fdatasync(fd);
-      else fs.fsync(fd);
-    } finally {
-      if (owned) close(fd);
-    }
+  fsync(fh: number, datasync: boolean): void {
+    const fd = this.handles.get(fh).fd;
+    if (datasync) fs.fdatasync(fd);
+    else fs.fsync(fd);
   }
 
   fallocate(fh: number, mode: number, offset: FileOffset, length: FileOffset): void {
@@ -975,14 +959,13 @@ export class PassthroughFs {
    * still work there, and a read-only share never holds a writable fd (one would keep the host from running the file).
    */
   private lockReopen(i: Inode): number {
-    const REOPEN_READ_ONLY = [E.EACCES, E.EROFS, E.ETXTBSY, E.EPERM];
     if (i.type === fs.S_IFDIR || this.opts.readonly) return this.reopen(i, 0);
     // An append-only file (chattr +a) opens for writing only with O_APPEND; an immutable one (+i) not at all (EPERM).
     for (const flags of [O_RDWR, O_RDWR | O_APPEND]) {
       try {
         return this.reopen(i, flags);
       } catch (e) {
-        if (!(e instanceof SysError) || !(REOPEN_READ_ONLY as readonly number[]).includes(e.errno)) throw e;
+        if (!(e instanceof SysError) || !LOCK_FD_READ_ONLY.has(e.errno)) throw e;
         if (e.errno !== E.EPERM) break;
       }
     }

@@ -274,13 +274,13 @@ export class FuseServer {
         const datasync = (f.fsyncFlags & 1) !== 0;
         const off = this.offload;
         const gpa = off !== null && off.canSync() && !fs.syncsAtOnce(i) ? io.outHeaderGpa() : -1;
-        const fd = gpa >= 0 ? fs.syncFd(i, f.fh) : -1;
+        const fd = gpa >= 0 ? fs.syncFd(f.fh) : -1;
         if (fd >= 0) {
           (off as IoOffload).submitFsync(fd, datasync, gpa, this.head.readUInt32LE(8), this.head.readUInt32LE(12));
           this.deferredTo = off;
           return DEFERRED;
         }
-        fs.fsync(i, f.fh, datasync);
+        fs.fsync(f.fh, datasync);
         return this.reply(io, u, 0);
       }
       case Op.SETXATTR: {

@@ -264,11 +264,6 @@ export class IoUring {
     }
   }
 
-  /** COOP_TASKRUN: completions are waiting for this thread to enter the kernel. */
-  taskWorkPending(): boolean {
-    return this.coopTaskrun && (Atomics.load(this.sqRing, this.sqFlagsIdx) & IORING_SQ_TASKRUN) !== 0;
-  }
-
   /**
    * Completions the kernel holds back until this thread enters it: task work (COOP_TASKRUN), or CQEs that overflowed
    * the CQ ring (one request may post many: a 32-range DISCARD); those signal no eventfd until they are moved in.

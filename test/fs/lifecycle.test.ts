@@ -8,9 +8,10 @@ import { VirtioFsTransport } from '../../vmm/kumo-vu/fs/transport.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
-function daemon(sock: string, share: string): ChildProcess {
-  return spawn('node', [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot'], {
-    stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' },
+/** kumo-virtiofsd on `share` (sandbox=chroot) with `extra` options; `stderr`: piped, else ignored. */
+function daemon(sock: string, share: string, extra: string[] = [], stderr = false): ChildProcess {
+  return spawn('node', [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot', ...extra], {
+    stdio: ['ignore', 'ignore', stderr ? 'pipe' : 'ignore'], env: { ...process.env, KUMO_LOG: 'warn' },
   });
 }
 
@@ -93,9 +94,7 @@ describe('kumo-vu fs input checks', () => {
     /** kumo-vu fs ARGS against a fresh daemon (each serves one front-end, then exits); `alive`: the daemon is still up after. */
     const withDaemon = async (args: string[]): Promise<{ code: number | null; out: string; err: string; alive: boolean }> => {
       const sock = join(dir, `s${n++}.sock`);
-      const d = spawn('node', [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot', '--tag=myfs'], {
-        stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' },
-      });
+      const d = daemon(sock, share, ['--tag=myfs']);
       try {
         await waitFor(sock);
         const r = await kumoVu(['--socket', sock, '--connect-timeout', '15000', ...args]).done;
@@ -171,9 +170,7 @@ describe('a guest flooding the daemon with malformed requests', () => {
     const share = join(dir, 'share');
     mkdirSync(share);
     const sock = join(dir, 's.sock');
-    const d = spawn('node', [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot'], {
-      stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'warn' },
-    });
+    const d = daemon(sock, share, [], true);
     let err = '';
     d.stderr!.on('data', (b: Buffer) => (err += b.toString()));
     let t: VirtioFsTransport | null = null;

@@ -242,6 +242,8 @@ export function formatFsBench(r: FsBenchResult): string {
   ].join('\n');
 }
 
+const dec = new TextDecoder();
+
 /**
  * Removes the scratch directory, whatever a run left in it (also after a failure midway), so repeated runs start
  * from the same state. Each name is looked up first, as a kernel would: QEMU's virtiofsd refuses UNLINK of unknown
@@ -255,7 +257,7 @@ async function removeScratch(c: FuseClient, dir: number, dirName: string, depth:
       const es = await c.readdir(dir, fh, off);
       if (es.length === 0) break;
       for (const e of es) {
-        const name = new TextDecoder().decode(e.name);
+        const name = dec.decode(e.name);
         if (name !== '.' && name !== '..') names.push(name);
         off = e.off;
       }
