@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync, existsSync } from 'node:fs';
 import { verifyBlk } from '../../vmm/kumo-vu/blk/verify.js';
 import { join } from 'node:path';
@@ -66,6 +66,27 @@ describe.skipIf(!haveKumoVu)('kumo-vu blk verify against kumo-vhost-user-blk', (
       expect(r.ok).toBe(false);
       expect(r.checks.find((c) => !c.ok)?.detail).toContain('the vhost-user back-end disconnected');
       expect(Date.now() - t0).toBeLessThan(5000);
+    } finally {
+      await stopBackend(child);
+    }
+  });
+
+  it('bench reports a back-end that dies mid-run as disconnected, at once rather than after its stall timeout', async () => {
+    const sock = join(dir, 'bench-dies.sock');
+    const child = await startBackend(`path=${join(dir, 'disk.raw')},socket=${sock}`);
+    try {
+      const bench = spawn(process.execPath, [KUMO_VU, 'blk', '--socket', sock, 'bench', '--seconds', '8', '--iodepth', '4'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      bench.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const exited = new Promise<number | null>((resolve) => bench.on('exit', (code) => resolve(code)));
+      await new Promise((r) => setTimeout(r, 1500));
+      child.kill('SIGKILL');
+      const t0 = Date.now();
+      const code = await exited;
+      expect(code).not.toBe(0);
+      expect(stderr).toContain('the vhost-user back-end disconnected');
+      // Without the hang-up in its epoll the bench ran out its 8 s and then waited 5 s more for the stall.
+      expect(Date.now() - t0).toBeLessThan(4000);
     } finally {
       await stopBackend(child);
     }

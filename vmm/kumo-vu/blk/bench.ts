@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { Epoll, EPOLLIN } from '../../../protocol/sys/epoll.js';
+import { Epoll, EPOLLIN, EPOLLRDHUP } from '../../../protocol/sys/epoll.js';
 import { eventfdRead } from '../../../protocol/sys/fd.js';
 import {
   bits, encodeBlkHeader, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_OUTHDR_SIZE,
@@ -118,6 +118,9 @@ class SlotSet {
   }
 }
 
+/** epoll token of the vhost-user socket (queue tokens are their indexes). */
+const HANGUP_TOKEN = 0xffff;
+
 /** Runs a fixed-time load against a vhost-user-blk back-end. */
 export async function benchBlk(o: BenchOptions): Promise<BenchResult> {
   const dev = await VuDevice.connect({
@@ -142,6 +145,8 @@ export async function benchBlk(o: BenchOptions): Promise<BenchResult> {
     const sets = dev.queues.map((q) => new SlotSet(dev, q, mem, o, blocks, isWrite, random));
     const ep = new Epoll(64);
     sets.forEach((s, i) => ep.add(s.q.callFd, EPOLLIN, i));
+    // A back-end that goes away ends the run at once, not after the stall timeout below.
+    ep.add(dev.frontend.channel.fd, EPOLLRDHUP, HANGUP_TOKEN);
     const hist = new LatencyHistogram();
     let errors = 0;
 
@@ -164,7 +169,11 @@ export async function benchBlk(o: BenchOptions): Promise<BenchResult> {
     };
     while (inflight > 0) {
       const n = ep.wait(100);
-      for (let i = 0; i < n; i++) eventfdRead(sets[ep.tokens[i]].q.callFd);
+      let hungUp = false;
+      for (let i = 0; i < n; i++) {
+        if (ep.tokens[i] === HANGUP_TOKEN) hungUp = true;
+        else eventfdRead(sets[ep.tokens[i]].q.callFd);
+      }
       now = performance.now();
       if (!stopping && now >= end) stopping = true;
       for (const s of sets) {
@@ -173,6 +182,7 @@ export async function benchBlk(o: BenchOptions): Promise<BenchResult> {
         for (let k; (k = s.q.dq.drainUsed(complete)) > 0;) got += k;
         if (got > 0 && !stopping) s.q.kick();
       }
+      if (hungUp) throw new KumoVuError('the vhost-user back-end disconnected', { inflight });
       if (n === 0 && performance.now() > end + 5000) throw new KumoVuError('back-end stopped completing requests', { inflight });
     }
     const elapsed = (performance.now() - t0) / 1000;
