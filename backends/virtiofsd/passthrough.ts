@@ -336,7 +336,6 @@ export class PassthroughFs {
   createRaw(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number, umask = 0, kill = false): { nodeid: number; fh: number } {
     const bad = nameErrno(cname, cname.length - 1);
     if (bad !== 0) throw new FsError(bad, 'bad name');
-    this.writable();
     this.guestFds.need(2); // the new inode and its open file
     const fd = this.createOpen(c, parent, cname, flags, mode, umask, kill);
     if (fd < 0) throw new FsError(-fd, 'create failed');
@@ -354,17 +353,25 @@ export class PassthroughFs {
    * The open(2) of CREATE (`cname` NUL-terminated); fd or -errno. A new file is made with O_EXCL. A name
    * that already exists is opened the way OPEN opens an inode, through an O_PATH fd and only if it is a
    * regular file: a plain O_CREAT open would block this thread on a FIFO, or open a host device
-   * through a device node the guest made with MKNOD.
+   * through a device node the guest made with MKNOD. A read-only share creates nothing but opens an
+   * existing name for reading, as open(2) does on a read-only mount (a lock file opened O_RDONLY|O_CREAT).
    */
   private createOpen(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number, umask: number, kill: boolean, label: SecurityContext | null = null): number {
     const fl = this.openFlags(flags) | O_NOFOLLOW;
-    const dirFd = parent.fd; // before the switch: reopening an evicted inode by handle needs CAP_DAC_READ_SEARCH
-    const fd = this.asCaller(c, () => fs.openat2Raw(dirFd, cname, fl | O_CREAT | O_EXCL, mode & 0o7777, RESOLVE), umask);
-    // Only a file made here gets the label; an existing one that CREATE opens keeps its own.
-    if (fd >= 0 && label !== null) return this.labelNewFile(fd, parent, cname, label);
-    if (fd !== -E.EEXIST || (fl & O_EXCL) !== 0) return fd;
+    const ro = this.opts.readonly;
+    if (!ro) {
+      const dirFd = parent.fd; // before the switch: reopening an evicted inode by handle needs CAP_DAC_READ_SEARCH
+      const fd = this.asCaller(c, () => fs.openat2Raw(dirFd, cname, fl | O_CREAT | O_EXCL, mode & 0o7777, RESOLVE), umask);
+      // Only a file made here gets the label; an existing one that CREATE opens keeps its own.
+      if (fd >= 0 && label !== null) return this.labelNewFile(fd, parent, cname, label);
+      if (fd !== -E.EEXIST || (fl & O_EXCL) !== 0) return fd;
+    }
     const pathFd = fs.openat2Raw(parent.fd, cname, O_PATH | O_NOFOLLOW, 0, RESOLVE);
-    if (pathFd < 0) return pathFd;
+    if (pathFd < 0) return ro && pathFd === -E.ENOENT ? -E.EROFS : pathFd;
+    if (ro && (fl & O_EXCL) !== 0) {
+      closeQuiet(pathFd);
+      return -E.EEXIST;
+    }
     try {
       const r = fs.fstatRaw(pathFd);
       if (r < 0) return r;
@@ -549,7 +556,6 @@ export class PassthroughFs {
 
   create(c: Caller, parent: Inode, name: Uint8Array, flags: number, mode: number, umask = 0, kill = false, label: SecurityContext | null = null): { entry: EntryOut; fh: number } {
     checkName(name);
-    this.writable();
     this.guestFds.need(2);
     const fd = this.createOpen(c, parent, fs.cstr(name), flags, mode, umask, kill, label);
     if (fd < 0) throw new FsError(-fd, 'create failed');

@@ -77,6 +77,30 @@ describe('passthrough filesystem (in-process, no vhost-user)', () => {
     }
   });
 
+  it('--readonly CREATE opens an existing file for reading (a lock file opened O_RDONLY|O_CREAT) and creates nothing', async () => {
+    writeFileSync(join(share, 'lock'), 'held');
+    const ro = new PassthroughFs({ ...defaultFsOptions(share), readonly: true });
+    try {
+      const rc = new FuseClient(new LocalTransport(new FuseServer(ro)));
+      await rc.init();
+      const O_CREAT = 0o100;
+      const O_EXCL = 0o200;
+      const O_RDWR = 2;
+      const c = await rc.create(FUSE_ROOT_ID, 'lock', O_CREAT, 0o100644);
+      expect(c.entry.nodeid).toBe((await rc.lookup(FUSE_ROOT_ID, 'lock')).nodeid);
+      expect(Buffer.from(await rc.read(c.entry.nodeid, c.fh, 0, 16)).toString()).toBe('held');
+      await rc.release(c.entry.nodeid, c.fh);
+      // As open(2) on a read-only mount: a new name is EROFS, O_EXCL on an existing one EEXIST, writing EROFS.
+      expect(await errCode(rc.create(FUSE_ROOT_ID, 'new', O_CREAT, 0o100644))).toBe('EROFS');
+      expect(await errCode(rc.create(FUSE_ROOT_ID, 'lock', O_CREAT | O_EXCL, 0o100644))).toBe('EEXIST');
+      expect(await errCode(rc.create(FUSE_ROOT_ID, 'lock', O_CREAT | O_RDWR, 0o100644))).toBe('EROFS');
+      expect(readdirSync(share)).not.toContain('new');
+      expect(readFileSync(join(share, 'lock'), 'utf8')).toBe('held');
+    } finally {
+      ro.close();
+    }
+  });
+
   it('reports file sizes beyond 2^53 exactly in every attribute reply', async () => {
     const dir = mkdtempSync('/dev/shm/kumo-fs-bigsize-'); // tmpfs takes sparse files up to 2^63 - 1
     const big = new PassthroughFs(defaultFsOptions(dir));
