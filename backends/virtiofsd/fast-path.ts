@@ -1,5 +1,5 @@
-import { Op, FUSE_GETATTR_FH, FUSE_MAX_WRITE, FUSE_OPEN_KILL_SUIDGID, FUSE_RELEASE_FLOCK_UNLOCK, FUSE_WRITE_KILL_SUIDGID, IN_HEADER_SIZE, OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
-import type { IoVecList } from '../../protocol/sys/fd.js';
+import { Op, FUSE_GETATTR_FH, FUSE_WRITE_CACHE, FUSE_MAX_WRITE, FUSE_OPEN_KILL_SUIDGID, FUSE_RELEASE_FLOCK_UNLOCK, FUSE_WRITE_KILL_SUIDGID, IN_HEADER_SIZE, OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
+import { O_APPEND, type IoVecList } from '../../protocol/sys/fd.js';
 import { fstatRaw, rawMountId, rawStat } from '../../protocol/sys/fs.js';
 import { E } from './errors.js';
 import type { FuseIo } from './fuse-io.js';
@@ -16,6 +16,14 @@ const OPEN_OUT = 16;
 const WRITE_OUT = 8;
 /** fuse_in_header + fuse_write_in: WRITE's arguments before its data. */
 const WRITE_ARGS = IN_HEADER_SIZE + 40;
+/**
+ * Whether a WRITE goes to the end of the file: the guest's file has O_APPEND now (fuse_write_in.flags) and the write is
+ * not its page cache writing back a page, which goes where the page is. The host fd never has O_APPEND (see openFlags).
+ */
+export function appends(writeFlags: number, fileFlags: number): boolean {
+  return (fileFlags & O_APPEND) !== 0 && (writeFlags & FUSE_WRITE_CACHE) === 0;
+}
+
 /** Returned when a request is not one of ours: the generic decoder takes it (and reports any error). */
 export const NOT_HANDLED = -1;
 
@@ -167,9 +175,10 @@ export class FastPath {
         iov.clear();
         const covered = io.inIovecs(WRITE_ARGS, size, iov);
         if (covered !== size) return NOT_HANDLED;
-        const kill = this.session.kill((this.inDv.getUint32(A + 20, true) & FUSE_WRITE_KILL_SUIDGID) !== 0);
+        const writeFlags = this.inDv.getUint32(A + 20, true);
+        const kill = this.session.kill((writeFlags & FUSE_WRITE_KILL_SUIDGID) !== 0);
         // Zero bytes too: the host still checks the handle's mode and the offset (EBADF, EINVAL).
-        const n = fs.write(fh, off, iov, kill);
+        const n = fs.write(fh, off, iov, kill, appends(writeFlags, this.inDv.getUint32(A + 32, true)));
         this.outDv.setUint32(OUT_HEADER_SIZE, n, true);
         this.outDv.setUint32(OUT_HEADER_SIZE + 4, 0, true);
         return this.ok(io, WRITE_OUT);

@@ -1,6 +1,6 @@
 import * as fs from '../../protocol/sys/fs.js';
 import type { FileHandle } from '../../protocol/sys/fs.js';
-import { close, closeQuiet, dup, dupCloexecRaw, preadv, pwritev, type FileOffset, type IoVecList } from '../../protocol/sys/fd.js';
+import { close, closeQuiet, dup, dupCloexecRaw, preadv, pwritev, RWF_APPEND, type FileOffset, type IoVecList } from '../../protocol/sys/fd.js';
 import { SysError, rawSyscall } from '../../protocol/sys/libc.js';
 import { Fattr, type Attr, type EntryOut, type Kstatfs, type FileLock, type SetattrIn, type SecurityContext, FUSE_LK_FLOCK } from '../../protocol/fuse/index.js';
 import { encodeDirent, encodeDirentplus } from '../../protocol/fuse/dirent.js';
@@ -143,6 +143,8 @@ export class PassthroughFs {
   private heldScore = HELD_SCORE_MAX / 2;
   /** FUSE_SUBMOUNTS negotiated at INIT (set by the server): only then are mount points flagged. */
   submountsNegotiated = false;
+  /** Set by INIT: the guest's page cache writes back (FUSE_WRITEBACK_CACHE agreed, not merely offered by --writeback). */
+  writebackNegotiated = false;
   /** File-handle identity and the inode fd cache (--inode-file-handles), or null for plain fds. */
   readonly fileHandles: InodeHandles | null;
   /** True when this thread has its own cwd (unshare(CLONE_FS)), so fchdir is private to it. */
@@ -378,7 +380,7 @@ export class PassthroughFs {
       const type = fs.rawStat.readUInt32LE(24) & fs.S_IFMT;
       if (type !== fs.S_IFREG) return -(type === fs.S_IFDIR ? E.EISDIR : type === fs.S_IFLNK ? E.ELOOP : E.ENXIO);
       // An existing file opened with O_TRUNC: with `kill` its set-user-ID bits go as for an unprivileged caller.
-      const fd = this.killingPrivs(kill, () => this.asCaller(c, () => fs.openat(this.procSelfFd, String(pathFd), fl & ~O_NOFOLLOW)));
+      const fd = this.killingPrivs(kill, () => this.openExisting(c, String(pathFd), fl, flags));
       if (fl & O_TRUNC) this.dropCapabilities(fd);
       return fd;
     } catch (e) {
@@ -386,6 +388,26 @@ export class PassthroughFs {
       throw e;
     } finally {
       closeQuiet(pathFd);
+    }
+  }
+
+  /**
+   * CREATE's open of an existing file (`via` in /proc/self/fd), as the caller: its kernel checked no permission on
+   * it. The O_RDWR that the writeback cache adds to O_WRONLY is the daemon's, not the caller's to have: on EACCES the
+   * caller's own access mode is checked, then the file is reopened with the daemon's, as OPEN opens it.
+   */
+  private openExisting(c: Caller, via: string, fl: number, guestFlags: number): number {
+    const own = (fl & ~O_ACCMODE) | (guestFlags & O_ACCMODE);
+    try {
+      return this.asCaller(c, () => this.openVia(via, fl, guestFlags));
+    } catch (e) {
+      if (own === fl || !(e instanceof SysError) || e.errno !== E.EACCES) throw e;
+    }
+    const checked = this.asCaller(c, () => this.openVia(via, own, guestFlags));
+    try {
+      return this.openVia(String(checked), fl & ~O_TRUNC, guestFlags);
+    } finally {
+      closeQuiet(checked);
     }
   }
 
@@ -626,7 +648,8 @@ export class PassthroughFs {
       if (this.capXattr !== null && i.type === fs.S_IFREG) this.withXattrFd(i, true, (fd, p) => this.dropCapabilities(fd, p));
     }
     if (v & Fattr.SIZE) {
-      const fd = h ? h.fd : this.reopen(i, O_WRONLY);
+      // O_NONBLOCK: a host lease on the file answers EAGAIN at once instead of holding every request for lease-break-time.
+      const fd = h ? h.fd : this.reopen(i, O_WRONLY | O_NONBLOCK);
       try {
         this.killingPrivs(kill, () => fs.ftruncate(fd, a.size));
         this.dropCapabilities(fd);
@@ -652,29 +675,42 @@ export class PassthroughFs {
     let f = flags & GUEST_OPEN_FLAGS;
     if (!this.opts.allowDirectIo) f &= ~O_DIRECT;
     if (!this.opts.preserveNoatime) f &= ~O_NOATIME;
-    if (this.opts.writeback) {
-      // The kernel's writeback cache may read back pages of a write-only file and handles O_APPEND itself.
-      if ((f & O_ACCMODE) === O_WRONLY) f = (f & ~O_ACCMODE) | O_RDWR;
-      f &= ~O_APPEND;
-    }
+    // The kernel's writeback cache may read back pages of a write-only file.
+    if (this.writebackNegotiated && (f & O_ACCMODE) === O_WRONLY) f = (f & ~O_ACCMODE) | O_RDWR;
     // O_APPEND alone writes nothing: a read-only open may carry it, as virtiofsd allows.
     if (this.opts.readonly && ((f & O_ACCMODE) !== 0 || f & O_TRUNC)) {
       throw new FsError(E.EROFS, 'read-only share');
     }
-    return f | O_CLOEXEC;
+    // O_APPEND stays off the host fd (as Rust virtiofsd): a write the guest places, its page cache writing back an
+    // mmap or one after it cleared O_APPEND with fcntl, lands where it says; WRITE appends when its flags ask.
+    return (f & ~O_APPEND) | O_CLOEXEC;
   }
 
   /** Opens the inode for I/O through its /proc/self/fd link; only regular files and directories. */
-  private reopen(i: Inode, flags: number): number {
+  private reopen(i: Inode, flags: number, guestFlags = 0): number {
     if (i.type !== fs.S_IFREG && i.type !== fs.S_IFDIR) throw new FsError(E.EBADF, 'not a regular file or directory');
-    return fs.openat(this.procSelfFd, String(i.fd), (flags & ~O_NOFOLLOW) | O_CLOEXEC);
+    return this.openVia(String(i.fd), flags, guestFlags);
+  }
+
+  /**
+   * Opens `via`, a name in /proc/self/fd, with host flags `fl`. A file the host keeps append-only (chattr +a) opens
+   * for writing only with O_APPEND: when the guest asked for it (`guestFlags`), the fd gets it after all.
+   */
+  private openVia(via: string, fl: number, guestFlags: number): number {
+    const flags = (fl & ~O_NOFOLLOW) | O_CLOEXEC;
+    try {
+      return fs.openat(this.procSelfFd, via, flags);
+    } catch (e) {
+      if (!(e instanceof SysError) || e.errno !== E.EPERM || (guestFlags & O_APPEND) === 0 || (flags & O_APPEND) !== 0) throw e;
+      return fs.openat(this.procSelfFd, via, flags | O_APPEND);
+    }
   }
 
   /** OPEN; `kill`: an O_TRUNC by a guest caller without CAP_FSETID (see setattr). */
   open(i: Inode, flags: number, kill = false): number {
     const fl = this.openFlags(flags);
     this.guestFds.need(1);
-    const fd = this.killingPrivs(kill && (fl & O_TRUNC) !== 0, () => this.reopen(i, fl));
+    const fd = this.killingPrivs(kill && (fl & O_TRUNC) !== 0, () => this.reopen(i, fl, flags));
     if (fl & O_TRUNC) this.dropCapabilities(fd);
     return this.handles.add({ fd, inode: i, dir: false });
   }
@@ -699,14 +735,18 @@ export class PassthroughFs {
 
   read(fh: number, offset: FileOffset, iov: IoVecList): number {
     const n = preadv(this.handles.get(fh).fd, iov, offset);
-    return n < 0 ? 0 : n;
+    if (n < 0) throw new FsError(E.EAGAIN, 'read would block');
+    return n;
   }
 
-  /** WRITE; `kill`: the guest writer lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID), see setattr. */
-  write(fh: number, offset: FileOffset, iov: IoVecList, kill = false): number {
+  /**
+   * WRITE; `kill`: the guest writer lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID), see setattr. `append`: at the end of
+   * the file whatever the offset, atomically (the guest's file has O_APPEND, see appends()).
+   */
+  write(fh: number, offset: FileOffset, iov: IoVecList, kill = false, append = false): number {
     this.writable();
     const fd = this.handles.get(fh).fd;
-    const n = this.killingPrivs(kill, () => pwritev(fd, iov, offset));
+    const n = this.killingPrivs(kill, () => pwritev(fd, iov, offset, append ? RWF_APPEND : 0));
     if (n < 0) throw new FsError(E.EAGAIN, 'write would block');
     if (n > 0) this.dropCapabilities(fd);
     return n;
@@ -967,7 +1007,8 @@ export class PassthroughFs {
   private lockReopen(i: Inode): number {
     if (i.type === fs.S_IFDIR || this.opts.readonly) return this.reopen(i, 0);
     // An append-only file (chattr +a) opens for writing only with O_APPEND; an immutable one (+i) not at all (EPERM).
-    for (const flags of [O_RDWR, O_RDWR | O_APPEND]) {
+    // O_NONBLOCK: opening for writing breaks a host read lease; EAGAIN at once, not every request held for lease-break-time.
+    for (const flags of [O_RDWR | O_NONBLOCK, O_RDWR | O_APPEND | O_NONBLOCK]) {
       try {
         return this.reopen(i, flags);
       } catch (e) {

@@ -16,7 +16,7 @@ import type { LockWaits } from './lock-waits.js';
 import { DEFERRED, type Deferrer } from './deferred.js';
 import type { Inode } from './inodes.js';
 import type { VringHandle } from '../../protocol/vhost-user/backend-types.js';
-import { FastPath, NOT_HANDLED } from './fast-path.js';
+import { appends, FastPath, NOT_HANDLED } from './fast-path.js';
 import { FuseSession } from './session.js';
 import type { Caller, PassthroughFs } from './passthrough.js';
 
@@ -383,6 +383,7 @@ export class FuseServer {
     const offered = BigInt(i.flags) | (ext ? BigInt(i.flags2) << 32n : 0n);
     const flags = this.session.negotiate(offered);
     this.fs.submountsNegotiated = (flags & Init.SUBMOUNTS) !== 0n;
+    this.fs.writebackNegotiated = (flags & Init.WRITEBACK_CACHE) !== 0n;
     log.info({ minor: i.minor, flags: `0x${flags.toString(16)}` }, 'FUSE session initialised');
     return this.replyStruct(io, u, InitOut, {
       major: FUSE_KERNEL_VERSION, minor: FUSE_KERNEL_MINOR_VERSION, maxReadahead: i.maxReadahead,
@@ -455,7 +456,7 @@ export class FuseServer {
     iov.clear();
     const covered = io.inIovecs(WRITE_ARGS, w.size, iov);
     if (covered !== w.size) throw new FuseProtocolError('WRITE data too fragmented', { size: w.size, covered });
-    const n = this.fs.write(w.fh, w.offset, iov, this.session.kill((w.writeFlags & FUSE_WRITE_KILL_SUIDGID) !== 0));
+    const n = this.fs.write(w.fh, w.offset, iov, this.session.kill((w.writeFlags & FUSE_WRITE_KILL_SUIDGID) !== 0), appends(w.writeFlags, w.flags));
     return this.replyStruct(io, h.unique, WriteOut, { size: n });
   }
 }

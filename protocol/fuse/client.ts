@@ -198,8 +198,9 @@ export class FuseClient {
     return (await this.call(Op.READ, nodeid, [ReadIn.pack({ fh, offset, size, readFlags: 0, lockOwner: 0n, flags: 0 })], size, 'READ')).slice();
   }
   /** `writeFlags`: FUSE_WRITE_KILL_SUIDGID for a writer without CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2). */
-  async write(nodeid: number, fh: number, offset: number, data: Uint8Array, writeFlags = 0): Promise<number> {
-    const r = await this.call(Op.WRITE, nodeid, [WriteIn.pack({ fh, offset, size: data.length, writeFlags, lockOwner: 0n, flags: 0 }), data], WriteOut.size, 'WRITE');
+  /** `fileFlags`: the open file's flags now (fuse_write_in.flags; O_APPEND there asks for an append). */
+  async write(nodeid: number, fh: number, offset: number, data: Uint8Array, writeFlags = 0, fileFlags = 0): Promise<number> {
+    const r = await this.call(Op.WRITE, nodeid, [WriteIn.pack({ fh, offset, size: data.length, writeFlags, lockOwner: 0n, flags: fileFlags }), data], WriteOut.size, 'WRITE');
     return WriteOut.decode(r).size;
   }
   async statfs(nodeid = FUSE_ROOT_ID): Promise<ReturnType<typeof Kstatfs.decode>> {

@@ -48,6 +48,8 @@ export const FUSE_GETATTR_FH = 1;
 export const FUSE_RELEASE_FLUSH = 1;
 export const FUSE_RELEASE_FLOCK_UNLOCK = 2;
 export const FUSE_LK_FLOCK = 1;
+/** fuse_write_in.write_flags: the guest's page cache writes back (an mmap, or the writeback cache), at the offset given. */
+export const FUSE_WRITE_CACHE = 1;
 export const FUSE_WRITE_KILL_SUIDGID = 4;
 /** open_in/create_in.open_flags: O_TRUNC by a caller without CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2). */
 export const FUSE_OPEN_KILL_SUIDGID = 1;

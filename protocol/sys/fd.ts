@@ -29,6 +29,7 @@ const readv_ = libc.func('readv', 'long', ['int', 'void *', 'int']);
 const writev_ = libc.func('writev', 'long', ['int', 'void *', 'int']);
 const preadv_ = libc.func('preadv', 'long', ['int', 'void *', 'int', 'int64']);
 const pwritev_ = libc.func('pwritev', 'long', ['int', 'void *', 'int', 'int64']);
+const pwritev2_ = libc.func('pwritev2', 'long', ['int', 'void *', 'int', 'int64', 'int']);
 const eventfd_ = libc.func('eventfd', 'int', ['uint', 'int']);
 const timerfdCreate_ = libc.func('timerfd_create', 'int', ['int', 'int']);
 const timerfdSettime_ = libc.func('timerfd_settime', 'int', ['int', 'int', 'void *', 'void *']);
@@ -167,8 +168,13 @@ export function pwritevRaw(fd: number, iovAddr: number, count: number, offset: n
   return positionedIo(pwritev_, fd, iovAddr, count, offset);
 }
 
-export function pwritev(fd: number, iov: IoVecList, offset: FileOffset): number {
-  return retryable('pwritev', Number(pwritev_(fd, iov.ptr, iov.count, int64(offset))), fd);
+/** pwritev2 flag: write at the end of the file, whatever the offset (as O_APPEND, for this call only). */
+export const RWF_APPEND = 0x10;
+
+/** Bytes written; -1 when a non-blocking fd would block. `flags`: RWF_* (pwritev2). */
+export function pwritev(fd: number, iov: IoVecList, offset: FileOffset, flags = 0): number {
+  const r = flags === 0 ? pwritev_(fd, iov.ptr, iov.count, int64(offset)) : pwritev2_(fd, iov.ptr, iov.count, int64(offset), flags);
+  return retryable('pwritev', Number(r), fd);
 }
 
 export function eventfd(initval = 0, flags = EFD_CLOEXEC | EFD_NONBLOCK): number {
