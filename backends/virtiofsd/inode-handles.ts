@@ -25,9 +25,12 @@ export class InodeHandles implements InodeOpener {
   private readonly open = new Set<Inode>();
   /**
    * mount id → a directory fd on that mount, open_by_handle_at's mount_fd (which must not be an O_PATH
-   * fd: the kernel ignores those there).
+   * fd: the kernel ignores those there), and how many inodes hold handles on it: the fd closes with the last
+   * (an open fd would keep the host from unmounting a submount the guest no longer uses).
    */
-  private readonly mountFds = new Map<number, number>();
+  private readonly mountFds = new Map<number, { fd: number; inodes: number }>();
+  /** handleOf() opened a mount fd that no inode may take (the lookup found a held inode, or failed). */
+  private unclaimed = false;
 
   private constructor(
     readonly mode: Exclude<FileHandleMode, 'never'>,
@@ -47,7 +50,7 @@ export class InodeHandles implements InodeOpener {
       mountFd = fs.openat(rootFd, '.', O_DIRECTORY);
       closeQuiet(fs.openByHandleAt(mountFd, h, O_PATH));
       const t = new InodeHandles(mode, Math.max(1, maxOpen), procSelfFd);
-      t.mountFds.set(h.mountId, mountFd);
+      t.mountFds.set(h.mountId, { fd: mountFd, inodes: Infinity }); // the share's own mount: kept
       return t;
     } catch (e) {
       if (mountFd >= 0) closeQuiet(mountFd);
@@ -68,7 +71,8 @@ export class InodeHandles implements InodeOpener {
       const h = fs.nameToHandleAt(fd, '', fs.AT_EMPTY_PATH);
       if (!this.mountFds.has(h.mountId)) {
         if (type !== fs.S_IFDIR && type !== fs.S_IFREG) throw new SysError('name_to_handle_at', E.EOPNOTSUPP, { why: 'no mount fd for this mount' });
-        this.mountFds.set(h.mountId, fs.openat(this.procSelfFd, String(fd), type === fs.S_IFDIR ? O_DIRECTORY : O_RDONLY));
+        this.mountFds.set(h.mountId, { fd: fs.openat(this.procSelfFd, String(fd), type === fs.S_IFDIR ? O_DIRECTORY : O_RDONLY), inodes: 0 });
+        this.unclaimed = true;
       }
       return h;
     } catch (e) {
@@ -77,21 +81,37 @@ export class InodeHandles implements InodeOpener {
     }
   }
 
+  /** A new inode with a handle (from handleOf) was registered. */
   opened(i: Inode): void {
     this.open.add(i);
+    const m = this.mountFds.get((i.handle as fs.FileHandle).mountId);
+    if (m !== undefined) m.inodes++;
   }
 
   reopen(i: Inode): number {
     const h = i.handle as fs.FileHandle;
-    const mountFd = this.mountFds.get(h.mountId);
-    if (mountFd === undefined) throw new FsError(E.ESTALE, 'no mount for file handle', { mountId: h.mountId });
-    const fd = fs.openByHandleAt(mountFd, h, O_PATH);
+    const m = this.mountFds.get(h.mountId);
+    if (m === undefined) throw new FsError(E.ESTALE, 'no mount for file handle', { mountId: h.mountId });
+    const fd = fs.openByHandleAt(m.fd, h, O_PATH);
     this.open.add(i);
     return fd;
   }
 
   dropped(i: Inode): void {
     this.open.delete(i);
+    const id = (i.handle as fs.FileHandle).mountId;
+    const m = this.mountFds.get(id);
+    if (m !== undefined && --m.inodes <= 0) this.closeMount(id, m.fd);
+  }
+
+  private closeMount(id: number, fd: number): void {
+    closeQuiet(fd);
+    this.mountFds.delete(id);
+  }
+
+  /** Mount fds open now (the share's own included). */
+  get mountCount(): number {
+    return this.mountFds.size;
   }
 
   get openCount(): number {
@@ -100,6 +120,10 @@ export class InodeHandles implements InodeOpener {
 
   /** Closes the fds of the least recently used inodes until at most maxOpen stay open. */
   trim(): void {
+    if (this.unclaimed) {
+      this.unclaimed = false;
+      for (const [id, m] of this.mountFds) if (m.inodes === 0) this.closeMount(id, m.fd);
+    }
     if (this.open.size <= this.maxOpen) return;
     for (const i of this.open) {
       if (this.open.size <= this.maxOpen) break;
@@ -111,7 +135,7 @@ export class InodeHandles implements InodeOpener {
   }
 
   close(): void {
-    for (const fd of this.mountFds.values()) closeQuiet(fd);
+    for (const m of this.mountFds.values()) closeQuiet(m.fd);
     this.mountFds.clear();
     this.open.clear();
   }

@@ -381,6 +381,12 @@ export class FuseServer {
     const ext = (BigInt(i.flags) & Init.INIT_EXT) !== 0n;
     if (a.length < (ext ? InitIn.size : 16)) throw new FuseProtocolError('short INIT', { len: a.length, initExt: ext });
     const offered = BigInt(i.flags) | (ext ? BigInt(i.flags2) << 32n : 0n);
+    if (this.session.initialized) {
+      // A guest that rebooted without unmounting (a crash, reboot -f, kexec) sends no DESTROY: what its previous
+      // kernel looked up and opened is nobody's now, and would hold fds until the guest fd limit is reached.
+      log.info({ inodes: this.fs.inodes.size - 1, handles: this.fs.handles.size }, 'INIT without DESTROY: dropping the previous session');
+      this.fs.destroy();
+    }
     const flags = this.session.negotiate(offered);
     this.fs.submountsNegotiated = (flags & Init.SUBMOUNTS) !== 0n;
     this.fs.writebackNegotiated = (flags & Init.WRITEBACK_CACHE) !== 0n;

@@ -2,12 +2,13 @@ import { FuseProtocolError } from './errors.js';
 
 /**
  * A fixed little-endian C struct described by a field list. `u64` fields are JS numbers and
- * decoding refuses values >= 2^53; `b64` fields are bigints (lock ranges, owners, raw flags); `x64` fields
+ * decoding refuses values >= 2^53; `s64` fields are numbers that saturate there (a nodeid or a lookup count that
+ * large names no inode, or more lookups than any holds: what it means is clear without its exact value); `b64` fields are bigints (lock ranges, owners, raw flags); `x64` fields
  * (inode numbers, which overlayfs xino puts near 2^63; file offsets, sizes and times the host takes whole) are
  * numbers below 2^53 and exact bigints above (times are signed: negative ones decode as bigints; BigInt.asIntN).
  * Fields whose name starts with `_` are padding: written as 0, not part of the value type.
  */
-type Prim = 'u8' | 'u16' | 'u32' | 'i32' | 'u64' | 'i64' | 'b64' | 'x64';
+type Prim = 'u8' | 'u16' | 'u32' | 'i32' | 'u64' | 's64' | 'i64' | 'b64' | 'x64';
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type FieldType = Prim | Struct<any> | { bytes: number };
 /** FUSE pads dirents, extensions and security contexts to 8 bytes. */
@@ -69,6 +70,10 @@ function codecSource(fields: FieldList, offsets: number[]): { dec: string; enc: 
           `if (h${i} >= ${SAFE_HI}) fail(${key}, { hi: h${i} });`,
           `const v${i} = h${i} * ${TWO32} + dv.getUint32(${at}, true);`);
         break;
+      case 's64':
+        dec.push(`const h${i} = dv.getUint32(${at} + 4, true);`,
+          `const v${i} = h${i} >= ${SAFE_HI} ? ${Number.MAX_SAFE_INTEGER} : h${i} * ${TWO32} + dv.getUint32(${at}, true);`);
+        break;
       case 'i64':
         dec.push(`const b${i} = dv.getBigInt64(${at}, true);`,
           `if (b${i} > ${Number.MAX_SAFE_INTEGER}n || b${i} < ${Number.MIN_SAFE_INTEGER}n) fail(${key}, {});`,
@@ -92,7 +97,7 @@ function codecSource(fields: FieldList, offsets: number[]): { dec: string; enc: 
           if (!pad) enc.push(`if (v[${key}] instanceof Uint8Array) scratch.set(v[${key}].subarray(0, ${t.bytes}), ${at});`);
         }
     }
-    if (t === 'u64' || t === 'i64') {
+    if (t === 'u64' || t === 's64' || t === 'i64') {
       // Two 32-bit halves: no BigInt on the common path (|n| < 2^53 is exact either way).
       enc.push(`{ const n = Math.trunc(Number(${x})); const lo = n % ${TWO32};`,
         `dv.setUint32(${at}, lo < 0 ? lo + ${TWO32} : lo, true); dv.setInt32(${at} + 4, Math.floor(n / ${TWO32}), true); }`);

@@ -3,7 +3,7 @@ import { Struct } from './struct.js';
 /** Wire structs of linux/fuse.h (protocol 7.38), little endian. */
 
 export const InHeader = Struct.of('fuse_in_header', [
-  ['len', 'u32'], ['opcode', 'u32'], ['unique', 'b64'], ['nodeid', 'u64'],
+  ['len', 'u32'], ['opcode', 'u32'], ['unique', 'b64'], ['nodeid', 's64'],
   ['uid', 'u32'], ['gid', 'u32'], ['pid', 'u32'], ['totalExtlen', 'u16'], ['_pad', 'u16'],
 ] as const);
 export type InHeader = ReturnType<typeof InHeader.decode>;
@@ -29,8 +29,8 @@ export const AttrOut = Struct.of('fuse_attr_out', [
 ] as const);
 export type AttrOut = ReturnType<typeof AttrOut.decode>;
 
-export const ForgetIn = Struct.of('fuse_forget_in', [['nlookup', 'u64']] as const);
-export const ForgetOne = Struct.of('fuse_forget_one', [['nodeid', 'u64'], ['nlookup', 'u64']] as const);
+export const ForgetIn = Struct.of('fuse_forget_in', [['nlookup', 's64']] as const);
+export const ForgetOne = Struct.of('fuse_forget_one', [['nodeid', 's64'], ['nlookup', 's64']] as const);
 export const BatchForgetIn = Struct.of('fuse_batch_forget_in', [['count', 'u32'], ['_dummy', 'u32']] as const);
 export const GetattrIn = Struct.of('fuse_getattr_in', [['getattrFlags', 'u32'], ['_dummy', 'u32'], ['fh', 'u64']] as const);
 export const MknodIn = Struct.of('fuse_mknod_in', [['mode', 'u32'], ['rdev', 'u32'], ['umask', 'u32'], ['_pad', 'u32']] as const);

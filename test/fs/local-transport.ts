@@ -20,10 +20,13 @@ export class LocalShare {
   readonly dir: string;
   readonly fs: PassthroughFs;
   readonly client: FuseClient;
+  /** The server behind client, for raw requests. */
+  readonly server: FuseServer;
   constructor(prefix: string, opts: Partial<FsOptions> = {}) {
     this.dir = mkdtempSync(`/tmp/${prefix}`);
     this.fs = new PassthroughFs({ ...defaultFsOptions(this.dir), ...opts });
-    this.client = new FuseClient(new LocalTransport(new FuseServer(this.fs)));
+    this.server = new FuseServer(this.fs);
+    this.client = new FuseClient(new LocalTransport(this.server));
   }
   close(): void {
     this.fs.close();
