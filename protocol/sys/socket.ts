@@ -12,6 +12,7 @@ const MSG_NOSIGNAL = 0x4000;
 const MSG_CTRUNC = 0x8;
 const EINTR = 4;
 const EAGAIN = 11;
+const ECONNRESET = 104;
 const EINVAL = 22;
 const EBADF = 9;
 const SUN_PATH_MAX = 108;
@@ -34,6 +35,7 @@ const getsockopt_ = libc.func('getsockopt', 'int', ['int', 'int', 'int', 'void *
 const send_ = libc.func('send', 'long', ['int', 'void *', 'ulong', 'int']);
 const SOCK_DGRAM = 2;
 const MSG_DONTWAIT = 0x40;
+const MSG_PEEK = 0x2;
 const SO_TYPE = 3;
 const SO_ACCEPTCONN = 30;
 const SO_DOMAIN = 39;
@@ -253,6 +255,17 @@ export function recvMsg(fd: number, buf: Uint8Array, len = buf.byteLength): Recv
   }
 }
 
+const peekByte = new Uint8Array(1);
+/** After a recvmsg failed on another thread: 0 if the stream has ended (the peer is gone), else an errno for it. */
+function failedRecvCause(fd: number): number {
+  const s = syncScratch;
+  s.prepare(peekByte, 1, 0);
+  const r = Number(recvmsg_(fd, s.hdr, MSG_PEEK | MSG_DONTWAIT));
+  if (r === 0) return 0;
+  const e = r < 0 ? koffi.errno() : 0;
+  return e === ECONNRESET ? 0 : 5; // EIO
+}
+
 /** recvMsg on koffi's thread pool, so a blocking socket does not stall the event loop. */
 export function recvMsgAsync(fd: number, buf: Uint8Array, len = buf.byteLength): Promise<RecvResult> {
   const s = new MsgScratch();
@@ -261,8 +274,11 @@ export function recvMsgAsync(fd: number, buf: Uint8Array, len = buf.byteLength):
     recvmsg_.async(fd, s.hdr, MSG_CMSG_CLOEXEC, (err: unknown, r: number | bigint) => {
       if (err) return reject(err);
       try {
-        // errno of a pool thread is not readable here; a failed blocking recv is reported as EIO.
-        resolve(finishRecv('recvmsg', fd, Number(r), Number(r) < 0 ? 5 : 0, s));
+        const n = Number(r);
+        // errno of a pool thread is not readable here: a peek from this thread tells a peer that went away with a
+        // reply unread (ECONNRESET, then end of stream) from other failures, reported as EIO.
+        const cause = n < 0 ? failedRecvCause(fd) : 0;
+        resolve(finishRecv('recvmsg', fd, n < 0 && cause === 0 ? 0 : n, cause, s));
       } catch (e) {
         reject(e);
       }

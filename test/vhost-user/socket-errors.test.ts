@@ -7,6 +7,8 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VhostUserDaemon, VhostUserSocketError } from '../../protocol/vhost-user/index.js';
 import { nullBackend } from './fixtures/null-backend.js';
+import { sendMsg, unixConnect } from '../../protocol/sys/socket.js';
+import { closeQuiet } from '../../protocol/sys/fd.js';
 
 let dir: string;
 
@@ -70,5 +72,26 @@ describe('vhost-user daemon socket errors', () => {
     });
     expect(r.status).toBe(1);
     expect(r.stderr.trim()).toBe(`kumo-vhost-user-blk: cannot listen on ${sock}: its directory ${join(dir, 'missing')} does not exist`);
+  });
+
+  it('a front-end that goes away with a reply unread is an ordinary disconnect (it was logged as recvmsg EIO, an error)', async () => {
+    const socketPath = join(dir, 'reset.sock');
+    const d = new VhostUserDaemon(nullBackend(1), { socketPath, name: 'test-sock-reset' });
+    await d.start();
+    const running = d.run();
+    try {
+      const ended = new Promise<unknown>((resolve) => d.once('disconnected', resolve));
+      const fd = unixConnect(socketPath);
+      const getFeatures = Buffer.alloc(12);
+      getFeatures.writeUInt32LE(1, 0); // VHOST_USER_GET_FEATURES
+      getFeatures.writeUInt32LE(1, 4); // version 1
+      sendMsg(fd, getFeatures);
+      await new Promise((r) => setTimeout(r, 300));
+      closeQuiet(fd); // with the reply unread: the daemon's recvmsg fails ECONNRESET
+      expect(await ended).toBeNull();
+    } finally {
+      await d.stop();
+      await running;
+    }
   });
 });
