@@ -172,10 +172,19 @@ export class InodeTable {
   }
 }
 
+/** Where a directory handle's stream stands between READDIRs (see PassthroughFs.readdir). */
+export interface DirStream {
+  /** The cookie a READDIR continuing the stream carries; -1n: unknown (the next one seeks). */
+  pos: bigint;
+  /** Records read from the directory and not sent yet (linux_dirent64), or null. */
+  pending: Buffer | null;
+}
+
 export interface Handle {
   fd: number;
   inode: Inode;
   dir: boolean;
+  stream?: DirStream;
 }
 
 export class HandleTable {

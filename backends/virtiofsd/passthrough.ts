@@ -8,7 +8,7 @@ import { logger, WarnLimiter } from '../../protocol/log.js';
 import { GuestFds } from './guest-fds.js';
 import { InodeHandles, sameHandle } from './inode-handles.js';
 import { E, FsError } from './errors.js';
-import { HandleTable, Inode, InodeTable, type Handle, type Ino } from './inodes.js';
+import { HandleTable, Inode, InodeTable, type DirStream, type Handle, type Ino } from './inodes.js';
 import { cacheTimeout, type FsOptions } from './options.js';
 import { FORBIDDEN, idMaps, type IdMaps } from './idmap.js';
 import { XattrMap, type XattrAccess } from './xattrmap.js';
@@ -838,13 +838,27 @@ export class PassthroughFs {
 
   // ---- directories ------------------------------------------------------------------------
 
-  /** Fills out with fuse_dirent(plus) records starting at the directory cookie `offset`; returns bytes used. */
+  /**
+   * Fills out with fuse_dirent(plus) records starting at the directory cookie `offset`; returns bytes used. A READDIR
+   * that goes on where the last one on this handle stopped reads on from the directory stream (entries read but not
+   * sent are kept for it) instead of seeking to the cookie: on a file system whose cookies are positions (ramfs,
+   * tmpfs before Linux 6.6) a seek after removals lands past entries never sent, and `rm -rf` left half a directory.
+   */
   readdir(fh: number, offset: bigint, out: Uint8Array, plus: boolean): number {
     const h = this.handles.get(fh);
     if (!h.dir) throw new FsError(E.ENOTDIR, 'not a directory handle');
-    fs.lseek(h.fd, offset, SEEK_SET);
+    const stream = h.stream ?? (h.stream = { pos: 0n, pending: null });
+    let pending = stream.pending;
+    if (offset !== stream.pos) {
+      fs.lseek(h.fd, offset, SEEK_SET);
+      pending = null;
+    }
+    // Until this call ends well the stream's place is unknown: the next READDIR seeks.
+    stream.pos = -1n;
+    stream.pending = null;
     const buf = this.direntBuf;
-    let used = 0;
+    const r = { used: 0, pos: offset };
+    if (pending !== null && this.encodeDirents(h, pending, pending.length, out, plus, r, stream)) return r.used;
     for (;;) {
       let n: number;
       try {
@@ -852,46 +866,68 @@ export class PassthroughFs {
       } catch (e) {
         // The directory went (removed on the host) after some entries were encoded: they go out, with the lookups
         // READDIRPLUS took for them, which the guest could never forget had the reply been an error.
-        if (used > 0) return used;
+        if (r.used > 0) return r.used;
         throw e;
       }
-      if (n === 0) return used;
-      let p = 0;
-      while (p < n) {
-        const ino = fs.u64Exact(buf, p);
-        const off = buf.readBigUInt64LE(p + 8);
-        const reclen = buf.readUInt16LE(p + 16);
-        const type = buf[p + 18];
-        let end = p + 19;
-        while (end < p + reclen && buf[end] !== 0) end++;
-        const name = buf.subarray(p + 19, end);
-        p += reclen;
-        const dot = name.length <= 2 && name[0] === 0x2e && (name.length === 1 || name[1] === 0x2e);
-        let next: number;
-        if (!plus) {
-          next = encodeDirent(out, used, { ino, off, type, name });
-        } else {
-          let entry: EntryOut;
-          if (dot) {
-            entry = { nodeid: 0, generation: 0, entryValid: 0, attrValid: 0, entryValidNsec: 0, attrValidNsec: 0,
-              attr: { ino, size: 0, blocks: 0, atime: 0, mtime: 0, ctime: 0, atimensec: 0, mtimensec: 0, ctimensec: 0,
-                mode: type << 12, nlink: 0, uid: 0, gid: 0, rdev: 0, blksize: 0, flags: 0 } };
-          } else {
-            try {
-              entry = this.lookup(h.inode, name);
-            } catch (e) {
-              if ((e instanceof SysError || e instanceof FsError) && e.errno === E.ENOENT) continue; // raced with an unlink
-              if (used > 0) return used;
-              throw e;
-            }
-          }
-          next = encodeDirentplus(out, used, entry, { ino, off, type, name });
-          if (next < 0 && entry.nodeid !== 0) this.forget(entry.nodeid, 1);
-        }
-        if (next < 0) return used;
-        used = next;
+      if (n === 0) {
+        stream.pos = r.pos;
+        return r.used;
       }
+      if (this.encodeDirents(h, buf, n, out, plus, r, stream)) return r.used;
     }
+  }
+
+  /**
+   * Encodes the linux_dirent64 records in src[0, n) into out from r.used on, advancing r.used and r.pos (the cookie
+   * after the last record sent). Returns true when out is full or an error ends the reply; the records not sent are
+   * then kept in `stream` (if the reply is whole) for a READDIR that continues from r.pos.
+   */
+  private encodeDirents(h: Handle, src: Buffer, n: number, out: Uint8Array, plus: boolean, r: { used: number; pos: bigint }, stream: DirStream): boolean {
+    let p = 0;
+    while (p < n) {
+      const at = p;
+      const ino = fs.u64Exact(src, p);
+      const off = src.readBigUInt64LE(p + 8);
+      const reclen = src.readUInt16LE(p + 16);
+      const type = src[p + 18];
+      let end = p + 19;
+      while (end < p + reclen && src[end] !== 0) end++;
+      const name = src.subarray(p + 19, end);
+      p += reclen;
+      const dot = name.length <= 2 && name[0] === 0x2e && (name.length === 1 || name[1] === 0x2e);
+      let next: number;
+      if (!plus) {
+        next = encodeDirent(out, r.used, { ino, off, type, name });
+      } else {
+        let entry: EntryOut;
+        if (dot) {
+          entry = { nodeid: 0, generation: 0, entryValid: 0, attrValid: 0, entryValidNsec: 0, attrValidNsec: 0,
+            attr: { ino, size: 0, blocks: 0, atime: 0, mtime: 0, ctime: 0, atimensec: 0, mtimensec: 0, ctimensec: 0,
+              mode: type << 12, nlink: 0, uid: 0, gid: 0, rdev: 0, blksize: 0, flags: 0 } };
+        } else {
+          try {
+            entry = this.lookup(h.inode, name);
+          } catch (e) {
+            if ((e instanceof SysError || e instanceof FsError) && e.errno === E.ENOENT) {
+              r.pos = off; // raced with an unlink: skipped, as if sent
+              continue;
+            }
+            if (r.used > 0) return true;
+            throw e;
+          }
+        }
+        next = encodeDirentplus(out, r.used, entry, { ino, off, type, name });
+        if (next < 0 && entry.nodeid !== 0) this.forget(entry.nodeid, 1);
+      }
+      if (next < 0) {
+        stream.pos = r.pos;
+        stream.pending = Buffer.from(src.subarray(at, n));
+        return true;
+      }
+      r.used = next;
+      r.pos = off;
+    }
+    return false;
   }
 
   // ---- xattrs -----------------------------------------------------------------------------

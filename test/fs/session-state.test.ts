@@ -113,4 +113,48 @@ describe('virtiofsd session state', () => {
       execSync(`umount -l ${mnt} 2>/dev/null || true`);
     }
   });
+
+  it('READDIR goes on from the directory stream, not a seek: rm -rf on a file system whose cookies are positions (ramfs) removes all', async (ctx) => {
+    if (process.getuid?.() !== 0) return ctx.skip();
+    const s = await share();
+    const d = join(s.dir, 'd');
+    mkdirSync(d);
+    try {
+      execSync(`mount -t ramfs kumo-fs-state ${d}`);
+    } catch {
+      return ctx.skip(); // no mounts here (a container without CAP_SYS_ADMIN)
+    }
+    try {
+      const node = (await s.client.lookup(FUSE_ROOT_ID, 'd')).nodeid;
+      for (const plus of [false, true]) {
+        for (let k = 0; k < 200; k++) writeFileSync(join(d, `file-${k}`), '');
+        // As a guest's rm -rf: a batch of entries, each removed, then READDIR from the last cookie sent.
+        const { fh } = await s.client.opendir(node);
+        let off = 0n;
+        let removed = 0;
+        for (;;) {
+          const names = plus
+            ? (await s.client.readdirplus(node, fh, off, 1024)).map((e) => {
+              off = e.dirent.off;
+              return e.dirent.name;
+            })
+            : (await s.client.readdir(node, fh, off, 1024)).map((e) => {
+              off = e.off;
+              return e.name;
+            });
+          if (names.length === 0) break;
+          for (const n of names.map((b) => Buffer.from(b).toString())) {
+            if (n === '.' || n === '..') continue;
+            await s.client.unlink(node, n);
+            removed++;
+          }
+        }
+        await s.client.release(node, fh, true);
+        expect(removed).toBe(200);
+        expect(readdirSync(d)).toEqual([]);
+      }
+    } finally {
+      execSync(`umount -l ${d} 2>/dev/null || true`);
+    }
+  });
 });
