@@ -8,7 +8,7 @@ import { logger, type Logger } from '../log.js';
 import { GuestMemory, type MemoryRegionSpec } from '../memory/index.js';
 import { Epoll, EPOLLERR, EPOLLHUP, EPOLLIN } from '../sys/epoll.js';
 import { closeQuiet, eventfdRead, eventfdWrite, setNonBlocking } from '../sys/fd.js';
-import { setThreadName } from '../sys/proc.js';
+import { gettid, setThreadName } from '../sys/proc.js';
 import { DeviceQueue, RingMemoryError, type QueueLayout } from '../virtqueue/index.js';
 import { HANDLER_TOKEN_BASE, type CreateQueueHandler, type QueueHandler, type VringHandle } from './backend-types.js';
 import { CONTROL_TOKEN, type RingStart, type WorkerCommand, type WorkerInit, type WorkerResult } from './worker-protocol.js';
@@ -65,6 +65,7 @@ class QueueWorker {
     private readonly log: Logger,
   ) {
     this.ack = new Int32Array(init.ack);
+    Atomics.store(this.ack, 1, gettid()); // the main thread's liveness check (see WorkerLink)
     this.epoll.add(init.controlFd, EPOLLIN, CONTROL_TOKEN);
   }
 

@@ -1,5 +1,6 @@
 import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
 import type { Logger } from '../log.js';
+import { existsSync } from 'node:fs';
 import { closeQuiet, eventfd, eventfdWrite } from '../sys/fd.js';
 import { VhostUserError } from './errors.js';
 import type { WorkerCommand, WorkerInit, WorkerReady, WorkerResult } from './worker-protocol.js';
@@ -7,7 +8,12 @@ import type { WorkerCommand, WorkerInit, WorkerReady, WorkerResult } from './wor
 /** Commands without their sequence number (the pool assigns it). */
 export type Command = WorkerCommand extends infer C ? (C extends WorkerCommand ? Omit<C, 'seq'> : never) : never;
 
-const COMMAND_TIMEOUT_MS = 10_000;
+/**
+ * A command waits as long as the worker takes to answer: one stuck in a write the device holds up (a frozen file
+ * system, a slow NFS server) answers once that completes, and a front-end dropped meanwhile would lose its disk
+ * (QEMU waits for GET_VRING_BASE without limit). It says so this often, and gives up only if the thread has ended.
+ */
+const BUSY_WARN_MS = 10_000;
 
 /** Spawns a worker running TypeScript (through tsx) or compiled JS, whichever this module is. */
 function spawn(init: WorkerInit): Worker {
@@ -37,13 +43,25 @@ class WorkerLink {
     readonly worker: Worker,
     private readonly port: MessagePort,
     readonly controlFd: number,
+    /** [0]: the last command answered; [1]: the worker's thread id (0 until it runs). */
     ack: SharedArrayBuffer,
+    private readonly log?: Logger,
   ) {
     this.ackView = new Int32Array(ack);
   }
 
-  send(cmd: Command, timeoutMs = COMMAND_TIMEOUT_MS): number | undefined {
-    return this.result(this.post(cmd), cmd.op, Date.now() + timeoutMs);
+  /** `timeoutMs`: give up after this long (shutting down); by default wait as long as the worker takes. */
+  send(cmd: Command, timeoutMs?: number): number | undefined {
+    return this.result(this.post(cmd), cmd.op, deadlineOf(timeoutMs));
+  }
+
+  /**
+   * Whether the worker's thread still runs. Its 'exit' event cannot be seen while this thread blocks waiting, so
+   * the thread id it stored is looked up among the process's tasks.
+   */
+  private alive(): boolean {
+    const tid = Atomics.load(this.ackView, 1);
+    return tid <= 0 || existsSync(`/proc/self/task/${tid}`);
   }
 
   /** Posts a command and wakes the worker; the answer is collected with result(). */
@@ -57,12 +75,19 @@ class WorkerLink {
 
   /** Waits (blocking, until `deadline`) for the answer to command `seq`. */
   result(seq: number, op: string, deadline: number): number | undefined {
+    const start = Date.now();
+    let warnAt = start + BUSY_WARN_MS;
     for (;;) {
       const cur = Atomics.load(this.ackView, 0);
       if (cur === seq) break;
-      const left = deadline - Date.now();
-      if (left <= 0) throw new VhostUserError('queue worker did not answer', { worker: this.index, op });
-      Atomics.wait(this.ackView, 0, cur, left);
+      const now = Date.now();
+      if (now >= deadline) throw new VhostUserError('queue worker did not answer', { worker: this.index, op });
+      if (!this.alive()) throw new VhostUserError('queue worker thread has ended', { worker: this.index, op });
+      if (now >= warnAt) {
+        this.log?.warn({ worker: this.index, op, waitedS: Math.round((now - start) / 1000) }, 'queue worker busy; waiting for it (its requests in flight wait for the device)');
+        warnAt += BUSY_WARN_MS;
+      }
+      Atomics.wait(this.ackView, 0, cur, Math.min(1000, deadline - now));
     }
     for (;;) {
       const m = receiveMessageOnPort(this.port);
@@ -111,7 +136,7 @@ export class WorkerPool {
         const controlFd = eventfd();
         const init: WorkerInit = { workerIndex: i, module: o.module, data: o.data, controlFd, ack, port: port2, logName: o.logName };
         const worker = spawn(init);
-        const link = new WorkerLink(i, worker, port1, controlFd, ack);
+        const link = new WorkerLink(i, worker, port1, controlFd, ack, o.log);
         links.push(link);
         worker.on('error', (e) => o.log.error({ err: e, worker: i }, 'queue worker crashed'));
         worker.on('exit', () => {
@@ -149,8 +174,8 @@ export class WorkerPool {
    * Sends to every worker at once (they work in parallel) and waits for all answers; the first failure
    * is thrown after all were collected.
    */
-  broadcast(cmd: Command, timeoutMs = COMMAND_TIMEOUT_MS): void {
-    const deadline = Date.now() + timeoutMs;
+  broadcast(cmd: Command, timeoutMs?: number): void {
+    const deadline = deadlineOf(timeoutMs);
     let err: unknown = null;
     const posted: [WorkerLink, number][] = [];
     for (const l of this.links) {
@@ -214,6 +239,10 @@ export class WorkerPool {
       }),
     );
   }
+}
+
+function deadlineOf(timeoutMs: number | undefined): number {
+  return timeoutMs === undefined ? Infinity : Date.now() + timeoutMs;
 }
 
 export type { WorkerLink };
