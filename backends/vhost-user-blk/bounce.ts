@@ -122,8 +122,10 @@ export class BouncePool {
 export const STRIPES = 1024;
 /** Bytes of the disk per stripe (64 KiB) before the stripes wrap around. */
 const REGION_SHIFT = 16;
+/** Image flag (see BlkEngineImage.flags): a buffered image's write-back failed once; every later sync fails too. */
+export const WRITEBACK_FAILED = 2;
 /** Where the gate starts in the image's shared flags (see BlkEngineImage.flags): STRIPES locks, then STRIPES counts. */
-const GATE_BASE = 2;
+const GATE_BASE = 3;
 /** Length of an image's shared flags array, the gate included. */
 export const IMAGE_FLAGS_LENGTH = GATE_BASE + 2 * STRIPES;
 const LOCKS = GATE_BASE;

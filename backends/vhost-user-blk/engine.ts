@@ -11,10 +11,10 @@ import {
   FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
 } from '../../protocol/sys/uring.js';
 import { WarnLimiter, type Logger } from '../../protocol/log.js';
-import { preadvRaw, pwritevRaw } from '../../protocol/sys/fd.js';
+import { closeQuiet, preadvRaw, pwritevRaw, reopenDescription } from '../../protocol/sys/fd.js';
 import { CopySpread } from '../../protocol/sys/copy-spread.js';
 import { mapAnonymous, type Mapping } from '../../protocol/sys/mem.js';
-import { DirectZeroes, WriteGate } from './bounce.js';
+import { DirectZeroes, WriteGate, WRITEBACK_FAILED } from './bounce.js';
 import { OP_SHIFT, PooledIo, POOLED_PENDING } from './pooled.js';
 import { HostMap } from './host-map.js';
 import { BlkLimits } from './limits.js';
@@ -59,7 +59,8 @@ export interface BlkEngineImage {
   /**
    * flags[0] = 1 while the device is in writethrough mode (WCE off, or FLUSH not negotiated);
    * flags[1] = how many queue engines are attached (serving a started ring), across all workers;
-   * from flags[2] on, the WriteGate of O_DIRECT images with blocks larger than a sector (IMAGE_FLAGS_LENGTH in all).
+   * flags[2] = 1 once a write-back of a buffered image failed (WRITEBACK_FAILED, see syncResult);
+   * from flags[3] on, the WriteGate of O_DIRECT images with blocks larger than a sector (IMAGE_FLAGS_LENGTH in all).
    */
   flags: Int32Array;
 }
@@ -156,6 +157,11 @@ export class BlkQueueEngine {
 
   /** Warnings about what the guest sent: rate-limited (see WarnLimiter). */
   private readonly guestWarn: WarnLimiter | null;
+  /**
+   * This queue's own open file description of the image: the kernel tells each description of a write-back error
+   * once, so with one description for all queues only the queue whose sync came first learned of it.
+   */
+  private readonly fd: number;
 
   constructor(private readonly img: BlkEngineImage, private readonly opts: BlkEngineOptions) {
     this.guestWarn = opts.log ? new WarnLimiter(opts.log) : null;
@@ -164,6 +170,7 @@ export class BlkQueueEngine {
     // At least 8: one request may need two SQEs at once (a punch linked to an allocation, a block's head and tail).
     let entries = 8;
     while (entries < opts.queueSize) entries <<= 1;
+    this.fd = reopenDescription(img.fd);
     this.ring = new IoUring(entries, { cqEntries: entries * 4, coopTaskrun: true });
     // One io-wq worker per CPU. io-wq is here to copy cached data on a second CPU (reads that would wait for
     // the device take io_uring's async buffered-read path, O_DIRECT goes to the block layer); the kernel's own
@@ -177,12 +184,12 @@ export class BlkQueueEngine {
     }
     this.iov = new IoVecArena(this.slots, this.maxIov);
     const align = img.alignment ?? 0;
-    this.zeroPart = align > 0 ? new DirectZeroes(img.fd, align, img.size) : null;
+    this.zeroPart = align > 0 ? new DirectZeroes(this.fd, align, img.size) : null;
     this.gate = align > SECTOR ? new WriteGate(img.flags) : null;
     this.pooled = align > 0
       ? new PooledIo({
         ring: this.ring,
-        fd: img.fd,
+        fd: this.fd,
         end: img.size,
         gate: this.gate,
         progress: this.progress,
@@ -326,6 +333,7 @@ export class BlkQueueEngine {
     this.zeroPart?.free();
     this.pooled?.free();
     this.zeroes?.unmap();
+    closeQuiet(this.fd);
   }
 
   /** Keeps flags[1], the count of served queues, in step with this engine. */
@@ -429,16 +437,32 @@ export class BlkQueueEngine {
       this.groupSyncs++;
       this.opsInFlight++;
       this.ensureSq(1);
-      this.ring.prepFsync(this.img.fd, SYNC_UD, IORING_FSYNC_DATASYNC);
+      this.ring.prepFsync(this.fd, SYNC_UD, IORING_FSYNC_DATASYNC);
       this.ring.submit(0);
     }
   }
 
+  /**
+   * Whether an fdatasync (a FLUSH, or the group sync of writethrough writes) failed. A buffered image's pages whose
+   * write-back failed are marked clean and the error is reported once, so a later sync has nothing to write and
+   * succeeds, for data that never reached the disk: one failure fails every later sync of every queue, as QEMU's
+   * file driver stops trusting its page cache. O_DIRECT writes leave nothing behind in the page cache: each sync
+   * counts alone there.
+   */
+  private syncFailed(res: number): boolean {
+    if ((this.img.alignment ?? 0) > 0) return res < 0;
+    if (res < 0 && Atomics.compareExchange(this.img.flags, WRITEBACK_FAILED, 0, 1) === 0) {
+      this.opts.log?.error({ err: -res }, 'writing the image back failed: every FLUSH and writethrough write fails from now on (restart the back-end once the storage is fixed)');
+    }
+    return Atomics.load(this.img.flags, WRITEBACK_FAILED) !== 0;
+  }
+
   private syncDone(res: number): void {
     this.syncInFlight = false;
+    const failed = this.syncFailed(res);
     for (let i = 0; i < this.syncingCount; i++) {
       const slot = this.syncing[i];
-      if (res < 0) this.sStatus[slot] = VIRTIO_BLK_S_IOERR;
+      if (failed) this.sStatus[slot] = VIRTIO_BLK_S_IOERR;
       this.finishSlot(slot);
     }
     this.syncingCount = 0;
@@ -523,7 +547,7 @@ export class BlkQueueEngine {
         this.sOps[slot] = 1;
         this.opsInFlight++;
         this.ensureSq(1);
-        this.ring.prepFsync(this.img.fd, slot, IORING_FSYNC_DATASYNC);
+        this.ring.prepFsync(this.fd, slot, IORING_FSYNC_DATASYNC);
         return;
       }
       case VIRTIO_BLK_T_GET_ID: {
@@ -601,7 +625,7 @@ export class BlkQueueEngine {
       this.iov.set(slot, n++, host, l);
       left -= l;
     }
-    const fd = this.img.fd;
+    const fd = this.fd;
     // Gate waits reap this engine's completions: this slot is counted in flight only after them.
     if (misaligned) {
       (this.pooled as PooledIo).start(slot, segs, segSkip, offset, len, write);
@@ -710,7 +734,7 @@ export class BlkQueueEngine {
         this.sGateRun[slot] = run;
       }
     }
-    const fd = this.img.fd;
+    const fd = this.fd;
     for (let i = 0; i < count; i++) {
       const off = this.sRanges[base + 2 * i];
       const len = this.sRanges[base + 2 * i + 1];
@@ -765,7 +789,7 @@ export class BlkQueueEngine {
     // Buffered: the kernel patches the block in its page cache.
     this.zeroes ??= mapAnonymous(this.img.logicalBlock ?? SECTOR);
     this.iov.set(slot, 0, Number(this.zeroes.ptr), len);
-    const n = pwritevRaw(this.img.fd, this.iov.slotAddress(slot), 1, offset);
+    const n = pwritevRaw(this.fd, this.iov.slotAddress(slot), 1, offset);
     return n === len ? len : n < 0 ? n : -EIO;
   }
 
@@ -784,7 +808,9 @@ export class BlkQueueEngine {
       this.settle(slot);
       return;
     }
-    if (res < 0) {
+    if (this.sKind[slot] === KIND_FLUSH) {
+      if (this.syncFailed(res)) this.sStatus[slot] = VIRTIO_BLK_S_IOERR;
+    } else if (res < 0) {
       const kind = this.sKind[slot];
       if (kind === KIND_DISCARD && res === -EOPNOTSUPP) {
         // Discard is a hint: a file system that cannot punch holes still completes it.
@@ -829,14 +855,14 @@ export class BlkQueueEngine {
     this.opsInFlight++;
     this.ensureSq(1);
     const mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
-    this.ring.prepFallocate(this.img.fd, mode, this.sRanges[base + 2 * i], this.sRanges[base + 2 * i + 1], slot + i * SLOT_SHIFT + ZERO_RANGE_OP);
+    this.ring.prepFallocate(this.fd, mode, this.sRanges[base + 2 * i], this.sRanges[base + 2 * i + 1], slot + i * SLOT_SHIFT + ZERO_RANGE_OP);
   }
 
   private retryZero(slot: number, i: number): void {
     const base = slot * BlkLimits.maxDiscardSeg * 2;
     const off = this.sRanges[base + 2 * i];
     const len = this.sRanges[base + 2 * i + 1];
-    const fd = this.img.fd;
+    const fd = this.fd;
     const ud = slot + i * SLOT_SHIFT;
     this.sOps[slot] += 2;
     this.opsInFlight += 2;

@@ -13,6 +13,7 @@ export const O_NOFOLLOW = 0o400000;
 export const O_DIRECT = 0o40000;
 export const O_CLOEXEC = 0o2000000;
 export const O_PATH = 0o10000000;
+const O_ACCMODE = 0o3;
 export const EFD_SEMAPHORE = 0o1;
 export const EFD_NONBLOCK = 0o4000;
 export const EFD_CLOEXEC = 0o2000000;
@@ -233,6 +234,15 @@ export function fcntl(fd: number, cmd: number, arg: number): number {
 
 export function openFile(path: string, flags: number, mode = 0o644): number {
   return check('open', open_(path, flags | O_CLOEXEC, mode) as number, { path });
+}
+
+/**
+ * A new open file description of what fd is open on, with its access mode and O_DIRECT (not a dup, which shares
+ * the description: its offset, its flags, and the write-back errors it has been told of).
+ */
+export function reopenDescription(fd: number): number {
+  const fl = check('fcntl', fcntl_(fd, F_GETFL, 0) as number, { fd });
+  return openFile(`/proc/self/fd/${fd}`, fl & (O_ACCMODE | O_DIRECT));
 }
 
 export function pipe2(flags = O_CLOEXEC): [number, number] {

@@ -7,7 +7,10 @@ import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, writ
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { BouncePool, DirectZeroes, IMAGE_FLAGS_LENGTH, STRIPES, WriteGate } from '../../backends/vhost-user-blk/bounce.js';
+import { BouncePool, DirectZeroes, IMAGE_FLAGS_LENGTH, STRIPES, WriteGate, WRITEBACK_FAILED } from '../../backends/vhost-user-blk/bounce.js';
+
+/** Where the WriteGate starts in the image flags: its locks, then its counts. */
+const GATE = WRITEBACK_FAILED + 1;
 import { PooledIo, POOLED_PENDING } from '../../backends/vhost-user-blk/pooled.js';
 import { IoUring } from '../../protocol/sys/uring.js';
 import { GuestMemory } from '../../protocol/memory/index.js';
@@ -270,13 +273,13 @@ describe('WriteGate', () => {
     // While the patch holds a, a write spanning stripes 3 to 9 steps back out of the ones it entered and waits for the lock.
     const span = WriteGate.stripes(3 * KiB64, 7 * KiB64);
     const waits = progressOr(() => {
-      expect(Array.from(flags.subarray(2 + STRIPES + 3, 2 + STRIPES + 10))).toEqual([0, 0, 0, 0, 0, 0, 1]);
+      expect(Array.from(flags.subarray(GATE + STRIPES + 3, GATE + STRIPES + 10))).toEqual([0, 0, 0, 0, 0, 0, 1]);
       gate.unlock(a);
       return true;
     });
     gate.enter(span, waits.progress);
     expect(waits.calls()).toBe(1);
-    expect(Array.from(flags.subarray(2 + STRIPES + 3, 2 + STRIPES + 10))).toEqual([1, 1, 1, 1, 1, 1, 2]);
+    expect(Array.from(flags.subarray(GATE + STRIPES + 3, GATE + STRIPES + 10))).toEqual([1, 1, 1, 1, 1, 1, 2]);
     gate.leave(span);
     gate.leave(b);
     expect(Array.from(flags.subarray(2))).toEqual(new Array(IMAGE_FLAGS_LENGTH - 2).fill(0));
@@ -286,7 +289,7 @@ describe('WriteGate', () => {
     const last = WriteGate.stripes((STRIPES - 1) * KiB64, 4096);
     const rest = WriteGate.stripes(0, (STRIPES - 1) * KiB64);
     gate.enter(all, never.progress);
-    expect(Array.from(flags.subarray(2 + STRIPES))).toEqual(new Array(STRIPES).fill(1));
+    expect(Array.from(flags.subarray(GATE + STRIPES))).toEqual(new Array(STRIPES).fill(1));
     gate.leave(rest);
     const lastDone = progressOr(() => {
       gate.leave(last);
@@ -294,7 +297,7 @@ describe('WriteGate', () => {
     });
     gate.lock(all, lastDone.progress);
     expect(lastDone.calls()).toBe(1);
-    expect(Array.from(flags.subarray(2, 2 + STRIPES))).toEqual(new Array(STRIPES).fill(1));
+    expect(Array.from(flags.subarray(GATE, GATE + STRIPES))).toEqual(new Array(STRIPES).fill(1));
     gate.unlock(all);
     expect(Array.from(flags.subarray(2))).toEqual(new Array(IMAGE_FLAGS_LENGTH - 2).fill(0));
   });

@@ -5,6 +5,7 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { BlkQueueEngine, type BlkEngineImage, type CompletionMode } from '../../backends/vhost-user-blk/engine.js';
+import { IMAGE_FLAGS_LENGTH } from '../../backends/vhost-user-blk/bounce.js';
 import {
   VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_DISCARD,
   VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_DISCARD_SEG_SIZE, encodeBlkDiscardSegment, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
@@ -25,7 +26,7 @@ for (const mode of ['eventfd', 'wait'] as CompletionMode[]) {
 
     const setup = (readonly = false) => {
       fd = openSync(file, readonly ? 'r' : 'r+');
-      img = { fd, size: SIZE, readonly, serial: Buffer.from('/path/to/image.raw\0\0'), flags: new Int32Array(2) };
+      img = { fd, size: SIZE, readonly, serial: Buffer.from('/path/to/image.raw\0\0'), flags: new Int32Array(IMAGE_FLAGS_LENGTH) };
       eng = new BlkQueueEngine(img, { queueSize: 128, completion: mode });
       eng.attach(d.device, d.mem);
     };
@@ -405,7 +406,7 @@ describe('BlkQueueEngine on tmpfs (no FALLOC_FL_ZERO_RANGE)', () => {
     const d = new BlkTestDriver();
     const fd = openSync(file, 'r+');
     const eng = new BlkQueueEngine(
-      { fd, size: SIZE, readonly: false, serial: new Uint8Array(20), flags: new Int32Array(2) },
+      { fd, size: SIZE, readonly: false, serial: new Uint8Array(20), flags: new Int32Array(IMAGE_FLAGS_LENGTH) },
       { queueSize: 128, completion: 'eventfd' },
     );
     try {
@@ -473,7 +474,7 @@ function zeroesRead(path: string, flags: number, sectors: number[], logicalBlock
   let eng: BlkQueueEngine | null = null;
   const fd = openSync(path, 'r+');
   try {
-    eng = new BlkQueueEngine({ fd, size: SIZE, readonly: false, serial: new Uint8Array(20), flags: new Int32Array(2), logicalBlock }, { queueSize: 128, completion: 'wait' });
+    eng = new BlkQueueEngine({ fd, size: SIZE, readonly: false, serial: new Uint8Array(20), flags: new Int32Array(IMAGE_FLAGS_LENGTH), logicalBlock }, { queueSize: 128, completion: 'wait' });
     eng.attach(d.device, d.mem);
     for (const sector of sectors) {
       const r = d.buf(16, 16);
