@@ -24,6 +24,11 @@ export function tgkill(tgid: number, tid: number, sig: number): void {
   check('tgkill', rawSyscall(SYS_tgkill, tgid, tid, sig), { tid, sig });
 }
 
+/** Whether thread `tid` (as gettid() gave it, in this process's pid namespace) of this process still runs. */
+export function threadRuns(tid: number): boolean {
+  return rawSyscall(SYS_tgkill, getpid(), tid, 0) === 0;
+}
+
 /** Names the calling thread (visible in /proc/self/task/N/comm; at most 15 bytes). */
 export function setThreadName(name: string): void {
   check('prctl(PR_SET_NAME)', prctl_(PR_SET_NAME, name.slice(0, 15), 0, 0, 0) as number, { name });

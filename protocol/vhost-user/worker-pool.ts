@@ -1,7 +1,7 @@
 import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
 import type { Logger } from '../log.js';
-import { existsSync } from 'node:fs';
 import { closeQuiet, eventfd, eventfdWrite } from '../sys/fd.js';
+import { threadRuns } from '../sys/proc.js';
 import { VhostUserError } from './errors.js';
 import type { WorkerCommand, WorkerInit, WorkerReady, WorkerResult } from './worker-protocol.js';
 
@@ -57,11 +57,12 @@ class WorkerLink {
 
   /**
    * Whether the worker's thread still runs. Its 'exit' event cannot be seen while this thread blocks waiting, so
-   * the thread id it stored is looked up among the process's tasks.
+   * the thread id it stored is asked after (signal 0; not /proc, which in a pid namespace of our own shows the
+   * parent namespace's numbers).
    */
   private alive(): boolean {
     const tid = Atomics.load(this.ackView, 1);
-    return tid <= 0 || existsSync(`/proc/self/task/${tid}`);
+    return tid <= 0 || threadRuns(tid);
   }
 
   /** Posts a command and wakes the worker; the answer is collected with result(). */
