@@ -393,8 +393,7 @@ export class BlkQueueEngine {
       } catch (e) {
         if (e instanceof ChainError) {
           this.guestWarn?.warn({ err: e.message, ...e.context }, 'dropping malformed descriptor chain');
-          q.pushUsed(e.head, 0);
-          this.completed++;
+          if (q.returnMalformed(e)) this.completed++;
           continue;
         }
         throw e;

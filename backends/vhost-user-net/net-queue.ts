@@ -1,10 +1,13 @@
 import type { DescriptorChain } from '../../protocol/virtqueue/chain.js';
+import type { ChainError } from '../../protocol/virtqueue/errors.js';
 
 /** The part of protocol/virtqueue's DeviceQueue the net data path uses. */
 export interface NetQueue {
   nextAvailIdx: number;
   pop(): DescriptorChain | null;
   pushUsed(head: number, writtenLen: number): void;
+  /** Gives back a chain pop() refused; false when its head names no descriptor (nothing to give back). */
+  returnMalformed(e: ChainError): boolean;
   publishUsed(): void;
   disableNotifications(): void;
   /** Re-arms guest kicks; true if more buffers arrived meanwhile (keep going). */

@@ -218,8 +218,7 @@ export class RxPath {
       } catch (e) {
         if (!(e instanceof ChainError)) throw e;
         c[COUNTER.rxBadChain]++;
-        q.pushUsed(e.head, 0);
-        this.pending++;
+        if (q.returnMalformed(e)) this.pending++;
         continue;
       }
       if (chain === null) {

@@ -62,8 +62,7 @@ export class TxPath {
           if (!(e instanceof ChainError)) throw e;
           c[COUNTER.txBadChain]++;
           c[COUNTER.txDropped]++;
-          q.pushUsed(e.head, 0);
-          published++;
+          if (q.returnMalformed(e)) published++;
           continue;
         }
         if (chain === null) {

@@ -77,6 +77,11 @@ export class LockWaits implements Deferrer {
     const mem = this.memory();
     const still: Wait[] = [];
     for (const w of this.waits) {
+      // Its ring's memory is gone for now (REM_MEM_REG): a lock taken now could not be answered; it waits on.
+      if (w.owner !== null && !w.owner.queue.ringsMapped()) {
+        still.push(w);
+        continue;
+      }
       const r = w.attempt();
       if (r === -E.EAGAIN) still.push(w);
       else this.answer(mem, w, r);

@@ -85,8 +85,7 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
       } catch (e) {
         if (e instanceof ChainError) {
           guestWarn.warn({ err: e.message }, 'dropping malformed descriptor chain');
-          queue.pushUsed(e.head, 0);
-          served++;
+          if (queue.returnMalformed(e)) served++;
           continue;
         }
         throw e;
@@ -148,7 +147,8 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
     kicksOff = !on;
     let more = false;
     for (const r of rings) {
-      if (!r.enabled) continue;
+      // A ring whose memory the front-end removed for a while (REM_MEM_REG) is left alone until it is back.
+      if (!r.enabled || !r.queue.ringsMapped()) continue;
       if (on) more = r.queue.enableNotifications() || more;
       else r.queue.disableNotifications();
     }
@@ -156,7 +156,7 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
   }
 
   function anyAvailable(): boolean {
-    for (const r of rings) if (r.enabled && r.queue.hasAvailable()) return true;
+    for (const r of rings) if (r.enabled && r.queue.ringsMapped() && r.queue.hasAvailable()) return true;
     return offload !== null && offload.ready();
   }
 

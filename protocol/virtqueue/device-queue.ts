@@ -1,6 +1,6 @@
 import type { GuestMemory } from '../memory/index.js';
 import { DescriptorChain } from './chain.js';
-import { ChainError, VirtqueueError } from './errors.js';
+import { ChainError, RingMemoryError, VirtqueueError } from './errors.js';
 import {
   DESC_SIZE,
   VIRTQ_AVAIL_F_NO_INTERRUPT,
@@ -89,8 +89,8 @@ export class DeviceQueue {
 
   /**
    * Takes the next available chain, or null. Throws VirtqueueError if the avail index is corrupt
-   * (the queue is broken), ChainError for one malformed chain (already consumed; return it with
-   * pushUsed(e.head, 0)).
+   * (the queue is broken), ChainError for one malformed chain (already consumed; give it back with
+   * returnMalformed(e)).
    */
   pop(): DescriptorChain | null {
     const availIdx = this.availIdx();
@@ -118,6 +118,27 @@ export class DeviceQueue {
     if (!Number.isInteger(count) || count < 0 || count > this.size) throw new VirtqueueError('invalid undoPop count', { count });
     this.lastAvail = (this.lastAvail - count) & 0xffff;
     if (this.eventIdx && !this.notifyOff) Atomics.store(this.r().used16, this.r().availEventIdx, this.lastAvail);
+  }
+
+  /**
+   * Gives back a chain pop() refused (ChainError) with nothing written. A head that is no descriptor index at all
+   * names nothing that could go back: false, and the avail entry is just skipped.
+   */
+  returnMalformed(e: ChainError): boolean {
+    if (!Number.isInteger(e.head) || e.head < 0 || e.head >= this.size) return false;
+    this.pushUsed(e.head, 0);
+    return true;
+  }
+
+  /** Whether the rings are in mapped memory now (a front-end may remove their region for a while: REM_MEM_REG). */
+  ringsMapped(): boolean {
+    try {
+      this.r();
+      return true;
+    } catch (e) {
+      if (e instanceof RingMemoryError) return false;
+      throw e;
+    }
   }
 
   /** Writes a used element (not yet visible to the driver: see publishUsed). */

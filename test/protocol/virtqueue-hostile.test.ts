@@ -137,12 +137,20 @@ describe('DeviceQueue refuses hostile chains', () => {
     expect(catchErr(() => q.pop())).toBeInstanceOf(ChainError);
   });
 
-  it('head index >= queue size', () => {
+  it('head index >= queue size: nothing to give back, and the chains around it are served and published', () => {
     const q = new DeviceQueue(mem, layout, { eventIdx: false });
+    writeDesc(mem, layout.descAddr, 5, BUF, 8, 0);
+    offer(mem, layout, 5);
     offer(mem, layout, QSIZE);
+    expect(q.pop()?.head).toBe(5);
+    q.pushUsed(5, 0);
     const e = catchErr(() => q.pop());
     expect(e).toBeInstanceOf(ChainError);
     expect((e as Error).message).toMatch(/head index out of range/);
+    // pushUsed(e.head) threw here, and the batch's publishUsed() never ran: the reply for head 5 stayed hidden.
+    expect(q.returnMalformed(e as ChainError)).toBe(false);
+    q.publishUsed();
+    expect(mem.readU16(layout.usedAddr + 2)).toBe(1);
   });
 
   it('avail idx jumping more than the queue size ahead is a queue error', () => {
