@@ -30,6 +30,18 @@ function raw(s: LocalShare, opcode: number, nodeid: bigint, body: Uint8Array, re
   return n >= 16 ? -out.readInt32LE(4) : null;
 }
 
+/** A fresh file system of `type` mounted on a new directory `name` of the share; null where mounting is not allowed. */
+function mountIn(s: LocalShare, name: string, type: string): string | null {
+  const dir = join(s.dir, name);
+  mkdirSync(dir);
+  try {
+    execSync(`mount -t ${type} kumo-fs-state ${dir}`);
+    return dir;
+  } catch {
+    return null; // a container without CAP_SYS_ADMIN
+  }
+}
+
 function batchForget(items: [bigint, bigint][]): Buffer {
   const body = Buffer.alloc(8 + 16 * items.length);
   body.writeUInt32LE(items.length, 0);
@@ -94,13 +106,8 @@ describe('virtiofsd session state', () => {
   it('--inode-file-handles: the fd on a submount closes once the guest forgets its last inode there', async (ctx) => {
     if (process.getuid?.() !== 0) return ctx.skip();
     const s = await share({ inodeFileHandles: 'prefer' });
-    const mnt = join(s.dir, 'mnt');
-    mkdirSync(mnt);
-    try {
-      execSync(`mount -t tmpfs kumo-fs-state ${mnt}`);
-    } catch {
-      return ctx.skip(); // no mounts here (a container without CAP_SYS_ADMIN)
-    }
+    const mnt = mountIn(s, 'mnt', 'tmpfs');
+    if (mnt === null) return ctx.skip();
     try {
       writeFileSync(join(mnt, 'f'), 'x');
       const base = fdCount();
@@ -117,13 +124,8 @@ describe('virtiofsd session state', () => {
   it('READDIR goes on from the directory stream, not a seek: rm -rf on a file system whose cookies are positions (ramfs) removes all', async (ctx) => {
     if (process.getuid?.() !== 0) return ctx.skip();
     const s = await share();
-    const d = join(s.dir, 'd');
-    mkdirSync(d);
-    try {
-      execSync(`mount -t ramfs kumo-fs-state ${d}`);
-    } catch {
-      return ctx.skip(); // no mounts here (a container without CAP_SYS_ADMIN)
-    }
+    const d = mountIn(s, 'd', 'ramfs');
+    if (d === null) return ctx.skip();
     try {
       const node = (await s.client.lookup(FUSE_ROOT_ID, 'd')).nodeid;
       for (const plus of [false, true]) {
