@@ -17,8 +17,9 @@ const WRITE_OUT = 8;
 /** fuse_in_header + fuse_write_in: WRITE's arguments before its data. */
 const WRITE_ARGS = IN_HEADER_SIZE + 40;
 /**
- * Whether a WRITE goes to the end of the file: the guest's file has O_APPEND now (fuse_write_in.flags) and the write is
- * not its page cache writing back a page, which goes where the page is. The host fd never has O_APPEND (see openFlags).
+ * Whether a WRITE asks for the end of the file: the guest's file has O_APPEND now (fuse_write_in.flags) and the write is
+ * not its page cache writing back a page, which goes where the page is. The host fd never has O_APPEND (see openFlags);
+ * PassthroughFs.write appends only without the writeback cache.
  */
 export function appends(writeFlags: number, fileFlags: number): boolean {
   return (fileFlags & O_APPEND) !== 0 && (writeFlags & FUSE_WRITE_CACHE) === 0;
@@ -176,7 +177,7 @@ export class FastPath {
         const covered = io.inIovecs(WRITE_ARGS, size, iov);
         if (covered !== size) return NOT_HANDLED;
         const writeFlags = this.inDv.getUint32(A + 20, true);
-        const kill = this.session.kill((writeFlags & FUSE_WRITE_KILL_SUIDGID) !== 0);
+        const kill = this.session.kill((writeFlags & FUSE_WRITE_KILL_SUIDGID) !== 0, true);
         // Zero bytes too: the host still checks the handle's mode and the offset (EBADF, EINVAL).
         const n = fs.write(fh, off, iov, kill, appends(writeFlags, this.inDv.getUint32(A + 32, true)));
         this.outDv.setUint32(OUT_HEADER_SIZE, n, true);

@@ -746,7 +746,10 @@ export class PassthroughFs {
   write(fh: number, offset: FileOffset, iov: IoVecList, kill = false, append = false): number {
     this.writable();
     const fd = this.handles.get(fh).fd;
-    const n = this.killingPrivs(kill, () => pwritev(fd, iov, offset, append ? RWF_APPEND : 0));
+    // With the writeback cache the guest's kernel owns the end of the file (pages it has not written back lie beyond
+    // the host's): every write goes where it says, as virtiofsd does.
+    const rwf = append && !this.writebackNegotiated ? RWF_APPEND : 0;
+    const n = this.killingPrivs(kill, () => pwritev(fd, iov, offset, rwf));
     if (n < 0) throw new FsError(E.EAGAIN, 'write would block');
     if (n > 0) this.dropCapabilities(fd);
     return n;

@@ -462,7 +462,7 @@ export class FuseServer {
     iov.clear();
     const covered = io.inIovecs(WRITE_ARGS, w.size, iov);
     if (covered !== w.size) throw new FuseProtocolError('WRITE data too fragmented', { size: w.size, covered });
-    const n = this.fs.write(w.fh, w.offset, iov, this.session.kill((w.writeFlags & FUSE_WRITE_KILL_SUIDGID) !== 0), appends(w.writeFlags, w.flags));
+    const n = this.fs.write(w.fh, w.offset, iov, this.session.kill((w.writeFlags & FUSE_WRITE_KILL_SUIDGID) !== 0, true), appends(w.writeFlags, w.flags));
     return this.replyStruct(io, h.unique, WriteOut, { size: n });
   }
 }

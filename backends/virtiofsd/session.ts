@@ -69,9 +69,14 @@ export class FuseSession {
     return this.dontMask ? guestUmask & 0o777 : 0;
   }
 
-  /** Whether a request's kill-privileges flag is to be acted on (only a negotiated one is). */
-  kill(flagged: boolean): boolean {
-    return flagged && this.killPrivV2;
+  /**
+   * Whether a request's kill-privileges flag is to be acted on. OPEN's and SETATTR's came with FUSE_HANDLE_KILLPRIV_V2
+   * and count only once it is agreed. WRITE's is older (FUSE 7.31): a guest kernel sets it on every direct write by
+   * a caller without CAP_FSETID (cache=never, O_DIRECT) and clears nothing itself there, so it always counts, as in
+   * QEMU's virtiofsd (a non-root writer left set-user-ID behind).
+   */
+  kill(flagged: boolean, write = false): boolean {
+    return flagged && (write || this.killPrivV2);
   }
 
   /**

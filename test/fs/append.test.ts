@@ -68,6 +68,20 @@ describe('O_APPEND (as Rust virtiofsd: never on the host fd, WRITE appends when 
     expect(readFileSync(f, 'utf8')).toBe('one\ntwo\nthree\n');
   });
 
+  it('with the writeback cache a write goes where the guest says even from an O_APPEND file (its kernel owns the end)', async () => {
+    const s = await share(true, BASE | Init.WRITEBACK_CACHE);
+    const f = join(s.dir, 'f');
+    writeFileSync(f, 'B'.repeat(4096));
+    const e = await s.client.lookup(FUSE_ROOT_ID, 'f');
+    const { fh } = await s.client.open(e.nodeid, O_WRONLY | O_APPEND);
+    // An O_APPEND|O_DIRECT write while the guest holds a dirty page at 4096 that it has not written back: the guest's
+    // end of file is 8192. Appended at the host's end (4096), the page written back later went over it.
+    await s.client.write(e.nodeid, fh, 8192, bytes('C'.repeat(4096)), 0, O_WRONLY | O_APPEND);
+    const got = readFileSync(f);
+    expect(got.length).toBe(12288);
+    expect(got.subarray(8192).toString()).toBe('C'.repeat(4096));
+  });
+
   it('an append-only host file (chattr +a) still opens for appending, and its writes append', async (ctx) => {
     if (process.getuid?.() !== 0 || spawnSync('chattr', ['-V']).error) return ctx.skip();
     const s = await share(false);
