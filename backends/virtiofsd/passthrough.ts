@@ -595,7 +595,7 @@ export class PassthroughFs {
   link(oldInode: Inode, newParent: Inode, name: Uint8Array): EntryOut {
     checkName(name);
     this.writable();
-    this.guestFds.need(1);
+    // No fd to count: the new name is an inode the guest holds already.
     // Through the fd's /proc link, as virtiofsd does: AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH, or (Linux 6.10+) an
     // fd opened under this thread's current credentials, which every switch to a guest caller replaces.
     fs.linkat(this.procSelfFd, String(oldInode.fd), newParent.fd, name, fs.AT_SYMLINK_FOLLOW);

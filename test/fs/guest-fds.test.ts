@@ -58,6 +58,9 @@ describe('the fds a guest may make the daemon hold', () => {
       expect(await errCode(p), what).toBe('ENFILE');
     }
     expect(['d2', 'l', 'n'].filter((n) => existsSync(join(dir, n)))).toEqual([]);
+    // A hard link names an inode the guest holds: no fd more, and none refused (it was ENFILE).
+    expect((await c.link(f1.nodeid, FUSE_ROOT_ID, 'f1-link')).nodeid).toBe(f1.nodeid);
+    expect(count()).toBe(LIMIT);
     // Releasing the open file makes room again.
     await c.release(f0.nodeid, opened.fh);
     expect(count()).toBe(3);
