@@ -165,7 +165,7 @@ export class BlkBackend implements VhostUserBackend {
     v.setUint8(BlkConfig.physical_block_exp, Math.log2(perBlock));
     v.setUint8(BlkConfig.alignment_offset, 0);
     v.setUint16(BlkConfig.min_io_size, perBlock, true);
-    v.setUint32(BlkConfig.opt_io_size, 0, true);
+    v.setUint32(BlkConfig.opt_io_size, perBlock, true); // as Cloud Hypervisor (1 for 512-byte blocks)
     v.setUint8(BlkConfig.writeback, 1);
     v.setUint16(BlkConfig.num_queues, this.opts.numQueues, true);
     v.setUint32(BlkConfig.max_discard_sectors, BlkLimits.maxDiscardSectors, true);

@@ -38,6 +38,8 @@ const KIND_ZERO = 3;
 const KIND_WT_WRITE = 4;
 /** WRITE_ZEROES with UNMAP, its ranges punched: where punching is not supported they are zeroed the plain way. */
 const KIND_ZERO_UNMAP = 5;
+/** Sectors from 2^44 on (2^44 × 512 = 2^53 bytes, the largest exact offset) have this high word or more (it cut at 2^41). */
+const MAX_SECTOR_HI = 1 << 12;
 /** userData of the batch fdatasync (no slot has this index: queues have at most 32768 entries). */
 const SYNC_UD = 0xffff;
 
@@ -522,8 +524,8 @@ export class BlkQueueEngine {
       secLo = this.hdrView.getUint32(8, true);
       secHi = this.hdrView.getUint32(12, true);
     }
-    // Sectors beyond 2^53 bytes are out of range for any image.
-    const offset = secHi >= 0x200 ? -1 : (secHi * TWO32 + secLo) * SECTOR;
+    // Sectors at 2^53 bytes and beyond are out of range for any image (DiskImage refuses larger ones).
+    const offset = secHi >= MAX_SECTOR_HI ? -1 : (secHi * TWO32 + secLo) * SECTOR;
 
     switch (type) {
       case VIRTIO_BLK_T_IN: {
@@ -699,7 +701,7 @@ export class BlkQueueEngine {
         return this.finishNow(head, statusGpa, VIRTIO_BLK_S_UNSUPP, used);
       }
       const max = discard ? BlkLimits.maxDiscardSectors : BlkLimits.maxWriteZeroesSectors;
-      const off = hi >= 0x200 ? -1 : (hi * TWO32 + lo) * SECTOR;
+      const off = hi >= MAX_SECTOR_HI ? -1 : (hi * TWO32 + lo) * SECTOR;
       if (num > max || !this.rangeOk(off, num * SECTOR)) {
         outOfRange = true;
         continue;

@@ -24,6 +24,9 @@ export interface ImageOptions {
  * read-write images, a read lock for readonly ones, so no two processes write one image
  * (and QEMU/Cloud Hypervisor's whole-file OFD locks conflict with ours).
  */
+/** The largest image served: every byte offset in it is an exact JavaScript number. */
+const MAX_IMAGE_BYTES = 2n ** 53n;
+
 export class DiskImage {
   private constructor(
     readonly path: string,
@@ -67,11 +70,11 @@ export class DiskImage {
       throw new ImageError(`cannot open image ${path}: ${code}`, { path, ...opts, cause: code });
     }
     try {
-      const st = fstatSync(fd);
-      let size: number;
+      const st = fstatSync(fd, { bigint: true });
+      let exact: bigint;
       let logicalBlock = SECTOR_SIZE;
       if (st.isBlockDevice()) {
-        size = blockDeviceSize(fd);
+        exact = blockDeviceSize(fd);
         const b = Buffer.alloc(8);
         ioctl(fd, BLKSSZGET, b);
         logicalBlock = b.readInt32LE(0);
@@ -79,7 +82,7 @@ export class DiskImage {
         ioctl(fd, BLKROGET, b);
         if (!opts.readonly && b.readInt32LE(0) !== 0) throw new ImageError(`block device ${path} is read-only: serve it with readonly=on`, { path });
       } else if (st.isFile()) {
-        size = st.size;
+        exact = st.size;
       } else {
         throw new ImageError(`image ${path} is neither a regular file nor a block device`, { path });
       }
@@ -89,6 +92,11 @@ export class DiskImage {
         // Served raw, a guest would see the container's bytes and, writing, destroy the image.
         throw new ImageError(`image ${path} is a ${format} image: only raw images are served (qemu-img convert -O raw ${path} OUT)`, { path, format });
       }
+      // Offsets are exact JavaScript numbers up to 2^53 (8 PiB); a larger image would be served wrong.
+      if (exact > MAX_IMAGE_BYTES) {
+        throw new ImageError(`image ${path} is larger than 8 PiB (2^53 bytes), the most this back-end serves`, { path, size: String(exact) });
+      }
+      const size = Number(exact);
       if (size % SECTOR_SIZE !== 0) {
         throw new ImageError(`image ${path} size ${size} is not a multiple of ${SECTOR_SIZE} bytes`, { path, size });
       }

@@ -1,9 +1,9 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
-import { mkdtempSync, rmSync, statSync, writeFileSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import {
   VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR,
   BlkConfig, bit, VIRTIO_BLK_F_RO, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_T_DISCARD,
@@ -69,6 +69,8 @@ describe('kumo-vhost-user-blk process', () => {
     const cfg = new DataView(client.fe.getConfig(0, 60).buffer);
     expect(Number(cfg.getBigUint64(0, true))).toBe(SIZE / 512);
     expect(cfg.getUint16(BlkConfig.num_queues, true)).toBe(2);
+    // As Cloud Hypervisor: the guest's optimal_io_size reads 512, not 0.
+    expect([cfg.getUint16(BlkConfig.min_io_size, true), cfg.getUint32(BlkConfig.opt_io_size, true)]).toEqual([1, 1]);
 
     const data = randomBytes(65536);
     const w = client.buf(65536);
@@ -89,6 +91,41 @@ describe('kumo-vhost-user-blk process', () => {
     const st = statSync(img, { bigint: true });
     expect(Buffer.from(client.mem.slice(id, 20)).toString().replace(/\0+$/, '')).toBe(`${st.dev}${st.rdev}${st.ino}`.slice(0, 20));
     expect(readFileSync(img).subarray(51200, 51200 + 65536).equals(data)).toBe(true);
+  });
+
+  it('serves a sparse image past 1 PiB to its last sector (requests beyond 2^41 sectors were IOERR), and refuses one over 2^53 bytes', async (ctx) => {
+    const big = join('/dev/shm', `kumo-vub-big-${process.pid}.raw`); // tmpfs takes sparse files this large
+    if (!existsSync('/dev/shm')) return ctx.skip();
+    try {
+      const sectors = 2 ** 44; // 2^53 bytes: the largest served
+      writeFileSync(big, '');
+      const truncate = (bytes: bigint): void => void expect(spawnSync('truncate', ['-s', String(bytes), big]).status).toBe(0);
+      truncate(2n ** 53n);
+      child = await startBackend(`path=${big},socket=${sock}`);
+      client = await BlkVuClient.connect(sock);
+      expect(Number(new DataView(client.fe.getConfig(0, 8).buffer).getBigUint64(0, true))).toBe(sectors);
+      const data = randomBytes(4096);
+      const w = client.buf(4096);
+      client.mem.write(w, data);
+      const at = [2 ** 41, sectors - 8];
+      const st = at.map((s, i) => client!.add(0, VIRTIO_BLK_T_OUT, s, [{ addr: w, len: 4096 }], [], i + 1));
+      const past = client.add(0, VIRTIO_BLK_T_OUT, sectors, [{ addr: w, len: 512 }], [], 9);
+      client.run(0, 3);
+      expect([...st, past].map((a) => client!.mem.readU8(a))).toEqual([0, 0, 1]);
+      const r = client.buf(4096);
+      const rs = client.add(0, VIRTIO_BLK_T_IN, sectors - 8, [], [{ addr: r, len: 4096 }], 10);
+      client.run(0, 1);
+      expect(client.mem.readU8(rs)).toBe(0);
+      expect(Buffer.from(client.mem.slice(r, 4096)).equals(data)).toBe(true);
+      client.close();
+      client = null;
+      await stopBackend(child);
+      child = null;
+      truncate(2n ** 53n + 512n);
+      await expect(startBackend(`path=${big},socket=${sock}`)).rejects.toThrow(/larger than 8 PiB/);
+    } finally {
+      rmSync(big, { force: true });
+    }
   });
 
   it('readonly: advertises RO, rejects writes with IOERR and leaves the file untouched', async () => {
