@@ -61,7 +61,7 @@ export interface BlkEngineImage {
   /**
    * flags[0] = 1 while the device is in writethrough mode (WCE off, or FLUSH not negotiated);
    * flags[1] = how many queue engines are attached (serving a started ring), across all workers;
-   * flags[2] = 1 once a write-back of a buffered image failed (WRITEBACK_FAILED, see syncResult);
+   * flags[2] = 1 once a write-back of a buffered image failed (WRITEBACK_FAILED, see syncFailed);
    * from flags[3] on, the WriteGate of O_DIRECT images with blocks larger than a sector (IMAGE_FLAGS_LENGTH in all).
    */
   flags: Int32Array;
