@@ -71,7 +71,7 @@ export class DiskImage {
     }
     try {
       const st = fstatSync(fd, { bigint: true });
-      let exact: bigint;
+      let exact: number | bigint;
       let logicalBlock = SECTOR_SIZE;
       if (st.isBlockDevice()) {
         exact = blockDeviceSize(fd);

@@ -310,7 +310,7 @@ export class GuestMemory {
     if (type !== S_IFREG && type !== S_IFBLK) {
       throw new GuestMemoryError('memory region fd is neither a regular file (memfd, tmpfs, hugetlbfs) nor a block device', { mode: st.mode.toString(8) });
     }
-    const fileSize = type === S_IFREG ? st.size : exactNumber(blockDeviceSize(spec.fd));
+    const fileSize = type === S_IFREG ? st.size : blockDeviceSize(spec.fd);
     if (fileSize < spec.fdOffset + spec.size) {
       throw new GuestMemoryError('memory region extends past the end of its file', { fdOffset: spec.fdOffset, size: spec.size, fileSize });
     }
@@ -348,9 +348,4 @@ export class GuestMemory {
     this.gen++;
     this.regs.sort((a, b) => a.guestAddr - b.guestAddr);
   }
-}
-
-/** A u64 as a number below 2^53, else the exact bigint (as fs.u64Exact). */
-function exactNumber(v: bigint): number | bigint {
-  return v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
 }

@@ -204,11 +204,11 @@ export function fstatRaw(fd: number): number {
 
 const BLKGETSIZE64 = 0x80081272;
 
-/** A block device's size in bytes (BLKGETSIZE64), exact: fstat reports 0 for it. */
-export function blockDeviceSize(fd: number): bigint {
+/** A block device's size in bytes (BLKGETSIZE64), exact as u64Exact gives it: fstat reports 0 for it. */
+export function blockDeviceSize(fd: number): number | bigint {
   const b = Buffer.alloc(8);
   ioctl(fd, BLKGETSIZE64, b);
-  return b.readBigUInt64LE(0);
+  return u64Exact(b, 0);
 }
 
 /** lstat of `cname` (NUL-terminated) under dirfd into rawStat without decoding: 0, or -errno. */

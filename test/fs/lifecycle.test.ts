@@ -35,13 +35,25 @@ function kumoVu(args: string[], stdin: 'ignore' | 'pipe' = 'ignore'): {
   return { child, out: done.then((r) => r.out), done };
 }
 
+/** A temp dir with share/ (filled by `fill`) served by kumo-virtiofsd on dir/s.sock; `end()` kills it and removes the dir. */
+function served(prefix: string, o: { extra?: string[]; stderr?: boolean; fill?: (share: string) => void } = {}): {
+  dir: string; share: string; sock: string; d: ChildProcess; end: () => void;
+} {
+  const dir = mkdtempSync(`/tmp/${prefix}`);
+  const share = join(dir, 'share');
+  mkdirSync(share);
+  o.fill?.(share);
+  const sock = join(dir, 's.sock');
+  const d = daemon(sock, share, o.extra, o.stderr);
+  return { dir, share, sock, d, end: () => {
+    d.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  } };
+}
+
 describe('kumo-virtiofsd lifecycle and kumo-vu fs bench', () => {
   it('exits promptly on SIGTERM while a front-end is connected', async () => {
-    const dir = mkdtempSync('/tmp/kumo-fs-life-');
-    const share = join(dir, 'share');
-    mkdirSync(share);
-    const sock = join(dir, 's.sock');
-    const d = daemon(sock, share);
+    const { sock, d, end } = served('kumo-fs-life-');
     // A front-end that stays connected: `run -` reads its script from a stdin we never close.
     const fe = kumoVu(['--socket', sock, '--connect-timeout', '15000', 'run', '-'], 'pipe');
     try {
@@ -54,18 +66,13 @@ describe('kumo-virtiofsd lifecycle and kumo-vu fs bench', () => {
       expect(code).toBe(0);
       expect(Date.now() - t0).toBeLessThan(10_000);
     } finally {
-      d.kill('SIGKILL');
       fe.child.kill('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
+      end();
     }
   }, 30_000);
 
   it('bench with several requests in flight reports every case and cleans up; the daemon exits when it disconnects', async () => {
-    const dir = mkdtempSync('/tmp/kumo-fs-life-');
-    const share = join(dir, 'share');
-    mkdirSync(share);
-    const sock = join(dir, 's.sock');
-    const d = daemon(sock, share);
+    const { share, sock, d, end } = served('kumo-fs-life-');
     try {
       const b = kumoVu(['--socket', sock, '--connect-timeout', '15000', 'bench', '--seconds', '0.2', '--iodepth', '4', '--json']);
       const r = JSON.parse(await b.out) as Record<string, number>;
@@ -77,8 +84,7 @@ describe('kumo-virtiofsd lifecycle and kumo-vu fs bench', () => {
       expect(readdirSync(share)).toEqual([]);
       expect(await exited(d)).toBe(0);
     } finally {
-      d.kill('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
+      end();
     }
   }, 60_000);
 });
@@ -134,18 +140,16 @@ describe('kumo-vu fs input checks', () => {
 
 describe('kumo-vu fs run output', () => {
   it('lists a directory of 5,000 entries (its lookups forgotten in several BATCH_FORGETs) and prints names and contents unambiguously', async () => {
-    const dir = mkdtempSync('/tmp/kumo-fs-out-');
-    const share = join(dir, 'share');
-    mkdirSync(join(share, 'big'), { recursive: true });
-    for (let k = 0; k < 5000; k++) writeFileSync(join(share, 'big', `f${k}`), '');
-    mkdirSync(join(share, 'two'));
-    writeFileSync(join(share, 'two', 'a'), '');
-    writeFileSync(join(share, 'two', 'b'), '');
-    mkdirSync(join(share, 'one'));
-    writeFileSync(join(share, 'one', 'a:f b'), '');
-    writeFileSync(join(share, 'long'), Buffer.alloc(70, 0x61));
-    const sock = join(dir, 's.sock');
-    const d = daemon(sock, share);
+    const { dir, sock, end } = served('kumo-fs-out-', { fill: (share) => {
+      mkdirSync(join(share, 'big'));
+      for (let k = 0; k < 5000; k++) writeFileSync(join(share, 'big', `f${k}`), '');
+      mkdirSync(join(share, 'two'));
+      writeFileSync(join(share, 'two', 'a'), '');
+      writeFileSync(join(share, 'two', 'b'), '');
+      mkdirSync(join(share, 'one'));
+      writeFileSync(join(share, 'one', 'a:f b'), '');
+      writeFileSync(join(share, 'long'), Buffer.alloc(70, 0x61));
+    } });
     try {
       await waitFor(sock);
       const script = join(dir, 'script.fs.txt');
@@ -158,19 +162,14 @@ describe('kumo-vu fs run output', () => {
       expect(replies[2]).toBe('ok "a:f b":f ..:d .:d');
       expect(replies[3]).toMatch(/^ok len=70 sha256=[0-9a-f]{16} "a{32}"\.\.\.$/);
     } finally {
-      d.kill('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
+      end();
     }
   }, 60_000);
 });
 
 describe('a guest flooding the daemon with malformed requests', () => {
   it('gets an error for each, while the warnings it causes are rate-limited (the count held back is logged)', async () => {
-    const dir = mkdtempSync('/tmp/kumo-fs-flood-');
-    const share = join(dir, 'share');
-    mkdirSync(share);
-    const sock = join(dir, 's.sock');
-    const d = daemon(sock, share, [], true);
+    const { sock, d, end } = served('kumo-fs-flood-', { stderr: true });
     let err = '';
     d.stderr!.on('data', (b: Buffer) => (err += b.toString()));
     let t: VirtioFsTransport | null = null;
@@ -196,8 +195,7 @@ describe('a guest flooding the daemon with malformed requests', () => {
       expect(lines.length + held).toBe(N + 1);
     } finally {
       t?.close();
-      d.kill('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
+      end();
     }
   }, 30_000);
 });

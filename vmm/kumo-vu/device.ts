@@ -10,8 +10,13 @@ import { KumoVuError } from './errors.js';
 const GUEST_BASE = 0x10_0000;
 const PAGE = 4096;
 const INDIRECT_POOL = 256 * 1024;
-/** epoll token of the vhost-user socket (queue tokens are their indexes). */
-const HANGUP_TOKEN = 0xffff;
+/** epoll token of the vhost-user socket in a wait that watches for the back-end going away (queue tokens are their indexes). */
+export const HANGUP_TOKEN = 0xffff;
+
+/** What a wait reports when the back-end went away meanwhile. */
+export function disconnected(context: Record<string, unknown>): KumoVuError {
+  return new KumoVuError('the vhost-user back-end disconnected', context);
+}
 
 /** One driver-side ring: the queue, its kick eventfd (we write) and call eventfd (the back-end writes). */
 export class VuQueue {
@@ -103,7 +108,12 @@ export class VuDevice {
       this.frontend.setupVring(i, mem, layout, kickFd, callFd, 0);
     }
     // A back-end that goes away wakes waitUsed() at once instead of after its timeout.
-    this.epoll.add(this.frontend.channel.fd, EPOLLRDHUP, HANGUP_TOKEN);
+    this.watchHangup(this.epoll);
+  }
+
+  /** Makes `ep` report HANGUP_TOKEN when the back-end closes the connection. */
+  watchHangup(ep: Epoll): void {
+    ep.add(this.frontend.channel.fd, EPOLLRDHUP, HANGUP_TOKEN);
   }
 
   /** Allocates a guest buffer from the data area. */
@@ -122,7 +132,7 @@ export class VuDevice {
     for (;;) {
       const used = q.dq.takeUsed();
       if (used.length > 0) return used;
-      if (hungUp) throw new KumoVuError('the vhost-user back-end disconnected', { queue: q.index });
+      if (hungUp) throw disconnected({ queue: q.index });
       const left = deadline - Date.now();
       if (left <= 0) throw new KumoVuError('timed out waiting for the device', { queue: q.index, timeoutMs });
       const n = this.epoll.wait(Math.min(left, 100));

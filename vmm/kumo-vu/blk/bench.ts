@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { Epoll, EPOLLIN, EPOLLRDHUP } from '../../../protocol/sys/epoll.js';
+import { Epoll, EPOLLIN } from '../../../protocol/sys/epoll.js';
 import { eventfdRead } from '../../../protocol/sys/fd.js';
 import {
   bits, encodeBlkHeader, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_OUTHDR_SIZE,
@@ -7,7 +7,7 @@ import {
 } from '../../../protocol/virtio/index.js';
 import type { GuestMemory } from '../../../protocol/memory/index.js';
 import type { Segment } from '../../../protocol/virtqueue/index.js';
-import { VuDevice, type VuQueue } from '../device.js';
+import { disconnected, HANGUP_TOKEN, VuDevice, type VuQueue } from '../device.js';
 import { KumoVuError } from '../errors.js';
 import { LatencyHistogram } from '../latency.js';
 import { BLK_CONFIG_READ, parseBlkConfig } from './config.js';
@@ -118,9 +118,6 @@ class SlotSet {
   }
 }
 
-/** epoll token of the vhost-user socket (queue tokens are their indexes). */
-const HANGUP_TOKEN = 0xffff;
-
 /** Runs a fixed-time load against a vhost-user-blk back-end. */
 export async function benchBlk(o: BenchOptions): Promise<BenchResult> {
   const dev = await VuDevice.connect({
@@ -146,7 +143,7 @@ export async function benchBlk(o: BenchOptions): Promise<BenchResult> {
     const ep = new Epoll(64);
     sets.forEach((s, i) => ep.add(s.q.callFd, EPOLLIN, i));
     // A back-end that goes away ends the run at once, not after the stall timeout below.
-    ep.add(dev.frontend.channel.fd, EPOLLRDHUP, HANGUP_TOKEN);
+    dev.watchHangup(ep);
     const hist = new LatencyHistogram();
     let errors = 0;
 
@@ -182,7 +179,7 @@ export async function benchBlk(o: BenchOptions): Promise<BenchResult> {
         for (let k; (k = s.q.dq.drainUsed(complete)) > 0;) got += k;
         if (got > 0 && !stopping) s.q.kick();
       }
-      if (hungUp) throw new KumoVuError('the vhost-user back-end disconnected', { inflight });
+      if (hungUp) throw disconnected({ inflight });
       if (n === 0 && performance.now() > end + 5000) throw new KumoVuError('back-end stopped completing requests', { inflight });
     }
     const elapsed = (performance.now() - t0) / 1000;
