@@ -43,6 +43,7 @@ const RENAME_WHITEOUT = 4;
 const NO_ID = 0xffffffff;
 const XATTR_SIZE_MAX = 65536;
 const ACL_ACCESS_XATTR = Buffer.from('system.posix_acl_access');
+const ACL_DEFAULT_XATTR = Buffer.from('system.posix_acl_default');
 const S_ISGID = 0o2000;
 const CAP_FSETID = capNumber('fsetid');
 
@@ -145,6 +146,12 @@ export class PassthroughFs {
   submountsNegotiated = false;
   /** Set by INIT: the guest's page cache writes back (FUSE_WRITEBACK_CACHE agreed, not merely offered by --writeback). */
   writebackNegotiated = false;
+  /**
+   * Set by INIT: POSIX ACLs agreed (--posix-acl and the guest's FUSE_POSIX_ACL). Without them the guest neither
+   * enforces nor sees ACLs, so their xattrs are refused and hidden, as in virtiofsd: a host default ACL would still
+   * set the modes of new files, and with --translate-uid the raw host IDs inside an ACL would bypass the mapping.
+   */
+  aclsNegotiated = false;
   /** File-handle identity and the inode fd cache (--inode-file-handles), or null for plain fds. */
   readonly fileHandles: InodeHandles | null;
   /** True when this thread has its own cwd (unshare(CLONE_FS)), so fchdir is private to it. */
@@ -172,7 +179,7 @@ export class PassthroughFs {
     this.ids = idMaps(opts.translateUid, opts.translateGid);
     this.euid = rawSyscall(107); // geteuid
     this.egid = rawSyscall(108); // getegid
-    this.groups = fs.getgroupsThread();
+    this.groups = dropSupplementaryGroups();
   }
 
   close(): void {
@@ -962,6 +969,7 @@ export class PassthroughFs {
    */
   setxattr(i: Inode, name: Uint8Array, value: Uint8Array, flags: number, killSgid = false): void {
     this.xattrOn();
+    this.aclXattrAllowed(name);
     this.writable();
     const host = this.hostXattr(name, 'set');
     this.withXattrFd(i, true, (fd, p) => (fd !== null ? fs.fsetxattr(fd, host, value, flags) : fs.setxattr(p, host, value, flags)));
@@ -971,7 +979,11 @@ export class PassthroughFs {
     }
   }
 
-  /** The host's name for a guest xattr name (--xattrmap), or the name itself. */
+  /** The ACL xattrs exist for the guest only with POSIX ACLs agreed (see aclsNegotiated). */
+  private aclXattrAllowed(name: Uint8Array): void {
+    if (!this.aclsNegotiated && isAclName(name)) throw new FsError(E.EOPNOTSUPP, 'POSIX ACLs are not enabled (--posix-acl)');
+  }
+
   /**
    * The host kernel drops security.capability when a file is written, truncated or chowned; moved elsewhere by
    * --xattrmap it is an ordinary xattr to the host, so the daemon drops it itself (as virtiofsd does). A guest
@@ -997,6 +1009,7 @@ export class PassthroughFs {
   /** size 0 asks for the value's length. */
   getxattr(i: Inode, name: Uint8Array, size: number): number | Uint8Array {
     this.xattrOn();
+    this.aclXattrAllowed(name);
     const host = this.hostXattr(name, 'get');
     const buf = size > 0 ? Buffer.alloc(Math.min(size, XATTR_SIZE_MAX)) : null;
     const n = this.withXattrFd(i, false, (fd, p) => (fd !== null ? fs.fgetxattr(fd, host, buf) : fs.getxattr(p, host, buf)));
@@ -1006,11 +1019,13 @@ export class PassthroughFs {
   listxattr(i: Inode, size: number): number | Uint8Array {
     this.xattrOn();
     const map = this.xattrMap;
-    // Mapped names differ in length from the host's: the whole host list is read even when only its size is asked.
-    const buf = map !== null ? Buffer.alloc(XATTR_SIZE_MAX) : size > 0 ? Buffer.alloc(Math.min(size, XATTR_SIZE_MAX)) : null;
+    const filtered = map !== null || !this.aclsNegotiated;
+    // Mapped or hidden names change the list's length: the whole host list is read even when only its size is asked.
+    const buf = filtered ? Buffer.alloc(XATTR_SIZE_MAX) : size > 0 ? Buffer.alloc(Math.min(size, XATTR_SIZE_MAX)) : null;
     const n = this.withXattrFd(i, false, (fd, p) => (fd !== null ? fs.flistxattr(fd, buf) : fs.listxattr(p, buf)));
-    if (map === null) return buf ? buf.subarray(0, n) : n;
-    const list = map.mapList((buf as Buffer).subarray(0, n));
+    if (!filtered) return buf ? buf.subarray(0, n) : n;
+    const mapped = map !== null ? map.mapList((buf as Buffer).subarray(0, n)) : (buf as Buffer).subarray(0, n);
+    const list = this.aclsNegotiated ? mapped : withoutAclNames(mapped);
     if (size === 0) return list.length;
     if (list.length > size) throw new FsError(E.ERANGE, 'xattr list larger than the buffer', { size, needed: list.length });
     return list;
@@ -1018,6 +1033,7 @@ export class PassthroughFs {
 
   removexattr(i: Inode, name: Uint8Array): void {
     this.xattrOn();
+    this.aclXattrAllowed(name);
     this.writable();
     const host = this.hostXattr(name, 'set');
     this.withXattrFd(i, true, (fd, p) => (fd !== null ? fs.fremovexattr(fd, host) : fs.removexattr(p, host)));
@@ -1115,3 +1131,35 @@ function fromFlock(f: fs.Flock): FileLock {
 }
 
 export { log as fsLog, dec as utf8 };
+
+/**
+ * Leaves this thread (the request thread) without supplementary groups, as virtiofsd does at start: a caller it
+ * switches to must not act with the groups of whoever started the daemon (root's group 0, a service's extra groups).
+ * Returns the groups the thread keeps: none, or its own where it may not change them (no CAP_SETGID, where it
+ * switches to no caller either).
+ */
+function dropSupplementaryGroups(): number[] {
+  try {
+    fs.setgroupsThread([]);
+    return [];
+  } catch (e) {
+    if (!(e instanceof SysError) || e.errno !== E.EPERM) throw e;
+    return fs.getgroupsThread();
+  }
+}
+
+function isAclName(name: Uint8Array): boolean {
+  return ACL_ACCESS_XATTR.equals(name) || ACL_DEFAULT_XATTR.equals(name);
+}
+
+/** A listxattr list (NUL-terminated names) without the ACL names. */
+function withoutAclNames(list: Uint8Array): Uint8Array {
+  const kept: Uint8Array[] = [];
+  for (let at = 0; at < list.length;) {
+    let end = list.indexOf(0, at);
+    if (end < 0) end = list.length;
+    if (!isAclName(list.subarray(at, end))) kept.push(list.subarray(at, end + 1));
+    at = end + 1;
+  }
+  return Buffer.concat(kept);
+}

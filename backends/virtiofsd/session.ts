@@ -1,6 +1,7 @@
 import { Fopen, Init } from '../../protocol/fuse/index.js';
 import { logger } from '../../protocol/log.js';
 import type { FsOptions } from './options.js';
+import { E, FsError } from './errors.js';
 
 const log = logger('virtiofsd');
 
@@ -52,7 +53,12 @@ export class FuseSession {
     // cache=never: the guest drops the attributes READDIRPLUS carries, which would only pin an inode per entry here.
     if (!o.readdirplus || o.cache === 'never') want &= ~(Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO);
     const flags = offered & want;
-    if (o.posixAcl && (flags & Init.POSIX_ACL) === 0n) log.warn('--posix-acl: the guest kernel does not offer FUSE_POSIX_ACL; ACLs stay off');
+    // As virtiofsd: running on without the ACLs the user asked for would serve files with modes they do not have.
+    if (o.posixAcl && (flags & Init.POSIX_ACL) === 0n) {
+      const msg = '--posix-acl: the guest kernel does not offer FUSE_POSIX_ACL; INIT refused';
+      log.error(msg);
+      throw new FsError(E.EPROTO, msg);
+    }
     if (o.allowMmap && (flags & Init.DIRECT_IO_ALLOW_MMAP) === 0n) log.info('--allow-mmap: the guest kernel does not offer FUSE_DIRECT_IO_ALLOW_MMAP; direct-I/O files cannot be mapped shared');
     if (o.killPrivV2 && (flags & Init.HANDLE_KILLPRIV_V2) === 0n) log.info('--killpriv-v2: the guest kernel does not offer it; the guest clears set-user-ID bits itself');
     this.dontMask = (flags & Init.DONT_MASK) !== 0n;

@@ -31,10 +31,10 @@ function unmount(): void {
   share = null;
 }
 
-async function mount(posixAcl: boolean): Promise<{ c: FuseClient; flags: bigint }> {
+async function mount(posixAcl: boolean, offer = KERNEL_FLAGS): Promise<{ c: FuseClient; flags: bigint }> {
   share = new LocalShare('kumo-fs-acl-', { xattr: true, posixAcl });
   base = share.dir;
-  const r = await share.client.init(KERNEL_FLAGS);
+  const r = await share.client.init(offer);
   return { c: share.client, flags: BigInt(r.flags) | (BigInt(r.flags2) << 32n) };
 }
 const mode = (p: string): number => statSync(join(base, p)).mode & 0o7777;
@@ -109,5 +109,28 @@ describe('--posix-acl', () => {
     await c.setxattr((await c.lookup(sg, 'kill')).nodeid, 'system.posix_acl_access', rwx, 0, FUSE_SETXATTR_ACL_KILL_SGID);
     expect(mode('sg/keep')).toBe(0o2770);
     expect(mode('sg/kill')).toBe(0o770);
+  });
+
+  it('refuses INIT from a guest that does not offer FUSE_POSIX_ACL (as virtiofsd), instead of running on without ACLs', async () => {
+    await expect(mount(true, KERNEL_FLAGS & ~Init.POSIX_ACL)).rejects.toThrow(/EPROTO/);
+  });
+
+  it('without ACLs agreed, refuses and hides the ACL xattrs: no host ACL the guest can neither see nor enforce', async () => {
+    const { c } = await mount(false);
+    writeFileSync(join(base, 'f'), 'x');
+    chmodSync(join(base, 'f'), 0o644);
+    const f = (await c.lookup(FUSE_ROOT_ID, 'f')).nodeid;
+    const rw = acl([[TAG.USER_OBJ, 6], [TAG.USER, 7, 1234], [TAG.GROUP_OBJ, 4], [TAG.MASK, 7], [TAG.OTHER, 0]]);
+    for (const name of ['system.posix_acl_access', 'system.posix_acl_default']) {
+      await expect(c.setxattr(f, name, rw)).rejects.toThrow(/EOPNOTSUPP/);
+      await expect(c.getxattr(f, name, 256)).rejects.toThrow(/EOPNOTSUPP/);
+      await expect(c.removexattr(f, name)).rejects.toThrow(/EOPNOTSUPP/);
+    }
+    expect(mode('f')).toBe(0o644);
+    // One set on the host is not listed, and the list's size leaves it out too.
+    sysfs.setxattr(join(base, 'f'), Buffer.from('system.posix_acl_access'), rw, 0);
+    await c.setxattr(f, 'user.k', Buffer.from('v'));
+    expect(Buffer.from((await c.listxattr(f, 4096)) as Uint8Array).toString()).toBe('user.k\0');
+    expect(await c.listxattr(f, 0)).toBe('user.k\0'.length);
   });
 });

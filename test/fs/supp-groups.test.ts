@@ -32,13 +32,13 @@ afterEach(() => {
 });
 
 /** A share with g/ owned by group 4000 (group-writable); the caller is user 1000, group 1000. */
-async function share(): Promise<{ c: FuseClient; dir: string; g: number }> {
+async function share(wrap?: string[]): Promise<{ c: FuseClient; dir: string; g: number }> {
   const base = mkdtempSync('/tmp/kumo-fs-supp-');
   const dir = join(base, 'share');
   mkdirSync(join(dir, 'g'), { recursive: true });
   chownSync(join(dir, 'g'), 0, 4000);
   chmodSync(join(dir, 'g'), 0o775);
-  const c = await connectFs({ who: 'kumo' }, base, dir, cleanups);
+  const c = await connectFs({ who: 'kumo', wrap }, base, dir, cleanups);
   const init = await c.init(INIT);
   expect((BigInt(init.flags) | (BigInt(init.flags2) << 32n)) & Init.CREATE_SUPP_GROUP).not.toBe(0n);
   const g = (await c.lookup(FUSE_ROOT_ID, 'g')).nodeid;
@@ -69,5 +69,20 @@ describe.skipIf(!root)('FUSE_CREATE_SUPP_GROUP: creations by a member of the dir
     const { c } = await share();
     c.suppGroup = 4001;
     expect(await errCode(c.mkdir((await c.lookup(FUSE_ROOT_ID, 'g')).nodeid, 'x', 0o755))).toBe('EACCES');
+  }, 30_000);
+});
+
+describe.skipIf(!root)('the groups of whoever started the daemon', () => {
+  it('are not a caller\'s: started with group 4000, a caller outside it cannot create in g/', async () => {
+    const { c, dir, g } = await share(['setpriv', '--groups', '0,4000', '--']);
+    expect(await errCode(c.create(g, 'no', O_RDWR | O_CREAT, 0o100644))).toBe('EACCES');
+    expect(await errCode(c.mkdir(g, 'no-dir', 0o755))).toBe('EACCES');
+    expect(await errCode(c.symlink(g, 'no-link', 'x'))).toBe('EACCES');
+    expect(await errCode(c.access(g, 2))).toBe('EACCES');
+    expect(['no', 'no-dir', 'no-link'].filter((n) => existsSync(join(dir, 'g', n)))).toEqual([]);
+    // Naming the group still works: the request thread takes it for the creation only.
+    c.suppGroup = 4000;
+    await c.mkdir(g, 'dir', 0o755);
+    expect(lstatSync(join(dir, 'g', 'dir')).gid).toBe(1000);
   }, 30_000);
 });
