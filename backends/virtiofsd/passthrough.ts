@@ -12,7 +12,7 @@ import { HandleTable, Inode, InodeTable, type DirStream, type Handle, type Ino }
 import { cacheTimeout, type FsOptions } from './options.js';
 import { FORBIDDEN, idMaps, type IdMaps } from './idmap.js';
 import { XattrMap, type XattrAccess } from './xattrmap.js';
-import { capNumber, withoutEffectiveCap } from '../../protocol/sys/caps.js';
+import { capNumber, withEffectiveCap, withoutEffectiveCap } from '../../protocol/sys/caps.js';
 
 const O_ACCMODE = 3;
 const O_WRONLY = 1;
@@ -46,6 +46,7 @@ const ACL_ACCESS_XATTR = Buffer.from('system.posix_acl_access');
 const ACL_DEFAULT_XATTR = Buffer.from('system.posix_acl_default');
 const S_ISGID = 0o2000;
 const CAP_FSETID = capNumber('fsetid');
+const CAP_DAC_OVERRIDE = capNumber('dac_override');
 
 const log = logger('virtiofsd');
 /** Once per write when it fails: rate-limited (see WarnLimiter). */
@@ -152,6 +153,13 @@ export class PassthroughFs {
    * set the modes of new files, and with --translate-uid the raw host IDs inside an ACL would bypass the mapping.
    */
   aclsNegotiated = false;
+  /**
+   * Set by INIT: the guest sends the supplementary group a creation relies on (FUSE_CREATE_SUPP_GROUP, Linux 6.3+).
+   * An older guest cannot: its kernel checked the caller's groups on the parent already, so a new entry is made
+   * with CAP_DAC_OVERRIDE (still owned by the caller), as virtiofsd does; otherwise a member of a directory's group
+   * could not create there.
+   */
+  suppGroupsNegotiated = false;
   /** File-handle identity and the inode fd cache (--inode-file-handles), or null for plain fds. */
   readonly fileHandles: InodeHandles | null;
   /** True when this thread has its own cwd (unshare(CLONE_FS)), so fchdir is private to it. */
@@ -370,7 +378,7 @@ export class PassthroughFs {
     const ro = this.opts.readonly;
     if (!ro) {
       const dirFd = parent.fd; // before the switch: reopening an evicted inode by handle needs CAP_DAC_READ_SEARCH
-      const fd = this.asCaller(c, () => fs.openat2Raw(dirFd, cname, fl | O_CREAT | O_EXCL, mode & 0o7777, RESOLVE), umask);
+      const fd = this.asCaller(c, () => fs.openat2Raw(dirFd, cname, fl | O_CREAT | O_EXCL, mode & 0o7777, RESOLVE), umask, true);
       // Only a file made here gets the label; an existing one that CREATE opens keeps its own.
       if (fd >= 0 && label !== null) return this.labelNewFile(fd, parent, cname, label);
       if (fd !== -E.EEXIST || (fl & O_EXCL) !== 0) return fd;
@@ -441,17 +449,20 @@ export class PassthroughFs {
    * Runs a creation as the caller. `umask` is the guest's when it stopped masking modes itself (POSIX ACLs):
    * the host applies it, unless the parent's default ACL decides the mode. This thread's umask is otherwise 0.
    */
-  private asCaller<T>(c: Caller, f: () => T, umask = 0): T {
+  private asCaller<T>(c: Caller, f: () => T, umask = 0, creating = false): T {
     const uid = this.hostId(c.uid, 'uid');
     const gid = this.hostId(c.gid, 'gid');
     const supp = c.suppGid != null ? this.hostId(c.suppGid, 'gid') : -1;
-    if (supp < 0 || !this.setGroups([supp])) return this.asIds(uid, gid, f, umask);
+    // (A caller kept as root, see asIds, has every capability anyway.)
+    const g = creating && !this.suppGroupsNegotiated && uid !== 0 && uid !== this.euid ? () => withEffectiveCap(CAP_DAC_OVERRIDE, f) : f;
+    if (supp < 0 || !this.setGroups([supp])) return this.asIds(uid, gid, g, umask);
     try {
-      return this.asIds(uid, gid, f, umask);
+      return this.asIds(uid, gid, g, umask);
     } finally {
       fs.setgroupsThread(this.groups);
     }
   }
+
 
   /**
    * Takes `groups` as this thread's supplementary groups: before the uid switch, since changing them needs
@@ -531,7 +542,7 @@ export class PassthroughFs {
     this.writable();
     this.guestFds.need(1); // checked before the creation, which the entry's fd could otherwise not follow
     const dirFd = parent.fd; // before the switch (see createOpen)
-    this.asCaller(c, () => fs.mkdirat(dirFd, name, mode & 0o7777), umask);
+    this.asCaller(c, () => fs.mkdirat(dirFd, name, mode & 0o7777), umask, true);
     return this.labelled(parent, name, true, label);
   }
 
@@ -540,7 +551,7 @@ export class PassthroughFs {
     this.writable();
     this.guestFds.need(1);
     const dirFd = parent.fd; // before the switch (see createOpen)
-    this.asCaller(c, () => fs.mknodat(dirFd, name, mode, rdev), umask);
+    this.asCaller(c, () => fs.mknodat(dirFd, name, mode, rdev), umask, true);
     return this.labelled(parent, name, false, label);
   }
 
@@ -552,7 +563,7 @@ export class PassthroughFs {
     if (target.length >= 4096) throw new FsError(36, 'symlink target too long');
     this.guestFds.need(1);
     const dirFd = parent.fd; // before the switch (see createOpen)
-    this.asCaller(c, () => fs.symlinkat(target, dirFd, name));
+    this.asCaller(c, () => fs.symlinkat(target, dirFd, name), 0, true);
     return this.labelled(parent, name, false, label);
   }
 

@@ -391,6 +391,7 @@ export class FuseServer {
     this.fs.submountsNegotiated = (flags & Init.SUBMOUNTS) !== 0n;
     this.fs.writebackNegotiated = (flags & Init.WRITEBACK_CACHE) !== 0n;
     this.fs.aclsNegotiated = (flags & Init.POSIX_ACL) !== 0n;
+    this.fs.suppGroupsNegotiated = (flags & Init.CREATE_SUPP_GROUP) !== 0n;
     log.info({ minor: i.minor, flags: `0x${flags.toString(16)}` }, 'FUSE session initialised');
     return this.replyStruct(io, u, InitOut, {
       major: FUSE_KERNEL_VERSION, minor: FUSE_KERNEL_MINOR_VERSION, maxReadahead: i.maxReadahead,

@@ -89,13 +89,27 @@ const toggleDataPtr = addressOf(toggleData);
  * since a setresuid away from root and back refills the effective set from the permitted one.
  */
 export function withoutEffectiveCap<T>(cap: number, f: () => T): T {
+  return withEffective(cap, false, f);
+}
+
+/**
+ * Runs `f` with capability `cap` raised in the calling thread's effective set (where its permitted set has it),
+ * and the effective set as it was after: a thread that switched its effective uid away from root keeps only the
+ * one capability it needs.
+ */
+export function withEffectiveCap<T>(cap: number, f: () => T): T {
+  return withEffective(cap, true, f);
+}
+
+function withEffective<T>(cap: number, on: boolean, f: () => T): T {
   toggleHeader.writeInt32LE(0, 4);
   syscallChecked('capget', NR.capget, toggleHeaderPtr, toggleDataPtr);
   const word = cap < 32 ? 0 : 12;
   const bit = 1 << (cap & 31);
   const eff = toggleData.readUInt32LE(word);
-  if ((eff & bit) === 0) return f();
-  toggleData.writeUInt32LE((eff & ~bit) >>> 0, word);
+  const permitted = toggleData.readUInt32LE(word + 4);
+  if (((eff & bit) !== 0) === on || (on && (permitted & bit) === 0)) return f();
+  toggleData.writeUInt32LE((on ? eff | bit : eff & ~bit) >>> 0, word);
   syscallChecked('capset', NR.capset, toggleHeaderPtr, toggleDataPtr);
   try {
     return f();
