@@ -27,9 +27,9 @@ const ID_SPACE = 2 ** 32;
 /** toHost's answer for a guest ID that forbid-guest refuses. */
 export const FORBIDDEN = -1;
 
-/** `v` as an ID (decimal, 0 to 2^32-1), or -1. */
+/** `v` as an ID (decimal, an optional leading +, 0 to 2^32-1), or -1. */
 function idNumber(v: string): number {
-  const n = /^\d+$/.test(v) ? Number(v) : NaN;
+  const n = /^\+?\d+$/.test(v) ? Number(v) : NaN;
   return Number.isSafeInteger(n) && n < ID_SPACE ? n : -1;
 }
 
@@ -39,11 +39,16 @@ function u32(option: string, spec: string, what: string, v: string): number {
   return n;
 }
 
-/** Parses one --translate-uid / --translate-gid value (`option` names it in errors). */
+/**
+ * Parses one --translate-uid / --translate-gid value (`option` names it in errors). As in virtiofsd the type is
+ * matched in any case and the fields may be separated by any one character that is not a letter, digit, - or _.
+ */
 export function parseIdRule(option: string, spec: string): IdRule {
-  const parts = spec.split(':');
-  const type = parts[0] as IdRuleType;
-  if (!TYPES.includes(type)) throw new FsConfigError(`--${option}: unknown type '${parts[0]}' (${TYPES.join(', ')})`, { rule: spec });
+  const typeText = /^[\p{L}\p{N}_-]*/u.exec(spec)?.[0] ?? '';
+  const sep = spec.charAt(typeText.length);
+  const parts = [typeText, ...(sep === '' ? [] : spec.slice(typeText.length + 1).split(sep))];
+  const type = typeText.toLowerCase() as IdRuleType;
+  if (!TYPES.includes(type)) throw new FsConfigError(`--${option}: unknown type '${typeText}' (${TYPES.join(', ')})`, { rule: spec });
   const forbid = type === 'forbid-guest';
   const want = forbid ? 3 : 4;
   if (parts.length !== want) {
@@ -53,10 +58,10 @@ export function parseIdRule(option: string, spec: string): IdRule {
   const from = u32(option, spec, 'FROM', parts[1]);
   const to = forbid ? 0 : u32(option, spec, 'TO', parts[2]);
   const count = u32(option, spec, 'COUNT', parts[want - 1]);
-  if (count === 0) throw new FsConfigError(`--${option}: '${spec}' has COUNT 0`, { rule: spec });
-  if (from + count > ID_SPACE) throw new FsConfigError(`--${option}: '${spec}' runs past ID 4294967295`, { rule: spec });
-  if ((type === 'guest' || type === 'host' || type === 'map') && to + count > ID_SPACE) {
-    throw new FsConfigError(`--${option}: '${spec}' maps past ID 4294967295`, { rule: spec });
+  // The last ID of a range must fit in 32 bits (4294967295 itself is no ID); a COUNT of 0 is an empty rule.
+  if (from + count >= ID_SPACE) throw new FsConfigError(`--${option}: '${spec}' runs past ID 4294967294`, { rule: spec });
+  if ((type === 'guest' || type === 'host' || type === 'map') && to + count >= ID_SPACE) {
+    throw new FsConfigError(`--${option}: '${spec}' maps past ID 4294967294`, { rule: spec });
   }
   return { type, from, to, count };
 }

@@ -23,16 +23,25 @@ describe('--translate-uid / --translate-gid rules', () => {
     expect(parseArgs(args()).fs.translateUid).toEqual([]);
   });
 
+  it('takes the rule spellings virtiofsd takes: any separator but - and _, the type in any case, + before a number, an empty range', () => {
+    expect(parseIdRule('translate-uid', 'map/1000/2000/10')).toEqual({ type: 'map', from: 1000, to: 2000, count: 10 });
+    expect(parseIdRule('translate-uid', 'Squash-Guest;0;+1000;1')).toEqual({ type: 'squash-guest', from: 0, to: 1000, count: 1 });
+    expect(parseIdRule('translate-gid', 'FORBID-GUEST:7:+3')).toEqual({ type: 'forbid-guest', from: 7, to: 0, count: 3 });
+    expect(parseIdRule('translate-uid', 'map:0:1:0')).toEqual({ type: 'map', from: 0, to: 1, count: 0 });
+    expect(parseIdRule('translate-uid', 'guest:4294967294:0:1').from).toBe(4294967294);
+    expect(() => parseArgs(args('--translate-uid=map:0:1:0', '--translate-uid=map:0:5:1'))).not.toThrow();
+  });
+
   it.each([
     ['squash:0:1:1', /unknown type 'squash'/],
     ['map:0:1', /form map:FROM:TO:COUNT/],
     ['forbid-guest:0:1:1', /form forbid-guest:FROM:COUNT/],
-    ['map:0:1:0', /COUNT 0/],
     ['map:-1:1:1', /FROM must be a number/],
     ['map:0:x:1', /TO must be a number/],
     ['map:0:1:4294967296', /COUNT must be a number/],
-    ['guest:4294967295:0:2', /runs past ID 4294967295/],
-    ['map:0:4294967295:2', /maps past ID 4294967295/],
+    ['guest:4294967295:0:1', /runs past ID 4294967294/],
+    ['map:0:4294967295:1', /maps past ID 4294967294/],
+    ['map-1:2:3', /unknown type 'map-1'/],
   ])('refuses %s', (rule, why) => {
     expect(() => parseArgs(args(`--translate-uid=${rule}`))).toThrow(why);
   });
