@@ -187,18 +187,19 @@ describe('kumo-virtiofsd launch conventions', () => {
   it('--socket-group hands the socket to that group with read/write for it', async () => {
     const { dir, share } = scratch();
     const sock = join(dir, 'grp.sock');
-    const d = spawn('node', [BIN, `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=none', '--socket-group=4242'], {
+    // Started with umask 0: the socket must not be left open to everybody (any local user would be the front-end).
+    const d = spawn('sh', ['-c', 'umask 0; exec "$0" "$@"', 'node', BIN, `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=none', '--socket-group=4242'], {
       stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' },
     });
     try {
       let st = null;
       for (let i = 0; i < 600; i++) {
         st = existsSync(sock) ? statSync(sock) : null;
-        if (st !== null && st.gid === 4242) break;
+        if (st !== null && st.gid === 4242 && (st.mode & 0o060) === 0o060) break;
         await new Promise((r) => setTimeout(r, 25));
       }
       expect(st?.gid).toBe(4242);
-      expect((st?.mode ?? 0) & 0o060).toBe(0o060);
+      expect((st?.mode ?? 0) & 0o777).toBe(0o760);
     } finally {
       d.kill('SIGKILL');
       rmSync(dir, { recursive: true, force: true });

@@ -7,7 +7,8 @@ import { Epoll, EPOLLIN } from '../../protocol/sys/epoll.js';
 import { socketPair, sendMsg, recvMsg, recvMsgAsync, unixListen, unixConnect, accept } from '../../protocol/sys/socket.js';
 import { SysError, addressOf } from '../../protocol/sys/libc.js';
 import { gettid, setThreadName } from '../../protocol/sys/proc.js';
-import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { umask } from '../../protocol/sys/fs.js';
+import { readFileSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -98,6 +99,21 @@ describe('protocol/sys', () => {
     [l, s].forEach(close);
     expect(() => unixConnect(join(dir, 'none'))).toThrowError(/ENOENT/);
     rmSync(dir, { recursive: true });
+  });
+
+  it('makes the listening socket owner-only whatever the umask (connect(2) needs write permission on it)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kumo-sock-'));
+    const old = umask(0);
+    try {
+      const l = unixListen(join(dir, 's'));
+      expect(statSync(join(dir, 's')).mode & 0o777).toBe(0o700);
+      close(l);
+    } finally {
+      umask(old);
+      rmSync(dir, { recursive: true });
+    }
+    // The mask is the caller's again.
+    expect(umask(old)).toBe(old);
   });
 
   it('writev/readv move data through native iovecs', () => {
