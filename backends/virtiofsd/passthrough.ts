@@ -577,7 +577,7 @@ export class PassthroughFs {
     if (label === null) return e;
     try {
       const host = this.hostXattr(label.name, 'set');
-      this.withXattrFd(this.inodes.get(e.nodeid), true, (fd, p) => (fd !== null ? fs.fsetxattr(fd, host, label.value, 0) : fs.setxattr(p, host, label.value, 0)));
+      this.withXattrFd(this.inodes.get(e.nodeid), (fd, p) => (fd !== null ? fs.fsetxattr(fd, host, label.value, 0) : fs.setxattr(p, host, label.value, 0)));
     } catch (err) {
       this.forget(e.nodeid, 1);
       this.unlinkQuiet(parent, name, dir);
@@ -663,7 +663,7 @@ export class PassthroughFs {
       // Not without CAP_FSETID, whatever KILL_SUIDGID says (as virtiofsd): the host's chown clears set-user-ID, and
       // set-group-ID with group execute, by itself, and a set-group-ID file without it keeps the bit.
       fs.fchownat(i.fd, '', uid, gid, fs.AT_EMPTY_PATH | fs.AT_SYMLINK_NOFOLLOW);
-      if (this.capXattr !== null && i.type === fs.S_IFREG) this.withXattrFd(i, true, (fd, p) => this.dropCapabilities(fd, p));
+      if (this.capXattr !== null && i.type === fs.S_IFREG) this.withXattrFd(i, (fd, p) => this.dropCapabilities(fd, p));
     }
     if (v & Fattr.SIZE) {
       // O_NONBLOCK: a host lease on the file answers EAGAIN at once instead of holding every request for lease-break-time.
@@ -843,7 +843,7 @@ export class PassthroughFs {
   syncfs(i: Inode): void {
     if (i.type !== fs.S_IFDIR && i.type !== fs.S_IFREG) throw new FsError(E.EINVAL, 'syncfs of a special file');
     // syncfs(2) takes no O_PATH fd: a directory is opened through '.', a file reopened read-only.
-    const fd = i.type === fs.S_IFDIR ? fs.openat(i.fd, '.', O_DIRECTORY | O_CLOEXEC) : this.reopen(i, 0);
+    const fd = i.type === fs.S_IFDIR ? fs.openat(i.fd, '.', O_DIRECTORY | O_CLOEXEC) : this.reopen(i, O_NONBLOCK);
     try {
       fs.syncfs(fd);
     } finally {
@@ -958,7 +958,7 @@ export class PassthroughFs {
   }
 
   /** Runs f with an fd usable by f*xattr, or with null for symlinks/special files (then the /proc path is used). */
-  private withXattrFd<T>(i: Inode, write: boolean, f: (fd: number | null, proc: string) => T): T {
+  private withXattrFd<T>(i: Inode, f: (fd: number | null, proc: string) => T): T {
     if (i.type !== fs.S_IFREG && i.type !== fs.S_IFDIR) {
       // No *xattrat calls: reach the inode through its /proc/self/fd link. A sandboxed thread has no
       // /proc mounted but its own cwd (unshare(CLONE_FS)), so it may chdir into the fd directory.
@@ -966,7 +966,9 @@ export class PassthroughFs {
       fs.fchdir(this.procSelfFd);
       return f(null, String(i.fd));
     }
-    const fd = this.reopen(i, i.type === fs.S_IFDIR ? O_DIRECTORY : write ? 0 : 0);
+    // O_NONBLOCK: a host process's lease on the file answers EAGAIN at once instead of holding this thread, and every
+    // request behind it, for lease-break-time (45 s), as virtiofsd opens it.
+    const fd = this.reopen(i, i.type === fs.S_IFDIR ? O_DIRECTORY : O_NONBLOCK);
     try {
       return f(fd, '');
     } finally {
@@ -983,7 +985,7 @@ export class PassthroughFs {
     this.aclXattrAllowed(name);
     this.writable();
     const host = this.hostXattr(name, 'set');
-    this.withXattrFd(i, true, (fd, p) => (fd !== null ? fs.fsetxattr(fd, host, value, flags) : fs.setxattr(p, host, value, flags)));
+    this.withXattrFd(i, (fd, p) => (fd !== null ? fs.fsetxattr(fd, host, value, flags) : fs.setxattr(p, host, value, flags)));
     if (killSgid && ACL_ACCESS_XATTR.equals(name)) {
       const mode = fs.fstat(i.fd).mode;
       if (mode & S_ISGID) fs.fchmodat(this.procSelfFd, String(i.fd), mode & 0o7777 & ~S_ISGID, 0);
@@ -1023,7 +1025,7 @@ export class PassthroughFs {
     this.aclXattrAllowed(name);
     const host = this.hostXattr(name, 'get');
     const buf = size > 0 ? Buffer.alloc(Math.min(size, XATTR_SIZE_MAX)) : null;
-    const n = this.withXattrFd(i, false, (fd, p) => (fd !== null ? fs.fgetxattr(fd, host, buf) : fs.getxattr(p, host, buf)));
+    const n = this.withXattrFd(i, (fd, p) => (fd !== null ? fs.fgetxattr(fd, host, buf) : fs.getxattr(p, host, buf)));
     return buf ? buf.subarray(0, n) : n;
   }
 
@@ -1033,7 +1035,7 @@ export class PassthroughFs {
     const filtered = map !== null || !this.aclsNegotiated;
     // Mapped or hidden names change the list's length: the whole host list is read even when only its size is asked.
     const buf = filtered ? Buffer.alloc(XATTR_SIZE_MAX) : size > 0 ? Buffer.alloc(Math.min(size, XATTR_SIZE_MAX)) : null;
-    const n = this.withXattrFd(i, false, (fd, p) => (fd !== null ? fs.flistxattr(fd, buf) : fs.listxattr(p, buf)));
+    const n = this.withXattrFd(i, (fd, p) => (fd !== null ? fs.flistxattr(fd, buf) : fs.listxattr(p, buf)));
     if (!filtered) return buf ? buf.subarray(0, n) : n;
     const mapped = map !== null ? map.mapList((buf as Buffer).subarray(0, n)) : (buf as Buffer).subarray(0, n);
     const list = this.aclsNegotiated ? mapped : withoutAclNames(mapped);
@@ -1047,7 +1049,7 @@ export class PassthroughFs {
     this.aclXattrAllowed(name);
     this.writable();
     const host = this.hostXattr(name, 'set');
-    this.withXattrFd(i, true, (fd, p) => (fd !== null ? fs.fremovexattr(fd, host) : fs.removexattr(p, host)));
+    this.withXattrFd(i, (fd, p) => (fd !== null ? fs.fremovexattr(fd, host) : fs.removexattr(p, host)));
   }
 
   // ---- POSIX locks (OFD locks, one open file description per guest lock owner) -------------
@@ -1071,7 +1073,7 @@ export class PassthroughFs {
    * still work there, and a read-only share never holds a writable fd (one would keep the host from running the file).
    */
   private lockReopen(i: Inode): number {
-    if (i.type === fs.S_IFDIR || this.opts.readonly) return this.reopen(i, 0);
+    if (i.type === fs.S_IFDIR || this.opts.readonly) return this.reopen(i, i.type === fs.S_IFDIR ? 0 : O_NONBLOCK);
     // An append-only file (chattr +a) opens for writing only with O_APPEND; an immutable one (+i) not at all (EPERM).
     // O_NONBLOCK: opening for writing breaks a host read lease; EAGAIN at once, not every request held for lease-break-time.
     for (const flags of [O_RDWR | O_NONBLOCK, O_RDWR | O_APPEND | O_NONBLOCK]) {
@@ -1082,7 +1084,7 @@ export class PassthroughFs {
         if (e.errno !== E.EPERM) break;
       }
     }
-    return this.reopen(i, 0);
+    return this.reopen(i, O_NONBLOCK);
   }
 
   getlk(i: Inode, owner: bigint, lk: FileLock, lkFlags: number): FileLock {

@@ -1,0 +1,60 @@
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FUSE_ROOT_ID, Init } from '../../protocol/fuse/index.js';
+import { errCode } from './daemons.js';
+import { LocalShare } from './local-transport.js';
+
+const INIT = Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.INIT_EXT | Init.POSIX_LOCKS;
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const f of cleanups.splice(0).reverse()) f();
+});
+
+/** A host process holding a write lease on `path` (as Samba or knfsd do) for 10 s; resolves once it holds it. */
+async function leaseHolder(path: string): Promise<void> {
+  const holder = spawn('python3', ['-c', [
+    'import os, fcntl, signal, sys, time',
+    'signal.signal(signal.SIGIO, signal.SIG_IGN)',
+    'fd = os.open(sys.argv[1], os.O_RDONLY)',
+    'fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)',
+    "print('leased', flush=True)",
+    'time.sleep(10)',
+  ].join('\n'), path], { stdio: ['ignore', 'pipe', 'inherit'] });
+  cleanups.push(() => holder.kill('SIGKILL'));
+  await new Promise((resolve, reject) => {
+    holder.stdout?.once('data', resolve);
+    holder.once('exit', (code) => reject(new Error(`lease holder exited ${code}`)));
+  });
+}
+
+describe('a file a host process holds a lease on', () => {
+  it('answers xattr and lock requests at once (EWOULDBLOCK) instead of holding the request thread for lease-break-time', async () => {
+    const s = new LocalShare('kumo-fs-lease-', { xattr: true, posixLock: true });
+    cleanups.push(() => s.close());
+    writeFileSync(join(s.dir, 'f'), 'x');
+    const c = s.client;
+    await c.init(INIT);
+    const f = (await c.lookup(FUSE_ROOT_ID, 'f')).nodeid;
+    await leaseHolder(join(s.dir, 'f'));
+    const t0 = Date.now();
+    expect(await errCode(c.getxattr(f, 'user.a', 0))).toBe('EWOULDBLOCK');
+    expect(await errCode(c.listxattr(f, 0))).toBe('EWOULDBLOCK');
+    expect(await errCode(c.setxattr(f, 'user.a', Buffer.from('v')))).toBe('EWOULDBLOCK');
+    expect(Date.now() - t0).toBeLessThan(2000);
+  }, 30_000);
+
+  it('answers a lock request on a read-only share at once too (its lock fd is opened read-only)', async () => {
+    const s = new LocalShare('kumo-fs-lease-', { posixLock: true, readonly: true });
+    cleanups.push(() => s.close());
+    writeFileSync(join(s.dir, 'f'), 'x');
+    const c = s.client;
+    await c.init(INIT);
+    const f = (await c.lookup(FUSE_ROOT_ID, 'f')).nodeid;
+    await leaseHolder(join(s.dir, 'f')); // (a write lease needs the file open nowhere else: no OPEN here)
+    const t0 = Date.now();
+    expect(await errCode(c.getlk(f, 0, 1n, { start: 0n, end: 0n, type: 0 /* F_RDLCK */, pid: 1 }))).toBe('EWOULDBLOCK');
+    expect(Date.now() - t0).toBeLessThan(2000);
+  }, 30_000);
+});
