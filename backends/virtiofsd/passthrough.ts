@@ -1089,8 +1089,19 @@ export class PassthroughFs {
 
   getlk(i: Inode, owner: bigint, lk: FileLock, lkFlags: number): FileLock {
     if (lkFlags & FUSE_LK_FLOCK) throw new FsError(E.EINVAL, 'flock locks cannot be tested');
-    const r = fs.fcntlLock(this.lockFd(i, owner), fs.F_OFD_GETLK, toFlock(lk));
-    return fromFlock(r);
+    const fl = toFlock(lk);
+    const held = this.opts.posixLock ? i.lockFds?.get(owner) : undefined;
+    if (held !== undefined) return fromFlock(fs.fcntlLock(held, fs.F_OFD_GETLK, fl));
+    // An owner that holds nothing here tests through an open file of its own that holds nothing either: read-only,
+    // so that testing breaks no host process's read lease (a writable open would, and answer EWOULDBLOCK).
+    if (!this.opts.posixLock) throw new FsError(E.ENOSYS, 'posix locks disabled');
+    this.guestFds.need(1);
+    const fd = this.reopen(i, i.type === fs.S_IFDIR ? 0 : O_NONBLOCK);
+    try {
+      return fromFlock(fs.fcntlLock(fd, fs.F_OFD_GETLK, fl));
+    } finally {
+      close(fd);
+    }
   }
 
   /**
@@ -1105,7 +1116,10 @@ export class PassthroughFs {
       fs.flock(this.handles.get(fh, i).fd, op | fs.LOCK_NB);
       return;
     }
-    fs.fcntlLock(this.lockFd(i, owner), fs.F_OFD_SETLK, toFlock(lk));
+    const fl = toFlock(lk);
+    // An owner with no open file here holds no lock to drop: nothing to open (which could break a host lease).
+    if (fl.type === fs.F_UNLCK && this.opts.posixLock && i.lockFds?.get(owner) === undefined) return;
+    fs.fcntlLock(this.lockFd(i, owner), fs.F_OFD_SETLK, fl);
   }
 
   /** Used by diagnostics and tests. */

@@ -49,16 +49,17 @@ export class FuseSession {
     // Shared mmap of files opened with direct I/O (cache=never, metadata); Linux 6.6+ offers it.
     if (o.allowMmap) want |= Init.DIRECT_IO_ALLOW_MMAP;
     // The guest checks ACLs itself and leaves the umask to us (the host applies it unless a default ACL rules).
-    if (o.posixAcl) want |= (offered & Init.POSIX_ACL) !== 0n ? Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT : 0n;
+    if (o.posixAcl) want |= Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT;
     // cache=never: the guest drops the attributes READDIRPLUS carries, which would only pin an inode per entry here.
     if (!o.readdirplus || o.cache === 'never') want &= ~(Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO);
     const flags = offered & want;
     // As virtiofsd: running on without the ACLs the user asked for would serve files with modes they do not have.
-    if (o.posixAcl && (flags & Init.POSIX_ACL) === 0n) {
-      const msg = '--posix-acl: the guest kernel does not offer FUSE_POSIX_ACL; INIT refused';
-      log.error(msg);
-      throw new FsError(E.EPROTO, msg);
-    }
+    // As virtiofsd: running on without what the user asked for would serve files with modes or labels they do not
+    // have. ACLs need all three: without SETXATTR_EXT the guest cannot say that the caller setting an access ACL
+    // loses set-group-ID (FUSE_SETXATTR_ACL_KILL_SGID), and the daemon would keep it.
+    const acl = Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT;
+    if (o.posixAcl && (offered & acl) !== acl) refuse('--posix-acl: the guest kernel does not offer FUSE_POSIX_ACL, FUSE_DONT_MASK and FUSE_SETXATTR_EXT');
+    if (o.securityLabel && (offered & Init.SECURITY_CTX) === 0n) refuse('--security-label: the guest kernel does not offer FUSE_SECURITY_CTX');
     if (o.allowMmap && (flags & Init.DIRECT_IO_ALLOW_MMAP) === 0n) log.info('--allow-mmap: the guest kernel does not offer FUSE_DIRECT_IO_ALLOW_MMAP; direct-I/O files cannot be mapped shared');
     if (o.killPrivV2 && (flags & Init.HANDLE_KILLPRIV_V2) === 0n) log.info('--killpriv-v2: the guest kernel does not offer it; the guest clears set-user-ID bits itself');
     this.dontMask = (flags & Init.DONT_MASK) !== 0n;
@@ -96,4 +97,9 @@ export class FuseSession {
     if (c === 'never' || c === 'metadata') return Fopen.DIRECT_IO;
     return c === 'always' ? Fopen.KEEP_CACHE : 0;
   }
+}
+
+function refuse(why: string): never {
+  log.error(`${why}; INIT refused`);
+  throw new FsError(E.EPROTO, why);
 }

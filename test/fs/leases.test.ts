@@ -12,13 +12,13 @@ afterEach(() => {
   for (const f of cleanups.splice(0).reverse()) f();
 });
 
-/** A host process holding a write lease on `path` (as Samba or knfsd do) for 10 s; resolves once it holds it. */
-async function leaseHolder(path: string): Promise<void> {
+/** A host process holding a lease (write by default) on `path` (as Samba or knfsd do) for 10 s; resolves once it holds it. */
+async function leaseHolder(path: string, kind = 'F_WRLCK'): Promise<void> {
   const holder = spawn('python3', ['-c', [
     'import os, fcntl, signal, sys, time',
     'signal.signal(signal.SIGIO, signal.SIG_IGN)',
     'fd = os.open(sys.argv[1], os.O_RDONLY)',
-    'fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)',
+    `fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.${kind})`,
     "print('leased', flush=True)",
     'time.sleep(10)',
   ].join('\n'), path], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -55,6 +55,21 @@ describe('a file a host process holds a lease on', () => {
     await leaseHolder(join(s.dir, 'f')); // (a write lease needs the file open nowhere else: no OPEN here)
     const t0 = Date.now();
     expect(await errCode(c.getlk(f, 0, 1n, { start: 0n, end: 0n, type: 0 /* F_RDLCK */, pid: 1 }))).toBe('EWOULDBLOCK');
+    expect(Date.now() - t0).toBeLessThan(2000);
+  }, 30_000);
+
+  it('under a host read lease, testing for a lock and dropping none are answered without opening the file for writing', async () => {
+    const s = new LocalShare('kumo-fs-lease-', { posixLock: true });
+    cleanups.push(() => s.close());
+    writeFileSync(join(s.dir, 'f'), 'x');
+    const c = s.client;
+    await c.init(INIT);
+    const f = (await c.lookup(FUSE_ROOT_ID, 'f')).nodeid;
+    await leaseHolder(join(s.dir, 'f'), 'F_RDLCK');
+    const t0 = Date.now();
+    const got = await c.getlk(f, 0, 1n, { start: 0n, end: 9n, type: 1 /* F_WRLCK */, pid: 1 });
+    expect(got.type).toBe(2 /* F_UNLCK: nothing in the way */);
+    await c.setlk(f, 0, 1n, { start: 0n, end: 9n, type: 2 /* F_UNLCK */, pid: 1 });
     expect(Date.now() - t0).toBeLessThan(2000);
   }, 30_000);
 });

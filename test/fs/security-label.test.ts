@@ -110,6 +110,12 @@ describe.skipIf(!root)('--security-label: new inodes get the label the guest LSM
     expect(k.xattrs).toContain("dir [('user.virtiofs.security.selinux', 'system_u:object_r:container_file_t:s0')]");
     expect(k.xattrs).toContain("file [('user.virtiofs.security.selinux', 'system_u:object_r:container_file_t:s0')]");
   }, 30_000);
+  it('refuses INIT from a guest kernel that does not offer FUSE_SECURITY_CTX (as virtiofsd), rather than making files unlabelled', async () => {
+    const dir = mkdtempSync('/tmp/kumo-fs-secctx-');
+    mkdirSync(join(dir, 'share'));
+    const c = await connectFs({ who: 'kumo', kumoArgs: ['--security-label'] }, dir, join(dir, 'share'), cleanups);
+    await expect(c.init(INIT & ~Init.SECURITY_CTX)).rejects.toThrow(/EPROTO/);
+  }, 30_000);
   if (!existsSync(QEMU_VIRTIOFSD)) console.log(`security label comparison skipped: ${QEMU_VIRTIOFSD} is not installed`);
 });
 if (!root) console.log('security label tests skipped: the comparison runs both daemons as root');
