@@ -2,7 +2,8 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FUSE_ROOT_ID, Init } from '../../protocol/fuse/index.js';
+import { FUSE_ROOT_ID, Init, type FuseClient } from '../../protocol/fuse/index.js';
+import type { FsOptions } from '../../backends/virtiofsd/options.js';
 import { errCode } from './daemons.js';
 import { LocalShare } from './local-transport.js';
 
@@ -29,15 +30,19 @@ async function leaseHolder(path: string, kind = 'F_WRLCK'): Promise<void> {
   });
 }
 
+/** A share (in-process) with one file f, INIT done; returns its client and f's nodeid. */
+async function shareWithFile(opts: Partial<FsOptions>): Promise<{ c: FuseClient; f: number; path: string }> {
+  const s = new LocalShare('kumo-fs-lease-', opts);
+  cleanups.push(() => s.close());
+  writeFileSync(join(s.dir, 'f'), 'x');
+  await s.client.init(INIT);
+  return { c: s.client, f: (await s.client.lookup(FUSE_ROOT_ID, 'f')).nodeid, path: join(s.dir, 'f') };
+}
+
 describe('a file a host process holds a lease on', () => {
   it('answers xattr and lock requests at once (EWOULDBLOCK) instead of holding the request thread for lease-break-time', async () => {
-    const s = new LocalShare('kumo-fs-lease-', { xattr: true, posixLock: true });
-    cleanups.push(() => s.close());
-    writeFileSync(join(s.dir, 'f'), 'x');
-    const c = s.client;
-    await c.init(INIT);
-    const f = (await c.lookup(FUSE_ROOT_ID, 'f')).nodeid;
-    await leaseHolder(join(s.dir, 'f'));
+    const { c, f, path } = await shareWithFile({ xattr: true, posixLock: true });
+    await leaseHolder(path);
     const t0 = Date.now();
     expect(await errCode(c.getxattr(f, 'user.a', 0))).toBe('EWOULDBLOCK');
     expect(await errCode(c.listxattr(f, 0))).toBe('EWOULDBLOCK');
@@ -46,26 +51,16 @@ describe('a file a host process holds a lease on', () => {
   }, 30_000);
 
   it('answers a lock request on a read-only share at once too (its lock fd is opened read-only)', async () => {
-    const s = new LocalShare('kumo-fs-lease-', { posixLock: true, readonly: true });
-    cleanups.push(() => s.close());
-    writeFileSync(join(s.dir, 'f'), 'x');
-    const c = s.client;
-    await c.init(INIT);
-    const f = (await c.lookup(FUSE_ROOT_ID, 'f')).nodeid;
-    await leaseHolder(join(s.dir, 'f')); // (a write lease needs the file open nowhere else: no OPEN here)
+    const { c, f, path } = await shareWithFile({ posixLock: true, readonly: true });
+    await leaseHolder(path); // (a write lease needs the file open nowhere else: no OPEN here)
     const t0 = Date.now();
     expect(await errCode(c.getlk(f, 0, 1n, { start: 0n, end: 0n, type: 0 /* F_RDLCK */, pid: 1 }))).toBe('EWOULDBLOCK');
     expect(Date.now() - t0).toBeLessThan(2000);
   }, 30_000);
 
   it('under a host read lease, testing for a lock and dropping none are answered without opening the file for writing', async () => {
-    const s = new LocalShare('kumo-fs-lease-', { posixLock: true });
-    cleanups.push(() => s.close());
-    writeFileSync(join(s.dir, 'f'), 'x');
-    const c = s.client;
-    await c.init(INIT);
-    const f = (await c.lookup(FUSE_ROOT_ID, 'f')).nodeid;
-    await leaseHolder(join(s.dir, 'f'), 'F_RDLCK');
+    const { c, f, path } = await shareWithFile({ posixLock: true });
+    await leaseHolder(path, 'F_RDLCK');
     const t0 = Date.now();
     const got = await c.getlk(f, 0, 1n, { start: 0n, end: 9n, type: 1 /* F_WRLCK */, pid: 1 });
     expect(got.type).toBe(2 /* F_UNLCK: nothing in the way */);

@@ -46,6 +46,16 @@ async function share(wrap?: string[], offer = INIT): Promise<{ c: FuseClient; di
   return { c, dir, g };
 }
 
+/** Makes a file, a directory, a FIFO and a symlink in g (host path `host`); each must belong to the caller 1000:1000. */
+async function createEachKind(c: FuseClient, g: number, host: string): Promise<void> {
+  const f = await c.create(g, 'file', O_RDWR | O_CREAT, 0o100644);
+  await c.release(f.entry.nodeid, f.fh);
+  await c.mkdir(g, 'dir', 0o755);
+  await c.mknod(g, 'fifo', 0o010644);
+  await c.symlink(g, 'link', 'file');
+  for (const n of ['file', 'dir', 'fifo', 'link']) expect(`${lstatSync(join(host, n)).uid}:${lstatSync(join(host, n)).gid}`, n).toBe('1000:1000');
+}
+
 describe.skipIf(!root)('FUSE_CREATE_SUPP_GROUP: creations by a member of the directory group through a supplementary group', () => {
   it('succeed when the request carries the group, as the guest kernel allowed them, and fail without it', async () => {
     const { c, dir, g } = await share();
@@ -53,12 +63,7 @@ describe.skipIf(!root)('FUSE_CREATE_SUPP_GROUP: creations by a member of the dir
     expect(await errCode(c.create(g, 'no', O_RDWR | O_CREAT, 0o100644))).toBe('EACCES');
     expect(await errCode(c.mkdir(g, 'no-dir', 0o755))).toBe('EACCES');
     c.suppGroup = 4000;
-    const f = await c.create(g, 'file', O_RDWR | O_CREAT, 0o100644);
-    await c.release(f.entry.nodeid, f.fh);
-    await c.mkdir(g, 'dir', 0o755);
-    await c.mknod(g, 'fifo', 0o010644);
-    await c.symlink(g, 'link', 'file');
-    for (const n of ['file', 'dir', 'fifo', 'link']) expect(`${lstatSync(join(dir, 'g', n)).uid}:${lstatSync(join(dir, 'g', n)).gid}`, n).toBe('1000:1000');
+    await createEachKind(c, g, join(dir, 'g'));
     // The request thread's own groups came back: a request without the group is refused again.
     c.suppGroup = null;
     expect(await errCode(c.create(g, 'no-again', O_RDWR | O_CREAT, 0o100644))).toBe('EACCES');
@@ -90,12 +95,7 @@ describe.skipIf(!root)('the groups of whoever started the daemon', () => {
 describe.skipIf(!root)('a guest kernel without FUSE_CREATE_SUPP_GROUP (before Linux 6.3)', () => {
   it('gets new entries made where its own check let the caller create (a group it has only as a supplementary one), owned by the caller', async () => {
     const { c, dir, g } = await share(undefined, INIT & ~Init.CREATE_SUPP_GROUP);
-    const f = await c.create(g, 'file', O_RDWR | O_CREAT, 0o100644);
-    await c.release(f.entry.nodeid, f.fh);
-    await c.mkdir(g, 'dir', 0o755);
-    await c.mknod(g, 'fifo', 0o010644);
-    await c.symlink(g, 'link', 'file');
-    for (const n of ['file', 'dir', 'fifo', 'link']) expect(`${lstatSync(join(dir, 'g', n)).uid}:${lstatSync(join(dir, 'g', n)).gid}`, n).toBe('1000:1000');
+    await createEachKind(c, g, join(dir, 'g'));
     // Only creation: an existing file the caller may not open stays closed to it.
     chmodSync(join(dir, 'g', 'file'), 0o600);
     chownSync(join(dir, 'g', 'file'), 0, 0);
