@@ -9,6 +9,12 @@ export const MAX_MEM_REGIONS = 8;
 export const MAX_FDS = MAX_MEM_REGIONS;
 /** GET/SET_CONFIG payload limit (QEMU's VHOST_USER_MAX_CONFIG_SIZE). */
 export const MAX_CONFIG_SIZE = 256;
+/**
+ * Where rust-vmm front-ends (Cloud Hypervisor) say the device config starts: GET/SET_CONFIG offsets from 0x100 on
+ * (the virtio-mmio layout) mean config offset - 0x100. QEMU sends config offsets; libvhost-user and Cloud
+ * Hypervisor's own back-ends ignore the offset. No device config is that long, so both conventions can be served.
+ */
+export const VHOST_USER_CONFIG_OFFSET = 0x100;
 export const CONFIG_HEADER_SIZE = 12;
 /** GET_SHMEM_CONFIG: at most this many shared memory regions. */
 export const MAX_SHMEM_REGIONS = 256;

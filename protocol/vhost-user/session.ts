@@ -7,7 +7,7 @@ import { reply, needsReply, type Message } from './codec.js';
 import { VhostUserError, VhostUserProtocolError } from './errors.js';
 import { MemoryTable } from './memory-table.js';
 import {
-  F_PROTOCOL_FEATURES, MAX_CONFIG_SIZE, ProtocolFeature, Request, VRING_IDX_MASK, VRING_NOFD_MASK,
+  F_PROTOCOL_FEATURES, MAX_CONFIG_SIZE, VHOST_USER_CONFIG_OFFSET, ProtocolFeature, Request, VRING_IDX_MASK, VRING_NOFD_MASK,
   hasProtocolFeature, protocolFeatures, requestName,
 } from './messages.js';
 import type { MemRegion, Payload, PayloadOf, VringAddr } from './payload.js';
@@ -224,7 +224,7 @@ export class Session {
         const c = p as PayloadOf<'config'>;
         if (!this.backend.setConfig) throw new RequestRefusedError('device config is read-only', { offset: c.offset });
         try {
-          this.backend.setConfig(c.offset, c.data);
+          this.backend.setConfig(configOffset(c.offset), c.data);
         } catch (e) {
           throw new RequestRefusedError('back-end refused SET_CONFIG', { offset: c.offset, cause: String(e) });
         }
@@ -422,7 +422,7 @@ export class Session {
     if (size === 0 || size > MAX_CONFIG_SIZE) bad('GET_CONFIG size must be 1..256', { size });
     let data: Uint8Array;
     try {
-      const got = this.backend.getConfig(c.offset, size);
+      const got = this.backend.getConfig(configOffset(c.offset), size);
       data = new Uint8Array(size);
       data.set(got.subarray(0, size));
     } catch (e) {
@@ -432,4 +432,9 @@ export class Session {
     }
     return { kind: 'config', offset: c.offset, flags: c.flags, data };
   }
+}
+
+/** The device config offset a GET/SET_CONFIG means (see VHOST_USER_CONFIG_OFFSET); the reply echoes the one sent. */
+function configOffset(offset: number): number {
+  return offset >= VHOST_USER_CONFIG_OFFSET ? offset - VHOST_USER_CONFIG_OFFSET : offset;
 }

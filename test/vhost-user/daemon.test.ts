@@ -136,6 +136,9 @@ describe('VhostUserDaemon', () => {
     expect(u64(await c.call(Request.GET_QUEUE_NUM, { kind: 'none' }))).toBe(2n);
     const cfg = await c.call(Request.GET_CONFIG, { kind: 'config', offset: 4, flags: 0, data: new Uint8Array(8) });
     expect(cfg.payload).toEqual({ kind: 'config', offset: 4, flags: 0, data: NULL_CONFIG.slice(4, 12) });
+    // Cloud Hypervisor (rust-vmm) reads the config at VHOST_USER_CONFIG_OFFSET (0x100) and wants that offset back.
+    const ch = await c.call(Request.GET_CONFIG, { kind: 'config', offset: 0x104, flags: 0, data: new Uint8Array(8) });
+    expect(ch.payload).toEqual({ kind: 'config', offset: 0x104, flags: 0, data: NULL_CONFIG.slice(4, 12) });
     // Read-only config: SET_CONFIG is NACKed, the connection stays up.
     const nack = await c.call(Request.SET_CONFIG, { kind: 'config', offset: 0, flags: 0, data: new Uint8Array(4) }, [], true, true);
     expect(u64(nack)).toBe(1n);
