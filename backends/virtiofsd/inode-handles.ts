@@ -1,4 +1,4 @@
-import { closeQuiet, O_DIRECTORY, O_PATH, O_RDONLY } from '../../protocol/sys/fd.js';
+import { closeQuiet, O_DIRECTORY, O_NONBLOCK, O_PATH, O_RDONLY } from '../../protocol/sys/fd.js';
 import { SysError } from '../../protocol/sys/libc.js';
 import * as fs from '../../protocol/sys/fs.js';
 import { E, FsError } from './errors.js';
@@ -71,7 +71,9 @@ export class InodeHandles implements InodeOpener {
       const h = fs.nameToHandleAt(fd, '', fs.AT_EMPTY_PATH);
       if (!this.mountFds.has(h.mountId)) {
         if (type !== fs.S_IFDIR && type !== fs.S_IFREG) throw new SysError('name_to_handle_at', E.EOPNOTSUPP, { why: 'no mount fd for this mount' });
-        this.mountFds.set(h.mountId, { fd: fs.openat(this.procSelfFd, String(fd), type === fs.S_IFDIR ? O_DIRECTORY : O_RDONLY), inodes: 0 });
+        // O_NONBLOCK: a host process's lease on a bind-mounted file answers at once (prefer: no handle) instead of holding
+        // the request thread for lease-break-time.
+        this.mountFds.set(h.mountId, { fd: fs.openat(this.procSelfFd, String(fd), type === fs.S_IFDIR ? O_DIRECTORY : O_RDONLY | O_NONBLOCK), inodes: 0 });
         this.unclaimed = true;
       }
       return h;

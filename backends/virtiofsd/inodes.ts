@@ -96,6 +96,11 @@ export class InodeTable {
   /** mount → dev → ino → inode: number keys, no string building on the LOOKUP path. */
   private byKey = new Map<number, Map<number, Map<Ino, Inode>>>();
   private nextId = FUSE_ROOT_ID + 1;
+  /**
+   * statfs f_type per (mount, dev), kept with that pair's inode map: it goes when the last inode there does, since
+   * an unmounted file system's dev and mount numbers are handed to the next one mounted (tmpfs then NFS at one place).
+   */
+  private readonly fsTypes = new WeakMap<Map<Ino, Inode>, number>();
 
   setRoot(fd: number, dev: number, ino: Ino, mnt: number, type: number): Inode {
     const root = new Inode(FUSE_ROOT_ID, fd, dev, ino, mnt, type, 2 ** 52);
@@ -127,6 +132,17 @@ export class InodeTable {
     const i = this.byId.get(nodeid);
     if (!i) throw new FsError(E.EBADF, 'unknown nodeid', { nodeid });
     return i;
+  }
+
+  /** The f_type of i's file system: `probe` asks the host once per (mount, dev) while inodes there are held. */
+  fsType(i: Inode, probe: () => number): number {
+    const m = this.byKey.get(i.mnt)?.get(i.dev);
+    let t = m === undefined ? undefined : this.fsTypes.get(m);
+    if (t === undefined) {
+      t = probe();
+      if (m !== undefined) this.fsTypes.set(m, t);
+    }
+    return t;
   }
 
   find(dev: number, ino: Ino, mnt: number): Inode | undefined {

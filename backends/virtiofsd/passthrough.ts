@@ -139,8 +139,6 @@ export class PassthroughFs {
   /** --translate-uid / --translate-gid, or null when IDs pass unchanged. */
   private readonly ids: IdMaps | null;
   /** st_dev -> whether its filesystem has a flush operation (see flush()). */
-  /** statfs f_type per st_dev, asked once: whether FLUSH and FSYNC have anything to wait for there. */
-  private readonly fsTypeByDev = new Map<number, number>();
   /** See HELD_SCORE_MAX; starts at the middle, so the first LOOKUP is stat'ed first. */
   private heldScore = HELD_SCORE_MAX / 2;
   /** FUSE_SUBMOUNTS negotiated at INIT (set by the server): only then are mount points flagged. */
@@ -795,13 +793,9 @@ export class PassthroughFs {
 
   /** The statfs type of i's file system (one per device, asked once). */
   private fsType(i: Inode): number {
-    let t = this.fsTypeByDev.get(i.dev);
-    if (t === undefined) {
-      t = fs.fstatfs(i.fd).type;
-      this.fsTypeByDev.set(i.dev, t);
-    }
-    return t;
+    return this.inodes.fsType(i, () => fs.fstatfs(i.fd).type);
   }
+
 
   /** A duplicate of handle fh's fd, for a sync that finishes later, or -errno (the caller then syncs inline). The caller closes it. */
   syncFd(fh: number): number {

@@ -14,6 +14,7 @@ import { openat, AT_FDCWD } from '../../protocol/sys/fs.js';
 import { close } from '../../protocol/sys/fd.js';
 import { ScriptRunner } from '../../vmm/kumo-vu/fs/script.js';
 import { LocalTransport } from './local-transport.js';
+import { leaseHolder } from './lease-holder.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const SCRIPT = readFileSync(new URL('./script.fs.txt', import.meta.url), 'utf8');
@@ -152,6 +153,29 @@ describe('--inode-file-handles', () => {
       spawnSync('umount', ['-l', join(dir, 'fb')]);
     }
   });
+
+  it('a bind-mounted file a host process holds a lease on is looked up at once (its mount fd opens O_NONBLOCK)', async () => {
+    if (process.getuid?.() !== 0) return console.log('not root: cannot bind-mount here');
+    const dir = share();
+    const outside = share();
+    writeFileSync(join(outside, 'file'), 'bound');
+    writeFileSync(join(dir, 'fb'), '');
+    const m = spawnSync('mount', ['--bind', join(outside, 'file'), join(dir, 'fb')], { encoding: 'utf8' });
+    if (m.status !== 0) throw new Error(`mount --bind: ${m.stderr}`);
+    const kill: (() => void)[] = [];
+    try {
+      await leaseHolder(join(outside, 'file'), kill);
+      const t0 = Date.now();
+      // prefer: no handle for it (the inode keeps its O_PATH fd); mandatory: the lease's answer.
+      expect((await (await mount(dir, 'prefer')).c.lookup(FUSE_ROOT_ID, 'fb')).attr.size).toBe(5);
+      const err = await (await mount(dir, 'mandatory')).c.lookup(FUSE_ROOT_ID, 'fb').then(() => 'ok', (e: FuseReplyError) => e.code);
+      expect(err).toBe('EWOULDBLOCK');
+      expect(Date.now() - t0).toBeLessThan(2000);
+    } finally {
+      for (const f of kill) f();
+      spawnSync('umount', ['-l', join(dir, 'fb')]);
+    }
+  }, 30_000);
 
   it('prefer falls back to fds where the filesystem has no handles; mandatory refuses it, also on the command line', () => {
     const fd = openat(AT_FDCWD, '/proc/self', O_PATH_DIR);

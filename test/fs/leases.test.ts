@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -6,6 +5,7 @@ import { FUSE_ROOT_ID, Init, type FuseClient } from '../../protocol/fuse/index.j
 import type { FsOptions } from '../../backends/virtiofsd/options.js';
 import { errCode } from './daemons.js';
 import { LocalShare } from './local-transport.js';
+import { leaseHolder } from './lease-holder.js';
 
 const INIT = Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.INIT_EXT | Init.POSIX_LOCKS;
 const cleanups: (() => void)[] = [];
@@ -13,22 +13,6 @@ afterEach(() => {
   for (const f of cleanups.splice(0).reverse()) f();
 });
 
-/** A host process holding a lease (write by default) on `path` (as Samba or knfsd do) for 10 s; resolves once it holds it. */
-async function leaseHolder(path: string, kind = 'F_WRLCK'): Promise<void> {
-  const holder = spawn('python3', ['-c', [
-    'import os, fcntl, signal, sys, time',
-    'signal.signal(signal.SIGIO, signal.SIG_IGN)',
-    'fd = os.open(sys.argv[1], os.O_RDONLY)',
-    `fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.${kind})`,
-    "print('leased', flush=True)",
-    'time.sleep(10)',
-  ].join('\n'), path], { stdio: ['ignore', 'pipe', 'inherit'] });
-  cleanups.push(() => holder.kill('SIGKILL'));
-  await new Promise((resolve, reject) => {
-    holder.stdout?.once('data', resolve);
-    holder.once('exit', (code) => reject(new Error(`lease holder exited ${code}`)));
-  });
-}
 
 /** A share (in-process) with one file f, INIT done; returns its client and f's nodeid. */
 async function shareWithFile(opts: Partial<FsOptions>): Promise<{ c: FuseClient; f: number; path: string }> {
@@ -42,7 +26,7 @@ async function shareWithFile(opts: Partial<FsOptions>): Promise<{ c: FuseClient;
 describe('a file a host process holds a lease on', () => {
   it('answers xattr and lock requests at once (EWOULDBLOCK) instead of holding the request thread for lease-break-time', async () => {
     const { c, f, path } = await shareWithFile({ xattr: true, posixLock: true });
-    await leaseHolder(path);
+    await leaseHolder(path, cleanups);
     const t0 = Date.now();
     expect(await errCode(c.getxattr(f, 'user.a', 0))).toBe('EWOULDBLOCK');
     expect(await errCode(c.listxattr(f, 0))).toBe('EWOULDBLOCK');
@@ -52,7 +36,7 @@ describe('a file a host process holds a lease on', () => {
 
   it('answers a lock request on a read-only share at once too (its lock fd is opened read-only)', async () => {
     const { c, f, path } = await shareWithFile({ posixLock: true, readonly: true });
-    await leaseHolder(path); // (a write lease needs the file open nowhere else: no OPEN here)
+    await leaseHolder(path, cleanups); // (a write lease needs the file open nowhere else: no OPEN here)
     const t0 = Date.now();
     expect(await errCode(c.getlk(f, 0, 1n, { start: 0n, end: 0n, type: 0 /* F_RDLCK */, pid: 1 }))).toBe('EWOULDBLOCK');
     expect(Date.now() - t0).toBeLessThan(2000);
@@ -60,7 +44,7 @@ describe('a file a host process holds a lease on', () => {
 
   it('under a host read lease, testing for a lock and dropping none are answered without opening the file for writing', async () => {
     const { c, f, path } = await shareWithFile({ posixLock: true });
-    await leaseHolder(path, 'F_RDLCK');
+    await leaseHolder(path, cleanups, 'F_RDLCK');
     const t0 = Date.now();
     const got = await c.getlk(f, 0, 1n, { start: 0n, end: 9n, type: 1 /* F_WRLCK */, pid: 1 });
     expect(got.type).toBe(2 /* F_UNLCK: nothing in the way */);
