@@ -36,6 +36,17 @@ async function mount(dir: string, mode: FileHandleMode, openInodeFds = 2): Promi
   return { fs, c };
 }
 
+/** A share with fb: a file from another directory (`outside`/file, "bound") bind-mounted onto it. */
+function bindMountedFile(): { dir: string; outside: string } {
+  const dir = share();
+  const outside = share();
+  writeFileSync(join(outside, 'file'), 'bound');
+  writeFileSync(join(dir, 'fb'), '');
+  const m = spawnSync('mount', ['--bind', join(outside, 'file'), join(dir, 'fb')], { encoding: 'utf8' });
+  if (m.status !== 0) throw new Error(`mount --bind: ${m.stderr}`);
+  return { dir, outside };
+}
+
 const tree = (dir: string): string =>
   spawnSync('sh', ['-c', `cd ${dir} && find . -printf '%p %y %m %s %l\\n' | sort`], { encoding: 'utf8' }).stdout;
 
@@ -132,13 +143,8 @@ describe('--inode-file-handles', () => {
 
   it('mandatory serves a regular file bind-mounted into the share (a container\'s hosts or resolv.conf)', async () => {
     if (process.getuid?.() !== 0) return console.log('not root: cannot bind-mount here');
-    const dir = share();
-    const outside = share();
-    writeFileSync(join(outside, 'file'), 'bound');
-    writeFileSync(join(dir, 'fb'), '');
+    const { dir } = bindMountedFile();
     writeFileSync(join(dir, 'plain'), 'plain');
-    const m = spawnSync('mount', ['--bind', join(outside, 'file'), join(dir, 'fb')], { encoding: 'utf8' });
-    if (m.status !== 0) throw new Error(`mount --bind: ${m.stderr}`);
     try {
       const { fs, c } = await mount(dir, 'mandatory', 2);
       const e = await c.lookup(FUSE_ROOT_ID, 'fb'); // was EOPNOTSUPP: no mount fd for a mount entered through a file
@@ -156,12 +162,7 @@ describe('--inode-file-handles', () => {
 
   it('a bind-mounted file a host process holds a lease on is looked up at once (its mount fd opens O_NONBLOCK)', async () => {
     if (process.getuid?.() !== 0) return console.log('not root: cannot bind-mount here');
-    const dir = share();
-    const outside = share();
-    writeFileSync(join(outside, 'file'), 'bound');
-    writeFileSync(join(dir, 'fb'), '');
-    const m = spawnSync('mount', ['--bind', join(outside, 'file'), join(dir, 'fb')], { encoding: 'utf8' });
-    if (m.status !== 0) throw new Error(`mount --bind: ${m.stderr}`);
+    const { dir, outside } = bindMountedFile();
     const kill: (() => void)[] = [];
     try {
       await leaseHolder(join(outside, 'file'), kill);
