@@ -74,6 +74,7 @@ export class BlkBackend implements VhostUserBackend {
         writesPunted: image.writesPunted,
         alignment: image.alignment,
         logicalBlock: image.logicalBlock,
+        blockDevice: image.isBlockDevice,
         serial: serialFor(image.path),
         flags: sab,
         queueSize: opts.queueSize,

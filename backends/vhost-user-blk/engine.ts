@@ -12,6 +12,7 @@ import {
 } from '../../protocol/sys/uring.js';
 import { WarnLimiter, type Logger } from '../../protocol/log.js';
 import { closeQuiet, preadvRaw, pwritevRaw, reopenDescription } from '../../protocol/sys/fd.js';
+import { blkDiscard } from '../../protocol/sys/fs.js';
 import { CopySpread } from '../../protocol/sys/copy-spread.js';
 import { mapAnonymous, type Mapping } from '../../protocol/sys/mem.js';
 import { DirectZeroes, WriteGate, WRITEBACK_FAILED } from './bounce.js';
@@ -56,6 +57,11 @@ export interface BlkEngineImage {
   alignment?: number;
   /** The device's logical block: fallocate takes whole ones (see DiskImage.logicalBlock); 512 if absent. */
   logicalBlock?: number;
+  /**
+   * A block device: fallocate(PUNCH_HOLE) there is a write-zeroes request, which a device that discards but cannot
+   * write zeroes (most SATA SSDs) refuses; DISCARD then goes to it as BLKDISCARD, as QEMU sends it.
+   */
+  blockDevice?: boolean;
   /** 20-byte GET_ID answer. */
   serial: Uint8Array;
   /**
@@ -112,6 +118,8 @@ export class BlkQueueEngine {
   private zeroRangeSupported = true;
   /** Whether punching a hole zeroes a range here (a block device needs write-zeroes with unmap for it). */
   private punchSupported = true;
+  /** A block device refused a punch for DISCARD: discards go as BLKDISCARD from then on (see BlkEngineImage.blockDevice). */
+  private discardIoctl = false;
   private readonly spread = new CopySpread();
   /** O_DIRECT: WRITE_ZEROES over part of a block. */
   private readonly zeroPart: DirectZeroes | null;
@@ -740,6 +748,10 @@ export class BlkQueueEngine {
       const off = this.sRanges[base + 2 * i];
       const len = this.sRanges[base + 2 * i + 1];
       if (len === 0) continue;
+      if (discard && this.discardIoctl) {
+        this.discardRange(slot, i);
+        continue;
+      }
       const mode = discard || unmap || !this.zeroRangeSupported
         ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
         : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
@@ -814,7 +826,12 @@ export class BlkQueueEngine {
     } else if (res < 0) {
       const kind = this.sKind[slot];
       if (kind === KIND_DISCARD && res === -EOPNOTSUPP) {
-        // Discard is a hint: a file system that cannot punch holes still completes it.
+        // Discard is a hint: a file system that cannot punch holes still completes it. A block device without
+        // write-zeroes may still discard: it gets BLKDISCARD.
+        if (this.img.blockDevice === true) {
+          this.discardIoctl = true;
+          this.discardRange(slot, (ud >>> 16) & 0x3fff);
+        }
       } else if ((ud & ALLOC_OP) !== 0 && (res === -EOPNOTSUPP || res === -ECANCELED)) {
         // Allocating again after the punch: the range reads as zeroes already, and a file system with no plain
         // fallocate (ext2, ext4 without extents) leaves it a hole. Cancelled: the punch failed, and said so.
@@ -850,6 +867,16 @@ export class BlkQueueEngine {
   }
 
   /** fallocate(ZERO_RANGE) of range i of the slot's request, in place of a punch that was refused. */
+  /**
+   * BLKDISCARD of range i of the slot's DISCARD, in this thread (io_uring has no discard before Linux 6.12's
+   * URING_CMD); its failure is ignored, a discard being a hint.
+   */
+  private discardRange(slot: number, i: number): void {
+    const base = slot * BlkLimits.maxDiscardSeg * 2;
+    const r = blkDiscard(this.fd, this.sRanges[base + 2 * i], this.sRanges[base + 2 * i + 1]);
+    if (r < 0) this.opts.log?.debug({ errno: -r }, 'BLKDISCARD failed');
+  }
+
   private zeroRange(slot: number, i: number): void {
     const base = slot * BlkLimits.maxDiscardSeg * 2;
     this.sOps[slot]++;

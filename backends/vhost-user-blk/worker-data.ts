@@ -13,6 +13,8 @@ export interface BlkWorkerData {
   alignment: number;
   /** See DiskImage.logicalBlock. */
   logicalBlock: number;
+  /** The image is a block device (DISCARD may need BLKDISCARD, see BlkEngineImage.blockDevice). */
+  blockDevice: boolean;
   serial: Uint8Array;
   /** Int32Array over it: [0] = writethrough, [1] = queues being served, then the O_DIRECT WriteGate (see BlkEngineImage.flags). */
   flags: SharedArrayBuffer;

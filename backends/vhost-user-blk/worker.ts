@@ -20,7 +20,7 @@ class BlkQueueHandler implements QueueHandler {
 
   constructor(private readonly ctx: QueueWorkerContext, private readonly cfg: BlkWorkerData) {
     this.engine = new BlkQueueEngine(
-      { fd: cfg.fd, size: cfg.size, readonly: cfg.readonly, memoryBacked: cfg.memoryBacked, writesPunted: cfg.writesPunted, alignment: cfg.alignment, logicalBlock: cfg.logicalBlock, serial: cfg.serial, flags: new Int32Array(cfg.flags) },
+      { fd: cfg.fd, size: cfg.size, readonly: cfg.readonly, memoryBacked: cfg.memoryBacked, writesPunted: cfg.writesPunted, alignment: cfg.alignment, logicalBlock: cfg.logicalBlock, blockDevice: cfg.blockDevice, serial: cfg.serial, flags: new Int32Array(cfg.flags) },
       { queueSize: cfg.queueSize, completion: cfg.completion, log: ctx.log },
     );
     this.efd = eventfd();
