@@ -151,6 +151,12 @@ export class GuestMemory {
     return this.lookup(gpa, len) !== null;
   }
 
+  /** The end (exclusive guest address) of the region that holds gpa, or -1 if none does. */
+  regionEnd(gpa: number): number {
+    const r = this.lookup(gpa, 1);
+    return r === null ? -1 : r.guestAddr + r.size;
+  }
+
   /** Throws GuestMemoryError unless [gpa, gpa+len) is inside one region. */
   check(gpa: number, len: number): void {
     this.find(gpa, len);

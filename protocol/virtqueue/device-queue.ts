@@ -196,6 +196,31 @@ export class DeviceQueue {
     return Atomics.load(this.r().avail16, 1);
   }
 
+  /**
+   * Adds a descriptor's buffer to `list`: one segment, or one per region where it runs over regions that lie back to
+   * back (front-ends that give each NUMA node, memory zone or DIMM a region of its own). False if any byte of it is
+   * in no region.
+   */
+  private pushBuffer(list: Segment[], addr: number, len: number): boolean {
+    if (this.mem.contains(addr, len)) {
+      list.push({ addr, len });
+      return true;
+    }
+    const start = list.length;
+    for (let a = addr, left = len; left > 0;) {
+      const end = this.mem.regionEnd(a);
+      if (end < 0) {
+        list.length = start;
+        return false;
+      }
+      const n = Math.min(left, end - a);
+      list.push({ addr: a, len: n });
+      a += n;
+      left -= n;
+    }
+    return true;
+  }
+
   private parseChain(head: number): DescriptorChain {
     const readable: Segment[] = [];
     const writable: Segment[] = [];
@@ -240,15 +265,13 @@ export class DeviceQueue {
       if (flags & VIRTQ_DESC_F_WRITE) {
         sawWritable = true;
         if (len > 0) {
-          if (!this.mem.contains(addr, len)) throw new ChainError('descriptor buffer is outside guest memory', head, { index: idx, addr, len });
-          writable.push({ addr, len });
+          if (!this.pushBuffer(writable, addr, len)) throw new ChainError('descriptor buffer is outside guest memory', head, { index: idx, addr, len });
           wl += len;
         }
       } else {
         if (sawWritable) throw new ChainError('device-readable descriptor after a device-writable one', head, { index: idx });
         if (len > 0) {
-          if (!this.mem.contains(addr, len)) throw new ChainError('descriptor buffer is outside guest memory', head, { index: idx, addr, len });
-          readable.push({ addr, len });
+          if (!this.pushBuffer(readable, addr, len)) throw new ChainError('descriptor buffer is outside guest memory', head, { index: idx, addr, len });
           rl += len;
         }
       }

@@ -252,3 +252,34 @@ describe('hostile chains against memory fenced by PROT_NONE pages', () => {
     expect(catchErr(() => mem.hostPtr(size - 8, 16))).toBeDefined();
   });
 });
+
+describe('a buffer over more than one memory region', () => {
+  // Regions [0, 64K) and [64K, 128K) back to back, then [192K, 256K) after a hole.
+  const mem = GuestMemory.fromViews([
+    { guestAddr: 0, bytes: new Uint8Array(RAM) },
+    { guestAddr: RAM, bytes: new Uint8Array(RAM) },
+    { guestAddr: 3 * RAM, bytes: new Uint8Array(RAM) },
+  ]);
+  const layout = compactLayout(0, QSIZE);
+
+  it('is served piecewise where the regions lie back to back (NUMA nodes, DIMMs), and data crosses intact', () => {
+    const q = new DeviceQueue(mem, layout, { eventIdx: false });
+    writeDesc(mem, layout.descAddr, 0, RAM - 2048, 4096, NEXT, 1);
+    writeDesc(mem, layout.descAddr, 1, 2 * RAM - 200, 100, WRITE, 0);
+    const data = Uint8Array.from({ length: 4096 }, (_, k) => k & 0xff);
+    mem.write(RAM - 2048, data.subarray(0, 2048));
+    mem.write(RAM, data.subarray(2048));
+    offer(mem, layout, 0);
+    const c = q.pop();
+    expect(c?.readable).toEqual([{ addr: RAM - 2048, len: 2048 }, { addr: RAM, len: 2048 }]);
+    expect(c?.readableLength).toBe(4096);
+    const got = new Uint8Array(4096);
+    expect(readFromChain(mem, c?.readable ?? [], 0, got)).toBe(4096);
+    expect(got).toEqual(data);
+    q.pushUsed(0, 0);
+    // One that runs from the second region into the hole is outside memory, as before.
+    writeDesc(mem, layout.descAddr, 2, 2 * RAM - 100, 200, WRITE, 0);
+    offer(mem, layout, 2);
+    expect((catchErr(() => q.pop()) as Error).message).toMatch(/outside guest memory/);
+  });
+});
