@@ -3,7 +3,12 @@ import { SyslogSink } from './syslog-sink.js';
 
 export type { Logger };
 
-const level = process.env.KUMO_LOG ?? process.env.LOG_LEVEL ?? 'info';
+const LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
+/**
+ * KUMO_LOG only: a generic LOG_LEVEL in a launcher's environment (Kata passes its own on) is not ours, and a level
+ * pino does not know would end the process before it starts.
+ */
+const level = LEVELS.has(process.env.KUMO_LOG ?? '') ? (process.env.KUMO_LOG as string) : 'info';
 /** Set by useSyslog() so that worker threads started afterwards log to syslog too. */
 const SYSLOG_ENV = 'KUMO_LOG_SYSLOG_IDENT';
 
@@ -33,8 +38,10 @@ export function logger(name: string, bindings: Record<string, unknown> = {}): Lo
   return root.child({ name, ...bindings });
 }
 
+/** This thread's level, and that of worker threads started after this call (they read KUMO_LOG). */
 export function setLogLevel(l: string): void {
   root.level = l;
+  process.env.KUMO_LOG = l;
 }
 
 /**

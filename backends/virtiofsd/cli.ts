@@ -131,8 +131,9 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'socket-group': if (v === '') throw new FsConfigError('--socket-group needs a group'); cfg.socketGroup = v; break;
       case 'shared-dir': case 'source': sharedDir = v; break;
       case 'tag': cfg.tag = v; break;
-      case 'cache': o.cache = oneOf('cache', v === 'none' ? 'never' : v, ['auto', 'always', 'never', 'metadata'] as CacheMode[]); break;
-      case 'sandbox': o.sandbox = oneOf('sandbox', v, ['namespace', 'chroot', 'none'] as SandboxMode[]); break;
+      // As virtiofsd, the values of these two in any case.
+      case 'cache': o.cache = oneOf('cache', v.toLowerCase() === 'none' ? 'never' : v.toLowerCase(), ['auto', 'always', 'never', 'metadata'] as CacheMode[]); break;
+      case 'sandbox': o.sandbox = oneOf('sandbox', v.toLowerCase(), ['namespace', 'chroot', 'none'] as SandboxMode[]); break;
       case 'thread-pool-size': cfg.threadPoolSize = int(key, v); break;
       case 'seccomp': cfg.seccomp = oneOf(key, v, SECCOMP_ACTIONS); break;
       case 'rlimit-nofile': cfg.rlimitNofile = int(key, v); break;

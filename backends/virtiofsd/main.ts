@@ -207,7 +207,7 @@ async function main(argv: string[]): Promise<number> {
       throw new FsConfigError(`--socket-group: cannot give the socket to group ${gid}: ${(e as Error).message}`);
     }
   }
-  log.info({ socket: cfg.socketPath ?? `fd ${cfg.listenFd}`, dir: cfg.fs.sharedDir, sandbox: cfg.fs.sandbox, cache: cfg.fs.cache }, 'waiting for vhost-user front-end');
+  log.info({ socket: cfg.socketPath ?? `fd ${cfg.listenFd}`, dir: cfg.fs.sharedDir, sandbox: cfg.fs.sandbox, cache: cfg.fs.cache }, 'Waiting for vhost-user socket connection...');
   serving = daemon;
   process.on('SIGTERM', () => shutdown(daemon, 'SIGTERM'));
   process.on('SIGINT', () => shutdown(daemon, 'SIGINT'));

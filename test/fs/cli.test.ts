@@ -14,6 +14,11 @@ describe('kumo-virtiofsd command line, as virtiofsd reads it', () => {
     expect(parseArgs(args('--log-level=INFO')).logLevel).toBe('info');
     expect(parseArgs(args('--log-level=Off')).logLevel).toBe('silent');
   });
+  it('takes --cache and --sandbox values in any case, as virtiofsd does', () => {
+    expect(parseArgs(args('--cache=Auto', '--sandbox=None')).fs).toMatchObject({ cache: 'auto', sandbox: 'none' });
+    expect(parseArgs(args('--cache=NONE')).fs.cache).toBe('never');
+  });
+
 
   it('refuses a value on a flag, a number that is not plain decimal digits, and -o with nothing after it', () => {
     expect(() => parseArgs(args('--readonly=false'))).toThrow(/readonly takes no value/);

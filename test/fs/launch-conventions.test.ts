@@ -184,6 +184,44 @@ describe('kumo-virtiofsd launch conventions', () => {
     }
   }, 30_000);
 
+  it("says it waits for the front-end in the words Kata's runtime-rs waits for on stderr; --log-level reaches the request thread", async () => {
+    const { dir, share } = scratch();
+    const sock = join(dir, 'virtiofsd.sock');
+    // runtime-rs's argv (share_virtio_fs_standalone.rs), with a LOG_LEVEL of its own in the environment (not ours).
+    const env: Record<string, string | undefined> = { ...process.env, LOG_LEVEL: 'warning' };
+    delete env.KUMO_LOG;
+    const d = spawn('node', [BIN, '--socket-path', sock, '--shared-dir', share, '--cache', 'auto', '--thread-pool-size=1', '-o', 'announce_submounts', '--xattr'], {
+      stdio: ['ignore', 'ignore', 'pipe'], env,
+    });
+    let err = '';
+    try {
+      const ready = await new Promise<boolean>((resolve) => {
+        d.stderr?.on('data', (b: Buffer) => {
+          err += b.toString();
+          if (err.includes('Waiting for vhost-user socket connection')) resolve(true);
+        });
+        d.once('exit', () => resolve(false));
+        setTimeout(() => resolve(false), 20_000);
+      });
+      expect(ready, err).toBe(true);
+    } finally {
+      d.kill('SIGKILL');
+    }
+    // --log-level=error: nothing at info from any thread (the worker's "virtio-fs worker ready" came through).
+    const q = spawn('node', [BIN, `--socket-path=${join(dir, 'q.sock')}`, `--shared-dir=${share}`, '--sandbox=none', '--log-level=error'], {
+      stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'info' },
+    });
+    let qerr = '';
+    q.stderr?.on('data', (b: Buffer) => (qerr += b.toString()));
+    try {
+      expect((await runScript(join(dir, 'q.sock'), 'stat /\n', dir)).code).toBe(0);
+    } finally {
+      q.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(qerr).not.toContain('"level":30');
+  }, 60_000);
+
   it('--socket-group hands the socket to that group with read/write for it', async () => {
     const { dir, share } = scratch();
     const sock = join(dir, 'grp.sock');

@@ -7,7 +7,7 @@ export function shQuote(s: string): string {
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 /** Host variables a lab command inherits by default (plus every KUMO_* and the caller's env). */
-const INHERITED = ['PATH', 'HOME', 'LANG', 'LC_ALL', 'TZ', 'CI', 'NODE_OPTIONS', 'LOG_LEVEL', 'TERM'];
+const INHERITED = ['PATH', 'HOME', 'LANG', 'LC_ALL', 'TZ', 'CI', 'NODE_OPTIONS', 'TERM'];
 
 export function labEnv(extra: Record<string, string> = {}, host: NodeJS.ProcessEnv = process.env): Record<string, string> {
   // The command's stdout is L1's serial console, a tty: keep tools from colouring and animating it.
