@@ -6,7 +6,7 @@ import { ProtocolFeature } from '../../protocol/vhost-user/messages.js';
 import {
   VIRTIO_F_VERSION_1, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
   VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
-  VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+  VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
   VIRTIO_NET_S_LINK_UP, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, bits, hasFeature,
 } from '../../protocol/virtio/index.js';
 import {
@@ -69,12 +69,17 @@ export class NetBackend implements VhostUserBackend {
     dv.setUint16(10, s.mtu ?? s.tapMtu, true);
   }
 
+  /**
+   * CTRL_VQ with MQ, as Cloud Hypervisor's vhost_user_net offers them: the front-end serves the control queue itself
+   * (Cloud Hypervisor only if the back-end offers it, QEMU and DPDK's virtio-user always) and never hands it to the
+   * back-end; a Linux guest refuses a device with MQ but no control queue (virtio 1.2 §5.1.3.1).
+   */
   features(): bigint {
     let f = bits(
       VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM,
       VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_UFO,
       VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_UFO,
-      VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+      VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MQ, VIRTIO_NET_F_CTRL_VQ, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
     );
     if (this.s.mac) f |= bits(VIRTIO_NET_F_MAC);
     if (this.s.mtu !== undefined) f |= bits(VIRTIO_NET_F_MTU);

@@ -1,10 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { NetBackendConfig } from '../../backends/vhost-user-net/config.js';
-import { tapOffloads } from '../../backends/vhost-user-net/backend.js';
+import { NetBackend, tapOffloads } from '../../backends/vhost-user-net/backend.js';
+import type { Tap } from '../../protocol/sys/tap.js';
+import { logger } from '../../protocol/log.js';
 import { pathOptions } from '../../backends/vhost-user-net/worker.js';
 import { TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO } from '../../protocol/sys/tap.js';
 import { bits, VIRTIO_F_VERSION_1, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
-  VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4 } from '../../protocol/virtio/index.js';
+  VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_MQ, VIRTIO_NET_F_CTRL_VQ,
+  hasFeature } from '../../protocol/virtio/index.js';
 
 describe('NetBackendConfig (--net-backend)', () => {
   it('applies Cloud Hypervisor defaults', () => {
@@ -62,5 +65,13 @@ describe('feature-dependent settings', () => {
     const v1 = pathOptions(bits(VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4), 1500, 256);
     expect(v1.rx).toMatchObject({ hdrLen: 12, mergeable: true, maxFrame: 12 + 65553 });
     expect(v1.tx).toMatchObject({ hdrLen: 12, maxFrame: 1518, csum: true, tso4: true, tso6: false });
+  });
+
+  it('offers the control queue with MQ (a Linux guest refuses MQ without it; Cloud Hypervisor serves it only if offered)', () => {
+    for (const pairs of [1, 2]) {
+      const tap = { fds: new Array(pairs).fill(-1) } as unknown as Tap;
+      const f = new NetBackend(tap, { queuePairs: pairs, queueSize: 256, tapMtu: 1500 }, logger('test')).features();
+      expect([hasFeature(f, VIRTIO_NET_F_MQ), hasFeature(f, VIRTIO_NET_F_CTRL_VQ)]).toEqual([true, true]);
+    }
   });
 });
