@@ -34,6 +34,8 @@ const ECANCELED = 125;
 const KIND_RW = 0;
 const KIND_FLUSH = 1;
 const KIND_DISCARD = 2;
+/** Segments a request may gain beyond seg_max from buffers that cross region boundaries (beyond: IOERR). */
+const REGION_SPLITS = 16;
 const KIND_ZERO = 3;
 /** A write in writethrough mode: acked only after a later fdatasync completed. */
 const KIND_WT_WRITE = 4;
@@ -176,7 +178,9 @@ export class BlkQueueEngine {
   constructor(private readonly img: BlkEngineImage, private readonly opts: BlkEngineOptions) {
     this.guestWarn = opts.log ? new WarnLimiter(opts.log) : null;
     this.slots = opts.queueSize;
-    this.maxIov = BlkLimits.segMax + 2;
+    // seg_max data segments, the header and status, and room for buffers split where they run over memory regions
+    // lying back to back (DeviceQueue: one segment per region).
+    this.maxIov = BlkLimits.segMax + 2 + REGION_SPLITS;
     // At least 8: one request may need two SQEs at once (a punch linked to an allocation, a block's head and tail).
     let entries = 8;
     while (entries < opts.queueSize) entries <<= 1;
