@@ -386,6 +386,8 @@ export class FuseServer {
       // kernel looked up and opened is nobody's now, and would hold fds until the guest fd limit is reached.
       log.info({ inodes: this.fs.inodes.size - 1, handles: this.fs.handles.size }, 'INIT without DESTROY: dropping the previous session');
       this.fs.destroy();
+      // Until this INIT is agreed there is no session: one refused (EPROTO) must not leave the old one serving.
+      this.session.initialized = false;
     }
     const flags = this.session.negotiate(offered);
     this.fs.submountsNegotiated = (flags & Init.SUBMOUNTS) !== 0n;

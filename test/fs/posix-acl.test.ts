@@ -1,5 +1,5 @@
 import { describe, it, expect, afterEach } from 'vitest';
-import { chmodSync, chownSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FuseClient, FUSE_ROOT_ID, Init, FUSE_SETXATTR_ACL_KILL_SGID } from '../../protocol/fuse/index.js';
 import * as sysfs from '../../protocol/sys/fs.js';
@@ -135,5 +135,23 @@ describe('--posix-acl', () => {
     await c.setxattr(f, 'user.k', Buffer.from('v'));
     expect(Buffer.from((await c.listxattr(f, 4096)) as Uint8Array).toString()).toBe('user.k\0');
     expect(await c.listxattr(f, 0)).toBe('user.k\0'.length);
+  });
+
+  it('without ACLs agreed, a creation whose security label names an ACL xattr is refused and leaves nothing', async () => {
+    share = new LocalShare('kumo-fs-acl-', { xattr: true, securityLabel: true, posixAcl: false });
+    base = share.dir;
+    const c = share.client;
+    await c.init(KERNEL_FLAGS | Init.SECURITY_CTX);
+    c.securityContext = { name: new TextEncoder().encode('system.posix_acl_default'), value: acl([[TAG.USER_OBJ, 7], [TAG.USER, 7, 4242], [TAG.GROUP_OBJ, 5], [TAG.MASK, 7], [TAG.OTHER, 5]]) };
+    await expect(c.mkdir(FUSE_ROOT_ID, 'labelled', 0o755)).rejects.toThrow(/EOPNOTSUPP/);
+    await expect(c.create(FUSE_ROOT_ID, 'file', 0o102, 0o100644)).rejects.toThrow(/EOPNOTSUPP/);
+    expect(existsSync(join(base, 'labelled')) || existsSync(join(base, 'file'))).toBe(false);
+  });
+
+  it('a re-INIT refused for want of ACL flags leaves no session behind (the old one does not go on serving)', async () => {
+    const { c } = await mount(true);
+    writeFileSync(join(base, 'f'), 'x');
+    await expect(c.init(KERNEL_FLAGS & ~Init.POSIX_ACL)).rejects.toThrow(/EPROTO/);
+    await expect(c.lookup(FUSE_ROOT_ID, 'f')).rejects.toThrow(/EIO/);
   });
 });
