@@ -194,7 +194,8 @@ async function main(argv: string[]): Promise<number> {
     pollUs: cfg.pollUs ?? DEFAULT_POLL_US, threadPoolSize: cfg.threadPoolSize, seccomp: cfg.seccomp,
     capabilities: requestThreadCaps(cfg.fs.inodeFileHandles !== 'never', cfg.modcaps),
   }), {
-    socketPath: cfg.socketPath ?? undefined, listenFd: cfg.listenFd ?? undefined, exitOnDisconnect: true, name: 'virtiofsd',
+    // Owner only whatever the umask, as virtiofsd: a vhost-user-fs front-end acts as root in the share.
+    socketPath: cfg.socketPath ?? undefined, socketMode: 0o700, listenFd: cfg.listenFd ?? undefined, exitOnDisconnect: true, name: 'virtiofsd',
   });
   await daemon.start();
   if (gid !== null && cfg.socketPath !== null) {

@@ -1,4 +1,4 @@
-import { unlinkSync, existsSync, lstatSync } from 'node:fs';
+import { chmodSync, unlinkSync, existsSync, lstatSync } from 'node:fs';
 import { libc, koffi, check, SysError, addressOf } from './libc.js';
 import { closeQuiet, fcntl, setNonBlocking } from './fd.js';
 
@@ -18,8 +18,6 @@ const EBADF = 9;
 const SUN_PATH_MAX = 108;
 const F_SETFD = 2;
 const FD_CLOEXEC = 1;
-/** umask(2): the process's (its threads that share a file-system context) file creation mask. */
-const umask_ = libc.func('unsigned int umask(unsigned int mask)');
 export const SHUT_RDWR = 2;
 /** The most fds one vhost-user message may carry (rust-vmm caps at 32). */
 export const MAX_FDS = 32;
@@ -54,18 +52,13 @@ function sockaddrUn(path: string): Buffer {
 }
 
 /** Listens on a Unix stream socket; a stale socket file at the path is removed first. */
-export function unixListen(path: string, backlog = 16): number {
+/** Listens on `path`; `mode`, if given, replaces the one the umask left on the socket file. */
+export function unixListen(path: string, backlog = 16, mode?: number): number {
   if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path);
-  // Owner only (0700), whatever umask the daemon was started with: whoever may connect(2) drives the device, and a
-  // vhost-user-fs front-end acts as root in the share. A caller that wants more (--socket-group) widens it after.
-  const old = umask_(0o077) as number;
-  let fd: number;
+  const fd = unixAt(SOCK_STREAM, path, 'bind');
   try {
-    fd = unixAt(SOCK_STREAM, path, 'bind');
-  } finally {
-    umask_(old);
-  }
-  try {
+    // Nobody can connect before listen(): the mode is set in time, and only for this file (the umask is process-wide).
+    if (mode !== undefined) chmodSync(path, mode);
     check('listen', listen_(fd, backlog) as number, { path });
     return fd;
   } catch (e) {

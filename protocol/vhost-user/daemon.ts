@@ -16,6 +16,8 @@ import { WorkerPool } from './worker-pool.js';
 export interface DaemonOptions {
   /** Where to listen (or, in client mode, connect). Optional only with listenFd. */
   socketPath?: string;
+  /** The socket file's mode (virtiofsd: 0700 whatever the umask); default: what the umask gives, as qemu-storage-daemon. */
+  socketMode?: number;
   /** A listening socket inherited from the parent (`--fd=N`, the vhost-user backend convention), used instead of socketPath. */
   listenFd?: number;
   /** server (default): listen on socketPath; client: connect to it (Cloud Hypervisor's `--vhost-user-*` server mode). */
@@ -98,7 +100,7 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
       try {
         if (this.opts.listenFd !== undefined) this.listenFd = adoptListener(this.opts.listenFd);
         else {
-          this.listenFd = listenOn(this.opts.socketPath as string);
+          this.listenFd = listenOn(this.opts.socketPath as string, this.opts.socketMode);
           this.socketFile = lstatSync(this.opts.socketPath as string, { bigint: true });
         }
       } catch (e) {
@@ -246,9 +248,9 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
 }
 
 /** Listens on a Unix socket path; what goes wrong is said in words (the usual causes are set-up mistakes). */
-function listenOn(path: string): number {
+function listenOn(path: string, mode: number | undefined): number {
   try {
-    return unixListen(path);
+    return unixListen(path, 16, mode);
   } catch (e) {
     if (!(e instanceof SysError)) throw new VhostUserSocketError(`cannot listen on ${path}: ${(e as Error).message}`, { socket: path });
     const why: Record<string, string> = {

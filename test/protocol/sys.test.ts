@@ -101,19 +101,21 @@ describe('protocol/sys', () => {
     rmSync(dir, { recursive: true });
   });
 
-  it('makes the listening socket owner-only whatever the umask (connect(2) needs write permission on it)', () => {
+  it('gives the listening socket the mode asked for whatever the umask, and leaves the umask alone', () => {
     const dir = mkdtempSync(join(tmpdir(), 'kumo-sock-'));
     const old = umask(0);
     try {
-      const l = unixListen(join(dir, 's'));
+      const l = unixListen(join(dir, 's'), 16, 0o700);
       expect(statSync(join(dir, 's')).mode & 0o777).toBe(0o700);
       close(l);
+      expect(umask(0)).toBe(0);
+      const m = unixListen(join(dir, 'm'));
+      expect(statSync(join(dir, 'm')).mode & 0o777).toBe(0o777);
+      close(m);
     } finally {
       umask(old);
       rmSync(dir, { recursive: true });
     }
-    // The mask is the caller's again.
-    expect(umask(old)).toBe(old);
   });
 
   it('writev/readv move data through native iovecs', () => {
