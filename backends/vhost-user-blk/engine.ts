@@ -870,7 +870,6 @@ export class BlkQueueEngine {
     this.finishSlot(slot);
   }
 
-  /** fallocate(ZERO_RANGE) of range i of the slot's request, in place of a punch that was refused. */
   /**
    * BLKDISCARD of range i of the slot's DISCARD, in this thread (io_uring has no discard before Linux 6.12's
    * URING_CMD); its failure is ignored, a discard being a hint.
@@ -881,6 +880,7 @@ export class BlkQueueEngine {
     if (r < 0) this.opts.log?.debug({ errno: -r }, 'BLKDISCARD failed');
   }
 
+  /** fallocate(ZERO_RANGE) of range i of the slot's request, in place of a punch that was refused. */
   private zeroRange(slot: number, i: number): void {
     const base = slot * BlkLimits.maxDiscardSeg * 2;
     this.sOps[slot]++;
