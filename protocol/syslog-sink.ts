@@ -1,4 +1,5 @@
 import { sendDgram, unixDgramConnect } from './sys/socket.js';
+import { hostPid } from './sys/proc.js';
 
 /** Where syslog listens; KUMO_SYSLOG_SOCKET overrides it (tests). */
 export const SYSLOG_SOCKET = process.env.KUMO_SYSLOG_SOCKET ?? '/dev/log';
@@ -24,6 +25,9 @@ function timestamp(d: Date): string {
  * rather than stalling the daemon.
  */
 export class SyslogSink {
+  /** The pid syslog readers know the daemon by (its pid file's): inside its own pid namespace process.pid is 1. */
+  private readonly pid = hostPid();
+
   private constructor(
     private readonly fd: number,
     private readonly ident: string,
@@ -40,6 +44,6 @@ export class SyslogSink {
 
   write(line: string): void {
     const msg = line.endsWith('\n') ? line.slice(0, -1) : line;
-    sendDgram(this.fd, enc.encode(`<${LOG_DAEMON | severity(msg)}>${timestamp(new Date())} ${this.ident}[${process.pid}]: ${msg}`));
+    sendDgram(this.fd, enc.encode(`<${LOG_DAEMON | severity(msg)}>${timestamp(new Date())} ${this.ident}[${this.pid}]: ${msg}`));
   }
 }

@@ -3,6 +3,7 @@ import { dirname } from 'node:path';
 import { closeQuiet, O_CREAT, O_WRONLY, openFile, write } from '../../protocol/sys/fd.js';
 import { flock, fstat, ftruncate, LOCK_EX, LOCK_NB } from '../../protocol/sys/fs.js';
 import { SysError } from '../../protocol/sys/libc.js';
+import { hostPid } from '../../protocol/sys/proc.js';
 import { E, FsConfigError } from './errors.js';
 
 /**
@@ -43,19 +44,6 @@ export function lockPidFile(socketPath: string): number {
   }
 }
 
-/**
- * This process's pid as whoever started it sees it: the first NStgid of /proc/self/status (the pid in the namespace of
- * that procfs), since as init of the pid namespace its supervisor made (namespaces.ts) process.pid is 1.
- */
-function hostPid(): number {
-  try {
-    const m = /^NStgid:\s+(\d+)/m.exec(readFileSync('/proc/self/status', 'utf8'));
-    if (m !== null) return Number(m[1]);
-  } catch {
-    // no procfs: process.pid
-  }
-  return process.pid;
-}
 
 function holder(path: string): string {
   try {

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { libc, check, rawSyscall } from './libc.js';
 
 const SYS_gettid = 186;
@@ -36,3 +37,17 @@ export function setThreadName(name: string): void {
 
 export const SIGUSR1 = 10;
 export const SIGUSR2 = 12;
+
+/**
+ * This process's pid as whoever started it sees it: the first NStgid of /proc/self/status (the pid in the namespace of
+ * that procfs). Inside the pid namespace kumo-virtiofsd's supervisor makes (namespaces.ts) process.pid is 1.
+ */
+export function hostPid(): number {
+  try {
+    const m = /^NStgid:\s+(\d+)/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    if (m !== null) return Number(m[1]);
+  } catch {
+    // no procfs: process.pid
+  }
+  return process.pid;
+}

@@ -184,6 +184,36 @@ describe('kumo-virtiofsd launch conventions', () => {
     }
   }, 30_000);
 
+  it('--syslog in the namespace sandbox names the daemon by the pid its pid file holds (inside its pid namespace it is 1)', async () => {
+    if (process.getuid?.() !== 0) return console.log('not root: the namespace sandbox needs privileges here');
+    const { dir, share } = scratch();
+    const logSock = join(dir, 'log');
+    const lfd = unixDgramBind(logSock);
+    setNonBlocking(lfd, true);
+    const sock = join(dir, 's.sock');
+    const d = spawn('node', [BIN, `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=namespace', '--syslog'], {
+      stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'info', KUMO_SYSLOG_SOCKET: logSock },
+    });
+    const lines: string[] = [];
+    const buf = new Uint8Array(8192);
+    try {
+      for (let i = 0; i < 600 && !lines.some((l) => l.includes('virtio-fs worker ready')); i++) {
+        const r = recvMsg(lfd, buf);
+        if (r.n > 0) lines.push(Buffer.from(buf.subarray(0, r.n)).toString());
+        else await new Promise((res) => setTimeout(res, 25));
+      }
+      const pid = readFileSync(`${sock}.pid`, 'utf8').trim();
+      expect(pid).not.toBe('1');
+      const ready = lines.find((l) => l.includes('virtio-fs worker ready'));
+      expect(ready).toContain(`kumo-virtiofsd[${pid}]: `);
+    } finally {
+      d.kill('SIGTERM');
+      await exited(d);
+      closeQuiet(lfd);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
+
   it("says it waits for the front-end in the words Kata's runtime-rs waits for on stderr; --log-level reaches the request thread", async () => {
     const { dir, share } = scratch();
     const sock = join(dir, 'virtiofsd.sock');
