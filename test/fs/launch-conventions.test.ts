@@ -15,6 +15,18 @@ const BIN = join(ROOT, 'bin/kumo-virtiofsd.js');
 const exited = (c: ChildProcess): Promise<number | null> =>
   c.exitCode !== null ? Promise.resolve(c.exitCode) : new Promise((r) => c.once('exit', (code) => r(code)));
 
+/** Syslog datagrams from a bound socket until the queue worker says it is ready (or ~15 s). */
+async function syslogUntilReady(lfd: number): Promise<string[]> {
+  const lines: string[] = [];
+  const buf = new Uint8Array(8192);
+  for (let i = 0; i < 600 && !lines.some((l) => l.includes('virtio-fs worker ready')); i++) {
+    const r = recvMsg(lfd, buf);
+    if (r.n > 0) lines.push(Buffer.from(buf.subarray(0, r.n)).toString());
+    else await new Promise((res) => setTimeout(res, 25));
+  }
+  return lines;
+}
+
 function scratch(): { dir: string; share: string } {
   const dir = mkdtempSync('/tmp/kumo-fs-conv-');
   const share = join(dir, 'share');
@@ -165,14 +177,8 @@ describe('kumo-virtiofsd launch conventions', () => {
     });
     let stderr = '';
     d.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
-    const lines: string[] = [];
-    const buf = new Uint8Array(8192);
     try {
-      for (let i = 0; i < 400 && !lines.some((l) => l.includes('virtio-fs worker ready')); i++) {
-        const r = recvMsg(lfd, buf);
-        if (r.n > 0) lines.push(Buffer.from(buf.subarray(0, r.n)).toString());
-        else await new Promise((res) => setTimeout(res, 25));
-      }
+      const lines = await syslogUntilReady(lfd);
       const ready = lines.find((l) => l.includes('virtio-fs worker ready'));
       expect(ready).toMatch(new RegExp(`^<30>\\w{3} [ \\d]\\d \\d\\d:\\d\\d:\\d\\d kumo-virtiofsd\\[${d.pid}\\]: \\{`));
       expect(lines.some((l) => l.includes('RLIMIT_NOFILE'))).toBe(true);
@@ -194,14 +200,8 @@ describe('kumo-virtiofsd launch conventions', () => {
     const d = spawn('node', [BIN, `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=namespace', '--syslog'], {
       stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'info', KUMO_SYSLOG_SOCKET: logSock },
     });
-    const lines: string[] = [];
-    const buf = new Uint8Array(8192);
     try {
-      for (let i = 0; i < 600 && !lines.some((l) => l.includes('virtio-fs worker ready')); i++) {
-        const r = recvMsg(lfd, buf);
-        if (r.n > 0) lines.push(Buffer.from(buf.subarray(0, r.n)).toString());
-        else await new Promise((res) => setTimeout(res, 25));
-      }
+      const lines = await syslogUntilReady(lfd);
       const pid = readFileSync(`${sock}.pid`, 'utf8').trim();
       expect(pid).not.toBe('1');
       const ready = lines.find((l) => l.includes('virtio-fs worker ready'));
