@@ -138,7 +138,6 @@ export class PassthroughFs {
   private readonly capXattr: Uint8Array | null;
   /** --translate-uid / --translate-gid, or null when IDs pass unchanged. */
   private readonly ids: IdMaps | null;
-  /** st_dev -> whether its filesystem has a flush operation (see flush()). */
   /** See HELD_SCORE_MAX; starts at the middle, so the first LOOKUP is stat'ed first. */
   private heldScore = HELD_SCORE_MAX / 2;
   /** FUSE_SUBMOUNTS negotiated at INIT (set by the server): only then are mount points flagged. */
@@ -447,6 +446,7 @@ export class PassthroughFs {
   /**
    * Runs a creation as the caller. `umask` is the guest's when it stopped masking modes itself (POSIX ACLs):
    * the host applies it, unless the parent's default ACL decides the mode. This thread's umask is otherwise 0.
+   * `creating`: f makes a new entry (see suppGroupsNegotiated).
    */
   private asCaller<T>(c: Caller, f: () => T, umask = 0, creating = false): T {
     const uid = this.hostId(c.uid, 'uid');

@@ -51,8 +51,10 @@ function sockaddrUn(path: string): Buffer {
   return sa;
 }
 
-/** Listens on a Unix stream socket; a stale socket file at the path is removed first. */
-/** Listens on `path`; `mode`, if given, replaces the one the umask left on the socket file. */
+/**
+ * Listens on a Unix stream socket; a stale socket file at the path is removed first. `mode`, if given, replaces the
+ * one the umask left on the socket file.
+ */
 export function unixListen(path: string, backlog = 16, mode?: number): number {
   if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path);
   const fd = unixAt(SOCK_STREAM, path, 'bind');

@@ -10,8 +10,8 @@ export const MAX_FDS = MAX_MEM_REGIONS;
 /** GET/SET_CONFIG payload limit (QEMU's VHOST_USER_MAX_CONFIG_SIZE). */
 export const MAX_CONFIG_SIZE = 256;
 /**
- * Where rust-vmm front-ends (Cloud Hypervisor) say the device config starts: GET/SET_CONFIG offsets from 0x100 on
- * (the virtio-mmio layout) mean config offset - 0x100. QEMU sends config offsets; libvhost-user and Cloud
+ * Where rust-vmm front-ends (Cloud Hypervisor) say the device config starts: a GET/SET_CONFIG offset of 0x100 + n
+ * (the virtio-mmio layout) means config offset n. QEMU sends config offsets; libvhost-user and Cloud
  * Hypervisor's own back-ends ignore the offset. No device config is that long, so both conventions can be served.
  */
 export const VHOST_USER_CONFIG_OFFSET = 0x100;
