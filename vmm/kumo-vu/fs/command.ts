@@ -2,9 +2,20 @@ import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { FuseClient } from '../../../protocol/fuse/index.js';
 import { parseCount, parsePositive } from '../options.js';
-import { ScriptRunner } from './script.js';
+import { ARITY, ScriptRunner } from './script.js';
 import { VirtioFsTransport } from './transport.js';
 import { benchFs, formatFsBench } from './bench.js';
+
+/** `run --help`: the commands and the rules of the language (the arities come from the runner itself). */
+const SCRIPT_HELP = `
+Script: one command per line; blank lines and lines starting with # are skipped; words are split on blanks, and a
+word in double quotes takes JSON escapes. Paths are relative to the share's root ('.' and '..' are walked here, as a
+guest kernel walks them). Commands (number of arguments):
+  ${Object.entries(ARITY).map(([c, [lo, hi]]) => `${c} ${lo === hi ? lo : `${lo}-${hi}`}`).join(', ')}
+Each line prints "> LINE" and then "ok ..." (attributes as type, mode, size, nlink, uid, gid; data as a JSON string,
+bytes that are not UTF-8 as \\xNN; more than 64 bytes as len, a SHA-256 prefix and the first 32) or "err ERRNO" for the
+daemon's error reply, and goes on. A line the runner cannot use (unknown command, wrong arguments, a value out of its
+field's range) or a failed connection stops the script: "kumo-vu: line N: ..." and exit status 2.`;
 
 interface FsOpts {
   socket: string;
@@ -24,6 +35,7 @@ export function registerFs(program: Command): void {
   fs.command('run')
     .description('run a script (one op per line: ls, stat, cat, write, mkdir, rm, mv, ln, setxattr ...); "-" reads stdin')
     .argument('<script>', 'script file')
+    .addHelpText('after', SCRIPT_HELP)
     .action(async (script: string) => {
       const o = fs.opts<FsOpts>();
       // Read first: a daemon serves one front-end, and a missing script must not use it up.

@@ -14,7 +14,22 @@ const O_WRONLY = 1;
 const O_RDWR = 2;
 const O_CREAT = 0o100;
 const O_TRUNC = 0o1000;
-const dec = new TextDecoder();
+const strict = new TextDecoder('utf-8', { fatal: true });
+/**
+ * Bytes as text, faithfully: valid UTF-8 as it is; otherwise each byte above 0x7f as \xNN (a backslash itself as
+ * \\), so that two different byte strings never print the same (a kumo-vs-peer compare depends on it).
+ */
+function text(b: Uint8Array): string {
+  try {
+    const s = strict.decode(b);
+    if (!s.includes('\\x')) return s;
+  } catch {
+    // not UTF-8: escaped below
+  }
+  let out = '';
+  for (const x of b) out += x === 0x5c ? '\\\\' : x < 0x80 ? String.fromCharCode(x) : `\\x${x.toString(16).padStart(2, '0')}`;
+  return out;
+}
 
 const TYPES: Record<number, string> = { 0o01: 'p', 0o02: 'c', 0o04: 'd', 0o06: 'b', 0o10: 'f', 0o12: 'l', 0o14: 's' };
 const typeChar = (mode: number): string => TYPES[(mode >> 12) & 0o17] ?? '?';
@@ -22,8 +37,8 @@ const oct = (n: number): string => n.toString(8).padStart(4, '0');
 /** Bytes as a JSON string; beyond 64 bytes their length, a SHA-256 prefix of all of them and the first 32. */
 const show = (b: Uint8Array): string =>
   b.length <= 64
-    ? JSON.stringify(dec.decode(b))
-    : `len=${b.length} sha256=${createHash('sha256').update(b).digest('hex').slice(0, 16)} ${JSON.stringify(dec.decode(b.subarray(0, 32)))}...`;
+    ? JSON.stringify(text(b))
+    : `len=${b.length} sha256=${createHash('sha256').update(b).digest('hex').slice(0, 16)} ${JSON.stringify(text(b.subarray(0, 32)))}...`;
 /** A directory entry's name as printed: JSON-quoted when it holds blanks, ':', quotes or anything unprintable. */
 const showName = (name: string): string => (/^[\x21-\x7e]+$/.test(name) && !/[:"\\]/.test(name) ? name : JSON.stringify(name));
 
@@ -52,7 +67,7 @@ export function words(line: string): string[] {
 }
 
 /** Arguments each command takes: [at least, at most]. */
-const ARITY: Record<string, [number, number]> = {
+export const ARITY: Record<string, [number, number]> = {
   lookup: [1, 1], stat: [1, 1], mtime: [1, 1], ls: [0, 1], lsraw: [0, 1], cat: [1, 1], pread: [3, 3], write: [2, 2],
   pwrite: [3, 3], create: [1, 2], mkdir: [1, 2], mknod: [1, 2], symlink: [2, 2], readlink: [1, 1], ln: [2, 2], rm: [1, 1],
   rmdir: [1, 1], mv: [2, 2], mvx: [2, 2], mvn: [2, 2], chmod: [2, 2], chown: [3, 3], truncate: [2, 2], ftruncate: [2, 2],
@@ -61,17 +76,30 @@ const ARITY: Record<string, [number, number]> = {
   syncfs: [0, 0], interrupt: [0, 0], rawop: [1, 2], destroy: [0, 0], init: [0, 0],
 };
 
-/** A decimal integer argument (negative allowed), or a ScriptError naming it. */
-function int(v: string, what: string): number {
+/** A decimal integer argument in [min, max] (a field's range), or a ScriptError naming it. */
+function int(v: string, what: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
   const n = /^-?[0-9]+$/.test(v) ? Number(v) : NaN;
-  if (!Number.isSafeInteger(n)) throw new ScriptError(`${what} must be an integer`, { value: v });
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new ScriptError(`${what} must be an integer from ${min} to ${max}`, { value: v });
   return n;
 }
+const MAX_IO = 1 << 20;
+const MAX_ID = 0xfffffffe;
 
 /** An octal mode argument, or a ScriptError naming it. */
 function octal(v: string, what: string): number {
   if (!/^[0-7]{1,6}$/.test(v)) throw new ScriptError(`${what} must be an octal number`, { value: v });
   return parseInt(v, 8);
+}
+
+/** A path's components with '.' dropped and '..' taken back here (never past the root), as a guest's kernel walks it. */
+function normalize(path: string): string[] {
+  const out: string[] = [];
+  for (const p of path.split('/')) {
+    if (p === '' || p === '.') continue;
+    if (p === '..') out.pop();
+    else out.push(p);
+  }
+  return out;
 }
 
 export class ScriptRunner {
@@ -88,7 +116,8 @@ export class ScriptRunner {
       try {
         print(await this.runLine(line));
       } catch (e) {
-        if (e instanceof ScriptError) throw new ScriptError(`line ${i + 1}: ${e.message}`, { line, ...e.context });
+        // A bad line, or a failure of the front-end or the back-end (not a FUSE error reply: runLine prints those).
+        if (e instanceof KumoError) throw new ScriptError(`line ${i + 1}: ${e.message}`, { line, ...e.context });
         throw e;
       }
     }
@@ -123,25 +152,30 @@ export class ScriptRunner {
   /** Resolves a path to a nodeid, one LOOKUP per component. */
   async resolve(path: string): Promise<number> {
     let node = FUSE_ROOT_ID;
-    for (const part of path.split('/').filter((p) => p !== '' && p !== '.')) {
-      node = this.track((await this.c.lookup(node, part)).nodeid);
-    }
+    for (const part of normalize(path)) node = this.track((await this.c.lookup(node, part)).nodeid);
     return node;
   }
 
-  /** Looks a name up first, as the kernel does before UNLINK/RENAME (some servers require a known inode). */
-  private async known(parent: number, name: string): Promise<void> {
+  /**
+   * Looks a name up first, as the kernel does before UNLINK/RMDIR/RENAME (some servers require a known inode); a name
+   * that is not there is ENOENT from the LOOKUP, and nothing more is sent, as from a guest. `missingOk`: the target of a
+   * RENAME, which may not exist.
+   */
+  private async known(parent: number, name: string, missingOk = false): Promise<void> {
     try {
       this.track((await this.c.lookup(parent, name)).nodeid);
     } catch (e) {
-      if (!(e instanceof FuseReplyError)) throw e;
+      if (!(e instanceof FuseReplyError) || (missingOk && e.code === 'ENOENT')) return;
+      throw e;
     }
   }
 
+  /** The directory a path names its last component in, and that component ('.' and '..' resolved here). */
   private async parent(path: string): Promise<[number, string]> {
-    const i = path.lastIndexOf('/');
-    const name = path.slice(i + 1);
-    return [await this.resolve(i < 0 ? '' : path.slice(0, i)), name];
+    const parts = normalize(path);
+    const name = parts.pop() ?? '';
+    if (name === '') throw new ScriptError('the path names the root, not an entry in a directory', { path });
+    return [await this.resolve(parts.join('/')), name];
   }
 
   private async withFile<T>(path: string, flags: number, f: (node: number, fh: number) => Promise<T>): Promise<T> {
@@ -186,14 +220,14 @@ export class ScriptRunner {
               if (es.length === 0) break;
               for (const e of es) {
                 this.track(e.entry.nodeid);
-                names.push(`${showName(dec.decode(e.dirent.name))}:${typeChar(e.dirent.type << 12)}`);
+                names.push(`${showName(text(e.dirent.name))}:${typeChar(e.dirent.type << 12)}`);
                 off = e.dirent.off;
               }
             } else {
               const es = await c.readdir(n, fh, off);
               if (es.length === 0) break;
               for (const e of es) {
-                names.push(`${showName(dec.decode(e.name))}:${typeChar(e.type << 12)}`);
+                names.push(`${showName(text(e.name))}:${typeChar(e.type << 12)}`);
                 off = e.off;
               }
             }
@@ -215,7 +249,7 @@ export class ScriptRunner {
           return `ok ${show(Buffer.concat(parts))}`;
         });
       case 'pread':
-        return this.withFile(a1, O_RDONLY, async (n, fh) => `ok ${show(await c.read(n, fh, int(a2, 'offset'), int(a3, 'size')))}`);
+        return this.withFile(a1, O_RDONLY, async (n, fh) => `ok ${show(await c.read(n, fh, int(a2, 'offset'), int(a3, 'size', 0, MAX_IO)))}`);
       case 'write':
       case 'pwrite': {
         const data = nameBytes(cmd === 'write' ? a2 : a3);
@@ -288,7 +322,7 @@ export class ScriptRunner {
         const [p1, n1] = await this.parent(a1);
         const [p2, n2] = await this.parent(a2);
         await this.known(p1, n1);
-        await this.known(p2, n2);
+        await this.known(p2, n2, true);
         await c.rename(p1, n1, p2, n2, cmd === 'mv' ? undefined : cmd === 'mvx' ? 2 : 1);
         return 'ok';
       }
@@ -297,8 +331,8 @@ export class ScriptRunner {
         return `ok ${attrLine(await c.setattr(await this.resolve(a2), { valid: Fattr.MODE, mode }))}`;
       }
       case 'chown': {
-        const uid = int(a1, 'uid');
-        const gid = int(a2, 'gid');
+        const uid = int(a1, 'uid', 0, MAX_ID);
+        const gid = int(a2, 'gid', 0, MAX_ID);
         return `ok ${attrLine(await c.setattr(await this.resolve(a3), { valid: Fattr.UID | Fattr.GID, uid, gid }))}`;
       }
       case 'truncate': {
@@ -310,7 +344,7 @@ export class ScriptRunner {
         return this.withFile(a1, O_RDWR, async (n, fh) => `ok ${attrLine(await c.setattr(n, { valid: Fattr.SIZE | Fattr.FH, fh, size }))}`);
       }
       case 'utime': {
-        const t = int(a2, 'time');
+        const t = int(a2, 'time', -Number.MAX_SAFE_INTEGER);
         await c.setattr(await this.resolve(a1), { valid: Fattr.ATIME | Fattr.MTIME, atime: t, mtime: t });
         const a = await c.getattr(await this.resolve(a1));
         return `ok mtime=${a.mtime} atime=${a.atime}`;
@@ -328,7 +362,7 @@ export class ScriptRunner {
         const len = (await c.listxattr(n, 0)) as number;
         if (len === 0) return 'ok';
         const b = (await c.listxattr(n, len)) as Uint8Array;
-        return `ok ${dec.decode(b).split('\0').filter(Boolean).sort().join(' ')}`;
+        return `ok ${text(b).split('\0').filter(Boolean).sort().join(' ')}`;
       }
       case 'rmxattr':
         await c.removexattr(await this.resolve(a1), a2);
@@ -357,9 +391,11 @@ export class ScriptRunner {
           return `ok ${attrLine(await c.getattr(n))}`;
         });
       }
-      case 'seek':
-        if (!/^-?\d+$/.test(a3)) throw new ScriptError('seek offset must be an integer', { line: w.join(' ') });
-        return this.withFile(a1, O_RDONLY, async (n, fh) => `ok ${await c.lseek(n, fh, BigInt(a3), a2 === 'data' ? 3 : a2 === 'hole' ? 4 : Number(a2))}`);
+      case 'seek': {
+        if (!/^-?\d+$/.test(a3) || BigInt(a3) < -(2n ** 63n) || BigInt(a3) >= 2n ** 63n) throw new ScriptError('seek offset must be a 64-bit integer', { value: a3 });
+        const whence = a2 === 'data' ? 3 : a2 === 'hole' ? 4 : int(a2, 'whence (data, hole or 0-4)', 0, 4);
+        return this.withFile(a1, O_RDONLY, async (n, fh) => `ok ${await c.lseek(n, fh, BigInt(a3), whence)}`);
+      }
       case 'copy': {
         const [offIn, offOut] = [int(a3 || '0', 'input offset'), int(a4 || '0', 'output offset')];
         return this.withFile(a1, O_RDONLY, (ni, fhi) =>

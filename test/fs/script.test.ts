@@ -1,0 +1,67 @@
+// kumo-vu fs run: the script language's replies and its checks on script lines (against the in-process server).
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ScriptRunner } from '../../vmm/kumo-vu/fs/script.js';
+import { LocalShare } from './local-transport.js';
+
+const shares: LocalShare[] = [];
+afterEach(() => {
+  for (const s of shares.splice(0)) s.close();
+});
+
+async function runner(): Promise<{ r: ScriptRunner; dir: string; s: LocalShare }> {
+  const s = new LocalShare('kumo-fs-script-');
+  shares.push(s);
+  await s.client.init();
+  return { r: new ScriptRunner(s.client), dir: s.dir, s };
+}
+
+describe('kumo-vu fs run', () => {
+  it('prints bytes that are not UTF-8 faithfully: different contents and names never print alike', async () => {
+    const { r, dir } = await runner();
+    writeFileSync(join(dir, 'f1'), Buffer.from([0x80]));
+    writeFileSync(join(dir, 'f2'), Buffer.from([0x81]));
+    writeFileSync(Buffer.concat([Buffer.from(`${dir}/`), Buffer.from([0xff, 0xfe])]), ''); // a name that is not UTF-8
+    writeFileSync(join(dir, 'back'), 'a\\x80');
+    expect(await r.runLine('cat f1')).toBe('ok "\\\\x80"');
+    expect(await r.runLine('cat f2')).toBe('ok "\\\\x81"');
+    // A valid UTF-8 text that happens to contain "\x" is escaped too, so it cannot pass for the bytes.
+    expect(await r.runLine('cat back')).toBe('ok "a\\\\\\\\x80"');
+    expect(await r.runLine('ls')).toContain('"\\\\xff\\\\xfe":f');
+  });
+
+  it('walks ".." in the script, as a guest kernel does, never sending it to the daemon', async () => {
+    const { r, dir } = await runner();
+    mkdirSync(join(dir, 'd'));
+    expect(await r.runLine('stat ..')).toMatch(/^ok type=d/);
+    expect(await r.runLine('create d/../f')).toMatch(/^ok /);
+    expect(existsSync(join(dir, 'f'))).toBe(true);
+  });
+
+  it('answers a missing name from its LOOKUP and sends no UNLINK, RMDIR or RENAME for it', async () => {
+    const { r, s } = await runner();
+    const sent: string[] = [];
+    s.client.unlink = async () => void sent.push('UNLINK');
+    s.client.rmdir = async () => void sent.push('RMDIR');
+    s.client.rename = async () => void sent.push('RENAME');
+    expect(await r.runLine('rm nope')).toBe('err ENOENT');
+    expect(await r.runLine('rmdir nope')).toBe('err ENOENT');
+    expect(await r.runLine('mv nope x')).toBe('err ENOENT');
+    expect(sent).toEqual([]);
+  });
+
+  it('refuses arguments out of their field\'s range with the line number, and stops', async () => {
+    for (const [line, why] of [
+      ['pread f 0 2000000', /line 1: size must be an integer from 0 to 1048576/],
+      ['pread f 0 -1', /line 1: size must be an integer/],
+      ['chown 1 -5 f', /line 1: gid must be an integer from 0 to 4294967294/],
+      ['seek f abc 0', /line 1: whence/],
+      ['seek f data 99999999999999999999999', /line 1: seek offset must be a 64-bit integer/],
+    ] as const) {
+      const { r, dir } = await runner();
+      writeFileSync(join(dir, 'f'), 'x');
+      await expect(r.runScript(line, () => undefined), line).rejects.toThrow(why);
+    }
+  });
+});
