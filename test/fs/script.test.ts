@@ -1,5 +1,5 @@
 // kumo-vu fs run: the script language's replies and its checks on script lines (against the in-process server).
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ScriptRunner } from '../../vmm/kumo-vu/fs/script.js';
@@ -58,10 +58,14 @@ describe('kumo-vu fs run', () => {
       ['chown 1 -5 f', /line 1: gid must be an integer from 0 to 4294967294/],
       ['seek f abc 0', /line 1: whence/],
       ['seek f data 99999999999999999999999', /line 1: seek offset must be a 64-bit integer/],
+      ['write "a\\u0000b" x', /line 1: a word may not hold a NUL/],
+      [`write f ${'x'.repeat((1 << 20) + 1)}`, /line 1: write data must be at most 1048576 bytes/],
     ] as const) {
       const { r, dir } = await runner();
       writeFileSync(join(dir, 'f'), 'x');
-      await expect(r.runScript(line, () => undefined), line).rejects.toThrow(why);
+      await expect(r.runScript(line, () => undefined), line.slice(0, 40)).rejects.toThrow(why);
+      expect(readFileSync(join(dir, 'f'), 'utf8')).toBe('x'); // nothing was sent: f is whole, no 'a' made
+      expect(existsSync(join(dir, 'a'))).toBe(false);
     }
   });
 });

@@ -57,11 +57,15 @@ export function words(line: string): string[] {
       out.push(m[2]);
       continue;
     }
+    let w: string;
     try {
-      out.push(JSON.parse(`"${m[1]}"`) as string);
+      w = JSON.parse(`"${m[1]}"`) as string;
     } catch {
       throw new ScriptError('bad escape in a quoted word (JSON escapes only)', { word: m[1] });
     }
+    // A name or value cut short at the NUL on the wire would act on another name than the one written.
+    if (w.includes('\0')) throw new ScriptError('a word may not hold a NUL (\\u0000)', { word: m[1] });
+    out.push(w);
   }
   return out;
 }
@@ -253,6 +257,8 @@ export class ScriptRunner {
       case 'write':
       case 'pwrite': {
         const data = nameBytes(cmd === 'write' ? a2 : a3);
+        // Checked before the file is opened (write truncates it): one WRITE carries at most 1 MiB.
+        if (data.length > MAX_IO) throw new ScriptError(`${cmd} data must be at most ${MAX_IO} bytes`, { len: data.length });
         const off = cmd === 'write' ? 0 : int(a2, 'offset');
         const [p, name] = await this.parent(a1);
         let node: number;
