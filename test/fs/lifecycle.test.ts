@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -84,6 +84,21 @@ describe('kumo-virtiofsd lifecycle and kumo-vu fs bench', () => {
       expect(readdirSync(share)).toEqual([]);
       expect(await exited(d)).toBe(0);
     } finally {
+      end();
+    }
+  }, 60_000);
+
+  it('bench that fails mid-run with requests in flight (the share runs out of inodes) still removes its scratch directory', async () => {
+    if (process.getuid?.() !== 0) return console.log('not root: cannot mount a small tmpfs');
+    const { share, sock, end } = served('kumo-fs-life-', { fill: (sh) => execSync(`mount -t tmpfs -o size=200m,nr_inodes=40 kumo-fs-life ${sh}`) });
+    try {
+      const r = await kumoVu(['--socket', sock, '--connect-timeout', '15000', 'bench', '--seconds', '0.3', '--iodepth', '4']).done;
+      expect(r.code).not.toBe(0);
+      expect(r.err).toMatch(/CREATE failed/);
+      // The clean-up got the other streams' replies before: "FUSE reply for another request", swallowed, dir left.
+      expect(readdirSync(share)).toEqual([]);
+    } finally {
+      spawnSync('umount', ['-l', share]);
       end();
     }
   }, 60_000);

@@ -58,6 +58,8 @@ class StreamRunner {
   /** Above FuseClient's counter, which set-up and clean-up use on the same connection. */
   private unique = 2 ** 40;
   private nextOp = 0;
+  /** Chains submitted and not back yet: a run that fails waits for them, so clean-up gets only its own replies. */
+  private outstanding = 0;
 
   constructor(private readonly t: VirtioFsTransport) {
     const slots = t.rawSlots();
@@ -81,11 +83,13 @@ class StreamRunner {
   }
 
   submit(s: Stream, reqLen: number, replyLen: number): void {
+    this.outstanding++;
     this.t.rawSubmit(s.slot, reqLen, replyLen);
   }
 
   /** FORGET on hiprio: its chain comes back without a reply. */
   submitForget(s: Stream, nodeid: number): void {
+    this.outstanding++;
     this.t.rawSubmit(s.hp, s.forget.forget(this.u(s), nodeid, 1), 0);
   }
 
@@ -104,16 +108,31 @@ class StreamRunner {
       running++;
       begin(s);
     };
-    for (const s of this.streams) start(s);
+    // A reply that fails a check (CREATE: ENOSPC) ends the run; the other streams' chains still in flight are
+    // waited for first, or the clean-up's FuseClient calls would be handed their replies.
+    let failure: { error: unknown } | null = null;
     const onUsed = (token: number, len: number): void => {
+      this.outstanding--;
+      if (failure !== null) return;
       const s = this.byToken[token];
-      if (!reply(s, len)) return;
+      try {
+        if (!reply(s, len)) return;
+      } catch (e) {
+        failure = { error: e };
+        return;
+      }
       ops++;
       units += s.units;
       running--;
       if (performance.now() < end) start(s);
     };
-    while (running > 0) this.t.rawWait(onUsed);
+    try {
+      for (const s of this.streams) start(s);
+      while (failure === null ? running > 0 : this.outstanding > 0) this.t.rawWait(onUsed);
+    } catch (e) {
+      failure ??= { error: e };
+    }
+    if (failure !== null) throw (failure as { error: unknown }).error;
     const c = process.cpuUsage(c0);
     return { ops, units, secs: (performance.now() - t0) / 1000, cpu: (c.user + c.system) / 1e6 };
   }
