@@ -34,13 +34,13 @@ const ECANCELED = 125;
 const KIND_RW = 0;
 const KIND_FLUSH = 1;
 const KIND_DISCARD = 2;
-/** Segments a request may gain beyond seg_max from buffers that cross region boundaries (beyond: IOERR). */
-const REGION_SPLITS = 16;
 const KIND_ZERO = 3;
 /** A write in writethrough mode: acked only after a later fdatasync completed. */
 const KIND_WT_WRITE = 4;
 /** WRITE_ZEROES with UNMAP, its ranges punched: where punching is not supported they are zeroed the plain way. */
 const KIND_ZERO_UNMAP = 5;
+/** Segments a request may gain beyond seg_max from buffers that cross region boundaries (beyond: IOERR). */
+const REGION_SPLITS = 16;
 /** Sectors from 2^44 on (2^44 × 512 = 2^53 bytes, the largest exact offset) have this high word or more (it cut at 2^41). */
 const MAX_SECTOR_HI = 1 << 12;
 /** userData of the batch fdatasync (no slot has this index: queues have at most 32768 entries). */

@@ -134,12 +134,12 @@ export class InodeTable {
     return i;
   }
 
-  /** The f_type of i's file system: `probe` asks the host once per (mount, dev) while inodes there are held. */
-  fsType(i: Inode, probe: () => number): number {
+  /** The f_type of i's file system: `probe(i)` asks the host once per (mount, dev) while inodes there are held. */
+  fsType(i: Inode, probe: (i: Inode) => number): number {
     const m = this.byKey.get(i.mnt)?.get(i.dev);
     let t = m === undefined ? undefined : this.fsTypes.get(m);
     if (t === undefined) {
-      t = probe();
+      t = probe(i);
       if (m !== undefined) this.fsTypes.set(m, t);
     }
     return t;

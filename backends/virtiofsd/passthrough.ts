@@ -795,7 +795,7 @@ export class PassthroughFs {
 
   /** The statfs type of i's file system (one per device, asked once). */
   private fsType(i: Inode): number {
-    return this.inodes.fsType(i, () => fs.fstatfs(i.fd).type);
+    return this.inodes.fsType(i, statfsType);
   }
 
 
@@ -1185,4 +1185,9 @@ function withoutAclNames(list: Uint8Array): Uint8Array {
     at = end + 1;
   }
   return Buffer.concat(kept);
+}
+
+/** statfs f_type of an inode's file system (InodeTable.fsType caches it; a module function: no closure per FLUSH). */
+function statfsType(i: Inode): number {
+  return fs.fstatfs(i.fd).type;
 }

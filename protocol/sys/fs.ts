@@ -204,12 +204,16 @@ export function fstatRaw(fd: number): number {
 
 const BLKGETSIZE64 = 0x80081272;
 const BLKDISCARD = 0x1277;
-const ioctlRange = libc.func('ioctl', 'int', ['int', 'ulong', 'void *']);
 
 /** BLKDISCARD of [off, off+len) on a block device (synchronous): 0 or -errno. */
 export function blkDiscard(fd: number, off: number, len: number): number {
-  const r = new BigUint64Array([BigInt(off), BigInt(len)]);
-  return (ioctlRange(fd, BLKDISCARD, r) as number) < 0 ? -koffi.errno() : 0;
+  try {
+    ioctl(fd, BLKDISCARD, new BigUint64Array([BigInt(off), BigInt(len)]));
+    return 0;
+  } catch (e) {
+    if (e instanceof SysError) return -e.errno;
+    throw e;
+  }
 }
 
 /** A block device's size in bytes (BLKGETSIZE64), exact as u64Exact gives it: fstat reports 0 for it. */
