@@ -55,8 +55,12 @@ export class BlkBackend implements VhostUserBackend {
   /** Shared with the workers: [0] = writethrough, [1] = queues being served, then the O_DIRECT WriteGate (see BlkEngineImage.flags). */
   private readonly flags: Int32Array;
   private acked = 0n;
-  /** The driver wrote writeback (CONFIG_WCE) since the device was last reset. */
-  private writebackSet = false;
+  /**
+   * What a driver wrote to writeback (CONFIG_WCE) since the device was last reset, or null. It outlives the
+   * connection: QEMU reconnecting (or a local migration's new front-end) restores features, memory and rings but never
+   * writes the config again, and the guest still believes in the cache mode it chose (qemu-storage-daemon keeps it).
+   */
+  private writebackChoice: number | null = null;
 
   constructor(private readonly image: DiskImage, private readonly opts: BlkBackendOptions) {
     this.numQueues = opts.numQueues;
@@ -113,9 +117,10 @@ export class BlkBackend implements VhostUserBackend {
     }
     if (data[0] > 1) throw new BlkConfigWriteError('writeback must be 0 or 1', { value: data[0] });
     // A driver without FLUSH could never make writeback writes durable: it stays writethrough.
-    const wb = hasFeature(this.acked, VIRTIO_BLK_F_FLUSH) ? data[0] : 0;
+    const flush = hasFeature(this.acked, VIRTIO_BLK_F_FLUSH);
+    const wb = flush ? data[0] : 0;
     this.config[BlkConfig.writeback] = wb;
-    this.writebackSet = hasFeature(this.acked, VIRTIO_BLK_F_FLUSH);
+    if (flush) this.writebackChoice = wb;
     this.opts.log?.info({ writeback: wb, asked: data[0] }, 'cache mode changed');
     this.updateWritethrough();
   }
@@ -125,14 +130,13 @@ export class BlkBackend implements VhostUserBackend {
     // virtio 1.2 §5.2.5: writeback MUST be 0 with CONFIG_WCE but no FLUSH. With FLUSH it keeps what the driver
     // wrote: front-ends send SET_FEATURES again at every start (QEMU's stop/cont), and a guest that chose
     // writethrough sends no FLUSH.
-    if (!hasFeature(features, VIRTIO_BLK_F_FLUSH)) this.config[BlkConfig.writeback] = 0;
-    else if (!this.writebackSet) this.config[BlkConfig.writeback] = 1;
+    this.config[BlkConfig.writeback] = hasFeature(features, VIRTIO_BLK_F_FLUSH) ? this.writebackChoice ?? 1 : 0;
     this.updateWritethrough();
   }
 
-  /** A new front-end or a device reset: writeback back to its default (1), until a driver writes it. */
+  /** RESET_OWNER/RESET_DEVICE: writeback back to its default (1), until a driver writes it. */
   reset(): void {
-    this.writebackSet = false;
+    this.writebackChoice = null;
     this.config[BlkConfig.writeback] = 1;
     this.acked = 0n;
     this.updateWritethrough();

@@ -17,8 +17,9 @@ export interface VhostUserBackend {
   setConfig?(offset: number, data: Uint8Array): void;
   ackFeatures?(features: bigint): void;
   /**
-   * The device starts afresh: a front-end connected, or sent RESET_OWNER/RESET_DEVICE. Driver-written state (config
-   * fields) goes back to its defaults here, not on SET_FEATURES, which front-ends send again at every start.
+   * The front-end sent RESET_OWNER/RESET_DEVICE: driver-written state (config fields) goes back to its defaults here,
+   * not on SET_FEATURES, which front-ends send again at every start, and not when a front-end connects (a reconnecting
+   * front-end does not write the config again).
    */
   reset?(): void;
   /** Module (absolute path or file: URL) exporting `createQueueHandler: CreateQueueHandler`; `data` is structured-cloned. */

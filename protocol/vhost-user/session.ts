@@ -75,7 +75,6 @@ export class Session {
     this.qpw = Math.max(1, backend.queuesPerWorker ?? 1);
     this.refusals = new WarnLimiter(log);
     this.rings = Array.from({ length: backend.numQueues }, () => newRing(false));
-    backend.reset?.();
   }
 
   get offeredFeatures(): bigint {

@@ -35,7 +35,7 @@ describe('kumo-vhost-user-blk process', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('keeps the writeback a driver chose when SET_FEATURES comes again; the next front-end starts from writeback', async () => {
+  it('keeps the writeback a driver chose when SET_FEATURES comes again and when the front-end reconnects; RESET_DEVICE forgets it', async () => {
     child = await startBackend(`path=${img},socket=${sock}`);
     client = await BlkVuClient.connect(sock);
     const wb = (c: BlkVuClient): number => c.fe.getConfig(BlkConfig.writeback, 1)[0];
@@ -44,8 +44,13 @@ describe('kumo-vhost-user-blk process', () => {
     // QEMU sends SET_FEATURES again at every vhost_dev_start (stop/cont): the guest, which chose writethrough, sends no FLUSH.
     client.fe.setFeatures(client.features);
     expect(wb(client)).toBe(0);
+    // QEMU reconnecting restores features, memory and rings but never writes the config again: the guest still
+    // believes it chose writethrough, and sends no FLUSH (qemu-storage-daemon keeps the mode too).
     client.close();
     client = await BlkVuClient.connect(sock);
+    expect(wb(client)).toBe(0);
+    client.fe.resetDevice();
+    client.fe.setFeatures(client.features);
     expect(wb(client)).toBe(1);
   });
 
