@@ -150,7 +150,7 @@ export class FastPath {
         if (off < 0) return NOT_HANDLED;
         const h = fs.handles.tryGet(fh);
         if (h === undefined) return this.error(io, E.EBADF);
-        const size = Math.min(this.inDv.getUint32(A + 16, true), io.outLength - OUT_HEADER_SIZE, FUSE_MAX_WRITE);
+        const size = Math.min(this.inDv.getUint32(A + 16, true), io.outLength - OUT_HEADER_SIZE);
         const iov = this.iov;
         iov.clear();
         const covered = size > 0 ? io.outIovecs(OUT_HEADER_SIZE, size, iov) : 0;

@@ -142,12 +142,12 @@ export class IoOffload implements Deferrer {
     this.inFlight++;
     const first = preadvRaw(fd, Number(this.headIov.ptr), this.headIov.count, offset);
     this.awaitSplit();
-    let second = this.splitRes;
-    // The worker failed (it should not on a regular file): read that half here so the answer is preadv's.
-    if (first === half && second < 0) second = preadvRaw(fd, Number(tail.ptr), tail.count, offset + half);
+    const second = this.splitRes;
     this.free.push(s);
     if (first < half) return first;
-    return second < 0 ? half : half + second;
+    // The second half failed: the whole read again here, so that the answer is preadv's. An error that covers the
+    // whole request (EINVAL for an O_DIRECT length off the block) is an error, not a short read of the first half.
+    return second < 0 ? preadvRaw(fd, Number(iov.ptr), iov.count, offset) : half + second;
   }
 
   private awaitSplit(): void {

@@ -447,7 +447,7 @@ export class FuseServer {
 
   private read(io: FuseIo, u: bigint, a: Buffer): number {
     const r = ReadIn.decode(a);
-    const size = Math.min(r.size, io.outLength - OUT_HEADER_SIZE, FUSE_MAX_WRITE);
+    const size = Math.min(r.size, io.outLength - OUT_HEADER_SIZE);
     const iov = this.iov;
     iov.clear();
     const covered = io.outIovecs(OUT_HEADER_SIZE, size, iov);
