@@ -93,11 +93,14 @@ async function main(): Promise<number> {
     else log.error({ err: e }, 'backend failed');
     return 1;
   } finally {
+    // image.fd (the one description holding the image lock) is left to the kernel at exit: the queues write through
+    // descriptions of their own, and a bounded stop may leave a worker with writes in flight. Closed here, the lock
+    // went while they still landed, over what a restarted back-end had written and acked meanwhile.
     await daemon.stop();
-    image.close();
   }
   return 0;
 }
 
-// Exit explicitly: a queue worker left behind by a bounded stop must not keep the process (and its image lock) alive.
+// Exit explicitly: a queue worker left behind by a bounded stop must not keep the process waiting on its event loop.
+// The process (and with it the image lock) still ends only once that worker's writes in flight have: the kernel waits.
 process.exit(await main());

@@ -1,11 +1,12 @@
 // A device that holds a write up for longer than a command used to wait for a queue worker (10 s): the image's
 // file system frozen, as for a backup snapshot. QEMU waits for GET_VRING_BASE without limit; so must the back-end.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../protocol/virtio/index.js';
-import { eventfdWrite } from '../../protocol/sys/fd.js';
+import { closeQuiet, eventfdWrite, openFile, O_RDWR } from '../../protocol/sys/fd.js';
+import { fcntlLock, F_OFD_SETLK, F_WRLCK } from '../../protocol/sys/fs.js';
 import { BlkVuClient, startBackend, stopBackend } from './vu-client.js';
 
 const FREEZE_S = 12;
@@ -20,56 +21,119 @@ function whyNot(): string | null {
 const why = whyNot();
 if (why !== null) console.log(`test/blk/stall.test.ts skipped: ${why}`);
 
+/** A 16 MiB image on an ext4 file system of its own (a loop device on tmpfs) that a test may freeze; torn down after. */
+async function withFreezableImage(body: (mnt: string, img: string, sock: string) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync('/tmp/kumo-blk-stall-');
+  const backing = join('/dev/shm', `kumo-blk-stall-${process.pid}.ext4`);
+  const mnt = join(dir, 'mnt');
+  let loop = '';
+  try {
+    sh(`truncate -s 128M ${backing} && mkfs.ext4 -q -F ${backing}`);
+    loop = spawnSync('losetup', ['-f', '--show', backing], { encoding: 'utf8' }).stdout.trim();
+    mkdirSync(mnt);
+    expect(spawnSync('mount', [loop, mnt]).status).toBe(0);
+    sh(`truncate -s 16M ${mnt}/img`);
+    await body(mnt, `${mnt}/img`, join(dir, 'blk.sock'));
+  } finally {
+    sh(`fsfreeze -u ${mnt} 2>/dev/null`);
+    sh(`umount ${mnt} 2>/dev/null || umount -l ${mnt}`);
+    if (loop) spawnSync('losetup', ['-d', loop]);
+    rmSync(backing, { force: true });
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Thaws `mnt` from another process after `s` seconds (this one may block meanwhile). */
+function thawLater(mnt: string, s: number): void {
+  spawn('sh', ['-c', `sleep ${s}; fsfreeze -u ${mnt}`], { stdio: 'ignore', detached: true }).unref();
+}
+
+/** Submits a 4 KiB write of `byte` at `sector` on queue 0 without waiting for it. */
+function startWrite(c: BlkVuClient, sector: number, byte: number, token: number): void {
+  const data = c.buf(4096);
+  c.mem.fill(data, 4096, byte);
+  c.add(0, VIRTIO_BLK_T_OUT, sector, [{ addr: data, len: 4096 }], [], token);
+  c.queues[0].driver.publish();
+  eventfdWrite(c.queues[0].kick);
+}
+
+/** Whether `pid` has ended (a zombie has released its files and locks). */
+function ended(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.startsWith('Z') ?? true;
+  } catch {
+    return true;
+  }
+}
+
 describe.skipIf(why !== null)('vhost-user-blk with a stalled device', () => {
   it(`GET_VRING_BASE waits for a write the device holds up for ${FREEZE_S} s and returns it completed; the next front-end reads it`, async () => {
-    const dir = mkdtempSync('/tmp/kumo-blk-stall-');
-    const backing = join('/dev/shm', `kumo-blk-stall-${process.pid}.ext4`);
-    const mnt = join(dir, 'mnt');
-    let loop = '';
     let child: Awaited<ReturnType<typeof startBackend>> | null = null;
-    try {
-      sh(`truncate -s 128M ${backing} && mkfs.ext4 -q -F ${backing}`);
-      loop = spawnSync('losetup', ['-f', '--show', backing], { encoding: 'utf8' }).stdout.trim();
-      mkdirSync(mnt);
-      expect(spawnSync('mount', [loop, mnt]).status).toBe(0);
-      sh(`truncate -s 16M ${mnt}/img`);
-      const sock = join(dir, 'blk.sock');
-      child = await startBackend(`path=${mnt}/img,socket=${sock}`);
-      const c = await BlkVuClient.connect(sock);
-      const buf = c.buf(4096);
-      c.mem.fill(buf, 4096, 0xab);
-      c.add(0, VIRTIO_BLK_T_OUT, 0, [{ addr: buf, len: 4096 }], [], 1);
-      c.run(0, 1);
-      sh(`fsfreeze -f ${mnt}`);
-      // Thawed by another process: this one blocks in GET_VRING_BASE meanwhile.
-      spawn('sh', ['-c', `sleep ${FREEZE_S}; fsfreeze -u ${mnt}`], { stdio: 'ignore', detached: true }).unref();
-      const data = c.buf(4096);
-      c.mem.fill(data, 4096, 0xcd);
-      c.add(0, VIRTIO_BLK_T_OUT, 8, [{ addr: data, len: 4096 }], [], 2);
-      c.queues[0].driver.publish();
-      eventfdWrite(c.queues[0].kick);
-      await new Promise((r) => setTimeout(r, 300));
-      const t0 = Date.now();
-      // It answered nothing and closed the connection after 10 s: the front-end lost its disk.
-      expect(c.fe.getVringBase(0)).toBe(2);
-      expect(Date.now() - t0).toBeGreaterThan((FREEZE_S - 2) * 1000);
-      expect(c.queues[0].driver.takeUsed().map((u) => u.token)).toEqual([2]);
-      c.close();
-      const d = await BlkVuClient.connect(sock);
-      const back = d.buf(4096);
-      d.add(0, VIRTIO_BLK_T_IN, 8, [], [{ addr: back, len: 4096 }], 1);
-      d.run(0, 1);
-      const got = new Uint8Array(4096);
-      d.mem.read(back, got);
-      expect(got.every((b) => b === 0xcd)).toBe(true);
-      d.close();
-    } finally {
-      sh(`fsfreeze -u ${mnt} 2>/dev/null`);
-      if (child !== null) await stopBackend(child);
-      sh(`umount ${mnt} 2>/dev/null || umount -l ${mnt}`);
-      if (loop) spawnSync('losetup', ['-d', loop]);
-      rmSync(backing, { force: true });
-      rmSync(dir, { recursive: true, force: true });
-    }
+    await withFreezableImage(async (mnt, img, sock) => {
+      try {
+        child = await startBackend(`path=${img},socket=${sock}`);
+        const c = await BlkVuClient.connect(sock);
+        const buf = c.buf(4096);
+        c.mem.fill(buf, 4096, 0xab);
+        c.add(0, VIRTIO_BLK_T_OUT, 0, [{ addr: buf, len: 4096 }], [], 1);
+        c.run(0, 1);
+        sh(`fsfreeze -f ${mnt}`);
+        thawLater(mnt, FREEZE_S);
+        startWrite(c, 8, 0xcd, 2);
+        await new Promise((r) => setTimeout(r, 300));
+        const t0 = Date.now();
+        // It answered nothing and closed the connection after 10 s: the front-end lost its disk.
+        expect(c.fe.getVringBase(0)).toBe(2);
+        expect(Date.now() - t0).toBeGreaterThan((FREEZE_S - 2) * 1000);
+        expect(c.queues[0].driver.takeUsed().map((u) => u.token)).toEqual([2]);
+        c.close();
+        const d = await BlkVuClient.connect(sock);
+        const back = d.buf(4096);
+        d.add(0, VIRTIO_BLK_T_IN, 8, [], [{ addr: back, len: 4096 }], 1);
+        d.run(0, 1);
+        const got = new Uint8Array(4096);
+        d.mem.read(back, got);
+        expect(got.every((b) => b === 0xcd)).toBe(true);
+        d.close();
+      } finally {
+        sh(`fsfreeze -u ${mnt} 2>/dev/null`);
+        if (child !== null) await stopBackend(child);
+      }
+    });
+  }, 60_000);
+
+  it('SIGTERM with a write held up past the bounded stop: the image stays locked until the process and its write are gone', async () => {
+    await withFreezableImage(async (mnt, img, sock) => {
+      const child = await startBackend(`path=${img},socket=${sock}`);
+      const probe = openFile(img, O_RDWR);
+      try {
+        const c = await BlkVuClient.connect(sock);
+        sh(`fsfreeze -f ${mnt}`);
+        thawLater(mnt, 4);
+        startWrite(c, 8, 0xcd, 1);
+        await new Promise((r) => setTimeout(r, 300));
+        child.kill('SIGTERM');
+        // The lock went with the 1 s stop while the write still waited: a restarted back-end took the image, wrote
+        // and acked, and the old write landed over it.
+        let aliveWhenFree: boolean | null = null;
+        for (const until = Date.now() + 20_000; Date.now() < until; await new Promise((r) => setTimeout(r, 50))) {
+          try {
+            fcntlLock(probe, F_OFD_SETLK, { type: F_WRLCK, whence: 0, start: 0n, len: 0n, pid: 0 });
+          } catch {
+            continue;
+          }
+          aliveWhenFree = !ended(child.pid as number);
+          break;
+        }
+        expect(aliveWhenFree).toBe(false);
+        c.close();
+        // Never acked, yet it landed before the lock went: nothing can land after the next writer took the image.
+        expect(readFileSync(img).subarray(4096, 8192).every((b) => b === 0xcd)).toBe(true);
+      } finally {
+        sh(`fsfreeze -u ${mnt} 2>/dev/null`);
+        await stopBackend(child, 'SIGKILL');
+        closeQuiet(probe);
+      }
+    });
   }, 60_000);
 });
