@@ -77,11 +77,18 @@ export class Inode {
     this.fd_ = -1;
   }
 
+  /** Closes the lock owners' fds (their locks go with them); returns how many there were. */
+  closeLocks(): number {
+    const n = this.lockFds?.size ?? 0;
+    if (this.lockFds) for (const fd of this.lockFds.values()) closeQuiet(fd);
+    this.lockFds = null;
+    return n;
+  }
+
   /** Closes everything the inode holds (it is being dropped). */
   close(): void {
     this.closed = true;
-    if (this.lockFds) for (const fd of this.lockFds.values()) closeQuiet(fd);
-    this.lockFds = null;
+    this.closeLocks();
     if (this.fd_ >= 0) closeQuiet(this.fd_);
     this.fd_ = -1;
     this.opener?.dropped(this);
@@ -172,6 +179,9 @@ export class InodeTable {
   /** Drops every inode but the root (DESTROY). */
   clear(): void {
     for (const i of [...this.byId.values()]) if (i.nodeid !== FUSE_ROOT_ID) this.drop(i);
+    // The root stays, but not the locks the session's lock owners took on it.
+    const root = this.byId.get(FUSE_ROOT_ID);
+    if (root !== undefined) this.fds.gave(root.closeLocks());
   }
 
   private drop(i: Inode): void {

@@ -73,6 +73,25 @@ describe('virtiofsd session state', () => {
     expect((await s.client.getattr(again.nodeid)).size).toBe(1);
   });
 
+  it('INIT or DESTROY drops the lock fds the previous session\'s lock owners took on the share root', async () => {
+    const s = await share({ posixLock: true, guestFdLimit: 1000 });
+    const whole = { start: 0n, end: 0x7fff_ffff_ffff_ffffn, type: 0 /* F_RDLCK */, pid: 1 };
+    const lockRoot = async (owners: number): Promise<void> => {
+      const { fh } = await s.client.opendir(FUSE_ROOT_ID);
+      for (let o = 1; o <= owners; o++) await s.client.setlk(FUSE_ROOT_ID, fh, BigInt(o), whole);
+    };
+    const base = fdCount();
+    await lockRoot(50);
+    expect(fdCount() - base).toBe(51); // the directory handle and one fd per lock owner
+    await s.client.init(); // a guest rebooted without unmounting
+    expect(fdCount() - base).toBe(0);
+    expect(s.fs.guestFds.count).toBe(0);
+    await lockRoot(50);
+    await s.client.destroy();
+    expect(fdCount() - base).toBe(0);
+    expect(s.fs.guestFds.count).toBe(0);
+  });
+
   it('FORGET and BATCH_FORGET take counts and nodeids up to 2^64 - 1 (a count beyond 2^53 forgot nothing, a nodeid there ended the batch)', async () => {
     const s = await share();
     const base = fdCount();
