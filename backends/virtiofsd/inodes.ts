@@ -210,6 +210,8 @@ export interface Handle {
   fd: number;
   inode: Inode;
   dir: boolean;
+  /** The host fd has O_APPEND: the file is append-only (chattr +a) and the guest opened it O_APPEND (see openVia). */
+  appendOnly?: boolean;
   stream?: DirStream;
 }
 

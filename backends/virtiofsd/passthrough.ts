@@ -1,6 +1,6 @@
 import * as fs from '../../protocol/sys/fs.js';
 import type { FileHandle } from '../../protocol/sys/fs.js';
-import { close, closeQuiet, dup, dupCloexecRaw, preadv, pwritev, RWF_APPEND, type FileOffset, type IoVecList } from '../../protocol/sys/fd.js';
+import { close, closeQuiet, dup, dupCloexecRaw, fileStatusFlags, preadv, pwritev, RWF_APPEND, type FileOffset, type IoVecList } from '../../protocol/sys/fd.js';
 import { SysError, rawSyscall } from '../../protocol/sys/libc.js';
 import { Fattr, type Attr, type EntryOut, type Kstatfs, type FileLock, type SetattrIn, type SecurityContext, FUSE_LK_FLOCK } from '../../protocol/fuse/index.js';
 import { encodeDirent, encodeDirentplus } from '../../protocol/fuse/dirent.js';
@@ -61,10 +61,16 @@ export interface Caller {
   suppGid?: number | null;
 }
 
+/**
+ * The longest name a guest may send (FUSE_NAME_MAX, as the guest's FUSE client): the host file system applies its own
+ * limit, which is not 255 bytes everywhere (vfat and exfat count 255 UTF-16 units, FUSE file systems take 1024).
+ */
+const NAME_MAX = 1024;
+
 /** errno for a bad guest name in name[0..len), 0 if it is one non-empty component that cannot climb. */
 export function nameErrno(name: Uint8Array, len: number): number {
   if (len <= 0) return E.ENOENT;
-  if (len > 255) return 36; // ENAMETOOLONG
+  if (len > NAME_MAX) return 36; // ENAMETOOLONG
   for (let k = 0; k < len; k++) {
     const b = name[k];
     if (b === 0x2f || b === 0) return E.EINVAL;
@@ -104,7 +110,7 @@ const EMPTY_NAME = new Uint8Array(1);
 
 /** Validates a guest-supplied name: one non-empty path component that cannot climb. */
 export function checkName(name: Uint8Array): void {
-  if (name.length === 0 || name.length > 255) throw new FsError(name.length ? 36 : E.ENOENT, 'bad name length');
+  if (name.length === 0 || name.length > NAME_MAX) throw new FsError(name.length ? 36 : E.ENOENT, 'bad name length');
   if (name.includes(0x2f) || name.includes(0)) throw new FsError(E.EINVAL, 'name contains / or NUL');
   if (name[0] === 0x2e && (name.length === 1 || (name.length === 2 && name[1] === 0x2e))) {
     throw new FsError(E.EINVAL, 'name is . or ..');
@@ -359,7 +365,7 @@ export class PassthroughFs {
       closeQuiet(fd);
       throw new FsError(-nodeid, 'created file vanished');
     }
-    const fh = this.handles.add({ fd, inode: this.inodes.get(nodeid), dir: false });
+    const fh = this.fileHandle(fd, this.inodes.get(nodeid), flags);
     return { nodeid, fh };
   }
 
@@ -606,7 +612,7 @@ export class PassthroughFs {
       closeQuiet(fd);
       throw e;
     }
-    const fh = this.handles.add({ fd, inode: this.inodes.get(entry.nodeid), dir: false });
+    const fh = this.fileHandle(fd, this.inodes.get(entry.nodeid), flags);
     return { entry, fh };
   }
 
@@ -720,6 +726,9 @@ export class PassthroughFs {
       return fs.openat(this.procSelfFd, via, flags);
     } catch (e) {
       if (!(e instanceof SysError) || e.errno !== E.EPERM || (guestFlags & O_APPEND) === 0 || (flags & O_APPEND) !== 0) throw e;
+      // Not under the writeback cache: the guest's page cache writes pages back where they lie, and an O_APPEND fd
+      // would append them again (QEMU's virtiofsd refuses the open too).
+      if (this.writebackNegotiated) throw e;
       return fs.openat(this.procSelfFd, via, flags | O_APPEND);
     }
   }
@@ -730,7 +739,13 @@ export class PassthroughFs {
     this.guestFds.need(1);
     const fd = this.killingPrivs(kill && (fl & O_TRUNC) !== 0, () => this.reopen(i, fl, flags));
     if (fl & O_TRUNC) this.dropCapabilities(fd);
-    return this.handles.add({ fd, inode: i, dir: false });
+    return this.fileHandle(fd, i, flags);
+  }
+
+  /** A handle for a file opened with the guest's `guestFlags`; it notes a host fd that had to take O_APPEND. */
+  private fileHandle(fd: number, inode: Inode, guestFlags: number): number {
+    const appendOnly = (guestFlags & O_APPEND) !== 0 && (fileStatusFlags(fd) & O_APPEND) !== 0;
+    return this.handles.add(appendOnly ? { fd, inode, dir: false, appendOnly } : { fd, inode, dir: false });
   }
 
   opendir(i: Inode): number {
@@ -763,7 +778,11 @@ export class PassthroughFs {
    */
   write(fh: number, offset: FileOffset, iov: IoVecList, kill = false, append = false): number {
     this.writable();
-    const fd = this.handles.get(fh).fd;
+    const h = this.handles.get(fh);
+    // An append-only file: a WRITE that is not an append (the guest cleared O_APPEND with fcntl, or wrote through a
+    // shared mapping, which the host would have refused) would land at the end, not where it says.
+    if (h.appendOnly === true && !append) throw new FsError(E.EPERM, 'append-only file');
+    const fd = h.fd;
     // With the writeback cache the guest's kernel owns the end of the file (pages it has not written back lie beyond
     // the host's): every write goes where it says, as virtiofsd does.
     const rwf = append && !this.writebackNegotiated ? RWF_APPEND : 0;

@@ -223,9 +223,14 @@ export function eventfdRead(fd: number): number {
 }
 
 export function setNonBlocking(fd: number, on: boolean): void {
-  const fl = check('fcntl', fcntl_(fd, F_GETFL, 0) as number, { fd });
+  const fl = fileStatusFlags(fd);
   const next = on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK;
   if (next !== fl) check('fcntl', fcntl_(fd, F_SETFL, next) as number, { fd });
+}
+
+/** The file status flags of fd's open file description (fcntl F_GETFL). */
+export function fileStatusFlags(fd: number): number {
+  return check('fcntl', fcntl_(fd, F_GETFL, 0) as number, { fd });
 }
 
 export function fcntl(fd: number, cmd: number, arg: number): number {
@@ -241,7 +246,7 @@ export function openFile(path: string, flags: number, mode = 0o644): number {
  * the description: its offset, its flags, and the write-back errors it has been told of).
  */
 export function reopenDescription(fd: number): number {
-  const fl = check('fcntl', fcntl_(fd, F_GETFL, 0) as number, { fd });
+  const fl = fileStatusFlags(fd);
   return openFile(`/proc/self/fd/${fd}`, fl & (O_ACCMODE | O_DIRECT));
 }
 

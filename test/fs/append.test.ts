@@ -95,6 +95,26 @@ describe('O_APPEND (as Rust virtiofsd: never on the host fd, WRITE appends when 
       await s.client.write(e.nodeid, fh, 0, bytes('BB'), 0, O_WRONLY | O_APPEND);
       expect(readFileSync(f, 'utf8')).toBe('AAAABB');
       expect(await errCode(s.client.open(e.nodeid, O_WRONLY))).toBe('EPERM');
+      // The guest cleared O_APPEND with fcntl (the host refuses that on an append-only file): a write at offset 0
+      // would have landed at the end, answered as written where it said.
+      expect(await errCode(s.client.write(e.nodeid, fh, 0, bytes('CC'), 0, O_WRONLY))).toBe('EPERM');
+      expect(readFileSync(f, 'utf8')).toBe('AAAABB');
+    } finally {
+      spawnSync('chattr', ['-a', f]);
+    }
+  });
+
+  it('with the writeback cache an append-only host file does not open for writing (its pages would be appended again)', async (ctx) => {
+    if (process.getuid?.() !== 0 || spawnSync('chattr', ['-V']).error) return ctx.skip();
+    const s = await share(true, BASE | Init.WRITEBACK_CACHE);
+    const f = join(s.dir, 'f');
+    writeFileSync(f, 'data\n');
+    if (spawnSync('chattr', ['+a', f]).status !== 0) return ctx.skip();
+    try {
+      const e = await s.client.lookup(FUSE_ROOT_ID, 'f');
+      // `echo abc >> f` in the guest: its page cache writes the whole page back at offset 0.
+      expect(await errCode(s.client.open(e.nodeid, O_WRONLY | O_APPEND))).toBe('EPERM');
+      expect(readFileSync(f, 'utf8')).toBe('data\n');
     } finally {
       spawnSync('chattr', ['-a', f]);
     }
