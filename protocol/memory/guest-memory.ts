@@ -1,6 +1,6 @@
 import { close as closeFd, closeQuiet } from '../sys/fd.js';
 import { ftruncate, mapFd, memfdCreate, sealAgainstShrink, viewOf, F_SEAL_GROW, F_SEAL_SEAL, MFD_ALLOW_SEALING, MFD_CLOEXEC } from '../sys/mem.js';
-import { blockDeviceSize, fstat, S_IFBLK, S_IFMT, S_IFREG } from '../sys/fs.js';
+import { fstat, lseek, S_IFBLK, S_IFMT, S_IFREG } from '../sys/fs.js';
 import { GuestMemoryError } from './errors.js';
 import { CHUNK_OVERLAP, CHUNK_SIZE, GuestRegion, type MemoryRegionSpec } from './region.js';
 
@@ -316,7 +316,7 @@ export class GuestMemory {
     if (type !== S_IFREG && type !== S_IFBLK) {
       throw new GuestMemoryError('memory region fd is neither a regular file (memfd, tmpfs, hugetlbfs) nor a block device', { mode: st.mode.toString(8) });
     }
-    const fileSize = type === S_IFREG ? st.size : blockDeviceSize(spec.fd);
+    const fileSize = type === S_IFREG ? st.size : deviceSize(spec.fd);
     if (fileSize < spec.fdOffset + spec.size) {
       throw new GuestMemoryError('memory region extends past the end of its file', { fdOffset: spec.fdOffset, size: spec.size, fileSize });
     }
@@ -353,5 +353,18 @@ export class GuestMemory {
     this.regs.push(region);
     this.gen++;
     this.regs.sort((a, b) => a.guestAddr - b.guestAddr);
+  }
+}
+
+/**
+ * A block device's size by lseek (the request thread's seccomp filter has no ioctl): the offset of the front-end's
+ * file description is put back where it was.
+ */
+function deviceSize(fd: number): number {
+  const at = lseek(fd, 0n, 1);
+  try {
+    return Number(lseek(fd, 0n, 2));
+  } finally {
+    lseek(fd, at, 0);
   }
 }
