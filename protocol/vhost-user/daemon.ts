@@ -128,11 +128,23 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
         closeQuiet(fd);
         break;
       }
+      // One front-end for the daemon's life: a second one is refused at connect (as by virtiofsd, which drops its
+      // listener and socket file once it has accepted), not left waiting for a session that never comes.
+      if (this.opts.exitOnDisconnect) this.closeListener();
       this.serving = this.serve(fd);
       await this.serving;
       this.serving = null;
       if (this.opts.exitOnDisconnect) break;
     }
+  }
+
+  private closeListener(): void {
+    if (this.listenFd < 0) return;
+    // shutdown() wakes an accept4 blocked on the thread pool.
+    shutdown(this.listenFd);
+    closeQuiet(this.listenFd);
+    this.listenFd = -1;
+    this.removeSocketFile();
   }
 
   /** Unlinks the socket path if it is still the socket this daemon bound (a newer daemon may own it now). */
@@ -161,13 +173,7 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
     this.channel?.close();
     // Let the current connection wind down (its session resets the workers) before the workers go.
     if (this.serving !== null) await this.within(this.serving);
-    if (this.listenFd >= 0) {
-      // shutdown() wakes an accept4 blocked on the thread pool.
-      shutdown(this.listenFd);
-      closeQuiet(this.listenFd);
-      this.listenFd = -1;
-      this.removeSocketFile();
-    }
+    this.closeListener();
     const pool = this.pool;
     this.pool = null;
     // Even past the deadline the workers get a moment to answer their exit (it releases fds and mappings).

@@ -71,6 +71,24 @@ describe('kumo-virtiofsd lifecycle and kumo-vu fs bench', () => {
     }
   }, 30_000);
 
+  it('refuses a second front-end while the first is connected (it hung, waiting for a session that never came)', async () => {
+    const { sock, d, end } = served('kumo-fs-life-');
+    try {
+      await waitFor(sock);
+      const first = await VirtioFsTransport.connect(sock, 15_000, 64, 1);
+      const c = new FuseClient(first);
+      await c.init();
+      // The socket file goes once the front-end is accepted, as virtiofsd's does.
+      expect(existsSync(sock)).toBe(false);
+      await expect(VirtioFsTransport.connect(sock, 500, 64, 1)).rejects.toThrow();
+      expect((await c.getattr(FUSE_ROOT_ID)).ino).toBeGreaterThan(0); // the first one is served on
+      first.close();
+      expect(await exited(d)).toBe(0);
+    } finally {
+      end();
+    }
+  }, 30_000);
+
   it('bench with several requests in flight reports every case and cleans up; the daemon exits when it disconnects', async () => {
     const { share, sock, d, end } = served('kumo-fs-life-');
     try {
