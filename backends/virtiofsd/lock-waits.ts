@@ -12,8 +12,11 @@ const log = logger('virtiofsd');
  * process or another daemon); KUMO_FS_LOCK_RETRY_MS changes it. A release through this daemon retries them at once.
  */
 export const LOCK_RETRY_MS = 20;
-/** Blocking lock requests waiting at once; more get ENOLCK. */
-const MAX_WAITS = 256;
+/**
+ * Blocking lock requests waiting at once; more get ENOLCK. Each holds a chain of its ring, so the largest ring (32768)
+ * bounds them anyway: a cap below the ring size failed guest processes that had every right to wait.
+ */
+const MAX_WAITS = 32768;
 /** INTERRUPTs kept for requests not yet seen; the oldest goes first (its request most likely came and went). */
 const MAX_EARLY_INTERRUPTS = 64;
 

@@ -6,6 +6,7 @@ import { FuseClient, FuseReplyError, FUSE_LK_FLOCK, FUSE_RELEASE_FLOCK_UNLOCK, F
 import { parseArgs } from '../../backends/virtiofsd/cli.js';
 import { connectFs, errCode, QEMU_VIRTIOFSD } from './daemons.js';
 import type { VirtioFsTransport } from '../../vmm/kumo-vu/fs/transport.js';
+import { LockWaits } from '../../backends/virtiofsd/lock-waits.js';
 
 const INIT = Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.PARALLEL_DIROPS | Init.ATOMIC_O_TRUNC | Init.POSIX_LOCKS | Init.FLOCK_LOCKS | Init.INIT_EXT;
 const O_RDWR = 2;
@@ -256,4 +257,18 @@ describe('blocking POSIX locks (SETLKW with --posix-lock)', () => {
     expect(held.type).toBe(F_WRLCK);
     expect(held.start).toBe(5n);
   }, 30_000);
+});
+
+describe('LockWaits', () => {
+  it('lets as many lock requests wait as a ring of 1024 can hold (the 257th got ENOLCK at once)', () => {
+    const waits = new LockWaits(() => {
+      throw new Error('no memory needed: nothing is answered');
+    });
+    try {
+      for (let k = 0; k < 1024; k++) expect(waits.park(() => -11, 0, k, 0)).toBe(true);
+      expect(waits.pending).toBe(1024);
+    } finally {
+      waits.close();
+    }
+  });
 });
