@@ -8,7 +8,8 @@ import { socketPair, sendMsg, recvMsg, recvMsgAsync, unixListen, unixConnect, ac
 import { SysError, addressOf } from '../../protocol/sys/libc.js';
 import { gettid, setThreadName } from '../../protocol/sys/proc.js';
 import { umask } from '../../protocol/sys/fs.js';
-import { readFileSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { readFileSync, mkdtempSync, rmSync, statSync, unlinkSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -117,6 +118,35 @@ describe('protocol/sys', () => {
       rmSync(dir, { recursive: true });
     }
   });
+
+  it('a front-end connecting the moment the socket path appears is never refused (bind and listen were apart)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kumo-sock-'));
+    const path = join(dir, 's');
+    // Connects in a loop for 3 s, counting refusals (ENOENT: not there yet, try again).
+    const client = `const net = require('node:net'); let refused = 0, ok = 0; const end = Date.now() + 3000;
+      const once = () => { if (Date.now() > end) { console.log(JSON.stringify({ refused, ok })); return; }
+        const c = net.connect(${JSON.stringify(path)}); c.on('connect', () => { ok++; c.destroy(); once(); });
+        c.on('error', (e) => { if (e.code === 'ECONNREFUSED') refused++; setImmediate(once); }); };
+      once();`;
+    const child = spawn(process.execPath, ['-e', client], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<void>((r) => child.once('exit', () => r()));
+    try {
+      for (const end = Date.now() + 3200; Date.now() < end; ) {
+        const l = unixListen(path, 16, 0o700);
+        unlinkSync(path); // gone before it stops listening: a refusal can only come from unixListen's own window
+        close(l);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    return exited.then(() => {
+      const r = JSON.parse(out) as { refused: number; ok: number };
+      expect(r.ok).toBeGreaterThan(0);
+      expect(r.refused).toBe(0);
+    });
+  }, 15_000);
 
   it('writev/readv move data through native iovecs', () => {
     const [r, w] = pipe2();
