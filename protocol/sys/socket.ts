@@ -1,4 +1,5 @@
-import { chmodSync, unlinkSync, existsSync, lstatSync, renameSync, rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, unlinkSync, existsSync, lstatSync, linkSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { libc, koffi, check, SysError, addressOf } from './libc.js';
 import { closeQuiet, fcntl, setNonBlocking } from './fd.js';
@@ -52,10 +53,6 @@ function sockaddrUn(path: string): Buffer {
   return sa;
 }
 
-/**
- * Listens on a Unix stream socket; a stale socket file at the path is removed first. `mode`, if given, replaces the
- * one the umask left on the socket file.
- */
 /** Whether nothing, not even a dangling symlink, is at path (false where lstat fails otherwise: bind says why). */
 function nothingAt(path: string): boolean {
   try {
@@ -65,20 +62,26 @@ function nothingAt(path: string): boolean {
   }
 }
 
+/**
+ * Listens on a Unix stream socket; a stale socket file at the path is removed first. `mode`, if given, replaces the
+ * one the umask left on the socket file.
+ */
 export function unixListen(path: string, backlog = 16, mode?: number): number {
   if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path);
-  // Bound under a name of its own and renamed into place once listening: a front-end that connects as soon as the
-  // path appears is never refused (ECONNREFUSED between bind and listen). Where the longer name does not fit, or
-  // something else is in the way (which bind refuses and a rename would replace), the socket is bound in place.
-  const staging = join(dirname(path), `.${basename(path)}.${process.pid}`);
+  // Bound under a name of its own and linked into place once listening: a front-end that connects as soon as the
+  // path appears is never refused (ECONNREFUSED between bind and listen), and watchers see the path created. Where
+  // the longer name does not fit, or something else is in the way, the socket is bound in place (bind says why).
+  const staging = join(dirname(path), `.${basename(path)}.${randomBytes(4).toString('hex')}`);
   const at = Buffer.byteLength(staging) < SUN_PATH_MAX && nothingAt(path) ? staging : path;
-  if (at !== path && existsSync(at)) unlinkSync(at);
   const fd = unixAt(SOCK_STREAM, at, 'bind');
   try {
     // Set before listen() and only for this file (the umask is process-wide).
     if (mode !== undefined) chmodSync(at, mode);
     check('listen', listen_(fd, backlog) as number, { path });
-    if (at !== path) renameSync(at, path);
+    if (at !== path) {
+      linkSync(at, path);
+      unlinkSync(at);
+    }
     return fd;
   } catch (e) {
     closeQuiet(fd);

@@ -8,7 +8,7 @@ import { socketPair, sendMsg, recvMsg, recvMsgAsync, unixListen, unixConnect, ac
 import { SysError, addressOf } from '../../protocol/sys/libc.js';
 import { gettid, setThreadName } from '../../protocol/sys/proc.js';
 import { umask } from '../../protocol/sys/fs.js';
-import { readFileSync, mkdtempSync, rmSync, statSync, unlinkSync } from 'node:fs';
+import { readFileSync, readdirSync, mkdtempSync, rmSync, statSync, unlinkSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -113,6 +113,7 @@ describe('protocol/sys', () => {
       const m = unixListen(join(dir, 'm'));
       expect(statSync(join(dir, 'm')).mode & 0o777).toBe(0o777);
       close(m);
+      expect(readdirSync(dir).sort()).toEqual(['m', 's']); // no staging name left behind
     } finally {
       umask(old);
       rmSync(dir, { recursive: true });
