@@ -129,7 +129,8 @@ export class IoOffload implements Deferrer {
    * preadv(fd, iov, offset) by two threads: an io-wq worker copies the second half while this thread
    * copies the first, then waits for it. A lone large READ is one long copy with the other CPU idle,
    * so this nearly halves its latency. Returns bytes read or -errno, as preadv would: a short or
-   * failed first half ends the read there, and a second half that fails twice leaves the first's count.
+   * failed first half ends the read there, and a failed second half has the whole read run again here (its answer,
+   * an error included, is preadv's).
    */
   readSplit(fd: number, iov: IoVecList, offset: number): number {
     const half = Math.floor(iov.totalLength / 2 / PAGE) * PAGE;

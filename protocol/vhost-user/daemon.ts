@@ -2,8 +2,9 @@ import { EventEmitter } from 'node:events';
 import { existsSync, lstatSync, unlinkSync, type BigIntStats } from 'node:fs';
 import { dirname } from 'node:path';
 import { logger, type Logger } from '../log.js';
-import { closeQuiet } from '../sys/fd.js';
-import { acceptAsync, adoptListener, shutdown, unixConnect, unixListen } from '../sys/socket.js';
+import { closeQuiet, eventfd, eventfdWrite } from '../sys/fd.js';
+import { Epoll, EPOLLIN } from '../sys/epoll.js';
+import { accept, acceptAsync, adoptListener, shutdown, unixConnect, unixListen } from '../sys/socket.js';
 import type { VhostUserBackend } from './backend-types.js';
 import { VhostUserChannel } from './channel.js';
 import { decodeRequest } from './codec.js';
@@ -60,6 +61,8 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
   private socketFile: BigIntStats | null = null;
   private channel: VhostUserChannel | null = null;
   private stopping = false;
+  /** Wakes acceptInherited() at stop(), while it waits. */
+  private wakeAccept: (() => void) | null = null;
   private stopped: Promise<void> | null = null;
   /** Date.now() by which stop() must be done (set when it starts). */
   private stopDeadline = 0;
@@ -125,11 +128,12 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
         throw e;
       }
       if (this.stopping) {
-        closeQuiet(fd);
+        if (fd >= 0) closeQuiet(fd);
         break;
       }
       // One front-end for the daemon's life: a second one is refused at connect (as by virtiofsd, which drops its
-      // listener and socket file once it has accepted), not left waiting for a session that never comes.
+      // listener and socket file once it has accepted), not left waiting for a session that never comes. An inherited
+      // listener stays the parent's: the next front-end waits there for the next daemon.
       if (this.opts.exitOnDisconnect) this.closeListener();
       this.serving = this.serve(fd);
       await this.serving;
@@ -140,8 +144,8 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
 
   private closeListener(): void {
     if (this.listenFd < 0) return;
-    // shutdown() wakes an accept4 blocked on the thread pool.
-    shutdown(this.listenFd);
+    // shutdown() wakes an accept4 blocked on the thread pool; not on an inherited listener (see nextConnection).
+    if (this.opts.listenFd === undefined) shutdown(this.listenFd);
     closeQuiet(this.listenFd);
     this.listenFd = -1;
     this.removeSocketFile();
@@ -169,6 +173,7 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
 
   private async shutdown(): Promise<void> {
     this.stopping = true;
+    this.wakeAccept?.();
     this.stopDeadline = Date.now() + (this.opts.stopTimeoutMs ?? 1000);
     this.channel?.close();
     // Let the current connection wind down (its session resets the workers) before the workers go.
@@ -198,7 +203,9 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
   }
 
   private async nextConnection(): Promise<number> {
-    if (this.listenFd >= 0) return acceptAsync(this.listenFd);
+    // An inherited listener (--fd) is shared with the parent (systemd socket activation): shutting it down to wake
+    // accept4 would refuse every later front-end there too, so stop() wakes this wait instead.
+    if (this.listenFd >= 0) return this.opts.listenFd !== undefined ? this.acceptInherited(this.listenFd) : acceptAsync(this.listenFd);
     const until = Date.now() + (this.opts.connectTimeoutMs ?? 60_000);
     for (;;) {
       try {
@@ -210,6 +217,31 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
         }
         await sleep(100);
       }
+    }
+  }
+
+  /**
+   * The next front-end on an inherited listener, or -1 once stopping. It is waited for in epoll beside an eventfd that
+   * stop() signals: an accept4 blocked on the thread pool could be woken only by shutting the socket down, and the
+   * process cannot exit while one is (libuv joins its threads).
+   */
+  private async acceptInherited(fd: number): Promise<number> {
+    const ep = new Epoll(2);
+    const wake = eventfd();
+    this.wakeAccept = () => eventfdWrite(wake);
+    try {
+      ep.add(fd, EPOLLIN, 0);
+      ep.add(wake, EPOLLIN, 1);
+      for (;;) {
+        if (this.stopping) return -1;
+        const n = await ep.waitAsync(-1);
+        if (this.stopping) return -1;
+        for (let i = 0; i < n; i++) if (ep.tokens[i] === 0) return accept(fd);
+      }
+    } finally {
+      this.wakeAccept = null;
+      ep.close();
+      closeQuiet(wake);
     }
   }
 

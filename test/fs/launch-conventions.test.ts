@@ -55,21 +55,39 @@ describe('kumo-virtiofsd launch conventions', () => {
     const { dir, share } = scratch();
     const sock = join(dir, 'inherited.sock');
     const lfd = unixListen(sock);
-    const d = spawn('node', [BIN, '--fd=3', `--shared-dir=${share}`, '--sandbox=chroot'], {
+    const start = () => spawn('node', [BIN, '--fd=3', `--shared-dir=${share}`, '--sandbox=chroot'], {
       stdio: ['ignore', 'ignore', 'pipe', lfd], env: { ...process.env, KUMO_LOG: 'warn' },
     });
-    closeQuiet(lfd);
+    const d = start();
+    let next: ChildProcess | null = null;
     try {
       const r = await runScript(sock, 'mkdir viafd\nls .\n', dir);
       expect(r.code).toBe(0);
       expect(r.out).toContain('viafd');
       expect(existsSync(join(share, 'viafd'))).toBe(true);
       expect(await exited(d)).toBe(0);
+      // The listener is still the parent's (systemd socket activation): the next front-end waits on it for the next
+      // daemon. The daemon shut it down for every holder, and each later front-end was refused.
+      const waiting = runScript(sock, 'ls .\n', dir);
+      await new Promise((r) => setTimeout(r, 300));
+      next = start();
+      const again = await waiting;
+      expect(again.code).toBe(0);
+      expect(again.out).toContain('viafd');
+      // Stopped while waiting for a front-end, it leaves the parent's listener working too.
+      next = start();
+      await new Promise((r) => setTimeout(r, 1500));
+      next.kill('SIGTERM');
+      expect(await exited(next)).toBe(0);
+      next = start();
+      expect((await runScript(sock, 'ls .\n', dir)).code).toBe(0);
     } finally {
       d.kill('SIGKILL');
+      next?.kill('SIGKILL');
+      closeQuiet(lfd);
       rmSync(dir, { recursive: true, force: true });
     }
-  }, 30_000);
+  }, 60_000);
 
   it('--fd that is not a listening socket is a clear error, not a hang', async () => {
     const { dir, share } = scratch();
