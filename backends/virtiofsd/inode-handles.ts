@@ -24,6 +24,12 @@ export class InodeHandles implements InodeOpener {
   /** Handle inodes holding an open fd, oldest first. */
   private readonly open = new Set<Inode>();
   /**
+   * Inodes whose last name went while the guest still knew them: their fds stay open (up to maxOpen of them) until
+   * FORGET, since no handle opens an unlinked file again (ESTALE). A guest writing back the times of a file it has
+   * removed (tar's placeholders for symlinks) got ESTALE, and its next syncfs failed with it.
+   */
+  private readonly unlinked = new Set<Inode>();
+  /**
    * mount id → a directory fd on that mount, open_by_handle_at's mount_fd (which must not be an O_PATH
    * fd: the kernel ignores those there), and how many inodes hold handles on it: the fd closes with the last
    * (an open fd would keep the host from unmounting a submount the guest no longer uses).
@@ -101,6 +107,7 @@ export class InodeHandles implements InodeOpener {
 
   dropped(i: Inode): void {
     this.open.delete(i);
+    this.unlinked.delete(i);
     const id = (i.handle as fs.FileHandle).mountId;
     const m = this.mountFds.get(id);
     if (m !== undefined && --m.inodes <= 0) this.closeMount(id, m.fd);
@@ -132,6 +139,7 @@ export class InodeHandles implements InodeOpener {
       this.open.delete(i);
       // Second chance: used since the last sweep moves it to the back (seen once more, then closed).
       if (i.takeUsed()) this.open.add(i);
+      else if (this.unlinked.size < this.maxOpen && i.linkCount() === 0) this.unlinked.add(i);
       else i.closeFd();
     }
   }

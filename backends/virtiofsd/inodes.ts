@@ -1,6 +1,6 @@
 import { closeQuiet } from '../../protocol/sys/fd.js';
 import { FUSE_ROOT_ID } from '../../protocol/fuse/index.js';
-import type { FileHandle } from '../../protocol/sys/fs.js';
+import { fstat, type FileHandle } from '../../protocol/sys/fs.js';
 import { E, FsError } from './errors.js';
 import type { GuestFds } from './guest-fds.js';
 
@@ -51,6 +51,16 @@ export class Inode {
       this.fd_ = (this.opener as InodeOpener).reopen(this);
     }
     return this.fd_;
+  }
+
+  /** The host link count, read without counting as a use; -1 without an open fd or when it cannot be read. */
+  linkCount(): number {
+    if (this.fd_ < 0) return -1;
+    try {
+      return fstat(this.fd_).nlink;
+    } catch {
+      return -1;
+    }
   }
 
   /** Whether an fd is open now (a closed one means the inode number alone no longer pins the inode). */

@@ -4,7 +4,7 @@ import { connectFs } from './daemons.js';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { FuseClient, FuseReplyError, FUSE_ROOT_ID } from '../../protocol/fuse/index.js';
+import { Fattr, FuseClient, FuseReplyError, FUSE_ROOT_ID } from '../../protocol/fuse/index.js';
 import { PassthroughFs } from '../../backends/virtiofsd/passthrough.js';
 import { FuseServer } from '../../backends/virtiofsd/server.js';
 import { InodeHandles } from '../../backends/virtiofsd/inode-handles.js';
@@ -139,6 +139,30 @@ describe('--inode-file-handles', () => {
     const err = await c.getattr(nodes[2]).then(() => 'ok', (e: FuseReplyError) => e.code);
     expect(err).toBe('ESTALE');
     expect((await c.getattr(nodes[3])).size).toBe(6);
+  });
+
+  it('keeps open the fd of a file removed while the guest still knows it, so its times can still be set (tar, then syncfs)', async () => {
+    const dir = share();
+    for (let k = 0; k < 20; k++) writeFileSync(join(dir, `f${k}`), `data ${k}`);
+    const { fs, c } = await mount(dir, 'mandatory', 4);
+    const nodes = [];
+    for (let k = 10; k < 20; k++) await c.lookup(FUSE_ROOT_ID, `f${k}`);
+    // GNU tar's placeholders for symlinks: made, then unlinked while the guest still writes back their times, and
+    // meanwhile the cache moves on to other files (the unlinked ones' fds went, and no handle opens them again).
+    for (let k = 0; k < 4; k++) {
+      nodes.push((await c.lookup(FUSE_ROOT_ID, `f${k}`)).nodeid);
+      await c.unlink(FUSE_ROOT_ID, `f${k}`);
+      for (let j = 10; j < 20; j++) await c.lookup(FUSE_ROOT_ID, `f${j}`);
+    }
+    for (let k = 0; k < 4; k++) {
+      const a = await c.setattr(nodes[k], { valid: Fattr.MTIME, mtime: 1_000_000, mtimensec: 0 });
+      expect(a.mtime).toBe(1_000_000);
+    }
+    expect(fs.fileHandles?.openCount).toBeLessThanOrEqual(4);
+    // Forgotten, they go (their fds too).
+    for (let k = 0; k < 4; k++) await c.forget(nodes[k], 1);
+    expect(fs.inodes.size).toBe(11); // the root and f10..f19
+    expect(fs.fileHandles?.openCount).toBeLessThanOrEqual(4);
   });
 
   it('mandatory serves a regular file bind-mounted into the share (a container\'s hosts or resolv.conf)', async () => {
