@@ -35,7 +35,6 @@ const O_PATH = 0o10000000;
 const GUEST_OPEN_FLAGS = O_ACCMODE | O_APPEND | O_TRUNC | O_EXCL | O_NONBLOCK | O_DSYNC | O_SYNC | O_DIRECT | O_NOATIME | O_LARGEFILE;
 const RESOLVE = fs.RESOLVE_BENEATH | fs.RESOLVE_NO_SYMLINKS | fs.RESOLVE_NO_MAGICLINKS;
 const OFFSET_MAX = 0x7fffffffffffffffn;
-const SEEK_SET = 0;
 const RENAME_NOREPLACE = 1;
 const RENAME_EXCHANGE = 2;
 const RENAME_WHITEOUT = 4;
@@ -886,7 +885,7 @@ export class PassthroughFs {
     const stream = h.stream ?? (h.stream = { pos: 0n, pending: null });
     let pending = stream.pending;
     if (offset !== stream.pos) {
-      fs.lseek(h.fd, offset, SEEK_SET);
+      fs.lseek(h.fd, offset, fs.SEEK_SET);
       pending = null;
     }
     // Until this call ends well the stream's place is unknown: the next READDIR seeks.
@@ -1164,7 +1163,7 @@ function toFlock(lk: FileLock): fs.Flock {
   if (lk.type !== fs.F_RDLCK && lk.type !== fs.F_WRLCK && lk.type !== fs.F_UNLCK) throw new FsError(E.EINVAL, 'bad lock type');
   if (lk.start > OFFSET_MAX || lk.end < lk.start) throw new FsError(E.EINVAL, 'bad lock range');
   const len = lk.end >= OFFSET_MAX ? 0n : lk.end - lk.start + 1n;
-  return { type: lk.type, whence: SEEK_SET, start: lk.start, len, pid: 0 };
+  return { type: lk.type, whence: fs.SEEK_SET, start: lk.start, len, pid: 0 };
 }
 
 function fromFlock(f: fs.Flock): FileLock {

@@ -44,7 +44,6 @@ export function lockPidFile(socketPath: string): number {
   }
 }
 
-
 function holder(path: string): string {
   try {
     const pid = readFileSync(path, 'utf8').trim();

@@ -1,6 +1,6 @@
 import { close as closeFd, closeQuiet } from '../sys/fd.js';
 import { ftruncate, mapFd, memfdCreate, sealAgainstShrink, viewOf, F_SEAL_GROW, F_SEAL_SEAL, MFD_ALLOW_SEALING, MFD_CLOEXEC } from '../sys/mem.js';
-import { fstat, lseek, S_IFBLK, S_IFMT, S_IFREG } from '../sys/fs.js';
+import { fstat, lseek, S_IFBLK, S_IFMT, S_IFREG, SEEK_CUR, SEEK_END, SEEK_SET } from '../sys/fs.js';
 import { GuestMemoryError } from './errors.js';
 import { CHUNK_OVERLAP, CHUNK_SIZE, GuestRegion, type MemoryRegionSpec } from './region.js';
 
@@ -361,10 +361,10 @@ export class GuestMemory {
  * file description is put back where it was.
  */
 function deviceSize(fd: number): number {
-  const at = lseek(fd, 0n, 1);
+  const at = lseek(fd, 0n, SEEK_CUR);
   try {
-    return Number(lseek(fd, 0n, 2));
+    return Number(lseek(fd, 0n, SEEK_END));
   } finally {
-    lseek(fd, at, 0);
+    lseek(fd, at, SEEK_SET);
   }
 }

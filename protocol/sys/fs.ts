@@ -377,6 +377,10 @@ export function fallocate(fd: number, mode: number, offset: FileOffset, len: Fil
   ck('fallocate', fallocate_(fd, mode, int64(offset), int64(len)), { fd });
 }
 
+export const SEEK_SET = 0;
+export const SEEK_CUR = 1;
+export const SEEK_END = 2;
+
 /** lseek with 64-bit offsets both ways (SEEK_END of an ext4 directory is 2^63 - 1); the new offset. */
 /** Directory offsets are opaque 64-bit cookies (hashes on ext4) and go through here as well. */
 export function lseek(fd: number, offset: bigint, whence: number): bigint {
