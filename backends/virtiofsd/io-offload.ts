@@ -120,9 +120,13 @@ export class IoOffload implements Deferrer {
     return this.spread.next(1);
   }
 
-  /** Whether a READ of `len` bytes should be split: a large one arriving alone (nothing queued or in flight). */
-  wantsSplit(len: number): boolean {
-    return len >= SPLIT_MIN_BYTES && !this.moreQueued && this.inFlight === 0 && this.free.length > 0;
+  /**
+   * Whether a READ of `len` bytes at `offset` should be split: a large one arriving alone (nothing queued or in
+   * flight), where the second half's offset is still exact as a number (a sum past 2^53 rounds).
+   */
+  wantsSplit(len: number, offset: number): boolean {
+    return len >= SPLIT_MIN_BYTES && !this.moreQueued && this.inFlight === 0 && this.free.length > 0
+      && offset + len <= Number.MAX_SAFE_INTEGER;
   }
 
   /**

@@ -5,10 +5,11 @@ import { FuseProtocolError } from './errors.js';
  * decoding refuses values >= 2^53; `s64` fields are numbers that saturate there (a nodeid or a lookup count that
  * large names no inode, or more lookups than any holds: what it means is clear without its exact value); `b64` fields are bigints (lock ranges, owners, raw flags); `x64` fields
  * (inode numbers, which overlayfs xino puts near 2^63; file offsets, sizes and times the host takes whole) are
- * numbers below 2^53 and exact bigints above (times are signed: negative ones decode as bigints; BigInt.asIntN).
+ * numbers below 2^53 and exact bigints above (times are signed: negative ones decode as bigints; BigInt.asIntN);
+ * `t64` fields are signed and exact the same way (file times in replies: numbers within +-2^53, bigints beyond).
  * Fields whose name starts with `_` are padding: written as 0, not part of the value type.
  */
-type Prim = 'u8' | 'u16' | 'u32' | 'i32' | 'u64' | 's64' | 'i64' | 'b64' | 'x64';
+type Prim = 'u8' | 'u16' | 'u32' | 'i32' | 'u64' | 's64' | 'b64' | 'x64' | 't64';
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type FieldType = Prim | Struct<any> | { bytes: number };
 /** FUSE pads dirents, extensions and security contexts to 8 bytes. */
@@ -18,7 +19,7 @@ export type FieldList = readonly (readonly [string, FieldType])[];
 
 type ValueOf<T> = T extends 'b64'
   ? bigint
-  : T extends 'x64'
+  : T extends 'x64' | 't64'
     ? number | bigint
   : T extends Prim
     ? number
@@ -74,15 +75,16 @@ function codecSource(fields: FieldList, offsets: number[]): { dec: string; enc: 
         dec.push(`const h${i} = dv.getUint32(${at} + 4, true);`,
           `const v${i} = h${i} >= ${SAFE_HI} ? ${Number.MAX_SAFE_INTEGER} : h${i} * ${TWO32} + dv.getUint32(${at}, true);`);
         break;
-      case 'i64':
-        dec.push(`const b${i} = dv.getBigInt64(${at}, true);`,
-          `if (b${i} > ${Number.MAX_SAFE_INTEGER}n || b${i} < ${Number.MIN_SAFE_INTEGER}n) fail(${key}, {});`,
-          `const v${i} = Number(b${i});`);
-        break;
       case 'x64':
         dec.push(`const h${i} = dv.getUint32(${at} + 4, true);`,
           `const v${i} = h${i} < ${SAFE_HI} ? h${i} * ${TWO32} + dv.getUint32(${at}, true) : dv.getBigUint64(${at}, true);`);
         enc.push(`{ const x = ${x}; if (typeof x === 'bigint') dv.setBigUint64(${at}, BigInt.asUintN(64, x), true);`,
+          `else { dv.setUint32(${at}, x % ${TWO32}, true); dv.setUint32(${at} + 4, Math.floor(x / ${TWO32}), true); } }`);
+        break;
+      case 't64':
+        dec.push(`const h${i} = dv.getInt32(${at} + 4, true);`,
+          `const v${i} = h${i} < ${SAFE_HI} && h${i} >= -${SAFE_HI} ? h${i} * ${TWO32} + dv.getUint32(${at}, true) : dv.getBigInt64(${at}, true);`);
+        enc.push(`{ const x = ${x}; if (typeof x === 'bigint') dv.setBigInt64(${at}, BigInt.asIntN(64, x), true);`,
           `else { dv.setUint32(${at}, x % ${TWO32}, true); dv.setUint32(${at} + 4, Math.floor(x / ${TWO32}), true); } }`);
         break;
       case 'b64': dec.push(`const v${i} = dv.getBigUint64(${at}, true);`); enc.push(`dv.setBigUint64(${at}, BigInt.asUintN(64, ${pad ? '0n' : `v[${key}] ?? 0n`}), true);`); break;
@@ -97,7 +99,7 @@ function codecSource(fields: FieldList, offsets: number[]): { dec: string; enc: 
           if (!pad) enc.push(`if (v[${key}] instanceof Uint8Array) scratch.set(v[${key}].subarray(0, ${t.bytes}), ${at});`);
         }
     }
-    if (t === 'u64' || t === 's64' || t === 'i64') {
+    if (t === 'u64' || t === 's64') {
       // Two 32-bit halves: no BigInt on the common path (|n| < 2^53 is exact either way).
       enc.push(`{ const n = Math.trunc(Number(${x})); const lo = n % ${TWO32};`,
         `dv.setUint32(${at}, lo < 0 ? lo + ${TWO32} : lo, true); dv.setInt32(${at} + 4, Math.floor(n / ${TWO32}), true); }`);

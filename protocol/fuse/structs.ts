@@ -12,7 +12,7 @@ export const OutHeader = Struct.of('fuse_out_header', [['len', 'u32'], ['error',
 export type OutHeader = ReturnType<typeof OutHeader.decode>;
 
 export const Attr = Struct.of('fuse_attr', [
-  ['ino', 'x64'], ['size', 'x64'], ['blocks', 'u64'], ['atime', 'i64'], ['mtime', 'i64'], ['ctime', 'i64'],
+  ['ino', 'x64'], ['size', 'x64'], ['blocks', 'u64'], ['atime', 't64'], ['mtime', 't64'], ['ctime', 't64'],
   ['atimensec', 'u32'], ['mtimensec', 'u32'], ['ctimensec', 'u32'], ['mode', 'u32'], ['nlink', 'u32'],
   ['uid', 'u32'], ['gid', 'u32'], ['rdev', 'u32'], ['blksize', 'u32'], ['flags', 'u32'],
 ] as const);
@@ -64,7 +64,7 @@ export const WriteIn = Struct.of('fuse_write_in', [
 export const WriteOut = Struct.of('fuse_write_out', [['size', 'u32'], ['_pad', 'u32']] as const);
 
 export const Kstatfs = Struct.of('fuse_kstatfs', [
-  ['blocks', 'u64'], ['bfree', 'u64'], ['bavail', 'u64'], ['files', 'u64'], ['ffree', 'u64'],
+  ['blocks', 'x64'], ['bfree', 'x64'], ['bavail', 'x64'], ['files', 'x64'], ['ffree', 'x64'],
   ['bsize', 'u32'], ['namelen', 'u32'], ['frsize', 'u32'], ['_pad', 'u32'], ['_spare', { bytes: 24 }],
 ] as const);
 export type Kstatfs = ReturnType<typeof Kstatfs.decode>;

@@ -153,11 +153,12 @@ export interface Stat {
   size: number | bigint;
   blksize: number;
   blocks: number;
-  atime: number;
+  /** Seconds: exact (i64Exact), as a guest may set any 64-bit time. */
+  atime: number | bigint;
   atimeNsec: number;
-  mtime: number;
+  mtime: number | bigint;
   mtimeNsec: number;
-  ctime: number;
+  ctime: number | bigint;
   ctimeNsec: number;
 }
 const statBuf = Buffer.alloc(144);
@@ -166,6 +167,12 @@ const statBuf = Buffer.alloc(144);
 export function u64Exact(b: Buffer, off: number): number | bigint {
   const hi = b.readUInt32LE(off + 4);
   return hi < 0x20_0000 ? hi * 0x1_0000_0000 + b.readUInt32LE(off) : b.readBigUInt64LE(off);
+}
+
+/** An i64 of `b` at `off` exactly: a number within +-2^53, a bigint beyond. */
+export function i64Exact(b: Buffer, off: number): number | bigint {
+  const hi = b.readInt32LE(off + 4);
+  return hi < 0x20_0000 && hi >= -0x20_0000 ? hi * 0x1_0000_0000 + b.readUInt32LE(off) : b.readBigInt64LE(off);
 }
 
 export function decodeStat(b: Buffer): Stat {
@@ -180,11 +187,11 @@ export function decodeStat(b: Buffer): Stat {
     size: u64Exact(b, 48), // off_t: never negative for a file
     blksize: Number(b.readBigInt64LE(56)),
     blocks: Number(b.readBigInt64LE(64)),
-    atime: Number(b.readBigInt64LE(72)),
+    atime: i64Exact(b, 72),
     atimeNsec: Number(b.readBigInt64LE(80)),
-    mtime: Number(b.readBigInt64LE(88)),
+    mtime: i64Exact(b, 88),
     mtimeNsec: Number(b.readBigInt64LE(96)),
-    ctime: Number(b.readBigInt64LE(104)),
+    ctime: i64Exact(b, 104),
     ctimeNsec: Number(b.readBigInt64LE(112)),
   };
 }
@@ -413,7 +420,9 @@ export function syncfs(fd: number): void {
 export interface StatFs {
   /** f_type: the filesystem's magic number (TMPFS_MAGIC ...). */
   type: number;
-  bsize: number; blocks: number; bfree: number; bavail: number; files: number; ffree: number; namelen: number; frsize: number;
+  bsize: number; namelen: number; frsize: number;
+  /** Counts exactly (u64Exact): some file systems report an unlimited count as 2^64-1 (hugetlbfs f_files). */
+  blocks: number | bigint; bfree: number | bigint; bavail: number | bigint; files: number | bigint; ffree: number | bigint;
 }
 const statfsBuf = Buffer.alloc(120);
 export const TMPFS_MAGIC = 0x01021994;
@@ -423,7 +432,8 @@ export const EXT4_SUPER_MAGIC = 0xef53;
 export function fstatfs(fd: number): StatFs {
   ck('fstatfs', fstatfs_(fd, statfsBuf), { fd });
   const n = (o: number): number => Number(statfsBuf.readBigUInt64LE(o));
-  return { type: n(0), bsize: n(8), blocks: n(16), bfree: n(24), bavail: n(32), files: n(40), ffree: n(48), namelen: n(64), frsize: n(72) };
+  const x = (o: number): number | bigint => u64Exact(statfsBuf, o);
+  return { type: n(0), bsize: n(8), blocks: x(16), bfree: x(24), bavail: x(32), files: x(40), ffree: x(48), namelen: n(64), frsize: n(72) };
 }
 
 /** Raw linux_dirent64 records into buf; 0 at end of directory. */

@@ -66,7 +66,7 @@ describe('IoOffload.readSplit: a lone large READ copied by two threads', () => {
         [data.length + 5, 512 * KiB], // past EOF: 0
       ];
       for (const [offset, size] of cases) {
-        expect(o.wantsSplit(size)).toBe(true);
+        expect(o.wantsSplit(size, 0)).toBe(true);
         const bufs = pieces(size);
         const iov = new IoVecList(8);
         for (const b of bufs) iov.push(addressOf(b), b.length);
@@ -76,9 +76,9 @@ describe('IoOffload.readSplit: a lone large READ copied by two threads', () => {
         expect(Buffer.concat(bufs).subarray(0, n).equals(want)).toBe(true);
         expect(o.pending).toBe(0);
       }
-      expect(o.wantsSplit(SPLIT_MIN_BYTES - 1)).toBe(false);
+      expect(o.wantsSplit(SPLIT_MIN_BYTES - 1, 0)).toBe(false);
       o.moreQueued = true;
-      expect(o.wantsSplit(1024 * KiB)).toBe(false); // with work queued, READs alternate instead
+      expect(o.wantsSplit(1024 * KiB, 0)).toBe(false); // with work queued, READs alternate instead
       o.moreQueued = false;
     } finally {
       closeSync(fd);
@@ -100,7 +100,7 @@ describe('IoOffload.readSplit: a lone large READ copied by two threads', () => {
           const size = 300_001;
           const iov = new IoVecList(1);
           iov.push(m.ptr, size);
-          expect(o.wantsSplit(size)).toBe(true);
+          expect(o.wantsSplit(size, 0)).toBe(true);
           expect(o.readSplit(dfd, iov, 0)).toBe(-22);
           expect(o.pending).toBe(0);
           iov.clear();

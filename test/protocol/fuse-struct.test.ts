@@ -3,7 +3,7 @@ import { Struct, AttrOut, EntryOut } from '../../protocol/fuse/index.js';
 
 const Inner = Struct.of('inner', [['a', 'u16'], ['_pad', 'u16'], ['b', 'i32']] as const);
 const Outer = Struct.of('outer', [
-  ['u', 'u64'], ['i', 'i64'], ['x', 'b64'], ['n', Inner], ['raw', { bytes: 6 }], ['k', 'u8'], ['_p', 'u8'],
+  ['u', 'u64'], ['i', 't64'], ['x', 'b64'], ['n', Inner], ['raw', { bytes: 6 }], ['k', 'u8'], ['_p', 'u8'],
 ] as const);
 
 describe('FUSE struct codec', () => {
@@ -33,9 +33,16 @@ describe('FUSE struct codec', () => {
     const dv = new DataView(buf.buffer);
     dv.setUint32(4, 0x20_0000, true);
     expect(() => Outer.decode(buf)).toThrow(/outer\.u out of range/);
-    dv.setUint32(4, 0, true);
-    dv.setBigInt64(8, -(2n ** 60n), true);
-    expect(() => Outer.decode(buf)).toThrow(/outer\.i out of range/);
+  });
+
+  it('keeps signed t64 values (file times) exact beyond +-2^53 as bigints, numbers within', () => {
+    for (const i of [2n ** 63n - 1n, -(2n ** 63n), 2n ** 53n + 1n, -(2n ** 53n) - 1n, 2n ** 53n, -(2n ** 53n)]) {
+      const buf = Outer.pack({ u: 1, i, x: 3n, n: { a: 1, b: 1 }, raw: new Uint8Array(6), k: 1 });
+      expect(new DataView(buf.buffer).getBigInt64(8, true)).toBe(i);
+      const back = Outer.decode(buf).i;
+      expect(BigInt(back)).toBe(i);
+      expect(typeof back).toBe(i >= -(2n ** 53n) && i < 2n ** 53n ? 'number' : 'bigint');
+    }
   });
 
   it('refuses a buffer too small', () => {

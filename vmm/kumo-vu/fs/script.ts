@@ -412,7 +412,8 @@ export class ScriptRunner {
       case 'lockw': {
         const type = ['rd', 'wr', 'un'].indexOf(a2);
         if (type < 0) throw new ScriptError('lock type must be rd, wr or un', { value: a2 });
-        if ((a3 !== '' && !/^[0-9]+$/.test(a3)) || (a4 !== '' && !/^[0-9]+$/.test(a4))) throw new ScriptError('lock range must be integers', { start: a3, end: a4 });
+        const bound = (v: string): boolean => v === '' || (/^[0-9]+$/.test(v) && BigInt(v) < 2n ** 64n);
+        if (!bound(a3) || !bound(a4)) throw new ScriptError('lock range must be 64-bit unsigned integers', { start: a3, end: a4 });
         return this.withFile(a1, O_RDWR, async (n, fh) => {
           await c.setlk(n, fh, 1n, { start: BigInt(a3 || 0), end: BigInt(a4 || '9223372036854775807'), type, pid: 1 }, cmd === 'lockw');
           // A second owner sees the first owner's lock.
