@@ -265,6 +265,15 @@ class QueueWorker {
         closeQuiet(r.callFd);
         r.callFd = cmd.fd;
         nonBlocking(cmd.fd);
+        // A ring restarted with its kick before its call fd was served with no fd to signal: those completions must
+        // not wait for the next one (libvhost-user signals a new call fd too). A spare interrupt costs nothing.
+        if (cmd.fd >= 0) {
+          try {
+            eventfdWrite(cmd.fd);
+          } catch {
+            // Not a writable fd: the first completion's signal reports it as it always has.
+          }
+        }
         return undefined;
       }
       case 'enable': {

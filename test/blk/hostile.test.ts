@@ -9,7 +9,7 @@ import {
 } from '../../protocol/virtio/index.js';
 import { VIRTQ_DESC_F_NEXT } from '../../protocol/virtqueue/index.js';
 import { BlkVuClient, startBackend, stopBackend } from './vu-client.js';
-import { closeQuiet, pipe2, setNonBlocking } from '../../protocol/sys/fd.js';
+import { closeQuiet, eventfd, eventfdRead, eventfdWrite, pipe2, setNonBlocking } from '../../protocol/sys/fd.js';
 import { sendMsg, unixConnect } from '../../protocol/sys/socket.js';
 
 const SIZE = 1 << 20;
@@ -213,6 +213,34 @@ describe('kumo-vhost-user-blk against a front-end with broken kick and call fds'
       await nextFrontEndServed(sock);
     } finally {
       closeQuiet(fd);
+    }
+  }), 60_000);
+
+  // The spec fixes no order for a ring's restart; a front-end sending SET_VRING_KICK before SET_VRING_CALL had the
+  // requests already queued served with no call fd, and the new call fd was never signalled: the driver slept for good.
+  it('signals a call fd set after the ring was restarted and served', () => withBackend(async (sock) => {
+    const c = await BlkVuClient.connect(sock, { queueSize: 64 });
+    const q = c.queues[0];
+    getId(c, 1);
+    const base = c.fe.getVringBase(0);
+    const statuses: number[] = [];
+    for (let k = 0; k < 4; k++) statuses.push(c.add(0, VIRTIO_BLK_T_IN, 8 * k, [], [{ addr: c.buf(4096), len: 4096 }], 10 + k));
+    q.driver.publish();
+    eventfdWrite(q.kick);
+    const call = eventfd();
+    try {
+      c.fe.setVringBase(0, base);
+      c.fe.setVringKick(0, q.kick);
+      const t0 = Date.now();
+      while (q.driver.takeUsed().length === 0 && Date.now() - t0 < 5000) await new Promise((res) => setTimeout(res, 10));
+      c.fe.setVringCall(0, call);
+      c.fe.setVringEnable(0, true);
+      await new Promise((res) => setTimeout(res, 300));
+      expect(eventfdRead(call)).toBeGreaterThan(0);
+      expect(statuses.map((s) => c.mem.readU8(s))).toEqual([0, 0, 0, 0]);
+    } finally {
+      closeQuiet(call);
+      c.close();
     }
   }), 60_000);
 
