@@ -35,6 +35,9 @@ export class SyslogSink {
 
   /** null when there is no syslog socket to connect to. */
   static open(ident: string, path = SYSLOG_SOCKET): SyslogSink | null {
+    // The first local time the process formats makes ICU find the host's time zone (realpath of /etc/localtime:
+    // readlink). Done here, before any thread's seccomp filter, not by the first line a filtered thread logs.
+    timestamp(new Date());
     try {
       return new SyslogSink(unixDgramConnect(path), ident);
     } catch {
