@@ -222,6 +222,12 @@ export interface Handle {
   dir: boolean;
   /** The host fd has O_APPEND: the file is append-only (chattr +a) and the guest opened it O_APPEND (see openVia). */
   appendOnly?: boolean;
+  /**
+   * The file is on a FUSE mount: a read may come back short before the end of the file, and io_uring's retry of a
+   * short read there filled the buffer with data from the wrong offset (Linux 6.18, FOPEN_DIRECT_IO). Its READs stay
+   * on the request thread (preadv, then preadvRest).
+   */
+  onFuse?: boolean;
   stream?: DirStream;
 }
 

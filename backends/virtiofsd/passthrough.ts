@@ -1,6 +1,6 @@
 import * as fs from '../../protocol/sys/fs.js';
 import type { FileHandle } from '../../protocol/sys/fs.js';
-import { close, closeQuiet, dup, dupCloexecRaw, fileStatusFlags, preadv, pwritev, RWF_APPEND, type FileOffset, type IoVecList } from '../../protocol/sys/fd.js';
+import { close, closeQuiet, dup, dupCloexecRaw, fileStatusFlags, preadv, preadvRest, pwritev, RWF_APPEND, type FileOffset, type IoVecList } from '../../protocol/sys/fd.js';
 import { SysError, rawSyscall } from '../../protocol/sys/libc.js';
 import { Fattr, type Attr, type EntryOut, type Kstatfs, type FileLock, type SetattrIn, type SecurityContext, FUSE_LK_FLOCK } from '../../protocol/fuse/index.js';
 import { encodeDirent, encodeDirentplus } from '../../protocol/fuse/dirent.js';
@@ -743,8 +743,10 @@ export class PassthroughFs {
 
   /** A handle for a file opened with the guest's `guestFlags`; it notes a host fd that had to take O_APPEND. */
   private fileHandle(fd: number, inode: Inode, guestFlags: number): number {
-    const appendOnly = (guestFlags & O_APPEND) !== 0 && (fileStatusFlags(fd) & O_APPEND) !== 0;
-    return this.handles.add(appendOnly ? { fd, inode, dir: false, appendOnly } : { fd, inode, dir: false });
+    const h: Handle = { fd, inode, dir: false };
+    if ((guestFlags & O_APPEND) !== 0 && (fileStatusFlags(fd) & O_APPEND) !== 0) h.appendOnly = true;
+    if (this.fsType(inode) === fs.FUSE_SUPER_MAGIC) h.onFuse = true;
+    return this.handles.add(h);
   }
 
   opendir(i: Inode): number {
@@ -766,9 +768,10 @@ export class PassthroughFs {
   }
 
   read(fh: number, offset: FileOffset, iov: IoVecList): number {
-    const n = preadv(this.handles.get(fh).fd, iov, offset);
+    const fd = this.handles.get(fh).fd;
+    const n = preadv(fd, iov, offset);
     if (n < 0) throw new FsError(E.EAGAIN, 'read would block');
-    return n;
+    return preadvRest(fd, iov, offset, n);
   }
 
   /**

@@ -149,6 +149,33 @@ export function preadv(fd: number, iov: IoVecList, offset: FileOffset): number {
   return retryable('preadv', Number(preadv_(fd, iov.ptr, iov.count, int64(offset))), fd);
 }
 
+let restHead: IoVecList | null = null;
+let restTail: IoVecList | null = null;
+
+/**
+ * After a preadv of `iov` at `offset` returned `n` bytes, reads on until `iov` is full, the end of the file (0) or an
+ * error (the bytes read so far are then the answer); returns the total. Local file systems fill a read up to the end
+ * of the file, but a FUSE or network one may answer short before it (FOPEN_DIRECT_IO), and a short READ reply tells
+ * the guest its file ends there.
+ */
+export function preadvRest(fd: number, iov: IoVecList, offset: FileOffset, n: number): number {
+  let total = n;
+  while (total > 0 && total < iov.totalLength) {
+    const at = typeof offset === 'bigint' ? offset + BigInt(total) : offset + total;
+    if (typeof at === 'number' && at > Number.MAX_SAFE_INTEGER) break;
+    if (restTail === null || restTail.max < iov.count) {
+      restHead = new IoVecList(iov.max);
+      restTail = new IoVecList(iov.max);
+    }
+    iov.splitInto(total, restHead as IoVecList, restTail);
+    const r = Number(preadv_(fd, restTail.ptr, restTail.count, int64(at)));
+    if (r < 0 && koffi.errno() === EINTR) continue;
+    if (r <= 0) break;
+    total += r;
+  }
+  return total;
+}
+
 /** One positioned vector call, retried on EINTR; bytes moved or -errno. */
 function positionedIo(f: typeof preadv_, fd: number, iovAddr: number, count: number, offset: number): number {
   for (;;) {

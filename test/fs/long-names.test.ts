@@ -9,7 +9,7 @@ import { FUSE_ROOT_ID } from '../../protocol/fuse/index.js';
 import { errCode } from './daemons.js';
 import { LocalShare } from './local-transport.js';
 
-const SERVER = fileURLToPath(new URL('./long-name-fuse.py', import.meta.url));
+const SERVER = fileURLToPath(new URL('./tiny-fuse.py', import.meta.url));
 const LONG = 'é'.repeat(150); // 300 bytes
 
 function whyNot(): string | null {
@@ -35,7 +35,7 @@ describe.skipIf(why !== null)('names longer than 255 bytes', () => {
     shares.push(s);
     await s.client.init();
     mkdirSync(join(s.dir, 'fm'));
-    const r = spawnSync('python3', [SERVER, join(s.dir, 'fm')], { encoding: 'utf8', timeout: 10_000 });
+    const r = spawnSync('python3', [SERVER, join(s.dir, 'fm'), 'long-names'], { encoding: 'utf8', timeout: 10_000 });
     expect(r.stdout).toContain('mounted');
     const fm = (await s.client.lookup(FUSE_ROOT_ID, 'fm')).nodeid;
     const e = await s.client.lookup(fm, LONG);
