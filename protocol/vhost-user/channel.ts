@@ -2,7 +2,7 @@ import { closeQuiet } from '../sys/fd.js';
 import { Epoll, EPOLLIN, EPOLLHUP, EPOLLERR, EPOLLOUT } from '../sys/epoll.js';
 import { recvMsg, recvMsgAsync, sendMsg, shutdown, type RecvResult } from '../sys/socket.js';
 import { decodeHeader, encodeMessage, type Header, type Message } from './codec.js';
-import { VhostUserDisconnectedError, VhostUserError, VhostUserProtocolError } from './errors.js';
+import { VhostUserDisconnectedError, VhostUserError, VhostUserProtocolError, VhostUserTimeoutError } from './errors.js';
 import { HEADER_SIZE, MAX_FDS, MAX_PAYLOAD, requestName } from './messages.js';
 
 /** A message as read off the socket, before its payload is decoded. */
@@ -101,7 +101,7 @@ export class VhostUserChannel {
     const deadline = Date.now() + timeoutMs;
     let n = this.poller.wait(timeoutMs);
     while (n === 0 && timeoutMs >= 0 && Date.now() < deadline) n = this.poller.wait(Math.max(1, deadline - Date.now()));
-    if (n === 0) throw new VhostUserError('timed out waiting for the peer', { timeoutMs });
+    if (n === 0) throw new VhostUserTimeoutError('timed out waiting for the peer', { timeoutMs });
     if (this.poller.events[0] & (EPOLLHUP | EPOLLERR) && !(this.poller.events[0] & EPOLLIN)) {
       throw new VhostUserDisconnectedError('peer hung up');
     }

@@ -25,3 +25,6 @@ export class VhostUserNackError extends VhostUserError {
 
 /** The peer closed the socket. */
 export class VhostUserDisconnectedError extends VhostUserError {}
+
+/** No message came from the peer in time (a reply to a request may still come later). */
+export class VhostUserTimeoutError extends VhostUserError {}

@@ -4,7 +4,7 @@ import { unixConnect } from '../sys/socket.js';
 import type { QueueLayout } from '../virtqueue/index.js';
 import { VhostUserChannel } from './channel.js';
 import { decodeReply, hasOwnReply, request, type Message } from './codec.js';
-import { VhostUserError, VhostUserNackError, VhostUserProtocolError } from './errors.js';
+import { VhostUserError, VhostUserNackError, VhostUserProtocolError, VhostUserTimeoutError } from './errors.js';
 import {
   F_PROTOCOL_FEATURES, ProtocolFeature, Request, VRING_NOFD_MASK, hasProtocolFeature, requestName,
 } from './messages.js';
@@ -43,6 +43,11 @@ export class VhostUserFrontend {
   protocolFeatures = 0n;
   /** Virtio features set with SET_FEATURES. */
   features = 0n;
+  /**
+   * Replies still due to requests whose wait timed out (a back-end draining slow I/O before it answers GET_VRING_BASE).
+   * They come first on the socket and are dropped, so that every later request reads its own reply.
+   */
+  private owed = 0;
 
   constructor(fd: number, opts: FrontendOptions = {}) {
     this.channel = new VhostUserChannel(fd);
@@ -76,8 +81,7 @@ export class VhostUserFrontend {
     const wantAck = !own && this.replyAck && (this.ackAll || ACKED_BY_DEFAULT.has(r));
     this.channel.send(request(r, payload, fds, wantAck));
     if (!own && !wantAck) return { request: r, flags: 0, payload: { kind: 'none' }, fds: [] };
-    const raw = this.channel.recvSync(this.timeoutMs);
-    if (raw === null) throw new VhostUserError('back-end closed the connection', { request: requestName(r) });
+    const raw = this.ownReply(r);
     let m: Message;
     try {
       m = decodeReply(r, raw.header, raw.payload, raw.fds, !own);
@@ -90,6 +94,22 @@ export class VhostUserFrontend {
       throw new VhostUserProtocolError('unexpected reply payload', { request: requestName(r), kind: m.payload.kind });
     }
     return m;
+  }
+
+  private ownReply(r: Request): NonNullable<ReturnType<VhostUserChannel['recvSync']>> {
+    for (;;) {
+      let raw;
+      try {
+        raw = this.channel.recvSync(this.timeoutMs);
+      } catch (e) {
+        if (e instanceof VhostUserTimeoutError) this.owed++;
+        throw e;
+      }
+      if (raw === null) throw new VhostUserError('back-end closed the connection', { request: requestName(r) });
+      if (this.owed === 0) return raw;
+      this.owed--;
+      raw.fds.forEach(closeQuiet);
+    }
   }
 
   private u64(r: Request): bigint {
