@@ -407,7 +407,11 @@ export class BlkQueueEngine {
       } catch (e) {
         if (e instanceof ChainError) {
           this.guestWarn?.warn({ err: e.message, ...e.context }, 'dropping malformed descriptor chain');
-          if (q.returnMalformed(e)) this.completed++;
+          // An empty answer leaves the status byte as it was, and Linux reads a stale one (OK) as the result:
+          // IOERR where the status byte is still guest memory.
+          const st = e.reach?.lastWritable;
+          if (st) this.finishNow(e.head, st.addr + st.len - 1, VIRTIO_BLK_S_IOERR, 1);
+          else if (q.returnMalformed(e)) this.completed++;
           continue;
         }
         throw e;

@@ -1,6 +1,9 @@
 import type { CreateQueueHandler, QueueHandler, VringHandle } from '../../protocol/vhost-user/backend-types.js';
 import { HANDLER_TOKEN_BASE } from '../../protocol/vhost-user/backend-types.js';
-import { ChainError, RingMemoryError } from '../../protocol/virtqueue/index.js';
+import { ChainError, RingMemoryError, type ChainReach } from '../../protocol/virtqueue/index.js';
+import type { GuestMemory } from '../../protocol/memory/index.js';
+import { InHeader, IN_HEADER_SIZE, OutHeader, OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
+import { E } from './errors.js';
 import { closeQuiet, eventfd, eventfdRead, eventfdWrite } from '../../protocol/sys/fd.js';
 import { EPOLLIN } from '../../protocol/sys/epoll.js';
 import { schedYield } from '../../protocol/sys/proc.js';
@@ -85,7 +88,11 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
       } catch (e) {
         if (e instanceof ChainError) {
           guestWarn.warn({ err: e.message }, 'dropping malformed descriptor chain');
-          if (queue.returnMalformed(e)) served++;
+          const len = e.reach === null ? 0 : writeEioHeader(mem, e.reach);
+          if (len > 0) {
+            queue.pushUsed(e.head, len);
+            served++;
+          } else if (queue.returnMalformed(e)) served++;
           continue;
         }
         throw e;
@@ -242,3 +249,16 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
   process.once('exit', () => closeQuiet(resumeFd));
   return handler;
 };
+
+/**
+ * A request refused for a buffer outside guest memory gets EIO in its reply header where that header is still guest
+ * memory: an empty answer leaves the driver's header as it was (zeroed: error 0, success). Returns the bytes written.
+ */
+function writeEioHeader(mem: GuestMemory, reach: ChainReach): number {
+  const out = reach.firstWritable;
+  if (out === null || out.len < OUT_HEADER_SIZE) return 0;
+  const inh = reach.firstReadable;
+  const unique = inh !== null && inh.len >= IN_HEADER_SIZE ? InHeader.decode(mem.slice(inh.addr, IN_HEADER_SIZE)).unique : 0n;
+  mem.write(out.addr, OutHeader.pack({ len: OUT_HEADER_SIZE, error: -E.EIO, unique }));
+  return OUT_HEADER_SIZE;
+}

@@ -233,6 +233,14 @@ export class DeviceQueue {
     let sawWritable = false;
     let idx = head;
     let steps = 0;
+    // A buffer outside guest memory: the walk goes on (the chain's shape may still be bad too), then fails with reach.
+    let outside: { index: number; hi: number; lo: number; len: number } | null = null;
+    let firstR = -1;
+    let firstRLen = 0;
+    let firstW = -1;
+    let firstWLen = 0;
+    let lastW = -1;
+    let lastWLen = 0;
     for (;;) {
       // Each table entry can be visited at most once in a well-formed chain: more steps means a loop.
       if (steps >= tableSize) throw new ChainError('descriptor chain is longer than its table (loop?)', head, { indirect, tableSize });
@@ -243,8 +251,8 @@ export class DeviceQueue {
       const len = table.getUint32(o + 8, true);
       const flags = table.getUint16(o + 12, true);
       const next = table.getUint16(o + 14, true);
-      if (hi >= 0x20_0000) throw new ChainError('descriptor address is beyond guest memory', head, { index: idx, hi, lo });
-      const addr = hi * TWO32 + lo;
+      // Beyond 2^53: no guest memory is there (-1 then stands for it; an indirect table there is refused below).
+      const addr = hi >= 0x20_0000 ? -1 : hi * TWO32 + lo;
 
       if (flags & VIRTQ_DESC_F_INDIRECT) {
         if (indirect) throw new ChainError('indirect descriptor inside an indirect table', head, { index: idx });
@@ -252,7 +260,7 @@ export class DeviceQueue {
         if (len === 0 || len % DESC_SIZE !== 0) throw new ChainError('indirect table length is not a non-zero multiple of 16', head, { len });
         const entries = len / DESC_SIZE;
         if (entries > this.maxIndirect) throw new ChainError('indirect table has too many entries', head, { entries, max: this.maxIndirect });
-        if (!this.mem.contains(addr, len)) throw new ChainError('indirect table is outside guest memory', head, { addr, len });
+        if (addr < 0 || !this.mem.contains(addr, len)) throw new ChainError('indirect table is outside guest memory', head, { hi, lo, len });
         const bytes = this.mem.slice(addr, len);
         table = new DataView(bytes.buffer, bytes.byteOffset, len);
         tableSize = entries;
@@ -265,14 +273,24 @@ export class DeviceQueue {
       if (flags & VIRTQ_DESC_F_WRITE) {
         sawWritable = true;
         if (len > 0) {
-          if (!this.pushBuffer(writable, addr, len)) throw new ChainError('descriptor buffer is outside guest memory', head, { index: idx, addr, len });
+          if (addr < 0 || !this.pushBuffer(writable, addr, len)) outside ??= { index: idx, hi, lo, len };
           wl += len;
+          if (firstW < 0) {
+            firstW = addr;
+            firstWLen = len;
+          }
+          lastW = addr;
+          lastWLen = len;
         }
       } else {
         if (sawWritable) throw new ChainError('device-readable descriptor after a device-writable one', head, { index: idx });
         if (len > 0) {
-          if (!this.pushBuffer(readable, addr, len)) throw new ChainError('descriptor buffer is outside guest memory', head, { index: idx, addr, len });
+          if (addr < 0 || !this.pushBuffer(readable, addr, len)) outside ??= { index: idx, hi, lo, len };
           rl += len;
+          if (firstR < 0) {
+            firstR = addr;
+            firstRLen = len;
+          }
         }
       }
       if (rl + wl > MAX_CHAIN_BYTES) throw new ChainError('descriptor chain is longer than 2^32-1 bytes', head, { readable: rl, writable: wl });
@@ -281,6 +299,11 @@ export class DeviceQueue {
       if ((flags & VIRTQ_DESC_F_NEXT) === 0) break;
       if (next >= tableSize) throw new ChainError('descriptor next index out of range', head, { index: idx, next, tableSize, indirect });
       idx = next;
+    }
+    if (outside !== null) {
+      const seg = (addr: number, len: number) => (addr >= 0 && this.mem.contains(addr, len) ? { addr, len } : null);
+      const reach = { firstReadable: seg(firstR, firstRLen), firstWritable: seg(firstW, firstWLen), lastWritable: seg(lastW, lastWLen) };
+      throw new ChainError('descriptor buffer is outside guest memory', head, outside, reach);
     }
     return new DescriptorChain(head, readable, writable, rl, wl);
   }

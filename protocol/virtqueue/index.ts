@@ -1,4 +1,4 @@
-export { VirtqueueError, ChainError, RingMemoryError } from './errors.js';
+export { VirtqueueError, ChainError, RingMemoryError, type ChainReach } from './errors.js';
 export {
   type QueueLayout,
   type Segment,

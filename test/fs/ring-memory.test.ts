@@ -119,3 +119,40 @@ describe('virtiofsd when the front-end takes ring memory away and gives it back'
     expect(canLock).toBe(false); // held for the guest, which knows it
   }, 30_000);
 });
+
+describe('virtiofsd and a request whose reply buffer is not guest memory', () => {
+  // The driver's reply header (zeroed by Linux) left as it was reads as error 0, len 0: a success with no data.
+  it('answers EIO in the reply header where that header is guest memory', async () => {
+    const { t, c } = await start([]);
+    const dev = t.dev;
+    const mem = dev.mem!;
+    const q = dev.queues[1];
+    const req = c.encode(Op.GETATTR, FUSE_ROOT_ID, [new Uint8Array(16)], 4242n);
+    const reqAt = dev.buffer(4096, 4096);
+    mem.write(reqAt, req);
+    const hdr = dev.buffer(16, 16);
+    const attr = dev.buffer(104, 8);
+    mem.fill(hdr, 16, 0);
+    const head = q.dq.add([{ addr: reqAt, len: req.length }], [{ addr: hdr, len: 16 }, { addr: attr, len: 104 }], 7);
+    expect(head).not.toBe(null);
+    // The attr buffer's descriptor (third of the chain, in an indirect table or not) moves far past guest memory.
+    const desc = q.dq.layout.descAddr + (head as number) * 16;
+    const third = mem.readU16(desc + 12) & 4 /* INDIRECT */
+      ? mem.readU32(desc) + 2 * 16
+      : q.dq.layout.descAddr + mem.readU16(q.dq.layout.descAddr + mem.readU16(desc + 14) * 16 + 14) * 16;
+    mem.writeU32(third + 4, 0x7fff);
+    q.kick();
+    const got: { token: number; len: number }[] = [];
+    for (let k = 0; k < 300 && got.length === 0; k++) {
+      q.dq.drainUsed((token, len) => got.push({ token, len }));
+      if (got.length === 0) await sleep(10);
+    }
+    mem.writeU32(third + 4, 0);
+    const h = mem.slice(hdr, 16);
+    const dv = new DataView(h.buffer, h.byteOffset, 16);
+    expect(got).toEqual([{ token: 7, len: 16 }]);
+    expect({ len: dv.getUint32(0, true), error: dv.getInt32(4, true), unique: dv.getBigUint64(8, true) }).toEqual({ len: 16, error: -5, unique: 4242n });
+    // Still serving.
+    expect((await c.lookup(FUSE_ROOT_ID, 'f')).nodeid).toBeGreaterThan(0);
+  });
+});

@@ -52,7 +52,7 @@ const hostile: [string, Craft, RegExp][] = [
   ['address outside memory', (m, l) => writeDesc(m, l.descAddr, 0, RAM + 0x100, 16, 0), /outside guest memory/],
   ['address just past the end', (m, l) => writeDesc(m, l.descAddr, 0, RAM, 1, 0), /outside guest memory/],
   ['address + len crossing the region end', (m, l) => writeDesc(m, l.descAddr, 0, RAM - 8, 16, WRITE), /outside guest memory/],
-  ['address >= 2^53', (m, l) => writeDesc(m, l.descAddr, 0, 2 ** 53, 16, 0), /beyond guest memory/],
+  ['address >= 2^53', (m, l) => writeDesc(m, l.descAddr, 0, 2 ** 53, 16, 0), /outside guest memory/],
   ['huge len', (m, l) => writeDesc(m, l.descAddr, 0, BUF, 0xffff_ffff, 0), /outside guest memory/],
   ['next index >= queue size', (m, l) => writeDesc(m, l.descAddr, 0, BUF, 16, NEXT, QSIZE), /next index out of range/],
   ['readable after writable', (m, l) => {
@@ -118,6 +118,35 @@ describe('DeviceQueue refuses hostile chains', () => {
     expect(c?.head).toBe(5);
     expect(c?.readable).toEqual([{ addr: BUF, len: 8 }]);
     expect(guardsIntact()).toBe(true);
+  });
+
+  // A device answers a refused request in its own status field where that is still guest memory (blk: the last
+  // writable byte; virtio-fs: the reply header): the whole descriptor, or null when it is outside too.
+  it('reports which answering descriptors lie in guest memory when a buffer does not', () => {
+    const q = new DeviceQueue(mem, layout, { eventIdx: false });
+    const pop = () => catchErr(() => q.pop()) as ChainError;
+    writeDesc(mem, layout.descAddr, 0, BUF, 16, NEXT, 1);
+    writeDesc(mem, layout.descAddr, 1, RAM + 4096, 512, NEXT, 2);
+    writeDesc(mem, layout.descAddr, 2, BUF + 64, 1, WRITE);
+    offer(mem, layout, 0);
+    let e = pop();
+    expect(e.message).toMatch(/outside guest memory/);
+    expect(e.reach).toEqual({ firstReadable: { addr: BUF, len: 16 }, firstWritable: { addr: BUF + 64, len: 1 }, lastWritable: { addr: BUF + 64, len: 1 } });
+    q.pushUsed(0, 0);
+    // The status byte itself outside memory (2^53 up, too): nothing to answer through.
+    writeDesc(mem, layout.descAddr, 3, BUF, 16, NEXT, 4);
+    writeDesc(mem, layout.descAddr, 4, BUF + 64, 512, WRITE | NEXT, 6);
+    writeDesc(mem, layout.descAddr, 6, 2 ** 53, 1, WRITE);
+    offer(mem, layout, 3);
+    e = pop();
+    expect(e.reach).toEqual({ firstReadable: { addr: BUF, len: 16 }, firstWritable: { addr: BUF + 64, len: 512 }, lastWritable: null });
+    q.pushUsed(3, 0);
+    // A chain whose shape is bad as well says nothing of its buffers.
+    writeDesc(mem, layout.descAddr, 7, RAM + 4096, 16, NEXT, 7);
+    offer(mem, layout, 7);
+    e = pop();
+    expect(e.message).toMatch(/loop/);
+    expect(e.reach).toBe(null);
   });
 
   it('too many descriptors for maxChainLength', () => {
