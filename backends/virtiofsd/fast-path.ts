@@ -155,7 +155,7 @@ export class FastPath {
         iov.clear();
         const covered = size > 0 ? io.outIovecs(OUT_HEADER_SIZE, size, iov) : 0;
         const offload = this.offload;
-        if (offload !== null && h.onFuse !== true) {
+        if (offload !== null && h.readsShort !== true) {
           if (offload.wantsSplit(covered, off)) {
             const n = offload.readSplit(h.fd, iov, off);
             return n < 0 ? this.error(io, -n) : this.okWithData(io, n);

@@ -223,11 +223,11 @@ export interface Handle {
   /** The host fd has O_APPEND: the file is append-only (chattr +a) and the guest opened it O_APPEND (see openVia). */
   appendOnly?: boolean;
   /**
-   * The file is on a FUSE mount: a read may come back short before the end of the file, and io_uring's retry of a
-   * short read there filled the buffer with data from the wrong offset (Linux 6.18, FOPEN_DIRECT_IO). Its READs stay
-   * on the request thread (preadv, then preadvRest).
+   * The file system may answer a read short before the end of the file (FUSE, network: see FULL_READ_FS). Its READs
+   * are read on until full, on the request thread: io_uring's own retry of a short read on a FUSE file with direct
+   * I/O filled the buffer from the wrong offset (Linux 6.18).
    */
-  onFuse?: boolean;
+  readsShort?: boolean;
   stream?: DirStream;
 }
 

@@ -95,6 +95,13 @@ const MEMORY_FS = new Set([fs.TMPFS_MAGIC, fs.RAMFS_MAGIC]);
  */
 const NO_FLUSH_FS = new Set([fs.TMPFS_MAGIC, fs.RAMFS_MAGIC, fs.EXT4_SUPER_MAGIC, 0x5846_5342 /* xfs */, 0x9123_683e /* btrfs */]);
 
+/**
+ * File systems whose reads of a regular file fill the request up to the end of the file (local block and memory
+ * file systems, and overlayfs over them). Elsewhere (FUSE, network, synthetic file systems) a read may come back
+ * short before the end: such files are read on until full (preadvRest) and never through io_uring (Handle.readsShort).
+ */
+const FULL_READ_FS = new Set([...NO_FLUSH_FS, 0x794c_7630 /* overlayfs */]);
+
 /** st_dev of fs.rawStat as a number (Linux device numbers are far below 2^53). */
 function rawDev(): number {
   return fs.rawStat.readUInt32LE(4) * 0x1_0000_0000 + fs.rawStat.readUInt32LE(0);
@@ -745,7 +752,7 @@ export class PassthroughFs {
   private fileHandle(fd: number, inode: Inode, guestFlags: number): number {
     const h: Handle = { fd, inode, dir: false };
     if ((guestFlags & O_APPEND) !== 0 && (fileStatusFlags(fd) & O_APPEND) !== 0) h.appendOnly = true;
-    if (this.fsType(inode) === fs.FUSE_SUPER_MAGIC) h.onFuse = true;
+    if (!FULL_READ_FS.has(this.fsType(inode))) h.readsShort = true;
     return this.handles.add(h);
   }
 
@@ -768,10 +775,11 @@ export class PassthroughFs {
   }
 
   read(fh: number, offset: FileOffset, iov: IoVecList): number {
-    const fd = this.handles.get(fh).fd;
-    const n = preadv(fd, iov, offset);
+    const h = this.handles.get(fh);
+    const n = preadv(h.fd, iov, offset);
     if (n < 0) throw new FsError(E.EAGAIN, 'read would block');
-    return preadvRest(fd, iov, offset, n);
+    // Elsewhere a short read is the end of the file: asking again would cost every read that reaches it a syscall.
+    return h.readsShort === true ? preadvRest(h.fd, iov, offset, n) : n;
   }
 
   /**

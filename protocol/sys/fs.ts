@@ -428,7 +428,6 @@ const statfsBuf = Buffer.alloc(120);
 export const TMPFS_MAGIC = 0x01021994;
 export const RAMFS_MAGIC = 0x858458f6;
 export const EXT4_SUPER_MAGIC = 0xef53;
-export const FUSE_SUPER_MAGIC = 0x65735546;
 
 export function fstatfs(fd: number): StatFs {
   ck('fstatfs', fstatfs_(fd, statfsBuf), { fd });
