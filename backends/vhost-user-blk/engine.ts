@@ -12,7 +12,7 @@ import {
 } from '../../protocol/sys/uring.js';
 import { WarnLimiter, type Logger } from '../../protocol/log.js';
 import { closeQuiet, preadvRaw, pwritevRaw, reopenDescription } from '../../protocol/sys/fd.js';
-import { blkDiscard } from '../../protocol/sys/fs.js';
+import { blkDiscard, syncRaw } from '../../protocol/sys/fs.js';
 import { CopySpread } from '../../protocol/sys/copy-spread.js';
 import { mapAnonymous, type Mapping } from '../../protocol/sys/mem.js';
 import { DirectZeroes, WriteGate, WRITEBACK_FAILED } from './bounce.js';
@@ -135,6 +135,10 @@ export class BlkQueueEngine {
   private readonly sGateRun: Uint32Array;
   /** Per slot: 1 if the request is acked only after a group fdatasync (writethrough writes, zeroes, discards). */
   private readonly sSync: Uint8Array;
+  /** Per READ/WRITE slot: its file offset and iovec count, negative for a write (to run it again, see redo()). */
+  private readonly sOffset: Float64Array;
+  private readonly sIovN: Int16Array;
+  private cancelNoted = false;
   /** Reaps this engine's completions for a gate wait (starting a due group sync); false when it has none to wait for. */
   private readonly progress = (): boolean => {
     if (this.opsInFlight === 0 && this.unsyncedCount === 0) return false;
@@ -225,6 +229,8 @@ export class BlkQueueEngine {
     this.sRanges = new Float64Array(n * BlkLimits.maxDiscardSeg * 2);
     this.sGateRun = new Uint32Array(n);
     this.sSync = new Uint8Array(n);
+    this.sOffset = new Float64Array(n);
+    this.sIovN = new Int16Array(n);
     this.unsynced = new Uint16Array(n);
     this.syncing = new Uint16Array(n);
     this.free = new Uint16Array(n);
@@ -655,6 +661,8 @@ export class BlkQueueEngine {
     }
     this.sOps[slot] = 1;
     this.opsInFlight++;
+    this.sOffset[slot] = offset;
+    this.sIovN[slot] = write ? -n : n;
     const large = len >= OFFLOAD_MIN_BYTES;
     // tmpfs: io_uring would hand every op to io-wq. Small ones are cheaper here; large ones too once every
     // CPU has a queue thread (io-wq workers would only contend with them and, for writes, on the inode lock).
@@ -817,11 +825,16 @@ export class BlkQueueEngine {
   private complete(ud: number, res: number): void {
     this.opsInFlight--;
     if (ud === SYNC_UD) {
-      this.syncDone(res);
+      this.syncDone(res === -ECANCELED ? this.redo(-1) : res);
       return;
     }
     const slot = ud & 0xffff;
     const pooled = this.pooled;
+    if (res === -ECANCELED && (pooled === null || !pooled.owns(slot)) && (ud & ALLOC_OP) === 0) {
+      const kind = this.sKind[slot];
+      if (kind === KIND_FLUSH) res = this.redo(-1);
+      else if (kind === KIND_RW || kind === KIND_WT_WRITE) res = this.redo(slot);
+    }
     if (pooled !== null && pooled.owns(slot)) {
       const failed = pooled.complete(slot, (ud >>> 16) & 0x3fff, res);
       if (failed === POOLED_PENDING) return;
@@ -863,6 +876,22 @@ export class BlkQueueEngine {
     }
     if (--this.sOps[slot] !== 0) return;
     this.settle(slot);
+  }
+
+  /**
+   * An operation io_uring cancelled without running it (-ECANCELED: io-wq could not start a worker thread, at a pids
+   * or RLIMIT_NPROC limit) is run here instead: slot -1 the fdatasync, else the slot's READ/WRITE. It is no I/O error,
+   * and above all no failed write-back, which would fail every later FLUSH.
+   */
+  private redo(slot: number): number {
+    if (!this.cancelNoted) {
+      this.cancelNoted = true;
+      this.opts.log?.warn('io_uring could not start a worker thread (a pids or RLIMIT_NPROC limit?): such operations run on the queue thread');
+    }
+    if (slot < 0) return syncRaw(this.fd);
+    const n = this.sIovN[slot];
+    const iov = this.iov.slotAddress(slot);
+    return n < 0 ? pwritevRaw(this.fd, iov, -n, this.sOffset[slot]) : preadvRaw(this.fd, iov, n, this.sOffset[slot]);
   }
 
   /** A request whose operations all completed: acked now, or after the next group fdatasync. */

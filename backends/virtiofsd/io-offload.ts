@@ -2,6 +2,7 @@ import { availableParallelism } from 'node:os';
 import type { GuestMemory } from '../../protocol/memory/index.js';
 import type { VringHandle } from '../../protocol/vhost-user/backend-types.js';
 import { closeQuiet, dupCloexecRaw, eventfd, IoVecList, preadvRaw } from '../../protocol/sys/fd.js';
+import { syncRaw } from '../../protocol/sys/fs.js';
 import { IoUring, IORING_FSYNC_DATASYNC, IOSQE_ASYNC } from '../../protocol/sys/uring.js';
 import { CopySpread } from '../../protocol/sys/copy-spread.js';
 import type { Logger } from '../../protocol/log.js';
@@ -9,6 +10,7 @@ import { DeferredReplies, type Deferrer } from './deferred.js';
 
 /** READs at least this large may be copied by an io-wq thread while the request loop goes on. */
 export const OFFLOAD_MIN_BYTES = 128 * 1024;
+const ECANCELED = 125;
 /** A lone READ at least this large is split in two halves copied at once (see readSplit). */
 export const SPLIT_MIN_BYTES = 256 * 1024;
 /** How long the request loop spins for the io-wq half before sleeping in io_uring_enter. */
@@ -43,8 +45,11 @@ export class IoOffload implements Deferrer {
   private readonly heads = new Uint16Array(SLOTS);
   /** The slot's own duplicate of the READ's fd (see the class comment). */
   private readonly fds = new Int32Array(SLOTS);
-  /** 1 for a slot that carries an FSYNC. */
+  /** 1 for a slot that carries an FSYNC, 2 for an fdatasync. */
   private readonly isSync = new Uint8Array(SLOTS);
+  /** The READ's file offset (fast-path READs: below 2^53), to run it here if io_uring cancels it. */
+  private readonly offsets = new Float64Array(SLOTS);
+  private cancelNoted = false;
   private syncs = 0;
   private readonly owners: (VringHandle | null)[] = new Array<VringHandle | null>(SLOTS).fill(null);
   private readonly replies = new DeferredReplies();
@@ -58,7 +63,7 @@ export class IoOffload implements Deferrer {
   private splitRes = 0;
   private readonly onCqe = (slot: number, res: number): void => this.finish(slot, res);
 
-  private constructor(maxIovecs: number, copiers: number, private readonly workers: number) {
+  private constructor(maxIovecs: number, copiers: number, private readonly workers: number, private readonly log?: Logger) {
     // This thread and the io-wq workers: with --thread-pool-size=1 every other READ, whatever the CPU count.
     this.spread = new CopySpread(copiers);
     this.ring = new IoUring(SLOTS * 2, { coopTaskrun: true });
@@ -85,7 +90,7 @@ export class IoOffload implements Deferrer {
     const cap = maxWorkers > 0 ? maxWorkers : cpus - 1;
     let o: IoOffload;
     try {
-      o = new IoOffload(maxIovecs, Math.min(cpus, cap + 1), cap);
+      o = new IoOffload(maxIovecs, Math.min(cpus, cap + 1), cap, log);
     } catch (e) {
       log?.info({ err: (e as Error).message }, 'io_uring unavailable: large READs and FSYNCs run inline');
       return null;
@@ -176,6 +181,7 @@ export class IoOffload implements Deferrer {
     list.buf.set(iov.buf.subarray(0, iov.count * 16));
     list.count = iov.count;
     list.totalLength = iov.totalLength;
+    this.offsets[s] = offset;
     this.ring.prepReadv(own, Number(list.ptr), list.count, offset, s, 0, IOSQE_ASYNC);
     this.ring.submit(0);
     return true;
@@ -192,13 +198,24 @@ export class IoOffload implements Deferrer {
    */
   submitFsync(fd: number, datasync: boolean, hdrGpa: number, uniqueLo: number, uniqueHi: number): void {
     const s = this.take(fd, hdrGpa, uniqueLo, uniqueHi);
-    this.isSync[s] = 1;
+    this.isSync[s] = datasync ? 2 : 1;
     this.syncs++;
     this.ring.prepFsync(fd, s, datasync ? IORING_FSYNC_DATASYNC : 0);
     this.ring.submit(0);
   }
 
   /** A free slot for a request on `fd` (the slot's own) whose reply header goes to hdrGpa; it becomes `last`. */
+  private redo(s: number): number {
+    if (!this.cancelNoted) {
+      this.cancelNoted = true;
+      this.log?.warn('io_uring could not start a worker thread (a pids or RLIMIT_NPROC limit?): READs and FSYNCs it cancels run on the request thread');
+    }
+    const fd = this.fds[s];
+    if (this.isSync[s] !== 0) return syncRaw(fd, this.isSync[s] === 1);
+    const list = this.iovs[s];
+    return preadvRaw(fd, Number(list.ptr), list.count, this.offsets[s]);
+  }
+
   private take(fd: number, hdrGpa: number, uniqueLo: number, uniqueHi: number): number {
     const s = this.free.pop() as number;
     this.fds[s] = fd;
@@ -254,8 +271,11 @@ export class IoOffload implements Deferrer {
       this.splitRes = res;
       return;
     }
+    // Cancelled without running (io-wq could not start a worker thread, at a pids or RLIMIT_NPROC limit): run here.
+    // A split READ's second half needs nothing: its failure already has the whole READ run again.
+    if (res === -ECANCELED) res = this.redo(s);
     closeQuiet(this.fds[s]);
-    if (this.isSync[s] === 1) {
+    if (this.isSync[s] !== 0) {
       this.isSync[s] = 0;
       this.syncs--;
     }

@@ -413,6 +413,11 @@ export function fsync(fd: number): void {
 export function fdatasync(fd: number): void {
   ck('fdatasync', fdatasync_(fd), { fd });
 }
+/** fdatasync, or fsync with `full`; 0 or -errno (no exception). */
+export function syncRaw(fd: number, full = false): number {
+  const r = Number(full ? fsync_(fd) : fdatasync_(fd));
+  return r < 0 ? -koffi.errno() : 0;
+}
 export function syncfs(fd: number): void {
   ck('syncfs', syncfs_(fd), { fd });
 }

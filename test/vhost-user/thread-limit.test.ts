@@ -1,0 +1,76 @@
+// At a pids limit (a pod's pids limit, docker --pids-limit, systemd TasksMax) io_uring cannot start an io-wq worker
+// and cancels the operation it would have run (-ECANCELED). The back-ends run such operations themselves: blk took
+// a cancelled FLUSH for a failed write-back and failed every later FLUSH for good; virtiofsd answered FSYNC ECANCELED.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const PIDS = '/sys/fs/cgroup/pids';
+const why = process.getuid?.() !== 0 ? 'not root' : !existsSync(join(PIDS, 'cgroup.procs')) ? `no cgroup v1 pids hierarchy at ${PIDS}` : null;
+if (why !== null) console.log(`test/vhost-user/thread-limit.test.ts skipped: ${why}`);
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const f of cleanups.splice(0).reverse()) f();
+});
+
+async function waitFor(path: string): Promise<void> {
+  for (let i = 0; i < 150 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 100));
+}
+
+/** Starts `args` and, once `sock` exists, holds it at its current thread count. */
+async function startAtLimit(args: string[], sock: string): Promise<{ child: ChildProcess; cg: string }> {
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'warn' } });
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const cg = join(PIDS, `kumo-thread-limit-${process.pid}-${child.pid}`);
+  cleanups.push(() => {
+    child.kill('SIGKILL');
+    spawnSync('sh', ['-c', `while grep -q . ${cg}/cgroup.procs; do sleep 0.05; done`], { timeout: 5000 });
+    rmdirSync(cg);
+    if (process.env.KUMO_TEST_DEBUG) console.log(err);
+  });
+  await waitFor(sock);
+  mkdirSync(cg);
+  writeFileSync(join(cg, 'cgroup.procs'), String(child.pid));
+  writeFileSync(join(cg, 'pids.max'), String(readdirSync(`/proc/${child.pid}/task`).length));
+  return { child, cg };
+}
+
+function kumoVu(args: string[], input?: string): string {
+  const r = spawnSync(process.execPath, [join(ROOT, 'bin/kumo-vu.js'), ...args], { encoding: 'utf8', input, timeout: 60_000 });
+  return r.stdout + r.stderr;
+}
+
+describe.skipIf(why !== null)('back-ends at a pids limit (io_uring cannot start a worker thread)', () => {
+  it('kumo-vhost-user-blk: writes and FLUSHes pass, and FLUSH still passes once the limit is gone', async () => {
+    const dir = mkdtempSync('/var/tmp/kumo-thread-limit-');
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const img = join(dir, 'disk.img');
+    writeFileSync(img, Buffer.alloc(16 << 20));
+    const sock = join(dir, 'blk.sock');
+    const { cg } = await startAtLimit([join(ROOT, 'bin/kumo-vhost-user-blk.js'), '--block-backend', `path=${img},socket=${sock}`], sock);
+    const first = kumoVu(['blk', '--socket', sock, 'verify']);
+    expect(first, first).toMatch(/RESULT: PASS/);
+    expect(first).toMatch(/FLUSH/);
+    writeFileSync(join(cg, 'pids.max'), 'max');
+    const second = kumoVu(['blk', '--socket', sock, 'verify']);
+    expect(second, second).toMatch(/RESULT: PASS/);
+  }, 120_000);
+
+  it('kumo-virtiofsd: FSYNC and fdatasync pass', async () => {
+    const dir = mkdtempSync('/var/tmp/kumo-thread-limit-');
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const share = join(dir, 'share');
+    mkdirSync(share);
+    const sock = join(dir, 'fs.sock');
+    await startAtLimit([join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=chroot'], sock);
+    const out = kumoVu(['fs', '--socket', sock, 'run', '-'], 'write /f.txt hello\nfsync /f.txt\nfsync /f.txt data\ncat /f.txt\n');
+    expect(out).not.toMatch(/ECANCELED/);
+    expect(out.match(/^ok/gm)?.length ?? 0, out).toBeGreaterThanOrEqual(3);
+    expect(readFileSync(join(share, 'f.txt'), 'utf8')).toBe('hello');
+  }, 120_000);
+});
