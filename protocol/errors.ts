@@ -7,3 +7,9 @@ export class KumoError extends Error {
     this.context = context;
   }
 }
+
+/**
+ * How the program was started or the host it runs on stops it (options, permissions, a host limit or policy): the
+ * message names the cause and what to do, and is reported in one line, without a stack.
+ */
+export class SetupError extends KumoError {}

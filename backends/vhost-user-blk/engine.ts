@@ -1,3 +1,4 @@
+import { SetupError } from '../../protocol/errors.js';
 import { availableParallelism } from 'node:os';
 import type { GuestMemory } from '../../protocol/memory/index.js';
 import { ChainError, readFromChain, writeToChain, type DeviceQueue, type DescriptorChain, type Segment } from '../../protocol/virtqueue/index.js';
@@ -7,7 +8,7 @@ import {
   VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_OUTHDR_SIZE, VIRTIO_BLK_DISCARD_SEG_SIZE, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from '../../protocol/virtio/index.js';
 import {
-  IoUring, IoVecArena, IORING_FSYNC_DATASYNC, IOSQE_IO_LINK, IOSQE_ASYNC,
+  IoUring, IoVecArena, IORING_FSYNC_DATASYNC, IOSQE_IO_LINK, IOSQE_ASYNC, ringRefusal,
   FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
 } from '../../protocol/sys/uring.js';
 import { WarnLimiter, type Logger } from '../../protocol/log.js';
@@ -189,7 +190,12 @@ export class BlkQueueEngine {
     let entries = 8;
     while (entries < opts.queueSize) entries <<= 1;
     this.fd = reopenDescription(img.fd);
-    this.ring = new IoUring(entries, { cqEntries: entries * 4, coopTaskrun: true });
+    try {
+      this.ring = new IoUring(entries, { cqEntries: entries * 4, coopTaskrun: true });
+    } catch (e) {
+      const why = ringRefusal(e);
+      throw why === null ? e : new SetupError(`requests are served through io_uring: ${why}`);
+    }
     // One io-wq worker per CPU. io-wq is here to copy cached data on a second CPU (reads that would wait for
     // the device take io_uring's async buffered-read path, O_DIRECT goes to the block layer); the kernel's own
     // cap (4 per CPU) only let more copiers contend: cached 128k ext4 reads on one queue ran at 109-120k IOPS

@@ -1,5 +1,5 @@
 import { logger } from '../../protocol/log.js';
-import { KumoError } from '../../protocol/errors.js';
+import { KumoError, SetupError } from '../../protocol/errors.js';
 import { KUMO_VERSION } from '../../protocol/version.js';
 import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
 import { VhostUserSocketError } from '../../protocol/vhost-user/errors.js';
@@ -89,7 +89,7 @@ async function main(): Promise<number> {
     log.info({ config: cfg.toJSON(), sectors: image.sectors, completion }, 'vhost-user-blk backend ready');
     await daemon.run();
   } catch (e) {
-    if (e instanceof VhostUserSocketError) process.stderr.write(`kumo-vhost-user-blk: ${e.message}\n`);
+    if (e instanceof VhostUserSocketError || e instanceof SetupError) process.stderr.write(`kumo-vhost-user-blk: ${e.message}\n`);
     else log.error({ err: e }, 'backend failed');
     return 1;
   } finally {

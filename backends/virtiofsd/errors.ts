@@ -1,4 +1,4 @@
-import { KumoError } from '../../protocol/errors.js';
+import { KumoError, SetupError } from '../../protocol/errors.js';
 
 /** A FUSE operation failed with an errno that goes back to the guest in the reply header. */
 export class FsError extends KumoError {
@@ -12,7 +12,7 @@ export class FsError extends KumoError {
 }
 
 /** Bad command line or configuration of kumo-virtiofsd. */
-export class FsConfigError extends KumoError {}
+export class FsConfigError extends SetupError {}
 
 export const E = {
   EPERM: 1, ENOENT: 2, EINTR: 4, EIO: 5, ENXIO: 6, EBADF: 9, EAGAIN: 11, ENOMEM: 12, EACCES: 13, EEXIST: 17, EXDEV: 18, ENOTDIR: 20,

@@ -1,7 +1,7 @@
 import { constants } from 'node:os';
 import { logger, setLogLevel, useSyslog } from '../../protocol/log.js';
 import { SYSLOG_SOCKET } from '../../protocol/syslog-sink.js';
-import { KumoError } from '../../protocol/errors.js';
+import { KumoError, SetupError } from '../../protocol/errors.js';
 import { KUMO_VERSION } from '../../protocol/version.js';
 import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
 import { MAX_MEM_SLOTS, VhostUserSocketError } from '../../protocol/vhost-user/index.js';
@@ -222,7 +222,7 @@ main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (e: unknown) => {
     if (e instanceof FsConfigError) process.stderr.write(`kumo-virtiofsd: ${e.message}\n${USAGE}\n`);
-    else if (e instanceof VhostUserSocketError) process.stderr.write(`kumo-virtiofsd: ${e.message}\n`);
+    else if (e instanceof VhostUserSocketError || e instanceof SetupError) process.stderr.write(`kumo-virtiofsd: ${e.message}\n`);
     else if (e instanceof KumoError) log.error({ err: e, ...e.context }, e.message);
     else log.error({ err: e }, 'fatal');
     process.exit(1);

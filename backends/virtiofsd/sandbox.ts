@@ -1,10 +1,13 @@
 import type { Logger } from '../../protocol/log.js';
 import * as fs from '../../protocol/sys/fs.js';
 import { SysError } from '../../protocol/sys/libc.js';
+import { SetupError } from '../../protocol/errors.js';
+import { closeQuiet } from '../../protocol/sys/fd.js';
 import { FsConfigError } from './errors.js';
 import type { FsOptions } from './options.js';
 
 const EPERM = 1;
+const ENOSYS = 38;
 const O_PATH = 0o10000000;
 const O_DIRECTORY = 0o200000;
 
@@ -24,7 +27,14 @@ export interface SandboxFds {
  */
 export function enterSandbox(opts: FsOptions, log: Logger): SandboxFds {
   const procSelfFd = fs.openat(fs.AT_FDCWD, '/proc/self/fd', O_PATH | O_DIRECTORY);
-  fs.unshare(fs.CLONE_FS);
+  try {
+    fs.unshare(fs.CLONE_FS);
+  } catch (e) {
+    if (!(e instanceof SysError) || (e.errno !== EPERM && e.errno !== ENOSYS)) throw e;
+    // Every mode needs it: the request thread's umask (0) and working directory must not be the whole process's.
+    throw new SetupError(`unshare(CLONE_FS) was refused (${e.code}): a seccomp profile refuses unshare (Docker's default ` +
+      'without CAP_SYS_ADMIN does); allow unshare for kumo-virtiofsd (e.g. docker run --security-opt seccomp=PROFILE)');
+  }
   fs.umask(0);
   let mode = opts.sandbox;
   if (mode === 'namespace') {
@@ -47,6 +57,7 @@ export function enterSandbox(opts: FsOptions, log: Logger): SandboxFds {
     fs.chdir('/');
   }
   const rootFd = fs.openat(fs.AT_FDCWD, mode === 'none' ? opts.sharedDir : '/', O_PATH | O_DIRECTORY);
+  checkOpenat2(rootFd);
   log.info({ sandbox: mode }, 'sandbox entered');
   return { rootFd, procSelfFd, threadCwd: true };
 }
@@ -62,4 +73,15 @@ function namespaceSandbox(dir: string): void {
   fs.pivotRoot('.', '.');
   fs.umount2('.', fs.MNT_DETACH);
   fs.chdir('/');
+}
+
+/** Every guest path is resolved with openat2 and RESOLVE_BENEATH: without it no request could be served. */
+function checkOpenat2(rootFd: number): void {
+  try {
+    closeQuiet(fs.openat2(rootFd, '.', O_PATH | O_DIRECTORY, 0, fs.RESOLVE_BENEATH));
+  } catch (e) {
+    if (!(e instanceof SysError) || (e.errno !== EPERM && e.errno !== ENOSYS)) throw e;
+    throw new SetupError(`openat2 is unavailable (${e.code}): kumo-virtiofsd resolves every guest path with it, beneath the shared ` +
+      'directory (Linux 5.6 and later); a seccomp profile may refuse it (older Docker profiles do): allow openat2');
+  }
 }

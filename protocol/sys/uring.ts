@@ -70,6 +70,23 @@ const register_ = libc.func('syscall', 'int', ['long', 'int', 'uint', 'void *', 
 
 export class IoUringError extends SysError {}
 
+/**
+ * Why this process cannot have an io_uring, in words a user can act on, for an error of `new IoUring`; null when
+ * the error is not one of those (a bug, or a kernel without io_uring at all gives ENOSYS too).
+ */
+export function ringRefusal(e: unknown): string | null {
+  if (!(e instanceof IoUringError) || e.call !== 'io_uring_setup') return null;
+  if (e.errno === 1 || e.errno === 38) {
+    return `io_uring_setup was refused (${e.code}): kernel.io_uring_disabled is set, or a seccomp profile refuses io_uring ` +
+      "(Docker's and containerd's defaults do); allow io_uring_setup, io_uring_enter and io_uring_register";
+  }
+  if (e.errno === 12) {
+    return 'io_uring_setup: ENOMEM: io_uring rings count against RLIMIT_MEMLOCK (ulimit -l) in a process without CAP_IPC_LOCK: ' +
+      'raise that limit, or use a smaller queue_size';
+  }
+  return null;
+}
+
 export interface IoUringOptions {
   /** CQ size; defaults to 2 × SQ entries. */
   cqEntries?: number;

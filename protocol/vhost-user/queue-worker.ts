@@ -2,6 +2,7 @@
  * Entry point of a vhost-user queue worker thread: one blocking epoll loop over the kick eventfds of the
  * rings it owns, the handler's own fds and a control eventfd through which the main thread posts commands.
  */
+import { SetupError } from '../errors.js';
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
 import { logger, type Logger } from '../log.js';
@@ -391,7 +392,7 @@ async function main(): Promise<void> {
   try {
     await w.load();
   } catch (e) {
-    parentPort?.postMessage({ ready: true, error: e instanceof Error ? e.message : String(e) });
+    parentPort?.postMessage({ ready: true, error: e instanceof Error ? e.message : String(e), setup: e instanceof SetupError });
     return;
   }
   parentPort?.postMessage({ ready: true });

@@ -1,3 +1,4 @@
+import { SetupError } from '../errors.js';
 import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
 import type { Logger } from '../log.js';
 import { closeQuiet, eventfd, eventfdWrite } from '../sys/fd.js';
@@ -153,6 +154,7 @@ export class WorkerPool {
           // It answers nothing more: ending it now spares close() a wait for an exit ack that cannot come.
           link.exited = true;
           await worker.terminate();
+          if (ready.setup === true) throw new SetupError(ready.error, { worker: i });
           throw new VhostUserError(`queue worker failed to load its handler: ${ready.error}`, { worker: i, module: o.module });
         }
       }

@@ -52,6 +52,8 @@ export interface WorkerResult {
 export interface WorkerReady {
   ready: true;
   error?: string;
+  /** The error was a SetupError (reported in one line by the daemon's main). */
+  setup?: boolean;
 }
 
 export const CONTROL_TOKEN = 0xffff_ffff;

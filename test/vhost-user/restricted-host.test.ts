@@ -1,6 +1,9 @@
-// At a pids limit (a pod's pids limit, docker --pids-limit, systemd TasksMax) io_uring cannot start an io-wq worker
-// and cancels the operation it would have run (-ECANCELED). The back-ends run such operations themselves: blk took
-// a cancelled FLUSH for a failed write-back and failed every later FLUSH for good; virtiofsd answered FSYNC ECANCELED.
+// The back-ends on hosts that restrict them, as container runtimes and service managers do.
+// - At a pids limit (a pod's pids limit, docker --pids-limit, systemd TasksMax) io_uring cannot start an io-wq worker
+//   and cancels the operation it would have run (-ECANCELED). The back-ends run such operations themselves: blk took
+//   a cancelled FLUSH for a failed write-back and failed every later FLUSH for good; virtiofsd answered FSYNC ECANCELED.
+// - Where a seccomp profile refuses a syscall a back-end cannot do without, it says so at start in one line (what is
+//   refused, what to allow) instead of a stack trace, or, for openat2, instead of failing every guest request.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -10,7 +13,10 @@ import { afterEach, describe, expect, it } from 'vitest';
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const PIDS = '/sys/fs/cgroup/pids';
 const why = process.getuid?.() !== 0 ? 'not root' : !existsSync(join(PIDS, 'cgroup.procs')) ? `no cgroup v1 pids hierarchy at ${PIDS}` : null;
-if (why !== null) console.log(`test/vhost-user/thread-limit.test.ts skipped: ${why}`);
+if (why !== null) console.log(`test/vhost-user/restricted-host.test.ts: pids limit cases skipped: ${why}`);
+const DENY = fileURLToPath(new URL('./fixtures/deny-syscalls.py', import.meta.url));
+const noPython = spawnSync('python3', ['-c', '0']).error !== undefined;
+if (noPython) console.log('test/vhost-user/restricted-host.test.ts: seccomp cases skipped: no python3 (the filter launcher)');
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {
@@ -73,4 +79,51 @@ describe.skipIf(why !== null)('back-ends at a pids limit (io_uring cannot start 
     expect(out.match(/^ok/gm)?.length ?? 0, out).toBeGreaterThanOrEqual(3);
     expect(readFileSync(join(share, 'f.txt'), 'utf8')).toBe('hello');
   }, 120_000);
+});
+
+/** Runs a back-end under a filter failing syscalls `nrs` with `errno`; its exit code and output. */
+function underFilter(errno: number, nrs: number[], args: string[]): { code: number | null; out: string } {
+  const r = spawnSync('python3', [DENY, String(errno), nrs.join(','), '--', process.execPath, ...args], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, KUMO_LOG: 'warn' } });
+  return { code: r.status, out: r.stdout + r.stderr };
+}
+
+describe.skipIf(noPython)('back-ends under a seccomp profile that refuses what they need', () => {
+  const EPERM = 1;
+  const ENOSYS = 38;
+  let dir = '';
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+  const fresh = (): { img: string; share: string } => {
+    dir = mkdtempSync('/tmp/kumo-restricted-');
+    const img = join(dir, 'disk.img');
+    writeFileSync(img, Buffer.alloc(1 << 20));
+    mkdirSync(join(dir, 'share'));
+    return { img, share: join(dir, 'share') };
+  };
+
+  it('kumo-vhost-user-blk without io_uring (Docker\'s default profile) says so in one line', () => {
+    const { img } = fresh();
+    for (const errno of [EPERM, ENOSYS]) {
+      const r = underFilter(errno, [425, 426, 427], [join(ROOT, 'bin/kumo-vhost-user-blk.js'), '--block-backend', `path=${img},socket=${join(dir, 'b.sock')}`]);
+      expect(r.code, r.out).toBe(1);
+      expect(r.out).toMatch(/^kumo-vhost-user-blk: requests are served through io_uring: io_uring_setup was refused \(E(PERM|NOSYS)\).*allow io_uring_setup/m);
+      expect(r.out).not.toMatch(/\n\s+at /);
+    }
+  });
+
+  it('kumo-virtiofsd where unshare is refused says so in one line, in every sandbox mode', () => {
+    const { share } = fresh();
+    for (const sandbox of ['namespace', 'chroot', 'none']) {
+      const r = underFilter(EPERM, [272, 308], [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${join(dir, 'f.sock')}`, `--shared-dir=${share}`, `--sandbox=${sandbox}`]);
+      expect(r.code, r.out).toBe(1);
+      expect(r.out).toMatch(/^kumo-virtiofsd: unshare\(CLONE_FS\) was refused \(EPERM\)/m);
+      expect(r.out).not.toMatch(/\n\s+at /);
+    }
+  });
+
+  it('kumo-virtiofsd without openat2 refuses to start instead of failing every guest request', () => {
+    const { share } = fresh();
+    const r = underFilter(ENOSYS, [437], [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${join(dir, 'f.sock')}`, `--shared-dir=${share}`, '--sandbox=chroot']);
+    expect(r.code, r.out).toBe(1);
+    expect(r.out).toMatch(/^kumo-virtiofsd: openat2 is unavailable \(ENOSYS\)/m);
+  });
 });
