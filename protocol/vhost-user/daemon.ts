@@ -53,6 +53,9 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
  *   await d.start();   // workers loaded, socket listening
  *   await d.run();     // until stop() (or the first disconnect with exitOnDisconnect)
  */
+/** Pause after a failed accept (an fd limit frees up only as the host's other work goes on). */
+const ACCEPT_RETRY_MS = 500;
+
 export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
   readonly log: Logger;
   private pool: WorkerPool | null = null;
@@ -125,7 +128,12 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
         fd = await this.nextConnection();
       } catch (e) {
         if (this.stopping) break;
-        throw e;
+        // A listener of our own outlives a failed accept (EMFILE at the fd limit, a connection reset before it was
+        // taken): ending here would remove the socket, and no front-end could come back once fds are free again.
+        if (this.listenFd < 0 || e instanceof VhostUserSocketError) throw e;
+        this.log.warn({ err: e }, 'accepting a front-end failed; listening on');
+        await sleep(ACCEPT_RETRY_MS);
+        continue;
       }
       if (this.stopping) {
         if (fd >= 0) closeQuiet(fd);

@@ -127,3 +127,31 @@ describe.skipIf(noPython)('back-ends under a seccomp profile that refuses what t
     expect(r.out).toMatch(/^kumo-virtiofsd: openat2 is unavailable \(ENOSYS\)/m);
   });
 });
+
+describe.skipIf(spawnSync('prlimit', ['--version']).error !== undefined)('kumo-vhost-user-blk at its fd limit', () => {
+  // accept4 failing (EMFILE) ended the daemon and removed its socket: no front-end could come back later.
+  it('listens on after a failed accept and serves the next front-end once fds are free', async () => {
+    const dir = mkdtempSync('/tmp/kumo-restricted-');
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const img = join(dir, 'disk.img');
+    writeFileSync(img, Buffer.alloc(1 << 20));
+    const sock = join(dir, 'b.sock');
+    const child = spawn(process.execPath, [join(ROOT, 'bin/kumo-vhost-user-blk.js'), '--block-backend', `path=${img},socket=${sock}`], { stdio: 'ignore' });
+    cleanups.push(() => child.kill('SIGKILL'));
+    await waitFor(sock);
+    const pid = String(child.pid);
+    const hard = spawnSync('prlimit', ['--pid', pid, '--nofile', '-o', 'HARD', '--noheadings'], { encoding: 'utf8' }).stdout.trim();
+    // The lowest free fd number as the limit: no slot left for accept4 (EMFILE).
+    const used = new Set(readdirSync(`/proc/${pid}/fd`).map(Number));
+    let free = 0;
+    while (used.has(free)) free++;
+    expect(spawnSync('prlimit', ['--pid', pid, `--nofile=${free}:${hard}`]).status).toBe(0);
+    kumoVu(['blk', '--socket', sock, '--connect-timeout', '3000', 'verify']);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(spawnSync('prlimit', ['--pid', pid, `--nofile=4096:${hard}`]).status).toBe(0);
+    await new Promise((r) => setTimeout(r, 800));
+    expect(child.exitCode).toBe(null);
+    const out = kumoVu(['blk', '--socket', sock, 'verify']);
+    expect(out, out).toMatch(/RESULT: PASS/);
+  }, 60_000);
+});
