@@ -17,6 +17,7 @@ APT_PACKAGES=(
   e2fsprogs python3     # QEMU front-end lab test: ext4 on our disk, xattrs and mmap on our share
   gcc libc6-dev         # tiny C baselines in benchmarks
   uidmap                # newuidmap/newgidmap: kumo-virtiofsd --uid-map tests
+  strace util-linux     # fault injection (an older kernel's io_uring_setup), prlimit: restricted-host tests
 )
 
 missing=()

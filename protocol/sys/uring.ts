@@ -148,8 +148,13 @@ export class IoUring {
     const wantCoop = opts.coopTaskrun === true;
     let fd = setup(wantCoop ? flags | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG : flags);
     this.coopTaskrun = wantCoop && fd >= 0;
-    // Older kernels refuse the flags they do not know: run without them.
+    // Older kernels refuse the flags they do not know: COOP_TASKRUN came in 5.19, SUBMIT_ALL in 5.18 (submit() counts
+    // what the kernel has not consumed, so an SQE it stopped at goes in with the next submit).
     if (fd < 0 && wantCoop && koffi.errno() === EINVAL) fd = setup(flags);
+    if (fd < 0 && koffi.errno() === EINVAL) {
+      flags &= ~IORING_SETUP_SUBMIT_ALL;
+      fd = setup(flags);
+    }
     if (fd < 0) throw new IoUringError('io_uring_setup', koffi.errno(), { entries, flags });
     this.fd = fd;
     try {
@@ -266,9 +271,10 @@ export class IoUring {
    * completions are ready. Returns how many SQEs the kernel consumed.
    */
   submit(waitFor = 0): number {
-    const toSubmit = this.pending;
-    if (toSubmit === 0 && waitFor === 0) return 0;
     Atomics.store(this.sqRing, this.sqTailIdx, this.sqTail);
+    // Everything the kernel has not consumed: without SUBMIT_ALL it stops at an SQE it cannot issue, leaving the rest.
+    const toSubmit = (this.sqTail - Atomics.load(this.sqRing, this.sqHeadIdx)) >>> 0;
+    if (toSubmit === 0 && waitFor === 0) return 0;
     for (;;) {
       const flags = waitFor > 0 ? IORING_ENTER_GETEVENTS : 0;
       const r = enter_(SYS_io_uring_enter, this.fd, toSubmit, waitFor, flags, null, 0) as number;
