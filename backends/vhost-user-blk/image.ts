@@ -126,6 +126,11 @@ function lock(fd: number, path: string, type: number): void {
     if (e instanceof SysError && (e.errno === EAGAIN || e.errno === EACCES)) {
       throw new ImageError(`image ${path} is locked by another process`, { path, code: e.code });
     }
+    if (e instanceof SysError) {
+      // ENOLCK (NFS without lockd), EINVAL/EOPNOTSUPP (no OFD locks): the image cannot be kept from a second writer.
+      throw new ImageError(`cannot lock image ${path}: its file system refuses locks (${e.code}); kumo-vhost-user-blk locks ` +
+        'every image so that two processes never write one', { path, code: e.code });
+    }
     throw e;
   }
 }

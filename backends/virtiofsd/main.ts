@@ -34,7 +34,7 @@ function raiseNofile(want: number | null): number {
   const cur = getrlimit(RLIMIT_NOFILE);
   let target: bigint | null = want === null ? (cur.cur >= DEFAULT_NOFILE ? null : DEFAULT_NOFILE) : want === 0 ? null : BigInt(want);
   if (target !== null) {
-    const nrOpen = BigInt(readFileSync('/proc/sys/fs/nr_open', 'utf8').trim());
+    const nrOpen = readNrOpen(target);
     if (want === null && target > nrOpen) target = nrOpen;
     if (target > nrOpen) throw new FsConfigError(`--rlimit-nofile=${want}: the fd limit cannot be raised above ${nrOpen} (/proc/sys/fs/nr_open)`);
     try {
@@ -51,6 +51,16 @@ function raiseNofile(want: number | null): number {
   return Number(now.cur);
 }
 
+/** fs.nr_open, the most RLIMIT_NOFILE may be; `fallback` where /proc/sys cannot be read (systemd ProcSubset=pid). */
+function readNrOpen(fallback: bigint): bigint {
+  try {
+    return BigInt(readFileSync('/proc/sys/fs/nr_open', 'utf8').trim());
+  } catch (e) {
+    log.warn({ err: (e as Error).message }, 'cannot read /proc/sys/fs/nr_open: trying the fd limit asked for');
+    return fallback;
+  }
+}
+
 /**
  * The fds the daemon keeps for itself out of RLIMIT_NOFILE, beyond what the guest may make it hold: every memory
  * region a front-end may send (held by the main thread and again by the queue worker), queue eventfds, io_uring
@@ -62,10 +72,14 @@ const INTERNAL_FDS = 2 * MAX_MEM_SLOTS + 256;
  * The guest's share of the fd limit (see GuestFds); a clear error when the limit leaves it nothing. With
  * --inode-file-handles the inode fd cache (which GuestFds does not count) comes off too.
  */
-function guestFdLimit(soft: number, o: FsOptions): number {
+function guestFdLimit(soft: number, o: FsOptions, asked: boolean): number {
   const kept = INTERNAL_FDS + (o.inodeFileHandles === 'never' ? 0 : o.openInodeFds);
   const limit = soft - kept;
-  if (limit < 1) throw new FsConfigError(`--rlimit-nofile: the fd limit is ${soft}, and the daemon keeps ${kept} for itself; it must be at least ${kept + 1}`);
+  if (limit < 1 && asked) throw new FsConfigError(`--rlimit-nofile: the fd limit is ${soft}, and the daemon keeps ${kept} for itself; it must be at least ${kept + 1}`);
+  if (limit < 1) {
+    throw new SetupError(`the fd limit is ${soft} and cannot be raised (hard limit: ulimit -Hn; docker --ulimit nofile=, systemd LimitNOFILE=); ` +
+      `kumo-virtiofsd keeps ${kept} fds for itself and needs at least ${kept + 1}: raise the hard limit`);
+  }
   if (limit < 128) log.warn({ limit }, 'the guest may hold very few fds; raise --rlimit-nofile');
   return limit;
 }
@@ -186,7 +200,7 @@ async function main(argv: string[]): Promise<number> {
     log.warn({ arch: process.arch }, 'no seccomp allow-list for this architecture: --seccomp=none');
     cfg.seccomp = 'none';
   }
-  cfg.fs.guestFdLimit = guestFdLimit(raiseNofile(cfg.rlimitNofile), cfg.fs);
+  cfg.fs.guestFdLimit = guestFdLimit(raiseNofile(cfg.rlimitNofile), cfg.fs, cfg.rlimitNofile !== null);
   const gid = cfg.socketGroup === null ? null : groupId(cfg.socketGroup);
   // Before the socket is bound: binding unlinks whatever socket file is there, another daemon's included.
   if (cfg.socketPath !== null) lockPidFile(cfg.socketPath);

@@ -51,8 +51,10 @@ export function enterSandbox(opts: FsOptions, log: Logger): SandboxFds {
       fs.chroot(opts.sharedDir);
     } catch (e) {
       if (!(e instanceof SysError) || e.errno !== EPERM) throw e;
-      throw new FsConfigError(`--sandbox=${opts.sandbox} needs CAP_SYS_ADMIN (namespace) or CAP_SYS_CHROOT (chroot): run kumo-virtiofsd ` +
-        'as root, or unprivileged with --sandbox=namespace (it then makes its own user namespace), or pass --sandbox=none');
+      const remedy = process.geteuid?.() === 0
+        ? 'it runs as root without them (a container dropped them): add CAP_SYS_CHROOT (or CAP_SYS_ADMIN), or pass --sandbox=none'
+        : 'run kumo-virtiofsd as root, or unprivileged with --sandbox=namespace (it then makes its own user namespace), or pass --sandbox=none';
+      throw new FsConfigError(`--sandbox=${opts.sandbox} needs CAP_SYS_ADMIN (namespace) or CAP_SYS_CHROOT (chroot): ${remedy}`);
     }
     fs.chdir('/');
   }

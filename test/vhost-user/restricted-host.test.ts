@@ -82,7 +82,7 @@ describe.skipIf(why !== null)('back-ends at a pids limit (io_uring cannot start 
 });
 
 /** Runs a back-end under a filter failing syscalls `nrs` with `errno`; its exit code and output. */
-function underFilter(errno: number, nrs: number[], args: string[]): { code: number | null; out: string } {
+function underFilter(errno: number, nrs: (number | string)[], args: string[]): { code: number | null; out: string } {
   const r = spawnSync('python3', [DENY, String(errno), nrs.join(','), '--', process.execPath, ...args], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, KUMO_LOG: 'warn' } });
   return { code: r.status, out: r.stdout + r.stderr };
 }
@@ -118,6 +118,13 @@ describe.skipIf(noPython)('back-ends under a seccomp profile that refuses what t
       expect(r.out).toMatch(/^kumo-virtiofsd: unshare\(CLONE_FS\) was refused \(EPERM\)/m);
       expect(r.out).not.toMatch(/\n\s+at /);
     }
+  });
+
+  it('kumo-vhost-user-blk on a file system that refuses locks names the image and the cause', () => {
+    const { img } = fresh();
+    const r = underFilter(37 /* ENOLCK */, ['72@1=37' /* fcntl(F_OFD_SETLK) */], [join(ROOT, 'bin/kumo-vhost-user-blk.js'), '--block-backend', `path=${img},socket=${join(dir, 'b.sock')}`]);
+    expect(r.code, r.out).toBe(1);
+    expect(r.out).toMatch(new RegExp(`^kumo-vhost-user-blk: cannot lock image ${img}: its file system refuses locks \\(ENOLCK\\)`, 'm'));
   });
 
   it('kumo-virtiofsd without openat2 refuses to start instead of failing every guest request', () => {
@@ -172,4 +179,32 @@ describe.skipIf(spawnSync('strace', ['-V']).error !== undefined)('kumo-vhost-use
     const out = kumoVu(['blk', '--socket', sock, 'verify']);
     expect(out, out).toMatch(/RESULT: PASS/);
   }, 60_000);
+});
+
+describe('kumo-virtiofsd under limits it cannot change, said as such', () => {
+  let dir = '';
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+  const daemon = (wrap: string[]): { code: number | null; out: string } => {
+    dir = mkdtempSync('/tmp/kumo-restricted-');
+    mkdirSync(join(dir, 'share'));
+    const r = spawnSync(wrap[0], [...wrap.slice(1), process.execPath, join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${join(dir, 'f.sock')}`,
+      `--shared-dir=${join(dir, 'share')}`, '--sandbox=chroot'], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, KUMO_LOG: 'warn' } });
+    return { code: r.status, out: r.stdout + r.stderr };
+  };
+
+  // It blamed --rlimit-nofile, which nobody passed and which cannot raise a hard limit anyway.
+  it.skipIf(spawnSync('prlimit', ['--version']).error !== undefined)('a hard fd limit too low: names the hard limit and how to raise it', () => {
+    const r = daemon(['prlimit', '--nofile=200', '--']);
+    expect(r.code, r.out).toBe(1);
+    expect(r.out).toMatch(/^kumo-virtiofsd: the fd limit is 200 and cannot be raised \(hard limit: ulimit -Hn/m);
+    expect(r.out).not.toMatch(/--rlimit-nofile/);
+  });
+
+  // Running as root already, it was told to run as root.
+  it.skipIf(process.getuid?.() !== 0 || spawnSync('setpriv', ['--version']).error !== undefined)('root without CAP_SYS_CHROOT: names the capability, in one line', () => {
+    const r = daemon(['setpriv', '--bounding-set=-sys_admin,-sys_chroot', '--inh-caps=-sys_admin,-sys_chroot', '--']);
+    expect(r.code, r.out).toBe(1);
+    expect(r.out).toMatch(/^kumo-virtiofsd: --sandbox=chroot needs .*it runs as root without them .*add CAP_SYS_CHROOT/m);
+    expect(r.out).not.toMatch(/\n\s+at /);
+  });
 });
