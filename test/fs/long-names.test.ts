@@ -1,24 +1,17 @@
 // Names over 255 bytes: the host file system decides (the daemon refused them, so a guest could neither open nor list
 // a directory holding one on a FUSE, vfat or exfat mount inside the share).
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FUSE_ROOT_ID } from '../../protocol/fuse/index.js';
 import { errCode } from './daemons.js';
 import { LocalShare } from './local-transport.js';
+import { mountTinyFuse, tinyFuseUnavailable } from './tiny-fuse.js';
 
-const SERVER = fileURLToPath(new URL('./tiny-fuse.py', import.meta.url));
 const LONG = 'é'.repeat(150); // 300 bytes
 
-function whyNot(): string | null {
-  if (process.getuid?.() !== 0) return 'not root (mounting a FUSE file system)';
-  if (!existsSync('/dev/fuse')) return 'no /dev/fuse';
-  if (spawnSync('python3', ['-c', '0']).error) return 'no python3 (the test FUSE server)';
-  return null;
-}
-const why = whyNot();
+const why = tinyFuseUnavailable();
 if (why !== null) console.log(`test/fs/long-names.test.ts skipped: ${why}`);
 
 const shares: LocalShare[] = [];
@@ -35,7 +28,7 @@ describe.skipIf(why !== null)('names longer than 255 bytes', () => {
     shares.push(s);
     await s.client.init();
     mkdirSync(join(s.dir, 'fm'));
-    const r = spawnSync('python3', [SERVER, join(s.dir, 'fm'), 'long-names'], { encoding: 'utf8', timeout: 10_000 });
+    const r = { stdout: mountTinyFuse(join(s.dir, 'fm'), 'long-names') };
     expect(r.stdout).toContain('mounted');
     const fm = (await s.client.lookup(FUSE_ROOT_ID, 'fm')).nodeid;
     const e = await s.client.lookup(fm, LONG);

@@ -4,22 +4,15 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FUSE_ROOT_ID, Init } from '../../protocol/fuse/index.js';
 import { connectFs, QEMU_VIRTIOFSD } from './daemons.js';
+import { mountTinyFuse, tinyFuseUnavailable } from './tiny-fuse.js';
 
-const SERVER = fileURLToPath(new URL('./tiny-fuse.py', import.meta.url));
 const SIZE = 2 << 20;
 const KiB = 1024;
 
-function whyNot(): string | null {
-  if (process.getuid?.() !== 0) return 'not root (mounting a FUSE file system)';
-  if (!existsSync('/dev/fuse')) return 'no /dev/fuse';
-  if (spawnSync('python3', ['-c', '0']).error) return 'no python3 (the test FUSE server)';
-  return null;
-}
-const why = whyNot();
+const why = tinyFuseUnavailable();
 if (why !== null) console.log(`test/fs/short-reads.test.ts skipped: ${why}`);
 
 const cleanups: (() => void)[] = [];
@@ -47,7 +40,7 @@ for (const who of ['kumo', 'qemu'] as const) {
       const share = join(dir, 'share');
       const mnt = join(share, 'fm');
       mkdirSync(mnt, { recursive: true });
-      const r = spawnSync('python3', [SERVER, mnt, 'short-reads'], { encoding: 'utf8', timeout: 10_000 });
+      const r = { stdout: mountTinyFuse(mnt, 'short-reads') };
       cleanups.push(() => {
         spawnSync('umount', ['-l', mnt]);
         rmSync(dir, { recursive: true, force: true });

@@ -46,6 +46,16 @@ async function startAtLimit(args: string[], sock: string): Promise<{ child: Chil
   return { child, cg };
 }
 
+/** A fresh directory (removed after the test) with a zeroed image: the blk command line's arguments for it. */
+function blkImage(base: string, size: number): { dir: string; sock: string; args: string[] } {
+  const dir = mkdtempSync(base);
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  const img = join(dir, 'disk.img');
+  writeFileSync(img, Buffer.alloc(size));
+  const sock = join(dir, 'blk.sock');
+  return { dir, sock, args: [join(ROOT, 'bin/kumo-vhost-user-blk.js'), '--block-backend', `path=${img},socket=${sock}`] };
+}
+
 function kumoVu(args: string[], input?: string): string {
   const r = spawnSync(process.execPath, [join(ROOT, 'bin/kumo-vu.js'), ...args], { encoding: 'utf8', input, timeout: 60_000 });
   return r.stdout + r.stderr;
@@ -53,12 +63,8 @@ function kumoVu(args: string[], input?: string): string {
 
 describe.skipIf(why !== null)('back-ends at a pids limit (io_uring cannot start a worker thread)', () => {
   it('kumo-vhost-user-blk: writes and FLUSHes pass, and FLUSH still passes once the limit is gone', async () => {
-    const dir = mkdtempSync('/var/tmp/kumo-thread-limit-');
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const img = join(dir, 'disk.img');
-    writeFileSync(img, Buffer.alloc(16 << 20));
-    const sock = join(dir, 'blk.sock');
-    const { cg } = await startAtLimit([join(ROOT, 'bin/kumo-vhost-user-blk.js'), '--block-backend', `path=${img},socket=${sock}`], sock);
+    const { sock, args } = blkImage('/var/tmp/kumo-thread-limit-', 16 << 20);
+    const { cg } = await startAtLimit(args, sock);
     const first = kumoVu(['blk', '--socket', sock, 'verify']);
     expect(first, first).toMatch(/RESULT: PASS/);
     expect(first).toMatch(/FLUSH/);
@@ -138,12 +144,8 @@ describe.skipIf(noPython)('back-ends under a seccomp profile that refuses what t
 describe.skipIf(spawnSync('prlimit', ['--version']).error !== undefined)('kumo-vhost-user-blk at its fd limit', () => {
   // accept4 failing (EMFILE) ended the daemon and removed its socket: no front-end could come back later.
   it('listens on after a failed accept and serves the next front-end once fds are free', async () => {
-    const dir = mkdtempSync('/tmp/kumo-restricted-');
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const img = join(dir, 'disk.img');
-    writeFileSync(img, Buffer.alloc(1 << 20));
-    const sock = join(dir, 'b.sock');
-    const child = spawn(process.execPath, [join(ROOT, 'bin/kumo-vhost-user-blk.js'), '--block-backend', `path=${img},socket=${sock}`], { stdio: 'ignore' });
+    const { sock, args } = blkImage('/tmp/kumo-restricted-', 1 << 20);
+    const child = spawn(process.execPath, args, { stdio: 'ignore' });
     cleanups.push(() => child.kill('SIGKILL'));
     await waitFor(sock);
     const pid = String(child.pid);
@@ -167,13 +169,9 @@ describe.skipIf(spawnSync('prlimit', ['--version']).error !== undefined)('kumo-v
 // blk kept SUBMIT_ALL in its only retry and could not start there (Ubuntu 22.04's 5.15, for one).
 describe.skipIf(spawnSync('strace', ['-V']).error !== undefined)('kumo-vhost-user-blk on a kernel before 5.18', () => {
   it('serves when io_uring_setup refuses its newer flags (EINVAL injected)', async () => {
-    const dir = mkdtempSync('/tmp/kumo-restricted-');
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const img = join(dir, 'disk.img');
-    writeFileSync(img, Buffer.alloc(1 << 20));
-    const sock = join(dir, 'b.sock');
+    const { sock, args } = blkImage('/tmp/kumo-restricted-', 1 << 20);
     const child = spawn('strace', ['-f', '-qq', '-o', '/dev/null', '-e', 'trace=io_uring_setup', '-e', 'inject=io_uring_setup:error=EINVAL:when=1..2',
-      process.execPath, join(ROOT, 'bin/kumo-vhost-user-blk.js'), '--block-backend', `path=${img},socket=${sock}`], { stdio: 'ignore' });
+      process.execPath, ...args], { stdio: 'ignore' });
     cleanups.push(() => child.kill('SIGKILL'));
     await waitFor(sock);
     const out = kumoVu(['blk', '--socket', sock, 'verify']);
