@@ -211,9 +211,9 @@ export class IoUring {
     return this.sqEntries - ((this.sqTail - Atomics.load(this.sqRing, this.sqHeadIdx)) >>> 0);
   }
 
-  /** SQEs prepared and not yet submitted. */
+  /** SQEs prepared and not yet taken by the kernel (unpublished, or left by a submit it stopped short: see submit()). */
   get pending(): number {
-    return (this.sqTail - this.sqRing[this.sqTailIdx]) >>> 0;
+    return (this.sqTail - Atomics.load(this.sqRing, this.sqHeadIdx)) >>> 0;
   }
 
   /** Fills the next SQE; returns false when the SQ is full (submit, then retry). */
@@ -273,7 +273,7 @@ export class IoUring {
   submit(waitFor = 0): number {
     Atomics.store(this.sqRing, this.sqTailIdx, this.sqTail);
     // Everything the kernel has not consumed: without SUBMIT_ALL it stops at an SQE it cannot issue, leaving the rest.
-    const toSubmit = (this.sqTail - Atomics.load(this.sqRing, this.sqHeadIdx)) >>> 0;
+    const toSubmit = this.pending;
     if (toSubmit === 0 && waitFor === 0) return 0;
     for (;;) {
       const flags = waitFor > 0 ? IORING_ENTER_GETEVENTS : 0;

@@ -71,11 +71,20 @@ export class VhostUserChannel {
 
   /** Next message, waiting at most timeoutMs for each read; null on a clean close. */
   recvSync(timeoutMs: number): RawMessage | null {
-    const res = this.recvWith((buf, len) => {
-      this.waitReadable(timeoutMs);
-      return recvMsg(this.fd, buf, len);
-    });
-    return res;
+    let started = false;
+    try {
+      return this.recvWith((buf, len) => {
+        this.waitReadable(timeoutMs);
+        const r = recvMsg(this.fd, buf, len);
+        if (r.n > 0) started = true;
+        return r;
+      });
+    } catch (e) {
+      // Part of a message read and the rest late: what comes next is no message boundary. The stream is done.
+      if (!(e instanceof VhostUserTimeoutError) || !started) throw e;
+      this.close();
+      throw new VhostUserProtocolError('the peer stopped in the middle of a message', { timeoutMs });
+    }
   }
 
   /** Wakes a pending recvAsync (it returns null) and closes the socket. */

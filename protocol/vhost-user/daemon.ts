@@ -235,9 +235,11 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
    */
   private async acceptInherited(fd: number): Promise<number> {
     const ep = new Epoll(2);
-    const wake = eventfd();
-    this.wakeAccept = () => eventfdWrite(wake);
+    let wake = -1;
     try {
+      wake = eventfd();
+      const w = wake;
+      this.wakeAccept = () => eventfdWrite(w);
       ep.add(fd, EPOLLIN, 0);
       ep.add(wake, EPOLLIN, 1);
       for (;;) {
@@ -249,7 +251,7 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
     } finally {
       this.wakeAccept = null;
       ep.close();
-      closeQuiet(wake);
+      if (wake >= 0) closeQuiet(wake);
     }
   }
 

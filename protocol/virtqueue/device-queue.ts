@@ -235,11 +235,12 @@ export class DeviceQueue {
     let steps = 0;
     // A buffer outside guest memory: the walk goes on (the chain's shape may still be bad too), then fails with reach.
     let outside: { index: number; hi: number; lo: number; len: number } | null = null;
-    let firstR = -1;
+    // -2: none seen yet (-1 is a descriptor beyond 2^53, see addr below).
+    let firstR = -2;
     let firstRLen = 0;
-    let firstW = -1;
+    let firstW = -2;
     let firstWLen = 0;
-    let lastW = -1;
+    let lastW = -2;
     let lastWLen = 0;
     for (;;) {
       // Each table entry can be visited at most once in a well-formed chain: more steps means a loop.
@@ -275,7 +276,7 @@ export class DeviceQueue {
         if (len > 0) {
           if (addr < 0 || !this.pushBuffer(writable, addr, len)) outside ??= { index: idx, hi, lo, len };
           wl += len;
-          if (firstW < 0) {
+          if (firstW === -2) {
             firstW = addr;
             firstWLen = len;
           }
@@ -287,7 +288,7 @@ export class DeviceQueue {
         if (len > 0) {
           if (addr < 0 || !this.pushBuffer(readable, addr, len)) outside ??= { index: idx, hi, lo, len };
           rl += len;
-          if (firstR < 0) {
+          if (firstR === -2) {
             firstR = addr;
             firstRLen = len;
           }

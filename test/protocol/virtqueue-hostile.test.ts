@@ -141,6 +141,14 @@ describe('DeviceQueue refuses hostile chains', () => {
     e = pop();
     expect(e.reach).toEqual({ firstReadable: { addr: BUF, len: 16 }, firstWritable: { addr: BUF + 64, len: 512 }, lastWritable: null });
     q.pushUsed(3, 0);
+    // The first writable descriptor beyond 2^53: no first writable buffer to answer in (not the second one).
+    writeDesc(mem, layout.descAddr, 8, BUF, 16, NEXT, 9);
+    writeDesc(mem, layout.descAddr, 9, 2 ** 53, 16, WRITE | NEXT, 10);
+    writeDesc(mem, layout.descAddr, 10, BUF + 64, 16, WRITE);
+    offer(mem, layout, 8);
+    e = pop();
+    expect(e.reach).toEqual({ firstReadable: { addr: BUF, len: 16 }, firstWritable: null, lastWritable: { addr: BUF + 64, len: 16 } });
+    q.pushUsed(8, 0);
     // A chain whose shape is bad as well says nothing of its buffers.
     writeDesc(mem, layout.descAddr, 7, RAM + 4096, 16, NEXT, 7);
     offer(mem, layout, 7);

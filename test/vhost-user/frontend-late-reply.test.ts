@@ -3,7 +3,8 @@
 // before it ("reply to the wrong request") and the device could not be started again until the VM restarted.
 import { describe, expect, it } from 'vitest';
 import { socketPair } from '../../protocol/sys/socket.js';
-import { Request, reply, VhostUserChannel, VhostUserFrontend, VhostUserTimeoutError } from '../../protocol/vhost-user/index.js';
+import { writeSync } from 'node:fs';
+import { encodeMessage, Request, reply, VhostUserChannel, VhostUserFrontend, VhostUserTimeoutError } from '../../protocol/vhost-user/index.js';
 
 describe('vhost-user front-end: a reply that comes after its wait timed out', () => {
   it('is dropped, and the next requests read their own replies', () => {
@@ -24,6 +25,22 @@ describe('vhost-user front-end: a reply that comes after its wait timed out', ()
       be.send(reply(Request.GET_QUEUE_NUM, { kind: 'u64', value: 4n }));
       expect(fe.getMaxMemSlots()).toBe(509);
       expect(fe.getQueueNum()).toBe(4);
+    } finally {
+      fe.close();
+      be.close();
+    }
+  });
+
+  // A reply cut short (header now, payload too late) leaves no message boundary to read on from.
+  it('ends the connection when a reply stops in the middle', () => {
+    const [a, b] = socketPair();
+    const fe = new VhostUserFrontend(a, { replyTimeoutMs: 150 });
+    const be = new VhostUserChannel(b);
+    try {
+      const whole = encodeMessage(reply(Request.GET_FEATURES, { kind: 'u64', value: 1n }));
+      writeSync(b, whole.subarray(0, 12)); // the header only
+      expect(() => fe.getFeatures()).toThrow(/stopped in the middle of a message/);
+      expect(() => fe.getQueueNum()).toThrow();
     } finally {
       fe.close();
       be.close();

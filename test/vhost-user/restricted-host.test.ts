@@ -171,8 +171,9 @@ describe.skipIf(spawnSync('strace', ['-V']).error !== undefined)('kumo-vhost-use
   it('serves when io_uring_setup refuses its newer flags (EINVAL injected)', async () => {
     const { sock, args } = blkImage('/tmp/kumo-restricted-', 1 << 20);
     const child = spawn('strace', ['-f', '-qq', '-o', '/dev/null', '-e', 'trace=io_uring_setup', '-e', 'inject=io_uring_setup:error=EINVAL:when=1..2',
-      process.execPath, ...args], { stdio: 'ignore' });
-    cleanups.push(() => child.kill('SIGKILL'));
+      process.execPath, ...args], { stdio: 'ignore', detached: true });
+    // The whole group: a killed strace lets its tracee run on.
+    cleanups.push(() => process.kill(-(child.pid as number), 'SIGKILL'));
     await waitFor(sock);
     const out = kumoVu(['blk', '--socket', sock, 'verify']);
     expect(out, out).toMatch(/RESULT: PASS/);
