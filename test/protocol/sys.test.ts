@@ -133,10 +133,13 @@ describe('protocol/sys', () => {
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     const exited = new Promise<void>((r) => child.once('exit', () => r()));
+    const pause = new Int32Array(new SharedArrayBuffer(4));
     try {
       for (const end = Date.now() + 3200; Date.now() < end; ) {
         const l = unixListen(path, 16, 0o700);
         unlinkSync(path); // gone before it stops listening: a refusal can only come from unixListen's own window
+        // A connect that found the path just before the unlink completes against the listener (else: refused at close).
+        Atomics.wait(pause, 0, 0, 5);
         close(l);
       }
     } finally {
