@@ -13,6 +13,7 @@ import { DiskConfig } from '../../vmm/config/disk.js';
 import { MemoryConfig } from '../../vmm/config/memory.js';
 import { validateVhostUserDevices } from '../../vmm/config/vhost-user-devices.js';
 import { attachVhostUserDevices, vhostUserDevices, type VhostUserAttachment } from '../../vmm/vhost-user/index.js';
+import { startTsWorker } from '../../vmm/vcpu/ts-worker.js';
 import { GuestDriver, MiB, startProcess, stopProcess, TestVm, type GuestQueue } from './harness.js';
 import { haveQsd } from '../blk/vu-client.js';
 
@@ -130,11 +131,21 @@ for (const b of backends) {
         g.writeConfig(BlkConfig.writeback, before ^ 1, 1);
         expect(g.config(BlkConfig.writeback, 1)).toBe(before ^ 1);
         expect(backendWce()).toBe(before ^ 1);
-        // The same write from a vCPU worker's model goes through the config eventfd and the main loop.
-        const rg = replica.virtio[0];
-        rg.device.writeConfig(BlkConfig.writeback, Uint8Array.of(before));
-        expect(v.loop.poll(1000)).toBeGreaterThan(0);
+        // The same write from a vCPU thread goes through the config eventfd and the main loop, and the guest's write
+        // returns only once the back-end has it: a guest that switched to writethrough sends no FLUSH for what follows.
+        const vcpu = startTsWorker(new URL('./fixtures/config-writer.ts', import.meta.url),
+          { spec: att.specs[0], offset: BlkConfig.writeback, bytes: [before] }, 'vcpu-config');
+        let written = false;
+        vcpu.once('message', () => (written = true));
+        await new Promise((r) => setTimeout(r, 300));
+        expect(written).toBe(false); // the main loop has not run: SET_CONFIG not sent yet
+        for (let i = 0; i < 100 && !written; i++) {
+          v.loop.poll(20);
+          await new Promise((r) => setTimeout(r, 10));
+        }
+        expect(written).toBe(true);
         expect(backendWce()).toBe(before);
+        await vcpu.terminate();
       }
       // Read-only fields stay as they are.
       g.writeConfig(BlkConfig.capacity, 1, 4);

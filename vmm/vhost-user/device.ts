@@ -1,13 +1,16 @@
 // The vhost-user proxy device: every thread answers feature/config reads from the shared spec; the
 // main thread's instance (with a link) turns activation, reset and config writes into messages.
+import { isMainThread } from 'node:worker_threads';
 import { logger } from '../../protocol/log.js';
 import { eventfdWrite } from '../../protocol/sys/fd.js';
 import type { ActivateContext, VirtioDevice } from '../virtio/device.js';
 import { VhostUserDeviceError } from './errors.js';
 import type { VhostUserLink } from './link.js';
-import type { VhostUserDeviceSpec } from './spec.js';
+import { DIRTY_ASKED, DIRTY_DONE, type VhostUserDeviceSpec } from './spec.js';
 
 const log = logger('vhost-user-device');
+/** How long a vCPU waits for the main thread to send its config write (bounded: it must never hang a vCPU for good). */
+const CONFIG_FLUSH_WAIT_MS = 5000;
 
 export class VhostUserDevice implements VirtioDevice {
   readonly name: string;
@@ -57,8 +60,27 @@ export class VhostUserDevice implements VirtioDevice {
     for (let i = 0; i < data.length; i++) Atomics.store(this.cfg, offset + i, data[i]);
     atomicMin(this.dirty, 0, offset);
     atomicMax(this.dirty, 1, offset + data.length);
-    if (this.link) this.link.flushConfig();
-    else eventfdWrite(this.spec.configEventFd);
+    if (this.link) {
+      this.link.flushConfig();
+      return;
+    }
+    const seq = Atomics.add(this.dirty, DIRTY_ASKED, 1) + 1;
+    eventfdWrite(this.spec.configEventFd);
+    // The guest's write returns once the back-end has it, as Cloud Hypervisor sends SET_CONFIG from the vCPU: a guest
+    // switching to writethrough sends no FLUSH after, and writes acked before the back-end switched would be writeback.
+    if (!isMainThread) this.waitFlushed(seq);
+  }
+
+  private waitFlushed(seq: number): void {
+    const until = Date.now() + CONFIG_FLUSH_WAIT_MS;
+    for (let done = Atomics.load(this.dirty, DIRTY_DONE); ((done - seq) | 0) < 0; done = Atomics.load(this.dirty, DIRTY_DONE)) {
+      const left = until - Date.now();
+      if (left <= 0) {
+        log.warn({ id: this.spec.id, waitedMs: CONFIG_FLUSH_WAIT_MS }, 'config write not yet sent to the back-end; the guest goes on');
+        return;
+      }
+      Atomics.wait(this.dirty, DIRTY_DONE, done, left);
+    }
   }
 
   activate(ctx: ActivateContext): void {

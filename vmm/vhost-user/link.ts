@@ -6,7 +6,7 @@ import { F_PROTOCOL_FEATURES, VhostUserFrontend } from '../../protocol/vhost-use
 import type { QueueActivation } from '../devices/types.js';
 import type { ActivateContext } from '../virtio/device.js';
 import { VhostUserDeviceError } from './errors.js';
-import { DIRTY_NONE_LO, type VhostUserDeviceSpec } from './spec.js';
+import { DIRTY_ASKED, DIRTY_DONE, DIRTY_NONE_LO, type VhostUserDeviceSpec } from './spec.js';
 
 const log = logger('vhost-user-device');
 
@@ -87,13 +87,17 @@ export class VhostUserLink {
 
   /** Sends the config bytes the guest wrote since the last flush (SET_CONFIG). */
   flushConfig(): void {
+    // Every vCPU write counted before the range is taken is in it: those vCPUs may go on once it is sent.
+    const asked = Atomics.load(this.dirty, DIRTY_ASKED);
     const lo = Atomics.exchange(this.dirty, 0, DIRTY_NONE_LO);
     const hi = Atomics.exchange(this.dirty, 1, 0);
-    if (lo >= hi) return;
     try {
-      this.frontend.setConfig(lo, this.cfg.slice(lo, hi));
+      if (lo < hi) this.frontend.setConfig(lo, this.cfg.slice(lo, hi));
     } catch (err) {
       log.error({ err, id: this.spec.id, offset: lo, len: hi - lo }, 'SET_CONFIG failed');
+    } finally {
+      Atomics.store(this.dirty, DIRTY_DONE, asked);
+      Atomics.notify(this.dirty, DIRTY_DONE);
     }
   }
 

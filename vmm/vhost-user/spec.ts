@@ -21,9 +21,13 @@ export interface VhostUserDeviceSpec {
 }
 
 export const DIRTY_NONE_LO = 0x7fffffff;
+/** Indices in the dirty range's Int32Array: config writes a vCPU asked to be sent, and those the main thread has sent. */
+export const DIRTY_ASKED = 2;
+export const DIRTY_DONE = 3;
 
+/** Int32 [dirtyLo, dirtyHi, flushes asked (a vCPU's config write), flushes done (the main thread's SET_CONFIG acked)]. */
 export function newDirtyRange(): SharedArrayBuffer {
-  const sab = new SharedArrayBuffer(8);
+  const sab = new SharedArrayBuffer(16);
   const w = new Int32Array(sab);
   w[0] = DIRTY_NONE_LO;
   w[1] = 0;
