@@ -1,5 +1,5 @@
-import { SetupError } from '../../protocol/errors.js';
 import { availableParallelism } from 'node:os';
+import { SetupError } from '../../protocol/errors.js';
 import type { GuestMemory } from '../../protocol/memory/index.js';
 import { ChainError, readFromChain, writeToChain, type DeviceQueue, type DescriptorChain, type Segment } from '../../protocol/virtqueue/index.js';
 import {
@@ -8,7 +8,7 @@ import {
   VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_OUTHDR_SIZE, VIRTIO_BLK_DISCARD_SEG_SIZE, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from '../../protocol/virtio/index.js';
 import {
-  IoUring, IoVecArena, IORING_FSYNC_DATASYNC, IOSQE_IO_LINK, IOSQE_ASYNC, ringRefusal,
+  IoUring, IoVecArena, IORING_FSYNC_DATASYNC, IOSQE_IO_LINK, IOSQE_ASYNC, ECANCELED, ringRefusal,
   FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
 } from '../../protocol/sys/uring.js';
 import { WarnLimiter, type Logger } from '../../protocol/log.js';
@@ -30,7 +30,6 @@ const SLOT_SHIFT = OP_SHIFT; // userData = slot + op * SLOT_SHIFT (+ ZERO_RANGE_
 const ZERO_RANGE_OP = 0x4000_0000;
 /** userData flag of the fallocate that allocates a range again after a punch (WRITE_ZEROES without ZERO_RANGE). */
 const ALLOC_OP = 0x8000_0000;
-const ECANCELED = 125;
 
 const KIND_RW = 0;
 const KIND_FLUSH = 1;

@@ -3,14 +3,13 @@ import type { GuestMemory } from '../../protocol/memory/index.js';
 import type { VringHandle } from '../../protocol/vhost-user/backend-types.js';
 import { closeQuiet, dupCloexecRaw, eventfd, IoVecList, preadvRaw } from '../../protocol/sys/fd.js';
 import { syncRaw } from '../../protocol/sys/fs.js';
-import { IoUring, IORING_FSYNC_DATASYNC, IOSQE_ASYNC } from '../../protocol/sys/uring.js';
+import { ECANCELED, IoUring, IORING_FSYNC_DATASYNC, IOSQE_ASYNC } from '../../protocol/sys/uring.js';
 import { CopySpread } from '../../protocol/sys/copy-spread.js';
 import type { Logger } from '../../protocol/log.js';
 import { DeferredReplies, type Deferrer } from './deferred.js';
 
 /** READs at least this large may be copied by an io-wq thread while the request loop goes on. */
 export const OFFLOAD_MIN_BYTES = 128 * 1024;
-const ECANCELED = 125;
 /** A lone READ at least this large is split in two halves copied at once (see readSplit). */
 export const SPLIT_MIN_BYTES = 256 * 1024;
 /** How long the request loop spins for the io-wq half before sleeping in io_uring_enter. */
@@ -204,7 +203,7 @@ export class IoOffload implements Deferrer {
     this.ring.submit(0);
   }
 
-  /** A free slot for a request on `fd` (the slot's own) whose reply header goes to hdrGpa; it becomes `last`. */
+  /** Runs slot s's READ or FSYNC here, which io_uring cancelled without running; its result. */
   private redo(s: number): number {
     if (!this.cancelNoted) {
       this.cancelNoted = true;
@@ -216,6 +215,7 @@ export class IoOffload implements Deferrer {
     return preadvRaw(fd, Number(list.ptr), list.count, this.offsets[s]);
   }
 
+  /** A free slot for a request on `fd` (the slot's own) whose reply header goes to hdrGpa; it becomes `last`. */
   private take(fd: number, hdrGpa: number, uniqueLo: number, uniqueHi: number): number {
     const s = this.free.pop() as number;
     this.fds[s] = fd;

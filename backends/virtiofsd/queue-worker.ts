@@ -70,13 +70,17 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
   const resumeFd = eventfd();
   ctx.epoll.add(resumeFd, EPOLLIN, RESUME_TOKEN);
   // After the sandbox (which needs CAP_SYS_ADMIN) and before the filter (which has no capset).
-  const kept = capabilities === null ? null : restrictThreadCaps(capabilities);
-  const caps = kept === null ? null : kept.map((c) => CAP_NAMES[c] ?? c);
-  const missing = capabilities === null || kept === null ? [] : capabilities.filter((c) => !kept.includes(c)).map((c) => CAP_NAMES[c] ?? c);
-  if (missing.length > 0) {
-    // As virtiofsd needs them: a container that dropped them leaves requests failing with EPERM, not the start.
-    const why = missing.includes('setuid') || missing.includes('setgid') ? ': creations by guest users other than root fail with EPERM' : '';
-    ctx.log.warn({ missing }, `capabilities the request thread needs are not permitted (${missing.join(', ')})${why}`);
+  const capName = (c: number): string | number => CAP_NAMES[c] ?? c;
+  let caps: (string | number)[] | null = null;
+  if (capabilities !== null) {
+    const kept = restrictThreadCaps(capabilities);
+    caps = kept.map(capName);
+    const missing = capabilities.filter((c) => !kept.includes(c)).map(capName);
+    if (missing.length > 0) {
+      // As virtiofsd needs them: a container that dropped them leaves requests failing with EPERM, not the start.
+      const why = missing.includes('setuid') || missing.includes('setgid') ? ': creations by guest users other than root fail with EPERM' : '';
+      ctx.log.warn({ missing }, `capabilities the request thread needs are not permitted (${missing.join(', ')})${why}`);
+    }
   }
   // Last: everything above needs calls that serving requests never makes again.
   restrictThreadSyscalls(REQUEST_THREAD_SYSCALLS, seccomp);

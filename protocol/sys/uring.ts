@@ -47,6 +47,11 @@ const IORING_ENTER_GETEVENTS = 1;
 const IORING_SQ_CQ_OVERFLOW = 1 << 1;
 const IORING_SQ_TASKRUN = 1 << 2;
 const EINVAL = 22;
+const EPERM = 1;
+const ENOSYS = 38;
+const ENOMEM = 12;
+/** The result (negated) of an operation io_uring cancelled: a link before it failed, or io-wq could not run it. */
+export const ECANCELED = 125;
 const IORING_FEAT_SINGLE_MMAP = 1 << 0;
 const IORING_OFF_SQ_RING = 0;
 const IORING_OFF_CQ_RING = 0x8000000;
@@ -76,11 +81,11 @@ export class IoUringError extends SysError {}
  */
 export function ringRefusal(e: unknown): string | null {
   if (!(e instanceof IoUringError) || e.call !== 'io_uring_setup') return null;
-  if (e.errno === 1 || e.errno === 38) {
+  if (e.errno === EPERM || e.errno === ENOSYS) {
     return `io_uring_setup was refused (${e.code}): kernel.io_uring_disabled is set, or a seccomp profile refuses io_uring ` +
       "(Docker's and containerd's defaults do); allow io_uring_setup, io_uring_enter and io_uring_register";
   }
-  if (e.errno === 12) {
+  if (e.errno === ENOMEM) {
     return 'io_uring_setup: ENOMEM: io_uring rings count against RLIMIT_MEMLOCK (ulimit -l) in a process without CAP_IPC_LOCK: ' +
       'raise that limit, or use a smaller queue_size';
   }

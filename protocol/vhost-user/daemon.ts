@@ -44,6 +44,8 @@ export interface DaemonEvents {
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+/** Pause after a failed accept (an fd limit frees up only as the host's other work goes on). */
+const ACCEPT_RETRY_MS = 500;
 
 /**
  * Serves one vhost-user front-end at a time for a device back-end. The main thread owns the socket, the
@@ -53,9 +55,6 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
  *   await d.start();   // workers loaded, socket listening
  *   await d.run();     // until stop() (or the first disconnect with exitOnDisconnect)
  */
-/** Pause after a failed accept (an fd limit frees up only as the host's other work goes on). */
-const ACCEPT_RETRY_MS = 500;
-
 export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
   readonly log: Logger;
   private pool: WorkerPool | null = null;

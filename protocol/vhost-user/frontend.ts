@@ -2,7 +2,7 @@ import type { GuestMemory } from '../memory/index.js';
 import { closeQuiet } from '../sys/fd.js';
 import { unixConnect } from '../sys/socket.js';
 import type { QueueLayout } from '../virtqueue/index.js';
-import { VhostUserChannel } from './channel.js';
+import { VhostUserChannel, type RawMessage } from './channel.js';
 import { decodeReply, hasOwnReply, request, type Message } from './codec.js';
 import { VhostUserError, VhostUserNackError, VhostUserProtocolError, VhostUserTimeoutError } from './errors.js';
 import {
@@ -96,7 +96,7 @@ export class VhostUserFrontend {
     return m;
   }
 
-  private ownReply(r: Request): NonNullable<ReturnType<VhostUserChannel['recvSync']>> {
+  private ownReply(r: Request): RawMessage {
     for (;;) {
       let raw;
       try {

@@ -2,9 +2,9 @@
  * Entry point of a vhost-user queue worker thread: one blocking epoll loop over the kick eventfds of the
  * rings it owns, the handler's own fds and a control eventfd through which the main thread posts commands.
  */
-import { SetupError } from '../errors.js';
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
+import { SetupError } from '../errors.js';
 import { logger, type Logger } from '../log.js';
 import { GuestMemory, type MemoryRegionSpec } from '../memory/index.js';
 import { Epoll, EPOLLERR, EPOLLHUP, EPOLLIN } from '../sys/epoll.js';

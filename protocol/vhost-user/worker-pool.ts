@@ -1,5 +1,5 @@
-import { SetupError } from '../errors.js';
 import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
+import { SetupError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { closeQuiet, eventfd, eventfdWrite } from '../sys/fd.js';
 import { threadRuns } from '../sys/proc.js';

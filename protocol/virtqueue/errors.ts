@@ -10,10 +10,6 @@ export class VirtqueueError extends KumoError {}
 export class RingMemoryError extends VirtqueueError {}
 
 /**
- * One hostile/malformed descriptor chain. Its head was consumed from the avail ring, so the device
- * may return it with `pushUsed(head, 0)` and carry on.
- */
-/**
  * A chain whose structure is sound but with a buffer outside guest memory: the descriptors a device answers
  * through, each as the whole (addr, len) of its descriptor where that lies in guest memory, else null. A device
  * can then fail the request in its own status field instead of returning it empty (which a driver may read as done).
@@ -24,6 +20,10 @@ export interface ChainReach {
   lastWritable: { addr: number; len: number } | null;
 }
 
+/**
+ * One hostile/malformed descriptor chain. Its head was consumed from the avail ring, so the device
+ * may return it with `pushUsed(head, 0)` and carry on.
+ */
 export class ChainError extends VirtqueueError {
   readonly head: number;
   readonly reach: ChainReach | null;
