@@ -13,7 +13,7 @@ import {
 } from '../../protocol/sys/uring.js';
 import { WarnLimiter, type Logger } from '../../protocol/log.js';
 import { closeQuiet, preadvRaw, pwritevRaw, reopenDescription } from '../../protocol/sys/fd.js';
-import { blkDiscard, syncRaw } from '../../protocol/sys/fs.js';
+import { blkDiscard, fallocateRaw, syncRaw } from '../../protocol/sys/fs.js';
 import { CopySpread } from '../../protocol/sys/copy-spread.js';
 import { mapAnonymous, type Mapping } from '../../protocol/sys/mem.js';
 import { DirectZeroes, WriteGate, WRITEBACK_FAILED } from './bounce.js';
@@ -221,6 +221,7 @@ export class BlkQueueEngine {
         started: (k) => {
           this.opsInFlight += k;
         },
+        cancelled: () => this.noteCancel(),
       }, align, opts.queueSize, opts.pooled?.piece, opts.pooled?.limit)
       : null;
     const n = this.slots;
@@ -835,11 +836,7 @@ export class BlkQueueEngine {
     }
     const slot = ud & 0xffff;
     const pooled = this.pooled;
-    if (res === -ECANCELED && (pooled === null || !pooled.owns(slot)) && (ud & ALLOC_OP) === 0) {
-      const kind = this.sKind[slot];
-      if (kind === KIND_FLUSH) res = this.redo(-1);
-      else if (kind === KIND_RW || kind === KIND_WT_WRITE) res = this.redo(slot);
-    }
+    if (res === -ECANCELED && (pooled === null || !pooled.owns(slot))) res = this.redoCancelled(ud, slot);
     if (pooled !== null && pooled.owns(slot)) {
       const failed = pooled.complete(slot, (ud >>> 16) & 0x3fff, res);
       if (failed === POOLED_PENDING) return;
@@ -884,19 +881,38 @@ export class BlkQueueEngine {
   }
 
   /**
-   * An operation io_uring cancelled without running it (-ECANCELED: io-wq could not start a worker thread, at a pids
-   * or RLIMIT_NPROC limit) is run here instead: slot -1 the fdatasync, else the slot's READ/WRITE. It is no I/O error,
-   * and above all no failed write-back, which would fail every later FLUSH.
+   * An op io_uring cancelled without running it (-ECANCELED: io-wq could not start a worker thread, at a pids or
+   * RLIMIT_NPROC limit) is run here instead; its result. It is no I/O error, and above all no failed write-back,
+   * which would fail every later FLUSH.
    */
+  private redoCancelled(ud: number, slot: number): number {
+    const kind = this.sKind[slot];
+    if (kind === KIND_FLUSH) return this.redo(-1);
+    if (kind === KIND_RW || kind === KIND_WT_WRITE) return this.redo(slot);
+    // The allocation linked after a punch is cancelled when the punch failed too: redone only after a punch that did not.
+    if ((ud & ALLOC_OP) !== 0 && this.sStatus[slot] !== VIRTIO_BLK_S_OK) return -ECANCELED;
+    this.noteCancel();
+    const i = ((ud & ~(ZERO_RANGE_OP | ALLOC_OP)) >>> 16) & 0x3fff;
+    const mode = (ud & ALLOC_OP) !== 0 ? FALLOC_FL_KEEP_SIZE
+      : (ud & ZERO_RANGE_OP) !== 0 ? FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE
+        : FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    const base = slot * BlkLimits.maxDiscardSeg * 2;
+    return fallocateRaw(this.fd, mode, this.sRanges[base + 2 * i], this.sRanges[base + 2 * i + 1]);
+  }
+
+  /** A cancelled op run here: slot -1 the fdatasync, else the slot's READ/WRITE. */
   private redo(slot: number): number {
-    if (!this.cancelNoted) {
-      this.cancelNoted = true;
-      this.opts.log?.warn('io_uring could not start a worker thread (a pids or RLIMIT_NPROC limit?): such operations run on the queue thread');
-    }
+    this.noteCancel();
     if (slot < 0) return syncRaw(this.fd);
     const n = this.sIovN[slot];
     const iov = this.iov.slotAddress(slot);
     return n < 0 ? pwritevRaw(this.fd, iov, -n, this.sOffset[slot]) : preadvRaw(this.fd, iov, n, this.sOffset[slot]);
+  }
+
+  private noteCancel(): void {
+    if (this.cancelNoted) return;
+    this.cancelNoted = true;
+    this.opts.log?.warn('io_uring could not start a worker thread (a pids or RLIMIT_NPROC limit?): such operations run on the queue thread');
   }
 
   /** A request whose operations all completed: acked now, or after the next group fdatasync. */

@@ -1,5 +1,6 @@
 import type { GuestMemory } from '../../protocol/memory/index.js';
-import type { IoUring } from '../../protocol/sys/uring.js';
+import { preadRaw, pwriteRaw } from '../../protocol/sys/fd.js';
+import { ECANCELED, type IoUring } from '../../protocol/sys/uring.js';
 import { readFromChain, writeToChain, type Segment } from '../../protocol/virtqueue/index.js';
 import { BouncePool, cutBack, WriteGate } from './bounce.js';
 import type { Mapping } from '../../protocol/sys/mem.js';
@@ -41,6 +42,8 @@ export interface PooledHost {
   ensureSq(k: number): void;
   /** `n` more ops are in flight. */
   started(n: number): void;
+  /** An op was cancelled (io-wq could not start a worker) and is run on this thread instead. */
+  cancelled(): void;
 }
 
 /**
@@ -152,6 +155,7 @@ export class PooledIo {
     const buf = this.buf[slot] as Mapping;
     const at = this.at[slot];
     const span = this.span[slot];
+    if (res === -ECANCELED && phase !== FAILING) res = this.redo(slot, op);
     const stop = this.offset[slot] + this.len[slot];
     if (phase === READ) {
       if (res < Math.min(stop, at + span) - at) this.failed[slot] = 1;
@@ -237,6 +241,21 @@ export class PooledIo {
     this.issue(slot, (head ? 1 : 0) + (tail ? 1 : 0));
     if (head) h.ring.prepRead(h.fd, base, a, at, slot);
     if (tail) h.ring.prepRead(h.fd, base + span - a, a, at + span - a, slot + OP_SHIFT);
+  }
+
+  /** The slot's op that io_uring cancelled without running it (io-wq could not start a worker), run here. */
+  private redo(slot: number, op: number): number {
+    this.host.cancelled();
+    const fd = this.host.fd;
+    const base = Number((this.buf[slot] as Mapping).ptr);
+    const at = this.at[slot];
+    const span = this.span[slot];
+    const a = this.alignment;
+    switch (this.phase[slot]) {
+      case READ: return preadRaw(fd, base, span, at);
+      case PATCH_READ: return op === 0 ? preadRaw(fd, base, a, at) : preadRaw(fd, base + span - a, a, at + span - a);
+      default: return pwriteRaw(fd, base, span, at);
+    }
   }
 
   /** Completes the request as failed through the ring, as every pooled request completes. */

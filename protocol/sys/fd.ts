@@ -30,6 +30,8 @@ const readv_ = libc.func('readv', 'long', ['int', 'void *', 'int']);
 const writev_ = libc.func('writev', 'long', ['int', 'void *', 'int']);
 const preadv_ = libc.func('preadv', 'long', ['int', 'void *', 'int', 'int64']);
 const pwritev_ = libc.func('pwritev', 'long', ['int', 'void *', 'int', 'int64']);
+const pread_ = libc.func('pread', 'long', ['int', 'void *', 'size_t', 'int64']);
+const pwrite_ = libc.func('pwrite', 'long', ['int', 'void *', 'size_t', 'int64']);
 const pwritev2_ = libc.func('pwritev2', 'long', ['int', 'void *', 'int', 'int64', 'int']);
 const eventfd_ = libc.func('eventfd', 'int', ['uint', 'int']);
 const timerfdCreate_ = libc.func('timerfd_create', 'int', ['int', 'int']);
@@ -177,9 +179,9 @@ export function preadvRest(fd: number, iov: IoVecList, offset: FileOffset, n: nu
 }
 
 /** One positioned vector call, retried on EINTR; bytes moved or -errno. */
-function positionedIo(f: typeof preadv_, fd: number, iovAddr: number, count: number, offset: number): number {
+function positionedIo(f: typeof preadv_, fd: number, addr: number, count: number, offset: number): number {
   for (;;) {
-    const r = Number(f(fd, iovAddr, count, offset));
+    const r = Number(f(fd, addr, count, offset));
     if (r >= 0) return r;
     const e = koffi.errno();
     if (e !== EINTR) return -e;
@@ -194,6 +196,16 @@ export function preadvRaw(fd: number, iovAddr: number, count: number, offset: nu
 /** pwritev over a native iovec array at `iovAddr`; returns bytes written or -errno (no exception). */
 export function pwritevRaw(fd: number, iovAddr: number, count: number, offset: number): number {
   return positionedIo(pwritev_, fd, iovAddr, count, offset);
+}
+
+/** pread into native memory at `addr`; returns bytes read or -errno (no exception). */
+export function preadRaw(fd: number, addr: number, len: number, offset: number): number {
+  return positionedIo(pread_, fd, addr, len, offset);
+}
+
+/** pwrite from native memory at `addr`; returns bytes written or -errno (no exception). */
+export function pwriteRaw(fd: number, addr: number, len: number, offset: number): number {
+  return positionedIo(pwrite_, fd, addr, len, offset);
 }
 
 /** pwritev2 flag: write at the end of the file, whatever the offset (as O_APPEND, for this call only). */

@@ -384,6 +384,11 @@ export function fallocate(fd: number, mode: number, offset: FileOffset, len: Fil
   ck('fallocate', fallocate_(fd, mode, int64(offset), int64(len)), { fd });
 }
 
+/** fallocate; 0 or -errno (no exception). */
+export function fallocateRaw(fd: number, mode: number, offset: number, len: number): number {
+  return Number(fallocate_(fd, mode, offset, len)) < 0 ? -koffi.errno() : 0;
+}
+
 export const SEEK_SET = 0;
 export const SEEK_CUR = 1;
 export const SEEK_END = 2;

@@ -61,6 +61,7 @@ class PooledHarness {
       started: (n) => {
         this.inFlight += n;
       },
+      cancelled: () => {},
     }, ALIGN, 64, piece, poolLimit);
   }
 

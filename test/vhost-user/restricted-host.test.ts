@@ -9,6 +9,8 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSyn
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
+import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP } from '../../protocol/virtio/index.js';
+import { BlkVuClient } from '../blk/vu-client.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const PIDS = '/sys/fs/cgroup/pids';
@@ -71,6 +73,35 @@ describe.skipIf(why !== null)('back-ends at a pids limit (io_uring cannot start 
     writeFileSync(join(cg, 'pids.max'), 'max');
     const second = kumoVu(['blk', '--socket', sock, 'verify']);
     expect(second, second).toMatch(/RESULT: PASS/);
+  }, 120_000);
+
+  it('kumo-vhost-user-blk: DISCARD, WRITE_ZEROES (with and without UNMAP) and direct=on writes off the alignment pass', async () => {
+    for (const direct of ['off', 'on']) {
+      const { sock, args } = blkImage('/var/tmp/kumo-thread-limit-', 1 << 20);
+      args[args.length - 1] += `,direct=${direct}`;
+      const img = /path=([^,]+)/.exec(args[args.length - 1])![1];
+      writeFileSync(img, Buffer.alloc(1 << 20, 0xaa));
+      await startAtLimit(args, sock);
+      const c = await BlkVuClient.connect(sock);
+      cleanups.push(() => c.close());
+      const data = c.buf(4096 + 512);
+      c.mem.fill(data, 4096 + 512, 0x5c);
+      const st = [
+        c.add(0, VIRTIO_BLK_T_DISCARD, 0, [c.ranges([{ sector: 0, numSectors: 8, flags: 0 }])], [], 0),
+        c.add(0, VIRTIO_BLK_T_WRITE_ZEROES, 0, [c.ranges([{ sector: 8, numSectors: 8, flags: 0 }])], [], 1),
+        c.add(0, VIRTIO_BLK_T_WRITE_ZEROES, 0, [c.ranges([{ sector: 16, numSectors: 8, flags: VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP }])], [], 2),
+        // A buffer off the 512-byte alignment: direct=on takes it through the pooled buffer.
+        c.add(0, VIRTIO_BLK_T_OUT, 64, [{ addr: data + 1, len: 4096 }], [], 3),
+        c.add(0, VIRTIO_BLK_T_FLUSH, 0, [], [], 4),
+      ];
+      c.run(0, st.length);
+      expect(st.map((a) => c.mem.readU8(a)), `direct=${direct}`).toEqual(st.map(() => VIRTIO_BLK_S_OK));
+      const disk = readFileSync(img);
+      expect(disk.subarray(4096, 3 * 4096).every((b) => b === 0), `direct=${direct}: zeroed`).toBe(true);
+      expect(disk.subarray(64 * 512, 64 * 512 + 4096).every((b) => b === 0x5c), `direct=${direct}: written`).toBe(true);
+      expect(disk[3 * 4096]).toBe(0xaa);
+      for (const f of cleanups.splice(0).reverse()) f();
+    }
   }, 120_000);
 
   it('kumo-virtiofsd: FSYNC and fdatasync pass', async () => {
