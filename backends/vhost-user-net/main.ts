@@ -2,7 +2,7 @@
 // A vhost-user virtio-net backend over a multi-queue TAP (Cloud Hypervisor's vhost_user_net CLI).
 // stdout carries machine-readable lines: {"ready":..} once serving, {"counters":..} on SIGUSR1 and at exit.
 import { parseArgs } from 'node:util';
-import { KumoError } from '../../protocol/errors.js';
+import { KumoError, SetupError } from '../../protocol/errors.js';
 import { logger } from '../../protocol/log.js';
 import { KUMO_VERSION } from '../../protocol/version.js';
 import { configureLink, linkMtu, openTap, parseIPv4, parseMac, setTapQueueAttached, type Tap } from '../../protocol/sys/tap.js';
@@ -97,7 +97,7 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => void stop());
 
   await daemon.start().catch((e: unknown) => {
-    if (!(e instanceof VhostUserSocketError)) throw e;
+    if (!(e instanceof VhostUserSocketError || e instanceof SetupError)) throw e;
     tap.close();
     fatal(e.message);
   });

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { SetupError } from '../errors.js';
 import { libc, check, rawSyscall } from './libc.js';
 
 const SYS_gettid = 186;
@@ -50,4 +51,20 @@ export function hostPid(): number {
     // no procfs: process.pid
   }
   return process.pid;
+}
+
+/**
+ * Node starts no worker thread in a working directory that was removed (its worker bootstrap calls process.cwd()),
+ * so such a process moves to /. A relative path given to it would then name another file: that is refused instead.
+ */
+export function leaveRemovedWorkingDirectory(paths: readonly (string | undefined)[]): void {
+  try {
+    process.cwd();
+    return;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+  const relative = paths.find((p) => p !== undefined && !p.startsWith('/'));
+  if (relative !== undefined) throw new SetupError(`the working directory was removed, so the relative path ${relative} names nothing; give an absolute path`);
+  process.chdir('/');
 }

@@ -4,6 +4,7 @@ import { dirname } from 'node:path';
 import { logger, type Logger } from '../log.js';
 import { closeQuiet, eventfd, eventfdWrite } from '../sys/fd.js';
 import { Epoll, EPOLLIN } from '../sys/epoll.js';
+import { leaveRemovedWorkingDirectory } from '../sys/proc.js';
 import { accept, acceptAsync, adoptListener, shutdown, unixConnect, unixListen } from '../sys/socket.js';
 import type { VhostUserBackend } from './backend-types.js';
 import { VhostUserChannel } from './channel.js';
@@ -88,6 +89,7 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
       throw new VhostUserError('numQueues must be 1..256', { numQueues: b.numQueues });
     }
     const qpw = Math.max(1, b.queuesPerWorker ?? 1);
+    leaveRemovedWorkingDirectory([this.opts.listenFd === undefined ? this.opts.socketPath : undefined]);
     this.pool = await WorkerPool.spawn({
       count: Math.ceil(b.numQueues / qpw),
       module: b.queueWorker.module,

@@ -49,6 +49,17 @@ describe.skipIf(!hasKvm)('kumo CLI boots tiny kernels on /dev/kvm', () => {
     expect(readFileSync(out, 'latin1')).toBe('PVH:console=ttyS0 hello');
   });
 
+  it('boots from a working directory that was removed (Node starts no vCPU worker there unless the VMM moves to /)', () => {
+    const kernel = file('pvh-cwd.elf', pvhElf([...x86.print('CWD', 0x3f8), ...x86.poweroffS5(), ...x86.jmpSelf()]));
+    const out = join(dir, 'cwd.serial');
+    const gone = join(dir, 'gone');
+    const r = spawnSync('sh', ['-c', 'mkdir "$1" && cd "$1" && rmdir "$1" && shift && exec "$@"', 'sh', gone, process.execPath, KUMO,
+      '--kernel', kernel, '--memory', 'size=64M', '--serial', `file=${out}`, '--console', 'off'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, KUMO_LOG: 'warn' } });
+    expect(r.stderr).toMatch(/powered off/);
+    expect(r.status).toBe(0);
+    expect(readFileSync(out, 'latin1')).toBe('CWD');
+  });
+
   it('PVH ELF with an initramfs: the modlist entry points at the initramfs bytes', () => {
     const code = [
       0x8b, 0x5b, 0x10, // mov ebx, [ebx+16]  (modlist_paddr)

@@ -1,4 +1,5 @@
 import { Worker } from 'node:worker_threads';
+import { leaveRemovedWorkingDirectory } from '../../protocol/sys/proc.js';
 
 /**
  * Starts a worker on a TypeScript module. Node 20 + tsx cannot take `--import tsx` in execArgv
@@ -6,6 +7,8 @@ import { Worker } from 'node:worker_threads';
  * When the module is already JavaScript (a compiled build), it is loaded directly.
  */
 export function startTsWorker(moduleUrl: URL, workerData: unknown, name: string): Worker {
+  // Everything the command line named is open by now; a path a later API call gives resolves from / then.
+  leaveRemovedWorkingDirectory([]);
   if (moduleUrl.pathname.endsWith('.js')) return new Worker(moduleUrl, { workerData, name });
   const src =
     `import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(moduleUrl.href)}); })` +
