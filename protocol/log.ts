@@ -1,3 +1,4 @@
+import { writeSync } from 'node:fs';
 import { pino, type Logger } from 'pino';
 import { SyslogSink } from './syslog-sink.js';
 
@@ -15,10 +16,28 @@ const SYSLOG_ENV = 'KUMO_LOG_SYSLOG_IDENT';
 interface LineSink {
   write(line: string): void;
 }
-// Logs go to stderr so stdout stays free for a guest console or a tool's report; --syslog moves them.
-// Synchronous: a queue worker thread blocks in its epoll loop, so an async write's completion would never
-// run there and every later line of that thread stayed buffered (its warnings were lost).
-const stderrSink: LineSink = pino.destination({ dest: 2, sync: true });
+const pause = new Int32Array(new SharedArrayBuffer(4));
+/**
+ * Logs go to stderr so stdout stays free for a guest console or a tool's report; --syslog moves them.
+ * Synchronous: a queue worker thread blocks in its epoll loop, so an async write's completion would never run
+ * there and every later line of that thread stayed buffered (its warnings were lost). A line that cannot be
+ * written (a full disk, /dev/full, a closed pipe) is dropped, as qemu-storage-daemon and virtiofsd drop theirs:
+ * pino's own destination threw such errors out of whatever code logged, and a back-end died with its guest's disk.
+ */
+const stderrSink: LineSink = {
+  write(line: string): void {
+    let buf = Buffer.from(line);
+    for (let waits = 0; buf.length > 0;) {
+      try {
+        buf = buf.subarray(writeSync(2, buf));
+      } catch (e) {
+        // A non-blocking stderr whose reader is slow: wait for it a while, then drop the line.
+        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN' || ++waits > 1000) return;
+        Atomics.wait(pause, 0, 0, 1);
+      }
+    }
+  },
+};
 let sink: LineSink = (process.env[SYSLOG_ENV] && SyslogSink.open(process.env[SYSLOG_ENV])) || stderrSink;
 const root: Logger = pino({ level, base: { pid: process.pid } }, { write: (line: string) => sink.write(line) });
 
