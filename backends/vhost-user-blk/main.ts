@@ -2,6 +2,7 @@ import { logger } from '../../protocol/log.js';
 import { KumoError, SetupError } from '../../protocol/errors.js';
 import { KUMO_VERSION } from '../../protocol/version.js';
 import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
+import { stopOnUncaughtError } from '../../protocol/vhost-user/fatal.js';
 import { VhostUserSocketError } from '../../protocol/vhost-user/errors.js';
 import { BlockBackendConfig } from './config.js';
 import { DiskImage } from './image.js';
@@ -79,6 +80,7 @@ async function main(): Promise<number> {
     log,
   });
   const daemon = new VhostUserDaemon(backend, { socketPath: cfg.socket, name: 'vhost-user-blk' });
+  stopOnUncaughtError(daemon, log);
   const stop = () => {
     void daemon.stop();
   };

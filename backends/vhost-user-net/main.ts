@@ -7,6 +7,7 @@ import { logger } from '../../protocol/log.js';
 import { KUMO_VERSION } from '../../protocol/version.js';
 import { configureLink, linkMtu, openTap, parseIPv4, parseMac, setTapQueueAttached, type Tap } from '../../protocol/sys/tap.js';
 import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
+import { stopOnUncaughtError } from '../../protocol/vhost-user/fatal.js';
 import { VhostUserSocketError } from '../../protocol/vhost-user/errors.js';
 import { NetBackend } from './backend.js';
 import { NetBackendConfig } from './config.js';
@@ -79,10 +80,18 @@ async function main(): Promise<void> {
     mode: config.client ? 'client' : 'server',
     name: 'vhost-user-net',
   });
+  stopOnUncaughtError(daemon, log);
 
   const counters = () => sumCounters(backend.counters, config.queuePairs);
   const perPair = () => Array.from({ length: config.queuePairs }, (_, p) => readCounters(counterView(backend.counters, p)));
   const dump = () => process.stdout.write(`${JSON.stringify({ counters: counters(), pairs: perPair() })}\n`);
+  // stdout read only for the ready line (`| head -1`), closed, or on a full disk: the counters are not printed and the
+  // back-end serves on. Unhandled, the error was an uncaught exception.
+  let stdoutFailed = false;
+  process.stdout.on('error', (e: Error) => {
+    if (!stdoutFailed) log.warn({ err: e.message }, 'stdout cannot be written: the counters are not printed');
+    stdoutFailed = true;
+  });
   process.on('SIGUSR1', dump);
   let stopping = false;
   const stop = async () => {

@@ -4,7 +4,7 @@ import { SYSLOG_SOCKET } from '../../protocol/syslog-sink.js';
 import { KumoError, SetupError } from '../../protocol/errors.js';
 import { KUMO_VERSION } from '../../protocol/version.js';
 import { VhostUserDaemon } from '../../protocol/vhost-user/daemon.js';
-import { MAX_MEM_SLOTS, VhostUserSocketError } from '../../protocol/vhost-user/index.js';
+import { MAX_MEM_SLOTS, VhostUserSocketError, stopOnUncaughtError } from '../../protocol/vhost-user/index.js';
 import { getrlimit, setrlimit, openat, AT_FDCWD, RLIMIT_NOFILE } from '../../protocol/sys/fs.js';
 import { closeQuiet, O_CLOEXEC, O_DIRECTORY, O_PATH } from '../../protocol/sys/fd.js';
 import { listenerProblem } from '../../protocol/sys/socket.js';
@@ -211,6 +211,7 @@ async function main(argv: string[]): Promise<number> {
     // Owner only whatever the umask, as virtiofsd: a vhost-user-fs front-end acts as root in the share.
     socketPath: cfg.socketPath ?? undefined, socketMode: 0o700, listenFd: cfg.listenFd ?? undefined, exitOnDisconnect: true, name: 'virtiofsd',
   });
+  stopOnUncaughtError(daemon, log);
   await daemon.start();
   if (gid !== null && cfg.socketPath !== null) {
     try {

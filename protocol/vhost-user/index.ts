@@ -11,5 +11,6 @@ export {
   HANDLER_TOKEN_BASE,
 } from './backend-types.js';
 export { VhostUserDaemon, type DaemonOptions } from './daemon.js';
+export { stopOnUncaughtError } from './fatal.js';
 export { DEFAULT_PROTOCOL_FEATURES, SUPPORTED_PROTOCOL_FEATURES, MAX_MEM_SLOTS, RequestRefusedError } from './session.js';
 export { VhostUserFrontend, guestToUser, type FrontendOptions, type ConnectOptions } from './frontend.js';
