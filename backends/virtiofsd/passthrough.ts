@@ -35,6 +35,11 @@ const O_PATH = 0o10000000;
 const GUEST_OPEN_FLAGS = O_ACCMODE | O_APPEND | O_TRUNC | O_EXCL | O_NONBLOCK | O_DSYNC | O_SYNC | O_DIRECT | O_NOATIME | O_LARGEFILE;
 const RESOLVE = fs.RESOLVE_BENEATH | fs.RESOLVE_NO_SYMLINKS | fs.RESOLVE_NO_MAGICLINKS;
 const OFFSET_MAX = 0x7fffffffffffffffn;
+/**
+ * LOOKUP failures of one name that READDIRPLUS lists without an entry (a dead mount point: ENOTCONN, EIO; a mount
+ * without file handles under --inode-file-handles=mandatory: EOPNOTSUPP), so the rest of the directory still lists.
+ */
+const ENTRY_UNREACHABLE = new Set<number>([E.EPERM, E.EIO, E.ENXIO, E.ENODEV, E.EACCES, E.ETIMEDOUT, E.ENOTCONN, E.EHOSTDOWN, E.ESTALE, E.EOPNOTSUPP]);
 const RENAME_NOREPLACE = 1;
 const RENAME_EXCHANGE = 2;
 const RENAME_WHITEOUT = 4;
@@ -353,6 +358,19 @@ export class PassthroughFs {
     return i;
   }
 
+  /**
+   * An O_PATH fd on the file `fd` has open (or -errno): CREATE's entry is the inode its handle opened, not whatever the
+   * name leads to by the time it is looked up again (another writer on the share may have renamed a file over it).
+   */
+  private pathOf(fd: number): number {
+    try {
+      return fs.openat(this.procSelfFd, String(fd), O_PATH | O_CLOEXEC);
+    } catch (e) {
+      if (e instanceof SysError) return -e.errno;
+      throw e;
+    }
+  }
+
   /** Between requests: closes inode fds beyond the --inode-file-handles cache size. */
   trimInodeFds(): void {
     this.fileHandles?.trim();
@@ -365,7 +383,7 @@ export class PassthroughFs {
     this.guestFds.need(2); // the new inode and its open file
     const fd = this.createOpen(c, parent, cname, flags, mode, umask, kill);
     if (fd < 0) throw new FsError(-fd, 'create failed');
-    const pathFd = fs.openat2Raw(parent.fd, cname, O_PATH | O_NOFOLLOW, 0, RESOLVE);
+    const pathFd = this.pathOf(fd);
     const nodeid = pathFd < 0 ? pathFd : this.registerRaw(pathFd);
     if (nodeid < 0) {
       closeQuiet(fd);
@@ -613,7 +631,9 @@ export class PassthroughFs {
     if (fd < 0) throw new FsError(-fd, 'create failed');
     let entry: EntryOut;
     try {
-      entry = this.newEntry(parent, name);
+      const pathFd = this.pathOf(fd);
+      if (pathFd < 0) throw new FsError(-pathFd, 'created file vanished');
+      entry = this.register(pathFd, parent);
     } catch (e) {
       closeQuiet(fd);
       throw e;
@@ -629,7 +649,11 @@ export class PassthroughFs {
     // Through the fd's /proc link, as virtiofsd does: AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH, or (Linux 6.10+) an
     // fd opened under this thread's current credentials, which every switch to a guest caller replaces.
     fs.linkat(this.procSelfFd, String(oldInode.fd), newParent.fd, name, fs.AT_SYMLINK_FOLLOW);
-    return this.newEntry(newParent, name);
+    // The entry is the inode just linked (as virtiofsd's lo_link), not what the name leads to by now: another writer
+    // on the share may have renamed a file over it since.
+    const st = fs.fstat(oldInode.fd);
+    oldInode.refcount++;
+    return this.entry(oldInode, st, newParent);
   }
 
   // ---- removal / rename -------------------------------------------------------------------
@@ -945,12 +969,8 @@ export class PassthroughFs {
       if (!plus) {
         next = encodeDirent(out, r.used, { ino, off, type, name });
       } else {
-        let entry: EntryOut;
-        if (dot) {
-          entry = { nodeid: 0, generation: 0, entryValid: 0, attrValid: 0, entryValidNsec: 0, attrValidNsec: 0,
-            attr: { ino, size: 0, blocks: 0, atime: 0, mtime: 0, ctime: 0, atimensec: 0, mtimensec: 0, ctimensec: 0,
-              mode: type << 12, nlink: 0, uid: 0, gid: 0, rdev: 0, blksize: 0, flags: 0 } };
-        } else {
+        let entry: EntryOut | null = null;
+        if (!dot) {
           try {
             entry = this.lookup(h.inode, name);
           } catch (e) {
@@ -958,9 +978,20 @@ export class PassthroughFs {
               r.pos = off; // raced with an unlink: skipped, as if sent
               continue;
             }
-            if (r.used > 0) return true;
-            throw e;
+            // The name is there but cannot be looked up (a dead mount point: ENOTCONN, EIO): listed without an entry
+            // (nodeid 0, as for . and ..), so that the rest of the directory can still be read; a LOOKUP of it then
+            // answers the error, as stat(2) on the host does. Any other failure (the directory's own inode, no fds
+            // left) ends the reply as before.
+            if (!(e instanceof SysError || e instanceof FsError) || !ENTRY_UNREACHABLE.has(e.errno)) {
+              if (r.used > 0) return true;
+              throw e;
+            }
           }
+        }
+        if (entry === null) {
+          entry = { nodeid: 0, generation: 0, entryValid: 0, attrValid: 0, entryValidNsec: 0, attrValidNsec: 0,
+            attr: { ino, size: 0, blocks: 0, atime: 0, mtime: 0, ctime: 0, atimensec: 0, mtimensec: 0, ctimensec: 0,
+              mode: type << 12, nlink: 0, uid: 0, gid: 0, rdev: 0, blksize: 0, flags: 0 } };
         }
         next = encodeDirentplus(out, r.used, entry, { ino, off, type, name });
         if (next < 0 && entry.nodeid !== 0) this.forget(entry.nodeid, 1);
