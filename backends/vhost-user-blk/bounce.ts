@@ -33,7 +33,8 @@ export class DirectZeroes {
     const w = this.io(true, span, at);
     if (w < 0) return w;
     if (w !== span) return -EIO;
-    const cut = at + span <= this.end ? 0 : cutBack(this.fd, this.end);
+    // Only a file this write grew (its read came back short) is cut back: one grown by someone else keeps its data.
+    const cut = at + span <= this.end || r === span ? 0 : cutBack(this.fd, this.end);
     return cut < 0 ? cut : len;
   }
 

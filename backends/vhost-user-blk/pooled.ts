@@ -76,6 +76,8 @@ export class PooledIo {
   private readonly patch: Uint8Array;
   private readonly left: Uint8Array;
   private readonly failed: Uint8Array;
+  /** 1 when the piece's patch read came back short: the file ended inside it, so its write grows the file. */
+  private readonly short: Uint8Array;
   /** The run of gate stripes the request holds (0: none). */
   private readonly run: Uint32Array;
   /** Parked slots, oldest first: a ring of `slots` entries. */
@@ -104,6 +106,7 @@ export class PooledIo {
     this.patch = new Uint8Array(slots);
     this.left = new Uint8Array(slots);
     this.failed = new Uint8Array(slots);
+    this.short = new Uint8Array(slots);
     this.run = new Uint32Array(slots);
     this.parkedSlots = new Uint16Array(slots);
   }
@@ -128,6 +131,7 @@ export class PooledIo {
     this.writes[slot] = write ? 1 : 0;
     this.patch[slot] = write && (offset % a !== 0 || (offset + len) % a !== 0) ? 1 : 0;
     this.failed[slot] = 0;
+    this.short[slot] = 0;
     this.run[slot] = 0;
     if (this.parkedCount > 0 || !this.begin(slot)) {
       this.phase[slot] = PARKED;
@@ -165,7 +169,10 @@ export class PooledIo {
     } else if (phase === PATCH_READ) {
       // A block past the end of the file reads short: the rest of it is zeroes.
       if (res < 0) this.failed[slot] = 1;
-      else if (res < a) buf.bytes.fill(0, (op === 0 ? 0 : span - a) + res, op === 0 ? a : span);
+      else if (res < a) {
+        buf.bytes.fill(0, (op === 0 ? 0 : span - a) + res, op === 0 ? a : span);
+        this.short[slot] = 1;
+      }
       if (--this.left[slot] > 0) return POOLED_PENDING;
       if (this.failed[slot] === 0 && this.copy(slot, buf, true)) {
         this.phase[slot] = PATCH_WRITE;
@@ -175,7 +182,9 @@ export class PooledIo {
       }
     } else if (phase === PATCH_WRITE) {
       if (res !== span) this.failed[slot] = 1;
-      else if (at + span > this.host.end && cutBack(this.host.fd, this.host.end) < 0) this.failed[slot] = 1;
+      // Cut back only a file this write grew: one that someone else grew meanwhile keeps what they put there.
+      else if (this.short[slot] === 1 && at + span > this.host.end && cutBack(this.host.fd, this.host.end) < 0) this.failed[slot] = 1;
+      this.short[slot] = 0;
     }
     if (this.failed[slot] === 0 && at + span < stop) {
       this.next(slot, at + span);

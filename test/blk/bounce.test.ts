@@ -3,7 +3,7 @@
 // once with some parked for the pool, a file whose end lies inside a block; a plain file stands in for the
 // O_DIRECT one, since the classes only keep to the alignment), the write gate's stripes, and the buffer pool.
 import { randomBytes } from 'node:crypto';
-import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -178,6 +178,45 @@ describe('PooledIo', () => {
     expect(parkedSeen, 'requests waited for the pool').toBeGreaterThan(0);
     expect(multiPiece, 'requests went in several pieces').toBeGreaterThan(50);
     expect(readFileSync(path).equals(model), `seed ${seed}`).toBe(true);
+  });
+});
+
+describe('the tail block of a file whose end lies inside it', () => {
+  it('is cut back after a write that grew the file, and not when someone else grew the file since', () => {
+    const path = join(dir, 'img.raw');
+    writeFileSync(path, randomBytes(SIZE));
+    const fd = openSync(path, 'r+');
+    const mem = GuestMemory.anonymous([{ guestAddr: 0, size: 1 << 20 }]);
+    const h = new PooledHarness(fd, SIZE, mem, CHUNK, 2 * CHUNK);
+    const zeroes = new DirectZeroes(fd, ALIGN, SIZE);
+    const tail = SIZE - SECTOR;
+    try {
+      mem.write(0x1001, Buffer.alloc(SECTOR, 0x77));
+      h.io.start(0, [{ addr: 0x1001, len: SECTOR }], 0, tail, SECTOR, true);
+      h.settle();
+      expect(h.done.get(0)).toBe(0);
+      expect(zeroes.zero(tail - SECTOR, SECTOR)).toBe(SECTOR);
+      expect(fstatSync(fd).size, 'the block was written whole, and the file cut back to its size').toBe(SIZE);
+      // Someone else grows the image (truncate -s, a tool appending) and writes there.
+      const grown = SIZE + 4 * ALIGN;
+      const theirs = Buffer.from('data appended by someone else');
+      const writeAt = SIZE + ALIGN;
+      truncateSync(path, grown);
+      const other = openSync(path, 'r+');
+      writeSync(other, theirs, 0, theirs.length, writeAt);
+      closeSync(other);
+      h.io.start(1, [{ addr: 0x1001, len: SECTOR }], 0, tail, SECTOR, true);
+      h.settle();
+      expect(h.done.get(1)).toBe(0);
+      expect(zeroes.zero(tail - SECTOR, SECTOR)).toBe(SECTOR);
+      expect(fstatSync(fd).size, 'a file grown by someone else keeps its size').toBe(grown);
+      expect(readFileSync(path).subarray(writeAt, writeAt + theirs.length).equals(theirs), 'and their data').toBe(true);
+    } finally {
+      zeroes.free();
+      h.close();
+      mem.close();
+      closeSync(fd);
+    }
   });
 });
 
