@@ -28,6 +28,9 @@ function distIsFresh() {
 }
 
 export async function launch(entry) {
+  // Unhandled, SIGUSR1 makes Node open its inspector on 127.0.0.1:9229, where any local user can run code in this
+  // (often root) process. A listener of our own takes the signal instead (kumo-vhost-user-net adds its counters dump).
+  process.on('SIGUSR1', () => {});
   const js = entry.replace(/\.ts$/, '.js');
   // An esbuild bundle (dist/bundle/, see scripts/bundle.mjs) starts faster still than tsc's output.
   const compiled = [join(root, 'dist', 'bundle', js), join(root, 'dist', js)].find((p) => existsSync(p));

@@ -1,5 +1,10 @@
+import { isMainThread } from 'node:worker_threads';
 import { sendDgram, unixDgramConnect } from './sys/socket.js';
+import { closeQuiet } from './sys/fd.js';
 import { hostPid } from './sys/proc.js';
+
+const ECONNREFUSED = 111;
+const ENOTCONN = 107;
 
 /** Where syslog listens; KUMO_SYSLOG_SOCKET overrides it (tests). */
 export const SYSLOG_SOCKET = process.env.KUMO_SYSLOG_SOCKET ?? '/dev/log';
@@ -28,9 +33,13 @@ export class SyslogSink {
   /** The pid syslog readers know the daemon by (its pid file's): inside its own pid namespace process.pid is 1. */
   private readonly pid = hostPid();
 
+  /** When the main thread last tried to connect again (syslog restarted: its socket is a new one). */
+  private reconnectedAt = 0;
+
   private constructor(
-    private readonly fd: number,
+    private fd: number,
     private readonly ident: string,
+    private readonly path: string,
   ) {}
 
   /** null when there is no syslog socket to connect to. */
@@ -39,7 +48,7 @@ export class SyslogSink {
     // readlink). Done here, before any thread's seccomp filter, not by the first line a filtered thread logs.
     timestamp(new Date());
     try {
-      return new SyslogSink(unixDgramConnect(path), ident);
+      return new SyslogSink(unixDgramConnect(path), ident, path);
     } catch {
       return null;
     }
@@ -47,6 +56,21 @@ export class SyslogSink {
 
   write(line: string): void {
     const msg = line.endsWith('\n') ? line.slice(0, -1) : line;
-    sendDgram(this.fd, enc.encode(`<${LOG_DAEMON | severity(msg)}>${timestamp(new Date())} ${this.ident}[${this.pid}]: ${msg}`));
+    const data = enc.encode(`<${LOG_DAEMON | severity(msg)}>${timestamp(new Date())} ${this.ident}[${this.pid}]: ${msg}`);
+    const r = sendDgram(this.fd, data);
+    // ECONNREFUSED/ENOTCONN: the syslog daemon restarted (journald, rsyslog) and listens on a new socket. As glibc's
+    // syslog(3), connect again and resend, at most once a second; only on the main thread (the request threads'
+    // seccomp filter does not allow socket/connect).
+    if ((r === -ECONNREFUSED || r === -ENOTCONN) && isMainThread && Date.now() - this.reconnectedAt >= 1000) {
+      this.reconnectedAt = Date.now();
+      try {
+        const fd = unixDgramConnect(this.path);
+        closeQuiet(this.fd);
+        this.fd = fd;
+        sendDgram(this.fd, data);
+      } catch {
+        /* still no syslog: the line is dropped */
+      }
+    }
   }
 }

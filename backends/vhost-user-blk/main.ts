@@ -86,6 +86,7 @@ async function main(): Promise<number> {
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
+  process.once('SIGHUP', stop); // as qemu-storage-daemon: the terminal or session that started it went away
   try {
     await daemon.start();
     log.info({ config: cfg.toJSON(), sectors: image.sectors, completion }, 'vhost-user-blk backend ready');

@@ -104,6 +104,7 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => void stop());
   process.on('SIGINT', () => void stop());
+  process.on('SIGHUP', () => void stop());
 
   await daemon.start().catch((e: unknown) => {
     if (!(e instanceof VhostUserSocketError || e instanceof SetupError)) throw e;

@@ -227,6 +227,8 @@ async function main(argv: string[]): Promise<number> {
   serving = daemon;
   process.on('SIGTERM', () => shutdown(daemon, 'SIGTERM'));
   process.on('SIGINT', () => shutdown(daemon, 'SIGINT'));
+  // As virtiofsd (and this daemon under its namespace supervisor, which passes SIGHUP on): an orderly stop.
+  process.on('SIGHUP', () => shutdown(daemon, 'SIGHUP'));
   await daemon.run();
   log.info('Client disconnected, shutting down');
   await stopWithin(daemon, STOP_GRACE_MS);

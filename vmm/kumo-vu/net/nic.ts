@@ -8,7 +8,7 @@ import {
   VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_SIZE,
   VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, bits,
 } from '../../../protocol/virtio/index.js';
-import { VuDevice, type VuQueue } from '../device.js';
+import { HANGUP_TOKEN, VuDevice, disconnected, type VuQueue } from '../device.js';
 import { KumoVuError } from '../errors.js';
 
 export const BUF_SIZE = 2048;
@@ -100,6 +100,8 @@ export class NetNic {
       this.epoll.add(tx.callFd, EPOLLIN, 2 * p + 1);
       this.pairs.push(pair);
     }
+    // A back-end that goes away ends a bench or a ping with an error, not with a rate over a run it was not there for.
+    this.dev.watchHangup(this.epoll);
   }
 
   get queuePairs(): number {
@@ -202,6 +204,7 @@ export class NetNic {
     const n = this.epoll.wait(timeoutMs);
     for (let i = 0; i < n; i++) {
       const t = this.epoll.tokens[i];
+      if (t === HANGUP_TOKEN) throw disconnected({});
       const pair = this.pairs[t >> 1];
       eventfdRead(t & 1 ? pair.tx.callFd : pair.rx.callFd);
     }
