@@ -362,8 +362,17 @@ export class FuseServer {
   }
 
   private init(io: FuseIo, u: bigint, a: Buffer): number {
-    if (a.length < 8) throw new FuseProtocolError('short INIT', { len: a.length });
     this.waits?.forgetEarlyInterrupts();
+    if (this.session.initialized) {
+      // A guest that rebooted without unmounting (a crash, reboot -f, kexec) sends no DESTROY: what its previous
+      // kernel looked up and opened is nobody's now, and would hold fds until the guest fd limit is reached.
+      // First of all, as QEMU's virtiofsd: an INIT that is refused (EPROTO, a short body) or only answered with our
+      // version (major > 7) must not leave the old session serving either.
+      log.info({ inodes: this.fs.inodes.size - 1, handles: this.fs.handles.size }, 'INIT without DESTROY: dropping the previous session');
+      this.fs.destroy();
+      this.session.initialized = false;
+    }
+    if (a.length < 8) throw new FuseProtocolError('short INIT', { len: a.length });
     const padded = Buffer.alloc(InitIn.size);
     a.copy(padded, 0, 0, Math.min(a.length, InitIn.size));
     const i = InitIn.decode(padded);
@@ -381,14 +390,6 @@ export class FuseServer {
     const ext = (BigInt(i.flags) & Init.INIT_EXT) !== 0n;
     if (a.length < (ext ? InitIn.size : 16)) throw new FuseProtocolError('short INIT', { len: a.length, initExt: ext });
     const offered = BigInt(i.flags) | (ext ? BigInt(i.flags2) << 32n : 0n);
-    if (this.session.initialized) {
-      // A guest that rebooted without unmounting (a crash, reboot -f, kexec) sends no DESTROY: what its previous
-      // kernel looked up and opened is nobody's now, and would hold fds until the guest fd limit is reached.
-      log.info({ inodes: this.fs.inodes.size - 1, handles: this.fs.handles.size }, 'INIT without DESTROY: dropping the previous session');
-      this.fs.destroy();
-      // Until this INIT is agreed there is no session: one refused (EPROTO) must not leave the old one serving.
-      this.session.initialized = false;
-    }
     const flags = this.session.negotiate(offered);
     this.fs.submountsNegotiated = (flags & Init.SUBMOUNTS) !== 0n;
     this.fs.writebackNegotiated = (flags & Init.WRITEBACK_CACHE) !== 0n;

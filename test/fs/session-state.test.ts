@@ -3,7 +3,7 @@ import { execSync } from 'node:child_process';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FUSE_ROOT_ID, MkdirIn, Op } from '../../protocol/fuse/index.js';
+import { FUSE_ROOT_ID, InitIn, MkdirIn, Op } from '../../protocol/fuse/index.js';
 import { BufferIo } from '../../backends/virtiofsd/fuse-io.js';
 import { errCode } from './daemons.js';
 import { LocalShare } from './local-transport.js';
@@ -71,6 +71,26 @@ describe('virtiofsd session state', () => {
     expect(await errCode(s.client.read(held[0].nodeid, held[0].fh, 0, 1))).toBe('EBADF');
     const again = await s.client.lookup(FUSE_ROOT_ID, 'f0');
     expect((await s.client.getattr(again.nodeid)).size).toBe(1);
+  });
+
+  it('a second INIT that is refused (an old minor, a short body) or answered with our version only drops the previous session too, as virtiofsd does', async () => {
+    const refused: [string, Uint8Array][] = [
+      ['minor 20', InitIn.pack({ major: 7, minor: 20, maxReadahead: 0, flags: 0, flags2: 0 }).subarray(0, 16)],
+      ['4-byte body', new Uint8Array(4)],
+      ['major 8', InitIn.pack({ major: 8, minor: 0, maxReadahead: 0, flags: 0, flags2: 0 }).subarray(0, 16)],
+    ];
+    for (const [what, body] of refused) {
+      const s = await share();
+      const base = fdCount();
+      writeFileSync(join(s.dir, 'f'), 'x');
+      const e = await s.client.lookup(FUSE_ROOT_ID, 'f');
+      await s.client.open(e.nodeid, 0);
+      expect(fdCount() - base).toBe(2);
+      raw(s, Op.INIT, 0n, body);
+      expect(fdCount() - base, what).toBe(0);
+      expect(s.fs.inodes.size, what).toBe(1);
+      expect(await errCode(s.client.getattr(e.nodeid)), what).not.toBe('ok');
+    }
   });
 
   it('INIT or DESTROY drops the lock fds the previous session\'s lock owners took on the share root', async () => {
