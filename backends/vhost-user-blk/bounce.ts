@@ -34,7 +34,7 @@ export class DirectZeroes {
     if (w < 0) return w;
     if (w !== span) return -EIO;
     // Only a file this write grew (its read came back short) is cut back: one grown by someone else keeps its data.
-    const cut = at + span <= this.end || r === span ? 0 : cutBack(this.fd, this.end);
+    const cut = at + span <= this.end || r === span ? 0 : cutBack(this.fd, Math.max(this.end, at + r));
     return cut < 0 ? cut : len;
   }
 

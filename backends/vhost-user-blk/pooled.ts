@@ -78,6 +78,8 @@ export class PooledIo {
   private readonly failed: Uint8Array;
   /** 1 when the piece's patch read came back short: the file ended inside it, so its write grows the file. */
   private readonly short: Uint8Array;
+  /** Where the file ended as the short patch read saw it (someone else may have grown it past `end` inside the block). */
+  private readonly seenEnd: Float64Array;
   /** The run of gate stripes the request holds (0: none). */
   private readonly run: Uint32Array;
   /** Parked slots, oldest first: a ring of `slots` entries. */
@@ -107,6 +109,7 @@ export class PooledIo {
     this.left = new Uint8Array(slots);
     this.failed = new Uint8Array(slots);
     this.short = new Uint8Array(slots);
+    this.seenEnd = new Float64Array(slots);
     this.run = new Uint32Array(slots);
     this.parkedSlots = new Uint16Array(slots);
   }
@@ -171,6 +174,8 @@ export class PooledIo {
       if (res < 0) this.failed[slot] = 1;
       else if (res < a) {
         buf.bytes.fill(0, (op === 0 ? 0 : span - a) + res, op === 0 ? a : span);
+        const seen = (op === 0 ? at : at + span - a) + res;
+        this.seenEnd[slot] = this.short[slot] === 1 ? Math.min(this.seenEnd[slot], seen) : seen;
         this.short[slot] = 1;
       }
       if (--this.left[slot] > 0) return POOLED_PENDING;
@@ -183,7 +188,7 @@ export class PooledIo {
     } else if (phase === PATCH_WRITE) {
       if (res !== span) this.failed[slot] = 1;
       // Cut back only a file this write grew: one that someone else grew meanwhile keeps what they put there.
-      else if (this.short[slot] === 1 && at + span > this.host.end && cutBack(this.host.fd, this.host.end) < 0) this.failed[slot] = 1;
+      else if (this.short[slot] === 1 && at + span > this.host.end && cutBack(this.host.fd, Math.max(this.host.end, this.seenEnd[slot])) < 0) this.failed[slot] = 1;
       this.short[slot] = 0;
     }
     if (this.failed[slot] === 0 && at + span < stop) {

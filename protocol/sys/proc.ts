@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { SetupError } from '../errors.js';
 import { libc, check, rawSyscall } from './libc.js';
 
@@ -58,12 +58,16 @@ export function hostPid(): number {
  * so such a process moves to /. A relative path given to it would then name another file: that is refused instead.
  */
 export function leaveRemovedWorkingDirectory(paths: readonly (string | undefined)[]): void {
+  // Not process.cwd(): the main thread caches it, so a directory removed after its first call still answers.
+  // A removed directory has no links left (rmdir clears them), and '.' still reaches it.
+  let removed: boolean;
   try {
-    process.cwd();
-    return;
+    removed = statSync('.').nlink === 0;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    removed = true;
   }
+  if (!removed) return;
   const relative = paths.find((p) => p !== undefined && !p.startsWith('/'));
   if (relative !== undefined) throw new SetupError(`the working directory was removed, so the relative path ${relative} names nothing; give an absolute path`);
   process.chdir('/');

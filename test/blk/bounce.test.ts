@@ -220,6 +220,38 @@ describe('the tail block of a file whose end lies inside it', () => {
   });
 });
 
+describe('the tail block of a file someone else grew by less than a block', () => {
+  it('keeps the bytes appended past the old end inside that block', () => {
+    const path = join(dir, 'img2.raw');
+    writeFileSync(path, randomBytes(SIZE));
+    const fd = openSync(path, 'r+');
+    const mem = GuestMemory.anonymous([{ guestAddr: 0, size: 1 << 20 }]);
+    const h = new PooledHarness(fd, SIZE, mem, CHUNK, 2 * CHUNK);
+    const zeroes = new DirectZeroes(fd, ALIGN, SIZE);
+    const tail = SIZE - SECTOR;
+    try {
+      // A tool appends 100 bytes: the file now ends at SIZE + 100, still inside the last block.
+      const theirs = Buffer.alloc(100, 0x5a);
+      const other = openSync(path, 'a');
+      writeSync(other, theirs);
+      closeSync(other);
+      mem.write(0x1001, Buffer.alloc(SECTOR, 0x77));
+      h.io.start(0, [{ addr: 0x1001, len: SECTOR }], 0, tail, SECTOR, true);
+      h.settle();
+      expect(h.done.get(0)).toBe(0);
+      expect(fstatSync(fd).size, 'pooled write: appended bytes kept').toBe(SIZE + 100);
+      expect(readFileSync(path).subarray(SIZE, SIZE + 100).equals(theirs)).toBe(true);
+      expect(zeroes.zero(tail - SECTOR, SECTOR)).toBe(SECTOR);
+      expect(fstatSync(fd).size, 'DirectZeroes: appended bytes kept').toBe(SIZE + 100);
+    } finally {
+      zeroes.free();
+      h.close();
+      mem.close();
+      closeSync(fd);
+    }
+  });
+});
+
 const MiB = 1 << 20;
 
 /** A progress callback that fails the test instead of letting a wait spin forever. */

@@ -1,12 +1,13 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { x86, pvhElf, bzImage } from './fixtures/guests.js';
 import { hasKvm } from './helpers.js';
 
 const KUMO = new URL('../../bin/kumo.js', import.meta.url).pathname;
+const VIRTIOFSD = new URL('../../bin/kumo-virtiofsd.js', import.meta.url).pathname;
 let dir = '';
 
 beforeAll(() => {
@@ -59,6 +60,32 @@ describe.skipIf(!hasKvm)('kumo CLI boots tiny kernels on /dev/kvm', () => {
     expect(r.status).toBe(0);
     expect(readFileSync(out, 'latin1')).toBe('CWD');
   });
+
+  it('boots when its working directory is removed while it waits for a vhost-user back-end (the main thread caches its cwd)', async () => {
+    const kernel = file('pvh-late.elf', pvhElf([...x86.print('LATE', 0x3f8), ...x86.poweroffS5(), ...x86.jmpSelf()]));
+    const out = join(dir, 'late.serial');
+    const sock = join(dir, 'late-fs.sock');
+    const share = join(dir, 'late-share');
+    const gone = join(dir, 'late-gone');
+    mkdirSync(share);
+    mkdirSync(gone);
+    const vmm = spawn(process.execPath, [KUMO, '--kernel', kernel, '--memory', 'size=64M,shared=on', '--serial', `file=${out}`,
+      '--console', 'off', '--fs', `tag=t,socket=${sock}`], { cwd: gone, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'warn' } });
+    let err = '';
+    vmm.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    const exited = new Promise<number | null>((r) => vmm.once('exit', (c) => r(c)));
+    await new Promise((r) => setTimeout(r, 1500));
+    rmdirSync(gone);
+    const fsd = spawn(process.execPath, [VIRTIOFSD, `--socket-path=${sock}`, `--shared-dir=${share}`, '--sandbox=none'], { stdio: 'ignore' });
+    try {
+      const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('hung'), 30_000))]);
+      expect(code, err).toBe(0);
+      expect(readFileSync(out, 'latin1')).toBe('LATE');
+    } finally {
+      vmm.kill('SIGKILL');
+      fsd.kill('SIGKILL');
+    }
+  }, 60_000);
 
   it('PVH ELF with an initramfs: the modlist entry points at the initramfs bytes', () => {
     const code = [
