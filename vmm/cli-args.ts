@@ -27,7 +27,7 @@ function program(): Command {
     .requiredOption('--kernel <path>', 'kernel: PVH ELF vmlinux or bzImage')
     .option('--initramfs <path>', 'initramfs image')
     .option('--cmdline <string>', 'kernel command line', '')
-    .option('--cpus <options>', CpusConfig.SYNTAX.replace(/^--cpus /, ''), 'boot=1')
+    .option('--cpus <options>', `${CpusConfig.SYNTAX.replace(/^--cpus /, '')} (no CPU hot-plug: max= is accepted, only boot vCPUs run)`, 'boot=1')
     .option('--memory <options>', MemoryConfig.SYNTAX.replace(/^--memory /, ''), 'size=512M')
     .option('--serial <mode>', `16550 serial at 0x3f8: ${ConsoleConfig.SYNTAX}`, 'null')
     .option('--console <mode>', `virtio-console: ${ConsoleConfig.SYNTAX}`, 'tty')

@@ -172,6 +172,9 @@ export async function runVm(
         for (const v of m.vcpus) configureVcpu(v.fd, cpuid, cfg.cpus.boot);
         applyBootEntry(m.ram.memory, m.vcpus[0].fd, e);
         log.info({ kernel: prepared.kernel.kind, entry: '0x' + e.rip.toString(16), rsdp, initramfs: e.initramfs }, 'booting');
+        if (cfg.cpus.max > cfg.cpus.boot) {
+          log.warn({ boot: cfg.cpus.boot, max: cfg.cpus.max }, 'CPU hot-plug is not supported: the guest gets the boot vCPUs only (max is accepted for Cloud Hypervisor compatibility)');
+        }
         entry = e;
         detachInput = attachTtyInput(cfg, platform);
       },

@@ -19,6 +19,8 @@ Options:
   -V, --version              print the version
 
 Defaults: num_queues=1, queue_size=1024, readonly=false, direct=false, poll_queue=true.
+Serves one front-end at a time and listens on for the next after it disconnects, as qemu-storage-daemon
+(Cloud Hypervisor's vhost_user_block exits instead); SIGTERM, SIGINT or SIGHUP stop it.
 Environment: KUMO_BLK_COMPLETION=eventfd|wait (completion strategy), KUMO_BLK_POLL_US (poll window, 50),
   KUMO_BLK_POLL_YIELD=0 (spin without sched_yield).
 `;

@@ -19,8 +19,10 @@ const USAGE = `usage: kumo-vhost-user-net --net-backend <params>
 
   defaults: ip=192.168.100.1, mask=255.255.255.0, num_queues=2, queue_size=256, client=off;
   tap names an existing multi-queue TAP to attach to, or the one to create (default: vunet%d).
+  Serves one front-end at a time and listens on for the next after it disconnects (client=on connects
+  again); Cloud Hypervisor's vhost_user_net exits instead. SIGTERM, SIGINT or SIGHUP stop it.
   SIGUSR1 prints the data-path counters as one JSON line on stdout.
-  -V, --version prints the version.`;
+  -h, --help prints this help; -V, --version prints the version.`;
 
 const log = logger('vhost-user-net');
 
@@ -30,9 +32,9 @@ function fatal(msg: string, code = 1): never {
 }
 
 async function main(): Promise<void> {
-  let values: { 'net-backend'?: string; help?: boolean; version?: boolean };
+  let values: { 'net-backend'?: string[]; help?: boolean; version?: boolean };
   try {
-    ({ values } = parseArgs({ options: { 'net-backend': { type: 'string' }, help: { type: 'boolean', short: 'h' }, version: { type: 'boolean', short: 'V' } } }));
+    ({ values } = parseArgs({ options: { 'net-backend': { type: 'string', multiple: true }, help: { type: 'boolean', short: 'h' }, version: { type: 'boolean', short: 'V' } } }));
   } catch (e) {
     fatal(`${(e as Error).message}\n${USAGE}`);
   }
@@ -44,10 +46,13 @@ async function main(): Promise<void> {
     process.stdout.write(`${USAGE}\n`);
     return;
   }
-  if (!values['net-backend']) fatal(`--net-backend is required\n${USAGE}`);
+  const specs = values['net-backend'] ?? [];
+  if (specs.length === 0) fatal(`--net-backend is required\n${USAGE}`);
+  // One back-end per process, as Cloud Hypervisor's vhost_user_net: a second spec is an error, not a replacement.
+  if (specs.length > 1) fatal(`--net-backend given more than once (one back-end per process)\n${USAGE}`);
   let config: NetBackendConfig;
   try {
-    config = NetBackendConfig.parse(values['net-backend']);
+    config = NetBackendConfig.parse(specs[0]);
   } catch (e) {
     fatal((e as Error).message);
   }

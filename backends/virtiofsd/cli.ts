@@ -172,7 +172,6 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'no-readdirplus': case 'no_readdirplus': o.readdirplus = false; break;
       case 'preserve-noatime': o.preserveNoatime = true; break;
       case 'syslog': cfg.syslog = true; break;
-      // Accepted for command-line compatibility; they change nothing here (main.ts says so at start).
       case 'modcaps': cfg.modcaps = parseModcaps(v); break;
       case 'timeout': {
         const t = Number(v);
@@ -193,6 +192,7 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'translate-gid': translate.gid.push(parseIdRule(key, v)); break;
       case 'uid-map': cfg.uidMap.push(parseIdRange(key, v)); break;
       case 'gid-map': cfg.gidMap.push(parseIdRange(key, v)); break;
+      // Accepted for command-line compatibility; they change nothing here (main.ts says so at start).
       case 'allow_root':
         cfg.ignored.push(key);
         break;

@@ -13,6 +13,8 @@ export class FsError extends KumoError {
 
 /** Bad command line or configuration of kumo-virtiofsd. */
 export class FsConfigError extends SetupError {}
+/** A command line that does not parse: reported with the usage text (other start-up failures are not). */
+export class FsUsageError extends FsConfigError {}
 
 export const E = {
   EPERM: 1, ENOENT: 2, EINTR: 4, EIO: 5, ENXIO: 6, EBADF: 9, EAGAIN: 11, ENOMEM: 12, EACCES: 13, EEXIST: 17, EXDEV: 18, ENODEV: 19, ENOTDIR: 20,

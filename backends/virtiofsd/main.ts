@@ -11,7 +11,7 @@ import { listenerProblem } from '../../protocol/sys/socket.js';
 import { chmodSync, chownSync, readFileSync, statSync } from 'node:fs';
 import { parseArgs, USAGE } from './cli.js';
 import { DEFAULT_POLL_US, VirtioFsBackend } from './backend.js';
-import { FsConfigError, FsError } from './errors.js';
+import { FsConfigError, FsError, FsUsageError } from './errors.js';
 import { lockPidFile } from './pid-file.js';
 import { InodeHandles } from './inode-handles.js';
 import { requestThreadCaps } from './capabilities.js';
@@ -99,7 +99,7 @@ function groupId(group: string): number {
     const [name, , gid] = line.split(':');
     if (name === group && gid !== undefined && /^\d+$/.test(gid)) return Number(gid);
   }
-  throw new FsConfigError('--socket-group: no such group', { group });
+  throw new FsConfigError(`--socket-group: no such group ${JSON.stringify(group)}`, { group });
 }
 
 /** How long an orderly stop may take before the process exits anyway. */
@@ -169,7 +169,12 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`kumo-virtiofsd ${KUMO_VERSION}\n`);
     return 0;
   }
-  const cfg = parseArgs(argv);
+  let cfg: ReturnType<typeof parseArgs>;
+  try {
+    cfg = parseArgs(argv);
+  } catch (e) {
+    throw e instanceof FsConfigError ? new FsUsageError(e.message, e.context) : e;
+  }
   if (cfg.logLevel) setLogLevel(cfg.logLevel);
   const supervised = joinSupervisor({
     signal: (sig) => (serving === null ? process.exit(128 + constants.signals[sig]) : shutdown(serving, sig)),
@@ -238,7 +243,7 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (e: unknown) => {
-    if (e instanceof FsConfigError) process.stderr.write(`kumo-virtiofsd: ${e.message}\n${USAGE}\n`);
+    if (e instanceof FsUsageError) process.stderr.write(`kumo-virtiofsd: ${e.message}\n${USAGE}\n`);
     else if (e instanceof VhostUserSocketError || e instanceof SetupError) process.stderr.write(`kumo-virtiofsd: ${e.message}\n`);
     else if (e instanceof KumoError) log.error({ err: e, ...e.context }, e.message);
     else log.error({ err: e }, 'fatal');

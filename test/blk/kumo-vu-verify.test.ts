@@ -48,6 +48,12 @@ describe.skipIf(!haveKumoVu)('kumo-vu blk verify against kumo-vhost-user-blk', (
         });
         expect(deep.status).toBe(2);
         expect(deep.stderr).toContain('--iodepth 400 needs rings of 2048');
+        // bench with more queues than the back-end has names both counts (it said "queue count out of range").
+        const wide = spawnSync(process.execPath, [KUMO_VU, 'blk', '--socket', sock, 'bench', '--queues', '8', '--seconds', '0.2'], {
+          encoding: 'utf8', env: { ...process.env, KUMO_LOG: 'warn' }, timeout: 60_000,
+        });
+        expect(wide.status).toBe(2);
+        expect(wide.stderr).toContain('8 queue(s) asked for (net: 2 per queue pair), the back-end has 4');
       } finally {
         await stopBackend(child);
       }

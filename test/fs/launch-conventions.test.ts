@@ -171,7 +171,12 @@ describe('kumo-virtiofsd launch conventions', () => {
       });
       expect(r.status).toBe(1);
       expect(r.stderr).toContain(`kumo-virtiofsd: shared directory ${dir} does not exist or is not a directory`);
+      // A failure at start is one line; the usage text is for a command line that does not parse.
+      expect(r.stderr).not.toContain('--socket-path=');
     }
+    const bad = spawnSync('node', [BIN, '--socket-path=/tmp/kumo-never.sock', '--shared-dir=/tmp', '--no-such-option'], { encoding: 'utf8', timeout: 20_000 });
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toContain('--socket-path=');
   }, 30_000);
 
   it('virtiofsd options it does not implement are accepted with a warning, never silently', () => {
@@ -300,7 +305,7 @@ describe('kumo-virtiofsd launch conventions', () => {
     expect(run([]).stderr).toContain('--socket-path (or --fd) is required');
     const grp = run(['--socket-path=/tmp/kumo-nogroup.sock', '--socket-group=no-such-group-kumo']);
     expect(grp.status).toBe(1);
-    expect(grp.stderr).toContain('no such group');
+    expect(grp.stderr).toContain('no such group "no-such-group-kumo"');
     // Refused before it takes anything: no pid file is left beside the socket path.
     expect(existsSync('/tmp/kumo-nogroup.sock.pid')).toBe(false);
   });

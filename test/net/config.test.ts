@@ -1,3 +1,5 @@
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { NetBackendConfig } from '../../backends/vhost-user-net/config.js';
 import { NetBackend, tapOffloads } from '../../backends/vhost-user-net/backend.js';
@@ -73,5 +75,14 @@ describe('feature-dependent settings', () => {
       const f = new NetBackend(tap, { queuePairs: pairs, queueSize: 256, tapMtu: 1500 }, logger('test')).features();
       expect([hasFeature(f, VIRTIO_NET_F_MQ), hasFeature(f, VIRTIO_NET_F_CTRL_VQ)]).toEqual([true, true]);
     }
+  });
+});
+
+describe('kumo-vhost-user-net command line', () => {
+  it('refuses --net-backend given twice instead of serving the last one (before it touches any TAP)', () => {
+    const r = spawnSync(process.execPath, [fileURLToPath(new URL('../../bin/kumo-vhost-user-net.js', import.meta.url)),
+      '--net-backend', 'socket=/nonexistent/a.sock,ip=10.9.9.1', '--net-backend=socket=/nonexistent/b.sock'], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/--net-backend given more than once/);
   });
 });

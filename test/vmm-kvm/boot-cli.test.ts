@@ -87,6 +87,15 @@ describe.skipIf(!hasKvm)('kumo CLI boots tiny kernels on /dev/kvm', () => {
     }
   }, 60_000);
 
+  it('--cpus max above boot boots the boot vCPUs and says that there is no CPU hot-plug', () => {
+    const kernel = file('pvh-max.elf', pvhElf([...x86.print('MAX', 0x3f8), ...x86.poweroffS5(), ...x86.jmpSelf()]));
+    const out = join(dir, 'max.serial');
+    const r = kumo(['--kernel', kernel, '--cpus', 'boot=1,max=4', '--memory', 'size=64M', '--serial', `file=${out}`, '--console', 'off']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/CPU hot-plug is not supported/);
+    expect(readFileSync(out, 'latin1')).toBe('MAX');
+  });
+
   it('PVH ELF with an initramfs: the modlist entry points at the initramfs bytes', () => {
     const code = [
       0x8b, 0x5b, 0x10, // mov ebx, [ebx+16]  (modlist_paddr)

@@ -9,7 +9,10 @@ const schema = {
   max: int({ min: 1, max: MAX_VCPUS }),
 };
 
-/** --cpus boot=N,max=M (Cloud Hypervisor syntax; other CH keys are not supported and are refused). */
+/**
+ * --cpus boot=N,max=M (Cloud Hypervisor syntax; other CH keys are not supported and are refused). There is no CPU
+ * hot-plug: max is accepted and kept (API replies, launchers that always pass it) but only boot vCPUs exist.
+ */
 export class CpusConfig {
   static readonly SYNTAX = `--cpus ${describeSyntax(schema)}`;
 

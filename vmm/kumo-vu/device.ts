@@ -85,7 +85,9 @@ export class VuDevice {
 
   /** Creates RAM (rings + dataBytes for the caller's buffers), sends the memory table, sets up and enables the rings. */
   start(numQueues: number, queueSize: number, dataBytes: number): void {
-    if (numQueues < 1 || numQueues > this.maxQueues) throw new KumoVuError('queue count out of range', { numQueues, max: this.maxQueues });
+    if (numQueues < 1 || numQueues > this.maxQueues) {
+      throw new KumoVuError(`${numQueues} queue(s) asked for (net: 2 per queue pair), the back-end has ${this.maxQueues}`, { numQueues, max: this.maxQueues });
+    }
     const ringBytes = compactLayout(0, queueSize).end;
     const indirect = this.has(VIRTIO_RING_F_INDIRECT_DESC);
     const perQueue = align(ringBytes, PAGE) + (indirect ? INDIRECT_POOL : 0);
