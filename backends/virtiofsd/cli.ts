@@ -236,6 +236,9 @@ export function parseArgs(argv: string[]): DaemonConfig {
   if (!sharedDir) throw new FsConfigError('--shared-dir (or -o source=) is required');
   if (cfg.tag !== null && (Buffer.byteLength(cfg.tag) === 0 || Buffer.byteLength(cfg.tag) > 36)) throw new FsConfigError('--tag must be 1..36 bytes');
   idMaps(translate.uid, translate.gid); // refuses overlapping ranges now rather than on the request thread
+  // As virtiofsd ("Can't enable posix ACLs. xattrs are disabled."): a later no_xattr would leave FUSE_POSIX_ACL
+  // granted to the guest with every system.posix_acl_* request answered ENOSYS.
+  if (o.posixAcl === true && o.xattr === false) throw new FsConfigError('--posix-acl needs xattrs: it cannot be used with no_xattr');
   if (o.posixAcl === true && translate.uid.length + translate.gid.length > 0) {
     // As virtiofsd: ACL entries name host IDs inside xattr values, which the translation would not reach.
     throw new FsConfigError('--translate-uid and --translate-gid cannot be used with --posix-acl (the IDs inside ACLs would not be translated)');

@@ -8,6 +8,7 @@ import { MAX_MEM_SLOTS, VhostUserSocketError, stopOnUncaughtError } from '../../
 import { getrlimit, setrlimit, openat, AT_FDCWD, RLIMIT_NOFILE } from '../../protocol/sys/fs.js';
 import { closeQuiet, O_CLOEXEC, O_DIRECTORY, O_PATH } from '../../protocol/sys/fd.js';
 import { listenerProblem } from '../../protocol/sys/socket.js';
+import { leaveRemovedWorkingDirectory } from '../../protocol/sys/proc.js';
 import { chmodSync, chownSync, readFileSync, statSync } from 'node:fs';
 import { parseArgs, USAGE } from './cli.js';
 import { DEFAULT_POLL_US, VirtioFsBackend } from './backend.js';
@@ -182,6 +183,9 @@ async function main(argv: string[]): Promise<number> {
   });
   // Before the queue workers start: they pick the choice up from the environment.
   if (cfg.syslog && !useSyslog('kumo-virtiofsd')) log.warn({ socket: SYSLOG_SOCKET }, 'no syslog socket: logging to stderr');
+  // Before the shared dir is looked at: a relative one ('.', '..') in a removed working directory names another
+  // directory once the process moved to / (the request thread opens it by path): the host's root.
+  leaveRemovedWorkingDirectory([cfg.fs.sharedDir, cfg.socketPath ?? undefined]);
   if (!statSync(cfg.fs.sharedDir, { throwIfNoEntry: false })?.isDirectory()) {
     throw new FsConfigError(`shared directory ${cfg.fs.sharedDir} does not exist or is not a directory`, { dir: cfg.fs.sharedDir });
   }

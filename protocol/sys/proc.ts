@@ -58,17 +58,30 @@ export function hostPid(): number {
  * so such a process moves to /. A relative path given to it would then name another file: that is refused instead.
  */
 export function leaveRemovedWorkingDirectory(paths: readonly (string | undefined)[]): void {
-  // Not process.cwd(): the main thread caches it, so a directory removed after its first call still answers.
-  // A removed directory has no links left (rmdir clears them), and '.' still reaches it.
-  let removed: boolean;
-  try {
-    removed = statSync('.').nlink === 0;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    removed = true;
-  }
-  if (!removed) return;
+  if (!workingDirectoryRemoved()) return;
   const relative = paths.find((p) => p !== undefined && !p.startsWith('/'));
   if (relative !== undefined) throw new SetupError(`the working directory was removed, so the relative path ${relative} names nothing; give an absolute path`);
   process.chdir('/');
+}
+
+/**
+ * Not process.cwd() alone: the main thread caches it, so a directory removed after its first call still answers.
+ * A removed directory has no links left (rmdir clears them); /proc/self/cwd reaches it without search permission on
+ * it, '.' without /proc.
+ */
+function workingDirectoryRemoved(): boolean {
+  for (const p of ['/proc/self/cwd', '.']) {
+    try {
+      return statSync(p).nlink === 0;
+    } catch {
+      // No /proc, or no search permission on the working directory: the next way.
+    }
+  }
+  try {
+    process.cwd();
+    return false;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    return true;
+  }
 }

@@ -61,7 +61,7 @@ export class VhostUserFrontend {
       try {
         return new VhostUserFrontend(unixConnect(path), opts);
       } catch (e) {
-        if (Date.now() >= until) throw new VhostUserError('cannot connect to the vhost-user back-end', { path, cause: String(e) });
+        if (Date.now() >= until) throw new VhostUserError(`cannot connect to the vhost-user back-end at ${path}: ${e instanceof Error ? e.message : String(e)}`, { path, cause: String(e) });
         await sleep(opts.retryEveryMs ?? 100);
       }
     }

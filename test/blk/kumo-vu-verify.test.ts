@@ -116,3 +116,11 @@ describe.skipIf(!haveKumoVu)('kumo-vu blk verify against kumo-vhost-user-blk', (
     }
   });
 });
+
+describe('kumo-vu without a back-end', () => {
+  it('names the socket and the reason it cannot connect', () => {
+    const r = spawnSync(process.execPath, [KUMO_VU, 'blk', '--socket', '/nonexistent-kumo/blk.sock', 'verify'], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/cannot connect to the vhost-user back-end at \/nonexistent-kumo\/blk\.sock: .*ENOENT/);
+  });
+});

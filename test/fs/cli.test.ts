@@ -44,6 +44,11 @@ describe('kumo-virtiofsd command line, as virtiofsd reads it', () => {
     expect(parseArgs(args()).deprecated).toEqual([]);
   });
 
+  it('refuses --posix-acl without xattrs, as virtiofsd does (the guest was granted ACLs and got ENOSYS for each)', () => {
+    expect(() => parseArgs(args('--posix-acl', '-o', 'no_xattr'))).toThrow(/--posix-acl needs xattrs/);
+    expect(parseArgs(args('--posix-acl')).fs.xattr).toBe(true);
+  });
+
   it('refuses --translate-uid/gid together with --posix-acl, as virtiofsd does', () => {
     expect(() => parseArgs(args('--posix-acl', '--translate-uid=map:0:1000:1'))).toThrow(/cannot be used with --posix-acl/);
     expect(() => parseArgs(args('-o', 'posix_acl', '--translate-gid=squash-guest:0:1000:10'))).toThrow(/cannot be used with --posix-acl/);

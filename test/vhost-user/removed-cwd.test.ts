@@ -63,6 +63,14 @@ describe('back-ends started in a removed working directory', () => {
     }
   }, 60_000);
 
+  it('kumo-virtiofsd refuses a relative --shared-dir there (.. would have shared the host\'s /)', async () => {
+    dir = mkdtempSync('/tmp/kumo-removed-cwd-');
+    const { child: c, output } = inRemovedDir([join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${join(dir, 'fs.sock')}`, '--shared-dir=..', '--sandbox=none']);
+    const code = await new Promise<number | null>((r) => c.once('exit', r));
+    expect(code, output()).toBe(1);
+    expect(output()).toMatch(/^kumo-virtiofsd: the working directory was removed, so the relative path \.\. names nothing/m);
+  }, 30_000);
+
   it('a relative socket path there is refused in one line (it would name a file under / instead)', async () => {
     dir = mkdtempSync('/tmp/kumo-removed-cwd-');
     const img = join(dir, 'disk.img');
