@@ -363,19 +363,23 @@ export class FuseServer {
 
   private init(io: FuseIo, u: bigint, a: Buffer): number {
     this.waits?.forgetEarlyInterrupts();
-    if (this.session.initialized) {
-      // A guest that rebooted without unmounting (a crash, reboot -f, kexec) sends no DESTROY: what its previous
-      // kernel looked up and opened is nobody's now, and would hold fds until the guest fd limit is reached.
-      // First of all, as QEMU's virtiofsd: an INIT that is refused (EPROTO, a short body) or only answered with our
-      // version (major > 7) must not leave the old session serving either.
-      log.info({ inodes: this.fs.inodes.size - 1, handles: this.fs.handles.size }, 'INIT without DESTROY: dropping the previous session');
-      this.fs.destroy();
-      this.session.initialized = false;
-    }
     if (a.length < 8) throw new FuseProtocolError('short INIT', { len: a.length });
     const padded = Buffer.alloc(InitIn.size);
     a.copy(padded, 0, 0, Math.min(a.length, InitIn.size));
     const i = InitIn.decode(padded);
+    // A 7.x kernel sends major, minor, max_readahead and flags (16 bytes) at least, and the whole fuse_init_in with
+    // INIT_EXT: a shorter body would have the missing fields read as zeroes.
+    const ext = (BigInt(i.flags) & Init.INIT_EXT) !== 0n;
+    const whole = a.length >= (ext ? InitIn.size : 16);
+    if (this.session.initialized && i.major === FUSE_KERNEL_VERSION && whole) {
+      // A guest that rebooted without unmounting (a crash, reboot -f, kexec) sends no DESTROY: what its previous
+      // kernel looked up and opened is nobody's now, and would hold fds and locks until the guest fd limit is
+      // reached. Dropped even when this INIT is refused (an older kernel's minor), as QEMU's virtiofsd drops it; a
+      // garbled INIT (short, not 7.x) is refused and leaves the session as it was.
+      log.info({ inodes: this.fs.inodes.size - 1, handles: this.fs.handles.size }, 'INIT without DESTROY: dropping the previous session');
+      this.fs.destroy();
+      this.session.initialized = false;
+    }
     if (i.major < FUSE_KERNEL_VERSION || (i.major === FUSE_KERNEL_VERSION && i.minor < FUSE_MIN_MINOR_VERSION)) {
       log.error({ major: i.major, minor: i.minor }, 'unsupported FUSE version');
       return this.reply(io, u, -E.EPROTO);
@@ -385,10 +389,7 @@ export class FuseServer {
       // Newer kernel: answer with our version only; it retries INIT with 7.x.
       return this.replyStruct(io, u, InitOut, { major: FUSE_KERNEL_VERSION, minor: FUSE_KERNEL_MINOR_VERSION, ...zero });
     }
-    // A 7.x kernel sends major, minor, max_readahead and flags (16 bytes) at least, and the whole fuse_init_in with
-    // INIT_EXT: a shorter body would have the missing fields read as zeroes.
-    const ext = (BigInt(i.flags) & Init.INIT_EXT) !== 0n;
-    if (a.length < (ext ? InitIn.size : 16)) throw new FuseProtocolError('short INIT', { len: a.length, initExt: ext });
+    if (!whole) throw new FuseProtocolError('short INIT', { len: a.length, initExt: ext });
     const offered = BigInt(i.flags) | (ext ? BigInt(i.flags2) << 32n : 0n);
     const flags = this.session.negotiate(offered);
     this.fs.submountsNegotiated = (flags & Init.SUBMOUNTS) !== 0n;
