@@ -181,21 +181,38 @@ describe('PooledIo', () => {
   });
 });
 
+/** An image of SIZE bytes (its end inside a block), a pooled harness and a DirectZeroes on it: what `f` tests. */
+function withTailImage(f: (t: { path: string; fd: number; mem: GuestMemory; h: PooledHarness; zeroes: DirectZeroes }) => void): void {
+  const path = join(dir, 'tail.raw');
+  writeFileSync(path, randomBytes(SIZE));
+  const fd = openSync(path, 'r+');
+  const mem = GuestMemory.anonymous([{ guestAddr: 0, size: 1 << 20 }]);
+  const h = new PooledHarness(fd, SIZE, mem, CHUNK, 2 * CHUNK);
+  const zeroes = new DirectZeroes(fd, ALIGN, SIZE);
+  try {
+    mem.write(0x1001, Buffer.alloc(SECTOR, 0x77));
+    f({ path, fd, mem, h, zeroes });
+  } finally {
+    zeroes.free();
+    h.close();
+    mem.close();
+    closeSync(fd);
+  }
+}
+
 describe('the tail block of a file whose end lies inside it', () => {
+  const tail = SIZE - SECTOR;
+  /** A pooled write of the last sector (slot), then a DirectZeroes of the one before it. */
+  const writeTail = (h: PooledHarness, zeroes: DirectZeroes, slot: number): void => {
+    h.io.start(slot, [{ addr: 0x1001, len: SECTOR }], 0, tail, SECTOR, true);
+    h.settle();
+    expect(h.done.get(slot)).toBe(0);
+    expect(zeroes.zero(tail - SECTOR, SECTOR)).toBe(SECTOR);
+  };
+
   it('is cut back after a write that grew the file, and not when someone else grew the file since', () => {
-    const path = join(dir, 'img.raw');
-    writeFileSync(path, randomBytes(SIZE));
-    const fd = openSync(path, 'r+');
-    const mem = GuestMemory.anonymous([{ guestAddr: 0, size: 1 << 20 }]);
-    const h = new PooledHarness(fd, SIZE, mem, CHUNK, 2 * CHUNK);
-    const zeroes = new DirectZeroes(fd, ALIGN, SIZE);
-    const tail = SIZE - SECTOR;
-    try {
-      mem.write(0x1001, Buffer.alloc(SECTOR, 0x77));
-      h.io.start(0, [{ addr: 0x1001, len: SECTOR }], 0, tail, SECTOR, true);
-      h.settle();
-      expect(h.done.get(0)).toBe(0);
-      expect(zeroes.zero(tail - SECTOR, SECTOR)).toBe(SECTOR);
+    withTailImage(({ path, fd, h, zeroes }) => {
+      writeTail(h, zeroes, 0);
       expect(fstatSync(fd).size, 'the block was written whole, and the file cut back to its size').toBe(SIZE);
       // Someone else grows the image (truncate -s, a tool appending) and writes there.
       const grown = SIZE + 4 * ALIGN;
@@ -205,50 +222,23 @@ describe('the tail block of a file whose end lies inside it', () => {
       const other = openSync(path, 'r+');
       writeSync(other, theirs, 0, theirs.length, writeAt);
       closeSync(other);
-      h.io.start(1, [{ addr: 0x1001, len: SECTOR }], 0, tail, SECTOR, true);
-      h.settle();
-      expect(h.done.get(1)).toBe(0);
-      expect(zeroes.zero(tail - SECTOR, SECTOR)).toBe(SECTOR);
+      writeTail(h, zeroes, 1);
       expect(fstatSync(fd).size, 'a file grown by someone else keeps its size').toBe(grown);
       expect(readFileSync(path).subarray(writeAt, writeAt + theirs.length).equals(theirs), 'and their data').toBe(true);
-    } finally {
-      zeroes.free();
-      h.close();
-      mem.close();
-      closeSync(fd);
-    }
+    });
   });
-});
 
-describe('the tail block of a file someone else grew by less than a block', () => {
-  it('keeps the bytes appended past the old end inside that block', () => {
-    const path = join(dir, 'img2.raw');
-    writeFileSync(path, randomBytes(SIZE));
-    const fd = openSync(path, 'r+');
-    const mem = GuestMemory.anonymous([{ guestAddr: 0, size: 1 << 20 }]);
-    const h = new PooledHarness(fd, SIZE, mem, CHUNK, 2 * CHUNK);
-    const zeroes = new DirectZeroes(fd, ALIGN, SIZE);
-    const tail = SIZE - SECTOR;
-    try {
+  it('keeps the bytes someone else appended inside that block', () => {
+    withTailImage(({ path, fd, h, zeroes }) => {
       // A tool appends 100 bytes: the file now ends at SIZE + 100, still inside the last block.
       const theirs = Buffer.alloc(100, 0x5a);
       const other = openSync(path, 'a');
       writeSync(other, theirs);
       closeSync(other);
-      mem.write(0x1001, Buffer.alloc(SECTOR, 0x77));
-      h.io.start(0, [{ addr: 0x1001, len: SECTOR }], 0, tail, SECTOR, true);
-      h.settle();
-      expect(h.done.get(0)).toBe(0);
-      expect(fstatSync(fd).size, 'pooled write: appended bytes kept').toBe(SIZE + 100);
+      writeTail(h, zeroes, 0);
+      expect(fstatSync(fd).size, 'appended bytes kept').toBe(SIZE + 100);
       expect(readFileSync(path).subarray(SIZE, SIZE + 100).equals(theirs)).toBe(true);
-      expect(zeroes.zero(tail - SECTOR, SECTOR)).toBe(SECTOR);
-      expect(fstatSync(fd).size, 'DirectZeroes: appended bytes kept').toBe(SIZE + 100);
-    } finally {
-      zeroes.free();
-      h.close();
-      mem.close();
-      closeSync(fd);
-    }
+    });
   });
 });
 
