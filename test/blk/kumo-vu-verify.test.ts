@@ -17,6 +17,21 @@ describe.skipIf(!haveKumoVu)('kumo-vu blk verify against kumo-vhost-user-blk', (
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+  it('on a read-only back-end checks that a write is refused and changes nothing', async () => {
+    const img = join(dir, 'ro.raw');
+    writeFileSync(img, Buffer.alloc(4 << 20, 0x3c));
+    const sock = join(dir, 'ro.sock');
+    const child = await startBackend(`path=${img},socket=${sock},readonly=on`);
+    try {
+      const r = spawnSync(process.execPath, [KUMO_VU, 'blk', '--socket', sock, 'verify'], { encoding: 'utf8', env: { ...process.env, KUMO_LOG: 'warn' }, timeout: 60_000 });
+      expect(r.stdout, r.stderr).toMatch(/PASS\s+write refused on the read-only device/);
+      expect(r.stdout).toMatch(/PASS\s+read-only data unchanged after the refused write/);
+      expect(r.stdout).toMatch(/RESULT: PASS/);
+    } finally {
+      await stopBackend(child);
+    }
+  });
+
   for (const queueSize of [128, 1024]) {
     it(`passes with 1, 2 and 4 queues, queue_size=${queueSize}`, async () => {
       const sock = join(dir, `q${queueSize}.sock`);

@@ -148,6 +148,23 @@ export async function verifyBlk(o: VerifyOptions): Promise<VerifyReport> {
       }
     });
 
+    if (ro) {
+      // A read-only device must refuse a write and keep its data: read, write a pattern over it, read again.
+      const before = new Uint8Array(len);
+      mem.fill(rbuf, len, 0xa5);
+      const r1 = client.read(dev.queues[0], 0, [{ addr: rbuf, len }]);
+      mem.read(rbuf, before);
+      fillPattern(expect, seed, 0);
+      mem.write(wbuf, expect);
+      const ws = client.write(dev.queues[0], 0, [{ addr: wbuf, len }]);
+      check('write refused on the read-only device', ws !== VIRTIO_BLK_S_OK, `status ${ws}`);
+      mem.fill(rbuf, len, 0xa5);
+      const r2 = client.read(dev.queues[0], 0, [{ addr: rbuf, len }]);
+      mem.read(rbuf, got);
+      const d = r1 === VIRTIO_BLK_S_OK && r2 === VIRTIO_BLK_S_OK ? firstDiff(before, got) : 0;
+      check('read-only data unchanged after the refused write', d < 0, d < 0 ? undefined : `status ${r1}/${r2}, first difference at byte ${d}`);
+    }
+
     o.afterWrites?.();
     // Every spot again, through the next queue, now that all were written: misplaced or aliased writes show here.
     for (const w of written) {
