@@ -1,8 +1,10 @@
 // kumo-vu fs run: the script language's replies and its checks on script lines (against the in-process server).
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ScriptRunner } from '../../vmm/kumo-vu/fs/script.js';
+import { ARITY, ScriptRunner } from '../../vmm/kumo-vu/fs/script.js';
 import { LocalShare } from './local-transport.js';
 
 const shares: LocalShare[] = [];
@@ -18,6 +20,16 @@ async function runner(): Promise<{ r: ScriptRunner; dir: string; s: LocalShare }
 }
 
 describe('kumo-vu fs run', () => {
+  it('--help gives each command\'s arguments in order, from the syntax the runner checks counts against', () => {
+    const r = spawnSync(process.execPath, [fileURLToPath(new URL('../../bin/kumo-vu.js', import.meta.url)), 'fs', 'run', '--help'], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.stdout).toContain('chown UID GID PATH');
+    expect(r.stdout).toContain('truncate PATH SIZE');
+    expect(r.stdout).toContain('copy FROM TO [OFFIN [OFFOUT]]');
+    expect(ARITY.chown).toEqual([3, 3]);
+    expect(ARITY.copy).toEqual([2, 4]);
+    expect(ARITY.syncfs).toEqual([0, 0]);
+  });
+
   it('prints bytes that are not UTF-8 faithfully: different contents and names never print alike', async () => {
     const { r, dir } = await runner();
     writeFileSync(join(dir, 'f1'), Buffer.from([0x80]));

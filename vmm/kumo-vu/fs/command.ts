@@ -2,16 +2,30 @@ import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { FuseClient } from '../../../protocol/fuse/index.js';
 import { parseCount, parsePositive } from '../options.js';
-import { ARITY, ScriptRunner } from './script.js';
+import { SYNTAX, ScriptRunner } from './script.js';
 import { VirtioFsTransport } from './transport.js';
 import { benchFs, formatFsBench } from './bench.js';
 
-/** `run --help`: the commands and the rules of the language (the arities come from the runner itself). */
+/** `items` joined with commas into indented lines of at most `width` characters. */
+function wrap(items: string[], width: number): string {
+  const lines: string[] = [];
+  let line = '';
+  for (const item of items) {
+    const next = line === '' ? `  ${item}` : `${line}, ${item}`;
+    if (next.length > width && line !== '') {
+      lines.push(`${line},`);
+      line = `  ${item}`;
+    } else line = next;
+  }
+  return [...lines, line].join('\n');
+}
+
+/** `run --help`: the commands and the rules of the language (the runner's own SYNTAX, from which it takes each command's arity). */
 const SCRIPT_HELP = `
 Script: one command per line; blank lines and lines starting with # are skipped; words are split on blanks, and a
 word in double quotes takes JSON escapes. Paths are relative to the share's root ('.' and '..' are walked here, as a
-guest kernel walks them). Commands (number of arguments):
-  ${Object.entries(ARITY).map(([c, [lo, hi]]) => `${c} ${lo === hi ? lo : `${lo}-${hi}`}`).join(', ')}
+guest kernel walks them). Commands and their arguments ([...]: may be left out):
+${wrap(Object.entries(SYNTAX).map(([c, syntax]) => (syntax === '' ? c : `${c} ${syntax}`)), 110)}
 Each line prints "> LINE" and then "ok ..." (attributes as type, mode, size, nlink, uid, gid; data as a JSON string,
 bytes that are not UTF-8 as \\xNN; more than 64 bytes as len, a SHA-256 prefix and the first 32) or "err ERRNO" for the
 daemon's error reply, and goes on. A line the runner cannot use (unknown command, wrong arguments, a value out of its

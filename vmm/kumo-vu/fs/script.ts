@@ -70,15 +70,23 @@ export function words(line: string): string[] {
   return out;
 }
 
-/** Arguments each command takes: [at least, at most]. */
-export const ARITY: Record<string, [number, number]> = {
-  lookup: [1, 1], stat: [1, 1], mtime: [1, 1], ls: [0, 1], lsraw: [0, 1], cat: [1, 1], pread: [3, 3], write: [2, 2],
-  pwrite: [3, 3], create: [1, 2], mkdir: [1, 2], mknod: [1, 2], symlink: [2, 2], readlink: [1, 1], ln: [2, 2], rm: [1, 1],
-  rmdir: [1, 1], mv: [2, 2], mvx: [2, 2], mvn: [2, 2], chmod: [2, 2], chown: [3, 3], truncate: [2, 2], ftruncate: [2, 2],
-  utime: [2, 2], setxattr: [3, 4], getxattr: [2, 2], listxattr: [1, 1], rmxattr: [2, 2], statfs: [0, 1], fsync: [1, 2],
-  fsyncdir: [0, 1], fallocate: [3, 4], seek: [3, 3], copy: [2, 4], lock: [2, 4], lockw: [2, 4], access: [2, 2], flush: [1, 1],
-  syncfs: [0, 0], interrupt: [0, 0], rawop: [1, 2], destroy: [0, 0], init: [0, 0],
+/** Each command's arguments, in order ([...]: may be left out). */
+export const SYNTAX: Record<string, string> = {
+  lookup: 'PATH', stat: 'PATH', mtime: 'PATH', ls: '[DIR]', lsraw: '[DIR]', cat: 'PATH', pread: 'PATH OFFSET SIZE',
+  write: 'PATH DATA', pwrite: 'PATH OFFSET DATA', create: 'PATH [MODE]', mkdir: 'PATH [MODE]', mknod: 'PATH [MODE]',
+  symlink: 'TARGET LINK', readlink: 'PATH', ln: 'PATH NEWPATH', rm: 'PATH', rmdir: 'PATH', mv: 'FROM TO', mvx: 'FROM TO',
+  mvn: 'FROM TO', chmod: 'MODE PATH', chown: 'UID GID PATH', truncate: 'PATH SIZE', ftruncate: 'PATH SIZE', utime: 'PATH TIME',
+  setxattr: 'PATH NAME VALUE [FLAGS]', getxattr: 'PATH NAME', listxattr: 'PATH', rmxattr: 'PATH NAME', statfs: '[PATH]',
+  fsync: 'PATH [data]', fsyncdir: '[DIR]', fallocate: 'PATH OFFSET LENGTH [MODE]', seek: 'PATH data|hole|0-4 OFFSET',
+  copy: 'FROM TO [OFFIN [OFFOUT]]', lock: 'PATH rd|wr|un [START [END]]', lockw: 'PATH rd|wr|un [START [END]]',
+  access: 'PATH MASK', flush: 'PATH', syncfs: '', interrupt: '', rawop: 'OPCODE [LENGTH]', destroy: '', init: '',
 };
+
+/** Arguments each command takes: [at least, at most]. */
+export const ARITY: Record<string, [number, number]> = Object.fromEntries(Object.entries(SYNTAX).map(([cmd, syntax]) => {
+  const words = syntax.split(' ').filter((w) => w !== '');
+  return [cmd, [words.filter((w) => !w.startsWith('[')).length, words.length]];
+}));
 
 /** A decimal integer argument in [min, max] (a field's range), or a ScriptError naming it. */
 function int(v: string, what: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
