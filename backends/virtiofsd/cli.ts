@@ -37,10 +37,10 @@ export interface DaemonConfig {
 }
 
 export const USAGE = `kumo-virtiofsd --socket-path=PATH|--fd=N --shared-dir=DIR [--socket-group=GROUP] [--tag=TAG] [--cache=auto|always|never|metadata]
-  [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--posix-acl] [--no-announce-submounts]
+  [--sandbox=namespace|chroot|none] [--thread-pool-size=N] [--xattr] [--posix-lock] [--posix-acl[=MODE]] [--no-announce-submounts]
   [--readonly] [--inode-file-handles=never|prefer|mandatory] [--writeback] [--allow-direct-io]
   [--no-readdirplus] [--allow-mmap] [--rlimit-nofile=N] [--log-level=error|warn|info|debug|trace|off] [--syslog] [--poll-us=N] [--print-capabilities]
-  [--seccomp=none|kill|log|trap] [--preserve-noatime] [--xattrmap=RULES] [--modcaps=LIST] [--killpriv-v2] [--security-label]
+  [--seccomp=none|kill|log|trap] [--preserve-noatime] [--xattrmap=RULES] [--modcaps=LIST] [--killpriv-v2] [--security-label[=MODE]]
   [--translate-uid=RULE] [--translate-gid=RULE] [--uid-map=:INSIDE:OUTSIDE:COUNT:] [--gid-map=:INSIDE:OUTSIDE:COUNT:]
 QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=RULES,posix_lock,posix_acl,flock,killpriv_v2,
   writeback,readdirplus
@@ -55,6 +55,8 @@ QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=
 --modcaps=+CAP:-CAP...: the thread serving guest requests keeps only chown, dac_override, fowner, fsetid,
   setgid, setuid, mknod and setfcap (plus dac_read_search with file handles), as virtiofsd does; +CAP adds, -CAP removes
 --posix-acl (implies --xattr): the guest enforces POSIX ACLs; the share keeps them as system.posix_acl_* xattrs
+--posix-acl=MODE, --security-label=MODE: always (the bare flag: a guest kernel without the feature is refused at
+  INIT), auto (served without it then), never
 -o timeout=SECONDS: how long the guest may cache entries and attributes (default by --cache: never 0, auto 1,
   always and metadata 1 day)
 --killpriv-v2: the daemon, not the guest, clears set-user-ID and set-group-ID bits when an unprivileged guest
@@ -102,13 +104,23 @@ function int(name: string, v: string): number {
 
 /** Options that take no value: `--readonly=false` or `-o writeback=no` is an error, not --readonly or -o writeback. */
 const FLAGS = new Set([
-  'xattr', 'no_xattr', 'posix-lock', 'posix_lock', 'no_posix_lock', 'posix-acl', 'posix_acl', 'no_posix_acl',
+  'xattr', 'no_xattr', 'posix-lock', 'posix_lock', 'no_posix_lock', 'posix_acl', 'no_posix_acl',
   'announce-submounts', 'announce_submounts', 'no-announce-submounts', 'readonly', 'writeback', 'no_writeback',
   'allow-direct-io', 'allow_direct_io', 'no_allow_direct_io', 'allow-mmap', 'allow_mmap', 'readdirplus', 'no-readdirplus',
   'no_readdirplus', 'preserve-noatime', 'syslog', 'flock', 'no_flock', 'killpriv-v2', 'killpriv_v2', 'no-killpriv-v2',
-  'no_killpriv_v2', 'security-label', 'security_label', 'no_security_label', 'allow_root', 'debug',
+  'no_killpriv_v2', 'security_label', 'no_security_label', 'allow_root', 'debug',
   'migration-verify-handles', 'migration-confirm-paths',
 ]);
+
+/**
+ * --security-label / --posix-acl and newer virtiofsd's =never|auto|always forms (bare: always). The QEMU -o spelling
+ * (security_label, posix_acl) takes no value.
+ */
+function featureMode(key: string, val: string | null): 'never' | 'auto' | 'always' {
+  if (val === null) return 'always';
+  if (key.includes('_')) throw new FsConfigError(`${key} takes no value`, { option: key, value: val });
+  return oneOf(key, val, ['never', 'auto', 'always']);
+}
 
 /** Parses virtiofsd's (Rust) command line, plus QEMU virtiofsd's `-o k=v,...` and `--socket-path` forms. */
 export function parseArgs(argv: string[]): DaemonConfig {
@@ -154,10 +166,13 @@ export function parseArgs(argv: string[]): DaemonConfig {
         break;
       case 'posix-lock': case 'posix_lock': o.posixLock = true; break;
       case 'no_posix_lock': o.posixLock = false; break;
-      case 'posix-acl': case 'posix_acl':
-        o.posixAcl = true;
-        o.xattr = true;
+      case 'posix-acl': case 'posix_acl': {
+        const mode = featureMode(key, val);
+        o.posixAcl = mode !== 'never';
+        o.posixAclAuto = mode === 'auto';
+        if (o.posixAcl) o.xattr = true;
         break;
+      }
       case 'no_posix_acl': o.posixAcl = false; break;
       case 'announce-submounts': case 'announce_submounts': o.announceSubmounts = true; break;
       case 'no-announce-submounts': o.announceSubmounts = false; break;
@@ -183,10 +198,13 @@ export function parseArgs(argv: string[]): DaemonConfig {
       case 'no_flock': o.flock = false; break;
       case 'killpriv-v2': case 'killpriv_v2': o.killPrivV2 = true; break;
       case 'no-killpriv-v2': case 'no_killpriv_v2': o.killPrivV2 = false; break;
-      case 'security-label': case 'security_label':
-        o.securityLabel = true;
-        o.xattr = true;
+      case 'security-label': case 'security_label': {
+        const mode = featureMode(key, val);
+        o.securityLabel = mode !== 'never';
+        o.securityLabelAuto = mode === 'auto';
+        if (o.securityLabel) o.xattr = true;
         break;
+      }
       case 'no_security_label': o.securityLabel = false; break;
       case 'translate-uid': translate.uid.push(parseIdRule(key, v)); break;
       case 'translate-gid': translate.gid.push(parseIdRule(key, v)); break;

@@ -23,6 +23,12 @@ export interface FsOptions {
   securityLabel: boolean;
   /** --posix-acl: the guest kernel enforces POSIX ACLs, kept as system.posix_acl_* xattrs on the host. */
   posixAcl: boolean;
+  /**
+   * --security-label=auto / --posix-acl=auto (newer virtiofsd's modes): offered, but a guest kernel without them is
+   * served without them instead of refused at INIT (--x and --x=always refuse it).
+   */
+  securityLabelAuto: boolean;
+  posixAclAuto: boolean;
   /** --translate-uid / --translate-gid rules (empty: IDs pass unchanged). */
   translateUid: IdRule[];
   translateGid: IdRule[];
@@ -54,6 +60,8 @@ export const defaultFsOptions = (sharedDir: string): FsOptions => ({
   killPrivV2: false,
   securityLabel: false,
   posixAcl: false,
+  securityLabelAuto: false,
+  posixAclAuto: false,
   translateUid: [],
   translateGid: [],
   readonly: false,

@@ -53,13 +53,12 @@ export class FuseSession {
     // cache=never: the guest drops the attributes READDIRPLUS carries, which would only pin an inode per entry here.
     if (!o.readdirplus || o.cache === 'never') want &= ~(Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO);
     const flags = offered & want;
-    // As virtiofsd: running on without the ACLs the user asked for would serve files with modes they do not have.
     // As virtiofsd: running on without what the user asked for would serve files with modes or labels they do not
     // have. ACLs need all three: without SETXATTR_EXT the guest cannot say that the caller setting an access ACL
     // loses set-group-ID (FUSE_SETXATTR_ACL_KILL_SGID), and the daemon would keep it.
     const acl = Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT;
-    if (o.posixAcl && (offered & acl) !== acl) refuse('--posix-acl: the guest kernel does not offer FUSE_POSIX_ACL, FUSE_DONT_MASK and FUSE_SETXATTR_EXT');
-    if (o.securityLabel && (offered & Init.SECURITY_CTX) === 0n) refuse('--security-label: the guest kernel does not offer FUSE_SECURITY_CTX');
+    if (o.posixAcl && !o.posixAclAuto && (offered & acl) !== acl) refuse('--posix-acl: the guest kernel does not offer FUSE_POSIX_ACL, FUSE_DONT_MASK and FUSE_SETXATTR_EXT');
+    if (o.securityLabel && !o.securityLabelAuto && (offered & Init.SECURITY_CTX) === 0n) refuse('--security-label: the guest kernel does not offer FUSE_SECURITY_CTX');
     if (o.allowMmap && (flags & Init.DIRECT_IO_ALLOW_MMAP) === 0n) log.info('--allow-mmap: the guest kernel does not offer FUSE_DIRECT_IO_ALLOW_MMAP; direct-I/O files cannot be mapped shared');
     if (o.killPrivV2 && (flags & Init.HANDLE_KILLPRIV_V2) === 0n) log.info('--killpriv-v2: the guest kernel does not offer it; the guest clears set-user-ID bits itself');
     this.dontMask = (flags & Init.DONT_MASK) !== 0n;

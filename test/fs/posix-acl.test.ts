@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { FuseClient, FUSE_ROOT_ID, Init, FUSE_SETXATTR_ACL_KILL_SGID } from '../../protocol/fuse/index.js';
 import * as sysfs from '../../protocol/sys/fs.js';
 import { parseArgs } from '../../backends/virtiofsd/cli.js';
+import type { FsOptions as FsOptionsT } from '../../backends/virtiofsd/options.js';
 import { LocalShare } from './local-transport.js';
 
 /** What a Linux guest offers at INIT (the parts that matter here). */
@@ -116,6 +117,25 @@ describe('--posix-acl', () => {
     unmount();
     // Linux 4.9-5.15 offers ACLs without SETXATTR_EXT: it could not say that a caller setting an ACL loses set-group-ID.
     await expect(mount(true, KERNEL_FLAGS & ~Init.SETXATTR_EXT)).rejects.toThrow(/EPROTO/);
+  });
+
+  it('--posix-acl=auto (newer virtiofsd) serves a guest without the ACL flags, ACLs off; =always and =never as their names say', async () => {
+    const parse = (flag: string): FsOptionsT => parseArgs(['--socket-path=/s', '--shared-dir=/d', flag]).fs;
+    expect(parse('--posix-acl=always')).toMatchObject({ posixAcl: true, posixAclAuto: false, xattr: true });
+    expect(parse('--posix-acl=auto')).toMatchObject({ posixAcl: true, posixAclAuto: true, xattr: true });
+    expect(parse('--posix-acl=never')).toMatchObject({ posixAcl: false });
+    expect(() => parse('--posix-acl=yes')).toThrow(/must be one of never\|auto\|always/);
+    expect(() => parseArgs(['--socket-path=/s', '--shared-dir=/d', '-o', 'posix_acl=always'])).toThrow(/takes no value/);
+    share = new LocalShare('kumo-fs-acl-', { xattr: true, posixAcl: true, posixAclAuto: true });
+    base = share.dir;
+    const r = await share.client.init(KERNEL_FLAGS & ~Init.POSIX_ACL);
+    expect(BigInt(r.flags) & Init.POSIX_ACL).toBe(0n);
+    expect((await share.client.getattr(FUSE_ROOT_ID)).mode & 0o170000).toBe(0o040000);
+    unmount();
+    share = new LocalShare('kumo-fs-acl-', { xattr: true, posixAcl: true, posixAclAuto: true });
+    base = share.dir;
+    const on = await share.client.init(KERNEL_FLAGS);
+    expect(BigInt(on.flags) & Init.POSIX_ACL).toBe(Init.POSIX_ACL);
   });
 
   it('without ACLs agreed, refuses and hides the ACL xattrs: no host ACL the guest can neither see nor enforce', async () => {

@@ -5,6 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { decodeSecctx, encodeSecctx, FuseProtocolError, FuseReplyError, FUSE_ROOT_ID, Init } from '../../protocol/fuse/index.js';
 import { parseArgs } from '../../backends/virtiofsd/cli.js';
 import { connectFs, QEMU_VIRTIOFSD } from './daemons.js';
+import { LocalShare } from './local-transport.js';
 
 const INIT = Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.ATOMIC_O_TRUNC | Init.INIT_EXT | Init.SECURITY_CTX;
 const O_RDWR = 2;
@@ -31,6 +32,10 @@ describe('FUSE_SECURITY_CTX wire format (protocol/fuse/secctx.ts)', () => {
     new DataView(lying.buffer).setUint32(8, 1000, true);
     expect(() => decodeSecctx(new Uint8Array([...enc.encode('name\0'), ...lying]), 5, 0)).toThrow(FuseProtocolError);
     expect(parseArgs(['--socket-path=/s', '--shared-dir=/d', '--security-label']).fs).toMatchObject({ securityLabel: true, xattr: true });
+    // Newer virtiofsd's modes: auto serves a guest without FUSE_SECURITY_CTX instead of refusing its INIT.
+    expect(parseArgs(['--socket-path=/s', '--shared-dir=/d', '--security-label=auto']).fs).toMatchObject({ securityLabel: true, securityLabelAuto: true });
+    expect(parseArgs(['--socket-path=/s', '--shared-dir=/d', '--security-label=always']).fs).toMatchObject({ securityLabel: true, securityLabelAuto: false });
+    expect(parseArgs(['--socket-path=/s', '--shared-dir=/d', '--security-label=never']).fs.securityLabel).toBe(false);
     expect(parseArgs(['--socket-path=/s', '--shared-dir=/d', '-o', 'security_label,no_security_label']).fs.securityLabel).toBe(false);
   });
 });
@@ -87,6 +92,21 @@ async function run(who: 'kumo' | 'qemu', extra: string[] = [], first = label('us
   await step('create unlabelled', create('file-plain'));
   return { granted: c.granted(Init.SECURITY_CTX), out, xattrs: hostXattrs(share) };
 }
+
+describe('--security-label=auto', () => {
+  it('serves a guest kernel without FUSE_SECURITY_CTX (labels off) where the bare flag refuses its INIT', async () => {
+    for (const auto of [false, true]) {
+      const s = new LocalShare('kumo-fs-label-auto-', { xattr: true, securityLabel: true, securityLabelAuto: auto });
+      try {
+        const init = s.client.init(INIT & ~Init.SECURITY_CTX);
+        if (auto) expect(BigInt((await init).flags2) << 32n & Init.SECURITY_CTX).toBe(0n);
+        else await expect(init).rejects.toThrow(/EPROTO/);
+      } finally {
+        s.close();
+      }
+    }
+  });
+});
 
 describe.skipIf(!root)('--security-label: new inodes get the label the guest LSM chose', () => {
   it.skipIf(!existsSync(QEMU_VIRTIOFSD))('labels, refuses and undoes creations as QEMU virtiofsd -o security_label does', async () => {
