@@ -21,7 +21,8 @@ Options:
 Defaults: num_queues=1, queue_size=1024, readonly=false, direct=false, poll_queue=true.
 Serves one front-end at a time and listens on for the next after it disconnects, as qemu-storage-daemon
 (Cloud Hypervisor's vhost_user_block exits instead); SIGTERM, SIGINT or SIGHUP stop it.
-Environment: KUMO_BLK_COMPLETION=eventfd|wait (completion strategy), KUMO_BLK_POLL_US (poll window, 50),
+Environment: KUMO_LOG=fatal|error|warn|info|debug|trace|silent (log level, info), KUMO_BLK_COMPLETION=eventfd|wait
+  (completion strategy), KUMO_BLK_POLL_US (poll window, 50),
   KUMO_BLK_POLL_YIELD=0 (spin without sched_yield).
 `;
 
@@ -71,14 +72,18 @@ async function main(): Promise<number> {
     process.stderr.write(`kumo-vhost-user-blk: ${e instanceof Error ? e.message : String(e)}\n`);
     return 1;
   }
-  const completion = (process.env.KUMO_BLK_COMPLETION ?? 'eventfd') as CompletionMode;
+  const completion = process.env.KUMO_BLK_COMPLETION ?? 'eventfd';
+  if (completion !== 'eventfd' && completion !== 'wait') {
+    process.stderr.write(`kumo-vhost-user-blk: KUMO_BLK_COMPLETION must be eventfd or wait, not ${JSON.stringify(completion)}\n`);
+    return 2;
+  }
   const pollUs = Number(process.env.KUMO_BLK_POLL_US ?? 50);
   const backend = new BlkBackend(image, {
     numQueues: cfg.numQueues,
     queueSize: cfg.queueSize,
     pollQueue: cfg.pollQueue,
     pollUs: Number.isFinite(pollUs) && pollUs >= 0 ? pollUs : 50,
-    completion: completion === 'wait' ? 'wait' : 'eventfd',
+    completion: completion as CompletionMode,
     log,
   });
   const daemon = new VhostUserDaemon(backend, { socketPath: cfg.socket, name: 'vhost-user-blk' });

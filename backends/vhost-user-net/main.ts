@@ -21,7 +21,7 @@ const USAGE = `usage: kumo-vhost-user-net --net-backend <params>
   tap names an existing multi-queue TAP to attach to, or the one to create (default: vunet%d).
   Serves one front-end at a time and listens on for the next after it disconnects (client=on connects
   again); Cloud Hypervisor's vhost_user_net exits instead. SIGTERM, SIGINT or SIGHUP stop it.
-  SIGUSR1 prints the data-path counters as one JSON line on stdout.
+  SIGUSR1 prints the data-path counters as one JSON line on stdout; KUMO_LOG=error|warn|info|debug sets the log level.
   -h, --help prints this help; -V, --version prints the version.`;
 
 const log = logger('vhost-user-net');

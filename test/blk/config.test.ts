@@ -151,4 +151,18 @@ describe('kumo-vhost-user-blk command line', () => {
     expect(r.status).not.toBe(0);
     expect(r.stderr).toMatch(/--block-backend given more than once/);
   });
+
+  it('refuses a KUMO_BLK_COMPLETION it does not know instead of ignoring it', () => {
+    const root = fileURLToPath(new URL('../../', import.meta.url));
+    const dir = mkdtempSync('/tmp/kumo-blk-env-');
+    try {
+      writeFileSync(join(dir, 'img'), Buffer.alloc(1 << 20));
+      const r = spawnSync(process.execPath, [join(root, 'bin/kumo-vhost-user-blk.js'), '--block-backend', `path=${join(dir, 'img')},socket=${join(dir, 's')}`],
+        { encoding: 'utf8', timeout: 30_000, env: { ...process.env, KUMO_BLK_COMPLETION: 'poll' } });
+      expect(r.status).toBe(2);
+      expect(r.stderr).toMatch(/KUMO_BLK_COMPLETION must be eventfd or wait, not "poll"/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
