@@ -3,6 +3,7 @@ import type { VringHandle } from '../../protocol/vhost-user/backend-types.js';
 import { closeQuiet, timerfd, timerfdSetPeriod } from '../../protocol/sys/fd.js';
 import { DeferredReplies, type Deferrer } from './deferred.js';
 import { E } from './errors.js';
+import type { LockWant } from './lock-deadlock.js';
 import { logger } from '../../protocol/log.js';
 
 const log = logger('virtiofsd');
@@ -28,6 +29,8 @@ interface Wait {
   uniqueHi: number;
   owner: VringHandle | null;
   head: number;
+  /** What a POSIX SETLKW waits for (null: a flock(2) wait), for deadlock detection. */
+  want: LockWant | null;
 }
 
 /**
@@ -60,12 +63,19 @@ export class LockWaits implements Deferrer {
   }
 
   /** Parks a blocked request whose reply header goes to hdrGpa; false when too many wait already. */
-  park(attempt: () => number, hdrGpa: number, uniqueLo: number, uniqueHi: number): boolean {
+  park(attempt: () => number, hdrGpa: number, uniqueLo: number, uniqueHi: number, want: LockWant | null = null): boolean {
     if (this.waits.length >= MAX_WAITS) return false;
-    this.last = { attempt, hdrGpa, uniqueLo, uniqueHi, owner: null, head: 0 };
+    this.last = { attempt, hdrGpa, uniqueLo, uniqueHi, owner: null, head: 0, want };
     this.waits.push(this.last);
     this.arm(true);
     return true;
+  }
+
+  /** The POSIX locks `owner` waits for. */
+  wanting(owner: bigint): LockWant[] {
+    const out: LockWant[] = [];
+    for (const w of this.waits) if (w.want !== null && w.want.owner === owner) out.push(w.want);
+    return out;
   }
 
   bind(owner: VringHandle, head: number): void {

@@ -1,6 +1,6 @@
 import * as fs from '../../protocol/sys/fs.js';
 import type { FileHandle } from '../../protocol/sys/fs.js';
-import { close, closeQuiet, dup, dupCloexecRaw, fileStatusFlags, preadv, preadvRest, pwritev, RWF_APPEND, type FileOffset, type IoVecList } from '../../protocol/sys/fd.js';
+import { close, closeQuiet, dup, dupCloexecRaw, fileStatusFlags, preadv, preadvRest, pwritev, read, RWF_APPEND, type FileOffset, type IoVecList } from '../../protocol/sys/fd.js';
 import { SysError, rawSyscall } from '../../protocol/sys/libc.js';
 import { Fattr, type Attr, type EntryOut, type Kstatfs, type FileLock, type SetattrIn, type SecurityContext, FUSE_LK_FLOCK } from '../../protocol/fuse/index.js';
 import { encodeDirent, encodeDirentplus } from '../../protocol/fuse/dirent.js';
@@ -12,6 +12,7 @@ import { HandleTable, Inode, InodeTable, type DirStream, type Handle, type Ino }
 import { cacheTimeout, type FsOptions } from './options.js';
 import { FORBIDDEN, idMaps, type IdMaps } from './idmap.js';
 import { XattrMap, type XattrAccess } from './xattrmap.js';
+import { conflicts, parseFdinfoLocks, type LockRange, type LockWant } from './lock-deadlock.js';
 import { capNumber, withEffectiveCap, withoutEffectiveCap } from '../../protocol/sys/caps.js';
 
 const O_ACCMODE = 3;
@@ -150,6 +151,8 @@ export class PassthroughFs {
   private warnedGroups = false;
   private readonly direntBuf = Buffer.alloc(64 * 1024);
   private readonly linkBuf = Buffer.alloc(4096);
+  /** /proc/self/fdinfo of a lock fd: one line per lock it holds. */
+  private readonly fdinfoBuf = Buffer.alloc(256 * 1024);
   private readonly xattrMap: XattrMap | null;
   /** Where --xattrmap moves security.capability on the host, or null where the host kernel keeps it (see dropCapabilities). */
   private readonly capXattr: Uint8Array | null;
@@ -1176,6 +1179,32 @@ export class PassthroughFs {
     // An owner with no open file here holds no lock to drop: nothing to open (which could break a host lease).
     if (fl.type === fs.F_UNLCK && this.opts.posixLock && i.lockFds?.get(owner) === undefined) return;
     fs.fcntlLock(this.lockFd(i, owner), fs.F_OFD_SETLK, fl);
+  }
+
+  /** The owners here whose POSIX locks on the wanted inode conflict with `w` (a host process's locks are not seen). */
+  lockBlockers(w: LockWant): bigint[] {
+    const out: bigint[] = [];
+    for (const [owner, fd] of (w.inode as Inode).lockFds ?? []) {
+      if (owner !== w.owner && this.heldLocks(fd).some((l) => conflicts(l, w))) out.push(owner);
+    }
+    return out;
+  }
+
+  /** The OFD locks on lock fd `fd`, from /proc/self/fdinfo (reached from /proc/self/fd, opened before the sandbox). */
+  private heldLocks(fd: number): LockRange[] {
+    let f = -1;
+    try {
+      f = fs.openat(this.procSelfFd, `../fdinfo/${fd}`, O_CLOEXEC);
+      const buf = this.fdinfoBuf;
+      let n = 0;
+      for (let k; n < buf.length && (k = read(f, buf.subarray(n))) > 0;) n += k;
+      return parseFdinfoLocks(dec.decode(buf.subarray(0, n)));
+    } catch (e) {
+      if (!(e instanceof SysError)) throw e;
+      return [];
+    } finally {
+      if (f >= 0) closeQuiet(f);
+    }
   }
 
   /** Used by diagnostics and tests. */

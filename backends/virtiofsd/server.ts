@@ -5,11 +5,14 @@ import {
   RenameIn, Rename2In, LinkIn, SetattrIn, OpenIn, CreateIn, OpenOut, ReleaseIn, FlushIn, ReadIn, WriteIn, WriteOut,
   Kstatfs, FsyncIn, InterruptIn, FUSE_RELEASE_FLOCK_UNLOCK, SetxattrIn, SetxattrExtIn, FUSE_SETXATTR_ACL_KILL_SGID, GetxattrIn, GetxattrOut, LkIn, LkOut, AccessIn, InitIn, InitOut, FallocateIn,
   LseekIn, LseekOut, ReaddirIn, CopyFileRangeIn, IN_HEADER_SIZE, OUT_HEADER_SIZE, decodeSecctx, decodeSuppGroup, type SecurityContext,
+  FUSE_LK_FLOCK,
 } from '../../protocol/fuse/index.js';
 import { IoVecList } from '../../protocol/sys/fd.js';
 import { SysError } from '../../protocol/sys/libc.js';
 import { logger, WarnLimiter } from '../../protocol/log.js';
 import { E, FsError } from './errors.js';
+import { F_WRLCK } from '../../protocol/sys/fs.js';
+import { closesCycle } from './lock-deadlock.js';
 import type { FuseIo } from './fuse-io.js';
 import type { IoOffload } from './io-offload.js';
 import type { LockWaits } from './lock-waits.js';
@@ -440,7 +443,13 @@ export class FuseServer {
     const lo = Number(u & 0xffff_ffffn);
     const hi = Number(u >> 32n);
     if (this.waits?.interrupted(lo, hi)) return this.reply(io, u, -E.EINTR);
-    if (this.waits === null || gpa < 0 || !this.waits.park(attempt, gpa, lo, hi)) {
+    const waits = this.waits;
+    const want = (l.lkFlags & FUSE_LK_FLOCK) === 0 ? { inode: i, owner: l.owner, write: l.lk.type === F_WRLCK, start: l.lk.start, end: l.lk.end } : null;
+    // As a local file system: the request that would close a cycle of waiting owners is answered EDEADLK.
+    if (waits !== null && want !== null && closesCycle(want, (w) => this.fs.lockBlockers(w), (o) => waits.wanting(o))) {
+      return this.reply(io, u, -E.EDEADLK);
+    }
+    if (waits === null || gpa < 0 || !waits.park(attempt, gpa, lo, hi, want)) {
       return this.reply(io, u, -E.ENOLCK);
     }
     this.deferredTo = this.waits;

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FuseClient, FuseReplyError, FUSE_LK_FLOCK, FUSE_RELEASE_FLOCK_UNLOCK, FUSE_ROOT_ID, Init, type FileLock } from '../../protocol/fuse/index.js';
 import { parseArgs } from '../../backends/virtiofsd/cli.js';
+import { closesCycle, conflicts, parseFdinfoLocks } from '../../backends/virtiofsd/lock-deadlock.js';
 import { connectFs, errCode, QEMU_VIRTIOFSD } from './daemons.js';
 import type { VirtioFsTransport } from '../../vmm/kumo-vu/fs/transport.js';
 import { LockWaits } from '../../backends/virtiofsd/lock-waits.js';
@@ -242,6 +243,44 @@ describe('blocking POSIX locks (SETLKW with --posix-lock)', () => {
     }
   }, 30_000);
 
+  it('answer EDEADLK to the request that closes a cycle of waiting owners, as a local file system does (two owners, then three)', async () => {
+    const s = await open('kumo', ['--posix-lock']);
+    const codes: string[] = [];
+    const wait = (owner: bigint, start: bigint): Promise<number> => {
+      const k = codes.push('') - 1;
+      return s.c.setlk(s.node, s.fh[0], owner, range(start, 10), true).then(() => 0, (e: FuseReplyError) => {
+        codes[k] = e.code;
+        return 1;
+      });
+    };
+    // Owner 1 holds [0,10), owner 2 [10,20); 1 waits for 2's range, then 2 asks for 1's: that one closes the cycle.
+    await s.c.setlk(s.node, s.fh[0], 1n, range(0n, 10), true);
+    await s.c.setlk(s.node, s.fh[0], 2n, range(10n, 10), true);
+    const w1 = wait(1n, 10n);
+    await s.c.getattr(s.node); // parked once this is answered (same queue, in order)
+    expect(await errCode(s.c.setlk(s.node, s.fh[0], 2n, range(0n, 10), true))).toBe('EDEADLK');
+    // 2 gives its range up: 1's wait ends with the lock.
+    await s.c.setlk(s.node, s.fh[0], 2n, range(10n, 10, F_UNLCK));
+    expect(await w1).toBe(0);
+    // Three owners: 1 holds [0,20) now, 3 holds [30,40), 4 holds [50,60); 1 waits for 3, 3 for 4, and 4 asks for 1.
+    await s.c.setlk(s.node, s.fh[0], 3n, range(30n, 10), true);
+    await s.c.setlk(s.node, s.fh[0], 4n, range(50n, 10), true);
+    const w2 = wait(1n, 30n);
+    const w3 = wait(3n, 50n);
+    await s.c.getattr(s.node);
+    expect(await errCode(s.c.setlk(s.node, s.fh[0], 4n, range(5n, 2), true))).toBe('EDEADLK');
+    // A request that only waits (no cycle) still waits: 5 asks for 4's range and is not refused.
+    const w4 = wait(5n, 55n);
+    await s.c.getattr(s.node);
+    expect(codes.filter((c) => c !== '')).toEqual([]);
+    await s.c.setlk(s.node, s.fh[0], 4n, range(50n, 10, F_UNLCK));
+    expect(await w3).toBe(0);
+    await s.c.setlk(s.node, s.fh[0], 3n, range(30n, 10, F_UNLCK));
+    await s.c.setlk(s.node, s.fh[0], 3n, range(50n, 10, F_UNLCK));
+    expect(await w2).toBe(0);
+    expect(await w4).toBe(0);
+  }, 30_000);
+
   it('take a free range at once and wait for a held one while other requests go on', async () => {
     const s = await open('kumo', ['--posix-lock']);
     await s.c.setlk(s.node, s.fh[0], 1n, range(0n, 10), true);
@@ -257,6 +296,25 @@ describe('blocking POSIX locks (SETLKW with --posix-lock)', () => {
     expect(held.type).toBe(F_WRLCK);
     expect(held.start).toBe(5n);
   }, 30_000);
+});
+
+describe('lock-deadlock.ts', () => {
+  it('reads the OFD locks of /proc/self/fdinfo and finds cycles through parked requests only', () => {
+    expect(parseFdinfoLocks('pos:\t0\nlock:\t1: OFDLCK ADVISORY  WRITE -1 fe:00:42 10 14\nlock:\t2: OFDLCK ADVISORY  READ -1 fe:00:42 40 EOF\n' +
+      'lock:\t3: POSIX  ADVISORY  WRITE 77 fe:00:42 0 0\n')).toEqual([
+      { write: true, start: 10n, end: 14n }, { write: false, start: 40n, end: 0x7fffffffffffffffn }]);
+    const r = (write: boolean, start: bigint, end: bigint) => ({ write, start, end });
+    expect(conflicts(r(false, 0n, 9n), r(false, 5n, 6n))).toBe(false);
+    expect(conflicts(r(true, 0n, 9n), r(false, 9n, 20n))).toBe(true);
+    expect(conflicts(r(true, 0n, 9n), r(true, 10n, 20n))).toBe(false);
+    const inode = {};
+    const want = (owner: bigint) => ({ inode, owner, ...r(true, 0n, 0n) });
+    // 1 -> 2 -> 3 -> 1 through parked requests: a cycle; with 3 not waiting, none.
+    const blockers = new Map<bigint, bigint[]>([[1n, [2n]], [2n, [3n]], [3n, [1n]]]);
+    const by = (w: { owner: bigint }) => blockers.get(w.owner) ?? [];
+    expect(closesCycle(want(1n), by, (o) => (o === 2n || o === 3n ? [want(o)] : []))).toBe(true);
+    expect(closesCycle(want(1n), by, (o) => (o === 2n ? [want(o)] : []))).toBe(false);
+  });
 });
 
 describe('LockWaits', () => {
