@@ -7,7 +7,6 @@ import { VhostUserSocketError } from '../../protocol/vhost-user/errors.js';
 import { BlockBackendConfig } from './config.js';
 import { DiskImage } from './image.js';
 import { BlkBackend } from './backend.js';
-import type { CompletionMode } from './engine.js';
 
 const USAGE = `Usage: kumo-vhost-user-blk --block-backend <options>
 
@@ -65,6 +64,11 @@ async function main(): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
+  const completion = process.env.KUMO_BLK_COMPLETION ?? 'eventfd';
+  if (completion !== 'eventfd' && completion !== 'wait') {
+    process.stderr.write(`kumo-vhost-user-blk: KUMO_BLK_COMPLETION must be eventfd or wait, not ${JSON.stringify(completion)}\n`);
+    return 2;
+  }
   let image: DiskImage;
   try {
     image = DiskImage.open(cfg.path, { readonly: cfg.readonly, direct: cfg.direct });
@@ -72,18 +76,13 @@ async function main(): Promise<number> {
     process.stderr.write(`kumo-vhost-user-blk: ${e instanceof Error ? e.message : String(e)}\n`);
     return 1;
   }
-  const completion = process.env.KUMO_BLK_COMPLETION ?? 'eventfd';
-  if (completion !== 'eventfd' && completion !== 'wait') {
-    process.stderr.write(`kumo-vhost-user-blk: KUMO_BLK_COMPLETION must be eventfd or wait, not ${JSON.stringify(completion)}\n`);
-    return 2;
-  }
   const pollUs = Number(process.env.KUMO_BLK_POLL_US ?? 50);
   const backend = new BlkBackend(image, {
     numQueues: cfg.numQueues,
     queueSize: cfg.queueSize,
     pollQueue: cfg.pollQueue,
     pollUs: Number.isFinite(pollUs) && pollUs >= 0 ? pollUs : 50,
-    completion: completion as CompletionMode,
+    completion,
     log,
   });
   const daemon = new VhostUserDaemon(backend, { socketPath: cfg.socket, name: 'vhost-user-blk' });

@@ -76,9 +76,10 @@ export class PooledIo {
   private readonly patch: Uint8Array;
   private readonly left: Uint8Array;
   private readonly failed: Uint8Array;
-  /** 1 when the piece's patch read came back short: the file ended inside it, so its write grows the file. */
-  private readonly short: Uint8Array;
-  /** Where the file ended as the short patch read saw it (someone else may have grown it past `end` inside the block). */
+  /**
+   * Where the file ended as a short patch read of the piece saw it (-1: none came back short). A short read means
+   * this piece's write grows the file; someone else may have grown it past `end` inside the block.
+   */
   private readonly seenEnd: Float64Array;
   /** The run of gate stripes the request holds (0: none). */
   private readonly run: Uint32Array;
@@ -108,7 +109,6 @@ export class PooledIo {
     this.patch = new Uint8Array(slots);
     this.left = new Uint8Array(slots);
     this.failed = new Uint8Array(slots);
-    this.short = new Uint8Array(slots);
     this.seenEnd = new Float64Array(slots);
     this.run = new Uint32Array(slots);
     this.parkedSlots = new Uint16Array(slots);
@@ -134,7 +134,7 @@ export class PooledIo {
     this.writes[slot] = write ? 1 : 0;
     this.patch[slot] = write && (offset % a !== 0 || (offset + len) % a !== 0) ? 1 : 0;
     this.failed[slot] = 0;
-    this.short[slot] = 0;
+    this.seenEnd[slot] = -1;
     this.run[slot] = 0;
     if (this.parkedCount > 0 || !this.begin(slot)) {
       this.phase[slot] = PARKED;
@@ -175,8 +175,7 @@ export class PooledIo {
       else if (res < a) {
         buf.bytes.fill(0, (op === 0 ? 0 : span - a) + res, op === 0 ? a : span);
         const seen = (op === 0 ? at : at + span - a) + res;
-        this.seenEnd[slot] = this.short[slot] === 1 ? Math.min(this.seenEnd[slot], seen) : seen;
-        this.short[slot] = 1;
+        this.seenEnd[slot] = this.seenEnd[slot] < 0 ? seen : Math.min(this.seenEnd[slot], seen);
       }
       if (--this.left[slot] > 0) return POOLED_PENDING;
       if (this.failed[slot] === 0 && this.copy(slot, buf, true)) {
@@ -188,8 +187,8 @@ export class PooledIo {
     } else if (phase === PATCH_WRITE) {
       if (res !== span) this.failed[slot] = 1;
       // Cut back only a file this write grew: one that someone else grew meanwhile keeps what they put there.
-      else if (this.short[slot] === 1 && at + span > this.host.end && cutBack(this.host.fd, Math.max(this.host.end, this.seenEnd[slot])) < 0) this.failed[slot] = 1;
-      this.short[slot] = 0;
+      else if (this.seenEnd[slot] >= 0 && at + span > this.host.end && cutBack(this.host.fd, Math.max(this.host.end, this.seenEnd[slot])) < 0) this.failed[slot] = 1;
+      this.seenEnd[slot] = -1;
     }
     if (this.failed[slot] === 0 && at + span < stop) {
       this.next(slot, at + span);

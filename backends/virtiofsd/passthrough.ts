@@ -151,8 +151,8 @@ export class PassthroughFs {
   private warnedGroups = false;
   private readonly direntBuf = Buffer.alloc(64 * 1024);
   private readonly linkBuf = Buffer.alloc(4096);
-  /** /proc/self/fdinfo of a lock fd: one line per lock it holds. */
-  private readonly fdinfoBuf = Buffer.alloc(256 * 1024);
+  /** /proc/self/fdinfo of a lock fd, one line per lock it holds: made by the first blocked SETLKW. */
+  private fdinfoBuf: Buffer | null = null;
   private readonly xattrMap: XattrMap | null;
   /** Where --xattrmap moves security.capability on the host, or null where the host kernel keeps it (see dropCapabilities). */
   private readonly capXattr: Uint8Array | null;
@@ -1195,7 +1195,7 @@ export class PassthroughFs {
     let f = -1;
     try {
       f = fs.openat(this.procSelfFd, `../fdinfo/${fd}`, O_CLOEXEC);
-      const buf = this.fdinfoBuf;
+      const buf = (this.fdinfoBuf ??= Buffer.alloc(256 * 1024));
       let n = 0;
       for (let k; n < buf.length && (k = read(f, buf.subarray(n))) > 0;) n += k;
       return parseFdinfoLocks(dec.decode(buf.subarray(0, n)));

@@ -1,10 +1,11 @@
 // A back-end started in a working directory that was removed (a deleted build or job directory, a service whose
 // WorkingDirectory went away): Node starts no worker thread there, and every back-end died at start.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
+import { kumoVu } from './kumo-vu-run.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 let dir = '';
@@ -30,11 +31,6 @@ function inRemovedDir(args: string[]): { child: ChildProcess; output: () => stri
 async function socketOf(path: string, output: () => string): Promise<void> {
   for (let i = 0; i < 150 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 100));
   expect(existsSync(path), output()).toBe(true);
-}
-
-function kumoVu(args: string[], input?: string): string {
-  const r = spawnSync(process.execPath, [join(ROOT, 'bin/kumo-vu.js'), ...args], { encoding: 'utf8', input, timeout: 60_000 });
-  return r.stdout + r.stderr;
 }
 
 describe('back-ends started in a removed working directory', () => {

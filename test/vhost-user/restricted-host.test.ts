@@ -9,6 +9,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSyn
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
+import { kumoVu } from './kumo-vu-run.js';
 import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP } from '../../protocol/virtio/index.js';
 import { BlkVuClient } from '../blk/vu-client.js';
 
@@ -56,11 +57,6 @@ function blkImage(base: string, size: number): { dir: string; sock: string; args
   writeFileSync(img, Buffer.alloc(size));
   const sock = join(dir, 'blk.sock');
   return { dir, sock, args: [join(ROOT, 'bin/kumo-vhost-user-blk.js'), '--block-backend', `path=${img},socket=${sock}`] };
-}
-
-function kumoVu(args: string[], input?: string): string {
-  const r = spawnSync(process.execPath, [join(ROOT, 'bin/kumo-vu.js'), ...args], { encoding: 'utf8', input, timeout: 60_000 });
-  return r.stdout + r.stderr;
 }
 
 describe.skipIf(why !== null)('back-ends at a pids limit (io_uring cannot start a worker thread)', () => {

@@ -10,6 +10,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
+import { kumoVu } from './kumo-vu-run.js';
 import { closeQuiet, setNonBlocking } from '../../protocol/sys/fd.js';
 import { recvMsg, unixDgramBind } from '../../protocol/sys/socket.js';
 
@@ -88,7 +89,7 @@ describe('kumo-virtiofsd --syslog', () => {
       // A line logged while syslog was away may have tried to connect already: the next try comes a second later.
       await sleep(1100);
       // The main thread logs a front-end's arrival.
-      spawnSync(process.execPath, [join(ROOT, 'bin/kumo-vu.js'), 'fs', '--socket', sock, 'run', '-'], { input: 'ls\n', timeout: 30_000 });
+      kumoVu(['fs', '--socket', sock, 'run', '-'], 'ls\n');
       const lines: string[] = [];
       const buf = new Uint8Array(8192);
       for (let i = 0; i < 50 && !lines.some((l) => l.includes('front-end connected')); i++) {

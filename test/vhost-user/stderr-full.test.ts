@@ -1,11 +1,12 @@
 // Back-ends whose log cannot be written (stderr on a full disk, /dev/full, a closed pipe) keep serving, as
 // qemu-storage-daemon and virtiofsd do: pino's destination threw ENOSPC out of the code that logged, so the first
 // "front-end connected" (or any warning in a queue worker) ended the back-end and its guest's disk with it.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
+import { kumoVu } from './kumo-vu-run.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 let dir = '';
@@ -24,11 +25,6 @@ async function startLogging(args: string[], sock: string, stderr: 'full' | 'clos
   for (let i = 0; i < 150 && !existsSync(sock) && c.exitCode === null; i++) await new Promise((r) => setTimeout(r, 100));
   expect(c.exitCode).toBe(null);
   return c;
-}
-
-function kumoVu(args: string[], input?: string): string {
-  const r = spawnSync(process.execPath, [join(ROOT, 'bin/kumo-vu.js'), ...args], { encoding: 'utf8', input, timeout: 60_000 });
-  return r.stdout + r.stderr;
 }
 
 describe.each(['full', 'closed-pipe'] as const)('back-ends with stderr %s', (stderr) => {
