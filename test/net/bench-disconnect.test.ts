@@ -1,6 +1,7 @@
 // kumo-vu net bench against a back-end that dies mid-run: an error and a non-zero exit, as blk bench gives, not a rate
 // over a run the back-end was not there for.
 import { spawn } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { NetNs, netnsUnavailable } from './netns.js';
 import { kumoVuBin, startBackend } from './harness.js';
@@ -29,6 +30,7 @@ describe.skipIf(why !== null)('kumo-vu net bench', () => {
     } finally {
       be.proc.kill('SIGKILL');
       ns.delete();
+      rmSync(sock, { force: true }); // a back-end killed outright leaves its socket file
     }
   }, 60_000);
 });
