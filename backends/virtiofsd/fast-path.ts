@@ -1,5 +1,6 @@
 import { Op, FUSE_GETATTR_FH, FUSE_WRITE_CACHE, FUSE_MAX_WRITE, FUSE_OPEN_KILL_SUIDGID, FUSE_RELEASE_FLOCK_UNLOCK, FUSE_WRITE_KILL_SUIDGID, IN_HEADER_SIZE, OUT_HEADER_SIZE } from '../../protocol/fuse/index.js';
-import { O_APPEND, type IoVecList } from '../../protocol/sys/fd.js';
+import { O_APPEND, O_NONBLOCK, type IoVecList } from '../../protocol/sys/fd.js';
+import { SysError } from '../../protocol/sys/libc.js';
 import { fstatRaw, rawMountId, rawStat } from '../../protocol/sys/fs.js';
 import { E } from './errors.js';
 import type { FuseIo } from './fuse-io.js';
@@ -119,7 +120,15 @@ export class FastPath {
         const i = fs.inodes.tryGet(nodeid);
         if (i === undefined) return this.error(io, E.EBADF);
         const kill = this.session.kill((this.inDv.getUint32(A + 4, true) & FUSE_OPEN_KILL_SUIDGID) !== 0);
-        const fh = fs.open(i, this.inDv.getUint32(A, true), kill);
+        const flags = this.inDv.getUint32(A, true);
+        let fh: number;
+        try {
+          fh = fs.open(i, flags, kill, true);
+        } catch (e) {
+          // A host lease being broken: the generic path waits for it without holding up other requests.
+          if (e instanceof SysError && e.errno === E.EAGAIN && (flags & O_NONBLOCK) === 0) return NOT_HANDLED;
+          throw e;
+        }
         this.put64(OUT_HEADER_SIZE, fh);
         this.outDv.setUint32(OUT_HEADER_SIZE + 8, this.session.fopenFlags(false), true);
         this.outDv.setUint32(OUT_HEADER_SIZE + 12, 0, true);

@@ -20,6 +20,8 @@ export interface FuseIo {
   outIovecs(offset: number, len: number, iov: IoVecList): number;
   /** Guest address of the reply header when it lies in one guest buffer, else -1 (the reply must be written now). */
   outHeaderGpa(): number;
+  /** A copy of the reply space's guest buffers, for a reply body written after the request's turn; null: none. */
+  outSegments(): Segment[] | null;
 }
 
 function pushRange(
@@ -69,6 +71,9 @@ export class ChainIo implements FuseIo {
   outHeaderGpa(): number {
     const w = this.writable;
     return w.length > 0 && w[0].len >= 16 ? w[0].addr : -1;
+  }
+  outSegments(): Segment[] {
+    return this.writable.map((s) => ({ addr: s.addr, len: s.len }));
   }
   readIn(offset: number, dst: Uint8Array): number {
     const segs = this.readable;
@@ -126,6 +131,9 @@ export class BufferIo implements FuseIo {
   }
   outHeaderGpa(): number {
     return -1;
+  }
+  outSegments(): null {
+    return null;
   }
   readIn(offset: number, dst: Uint8Array): number {
     return copy(this.input, offset, dst.length, (b, o, n, d) => dst.set(b.subarray(o, o + n), d));

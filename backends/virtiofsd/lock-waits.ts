@@ -22,8 +22,11 @@ const MAX_WAITS = 32768;
 const MAX_EARLY_INTERRUPTS = 64;
 
 interface Wait {
-  /** Takes the lock without blocking: 0, -EAGAIN while it is held elsewhere, or another -errno (the answer). */
-  attempt: () => number;
+  /**
+   * Tries the request again without blocking: -EAGAIN while it still would, else its answer (bytes of reply data it
+   * wrote after the header through `mem`, or -errno).
+   */
+  attempt: (mem: GuestMemory) => number;
   hdrGpa: number;
   uniqueLo: number;
   uniqueHi: number;
@@ -34,11 +37,11 @@ interface Wait {
 }
 
 /**
- * SETLKW (fcntl F_SETLKW, and flock(2) without LOCK_NB) on a lock held elsewhere. One thread serves every
- * request, so it cannot block in the kernel for the lock: the request is parked with its chain out, and the
- * lock is tried again, oldest first, after each round of requests (one of them may have released it) and on a
- * timer. The reply goes out when the lock is taken, or with EINTR when the guest interrupts the request or
- * the queue stops.
+ * Requests that would block in the kernel: SETLKW (fcntl F_SETLKW, and flock(2) without LOCK_NB) on a lock held
+ * elsewhere, and an OPEN waiting for a host process to give up its lease on the file. One thread serves every
+ * request, so it cannot block for them: the request is parked with its chain out, and tried again, oldest first,
+ * after each round of requests (one of them may have released a lock) and on a timer. The reply goes out when it
+ * gets through, or with EINTR when the guest interrupts the request or the queue stops.
  */
 export class LockWaits implements Deferrer {
   /** Ticks every LOCK_RETRY_MS while a lock is waited for; the queue loop watches it in its epoll. */
@@ -63,7 +66,7 @@ export class LockWaits implements Deferrer {
   }
 
   /** Parks a blocked request whose reply header goes to hdrGpa; false when too many wait already. */
-  park(attempt: () => number, hdrGpa: number, uniqueLo: number, uniqueHi: number, want: LockWant | null = null): boolean {
+  park(attempt: (mem: GuestMemory) => number, hdrGpa: number, uniqueLo: number, uniqueHi: number, want: LockWant | null = null): boolean {
     if (this.waits.length >= MAX_WAITS) return false;
     this.last = { attempt, hdrGpa, uniqueLo, uniqueHi, owner: null, head: 0, want };
     this.waits.push(this.last);
@@ -95,7 +98,7 @@ export class LockWaits implements Deferrer {
         still.push(w);
         continue;
       }
-      const r = w.attempt();
+      const r = w.attempt(mem);
       if (r === -E.EAGAIN) still.push(w);
       else this.answer(mem, w, r);
     }

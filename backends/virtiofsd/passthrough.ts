@@ -1,6 +1,6 @@
 import * as fs from '../../protocol/sys/fs.js';
 import type { FileHandle } from '../../protocol/sys/fs.js';
-import { close, closeQuiet, dup, dupCloexecRaw, fileStatusFlags, preadv, preadvRest, pwritev, read, RWF_APPEND, type FileOffset, type IoVecList } from '../../protocol/sys/fd.js';
+import { close, closeQuiet, dup, dupCloexecRaw, fileStatusFlags, preadv, preadvRest, pwritev, read, RWF_APPEND, setNonBlocking, type FileOffset, type IoVecList } from '../../protocol/sys/fd.js';
 import { SysError, rawSyscall } from '../../protocol/sys/libc.js';
 import { Fattr, type Attr, type EntryOut, type Kstatfs, type FileLock, type SetattrIn, type SecurityContext, FUSE_LK_FLOCK } from '../../protocol/fuse/index.js';
 import { encodeDirent, encodeDirentplus } from '../../protocol/fuse/dirent.js';
@@ -766,11 +766,24 @@ export class PassthroughFs {
     }
   }
 
-  /** OPEN; `kill`: an O_TRUNC by a guest caller without CAP_FSETID (see setattr). */
-  open(i: Inode, flags: number, kill = false): number {
+  /**
+   * OPEN; `kill`: an O_TRUNC by a guest caller without CAP_FSETID (see setattr). `leaseAgain`: when a host process
+   * holds a lease the open must break, throw EAGAIN at once (the caller waits for it elsewhere) rather than block
+   * this thread, and every request behind it, for up to lease-break-time (45 s).
+   */
+  open(i: Inode, flags: number, kill = false, leaseAgain = false): number {
     const fl = this.openFlags(flags);
+    const probe = leaseAgain && (fl & O_NONBLOCK) === 0;
     this.guestFds.need(1);
-    const fd = this.killingPrivs(kill && (fl & O_TRUNC) !== 0, () => this.reopen(i, fl, flags));
+    const fd = this.killingPrivs(kill && (fl & O_TRUNC) !== 0, () => this.reopen(i, probe ? fl | O_NONBLOCK : fl, flags));
+    if (probe) {
+      try {
+        setNonBlocking(fd, false);
+      } catch (e) {
+        close(fd);
+        throw e;
+      }
+    }
     if (fl & O_TRUNC) this.dropCapabilities(fd);
     return this.fileHandle(fd, i, flags);
   }

@@ -7,7 +7,9 @@ import {
   LseekIn, LseekOut, ReaddirIn, CopyFileRangeIn, IN_HEADER_SIZE, OUT_HEADER_SIZE, decodeSecctx, decodeSuppGroup, type SecurityContext,
   FUSE_LK_FLOCK,
 } from '../../protocol/fuse/index.js';
-import { IoVecList } from '../../protocol/sys/fd.js';
+import { IoVecList, O_NONBLOCK } from '../../protocol/sys/fd.js';
+import type { GuestMemory } from '../../protocol/memory/index.js';
+import { writeToChain } from '../../protocol/virtqueue/chain.js';
 import { SysError } from '../../protocol/sys/libc.js';
 import { logger, WarnLimiter } from '../../protocol/log.js';
 import { E, FsError } from './errors.js';
@@ -239,11 +241,8 @@ export class FuseServer {
         const l = LinkIn.decode(a);
         return this.replyStruct(io, u, EntryOut, fs.link(fs.inode(l.oldnodeid), fs.inode(h.nodeid), cstring(a, LinkIn.size).name));
       }
-      case Op.OPEN: {
-        const o = OpenIn.decode(a);
-        const fh = fs.open(fs.inode(h.nodeid), o.flags, this.session.kill((o.openFlags & FUSE_OPEN_KILL_SUIDGID) !== 0));
-        return this.replyStruct(io, u, OpenOut, { fh, openFlags: this.session.fopenFlags(false) });
-      }
+      case Op.OPEN:
+        return this.open(io, u, h.nodeid, OpenIn.decode(a));
       case Op.CREATE: {
         const c = CreateIn.decode(a);
         const kill = this.session.kill((c.openFlags & FUSE_OPEN_KILL_SUIDGID) !== 0);
@@ -453,6 +452,58 @@ export class FuseServer {
       return this.reply(io, u, -E.ENOLCK);
     }
     this.deferredTo = this.waits;
+    return DEFERRED;
+  }
+
+  /**
+   * OPEN. One that must break a host process's lease on the file (Samba, knfsd, a tool) waits in LockWaits, as the
+   * kernel would make the opener wait, while other requests go on; a guest open with O_NONBLOCK gets EAGAIN as it
+   * would locally. Without LockWaits, or with no single guest buffer for the reply header, it blocks as open(2) does.
+   */
+  private open(io: FuseIo, u: bigint, nodeid: number, o: { flags: number; openFlags: number }): number {
+    const fs = this.fs;
+    const i = fs.inode(nodeid);
+    const kill = this.session.kill((o.openFlags & FUSE_OPEN_KILL_SUIDGID) !== 0);
+    const waits = this.waits;
+    const gpa = io.outHeaderGpa();
+    const segs = io.outSegments();
+    const canWait = waits !== null && gpa >= 0 && segs !== null && io.outLength >= OUT_HEADER_SIZE + OpenOut.size;
+    const reply = { fh: 0, openFlags: this.session.fopenFlags(false) };
+    try {
+      reply.fh = fs.open(i, o.flags, kill, canWait);
+      return this.replyStruct(io, u, OpenOut, reply);
+    } catch (e) {
+      if (!canWait || !(e instanceof SysError || e instanceof FsError) || e.errno !== E.EAGAIN || (o.flags & O_NONBLOCK) !== 0) throw e;
+    }
+    const lo = Number(u & 0xffff_ffffn);
+    const hi = Number(u >> 32n);
+    if (waits.interrupted(lo, hi)) return this.reply(io, u, -E.EINTR);
+    const body = new Uint8Array(OpenOut.size);
+    const attempt = (mem: GuestMemory): number => {
+      // The guest may have forgotten the inode meanwhile (a hostile one): its fd is gone with it.
+      if (fs.inodes.tryGet(nodeid) !== i) return -E.EBADF;
+      let fh: number;
+      try {
+        fh = fs.open(i, o.flags, kill, true);
+      } catch (e) {
+        if (e instanceof SysError || e instanceof FsError) return -e.errno;
+        log.error({ err: e }, 'open attempt failed');
+        return -E.EIO;
+      }
+      OpenOut.encode({ ...reply, fh }, body, 0);
+      try {
+        if (writeToChain(mem, segs, OUT_HEADER_SIZE, body) === body.length) return body.length;
+      } catch {
+        // the reply space stopped being guest memory
+      }
+      fs.release(fh);
+      return -E.EIO;
+    };
+    if (!waits.park(attempt, gpa, lo, hi)) {
+      reply.fh = fs.open(i, o.flags, kill);
+      return this.replyStruct(io, u, OpenOut, reply);
+    }
+    this.deferredTo = waits;
     return DEFERRED;
   }
 

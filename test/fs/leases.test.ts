@@ -1,13 +1,15 @@
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FUSE_ROOT_ID, Init, type FuseClient } from '../../protocol/fuse/index.js';
 import type { FsOptions } from '../../backends/virtiofsd/options.js';
-import { errCode } from './daemons.js';
+import { connectFs, errCode } from './daemons.js';
 import { LocalShare } from './local-transport.js';
 import { leaseHolder } from './lease-holder.js';
 
 const INIT = Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.INIT_EXT | Init.POSIX_LOCKS;
+const O_WRONLY = 1;
+const O_NONBLOCK = 0o4000;
 const cleanups: (() => void)[] = [];
 afterEach(() => {
   for (const f of cleanups.splice(0).reverse()) f();
@@ -50,5 +52,31 @@ describe('a file a host process holds a lease on', () => {
     expect(got.type).toBe(2 /* F_UNLCK: nothing in the way */);
     await c.setlk(f, 0, 1n, { start: 0n, end: 9n, type: 2 /* F_UNLCK */, pid: 1 });
     expect(Date.now() - t0).toBeLessThan(2000);
+  }, 30_000);
+});
+
+describe('an OPEN that must break a host lease (through the daemon)', () => {
+  it('waits for the holder to give the lease up without holding up other requests; with O_NONBLOCK it is EAGAIN at once', async () => {
+    const dir = mkdtempSync('/tmp/kumo-fs-lease-');
+    const share = join(dir, 'share');
+    mkdirSync(share);
+    writeFileSync(join(share, 'f'), 'x');
+    const c = await connectFs({ who: 'kumo' }, dir, share, cleanups, 8);
+    await c.init(INIT);
+    const f = (await c.lookup(FUSE_ROOT_ID, 'f')).nodeid;
+    await leaseHolder(join(share, 'f'), cleanups, 'F_RDLCK', 1000);
+    const t0 = Date.now();
+    let settled = '';
+    const opening = c.open(f, O_WRONLY).then((r) => ((settled = 'ok'), r), (e: Error) => ((settled = 'failed'), Promise.reject(e)));
+    // Served while the OPEN waits: the request thread is not blocked in open(2) for the break.
+    expect((await c.getattr(f)).size).toBe(1);
+    expect(await errCode(c.open(f, O_WRONLY | O_NONBLOCK))).toBe('EWOULDBLOCK');
+    expect(settled).toBe('');
+    const { fh } = await opening;
+    const waited = Date.now() - t0;
+    console.log(`OPEN behind a host read lease given up 1 s after the break: answered after ${waited} ms`);
+    expect(waited).toBeGreaterThan(500);
+    expect(await c.write(f, fh, 0, Buffer.from('y'))).toBe(1);
+    expect(readFileSync(join(share, 'f'), 'utf8')).toBe('y');
   }, 30_000);
 });
