@@ -2,7 +2,7 @@
 // thread reads them (approximately current) for logs and the stats dump.
 export const COUNTER_NAMES = [
   'rxFrames', 'rxBytes', 'txFrames', 'txBytes',
-  'rxNoBuffers', 'rxDropped', 'rxBadChain',
+  'rxNoBuffers', 'rxDropped', 'rxOversized', 'rxBadChain',
   'txDropped', 'txOversized', 'txRunt', 'txBadHeader', 'txBadChain', 'txRejected',
   'rxKicks', 'txKicks', 'tapPauses', 'txBlocked',
 ] as const;

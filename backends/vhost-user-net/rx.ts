@@ -5,13 +5,15 @@ import type { GuestMemory } from '../../protocol/memory/index.js';
 import type { DescriptorChain } from '../../protocol/virtqueue/chain.js';
 import { ChainError } from '../../protocol/virtqueue/errors.js';
 import { IoVecList, readv } from '../../protocol/sys/fd.js';
-import { SysError } from '../../protocol/sys/libc.js';
+import { addressOf, SysError } from '../../protocol/sys/libc.js';
 import { COUNTER } from './counters.js';
 import { HostAddrs } from './host-addr.js';
 import { PassResult, type NetQueue } from './net-queue.js';
 import { NET_HDR_LEN, NET_HDR_NUM_BUFFERS } from './virtio-net.js';
 
 const IOV_MAX = 1024;
+/** Guest iovecs one frame may span: the last iovec of a read is a host byte that catches a frame too big for them. */
+const GUEST_IOV_MAX = IOV_MAX - 1;
 
 export interface RxOptions {
   /** MRG_RXBUF acked: a frame may use several chains. */
@@ -37,6 +39,8 @@ export class RxPath {
   private readonly iov = new IoVecList(IOV_MAX);
   private readonly hosts = new HostAddrs();
   private readonly nb = new Uint8Array(2);
+  private readonly overflow = new Uint8Array(1);
+  private readonly overflowAddr = addressOf(this.overflow);
   private opts: RxOptions = { mergeable: false, hdrLen: NET_HDR_LEN, maxFrame: 1526, queueSize: 256 };
   /** Used elements pushed but not yet published. */
   private pending = 0;
@@ -75,18 +79,20 @@ export class RxPath {
       let k = this.first;
       let covered = 0;
       if (mergeable) {
-        while (k < this.held.length && covered < maxFrame && iov.count < IOV_MAX) {
+        while (k < this.held.length && covered < maxFrame && iov.count < GUEST_IOV_MAX) {
           covered += this.pushChain(this.held[k], maxFrame - covered);
           k++;
         }
       } else {
-        this.pushChain(this.held[k], Infinity);
+        covered = this.pushChain(this.held[k], Infinity);
       }
+      // A TAP read copies what fits and drops the rest of the frame: a frame that reaches this byte was cut short.
+      iov.push(this.overflowAddr, 1);
       let n: number;
       try {
         n = readv(this.tapFd, iov);
       } catch (e) {
-        // EFAULT/EINVAL: the frame did not fit the buffers offered and the kernel dropped it.
+        // The kernel refused to copy this frame into the buffers (EFAULT/EINVAL/EMSGSIZE) and dropped it.
         if (e instanceof SysError && (e.code === 'EFAULT' || e.code === 'EINVAL' || e.code === 'EMSGSIZE')) {
           c[COUNTER.rxDropped]++;
           frames++;
@@ -97,6 +103,14 @@ export class RxPath {
       if (n <= 0) {
         result = PassResult.Drained;
         break;
+      }
+      if (n > covered) {
+        // Bigger than the buffers gathered (the TAP's MTU raised since, or a ring too small for a GSO frame): the
+        // guest must not take a truncated frame for a whole one. Its buffers stay held for the next frame.
+        c[COUNTER.rxOversized]++;
+        c[COUNTER.rxDropped]++;
+        frames++;
+        continue;
       }
       this.complete(q, mem, n, hdrLen);
       frames++;
@@ -147,7 +161,7 @@ export class RxPath {
   private pushChain(h: HeldChain, limit: number): number {
     const segs = h.chain.writable;
     let covered = 0;
-    for (let i = 0; i < segs.length && covered < limit && this.iov.count < IOV_MAX; i++) {
+    for (let i = 0; i < segs.length && covered < limit && this.iov.count < GUEST_IOV_MAX; i++) {
       this.iov.push(h.addrs[i], segs[i].len);
       covered += segs[i].len;
     }
@@ -230,7 +244,7 @@ export class RxPath {
         return false;
       }
       const addrs = this.resolve(mem, chain);
-      if (addrs === null || chain.writableLength < hdrLen || chain.writable.length > IOV_MAX) {
+      if (addrs === null || chain.writableLength < hdrLen || chain.writable.length > GUEST_IOV_MAX) {
         c[COUNTER.rxBadChain]++;
         q.pushUsed(chain.head, 0);
         this.pending++;
