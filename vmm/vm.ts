@@ -95,6 +95,7 @@ export async function runPlatform(machine: Machine, o: PlatformRunOptions): Prom
       serialOutput: false,
       vhostUserLinks: o.vhostUser?.links,
     });
+    for (const link of o.vhostUser?.links.values() ?? []) link.attach(loop);
     const act = new VirtioActivator(platform.virtio, machine.ram.memory, machine.interrupts, loop);
     const onEvent = withVhostUserEvents(platform.virtio, (e) => act.handle(e));
     handle = onEvent;

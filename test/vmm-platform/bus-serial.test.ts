@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Bus } from '../../vmm/devices/bus.js';
+import { afterBusAccess, Bus } from '../../vmm/devices/bus.js';
 import { AcpiPmDevice, Cmos, I8042 } from '../../vmm/devices/legacy.js';
 import { Serial } from '../../vmm/devices/serial.js';
 import { SharedArena } from '../../vmm/devices/shared-state.js';
@@ -12,6 +12,20 @@ function recorder(): BusDevice & { writes: [number, number][] } {
 }
 
 describe('Bus', () => {
+  it('runs what a device defers with afterBusAccess once the access has released its lock (at once outside an access)', () => {
+    const arena = SharedArena.create(4096);
+    const bus = new Bus('mmio', arena);
+    const lock = arena.lock('shared');
+    const seen: string[] = [];
+    // A vhost-user config write waits for the main thread there, which may need the same lock meanwhile.
+    const probe = () => seen.push(lock.held ? 'held' : 'free');
+    bus.insert({ lock, read: () => undefined, write: () => (probe(), afterBusAccess(probe)) }, 0x1000, 0x10, 'dev');
+    expect(bus.write(0x1000, u8(1))).toBe(true);
+    expect(seen).toEqual(['held', 'free']);
+    afterBusAccess(() => seen.push('now'));
+    expect(seen).toEqual(['held', 'free', 'now']);
+  });
+
   it('maps ranges, refuses overlaps, reports misses', () => {
     const bus = new Bus('pio', SharedArena.create(4096));
     const a = recorder();

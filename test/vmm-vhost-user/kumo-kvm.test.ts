@@ -65,6 +65,36 @@ describe.skipIf(!hasKvm)('kumo with a vhost-user disk on /dev/kvm', () => {
     expect(readFileSync(serial, 'latin1')).toBe('K');
   }, 120_000);
 
+  it('sends a config write the guest makes before DRIVER_OK to the back-end while the vCPU waits for it', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kumo-vu-kvm-'));
+    const img = join(dir, 'disk.raw');
+    const sock = join(dir, 'blk.sock');
+    const serial = join(dir, 'serial.out');
+    writeFileSync(img, Buffer.alloc(1 << 20));
+    child = await startProcess(process.execPath, [KUMO_BLK, '--block-backend', `path=${img},socket=${sock}`], sock, { KUMO_LOG: 'info' });
+    let backendLog = '';
+    child.stderr?.on('data', (d: Buffer) => (backendLog += d.toString()));
+    const writeback = (v: number) => [...x86.movEbx(0xc000_4020), ...x86.movAl(v), 0x88, 0x03]; // mov [ebx], al
+    const code = [
+      ...cf8(2, 0x04), ...cfc(0x6), ...cf8(2, 0x10), ...cfc(0xc000_0000), ...cf8(2, 0x14), ...cfc(0),
+      ...x86.movEbx(0xc000_0014), ...x86.movAl(3), 0x88, 0x03, // device status ACKNOWLEDGE | DRIVER: no DRIVER_OK
+      ...writeback(0), ...writeback(1), ...x86.print('w', 0x3f8),
+      ...x86.poweroffS5(), ...x86.jmpSelf(),
+    ];
+    const kernel = join(dir, 'guest.elf');
+    writeFileSync(kernel, pvhElf(code));
+    const r = await runKumo([
+      '--kernel', kernel, '--memory', 'size=64M,shared=on', '--serial', `file=${serial}`, '--console', 'off',
+      '--disk', `vhost_user=on,socket=${sock},id=disk0`,
+    ]);
+    expect(r.code).toBe(0);
+    expect(readFileSync(serial, 'latin1')).toBe('w');
+    // Each write used to wait out 5 s and reach the back-end only at a DRIVER_OK that never came.
+    expect(r.stderr).not.toMatch(/not yet sent to the back-end/);
+    await new Promise((res) => setTimeout(res, 200));
+    expect(backendLog.match(/cache mode changed/g)?.length).toBe(2);
+  }, 120_000);
+
   it('refuses a vhost-user disk without shared memory before touching KVM', async () => {
     dir = mkdtempSync(join(tmpdir(), 'kumo-vu-kvm-'));
     const kernel = join(dir, 'guest.elf');

@@ -39,6 +39,24 @@ export class BusRange {
   }
 }
 
+/** Bus accesses under way on this thread, and what devices asked to run once the outermost one let go of its lock. */
+let accessDepth = 0;
+const afterAccess: (() => void)[] = [];
+
+/**
+ * Runs `fn` once the bus access that is calling the device has released the device's lock (at once outside one): a
+ * device that must wait for another thread waits there, since that thread may need the same lock meanwhile.
+ */
+export function afterBusAccess(fn: () => void): void {
+  if (accessDepth === 0) fn();
+  else afterAccess.push(fn);
+}
+
+function endAccess(): void {
+  if (--accessDepth > 0) return;
+  for (const fn of afterAccess.splice(0)) fn();
+}
+
 /** A PIO or MMIO address space: [base, base+len) → device, sorted for binary search. */
 export class Bus {
   private readonly ranges: BusRange[] = [];
@@ -125,6 +143,7 @@ export class Bus {
     const r = this.find(addr, data.length);
     if (!r) return false;
     const base = r.base;
+    accessDepth++;
     r.lock.acquire();
     try {
       r.device.write(addr - base, data);
@@ -132,6 +151,7 @@ export class Bus {
       log.warn({ err, bus: this.kind, device: r.name, addr, len: data.length }, 'device write failed');
     } finally {
       r.lock.release();
+      endAccess();
     }
     return true;
   }

@@ -104,6 +104,11 @@ export class ArenaLock {
     }
   }
 
+  /** Whether some thread holds it now. */
+  get held(): boolean {
+    return Atomics.load(this.cells, this.index) !== 0;
+  }
+
   release(): void {
     if (Atomics.sub(this.cells, this.index, 1) !== 1) {
       Atomics.store(this.cells, this.index, 0);

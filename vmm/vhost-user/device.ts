@@ -3,6 +3,7 @@
 import { isMainThread } from 'node:worker_threads';
 import { logger } from '../../protocol/log.js';
 import { eventfdWrite } from '../../protocol/sys/fd.js';
+import { afterBusAccess } from '../devices/bus.js';
 import type { ActivateContext, VirtioDevice } from '../virtio/device.js';
 import { VhostUserDeviceError } from './errors.js';
 import type { VhostUserLink } from './link.js';
@@ -68,7 +69,8 @@ export class VhostUserDevice implements VirtioDevice {
     eventfdWrite(this.spec.configEventFd);
     // The guest's write returns once the back-end has it, as Cloud Hypervisor sends SET_CONFIG from the vCPU: a guest
     // switching to writethrough sends no FLUSH after, and writes acked before the back-end switched would be writeback.
-    if (!isMainThread) this.waitFlushed(seq);
+    // Waited for outside the PCI lock, which the main thread takes to raise a config interrupt.
+    if (!isMainThread) afterBusAccess(() => this.waitFlushed(seq));
   }
 
   private waitFlushed(seq: number): void {

@@ -5,6 +5,7 @@ import { closeQuiet, eventfdRead } from '../../protocol/sys/fd.js';
 import { F_PROTOCOL_FEATURES, VhostUserFrontend } from '../../protocol/vhost-user/index.js';
 import type { QueueActivation } from '../devices/types.js';
 import type { ActivateContext } from '../virtio/device.js';
+import type { EventLoop } from '../virtio/event-loop.js';
 import { VhostUserDeviceError } from './errors.js';
 import { DIRTY_ASKED, DIRTY_DONE, DIRTY_NONE_LO, type VhostUserDeviceSpec } from './spec.js';
 
@@ -42,15 +43,22 @@ export class VhostUserLink {
     for (const q of queues) this.queueGsis.set(q.index, q.gsi);
   }
 
+  /**
+   * Sends the vCPUs' config writes from `loop`. From before the guest runs: a driver may write config before
+   * DRIVER_OK, and its vCPU waits until the back-end has the bytes.
+   */
+  attach(loop: EventLoop): void {
+    if (this.loopAttached) return;
+    loop.add(this.spec.configEventFd, () => {
+      eventfdRead(this.spec.configEventFd);
+      this.flushConfig();
+    });
+    this.loopAttached = true;
+  }
+
   activate(ctx: ActivateContext): void {
     const fe = this.frontend;
-    if (!this.loopAttached) {
-      ctx.loop.add(this.spec.configEventFd, () => {
-        eventfdRead(this.spec.configEventFd);
-        this.flushConfig();
-      });
-      this.loopAttached = true;
-    }
+    this.attach(ctx.loop);
     this.stopRings();
     const features = (ctx.features & this.backendFeatures) | (this.backendFeatures & F_PROTOCOL_FEATURES);
     fe.setFeatures(features);
