@@ -60,7 +60,7 @@ export class NetBackend implements VhostUserBackend {
     this.counters = counterBuffer(s.queuePairs);
     this.queueWorker = {
       module: siblingWorkerModule(import.meta.url, 'worker'),
-      data: { tapFds: [...tap.fds], counters: this.counters, mtu: s.tapMtu, queueSize: s.queueSize },
+      data: { tapFds: [...tap.fds], tapName: tap.name, counters: this.counters, mtu: s.tapMtu, queueSize: s.queueSize },
     };
     const dv = new DataView(this.config.buffer);
     if (s.mac) this.config.set(s.mac.subarray(0, 6), 0);

@@ -4,6 +4,7 @@
 import type { GuestMemory } from '../../protocol/memory/index.js';
 import type { DescriptorChain } from '../../protocol/virtqueue/chain.js';
 import { ChainError } from '../../protocol/virtqueue/errors.js';
+import { writeToChain } from '../../protocol/virtqueue/chain.js';
 import { IoVecList, readv } from '../../protocol/sys/fd.js';
 import { addressOf, SysError } from '../../protocol/sys/libc.js';
 import { COUNTER } from './counters.js';
@@ -41,6 +42,12 @@ export class RxPath {
   private readonly nb = new Uint8Array(2);
   private readonly overflow = new Uint8Array(1);
   private readonly overflowAddr = addressOf(this.overflow);
+  /**
+   * A frame read aside (mergeable only) while the guest had fewer bytes posted than the largest frame: it goes to the
+   * guest as soon as its buffers hold it. `aside` bytes of `bounce` (0: none).
+   */
+  private bounce = new Uint8Array(0);
+  private aside = 0;
   private opts: RxOptions = { mergeable: false, hdrLen: NET_HDR_LEN, maxFrame: 1526, queueSize: 256 };
   /** Used elements pushed but not yet published. */
   private pending = 0;
@@ -69,10 +76,30 @@ export class RxPath {
     if (mem !== this.mem) this.remap(q, mem);
     q.disableNotifications();
     while (frames < budget) {
+      if (this.aside > 0) {
+        if (!this.fill(q, mem, this.aside, true)) {
+          result = PassResult.NoBuffers;
+          break;
+        }
+        this.deliverAside(q, mem, hdrLen);
+        frames++;
+        continue;
+      }
       const need = mergeable ? maxFrame : 1;
       if (!this.fill(q, mem, need, mergeable)) {
-        result = PassResult.NoBuffers;
-        break;
+        // Linux refills a ring only once half of it is free: waiting for buffers that cover the largest frame (64 KiB
+        // with GSO) would wait for good. The next frame is read aside and most likely fits what is held.
+        if (!mergeable || this.heldChains === 0) {
+          result = PassResult.NoBuffers;
+          break;
+        }
+        const got = this.readAside(maxFrame);
+        if (got === 0) {
+          result = PassResult.Drained;
+          break;
+        }
+        if (got < 0) frames++;
+        continue;
       }
       const iov = this.iov;
       iov.clear();
@@ -126,8 +153,62 @@ export class RxPath {
     return { result, published };
   }
 
+  /**
+   * Reads the next frame into the bounce buffer (this.aside: its length). Returns that length, 0 when the TAP is
+   * empty, or -1 for a frame dropped (counted): too big even for the bounce buffer.
+   */
+  private readAside(maxFrame: number): number {
+    if (this.bounce.length < maxFrame) this.bounce = new Uint8Array(maxFrame);
+    const iov = this.iov;
+    iov.clear();
+    iov.push(addressOf(this.bounce), maxFrame);
+    iov.push(this.overflowAddr, 1);
+    let n: number;
+    try {
+      n = readv(this.tapFd, iov);
+    } catch (e) {
+      if (e instanceof SysError && (e.code === 'EFAULT' || e.code === 'EINVAL' || e.code === 'EMSGSIZE')) {
+        this.c[COUNTER.rxDropped]++;
+        return -1;
+      }
+      throw e;
+    }
+    if (n <= 0) return 0;
+    if (n > maxFrame) {
+      this.c[COUNTER.rxOversized]++;
+      this.c[COUNTER.rxDropped]++;
+      return -1;
+    }
+    this.aside = n;
+    return n;
+  }
+
+  /** Copies the frame read aside into the held chains (they hold enough bytes, or all the ring has) and hands them over. */
+  private deliverAside(q: NetQueue, mem: GuestMemory, hdrLen: number): void {
+    const n = this.aside;
+    this.aside = 0;
+    if (this.heldBytes < n) {
+      // The whole ring cannot hold it.
+      this.c[COUNTER.rxOversized]++;
+      this.c[COUNTER.rxDropped]++;
+      return;
+    }
+    let off = 0;
+    for (let k = this.first; off < n; k++) {
+      const chain = this.held[k].chain;
+      const len = Math.min(n - off, chain.writableLength);
+      writeToChain(mem, chain.writable, 0, this.bounce.subarray(off, off + len));
+      off += len;
+    }
+    this.complete(q, mem, n, hdrLen);
+    this.c[COUNTER.rxFrames]++;
+    this.c[COUNTER.rxBytes] += n - hdrLen;
+  }
+
   /** Gives back every held (popped, unused) chain by rewinding the avail index: the ring is stopping. */
   release(q: NetQueue): void {
+    if (this.aside > 0) this.c[COUNTER.rxDropped]++;
+    this.aside = 0;
     const n = this.held.length - this.first;
     if (n > 0) q.nextAvailIdx = (q.nextAvailIdx - n) & 0xffff;
     this.held = [];

@@ -5,7 +5,7 @@ import {
   VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MRG_RXBUF,
   hasFeature,
 } from '../../protocol/virtio/index.js';
-import { setTapQueueAttached } from '../../protocol/sys/tap.js';
+import { linkMtu, setTapQueueAttached } from '../../protocol/sys/tap.js';
 import { counterView } from './counters.js';
 import { QueuePair } from './queue-pair.js';
 import type { RxOptions } from './rx.js';
@@ -16,8 +16,10 @@ import { ETH_HLEN, MAX_GSO_FRAME, NET_HDR_LEN, NET_HDR_LEN_LEGACY, VLAN_HLEN } f
 export interface NetWorkerData {
   /** One TAP queue fd per queue pair (same process, so the numbers stay valid in workers). */
   tapFds: number[];
+  /** The TAP's name, to read its MTU again when a front-end starts its rings (an operator may have raised it). */
+  tapName: string;
   counters: SharedArrayBuffer;
-  /** Host-side MTU of the TAP. */
+  /** Host-side MTU of the TAP at start-up. */
   mtu: number;
   queueSize: number;
 }
@@ -60,9 +62,17 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
     setTapQueueAttached: k === 0 ? undefined : (on) => setTapQueueAttached(data.tapFds[k], on),
   });
   const isRx = (q: VringHandle) => q.index % 2 === 0;
+  let rxSize = data.queueSize;
   const handler: QueueHandler = {
     onStart(q) {
-      const o = pathOptions(ctx.features(), data.mtu, q.queue.size);
+      if (isRx(q)) rxSize = q.queue.size;
+      let mtu = data.mtu;
+      try {
+        mtu = linkMtu(data.tapName);
+      } catch {
+        // renamed or gone: the MTU it had at start-up
+      }
+      const o = pathOptions(ctx.features(), mtu, rxSize);
       pair.configure(o.rx, o.tx);
       if (isRx(q)) pair.startRx(q);
       else pair.startTx(q);
