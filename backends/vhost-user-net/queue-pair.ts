@@ -69,6 +69,7 @@ export class QueuePair {
   }
 
   startRx(ring: PairRing): void {
+    this.rxPath.discardQueued();
     this.rx = ring;
     this.rxStarved = false;
     this.rxBroken = false;

@@ -13,6 +13,8 @@ import { PassResult, type NetQueue } from './net-queue.js';
 import { NET_HDR_LEN, NET_HDR_NUM_BUFFERS } from './virtio-net.js';
 
 const IOV_MAX = 1024;
+/** Bytes one TAP read can return: a 64 KiB GSO frame and its virtio-net header. */
+const MAX_TAP_READ = 65536 + NET_HDR_LEN;
 /** Guest iovecs one frame may span: the last iovec of a read is a host byte that catches a frame too big for them. */
 const GUEST_IOV_MAX = IOV_MAX - 1;
 
@@ -203,6 +205,22 @@ export class RxPath {
     this.complete(q, mem, n, hdrLen);
     this.c[COUNTER.rxFrames]++;
     this.c[COUNTER.rxBytes] += n - hdrLen;
+  }
+
+  /**
+   * Drops what the TAP queued before this ring started: those frames were built under the offloads of an earlier
+   * front-end (or driver instance), and their headers may carry checksum or GSO state this one never negotiated.
+   */
+  discardQueued(): void {
+    if (this.bounce.length < MAX_TAP_READ) this.bounce = new Uint8Array(MAX_TAP_READ);
+    const iov = this.iov;
+    iov.clear();
+    iov.push(addressOf(this.bounce), MAX_TAP_READ);
+    try {
+      for (let k = 0; k < 1_000_000 && readv(this.tapFd, iov) > 0; k++) this.c[COUNTER.rxDropped]++;
+    } catch {
+      // the TAP is failing: the queue pair reports it once traffic flows
+    }
   }
 
   /** Gives back every held (popped, unused) chain by rewinding the avail index: the ring is stopping. */
