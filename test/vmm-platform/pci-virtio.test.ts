@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { GuestMemory } from '../../protocol/memory/index.js';
 import { eventfdWrite } from '../../protocol/sys/fd.js';
+import { startTsWorker } from '../../vmm/vcpu/ts-worker.js';
 import { compactLayout, DriverQueue } from '../../protocol/virtqueue/index.js';
 import { buildPlatform, type Platform } from '../../vmm/devices/platform.js';
 import { MSI_GSI_BASE } from '../../vmm/devices/platform-layout.js';
@@ -255,7 +256,7 @@ describe('virtio-pci transport', () => {
     common(0x18, 2, 32);
     expect(common(0x18, 2)).toBe(64);
     common(0x14, 1, 0);
-    expect(events[1]).toEqual({ type: 'virtio-reset', device: 0, name: 'virtio0-rng' });
+    expect(events[1]).toEqual({ type: 'virtio-reset', device: 0, name: 'virtio0-rng', seq: 1 });
     expect(common(0x14, 1)).toBe(0);
     expect(common(0x18, 2)).toBe(256);
   });
@@ -277,6 +278,110 @@ describe('virtio-pci transport', () => {
     driver(a.p, 0).common(0x16, 2, 0);
     driver(a.p, 0).common(0x18, 2, 16);
     expect(driver(b.p, 0).common(0x18, 2)).toBe(16);
+  });
+
+  /** Drives virtio-rng (function 1) to DRIVER_OK with queue 0 at `layout`; returns the activator's registrations. */
+  function startRng(p: Platform, events: PlatformEvent[], ioEvents?: { register: (a: number, fd: number) => void; unregister: (a: number, fd: number) => void }, size = 16) {
+    mem = GuestMemory.anonymous([{ guestAddr: 0, size: 4 << 20 }]);
+    loop = new EventLoop();
+    const registered: { addr: number; fd: number }[] = [];
+    const activator = new VirtioActivator(p.virtio, mem, ioEvents ?? {
+      register: (addr, fd) => registered.push({ addr, fd }),
+      unregister: (addr, fd) => registered.splice(registered.findIndex((r) => r.addr === addr && r.fd === fd), 1),
+    }, loop);
+    const layout = compactLayout(0x10000, size);
+    const { m, bar, common } = driver(p, 0);
+    common(0x14, 1, 3);
+    common(0x08, 4, 1);
+    common(0x0c, 4, 1);
+    common(0x14, 1, 3 | 8);
+    common(0x16, 2, 0);
+    common(0x18, 2, size);
+    common(0x20, 4, layout.descAddr);
+    common(0x28, 4, layout.availAddr);
+    common(0x30, 4, layout.usedAddr);
+    common(0x1c, 2, 1);
+    common(0x14, 1, 3 | 8 | 4);
+    return { activator, registered, layout, m, bar, common, handle: () => events.splice(0).forEach((e) => activator.handle(e)) };
+  }
+
+  it('loses no kick the guest writes before the main thread registered the queue\'s ioeventfd', () => {
+    const { p, events } = build();
+    const r = startRng(p, events);
+    // Between DRIVER_OK and the activation on the main thread the notify reaches the bus.
+    r.m.w(r.bar + 0x6000, 0, 2);
+    expect(events.map((e) => e.type)).toEqual(['virtio-activate', 'virtio-notify']);
+    r.handle();
+    expect(r.registered.map((x) => x.addr)).toEqual([p.highMmio.base + 0x6000]);
+    // The kick eventfd holds a kick for the back-end (here the rng's own runner): it was not lost.
+    expect(loop!.poll(100)).toBe(1);
+    // Before DRIVER_OK a notify is nobody's business.
+    r.common(0x14, 1, 0);
+    r.handle();
+    r.m.w(r.bar + 0x6000, 0, 2);
+    expect(events).toEqual([]);
+  });
+
+  it('moves the queue notify ioeventfds with a BAR the guest relocates while the device runs', () => {
+    const { p, events } = build();
+    const r = startRng(p, events);
+    r.handle();
+    expect(loop!.poll(0)).toBe(1); // the activation's own kick
+    const c = cfg(p);
+    const moved = 0xc010_0000;
+    c.ioWrite32(1, 0x04, 0x6); // memory decode + bus master
+    c.ioWrite32(1, 0x10, moved | 4);
+    c.ioWrite32(1, 0x14, 0);
+    expect(p.virtio[0].barAddress()).toBe(moved);
+    // The first kick at the new place takes the slow path and brings the ioeventfd over.
+    mmio(p).w(moved + 0x6000, 0, 2);
+    expect(events.map((e) => e.type)).toEqual(['virtio-notify']);
+    r.handle();
+    expect(r.registered.map((x) => x.addr)).toEqual([moved + 0x6000]);
+    expect(loop!.poll(100)).toBe(1);
+  });
+
+  it('a guest reset returns to the vCPU only once the main thread stopped the device', async () => {
+    const sab = new SharedArrayBuffer(1 << 20);
+    const { p, events } = build(sab);
+    const r = startRng(p, events);
+    r.handle();
+    const vcpu = startTsWorker(new URL('./fixtures/reset-writer.ts', import.meta.url), { sab, statusAddr: r.bar + 0x14 }, 'vcpu-reset');
+    try {
+      const got: unknown[] = [];
+      vcpu.on('message', (m) => got.push(m));
+      for (let i = 0; i < 200 && got.length === 0; i++) await new Promise((res) => setTimeout(res, 10));
+      await new Promise((res) => setTimeout(res, 200));
+      expect(got).toEqual([{ type: 'virtio-reset', device: 0, name: 'virtio0-rng', seq: 1 }]); // not 'written' yet
+      r.activator.handle(got[0] as PlatformEvent);
+      for (let i = 0; i < 200 && got.length === 1; i++) await new Promise((res) => setTimeout(res, 10));
+      expect(got[1]).toBe('written');
+    } finally {
+      await vcpu.terminate();
+    }
+  });
+
+  it('tells the driver DEVICE_NEEDS_RESET, with a config interrupt, when activation fails on the main thread', () => {
+    const { p, events } = build();
+    const r = startRng(p, events, { register: () => { throw new Error('no ioeventfd'); }, unregister: () => undefined });
+    r.handle();
+    expect(r.common(0x14, 1)).toBe(3 | 8 | 4 | 0x40);
+    expect(r.m.r(r.bar + 0x2000, 1) & 2).toBe(2); // ISR: configuration change
+  });
+
+  it('virtio-rng fills at most 64 KiB per request and serves a flood of requests in rounds, letting the main loop in between', async () => {
+    const { p, events } = build();
+    const r = startRng(p, events, undefined, 128);
+    const dq = new DriverQueue<number>(mem!, r.layout);
+    dq.add([], [{ addr: 0x100000, len: 1 << 20 }], -1); // one request as big as 1 MiB
+    for (let i = 0; i < 100; i++) dq.add([], [{ addr: 0x200000 + i * 64, len: 64 }], i);
+    dq.publish();
+    r.handle(); // activation runs the queue once
+    const first = dq.takeUsed();
+    expect(first.length).toBe(64);
+    expect(first[0]).toEqual({ head: 0, token: -1, len: 64 << 10 });
+    await new Promise((res) => setImmediate(res));
+    expect(dq.takeUsed().length).toBe(37);
   });
 
   it('virtio-rng fills a DriverQueue buffer after activation', () => {

@@ -52,7 +52,9 @@ export type PlatformEvent =
   | { type: 'reset'; source: string }
   | { type: 'poweroff'; source: string }
   | { type: 'virtio-activate'; device: number; name: string; features: bigint; queues: QueueActivation[]; configGsi: number | null }
-  | { type: 'virtio-reset'; device: number; name: string };
+  | { type: 'virtio-reset'; device: number; name: string; seq: number }
+  /** A queue notify that reached the bus (no ioeventfd at its address yet, or the BAR moved since). */
+  | { type: 'virtio-notify'; device: number; name: string };
 
 /** Fire-and-forget: in a vCPU worker this posts to the main thread; never waited on. */
 export type EventSink = (event: PlatformEvent) => void;

@@ -1,6 +1,6 @@
 import { logger } from '../../protocol/log.js';
 import type { GuestMemory } from '../../protocol/memory/index.js';
-import { closeQuiet, eventfd } from '../../protocol/sys/fd.js';
+import { closeQuiet, eventfd, eventfdWrite } from '../../protocol/sys/fd.js';
 import type { PlatformEvent } from '../devices/types.js';
 import type { ActiveQueue } from './device.js';
 import type { EventLoop } from './event-loop.js';
@@ -18,8 +18,14 @@ export interface IoEventRegistrar {
  * Main-thread side of DRIVER_OK / reset for devices whose data plane lives in this process: creates
  * kick eventfds, registers them as ioeventfds at the notify addresses, and calls activate/reset.
  */
+interface Kick {
+  queue: number;
+  addr: number;
+  fd: number;
+}
+
 export class VirtioActivator {
-  private readonly kicks = new Map<number, { addr: number; fd: number }[]>();
+  private readonly kicks = new Map<number, Kick[]>();
 
   constructor(
     private readonly transports: VirtioPciDevice[],
@@ -30,21 +36,29 @@ export class VirtioActivator {
 
   /** Returns true when the event was a virtio event for one of our transports. */
   handle(ev: PlatformEvent): boolean {
-    if (ev.type !== 'virtio-activate' && ev.type !== 'virtio-reset') return false;
+    if (ev.type !== 'virtio-activate' && ev.type !== 'virtio-reset' && ev.type !== 'virtio-notify') return false;
     const t = this.transports[ev.device];
     if (!t) return false;
-    this.teardown(ev.device);
-    if (ev.type === 'virtio-reset') {
-      t.device.reset();
+    if (ev.type === 'virtio-notify') {
+      this.passNotify(t, ev.device);
       return true;
     }
-    const regs: { addr: number; fd: number }[] = [];
+    this.teardown(ev.device);
+    if (ev.type === 'virtio-reset') {
+      try {
+        t.device.reset();
+      } finally {
+        t.resetDone(ev.seq);
+      }
+      return true;
+    }
+    const regs: Kick[] = [];
     this.kicks.set(ev.device, regs);
     try {
       const queues: ActiveQueue[] = ev.queues.map((q) => {
         const fd = eventfd();
         this.ioEvents.register(q.notifyAddr, fd);
-        regs.push({ addr: q.notifyAddr, fd });
+        regs.push({ queue: q.index, addr: q.notifyAddr, fd });
         return {
           index: q.index,
           layout: { size: q.size, descAddr: q.descAddr, availAddr: q.availAddr, usedAddr: q.usedAddr },
@@ -60,24 +74,56 @@ export class VirtioActivator {
         configInterrupt: t.vectorInterrupt(ev.configGsi === null ? null : ev.configGsi - t.msix.gsiBase),
         loop: this.loop,
       });
+      // A kick the guest wrote between DRIVER_OK and the ioeventfds above reached the bus, not them: a back-end may
+      // wait for one before it looks at its ring (vhost-user lets it), so each queue gets one. Spurious kicks are harmless.
+      for (const k of regs) eventfdWrite(k.fd);
     } catch (err) {
-      log.error({ err, device: ev.name }, 'activation failed');
+      log.error({ err, device: ev.name }, 'activation failed; the guest is told the device needs a reset');
       this.teardown(ev.device);
       t.device.reset();
+      t.needsReset();
     }
     return true;
   }
 
-  private teardown(device: number): void {
-    for (const { addr, fd } of this.kicks.get(device) ?? []) {
-      try {
-        this.ioEvents.unregister(addr, fd);
-      } catch (err) {
-        log.warn({ err, addr }, 'ioeventfd unregister failed');
+  /**
+   * A notify that reached the bus while the device runs: the guest moved its BAR since the ioeventfds were
+   * registered (they follow it now), or kicked before they were. Every queue of the device is kicked.
+   */
+  private passNotify(t: VirtioPciDevice, device: number): void {
+    t.takeNotify();
+    for (const k of this.kicks.get(device) ?? []) {
+      const addr = t.notifyAddress(k.queue);
+      if (addr !== k.addr) {
+        this.unregister(k);
+        try {
+          this.ioEvents.register(addr, k.fd);
+          k.addr = addr;
+          log.info({ device: t.name, queue: k.queue, addr }, 'queue notify moved with the BAR');
+        } catch (err) {
+          log.warn({ err, device: t.name, queue: k.queue, addr }, 'cannot move the queue notify ioeventfd; kicks there take the slow path');
+        }
       }
-      this.loop.remove(fd);
-      closeQuiet(fd);
+      eventfdWrite(k.fd);
+    }
+  }
+
+  private teardown(device: number): void {
+    for (const k of this.kicks.get(device) ?? []) {
+      this.unregister(k);
+      this.loop.remove(k.fd);
+      closeQuiet(k.fd);
     }
     this.kicks.delete(device);
+  }
+
+  private unregister(k: Kick): void {
+    if (k.addr < 0) return;
+    try {
+      this.ioEvents.unregister(k.addr, k.fd);
+    } catch (err) {
+      log.warn({ err, addr: k.addr }, 'ioeventfd unregister failed');
+    }
+    k.addr = -1;
   }
 }

@@ -1,4 +1,6 @@
+import { isMainThread } from 'node:worker_threads';
 import { logger } from '../../protocol/log.js';
+import { afterBusAccess } from '../devices/bus.js';
 import type { ArenaBlock, SharedArena } from '../devices/shared-state.js';
 import type { BusDevice, EventSink, Interrupt, InterruptRoutes, PlatformEvent, QueueActivation } from '../devices/types.js';
 import { PciConfig } from '../pci/config.js';
@@ -7,6 +9,8 @@ import type { PciFunction, PciRoot } from '../pci/root.js';
 import type { VirtioDevice } from './device.js';
 
 const log = logger('virtio-pci');
+/** How long a vCPU's reset write waits for the device to stop (bounded: it must never hang a vCPU for good). */
+const RESET_WAIT_MS = 5000;
 
 export type VirtioActivateEvent = Extract<PlatformEvent, { type: 'virtio-activate' }>;
 
@@ -49,6 +53,11 @@ const T_STATUS = 18;
 const T_GENERATION = 19;
 const T_QSELECT = 20;
 const T_ISR = 22;
+/** A notify event posted and not yet taken by the main thread (coalesces them). */
+const T_NOTIFY_POSTED = 23;
+/** Resets asked for by a status write of 0, and done by the main thread (Int32 counters; kept by resets). */
+const T_RESET_ASKED = 24;
+const T_RESET_DONE = 28;
 const T_QUEUES = 32;
 const Q_SIZE = 0;
 const Q_VECTOR = 2;
@@ -168,8 +177,13 @@ export class VirtioPciDevice implements PciFunction {
     else if (offset >= DEVICE_CFG_OFFSET && offset + data.length <= DEVICE_CFG_OFFSET + DEVICE_CFG_LEN) {
       this.device.writeConfig(offset - DEVICE_CFG_OFFSET, data);
     } else if (offset >= NOTIFY_OFFSET && offset < NOTIFY_OFFSET + this.numQueues * NOTIFY_MULTIPLIER) {
-      // Normally caught by an ioeventfd; reaching here means a kick before activation.
-      log.debug({ device: this.name, queue: (offset - NOTIFY_OFFSET) / NOTIFY_MULTIPLIER }, 'notify without ioeventfd');
+      // Normally caught by an ioeventfd. Here: a kick right after DRIVER_OK, before the main thread registered it, or
+      // one at a BAR the guest moved since. The main thread passes it on, so no notification is lost.
+      if (!(this.s.u8[T_STATUS] & STATUS_DRIVER_OK)) {
+        log.debug({ device: this.name, queue: (offset - NOTIFY_OFFSET) / NOTIFY_MULTIPLIER }, 'notify before DRIVER_OK ignored');
+      } else if (Atomics.compareExchange(this.s.u8, T_NOTIFY_POSTED, 0, 1) === 0) {
+        this.opts.events({ type: 'virtio-notify', device: this.opts.index, name: this.name });
+      }
     } else if (offset >= MSIX_TABLE_OFFSET && offset < MSIX_TABLE_OFFSET + this.msix.tableBytes) {
       this.msix.tableWrite(offset - MSIX_TABLE_OFFSET, data);
     }
@@ -256,7 +270,13 @@ export class VirtioPciDevice implements PciFunction {
     const old = v.getUint8(T_STATUS);
     if (val === 0) {
       this.resetState(this.s);
-      if (old !== 0) this.opts.events({ type: 'virtio-reset', device: this.opts.index, name: this.name });
+      if (old !== 0) {
+        const seq = Atomics.add(this.s.i32, T_RESET_ASKED / 4, 1) + 1;
+        this.opts.events({ type: 'virtio-reset', device: this.opts.index, name: this.name, seq });
+        // As Cloud Hypervisor resets on the vCPU: the write returns once the device stopped using the queues, since a
+        // driver that then reads 0 reuses their memory. Waited for outside the PCI lock, which the main thread takes.
+        if (!isMainThread) afterBusAccess(() => this.waitReset(seq));
+      }
       return;
     }
     let next = val;
@@ -315,6 +335,42 @@ export class VirtioPciDevice implements PciFunction {
     };
   }
 
+  private waitReset(seq: number): void {
+    const done = this.s.i32;
+    const until = Date.now() + RESET_WAIT_MS;
+    for (let d = Atomics.load(done, T_RESET_DONE / 4); ((d - seq) | 0) < 0; d = Atomics.load(done, T_RESET_DONE / 4)) {
+      const left = until - Date.now();
+      if (left <= 0) {
+        log.warn({ device: this.name, waitedMs: RESET_WAIT_MS }, 'device not yet stopped after the guest reset it; the guest goes on');
+        return;
+      }
+      Atomics.wait(done, T_RESET_DONE / 4, d, left);
+    }
+  }
+
+  /** The main thread stopped the device for reset `seq`: the vCPU that asked for it goes on. */
+  resetDone(seq: number): void {
+    Atomics.store(this.s.i32, T_RESET_DONE / 4, seq);
+    Atomics.notify(this.s.i32, T_RESET_DONE / 4);
+  }
+
+  /** The main thread takes a notify event: later bus notifies post a new one. */
+  takeNotify(): void {
+    Atomics.store(this.s.u8, T_NOTIFY_POSTED, 0);
+  }
+
+  /**
+   * The device failed where the guest cannot see it (activation on the main thread): DEVICE_NEEDS_RESET and a config
+   * interrupt, as virtio 1.x 2.1.2 asks, so the driver learns it instead of waiting on queues nobody serves.
+   */
+  needsReset(): void {
+    this.opts.root.lock.with(() => {
+      const st = this.s.u8[T_STATUS];
+      if (st !== 0) this.s.u8[T_STATUS] = st | STATUS_NEEDS_RESET;
+    });
+    this.configChanged();
+  }
+
   /** Sets ISR bit 1 and signals the config vector (device config changed; main thread). */
   configChanged(): void {
     this.opts.root.lock.with(() => {
@@ -332,8 +388,12 @@ export class VirtioPciDevice implements PciFunction {
 
   private resetState(b: ArenaBlock): void {
     const gen = b.u8[T_GENERATION];
+    const asked = b.i32[T_RESET_ASKED / 4];
+    const done = b.i32[T_RESET_DONE / 4];
     b.u8.fill(0);
     b.u8[T_GENERATION] = gen;
+    b.i32[T_RESET_ASKED / 4] = asked;
+    b.i32[T_RESET_DONE / 4] = done;
     b.view.setUint16(T_MSIX_CONFIG, NO_VECTOR, true);
     for (let q = 0; q < this.device.queueMaxSizes.length; q++) {
       b.view.setUint16(T_QUEUES + q * Q_STRIDE + Q_SIZE, this.device.queueMaxSizes[q], true);

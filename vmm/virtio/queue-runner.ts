@@ -6,6 +6,8 @@ import type { ActiveQueue } from './device.js';
 import type { EventLoop } from './event-loop.js';
 
 const log = logger('virtio-queue');
+/** Chains one run completes before it lets the main loop serve other devices and events (it goes on after them). */
+const CHAINS_PER_RUN = 64;
 
 /** Returns bytes written into the chain's writable part, or null to stop (no resource; retry later). */
 export type ChainHandler = (chain: DescriptorChain, mem: GuestMemory) => number | null;
@@ -17,6 +19,8 @@ export type ChainHandler = (chain: DescriptorChain, mem: GuestMemory) => number 
 export class QueueRunner {
   readonly queue: DeviceQueue;
   private broken = false;
+  private stopped = false;
+  private rerun = false;
   private parked: DescriptorChain | null = null;
 
   constructor(
@@ -38,14 +42,19 @@ export class QueueRunner {
 
   unlisten(loop: EventLoop): void {
     loop.remove(this.active.kick);
+    this.stopped = true;
   }
 
   /** Processes available chains; also called when a resource (input data) becomes available. */
   run(): void {
-    if (this.broken) return;
+    if (this.broken || this.stopped) return;
     let done = 0;
     try {
       for (;;) {
+        if (done === CHAINS_PER_RUN) {
+          this.runAgain();
+          break;
+        }
         const chain = this.parked ?? this.queue.pop();
         this.parked = null;
         if (!chain) break;
@@ -65,5 +74,14 @@ export class QueueRunner {
       this.queue.publishUsed();
       if (this.queue.needsNotification()) this.active.interrupt.trigger();
     }
+  }
+
+  private runAgain(): void {
+    if (this.rerun) return;
+    this.rerun = true;
+    setImmediate(() => {
+      this.rerun = false;
+      this.run();
+    });
   }
 }

@@ -6,6 +6,11 @@ import type { ActivateContext, VirtioDevice } from './device.js';
 import { QueueRunner } from './queue-runner.js';
 
 const log = logger('virtio-rng');
+/**
+ * Bytes one request gets at most: the spec lets the device fill less than the buffer, a driver asks for a page or less,
+ * and one 4 GiB chain would otherwise hold the VMM's main thread for seconds.
+ */
+const MAX_FILL = 64 << 10;
 const EVENT_IDX = 1n << BigInt(VIRTIO_RING_F_EVENT_IDX);
 
 /** virtio-rng: one request queue; each writable buffer is filled from the entropy source (default /dev/urandom). */
@@ -44,8 +49,8 @@ export class VirtioRng implements VirtioDevice {
       let total = 0;
       for (const seg of chain.writable) {
         let off = 0;
-        while (off < seg.len) {
-          const n = Math.min(seg.len - off, 64 << 10);
+        while (off < seg.len && total < MAX_FILL) {
+          const n = Math.min(seg.len - off, MAX_FILL - total);
           const got = read(this.fd, mem.slice(seg.addr + off, n));
           if (got <= 0) return total; // source dry: hand back what we have
           off += got;
