@@ -25,6 +25,8 @@ const USAGE = `usage: kumo-vhost-user-net --net-backend <params>
   -h, --help prints this help; -V, --version prints the version.`;
 
 const log = logger('vhost-user-net');
+/** How often the back-end checks that its TAP still exists. */
+const TAP_CHECK_MS = 1000;
 
 function fatal(msg: string, code = 1): never {
   process.stderr.write(`kumo-vhost-user-net: ${msg}\n`);
@@ -107,6 +109,14 @@ async function main(): Promise<void> {
     tap.close();
     process.exit(); // process.exitCode: 1 after a failure
   };
+  // A TAP deleted under us (ip link del) fails every front-end to come: exit, so a supervisor makes it anew.
+  const watch = setInterval(() => {
+    if (stopping || tap.alive()) return;
+    log.error({ tap: tap.name }, 'the TAP was deleted; exiting');
+    process.exitCode = 1;
+    void stop();
+  }, TAP_CHECK_MS);
+  watch.unref();
   process.on('SIGTERM', () => void stop());
   process.on('SIGINT', () => void stop());
   process.on('SIGHUP', () => void stop());

@@ -76,6 +76,15 @@ export class QueuePair {
     this.runRx();
   }
 
+  /**
+   * The RX ring was disabled (the guest lowered its queue-pair count): its TAP queue detaches now, before the kernel
+   * steers more flows to it; what it already holds is dropped and counted (a detach would drop it unseen).
+   */
+  rxDisabled(): void {
+    if (this.o.setTapQueueAttached && this.attached) this.rxPath.discardQueued();
+    this.updateTap();
+  }
+
   startTx(ring: PairRing): void {
     this.tx = ring;
     this.txBroken = false;

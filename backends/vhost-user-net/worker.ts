@@ -81,6 +81,9 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
       if (isRx(q)) pair.stopRx();
       else pair.stopTx();
     },
+    onDisable(q) {
+      if (isRx(q)) pair.rxDisabled();
+    },
     process(q) {
       if (isRx(q)) pair.rxKick();
       else pair.txKick();

@@ -1,6 +1,7 @@
 // TAP devices: /dev/net/tun queues (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR|IFF_MULTI_QUEUE) and the
 // host-side link settings (address, netmask, MAC, MTU, up), done with the classic SIOCSIF* ioctls
 // on an AF_INET datagram socket. Everything acts in the calling thread's network namespace.
+import { existsSync, readdirSync } from 'node:fs';
 import { KumoError } from '../errors.js';
 import { libc, check, ioctl, ioctlInt, SysError } from './libc.js';
 import { close, openFile } from './fd.js';
@@ -93,6 +94,17 @@ export class Tap {
     for (const fd of this.fds) ioctl(fd, TUNSETVNETHDRSZ, b);
   }
 
+  /** False once the interface is gone under us (ip link del): its fds then answer EBADFD to everything. */
+  alive(): boolean {
+    try {
+      ioctl(this.fds[0], TUNGETIFF, Buffer.alloc(IFREQ_SIZE));
+      return true;
+    } catch (e) {
+      if (e instanceof SysError && e.code === 'EBADFD') return false;
+      throw e;
+    }
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
@@ -115,29 +127,43 @@ export function setTapQueueAttached(fd: number, attached: boolean): void {
   }
 }
 
-/** Opens (creating or attaching to) a multi-queue TAP with virtio-net headers. */
+/**
+ * Opens (creating or attaching to) a TAP with virtio-net headers: single-queue for one queue, as Cloud Hypervisor opens
+ * it (a second process then gets EBUSY), unless the existing interface is multi-queue; multi-queue for more, refused
+ * when another process holds queues of it too (the kernel would spread our frames over its queues).
+ */
 export function openTap(opts: TapOptions): Tap {
   if (!Number.isInteger(opts.queues) || opts.queues < 1 || opts.queues > 256) {
     throw new TapError('TAP queue count must be 1..256', { queues: opts.queues });
   }
   const fds: number[] = [];
   let name = opts.name;
+  let multi = opts.queues > 1;
   try {
     for (let i = 0; i < opts.queues; i++) {
       const flags = O_RDWR | O_CLOEXEC | (opts.nonBlocking === false ? 0 : O_NONBLOCK);
       const fd = openFile('/dev/net/tun', flags);
       fds.push(fd);
       const req = ifreq(name);
-      req.writeUInt16LE(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE, IFNAMSIZ);
       try {
-        ioctl(fd, TUNSETIFF, req);
+        try {
+          attachTap(fd, req, multi);
+        } catch (e) {
+          // An existing multi-queue TAP (ip tuntap add ... multi_queue) takes a single queue only as one of several.
+          if (multi || !(e instanceof SysError && e.code === 'EINVAL')) throw e;
+          multi = true;
+          attachTap(fd, req, true);
+        }
       } catch (e) {
-        const hint = e instanceof SysError && e.code === 'EINVAL'
-          ? 'an existing interface with this name is not a multi-queue TAP with vnet headers'
-          : e instanceof SysError && e.code === 'EBUSY' ? 'the TAP has no free queue (already attached elsewhere?)' : undefined;
-        throw new TapError(`cannot attach TAP ${name}`, { name, queue: i, cause: (e as Error).message, hint });
+        throw new TapError(`cannot attach TAP ${name}`, { name, queue: i, cause: (e as Error).message, hint: attachHint(e, name) });
       }
       name = ifreqName(req);
+    }
+    if (multi) {
+      const held = tapQueueCount(name);
+      if (held !== null && held > opts.queues) {
+        throw new TapError(`TAP ${name} is in use by another process (it has ${held} queues, ${opts.queues} of them ours)`, { name, held });
+      }
     }
     const tap = new Tap(name, fds);
     tap.setVnetHdrSize(opts.vnetHdrSize ?? 12);
@@ -145,6 +171,29 @@ export function openTap(opts: TapOptions): Tap {
   } catch (e) {
     for (const fd of fds) close(fd);
     throw e;
+  }
+}
+
+function attachTap(fd: number, req: Buffer, multi: boolean): void {
+  req.writeUInt16LE(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (multi ? IFF_MULTI_QUEUE : 0), IFNAMSIZ);
+  ioctl(fd, TUNSETIFF, req);
+}
+
+function attachHint(e: unknown, name: string): string | undefined {
+  if (!(e instanceof SysError)) return undefined;
+  if (e.code === 'EBUSY') return 'the TAP is in use by another process';
+  if (e.code !== 'EINVAL') return undefined;
+  return existsSync(`/sys/class/net/${name}`)
+    ? 'an existing interface with this name is not a TAP, or a single-queue TAP asked for several queues'
+    : 'not a name the kernel accepts for a new interface (one %d at most)';
+}
+
+/** The queues a multi-queue TAP has attached, by anyone (its real_num_tx_queues); null when sysfs does not say. */
+function tapQueueCount(name: string): number | null {
+  try {
+    return readdirSync(`/sys/class/net/${name}/queues`).filter((q) => q.startsWith('tx-')).length;
+  } catch {
+    return null;
   }
 }
 

@@ -48,6 +48,8 @@ export interface QueueHandler {
   onStop(q: VringHandle): void;
   /** The kick fd fired (already drained) or the ring was enabled: pop, handle, push, publish, notify. */
   process(q: VringHandle): void;
+  /** SET_VRING_ENABLE 0 on a started ring, before the front-end hears back (enables go through process()). */
+  onDisable?(q: VringHandle): void;
   /** An fd the handler added to ctx.epoll became ready. */
   onFd?(token: number, events: number): void;
   /**

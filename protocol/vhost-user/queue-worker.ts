@@ -283,6 +283,7 @@ class QueueWorker {
           r.enabled = cmd.on;
           // Buffers made available (and kicked) while the ring was disabled must not be lost.
           if (cmd.on) this.process(r);
+          else this.handler.onDisable?.(r);
         }
         return undefined;
       }

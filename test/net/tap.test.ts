@@ -57,14 +57,45 @@ describe.skipIf(why !== null)('TAP bindings (inside a private netns)', () => {
     } finally {
       await p.done();
     }
+    const one = await runProbe(ns, ['ktpre', '1']); // one queue of a multi-queue TAP
+    try {
+      expect(one.info).toMatchObject({ name: 'ktpre', fds: 1 });
+    } finally {
+      await one.done();
+    }
     ns.ip('link', 'del', 'ktpre');
   });
 
-  it('explains why an existing non-multi-queue interface cannot be used', async () => {
+  it('uses an existing single-queue TAP for one queue, as Cloud Hypervisor does, and explains why not for two', async () => {
     ns.ip('tuntap', 'add', 'dev', 'ktsingle', 'mode', 'tap');
     const p = await runProbe(ns, ['ktsingle', '1']);
-    expect(String(p.info.error)).toContain('cannot attach TAP ktsingle');
+    try {
+      expect(p.info).toMatchObject({ name: 'ktsingle', fds: 1 });
+    } finally {
+      await p.done();
+    }
+    const q = await runProbe(ns, ['ktsingle', '2']);
+    expect(String(q.info.error)).toContain('cannot attach TAP ktsingle');
+    expect(JSON.stringify(q.info.context)).toContain('single-queue TAP asked for several queues');
     ns.ip('link', 'del', 'ktsingle');
+  });
+
+  it('refuses a TAP another process holds instead of sharing its frames with it', async () => {
+    const one = await runProbe(ns, ['ktbusy', '1']);
+    try {
+      const again = await runProbe(ns, ['ktbusy', '1']);
+      expect(String(again.info.error)).toContain('cannot attach TAP ktbusy');
+      expect(JSON.stringify(again.info.context)).toContain('in use by another process');
+    } finally {
+      await one.done();
+    }
+    const two = await runProbe(ns, ['ktmq', '2']);
+    try {
+      const more = await runProbe(ns, ['ktmq', '2']);
+      expect(String(more.info.error)).toContain('TAP ktmq is in use by another process (it has 4 queues, 2 of them ours)');
+    } finally {
+      await two.done();
+    }
   });
 
   it('refuses malformed interface names', () => {

@@ -1,4 +1,4 @@
-// The back-end against a driver that behaves as a Linux guest does, and a TAP an operator changes under it.
+// The back-end against a driver that refills as a Linux guest does, lowers its queue pairs, or comes after another one; and a TAP an operator changes under it.
 import { afterEach, describe, expect, it } from 'vitest';
 import { NetNs, netnsUnavailable } from './netns.js';
 import { linkStat, startBackend, type BackendProc } from './harness.js';
@@ -6,7 +6,7 @@ import { VuDevice } from '../../vmm/kumo-vu/device.js';
 import { ProtocolFeature, protocolFeatures } from '../../protocol/vhost-user/index.js';
 import {
   bits, VIRTIO_F_VERSION_1, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
-  VIRTIO_NET_F_MRG_RXBUF,
+  VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
 } from '../../protocol/virtio/index.js';
 
 const why = netnsUnavailable();
@@ -145,6 +145,59 @@ describe.skipIf(why !== null)('kumo-vhost-user-net RX buffers and TAP changes (p
     expect(flags.length).toBeGreaterThan(0);
     expect(flags.filter((f) => f !== 0)).toEqual([]);
   }, 60_000);
+
+  it('detaches the TAP queue of an RX ring the guest disables before answering, so no flow lands there and is lost', async () => {
+    ns = NetNs.create('mqoff');
+    const started = await startBackend(ns, `ip=${HOST},mask=255.255.255.0,socket=${sock},num_queues=4,queue_size=256`);
+    be = started.be;
+    ns.ip('neigh', 'replace', GUEST, 'lladdr', GUEST_MAC, 'dev', started.tap);
+    dev = await VuDevice.connect({ socket: sock, features: bits(VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MQ), protocolFeatures: PROTOCOL, connectTimeoutMs: 10_000 });
+    dev.start(4, 256, 8 << 20);
+    const d = dev;
+    const mem = d.mem!;
+    const rxq = [d.queues[0], d.queues[2]];
+    const addr = [new Map<number, number>(), new Map<number, number>()];
+    let token = 0;
+    for (const p of [0, 1]) {
+      for (let i = 0; i < 200; i++) {
+        const a = d.buffer(2048);
+        addr[p].set(token, a);
+        rxq[p].dq.add([], [{ addr: a, len: 2048 }], token++);
+      }
+      rxq[p].kick();
+    }
+    await sleep(200);
+    const n = ns;
+    // 32 flows (source ports), which the TAP spreads over its attached queues.
+    const send = (tag: string) => n.exec(process.execPath, ['-e',
+      `const dg=require('dgram');let i=0;(function go(){if(i>=32)return;const s=dg.createSocket('udp4');` +
+      `s.bind(20000+i,()=>{s.send(Buffer.from('${tag}-'+i),4444,'${GUEST}',()=>{s.close();i++;go()})})})()`]);
+    const count = (tag: string): number[] => [0, 1].map((p) => {
+      let k = 0;
+      for (let u = rxq[p].dq.takeUsed(); u.length > 0; u = rxq[p].dq.takeUsed()) {
+        for (const x of u) if (Buffer.from(mem.slice(addr[p].get(x.token)!, x.len)).includes(`${tag}-`)) k++;
+      }
+      return k;
+    });
+    send('A');
+    await sleep(500);
+    const a = count('A');
+    expect(a[0] + a[1]).toBe(32);
+    d.frontend.setVringEnable(2, false); // the guest lowers its queue pairs to 1
+    send('B');
+    await sleep(500);
+    expect(count('B')).toEqual([32, 0]);
+  }, 60_000);
+
+  it('exits with an error naming the TAP when it is deleted under the back-end, instead of failing every front-end to come', async () => {
+    ns = NetNs.create('tapdel');
+    const started = await startBackend(ns, `ip=${HOST},mask=255.255.255.0,socket=${sock},num_queues=2`);
+    be = started.be;
+    ns.ip('link', 'del', started.tap);
+    for (let i = 0; i < 100 && be.exited === null; i++) await sleep(50);
+    expect(be.exited).toBe(1);
+    expect(be.stderr).toContain('the TAP was deleted');
+  }, 30_000);
 
   it('reads the TAP MTU again when a front-end starts: a jumbo frame goes out after the MTU was raised', async () => {
     ns = NetNs.create('mtu');
