@@ -64,7 +64,7 @@ export function setLogLevel(l: string): void {
 }
 
 /**
- * Warnings a peer can cause at will (a guest's malformed requests, a front-end's refused messages): at most `burst`
+ * Lines a peer can cause at will (a guest's malformed requests or device resets, a front-end's refused messages): at most `burst`
  * lines per `windowMs` reach the log, and the count of those held back goes out with the next one that does, so a
  * hostile guest cannot fill the host's disk or syslog through the daemon.
  */
@@ -80,6 +80,19 @@ export class WarnLimiter {
   ) {}
 
   warn(obj: Record<string, unknown>, msg: string): void {
+    this.emit('warn', obj, msg);
+  }
+
+  info(obj: Record<string, unknown>, msg: string): void {
+    this.emit('info', obj, msg);
+  }
+
+  error(obj: Record<string, unknown>, msg: string): void {
+    this.emit('error', obj, msg);
+  }
+
+  private emit(level: 'info' | 'warn' | 'error', obj: Record<string, unknown>, msg: string): void {
+    if (!this.log.isLevelEnabled(level)) return;
     const now = performance.now();
     if (now - this.windowStart >= this.windowMs) {
       this.windowStart = now;
@@ -94,6 +107,6 @@ export class WarnLimiter {
       obj = { ...obj, heldBack: this.held };
       this.held = 0;
     }
-    this.log.warn(obj, msg);
+    this.log[level](obj, msg);
   }
 }

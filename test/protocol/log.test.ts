@@ -21,4 +21,13 @@ describe('WarnLimiter', () => {
       vi.useRealTimers();
     }
   });
+
+  it('limits info and error lines (a guest looping on device resets) in the same budget, and skips levels not logged', () => {
+    const lines: { level: number; msg: string }[] = [];
+    const log = pino({ level: 'warn' }, { write: (l: string) => void lines.push(JSON.parse(l)) });
+    const w = new WarnLimiter(log, 4, 60_000);
+    for (let k = 0; k < 10; k++) w.info({ k }, 'activated'); // below the level: costs nothing, uses no budget
+    for (let k = 0; k < 10; k++) w.error({ k }, 'activation failed');
+    expect(lines.map((l) => [l.level, l.msg])).toEqual(Array(4).fill([50, 'activation failed']));
+  });
 });

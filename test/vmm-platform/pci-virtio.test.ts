@@ -369,6 +369,40 @@ describe('virtio-pci transport', () => {
     expect(r.m.r(r.bar + 0x2000, 1) & 2).toBe(2); // ISR: configuration change
   });
 
+  it('fails an activation whose rings run past the end of guest RAM before a back-end sees them (NEEDS_RESET)', () => {
+    const { p, events } = build();
+    let registrations = 0;
+    const r = startRng(p, events, { register: () => void registrations++, unregister: () => undefined });
+    r.common(0x14, 1, 0);
+    r.handle();
+    r.common(0x14, 1, 3);
+    r.common(0x08, 4, 1);
+    r.common(0x0c, 4, 1);
+    r.common(0x14, 1, 3 | 8);
+    r.common(0x16, 2, 0);
+    r.common(0x18, 2, 16);
+    r.common(0x20, 4, (4 << 20) - 16); // the 256-byte descriptor table starts in RAM and runs past its end
+    r.common(0x28, 4, r.layout.availAddr);
+    r.common(0x30, 4, r.layout.usedAddr);
+    r.common(0x1c, 2, 1);
+    r.common(0x14, 1, 3 | 8 | 4);
+    registrations = 0;
+    r.handle();
+    expect(registrations).toBe(0); // refused before any queue was set up (a vhost-user back-end would have hung up)
+    expect(r.common(0x14, 1)).toBe(3 | 8 | 4 | 0x40);
+  });
+
+  it('ignores an activation that a reset from another vCPU overtook (their events may come out of order)', () => {
+    const { p, events } = build();
+    const r = startRng(p, events);
+    r.common(0x14, 1, 0);
+    expect(events.map((e) => e.type)).toEqual(['virtio-activate', 'virtio-reset']);
+    r.activator.handle(events[1]);
+    r.activator.handle(events[0]);
+    expect(r.registered).toEqual([]);
+    expect(loop!.poll(0)).toBe(0);
+  });
+
   it('virtio-rng fills at most 64 KiB per request and serves a flood of requests in rounds, letting the main loop in between', async () => {
     const { p, events } = build();
     const r = startRng(p, events, undefined, 128);

@@ -1,10 +1,12 @@
 import { KumoError } from '../../protocol/errors.js';
-import { logger } from '../../protocol/log.js';
+import { logger, WarnLimiter } from '../../protocol/log.js';
 import type { Bus, BusRange } from '../devices/bus.js';
 import type { ArenaBlock, SharedArena } from '../devices/shared-state.js';
 import type { BusDevice } from '../devices/types.js';
 
 const log = logger('pci');
+/** Lines a guest causes at will (it may loop on them): rate-limited. */
+const guestLog = new WarnLimiter(log);
 
 export class PciError extends KumoError {}
 
@@ -195,9 +197,9 @@ export class PciConfig {
       }
       try {
         range.move(addr);
-        log.info({ device: this.name, bar: spec.index, addr }, 'BAR relocated');
+        guestLog.info({ device: this.name, bar: spec.index, addr }, 'BAR relocated');
       } catch (err) {
-        log.warn({ err, device: this.name, bar: spec.index, addr }, 'BAR relocation refused');
+        guestLog.warn({ err, device: this.name, bar: spec.index, addr }, 'BAR relocation refused');
       }
     }
   }

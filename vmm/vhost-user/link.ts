@@ -1,6 +1,6 @@
 // Main-thread side of one vhost-user device: the connection to its backend, and what DRIVER_OK,
 // reset and guest config writes turn into on the wire.
-import { logger } from '../../protocol/log.js';
+import { logger, WarnLimiter } from '../../protocol/log.js';
 import { closeQuiet, eventfdRead } from '../../protocol/sys/fd.js';
 import { F_PROTOCOL_FEATURES, VhostUserFrontend } from '../../protocol/vhost-user/index.js';
 import type { QueueActivation } from '../devices/types.js';
@@ -10,6 +10,8 @@ import { VhostUserDeviceError } from './errors.js';
 import { DIRTY_ASKED, DIRTY_DONE, DIRTY_NONE_LO, type VhostUserDeviceSpec } from './spec.js';
 
 const log = logger('vhost-user-device');
+/** Lines a guest causes at will (it may loop on them): rate-limited. */
+const guestLog = new WarnLimiter(log);
 
 /** The eventfd KVM injects a GSI from (its irqfd); the backend writes it directly as the vring call fd. */
 export type CallFdResolver = (gsi: number) => number;
@@ -70,7 +72,7 @@ export class VhostUserLink {
       fe.setupVring(q.index, ctx.memory, q.layout, q.kick, call, 0);
       this.active.push(q.index);
     }
-    log.info({ id: this.spec.id, features: features.toString(16), queues: this.active }, 'vhost-user device started');
+    guestLog.info({ id: this.spec.id, features: features.toString(16), queues: this.active }, 'vhost-user device started');
   }
 
   /** Stops every started ring (SET_VRING_ENABLE 0, then GET_VRING_BASE, as Cloud Hypervisor resets). */

@@ -1,12 +1,16 @@
-import { logger } from '../../protocol/log.js';
+import { logger, WarnLimiter } from '../../protocol/log.js';
 import type { GuestMemory } from '../../protocol/memory/index.js';
 import { closeQuiet, eventfd, eventfdWrite } from '../../protocol/sys/fd.js';
-import type { PlatformEvent } from '../devices/types.js';
+import type { PlatformEvent, QueueActivation } from '../devices/types.js';
+import { ringSizes } from '../../protocol/virtqueue/layout.js';
 import type { ActiveQueue } from './device.js';
 import type { EventLoop } from './event-loop.js';
-import type { VirtioPciDevice } from './pci-transport.js';
+import { STATUS_DRIVER_OK, type VirtioPciDevice } from './pci-transport.js';
+import { VirtioError } from './errors.js';
 
 const log = logger('virtio-activation');
+/** Lines a guest causes at will (it may loop on them): rate-limited. */
+const guestLog = new WarnLimiter(log);
 
 /** Registers an eventfd to be signalled by guest writes to a guest-physical MMIO address (KVM_IOEVENTFD, any length). */
 export interface IoEventRegistrar {
@@ -43,6 +47,11 @@ export class VirtioActivator {
       this.passNotify(t, ev.device);
       return true;
     }
+    // Events of different vCPUs may come out of order: an activation a later reset already undid is stale.
+    if (ev.type === 'virtio-activate' && !(t.status & STATUS_DRIVER_OK)) {
+      log.debug({ device: ev.name }, 'activation overtaken by a reset; ignored');
+      return true;
+    }
     this.teardown(ev.device);
     if (ev.type === 'virtio-reset') {
       try {
@@ -55,6 +64,7 @@ export class VirtioActivator {
     const regs: Kick[] = [];
     this.kicks.set(ev.device, regs);
     try {
+      for (const q of ev.queues) this.checkRings(q);
       const queues: ActiveQueue[] = ev.queues.map((q) => {
         const fd = eventfd();
         this.ioEvents.register(q.notifyAddr, fd);
@@ -78,12 +88,20 @@ export class VirtioActivator {
       // wait for one before it looks at its ring (vhost-user lets it), so each queue gets one. Spurious kicks are harmless.
       for (const k of regs) eventfdWrite(k.fd);
     } catch (err) {
-      log.error({ err, device: ev.name }, 'activation failed; the guest is told the device needs a reset');
+      guestLog.error({ err, device: ev.name }, 'activation failed; the guest is told the device needs a reset');
       this.teardown(ev.device);
       t.device.reset();
       t.needsReset();
     }
     return true;
+  }
+
+  /** Rings that are not wholly guest RAM fail the activation here, before a back-end sees them (it would hang up). */
+  private checkRings(q: QueueActivation): void {
+    const sizes = ringSizes(q.size);
+    for (const [ring, addr, len] of [['descriptor table', q.descAddr, sizes.desc], ['available ring', q.availAddr, sizes.avail], ['used ring', q.usedAddr, sizes.used]] as const) {
+      if (!this.memory.contains(addr, len)) throw new VirtioError(`queue ${q.index}: the ${ring} is not inside guest memory`, { addr, len });
+    }
   }
 
   /**
@@ -99,7 +117,7 @@ export class VirtioActivator {
         try {
           this.ioEvents.register(addr, k.fd);
           k.addr = addr;
-          log.info({ device: t.name, queue: k.queue, addr }, 'queue notify moved with the BAR');
+          guestLog.info({ device: t.name, queue: k.queue, addr }, 'queue notify moved with the BAR');
         } catch (err) {
           log.warn({ err, device: t.name, queue: k.queue, addr }, 'cannot move the queue notify ioeventfd; kicks there take the slow path');
         }

@@ -1,4 +1,4 @@
-import { logger } from '../../protocol/log.js';
+import { logger, WarnLimiter } from '../../protocol/log.js';
 import { VIRTIO_ID_CONSOLE } from '../../protocol/virtio/ids.js';
 import { readFromChain, writeToChain } from '../../protocol/virtqueue/index.js';
 import type { OutputSink } from '../devices/types.js';
@@ -6,6 +6,8 @@ import type { ActivateContext, VirtioDevice } from './device.js';
 import { QueueRunner } from './queue-runner.js';
 
 const log = logger('virtio-console');
+/** Lines a guest causes at will (it may loop on them): rate-limited. */
+const guestLog = new WarnLimiter(log);
 const F_EMERG_WRITE = 1n << 2n;
 const RX = 0;
 const TX = 1;
@@ -88,7 +90,7 @@ export class VirtioConsole implements VirtioDevice {
     }
     this.tx?.run();
     this.rx?.run();
-    log.info({ queues: ctx.queues.length }, 'activated');
+    guestLog.info({ queues: ctx.queues.length }, 'activated');
   }
 
   reset(): void {

@@ -1,5 +1,5 @@
 import { isMainThread } from 'node:worker_threads';
-import { logger } from '../../protocol/log.js';
+import { logger, WarnLimiter } from '../../protocol/log.js';
 import { afterBusAccess } from '../devices/bus.js';
 import type { ArenaBlock, SharedArena } from '../devices/shared-state.js';
 import type { BusDevice, EventSink, Interrupt, InterruptRoutes, PlatformEvent, QueueActivation } from '../devices/types.js';
@@ -9,6 +9,8 @@ import type { PciFunction, PciRoot } from '../pci/root.js';
 import type { VirtioDevice } from './device.js';
 
 const log = logger('virtio-pci');
+/** Lines a guest causes at will (it may loop on them): rate-limited. */
+const guestLog = new WarnLimiter(log);
 /** How long a vCPU's reset write waits for the device to stop (bounded: it must never hang a vCPU for good). */
 const RESET_WAIT_MS = 5000;
 
@@ -284,7 +286,7 @@ export class VirtioPciDevice implements PciFunction {
       const offered = this.device.features() | VERSION_1;
       const acked = this.driverFeatures();
       if ((acked & ~offered) !== 0n || !(acked & VERSION_1)) {
-        log.warn({ device: this.name, acked: acked.toString(16), offered: offered.toString(16) }, 'driver acked unoffered features');
+        guestLog.warn({ device: this.name, acked: acked.toString(16), offered: offered.toString(16) }, 'driver acked unoffered features');
         next &= ~STATUS_FEATURES_OK;
       }
     }
@@ -300,7 +302,7 @@ export class VirtioPciDevice implements PciFunction {
 
   private activation(status: number): VirtioActivateEvent | null {
     if (!(status & STATUS_FEATURES_OK)) {
-      log.warn({ device: this.name }, 'DRIVER_OK without FEATURES_OK');
+      guestLog.warn({ device: this.name }, 'DRIVER_OK without FEATURES_OK');
       return null;
     }
     const v = this.s.view;
@@ -319,7 +321,7 @@ export class VirtioPciDevice implements PciFunction {
         notifyAddr: this.notifyAddress(q),
       };
       if (a.descAddr % 16 || a.availAddr % 2 || a.usedAddr % 4 || a.descAddr > 2 ** 52 || a.availAddr > 2 ** 52 || a.usedAddr > 2 ** 52) {
-        log.warn({ device: this.name, queue: a }, 'misaligned or out-of-range queue addresses');
+        guestLog.warn({ device: this.name, queue: a }, 'misaligned or out-of-range queue addresses');
         return null;
       }
       queues.push(a);

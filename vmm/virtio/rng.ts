@@ -1,4 +1,4 @@
-import { logger } from '../../protocol/log.js';
+import { logger, WarnLimiter } from '../../protocol/log.js';
 import { closeQuiet, O_CLOEXEC, O_RDONLY, openFile, read } from '../../protocol/sys/fd.js';
 import { VIRTIO_ID_RNG } from '../../protocol/virtio/ids.js';
 import { VIRTIO_RING_F_EVENT_IDX } from '../../protocol/virtio/features.js';
@@ -6,6 +6,8 @@ import type { ActivateContext, VirtioDevice } from './device.js';
 import { QueueRunner } from './queue-runner.js';
 
 const log = logger('virtio-rng');
+/** Lines a guest causes at will (it may loop on them): rate-limited. */
+const guestLog = new WarnLimiter(log);
 /**
  * Bytes one request gets at most: the spec lets the device fill less than the buffer, a driver asks for a page or less,
  * and one 4 GiB chain would otherwise hold the VMM's main thread for seconds.
@@ -61,7 +63,7 @@ export class VirtioRng implements VirtioDevice {
     }, this.name);
     this.runner.listen(ctx.loop);
     this.runner.run();
-    log.info({ size: q.layout.size }, 'activated');
+    guestLog.info({ size: q.layout.size }, 'activated');
   }
 
   reset(): void {
