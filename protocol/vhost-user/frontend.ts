@@ -1,5 +1,7 @@
 import type { GuestMemory } from '../memory/index.js';
 import { closeQuiet } from '../sys/fd.js';
+import { KumoError } from '../errors.js';
+import { SysError } from '../sys/libc.js';
 import { unixConnect } from '../sys/socket.js';
 import type { QueueLayout } from '../virtqueue/index.js';
 import { VhostUserChannel, type RawMessage } from './channel.js';
@@ -61,7 +63,9 @@ export class VhostUserFrontend {
       try {
         return new VhostUserFrontend(unixConnect(path), opts);
       } catch (e) {
-        if (Date.now() >= until) throw new VhostUserError(`cannot connect to the vhost-user back-end at ${path}: ${e instanceof Error ? e.message : String(e)}`, { path, cause: String(e) });
+        // Only a back-end still starting (no socket yet, or not listening yet) is worth waiting for.
+        const starting = e instanceof SysError && (e.code === 'ENOENT' || e.code === 'ECONNREFUSED' || e.code === 'EAGAIN');
+        if (!starting || Date.now() >= until) throw new VhostUserError(`cannot connect to the vhost-user back-end at ${path}: ${e instanceof Error ? e.message : String(e)}`, { path, cause: String(e) });
         await sleep(opts.retryEveryMs ?? 100);
       }
     }
@@ -103,6 +107,7 @@ export class VhostUserFrontend {
         raw = this.channel.recvSync(this.timeoutMs);
       } catch (e) {
         if (e instanceof VhostUserTimeoutError) this.owed++;
+        if (e instanceof KumoError && e.context.request === undefined) e.context.request = requestName(r);
         throw e;
       }
       if (raw === null) throw new VhostUserError('back-end closed the connection', { request: requestName(r) });

@@ -38,9 +38,16 @@ export function checkQueueSize(what: string, q: number): void {
   }
 }
 
+/** sockaddr_un.sun_path holds 108 bytes, its NUL included. */
+const SUN_PATH_MAX = 107;
+
 export function requireSocket(what: string, socket: string | undefined): string {
   if (socket === undefined || socket === '') {
     throw new ConfigError(`${what}: vhost_user=on needs socket=<vhost_user_socket_path>`, {});
+  }
+  const bytes = Buffer.byteLength(socket);
+  if (bytes > SUN_PATH_MAX) {
+    throw new ConfigError(`${what}: socket path is ${bytes} bytes; a Unix socket path must be at most ${SUN_PATH_MAX}`, { socket });
   }
   return socket;
 }

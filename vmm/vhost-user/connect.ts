@@ -1,11 +1,13 @@
 // Main thread, before the vCPUs start: connect to each backend, negotiate like Cloud Hypervisor,
 // read the config space, and produce the spec every thread's model is built from.
+import { rmSync } from 'node:fs';
+import { KumoError } from '../../protocol/errors.js';
 import { logger } from '../../protocol/log.js';
 import { accept, unixListen } from '../../protocol/sys/socket.js';
 import { closeQuiet, eventfd, setNonBlocking } from '../../protocol/sys/fd.js';
-import { F_PROTOCOL_FEATURES, ProtocolFeature, hasProtocolFeature, VhostUserFrontend } from '../../protocol/vhost-user/index.js';
+import { F_PROTOCOL_FEATURES, ProtocolFeature, hasProtocolFeature, VhostUserFrontend, VhostUserProtocolError } from '../../protocol/vhost-user/index.js';
 import { VIRTIO_ID_BLOCK, VIRTIO_ID_FS, VIRTIO_ID_NET } from '../../protocol/virtio/ids.js';
-import { bits } from '../../protocol/virtio/features.js';
+import { bits, VIRTIO_F_VERSION_1 } from '../../protocol/virtio/features.js';
 import { VIRTIO_NET_F_MTU } from '../../protocol/virtio/net.js';
 import type { DiskConfig } from '../config/disk.js';
 import type { FsConfig } from '../config/fs.js';
@@ -46,6 +48,8 @@ async function listenForBackend(id: string, path: string, t: ConnectTiming): Pro
     }
   } finally {
     closeQuiet(lfd);
+    // Nobody connects twice (as Cloud Hypervisor, which removes it at shutdown): a back-end trying later gets ENOENT.
+    rmSync(path, { force: true });
   }
 }
 
@@ -75,6 +79,10 @@ function negotiate(id: string, fe: VhostUserFrontend, wantProtocol: bigint, queu
     fe.setProtocolFeatures(protocol);
   }
   if (hasProtocolFeature(protocol, ProtocolFeature.MQ)) checkQueueCount(id, queues, fe.getQueueNum());
+  // The guest drives a virtio 1.x device: a back-end that would take its rings and headers as legacy cannot serve it.
+  if (!(backendFeatures & bits(VIRTIO_F_VERSION_1))) {
+    throw new VhostUserProtocolError('the back-end does not offer VIRTIO_F_VERSION_1 (legacy-only back-ends are not supported)', { features: backendFeatures.toString(16) });
+  }
   return { fe, backendFeatures, protocol };
 }
 
@@ -175,7 +183,11 @@ async function attachOne(d: AnyDevice, callFd: CallFdResolver, t: ConnectTiming)
     return new VhostUserLink(spec, fe, n.backendFeatures, n.protocol, callFd);
   } catch (e) {
     fe.close();
-    throw e;
+    if (e instanceof VhostUserDeviceError) throw e;
+    // A protocol error or a timeout: say which device and back-end, with several of them attached.
+    const what = `vhost-user ${d.kind === 'blk' ? 'disk' : d.kind} ${id} (socket ${d.c.socket})`;
+    const context = e instanceof KumoError ? e.context : {};
+    throw new VhostUserDeviceError(`${what}: ${(e as Error).message}`, { ...context, id, socket: d.c.socket });
   }
 }
 
