@@ -32,6 +32,7 @@ export class VhostUserChannel {
    * blocking send would freeze the caller's thread (the daemon's main thread: no signal handled, no stop).
    */
   send(msg: Message): void {
+    this.checkOpen(msg.request);
     const bytes = encodeMessage(msg);
     let off = 0;
     let fds = msg.fds;
@@ -66,11 +67,13 @@ export class VhostUserChannel {
 
   /** Next message, or null when the peer closed the socket cleanly between messages. */
   async recvAsync(): Promise<RawMessage | null> {
+    if (this.closed) return null;
     return this.recv((buf, len) => recvMsgAsync(this.fd, buf, len));
   }
 
   /** Next message, waiting at most timeoutMs for each read; null on a clean close. */
   recvSync(timeoutMs: number): RawMessage | null {
+    this.checkOpen();
     let started = false;
     try {
       return this.recvWith((buf, len) => {
@@ -99,6 +102,11 @@ export class VhostUserChannel {
 
   get isClosed(): boolean {
     return this.closed;
+  }
+
+  /** After close the fd number may already belong to something else (an eventfd, another peer's socket). */
+  private checkOpen(request?: number): void {
+    if (this.closed) throw new VhostUserDisconnectedError('the connection to the back-end is closed', request === undefined ? {} : { request: requestName(request) });
   }
 
   private waitReadable(timeoutMs: number): void {

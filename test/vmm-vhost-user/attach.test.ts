@@ -48,6 +48,14 @@ describe('attaching vhost-user backends: failures are clear errors', () => {
     );
   }, 30_000);
 
+  it('a back-end without protocol MQ serves one blk queue, as Cloud Hypervisor assumes: four are refused', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kumo-vu-attach-'));
+    const sock = join(dir, 'be.sock');
+    child = await fake(sock, 'nomq');
+    const d = DiskConfig.parse(`vhost_user=on,socket=${sock},num_queues=4,id=d0`);
+    await expect(attachVhostUserDevices({ disks: [d], net: [], fs: [] }, noCall, { retryForMs: 2000 })).rejects.toThrow(/backend serves 1 queues, 4 requested/);
+  }, 30_000);
+
   it('a back-end that stops answering is named with the request it did not answer', async () => {
     dir = mkdtempSync(join(tmpdir(), 'kumo-vu-attach-'));
     const sock = join(dir, 'be.sock');
@@ -96,6 +104,13 @@ describe('attaching vhost-user backends: failures are clear errors', () => {
       retryForMs: 2000,
     });
     expect(ok.specs[0].queueSizes).toEqual([128]);
+    expect(ok.specs[0].features & (1n << 5n)).toBe(0n);
     ok.close();
+    // readonly=on on the VMM side: the guest is offered VIRTIO_BLK_F_RO, whatever the back-end says.
+    const ro = await attachVhostUserDevices({ disks: [DiskConfig.parse(`vhost_user=on,socket=${sock},id=d2,readonly=on`)], net: [], fs: [] }, noCall, {
+      retryForMs: 2000,
+    });
+    expect(ro.specs[0].features & (1n << 5n)).toBe(1n << 5n);
+    ro.close();
   }, 60_000);
 });

@@ -9,6 +9,7 @@ import { F_PROTOCOL_FEATURES, ProtocolFeature, hasProtocolFeature, VhostUserFron
 import { VIRTIO_ID_BLOCK, VIRTIO_ID_FS, VIRTIO_ID_NET } from '../../protocol/virtio/ids.js';
 import { bits, VIRTIO_F_VERSION_1 } from '../../protocol/virtio/features.js';
 import { VIRTIO_NET_F_MTU } from '../../protocol/virtio/net.js';
+import { VIRTIO_BLK_F_RO } from '../../protocol/virtio/blk.js';
 import type { DiskConfig } from '../config/disk.js';
 import type { FsConfig } from '../config/fs.js';
 import type { NetConfig } from '../config/net.js';
@@ -69,8 +70,11 @@ interface Negotiated {
   protocol: bigint;
 }
 
-/** SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM (SET_FEATURES waits for the guest). */
-function negotiate(id: string, fe: VhostUserFrontend, wantProtocol: bigint, queues: number): Negotiated {
+/**
+ * SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM (SET_FEATURES waits for the guest). Without
+ * protocol MQ the back-end serves `unsaid` queues, as Cloud Hypervisor assumes (1 for blk, 2 for net and fs).
+ */
+function negotiate(id: string, fe: VhostUserFrontend, wantProtocol: bigint, queues: number, unsaid: number): Negotiated {
   fe.setOwner();
   const backendFeatures = fe.getFeatures();
   let protocol = 0n;
@@ -78,7 +82,7 @@ function negotiate(id: string, fe: VhostUserFrontend, wantProtocol: bigint, queu
     protocol = fe.getProtocolFeatures() & wantProtocol;
     fe.setProtocolFeatures(protocol);
   }
-  if (hasProtocolFeature(protocol, ProtocolFeature.MQ)) checkQueueCount(id, queues, fe.getQueueNum());
+  checkQueueCount(id, queues, hasProtocolFeature(protocol, ProtocolFeature.MQ) ? fe.getQueueNum() : unsaid);
   // The guest drives a virtio 1.x device: a back-end that would take its rings and headers as legacy cannot serve it.
   if (!(backendFeatures & bits(VIRTIO_F_VERSION_1))) {
     throw new VhostUserProtocolError('the back-end does not offer VIRTIO_F_VERSION_1 (legacy-only back-ends are not supported)', { features: backendFeatures.toString(16) });
@@ -102,11 +106,14 @@ function buildBlk(c: DiskConfig, n: Negotiated): Built {
   const config = new Uint8Array(BLK_CONFIG_LEN);
   config.set(n.fe.getConfig(0, BLK_CONFIG_LEN));
   patchBlkConfig(config, c.numQueues);
+  // The image is the back-end's: these keys can only tell the guest (readonly) or nobody (direct, serial).
+  if (c.extra.readonly) log.warn({ id: c.id }, 'readonly=on: the guest sees a read-only disk; only the back-end can enforce it (start it with readonly=on)');
+  if (c.extra.direct || c.extra.serial !== null) log.warn({ id: c.id }, 'direct= and serial= are the back-end\'s to set (e.g. kumo-vhost-user-blk direct=on,serial=...): ignored here');
   return {
     kind: 'blk',
     deviceType: VIRTIO_ID_BLOCK,
     queueSizes: Array<number>(c.numQueues).fill(c.queueSize),
-    features: n.backendFeatures & blkFeatureMask(c.numQueues),
+    features: (n.backendFeatures & blkFeatureMask(c.numQueues)) | (c.extra.readonly ? bits(VIRTIO_BLK_F_RO) : 0n),
     config,
     writable: BLK_WRITABLE,
   };
@@ -168,14 +175,14 @@ async function attachOne(d: AnyDevice, callFd: CallFdResolver, t: ConnectTiming)
     let built: Built;
     let n: Negotiated;
     if (d.kind === 'blk') {
-      n = negotiate(id, fe, BLK_PROTOCOL_FEATURES, d.c.numQueues);
+      n = negotiate(id, fe, BLK_PROTOCOL_FEATURES, d.c.numQueues, 1);
       built = buildBlk(d.c, n);
     } else if (d.kind === 'net') {
       // Backends disagree on whether GET_QUEUE_NUM counts queues or pairs: one pair is all kumo needs.
-      n = negotiate(id, fe, NET_PROTOCOL_FEATURES, 1);
+      n = negotiate(id, fe, NET_PROTOCOL_FEATURES, 1, 1);
       built = buildNet(d.c, n);
     } else {
-      n = negotiate(id, fe, FS_PROTOCOL_FEATURES, d.c.numQueues + 1);
+      n = negotiate(id, fe, FS_PROTOCOL_FEATURES, d.c.numQueues + 1, 2);
       built = buildFs(d.c, n);
     }
     const spec = toSpec(id, built);
