@@ -21,17 +21,30 @@ export interface CliOptions {
   logLevel: string | null;
 }
 
+/**
+ * A single-value option given twice is an error, as in Cloud Hypervisor: keeping the last one silently turned a wrapper's
+ * appended `--memory shared=on` into a guest with the default RAM size.
+ */
+function once(name: string): (value: string) => string {
+  let seen = false;
+  return (value) => {
+    if (seen) throw new CliError(`${name} given more than once (options it takes go in one ${name} argument, comma-separated)`, { option: name });
+    seen = true;
+    return value;
+  };
+}
+
 function program(): Command {
   return new Command('kumo')
     .description('kumo: a KVM virtual machine monitor (Cloud Hypervisor compatible command line)')
-    .requiredOption('--kernel <path>', 'kernel: PVH ELF vmlinux or bzImage')
-    .option('--initramfs <path>', 'initramfs image')
-    .option('--cmdline <string>', 'kernel command line', '')
-    .option('--cpus <options>', `${CpusConfig.SYNTAX.replace(/^--cpus /, '')} (no CPU hot-plug: max= is accepted, only boot vCPUs run)`, 'boot=1')
-    .option('--memory <options>', MemoryConfig.SYNTAX.replace(/^--memory /, ''), 'size=512M')
-    .option('--serial <mode>', `16550 serial at 0x3f8: ${ConsoleConfig.SYNTAX}`, 'null')
-    .option('--console <mode>', `virtio-console: ${ConsoleConfig.SYNTAX}`, 'tty')
-    .option('--rng <options>', RngConfig.SYNTAX.replace(/^--rng /, ''), 'src=/dev/urandom')
+    .requiredOption('--kernel <path>', 'kernel: PVH ELF vmlinux or bzImage', once('--kernel'))
+    .option('--initramfs <path>', 'initramfs image', once('--initramfs'))
+    .option('--cmdline <string>', 'kernel command line', once('--cmdline'), '')
+    .option('--cpus <options>', `${CpusConfig.SYNTAX.replace(/^--cpus /, '')} (no CPU hot-plug: max= is accepted, only boot vCPUs run)`, once('--cpus'), 'boot=1')
+    .option('--memory <options>', MemoryConfig.SYNTAX.replace(/^--memory /, ''), once('--memory'), 'size=512M')
+    .option('--serial <mode>', `16550 serial at 0x3f8: ${ConsoleConfig.SYNTAX}`, once('--serial'), 'null')
+    .option('--console <mode>', `virtio-console: ${ConsoleConfig.SYNTAX}`, once('--console'), 'tty')
+    .option('--rng <options>', RngConfig.SYNTAX.replace(/^--rng /, ''), once('--rng'), 'src=/dev/urandom')
     .option('--disk <options...>', DiskConfig.SYNTAX.replace(/^--disk /, ''))
     .option('--net <options...>', NetConfig.SYNTAX.replace(/^--net /, ''))
     .option('--fs <options...>', FsConfig.SYNTAX.replace(/^--fs /, ''))

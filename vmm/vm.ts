@@ -1,7 +1,10 @@
 // VM assembly: config → (checks, no KVM) → guest RAM + KVM VM → device model → boot payload →
 // vCPU workers → wait for poweroff / reset / error.
 import { logger } from '../protocol/log.js';
-import { openFile, closeQuiet, O_WRONLY, O_CREAT, O_TRUNC, O_APPEND, O_CLOEXEC } from '../protocol/sys/fd.js';
+import { statSync } from 'node:fs';
+import { openFile, closeQuiet, O_WRONLY, O_CREAT, O_TRUNC, O_APPEND, O_CLOEXEC, O_RDONLY, O_NONBLOCK } from '../protocol/sys/fd.js';
+import { SysError } from '../protocol/sys/libc.js';
+import { ConfigError } from './config/errors.js';
 import { Machine } from './kvm/machine.js';
 import { SharedArena } from './devices/shared-state.js';
 import { EventLoop } from './virtio/event-loop.js';
@@ -46,7 +49,25 @@ export function prepareBoot(cfg: VmConfig): PreparedBoot {
   const kernel = readKernel(cfg.payload.kernel);
   const initramfs = cfg.payload.initramfs ? readInitramfs(cfg.payload.initramfs) : null;
   checkBootFits({ kernel, initramfs, cmdline: cfg.payload.cmdline, memSize: cfg.memory.size });
+  checkRngSource(cfg.rng.src);
   return { kernel, initramfs };
+}
+
+/**
+ * The guest's virtio-rng opens its source at DRIVER_OK; one that cannot be read would leave it a device that never
+ * answers. As Cloud Hypervisor, refuse it before the VM starts.
+ */
+function checkRngSource(src: string): void {
+  let fd = -1;
+  try {
+    fd = openFile(src, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (statSync(src).isDirectory()) throw new ConfigError(`--rng: src=${src} is a directory`, { src });
+  } catch (e) {
+    if (e instanceof ConfigError) throw e;
+    throw new ConfigError(`--rng: cannot read src=${src}: ${e instanceof SysError ? e.code : (e as Error).message}`, { src });
+  } finally {
+    if (fd >= 0) closeQuiet(fd);
+  }
 }
 
 function openOutput(c: ConsoleConfig): number {

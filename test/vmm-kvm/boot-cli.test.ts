@@ -87,6 +87,21 @@ describe.skipIf(!hasKvm)('kumo CLI boots tiny kernels on /dev/kvm', () => {
     }
   }, 60_000);
 
+  it('refuses, before the VM starts, an --rng source it cannot read and an option given twice (as Cloud Hypervisor)', () => {
+    const kernel = file('idle.elf', pvhElf([...x86.poweroffS5(), ...x86.jmpSelf()]));
+    const base = ['--kernel', kernel, '--memory', 'size=64M', '--console', 'off'];
+    let r = kumo([...base, '--rng', 'src=/nonexistent/entropy']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('--rng: cannot read src=/nonexistent/entropy: ENOENT');
+    r = kumo([...base, '--rng', `src=${dir}`]);
+    expect(r.stderr).toContain(`--rng: src=${dir} is a directory`);
+    r = kumo(['--kernel', kernel, '--memory', 'size=64M', '--memory', 'shared=on', '--console', 'off']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('kumo: error: --memory given more than once');
+    expect(kumo([...base, '--cpus', 'boot=2', '--cpus', 'max=4']).stderr).toContain('--cpus given more than once');
+    expect(kumo([...base, '--rng', 'src=/dev/urandom']).code).toBe(0);
+  });
+
   it('--cpus max above boot boots the boot vCPUs and says that there is no CPU hot-plug', () => {
     const kernel = file('pvh-max.elf', pvhElf([...x86.print('MAX', 0x3f8), ...x86.poweroffS5(), ...x86.jmpSelf()]));
     const out = join(dir, 'max.serial');
