@@ -1,6 +1,8 @@
 // The VM's device model, built identically on the main thread and in every vCPU worker
 // (see /tmp/vmm-threading.md): register state lives in one SharedArena.
+import { logger, WarnLimiter } from '../protocol/log.js';
 import { write as writeFd } from '../protocol/sys/fd.js';
+import { SysError } from '../protocol/sys/libc.js';
 import { buildPlatform, type Platform } from './devices/platform.js';
 import { SharedArena } from './devices/shared-state.js';
 import type { EventSink, OutputSink } from './devices/types.js';
@@ -12,6 +14,10 @@ import type { CreateVcpuModel } from './vcpu/io.js';
 import { vhostUserDevices, type VhostUserDeviceSpec, type VhostUserLink } from './vhost-user/index.js';
 
 /** Structured-clone-safe description every thread builds the same model from. */
+const sinkLog = logger('guest-output');
+/** How often a sink that drops output says so again. */
+const SINK_DROP_WARN_MS = 10_000;
+
 export interface VmModelData {
   arena: SharedArrayBuffer;
   vcpus: number;
@@ -37,13 +43,31 @@ export interface ModelThread {
   vhostUserLinks?: ReadonlyMap<string, VhostUserLink>;
 }
 
-export function fdSink(fd: number): OutputSink {
+/**
+ * Guest output (serial, virtio-console) to `fd`. It never throws: what the host side cannot take is dropped, and said
+ * once. A non-blocking fd that is full (a slow reader) drops output rather than stall the thread; one that failed
+ * (EPIPE, ENOSPC, EIO) is given up on, since a failing sink must never become a device the guest sees failing.
+ */
+export function fdSink(fd: number, what: string): OutputSink {
+  let broken = false;
+  let dropped = 0;
+  const drops = new WarnLimiter(sinkLog, 1, SINK_DROP_WARN_MS);
   return (data) => {
+    if (broken) return;
     let off = 0;
-    while (off < data.length) {
-      const n = writeFd(fd, data.subarray(off));
-      if (n <= 0) return; // a full non-blocking pipe drops output rather than stall a vCPU
-      off += n;
+    try {
+      while (off < data.length) {
+        const n = writeFd(fd, data.subarray(off));
+        if (n <= 0) {
+          dropped += data.length - off;
+          drops.warn({ output: what, droppedBytes: dropped }, 'guest output is not read as fast as the guest writes it; dropping some');
+          return;
+        }
+        off += n;
+      }
+    } catch (e) {
+      broken = true;
+      sinkLog.error({ output: what, err: e instanceof SysError ? e.code : String(e) }, 'guest output cannot be written; discarding it from now on');
     }
   };
 }
@@ -57,7 +81,7 @@ export function buildVmModel(d: VmModelData, t: ModelThread): Platform {
     vcpus: d.vcpus,
     memBelow4g: d.memBelow4g,
     memAbove4g: d.memAbove4g,
-    serialOutput: t.serialOutput && d.serialFd >= 0 ? fdSink(d.serialFd) : null,
+    serialOutput: t.serialOutput && d.serialFd >= 0 ? fdSink(d.serialFd, 'serial') : null,
     events: t.events,
     irq: (gsi) => t.interrupts.interrupt(gsi),
     routes: t.interrupts.routes,

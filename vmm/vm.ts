@@ -1,7 +1,7 @@
 // VM assembly: config → (checks, no KVM) → guest RAM + KVM VM → device model → boot payload →
 // vCPU workers → wait for poweroff / reset / error.
 import { logger } from '../protocol/log.js';
-import { statSync } from 'node:fs';
+import { fstatSync, statSync } from 'node:fs';
 import { openFile, closeQuiet, O_WRONLY, O_CREAT, O_TRUNC, O_APPEND, O_CLOEXEC, O_RDONLY, O_NONBLOCK } from '../protocol/sys/fd.js';
 import { SysError } from '../protocol/sys/libc.js';
 import { ConfigError } from './config/errors.js';
@@ -70,15 +70,30 @@ function checkRngSource(src: string): void {
   }
 }
 
-function openOutput(c: ConsoleConfig): number {
+/**
+ * Where guest output goes. `blocking` (the serial port, written from vCPU threads): a tty or pipe on stdout is opened
+ * anew, as a blocking file description of its own (Node keeps stdout's non-blocking), so a slow reader holds the guest
+ * back instead of losing its output, as with Cloud Hypervisor.
+ */
+function openOutput(c: ConsoleConfig, blocking = false): number {
   switch (c.mode) {
     case 'Tty':
-      return 1;
+      return blocking ? blockingStdout() : 1;
     case 'File':
       return openFile(c.file!, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o644);
     default:
       return -1;
   }
+}
+
+function blockingStdout(): number {
+  try {
+    const st = fstatSync(1);
+    if (st.isFIFO() || st.isCharacterDevice()) return openFile('/proc/self/fd/1', O_WRONLY | O_CLOEXEC);
+  } catch {
+    // no /proc, or stdout closed: fd 1 as it is
+  }
+  return 1;
 }
 
 export interface PlatformRunOptions {
@@ -112,7 +127,7 @@ export async function runPlatform(machine: Machine, o: PlatformRunOptions): Prom
     const platform = buildVmModel(data, {
       interrupts: machine.interrupts,
       events: (e) => handle?.(e),
-      consoleOutput: o.consoleFd >= 0 ? fdSink(o.consoleFd) : null,
+      consoleOutput: o.consoleFd >= 0 ? fdSink(o.consoleFd, 'console') : null,
       serialOutput: false,
       vhostUserLinks: o.vhostUser?.links,
     });
@@ -159,7 +174,7 @@ export async function runVm(
   opts: { prepared?: PreparedBoot; acpi?: AcpiWriter; onRunning?: () => void; kvmPath?: string } = {},
 ): Promise<VmRunResult & { entry: BootEntry | null }> {
   const prepared = opts.prepared ?? prepareBoot(cfg);
-  const serialFd = openOutput(cfg.serial);
+  const serialFd = openOutput(cfg.serial, true);
   const consoleFd = cfg.console.mode === 'Off' ? -1 : openOutput(cfg.console);
   const fds = [serialFd, consoleFd].filter((fd) => fd > 2);
   let machine: Machine | null = null;

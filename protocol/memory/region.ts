@@ -90,9 +90,9 @@ export class GuestRegion implements MemoryRegionSpec {
     return chunk.subarray(coff, coff + len);
   }
 
-  /** The view chunk that region offset `off` starts in. */
+  /** The view chunk that region offset `off` starts in (the last one for the region's end: an empty range there). */
   private chunkIndex(off: number): number {
-    return this.chunks.length === 1 ? 0 : Math.floor(off / this.chunkSize);
+    return this.chunks.length === 1 ? 0 : Math.min(Math.floor(off / this.chunkSize), this.chunks.length - 1);
   }
 
   /**

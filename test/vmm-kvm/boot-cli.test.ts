@@ -102,6 +102,28 @@ describe.skipIf(!hasKvm)('kumo CLI boots tiny kernels on /dev/kvm', () => {
     expect(kumo([...base, '--rng', 'src=/dev/urandom']).code).toBe(0);
   });
 
+  it('serial output to a slow pipe holds the guest back instead of losing bytes; to a closed one it is dropped, said once', () => {
+    const lines = (n: number) => {
+      const code = [...x86.movEcx(n)];
+      const loop = code.length;
+      code.push(0x66, 0xba, 0xf8, 0x03, 0xb0, 0x78, 0xee, 0xb0, 0x0a, 0xee, 0x49 /* dec ecx */, 0x75, 0); // "x\n" to 0x3f8
+      code[code.length - 1] = (loop - code.length) & 0xff;
+      code.push(...x86.print('END\n', 0x3f8), ...x86.poweroffS5(), ...x86.jmpSelf());
+      return file(`lines-${n}.elf`, pvhElf(code));
+    };
+    const run = (kernel: string, pipe: string) => spawnSync('sh', ['-c', `"${process.execPath}" "${KUMO}" --kernel "${kernel}" --memory size=64M --serial tty --console off ${pipe}`], {
+      encoding: 'utf8', timeout: 60_000, env: { ...process.env, KUMO_LOG: 'warn' },
+    });
+    // A reader that starts late: the pipe (64 KiB) fills long before; every byte must still arrive.
+    const slow = run(lines(150_000), '| (sleep 2; wc -c)');
+    expect(slow.stdout.trim()).toBe(String(150_000 * 2 + 4));
+    // A reader that goes away: EPIPE on every later byte, one line about it, and the guest runs to its poweroff.
+    const gone = run(lines(20_000), '| head -c 10 >/dev/null');
+    expect(gone.stderr.match(/guest output cannot be written/g)?.length).toBe(1);
+    expect(gone.stderr.split('\n').length).toBeLessThan(6);
+    expect(gone.stderr).toMatch(/powered off/);
+  }, 120_000);
+
   it('--cpus max above boot boots the boot vCPUs and says that there is no CPU hot-plug', () => {
     const kernel = file('pvh-max.elf', pvhElf([...x86.print('MAX', 0x3f8), ...x86.poweroffS5(), ...x86.jmpSelf()]));
     const out = join(dir, 'max.serial');

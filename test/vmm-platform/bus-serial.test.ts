@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { afterBusAccess, Bus } from '../../vmm/devices/bus.js';
+import { fdSink } from '../../vmm/vm-model.js';
+import { openFile, O_WRONLY, O_CLOEXEC, close } from '../../protocol/sys/fd.js';
 import { AcpiPmDevice, Cmos, I8042 } from '../../vmm/devices/legacy.js';
 import { Serial } from '../../vmm/devices/serial.js';
 import { SharedArena } from '../../vmm/devices/shared-state.js';
@@ -10,6 +12,19 @@ function recorder(): BusDevice & { writes: [number, number][] } {
   const writes: [number, number][] = [];
   return { writes, read: (o, d) => d.fill(o), write: (o, d) => writes.push([o, d[0]]) };
 }
+
+describe('guest output sinks', () => {
+  it('never throw: output the host cannot take is dropped (a full disk here), so no device the guest uses fails over it', () => {
+    const fd = openFile('/dev/full', O_WRONLY | O_CLOEXEC); // every write: ENOSPC
+    try {
+      const sink = fdSink(fd, 'console');
+      expect(() => sink(new Uint8Array(100))).not.toThrow();
+      expect(() => sink(new Uint8Array(100))).not.toThrow();
+    } finally {
+      close(fd);
+    }
+  });
+});
 
 describe('Bus', () => {
   it('runs what a device defers with afterBusAccess once the access has released its lock (at once outside an access)', () => {

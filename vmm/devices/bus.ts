@@ -1,9 +1,11 @@
 import { KumoError } from '../../protocol/errors.js';
-import { logger } from '../../protocol/log.js';
+import { logger, WarnLimiter } from '../../protocol/log.js';
 import type { ArenaLock, SharedArena } from './shared-state.js';
 import type { BusDevice } from './types.js';
 
 const log = logger('bus');
+/** A device failing on every access the guest makes must not write a line per access. */
+const failures = new WarnLimiter(log);
 
 export class BusError extends KumoError {}
 
@@ -132,7 +134,7 @@ export class Bus {
       r.device.read(addr - base, data);
     } catch (err) {
       data.fill(0xff);
-      log.warn({ err, bus: this.kind, device: r.name, addr, len: data.length }, 'device read failed');
+      failures.warn({ err, bus: this.kind, device: r.name, addr, len: data.length }, 'device read failed');
     } finally {
       r.lock.release();
     }
@@ -148,7 +150,7 @@ export class Bus {
     try {
       r.device.write(addr - base, data);
     } catch (err) {
-      log.warn({ err, bus: this.kind, device: r.name, addr, len: data.length }, 'device write failed');
+      failures.warn({ err, bus: this.kind, device: r.name, addr, len: data.length }, 'device write failed');
     } finally {
       r.lock.release();
       endAccess();
