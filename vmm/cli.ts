@@ -28,7 +28,7 @@ export async function main(argv: string[], deps: CliDeps = defaultDeps): Promise
     cfg = parsed.config;
     prepared = prepareBoot(cfg);
   } catch (e) {
-    deps.stderr(`kumo: error: ${e instanceof Error ? e.message : String(e)}\n`);
+    deps.stderr(`kumo: error: ${errorText(e)}\n`);
     return 1;
   }
   try {
@@ -41,10 +41,15 @@ export async function main(argv: string[], deps: CliDeps = defaultDeps): Promise
     deps.stderr(`kumo: guest stopped: ${o.message}\n${o.regs ? o.regs + '\n' : ''}`);
     return 1;
   } catch (e) {
-    const ctx = e instanceof KumoError && Object.keys(e.context).length ? ` ${JSON.stringify(e.context)}` : '';
-    deps.stderr(`kumo: error: ${e instanceof Error ? e.message : String(e)}${ctx}\n`);
+    deps.stderr(`kumo: error: ${errorText(e)}\n`);
     return 1;
   }
+}
+
+/** The message, and the context of kumo's own errors (the numbers behind it). */
+function errorText(e: unknown): string {
+  const ctx = e instanceof KumoError && Object.keys(e.context).length ? ` ${JSON.stringify(e.context)}` : '';
+  return `${e instanceof Error ? e.message : String(e)}${ctx}`;
 }
 
 const isEntry = process.argv[1] && /(?:bin\/kumo(?:\.js)?|vmm\/cli\.(?:ts|js))$/.test(process.argv[1]);

@@ -30,6 +30,8 @@ export interface VmModelData {
   rngSrc: string;
   /** vhost-user devices (features and config read from their backends before the vCPUs start). */
   vhostUser?: VhostUserDeviceSpec[];
+  /** The guest's physical address width (its CPUID): the 64-bit PCI window ends below 2^bits. */
+  physAddrBits?: number;
 }
 
 export interface ModelThread {
@@ -86,6 +88,7 @@ export function buildVmModel(d: VmModelData, t: ModelThread): Platform {
     irq: (gsi) => t.interrupts.interrupt(gsi),
     routes: t.interrupts.routes,
     virtio,
+    physAddrBits: d.physAddrBits,
   });
 }
 

@@ -17,6 +17,7 @@ import { ramRanges, RAM_64BIT_START } from './memory/layout.js';
 import { runMachine, type VmRunResult } from './vcpu/supervisor.js';
 import { buildVmModel, fdSink, type VmModelData } from './vm-model.js';
 import type { VmConfig } from './config/vm-config.js';
+import type { CpuidEntry } from './kvm/cpuid-struct.js';
 import type { ConsoleConfig } from './config/console.js';
 import type { GuestMemory } from '../protocol/memory/index.js';
 import type { Platform } from './devices/platform.js';
@@ -107,6 +108,12 @@ export interface PlatformRunOptions {
   vhostUser?: VhostUserAttachment;
 }
 
+/** The physical address width the guest's CPUID leaf 0x80000008 reports (KVM passes the host's on); 39 if absent. */
+export function physAddrBits(cpuid: readonly CpuidEntry[]): number {
+  const bits = (cpuid.find((e) => e.function === 0x8000_0008)?.eax ?? 0) & 0xff;
+  return bits >= 36 ? bits : 39;
+}
+
 /** Builds the device model over `machine` (main thread + vCPU workers) and runs the vCPUs to the end. */
 export async function runPlatform(machine: Machine, o: PlatformRunOptions): Promise<VmRunResult & { platform: Platform }> {
   const size = machine.ram.size;
@@ -120,6 +127,7 @@ export async function runPlatform(machine: Machine, o: PlatformRunOptions): Prom
     console: o.console,
     rngSrc: o.rngSrc,
     vhostUser: o.vhostUser?.specs,
+    physAddrBits: physAddrBits(machine.kvm.supportedCpuid()),
   };
   const loop = new EventLoop();
   try {

@@ -124,6 +124,18 @@ describe.skipIf(!hasKvm)('kumo CLI boots tiny kernels on /dev/kvm', () => {
     expect(gone.stderr).toMatch(/powered off/);
   }, 120_000);
 
+  it('leaves the boot GDT in guest memory as the vCPU was loaded from it (the IDT used to overwrite its TSS entry)', () => {
+    const le32 = (v: number) => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff];
+    const code: number[] = [0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
+    for (let a = 0x520; a < 0x528; a++) code.push(0xa0, ...le32(a), 0xee); // mov al, [a]; out dx, al
+    code.push(...x86.poweroffS5(), ...x86.jmpSelf());
+    const out = join(dir, 'gdt.serial');
+    const r = kumo(['--kernel', file('gdt.elf', pvhElf(code)), '--memory', 'size=64M', '--serial', `file=${out}`, '--console', 'off']);
+    expect(r.code).toBe(0);
+    // GDT entry 4 (selector 0x20): the 64-bit TSS descriptor TR holds, base 0, limit 0xfffff, type 0xb, present.
+    expect([...readFileSync(out)]).toEqual([0xff, 0xff, 0, 0, 0, 0x8b, 0x8f, 0]);
+  });
+
   it('--cpus max above boot boots the boot vCPUs and says that there is no CPU hot-plug', () => {
     const kernel = file('pvh-max.elf', pvhElf([...x86.print('MAX', 0x3f8), ...x86.poweroffS5(), ...x86.jmpSelf()]));
     const out = join(dir, 'max.serial');
@@ -188,9 +200,12 @@ describe('kumo CLI rejects bad input before any KVM call', () => {
     ['bad --serial mode', (d) => ['--kernel', join(d, 'ok.elf'), '--serial', 'pty'], /--serial: mode "pty" is not supported/],
     ['unknown --rng key', (d) => ['--kernel', join(d, 'ok.elf'), '--rng', 'source=/dev/random'], /--rng: unknown option "source"/],
     ['unknown flag', (d) => ['--kernel', join(d, 'ok.elf'), '--bogus', 'x'], /unknown option '--bogus'/],
-    ['initramfs bigger than RAM', (d) => ['--kernel', join(d, 'ok.elf'), '--memory', 'size=64M', '--initramfs', join(d, 'big.img')], /initramfs does not fit/],
+    ['initramfs bigger than RAM', (d) => ['--kernel', join(d, 'ok.elf'), '--memory', 'size=64M', '--initramfs', join(d, 'big.img')], /the initramfs \(70M\) does not fit between the kernel's end \(1\.0M\) and 64M \{"size":73400320/],
     ['missing initramfs', (d) => ['--kernel', join(d, 'ok.elf'), '--initramfs', join(d, 'none.img')], /cannot read initramfs .*ENOENT/],
-    ['command line too long', (d) => ['--kernel', join(d, 'ok.elf'), '--cmdline', 'x'.repeat(70000)], /command line is too long/],
+    ['more disk queues than boot vCPUs (as Cloud Hypervisor)', (d) => ['--kernel', join(d, 'ok.elf'), '--memory', 'size=64M,shared=on', '--disk', 'vhost_user=on,socket=/tmp/none.sock,num_queues=2'], /--disk: num_queues \(2\) must not exceed the boot vCPUs \(1\)/],
+    ['more fs queues than boot vCPUs', (d) => ['--kernel', join(d, 'ok.elf'), '--cpus', 'boot=2', '--memory', 'size=64M,shared=on', '--fs', 'tag=t,socket=/tmp/none.sock,num_queues=4'], /--fs: num_queues \(4\) must not exceed the boot vCPUs \(2\)/],
+    ['a disk queue of 2 entries', (d) => ['--kernel', join(d, 'ok.elf'), '--memory', 'size=64M,shared=on', '--disk', 'vhost_user=on,socket=/tmp/none.sock,queue_size=2'], /--disk: queue_size must be above 2/],
+    ['command line too long', (d) => ['--kernel', join(d, 'ok.elf'), '--cmdline', 'x'.repeat(70000)], /the kernel command line is 70000 bytes; this kernel takes at most 65535/],
   ];
 
   beforeAll(() => {

@@ -1,4 +1,8 @@
 import { describe, it, expect } from 'vitest';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { GuestRam } from '../../vmm/memory/guest-ram.js';
+import { physAddrBits } from '../../vmm/vm.js';
+import { highMmioWindow } from '../../vmm/devices/platform-layout.js';
 import { guestCpuid } from '../../vmm/boot/cpuid.js';
 import type { CpuidEntry } from '../../vmm/kvm/cpuid-struct.js';
 import { e820Map, ramRanges, E820_RAM, E820_RESERVED } from '../../vmm/memory/layout.js';
@@ -87,6 +91,30 @@ describe('kernel image parsing', () => {
 });
 
 describe('VM config option strings', () => {
+  it.skipIf(process.getuid?.() !== 0 || !existsSync('/sys/kernel/mm/hugepages/hugepages-2048kB'))(
+    'counts huge pages another VM has reserved as taken: a second hugepages=on guest is refused up front, not by mmap ENOMEM', () => {
+      const nr = '/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages';
+      const before = readFileSync(nr, 'utf8').trim();
+      writeFileSync(nr, String(Number(before) + 8));
+      let first: GuestRam | null = null;
+      try {
+        first = GuestRam.create({ size: 8 << 20, hugepages: true, hugepageSize: 2 << 20 }); // reserves 4 pages
+        expect(() => GuestRam.create({ size: 12 << 20, hugepages: true, hugepageSize: 2 << 20 })).toThrow(/need 6 of 2048 KiB, host has \d+ available \(\d+ free, \d+ of them reserved/);
+      } finally {
+        first?.close();
+        writeFileSync(nr, before);
+      }
+    });
+
+  it('places the 64-bit PCI window below the guest\'s physical address width, so guests above 508 GiB fit on hosts with the bits', () => {
+    const GiB = 2 ** 30;
+    const bits = physAddrBits([e(0x8000_0008, 0, { eax: 0x302e })]); // 46 physical, 48 virtual
+    expect(bits).toBe(46);
+    expect(physAddrBits([])).toBe(39);
+    expect(highMmioWindow(600 * GiB, bits)).toEqual({ base: 604 * GiB, size: 64 * GiB });
+    expect(() => highMmioWindow(600 * GiB, 39)).toThrow(/no room for the 64-bit PCI window below 2\^39/);
+  });
+
   it('--memory round-trips through JSON and rejects conflicts', () => {
     const m = MemoryConfig.parse('size=1G,shared=on');
     expect(m.toJSON()).toEqual({ size: 2 ** 30, shared: true, hugepages: false, hugepage_size: null });

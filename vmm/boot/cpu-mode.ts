@@ -27,6 +27,8 @@ const EFER_LMA = 0x400n;
 /** Number of 1 GiB ranges identity-mapped with 2 MiB pages for a 64-bit entry (the 32-bit space). */
 const MAPPED_GIB = 4;
 
+if (BOOT_GDT_START + GDT.length * 8 > BOOT_IDT_START) throw new Error('the boot GDT overlaps the boot IDT');
+
 function writeGdt(mem: GuestMemory): void {
   GDT.forEach((d, i) => mem.writeU64Big(BOOT_GDT_START + i * 8, d));
   mem.writeU64(BOOT_IDT_START, 0);

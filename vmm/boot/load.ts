@@ -32,15 +32,24 @@ export interface LoadOptions {
   rsdp: number | null;
 }
 
+/** A size as a person reads it: exact units when it is round, else MiB with one decimal. */
+function sizeText(n: number): string {
+  for (const [unit, bytes] of [['G', 2 ** 30], ['M', 2 ** 20], ['K', 2 ** 10]] as const) if (n > 0 && n % bytes === 0) return `${n / bytes}${unit}`;
+  return `${(n / 2 ** 20).toFixed(1)}M`;
+}
+
 /** Checks everything that can be checked without guest RAM (sizes, cmdline) so the CLI fails early. */
 export function checkBootFits(o: Omit<LoadOptions, 'rsdp'>): void {
   const low = ramRanges(o.memSize)[0].size;
   const cmdBytes = Buffer.byteLength(o.cmdline) + 1;
   const cmdMax = o.kernel.kind === 'bzimage' ? Math.min(o.kernel.bz.cmdlineMax + 1, CMDLINE_MAX_SIZE) : CMDLINE_MAX_SIZE;
-  if (cmdBytes > cmdMax) throw new BootError('kernel command line is too long', { bytes: cmdBytes - 1, max: cmdMax - 1 });
+  if (cmdBytes > cmdMax) {
+    throw new BootError(`the kernel command line is ${cmdBytes - 1} bytes; this kernel takes at most ${cmdMax - 1}`, { bytes: cmdBytes - 1, max: cmdMax - 1 });
+  }
   const kEnd = kernelEnd(o.kernel);
   if (kEnd > low) {
-    throw new BootError('kernel does not fit in guest RAM below 3 GiB', { kernelEnd: kEnd, lowRam: low });
+    const where = low < o.memSize ? `the ${sizeText(low)} of guest RAM below the 32-bit hole` : `--memory size=${sizeText(o.memSize)}`;
+    throw new BootError(`the kernel needs guest RAM up to ${sizeText(kEnd)}, more than ${where}`, { kernelEnd: kEnd, lowRam: low });
   }
   if (o.initramfs) initramfsAddr(o.initramfs.length, low, kEnd, o.kernel);
 }
@@ -64,7 +73,7 @@ function initramfsAddr(size: number, lowRam: number, kEnd: number, k: KernelImag
   if (k.kind === 'bzimage') top = Math.min(top, k.bz.initrdAddrMax + 1);
   const addr = Math.floor((top - size) / PAGE) * PAGE;
   if (size > top || addr < kEnd) {
-    throw new BootError('initramfs does not fit in guest RAM above the kernel', { size, kernelEnd: kEnd, ramTop: top });
+    throw new BootError(`the initramfs (${sizeText(size)}) does not fit between the kernel's end (${sizeText(kEnd)}) and ${sizeText(top)}`, { size, kernelEnd: kEnd, ramTop: top });
   }
   return addr;
 }

@@ -23,9 +23,10 @@ export function parseVhostUserDevices(o: { disk?: string[]; net?: string[]; fs?:
  * Backends map guest RAM from the fds kumo sends, so it must be shareable (memfd with shared=on, or
  * hugepages). Ids must be unique; devices without one get Cloud Hypervisor style ids (_disk0, _net1, _fs2).
  */
-export function validateVhostUserDevices(d: VhostUserDevicesConfig, memory: MemoryConfig): void {
+export function validateVhostUserDevices(d: VhostUserDevicesConfig, memory: MemoryConfig, bootVcpus?: number): void {
   const all = [...d.disks, ...d.net, ...d.fs];
   if (all.length === 0) return;
+  if (bootVcpus !== undefined) checkQueuesPerVcpu(d, bootVcpus);
   if (!memory.shared && !memory.hugepages) {
     throw new ConfigError('vhost-user devices (--disk/--net/--fs) need shared guest memory: add --memory shared=on (or hugepages=on)', {
       shared: memory.shared,
@@ -54,4 +55,16 @@ export function validateVhostUserDevices(d: VhostUserDevicesConfig, memory: Memo
     if (sockets.has(c.socket)) throw new ConfigError(`vhost-user socket ${c.socket} is given to two devices`, { socket: c.socket });
     sockets.add(c.socket);
   }
+}
+
+/** Cloud Hypervisor's rules: no more queues than boot vCPUs, and a disk's rings above 2 entries (net has one pair). */
+function checkQueuesPerVcpu(d: VhostUserDevicesConfig, boot: number): void {
+  const tooMany = (what: string, queues: number) => {
+    throw new ConfigError(`${what}: num_queues (${queues}) must not exceed the boot vCPUs (${boot})`, { num_queues: queues, boot });
+  };
+  for (const c of d.disks) {
+    if (c.numQueues > boot) tooMany('--disk', c.numQueues);
+    if (c.queueSize <= 2) throw new ConfigError(`--disk: queue_size must be above 2, got ${c.queueSize}`, { queue_size: c.queueSize });
+  }
+  for (const c of d.fs) if (c.numQueues > boot) tooMany('--fs', c.numQueues);
 }

@@ -25,7 +25,7 @@ export class VmConfig {
     this.serial.validate();
     this.console.validate();
     this.rng.validate();
-    validateVhostUserDevices(this.vhostUser, this.memory);
+    validateVhostUserDevices(this.vhostUser, this.memory, this.cpus.boot);
   }
 
   toJSON(): Record<string, unknown> {

@@ -25,11 +25,15 @@ export function checkHugepagesAvailable(bytes: number, pageSize: number): void {
     throw new GuestRamError(`host does not support ${pageSize / 1024} KiB huge pages`, { dir });
   }
   const free = Number(readFileSync(`${dir}/free_hugepages`, 'utf8').trim());
+  // Free pages another mapping (a running VM) has reserved are not free for us.
+  const reserved = Number(readFileSync(`${dir}/resv_hugepages`, 'utf8').trim()) || 0;
+  const available = Math.max(0, free - reserved);
   const need = Math.ceil(bytes / pageSize);
-  if (free < need) {
+  if (available < need) {
     throw new GuestRamError(
-      `not enough free huge pages: need ${need} of ${pageSize / 1024} KiB, host has ${free} free (see ${dir}/nr_hugepages)`,
-      { need, free, pageSize },
+      `not enough free huge pages: need ${need} of ${pageSize / 1024} KiB, host has ${available} available ` +
+        `(${free} free, ${reserved} of them reserved; see ${dir}/nr_hugepages)`,
+      { need, free, reserved, pageSize },
     );
   }
 }

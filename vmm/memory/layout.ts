@@ -6,7 +6,8 @@ export const GiB = 1024 * MiB;
 
 // Low memory, fixed boot structures
 export const BOOT_GDT_START = 0x500;
-export const BOOT_IDT_START = 0x520;
+/** After kumo's five-entry GDT (CH's 0x520 would overwrite its TSS descriptor: CH's GDT has four). */
+export const BOOT_IDT_START = 0x528;
 export const PVH_INFO_START = 0x6000;
 export const MODLIST_START = 0x6040;
 export const MEMMAP_START = 0x7000;
