@@ -32,6 +32,8 @@ export interface VmModelData {
   vhostUser?: VhostUserDeviceSpec[];
   /** The guest's physical address width (its CPUID): the 64-bit PCI window ends below 2^bits. */
   physAddrBits?: number;
+  /** A UART at 0x3f8 (not with --serial off). */
+  serialPort?: boolean;
 }
 
 export interface ModelThread {
@@ -89,6 +91,7 @@ export function buildVmModel(d: VmModelData, t: ModelThread): Platform {
     routes: t.interrupts.routes,
     virtio,
     physAddrBits: d.physAddrBits,
+    serialPort: d.serialPort,
   });
 }
 

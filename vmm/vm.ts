@@ -34,7 +34,7 @@ export type AcpiWriter = (mem: GuestMemory, platform: Platform, cfg: VmConfig) =
 
 /** Cloud Hypervisor-style ACPI tables (RSDP at 0xA0000) for the model, written into guest RAM. */
 export const writeAcpi: AcpiWriter = (mem, platform, cfg) => {
-  const { rsdpAddr, blobs } = buildAcpiTables({ vcpus: cfg.cpus.boot, pciMmio64: platform.highMmio });
+  const { rsdpAddr, blobs } = buildAcpiTables({ vcpus: cfg.cpus.boot, pciMmio64: platform.highMmio, serial: platform.serial !== null });
   for (const b of blobs) mem.write(b.addr, b.bytes);
   return rsdpAddr;
 };
@@ -99,6 +99,8 @@ function blockingStdout(): number {
 
 export interface PlatformRunOptions {
   serialFd: number;
+  /** false: no UART at all (--serial off). */
+  serialPort?: boolean;
   consoleFd: number;
   console: boolean;
   rngSrc: string;
@@ -124,6 +126,7 @@ export async function runPlatform(machine: Machine, o: PlatformRunOptions): Prom
     memBelow4g: ranges[0].size,
     memAbove4g: ranges.find((r) => r.guestAddr === RAM_64BIT_START)?.size ?? 0,
     serialFd: o.serialFd,
+    serialPort: o.serialPort,
     console: o.console,
     rngSrc: o.rngSrc,
     vhostUser: o.vhostUser?.specs,
@@ -160,7 +163,8 @@ function attachTtyInput(cfg: VmConfig, platform: Platform): () => void {
   const stdin = process.stdin;
   if (!stdin.isTTY) return () => {};
   let sink: ((b: Uint8Array) => void) | null = null;
-  if (cfg.serial.mode === 'Tty') sink = (b) => void platform.serial.enqueueInput(b);
+  const serial = platform.serial;
+  if (cfg.serial.mode === 'Tty' && serial) sink = (b) => void serial.enqueueInput(b);
   else if (cfg.console.mode === 'Tty') {
     const con = platform.virtio.map((t) => t.device).find((d): d is VirtioConsole => d instanceof VirtioConsole);
     if (con) sink = (b) => void con.input(b);
@@ -190,7 +194,7 @@ export async function runVm(
   let vhostUser: VhostUserAttachment | null = null;
   try {
     machine = Machine.create({
-      memory: { size: cfg.memory.size, hugepages: cfg.memory.hugepages, hugepageSize: cfg.memory.hugepageSize ?? undefined },
+      memory: { size: cfg.memory.size, hugepages: cfg.memory.hugepages, hugepageSize: cfg.memory.hugepages ? cfg.memory.effectiveHugepageSize() : undefined },
       vcpus: cfg.cpus.boot,
       kvmPath: opts.kvmPath,
     });
@@ -199,6 +203,7 @@ export async function runVm(
     let entry: BootEntry | null = null;
     const res = await runPlatform(m, {
       serialFd,
+      serialPort: cfg.serial.mode !== 'Off',
       consoleFd,
       console: cfg.console.mode !== 'Off',
       rngSrc: cfg.rng.src,

@@ -174,6 +174,14 @@ describe.skipIf(!hasKvm)('kumo CLI boots tiny kernels on /dev/kvm', () => {
     expect(readFileSync(out, 'latin1')).toBe('root=/dev/vda quiet');
   });
 
+  it('--serial off means no UART at 0x3f8 (as Cloud Hypervisor); --serial null keeps one that discards', () => {
+    // Powers off when the line status register reads 0xff (nothing decodes the port), else triple-faults.
+    const off = [...x86.poweroffS5(), ...x86.jmpSelf()];
+    const kernel = file('lsr.elf', pvhElf([0x66, 0xba, 0xfd, 0x03, 0xec, 0x3c, 0xff, 0x75, off.length, ...off, ...x86.ud2()]));
+    expect(kumo(['--kernel', kernel, '--memory', 'size=64M', '--serial', 'off', '--console', 'off']).code).toBe(0);
+    expect(kumo(['--kernel', kernel, '--memory', 'size=64M', '--serial', 'null', '--console', 'off']).code).toBe(1);
+  });
+
   it('a guest triple fault exits non-zero and prints the registers', () => {
     const kernel = file('tf.elf', pvhElf([...x86.ud2()]));
     const r = kumo(['--kernel', kernel, '--memory', 'size=64M', '--serial', 'off', '--console', 'off']);

@@ -1,5 +1,8 @@
 import { describe, it, expect } from 'vitest';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, writeFileSync, writeSync, ftruncateSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { readInitramfs } from '../../vmm/boot/kernel-image.js';
 import { GuestRam } from '../../vmm/memory/guest-ram.js';
 import { physAddrBits } from '../../vmm/vm.js';
 import { highMmioWindow } from '../../vmm/devices/platform-layout.js';
@@ -114,6 +117,23 @@ describe('VM config option strings', () => {
     expect(highMmioWindow(600 * GiB, bits)).toEqual({ base: 604 * GiB, size: 64 * GiB });
     expect(() => highMmioWindow(600 * GiB, 39)).toThrow(/no room for the 64-bit PCI window below 2\^39/);
   });
+
+  it('reads an initramfs above 2 GiB (readFileSync stops there)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kumo-initrd-'));
+    try {
+      const path = join(dir, 'big.cpio');
+      const size = 2 ** 31 + 4096;
+      const fd = openSync(path, 'w');
+      ftruncateSync(fd, size); // sparse
+      writeSync(fd, Buffer.from('TRAILER!!!'), 0, 10, size - 10);
+      closeSync(fd);
+      const b = readInitramfs(path);
+      expect(b.length).toBe(size);
+      expect(b.subarray(size - 10).toString()).toBe('TRAILER!!!');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 
   it('--memory round-trips through JSON and rejects conflicts', () => {
     const m = MemoryConfig.parse('size=1G,shared=on');

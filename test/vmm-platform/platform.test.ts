@@ -55,7 +55,7 @@ describe('platform assembly', () => {
     expect(outA).toEqual([]);
     // main thread injects input through its model; a vCPU reads it
     a.pio.write(0x3f9, u8(0x01));
-    a.serial.enqueueInput(u8(0x7a));
+    a.serial!.enqueueInput(u8(0x7a));
     expect(irqs.get(SERIAL_GSI)?.count).toBe(1);
     b.pio.read(0x3f8, d);
     expect(d[0]).toBe(0x7a);

@@ -96,8 +96,13 @@ describe('device ids', () => {
     validateVhostUserDevices(d, shared);
     expect([...d.disks, ...d.net, ...d.fs].map((c) => c.id)).toEqual(['_disk0', '_net1', '_fs2']);
   });
-  it('refuses a user id that looks generated but is not this device\'s', () => {
-    const d = parseVhostUserDevices({ disk: ['vhost_user=on,socket=/b,id=_fs2'] });
-    expect(() => validateVhostUserDevices(d, shared)).toThrow(/reserved/);
+  it('takes ids with one leading "_" (Cloud Hypervisor reserves "__"), but not one another device is generated', () => {
+    const ok = parseVhostUserDevices({ disk: ['vhost_user=on,socket=/b,id=_mydisk'] });
+    validateVhostUserDevices(ok, shared);
+    expect(ok.disks[0].id).toBe('_mydisk');
+    const clash = parseVhostUserDevices({ disk: ['vhost_user=on,socket=/b,id=_fs1'], fs: ['tag=t,socket=/f'] });
+    expect(() => validateVhostUserDevices(clash, shared)).toThrow(/"_fs1" is used twice \(given to one device, generated for another\)/);
+    const reserved = parseVhostUserDevices({ disk: ['vhost_user=on,socket=/b,id=__x'] });
+    expect(() => validateVhostUserDevices(reserved, shared)).toThrow(/reserved/);
   });
 });

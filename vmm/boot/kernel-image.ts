@@ -1,7 +1,10 @@
-import { readFileSync, statSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { constants } from 'node:buffer';
 import { BootError } from './errors.js';
 import { isElf, parseElf, type ElfImage } from './elf.js';
 import { isBzImage, parseBzImage, type BzImage } from './bzimage-header.js';
+
+const MAX_LENGTH = constants.MAX_LENGTH;
 
 export type KernelImage = { kind: 'pvh'; path: string; elf: ElfImage; bytes: Buffer } | { kind: 'bzimage'; path: string; bz: BzImage };
 
@@ -33,10 +36,29 @@ export function readKernel(path: string): KernelImage {
 
 export function readInitramfs(path: string): Buffer {
   try {
-    if (!statSync(path).isFile()) throw new BootError(`initramfs ${path} is not a regular file`, { path });
-    return readFileSync(path);
+    const st = statSync(path);
+    if (!st.isFile()) throw new BootError(`initramfs ${path} is not a regular file`, { path });
+    if (st.size > MAX_LENGTH) throw new BootError(`initramfs ${path} is ${st.size} bytes; kumo loads at most ${MAX_LENGTH}`, { path, size: st.size });
+    return readWhole(path, st.size);
   } catch (e) {
     if (e instanceof BootError) throw e;
     throw new BootError(`cannot read initramfs ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { path });
+  }
+}
+
+/** The file's bytes; readFileSync stops at 2 GiB, a Buffer holds up to buffer.constants.MAX_LENGTH. */
+function readWhole(path: string, size: number): Buffer {
+  const buf = Buffer.allocUnsafe(size);
+  const fd = openSync(path, 'r');
+  try {
+    let off = 0;
+    while (off < size) {
+      const n = readSync(fd, buf, off, Math.min(size - off, 1 << 30), off);
+      if (n === 0) throw new BootError(`initramfs ${path} shrank while it was read`, { path, size, read: off });
+      off += n;
+    }
+    return buf;
+  } finally {
+    closeSync(fd);
   }
 }

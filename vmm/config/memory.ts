@@ -2,6 +2,7 @@ import { totalmem } from 'node:os';
 import { bool, describeSyntax, formatSize, parseOptions, size } from '../../protocol/config/options.js';
 import { MAX_GUEST_ADDR, MEM_32BIT_GAP_START, RAM_64BIT_START, MiB } from '../memory/layout.js';
 import { ConfigError } from './errors.js';
+import { defaultHugepageSize } from '../memory/hugepages.js';
 
 const schema = {
   size: size({ default: 512 * MiB }),
@@ -54,7 +55,7 @@ export class MemoryConfig {
       throw new ConfigError('--memory: hugepage_size requires hugepages=on', { hugepage_size: this.hugepageSize });
     }
     if (this.hugepages) {
-      const hp = this.hugepageSize ?? 2 * MiB;
+      const hp = this.effectiveHugepageSize();
       if (!HUGEPAGE_SIZES.includes(hp)) {
         throw new ConfigError(`--memory: hugepage_size=${formatSize(hp)} is not supported (2M or 1G)`, { hugepage_size: hp });
       }
@@ -62,6 +63,11 @@ export class MemoryConfig {
         throw new ConfigError(`--memory: size=${sz} is not a multiple of hugepage_size=${formatSize(hp)}`, { size: this.size, hugepage_size: hp });
       }
     }
+  }
+
+  /** hugepage_size, or the host's default huge page size when none is given (as Cloud Hypervisor). */
+  effectiveHugepageSize(): number {
+    return this.hugepageSize ?? defaultHugepageSize();
   }
 
   toJSON(): MemoryJson {

@@ -40,14 +40,15 @@ export function validateVhostUserDevices(d: VhostUserDevicesConfig, memory: Memo
   for (const [list, prefix] of [[d.disks, '_disk'], [d.net, '_net'], [d.fs, '_fs']] as const) {
     for (const c of list) generated.set(c, `${prefix}${n++}`);
   }
+  // As Cloud Hypervisor: "__" is reserved; a given id may look like a generated one, but no two devices share one.
   const seen = new Set<string>();
   for (const c of all) {
-    if (c.id === null) continue;
-    if (c.id.startsWith('_') && c.id !== generated.get(c)) {
-      throw new ConfigError(`device id "${c.id}" is reserved (ids starting with "_" are generated)`, { id: c.id });
+    if (c.id !== null && c.id.startsWith('__')) {
+      throw new ConfigError(`device id "${c.id}" is reserved (ids starting with "__" are kumo's)`, { id: c.id });
     }
-    if (seen.has(c.id)) throw new ConfigError(`device id "${c.id}" is used twice`, { id: c.id });
-    seen.add(c.id);
+    const id = c.id ?? generated.get(c)!;
+    if (seen.has(id)) throw new ConfigError(`device id "${id}" is used twice${c.id === null ? ' (given to one device, generated for another)' : ''}`, { id });
+    seen.add(id);
   }
   for (const c of all) c.id ??= generated.get(c)!;
   const sockets = new Set<string>();

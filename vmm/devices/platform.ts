@@ -26,6 +26,8 @@ export interface PlatformOptions {
   physAddrBits?: number;
   /** Serial output in this thread; null drops it (threads that never run the guest). */
   serialOutput: OutputSink | null;
+  /** false: no UART at 0x3f8 at all (--serial off, as Cloud Hypervisor); --serial null keeps one that discards. */
+  serialPort?: boolean;
   events: EventSink;
   /** The irqfd-backed interrupt of a GSI; called for every GSI the platform uses, in a fixed order. */
   irq(gsi: number): Interrupt;
@@ -38,7 +40,7 @@ export interface PlatformOptions {
 export interface Platform {
   pio: Bus;
   mmio: Bus;
-  serial: Serial;
+  serial: Serial | null;
   ged: AcpiGed;
   pci: PciRoot;
   virtio: VirtioPciDevice[];
@@ -62,8 +64,8 @@ export function buildPlatform(o: PlatformOptions): Platform {
     return o.irq(gsi);
   };
 
-  const serial = new Serial(arena, { irq: irq(SERIAL_GSI), output: o.serialOutput });
-  pio.insert(serial, SERIAL_PORT, SERIAL_PORT_LEN, 'serial');
+  const serial = o.serialPort === false ? null : new Serial(arena, { irq: irq(SERIAL_GSI), output: o.serialOutput });
+  if (serial) pio.insert(serial, SERIAL_PORT, SERIAL_PORT_LEN, 'serial');
   pio.insert(new I8042(o.events), I8042.BASE, I8042.LEN, 'i8042');
   pio.insert(new Cmos(arena, { memBelow4g: o.memBelow4g, memAbove4g: o.memAbove4g }), Cmos.BASE, Cmos.LEN, 'cmos');
   pio.insert(new AcpiPmDevice(o.events), AcpiPmDevice.BASE, AcpiPmDevice.LEN, 'acpi-pm');
