@@ -24,7 +24,7 @@ import type { Platform } from './devices/platform.js';
 import type { PlatformEvent } from './devices/types.js';
 import { buildAcpiTables } from './acpi/index.js';
 import { VirtioConsole } from './virtio/console.js';
-import { attachVhostUserDevices, withVhostUserEvents, type VhostUserAttachment } from './vhost-user/index.js';
+import { attachVhostUserDevices, VhostUserDevice, withVhostUserEvents, type VhostUserAttachment } from './vhost-user/index.js';
 import { moduleUrl } from './module-root.js';
 
 const log = logger('vm');
@@ -142,7 +142,10 @@ export async function runPlatform(machine: Machine, o: PlatformRunOptions): Prom
       serialOutput: false,
       vhostUserLinks: o.vhostUser?.links,
     });
-    for (const link of o.vhostUser?.links.values() ?? []) link.attach(loop);
+    for (const t of platform.virtio) {
+      const dev = t.device;
+      if (dev instanceof VhostUserDevice && dev.link) dev.link.attach(loop, () => t.needsReset());
+    }
     const act = new VirtioActivator(platform.virtio, machine.ram.memory, machine.interrupts, loop);
     const onEvent = withVhostUserEvents(platform.virtio, (e) => act.handle(e));
     handle = onEvent;

@@ -292,6 +292,19 @@ function failedRecvCause(fd: number): number {
   return e === ECONNRESET ? 0 : 5; // EIO
 }
 
+/**
+ * What a stream socket holds, looking without reading or blocking: 'closed' (end of stream, or reset), 'data', or
+ * 'empty' (a readiness seen earlier is stale: someone read it since).
+ */
+export function peekState(fd: number): 'closed' | 'data' | 'empty' {
+  const s = syncScratch;
+  s.prepare(peekByte, 1, 0);
+  const r = Number(recvmsg_(fd, s.hdr, MSG_PEEK | MSG_DONTWAIT));
+  if (r > 0) return 'data';
+  if (r === 0) return 'closed';
+  return koffi.errno() === ECONNRESET ? 'closed' : 'empty';
+}
+
 /** recvMsg on koffi's thread pool, so a blocking socket does not stall the event loop. */
 export function recvMsgAsync(fd: number, buf: Uint8Array, len = buf.byteLength): Promise<RecvResult> {
   const s = new MsgScratch();

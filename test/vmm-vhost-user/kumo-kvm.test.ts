@@ -95,6 +95,39 @@ describe.skipIf(!hasKvm)('kumo with a vhost-user disk on /dev/kvm', () => {
     expect(backendLog.match(/cache mode changed/g)?.length).toBe(2);
   }, 120_000);
 
+  it('tells the guest its disk needs a reset (and says so) when the back-end goes away while the guest runs', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kumo-vu-kvm-'));
+    const img = join(dir, 'disk.raw');
+    const sock = join(dir, 'blk.sock');
+    const serial = join(dir, 'serial.out');
+    writeFileSync(img, Buffer.alloc(1 << 20));
+    child = await startProcess(process.execPath, [KUMO_BLK, '--block-backend', `path=${img},socket=${sock}`], sock);
+    const common = (off: number, v: number) => [...x86.movEbx(0xc000_0000 + off), ...x86.movEax(v), 0x89, 0x03]; // mov [ebx], eax
+    const code = [
+      ...cf8(2, 0x04), ...cfc(0x6), ...cf8(2, 0x10), ...cfc(0xc000_0000), ...cf8(2, 0x14), ...cfc(0),
+      ...common(0x08, 1), ...common(0x0c, 1), // driver features: VERSION_1
+      ...common(0x14, 1 | 2 | 8), ...common(0x14, 1 | 2 | 8 | 4), // FEATURES_OK, DRIVER_OK (no queue enabled)
+      ...x86.movEbx(0xc000_0014), 0x8a, 0x03, 0xa8, 0x40, 0x74, 0xfa, // until device_status has DEVICE_NEEDS_RESET
+      ...x86.print('R', 0x3f8), ...x86.poweroffS5(), ...x86.jmpSelf(),
+    ];
+    const kernel = join(dir, 'guest.elf');
+    writeFileSync(kernel, pvhElf(code));
+    const vm = spawn(process.execPath, [KUMO, '--kernel', kernel, '--memory', 'size=64M,shared=on', '--serial', `file=${serial}`, '--console', 'off',
+      '--disk', `vhost_user=on,socket=${sock},id=disk0`], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'info' } });
+    let stderr = '';
+    vm.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((res) => vm.on('exit', (c) => res(c)));
+    const timer = setTimeout(() => vm.kill('SIGKILL'), 60_000);
+    for (let i = 0; i < 600 && !/vhost-user device started/.test(stderr); i++) await new Promise((r) => setTimeout(r, 50));
+    await stopProcess(child); // the back-end goes away under the running guest
+    child = null;
+    const code2 = await exited;
+    clearTimeout(timer);
+    expect(stderr).toMatch(/the vhost-user back-end closed the connection/);
+    expect(readFileSync(serial, 'latin1')).toBe('R');
+    expect(code2).toBe(0);
+  }, 120_000);
+
   it('refuses a vhost-user disk without shared memory before touching KVM', async () => {
     dir = mkdtempSync(join(tmpdir(), 'kumo-vu-kvm-'));
     const kernel = join(dir, 'guest.elf');

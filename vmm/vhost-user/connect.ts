@@ -187,7 +187,7 @@ async function attachOne(d: AnyDevice, callFd: CallFdResolver, t: ConnectTiming)
     }
     const spec = toSpec(id, built);
     log.info({ id, kind: d.kind, socket: d.c.socket, features: spec.features.toString(16), protocol: n.protocol.toString(16) }, 'vhost-user backend attached');
-    return new VhostUserLink(spec, fe, n.backendFeatures, n.protocol, callFd);
+    return new VhostUserLink(spec, fe, n.backendFeatures, n.protocol, callFd, d.c.socket);
   } catch (e) {
     fe.close();
     if (e instanceof VhostUserDeviceError) throw e;

@@ -1,7 +1,8 @@
 // Main-thread side of one vhost-user device: the connection to its backend, and what DRIVER_OK,
 // reset and guest config writes turn into on the wire.
 import { logger, WarnLimiter } from '../../protocol/log.js';
-import { closeQuiet, eventfdRead } from '../../protocol/sys/fd.js';
+import { closeQuiet, dup, eventfdRead } from '../../protocol/sys/fd.js';
+import { peekState } from '../../protocol/sys/socket.js';
 import { F_PROTOCOL_FEATURES, VhostUserFrontend } from '../../protocol/vhost-user/index.js';
 import type { QueueActivation } from '../devices/types.js';
 import type { ActivateContext } from '../virtio/device.js';
@@ -20,6 +21,7 @@ export class VhostUserLink {
   private readonly queueGsis = new Map<number, number | null>();
   private active: number[] = [];
   private loopAttached = false;
+  private unwatch: (() => void) | null = null;
   private readonly cfg: Uint8Array;
   private readonly dirty: Int32Array;
 
@@ -30,6 +32,8 @@ export class VhostUserLink {
     readonly backendFeatures: bigint,
     readonly protocolFeatures: bigint,
     private readonly callFd: CallFdResolver,
+    /** The back-end's socket path, for what the logs say. */
+    readonly socket = '',
   ) {
     this.cfg = new Uint8Array(spec.config);
     this.dirty = new Int32Array(spec.dirty);
@@ -47,15 +51,36 @@ export class VhostUserLink {
 
   /**
    * Sends the vCPUs' config writes from `loop`. From before the guest runs: a driver may write config before
-   * DRIVER_OK, and its vCPU waits until the back-end has the bytes.
+   * DRIVER_OK, and its vCPU waits until the back-end has the bytes. It also watches the connection: a back-end that
+   * goes away while the guest runs is said, and `onLost` runs (the transport tells the guest its device needs a reset).
    */
-  attach(loop: EventLoop): void {
+  attach(loop: EventLoop, onLost?: () => void): void {
     if (this.loopAttached) return;
     loop.add(this.spec.configEventFd, () => {
       eventfdRead(this.spec.configEventFd);
       this.flushConfig();
     });
     this.loopAttached = true;
+    // A dup of our own: the channel may close its fd (and the number be reused) while the loop still watches.
+    const watch = dup(this.frontend.channel.fd);
+    this.unwatch = () => {
+      this.unwatch = null;
+      loop.remove(watch);
+      closeQuiet(watch);
+    };
+    loop.add(watch, () => {
+      // Only replies travel on this socket, read while their request waits: the readiness may be a reply read since
+      // (stale), a hang-up, or a reply that came after its request gave up (the next request skips it).
+      const state = this.frontend.channel.isClosed ? 'closed' : peekState(watch);
+      if (state === 'empty') return;
+      this.unwatch?.();
+      if (state === 'data') {
+        log.debug({ id: this.spec.id }, 'a reply came after its request gave up; the connection is no longer watched');
+        return;
+      }
+      log.error({ id: this.spec.id, socket: this.socket }, 'the vhost-user back-end closed the connection; the guest is told the device needs a reset');
+      onLost?.();
+    });
   }
 
   activate(ctx: ActivateContext): void {
@@ -112,6 +137,7 @@ export class VhostUserLink {
   }
 
   close(): void {
+    this.unwatch?.();
     this.frontend.close();
     closeQuiet(this.spec.configEventFd);
   }
