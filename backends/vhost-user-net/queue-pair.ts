@@ -47,6 +47,8 @@ export class QueuePair {
   private rxStarved = false;
   private rxBroken = false;
   private txBroken = false;
+  /** The TX ring has been enabled since it started: a disable after that drops what the guest sends. */
+  private txWasEnabled = false;
   private reschedPending = false;
   private readonly budget: number;
   private attached: boolean | null = null;
@@ -88,6 +90,7 @@ export class QueuePair {
   startTx(ring: PairRing): void {
     this.tx = ring;
     this.txBroken = false;
+    this.txWasEnabled = false;
     this.runTx();
   }
 
@@ -175,6 +178,10 @@ export class QueuePair {
   private runTx(): void {
     const ring = this.tx;
     if (ring === null || this.txBroken) return;
+    if (ring.enabled) this.txWasEnabled = true;
+    // A ring that starts disabled (vhost-user with PROTOCOL_FEATURES) is enabled by the next message: what the guest
+    // queued before is sent then, as DPDK does; only a ring disabled after it ran drops its frames.
+    else if (!this.txWasEnabled && !this.tapFailed) return;
     if (!ring.enabled || this.tapFailed) {
       this.discardTx(ring);
       return;
@@ -192,7 +199,7 @@ export class QueuePair {
     this.updateTap();
   }
 
-  /** Started but disabled TX ring: frames are consumed and dropped (vhost-user "ring states"). */
+  /** TX ring disabled after it ran (or a dead TAP): frames are consumed and dropped (vhost-user "ring states"). */
   private discardTx(ring: PairRing): void {
     const q = ring.queue;
     let n = 0;

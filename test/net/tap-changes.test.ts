@@ -3,6 +3,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { NetNs, netnsUnavailable } from './netns.js';
 import { linkStat, startBackend, type BackendProc } from './harness.js';
 import { VuDevice } from '../../vmm/kumo-vu/device.js';
+import { GuestMemory } from '../../protocol/memory/index.js';
+import { compactLayout, DriverQueue, GuestAllocator } from '../../protocol/virtqueue/index.js';
+import { closeQuiet, eventfd, eventfdWrite } from '../../protocol/sys/fd.js';
 import { ProtocolFeature, protocolFeatures } from '../../protocol/vhost-user/index.js';
 import {
   bits, VIRTIO_F_VERSION_1, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
@@ -198,6 +201,52 @@ describe.skipIf(why !== null)('kumo-vhost-user-net RX buffers and TAP changes (p
     expect(be.exited).toBe(1);
     expect(be.stderr).toContain('the TAP was deleted');
   }, 30_000);
+
+  it('sends the frames a guest queued before its TX ring started, once the ring is enabled (they were dropped)', async () => {
+    ns = NetNs.create('earlytx');
+    const started = await startBackend(ns, `ip=${HOST},mask=255.255.255.0,socket=${sock},num_queues=2`);
+    be = started.be;
+    dev = await VuDevice.connect({ socket: sock, features: bits(VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF), protocolFeatures: PROTOCOL, connectTimeoutMs: 10_000 });
+    const fe = dev.frontend;
+    const base = 0x100000;
+    const mem = GuestMemory.anonymous([{ guestAddr: base, size: 4 << 20 }]);
+    const alloc = new GuestAllocator(base, 4 << 20);
+    fe.setMemTable(mem);
+    const before = linkStat(ns, started.tap, 'rx_packets');
+    const fds: number[] = [];
+    try {
+      for (const i of [0, 1]) {
+        const layout = compactLayout(alloc.allocOrThrow(compactLayout(0, 256).end, 4096), 256);
+        const dq = new DriverQueue<number>(mem, layout, { eventIdx: false });
+        if (i === 1) {
+          // Queued (and kicked) by the guest before the VMM got round to starting the ring: kumo's VMM activates
+          // after the guest's DRIVER_OK write has returned.
+          for (let k = 0; k < 5; k++) {
+            const f = new Uint8Array(HDR + 60);
+            f.fill(0xff, HDR, HDR + 6);
+            f.set([0x02, 0, 0, 0, 0, 0x42], HDR + 6);
+            f[HDR + 12] = 0x88; // local experimental ethertype
+            f[HDR + 13] = 0xb5;
+            const a = alloc.allocOrThrow(f.length, 64);
+            mem.write(a, f);
+            dq.add([{ addr: a, len: f.length }], [], k);
+          }
+          dq.publish();
+        }
+        const kick = eventfd();
+        const call = eventfd();
+        fds.push(kick, call);
+        fe.setupVring(i, mem, layout, kick, call, 0); // NUM, ADDR, BASE, CALL, KICK, then ENABLE 1
+        if (i === 1) eventfdWrite(kick);
+      }
+      await sleep(500);
+      expect(linkStat(ns, started.tap, 'rx_packets') - before).toBe(5);
+      expect((await be.counters()).counters.txDropped).toBe(0);
+    } finally {
+      fds.forEach(closeQuiet);
+      mem.close();
+    }
+  }, 60_000);
 
   it('reads the TAP MTU again when a front-end starts: a jumbo frame goes out after the MTU was raised', async () => {
     ns = NetNs.create('mtu');
