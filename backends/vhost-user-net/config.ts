@@ -16,7 +16,7 @@ const SCHEMA = {
   mask: ipv4('net_mask', '255.255.255.0'),
   mac,
   host_mac: mac,
-  mtu: int({ min: 68, max: 65535 }),
+  mtu: int({ min: 68, max: 65521 }),
   socket: str({ required: true, hint: '<socket_path>' }),
   num_queues: int({ min: 2, max: 256, default: 2 }),
   queue_size: int({ min: 1, max: 32768, default: 256 }),
@@ -100,11 +100,15 @@ export class NetBackendConfig {
       if (b[0] & 1) fail(`${key} must be a unicast MAC address`, { [key]: v });
       if (b.every((x) => x === 0)) fail(`${key} must not be all zeros`, { [key]: v });
     }
-    if (this.mtu !== undefined && (!Number.isInteger(this.mtu) || this.mtu < 68 || this.mtu > 65535)) {
-      fail('mtu must be between 68 and 65535', { mtu: this.mtu });
+    // 65521: a TAP's max_mtu (larger ones the kernel refuses, with an errno).
+    if (this.mtu !== undefined && (!Number.isInteger(this.mtu) || this.mtu < 68 || this.mtu > 65521)) {
+      fail('mtu must be between 68 and 65521 (a TAP\'s largest)', { mtu: this.mtu });
     }
-    if (this.tap !== undefined && !validTapName(this.tap)) {
-      fail('tap must be an interface name of 1-15 characters [A-Za-z0-9_.%-]', { tap: this.tap });
+    const ip = parseIPv4(this.ip);
+    if (ip.every((x) => x === 0) || ip[0] >= 224) fail('ip must be a unicast host address (not 0.0.0.0, multicast or broadcast)', { ip: this.ip });
+    // The kernel numbers a new interface through one %d; any other % it refuses.
+    if (this.tap !== undefined && (!validTapName(this.tap) || this.tap.replace('%d', '').includes('%'))) {
+      fail('tap must be an interface name of 1-15 characters [A-Za-z0-9_.-], with at most one %d', { tap: this.tap });
     }
   }
 

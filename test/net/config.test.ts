@@ -42,6 +42,10 @@ describe('NetBackendConfig (--net-backend)', () => {
     ['socket=/s,host_mac=zz:00:00:00:00:00', /host_mac/],
     ['socket=/s,mtu=20', /mtu/],
     ['socket=/s,tap=a/b', /tap/],
+    ['socket=/s,mtu=65522', /"mtu": expected an integer between 68 and 65521/], // above a TAP's max_mtu: the kernel refused it with a bare EINVAL
+    ['socket=/s,ip=0.0.0.0', /ip must be a unicast host address/], // failed later, naming the netmask
+    ['socket=/s,tap=x%d%d', /at most one %d/],
+    ['socket=/s,tap=a%s', /at most one %d/],
     ['socket=/s,client=maybe', /client/],
     ['socket=/s,socket=/t', /twice/],
   ])('rejects %s with a clear error', (input, msg) => {
