@@ -27,6 +27,8 @@ export interface VmModelData {
   serialFd: number;
   /** virtio-console present (its output is written on the main thread). */
   console: boolean;
+  /** fd of virtio-console output, for the emergency writes vCPU threads take (-1: none). */
+  consoleFd?: number;
   rngSrc: string;
   /** vhost-user devices (features and config read from their backends before the vCPUs start). */
   vhostUser?: VhostUserDeviceSpec[];
@@ -97,10 +99,12 @@ export function buildVmModel(d: VmModelData, t: ModelThread): Platform {
 
 /** Entry point the vCPU workers load (vmm/vcpu/worker.ts). */
 export const createVcpuModel: CreateVcpuModel = (ctx) => {
-  const p = buildVmModel(ctx.data as VmModelData, {
+  const d = ctx.data as VmModelData;
+  const p = buildVmModel(d, {
     interrupts: ctx.interrupts,
     events: ctx.events,
-    consoleOutput: null,
+    // emerg_wr is a config write: the vCPU that makes it writes the byte.
+    consoleOutput: d.consoleFd !== undefined && d.consoleFd >= 0 ? fdSink(d.consoleFd, 'console') : null,
     serialOutput: true,
   });
   return { pio: p.pio, mmio: p.mmio };

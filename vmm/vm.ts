@@ -128,6 +128,7 @@ export async function runPlatform(machine: Machine, o: PlatformRunOptions): Prom
     serialFd: o.serialFd,
     serialPort: o.serialPort,
     console: o.console,
+    consoleFd: o.consoleFd,
     rngSrc: o.rngSrc,
     vhostUser: o.vhostUser?.specs,
     physAddrBits: physAddrBits(machine.kvm.supportedCpuid()),

@@ -43,8 +43,9 @@ export class VirtioConsole implements VirtioDevice {
     for (let i = 0; i < data.length; i++) data[i] = cfg[offset + i] ?? 0;
   }
 
+  /** emerg_wr: one byte out, at any time (virtio 1.x 5.3.5: offered is enough, before FEATURES_OK too). */
   writeConfig(offset: number, data: Uint8Array): void {
-    if (offset === 8 && this.acked & F_EMERG_WRITE && this.output) this.output(data.slice(0, 1));
+    if (offset === 8 && this.output) this.output(data.slice(0, 1));
   }
 
   /** Host → guest bytes (main thread); queued while the guest has no rx buffers. Returns false if dropped. */
