@@ -52,7 +52,7 @@ describe('--net', () => {
 describe('--fs', () => {
   it('parses with Cloud Hypervisor defaults', () => {
     expect(FsConfig.parse('tag=myfs,socket=/f.sock').toJSON()).toEqual({
-      tag: 'myfs', socket: '/f.sock', num_queues: 1, queue_size: 1024, id: null, pci_segment: 0,
+      tag: 'myfs', socket: '/f.sock', num_queues: 1, queue_size: 1024, id: null, pci_segment: 0, pci_device_id: null,
     });
   });
   it('refuses bad input', () => {
@@ -96,6 +96,13 @@ describe('device ids', () => {
     validateVhostUserDevices(d, shared);
     expect([...d.disks, ...d.net, ...d.fs].map((c) => c.id)).toEqual(['_disk0', '_net1', '_fs2']);
   });
+  it('checks pci_device_id: 1 to 31, one device per slot', () => {
+    expect(() => parseVhostUserDevices({ disk: ['vhost_user=on,socket=/b,pci_device_id=0'] })).toThrow(/pci_device_id must be between 1 and 31 \(0 is the host bridge\)/);
+    const two = parseVhostUserDevices({ disk: ['vhost_user=on,socket=/b,pci_device_id=5,id=a'], fs: ['tag=t,socket=/f,pci_device_id=5,id=b'] });
+    expect(() => validateVhostUserDevices(two, shared)).toThrow(/pci_device_id=5 is given to both "a" and "b"/);
+    expect(parseVhostUserDevices({ net: ['vhost_user=on,socket=/n,pci_device_id=9'] }).net[0].toJSON().pci_device_id).toBe(9);
+  });
+
   it('takes ids with one leading "_" (Cloud Hypervisor reserves "__"), but not one another device is generated', () => {
     const ok = parseVhostUserDevices({ disk: ['vhost_user=on,socket=/b,id=_mydisk'] });
     validateVhostUserDevices(ok, shared);

@@ -128,6 +128,30 @@ describe.skipIf(!hasKvm)('kumo with a vhost-user disk on /dev/kvm', () => {
     expect(code2).toBe(0);
   }, 120_000);
 
+  it('places a disk at the PCI slot its pci_device_id asks for (Cloud Hypervisor honours it too)', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kumo-vu-kvm-'));
+    const img = join(dir, 'disk.raw');
+    const sock = join(dir, 'blk.sock');
+    const serial = join(dir, 'serial.out');
+    writeFileSync(img, Buffer.alloc(1 << 20));
+    child = await startProcess(process.execPath, [KUMO_BLK, '--block-backend', `path=${img},socket=${sock}`], sock);
+    const le32 = (v: number) => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff];
+    // Prints `ch` when the vendor/device dword of `slot` is `want`.
+    const check = (slot: number, want: number, ch: string) => {
+      const p = x86.print(ch, 0x3f8);
+      return [...cf8(slot, 0), ...x86.movDx(0xcfc), 0xed /* in eax, dx */, 0x3d, ...le32(want), 0x75, p.length, ...p];
+    };
+    const code = [...check(7, 0x1042_1af4, 'D'), ...check(2, 0xffff_ffff, 'E'), ...x86.poweroffS5(), ...x86.jmpSelf()];
+    const kernel = join(dir, 'guest.elf');
+    writeFileSync(kernel, pvhElf(code));
+    const r = await runKumo([
+      '--kernel', kernel, '--memory', 'size=64M,shared=on', '--serial', `file=${serial}`, '--console', 'off',
+      '--disk', `vhost_user=on,socket=${sock},id=disk0,pci_device_id=7`,
+    ]);
+    expect(r.code).toBe(0);
+    expect(readFileSync(serial, 'latin1')).toBe('DE'); // virtio-blk at 7, nothing at 2 (where it used to land)
+  }, 120_000);
+
   it('refuses a vhost-user disk without shared memory before touching KVM', async () => {
     dir = mkdtempSync(join(tmpdir(), 'kumo-vu-kvm-'));
     const kernel = join(dir, 'guest.elf');

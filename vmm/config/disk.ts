@@ -36,6 +36,7 @@ export interface DiskJson {
   vhost_socket: string | null;
   id: string | null;
   pci_segment: number;
+  pci_device_id: number | null;
   serial: string | null;
 }
 
@@ -44,6 +45,8 @@ export class DiskConfig {
   static readonly SYNTAX = `--disk ${describeSyntax(schema)}`;
 
   id: string | null;
+  /** The PCI slot the device asks for (pci_device_id); null: the next free one. */
+  pciDeviceId: number | null = null;
 
   constructor(
     readonly socket: string,
@@ -79,6 +82,7 @@ export class DiskConfig {
     const c = new DiskConfig(requireSocket(what, o.socket), o.num_queues, o.queue_size, o.id ?? null, {
       readonly: o.readonly, direct: o.direct, serial: o.serial ?? null, pciSegment: o.pci_segment ?? 0,
     });
+    c.pciDeviceId = o.pci_device_id ?? null;
     c.validate();
     return c;
   }
@@ -89,7 +93,7 @@ export class DiskConfig {
     if (!Number.isInteger(this.numQueues) || this.numQueues < 1 || this.numQueues > 256) {
       throw new ConfigError(`--disk: num_queues must be between 1 and 256, got ${this.numQueues}`, { num_queues: this.numQueues });
     }
-    checkPciPlacement('--disk', this.extra.pciSegment);
+    checkPciPlacement('--disk', this.extra.pciSegment, this.pciDeviceId);
   }
 
   toJSON(): DiskJson {
@@ -104,6 +108,7 @@ export class DiskConfig {
       vhost_socket: this.socket,
       id: this.id,
       pci_segment: this.extra.pciSegment,
+      pci_device_id: this.pciDeviceId,
       serial: this.extra.serial,
     };
   }

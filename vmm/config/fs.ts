@@ -19,6 +19,7 @@ export interface FsJson {
   queue_size: number;
   id: string | null;
   pci_segment: number;
+  pci_device_id: number | null;
 }
 
 /** One --fs: tag (≤ 36 bytes), socket, num_queues request queues (the device adds the hiprio queue). */
@@ -26,6 +27,8 @@ export class FsConfig {
   static readonly SYNTAX = `--fs ${describeSyntax(schema)}`;
 
   id: string | null;
+  /** The PCI slot the device asks for (pci_device_id); null: the next free one. */
+  pciDeviceId: number | null = null;
 
   constructor(
     readonly tag: string,
@@ -41,6 +44,7 @@ export class FsConfig {
   static parse(s: string): FsConfig {
     const o = parseOptions(s, schema, { what: '--fs', syntax: FsConfig.SYNTAX });
     const c = new FsConfig(o.tag, o.socket, o.num_queues, o.queue_size, o.id ?? null, o.pci_segment ?? 0);
+    c.pciDeviceId = o.pci_device_id ?? null;
     c.validate();
     return c;
   }
@@ -55,7 +59,7 @@ export class FsConfig {
       throw new ConfigError(`--fs: num_queues must be between 1 and 255, got ${this.numQueues}`, { num_queues: this.numQueues });
     }
     checkQueueSize('--fs', this.queueSize);
-    checkPciPlacement('--fs', this.pciSegment);
+    checkPciPlacement('--fs', this.pciSegment, this.pciDeviceId);
   }
 
   toJSON(): FsJson {
@@ -66,6 +70,7 @@ export class FsConfig {
       queue_size: this.queueSize,
       id: this.id,
       pci_segment: this.pciSegment,
+      pci_device_id: this.pciDeviceId,
     };
   }
 }

@@ -60,6 +60,7 @@ export interface NetJson {
   vhost_mode: VhostMode;
   id: string | null;
   pci_segment: number;
+  pci_device_id: number | null;
   offload_tso: boolean;
   offload_ufo: boolean;
   offload_csum: boolean;
@@ -70,6 +71,8 @@ export class NetConfig {
   static readonly SYNTAX = `--net ${describeSyntax(schema)}`;
 
   id: string | null;
+  /** The PCI slot the device asks for (pci_device_id); null: the next free one. */
+  pciDeviceId: number | null = null;
 
   constructor(
     readonly socket: string,
@@ -111,6 +114,7 @@ export class NetConfig {
         offloadTso: o.offload_tso, offloadUfo: o.offload_ufo, offloadCsum: o.offload_csum,
       },
     );
+    c.pciDeviceId = o.pci_device_id ?? null;
     c.validate();
     return c;
   }
@@ -125,7 +129,7 @@ export class NetConfig {
       });
     }
     if (parseMacString(this.mac) === null) throw new ConfigError(`--net: mac=${this.mac} is not a MAC address`, { mac: this.mac });
-    checkPciPlacement('--net', this.extra.pciSegment);
+    checkPciPlacement('--net', this.extra.pciSegment, this.pciDeviceId);
   }
 
   toJSON(): NetJson {
@@ -141,6 +145,7 @@ export class NetConfig {
       vhost_mode: this.vhostMode,
       id: this.id,
       pci_segment: this.extra.pciSegment,
+      pci_device_id: this.pciDeviceId,
       offload_tso: this.extra.offloadTso,
       offload_ufo: this.extra.offloadUfo,
       offload_csum: this.extra.offloadCsum,

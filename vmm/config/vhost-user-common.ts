@@ -26,9 +26,12 @@ export function refuseRateLimits(what: string, o: Record<string, unknown>): void
   }
 }
 
-export function checkPciPlacement(what: string, segment: number | undefined): void {
+export function checkPciPlacement(what: string, segment: number | undefined, deviceId: number | null = null): void {
   if (segment !== undefined && segment !== 0) {
     throw new ConfigError(`${what}: pci_segment=${segment} is not supported (kumo has one PCI segment, 0)`, { pci_segment: segment });
+  }
+  if (deviceId !== null && (!Number.isInteger(deviceId) || deviceId < 1 || deviceId > 31)) {
+    throw new ConfigError(`${what}: pci_device_id must be between 1 and 31 (0 is the host bridge), got ${deviceId}`, { pci_device_id: deviceId });
   }
 }
 

@@ -51,6 +51,13 @@ export function validateVhostUserDevices(d: VhostUserDevicesConfig, memory: Memo
     seen.add(id);
   }
   for (const c of all) c.id ??= generated.get(c)!;
+  const slots = new Map<number, string>();
+  for (const c of all) {
+    if (c.pciDeviceId === null) continue;
+    const other = slots.get(c.pciDeviceId);
+    if (other !== undefined) throw new ConfigError(`pci_device_id=${c.pciDeviceId} is given to both "${other}" and "${c.id}"`, { pci_device_id: c.pciDeviceId });
+    slots.set(c.pciDeviceId, c.id!);
+  }
   const sockets = new Set<string>();
   for (const c of all) {
     if (sockets.has(c.socket)) throw new ConfigError(`vhost-user socket ${c.socket} is given to two devices`, { socket: c.socket });

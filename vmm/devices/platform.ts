@@ -78,6 +78,8 @@ export function buildPlatform(o: PlatformOptions): Platform {
   pio.insert(pci.configIo(), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, 'pci-config');
   mmio.insert(pci.ecam(), PCI_ECAM_BASE, PCI_ECAM_BUS0_LEN, 'pci-ecam');
 
+  // Slots devices ask for are theirs before any device takes the next free one.
+  pci.reserve(o.virtio.flatMap((d) => (d.pciSlot === undefined ? [] : [d.pciSlot])));
   let barAddr = highMmio.base;
   let gsi = MSI_GSI_BASE;
   const virtio = o.virtio.map((dev, index) => {

@@ -25,6 +25,7 @@ export interface PciFunction {
 export class PciRoot {
   readonly lock: ArenaLock;
   private readonly slots: (PciFunction | null)[] = new Array(PCI_SLOTS).fill(null);
+  private readonly reserved = new Set<number>();
 
   constructor(
     private readonly arena: SharedArena,
@@ -41,12 +42,28 @@ export class PciRoot {
     this.slots[0] = { config: bridge };
   }
 
-  /** Places a function in the next free slot and returns its device number. */
-  add(fn: PciFunction): number {
-    const slot = this.slots.indexOf(null);
-    if (slot < 0) throw new PciError('PCI bus 0 is full', { name: fn.config.name });
-    this.slots[slot] = fn;
-    return slot;
+  /** Keeps slots for the functions that ask for them (pci_device_id): the next free slot skips them. */
+  reserve(slots: readonly number[]): void {
+    for (const s of slots) {
+      if (!Number.isInteger(s) || s < 1 || s >= PCI_SLOTS || this.slots[s] !== null || this.reserved.has(s)) {
+        throw new PciError(`PCI slot ${s} cannot be given (out of range, the host bridge's, or taken)`, { slot: s });
+      }
+      this.reserved.add(s);
+    }
+  }
+
+  /** Places a function in `slot` (reserved for it) or the next free one, and returns its device number. */
+  add(fn: PciFunction, slot?: number): number {
+    let at: number;
+    if (slot !== undefined) {
+      if (!this.reserved.delete(slot) || this.slots[slot] !== null) throw new PciError(`PCI slot ${slot} was not kept for ${fn.config.name}`, { slot });
+      at = slot;
+    } else {
+      at = this.slots.findIndex((f, i) => f === null && !this.reserved.has(i));
+      if (at < 0) throw new PciError('PCI bus 0 is full', { name: fn.config.name });
+    }
+    this.slots[at] = fn;
+    return at;
   }
 
   function(slot: number, fnNo = 0): PciFunction | null {

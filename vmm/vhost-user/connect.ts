@@ -143,7 +143,7 @@ function buildFs(c: FsConfig, n: Negotiated): Built {
   };
 }
 
-function toSpec(id: string, b: Built): VhostUserDeviceSpec {
+function toSpec(id: string, b: Built, pciSlot: number | null): VhostUserDeviceSpec {
   const config = new SharedArrayBuffer(b.config.length);
   new Uint8Array(config).set(b.config);
   return {
@@ -156,6 +156,7 @@ function toSpec(id: string, b: Built): VhostUserDeviceSpec {
     writable: b.writable,
     dirty: newDirtyRange(),
     configEventFd: eventfd(),
+    pciSlot,
   };
 }
 
@@ -185,7 +186,7 @@ async function attachOne(d: AnyDevice, callFd: CallFdResolver, t: ConnectTiming)
       n = negotiate(id, fe, FS_PROTOCOL_FEATURES, d.c.numQueues + 1, 2);
       built = buildFs(d.c, n);
     }
-    const spec = toSpec(id, built);
+    const spec = toSpec(id, built, d.c.pciDeviceId);
     log.info({ id, kind: d.kind, socket: d.c.socket, features: spec.features.toString(16), protocol: n.protocol.toString(16) }, 'vhost-user backend attached');
     return new VhostUserLink(spec, fe, n.backendFeatures, n.protocol, callFd, d.c.socket);
   } catch (e) {

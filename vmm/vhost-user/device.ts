@@ -17,6 +17,7 @@ export class VhostUserDevice implements VirtioDevice {
   readonly name: string;
   readonly deviceType: number;
   readonly queueMaxSizes: number[];
+  readonly pciSlot: number | undefined;
   private readonly cfg: Uint8Array;
   private readonly dirty: Int32Array;
   private acked = 0n;
@@ -29,6 +30,7 @@ export class VhostUserDevice implements VirtioDevice {
     this.name = `vhost-user-${spec.kind}`;
     this.deviceType = spec.deviceType;
     this.queueMaxSizes = [...spec.queueSizes];
+    this.pciSlot = spec.pciSlot ?? undefined;
     this.cfg = new Uint8Array(spec.config);
     this.dirty = new Int32Array(spec.dirty);
   }

@@ -18,6 +18,8 @@ export interface VhostUserDeviceSpec {
   dirty: SharedArrayBuffer;
   /** eventfd a vCPU worker signals after a config write; the main thread then sends SET_CONFIG. */
   configEventFd: number;
+  /** The PCI slot asked for (pci_device_id), or null: the next free one. */
+  pciSlot: number | null;
 }
 
 export const DIRTY_NONE_LO = 0x7fffffff;

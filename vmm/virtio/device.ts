@@ -28,6 +28,8 @@ export interface VirtioDevice {
   readonly name: string;
   readonly deviceType: number;
   readonly queueMaxSizes: number[];
+  /** The PCI slot it asks for (a device without one takes the next free slot). */
+  readonly pciSlot?: number;
   features(): bigint;
   ackFeatures(f: bigint): void;
   readConfig(offset: number, data: Uint8Array): void;

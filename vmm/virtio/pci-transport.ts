@@ -134,7 +134,7 @@ export class VirtioPciDevice implements PciFunction {
       write: (o, d) => this.barWrite(o, d),
     };
     this.config.addBar({ index: 0, size: VIRTIO_BAR_SIZE, is64: true, prefetchable: false, addr: opts.barAddr, device: bar, name });
-    this.slot = opts.root.add(this);
+    this.slot = opts.root.add(this, device.pciSlot);
   }
 
   get name(): string {
