@@ -8,6 +8,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureImage } from '../vmm/image/index.js';
 import { runInLab } from '../vmm/lab/index.js';
+import { onCleanup } from '../vmm/lab/processes.js';
+import { KumoError } from '../protocol/errors.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const bin = (name: string) => join(root, 'bin', `${name}.js`);
@@ -53,7 +55,8 @@ function readAt(file: string, offset: number, len: number): string {
 /** Runs the demo on this machine's /dev/kvm; returns the process exit code. */
 export async function runDemo(): Promise<number> {
   const image = await ensureImage();
-  const dir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : '/tmp', 'kumo-demo-'));
+  // In the lab the host made it (and removes it, also when the run is interrupted and this process never gets to).
+  const dir = process.env.KUMO_DEMO_DIR ?? mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : '/tmp', 'kumo-demo-'));
   const disk = join(dir, 'disk.img');
   const share = join(dir, 'share');
   mkdirSync(share);
@@ -115,18 +118,35 @@ export async function runDemo(): Promise<number> {
 }
 
 async function main(): Promise<void> {
+  // TAP devices, and the lab's virtiofsd sharing / : say so now, not after building the image.
+  if (process.getuid?.() !== 0) throw new Error('the demo needs root (TAP devices, and the nested lab where /dev/kvm is not hardware-backed): run it with sudo');
   if (process.env.KUMO_IN_LAB === '1' || hardwareKvm()) {
     process.exitCode = await runDemo();
     return;
   }
   console.log('kumo demo: /dev/kvm here is not hardware-backed; running the demo inside the nested lab (L1)');
   await ensureImage();
-  const r = await runInLab(`${join(root, 'node_modules/.bin/tsx')} ${join(root, 'scripts/demo.ts')}`, {
-    timeoutMs: 15 * 60_000,
-    onOutput: (s) => process.stdout.write(s),
-  });
-  console.log(`lab: L1 booted in ${r.l1BootS.toFixed(1)} s, whole run ${r.wallS.toFixed(1)} s`);
-  process.exitCode = r.code;
+  // L1's /tmp is this host's: the host owns the demo's directory, so an interrupted run leaves nothing behind.
+  const dir = mkdtempSync(join('/tmp', 'kumo-demo-'));
+  const forget = onCleanup(() => rmSync(dir, { recursive: true, force: true }));
+  try {
+    const r = await runInLab(`${join(root, 'node_modules/.bin/tsx')} ${join(root, 'scripts/demo.ts')}`, {
+      timeoutMs: 15 * 60_000,
+      env: { KUMO_DEMO_DIR: dir },
+      onOutput: (s) => process.stdout.write(s),
+    });
+    console.log(`lab: L1 booted in ${r.l1BootS.toFixed(1)} s, whole run ${r.wallS.toFixed(1)} s`);
+    process.exitCode = r.code;
+  } finally {
+    forget();
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) await main();
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  await main().catch((e: unknown) => {
+    const ctx = e instanceof KumoError && Object.keys(e.context).length ? ` ${JSON.stringify(e.context)}` : '';
+    process.stderr.write(`kumo demo: ${e instanceof Error ? e.message : String(e)}${ctx}\n`);
+    process.exitCode = 1;
+  });
+}

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { x86, pvhElf, bzImage } from './fixtures/guests.js';
 import { hasKvm } from './helpers.js';
+import { asNobody } from '../unprivileged.js';
 
 const KUMO = new URL('../../bin/kumo.js', import.meta.url).pathname;
 const VIRTIOFSD = new URL('../../bin/kumo-virtiofsd.js', import.meta.url).pathname;
@@ -265,5 +266,19 @@ describe('kumo CLI rejects bad input before any KVM call', () => {
     const trace = readFileSync(log, 'utf8');
     expect(trace).toMatch(/ok\.elf|kumo/); // strace did record the run
     expect(trace).not.toMatch(/\/dev\/kvm/);
+  });
+});
+
+describe.skipIf(process.getuid?.() !== 0)('npm run demo', () => {
+  it('as an ordinary user says it needs root, in one line, before building anything', () => {
+    const base = mkdtempSync(join(tmpdir(), 'kumo-demo-user-'));
+    try {
+      const cmd = asNobody(base, 'node_modules/tsx/dist/cli.mjs', [join(base, 'repo', 'scripts/demo.ts')]);
+      const r = spawnSync(cmd[0], cmd.slice(1), { encoding: 'utf8', timeout: 60_000, env: { ...process.env, HOME: base } });
+      expect(r.status).toBe(1);
+      expect(r.stderr.trim()).toBe('kumo demo: the demo needs root (TAP devices, and the nested lab where /dev/kvm is not hardware-backed): run it with sudo');
+    } finally {
+      rmSync(base, { recursive: true, force: true });
+    }
   });
 });
