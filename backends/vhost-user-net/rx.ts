@@ -117,19 +117,12 @@ export class RxPath {
       }
       // A TAP read copies what fits and drops the rest of the frame: a frame that reaches this byte was cut short.
       iov.push(this.overflowAddr, 1);
-      let n: number;
-      try {
-        n = readv(this.tapFd, iov);
-      } catch (e) {
-        // The kernel refused to copy this frame into the buffers (EFAULT/EINVAL/EMSGSIZE) and dropped it.
-        if (e instanceof SysError && (e.code === 'EFAULT' || e.code === 'EINVAL' || e.code === 'EMSGSIZE')) {
-          c[COUNTER.rxDropped]++;
-          frames++;
-          continue;
-        }
-        throw e;
+      const n = this.readFrame(iov);
+      if (n < 0) {
+        frames++;
+        continue;
       }
-      if (n <= 0) {
+      if (n === 0) {
         result = PassResult.Drained;
         break;
       }
@@ -155,6 +148,20 @@ export class RxPath {
     return { result, published };
   }
 
+  /** One frame from the TAP into `iov`: its length, 0 when the TAP is empty, -1 when the kernel refused it (counted). */
+  private readFrame(iov: IoVecList): number {
+    try {
+      return Math.max(0, readv(this.tapFd, iov));
+    } catch (e) {
+      // The kernel refused to copy this frame into the buffers (EFAULT/EINVAL/EMSGSIZE) and dropped it.
+      if (e instanceof SysError && (e.code === 'EFAULT' || e.code === 'EINVAL' || e.code === 'EMSGSIZE')) {
+        this.c[COUNTER.rxDropped]++;
+        return -1;
+      }
+      throw e;
+    }
+  }
+
   /**
    * Reads the next frame into the bounce buffer (this.aside: its length). Returns that length, 0 when the TAP is
    * empty, or -1 for a frame dropped (counted): too big even for the bounce buffer.
@@ -165,17 +172,8 @@ export class RxPath {
     iov.clear();
     iov.push(addressOf(this.bounce), maxFrame);
     iov.push(this.overflowAddr, 1);
-    let n: number;
-    try {
-      n = readv(this.tapFd, iov);
-    } catch (e) {
-      if (e instanceof SysError && (e.code === 'EFAULT' || e.code === 'EINVAL' || e.code === 'EMSGSIZE')) {
-        this.c[COUNTER.rxDropped]++;
-        return -1;
-      }
-      throw e;
-    }
-    if (n <= 0) return 0;
+    const n = this.readFrame(iov);
+    if (n <= 0) return n;
     if (n > maxFrame) {
       this.c[COUNTER.rxOversized]++;
       this.c[COUNTER.rxDropped]++;

@@ -401,6 +401,41 @@ describe('virtio-pci transport', () => {
     r.activator.handle(events[0]);
     expect(r.registered).toEqual([]);
     expect(loop!.poll(0)).toBe(0);
+    // Reset and set up again before the main thread saw the first activation: only the second one is applied.
+    events.length = 0;
+    r.common(0x14, 1, 3);
+    r.common(0x08, 4, 1);
+    r.common(0x0c, 4, 1);
+    r.common(0x14, 1, 3 | 8);
+    r.common(0x16, 2, 0);
+    r.common(0x20, 4, r.layout.descAddr);
+    r.common(0x28, 4, r.layout.availAddr);
+    r.common(0x30, 4, r.layout.usedAddr);
+    r.common(0x1c, 2, 1);
+    r.common(0x14, 1, 3 | 8 | 4);
+    r.common(0x14, 1, 0);
+    r.common(0x14, 1, 3);
+    r.common(0x08, 4, 1);
+    r.common(0x0c, 4, 1);
+    r.common(0x14, 1, 3 | 8);
+    r.common(0x16, 2, 0);
+    r.common(0x18, 2, 8);
+    r.common(0x20, 4, 0x30000);
+    r.common(0x28, 4, 0x30800);
+    r.common(0x30, 4, 0x31000);
+    r.common(0x1c, 2, 1);
+    r.common(0x14, 1, 3 | 8 | 4);
+    expect(events.map((e) => e.type)).toEqual(['virtio-activate', 'virtio-reset', 'virtio-activate']);
+    let activations = 0;
+    const rng = p.virtio[0].device;
+    const activate = rng.activate.bind(rng);
+    rng.activate = (ctx) => {
+      activations++;
+      expect(ctx.queues[0].layout.descAddr).toBe(0x30000);
+      activate(ctx);
+    };
+    r.handle();
+    expect(activations).toBe(1);
   });
 
   it('virtio-rng fills at most 64 KiB per request and serves a flood of requests in rounds, letting the main loop in between', async () => {

@@ -125,3 +125,17 @@ export class ArenaLock {
     }
   }
 }
+
+/**
+ * Waits (Atomics.wait, a worker thread) until the counter at cells[index] has reached `target` (wrapping Int32
+ * arithmetic); false when `timeoutMs` passed first.
+ */
+export function waitForCount(cells: Int32Array, index: number, target: number, timeoutMs: number): boolean {
+  const until = Date.now() + timeoutMs;
+  for (let v = Atomics.load(cells, index); ((v - target) | 0) < 0; v = Atomics.load(cells, index)) {
+    const left = until - Date.now();
+    if (left <= 0) return false;
+    Atomics.wait(cells, index, v, left);
+  }
+  return true;
+}

@@ -51,7 +51,7 @@ export interface QueueActivation {
 export type PlatformEvent =
   | { type: 'reset'; source: string }
   | { type: 'poweroff'; source: string }
-  | { type: 'virtio-activate'; device: number; name: string; features: bigint; queues: QueueActivation[]; configGsi: number | null }
+  | { type: 'virtio-activate'; device: number; name: string; features: bigint; queues: QueueActivation[]; configGsi: number | null; resets: number }
   | { type: 'virtio-reset'; device: number; name: string; seq: number }
   /** A queue notify that reached the bus (no ioeventfd at its address yet, or the BAR moved since). */
   | { type: 'virtio-notify'; device: number; name: string };

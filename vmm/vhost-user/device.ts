@@ -4,6 +4,7 @@ import { isMainThread } from 'node:worker_threads';
 import { logger } from '../../protocol/log.js';
 import { eventfdWrite } from '../../protocol/sys/fd.js';
 import { afterBusAccess } from '../devices/bus.js';
+import { waitForCount } from '../devices/shared-state.js';
 import type { ActivateContext, VirtioDevice } from '../virtio/device.js';
 import { VhostUserDeviceError } from './errors.js';
 import type { VhostUserLink } from './link.js';
@@ -76,14 +77,8 @@ export class VhostUserDevice implements VirtioDevice {
   }
 
   private waitFlushed(seq: number): void {
-    const until = Date.now() + CONFIG_FLUSH_WAIT_MS;
-    for (let done = Atomics.load(this.dirty, DIRTY_DONE); ((done - seq) | 0) < 0; done = Atomics.load(this.dirty, DIRTY_DONE)) {
-      const left = until - Date.now();
-      if (left <= 0) {
-        log.warn({ id: this.spec.id, waitedMs: CONFIG_FLUSH_WAIT_MS }, 'config write not yet sent to the back-end; the guest goes on');
-        return;
-      }
-      Atomics.wait(this.dirty, DIRTY_DONE, done, left);
+    if (!waitForCount(this.dirty, DIRTY_DONE, seq, CONFIG_FLUSH_WAIT_MS)) {
+      log.warn({ id: this.spec.id, waitedMs: CONFIG_FLUSH_WAIT_MS }, 'config write not yet sent to the back-end; the guest goes on');
     }
   }
 

@@ -48,7 +48,7 @@ export class VirtioActivator {
       return true;
     }
     // Events of different vCPUs may come out of order: an activation a later reset already undid is stale.
-    if (ev.type === 'virtio-activate' && !(t.status & STATUS_DRIVER_OK)) {
+    if (ev.type === 'virtio-activate' && (ev.resets !== t.resetsAsked || !(t.status & STATUS_DRIVER_OK))) {
       log.debug({ device: ev.name }, 'activation overtaken by a reset; ignored');
       return true;
     }

@@ -1,7 +1,7 @@
 import { isMainThread } from 'node:worker_threads';
 import { logger, WarnLimiter } from '../../protocol/log.js';
 import { afterBusAccess } from '../devices/bus.js';
-import type { ArenaBlock, SharedArena } from '../devices/shared-state.js';
+import { waitForCount, type ArenaBlock, type SharedArena } from '../devices/shared-state.js';
 import type { BusDevice, EventSink, Interrupt, InterruptRoutes, PlatformEvent, QueueActivation } from '../devices/types.js';
 import { PciConfig } from '../pci/config.js';
 import { MsixState } from '../pci/msix.js';
@@ -334,20 +334,19 @@ export class VirtioPciDevice implements PciFunction {
       features: this.driverFeatures(),
       queues,
       configGsi: cfgVec === NO_VECTOR ? null : this.msix.gsi(cfgVec),
+      resets: this.resetsAsked,
     };
   }
 
   private waitReset(seq: number): void {
-    const done = this.s.i32;
-    const until = Date.now() + RESET_WAIT_MS;
-    for (let d = Atomics.load(done, T_RESET_DONE / 4); ((d - seq) | 0) < 0; d = Atomics.load(done, T_RESET_DONE / 4)) {
-      const left = until - Date.now();
-      if (left <= 0) {
-        log.warn({ device: this.name, waitedMs: RESET_WAIT_MS }, 'device not yet stopped after the guest reset it; the guest goes on');
-        return;
-      }
-      Atomics.wait(done, T_RESET_DONE / 4, d, left);
+    if (!waitForCount(this.s.i32, T_RESET_DONE / 4, seq, RESET_WAIT_MS)) {
+      log.warn({ device: this.name, waitedMs: RESET_WAIT_MS }, 'device not yet stopped after the guest reset it; the guest goes on');
     }
+  }
+
+  /** Resets the guest has asked for so far: an activation event made before the last of them is stale. */
+  get resetsAsked(): number {
+    return Atomics.load(this.s.i32, T_RESET_ASKED / 4);
   }
 
   /** The main thread stopped the device for reset `seq`: the vCPU that asked for it goes on. */
