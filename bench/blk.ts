@@ -1,6 +1,7 @@
 // vhost-user-blk: kumo-vhost-user-blk vs qemu-storage-daemon (both driven by `kumo-vu blk bench`) and fio on the
 // same file as the limit. One table; tmpfs and disk; ~3 s per case (KUMO_BENCH_SECONDS to change).
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { onCleanup, spawnOwned } from '../vmm/lab/processes.js';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -43,7 +44,7 @@ interface Result {
 
 
 function startKumo(img: string, sock: string, queues: number): ChildProcess {
-  return spawn(process.execPath, [join(ROOT, 'bin/kumo-vhost-user-blk.js'), '--block-backend',
+  return spawnOwned(process.execPath, [join(ROOT, 'bin/kumo-vhost-user-blk.js'), '--block-backend',
     `path=${img},socket=${sock},num_queues=${queues},queue_size=${QUEUE_SIZE}`], {
     stdio: ['ignore', 'ignore', 'inherit'],
     env: { ...process.env, KUMO_LOG: 'error' },
@@ -51,7 +52,7 @@ function startKumo(img: string, sock: string, queues: number): ChildProcess {
 }
 
 function startQsd(img: string, sock: string, queues: number): ChildProcess {
-  return spawn('qemu-storage-daemon', [
+  return spawnOwned('qemu-storage-daemon', [
     // locking=off: kumo holds the image lock while both serve the same file (runs alternate, never overlap).
     '--blockdev', `driver=file,filename=${img},aio=io_uring,cache.direct=off,node-name=f,locking=off`,
     '--export', `type=vhost-user-blk,id=e0,node-name=f,addr.type=unix,addr.path=${sock},writable=on,num-queues=${queues}`,
@@ -139,6 +140,7 @@ export async function run(): Promise<BenchTable[]> {
   if (!withFio) notes.push('fio not installed: fio column empty');
   for (const place of places) {
     const dir = mkdtempSync(join(place.base, 'kumo-blk-bench-'));
+    onCleanup(() => rmSync(dir, { recursive: true, force: true }));
     try {
       const img = prepareImage(dir);
       const results = new Map<string, { kumo?: Result; qsd?: Result; fio?: Result }>();

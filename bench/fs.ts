@@ -4,7 +4,8 @@
 // KUMO_BENCH_SECONDS per case (default 1.5), KUMO_BENCH_FS_REPS runs per daemon and depth (default 3; the
 // table gives the median). Each run gets a fresh daemon; kumo and QEMU alternate so that background load
 // hits both alike.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, type ChildProcess } from 'node:child_process';
+import { onCleanup, spawnOwned } from '../vmm/lab/processes.js';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -24,10 +25,10 @@ const BASE = existsSync('/dev/shm') ? '/dev/shm' : '/tmp';
 
 function startDaemon(who: 'kumo' | 'qemu', socket: string, share: string): ChildProcess {
   if (who === 'kumo') {
-    return spawn(process.execPath, [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${socket}`, `--shared-dir=${share}`,
+    return spawnOwned(process.execPath, [join(ROOT, 'bin/kumo-virtiofsd.js'), `--socket-path=${socket}`, `--shared-dir=${share}`,
       '--cache=auto', '--sandbox=chroot'], { stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' } });
   }
-  return spawn(QEMU_VIRTIOFSD, [`--socket-path=${socket}`, '-o', `source=${share}`, '-o', 'sandbox=chroot', '-o', 'cache=auto'], { stdio: 'ignore' });
+  return spawnOwned(QEMU_VIRTIOFSD, [`--socket-path=${socket}`, '-o', `source=${share}`, '-o', 'sandbox=chroot', '-o', 'cache=auto'], { stdio: 'ignore' });
 }
 
 function kumoVu(socket: string, depth: number): Promise<FsBenchResult> {
@@ -85,6 +86,7 @@ const CASES: [string, keyof FsBenchResult][] = [
 
 export async function run(): Promise<BenchTable[]> {
   const dir = mkdtempSync(join(BASE, 'kumo-fs-bench-'));
+  onCleanup(() => rmSync(dir, { recursive: true, force: true }));
   const share = join(dir, 'share');
   mkdirSync(share);
   const haveQemu = existsSync(QEMU_VIRTIOFSD);

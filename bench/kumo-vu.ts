@@ -1,7 +1,8 @@
 // kumo-vu's own ceiling: `kumo-vu blk bench` 4k randread QD32 against qemu-storage-daemon's null-co export
 // (no storage work at all), 1 and 2 queues; plus the same load against the RAM blk test back-end built on
 // VhostUserDaemon (how fast the TypeScript daemon framework itself goes). ~3 s per case (KUMO_BENCH_SECONDS).
-import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFile, spawnSync, type ChildProcess } from 'node:child_process';
+import { onCleanup, spawnOwned } from '../vmm/lab/processes.js';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -51,6 +52,7 @@ async function runCase(name: string, child: ChildProcess, socket: string, queues
 
 export async function run(): Promise<BenchTable[]> {
   const dir = mkdtempSync(join(tmpdir(), 'kumo-vu-bench-'));
+  onCleanup(() => rmSync(dir, { recursive: true, force: true }));
   const rows: (string | number)[][] = [];
   const notes = [`${SECONDS} s per case; 4k randread, iodepth 32 per queue; CPU = % of one core over the run (2-core machine)`];
   try {
@@ -58,7 +60,7 @@ export async function run(): Promise<BenchTable[]> {
     for (const queues of [1, 2]) {
       if (!haveQsd) break;
       const socket = join(dir, `qsd${queues}.sock`);
-      const child = spawn('qemu-storage-daemon', [
+      const child = spawnOwned('qemu-storage-daemon', [
         '--blockdev', 'driver=null-co,node-name=n,size=1073741824',
         '--export', `type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=${socket},writable=on,num-queues=${queues}`,
       ], { stdio: 'ignore' });
@@ -67,7 +69,7 @@ export async function run(): Promise<BenchTable[]> {
     if (!haveQsd) notes.push('qemu-storage-daemon not installed (apt package qemu-system-common): its rows are missing');
     for (const queues of [1, 2]) {
       const socket = join(dir, `ram${queues}.sock`);
-      const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'test/vhost-user/fixtures/ram-blk-daemon.ts'), socket, '256', String(queues)], {
+      const child = spawnOwned(process.execPath, ['--import', 'tsx', join(ROOT, 'test/vhost-user/fixtures/ram-blk-daemon.ts'), socket, '256', String(queues)], {
         stdio: 'ignore', env: { ...process.env, KUMO_LOG: 'warn' },
       });
       rows.push(await runCase('VhostUserDaemon RAM blk (test fixture)', child, socket, queues));

@@ -4,6 +4,7 @@
 //  - DPDK's vhost PMD paired with testpmd virtio-user (the vhost-user ceiling without a TAP).
 // Everything runs inside a private network namespace.
 import { execFileSync, spawn } from 'node:child_process';
+import { onCleanup, spawnOwned } from '../vmm/lab/processes.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,11 +34,11 @@ interface Row {
 
 function run(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
+    const p = spawnOwned(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
     let out = '';
     let err = '';
-    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    p.stderr!.on('data', (d: Buffer) => (err += d.toString()));
     p.on('exit', (c) => (c === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')} exited ${c}: ${err.slice(-1000)}`))));
   });
 }
@@ -54,6 +55,7 @@ export async function run_(): Promise<BenchTable[]> {
   const why = netnsUnavailable() ?? testpmdUnavailable();
   if (why) return [{ title: 'net: skipped', columns: ['reason'], rows: [[why]] }];
   const dir = mkdtempSync(join(tmpdir(), 'kumo-net-bench-'));
+  onCleanup(() => rmSync(dir, { recursive: true, force: true }));
   const taploop = join(dir, 'taploop');
   execFileSync('cc', ['-O2', '-o', taploop, fileURLToPath(new URL('./net/taploop.c', import.meta.url))]);
   const ns = NetNs.create('bench');
@@ -106,19 +108,19 @@ export async function run_(): Promise<BenchTable[]> {
       } },
       { dir: 'guest→host', path: 'DPDK vhost PMD ← testpmd virtio-user (no TAP)', pps: (size) => dpdkPair(vhostSock, 'rxonly', 'txonly', size) },
       { dir: 'host→guest', path: 'TAP limit (AF_PACKET inject → native C read loop)', pps: async (size) => {
-        const reader = spawn('ip', ['netns', 'exec', ns.name, taploop, 'read', 'ktl0', String(SECONDS + 1)], { stdio: ['ignore', 'pipe', 'inherit'], timeout: 60_000 });
+        const reader = spawnOwned('ip', ['netns', 'exec', ns.name, taploop, 'read', 'ktl0', String(SECONDS + 1)], { stdio: ['ignore', 'pipe', 'inherit'], timeout: 60_000 });
         let out = '';
-        reader.stdout.on('data', (d: Buffer) => (out += d.toString()));
+        reader.stdout!.on('data', (d: Buffer) => (out += d.toString()));
         await waitFor(() => out, 'started');
         const inj = lastJson(await inNs(taploop, ['inject', 'ktl0', hex(toGuest(size)), String(SECONDS)]));
         await new Promise((r) => reader.once('exit', r));
         return lastJson(out).frames / inj.seconds;
       } },
       { dir: 'host→guest', path: 'TAP → our backend → kumo-vu', pps: async (size) => {
-        const vu = spawn(process.execPath, [kumoVuBin, 'net', '--socket', sock, '--json', 'bench', '--rx', '--size', String(size), '--seconds', String(SECONDS + 1)],
+        const vu = spawnOwned(process.execPath, [kumoVuBin, 'net', '--socket', sock, '--json', 'bench', '--rx', '--size', String(size), '--seconds', String(SECONDS + 1)],
           { stdio: ['ignore', 'pipe', 'inherit'], timeout: 60_000 });
         let out = '';
-        vu.stdout.on('data', (d: Buffer) => (out += d.toString()));
+        vu.stdout!.on('data', (d: Buffer) => (out += d.toString()));
         await waitFor(() => out, 'started');
         const inj = lastJson(await inNs(taploop, ['inject', tap, hex(toGuest(size)), String(SECONDS)]));
         await new Promise((r) => vu.once('exit', r));

@@ -21,17 +21,29 @@ function hostLine(): string {
   return `host: ${availableParallelism()} CPUs (${cpus()[0]?.model ?? 'unknown'}${virt}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Linux ${release()}, /dev/kvm: ${kvm}`;
 }
 
+const USAGE = `usage: npm run bench [-- NAME ...]   (run-bench.sh [NAME ...] in the portable bundle)
+  Prints each benchmark's table beside its peer's, measured in the same run. No NAME: all of them.
+  NAMES: ${ALL.join(' ')}
+  blk and fs run offline in the portable bundle (they need root); the others need more of the checkout
+  (peers, the guest image, /dev/kvm).`;
+
 async function main(): Promise<void> {
-  const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));
-  const names = wanted.length ? wanted : ALL;
+  const args = process.argv.slice(2).filter((a) => a !== '--');
+  if (args.includes('-h') || args.includes('--help')) {
+    console.log(USAGE);
+    return;
+  }
+  const bad = args.filter((a) => a.startsWith('-') || !ALL.includes(a));
+  if (bad.length > 0) {
+    process.stderr.write(`bench: unknown ${bad.length > 1 ? 'arguments' : 'argument'} ${bad.join(' ')}\n${USAGE}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  const names = args.length ? args : ALL;
   let failed = 0;
   console.log(hostLine());
   for (const name of names) {
     const file = new URL(`./${name}.ts`, import.meta.url);
-    if (!existsSync(file)) {
-      console.log(`\n## ${name}: no benchmark module (bench/${name}.ts)`);
-      continue;
-    }
     console.log(`\n## ${name}`);
     try {
       const mod = (await import(file.href)) as BenchModule;

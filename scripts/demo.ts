@@ -2,13 +2,15 @@
 // (kumo-vhost-user-blk, kumo-virtiofsd, kumo-vhost-user-net). The guest reads and writes its disk,
 // mounts the virtio-fs share and pings the host through the TAP; the host then checks what the
 // guest left behind. On a software KVM (kvm_pvm) the whole thing runs inside the nested lab.
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync, openSync, readSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureImage } from '../vmm/image/index.js';
 import { runInLab } from '../vmm/lab/index.js';
-import { onCleanup } from '../vmm/lab/processes.js';
+import { onCleanup, spawnOwned } from '../vmm/lab/processes.js';
+import { watchAncestors } from '../vmm/lab/ancestors.js';
+import { setLogLevel } from '../protocol/log.js';
 import { KumoError } from '../protocol/errors.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -22,19 +24,20 @@ export function hardwareKvm(): boolean {
     (existsSync('/sys/module/kvm_intel') || existsSync('/sys/module/kvm_amd'));
 }
 
+/** A child that dies with the demo, however the demo ends (setpriv --pdeathsig, and the exit and signal hooks). */
 function start(name: string, args: string[], out: (s: string) => void): ChildProcess {
-  const p = spawn(process.execPath, [bin(name), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const p = spawnOwned(process.execPath, [bin(name), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   p.stdout!.on('data', (d: Buffer) => out(d.toString()));
   p.stderr!.on('data', (d: Buffer) => out(d.toString()));
   return p;
 }
 
 /** Waits for a backend's socket; fails at once if the backend exits first. */
-async function waitForSocket(path: string, backend: ChildProcess, ms: number): Promise<void> {
+async function waitForSocket(name: string, path: string, backend: ChildProcess, ms: number): Promise<void> {
   const until = Date.now() + ms;
   while (!existsSync(path)) {
     if (backend.exitCode !== null || backend.signalCode !== null) {
-      throw new Error(`${backend.spawnargs[1]} exited (${backend.exitCode ?? backend.signalCode}) before listening on ${path}`);
+      throw new Error(`${name} exited (${backend.exitCode ?? backend.signalCode}) before listening on ${path}`);
     }
     if (Date.now() > until) throw new Error(`${path} did not appear within ${ms} ms`);
     await new Promise((r) => setTimeout(r, 50));
@@ -57,6 +60,7 @@ export async function runDemo(): Promise<number> {
   const image = await ensureImage();
   // In the lab the host made it (and removes it, also when the run is interrupted and this process never gets to).
   const dir = process.env.KUMO_DEMO_DIR ?? mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : '/tmp', 'kumo-demo-'));
+  const forget = onCleanup(() => rmSync(dir, { recursive: true, force: true }));
   const disk = join(dir, 'disk.img');
   const share = join(dir, 'share');
   mkdirSync(share);
@@ -80,8 +84,8 @@ export async function runDemo(): Promise<number> {
   let passed = false;
   try {
     // Generous: in the lab's emulated L1 each backend needs tens of seconds just to start node.
-    for (const [i, n] of ['blk', 'fs', 'net'].entries()) await waitForSocket(sock(n), backends[i], 240_000);
-    const kumo = spawn(process.execPath, [
+    for (const [i, n] of ['blk', 'fs', 'net'].entries()) await waitForSocket(`the ${n} back-end`, sock(n), backends[i], 240_000);
+    const kumo = spawnOwned(process.execPath, [
       bin('kumo'), '--kernel', image.vmlinux, '--initramfs', image.initramfs,
       '--cmdline', 'console=ttyS0 quiet kumo.script=demo',
       '--cpus', 'boot=1', '--memory', 'size=512M,shared=on',
@@ -89,7 +93,8 @@ export async function runDemo(): Promise<number> {
       '--fs', `tag=shared,socket=${sock('fs')}`,
       '--net', `vhost_user=on,socket=${sock('net')},num_queues=2`,
       '--serial', 'tty', '--console', 'off',
-    ], { stdio: ['ignore', 'pipe', 'inherit'] });
+    ], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KUMO_LOG: process.env.KUMO_DEMO_VERBOSE ? 'info' : 'warn' } });
+    kumo.stderr!.on('data', (d: Buffer) => process.stderr.write(d));
     kumo.stdout!.on('data', (d: Buffer) => {
       guestOut += d.toString();
       process.stdout.write(d);
@@ -113,13 +118,31 @@ export async function runDemo(): Promise<number> {
       for (const [tag, text] of Object.entries(logs)) console.log(`--- ${tag} backend output (tail) ---\n${text}`);
     }
     for (const b of backends) b.kill('SIGKILL');
+    forget();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** L1's own kernel messages ("[   39.2] kvm [190]: ... Unhandled WRMSR") read like the demo failing: shown only when verbose. */
+let partial = '';
+function showLines(s: string): void {
+  const lines = (partial + s).split('\n');
+  partial = lines.pop() ?? '';
+  for (const l of lines) if (process.env.KUMO_DEMO_VERBOSE || !/^\[\s*\d+\.\d+\] /.test(l)) process.stdout.write(`${l}\n`);
 }
 
 async function main(): Promise<void> {
   // TAP devices, and the lab's virtiofsd sharing / : say so now, not after building the image.
   if (process.getuid?.() !== 0) throw new Error('the demo needs root (TAP devices, and the nested lab where /dev/kvm is not hardware-backed): run it with sudo');
+  // Progress is the guest's lines and the checks; the components' JSON logs only with KUMO_DEMO_VERBOSE.
+  if (!process.env.KUMO_DEMO_VERBOSE && !process.env.KUMO_LOG) setLogLevel('warn');
+  // Through `npm run demo` our ancestors are tsx's launcher, sh and npm: if one of them is killed, stop (and clean up).
+  if (process.env.KUMO_IN_LAB !== '1') {
+    watchAncestors(3, () => {
+      process.stderr.write('kumo demo: the process that started us is gone; stopping\n');
+      process.exit(143);
+    });
+  }
   if (process.env.KUMO_IN_LAB === '1' || hardwareKvm()) {
     process.exitCode = await runDemo();
     return;
@@ -133,8 +156,9 @@ async function main(): Promise<void> {
     const r = await runInLab(`${join(root, 'node_modules/.bin/tsx')} ${join(root, 'scripts/demo.ts')}`, {
       timeoutMs: 15 * 60_000,
       env: { KUMO_DEMO_DIR: dir },
-      onOutput: (s) => process.stdout.write(s),
+      onOutput: showLines,
     });
+    showLines('\n');
     console.log(`lab: L1 booted in ${r.l1BootS.toFixed(1)} s, whole run ${r.wallS.toFixed(1)} s`);
     process.exitCode = r.code;
   } finally {

@@ -282,3 +282,13 @@ describe.skipIf(process.getuid?.() !== 0)('npm run demo', () => {
     }
   });
 });
+
+describe('npm run lab', () => {
+  it('--help prints the usage and exits 0 without starting the lab (it ran "sh -c --help" in L1)', () => {
+    const tsx = new URL('../../node_modules/tsx/dist/cli.mjs', import.meta.url).pathname;
+    const r = spawnSync(process.execPath, [tsx, new URL('../../vmm/lab/cli.ts', import.meta.url).pathname, '--help'], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^usage: npm run lab -- CMD \[ARGS\.\.\.\]/);
+    expect(r.stderr).not.toMatch(/L1|qemu/i);
+  });
+});

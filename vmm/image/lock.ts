@@ -15,7 +15,7 @@ function alive(pid: number): boolean {
  * Runs `fn` while holding an exclusive lock file (O_EXCL create, holding our pid). A lock left by a
  * dead process is taken over; a live holder is waited for up to `timeoutMs`.
  */
-export async function withLockFile<T>(file: string, timeoutMs: number, fn: () => Promise<T>): Promise<T> {
+export async function withLockFile<T>(file: string, timeoutMs: number, fn: () => Promise<T>, what = 'the image build lock'): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {
@@ -42,7 +42,7 @@ export async function withLockFile<T>(file: string, timeoutMs: number, fn: () =>
         }
         continue;
       }
-      if (Date.now() > deadline) throw new ImageError('timed out waiting for the image build lock', { file, holder });
+      if (Date.now() > deadline) throw new ImageError(`timed out waiting for ${what}`, { file, holder });
       await sleep(300);
     }
   }

@@ -7,9 +7,10 @@ import { runInLab } from './lab.js';
 
 const argv = process.argv.slice(2);
 if (argv[0] === '--') argv.shift();
-if (argv.length === 0) {
-  process.stderr.write('usage: npm run lab -- CMD [ARGS...]   (env: KUMO_LAB_TIMEOUT_S, KUMO_LAB_MEM_MIB, KUMO_LAB_CPUS)\n');
-  process.exit(2);
+if (argv.length === 0 || (argv.length === 1 && (argv[0] === '-h' || argv[0] === '--help'))) {
+  // A command really named --help still runs as `npm run lab -- sh -c '--help ...'`.
+  (argv.length ? process.stdout : process.stderr).write('usage: npm run lab -- CMD [ARGS...]   (env: KUMO_LAB_TIMEOUT_S, KUMO_LAB_MEM_MIB, KUMO_LAB_CPUS)\n');
+  process.exit(argv.length ? 0 : 2);
 }
 // One argument is taken as a shell command line; several are quoted word by word.
 const cmd = argv.length === 1 ? argv[0] : argv.map(shQuote).join(' ');

@@ -5,7 +5,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { logger } from '../../protocol/log.js';
 import { ensureImage, type KernelChoice } from '../image/build.js';
 import { withLockFile } from '../image/lock.js';
-import { imageCacheDir } from '../image/paths.js';
 import { LabConsole } from './console.js';
 import { LabError, LabTimeoutError } from './errors.js';
 import { jobScript, labEnv } from './job.js';
@@ -99,10 +98,10 @@ async function waitForSocket(file: string, until: number, failed: () => string |
 export async function runInLab(cmd: string, opts: LabOptions = {}): Promise<LabResult> {
   if (process.env.KUMO_IN_LAB === '1') throw new LabError('already inside the lab (L1): a lab in the lab is not supported');
   if (process.env.KUMO_LAB_PARALLEL === '1') return runLab(cmd, opts);
-  // Two TCG labs on a 2-core machine starve each other into timeouts: one at a time per machine.
-  const lock = path.join(imageCacheDir(), '..', 'lab.lock');
-  fs.mkdirSync(path.dirname(lock), { recursive: true });
-  return withLockFile(lock, opts.lockWaitMs ?? 30 * 60_000, () => runLab(cmd, opts));
+  // Two TCG labs on a 2-core machine starve each other into timeouts: one at a time per machine, whichever checkout
+  // or user starts it (the lab needs root, which /run takes).
+  const lock = path.join(fs.existsSync('/run') ? '/run' : os.tmpdir(), 'kumo-lab.lock');
+  return withLockFile(lock, opts.lockWaitMs ?? 30 * 60_000, () => runLab(cmd, opts), 'the lab (another one runs on this machine)');
 }
 
 async function runLab(cmd: string, opts: LabOptions): Promise<LabResult> {
