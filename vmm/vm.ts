@@ -1,7 +1,7 @@
 // VM assembly: config → (checks, no KVM) → guest RAM + KVM VM → device model → boot payload →
 // vCPU workers → wait for poweroff / reset / error.
 import { logger } from '../protocol/log.js';
-import { fstatSync, statSync } from 'node:fs';
+import { existsSync, fstatSync, statSync } from 'node:fs';
 import { openFile, closeQuiet, O_WRONLY, O_CREAT, O_TRUNC, O_APPEND, O_CLOEXEC, O_RDONLY, O_NONBLOCK } from '../protocol/sys/fd.js';
 import { SysError } from '../protocol/sys/libc.js';
 import { ConfigError } from './config/errors.js';
@@ -226,6 +226,10 @@ export async function runVm(
         for (const v of m.vcpus) configureVcpu(v.fd, cpuid, cfg.cpus.boot);
         applyBootEntry(m.ram.memory, m.vcpus[0].fd, e);
         log.info({ kernel: prepared.kernel.kind, entry: '0x' + e.rip.toString(16), rsdp, initramfs: e.initramfs }, 'booting');
+        // A stock kernel spends minutes in its emulator and then faults (cmpxchg16b, xrstor): say why nothing comes.
+        if (existsSync('/sys/module/kvm_pvm')) {
+          log.info('/dev/kvm is kvm_pvm, a software KVM: stock Linux kernels do not boot on it (small guests do); run kumo inside the nested lab (npm run lab -- ...)');
+        }
         if (cfg.cpus.max > cfg.cpus.boot) {
           log.warn({ boot: cfg.cpus.boot, max: cfg.cpus.max }, 'CPU hot-plug is not supported: the guest gets the boot vCPUs only (max is accepted for Cloud Hypervisor compatibility)');
         }
