@@ -291,18 +291,22 @@ describe('virtio-pci transport', () => {
     }, loop);
     const layout = compactLayout(0x10000, size);
     const { m, bar, common } = driver(p, 0);
-    common(0x14, 1, 3);
-    common(0x08, 4, 1);
-    common(0x0c, 4, 1);
-    common(0x14, 1, 3 | 8);
-    common(0x16, 2, 0);
-    common(0x18, 2, size);
-    common(0x20, 4, layout.descAddr);
-    common(0x28, 4, layout.availAddr);
-    common(0x30, 4, layout.usedAddr);
-    common(0x1c, 2, 1);
-    common(0x14, 1, 3 | 8 | 4);
-    return { activator, registered, layout, m, bar, common, handle: () => events.splice(0).forEach((e) => activator.handle(e)) };
+    /** A driver's set-up of queue 0 (VERSION_1 only) up to DRIVER_OK. */
+    const setUp = (q: { size: number; descAddr: number; availAddr: number; usedAddr: number }) => {
+      common(0x14, 1, 3);
+      common(0x08, 4, 1);
+      common(0x0c, 4, 1);
+      common(0x14, 1, 3 | 8);
+      common(0x16, 2, 0);
+      common(0x18, 2, q.size);
+      common(0x20, 4, q.descAddr);
+      common(0x28, 4, q.availAddr);
+      common(0x30, 4, q.usedAddr);
+      common(0x1c, 2, 1);
+      common(0x14, 1, 3 | 8 | 4);
+    };
+    setUp(layout);
+    return { activator, registered, layout, m, bar, common, setUp, handle: () => events.splice(0).forEach((e) => activator.handle(e)) };
   }
 
   it('loses no kick the guest writes before the main thread registered the queue\'s ioeventfd', () => {
@@ -375,17 +379,8 @@ describe('virtio-pci transport', () => {
     const r = startRng(p, events, { register: () => void registrations++, unregister: () => undefined });
     r.common(0x14, 1, 0);
     r.handle();
-    r.common(0x14, 1, 3);
-    r.common(0x08, 4, 1);
-    r.common(0x0c, 4, 1);
-    r.common(0x14, 1, 3 | 8);
-    r.common(0x16, 2, 0);
-    r.common(0x18, 2, 16);
-    r.common(0x20, 4, (4 << 20) - 16); // the 256-byte descriptor table starts in RAM and runs past its end
-    r.common(0x28, 4, r.layout.availAddr);
-    r.common(0x30, 4, r.layout.usedAddr);
-    r.common(0x1c, 2, 1);
-    r.common(0x14, 1, 3 | 8 | 4);
+    // The 256-byte descriptor table starts in RAM and runs past its end.
+    r.setUp({ size: 16, descAddr: (4 << 20) - 16, availAddr: r.layout.availAddr, usedAddr: r.layout.usedAddr });
     registrations = 0;
     r.handle();
     expect(registrations).toBe(0); // refused before any queue was set up (a vhost-user back-end would have hung up)
@@ -403,28 +398,9 @@ describe('virtio-pci transport', () => {
     expect(loop!.poll(0)).toBe(0);
     // Reset and set up again before the main thread saw the first activation: only the second one is applied.
     events.length = 0;
-    r.common(0x14, 1, 3);
-    r.common(0x08, 4, 1);
-    r.common(0x0c, 4, 1);
-    r.common(0x14, 1, 3 | 8);
-    r.common(0x16, 2, 0);
-    r.common(0x20, 4, r.layout.descAddr);
-    r.common(0x28, 4, r.layout.availAddr);
-    r.common(0x30, 4, r.layout.usedAddr);
-    r.common(0x1c, 2, 1);
-    r.common(0x14, 1, 3 | 8 | 4);
+    r.setUp(r.layout);
     r.common(0x14, 1, 0);
-    r.common(0x14, 1, 3);
-    r.common(0x08, 4, 1);
-    r.common(0x0c, 4, 1);
-    r.common(0x14, 1, 3 | 8);
-    r.common(0x16, 2, 0);
-    r.common(0x18, 2, 8);
-    r.common(0x20, 4, 0x30000);
-    r.common(0x28, 4, 0x30800);
-    r.common(0x30, 4, 0x31000);
-    r.common(0x1c, 2, 1);
-    r.common(0x14, 1, 3 | 8 | 4);
+    r.setUp({ size: 8, descAddr: 0x30000, availAddr: 0x30800, usedAddr: 0x31000 });
     expect(events.map((e) => e.type)).toEqual(['virtio-activate', 'virtio-reset', 'virtio-activate']);
     let activations = 0;
     const rng = p.virtio[0].device;

@@ -37,13 +37,26 @@ describe.skipIf(!hasKvm)('kumo with a vhost-user disk on /dev/kvm', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('attaches the backend and the guest reads the capacity from the virtio-blk config space', async () => {
+  /** A fresh dir with an image of `bytes` served by kumo-vhost-user-blk; the socket and a serial output path in it. */
+  async function backedDisk(bytes: number, env: Record<string, string> = {}): Promise<{ sock: string; serial: string }> {
     dir = mkdtempSync(join(tmpdir(), 'kumo-vu-kvm-'));
     const img = join(dir, 'disk.raw');
     const sock = join(dir, 'blk.sock');
-    const serial = join(dir, 'serial.out');
-    writeFileSync(img, Buffer.alloc(0x4b * 512)); // capacity 0x4b sectors = 'K'
-    child = await startProcess(process.execPath, [KUMO_BLK, '--block-backend', `path=${img},socket=${sock}`], sock);
+    writeFileSync(img, Buffer.alloc(bytes));
+    child = await startProcess(process.execPath, [KUMO_BLK, '--block-backend', `path=${img},socket=${sock}`], sock, env);
+    return { sock, serial: join(dir, 'serial.out') };
+  }
+
+  /** kumo's arguments for a tiny guest running `code` with that disk (its kernel written to the dir). */
+  function guestArgs(code: number[], sock: string, serial: string, diskExtra = ''): string[] {
+    const kernel = join(dir, 'guest.elf');
+    writeFileSync(kernel, pvhElf(code));
+    return ['--kernel', kernel, '--memory', 'size=64M,shared=on', '--serial', `file=${serial}`, '--console', 'off',
+      '--disk', `vhost_user=on,socket=${sock},id=disk0${diskExtra}`];
+  }
+
+  it('attaches the backend and the guest reads the capacity from the virtio-blk config space', async () => {
+    const { sock, serial } = await backedDisk(0x4b * 512); // capacity 0x4b sectors = 'K'
     // With --console off the functions are: 0 host bridge, 1 rng, 2 the disk.
     const code = [
       ...cf8(2, 0x04), ...cfc(0x6), // memory decode + bus master
@@ -53,12 +66,7 @@ describe.skipIf(!hasKvm)('kumo with a vhost-user disk on /dev/kvm', () => {
       ...x86.movDx(0x3f8), ...x86.outDxAl(),
       ...x86.poweroffS5(), ...x86.jmpSelf(),
     ];
-    const kernel = join(dir, 'guest.elf');
-    writeFileSync(kernel, pvhElf(code));
-    const r = await runKumo([
-      '--kernel', kernel, '--memory', 'size=64M,shared=on', '--serial', `file=${serial}`, '--console', 'off',
-      '--disk', `vhost_user=on,socket=${sock},id=disk0`,
-    ]);
+    const r = await runKumo(guestArgs(code, sock, serial));
     expect(r.stderr).toMatch(/vhost-user backend attached/);
     expect(r.stderr).toMatch(/powered off/);
     // On a software KVM kumo says why a stock kernel would never get anywhere.
@@ -68,14 +76,9 @@ describe.skipIf(!hasKvm)('kumo with a vhost-user disk on /dev/kvm', () => {
   }, 120_000);
 
   it('sends a config write the guest makes before DRIVER_OK to the back-end while the vCPU waits for it', async () => {
-    dir = mkdtempSync(join(tmpdir(), 'kumo-vu-kvm-'));
-    const img = join(dir, 'disk.raw');
-    const sock = join(dir, 'blk.sock');
-    const serial = join(dir, 'serial.out');
-    writeFileSync(img, Buffer.alloc(1 << 20));
-    child = await startProcess(process.execPath, [KUMO_BLK, '--block-backend', `path=${img},socket=${sock}`], sock, { KUMO_LOG: 'info' });
+    const { sock, serial } = await backedDisk(1 << 20, { KUMO_LOG: 'info' });
     let backendLog = '';
-    child.stderr?.on('data', (d: Buffer) => (backendLog += d.toString()));
+    child!.stderr?.on('data', (d: Buffer) => (backendLog += d.toString()));
     const writeback = (v: number) => [...x86.movEbx(0xc000_4020), ...x86.movAl(v), 0x88, 0x03]; // mov [ebx], al
     const code = [
       ...cf8(2, 0x04), ...cfc(0x6), ...cf8(2, 0x10), ...cfc(0xc000_0000), ...cf8(2, 0x14), ...cfc(0),
@@ -83,12 +86,7 @@ describe.skipIf(!hasKvm)('kumo with a vhost-user disk on /dev/kvm', () => {
       ...writeback(0), ...writeback(1), ...x86.print('w', 0x3f8),
       ...x86.poweroffS5(), ...x86.jmpSelf(),
     ];
-    const kernel = join(dir, 'guest.elf');
-    writeFileSync(kernel, pvhElf(code));
-    const r = await runKumo([
-      '--kernel', kernel, '--memory', 'size=64M,shared=on', '--serial', `file=${serial}`, '--console', 'off',
-      '--disk', `vhost_user=on,socket=${sock},id=disk0`,
-    ]);
+    const r = await runKumo(guestArgs(code, sock, serial));
     expect(r.code).toBe(0);
     expect(readFileSync(serial, 'latin1')).toBe('w');
     // Each write used to wait out 5 s and reach the back-end only at a DRIVER_OK that never came.
@@ -98,12 +96,7 @@ describe.skipIf(!hasKvm)('kumo with a vhost-user disk on /dev/kvm', () => {
   }, 120_000);
 
   it('tells the guest its disk needs a reset (and says so) when the back-end goes away while the guest runs', async () => {
-    dir = mkdtempSync(join(tmpdir(), 'kumo-vu-kvm-'));
-    const img = join(dir, 'disk.raw');
-    const sock = join(dir, 'blk.sock');
-    const serial = join(dir, 'serial.out');
-    writeFileSync(img, Buffer.alloc(1 << 20));
-    child = await startProcess(process.execPath, [KUMO_BLK, '--block-backend', `path=${img},socket=${sock}`], sock);
+    const { sock, serial } = await backedDisk(1 << 20);
     const common = (off: number, v: number) => [...x86.movEbx(0xc000_0000 + off), ...x86.movEax(v), 0x89, 0x03]; // mov [ebx], eax
     const code = [
       ...cf8(2, 0x04), ...cfc(0x6), ...cf8(2, 0x10), ...cfc(0xc000_0000), ...cf8(2, 0x14), ...cfc(0),
@@ -112,10 +105,7 @@ describe.skipIf(!hasKvm)('kumo with a vhost-user disk on /dev/kvm', () => {
       ...x86.movEbx(0xc000_0014), 0x8a, 0x03, 0xa8, 0x40, 0x74, 0xfa, // until device_status has DEVICE_NEEDS_RESET
       ...x86.print('R', 0x3f8), ...x86.poweroffS5(), ...x86.jmpSelf(),
     ];
-    const kernel = join(dir, 'guest.elf');
-    writeFileSync(kernel, pvhElf(code));
-    const vm = spawn(process.execPath, [KUMO, '--kernel', kernel, '--memory', 'size=64M,shared=on', '--serial', `file=${serial}`, '--console', 'off',
-      '--disk', `vhost_user=on,socket=${sock},id=disk0`], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'info' } });
+    const vm = spawn(process.execPath, [KUMO, ...guestArgs(code, sock, serial)], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, KUMO_LOG: 'info' } });
     let stderr = '';
     vm.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const exited = new Promise<number | null>((res) => vm.on('exit', (c) => res(c)));
@@ -131,12 +121,7 @@ describe.skipIf(!hasKvm)('kumo with a vhost-user disk on /dev/kvm', () => {
   }, 120_000);
 
   it('places a disk at the PCI slot its pci_device_id asks for (Cloud Hypervisor honours it too)', async () => {
-    dir = mkdtempSync(join(tmpdir(), 'kumo-vu-kvm-'));
-    const img = join(dir, 'disk.raw');
-    const sock = join(dir, 'blk.sock');
-    const serial = join(dir, 'serial.out');
-    writeFileSync(img, Buffer.alloc(1 << 20));
-    child = await startProcess(process.execPath, [KUMO_BLK, '--block-backend', `path=${img},socket=${sock}`], sock);
+    const { sock, serial } = await backedDisk(1 << 20);
     const le32 = (v: number) => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff];
     // Prints `ch` when the vendor/device dword of `slot` is `want`.
     const check = (slot: number, want: number, ch: string) => {
@@ -144,12 +129,7 @@ describe.skipIf(!hasKvm)('kumo with a vhost-user disk on /dev/kvm', () => {
       return [...cf8(slot, 0), ...x86.movDx(0xcfc), 0xed /* in eax, dx */, 0x3d, ...le32(want), 0x75, p.length, ...p];
     };
     const code = [...check(7, 0x1042_1af4, 'D'), ...check(2, 0xffff_ffff, 'E'), ...x86.poweroffS5(), ...x86.jmpSelf()];
-    const kernel = join(dir, 'guest.elf');
-    writeFileSync(kernel, pvhElf(code));
-    const r = await runKumo([
-      '--kernel', kernel, '--memory', 'size=64M,shared=on', '--serial', `file=${serial}`, '--console', 'off',
-      '--disk', `vhost_user=on,socket=${sock},id=disk0,pci_device_id=7`,
-    ]);
+    const r = await runKumo(guestArgs(code, sock, serial, ',pci_device_id=7'));
     expect(r.code).toBe(0);
     expect(readFileSync(serial, 'latin1')).toBe('DE'); // virtio-blk at 7, nothing at 2 (where it used to land)
   }, 120_000);
