@@ -2,7 +2,7 @@
 // is newer than every TypeScript source, otherwise run the TypeScript through tsx. Compiled code
 // starts several times faster, which matters most inside the nested lab's emulated L1.
 import { existsSync, readdirSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -38,7 +38,15 @@ export async function launch(entry) {
     await import(pathToFileURL(compiled).href);
     return;
   }
-  const { register } = await import('tsx/esm/api');
-  register();
+  let tsx;
+  try {
+    tsx = await import('tsx/esm/api');
+  } catch (e) {
+    if (e?.code !== 'ERR_MODULE_NOT_FOUND') throw e;
+    const name = basename(process.argv[1] ?? entry).replace(/\.js$/, '');
+    process.stderr.write(`${name}: the dependencies are not installed: run \`bash scripts/setup.sh\` (or npm install && npm run build) in ${root}\n`);
+    process.exit(1);
+  }
+  tsx.register();
   await import(pathToFileURL(join(root, entry)).href);
 }

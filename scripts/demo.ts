@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureImage } from '../vmm/image/index.js';
 import { runInLab } from '../vmm/lab/index.js';
+import { shQuote } from '../vmm/lab/job.js';
 import { onCleanup, spawnOwned } from '../vmm/lab/processes.js';
 import { watchAncestors } from '../vmm/lab/ancestors.js';
 import { setLogLevel } from '../protocol/log.js';
@@ -131,7 +132,19 @@ function showLines(s: string): void {
   for (const l of lines) if (process.env.KUMO_DEMO_VERBOSE || !/^\[\s*\d+\.\d+\] /.test(l)) process.stdout.write(`${l}\n`);
 }
 
+const USAGE = `usage: npm run demo   (as root)
+  Boots the Debian demo guest under kumo with kumo-vhost-user-blk, kumo-virtiofsd and kumo-vhost-user-net: the guest
+  reads and writes its disk, mounts the share and pings the host through a TAP, powers off, and the host checks what
+  it left. Where /dev/kvm is not hardware-backed (kvm_pvm) it all runs inside the nested lab.
+  KUMO_DEMO_VERBOSE=1 shows the components' logs.`;
+
 async function main(): Promise<void> {
+  const args = process.argv.slice(2).filter((a) => a !== '--');
+  if (args.includes('-h') || args.includes('--help')) {
+    console.log(USAGE);
+    return;
+  }
+  if (args.length > 0) throw new Error(`unknown argument ${args[0]} (--help: what the demo does)`);
   // TAP devices, and the lab's virtiofsd sharing / : say so now, not after building the image.
   if (process.getuid?.() !== 0) throw new Error('the demo needs root (TAP devices, and the nested lab where /dev/kvm is not hardware-backed): run it with sudo');
   // Progress is the guest's lines and the checks; the components' JSON logs only with KUMO_DEMO_VERBOSE.
@@ -153,7 +166,7 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join('/tmp', 'kumo-demo-'));
   const forget = onCleanup(() => rmSync(dir, { recursive: true, force: true }));
   try {
-    const r = await runInLab(`${join(root, 'node_modules/.bin/tsx')} ${join(root, 'scripts/demo.ts')}`, {
+    const r = await runInLab([join(root, 'node_modules/.bin/tsx'), join(root, 'scripts/demo.ts')].map(shQuote).join(' '), {
       timeoutMs: 15 * 60_000,
       env: { KUMO_DEMO_DIR: dir },
       onOutput: showLines,

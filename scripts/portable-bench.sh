@@ -6,8 +6,12 @@
 # It holds node, the runtime node_modules plus tsx, the compiled tree, and qemu-storage-daemon, QEMU's
 # virtiofsd and fio with every library they link except glibc's (the target's glibc must not be older).
 set -euo pipefail
+case "${1:-}" in
+  -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -*) echo "usage: portable-bench.sh OUT.tar.xz (--help: what it packs)" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
-out=$(realpath -m "${1:?usage: portable-bench.sh OUT.tar.xz}")
+out=$(realpath -m -- "${1:?usage: portable-bench.sh OUT.tar.xz}")
 peers=()
 for p in qemu-storage-daemon /usr/lib/qemu/virtiofsd fio; do
   found=$(command -v "$p") || { echo "portable-bench: $p not installed (run scripts/setup.sh)" >&2; exit 1; }

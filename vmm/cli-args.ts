@@ -25,10 +25,11 @@ export interface CliOptions {
  * A single-value option given twice is an error, as in Cloud Hypervisor: keeping the last one silently turned a wrapper's
  * appended `--memory shared=on` into a guest with the default RAM size.
  */
-function once(name: string): (value: string) => string {
+function once(name: string, keyValues = false): (value: string) => string {
   let seen = false;
   return (value) => {
-    if (seen) throw new CliError(`${name} given more than once (options it takes go in one ${name} argument, comma-separated)`, { option: name });
+    const hint = keyValues ? ` (options it takes go in one ${name} argument, comma-separated)` : '';
+    if (seen) throw new CliError(`${name} given more than once${hint}`, { option: name });
     seen = true;
     return value;
   };
@@ -40,11 +41,11 @@ function program(): Command {
     .requiredOption('--kernel <path>', 'kernel: PVH ELF vmlinux or bzImage', once('--kernel'))
     .option('--initramfs <path>', 'initramfs image', once('--initramfs'))
     .option('--cmdline <string>', 'kernel command line', once('--cmdline'), '')
-    .option('--cpus <options>', `${CpusConfig.SYNTAX.replace(/^--cpus /, '')} (no CPU hot-plug: max= is accepted, only boot vCPUs run)`, once('--cpus'), 'boot=1')
-    .option('--memory <options>', MemoryConfig.SYNTAX.replace(/^--memory /, ''), once('--memory'), 'size=512M')
-    .option('--serial <mode>', `16550 serial at 0x3f8: ${ConsoleConfig.SYNTAX}`, once('--serial'), 'null')
-    .option('--console <mode>', `virtio-console: ${ConsoleConfig.SYNTAX}`, once('--console'), 'tty')
-    .option('--rng <options>', RngConfig.SYNTAX.replace(/^--rng /, ''), once('--rng'), 'src=/dev/urandom')
+    .option('--cpus <options>', `${CpusConfig.SYNTAX.replace(/^--cpus /, '')} (no CPU hot-plug: max= is accepted, only boot vCPUs run)`, once('--cpus', true), 'boot=1')
+    .option('--memory <options>', MemoryConfig.SYNTAX.replace(/^--memory /, ''), once('--memory', true), 'size=512M')
+    .option('--serial <mode>', `16550 serial at 0x3f8: ${ConsoleConfig.SYNTAX}`, once('--serial', true), 'null')
+    .option('--console <mode>', `virtio-console: ${ConsoleConfig.SYNTAX}`, once('--console', true), 'tty')
+    .option('--rng <options>', RngConfig.SYNTAX.replace(/^--rng /, ''), once('--rng', true), 'src=/dev/urandom')
     .option('--disk <options...>', DiskConfig.SYNTAX.replace(/^--disk /, ''))
     .option('--net <options...>', NetConfig.SYNTAX.replace(/^--net /, ''))
     .option('--fs <options...>', FsConfig.SYNTAX.replace(/^--fs /, ''))

@@ -113,6 +113,17 @@ describe('lock file', () => {
       expect(fs.existsSync(file)).toBe(false);
       fs.writeFileSync(file, '999999999'); // no such pid
       expect(await withLockFile(file, 2000, async () => 'took over')).toBe('took over');
+      // A live holder: the waiter says whom it waits for at once, and its timeout names what it waited for.
+      fs.writeFileSync(file, String(process.ppid));
+      const said: string[] = [];
+      const write = process.stderr.write.bind(process.stderr);
+      process.stderr.write = ((s: string) => (said.push(String(s)), true)) as typeof process.stderr.write;
+      try {
+        await expect(withLockFile(file, 500, async () => 'never', 'the lab')).rejects.toThrow('timed out waiting for the lab');
+      } finally {
+        process.stderr.write = write;
+      }
+      expect(said.join('')).toContain(`waiting for the lab: process ${process.ppid} holds ${file}`);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

@@ -292,3 +292,19 @@ describe('npm run lab', () => {
     expect(r.stderr).not.toMatch(/L1|qemu/i);
   });
 });
+
+describe('bin launchers in a checkout without its dependencies', () => {
+  it('say in one line to run scripts/setup.sh (it was a stack trace about tsx)', () => {
+    const d = mkdtempSync(join(tmpdir(), 'kumo-bare-'));
+    try {
+      mkdirSync(join(d, 'bin'));
+      for (const f of ['launch.js', 'kumo.js']) writeFileSync(join(d, 'bin', f), readFileSync(new URL(`../../bin/${f}`, import.meta.url)));
+      writeFileSync(join(d, 'package.json'), readFileSync(new URL('../../package.json', import.meta.url)));
+      const r = spawnSync(process.execPath, [join(d, 'bin/kumo.js'), '--help'], { encoding: 'utf8', timeout: 30_000 });
+      expect(r.status).toBe(1);
+      expect(r.stderr.trim()).toBe(`kumo: the dependencies are not installed: run \`bash scripts/setup.sh\` (or npm install && npm run build) in ${d}/`);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+});

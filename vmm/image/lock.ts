@@ -17,6 +17,7 @@ function alive(pid: number): boolean {
  */
 export async function withLockFile<T>(file: string, timeoutMs: number, fn: () => Promise<T>, what = 'the image build lock'): Promise<T> {
   const deadline = Date.now() + timeoutMs;
+  let said = false;
   for (;;) {
     try {
       fs.writeFileSync(file, String(process.pid), { flag: 'wx' });
@@ -43,6 +44,10 @@ export async function withLockFile<T>(file: string, timeoutMs: number, fn: () =>
         continue;
       }
       if (Date.now() > deadline) throw new ImageError(`timed out waiting for ${what}`, { file, holder });
+      if (!said) {
+        said = true;
+        process.stderr.write(`waiting for ${what}: process ${content} holds ${file} (up to ${Math.round(timeoutMs / 60_000)} min)\n`);
+      }
       await sleep(300);
     }
   }

@@ -83,10 +83,14 @@ export class VuDevice {
     return this.frontend.getConfig(0, size);
   }
 
-  /** Creates RAM (rings + dataBytes for the caller's buffers), sends the memory table, sets up and enables the rings. */
-  start(numQueues: number, queueSize: number, dataBytes: number): void {
+  /**
+   * Creates RAM (rings + dataBytes for the caller's buffers), sends the memory table, sets up and enables the rings.
+   * `why`: what the queues are for, said when the back-end has fewer (the wrong kind of back-end, most likely).
+   */
+  start(numQueues: number, queueSize: number, dataBytes: number, why = ''): void {
     if (numQueues < 1 || numQueues > this.maxQueues) {
-      throw new KumoVuError(`${numQueues} queue(s) asked for (net: 2 per queue pair), the back-end has ${this.maxQueues}`, { numQueues, max: this.maxQueues });
+      const more = why ? `${numQueues} needed (${why}): is it the right kind of back-end?` : `${numQueues} asked for`;
+      throw new KumoVuError(`the back-end serves ${this.maxQueues} queue(s), ${more}`, { numQueues, max: this.maxQueues });
     }
     const ringBytes = compactLayout(0, queueSize).end;
     const indirect = this.has(VIRTIO_RING_F_INDIRECT_DESC);

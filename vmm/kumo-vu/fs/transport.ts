@@ -107,7 +107,7 @@ export class VirtioFsTransport implements FuseTransport {
           if (theirs !== tag) throw new KumoVuError(`the back-end's tag is ${JSON.stringify(theirs)}, not ${JSON.stringify(tag)}`, { socket });
         }
       }
-      dev.start(2, queueSize, depth * (2 * SLOT + HIPRIO_SLOT) + (8 << 20));
+      dev.start(2, queueSize, depth * (2 * SLOT + HIPRIO_SLOT) + (8 << 20), 'virtio-fs: hiprio and a request queue');
       return new VirtioFsTransport(dev, depth);
     } catch (e) {
       dev.close();

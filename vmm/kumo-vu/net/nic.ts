@@ -84,7 +84,7 @@ export class NetNic {
 
   private start(): void {
     const { queuePairs: n, queueSize: qs } = this.opts;
-    this.dev.start(2 * n, qs, 2 * n * qs * BUF_SIZE + (1 << 20));
+    this.dev.start(2 * n, qs, 2 * n * qs * BUF_SIZE + (1 << 20), `virtio-net: ${n} RX/TX pair(s)`);
     for (let p = 0; p < n; p++) {
       const rx = this.dev.queues[2 * p];
       const tx = this.dev.queues[2 * p + 1];

@@ -55,7 +55,9 @@ export class MiniStack {
     if (known) return known;
     this.nic.send(pair, ethernet(BROADCAST, this.nic.mac, ETHERTYPE_ARP, arp(1, this.nic.mac, this.ip, new Uint8Array(6), target)));
     const r = this.waitFor((x) => !!x.frame.arp && x.frame.arp.op === 2 && sameBytes(x.frame.arp.senderIp, target), timeoutMs);
-    if (r === null) throw new KumoVuError('no ARP reply', { target: key, timeoutMs });
+    if (r === null) {
+      throw new KumoVuError(`no ARP reply from ${key} (asked as ${ipv4String(this.ip)}) within ${timeoutMs} ms: is that the back-end's ip= (--to)?`, { target: key, timeoutMs });
+    }
     return r.frame.arp!.senderMac.slice();
   }
 
