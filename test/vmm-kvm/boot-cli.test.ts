@@ -195,6 +195,16 @@ describe.skipIf(!hasKvm)('kumo CLI boots tiny kernels on /dev/kvm', () => {
     expect(readFileSync(out, 'latin1')).toBe('OK');
   });
 
+  it('a guest that restarts through the reset vector (Linux\'s default reboot here) gets its reset', () => {
+    // mov eax, 0xffff0; jmp eax: where a CPU restarting in real mode begins. Nothing was there but zeroes.
+    const kernel = file('restart.elf', pvhElf([0xb8, 0xf0, 0xff, 0x0f, 0x00, 0xff, 0xe0]));
+    const r = spawnSync(process.execPath, [KUMO, '--kernel', kernel, '--memory', 'size=64M', '--serial', 'off', '--console', 'off'], {
+      encoding: 'utf8', timeout: 20_000, env: { ...process.env, KUMO_LOG: 'warn' },
+    });
+    expect(r.stderr).toMatch(/guest requested a reset \(i8042\)/);
+    expect(r.status).toBe(0);
+  }, 30_000);
+
   it('a guest triple fault exits non-zero and prints the registers', () => {
     const kernel = file('tf.elf', pvhElf([...x86.ud2()]));
     const r = kumo(['--kernel', kernel, '--memory', 'size=64M', '--serial', 'off', '--console', 'off']);

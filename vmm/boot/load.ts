@@ -4,6 +4,7 @@ import type { GuestMemory } from '../../protocol/memory/index.js';
 import {
   CMDLINE_MAX_SIZE, CMDLINE_START, E820_RAM, HIGH_RAM_START, MEMMAP_START, MODLIST_START, PVH_INFO_START,
   ZERO_PAGE_START, e820Map, ramRanges, type E820Entry,
+  RESET_VECTOR,
 } from '../memory/layout.js';
 import { BootError } from './errors.js';
 import { HDR } from './bzimage-header.js';
@@ -78,6 +79,13 @@ function initramfsAddr(size: number, lowRam: number, kEnd: number, k: KernelImag
   return addr;
 }
 
+/**
+ * There is no firmware: at the reset vector a stub asks the i8042 for a reset (mov al, 0xfe; out 0x64, al; then hlt).
+ * Linux's default reboot on a hardware-reduced ACPI machine ends in a real-mode jump there (BOOT_EFI without EFI falls
+ * to BOOT_BIOS), which ran zeroes for good. The bytes mean the same in real, protected and long mode.
+ */
+const RESET_STUB = Uint8Array.of(0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd);
+
 export function loadKernel(mem: GuestMemory, o: LoadOptions): BootEntry {
   checkBootFits(o);
   const low = ramRanges(o.memSize)[0].size;
@@ -92,6 +100,7 @@ export function loadKernel(mem: GuestMemory, o: LoadOptions): BootEntry {
   mem.write(CMDLINE_START, cmd);
   // BIOS data area: EBDA segment pointer, for guests that scan for the RSDP there.
   mem.writeU16(0x40e, 0xa000);
+  mem.write(RESET_VECTOR, RESET_STUB);
   const map = e820Map(o.memSize);
   return o.kernel.kind === 'pvh' ? loadPvh(mem, o, map, initrd, kEnd) : loadBz(mem, o, map, initrd, kEnd);
 }

@@ -22,6 +22,8 @@ export const CMDLINE_MAX_SIZE = 0x10000;
 export const EBDA_START = 0xa0000;
 export const RSDP_POINTER = 0xa0000;
 export const HIGH_RAM_START = 0x10_0000;
+/** Where a CPU restarting in real mode begins (F000:FFF0): Linux's BIOS reboot path jumps there. */
+export const RESET_VECTOR = 0xffff0;
 
 // The 32-bit hole
 export const MEM_32BIT_GAP_START = 3 * GiB; // 0xC000_0000
