@@ -59,7 +59,10 @@ export async function runMachine(machine: Machine, model: ModelRef, opts: RunOpt
           if (++halted === set.count) decide({ kind: 'error', message: 'all vCPUs halted' });
           break;
         case 'triple-fault':
-          decide({ kind: 'error', message: `vCPU ${r.id}: triple fault (KVM_EXIT_SHUTDOWN)`, vcpu: r.id, regs: s.regs });
+          // The last step of Linux's reboot fallbacks (reboot=t): a reset request, as Cloud Hypervisor and QEMU take it.
+          // The registers still go to the log: a guest that crashes this way at boot should be seen.
+          log.warn({ vcpu: r.id, regs: s.regs }, 'triple fault (KVM_EXIT_SHUTDOWN): taken as a reset');
+          decide({ kind: 'reset', source: `vcpu${r.id} triple fault` });
           break;
         case 'error':
           decide({ kind: 'error', message: `vCPU ${r.id}: ${s.message}`, vcpu: r.id, regs: s.regs });
