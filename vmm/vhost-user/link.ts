@@ -22,6 +22,8 @@ export class VhostUserLink {
   private active: number[] = [];
   private loopAttached = false;
   private unwatch: (() => void) | null = null;
+  /** The back-end hung up: nothing is sent to it any more (the guest, told NEEDS_RESET, may go on writing config). */
+  private lost = false;
   private readonly cfg: Uint8Array;
   private readonly dirty: Int32Array;
 
@@ -78,6 +80,7 @@ export class VhostUserLink {
         log.debug({ id: this.spec.id }, 'a reply came after its request gave up; the connection is no longer watched');
         return;
       }
+      this.lost = true;
       log.error({ id: this.spec.id, socket: this.socket }, 'the vhost-user back-end closed the connection; the guest is told the device needs a reset');
       onLost?.();
     });
@@ -86,6 +89,7 @@ export class VhostUserLink {
   activate(ctx: ActivateContext): void {
     const fe = this.frontend;
     this.attach(ctx.loop);
+    if (this.lost) throw new VhostUserDeviceError(`vhost-user device ${this.spec.id}: its back-end on ${this.socket} is gone (kumo does not reconnect)`, { id: this.spec.id });
     this.stopRings();
     const features = (ctx.features & this.backendFeatures) | (this.backendFeatures & F_PROTOCOL_FEATURES);
     fe.setFeatures(features);
@@ -102,10 +106,14 @@ export class VhostUserLink {
 
   /** Stops every started ring (SET_VRING_ENABLE 0, then GET_VRING_BASE, as Cloud Hypervisor resets). */
   reset(): void {
+    if (this.lost) {
+      this.active = [];
+      return;
+    }
     try {
       this.stopRings();
     } catch (err) {
-      log.error({ err, id: this.spec.id }, 'vhost-user reset failed');
+      guestLog.error({ err: (err as Error).message, id: this.spec.id }, 'vhost-user reset failed');
     }
   }
 
@@ -127,9 +135,9 @@ export class VhostUserLink {
     const lo = Atomics.exchange(this.dirty, 0, DIRTY_NONE_LO);
     const hi = Atomics.exchange(this.dirty, 1, 0);
     try {
-      if (lo < hi) this.frontend.setConfig(lo, this.cfg.slice(lo, hi));
+      if (lo < hi && !this.lost) this.frontend.setConfig(lo, this.cfg.slice(lo, hi));
     } catch (err) {
-      log.error({ err, id: this.spec.id, offset: lo, len: hi - lo }, 'SET_CONFIG failed');
+      guestLog.error({ err: (err as Error).message, id: this.spec.id, offset: lo, len: hi - lo }, 'SET_CONFIG failed');
     } finally {
       Atomics.store(this.dirty, DIRTY_DONE, asked);
       Atomics.notify(this.dirty, DIRTY_DONE);
