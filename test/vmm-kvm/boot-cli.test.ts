@@ -284,7 +284,8 @@ describe.skipIf(process.getuid?.() !== 0)('npm run demo', () => {
     const base = mkdtempSync(join(tmpdir(), 'kumo-demo-user-'));
     try {
       const cmd = asNobody(base, 'node_modules/tsx/dist/cli.mjs', [join(base, 'repo', 'scripts/demo.ts')]);
-      const r = spawnSync(cmd[0], cmd.slice(1), { encoding: 'utf8', timeout: 60_000, env: { ...process.env, HOME: base } });
+      // cwd: one nobody may enter (esbuild, under tsx, starts its service there; a CI clone may sit in a 0700 dir).
+      const r = spawnSync(cmd[0], cmd.slice(1), { encoding: 'utf8', timeout: 60_000, cwd: base, env: { ...process.env, HOME: base } });
       expect(r.status).toBe(1);
       expect(r.stderr.trim()).toBe('kumo demo: the demo needs root (TAP devices, and the nested lab where /dev/kvm is not hardware-backed): run it with sudo');
     } finally {
