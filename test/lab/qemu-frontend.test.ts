@@ -282,7 +282,8 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
     fs.mkdirSync(bindMount);
     const bound = spawnSync('mount', ['--bind', path.join(w, 'share3', 'orig'), bindMount], { encoding: 'utf8' });
     if (bound.status !== 0) throw new Error(`bind-mount share3/orig on share3/bind: ${bound.stderr}`);
-    const hostLock = spawn('flock', ['-x', path.join(w, 'share2', 'hostlock'), 'sleep', '3600'], { stdio: 'ignore' });
+    // --no-fork: flock execs sleep itself, so killing it ends the holder (a forked sleep outlived the run).
+    const hostLock = spawn('flock', ['--no-fork', '-x', path.join(w, 'share2', 'hostlock'), 'sleep', '3600'], { stdio: 'ignore' });
     procs.push(hostLock);
     const fs2 = await startProcess(process.execPath, [bin('kumo-virtiofsd'), `--socket-path=${fsSock}`, `--shared-dir=${path.join(w, 'share2')}`,
       '--xattr', '--posix-acl', '--writeback', '--inode-file-handles=mandatory', '--killpriv-v2', '-o', 'flock'], fsSock, { KUMO_LOG: 'info' });
