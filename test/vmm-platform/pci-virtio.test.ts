@@ -414,6 +414,20 @@ describe('virtio-pci transport', () => {
     expect(activations).toBe(1);
   });
 
+  it('tells the driver DEVICE_NEEDS_RESET when a queue stops on a bad chain from the guest', () => {
+    const { p, events } = build();
+    const r = startRng(p, events);
+    r.handle();
+    const dq = new DriverQueue<number>(mem!, r.layout);
+    dq.add([], [{ addr: 0x20000, len: 64 }], 1);
+    mem!.writeU64(r.layout.descAddr, 0x4000_0000); // the guest rewrites its descriptor: a buffer outside its RAM
+    dq.publish();
+    eventfdWrite(r.registered[0].fd);
+    loop!.poll(100);
+    expect(r.common(0x14, 1) & 0x40).toBe(0x40);
+    expect(r.m.r(r.bar + 0x2000, 1) & 2).toBe(2); // ISR: configuration change
+  });
+
   it('virtio-rng fills at most 64 KiB per request and serves a flood of requests in rounds, letting the main loop in between', async () => {
     const { p, events } = build();
     const r = startRng(p, events, undefined, 128);

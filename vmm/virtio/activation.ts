@@ -83,6 +83,7 @@ export class VirtioActivator {
         features: ev.features,
         configInterrupt: t.vectorInterrupt(ev.configGsi === null ? null : ev.configGsi - t.msix.gsiBase),
         loop: this.loop,
+        failed: () => t.needsReset(),
       });
       // A kick the guest wrote between DRIVER_OK and the ioeventfds above reached the bus, not them: a back-end may
       // wait for one before it looks at its ring (vhost-user lets it), so each queue gets one. Spurious kicks are harmless.

@@ -74,7 +74,7 @@ export class VirtioConsole implements VirtioDevice {
             else this.pending[0] = head.subarray(n);
           }
           return written;
-        }, this.name);
+        }, this.name, ctx.failed);
         this.rx.listen(ctx.loop);
       } else if (q.index === TX) {
         this.tx = new QueueRunner(ctx.memory, q, false, (chain, mem) => {
@@ -85,7 +85,7 @@ export class VirtioConsole implements VirtioDevice {
             this.output?.(buf);
           }
           return 0;
-        }, this.name);
+        }, this.name, ctx.failed);
         this.tx.listen(ctx.loop);
       }
     }

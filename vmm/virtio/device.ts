@@ -21,6 +21,8 @@ export interface ActivateContext {
   configInterrupt: Interrupt;
   /** Main-thread loop for devices whose data plane runs in the VMM (rng, console). */
   loop: EventLoop;
+  /** The device stopped serving (a queue the guest broke): the driver is told it needs a reset. */
+  failed?: () => void;
 }
 
 /** A virtio device, independent of its transport. */

@@ -1,4 +1,4 @@
-import { logger } from '../../protocol/log.js';
+import { logger, WarnLimiter } from '../../protocol/log.js';
 import type { GuestMemory } from '../../protocol/memory/index.js';
 import { eventfdRead } from '../../protocol/sys/fd.js';
 import { DeviceQueue, type DescriptorChain } from '../../protocol/virtqueue/index.js';
@@ -6,6 +6,8 @@ import type { ActiveQueue } from './device.js';
 import type { EventLoop } from './event-loop.js';
 
 const log = logger('virtio-queue');
+/** A guest can break queues at will: rate-limited. */
+const guestLog = new WarnLimiter(log);
 /** Chains one run completes before it lets the main loop serve other devices and events (it goes on after them). */
 const CHAINS_PER_RUN = 64;
 
@@ -29,6 +31,8 @@ export class QueueRunner {
     eventIdx: boolean,
     private readonly handler: ChainHandler,
     private readonly name: string,
+    /** Called once the queue stops on a bad chain (the transport then tells the driver to reset the device). */
+    private readonly onBroken?: () => void,
   ) {
     this.queue = new DeviceQueue(mem, active.layout, { eventIdx, maxChainLength: 1024 });
   }
@@ -68,7 +72,8 @@ export class QueueRunner {
       }
     } catch (err) {
       this.broken = true;
-      log.error({ err, device: this.name, queue: this.active.index }, 'queue stopped: bad chain from the guest');
+      guestLog.error({ err: (err as Error).message, device: this.name, queue: this.active.index }, 'queue stopped: bad chain from the guest; the driver is told the device needs a reset');
+      this.onBroken?.();
     }
     if (done > 0) {
       this.queue.publishUsed();

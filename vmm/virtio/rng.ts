@@ -60,7 +60,7 @@ export class VirtioRng implements VirtioDevice {
         }
       }
       return total;
-    }, this.name);
+    }, this.name, ctx.failed);
     this.runner.listen(ctx.loop);
     this.runner.run();
     guestLog.info({ size: q.layout.size }, 'activated');
