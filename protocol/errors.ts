@@ -13,3 +13,9 @@ export class KumoError extends Error {
  * message names the cause and what to do, and is reported in one line, without a stack.
  */
 export class SetupError extends KumoError {}
+
+/** An error in one line for a command's stderr: the message, and the context of kumo's own errors when there is one. */
+export function errorLine(e: unknown): string {
+  const ctx = e instanceof KumoError && Object.keys(e.context).length ? ` ${JSON.stringify(e.context)}` : '';
+  return `${e instanceof Error ? e.message : String(e)}${ctx}`;
+}

@@ -12,7 +12,7 @@ import { shQuote } from '../vmm/lab/job.js';
 import { onCleanup, spawnOwned } from '../vmm/lab/processes.js';
 import { watchAncestors } from '../vmm/lab/ancestors.js';
 import { setLogLevel } from '../protocol/log.js';
-import { KumoError } from '../protocol/errors.js';
+import { errorLine } from '../protocol/errors.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const bin = (name: string) => join(root, 'bin', `${name}.js`);
@@ -182,8 +182,7 @@ async function main(): Promise<void> {
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   await main().catch((e: unknown) => {
-    const ctx = e instanceof KumoError && Object.keys(e.context).length ? ` ${JSON.stringify(e.context)}` : '';
-    process.stderr.write(`kumo demo: ${e instanceof Error ? e.message : String(e)}${ctx}\n`);
+    process.stderr.write(`kumo demo: ${errorLine(e)}\n`);
     process.exitCode = 1;
   });
 }

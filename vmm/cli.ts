@@ -1,5 +1,5 @@
 // `kumo` entry point: parse, check the payload (no KVM yet), boot, map the outcome to an exit code.
-import { KumoError } from '../protocol/errors.js';
+import { errorLine } from '../protocol/errors.js';
 import { setLogLevel } from '../protocol/log.js';
 import { parseCli } from './cli-args.js';
 import { setModuleRoot } from './module-root.js';
@@ -28,7 +28,7 @@ export async function main(argv: string[], deps: CliDeps = defaultDeps): Promise
     cfg = parsed.config;
     prepared = prepareBoot(cfg);
   } catch (e) {
-    deps.stderr(`kumo: error: ${errorText(e)}\n`);
+    deps.stderr(`kumo: error: ${errorLine(e)}\n`);
     return 1;
   }
   try {
@@ -41,16 +41,11 @@ export async function main(argv: string[], deps: CliDeps = defaultDeps): Promise
     deps.stderr(`kumo: guest stopped: ${o.message}\n${o.regs ? o.regs + '\n' : ''}`);
     return 1;
   } catch (e) {
-    deps.stderr(`kumo: error: ${errorText(e)}\n`);
+    deps.stderr(`kumo: error: ${errorLine(e)}\n`);
     return 1;
   }
 }
 
-/** The message, and the context of kumo's own errors (the numbers behind it). */
-function errorText(e: unknown): string {
-  const ctx = e instanceof KumoError && Object.keys(e.context).length ? ` ${JSON.stringify(e.context)}` : '';
-  return `${e instanceof Error ? e.message : String(e)}${ctx}`;
-}
 
 const isEntry = process.argv[1] && /(?:bin\/kumo(?:\.js)?|vmm\/cli\.(?:ts|js))$/.test(process.argv[1]);
 if (isEntry) {

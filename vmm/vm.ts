@@ -1,7 +1,7 @@
 // VM assembly: config → (checks, no KVM) → guest RAM + KVM VM → device model → boot payload →
 // vCPU workers → wait for poweroff / reset / error.
 import { logger } from '../protocol/log.js';
-import { existsSync, fstatSync, statSync } from 'node:fs';
+import { existsSync, fstatSync } from 'node:fs';
 import { openFile, closeQuiet, O_WRONLY, O_CREAT, O_TRUNC, O_APPEND, O_CLOEXEC, O_RDONLY, O_NONBLOCK } from '../protocol/sys/fd.js';
 import { SysError } from '../protocol/sys/libc.js';
 import { ConfigError } from './config/errors.js';
@@ -62,7 +62,7 @@ function checkRngSource(src: string): void {
   let fd = -1;
   try {
     fd = openFile(src, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (statSync(src).isDirectory()) throw new ConfigError(`--rng: src=${src} is a directory`, { src });
+    if (fstatSync(fd).isDirectory()) throw new ConfigError(`--rng: src=${src} is a directory`, { src });
   } catch (e) {
     if (e instanceof ConfigError) throw e;
     throw new ConfigError(`--rng: cannot read src=${src}: ${e instanceof SysError ? e.code : (e as Error).message}`, { src });

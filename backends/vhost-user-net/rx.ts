@@ -49,6 +49,7 @@ export class RxPath {
    * guest as soon as its buffers hold it. `aside` bytes of `bounce` (0: none).
    */
   private bounce = new Uint8Array(0);
+  private bounceAddr = 0n;
   private aside = 0;
   private opts: RxOptions = { mergeable: false, hdrLen: NET_HDR_LEN, maxFrame: 1526, queueSize: 256 };
   /** Used elements pushed but not yet published. */
@@ -167,10 +168,7 @@ export class RxPath {
    * empty, or -1 for a frame dropped (counted): too big even for the bounce buffer.
    */
   private readAside(maxFrame: number): number {
-    if (this.bounce.length < maxFrame) this.bounce = new Uint8Array(maxFrame);
-    const iov = this.iov;
-    iov.clear();
-    iov.push(addressOf(this.bounce), maxFrame);
+    const iov = this.bounceIov(maxFrame);
     iov.push(this.overflowAddr, 1);
     const n = this.readFrame(iov);
     if (n <= 0) return n;
@@ -205,15 +203,23 @@ export class RxPath {
     this.c[COUNTER.rxBytes] += n - hdrLen;
   }
 
+  /** The iovec list set to the first `len` bytes of the bounce buffer (grown, and its address taken, when too small). */
+  private bounceIov(len: number): IoVecList {
+    if (this.bounce.length < len) {
+      this.bounce = new Uint8Array(len);
+      this.bounceAddr = addressOf(this.bounce);
+    }
+    this.iov.clear();
+    this.iov.push(this.bounceAddr, len);
+    return this.iov;
+  }
+
   /**
    * Drops what the TAP queued before this ring started: those frames were built under the offloads of an earlier
    * front-end (or driver instance), and their headers may carry checksum or GSO state this one never negotiated.
    */
   discardQueued(): void {
-    if (this.bounce.length < MAX_TAP_READ) this.bounce = new Uint8Array(MAX_TAP_READ);
-    const iov = this.iov;
-    iov.clear();
-    iov.push(addressOf(this.bounce), MAX_TAP_READ);
+    const iov = this.bounceIov(MAX_TAP_READ);
     try {
       for (let k = 0; k < 1_000_000 && readv(this.tapFd, iov) > 0; k++) this.c[COUNTER.rxDropped]++;
     } catch {

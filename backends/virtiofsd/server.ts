@@ -439,8 +439,7 @@ export class FuseServer {
     const r = attempt();
     if (r !== -E.EAGAIN) return this.reply(io, u, r);
     const gpa = io.outHeaderGpa();
-    const lo = Number(u & 0xffff_ffffn);
-    const hi = Number(u >> 32n);
+    const [lo, hi] = uniqueHalves(u);
     if (this.waits?.interrupted(lo, hi)) return this.reply(io, u, -E.EINTR);
     const waits = this.waits;
     const want = (l.lkFlags & FUSE_LK_FLOCK) === 0 ? { inode: i, owner: l.owner, write: l.lk.type === F_WRLCK, start: l.lk.start, end: l.lk.end } : null;
@@ -466,8 +465,7 @@ export class FuseServer {
     const kill = this.session.kill((o.openFlags & FUSE_OPEN_KILL_SUIDGID) !== 0);
     const waits = this.waits;
     const gpa = io.outHeaderGpa();
-    const segs = io.outSegments();
-    const canWait = waits !== null && gpa >= 0 && segs !== null && io.outLength >= OUT_HEADER_SIZE + OpenOut.size;
+    const canWait = waits !== null && gpa >= 0 && io.outLength >= OUT_HEADER_SIZE + OpenOut.size;
     const reply = { fh: 0, openFlags: this.session.fopenFlags(false) };
     try {
       reply.fh = fs.open(i, o.flags, kill, canWait);
@@ -475,9 +473,10 @@ export class FuseServer {
     } catch (e) {
       if (!canWait || !(e instanceof SysError || e instanceof FsError) || e.errno !== E.EAGAIN || (o.flags & O_NONBLOCK) !== 0) throw e;
     }
-    const lo = Number(u & 0xffff_ffffn);
-    const hi = Number(u >> 32n);
+    const [lo, hi] = uniqueHalves(u);
     if (waits.interrupted(lo, hi)) return this.reply(io, u, -E.EINTR);
+    // The reply body is written when the open gets through, into the buffers this chain has now (copied: reused).
+    const segs = io.outSegments() ?? [];
     const body = new Uint8Array(OpenOut.size);
     const attempt = (mem: GuestMemory): number => {
       // The guest may have forgotten the inode meanwhile (a hostile one): its fd is gone with it.
@@ -531,6 +530,11 @@ export class FuseServer {
     const n = this.fs.write(w.fh, w.offset, iov, this.session.kill((w.writeFlags & FUSE_WRITE_KILL_SUIDGID) !== 0, true), appends(w.writeFlags, w.flags));
     return this.replyStruct(io, h.unique, WriteOut, { size: n });
   }
+}
+
+/** A request's unique as the two u32 halves parked requests keep (lo, hi). */
+function uniqueHalves(u: bigint): [number, number] {
+  return [Number(u & 0xffff_ffffn), Number(u >> 32n)];
 }
 
 function noReply(op: number): boolean {

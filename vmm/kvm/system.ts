@@ -10,6 +10,8 @@ import { CPUID_ENTRY_SIZE, type CpuidEntry, decodeCpuid } from './cpuid-struct.j
 
 /** The /dev/kvm handle: API checks, capability queries, VM creation. */
 export class Kvm {
+  private cpuid: readonly CpuidEntry[] | null = null;
+
   private constructor(readonly fd: number) {}
 
   static open(path = '/dev/kvm'): Kvm {
@@ -46,12 +48,15 @@ export class Kvm {
     return ioctlInt(this.fd, KVM_CREATE_VM, 0);
   }
 
-  supportedCpuid(): CpuidEntry[] {
+  /** KVM_GET_SUPPORTED_CPUID, asked once (the VMM reads it for the vCPUs and for the guest's address width). */
+  supportedCpuid(): readonly CpuidEntry[] {
+    if (this.cpuid !== null) return this.cpuid;
     const max = 256;
     const buf = Buffer.alloc(8 + max * CPUID_ENTRY_SIZE);
     buf.writeUInt32LE(max, 0);
     ioctl(this.fd, KVM_GET_SUPPORTED_CPUID, buf);
-    return decodeCpuid(buf);
+    this.cpuid = decodeCpuid(buf);
+    return this.cpuid;
   }
 
   close(): void {
