@@ -2,7 +2,7 @@ import { Op, FUSE_GETATTR_FH, FUSE_WRITE_CACHE, FUSE_MAX_WRITE, FUSE_OPEN_KILL_S
 import { O_APPEND, O_NONBLOCK, type IoVecList } from '../../protocol/sys/fd.js';
 import { SysError } from '../../protocol/sys/libc.js';
 import { fstatRaw, rawMountId, rawStat } from '../../protocol/sys/fs.js';
-import { E } from './errors.js';
+import { E, FsError } from './errors.js';
 import type { FuseIo } from './fuse-io.js';
 import type { PassthroughFs } from './passthrough.js';
 import type { Inode } from './inodes.js';
@@ -145,7 +145,15 @@ export class FastPath {
         const caller = { uid: d.getUint32(24, true), gid: d.getUint32(28, true), pid: d.getUint32(32, true) };
         const umask = this.session.umask(d.getUint32(A + 8, true));
         const kill = this.session.kill((d.getUint32(A + 12, true) & FUSE_OPEN_KILL_SUIDGID) !== 0);
-        const r = fs.createRaw(caller, parent, this.inBuf.subarray(A + 16, nul + 1), d.getUint32(A, true), d.getUint32(A + 4, true), umask, kill);
+        const flags = d.getUint32(A, true);
+        let r: { nodeid: number; fh: number };
+        try {
+          r = fs.createRaw(caller, parent, this.inBuf.subarray(A + 16, nul + 1), flags, d.getUint32(A + 4, true), umask, kill, true);
+        } catch (e) {
+          // An existing file under a host lease: as for OPEN.
+          if (e instanceof FsError && e.errno === E.EAGAIN && (flags & O_NONBLOCK) === 0) return NOT_HANDLED;
+          throw e;
+        }
         this.putEntry(r.nodeid, parent);
         this.put64(OUT_HEADER_SIZE + ENTRY_OUT, r.fh);
         this.outDv.setUint32(OUT_HEADER_SIZE + ENTRY_OUT + 8, this.session.fopenFlags(false), true);

@@ -379,12 +379,15 @@ export class PassthroughFs {
     this.fileHandles?.trim();
   }
 
-  /** CREATE for the request loop (`cname` NUL-terminated); the new inode's stat is left in fs.rawStat. */
-  createRaw(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number, umask = 0, kill = false): { nodeid: number; fh: number } {
+  /**
+   * CREATE for the request loop (`cname` NUL-terminated); the new inode's stat is left in fs.rawStat. With `leaseAgain`,
+   * an existing file under a host lease is EAGAIN at once (see open()).
+   */
+  createRaw(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number, umask = 0, kill = false, leaseAgain = false): { nodeid: number; fh: number } {
     const bad = nameErrno(cname, cname.length - 1);
     if (bad !== 0) throw new FsError(bad, 'bad name');
     this.guestFds.need(2); // the new inode and its open file
-    const fd = this.createOpen(c, parent, cname, flags, mode, umask, kill);
+    const fd = this.createOpen(c, parent, cname, flags, mode, umask, kill, null, leaseAgain);
     if (fd < 0) throw new FsError(-fd, 'create failed');
     const pathFd = this.pathOf(fd);
     const nodeid = pathFd < 0 ? pathFd : this.registerRaw(pathFd);
@@ -403,7 +406,9 @@ export class PassthroughFs {
    * through a device node the guest made with MKNOD. A read-only share creates nothing but opens an
    * existing name for reading, as open(2) does on a read-only mount (a lock file opened O_RDONLY|O_CREAT).
    */
-  private createOpen(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number, umask: number, kill: boolean, label: SecurityContext | null = null): number {
+  private createOpen(
+    c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number, umask: number, kill: boolean, label: SecurityContext | null, leaseAgain: boolean,
+  ): number {
     const fl = this.openFlags(flags) | O_NOFOLLOW;
     const ro = this.opts.readonly;
     if (!ro) {
@@ -425,7 +430,7 @@ export class PassthroughFs {
       const type = fs.rawStat.readUInt32LE(24) & fs.S_IFMT;
       if (type !== fs.S_IFREG) return -(type === fs.S_IFDIR ? E.EISDIR : type === fs.S_IFLNK ? E.ELOOP : E.ENXIO);
       // An existing file opened with O_TRUNC: with `kill` its set-user-ID bits go as for an unprivileged caller.
-      const fd = this.killingPrivs(kill, () => this.openExisting(c, String(pathFd), fl, flags));
+      const fd = this.killingPrivs(kill, () => this.openExisting(c, String(pathFd), fl, flags, leaseAgain));
       if (fl & O_TRUNC) this.dropCapabilities(fd);
       return fd;
     } catch (e) {
@@ -441,16 +446,16 @@ export class PassthroughFs {
    * it. The O_RDWR that the writeback cache adds to O_WRONLY is the daemon's, not the caller's to have: on EACCES the
    * caller's own access mode is checked, then the file is reopened with the daemon's, as OPEN opens it.
    */
-  private openExisting(c: Caller, via: string, fl: number, guestFlags: number): number {
+  private openExisting(c: Caller, via: string, fl: number, guestFlags: number, leaseAgain: boolean): number {
     const own = (fl & ~O_ACCMODE) | (guestFlags & O_ACCMODE);
     try {
-      return this.asCaller(c, () => this.openVia(via, fl, guestFlags));
+      return this.asCaller(c, () => leaseProbe(fl, leaseAgain, (f) => this.openVia(via, f, guestFlags)));
     } catch (e) {
       if (own === fl || !(e instanceof SysError) || e.errno !== E.EACCES) throw e;
     }
-    const checked = this.asCaller(c, () => this.openVia(via, own, guestFlags));
+    const checked = this.asCaller(c, () => leaseProbe(own, leaseAgain, (f) => this.openVia(via, f, guestFlags)));
     try {
-      return this.openVia(String(checked), fl & ~O_TRUNC, guestFlags);
+      return leaseProbe(fl & ~O_TRUNC, leaseAgain, (f) => this.openVia(String(checked), f, guestFlags));
     } finally {
       closeQuiet(checked);
     }
@@ -627,10 +632,13 @@ export class PassthroughFs {
     }
   }
 
-  create(c: Caller, parent: Inode, name: Uint8Array, flags: number, mode: number, umask = 0, kill = false, label: SecurityContext | null = null): { entry: EntryOut; fh: number } {
+  /** CREATE; `leaseAgain` as for createRaw(). */
+  create(
+    c: Caller, parent: Inode, name: Uint8Array, flags: number, mode: number, umask = 0, kill = false, label: SecurityContext | null = null, leaseAgain = false,
+  ): { entry: EntryOut; fh: number } {
     checkName(name);
     this.guestFds.need(2);
-    const fd = this.createOpen(c, parent, fs.cstr(name), flags, mode, umask, kill, label);
+    const fd = this.createOpen(c, parent, fs.cstr(name), flags, mode, umask, kill, label, leaseAgain);
     if (fd < 0) throw new FsError(-fd, 'create failed');
     let entry: EntryOut;
     try {
@@ -773,17 +781,8 @@ export class PassthroughFs {
    */
   open(i: Inode, flags: number, kill = false, leaseAgain = false): number {
     const fl = this.openFlags(flags);
-    const probe = leaseAgain && (fl & O_NONBLOCK) === 0;
     this.guestFds.need(1);
-    const fd = this.killingPrivs(kill && (fl & O_TRUNC) !== 0, () => this.reopen(i, probe ? fl | O_NONBLOCK : fl, flags));
-    if (probe) {
-      try {
-        setNonBlocking(fd, false);
-      } catch (e) {
-        close(fd);
-        throw e;
-      }
-    }
+    const fd = this.killingPrivs(kill && (fl & O_TRUNC) !== 0, () => leaseProbe(fl, leaseAgain, (f) => this.reopen(i, f, flags)));
     if (fl & O_TRUNC) this.dropCapabilities(fd);
     return this.fileHandle(fd, i, flags);
   }
@@ -1231,6 +1230,23 @@ export class PassthroughFs {
 }
 
 /** The host name --xattrmap gives security.capability, when it is not that name itself (null: unmoved or refused). */
+/**
+ * Opens with `fl` through `openWith`; with `leaseAgain` (and no O_NONBLOCK of the guest's) the open is made O_NONBLOCK,
+ * so that a host lease it would have to break is EAGAIN at once instead of a wait of up to lease-break-time, and the fd
+ * then has O_NONBLOCK cleared.
+ */
+function leaseProbe(fl: number, leaseAgain: boolean, openWith: (fl: number) => number): number {
+  if (!leaseAgain || (fl & O_NONBLOCK) !== 0) return openWith(fl);
+  const fd = openWith(fl | O_NONBLOCK);
+  try {
+    setNonBlocking(fd, false);
+  } catch (e) {
+    close(fd);
+    throw e;
+  }
+  return fd;
+}
+
 function movedCapabilityXattr(map: XattrMap | null): Uint8Array | null {
   if (map === null) return null;
   const name = Buffer.from('security.capability');

@@ -243,15 +243,8 @@ export class FuseServer {
       }
       case Op.OPEN:
         return this.open(io, u, h.nodeid, OpenIn.decode(a));
-      case Op.CREATE: {
-        const c = CreateIn.decode(a);
-        const kill = this.session.kill((c.openFlags & FUSE_OPEN_KILL_SUIDGID) !== 0);
-        const name = cstring(a, CreateIn.size);
-        const r = fs.create(this.creator(caller, h, a), fs.inode(h.nodeid), name.name, c.flags, c.mode, this.session.umask(c.umask), kill, this.label(h, a, name.next));
-        EntryOut.encode(r.entry, this.outBuf, OUT_HEADER_SIZE);
-        OpenOut.encode({ fh: r.fh, openFlags: this.session.fopenFlags(false) }, this.outBuf, OUT_HEADER_SIZE + EntryOut.size);
-        return this.reply(io, u, 0, EntryOut.size + OpenOut.size);
-      }
+      case Op.CREATE:
+        return this.create(io, u, caller, h, a);
       case Op.READ:
         return this.read(io, u, a);
       case Op.WRITE:
@@ -463,44 +456,87 @@ export class FuseServer {
     const fs = this.fs;
     const i = fs.inode(nodeid);
     const kill = this.session.kill((o.openFlags & FUSE_OPEN_KILL_SUIDGID) !== 0);
+    const openFlags = this.session.fopenFlags(false);
+    // The guest may have forgotten the inode while the open waited (a hostile one): its fd is gone with it.
+    return this.openBreakingLease(io, u, o.flags, OpenOut.size, () => fs.inodes.tryGet(nodeid) === i, (leaseAgain, out, at) => {
+      const fh = fs.open(i, o.flags, kill, leaseAgain);
+      OpenOut.encode({ fh, openFlags }, out, at);
+      return () => fs.release(fh);
+    });
+  }
+
+  /**
+   * CREATE. Of an existing file, it opens the file as OPEN does, and so waits the same way for a host process to give
+   * up its lease on it (a guest `echo > f` once the dentry expired).
+   */
+  private create(io: FuseIo, u: bigint, caller: Caller, h: InHeader, a: Buffer): number {
+    const fs = this.fs;
+    const c = CreateIn.decode(a);
+    const kill = this.session.kill((c.openFlags & FUSE_OPEN_KILL_SUIDGID) !== 0);
+    const cname = cstring(a, CreateIn.size);
+    const label = this.label(h, a, cname.next);
+    const creator = this.creator(caller, h, a);
+    const parent = fs.inode(h.nodeid);
+    const umask = this.session.umask(c.umask);
+    const openFlags = this.session.fopenFlags(false);
+    // Copies (Buffer's slice() would not be one): `a` is the request buffer, reused once this request's turn ends.
+    const name = Uint8Array.from(cname.name);
+    const ctx = label === null ? null : { name: Uint8Array.from(label.name), value: Uint8Array.from(label.value) };
+    return this.openBreakingLease(io, u, c.flags, EntryOut.size + OpenOut.size, () => fs.inodes.tryGet(h.nodeid) === parent, (leaseAgain, out, at) => {
+      const r = fs.create(creator, parent, name, c.flags, c.mode, umask, kill, ctx, leaseAgain);
+      EntryOut.encode(r.entry, out, at);
+      OpenOut.encode({ fh: r.fh, openFlags }, out, at + EntryOut.size);
+      return () => {
+        fs.release(r.fh);
+        fs.forget(r.entry.nodeid, 1);
+      };
+    });
+  }
+
+  /**
+   * Runs an open that may have to break a host lease: `openOnce` opens (EAGAIN at once for a lease when `leaseAgain`),
+   * writes its reply body of `bodySize` bytes at `at` in `out` and returns how to undo the open. On EAGAIN the request
+   * is parked in LockWaits and tried again until it gets through (`stillValid`: its inodes are still the guest's).
+   */
+  private openBreakingLease(
+    io: FuseIo, u: bigint, guestFlags: number, bodySize: number, stillValid: () => boolean,
+    openOnce: (leaseAgain: boolean, out: Uint8Array, at: number) => () => void,
+  ): number {
     const waits = this.waits;
     const gpa = io.outHeaderGpa();
-    const canWait = waits !== null && gpa >= 0 && io.outLength >= OUT_HEADER_SIZE + OpenOut.size;
-    const reply = { fh: 0, openFlags: this.session.fopenFlags(false) };
+    const canWait = waits !== null && gpa >= 0 && io.outLength >= OUT_HEADER_SIZE + bodySize && (guestFlags & O_NONBLOCK) === 0;
     try {
-      reply.fh = fs.open(i, o.flags, kill, canWait);
-      return this.replyStruct(io, u, OpenOut, reply);
+      openOnce(canWait, this.outBuf, OUT_HEADER_SIZE);
+      return this.reply(io, u, 0, bodySize);
     } catch (e) {
-      if (!canWait || !(e instanceof SysError || e instanceof FsError) || e.errno !== E.EAGAIN || (o.flags & O_NONBLOCK) !== 0) throw e;
+      if (!canWait || !(e instanceof SysError || e instanceof FsError) || e.errno !== E.EAGAIN) throw e;
     }
     const [lo, hi] = uniqueHalves(u);
     if (waits.interrupted(lo, hi)) return this.reply(io, u, -E.EINTR);
     // The reply body is written when the open gets through, into the buffers this chain has now (copied: reused).
     const segs = io.outSegments() ?? [];
-    const body = new Uint8Array(OpenOut.size);
+    const body = new Uint8Array(bodySize);
     const attempt = (mem: GuestMemory): number => {
-      // The guest may have forgotten the inode meanwhile (a hostile one): its fd is gone with it.
-      if (fs.inodes.tryGet(nodeid) !== i) return -E.EBADF;
-      let fh: number;
+      if (!stillValid()) return -E.EBADF;
+      let undo: () => void;
       try {
-        fh = fs.open(i, o.flags, kill, true);
+        undo = openOnce(true, body, 0);
       } catch (e) {
         if (e instanceof SysError || e instanceof FsError) return -e.errno;
         log.error({ err: e }, 'open attempt failed');
         return -E.EIO;
       }
-      OpenOut.encode({ ...reply, fh }, body, 0);
       try {
         if (writeToChain(mem, segs, OUT_HEADER_SIZE, body) === body.length) return body.length;
       } catch {
         // the reply space stopped being guest memory
       }
-      fs.release(fh);
+      undo();
       return -E.EIO;
     };
     if (!waits.park(attempt, gpa, lo, hi)) {
-      reply.fh = fs.open(i, o.flags, kill);
-      return this.replyStruct(io, u, OpenOut, reply);
+      openOnce(false, this.outBuf, OUT_HEADER_SIZE);
+      return this.reply(io, u, 0, bodySize);
     }
     this.deferredTo = waits;
     return DEFERRED;

@@ -10,6 +10,7 @@ import { leaseHolder } from './lease-holder.js';
 const INIT = Init.ASYNC_READ | Init.BIG_WRITES | Init.MAX_PAGES | Init.INIT_EXT | Init.POSIX_LOCKS;
 const O_WRONLY = 1;
 const O_NONBLOCK = 0o4000;
+const O_CREAT = 0o100;
 const cleanups: (() => void)[] = [];
 afterEach(() => {
   for (const f of cleanups.splice(0).reverse()) f();
@@ -78,5 +79,31 @@ describe('an OPEN that must break a host lease (through the daemon)', () => {
     expect(waited).toBeGreaterThan(500);
     expect(await c.write(f, fh, 0, Buffer.from('y'))).toBe(1);
     expect(readFileSync(join(share, 'f'), 'utf8')).toBe('y');
+  }, 30_000);
+
+  it('a CREATE of an existing file waits the same way (the guest sends CREATE once its dentry expired)', async () => {
+    const dir = mkdtempSync('/tmp/kumo-fs-lease-');
+    const share = join(dir, 'share');
+    mkdirSync(share);
+    writeFileSync(join(share, 'f'), 'x');
+    const c = await connectFs({ who: 'kumo' }, dir, share, cleanups, 8);
+    await c.init(INIT);
+    const f = (await c.lookup(FUSE_ROOT_ID, 'f')).nodeid;
+    await leaseHolder(join(share, 'f'), cleanups, 'F_RDLCK', 1000);
+    const t0 = Date.now();
+    let settled = '';
+    const creating = c.create(FUSE_ROOT_ID, 'f', O_WRONLY | O_CREAT, 0o644).then((r) => ((settled = 'ok'), r), (e: Error) => ((settled = 'failed'), Promise.reject(e)));
+    expect((await c.getattr(f)).size).toBe(1);
+    expect(await errCode(c.create(FUSE_ROOT_ID, 'f', O_WRONLY | O_CREAT | O_NONBLOCK, 0o644))).toBe('EWOULDBLOCK');
+    // A new name is made at once meanwhile.
+    expect((await c.create(FUSE_ROOT_ID, 'g', O_WRONLY | O_CREAT, 0o644)).entry.nodeid).toBeGreaterThan(0);
+    expect(settled).toBe('');
+    const r = await creating;
+    const waited = Date.now() - t0;
+    console.log(`CREATE of a file behind a host read lease given up 1 s after the break: answered after ${waited} ms`);
+    expect(waited).toBeGreaterThan(500);
+    expect(r.entry.nodeid).toBe(f);
+    expect(await c.write(f, r.fh, 0, Buffer.from('z'))).toBe(1);
+    expect(readFileSync(join(share, 'f'), 'utf8')).toBe('z');
   }, 30_000);
 });
