@@ -56,16 +56,25 @@ describe('a file a host process holds a lease on', () => {
   }, 30_000);
 });
 
+/**
+ * kumo-virtiofsd on a share with one file f, INIT done and f looked up, then a host process holding a read lease on f
+ * that it gives up 1 s after the kernel asks it to.
+ */
+async function daemonWithLeasedFile(): Promise<{ c: FuseClient; f: number; share: string }> {
+  const dir = mkdtempSync('/tmp/kumo-fs-lease-');
+  const share = join(dir, 'share');
+  mkdirSync(share);
+  writeFileSync(join(share, 'f'), 'x');
+  const c = await connectFs({ who: 'kumo' }, dir, share, cleanups, 8);
+  await c.init(INIT);
+  const f = (await c.lookup(FUSE_ROOT_ID, 'f')).nodeid;
+  await leaseHolder(join(share, 'f'), cleanups, 'F_RDLCK', 1000);
+  return { c, f, share };
+}
+
 describe('an OPEN that must break a host lease (through the daemon)', () => {
   it('waits for the holder to give the lease up without holding up other requests; with O_NONBLOCK it is EAGAIN at once', async () => {
-    const dir = mkdtempSync('/tmp/kumo-fs-lease-');
-    const share = join(dir, 'share');
-    mkdirSync(share);
-    writeFileSync(join(share, 'f'), 'x');
-    const c = await connectFs({ who: 'kumo' }, dir, share, cleanups, 8);
-    await c.init(INIT);
-    const f = (await c.lookup(FUSE_ROOT_ID, 'f')).nodeid;
-    await leaseHolder(join(share, 'f'), cleanups, 'F_RDLCK', 1000);
+    const { c, f, share } = await daemonWithLeasedFile();
     const t0 = Date.now();
     let settled = '';
     const opening = c.open(f, O_WRONLY).then((r) => ((settled = 'ok'), r), (e: Error) => ((settled = 'failed'), Promise.reject(e)));
@@ -82,14 +91,7 @@ describe('an OPEN that must break a host lease (through the daemon)', () => {
   }, 30_000);
 
   it('a CREATE of an existing file waits the same way (the guest sends CREATE once its dentry expired)', async () => {
-    const dir = mkdtempSync('/tmp/kumo-fs-lease-');
-    const share = join(dir, 'share');
-    mkdirSync(share);
-    writeFileSync(join(share, 'f'), 'x');
-    const c = await connectFs({ who: 'kumo' }, dir, share, cleanups, 8);
-    await c.init(INIT);
-    const f = (await c.lookup(FUSE_ROOT_ID, 'f')).nodeid;
-    await leaseHolder(join(share, 'f'), cleanups, 'F_RDLCK', 1000);
+    const { c, f, share } = await daemonWithLeasedFile();
     const t0 = Date.now();
     let settled = '';
     const creating = c.create(FUSE_ROOT_ID, 'f', O_WRONLY | O_CREAT, 0o644).then((r) => ((settled = 'ok'), r), (e: Error) => ((settled = 'failed'), Promise.reject(e)));
