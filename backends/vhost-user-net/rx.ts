@@ -54,8 +54,9 @@ export class RxPath {
   private opts: RxOptions = { mergeable: false, hdrLen: NET_HDR_LEN, maxFrame: 1526, queueSize: 256 };
   /** Used elements pushed but not yet published. */
   private pending = 0;
-  /** Memory the held chains' host addresses were resolved in. */
+  /** Memory the held chains' host addresses were resolved in, and its generation then (see GuestMemory.generation). */
   private mem: GuestMemory | null = null;
+  private memGen = -1;
 
   constructor(private readonly tapFd: number, private readonly c: Float64Array) {}
 
@@ -76,7 +77,9 @@ export class RxPath {
     const c = this.c;
     let frames = 0;
     let result: PassResult = PassResult.Budget;
-    if (mem !== this.mem) this.remap(q, mem);
+    // ADD_MEM_REG / REM_MEM_REG change the same GuestMemory in place: a held chain's host addresses may point at an
+    // unmapped region, or at whatever was mapped there since (another region), so they are resolved again.
+    if (mem !== this.mem || mem.generation !== this.memGen) this.remap(q, mem);
     q.disableNotifications();
     while (frames < budget) {
       if (this.aside > 0) {
@@ -238,11 +241,11 @@ export class RxPath {
     this.heldBytes = 0;
     this.pending = 0;
     this.mem = null;
+    this.memGen = -1;
   }
 
   /** The memory table changed: held chains keep their guest addresses but need new host ones. */
   private remap(q: NetQueue, mem: GuestMemory): void {
-    this.mem = mem;
     const kept: HeldChain[] = [];
     this.heldBytes = 0;
     for (let i = this.first; i < this.held.length; i++) {
@@ -259,6 +262,9 @@ export class RxPath {
     }
     this.held = kept;
     this.first = 0;
+    // Last: a remap that failed (the rings' own region unmapped, RingMemoryError) is done again on the next run.
+    this.mem = mem;
+    this.memGen = mem.generation;
   }
 
   private pushChain(h: HeldChain, limit: number): number {

@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { GuestMemory } from '../../protocol/memory/index.js';
 import { close, read, write } from '../../protocol/sys/fd.js';
+import { ftruncate, memfdCreate } from '../../protocol/sys/mem.js';
 import { DeviceQueue, DriverQueue, GuestAllocator, compactLayout } from '../../protocol/virtqueue/index.js';
 import { COUNTER, counterBuffer, counterView } from '../../backends/vhost-user-net/counters.js';
 import { PassResult } from '../../backends/vhost-user-net/net-queue.js';
@@ -302,5 +303,52 @@ describe('queue pair back-pressure (fake TAP + epoll)', () => {
     close(e.tap);
     close(e.host);
     e.mem.close();
+  });
+});
+
+describe('net RX across memory table changes', () => {
+  it('writes a held RX chain through its guest addresses after REM_MEM_REG/ADD_MEM_REG, never the old mapping', () => {
+    // ADD_MEM_REG / REM_MEM_REG change the back-end's GuestMemory in place (QEMU sends them when it lays memory out
+    // again). A chain popped before the change must not be written through the host address its buffer had then:
+    // that range is unmapped, or (as here) another region was mapped there since.
+    const B = 8 * MiB;
+    const C = 32 * MiB;
+    const USER = 0x7000_0000_0000;
+    const region = (guestAddr: number, size: number) => {
+      const fd = memfdCreate(`rx-remap-${guestAddr}`);
+      ftruncate(fd, size);
+      return { guestAddr, size, fd, fdOffset: 0, userAddr: USER + guestAddr };
+    };
+    const mem = GuestMemory.fromRegions([region(0, 4 * MiB), region(B, MiB)]);
+    const layout = compactLayout(0x1000, 16);
+    const driver = new DriverQueue<number>(mem, layout, {});
+    const device = new DeviceQueue(mem, layout, { eventIdx: false });
+    const [tap, host] = fakeTap();
+    const c = counterView(counterBuffer(1), 0);
+    try {
+      const rx = new RxPath(tap, c);
+      rx.configure({ mergeable: false, hdrLen: HDR, maxFrame: 1526, queueSize: 16 });
+      driver.add([], [{ addr: B + 0x100, len: 2048 }], 0);
+      driver.publish();
+      rx.run(device, mem, 64); // the TAP is empty: the chain is popped and held
+      expect(rx.heldChains).toBe(1);
+      const oldB = mem.regions.find((r) => r.guestAddr === B)!.ptr;
+      mem.removeRegion(B, MiB, USER + B);
+      mem.addRegion(region(C, MiB)); // mmap hands out the range B had (checked below)
+      mem.addRegion(region(B, MiB));
+      const reused = mem.regions.find((r) => r.guestAddr === C)!.ptr === oldB;
+      const pkt = new Uint8Array(HDR + 100).fill(0xab);
+      write(host, pkt);
+      rx.run(device, mem, 64);
+      expect(driver.takeUsed().map((u) => [u.token, u.len])).toEqual([[0, HDR + 100]]);
+      expect(mem.slice(B + 0x100 + HDR, 100).every((b) => b === 0xab)).toBe(true);
+      expect(mem.slice(C + 0x100, HDR + 100).every((b) => b === 0)).toBe(true);
+      // (Where mmap put C elsewhere, the old range is unmapped: the frame was dropped EFAULT instead.)
+      if (!reused) expect(c[COUNTER.rxDropped]).toBe(0);
+    } finally {
+      close(tap);
+      close(host);
+      mem.close();
+    }
   });
 });
