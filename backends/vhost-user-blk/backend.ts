@@ -116,11 +116,14 @@ export class BlkBackend implements VhostUserBackend {
       throw new BlkConfigWriteError('only the virtio-blk writeback field can be written', { offset, size: data.length });
     }
     if (data[0] > 1) throw new BlkConfigWriteError('writeback must be 0 or 1', { value: data[0] });
-    // A driver without FLUSH could never make writeback writes durable: it stays writethrough.
+    // A driver without FLUSH could never make writeback writes durable: it stays writethrough. Before any SET_FEATURES
+    // the features are not known yet: front-ends send them only at DRIVER_OK, and a driver may write writeback once
+    // it has FEATURES_OK (FreeBSD's vtblk does, at attach): its choice is kept for the SET_FEATURES to come.
     const flush = hasFeature(this.acked, VIRTIO_BLK_F_FLUSH);
-    const wb = flush ? data[0] : 0;
+    const keep = flush || this.acked === 0n;
+    const wb = keep ? data[0] : 0;
     this.config[BlkConfig.writeback] = wb;
-    if (flush) this.writebackChoice = wb;
+    if (keep) this.writebackChoice = wb;
     this.opts.log?.info({ writeback: wb, asked: data[0] }, 'cache mode changed');
     this.updateWritethrough();
   }

@@ -108,6 +108,15 @@ describe('BlkBackend device model', () => {
     expect(() => b.setConfig(BlkConfig.writeback, new Uint8Array([7]))).toThrow();
   });
 
+  it('keeps a writeback the driver wrote before the front-end sent SET_FEATURES (FEATURES_OK, not yet DRIVER_OK)', () => {
+    const b = new BlkBackend(image(false), { numQueues: 1, queueSize: 128, pollQueue: false });
+    // QEMU, Cloud Hypervisor and kumo's VMM pass a guest's config write on at once, but send SET_FEATURES at DRIVER_OK.
+    b.setConfig(BlkConfig.writeback, new Uint8Array([0]));
+    b.ackFeatures(bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_CONFIG_WCE));
+    expect(b.getConfig(BlkConfig.writeback, 1)[0]).toBe(0);
+    expect(b.writethrough).toBe(true);
+  });
+
   it('keeps the driver\'s writeback across SET_FEATURES until the device is reset', () => {
     const b = new BlkBackend(image(false), { numQueues: 1, queueSize: 128, pollQueue: false });
     const f = bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_CONFIG_WCE);
