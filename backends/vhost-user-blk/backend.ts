@@ -7,7 +7,7 @@ import {
   VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_F_RO,
 } from '../../protocol/virtio/index.js';
 import { KumoError } from '../../protocol/errors.js';
-import type { Logger } from '../../protocol/log.js';
+import { WarnLimiter, type Logger } from '../../protocol/log.js';
 import type { DiskImage } from './image.js';
 import { IMAGE_FLAGS_LENGTH } from './bounce.js';
 import { BlkLimits } from './limits.js';
@@ -61,10 +61,13 @@ export class BlkBackend implements VhostUserBackend {
    * writes the config again, and the guest still believes in the cache mode it chose (qemu-storage-daemon keeps it).
    */
   private writebackChoice: number | null = null;
+  /** A guest toggles writeback as often as it likes (a loop over cache_type): its cache-mode lines are rate-limited. */
+  private readonly guestInfo: WarnLimiter | null;
 
   constructor(private readonly image: DiskImage, private readonly opts: BlkBackendOptions) {
     this.numQueues = opts.numQueues;
     this.maxQueueSize = opts.queueSize;
+    this.guestInfo = opts.log ? new WarnLimiter(opts.log) : null;
     const sab = new SharedArrayBuffer(IMAGE_FLAGS_LENGTH * 4);
     this.flags = new Int32Array(sab);
     this.buildConfig();
@@ -124,7 +127,7 @@ export class BlkBackend implements VhostUserBackend {
     const wb = keep ? data[0] : 0;
     this.config[BlkConfig.writeback] = wb;
     if (keep) this.writebackChoice = wb;
-    this.opts.log?.info({ writeback: wb, asked: data[0] }, 'cache mode changed');
+    this.guestInfo?.info({ writeback: wb, asked: data[0] }, 'cache mode changed');
     this.updateWritethrough();
   }
 
