@@ -28,6 +28,8 @@ import type { Caller, PassthroughFs } from './passthrough.js';
 const log = logger('virtiofsd');
 /** Warnings about what a guest sent: rate-limited (see WarnLimiter). */
 const guestWarn = new WarnLimiter(log);
+/** A guest sends INIT as often as it likes (a hostile kernel in a loop): what each says is rate-limited apart from guestWarn. */
+const initLog = new WarnLimiter(log);
 /** Largest non-WRITE request we accept: header + setxattr_in + name + 64 KiB value, with room to spare. */
 const MAX_REQUEST = 80 * 1024;
 /** iovecs one READ/WRITE may span (a 1 MiB request in 4 KiB guest pages needs 256). */
@@ -371,12 +373,12 @@ export class FuseServer {
       // kernel looked up and opened is nobody's now, and would hold fds and locks until the guest fd limit is
       // reached. Dropped even when this INIT is refused (an older kernel's minor), as QEMU's virtiofsd drops it; a
       // garbled INIT (short, not 7.x) is refused and leaves the session as it was.
-      log.info({ inodes: this.fs.inodes.size - 1, handles: this.fs.handles.size }, 'INIT without DESTROY: dropping the previous session');
+      initLog.info({ inodes: this.fs.inodes.size - 1, handles: this.fs.handles.size }, 'INIT without DESTROY: dropping the previous session');
       this.fs.destroy();
       this.session.initialized = false;
     }
     if (i.major < FUSE_KERNEL_VERSION || (i.major === FUSE_KERNEL_VERSION && i.minor < FUSE_MIN_MINOR_VERSION)) {
-      log.error({ major: i.major, minor: i.minor }, 'unsupported FUSE version');
+      initLog.error({ major: i.major, minor: i.minor }, 'unsupported FUSE version');
       return this.reply(io, u, -E.EPROTO);
     }
     const zero = { maxReadahead: 0, flags: 0, maxBackground: 0, congestionThreshold: 0, maxWrite: 0, timeGran: 0, maxPages: 0, mapAlignment: 0, flags2: 0 };
@@ -391,7 +393,7 @@ export class FuseServer {
     this.fs.writebackNegotiated = (flags & Init.WRITEBACK_CACHE) !== 0n;
     this.fs.aclsNegotiated = (flags & Init.POSIX_ACL) !== 0n;
     this.fs.suppGroupsNegotiated = (flags & Init.CREATE_SUPP_GROUP) !== 0n;
-    log.info({ minor: i.minor, flags: `0x${flags.toString(16)}` }, 'FUSE session initialised');
+    initLog.info({ minor: i.minor, flags: `0x${flags.toString(16)}` }, 'FUSE session initialised');
     return this.replyStruct(io, u, InitOut, {
       major: FUSE_KERNEL_VERSION, minor: FUSE_KERNEL_MINOR_VERSION, maxReadahead: i.maxReadahead,
       flags: Number(flags & 0xffffffffn), maxBackground: 0xffff, congestionThreshold: 0xbfff, maxWrite: FUSE_MAX_WRITE,

@@ -1,9 +1,11 @@
 import { Fopen, Init } from '../../protocol/fuse/index.js';
-import { logger } from '../../protocol/log.js';
+import { logger, WarnLimiter } from '../../protocol/log.js';
 import type { FsOptions } from './options.js';
 import { E, FsError } from './errors.js';
 
 const log = logger('virtiofsd');
+/** Said once per INIT, which a guest sends as often as it likes: rate-limited. */
+const initLog = new WarnLimiter(log);
 
 /** Flags we are willing to accept from the guest's INIT offer whatever the options. */
 const WANTED =
@@ -59,8 +61,8 @@ export class FuseSession {
     const acl = Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT;
     if (o.posixAcl && !o.posixAclAuto && (offered & acl) !== acl) refuse('--posix-acl: the guest kernel does not offer FUSE_POSIX_ACL, FUSE_DONT_MASK and FUSE_SETXATTR_EXT');
     if (o.securityLabel && !o.securityLabelAuto && (offered & Init.SECURITY_CTX) === 0n) refuse('--security-label: the guest kernel does not offer FUSE_SECURITY_CTX');
-    if (o.allowMmap && (flags & Init.DIRECT_IO_ALLOW_MMAP) === 0n) log.info('--allow-mmap: the guest kernel does not offer FUSE_DIRECT_IO_ALLOW_MMAP; direct-I/O files cannot be mapped shared');
-    if (o.killPrivV2 && (flags & Init.HANDLE_KILLPRIV_V2) === 0n) log.info('--killpriv-v2: the guest kernel does not offer it; the guest clears set-user-ID bits itself');
+    if (o.allowMmap && (flags & Init.DIRECT_IO_ALLOW_MMAP) === 0n) initLog.info({}, '--allow-mmap: the guest kernel does not offer FUSE_DIRECT_IO_ALLOW_MMAP; direct-I/O files cannot be mapped shared');
+    if (o.killPrivV2 && (flags & Init.HANDLE_KILLPRIV_V2) === 0n) initLog.info({}, '--killpriv-v2: the guest kernel does not offer it; the guest clears set-user-ID bits itself');
     this.dontMask = (flags & Init.DONT_MASK) !== 0n;
     this.setxattrExt = (flags & Init.SETXATTR_EXT) !== 0n;
     this.killPrivV2 = (flags & Init.HANDLE_KILLPRIV_V2) !== 0n;
@@ -99,6 +101,6 @@ export class FuseSession {
 }
 
 function refuse(why: string): never {
-  log.error(`${why}; INIT refused`);
+  initLog.error({}, `${why}; INIT refused`);
   throw new FsError(E.EPROTO, why);
 }

@@ -1,0 +1,60 @@
+// A front-end that connects, has requests refused, and connects again in a loop: each connection had a rate limiter
+// of its own for its refusals (20 lines a connection got through, each with a stack) and said "connected" and
+// "disconnected" unlimited, some 3,000 lines a second. The limiters now outlive the connection.
+// (qemu-storage-daemon: one vu_panic line per such connection.)
+import { type ChildProcess, spawn } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, expect, it } from 'vitest';
+import { VhostUserFrontend } from '../../protocol/vhost-user/frontend.js';
+import { ProtocolFeature, protocolFeatures } from '../../protocol/vhost-user/index.js';
+import { bits, VIRTIO_F_VERSION_1 } from '../../protocol/virtio/index.js';
+
+const BIN = fileURLToPath(new URL('../../bin/kumo-vhost-user-blk.js', import.meta.url));
+let dir = '';
+const kids: ChildProcess[] = [];
+afterEach(() => {
+  for (const k of kids.splice(0)) k.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+});
+
+it('a front-end reconnecting in a loop with refused requests gets a bounded number of log lines', async () => {
+  dir = mkdtempSync('/tmp/kumo-reconnect-log-');
+  const img = join(dir, 'd.img');
+  writeFileSync(img, Buffer.alloc(1 << 20));
+  const sock = join(dir, 's');
+  const logFile = join(dir, 'log');
+  const fd = openSync(logFile, 'w');
+  kids.push(spawn(process.execPath, [BIN, '--block-backend', `path=${img},socket=${sock}`], { stdio: ['ignore', 'ignore', fd], env: { ...process.env, KUMO_LOG: 'info' } }));
+  closeSync(fd);
+  for (let i = 0; i < 200 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+  let refused = 0;
+  for (let i = 0; i < 200; i++) {
+    const fe = await VhostUserFrontend.connect(sock, { retryForMs: 5000 });
+    fe.negotiate(bits(VIRTIO_F_VERSION_1), protocolFeatures(ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG));
+    for (let j = 0; j < 10; j++) {
+      try {
+        fe.setConfig(0, Uint8Array.of(1)); // only the writeback byte is writable: refused
+      } catch {
+        refused++;
+      }
+    }
+    fe.close();
+  }
+  expect(refused).toBe(2000);
+  await new Promise((r) => setTimeout(r, 300));
+  const log = readFileSync(logFile, 'utf8');
+  const count = (re: RegExp) => log.match(re)?.length ?? 0;
+  expect(count(/"msg":"request refused"/g)).toBeGreaterThan(0);
+  // Without the shared limiters: 2000 refusals, 200 connected, 200 disconnected (a loaded host runs fewer a second).
+  expect(count(/"msg":"request refused"/g)).toBeLessThan(400);
+  expect(count(/"msg":"front-end connected"/g) + count(/"msg":"front-end disconnected"/g)).toBeLessThan(400);
+  // The next front-end is still said, with what was held back.
+  await new Promise((r) => setTimeout(r, 1100));
+  const fe = await VhostUserFrontend.connect(sock, { retryForMs: 5000 });
+  fe.getFeatures();
+  fe.close();
+  await new Promise((r) => setTimeout(r, 300));
+  expect(readFileSync(logFile, 'utf8')).toMatch(/"heldBack":\d+.*"msg":"front-end (connected|disconnected)"/);
+}, 60_000);
