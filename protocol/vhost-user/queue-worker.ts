@@ -5,7 +5,7 @@
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
 import { SetupError } from '../errors.js';
-import { logger, type Logger } from '../log.js';
+import { logger, WarnLimiter, type Logger } from '../log.js';
 import { GuestMemory, type MemoryRegionSpec } from '../memory/index.js';
 import { Epoll, EPOLLERR, EPOLLHUP, EPOLLIN } from '../sys/epoll.js';
 import { closeQuiet, eventfdRead, eventfdWrite, setNonBlocking } from '../sys/fd.js';
@@ -18,6 +18,8 @@ class WorkerRing implements VringHandle {
   failed = false;
   /** Its rings' memory was found unmapped (see process()). */
   memoryMissing = false;
+  /** Its kick fd hung up or failed and was taken out of epoll (see takeKick()). */
+  kickDropped = false;
   constructor(
     readonly index: number,
     public queue: DeviceQueue,
@@ -60,11 +62,14 @@ class QueueWorker {
   private readonly retired: GuestMemory[] = [];
   private handler!: QueueHandler;
   private readonly ack: Int32Array;
+  /** A front-end can hand over a broken kick fd with every SET_VRING_KICK: those lines are rate-limited. */
+  private readonly peerWarn: WarnLimiter;
 
   constructor(
     private readonly init: WorkerInit,
     private readonly log: Logger,
   ) {
+    this.peerWarn = new WarnLimiter(log);
     this.ack = new Int32Array(init.ack);
     Atomics.store(this.ack, 1, gettid()); // the main thread's liveness check (see WorkerLink)
     this.epoll.add(init.controlFd, EPOLLIN, CONTROL_TOKEN);
@@ -128,7 +133,8 @@ class QueueWorker {
     } catch {
       // already gone
     }
-    this.log.warn({ ring: ring.index, events }, 'kick fd hung up or failed: the ring is no longer kicked');
+    ring.kickDropped = true;
+    this.peerWarn.warn({ ring: ring.index, events }, 'kick fd hung up or failed: the ring is no longer kicked');
   }
 
   private process(ring: WorkerRing): void {
@@ -360,7 +366,7 @@ class QueueWorker {
     this.polled = this.polled.filter((r) => r !== ring);
     this.rings.delete(index);
     try {
-      if (ring.kickFd >= 0) this.epoll.remove(ring.kickFd);
+      if (ring.kickFd >= 0 && !ring.kickDropped) this.epoll.remove(ring.kickFd);
     } catch (e) {
       this.log.error({ err: e, ring: index }, 'removing a kick fd from epoll failed');
     }
