@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { existsSync, lstatSync, unlinkSync, type BigIntStats } from 'node:fs';
 import { dirname } from 'node:path';
-import { logger, type Logger } from '../log.js';
+import { logger, WarnLimiter, type Logger } from '../log.js';
 import { closeQuiet, eventfd, eventfdWrite } from '../sys/fd.js';
 import { Epoll, EPOLLIN } from '../sys/epoll.js';
 import { leaveRemovedWorkingDirectory } from '../sys/proc.js';
@@ -72,6 +72,12 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
   private serving: Promise<void> | null = null;
   /** Connections served so far. */
   served = 0;
+  /**
+   * A front-end can connect, be refused, and connect again as fast as it likes: what each connection says goes
+   * through limiters that outlive it (a limiter per connection let 20 refusals a connection through).
+   */
+  private readonly connLog: WarnLimiter;
+  private readonly refusals: WarnLimiter;
 
   constructor(
     private readonly backend: VhostUserBackend,
@@ -81,6 +87,8 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
     const where = opts.listenFd !== undefined && (opts.mode ?? 'server') === 'server' ? `fd ${opts.listenFd}` : opts.socketPath;
     if (where === undefined || where === '') throw new VhostUserError('a socket path (or, listening, an inherited fd) is required');
     this.log = logger(opts.name ?? 'vhost-user', { socket: where });
+    this.connLog = new WarnLimiter(this.log);
+    this.refusals = new WarnLimiter(this.log);
   }
 
   async start(): Promise<void> {
@@ -262,8 +270,8 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
     const ch = new VhostUserChannel(fd);
     this.channel = ch;
     this.served++;
-    const session = new Session(this.backend, pool, this.log);
-    this.log.info('front-end connected');
+    const session = new Session(this.backend, pool, this.log, this.refusals);
+    this.connLog.info({ connection: this.served }, 'front-end connected');
     this.emit('connected');
     let failure: Error | null = null;
     try {
@@ -284,14 +292,14 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
     } catch (e) {
       if (!ch.isClosed) {
         failure = e instanceof Error ? e : new Error(String(e));
-        this.log.error({ err: failure }, 'closing the front-end connection');
+        this.connLog.error({ err: failure, connection: this.served }, 'closing the front-end connection');
       }
     } finally {
       session.close(this.resetTimeoutMs());
       ch.close();
       this.channel = null;
     }
-    this.log.info('front-end disconnected');
+    this.connLog.info({ connection: this.served }, 'front-end disconnected');
     this.emit('disconnected', failure);
   }
 }

@@ -71,9 +71,10 @@ export class Session {
     private readonly backend: VhostUserBackend,
     private readonly pool: WorkerPool,
     private readonly log: Logger,
+    refusals?: WarnLimiter,
   ) {
     this.qpw = Math.max(1, backend.queuesPerWorker ?? 1);
-    this.refusals = new WarnLimiter(log);
+    this.refusals = refusals ?? new WarnLimiter(log);
     this.rings = Array.from({ length: backend.numQueues }, () => newRing(false));
   }
 
@@ -426,7 +427,7 @@ export class Session {
       data.set(got.subarray(0, size));
     } catch (e) {
       // libvhost-user signals failure with an empty config; QEMU then reports the error.
-      this.log.warn({ err: e, offset: c.offset, size }, 'GET_CONFIG failed');
+      this.refusals.warn({ err: e, offset: c.offset, size }, 'GET_CONFIG failed');
       data = new Uint8Array(0);
     }
     return { kind: 'config', offset: c.offset, flags: c.flags, data };
