@@ -1,6 +1,6 @@
 // The net device as the vhost-user daemon sees it (main thread): features, config space, and the
 // TAP offload settings that follow from what the guest acked.
-import type { Logger } from '../../protocol/log.js';
+import { WarnLimiter, type Logger } from '../../protocol/log.js';
 import type { VhostUserBackend } from '../../protocol/vhost-user/backend-types.js';
 import { ProtocolFeature } from '../../protocol/vhost-user/messages.js';
 import {
@@ -52,8 +52,11 @@ export class NetBackend implements VhostUserBackend {
   readonly counters: SharedArrayBuffer;
   readonly queueWorker: { module: string; data: NetWorkerData };
   private readonly config = new Uint8Array(CONFIG_SIZE);
+  /** Features are acked at every device start, which a guest resetting its NIC in a loop repeats at will: rate-limited. */
+  private readonly ackLog: WarnLimiter;
 
-  constructor(private readonly tap: Tap, private readonly s: NetDeviceSettings, private readonly log: Logger) {
+  constructor(private readonly tap: Tap, private readonly s: NetDeviceSettings, log: Logger) {
+    this.ackLog = new WarnLimiter(log);
     if (tap.fds.length !== s.queuePairs) throw new Error(`TAP has ${tap.fds.length} queues for ${s.queuePairs} pairs`);
     this.numQueues = s.queuePairs * 2;
     this.maxQueueSize = s.queueSize;
@@ -101,6 +104,6 @@ export class NetBackend implements VhostUserBackend {
     const hdr = hasFeature(features, VIRTIO_F_VERSION_1) || hasFeature(features, VIRTIO_NET_F_MRG_RXBUF) ? NET_HDR_LEN : NET_HDR_LEN_LEGACY;
     this.tap.setVnetHdrSize(hdr);
     this.tap.setOffload(offload);
-    this.log.info({ features: `0x${features.toString(16)}`, tapOffload: offload, vnetHdr: hdr }, 'features acked');
+    this.ackLog.info({ features: `0x${features.toString(16)}`, tapOffload: offload, vnetHdr: hdr }, 'features acked');
   }
 }
