@@ -12,6 +12,7 @@ import {
   FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
 } from '../../protocol/sys/uring.js';
 import { WarnLimiter, type Logger } from '../../protocol/log.js';
+import { errnoName } from '../../protocol/sys/libc.js';
 import { closeQuiet, preadvRaw, pwritevRaw, reopenDescription } from '../../protocol/sys/fd.js';
 import { blkDiscard, fallocateRaw, syncRaw } from '../../protocol/sys/fs.js';
 import { CopySpread } from '../../protocol/sys/copy-spread.js';
@@ -31,6 +32,8 @@ const ZERO_RANGE_OP = 0x4000_0000;
 /** userData flag of the fallocate that allocates a range again after a punch (WRITE_ZEROES without ZERO_RANGE). */
 const ALLOC_OP = 0x8000_0000;
 
+/** How often a failing image is said at most (see hostWarn). */
+const HOST_WARN_MS = 5000;
 const KIND_RW = 0;
 const KIND_FLUSH = 1;
 const KIND_DISCARD = 2;
@@ -39,6 +42,7 @@ const KIND_ZERO = 3;
 const KIND_WT_WRITE = 4;
 /** WRITE_ZEROES with UNMAP, its ranges punched: where punching is not supported they are zeroed the plain way. */
 const KIND_ZERO_UNMAP = 5;
+const KIND_NAMES = ['read/write', 'flush', 'discard', 'write-zeroes', 'write', 'write-zeroes'];
 /** Segments a request may gain beyond seg_max from buffers that cross region boundaries (beyond: IOERR). */
 const REGION_SPLITS = 16;
 /** Sectors from 2^44 on (2^44 × 512 = 2^53 bytes, the largest exact offset) have this high word or more (it cut at 2^41). */
@@ -174,6 +178,11 @@ export class BlkQueueEngine {
   /** Warnings about what the guest sent: rate-limited (see WarnLimiter). */
   private readonly guestWarn: WarnLimiter | null;
   /**
+   * I/O on the image that failed (ENOSPC on a sparse image, EIO from a failing disk): the guest gets IOERR for each
+   * request, and the operator a warning now and then (with the count held back) rather than none or one per request.
+   */
+  private readonly hostWarn: WarnLimiter | null;
+  /**
    * This queue's own open file description of the image: the kernel tells each description of a write-back error
    * once, so with one description for all queues only the queue whose sync came first learned of it.
    */
@@ -181,6 +190,7 @@ export class BlkQueueEngine {
 
   constructor(private readonly img: BlkEngineImage, private readonly opts: BlkEngineOptions) {
     this.guestWarn = opts.log ? new WarnLimiter(opts.log) : null;
+    this.hostWarn = opts.log ? new WarnLimiter(opts.log, 1, HOST_WARN_MS) : null;
     this.slots = opts.queueSize;
     // seg_max data segments, the header and status, and room for buffers split where they run over memory regions
     // lying back to back (DeviceQueue: one segment per region).
@@ -828,6 +838,10 @@ export class BlkQueueEngine {
     return n === len ? len : n < 0 ? n : -EIO;
   }
 
+  private ioFailed(kind: number, res: number): void {
+    this.hostWarn?.warn({ err: res < 0 ? errnoName(-res) : 'short transfer', op: KIND_NAMES[kind] ?? kind }, 'I/O on the image failed: the guest gets IOERR');
+  }
+
   private complete(ud: number, res: number): void {
     this.opsInFlight--;
     if (ud === SYNC_UD) {
@@ -840,7 +854,10 @@ export class BlkQueueEngine {
     if (pooled !== null && pooled.owns(slot)) {
       const failed = pooled.complete(slot, (ud >>> 16) & 0x3fff, res);
       if (failed === POOLED_PENDING) return;
-      if (failed === 1) this.sStatus[slot] = VIRTIO_BLK_S_IOERR;
+      if (failed === 1) {
+        this.sStatus[slot] = VIRTIO_BLK_S_IOERR;
+        this.ioFailed(this.sKind[slot], res);
+      }
       this.settle(slot);
       return;
     }
@@ -871,10 +888,11 @@ export class BlkQueueEngine {
         this.retryZero(slot, ((ud & ~ZERO_RANGE_OP) >>> 16) & 0x3fff);
       } else {
         this.sStatus[slot] = VIRTIO_BLK_S_IOERR;
-        this.opts.log?.debug({ res, kind }, 'request failed');
+        this.ioFailed(kind, res);
       }
     } else if ((this.sKind[slot] === KIND_RW || this.sKind[slot] === KIND_WT_WRITE) && res !== this.sExpect[slot]) {
       this.sStatus[slot] = VIRTIO_BLK_S_IOERR; // short transfer
+      this.ioFailed(this.sKind[slot], -EIO);
     }
     if (--this.sOps[slot] !== 0) return;
     this.settle(slot);
