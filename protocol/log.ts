@@ -63,15 +63,26 @@ export function setLogLevel(l: string): void {
   process.env.KUMO_LOG = l;
 }
 
+/** One message's share of a WarnLimiter: lines sent in the current window, and those held back since the last one sent. */
+interface Budget {
+  windowStart: number;
+  sent: number;
+  held: number;
+}
+
+/** Distinct messages a WarnLimiter keeps a budget for; any beyond share one (messages are literals, but not all). */
+const MAX_MESSAGES = 64;
+
 /**
  * Lines a peer can cause at will (a guest's malformed requests or device resets, a front-end's refused messages): at most `burst`
- * lines per `windowMs` reach the log, and the count of those held back goes out with the next one that does, so a
- * hostile guest cannot fill the host's disk or syslog through the daemon.
+ * lines of each message per `windowMs` reach the log, and the count of those held back goes out with the next one that does, so a
+ * hostile guest cannot fill the host's disk or syslog through the daemon. Each message has its own budget, so that a flood
+ * of one does not hide another (a refused INIT during a flood of INITs); all of them together get twice `burst`.
  */
 export class WarnLimiter {
-  private windowStart = -Infinity;
-  private sent = 0;
-  private held = 0;
+  private readonly budgets = new Map<string, Budget>();
+  private readonly shared: Budget = { windowStart: -Infinity, sent: 0, held: 0 };
+  private readonly total: Budget = { windowStart: -Infinity, sent: 0, held: 0 };
 
   constructor(
     private readonly log: Logger,
@@ -91,21 +102,35 @@ export class WarnLimiter {
     this.emit('error', obj, msg);
   }
 
+  private budget(msg: string): Budget {
+    let b = this.budgets.get(msg);
+    if (b === undefined) {
+      if (this.budgets.size >= MAX_MESSAGES) return this.shared;
+      b = { windowStart: -Infinity, sent: 0, held: 0 };
+      this.budgets.set(msg, b);
+    }
+    return b;
+  }
+
   private emit(level: 'info' | 'warn' | 'error', obj: Record<string, unknown>, msg: string): void {
     if (!this.log.isLevelEnabled(level)) return;
+    const b = this.budget(msg);
     const now = performance.now();
-    if (now - this.windowStart >= this.windowMs) {
-      this.windowStart = now;
-      this.sent = 0;
+    for (const x of [b, this.total]) {
+      if (now - x.windowStart >= this.windowMs) {
+        x.windowStart = now;
+        x.sent = 0;
+      }
     }
-    if (this.sent >= this.burst) {
-      this.held++;
+    if (b.sent >= this.burst || this.total.sent >= 2 * this.burst) {
+      b.held++;
       return;
     }
-    this.sent++;
-    if (this.held > 0) {
-      obj = { ...obj, heldBack: this.held };
-      this.held = 0;
+    b.sent++;
+    this.total.sent++;
+    if (b.held > 0) {
+      obj = { ...obj, heldBack: b.held };
+      b.held = 0;
     }
     this.log[level](obj, msg);
   }

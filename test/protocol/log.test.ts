@@ -22,12 +22,37 @@ describe('WarnLimiter', () => {
     }
   });
 
-  it('limits info and error lines (a guest looping on device resets) in the same budget, and skips levels not logged', () => {
+  it('limits info and error lines (a guest looping on device resets), and skips levels not logged', () => {
     const lines: { level: number; msg: string }[] = [];
     const log = pino({ level: 'warn' }, { write: (l: string) => void lines.push(JSON.parse(l)) });
     const w = new WarnLimiter(log, 4, 60_000);
     for (let k = 0; k < 10; k++) w.info({ k }, 'activated'); // below the level: costs nothing, uses no budget
     for (let k = 0; k < 10; k++) w.error({ k }, 'activation failed');
     expect(lines.map((l) => [l.level, l.msg])).toEqual(Array(4).fill([50, 'activation failed']));
+  });
+
+  it('gives each message its own budget (a flood of one does not hide another) within twice `burst` for all', () => {
+    vi.useFakeTimers();
+    try {
+      const lines: { msg: string; heldBack?: number }[] = [];
+      const log = pino({ level: 'warn' }, { write: (l: string) => void lines.push(JSON.parse(l)) });
+      const w = new WarnLimiter(log, 2, 1000);
+      for (let k = 0; k < 100; k++) w.warn({ k }, 'INIT again');
+      w.error({}, 'unsupported FUSE version');
+      expect(lines.map((l) => l.msg)).toEqual(['INIT again', 'INIT again', 'unsupported FUSE version']);
+      for (let k = 0; k < 100; k++) w.warn({}, `refused ${k}`);
+      expect(lines.length).toBe(4);
+      vi.advanceTimersByTime(1000);
+      w.warn({}, 'INIT again');
+      expect(lines[4].heldBack).toBe(98);
+      // Messages made from peer values: together they stay within twice `burst` a window (and, beyond 64, share one budget).
+      for (let s = 0; s < 10; s++) {
+        vi.advanceTimersByTime(1000);
+        for (let k = 0; k < 100; k++) w.warn({}, `refused ${s * 100 + k}`);
+      }
+      expect(lines.length).toBeLessThanOrEqual(5 + 10 * 4);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
