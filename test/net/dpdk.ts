@@ -1,5 +1,8 @@
 // dpdk-testpmd as a third-party vhost-user peer (package dpdk-dev), run for a fixed time.
 import { spawn, execFileSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 let seq = 0;
 
@@ -37,6 +40,10 @@ export function startTestpmd(vdev: string, mode: string, extra: string[] = [], m
     '--', '--no-numa', '--total-num-mbufs=4096', '--nb-cores=1', `--forward-mode=${mode}`, '--stats-period', '1', ...extra,
   ];
   const p = spawn('dpdk-testpmd', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // EAL leaves its runtime directory (/var/run/dpdk/PREFIX for root, else under XDG_RUNTIME_DIR or the temp dir) behind.
+  p.once('exit', () => {
+    for (const base of ['/var/run/dpdk', join(process.env.XDG_RUNTIME_DIR ?? tmpdir(), 'dpdk')]) rmSync(join(base, prefix), { recursive: true, force: true });
+  });
   let output = '';
   let onStats: (() => void) | null = null;
   const started = new Promise<void>((resolve, reject) => {
