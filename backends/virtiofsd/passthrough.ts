@@ -1229,7 +1229,6 @@ export class PassthroughFs {
   }
 }
 
-/** The host name --xattrmap gives security.capability, when it is not that name itself (null: unmoved or refused). */
 /**
  * Opens with `fl` through `openWith`; with `leaseAgain` (and no O_NONBLOCK of the guest's) the open is made O_NONBLOCK,
  * so that a host lease it would have to break is EAGAIN at once instead of a wait of up to lease-break-time, and the fd
@@ -1247,6 +1246,7 @@ function leaseProbe(fl: number, leaseAgain: boolean, openWith: (fl: number) => n
   return fd;
 }
 
+/** The host name --xattrmap gives security.capability, when it is not that name itself (null: unmoved or refused). */
 function movedCapabilityXattr(map: XattrMap | null): Uint8Array | null {
   if (map === null) return null;
   const name = Buffer.from('security.capability');

@@ -478,13 +478,14 @@ export class FuseServer {
     const cname = cstring(a, CreateIn.size);
     const label = this.label(h, a, cname.next);
     const creator = this.creator(caller, h, a);
-    const parent = fs.inode(h.nodeid);
+    const nodeid = h.nodeid;
+    const parent = fs.inode(nodeid);
     const umask = this.session.umask(c.umask);
     const openFlags = this.session.fopenFlags(false);
     // Copies (Buffer's slice() would not be one): `a` is the request buffer, reused once this request's turn ends.
     const name = Uint8Array.from(cname.name);
     const ctx = label === null ? null : { name: Uint8Array.from(label.name), value: Uint8Array.from(label.value) };
-    return this.openBreakingLease(io, u, c.flags, EntryOut.size + OpenOut.size, () => fs.inodes.tryGet(h.nodeid) === parent, (leaseAgain, out, at) => {
+    return this.openBreakingLease(io, u, c.flags, EntryOut.size + OpenOut.size, () => fs.inodes.tryGet(nodeid) === parent, (leaseAgain, out, at) => {
       const r = fs.create(creator, parent, name, c.flags, c.mode, umask, kill, ctx, leaseAgain);
       EntryOut.encode(r.entry, out, at);
       OpenOut.encode({ fh: r.fh, openFlags }, out, at + EntryOut.size);
