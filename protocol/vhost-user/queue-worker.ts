@@ -152,7 +152,8 @@ class QueueWorker {
       }
       // A handler that lets an error escape leaves the ring in an unknown state: stop serving it.
       ring.failed = true;
-      this.log.error({ err: e, ring: ring.index }, 'queue handler failed; ring stopped');
+      // A guest can corrupt its ring, reset the device and do it again at will: rate-limited too.
+      this.peerWarn.error({ err: e, ring: ring.index }, 'queue handler failed; ring stopped');
     }
   }
 

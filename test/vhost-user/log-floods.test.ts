@@ -15,7 +15,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, expect, it } from 'vitest';
 import { BlkVuClient } from '../blk/vu-client.js';
-import { closeQuiet, pipe2 } from '../../protocol/sys/fd.js';
+import { closeQuiet, eventfdWrite, pipe2 } from '../../protocol/sys/fd.js';
+import { compactLayout } from '../../protocol/virtqueue/index.js';
 import { VhostUserFrontend } from '../../protocol/vhost-user/frontend.js';
 import { ProtocolFeature, protocolFeatures } from '../../protocol/vhost-user/index.js';
 import { bits, VIRTIO_BLK_T_IN, VIRTIO_F_VERSION_1 } from '../../protocol/virtio/index.js';
@@ -99,4 +100,27 @@ it('a front-end reconnecting in a loop with refused requests gets a bounded numb
   fe.close();
   await new Promise((r) => setTimeout(r, 300));
   expect(readFileSync(logFile, 'utf8')).toMatch(/"heldBack":\d+.*"msg":"front-end (connected|disconnected)"/);
+}, 60_000);
+
+it('a ring the guest corrupts again after every restart is logged rate-limited', async () => {
+  const { sock, logFile } = await blkDaemonLoggingInfo();
+  const cl = await BlkVuClient.connect(sock);
+  const l = compactLayout(0x1000, 128); // the client's ring 0
+  try {
+    for (let i = 0; i < 300; i++) {
+      cl.mem.writeU16(l.availAddr + 2, 1000); // avail idx 1000 ahead of a 128-entry ring: the ring is corrupt
+      eventfdWrite(cl.queues[0].kick);
+      await new Promise((r) => setTimeout(r, 1));
+      cl.fe.getVringBase(0); // the driver resets the device and starts the ring again
+      cl.mem.writeU16(l.availAddr + 2, 0);
+      cl.mem.writeU16(l.usedAddr + 2, 0);
+      cl.fe.setupVring(0, cl.mem, l, cl.queues[0].kick, cl.queues[0].call, 0);
+    }
+  } finally {
+    cl.close();
+  }
+  await new Promise((r) => setTimeout(r, 300));
+  const stopped = readFileSync(logFile, 'utf8').match(/queue handler failed; ring stopped/g)?.length ?? 0;
+  expect(stopped).toBeGreaterThan(0);
+  expect(stopped).toBeLessThan(150); // one per restart (300) without the limiter
 }, 60_000);
