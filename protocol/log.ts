@@ -18,6 +18,12 @@ interface LineSink {
 }
 const pause = new Int32Array(new SharedArrayBuffer(4));
 /**
+ * Set when a line was dropped because stderr stayed full: later lines are dropped at once (not waited for) until a
+ * write goes through again. Waiting a second for every line let a guest stall a queue thread, which logs what the
+ * guest did wrong, for a second per line (20 s a second at the rate limit) while the reader of stderr was stuck.
+ */
+let stalled = false;
+/**
  * Logs go to stderr so stdout stays free for a guest console or a tool's report; --syslog moves them.
  * Synchronous: a queue worker thread blocks in its epoll loop, so an async write's completion would never run
  * there and every later line of that thread stayed buffered (its warnings were lost). A line that cannot be
@@ -30,9 +36,15 @@ const stderrSink: LineSink = {
     for (let waits = 0; buf.length > 0;) {
       try {
         buf = buf.subarray(writeSync(2, buf));
+        stalled = false;
       } catch (e) {
-        // A non-blocking stderr whose reader is slow: wait for it a while, then drop the line.
-        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN' || ++waits > 1000) return;
+        // A non-blocking stderr whose reader is slow: wait for it a while, then drop the line (and, while it stays
+        // full, the lines after it without waiting).
+        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') return;
+        if (stalled || ++waits > 1000) {
+          stalled = true;
+          return;
+        }
         Atomics.wait(pause, 0, 0, 1);
       }
     }
