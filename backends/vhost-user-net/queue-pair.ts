@@ -3,7 +3,7 @@
 // - TAP write would block → keep the chain, poll the TAP for EPOLLOUT, and stop taking TX chains.
 // A pass that hits its batch budget re-arms itself through a private eventfd so RX and TX share the
 // worker fairly without spinning.
-import type { Logger } from '../../protocol/log.js';
+import { WarnLimiter, type Logger } from '../../protocol/log.js';
 import type { GuestMemory } from '../../protocol/memory/index.js';
 import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, type Epoll } from '../../protocol/sys/epoll.js';
 import { closeQuiet, eventfd, eventfdRead, eventfdWrite } from '../../protocol/sys/fd.js';
@@ -54,8 +54,11 @@ export class QueuePair {
   private attached: boolean | null = null;
   /** The TAP queue failed (e.g. the interface was deleted): TX is discarded, RX stops. */
   private tapFailed = false;
+  /** A guest can corrupt a ring again after every restart (a reset of its NIC): rate-limited. */
+  private readonly corruptLog: WarnLimiter;
 
   constructor(private readonly o: QueuePairOptions) {
+    this.corruptLog = new WarnLimiter(o.log);
     this.rxPath = new RxPath(o.tapFd, o.counters);
     this.txPath = new TxPath(o.tapFd, o.counters);
     this.budget = o.budget ?? 256;
@@ -226,7 +229,7 @@ export class QueuePair {
    */
   private broken(which: string, e: unknown): boolean {
     if (e instanceof VirtqueueError) {
-      this.o.log.error({ err: e, queue: which }, 'virtqueue is corrupt; ignoring it until the ring is restarted');
+      this.corruptLog.error({ err: e, queue: which }, 'virtqueue is corrupt; ignoring it until the ring is restarted');
       return true;
     }
     if (!this.tapFailed) this.o.log.error({ err: e, queue: which }, 'TAP queue failed; dropping traffic of this queue pair');
