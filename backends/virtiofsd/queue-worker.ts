@@ -149,7 +149,8 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
         // Its memory was removed and may come back (see the queue worker): served again once it is mapped.
         if (e instanceof RingMemoryError) continue;
         rings.splice(rings.indexOf(r), 1);
-        ctx.log.error({ err: e, ring: r.index }, 'ring is broken; no longer served');
+        // A guest can break its ring again after every restart (a device reset): rate-limited.
+        guestWarn.error({ err: e, ring: r.index }, 'ring is broken; no longer served');
         return served + 1;
       }
     }
