@@ -134,6 +134,9 @@ export function checkName(name: Uint8Array): void {
  * inode is an O_PATH fd; names are resolved one component at a time below the parent's fd with
  * openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS), so nothing outside the shared directory is reachable.
  */
+/** Most bytes of directory records kept across READDIRs, over all directory handles (see PassthroughFs.pendingDirents). */
+export const MAX_PENDING_DIRENTS = 16 << 20;
+
 export class PassthroughFs {
   /** The fds the guest makes this filesystem hold, against --rlimit-nofile less what the daemon keeps for itself. */
   readonly guestFds: GuestFds;
@@ -150,6 +153,12 @@ export class PassthroughFs {
   private readonly groups: number[];
   private warnedGroups = false;
   private readonly direntBuf = Buffer.alloc(64 * 1024);
+  /**
+   * Bytes of directory records kept for READDIRs to come (DirStream.pending), over every open directory handle. A
+   * guest may open directories up to its fd limit and leave each mid-stream: past MAX_PENDING_DIRENTS no more are
+   * kept, and such a stream seeks to its cookie on its next READDIR (as virtiofsd does for every READDIR).
+   */
+  private pendingDirents = 0;
   private readonly linkBuf = Buffer.alloc(4096);
   /** /proc/self/fdinfo of a lock fd, one line per lock it holds: made by the first blocked SETLKW. */
   private fdinfoBuf: Buffer | null = null;
@@ -216,6 +225,7 @@ export class PassthroughFs {
 
   destroy(): void {
     for (const h of this.handles.clear()) closeQuiet(h.fd);
+    this.pendingDirents = 0;
     this.inodes.clear();
   }
 
@@ -805,6 +815,7 @@ export class PassthroughFs {
   /** RELEASE; `flockUnlock` (FUSE_RELEASE_FLOCK_UNLOCK): the guest's last close drops its flock lock. */
   release(fh: number, flockUnlock = false): void {
     const h = this.handles.take(fh);
+    if (h.stream?.pending) this.pendingDirents -= h.stream.pending.length;
     // The fd may be shared a little longer (an io_uring READ in flight holds the file): unlock now.
     try {
       if (flockUnlock && this.opts.flock) fs.flock(h.fd, fs.LOCK_UN);
@@ -940,6 +951,7 @@ export class PassthroughFs {
     }
     // Until this call ends well the stream's place is unknown: the next READDIR seeks.
     stream.pos = -1n;
+    if (stream.pending !== null) this.pendingDirents -= stream.pending.length;
     stream.pending = null;
     const buf = this.direntBuf;
     const r = { used: 0, pos: offset };
@@ -1012,8 +1024,11 @@ export class PassthroughFs {
         if (next < 0 && entry.nodeid !== 0) this.forget(entry.nodeid, 1);
       }
       if (next < 0) {
+        // Over the budget the records are dropped, and stream.pos stays unknown: the next READDIR seeks.
+        if (this.pendingDirents + (n - at) > MAX_PENDING_DIRENTS) return true;
         stream.pos = r.pos;
         stream.pending = Buffer.from(src.subarray(at, n));
+        this.pendingDirents += n - at;
         return true;
       }
       r.used = next;
