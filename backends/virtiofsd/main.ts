@@ -71,10 +71,11 @@ const INTERNAL_FDS = 2 * MAX_MEM_SLOTS + 256;
 
 /**
  * The guest's share of the fd limit (see GuestFds); a clear error when the limit leaves it nothing. With
- * --inode-file-handles the inode fd cache (which GuestFds does not count) comes off too.
+ * --inode-file-handles the inode fd cache (which GuestFds does not count) comes off too: twice, since besides the
+ * openInodeFds cached fds InodeHandles keeps up to as many of inodes unlinked while the guest knows them.
  */
 function guestFdLimit(soft: number, o: FsOptions, asked: boolean): number {
-  const kept = INTERNAL_FDS + (o.inodeFileHandles === 'never' ? 0 : o.openInodeFds);
+  const kept = INTERNAL_FDS + (o.inodeFileHandles === 'never' ? 0 : 2 * o.openInodeFds);
   const limit = soft - kept;
   if (limit < 1 && asked) throw new FsConfigError(`--rlimit-nofile: the fd limit is ${soft}, and the daemon keeps ${kept} for itself; it must be at least ${kept + 1}`);
   if (limit < 1) {
