@@ -3,6 +3,9 @@ import { FUSE_ROOT_ID } from '../../protocol/fuse/index.js';
 import { fstat, type FileHandle } from '../../protocol/sys/fs.js';
 import { E, FsError } from './errors.js';
 import type { GuestFds } from './guest-fds.js';
+import { logger } from '../../protocol/log.js';
+
+const log = logger('virtiofsd');
 
 /** An inode number, exact (see Inode.ino). */
 export type Ino = number | bigint;
@@ -114,6 +117,13 @@ export class InodeTable {
   private byKey = new Map<number, Map<number, Map<Ino, Inode>>>();
   private nextId = FUSE_ROOT_ID + 1;
   /**
+   * Inodes identified by a file handle: they need no fd, so GuestFds does not count them, but a guest that never sends
+   * FORGET keeps every one (create, unlink, create again: the host frees the file, the table keeps the inode). They
+   * are held to the same number as the fds the guest may hold (see handleFits).
+   */
+  private handleInodes = 0;
+  private warnedHandles = false;
+  /**
    * statfs f_type per (mount, dev), kept with that pair's inode map: it goes when the last inode there does, since
    * an unmounted file system's dev and mount numbers are handed to the next one mounted (tmpfs then NFS at one place).
    */
@@ -166,10 +176,21 @@ export class InodeTable {
     return this.byKey.get(mnt)?.get(dev)?.get(ino);
   }
 
+  /** Whether one more handle inode fits (false: the caller answers ENFILE, as for fds). */
+  handleFits(): boolean {
+    if (this.handleInodes < this.fds.limit) return true;
+    if (!this.warnedHandles) {
+      this.warnedHandles = true;
+      log.error({ limit: this.fds.limit }, 'the guest holds as many inodes as it may (ENFILE from now on); --rlimit-nofile raises the limit');
+    }
+    return false;
+  }
+
   /** Registers a new inode (taking ownership of fd) with one lookup. */
   add(fd: number, dev: number, ino: Ino, mnt: number, type: number, handle: FileHandle | null = null, opener: InodeOpener | null = null): Inode {
     const i = new Inode(this.nextId++, fd, dev, ino, mnt, type, 1, handle, opener);
     if (handle === null) this.fds.took();
+    else this.handleInodes++;
     this.byId.set(i.nodeid, i);
     this.devMap(mnt, dev).set(ino, i);
     return i;
@@ -204,6 +225,7 @@ export class InodeTable {
       if (devs?.size === 0) this.byKey.delete(i.mnt);
     }
     this.fds.gave((i.handle === null ? 1 : 0) + (i.lockFds?.size ?? 0));
+    if (i.handle !== null) this.handleInodes--;
     i.close();
   }
 }

@@ -338,6 +338,15 @@ export class PassthroughFs {
   }
 
   /**
+   * Before a creation: `n` more fds, and with --inode-file-handles room for one more handle inode, checked before the
+   * file is made (an ENFILE after it would leave the guest a file it was told was not created).
+   */
+  private needForEntry(n: number): void {
+    this.guestFds.need(n);
+    if (this.fileHandles !== null && !this.inodes.handleFits()) throw new FsError(E.ENFILE, 'guest inode limit reached', { limit: this.guestFds.limit });
+  }
+
+  /**
    * One more lookup of the inode behind a fresh O_PATH fd (taking the fd): the known inode with this
    * (dev, ino) on this mount, or a new one. Returns -errno when a file handle is mandatory and cannot be made, or when a new
    * inode would hold one fd more than the guest may have (ENFILE).
@@ -362,7 +371,7 @@ export class PassthroughFs {
       i.refcount++;
       return i;
     }
-    if (h === null && !this.guestFds.fits(1)) {
+    if (h === null ? !this.guestFds.fits(1) : !this.inodes.handleFits()) {
       closeQuiet(fd);
       return -E.ENFILE;
     }
@@ -396,7 +405,7 @@ export class PassthroughFs {
   createRaw(c: Caller, parent: Inode, cname: Uint8Array, flags: number, mode: number, umask = 0, kill = false, leaseAgain = false): { nodeid: number; fh: number } {
     const bad = nameErrno(cname, cname.length - 1);
     if (bad !== 0) throw new FsError(bad, 'bad name');
-    this.guestFds.need(2); // the new inode and its open file
+    this.needForEntry(2); // the new inode and its open file
     const fd = this.createOpen(c, parent, cname, flags, mode, umask, kill, null, leaseAgain);
     if (fd < 0) throw new FsError(-fd, 'create failed');
     const pathFd = this.pathOf(fd);
@@ -587,7 +596,7 @@ export class PassthroughFs {
   mkdir(c: Caller, parent: Inode, name: Uint8Array, mode: number, umask = 0, label: SecurityContext | null = null): EntryOut {
     checkName(name);
     this.writable();
-    this.guestFds.need(1); // checked before the creation, which the entry's fd could otherwise not follow
+    this.needForEntry(1); // checked before the creation, which the entry's fd could otherwise not follow
     const dirFd = parent.fd; // before the switch (see createOpen)
     this.asCaller(c, () => fs.mkdirat(dirFd, name, mode & 0o7777), umask, true);
     return this.labelled(parent, name, true, label);
@@ -596,7 +605,7 @@ export class PassthroughFs {
   mknod(c: Caller, parent: Inode, name: Uint8Array, mode: number, rdev: number, umask = 0, label: SecurityContext | null = null): EntryOut {
     checkName(name);
     this.writable();
-    this.guestFds.need(1);
+    this.needForEntry(1);
     const dirFd = parent.fd; // before the switch (see createOpen)
     this.asCaller(c, () => fs.mknodat(dirFd, name, mode, rdev), umask, true);
     return this.labelled(parent, name, false, label);
@@ -608,7 +617,7 @@ export class PassthroughFs {
     // As symlink(2): an empty target is ENOENT, one of PATH_MAX or more ENAMETOOLONG.
     if (target.length === 0) throw new FsError(E.ENOENT, 'empty symlink target');
     if (target.length >= 4096) throw new FsError(36, 'symlink target too long');
-    this.guestFds.need(1);
+    this.needForEntry(1);
     const dirFd = parent.fd; // before the switch (see createOpen)
     this.asCaller(c, () => fs.symlinkat(target, dirFd, name), 0, true);
     return this.labelled(parent, name, false, label);
@@ -647,7 +656,7 @@ export class PassthroughFs {
     c: Caller, parent: Inode, name: Uint8Array, flags: number, mode: number, umask = 0, kill = false, label: SecurityContext | null = null, leaseAgain = false,
   ): { entry: EntryOut; fh: number } {
     checkName(name);
-    this.guestFds.need(2);
+    this.needForEntry(2);
     const fd = this.createOpen(c, parent, fs.cstr(name), flags, mode, umask, kill, label, leaseAgain);
     if (fd < 0) throw new FsError(-fd, 'create failed');
     let entry: EntryOut;
