@@ -46,7 +46,6 @@ export async function main(argv: string[], deps: CliDeps = defaultDeps): Promise
   }
 }
 
-
 const isEntry = process.argv[1] && /(?:bin\/kumo(?:\.js)?|vmm\/cli\.(?:ts|js))$/.test(process.argv[1]);
 if (isEntry) {
   // This file sits at <root>/vmm/cli.* in every layout (sources, dist/, dist/bundle/).

@@ -892,7 +892,7 @@ export class BlkQueueEngine {
       }
     } else if ((this.sKind[slot] === KIND_RW || this.sKind[slot] === KIND_WT_WRITE) && res !== this.sExpect[slot]) {
       this.sStatus[slot] = VIRTIO_BLK_S_IOERR; // short transfer
-      this.ioFailed(this.sKind[slot], -EIO);
+      this.ioFailed(this.sKind[slot], res);
     }
     if (--this.sOps[slot] !== 0) return;
     this.settle(slot);

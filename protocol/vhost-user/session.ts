@@ -64,17 +64,15 @@ export class Session {
   private rings: RingState[];
   private backendReqFd = -1;
   private readonly qpw: number;
-  /** A front-end can send refused requests at will: their warnings are rate-limited. */
-  private readonly refusals: WarnLimiter;
 
   constructor(
     private readonly backend: VhostUserBackend,
     private readonly pool: WorkerPool,
     private readonly log: Logger,
-    refusals?: WarnLimiter,
+    /** A front-end can send refused requests at will, over and over connections: the daemon's limiter. */
+    private readonly refusals: WarnLimiter,
   ) {
     this.qpw = Math.max(1, backend.queuesPerWorker ?? 1);
-    this.refusals = refusals ?? new WarnLimiter(log);
     this.rings = Array.from({ length: backend.numQueues }, () => newRing(false));
   }
 
