@@ -104,7 +104,9 @@ export class BlkBackend implements VhostUserBackend {
   }
 
   protocolFeatures(): bigint {
-    return bits(ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG, ProtocolFeature.CONFIGURE_MEM_SLOTS);
+    // INFLIGHT_SHMFD: QEMU (chardev reconnect=on) and Cloud Hypervisor reconnect to a restarted back-end, which then
+    // resubmits what the killed one had in flight, in whatever order completions had come.
+    return bits(ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.INFLIGHT_SHMFD);
   }
 
   getConfig(offset: number, size: number): Uint8Array {

@@ -287,7 +287,13 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
         }
         this.log.debug({ request: requestName(msg.request), flags: msg.flags, fds: msg.fds.length }, 'request');
         const answer = session.handle(msg);
-        if (answer !== null) ch.send(answer);
+        if (answer !== null) {
+          try {
+            ch.send(answer);
+          } finally {
+            answer.fds.forEach(closeQuiet);
+          }
+        }
       }
     } catch (e) {
       if (!ch.isClosed) {

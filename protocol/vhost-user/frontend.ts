@@ -182,6 +182,16 @@ export class VhostUserFrontend {
     return { features, protocolFeatures: proto, offered };
   }
 
+  /** GET_INFLIGHT_FD: the back-end's buffer for inflight tracking (INFLIGHT_SHMFD); the caller owns the fd. */
+  getInflightFd(numQueues: number, queueSize: number): { buffer: PayloadOf<'inflight'>; fd: number } {
+    const m = this.call(Request.GET_INFLIGHT_FD, { kind: 'inflight', mmapSize: 0, mmapOffset: 0, numQueues, queueSize }, [], 'inflight');
+    return { buffer: m.payload as PayloadOf<'inflight'>, fd: m.fds[0] };
+  }
+  /** SET_INFLIGHT_FD: hands a kept buffer (back) to the back-end, as QEMU does before every device start. */
+  setInflightFd(buffer: PayloadOf<'inflight'>, fd: number): void {
+    this.call(Request.SET_INFLIGHT_FD, buffer, [fd]);
+  }
+
   getConfig(offset: number, size: number): Uint8Array {
     const m = this.call(Request.GET_CONFIG, { kind: 'config', offset, flags: 0, data: new Uint8Array(size) }, [], 'config');
     const p = m.payload as PayloadOf<'config'>;

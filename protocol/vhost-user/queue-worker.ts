@@ -10,9 +10,10 @@ import { GuestMemory, type MemoryRegionSpec } from '../memory/index.js';
 import { Epoll, EPOLLERR, EPOLLHUP, EPOLLIN } from '../sys/epoll.js';
 import { closeQuiet, eventfdRead, eventfdWrite, setNonBlocking } from '../sys/fd.js';
 import { gettid, setThreadName } from '../sys/proc.js';
-import { DeviceQueue, RingMemoryError, type QueueLayout } from '../virtqueue/index.js';
+import { mapFd, type Mapping } from '../sys/mem.js';
+import { DeviceQueue, InflightRing, inflightRegionSize, RingMemoryError, type QueueLayout } from '../virtqueue/index.js';
 import { HANDLER_TOKEN_BASE, type CreateQueueHandler, type QueueHandler, type VringHandle } from './backend-types.js';
-import { CONTROL_TOKEN, type RingStart, type WorkerCommand, type WorkerInit, type WorkerResult } from './worker-protocol.js';
+import { CONTROL_TOKEN, type RingInflight, type RingStart, type WorkerCommand, type WorkerInit, type WorkerResult } from './worker-protocol.js';
 
 class WorkerRing implements VringHandle {
   failed = false;
@@ -20,6 +21,8 @@ class WorkerRing implements VringHandle {
   memoryMissing = false;
   /** Its kick fd hung up or failed and was taken out of epoll (see takeKick()). */
   kickDropped = false;
+  /** Inflight tracking (INFLIGHT_SHMFD): the ring's region and the mapping that holds it. */
+  inflight: { ring: InflightRing; map: Mapping } | null = null;
   constructor(
     readonly index: number,
     public queue: DeviceQueue,
@@ -322,6 +325,7 @@ class QueueWorker {
         if (ring === undefined) return null;
         const q = new DeviceQueue(next, layout, { eventIdx: ring.eventIdx });
         q.nextAvailIdx = ring.queue.nextAvailIdx;
+        if (ring.inflight !== null) q.trackInflight(ring.inflight.ring, false);
         return { ring, q };
       });
       for (const x of rebuilt) if (x) x.ring.queue = x.q;
@@ -339,17 +343,24 @@ class QueueWorker {
   /** Starts a ring, which owns s.kickFd and s.callFd from then on (they are closed here if it cannot start). */
   private start(s: RingStart): undefined {
     let ring: WorkerRing;
+    let inflight: { ring: InflightRing; map: Mapping } | null = null;
     try {
       if (this.mem === null) throw new Error('ring started before the memory table');
       if (this.rings.has(s.index)) this.stop(s.index);
       const q = new DeviceQueue(this.mem, s.layout, { eventIdx: s.eventIdx });
       q.nextAvailIdx = s.nextAvail;
+      if (s.inflight !== null) {
+        inflight = mapInflight(s.inflight, s.layout.size);
+        this.recoverInflight(s.index, q, inflight.ring);
+      }
       this.features = BigInt(s.features);
       nonBlocking(s.kickFd);
       nonBlocking(s.callFd);
       ring = new WorkerRing(s.index, q, s.enabled, s.kickFd, s.callFd, s.eventIdx);
+      ring.inflight = inflight;
       if (s.kickFd >= 0) this.epoll.add(s.kickFd, EPOLLIN, s.index);
     } catch (e) {
+      inflight?.map.unmap();
       closeQuiet(s.kickFd);
       closeQuiet(s.callFd);
       throw e;
@@ -378,13 +389,47 @@ class QueueWorker {
     }
     closeQuiet(ring.kickFd);
     closeQuiet(ring.callFd);
+    // A handler that could not drain may still complete into the region: keep it mapped then (as guest memory).
+    if (!this.pinned) ring.inflight?.map.unmap();
     return ring.queue.nextAvailIdx;
+  }
+
+  /** Picks up what an earlier back-end left in flight on this ring (see DeviceQueue.trackInflight). */
+  private recoverInflight(index: number, q: DeviceQueue, region: InflightRing): void {
+    let found;
+    try {
+      found = q.trackInflight(region, true);
+    } catch (e) {
+      // Rings outside mapped memory: RingMemoryError, like any start before its memory is back.
+      if (e instanceof RingMemoryError) throw e;
+      throw new Error(`inflight region unusable: ${e instanceof Error ? e.message : String(e)}`);
+    }
+    if (found === null) return;
+    if (found.state === 'reset') this.peerWarn.warn({ ring: index }, 'inflight buffer does not match the ring; tracking starts afresh');
+    if (found.resubmitted > 0) this.log.info({ ring: index, requests: found.resubmitted, nextAvail: q.nextAvailIdx }, 'resubmitting requests an earlier back-end left in flight');
   }
 
   private reset(): void {
     for (const i of [...this.rings.keys()]) this.stop(i);
     this.release(this.mem);
     this.mem = null;
+  }
+}
+
+/** Maps a ring's region of the inflight buffer (closing the fd): mmap wants a page-aligned offset, the region need not be one. */
+function mapInflight(r: RingInflight, size: number): { ring: InflightRing; map: Mapping } {
+  try {
+    const skip = r.offset % 4096;
+    const len = inflightRegionSize(size);
+    const map = mapFd(r.fd, skip + len, r.offset - skip);
+    try {
+      return { ring: new InflightRing(map.bytes.subarray(skip, skip + len), size), map };
+    } catch (e) {
+      map.unmap();
+      throw e;
+    }
+  } finally {
+    closeQuiet(r.fd);
   }
 }
 

@@ -5,6 +5,7 @@ import { ringSizes, validateLayout, type QueueLayout } from '../virtqueue/index.
 import type { VhostUserBackend } from './backend-types.js';
 import { reply, needsReply, type Message } from './codec.js';
 import { VhostUserError, VhostUserProtocolError } from './errors.js';
+import { InflightBuffer } from './inflight-buffer.js';
 import { MemoryTable } from './memory-table.js';
 import {
   F_PROTOCOL_FEATURES, MAX_CONFIG_SIZE, VHOST_USER_CONFIG_OFFSET, ProtocolFeature, Request, VRING_IDX_MASK, VRING_NOFD_MASK,
@@ -17,6 +18,7 @@ import type { WorkerPool } from './worker-pool.js';
 export const SUPPORTED_PROTOCOL_FEATURES = protocolFeatures(
   ProtocolFeature.MQ, ProtocolFeature.LOG_SHMFD, ProtocolFeature.REPLY_ACK, ProtocolFeature.BACKEND_REQ,
   ProtocolFeature.CONFIG, ProtocolFeature.RESET_DEVICE, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.STATUS,
+  ProtocolFeature.INFLIGHT_SHMFD,
 );
 
 /** A sensible default set for backends: MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS, STATUS, RESET_DEVICE. */
@@ -64,6 +66,10 @@ export class Session {
   private rings: RingState[];
   private backendReqFd = -1;
   private readonly qpw: number;
+  /** INFLIGHT_SHMFD: the buffer rings record their in-flight heads in (GET/SET_INFLIGHT_FD), or null. */
+  private inflight: InflightBuffer | null = null;
+  /** File descriptors that go with the reply being built (GET_INFLIGHT_FD); sent, then closed, by the daemon. */
+  private replyFds: number[] = [];
 
   constructor(
     private readonly backend: VhostUserBackend,
@@ -87,9 +93,11 @@ export class Session {
   /** Handles one request; returns the reply to send, if any. Takes ownership of msg.fds. */
   handle(msg: Message): Message | null {
     let own: Payload | null;
+    this.replyFds = [];
     try {
       own = this.dispatch(msg);
     } catch (e) {
+      this.replyFds.forEach(closeQuiet);
       if (e instanceof RequestRefusedError) {
         this.refusals.warn({ request: requestName(msg.request), err: e }, 'request refused');
         return this.ack(msg, 1n);
@@ -100,7 +108,7 @@ export class Session {
       for (const fd of msg.fds) if (!this.kept.has(fd)) closeQuiet(fd);
       this.kept.clear();
     }
-    if (own !== null) return reply(msg.request, own);
+    if (own !== null) return reply(msg.request, own, this.replyFds);
     return this.ack(msg, 0n);
   }
 
@@ -115,6 +123,8 @@ export class Session {
     this.rings = this.rings.map(() => newRing(false));
     closeQuiet(this.backendReqFd);
     this.backendReqFd = -1;
+    this.inflight?.close();
+    this.inflight = null;
     this.mem.clear();
   }
 
@@ -238,6 +248,11 @@ export class Session {
         return hasProtocolFeature(this.proto, ProtocolFeature.LOG_SHMFD) ? { kind: 'u64', value: 0n } : null;
       case Request.SET_LOG_FD:
         return null;
+      case Request.GET_INFLIGHT_FD:
+        return this.getInflight(p as PayloadOf<'inflight'>);
+      case Request.SET_INFLIGHT_FD:
+        this.setInflight(p as PayloadOf<'inflight'>, msg.fds[0]);
+        return null;
       case Request.SET_BACKEND_REQ_FD:
         closeQuiet(this.backendReqFd);
         this.backendReqFd = this.keepFd(msg.fds[0]);
@@ -250,11 +265,33 @@ export class Session {
   private unsupported(msg: Message): Payload | null {
     // A request whose reply we cannot produce would desynchronise the stream: end the connection.
     const needsOwnReply = [
-      Request.GET_INFLIGHT_FD, Request.POSTCOPY_ADVISE, Request.POSTCOPY_END, Request.GET_SHARED_OBJECT,
+      Request.POSTCOPY_ADVISE, Request.POSTCOPY_END, Request.GET_SHARED_OBJECT,
       Request.SET_DEVICE_STATE_FD, Request.CHECK_DEVICE_STATE, Request.GET_SHMEM_CONFIG, Request.CREATE_CRYPTO_SESSION,
     ].includes(msg.request);
     if (needsOwnReply) bad('unsupported request', { request: requestName(msg.request) });
     throw new RequestRefusedError('unsupported request', { request: requestName(msg.request) });
+  }
+
+  private inflightOn(request: Request): void {
+    if (!hasProtocolFeature(this.proto, ProtocolFeature.INFLIGHT_SHMFD)) bad('INFLIGHT_SHMFD was not negotiated', { request: requestName(request) });
+  }
+
+  /** A fresh buffer for the front-end to keep; rings started from now on record into it. */
+  private getInflight(p: PayloadOf<'inflight'>): Payload {
+    this.inflightOn(Request.GET_INFLIGHT_FD);
+    const buf = InflightBuffer.create(p, this.rings.length, this.backend.maxQueueSize);
+    this.inflight?.close();
+    this.inflight = buf;
+    this.replyFds.push(buf.dupFd());
+    return buf.payload();
+  }
+
+  /** The buffer the front-end kept (from this back-end or an earlier one): running rings go on in their own until restarted. */
+  private setInflight(p: PayloadOf<'inflight'>, fd: number): void {
+    this.inflightOn(Request.SET_INFLIGHT_FD);
+    const buf = InflightBuffer.adopt(p, dup(fd), this.rings.length, this.backend.maxQueueSize);
+    this.inflight?.close();
+    this.inflight = buf;
   }
 
   private setFeatures(v: bigint): void {
@@ -387,6 +424,7 @@ export class Session {
       ring: {
         index, layout, nextAvail: r.base, kickFd: r.kick >= 0 ? dup(r.kick) : -1, callFd: r.call >= 0 ? dup(r.call) : -1, enabled: r.enabled,
         eventIdx: (this.features & F_EVENT_IDX) !== 0n, features: this.features.toString(),
+        inflight: this.inflight?.ringRegion(index, r.num) ?? null,
       },
     });
     r.started = true;

@@ -25,7 +25,16 @@ export interface RingStart {
   callFd: number;
   enabled: boolean;
   eventIdx: boolean;
-  features: string; // bigint as decimal (structured clone keeps bigint, but strings keep logs readable)
+  features: string;
+  /** The front-end's inflight-tracking buffer for this ring (INFLIGHT_SHMFD), or null. */
+  inflight: RingInflight | null; // bigint as decimal (structured clone keeps bigint, but strings keep logs readable)
+}
+
+/** Where a ring's region lies in the inflight buffer. The worker's own duplicate of the fd: it closes it. */
+export interface RingInflight {
+  fd: number;
+  /** Byte offset of this ring's region in the file. */
+  offset: number;
 }
 
 /** Commands main → worker. Every command is answered with a WorkerResult carrying the same seq. */

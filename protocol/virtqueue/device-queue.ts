@@ -12,6 +12,7 @@ import {
   type QueueLayout,
   type Segment,
 } from './layout.js';
+import type { InflightRecovery, InflightRing } from './inflight.js';
 import { RingViews } from './ring-views.js';
 
 export interface DeviceQueueOptions {
@@ -48,6 +49,7 @@ export class DeviceQueue {
   private signalledUsed = 0;
   private signalledValid = false;
   private notifyOff = false;
+  private inflight: InflightRing | null = null;
 
   constructor(mem: GuestMemory, layout: QueueLayout, opts: DeviceQueueOptions) {
     this.rings = new RingViews(mem, layout);
@@ -82,9 +84,24 @@ export class DeviceQueue {
     this.signalledValid = false;
   }
 
+  /**
+   * Records taken and returned heads in `ring` (vhost-user inflight tracking) from now on. With `recover`, first picks
+   * up what an earlier back-end left there: its unreturned heads are popped again before anything new, and the avail
+   * index moves past every chain it took. Without, the ring carries on from this queue's predecessor (a new memory
+   * table).
+   */
+  trackInflight(ring: InflightRing, recover: boolean): InflightRecovery | null {
+    if (ring.size !== this.size) throw new VirtqueueError('inflight region is for another queue size', { size: this.size, inflight: ring.size });
+    this.inflight = ring;
+    if (!recover) return null;
+    const found = ring.recover(this.usedIdx, this.availIdx());
+    if (found.state === 'recovered') this.lastAvail = (this.usedIdx + found.resubmitted) & 0xffff;
+    return found;
+  }
+
   /** True if the driver has made chains available that pop() has not taken yet. */
   hasAvailable(): boolean {
-    return this.availIdx() !== this.lastAvail;
+    return this.availIdx() !== this.lastAvail || this.inflight?.hasResubmit() === true;
   }
 
   /**
@@ -93,6 +110,10 @@ export class DeviceQueue {
    * returnMalformed(e)).
    */
   pop(): DescriptorChain | null {
+    if (this.inflight !== null) {
+      const again = this.inflight.nextResubmit();
+      if (again >= 0) return this.parseChain(again);
+    }
     const availIdx = this.availIdx();
     const last = this.lastAvail;
     if (availIdx === last) return null;
@@ -107,6 +128,7 @@ export class DeviceQueue {
       Atomics.store(this.r().used16, this.r().availEventIdx, this.lastAvail);
     }
     if (head >= this.size) throw new ChainError('descriptor head index out of range', head, { size: this.size });
+    this.inflight?.taken(head);
     return this.parseChain(head);
   }
 
@@ -116,6 +138,12 @@ export class DeviceQueue {
    */
   undoPop(count = 1): void {
     if (!Number.isInteger(count) || count < 0 || count > this.size) throw new VirtqueueError('invalid undoPop count', { count });
+    if (this.inflight !== null) {
+      for (let k = 1; k <= count; k++) {
+        const head = this.r().avail16[2 + ((this.lastAvail - k) & this.mask)];
+        if (head < this.size) this.inflight.untaken(head);
+      }
+    }
     this.lastAvail = (this.lastAvail - count) & 0xffff;
     if (this.eventIdx && !this.notifyOff) Atomics.store(this.r().used16, this.r().availEventIdx, this.lastAvail);
   }
@@ -150,6 +178,7 @@ export class DeviceQueue {
     const u32 = this.r().used32;
     u32[1 + 2 * i] = head;
     u32[2 + 2 * i] = writtenLen;
+    this.inflight?.used(head);
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
   }
 
@@ -158,6 +187,7 @@ export class DeviceQueue {
     if (this.publishedUsed === this.usedIdx) return;
     Atomics.store(this.r().used16, 1, this.usedIdx);
     this.publishedUsed = this.usedIdx;
+    this.inflight?.published(this.usedIdx);
   }
 
   /**

@@ -20,3 +20,4 @@ export { DescriptorChain, readFromChain, writeToChain } from './chain.js';
 export { DeviceQueue, type DeviceQueueOptions } from './device-queue.js';
 export { DriverQueue, type DriverQueueOptions, type UsedBuffer } from './driver-queue.js';
 export { GuestAllocator, GuestAllocatorError } from './allocator.js';
+export { InflightRing, inflightRegionSize, INFLIGHT_VERSION, type InflightRecovery } from './inflight.js';

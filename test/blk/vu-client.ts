@@ -3,7 +3,8 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { GuestMemory } from '../../protocol/memory/index.js';
 import { VhostUserFrontend } from '../../protocol/vhost-user/frontend.js';
-import { DriverQueue, GuestAllocator, compactLayout, type Segment } from '../../protocol/virtqueue/index.js';
+import { DriverQueue, GuestAllocator, compactLayout, type QueueLayout, type Segment } from '../../protocol/virtqueue/index.js';
+import type { PayloadOf } from '../../protocol/vhost-user/payload.js';
 import { eventfd, eventfdRead, eventfdWrite, closeQuiet } from '../../protocol/sys/fd.js';
 import { Epoll, EPOLLIN } from '../../protocol/sys/epoll.js';
 import {
@@ -56,15 +57,35 @@ export const BLK_FEATURES = bits(
 
 interface Q {
   driver: DriverQueue<number>;
+  layout: QueueLayout;
   kick: number;
   call: number;
 }
 
+export interface BlkConnectOptions {
+  numQueues?: number;
+  queueSize?: number;
+  memSize?: number;
+  eventIdx?: boolean;
+  indirect?: boolean;
+  writethrough?: boolean;
+  memory?: GuestMemory;
+  /** Ask for an inflight-tracking buffer (GET_INFLIGHT_FD, then SET_INFLIGHT_FD, as QEMU does). */
+  inflight?: boolean;
+}
+
+const PROTOCOL_WANTED = bits(0, 3, 9, 15);
+const PROTOCOL_INFLIGHT = bits(12);
+
 /** A minimal vhost-user-blk front-end + driver for tests: raw chains in, used lengths out. */
 export class BlkVuClient {
   readonly mem: GuestMemory;
-  readonly fe: VhostUserFrontend;
+  fe: VhostUserFrontend;
   readonly alloc: GuestAllocator;
+  /** The inflight buffer the back-end handed out, kept across back-ends like QEMU keeps it. */
+  inflight: { buffer: PayloadOf<'inflight'>; fd: number } | null = null;
+  private wantFeatures = 0n;
+  private wantProtocol = 0n;
   readonly queues: Q[] = [];
   readonly features: bigint;
   private readonly epoll = new Epoll(16);
@@ -76,7 +97,7 @@ export class BlkVuClient {
     this.features = features;
   }
 
-  static async connect(socket: string, opts: { numQueues?: number; queueSize?: number; memSize?: number; eventIdx?: boolean; indirect?: boolean; writethrough?: boolean; memory?: GuestMemory } = {}): Promise<BlkVuClient> {
+  static async connect(socket: string, opts: BlkConnectOptions = {}): Promise<BlkVuClient> {
     const nq = opts.numQueues ?? 1;
     const qs = opts.queueSize ?? 128;
     const memSize = opts.memSize ?? 64 << 20;
@@ -84,7 +105,14 @@ export class BlkVuClient {
     let want = opts.eventIdx === false ? BLK_FEATURES & ~bits(VIRTIO_RING_F_EVENT_IDX) : BLK_FEATURES;
     // Without FLUSH (and CONFIG_WCE) the device must be writethrough.
     if (opts.writethrough) want &= ~bits(VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE);
-    const { features } = fe.negotiate(want, bits(0, 3, 9, 15));
+    const wantProtocol = opts.inflight ? PROTOCOL_WANTED | PROTOCOL_INFLIGHT : PROTOCOL_WANTED;
+    const { features, protocolFeatures } = fe.negotiate(want, wantProtocol);
+    let inflight = null;
+    if (opts.inflight) {
+      if ((protocolFeatures & PROTOCOL_INFLIGHT) === 0n) throw new Error('back-end does not offer INFLIGHT_SHMFD');
+      inflight = fe.getInflightFd(nq, qs);
+      fe.setInflightFd(inflight.buffer, inflight.fd);
+    }
     // A caller's memory must start at guest address 0 and hold memSize bytes.
     const mem = opts.memory ?? GuestMemory.anonymous([{ guestAddr: 0, size: memSize }]);
     fe.setMemTable(mem);
@@ -100,6 +128,9 @@ export class BlkVuClient {
     base += nq << 20;
     const alloc = new GuestAllocator(base, memSize - base);
     const c = new BlkVuClient(fe, mem, alloc, features);
+    c.inflight = inflight;
+    c.wantFeatures = want;
+    c.wantProtocol = wantProtocol;
     const eventIdx = (features & bits(VIRTIO_RING_F_EVENT_IDX)) !== 0n;
     const useIndirect = (features & bits(VIRTIO_RING_F_INDIRECT_DESC)) !== 0n && opts.indirect !== false;
     for (let i = 0; i < nq; i++) {
@@ -109,9 +140,23 @@ export class BlkVuClient {
       const call = eventfd();
       fe.setupVring(i, mem, layouts[i], kick, call);
       c.epoll.add(call, EPOLLIN, i);
-      c.queues.push({ driver, kick, call });
+      c.queues.push({ driver, layout: layouts[i], kick, call });
     }
     return c;
+  }
+
+  /**
+   * Connects to a back-end started anew on `socket`, as QEMU does with chardev reconnect: same features, the kept
+   * inflight buffer, the same memory and rings, each ring's base at its used index (what QEMU falls back to when the
+   * old back-end could not answer GET_VRING_BASE).
+   */
+  async reconnect(socket: string): Promise<void> {
+    this.fe.close();
+    this.fe = await VhostUserFrontend.connect(socket, { retryForMs: 5000 });
+    this.fe.negotiate(this.wantFeatures, this.wantProtocol);
+    if (this.inflight !== null) this.fe.setInflightFd(this.inflight.buffer, this.inflight.fd);
+    this.fe.setMemTable(this.mem);
+    this.queues.forEach((q, i) => this.fe.setupVring(i, this.mem, q.layout, q.kick, q.call, this.mem.readU16(q.layout.usedAddr + 2)));
   }
 
   buf(len: number, align = 512): number {
@@ -129,8 +174,13 @@ export class BlkVuClient {
     return st + Math.max(1, statusLen) - 1;
   }
 
+  /** Head of the chain add()/addRaw() made last. */
+  lastHead = -1;
+
   addRaw(q: number, readable: Segment[], writable: Segment[], token: number): void {
-    if (this.queues[q].driver.add(readable, writable, token) === null) throw new Error('queue full');
+    const head = this.queues[q].driver.add(readable, writable, token);
+    if (head === null) throw new Error('queue full');
+    this.lastHead = head;
   }
 
   ranges(segs: BlkDiscardSegment[]): Segment {
@@ -158,6 +208,7 @@ export class BlkVuClient {
 
   close(): void {
     this.fe.close();
+    if (this.inflight !== null) closeQuiet(this.inflight.fd);
     for (const q of this.queues) {
       closeQuiet(q.kick);
       closeQuiet(q.call);

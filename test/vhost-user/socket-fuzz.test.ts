@@ -211,10 +211,22 @@ class Fuzzer {
         p.writeUInt32LE(rng.below(3), 8);
         return { payload: p, fds: [] };
       }
+      case Request.GET_INFLIGHT_FD:
+      case Request.SET_INFLIGHT_FD: {
+        // {u64 mmap_size; u64 mmap_offset; u16 num_queues; u16 queue_size}: mostly plausible, on the random guest memfd.
+        const p = b(rng.chance(0.9) ? 24 : rng.pick([0, 8, 20, 32]));
+        if (p.length >= 20) {
+          putU64(p, 0, rng.pick([MEM / 2, MEM / 2, 4096, 16448, MEM, MEM * 2, 0, rng.u32()]));
+          putU64(p, 8, rng.pick([0, 0, 0, 8, 4096, MEM - 64, rng.u32()]));
+          p.writeUInt16LE(rng.pick([1, 1, 2, 2, 8, 0, rng.below(65536)]), 16);
+          p.writeUInt16LE(rng.pick([128, 256, 256, 1024, 3, 0, rng.below(65536)]), 18);
+        }
+        const fds = r === Request.GET_INFLIGHT_FD ? (rng.chance(0.1) ? [this.eventfd()] : []) : rng.chance(0.9) ? [this.memfd] : [];
+        return { payload: p, fds };
+      }
       case Request.SET_LOG_BASE:
       case Request.SET_LOG_FD:
       case Request.SET_BACKEND_REQ_FD:
-      case Request.SET_INFLIGHT_FD:
       case Request.SET_DEVICE_STATE_FD: {
         const p = b(rng.pick([0, 8, 16, 24]));
         for (let k = 0; k < p.length; k += 4) p.writeUInt32LE(rng.u32(), k);
@@ -237,7 +249,8 @@ class Fuzzer {
     }
     const r = rng.chance(0.05) ? rng.below(100) : rng.chance(0.4)
       ? rng.pick([Request.SET_MEM_TABLE, Request.SET_VRING_NUM, Request.SET_VRING_ADDR, Request.SET_VRING_BASE, Request.SET_VRING_KICK,
-        Request.SET_VRING_CALL, Request.SET_VRING_ENABLE, Request.GET_VRING_BASE, Request.SET_FEATURES, Request.ADD_MEM_REG])
+        Request.SET_VRING_CALL, Request.SET_VRING_ENABLE, Request.GET_VRING_BASE, Request.SET_FEATURES, Request.ADD_MEM_REG,
+        Request.SET_INFLIGHT_FD])
       : 1 + rng.below(44);
     const { payload, fds } = this.body(r);
     const header = Buffer.alloc(12);
@@ -289,7 +302,8 @@ describe('vhost-user daemon under random socket traffic', () => {
   it('survives every connection, logs no fatal error, and then serves a normal front-end', async () => {
     const rng = new Rng(fuzzSeed(0x76686f73));
     for (let c = 0; c < CONNECTIONS; c++) {
-      const f = new Fuzzer(rng, unixConnect(sock()));
+      // Half the connections negotiate INFLIGHT_SHMFD, so that GET/SET_INFLIGHT_FD are served, not refused.
+      const f = new Fuzzer(rng, unixConnect(sock()), rng.chance(0.5) ? 0x9209 : 0x8209);
       if (rng.chance(0.7)) f.preamble();
       for (let m = 0; m < MESSAGES && f.send(); m++) {
         if (m % 16 === 15) await new Promise((r) => setTimeout(r, 1));

@@ -1,0 +1,90 @@
+import { fstatSync } from 'node:fs';
+import { closeQuiet, dup } from '../sys/fd.js';
+import { F_SEAL_GROW, ftruncate, memfdCreate, MFD_ALLOW_SEALING, MFD_CLOEXEC, sealAgainstShrink } from '../sys/mem.js';
+import { inflightRegionSize } from '../virtqueue/index.js';
+import { VhostUserProtocolError } from './errors.js';
+import type { PayloadOf } from './payload.js';
+import type { RingInflight } from './worker-protocol.js';
+
+type InflightPayload = PayloadOf<'inflight'>;
+
+function bad(msg: string, ctx: Record<string, unknown>): never {
+  throw new VhostUserProtocolError(msg, ctx);
+}
+
+/**
+ * The buffer of INFLIGHT_SHMFD (GET/SET_INFLIGHT_FD): made here for a front-end, which hands it back to the next
+ * back-end after a restart. Queues' regions lie back to back from mmapOffset; see protocol/virtqueue/inflight.ts.
+ */
+export class InflightBuffer {
+  private constructor(
+    private readonly fd: number,
+    readonly mmapSize: number,
+    readonly mmapOffset: number,
+    readonly numQueues: number,
+    readonly queueSize: number,
+  ) {}
+
+  /** GET_INFLIGHT_FD: a zeroed buffer for numQueues rings of queueSize, sealed against resizing. */
+  static create(p: InflightPayload, maxQueues: number, maxQueueSize: number): InflightBuffer {
+    InflightBuffer.checkShape(p, maxQueues, maxQueueSize);
+    const size = p.numQueues * inflightRegionSize(p.queueSize);
+    const fd = memfdCreate('vhost-user-inflight', MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    try {
+      ftruncate(fd, size);
+      sealAgainstShrink(fd, F_SEAL_GROW);
+    } catch (e) {
+      closeQuiet(fd);
+      throw e;
+    }
+    return new InflightBuffer(fd, size, 0, p.numQueues, p.queueSize);
+  }
+
+  /** SET_INFLIGHT_FD: a buffer a front-end kept (takes ownership of fd, closing it if refused). */
+  static adopt(p: InflightPayload, fd: number, maxQueues: number, maxQueueSize: number): InflightBuffer {
+    try {
+      InflightBuffer.checkShape(p, maxQueues, maxQueueSize);
+      const need = p.numQueues * inflightRegionSize(p.queueSize);
+      if (p.mmapSize < need) bad('inflight buffer too small for its queues', { mmapSize: p.mmapSize, need });
+      if (p.mmapOffset % 8 !== 0) bad('inflight buffer offset is misaligned', { mmapOffset: p.mmapOffset });
+      // A page past the file's end would raise SIGBUS in the queue thread: the file must hold the whole buffer.
+      const size = fstatSync(fd).size;
+      if (p.mmapOffset + p.mmapSize > size) bad('inflight buffer is larger than its file', { mmapOffset: p.mmapOffset, mmapSize: p.mmapSize, fileSize: size });
+      sealAgainstShrink(fd);
+      return new InflightBuffer(fd, p.mmapSize, p.mmapOffset, p.numQueues, p.queueSize);
+    } catch (e) {
+      closeQuiet(fd);
+      throw e;
+    }
+  }
+
+  private static checkShape(p: InflightPayload, maxQueues: number, maxQueueSize: number): void {
+    if (!Number.isInteger(p.numQueues) || p.numQueues < 1 || p.numQueues > maxQueues) {
+      bad('inflight buffer for an impossible number of queues', { numQueues: p.numQueues, max: maxQueues });
+    }
+    const q = p.queueSize;
+    if (!Number.isInteger(q) || q < 1 || q > maxQueueSize || (q & (q - 1)) !== 0) {
+      bad('inflight buffer for an impossible queue size', { queueSize: q, max: maxQueueSize });
+    }
+  }
+
+  /** The GET_INFLIGHT_FD reply (the fd goes with it: see replyFd). */
+  payload(): InflightPayload {
+    return { kind: 'inflight', mmapSize: this.mmapSize, mmapOffset: this.mmapOffset, numQueues: this.numQueues, queueSize: this.queueSize };
+  }
+
+  /** A duplicate of the buffer's fd, for the reply or a worker (the receiver closes it). */
+  dupFd(): number {
+    return dup(this.fd);
+  }
+
+  /** Ring `index` of `num` descriptors, if the buffer tracks it (another queue size would mean another layout). */
+  ringRegion(index: number, num: number): RingInflight | null {
+    if (index >= this.numQueues || num !== this.queueSize) return null;
+    return { fd: dup(this.fd), offset: this.mmapOffset + index * inflightRegionSize(num) };
+  }
+
+  close(): void {
+    closeQuiet(this.fd);
+  }
+}
