@@ -1,5 +1,6 @@
 import type { XattrRule } from './xattrmap.js';
 import type { IdRule } from './idmap.js';
+import { E, FsError } from './errors.js';
 
 /** Settings of one passthrough filesystem (the parsed kumo-virtiofsd command line, minus the socket). */
 export type CacheMode = 'auto' | 'always' | 'never' | 'metadata';
@@ -80,4 +81,21 @@ export const defaultFsOptions = (sharedDir: string): FsOptions => ({
 /** Entry/attr timeout in seconds for a cache mode (virtiofsd: never 0, auto 1 s, always/metadata 1 day). */
 export function cacheTimeout(c: CacheMode): number {
   return c === 'never' ? 0 : c === 'auto' ? 1 : 86400;
+}
+
+/** What INIT agreed with the guest: set on PassthroughFs by the server, read by the operations it runs. */
+export interface Negotiated {
+  /** FUSE_SUBMOUNTS: only then are mount points flagged. */
+  readonly submountsNegotiated: boolean;
+  /** FUSE_WRITEBACK_CACHE agreed (not merely offered by --writeback): the guest's page cache writes back. */
+  readonly writebackNegotiated: boolean;
+  /** --posix-acl and the guest's FUSE_POSIX_ACL (see PassthroughFs.aclsNegotiated). */
+  readonly aclsNegotiated: boolean;
+  /** FUSE_CREATE_SUPP_GROUP (see PassthroughFs.suppGroupsNegotiated). */
+  readonly suppGroupsNegotiated: boolean;
+}
+
+/** Refuses a change to a read-only share. */
+export function writable(opts: FsOptions): void {
+  if (opts.readonly) throw new FsError(E.EROFS, 'read-only share');
 }

@@ -23,7 +23,8 @@ import type { Inode } from './inodes.js';
 import type { VringHandle } from '../../protocol/vhost-user/backend-types.js';
 import { appends, FastPath, NOT_HANDLED } from './fast-path.js';
 import { FuseSession } from './session.js';
-import type { Caller, PassthroughFs } from './passthrough.js';
+import type { Caller } from './credentials.js';
+import type { PassthroughFs } from './passthrough.js';
 
 const log = logger('virtiofsd');
 /** Warnings about what a guest sent: rate-limited (see WarnLimiter). */
