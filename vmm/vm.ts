@@ -203,7 +203,7 @@ export async function runVm(
       kvmPath: opts.kvmPath,
     });
     const m = machine;
-    vhostUser = await attachVhostUserDevices(cfg.vhostUser, (gsi) => m.interrupts.interrupt(gsi).fd);
+    vhostUser = await attachVhostUserDevices(cfg.vhostUser, (gsi) => m.interrupts.interrupt(gsi).fd, { reconnectForMs: reconnectWindowMs() });
     let entry: BootEntry | null = null;
     const res = await runPlatform(m, {
       serialFd,
@@ -244,4 +244,14 @@ export async function runVm(
     machine?.close();
     for (const fd of fds) closeQuiet(fd);
   }
+}
+
+/**
+ * How long a vhost-user back-end that hung up under a running guest has to come back: 60 s, as Cloud Hypervisor
+ * retries; KUMO_VHOST_USER_RECONNECT_MS changes it (0: give up at once).
+ */
+function reconnectWindowMs(): number {
+  const v = process.env.KUMO_VHOST_USER_RECONNECT_MS;
+  const ms = v === undefined || v === '' ? NaN : Number(v);
+  return Number.isFinite(ms) && ms >= 0 ? ms : 60_000;
 }

@@ -164,5 +164,54 @@ for (const b of backends) {
       expect(v.mem.readU8(st3)).toBe(0);
       expect(Buffer.from(v.mem.slice(rbuf2, 4096)).equals(data.subarray(0, 4096))).toBe(true);
     }, 60_000);
+
+    it('a back-end killed under the running guest is connected to again when it comes back: queued writes complete, writethrough stays', async () => {
+      child = await b.start(img, sock);
+      const disk = DiskConfig.parse(`vhost_user=on,socket=${sock},queue_size=128`);
+      const devices = { disks: [disk], net: [], fs: [] };
+      validateVhostUserDevices(devices, new MemoryConfig(512 * MiB, true));
+      vm = new TestVm();
+      const v = vm;
+      att = await attachVhostUserDevices(devices, v.callFd, { retryForMs: 5000, reconnectForMs: 20_000 });
+      v.build(vhostUserDevices(att.specs, att.links));
+      const g = new GuestDriver(v, 0);
+      g.enableMsix();
+      g.start(bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE), [128]);
+      const q = g.queues[0];
+      const link = att.links.get('_disk0')!;
+      g.writeConfig(BlkConfig.writeback, 0, 1); // the guest wants writethrough
+      const write = (sector: number, fill: number, token: number) => {
+        const buf = v.alloc.allocOrThrow(4096, 512);
+        v.mem.slice(buf, 4096).fill(fill);
+        return request(v, q, VIRTIO_BLK_T_OUT, sector, { addr: buf, len: 4096 }, token);
+      };
+      write(0, 0xa1, 1);
+      g.kick(q);
+      expect(await g.waitUsed(q)).toEqual([{ token: 1, len: 1 }]);
+
+      const dead = child;
+      const gone = new Promise<void>((r) => dead.once('exit', () => r()));
+      dead.kill('SIGKILL');
+      await gone;
+      // Queued (and kicked) while no back-end is there.
+      const st = write(8, 0xb2, 2);
+      g.kick(q);
+      for (let i = 0; i < 20; i++) {
+        v.loop.poll(10); // the main loop sees the hang-up
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      child = await b.start(img, sock);
+      const used = await g.waitUsed(q, 1, 20_000);
+      expect(used).toEqual([{ token: 2, len: 1 }]);
+      expect(v.mem.readU8(st)).toBe(0);
+      const disk0 = readFileSync(img);
+      expect(disk0[0]).toBe(0xa1);
+      expect(disk0[8 * 512]).toBe(0xb2);
+      // The new back-end got the guest's cache mode, not its own default.
+      expect(link.frontend.getConfig(0, 60)[BlkConfig.writeback]).toBe(0);
+      write(16, 0xc3, 3);
+      g.kick(q);
+      expect(await g.waitUsed(q)).toEqual([{ token: 3, len: 1 }]);
+    }, 60_000);
   });
 }

@@ -15,7 +15,7 @@ import type { FsConfig } from '../config/fs.js';
 import type { NetConfig } from '../config/net.js';
 import type { VhostUserDevicesConfig } from '../config/vhost-user-devices.js';
 import { VhostUserDeviceError } from './errors.js';
-import { checkQueueCount, VhostUserLink, type CallFdResolver } from './link.js';
+import { checkQueueCount, VhostUserLink, type CallFdResolver, type NegotiatedLink, type Reconnect } from './link.js';
 import {
   BLK_CONFIG_LEN, BLK_PROTOCOL_FEATURES, DEFAULT_VIRTIO_FEATURES, BLK_WRITABLE, blkFeatureMask, FS_PROTOCOL_FEATURES, fsConfig, NET_PROTOCOL_FEATURES,
   NET_VMM_FEATURES, netConfig, netFeatureMask, patchBlkConfig,
@@ -28,6 +28,8 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 export interface ConnectTiming {
   /** Cloud Hypervisor retries for 60 s, every 100 ms. */
   retryForMs?: number;
+  /** How long a back-end that hung up under a running guest has to come back (default: retryForMs, or 60 s). */
+  reconnectForMs?: number;
   retryEveryMs?: number;
   replyTimeoutMs?: number;
 }
@@ -64,11 +66,7 @@ async function open(id: string, socket: string, server: boolean, t: ConnectTimin
   }
 }
 
-interface Negotiated {
-  fe: VhostUserFrontend;
-  backendFeatures: bigint;
-  protocol: bigint;
-}
+type Negotiated = NegotiatedLink;
 
 /**
  * SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM (SET_FEATURES waits for the guest). Without
@@ -172,23 +170,33 @@ async function attachOne(d: AnyDevice, callFd: CallFdResolver, t: ConnectTiming)
   const id = d.c.id ?? `_${d.kind}`;
   const server = d.kind === 'net' && d.c.vhostMode === 'Server';
   const fe = await open(id, d.c.socket, server, t);
+  // Backends disagree on whether GET_QUEUE_NUM counts queues or pairs: one net pair is all kumo needs.
+  const [wantProtocol, queues, unsaid] = d.kind === 'blk' ? [BLK_PROTOCOL_FEATURES, d.c.numQueues, 1]
+    : d.kind === 'net' ? [NET_PROTOCOL_FEATURES, 1, 1] : [FS_PROTOCOL_FEATURES, d.c.numQueues + 1, 2];
+  // A restarted virtio-fs back-end knows none of the guest's FUSE inodes and handles: only blk and net come back.
+  const reconnect: Reconnect | null = d.kind === 'fs' ? null : async () => {
+    const until = Date.now() + (t.reconnectForMs ?? t.retryForMs ?? 60_000);
+    for (;;) {
+      const again = await open(id, d.c.socket, server, { ...t, retryForMs: Math.max(0, until - Date.now()) });
+      try {
+        return negotiate(id, again, wantProtocol, queues, unsaid);
+      } catch (e) {
+        again.close();
+        // A back-end still going away (its socket accepted, then reset) or one still starting: try again.
+        if (Date.now() >= until) throw e;
+        await sleep(t.retryEveryMs ?? 100);
+      }
+    }
+  };
   try {
     let built: Built;
-    let n: Negotiated;
-    if (d.kind === 'blk') {
-      n = negotiate(id, fe, BLK_PROTOCOL_FEATURES, d.c.numQueues, 1);
-      built = buildBlk(d.c, n);
-    } else if (d.kind === 'net') {
-      // Backends disagree on whether GET_QUEUE_NUM counts queues or pairs: one pair is all kumo needs.
-      n = negotiate(id, fe, NET_PROTOCOL_FEATURES, 1, 1);
-      built = buildNet(d.c, n);
-    } else {
-      n = negotiate(id, fe, FS_PROTOCOL_FEATURES, d.c.numQueues + 1, 2);
-      built = buildFs(d.c, n);
-    }
+    const n = negotiate(id, fe, wantProtocol, queues, unsaid);
+    if (d.kind === 'blk') built = buildBlk(d.c, n);
+    else if (d.kind === 'net') built = buildNet(d.c, n);
+    else built = buildFs(d.c, n);
     const spec = toSpec(id, built, d.c.pciDeviceId);
     log.info({ id, kind: d.kind, socket: d.c.socket, features: spec.features.toString(16), protocol: n.protocol.toString(16) }, 'vhost-user backend attached');
-    return new VhostUserLink(spec, fe, n.backendFeatures, n.protocol, callFd, d.c.socket);
+    return new VhostUserLink(spec, fe, n.backendFeatures, n.protocol, callFd, d.c.socket, reconnect);
   } catch (e) {
     fe.close();
     if (e instanceof VhostUserDeviceError) throw e;

@@ -20,7 +20,8 @@ import { encodeFsConfig } from '../../protocol/virtio/fs.js';
 export const DEFAULT_VIRTIO_FEATURES = bits(VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_RING_F_EVENT_IDX, VIRTIO_F_VERSION_1);
 
 const PROTO_BASE = protocolFeatures(ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS);
-export const BLK_PROTOCOL_FEATURES = PROTO_BASE | protocolFeatures(ProtocolFeature.CONFIG);
+/** INFLIGHT_SHMFD: a back-end restarted under a running guest resumes what its predecessor had in flight (see link.ts). */
+export const BLK_PROTOCOL_FEATURES = PROTO_BASE | protocolFeatures(ProtocolFeature.CONFIG, ProtocolFeature.INFLIGHT_SHMFD);
 export const NET_PROTOCOL_FEATURES = PROTO_BASE | protocolFeatures(ProtocolFeature.CONFIG);
 export const FS_PROTOCOL_FEATURES = PROTO_BASE;
 
