@@ -80,6 +80,21 @@ interface Budget {
   windowStart: number;
   sent: number;
   held: number;
+  /** The level of the lines held back (the summary goes out at it). */
+  level: 'info' | 'warn' | 'error';
+}
+
+/** This thread's limiters with lines held back: their counts go out once their window ends (flushHeldWarnings). */
+const holding = new Set<WarnLimiter>();
+
+/**
+ * Says how many lines each limiter held back, for every message whose window has ended since: a flood that stops is
+ * still counted. Runs from a timer in threads with an event loop; threads that never return to theirs (the
+ * vhost-user queue workers) call it from their own loop.
+ */
+export function flushHeldWarnings(now = performance.now()): void {
+  if (holding.size === 0) return;
+  for (const l of [...holding]) if (l.flushDue(now)) holding.delete(l);
 }
 
 /** Distinct messages a WarnLimiter keeps a budget for; any beyond share one (messages are literals, but not all). */
@@ -93,8 +108,9 @@ const MAX_MESSAGES = 64;
  */
 export class WarnLimiter {
   private readonly budgets = new Map<string, Budget>();
-  private readonly shared: Budget = { windowStart: -Infinity, sent: 0, held: 0 };
-  private readonly total: Budget = { windowStart: -Infinity, sent: 0, held: 0 };
+  private readonly shared: Budget = { windowStart: -Infinity, sent: 0, held: 0, level: 'warn' };
+  private readonly total: Budget = { windowStart: -Infinity, sent: 0, held: 0, level: 'warn' };
+  private flushTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly log: Logger,
@@ -118,7 +134,7 @@ export class WarnLimiter {
     let b = this.budgets.get(msg);
     if (b === undefined) {
       if (this.budgets.size >= MAX_MESSAGES) return this.shared;
-      b = { windowStart: -Infinity, sent: 0, held: 0 };
+      b = { windowStart: -Infinity, sent: 0, held: 0, level: 'warn' };
       this.budgets.set(msg, b);
     }
     return b;
@@ -136,6 +152,11 @@ export class WarnLimiter {
     }
     if (b.sent >= this.burst || this.total.sent >= 2 * this.burst) {
       b.held++;
+      b.level = level;
+      if (!holding.has(this)) {
+        holding.add(this);
+        this.scheduleFlush();
+      }
       return;
     }
     b.sent++;
@@ -145,5 +166,33 @@ export class WarnLimiter {
       b.held = 0;
     }
     this.log[level](obj, msg);
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushTimer !== null) return;
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = null;
+      if (this.flushDue(performance.now())) holding.delete(this);
+      else this.scheduleFlush();
+    }, this.windowMs + 10);
+    this.flushTimer.unref();
+  }
+
+  /** Logs the held-back count of each message whose window has ended; true once nothing is held. */
+  flushDue(now: number): boolean {
+    let left = false;
+    const due = (msg: string, b: Budget): void => {
+      if (b.held === 0) return;
+      // Both the message's window and the limiter's: a count said now would take a line the next window may need.
+      if (now - b.windowStart < this.windowMs || now - this.total.windowStart < this.windowMs) {
+        left = true;
+        return;
+      }
+      if (this.log.isLevelEnabled(b.level)) this.log[b.level]({ heldBack: b.held }, msg);
+      b.held = 0;
+    };
+    for (const [msg, b] of this.budgets) due(msg, b);
+    due('(other messages)', this.shared);
+    return !left;
   }
 }

@@ -5,7 +5,7 @@
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
 import { SetupError } from '../errors.js';
-import { logger, WarnLimiter, type Logger } from '../log.js';
+import { flushHeldWarnings, logger, WarnLimiter, type Logger } from '../log.js';
 import { GuestMemory, type MemoryRegionSpec } from '../memory/index.js';
 import { Epoll, EPOLLERR, EPOLLHUP, EPOLLIN } from '../sys/epoll.js';
 import { closeQuiet, eventfdRead, eventfdWrite, setNonBlocking } from '../sys/fd.js';
@@ -114,6 +114,8 @@ class QueueWorker {
         }
       }
       for (const r of this.polled) if (r.enabled) this.process(r);
+      // This thread never returns to its event loop: the held-back counts of its limiters go out from here.
+      flushHeldWarnings();
     }
     this.epoll.close();
   }

@@ -1,6 +1,6 @@
 import { describe, expect, it, vi } from 'vitest';
 import { pino } from 'pino';
-import { WarnLimiter } from '../../protocol/log.js';
+import { flushHeldWarnings, WarnLimiter } from '../../protocol/log.js';
 
 describe('WarnLimiter', () => {
   it('passes `burst` warnings per window, holds back the rest and reports their count with the next line', () => {
@@ -51,6 +51,31 @@ describe('WarnLimiter', () => {
         for (let k = 0; k < 100; k++) w.warn({}, `refused ${s * 100 + k}`);
       }
       expect(lines.length).toBeLessThanOrEqual(5 + 10 * 4);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('says how many lines a flood held back once it stops, with no later line to carry the count', () => {
+    vi.useFakeTimers();
+    try {
+      const lines: { level: number; msg: string; heldBack?: number }[] = [];
+      const log = pino({ level: 'warn' }, { write: (l: string) => void lines.push(JSON.parse(l)) });
+      const w = new WarnLimiter(log, 2, 1000);
+      for (let k = 0; k < 50; k++) w.error({ k }, 'queue handler failed');
+      for (let k = 0; k < 5; k++) w.warn({ k }, 'kick fd hung up');
+      expect(lines.length).toBe(4);
+      // A thread whose loop never yields asks for it; within the window nothing is said yet.
+      flushHeldWarnings();
+      expect(lines.length).toBe(4);
+      vi.advanceTimersByTime(1100); // the timer of a thread with an event loop
+      expect(lines.slice(4)).toEqual([
+        expect.objectContaining({ level: 50, msg: 'queue handler failed', heldBack: 48 }),
+        expect.objectContaining({ level: 40, msg: 'kick fd hung up', heldBack: 3 }),
+      ]);
+      vi.advanceTimersByTime(5000);
+      flushHeldWarnings();
+      expect(lines.length).toBe(6); // said once
     } finally {
       vi.useRealTimers();
     }
