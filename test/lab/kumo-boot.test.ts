@@ -1,7 +1,7 @@
 // kumo boots the stock Debian kernel to userspace in the nested lab: PVH vmlinux with the
 // built-in virtio-rng and virtio-console checked from inside the guest, the bzImage, a 2-vCPU
-// boot (known flaky in the lab: retried once and reported), and the demo guest on our three
-// vhost-user backends. One lab boot runs them all, in sequence, to keep CI time down; the 2-vCPU
+// boot (known flaky in the lab: retried once and reported), the demo guest on our three
+// vhost-user backends, and a disk back-end killed and restarted under a writing guest (kumo reconnects). One lab boot runs them all, in sequence, to keep CI time down; the 2-vCPU
 // boot goes last, since it sometimes hangs L1 itself: the lab's timeout then ends the run and the
 // others are judged on what they printed before it.
 import fs from 'node:fs';
@@ -48,6 +48,7 @@ describe.skipIf(skip !== null)('kumo boots Debian in the lab', () => {
       bootLine('pvh', img, img.vmlinux, 'kumo.script=devices', ['--cpus', 'boot=1', '--console', 'tty']),
       bootLine('bzimage', img, img.bzImage, 'kumo.script=ready', ['--cpus', 'boot=1', '--console', 'off']),
       `echo "=== demo start"; ${root}/node_modules/.bin/tsx ${root}/scripts/demo.ts; echo "=== demo exit=$?"`,
+      `echo "=== reconnect start"; sh ${shQuote(path.join(root, 'test/lab/fixtures/blk-reconnect.sh'))} ${[root, img.vmlinux, img.initramfs].map(shQuote).join(' ')}; echo "=== reconnect exit=$?"`,
       // 2 vCPUs in the lab hang or panic L1 some of the time (nested-lab.md): one retry.
       `out=$( ${smp} 2>&1 ); echo "$out"; case "$out" in *"KUMO-RESULT rc=0"*) ;; *) echo "=== smp2 retry"; ${smp} ;; esac`,
     ].join('\n') + '\n');
@@ -105,6 +106,18 @@ describe.skipIf(skip !== null)('kumo boots Debian in the lab', () => {
     expect(s.text).toContain('ok   guest read the virtio-fs share');
     expect(s.text).toContain('ok   guest file appeared in the share');
     expect(s.text).toContain('ok   guest pinged the host through the TAP');
+    expect(s.exit).toBe(0);
+  });
+
+  it('reconnects to a disk back-end killed and restarted under the writing guest; every write completes', () => {
+    const s = section(r.output, 'reconnect');
+    expect(s.text).toContain('back-end killed');
+    expect(s.text).toMatch(/reconnected to the vhost-user back-end/);
+    expect(s.text).toContain('GUEST-DONE');
+    expect(s.text).not.toContain('DD-FAIL');
+    expect(s.text).toContain('IO-ERRORS 0');
+    expect(s.text).toContain('KUMO-RESULT rc=0');
+    expect(s.text).toContain('kumo exit=0');
     expect(s.exit).toBe(0);
   });
 });

@@ -13,6 +13,7 @@ import { DiskConfig } from '../../vmm/config/disk.js';
 import { MemoryConfig } from '../../vmm/config/memory.js';
 import { validateVhostUserDevices } from '../../vmm/config/vhost-user-devices.js';
 import { attachVhostUserDevices, vhostUserDevices, type VhostUserAttachment } from '../../vmm/vhost-user/index.js';
+import type { ConnectTiming } from '../../vmm/vhost-user/connect.js';
 import { startTsWorker } from '../../vmm/vcpu/ts-worker.js';
 import { GuestDriver, MiB, startProcess, stopProcess, TestVm, type GuestQueue } from './harness.js';
 import { haveQsd } from '../blk/vu-client.js';
@@ -82,19 +83,24 @@ for (const b of backends) {
       rmSync(dir, { recursive: true, force: true });
     });
 
-    it('a guest driver writes a block and reads it back; config, WCE and reset/re-activation', async () => {
+    /** The back-end started, and kumo's device model attached to it (main-thread links) in a fresh TestVm. */
+    async function attachDisk(timing: ConnectTiming): Promise<{ v: TestVm; a: VhostUserAttachment }> {
       child = await b.start(img, sock);
       const disk = DiskConfig.parse(`vhost_user=on,socket=${sock},queue_size=128`);
       const devices = { disks: [disk], net: [], fs: [] };
       validateVhostUserDevices(devices, new MemoryConfig(512 * MiB, true));
       vm = new TestVm();
-      const v = vm;
-      att = await attachVhostUserDevices(devices, v.callFd, { retryForMs: 5000 });
-      expect(att.specs.map((s) => s.id)).toEqual(['_disk0']);
-      v.build(vhostUserDevices(att.specs, att.links));
+      att = await attachVhostUserDevices(devices, vm.callFd, timing);
+      return { v: vm, a: att };
+    }
+
+    it('a guest driver writes a block and reads it back; config, WCE and reset/re-activation', async () => {
+      const { v, a } = await attachDisk({ retryForMs: 5000 });
+      expect(a.specs.map((s) => s.id)).toEqual(['_disk0']);
+      v.build(vhostUserDevices(a.specs, a.links));
       // A vCPU worker's model (no connection) answers the same config from the shared spec.
-      const replica = v.buildReplica(vhostUserDevices(structuredClone(att.specs)));
-      expect(replica.virtio[0].device.features()).toBe(att.specs[0].features);
+      const replica = v.buildReplica(vhostUserDevices(structuredClone(a.specs)));
+      expect(replica.virtio[0].device.features()).toBe(a.specs[0].features);
 
       const g = new GuestDriver(v, 0);
       expect(g.config(BlkConfig.capacity, 4) + g.config(BlkConfig.capacity + 4, 4) * 2 ** 32).toBe(IMG_SIZE / 512);
@@ -104,7 +110,7 @@ for (const b of backends) {
       g.enableMsix();
       const want = bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE);
       g.start(want, [128]);
-      expect(att.links.get('_disk0')!.activeQueues).toEqual([0]);
+      expect(a.links.get('_disk0')!.activeQueues).toEqual([0]);
       const q = g.queues[0];
 
       const data = randomBytes(8192);
@@ -124,7 +130,7 @@ for (const b of backends) {
       expect(readFileSync(img).subarray(16 * 512, 16 * 512 + 8192).equals(data)).toBe(true);
 
       // libvhost-user (qemu-storage-daemon) ignores the GET_CONFIG offset: always read from 0.
-      const backendWce = () => att!.links.get('_disk0')!.frontend.getConfig(0, 60)[BlkConfig.writeback];
+      const backendWce = () => a.links.get('_disk0')!.frontend.getConfig(0, 60)[BlkConfig.writeback];
       // WCE: the guest flips writeback; the main thread forwards it with SET_CONFIG.
       if (g.features & bits(VIRTIO_BLK_F_CONFIG_WCE)) {
         const before = g.config(BlkConfig.writeback, 1);
@@ -134,7 +140,7 @@ for (const b of backends) {
         // The same write from a vCPU thread goes through the config eventfd and the main loop, and the guest's write
         // returns only once the back-end has it: a guest that switched to writethrough sends no FLUSH for what follows.
         const vcpu = startTsWorker(new URL('./fixtures/config-writer.ts', import.meta.url),
-          { spec: att.specs[0], offset: BlkConfig.writeback, bytes: [before] }, 'vcpu-config');
+          { spec: a.specs[0], offset: BlkConfig.writeback, bytes: [before] }, 'vcpu-config');
         let written = false;
         vcpu.once('message', () => (written = true));
         await new Promise((r) => setTimeout(r, 300));
@@ -153,7 +159,7 @@ for (const b of backends) {
 
       // Guest reset stops the rings (GET_VRING_BASE); a new driver instance starts them again.
       g.reset();
-      expect(att.links.get('_disk0')!.activeQueues).toEqual([]);
+      expect(a.links.get('_disk0')!.activeQueues).toEqual([]);
       g.enableMsix();
       g.start(want, [64]);
       const q2 = g.queues[0];
@@ -166,19 +172,13 @@ for (const b of backends) {
     }, 60_000);
 
     it('a back-end killed under the running guest is connected to again when it comes back: queued writes complete, writethrough stays', async () => {
-      child = await b.start(img, sock);
-      const disk = DiskConfig.parse(`vhost_user=on,socket=${sock},queue_size=128`);
-      const devices = { disks: [disk], net: [], fs: [] };
-      validateVhostUserDevices(devices, new MemoryConfig(512 * MiB, true));
-      vm = new TestVm();
-      const v = vm;
-      att = await attachVhostUserDevices(devices, v.callFd, { retryForMs: 5000, reconnectForMs: 20_000 });
-      v.build(vhostUserDevices(att.specs, att.links));
+      const { v, a } = await attachDisk({ retryForMs: 5000, reconnectForMs: 20_000 });
+      v.build(vhostUserDevices(a.specs, a.links));
       const g = new GuestDriver(v, 0);
       g.enableMsix();
       g.start(bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE), [128]);
       const q = g.queues[0];
-      const link = att.links.get('_disk0')!;
+      const link = a.links.get('_disk0')!;
       g.writeConfig(BlkConfig.writeback, 0, 1); // the guest wants writethrough
       const write = (sector: number, fill: number, token: number) => {
         const buf = v.alloc.allocOrThrow(4096, 512);
@@ -189,7 +189,7 @@ for (const b of backends) {
       g.kick(q);
       expect(await g.waitUsed(q)).toEqual([{ token: 1, len: 1 }]);
 
-      const dead = child;
+      const dead = child!;
       const gone = new Promise<void>((r) => dead.once('exit', () => r()));
       dead.kill('SIGKILL');
       await gone;

@@ -14,6 +14,10 @@ import { DIRTY_ASKED, DIRTY_DONE, DIRTY_NONE_LO, type VhostUserDeviceSpec } from
 const log = logger('vhost-user-device');
 /** Lines a guest causes at will (it may loop on them): rate-limited. */
 const guestLog = new WarnLimiter(log);
+/** A back-end that hangs up again and again after each reconnect: its lines are rate-limited, and so are the reconnects. */
+const backendLog = new WarnLimiter(log);
+const RECONNECT_MIN_INTERVAL_MS = 1000;
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** The eventfd KVM injects a GSI from (its irqfd); the backend writes it directly as the vring call fd. */
 export type CallFdResolver = (gsi: number) => number;
@@ -38,6 +42,8 @@ export class VhostUserLink {
   /** The back-end hung up and a new connection to it is being made (see connectionLost). */
   private reconnecting = false;
   private closed = false;
+  /** When the last reconnect began: a back-end that keeps hanging up is reconnected to at most once a second. */
+  private lastReconnect = -Infinity;
   private loop: EventLoop | null = null;
   private onLost: (() => void) | null = null;
   /** What the running activation set up, replayed on a new connection; null while the device is not started. */
@@ -122,13 +128,16 @@ export class VhostUserLink {
       return;
     }
     this.reconnecting = true;
-    log.warn({ id: this.spec.id, socket: this.socket, queues: this.active }, 'the vhost-user back-end closed the connection; waiting for it to come back');
+    backendLog.warn({ id: this.spec.id, socket: this.socket, queues: this.active }, 'the vhost-user back-end closed the connection; waiting for it to come back');
     void this.reconnectNow(this.reconnect);
   }
 
   private async reconnectNow(reconnect: Reconnect): Promise<void> {
     let n: NegotiatedLink;
     try {
+      const wait = this.lastReconnect + RECONNECT_MIN_INTERVAL_MS - performance.now();
+      if (wait > 0) await sleep(wait);
+      this.lastReconnect = performance.now();
       n = await reconnect();
     } catch (err) {
       this.reconnecting = false;
@@ -144,7 +153,7 @@ export class VhostUserLink {
     try {
       this.adopt(n);
       this.replay();
-      log.info({ id: this.spec.id, socket: this.socket, queues: this.active }, 'reconnected to the vhost-user back-end');
+      backendLog.info({ id: this.spec.id, socket: this.socket, queues: this.active }, 'reconnected to the vhost-user back-end');
     } catch (err) {
       this.giveUp('setting up the restarted vhost-user back-end failed; the guest is told the device needs a reset', err);
     } finally {
