@@ -188,7 +188,8 @@ export class WarnLimiter {
         left = true;
         return;
       }
-      if (this.log.isLevelEnabled(b.level)) this.log[b.level]({ heldBack: b.held }, msg);
+      // summary: the line stands for the held-back ones only (no event of its own).
+      if (this.log.isLevelEnabled(b.level)) this.log[b.level]({ heldBack: b.held, summary: true }, msg);
       b.held = 0;
     };
     for (const [msg, b] of this.budgets) due(msg, b);

@@ -70,7 +70,7 @@ describe('WarnLimiter', () => {
       expect(lines.length).toBe(4);
       vi.advanceTimersByTime(1100); // the timer of a thread with an event loop
       expect(lines.slice(4)).toEqual([
-        expect.objectContaining({ level: 50, msg: 'queue handler failed', heldBack: 48 }),
+        expect.objectContaining({ level: 50, msg: 'queue handler failed', heldBack: 48, summary: true }),
         expect.objectContaining({ level: 40, msg: 'kick fd hung up', heldBack: 3 }),
       ]);
       vi.advanceTimersByTime(5000);
