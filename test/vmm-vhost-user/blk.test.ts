@@ -213,5 +213,42 @@ for (const b of backends) {
       g.kick(q);
       expect(await g.waitUsed(q)).toEqual([{ token: 3, len: 1 }]);
     }, 60_000);
+
+    /** Kills the back-end and lets the main loop see the hang-up (the link starts reconnecting). */
+    async function killBackend(v: TestVm): Promise<void> {
+      const dead = child!;
+      const gone = new Promise<void>((r) => dead.once('exit', () => r()));
+      dead.kill('SIGKILL');
+      await gone;
+      for (let i = 0; i < 20; i++) {
+        v.loop.poll(10);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+
+    it('a guest that resets and starts the device again while its back-end is away gets a working disk once it is back', async () => {
+      const { v, a } = await attachDisk({ retryForMs: 5000, reconnectForMs: 20_000 });
+      v.build(vhostUserDevices(a.specs, a.links));
+      const g = new GuestDriver(v, 0);
+      g.enableMsix();
+      const want = bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE);
+      g.start(want, [128]);
+      await killBackend(v);
+      // A reboot (or driver reload) meanwhile: reset, then DRIVER_OK with new rings.
+      g.reset();
+      g.enableMsix();
+      g.start(want, [128]);
+      expect(g.r(0x14, 1) & 0x40).toBe(0); // no DEVICE_NEEDS_RESET
+      const q = g.queues[0];
+      const buf = v.alloc.allocOrThrow(4096, 512);
+      v.mem.slice(buf, 4096).fill(0xd4);
+      const st = request(v, q, VIRTIO_BLK_T_OUT, 24, { addr: buf, len: 4096 }, 7);
+      g.kick(q);
+      child = await b.start(img, sock);
+      expect(await g.waitUsed(q, 1, 20_000)).toEqual([{ token: 7, len: 1 }]);
+      expect(v.mem.readU8(st)).toBe(0);
+      expect(readFileSync(img)[24 * 512]).toBe(0xd4);
+      expect(g.r(0x14, 1) & 0x40).toBe(0);
+    }, 60_000);
   });
 }

@@ -189,9 +189,8 @@ export class VhostUserLink {
     if (s === null) return;
     const fe = this.frontend;
     fe.setFeatures(s.features);
-    if (this.inflight !== null && hasProtocolFeature(this.protocolFeatures, ProtocolFeature.INFLIGHT_SHMFD)) {
-      fe.setInflightFd(this.inflight.buffer, this.inflight.fd);
-    }
+    // The kept buffer, or (a device the guest started while the back-end was away) a new one.
+    this.setUpInflight(s.ctx);
     fe.setMemTable(s.ctx.memory);
     for (const [o, n] of this.spec.writable) fe.setConfig(o, this.cfg.slice(o, o + n));
     for (const q of s.ctx.queues) {
@@ -212,10 +211,17 @@ export class VhostUserLink {
   activate(ctx: ActivateContext): void {
     this.attach(ctx.loop);
     if (this.lost) throw new VhostUserDeviceError(`vhost-user device ${this.spec.id}: its back-end on ${this.socket} is gone`, { id: this.spec.id });
-    if (this.reconnecting) throw new VhostUserDeviceError(`vhost-user device ${this.spec.id}: its back-end on ${this.socket} is being reconnected`, { id: this.spec.id });
+    const features = (ctx.features & this.backendFeatures) | (this.backendFeatures & F_PROTOCOL_FEATURES);
+    if (this.reconnecting) {
+      // As QEMU does while its chardev is down: the device starts on the new connection (replay()), or the guest is
+      // told NEEDS_RESET if none comes. Failing now would leave the guest (a reboot, a driver reload) with a dead disk.
+      this.active = ctx.queues.map((q) => q.index);
+      this.started = { ctx, features };
+      guestLog.info({ id: this.spec.id, queues: this.active }, 'vhost-user device started by the guest while its back-end is away; set up once it is back');
+      return;
+    }
     const fe = this.frontend;
     this.stopRings();
-    const features = (ctx.features & this.backendFeatures) | (this.backendFeatures & F_PROTOCOL_FEATURES);
     fe.setFeatures(features);
     this.setUpInflight(ctx);
     fe.setMemTable(ctx.memory);
