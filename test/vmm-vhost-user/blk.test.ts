@@ -250,5 +250,25 @@ for (const b of backends) {
       expect(readFileSync(img)[24 * 512]).toBe(0xd4);
       expect(g.r(0x14, 1) & 0x40).toBe(0);
     }, 60_000);
+
+    it('a back-end that comes back while the device is stopped gets the guest\'s config writes (writethrough)', async () => {
+      const { v, a } = await attachDisk({ retryForMs: 5000, reconnectForMs: 20_000 });
+      v.build(vhostUserDevices(a.specs, a.links));
+      const g = new GuestDriver(v, 0);
+      g.enableMsix();
+      const want = bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE);
+      g.start(want, [128]);
+      const link = a.links.get('_disk0')!;
+      g.writeConfig(BlkConfig.writeback, 0, 1); // writethrough
+      expect(link.frontend.getConfig(0, 60)[BlkConfig.writeback]).toBe(0);
+      g.reset(); // the guest keeps reading writeback=0 from the config space; it will not write it again
+      const old = link.frontend;
+      await killBackend(v);
+      child = await b.start(img, sock);
+      for (let i = 0; i < 1000 && link.frontend === old; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(link.frontend).not.toBe(old);
+      expect(g.config(BlkConfig.writeback, 1)).toBe(0);
+      expect(link.frontend.getConfig(0, 60)[BlkConfig.writeback]).toBe(0);
+    }, 60_000);
   });
 }

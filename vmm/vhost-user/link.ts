@@ -186,13 +186,18 @@ export class VhostUserLink {
    */
   private replay(): void {
     const s = this.started;
-    if (s === null) return;
     const fe = this.frontend;
+    if (s === null) {
+      // A device not running now keeps the guest's config (its writethrough choice, read back at the next probe):
+      // the new back-end must serve it too, and the next activation sends only later writes.
+      this.replayConfig();
+      return;
+    }
     fe.setFeatures(s.features);
     // The kept buffer, or (a device the guest started while the back-end was away) a new one.
     this.setUpInflight(s.ctx);
     fe.setMemTable(s.ctx.memory);
-    for (const [o, n] of this.spec.writable) fe.setConfig(o, this.cfg.slice(o, o + n));
+    this.replayConfig();
     for (const q of s.ctx.queues) {
       if (!this.active.includes(q.index)) continue;
       const gsi = this.queueGsis.get(q.index) ?? null;
@@ -200,6 +205,10 @@ export class VhostUserLink {
       fe.setupVring(q.index, s.ctx.memory, q.layout, q.kick, gsi === null ? null : this.callFd(gsi), used);
       eventfdWrite(q.kick);
     }
+  }
+
+  private replayConfig(): void {
+    for (const [o, n] of this.spec.writable) this.frontend.setConfig(o, this.cfg.slice(o, o + n));
   }
 
   private giveUp(msg: string, err?: unknown): void {
