@@ -2,11 +2,18 @@ import { fstatSync } from 'node:fs';
 import { closeQuiet, dup } from '../sys/fd.js';
 import { F_SEAL_GROW, ftruncate, memfdCreate, MFD_ALLOW_SEALING, MFD_CLOEXEC, sealAgainstShrink } from '../sys/mem.js';
 import { inflightRegionSize } from '../virtqueue/index.js';
-import { VhostUserProtocolError } from './errors.js';
+import { VhostUserError, VhostUserProtocolError } from './errors.js';
 import type { PayloadOf } from './payload.js';
 import type { RingInflight } from './worker-protocol.js';
 
 type InflightPayload = PayloadOf<'inflight'>;
+
+/**
+ * A buffer whose file could be truncated under the queue threads (no shrink seal, and none can be added: a plain
+ * tmpfs or disk file): the SIGBUS of a touched page past its end would kill the whole back-end. The request is
+ * refused and the rings go without tracking; the connection stays.
+ */
+export class InflightUnsealableError extends VhostUserError {}
 
 function bad(msg: string, ctx: Record<string, unknown>): never {
   throw new VhostUserProtocolError(msg, ctx);
@@ -50,7 +57,9 @@ export class InflightBuffer {
       // A page past the file's end would raise SIGBUS in the queue thread: the file must hold the whole buffer.
       const size = fstatSync(fd).size;
       if (p.mmapOffset + p.mmapSize > size) bad('inflight buffer is larger than its file', { mmapOffset: p.mmapOffset, mmapSize: p.mmapSize, fileSize: size });
-      sealAgainstShrink(fd);
+      if (!sealAgainstShrink(fd)) {
+        throw new InflightUnsealableError('inflight buffer file cannot be sealed against shrinking', { fileSize: size });
+      }
       return new InflightBuffer(fd, p.mmapSize, p.mmapOffset, p.numQueues, p.queueSize);
     } catch (e) {
       closeQuiet(fd);

@@ -5,7 +5,7 @@ import { ringSizes, validateLayout, type QueueLayout } from '../virtqueue/index.
 import type { VhostUserBackend } from './backend-types.js';
 import { reply, needsReply, type Message } from './codec.js';
 import { VhostUserError, VhostUserProtocolError } from './errors.js';
-import { InflightBuffer } from './inflight-buffer.js';
+import { InflightBuffer, InflightUnsealableError } from './inflight-buffer.js';
 import { MemoryTable } from './memory-table.js';
 import {
   F_PROTOCOL_FEATURES, MAX_CONFIG_SIZE, VHOST_USER_CONFIG_OFFSET, ProtocolFeature, Request, VRING_IDX_MASK, VRING_NOFD_MASK,
@@ -289,9 +289,15 @@ export class Session {
   /** The buffer the front-end kept (from this back-end or an earlier one): running rings go on in their own until restarted. */
   private setInflight(p: PayloadOf<'inflight'>, fd: number): void {
     this.inflightOn(Request.SET_INFLIGHT_FD);
-    const buf = InflightBuffer.adopt(p, dup(fd), this.rings.length, this.backend.maxQueueSize);
+    // The front-end keeps this one, whatever becomes of it: rings started from now on must not track into an older one.
     this.inflight?.close();
-    this.inflight = buf;
+    this.inflight = null;
+    try {
+      this.inflight = InflightBuffer.adopt(p, dup(fd), this.rings.length, this.backend.maxQueueSize);
+    } catch (e) {
+      if (e instanceof InflightUnsealableError) throw new RequestRefusedError(e.message, e.context);
+      throw e;
+    }
   }
 
   private setFeatures(v: bigint): void {

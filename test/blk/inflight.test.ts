@@ -1,7 +1,7 @@
 // INFLIGHT_SHMFD: a back-end killed with requests in flight, restarted, and reconnected to the way QEMU (chardev
 // reconnect) does it, serves every request it had taken exactly once, whatever order completions had come in.
 import { afterEach, describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -216,5 +216,34 @@ describe('vhost-user-blk inflight tracking across a back-end restart', () => {
     client = await BlkVuClient.connect(sock, { queueSize: 128, inflight: true });
     write(client, 0, 2, 0x33, 2);
     expect([...client.run(0, 1).keys()]).toEqual([2]);
+  });
+
+  it('a buffer in a file that cannot be sealed (truncated later by the front-end) is refused, not a SIGBUS', async () => {
+    const { img, sock, args } = image(1 << 20);
+    child = await startBackend(args);
+    const c = (client = await BlkVuClient.connect(sock, { queueSize: 128, inflight: true }));
+    write(c, 0, 0, 0x11, 0);
+    expect(c.run(0, 1).size).toBe(1);
+    // A plain tmpfs file takes no seals: the front-end could shrink it under the queue thread at any time.
+    const path = join(dir, 'inflight');
+    writeFileSync(path, Buffer.alloc(4096));
+    const fd = openSync(path, 'r+');
+    try {
+      try {
+        c.fe.setInflightFd({ kind: 'inflight', mmapSize: inflightRegionSize(128), mmapOffset: 0, numQueues: 1, queueSize: 128 }, fd);
+      } catch {
+        // refused with REPLY_ACK
+      }
+      c.fe.setVringKick(0, c.queues[0].kick); // the ring restarts, with whatever buffer the back-end took
+      c.fe.getFeatures(); // a reply: the back-end has handled both
+      ftruncateSync(fd, 0);
+      write(c, 0, 1, 0x22, 1);
+      expect([...c.run(0, 1).keys()]).toEqual([1]);
+    } finally {
+      closeSync(fd);
+    }
+    expect(child.exitCode).toBeNull();
+    expect(child.signalCode).toBeNull();
+    expect(readFileSync(img)[BLOCK]).toBe(0x22);
   });
 });
