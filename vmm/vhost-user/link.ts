@@ -224,11 +224,32 @@ export class VhostUserLink {
     if (this.reconnecting) {
       // As QEMU does while its chardev is down: the device starts on the new connection (replay()), or the guest is
       // told NEEDS_RESET if none comes. Failing now would leave the guest (a reboot, a driver reload) with a dead disk.
-      this.active = ctx.queues.map((q) => q.index);
-      this.started = { ctx, features };
-      guestLog.info({ id: this.spec.id, queues: this.active }, 'vhost-user device started by the guest while its back-end is away; set up once it is back');
+      this.startLater(ctx, features);
       return;
     }
+    try {
+      this.startNow(ctx, features);
+    } catch (err) {
+      // The back-end hung up before the loop saw it (its socket is readable, not yet read): reconnect now, as if it had.
+      if (this.reconnect === null || !this.hungUp()) throw err;
+      this.startLater(ctx, features);
+      this.unwatch?.();
+      this.connectionLost();
+    }
+  }
+
+  private startLater(ctx: ActivateContext, features: bigint): void {
+    this.active = ctx.queues.map((q) => q.index);
+    this.started = { ctx, features };
+    guestLog.info({ id: this.spec.id, queues: this.active }, 'vhost-user device started by the guest while its back-end is away; set up once it is back');
+  }
+
+  private hungUp(): boolean {
+    const ch = this.frontend.channel;
+    return ch.isClosed || peekState(ch.fd) === 'closed';
+  }
+
+  private startNow(ctx: ActivateContext, features: bigint): void {
     const fe = this.frontend;
     this.stopRings();
     fe.setFeatures(features);
