@@ -110,9 +110,10 @@ export class DeviceQueue {
    * returnMalformed(e)).
    */
   pop(): DescriptorChain | null {
-    if (this.inflight !== null) {
-      const again = this.inflight.nextResubmit();
-      if (again >= 0) return this.parseChain(again);
+    if (this.inflight?.hasResubmit() === true) {
+      // Rings unmapped for now (REM_MEM_REG) throw here, before the head is handed out: it is resubmitted later.
+      this.r();
+      return this.parseChain(this.inflight.nextResubmit());
     }
     const availIdx = this.availIdx();
     const last = this.lastAvail;

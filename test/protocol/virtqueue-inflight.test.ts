@@ -1,7 +1,8 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { GuestMemory } from '../../protocol/memory/index.js';
+import { dup } from '../../protocol/sys/fd.js';
 import {
-  compactLayout, DeviceQueue, DriverQueue, InflightRing, inflightRegionSize, INFLIGHT_VERSION, VirtqueueError,
+  compactLayout, DeviceQueue, DriverQueue, InflightRing, inflightRegionSize, INFLIGHT_VERSION, RingMemoryError, VirtqueueError,
 } from '../../protocol/virtqueue/index.js';
 
 const SIZE = 8;
@@ -120,6 +121,28 @@ describe('inflight tracking (INFLIGHT_SHMFD)', () => {
     const rebooted = backend(b3, 0);
     expect(rebooted.state).toBe('new');
     expect(popAll(rebooted.dev, new Map())).toHaveLength(2);
+  });
+
+  it('a resubmission met with the ring memory unmapped (REM_MEM_REG) is not used up: popped once the memory is back', () => {
+    const { drv, buf } = setup();
+    const heads = offer(drv, 'a', 'b');
+    const first = backend(buf);
+    first.dev.pop();
+    first.dev.pop(); // both in flight when the back-end dies
+    // The restarted back-end's own mapping of the front-end's memory, which the front-end may remove for a while.
+    const spec = () => ({ guestAddr: 0, size: 1 << 20, fd: dup(mem.regions[0].fd), fdOffset: 0, userAddr: 0x4000_0000 });
+    const own = GuestMemory.fromRegions([spec()], { seal: false });
+    try {
+      const dev = new DeviceQueue(own, layout, { eventIdx: false });
+      expect(dev.trackInflight(new InflightRing(buf, SIZE), true)?.resubmitted).toBe(2);
+      own.removeRegion(0, 1 << 20, 0x4000_0000);
+      expect(() => dev.pop()).toThrow(RingMemoryError);
+      expect(() => dev.pop()).toThrow(RingMemoryError);
+      own.addRegion(spec());
+      expect(popAll(dev, heads)).toEqual(['a', 'b']);
+    } finally {
+      own.close();
+    }
   });
 
   it('undoPop clears what it gives back, and a queue of another size is refused', () => {
