@@ -123,6 +123,7 @@ export class VhostUserLink {
   }
 
   private connectionLost(): void {
+    if (this.lost || this.closed) return;
     if (this.reconnect === null) {
       this.giveUp('the vhost-user back-end closed the connection; the guest is told the device needs a reset');
       return;
@@ -213,6 +214,10 @@ export class VhostUserLink {
 
   private giveUp(msg: string, err?: unknown): void {
     this.lost = true;
+    // A back-end that took part of a replay must not go on serving rings the guest may reset and reuse, and its
+    // hang-up must not start another reconnect (one a second, each giving up again): the connection ends here.
+    this.unwatch?.();
+    this.frontend.close();
     log.error({ id: this.spec.id, socket: this.socket, ...(err ? { err: (err as Error).message } : {}) }, msg);
     this.onLost?.();
   }
