@@ -282,7 +282,8 @@ for (const b of backends) {
       expect(readFileSync(img)[32 * 512]).toBe(0xe5);
     }, 60_000);
 
-    it.skipIf(b.name !== 'kumo-vhost-user-blk')('a restarted back-end that hangs up on the set-up (smaller queue_size) is given up once, not reconnected to every second', async () => {
+    // Only kumo-vhost-user-blk takes a queue_size to restart with (qemu-storage-daemon's rings are always up to 1024).
+    if (b.name === 'kumo-vhost-user-blk') it('a restarted back-end that hangs up on the set-up (smaller queue_size) is given up once, not reconnected to every second', async () => {
       const { v, a } = await attachDisk({ retryForMs: 5000, reconnectForMs: 20_000 });
       v.build(vhostUserDevices(a.specs, a.links));
       const g = new GuestDriver(v, 0);
