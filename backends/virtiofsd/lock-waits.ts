@@ -5,6 +5,7 @@ import { DeferredReplies, type Deferrer } from './deferred.js';
 import { E } from './errors.js';
 import type { LockWant } from './lock-deadlock.js';
 import { logger } from '../../protocol/log.js';
+import type { QueueLayout } from '../../protocol/virtqueue/index.js';
 
 const log = logger('virtiofsd');
 
@@ -34,7 +35,14 @@ interface Wait {
   head: number;
   /** What a POSIX SETLKW waits for (null: a flock(2) wait), for deadlock detection. */
   want: LockWant | null;
+  /** Its ring stopped (see suspend()): where the ring was then, to tell a restart from a new ring. */
+  stopped: { base: number; layout: QueueLayout } | null;
+  /** An INTERRUPT came while its ring was stopped: answered EINTR once the ring is back. */
+  interrupted: boolean;
 }
+
+const sameLayout = (a: QueueLayout, b: QueueLayout): boolean =>
+  a.size === b.size && a.descAddr === b.descAddr && a.availAddr === b.availAddr && a.usedAddr === b.usedAddr;
 
 /**
  * Requests that would block in the kernel: SETLKW (fcntl F_SETLKW, and flock(2) without LOCK_NB) on a lock held
@@ -68,7 +76,7 @@ export class LockWaits implements Deferrer {
   /** Parks a blocked request whose reply header goes to hdrGpa; false when too many wait already. */
   park(attempt: (mem: GuestMemory) => number, hdrGpa: number, uniqueLo: number, uniqueHi: number, want: LockWant | null = null): boolean {
     if (this.waits.length >= MAX_WAITS) return false;
-    this.last = { attempt, hdrGpa, uniqueLo, uniqueHi, owner: null, head: 0, want };
+    this.last = { attempt, hdrGpa, uniqueLo, uniqueHi, owner: null, head: 0, want, stopped: null, interrupted: false };
     this.waits.push(this.last);
     this.arm(true);
     return true;
@@ -93,8 +101,9 @@ export class LockWaits implements Deferrer {
     const mem = this.memory();
     const still: Wait[] = [];
     for (const w of this.waits) {
-      // Its ring's memory is gone for now (REM_MEM_REG): a lock taken now could not be answered; it waits on.
-      if (w.owner !== null && !w.owner.queue.ringsMapped()) {
+      // Its ring's memory is gone for now (REM_MEM_REG), or its ring is stopped: a lock taken now could not be
+      // answered; it waits on.
+      if (w.stopped !== null || (w.owner !== null && !w.owner.queue.ringsMapped())) {
         still.push(w);
         continue;
       }
@@ -119,7 +128,12 @@ export class LockWaits implements Deferrer {
       this.early.push(uniqueLo, uniqueHi);
       return false;
     }
-    const [w] = this.waits.splice(k, 1);
+    const w = this.waits[k];
+    if (w.stopped !== null) {
+      w.interrupted = true;
+      return true;
+    }
+    this.waits.splice(k, 1);
     this.answer(this.memory(), w, -E.EINTR);
     this.settle();
     return true;
@@ -144,13 +158,47 @@ export class LockWaits implements Deferrer {
     this.early = [];
   }
 
-  /** Answers EINTR to the requests waiting on `owner`'s ring (every ring when null): it stops. */
+  /**
+   * `owner`'s ring stops (GET_VRING_BASE: QEMU's stop/cont, a device reset, an unplug): its waits stay parked,
+   * unanswered and untried. A SETLKW answered EINTR here reached the guest's process as errno 512 (its FUSE makes a
+   * lock's EINTR ERESTARTSYS, and no signal was pending), although the guest asked for nothing to stop.
+   */
+  suspend(owner: VringHandle): void {
+    for (const w of this.waits) {
+      if (w.owner === owner && w.stopped === null) w.stopped = { base: owner.queue.nextAvailIdx, layout: { ...owner.queue.layout } };
+    }
+  }
+
+  /**
+   * A ring starts: the waits stopped with that ring index wait on through it when it is the same ring again (same
+   * place, same next avail index: QEMU's cont). Any other start is a new ring (the device was reset: the guest that
+   * waited is gone), and those waits go without a reply.
+   */
+  resume(owner: VringHandle): void {
+    if (this.waits.length === 0) return;
+    const mem = this.memory();
+    this.waits = this.waits.filter((w) => {
+      if (w.stopped === null || w.owner === null || w.owner.index !== owner.index) return true;
+      if (w.stopped.base !== owner.queue.nextAvailIdx || !sameLayout(w.stopped.layout, owner.queue.layout)) return false;
+      w.owner = owner;
+      w.stopped = null;
+      if (!w.interrupted) return true;
+      this.answer(mem, w, -E.EINTR);
+      return false;
+    });
+    this.settle();
+  }
+
+  /**
+   * Answers EINTR to the requests waiting on `owner`'s ring (every ring when null): the back-end restarts it to
+   * apply a change, or the front-end is gone. Waits of a stopped ring have no ring to answer through: they go.
+   */
   cancel(owner: VringHandle | null): void {
     if (this.waits.length === 0) return;
     const mem = this.memory();
     this.waits = this.waits.filter((w) => {
-      if (owner !== null && w.owner !== owner) return true;
-      this.answer(mem, w, -E.EINTR);
+      if (owner !== null && (w.owner !== owner || w.stopped !== null)) return true;
+      if (w.stopped === null) this.answer(mem, w, -E.EINTR);
       return false;
     });
     this.settle();

@@ -222,11 +222,13 @@ export const createQueueHandler: CreateQueueHandler = (ctx) => {
   const handler: QueueHandler = {
     onStart(q: VringHandle): void {
       if (!rings.includes(q)) rings.push(q);
+      waits.resume(q);
       ctx.log.debug({ queue: q.index }, 'queue started');
     },
-    onStop(q: VringHandle): void {
+    onStop(q: VringHandle, byFrontEnd: boolean): void {
       finishReads();
-      waits.cancel(q);
+      if (byFrontEnd) waits.suspend(q);
+      else waits.cancel(q);
       const i = rings.indexOf(q);
       if (i >= 0) rings.splice(i, 1);
       ctx.log.debug({ queue: q.index }, 'queue stopped');

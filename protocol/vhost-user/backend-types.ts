@@ -45,7 +45,11 @@ export interface QueueWorkerContext {
 
 export interface QueueHandler {
   onStart(q: VringHandle): void;
-  onStop(q: VringHandle): void;
+  /**
+   * `byFrontEnd`: the front-end stopped the ring (GET_VRING_BASE: QEMU's stop, a device reset, an unplug) or the
+   * device went; false when the back-end stops it only to apply a change to the running ring and starts it again.
+   */
+  onStop(q: VringHandle, byFrontEnd: boolean): void;
   /** The kick fd fired (already drained) or the ring was enabled: pop, handle, push, publish, notify. */
   process(q: VringHandle): void;
   /** SET_VRING_ENABLE 0 on a started ring, before the front-end hears back (enables go through process()). */

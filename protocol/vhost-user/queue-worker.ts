@@ -268,7 +268,7 @@ class QueueWorker {
         }
         return undefined;
       case 'start': return this.start(cmd.ring);
-      case 'stop': return this.stop(cmd.index);
+      case 'stop': return this.stop(cmd.index, cmd.byFrontEnd);
       case 'call': {
         const r = this.rings.get(cmd.index);
         if (r === undefined) {
@@ -348,7 +348,7 @@ class QueueWorker {
     let inflight: { ring: InflightRing; map: Mapping } | null = null;
     try {
       if (this.mem === null) throw new Error('ring started before the memory table');
-      if (this.rings.has(s.index)) this.stop(s.index);
+      if (this.rings.has(s.index)) this.stop(s.index, false);
       const q = new DeviceQueue(this.mem, s.layout, { eventIdx: s.eventIdx });
       q.nextAvailIdx = s.nextAvail;
       if (s.inflight !== null) {
@@ -374,7 +374,7 @@ class QueueWorker {
     return undefined;
   }
 
-  private stop(index: number): number | undefined {
+  private stop(index: number, byFrontEnd: boolean): number | undefined {
     const ring = this.rings.get(index);
     if (ring === undefined) return undefined;
     this.polled = this.polled.filter((r) => r !== ring);
@@ -385,7 +385,7 @@ class QueueWorker {
       this.log.error({ err: e, ring: index }, 'removing a kick fd from epoll failed');
     }
     try {
-      this.handler.onStop(ring);
+      this.handler.onStop(ring, byFrontEnd);
     } catch (e) {
       this.log.error({ err: e, ring: index }, 'queue handler onStop failed');
     }
@@ -412,7 +412,7 @@ class QueueWorker {
   }
 
   private reset(): void {
-    for (const i of [...this.rings.keys()]) this.stop(i);
+    for (const i of [...this.rings.keys()]) this.stop(i, true);
     this.release(this.mem);
     this.mem = null;
   }

@@ -441,7 +441,7 @@ export class Session {
     const r = this.ring(index);
     let next = r.base;
     if (r.started) {
-      const v = this.worker(index).send({ op: 'stop', index });
+      const v = this.worker(index).send({ op: 'stop', index, byFrontEnd: drop });
       if (typeof v === 'number') next = v;
       r.started = false;
       r.base = next;

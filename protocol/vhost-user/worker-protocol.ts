@@ -43,7 +43,7 @@ export type WorkerCommand =
   | { op: 'addRegion'; seq: number; region: MemoryRegionSpec }
   | { op: 'removeRegion'; seq: number; guestAddr: number; size: number; userAddr: number }
   | { op: 'start'; seq: number; ring: RingStart }
-  | { op: 'stop'; seq: number; index: number }
+  | { op: 'stop'; seq: number; index: number; byFrontEnd: boolean }
   | { op: 'call'; seq: number; index: number; fd: number }
   | { op: 'enable'; seq: number; index: number; on: boolean }
   | { op: 'reset'; seq: number }

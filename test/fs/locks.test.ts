@@ -176,6 +176,35 @@ describe('-o flock: flock(2) from the guest locks the host file', () => {
     expect(await errCode(s.c.getattr(s.node))).toBe('ok');
   }, 30_000);
 
+  it('keeps a lock waiting while the front-end stops its rings and starts them again where they were (QEMU stop/cont)', async () => {
+    // The release itself must hand the lock over, not a timer retry.
+    const s = await open('kumo', ['-o', 'flock'], { KUMO_FS_LOCK_RETRY_MS: '10000' });
+    await flock(s, 0, F_WRLCK);
+    let settled = '';
+    const waiting = errCode(flock(s, 1, F_WRLCK, true)).then((r) => (settled = r));
+    await s.c.getattr(s.node);
+    expect(settled).toBe('');
+    // QEMU's stop: GET_VRING_BASE on every ring; its cont: each set up again at the base it got. An EINTR answered
+    // at the stop reached the guest's flock(2) as errno 512 (its FUSE makes a lock's EINTR ERESTARTSYS).
+    // (No await in between: this client's pump blocks while a request is out and the rings are stopped.)
+    const dev = (s.c as unknown as { t: VirtioFsTransport }).t.dev;
+    const bases = dev.queues.map((q) => dev.frontend.getVringBase(q.index));
+    for (const q of dev.queues) dev.frontend.setupVring(q.index, dev.mem!, q.dq.layout, q.kickFd, q.callFd, bases[q.index]);
+    expect(await errCode(s.c.getattr(s.node))).toBe('ok');
+    expect(settled).toBe('');
+    await flock(s, 0, F_UNLCK);
+    expect(await waiting).toBe('ok');
+    expect(hostCanFlock(join(s.share, 'f'))).toBe(false);
+    // An INTERRUPT that comes while the ring is stopped is answered once it is back.
+    const unique = s.c.nextUnique;
+    const waiting2 = errCode(flock(s, 0, F_WRLCK, true));
+    await s.c.getattr(s.node);
+    const base = dev.frontend.getVringBase(1);
+    await s.c.interrupt(unique);
+    dev.frontend.setupVring(1, dev.mem!, dev.queues[1].dq.layout, dev.queues[1].kickFd, dev.queues[1].callFd, base);
+    expect(await waiting2).toBe('EINTR');
+  }, 30_000);
+
   it('forgets INTERRUPTs kept for requests it never saw when the guest unmounts (DESTROY)', async () => {
     const s = await open('kumo', ['-o', 'flock']);
     // A new mount may number its requests from the start again: its SETLKW that gets the number an old
