@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { ChildProcess } from 'node:child_process';
 import {
-  BlkConfig, encodeBlkHeader, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_OUTHDR_SIZE, VIRTIO_BLK_T_IN,
+  BlkConfig, encodeBlkHeader, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_OUTHDR_SIZE, VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
 } from '../../protocol/virtio/blk.js';
 import { bits, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../protocol/virtio/features.js';
@@ -280,6 +280,32 @@ for (const b of backends) {
       expect(await g.waitUsed(q, 1, 20_000)).toEqual([{ token: 9, len: 1 }]);
       expect(v.mem.readU8(st)).toBe(0);
       expect(readFileSync(img)[32 * 512]).toBe(0xe5);
+    }, 60_000);
+
+    // qemu-storage-daemon offers SIZE_MAX, which kumo-vhost-user-blk does not: a restart onto kumo offers the guest less.
+    if (b.name === 'qemu-storage-daemon') it('a back-end restarted as one offering less than the guest was offered is refused, even with the device stopped', async () => {
+      const { v, a } = await attachDisk({ retryForMs: 5000, reconnectForMs: 20_000 });
+      expect(a.specs[0].features & bits(VIRTIO_BLK_F_SIZE_MAX)).not.toBe(0n);
+      v.build(vhostUserDevices(a.specs, a.links));
+      const g = new GuestDriver(v, 0);
+      g.enableMsix();
+      const want = bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_SIZE_MAX);
+      g.start(want, [128]);
+      g.reset();
+      const link = a.links.get('_disk0')!;
+      const old = link.frontend;
+      await killBackend(v);
+      child = await backends[0].start(img, sock);
+      for (let i = 0; i < 300; i++) {
+        v.loop.poll(0);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      expect(link.frontend).toBe(old); // not adopted
+      // The next driver start is told the device needs a reset, instead of running without SIZE_MAX it acked.
+      g.enableMsix();
+      g.start(want, [128]);
+      v.pump();
+      expect(g.r(0x14, 1) & 0x40).toBe(0x40);
     }, 60_000);
 
     // Only kumo-vhost-user-blk takes a queue_size to restart with (qemu-storage-daemon's rings are always up to 1024).

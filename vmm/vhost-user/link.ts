@@ -164,7 +164,8 @@ export class VhostUserLink {
 
   /** Takes a new connection in place of the lost one, if its back-end can go on with what was negotiated. */
   private adopt(n: NegotiatedLink): void {
-    const need = this.started?.features ?? 0n;
+    // What the guest uses now, and what it was offered from the old back-end: a driver started later may ack any of it.
+    const need = (this.started?.features ?? 0n) | (this.spec.features & this.backendFeatures);
     // INFLIGHT_SHMFD is a help, not a need: without it the restarted back-end resumes from the used index.
     const needProtocol = this.protocolFeatures & ~(1n << BigInt(ProtocolFeature.INFLIGHT_SHMFD));
     if ((n.backendFeatures & need) !== need || (n.protocol & needProtocol) !== needProtocol) {
