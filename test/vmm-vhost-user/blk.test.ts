@@ -94,6 +94,15 @@ for (const b of backends) {
       return { v: vm, a: att };
     }
 
+    /** attachDisk with a 20 s reconnect window, the model built, and a guest driver with MSI-X on (not started). */
+    async function guestDisk(): Promise<{ v: TestVm; a: VhostUserAttachment; g: GuestDriver }> {
+      const { v, a } = await attachDisk({ retryForMs: 5000, reconnectForMs: 20_000 });
+      v.build(vhostUserDevices(a.specs, a.links));
+      const g = new GuestDriver(v, 0);
+      g.enableMsix();
+      return { v, a, g };
+    }
+
     it('a guest driver writes a block and reads it back; config, WCE and reset/re-activation', async () => {
       const { v, a } = await attachDisk({ retryForMs: 5000 });
       expect(a.specs.map((s) => s.id)).toEqual(['_disk0']);
@@ -172,10 +181,7 @@ for (const b of backends) {
     }, 60_000);
 
     it('a back-end killed under the running guest is connected to again when it comes back: queued writes complete, writethrough stays', async () => {
-      const { v, a } = await attachDisk({ retryForMs: 5000, reconnectForMs: 20_000 });
-      v.build(vhostUserDevices(a.specs, a.links));
-      const g = new GuestDriver(v, 0);
-      g.enableMsix();
+      const { v, a, g } = await guestDisk();
       g.start(bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE), [128]);
       const q = g.queues[0];
       const link = a.links.get('_disk0')!;
@@ -227,10 +233,7 @@ for (const b of backends) {
     }
 
     it('a guest that resets and starts the device again while its back-end is away gets a working disk once it is back', async () => {
-      const { v, a } = await attachDisk({ retryForMs: 5000, reconnectForMs: 20_000 });
-      v.build(vhostUserDevices(a.specs, a.links));
-      const g = new GuestDriver(v, 0);
-      g.enableMsix();
+      const { v, a, g } = await guestDisk();
       const want = bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE);
       g.start(want, [128]);
       await killBackend(v);
@@ -252,10 +255,7 @@ for (const b of backends) {
     }, 60_000);
 
     it('a back-end that dies just before the guest starts the device (hang-up not yet seen) does not leave the disk dead', async () => {
-      const { v, a } = await attachDisk({ retryForMs: 5000, reconnectForMs: 20_000 });
-      v.build(vhostUserDevices(a.specs, a.links));
-      const g = new GuestDriver(v, 0);
-      g.enableMsix();
+      const { v, a, g } = await guestDisk();
       const want = bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE);
       g.start(want, [128]);
       const dead = child!;
@@ -284,11 +284,8 @@ for (const b of backends) {
 
     // qemu-storage-daemon offers SIZE_MAX, which kumo-vhost-user-blk does not: a restart onto kumo offers the guest less.
     if (b.name === 'qemu-storage-daemon') it('a back-end restarted as one offering less than the guest was offered is refused, even with the device stopped', async () => {
-      const { v, a } = await attachDisk({ retryForMs: 5000, reconnectForMs: 20_000 });
+      const { v, a, g } = await guestDisk();
       expect(a.specs[0].features & bits(VIRTIO_BLK_F_SIZE_MAX)).not.toBe(0n);
-      v.build(vhostUserDevices(a.specs, a.links));
-      const g = new GuestDriver(v, 0);
-      g.enableMsix();
       const want = bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_SIZE_MAX);
       g.start(want, [128]);
       g.reset();
@@ -310,10 +307,7 @@ for (const b of backends) {
 
     // Only kumo-vhost-user-blk takes a queue_size to restart with (qemu-storage-daemon's rings are always up to 1024).
     if (b.name === 'kumo-vhost-user-blk') it('a restarted back-end that hangs up on the set-up (smaller queue_size) is given up once, not reconnected to every second', async () => {
-      const { v, a } = await attachDisk({ retryForMs: 5000, reconnectForMs: 20_000 });
-      v.build(vhostUserDevices(a.specs, a.links));
-      const g = new GuestDriver(v, 0);
-      g.enableMsix();
+      const { v, a, g } = await guestDisk();
       g.start(bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_FLUSH), [128]);
       const link = a.links.get('_disk0')!;
       await killBackend(v);
@@ -330,10 +324,7 @@ for (const b of backends) {
     }, 60_000);
 
     it('a back-end that comes back while the device is stopped gets the guest\'s config writes (writethrough)', async () => {
-      const { v, a } = await attachDisk({ retryForMs: 5000, reconnectForMs: 20_000 });
-      v.build(vhostUserDevices(a.specs, a.links));
-      const g = new GuestDriver(v, 0);
-      g.enableMsix();
+      const { v, a, g } = await guestDisk();
       const want = bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE);
       g.start(want, [128]);
       const link = a.links.get('_disk0')!;
