@@ -1,7 +1,7 @@
 import { fstatSync } from 'node:fs';
 import { closeQuiet, dup } from '../sys/fd.js';
 import { F_SEAL_GROW, ftruncate, memfdCreate, MFD_ALLOW_SEALING, MFD_CLOEXEC, sealAgainstShrink } from '../sys/mem.js';
-import { inflightRegionSize } from '../virtqueue/index.js';
+import { inflightRegionSize, isQueueSize } from '../virtqueue/index.js';
 import { VhostUserError, VhostUserProtocolError } from './errors.js';
 import type { PayloadOf } from './payload.js';
 import type { RingInflight } from './worker-protocol.js';
@@ -71,10 +71,7 @@ export class InflightBuffer {
     if (!Number.isInteger(p.numQueues) || p.numQueues < 1 || p.numQueues > maxQueues) {
       bad('inflight buffer for an impossible number of queues', { numQueues: p.numQueues, max: maxQueues });
     }
-    const q = p.queueSize;
-    if (!Number.isInteger(q) || q < 1 || q > maxQueueSize || (q & (q - 1)) !== 0) {
-      bad('inflight buffer for an impossible queue size', { queueSize: q, max: maxQueueSize });
-    }
+    if (!isQueueSize(p.queueSize, maxQueueSize)) bad('inflight buffer for an impossible queue size', { queueSize: p.queueSize, max: maxQueueSize });
   }
 
   /** The GET_INFLIGHT_FD reply (the fd goes with it: see replyFd). */

@@ -1,7 +1,7 @@
 import { WarnLimiter, type Logger } from '../log.js';
 import type { MemoryRegionSpec } from '../memory/index.js';
 import { closeQuiet, dup } from '../sys/fd.js';
-import { ringSizes, validateLayout, type QueueLayout } from '../virtqueue/index.js';
+import { isQueueSize, ringSizes, validateLayout, type QueueLayout } from '../virtqueue/index.js';
 import type { VhostUserBackend } from './backend-types.js';
 import { reply, needsReply, type Message } from './codec.js';
 import { VhostUserError, VhostUserProtocolError } from './errors.js';
@@ -189,7 +189,7 @@ export class Session {
         const s = p as PayloadOf<'vringState'>;
         const r = this.ring(s.index);
         const max = this.backend.maxQueueSize;
-        if (s.num < 1 || s.num > max || (s.num & (s.num - 1)) !== 0) bad('queue size must be a power of two up to the maximum', { num: s.num, max });
+        if (!isQueueSize(s.num, max)) bad('queue size must be a power of two up to the maximum', { num: s.num, max });
         // On a running ring (front-ends stop it first): stop it, so that no request of the old size is still out.
         if (r.started) r.base = this.stopRing(s.index, false);
         r.num = s.num;

@@ -12,6 +12,7 @@ export {
   USED_ELEM_SIZE,
   ringSizes,
   validateLayout,
+  isQueueSize,
   compactLayout,
   alignUp,
   vringNeedEvent,

@@ -29,11 +29,15 @@ export interface InflightRecovery {
   resubmitted: number;
 }
 
-// u16 indices of the header fields; entry i: u8 at 16+16i, u16 next at (16+16i+6)/2, u32 counter at (16+16i+8)/4.
+// u16 indices of the header fields.
 const H_VERSION = 4;
 const H_DESC_NUM = 5;
 const H_LAST_BATCH = 6;
 const H_USED_IDX = 7;
+/** Entry h's inflight flag (u8 index), next (u16 index) and counter's low word (u32 index; the high word follows). */
+const flagAt = (h: number) => HEADER_SIZE + ENTRY_SIZE * h;
+const nextAt = (h: number) => (HEADER_SIZE + ENTRY_SIZE * h + 6) / 2;
+const counterAt = (h: number) => (HEADER_SIZE + ENTRY_SIZE * h + 8) / 4;
 
 /** One queue's region of the buffer, kept up to date as chains are taken and returned. */
 export class InflightRing {
@@ -70,14 +74,14 @@ export class InflightRing {
     // Rings the driver set up anew (a guest reset with the buffer kept): nothing of them is in it, nothing to resume.
     if (lastBatch > this.size) return this.fresh(this.anyInFlight() ? 'reset' : 'new');
     for (let k = 0, h = this.u16[H_LAST_BATCH]; k < lastBatch && h < this.size; k++) {
-      this.u8[HEADER_SIZE + ENTRY_SIZE * h] = 0;
-      h = this.u16[8 + 8 * h + 3];
+      this.u8[flagAt(h)] = 0;
+      h = this.u16[nextAt(h)];
     }
     this.u16[H_USED_IDX] = usedIdx;
     const heads: { head: number; counter: number }[] = [];
     for (let h = 0; h < this.size; h++) {
-      if (this.u8[HEADER_SIZE + ENTRY_SIZE * h] === 0) continue;
-      const w = 4 + 4 * h + 2;
+      if (this.u8[flagAt(h)] === 0) continue;
+      const w = counterAt(h);
       heads.push({ head: h, counter: this.u32[w] + this.u32[w + 1] * 0x1_0000_0000 });
     }
     // The driver made available at least every chain taken and not yet used; a buffer saying otherwise is not this ring's.
@@ -90,7 +94,7 @@ export class InflightRing {
   }
 
   private anyInFlight(): boolean {
-    for (let h = 0; h < this.size; h++) if (this.u8[HEADER_SIZE + ENTRY_SIZE * h] !== 0) return true;
+    for (let h = 0; h < this.size; h++) if (this.u8[flagAt(h)] !== 0) return true;
     return false;
   }
 
@@ -118,30 +122,30 @@ export class InflightRing {
 
   /** A head taken from the avail ring. */
   taken(head: number): void {
-    const w = 4 + 4 * head + 2;
+    const w = counterAt(head);
     const c = this.counter++;
     this.u32[w] = c >>> 0;
     this.u32[w + 1] = Math.floor(c / 0x1_0000_0000);
-    this.u8[HEADER_SIZE + ENTRY_SIZE * head] = 1;
+    this.u8[flagAt(head)] = 1;
   }
 
   /** A taken head given back to the avail ring unserved (undoPop). */
   untaken(head: number): void {
-    this.u8[HEADER_SIZE + ENTRY_SIZE * head] = 0;
+    this.u8[flagAt(head)] = 0;
   }
 
   /** A head written to the used ring (not yet published). */
   used(head: number): void {
-    this.u16[8 + 8 * head + 3] = this.u16[H_LAST_BATCH];
+    this.u16[nextAt(head)] = this.u16[H_LAST_BATCH];
     this.u16[H_LAST_BATCH] = head;
     if (this.batchLen < this.batch.length) this.batch[this.batchLen++] = head;
     // More used entries than the ring has descriptors before one publish: only a driver offering heads twice does that.
-    else this.u8[HEADER_SIZE + ENTRY_SIZE * head] = 0;
+    else this.u8[flagAt(head)] = 0;
   }
 
   /** used.idx now says usedIdx: the batch is the driver's. */
   published(usedIdx: number): void {
-    for (let i = 0; i < this.batchLen; i++) this.u8[HEADER_SIZE + ENTRY_SIZE * this.batch[i]] = 0;
+    for (let i = 0; i < this.batchLen; i++) this.u8[flagAt(this.batch[i])] = 0;
     this.batchLen = 0;
     this.u16[H_USED_IDX] = usedIdx;
   }

@@ -30,10 +30,15 @@ export function ringSizes(size: number): { desc: number; avail: number; used: nu
   return { desc: DESC_SIZE * size, avail: 6 + 2 * size, used: 6 + USED_ELEM_SIZE * size };
 }
 
+/** A split ring size: a power of two from 1 to `max` (at most 32768). */
+export function isQueueSize(size: number, max = MAX_QUEUE_SIZE): boolean {
+  return Number.isInteger(size) && size >= 1 && size <= Math.min(max, MAX_QUEUE_SIZE) && (size & (size - 1)) === 0;
+}
+
 /** Throws VirtqueueError unless size is a power of two in [1, 32768] and the rings are aligned (virtio 1.x). */
 export function validateLayout(l: QueueLayout): void {
   const { size } = l;
-  if (!Number.isInteger(size) || size < 1 || size > MAX_QUEUE_SIZE || (size & (size - 1)) !== 0) {
+  if (!isQueueSize(size)) {
     throw new VirtqueueError('queue size must be a power of two between 1 and 32768', { size });
   }
   for (const [name, addr, align] of [

@@ -57,6 +57,21 @@ function request(vm: TestVm, q: GuestQueue, type: number, sector: number, data: 
   return status;
 }
 
+/** A 4 KiB write of `fill` at `sector`, queued (not kicked); returns its status byte's address. */
+function writeBlock(vm: TestVm, q: GuestQueue, sector: number, fill: number, token: number): number {
+  const buf = vm.alloc.allocOrThrow(4096, 512);
+  vm.mem.slice(buf, 4096).fill(fill);
+  return request(vm, q, VIRTIO_BLK_T_OUT, sector, { addr: buf, len: 4096 }, token);
+}
+
+/** Lets the main loop run for ~200 ms (it sees a hang-up there and starts reconnecting). */
+async function runLoop(vm: TestVm): Promise<void> {
+  for (let i = 0; i < 20; i++) {
+    vm.loop.poll(10);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 for (const b of backends) {
   const why = b.available();
   describe.skipIf(why !== null)(`vhost-user-blk through the virtio-pci model (${b.name})`, () => {
@@ -180,32 +195,35 @@ for (const b of backends) {
       expect(Buffer.from(v.mem.slice(rbuf2, 4096)).equals(data.subarray(0, 4096))).toBe(true);
     }, 60_000);
 
+    /** SIGKILLs the back-end and waits until it is gone (the main loop has not looked yet). */
+    async function killChild(): Promise<void> {
+      const dead = child!;
+      const gone = new Promise<void>((r) => dead.once('exit', () => r()));
+      dead.kill('SIGKILL');
+      await gone;
+    }
+
+    /** Kills the back-end and lets the main loop see the hang-up (the link starts reconnecting). */
+    async function killBackend(v: TestVm): Promise<void> {
+      await killChild();
+      await runLoop(v);
+    }
+
     it('a back-end killed under the running guest is connected to again when it comes back: queued writes complete, writethrough stays', async () => {
       const { v, a, g } = await guestDisk();
       g.start(bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE), [128]);
       const q = g.queues[0];
       const link = a.links.get('_disk0')!;
       g.writeConfig(BlkConfig.writeback, 0, 1); // the guest wants writethrough
-      const write = (sector: number, fill: number, token: number) => {
-        const buf = v.alloc.allocOrThrow(4096, 512);
-        v.mem.slice(buf, 4096).fill(fill);
-        return request(v, q, VIRTIO_BLK_T_OUT, sector, { addr: buf, len: 4096 }, token);
-      };
-      write(0, 0xa1, 1);
+      writeBlock(v, q, 0, 0xa1, 1);
       g.kick(q);
       expect(await g.waitUsed(q)).toEqual([{ token: 1, len: 1 }]);
 
-      const dead = child!;
-      const gone = new Promise<void>((r) => dead.once('exit', () => r()));
-      dead.kill('SIGKILL');
-      await gone;
+      await killChild();
       // Queued (and kicked) while no back-end is there.
-      const st = write(8, 0xb2, 2);
+      const st = writeBlock(v, q, 8, 0xb2, 2);
       g.kick(q);
-      for (let i = 0; i < 20; i++) {
-        v.loop.poll(10); // the main loop sees the hang-up
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await runLoop(v);
       child = await b.start(img, sock);
       const used = await g.waitUsed(q, 1, 20_000);
       expect(used).toEqual([{ token: 2, len: 1 }]);
@@ -215,22 +233,10 @@ for (const b of backends) {
       expect(disk0[8 * 512]).toBe(0xb2);
       // The new back-end got the guest's cache mode, not its own default.
       expect(link.frontend.getConfig(0, 60)[BlkConfig.writeback]).toBe(0);
-      write(16, 0xc3, 3);
+      writeBlock(v, q, 16, 0xc3, 3);
       g.kick(q);
       expect(await g.waitUsed(q)).toEqual([{ token: 3, len: 1 }]);
     }, 60_000);
-
-    /** Kills the back-end and lets the main loop see the hang-up (the link starts reconnecting). */
-    async function killBackend(v: TestVm): Promise<void> {
-      const dead = child!;
-      const gone = new Promise<void>((r) => dead.once('exit', () => r()));
-      dead.kill('SIGKILL');
-      await gone;
-      for (let i = 0; i < 20; i++) {
-        v.loop.poll(10);
-        await new Promise((r) => setTimeout(r, 10));
-      }
-    }
 
     it('a guest that resets and starts the device again while its back-end is away gets a working disk once it is back', async () => {
       const { v, a, g } = await guestDisk();
@@ -243,9 +249,7 @@ for (const b of backends) {
       g.start(want, [128]);
       expect(g.r(0x14, 1) & 0x40).toBe(0); // no DEVICE_NEEDS_RESET
       const q = g.queues[0];
-      const buf = v.alloc.allocOrThrow(4096, 512);
-      v.mem.slice(buf, 4096).fill(0xd4);
-      const st = request(v, q, VIRTIO_BLK_T_OUT, 24, { addr: buf, len: 4096 }, 7);
+      const st = writeBlock(v, q, 24, 0xd4, 7);
       g.kick(q);
       child = await b.start(img, sock);
       expect(await g.waitUsed(q, 1, 20_000)).toEqual([{ token: 7, len: 1 }]);
@@ -258,25 +262,17 @@ for (const b of backends) {
       const { v, a, g } = await guestDisk();
       const want = bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE);
       g.start(want, [128]);
-      const dead = child!;
-      const gone = new Promise<void>((r) => dead.once('exit', () => r()));
-      dead.kill('SIGKILL');
-      await gone;
+      await killChild();
       // The main loop has not looked at the socket yet: the activation is the first to find the back-end gone.
       g.reset();
       g.enableMsix();
       g.start(want, [128]);
       expect(g.r(0x14, 1) & 0x40).toBe(0);
       const q = g.queues[0];
-      const buf = v.alloc.allocOrThrow(4096, 512);
-      v.mem.slice(buf, 4096).fill(0xe5);
-      const st = request(v, q, VIRTIO_BLK_T_OUT, 32, { addr: buf, len: 4096 }, 9);
+      const st = writeBlock(v, q, 32, 0xe5, 9);
       g.kick(q);
       child = await b.start(img, sock);
-      for (let i = 0; i < 20; i++) {
-        v.loop.poll(10);
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await runLoop(v);
       expect(await g.waitUsed(q, 1, 20_000)).toEqual([{ token: 9, len: 1 }]);
       expect(v.mem.readU8(st)).toBe(0);
       expect(readFileSync(img)[32 * 512]).toBe(0xe5);

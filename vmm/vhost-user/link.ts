@@ -1,5 +1,6 @@
 // Main-thread side of one vhost-user device: the connection to its backend, and what DRIVER_OK,
 // reset and guest config writes turn into on the wire.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { logger, WarnLimiter } from '../../protocol/log.js';
 import { closeQuiet, dup, eventfdRead, eventfdWrite } from '../../protocol/sys/fd.js';
 import { peekState } from '../../protocol/sys/socket.js';
@@ -17,7 +18,6 @@ const guestLog = new WarnLimiter(log);
 /** A back-end that hangs up again and again after each reconnect: its lines are rate-limited, and so are the reconnects. */
 const backendLog = new WarnLimiter(log);
 const RECONNECT_MIN_INTERVAL_MS = 1000;
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** The eventfd KVM injects a GSI from (its irqfd); the backend writes it directly as the vring call fd. */
 export type CallFdResolver = (gsi: number) => number;
