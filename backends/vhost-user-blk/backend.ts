@@ -2,7 +2,7 @@ import { statSync } from 'node:fs';
 import type { VhostUserBackend } from '../../protocol/vhost-user/backend-types.js';
 import {
   bits, hasFeature, BlkConfig, BLK_CONFIG_SIZE, VIRTIO_BLK_ID_BYTES,
-  VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+  VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VHOST_F_LOG_ALL,
   VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_MQ,
   VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_F_RO,
 } from '../../protocol/virtio/index.js';
@@ -100,13 +100,17 @@ export class BlkBackend implements VhostUserBackend {
       VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES,
     );
     if (this.image.readonly) f |= bits(VIRTIO_BLK_F_RO);
-    return f;
+    // Dirty logging, so that QEMU and Cloud Hypervisor can live-migrate the guest (with LOG_SHMFD).
+    return f | bits(VHOST_F_LOG_ALL);
   }
 
   protocolFeatures(): bigint {
     // INFLIGHT_SHMFD: QEMU (chardev reconnect=on) and Cloud Hypervisor reconnect to a restarted back-end, which then
     // resubmits what the killed one had in flight, in whatever order completions had come.
-    return bits(ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.INFLIGHT_SHMFD);
+    return bits(
+      ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.INFLIGHT_SHMFD,
+      ProtocolFeature.LOG_SHMFD,
+    );
   }
 
   getConfig(offset: number, size: number): Uint8Array {

@@ -7,7 +7,7 @@ import {
   VIRTIO_F_VERSION_1, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
   VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
   VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
-  VIRTIO_NET_S_LINK_UP, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, bits, hasFeature,
+  VIRTIO_NET_S_LINK_UP, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VHOST_F_LOG_ALL, bits, hasFeature,
 } from '../../protocol/virtio/index.js';
 import {
   TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, type Tap,
@@ -86,11 +86,12 @@ export class NetBackend implements VhostUserBackend {
     );
     if (this.s.mac) f |= bits(VIRTIO_NET_F_MAC);
     if (this.s.mtu !== undefined) f |= bits(VIRTIO_NET_F_MTU);
-    return f;
+    // Dirty logging, so that QEMU and Cloud Hypervisor can live-migrate the guest (with LOG_SHMFD).
+    return f | bits(VHOST_F_LOG_ALL);
   }
 
   protocolFeatures(): bigint {
-    return bits(ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.CONFIG);
+    return bits(ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.CONFIG, ProtocolFeature.LOG_SHMFD);
   }
 
   getConfig(offset: number, size: number): Uint8Array {

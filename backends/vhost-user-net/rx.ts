@@ -279,19 +279,25 @@ export class RxPath {
 
   /** Hands the chains that now hold an n-byte frame back to the guest and fills in num_buffers. */
   private complete(q: NetQueue, mem: GuestMemory, n: number, hdrLen: number): void {
-    let remaining = n;
     let used = 0;
-    const firstChain = this.held[this.first].chain;
-    while (remaining > 0) {
-      const h = this.held[this.first + used];
+    for (let remaining = n; remaining > 0; used++) {
+      remaining -= this.held[this.first + used].chain.writableLength;
+      if (!this.opts.mergeable) {
+        used++;
+        break;
+      }
+    }
+    // num_buffers before any chain is used: a front-end logging dirty pages (migration) has each chain's pages
+    // marked as it is used, so nothing may be written to them after.
+    if (hdrLen === NET_HDR_LEN) this.writeNumBuffers(mem, this.held[this.first].chain, used);
+    let remaining = n;
+    for (let i = 0; i < used; i++) {
+      const h = this.held[this.first + i];
       const len = Math.min(remaining, h.chain.writableLength);
       q.pushUsed(h.chain.head, len);
       remaining -= len;
       this.heldBytes -= h.chain.writableLength;
-      used++;
-      if (!this.opts.mergeable) break;
     }
-    if (hdrLen === NET_HDR_LEN) this.writeNumBuffers(mem, firstChain, used);
     this.first += used;
     this.pending += used;
     if (this.first === this.held.length) {

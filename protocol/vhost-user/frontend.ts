@@ -192,6 +192,21 @@ export class VhostUserFrontend {
     this.call(Request.SET_INFLIGHT_FD, buffer, [fd]);
   }
 
+  /**
+   * SET_LOG_BASE (LOG_SHMFD must be negotiated): the back-end marks the guest pages it writes in this log while
+   * VHOST_F_LOG_ALL is acked, and answers with a u64 once it does.
+   */
+  setLogBase(fd: number, size: number, offset = 0): void {
+    const r = Request.SET_LOG_BASE;
+    this.channel.send(request(r, { kind: 'log', size, offset }, [fd]));
+    const raw = this.ownReply(r, this.timeoutMs);
+    try {
+      decodeReply(r, raw.header, raw.payload, raw.fds);
+    } finally {
+      raw.fds.forEach(closeQuiet);
+    }
+  }
+
   getConfig(offset: number, size: number): Uint8Array {
     const m = this.call(Request.GET_CONFIG, { kind: 'config', offset, flags: 0, data: new Uint8Array(size) }, [], 'config');
     const p = m.payload as PayloadOf<'config'>;

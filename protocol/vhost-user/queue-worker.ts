@@ -11,9 +11,10 @@ import { Epoll, EPOLLERR, EPOLLHUP, EPOLLIN } from '../sys/epoll.js';
 import { closeQuiet, eventfdRead, eventfdWrite, setNonBlocking } from '../sys/fd.js';
 import { gettid, setThreadName } from '../sys/proc.js';
 import { mapFd, type Mapping } from '../sys/mem.js';
-import { DeviceQueue, InflightRing, inflightRegionSize, RingMemoryError, type QueueLayout } from '../virtqueue/index.js';
+import { DeviceQueue, DirtyLog, InflightRing, inflightRegionSize, RingDirtyLog, RingMemoryError, type QueueLayout } from '../virtqueue/index.js';
+import { F_LOG_ALL } from './messages.js';
 import { HANDLER_TOKEN_BASE, type CreateQueueHandler, type QueueHandler, type VringHandle } from './backend-types.js';
-import { CONTROL_TOKEN, type RingInflight, type RingStart, type WorkerCommand, type WorkerInit, type WorkerResult } from './worker-protocol.js';
+import { CONTROL_TOKEN, type LogSpec, type RingInflight, type RingStart, type WorkerCommand, type WorkerInit, type WorkerResult } from './worker-protocol.js';
 
 class WorkerRing implements VringHandle {
   failed = false;
@@ -26,6 +27,8 @@ class WorkerRing implements VringHandle {
   constructor(
     readonly index: number,
     public queue: DeviceQueue,
+    /** Dirty logging: kept across the queue objects a memory change makes (taken chains' buffers are in it). */
+    readonly dirty: RingDirtyLog,
     public enabled: boolean,
     readonly kickFd: number,
     public callFd: number,
@@ -58,6 +61,8 @@ class QueueWorker {
   private polled: WorkerRing[] = [];
   private readonly epoll = new Epoll(64);
   private features = 0n;
+  /** SET_LOG_BASE's log, mapped here; marked only while VHOST_F_LOG_ALL is acked. */
+  private dirtyLog: { log: DirtyLog; map: Mapping } | null = null;
   private running = true;
   /** Set when a handler failed to drain: mappings are then never unmapped (kept in `retired`). */
   private pinned = false;
@@ -299,6 +304,18 @@ class QueueWorker {
         }
         return undefined;
       }
+      case 'features':
+        this.features = BigInt(cmd.features);
+        this.applyDirtyLog();
+        return undefined;
+      case 'dirtyLog':
+        this.setDirtyLog(cmd.log);
+        return undefined;
+      case 'usedLog': {
+        const r = this.rings.get(cmd.index);
+        if (r) r.dirty.usedAddr = cmd.addr;
+        return undefined;
+      }
       case 'reset':
         this.reset();
         return undefined;
@@ -327,6 +344,7 @@ class QueueWorker {
         if (ring === undefined) return null;
         const q = new DeviceQueue(next, layout, { eventIdx: ring.eventIdx });
         q.nextAvailIdx = ring.queue.nextAvailIdx;
+        q.trackDirty(ring.dirty);
         if (ring.inflight !== null) q.trackInflight(ring.inflight.ring, false);
         return { ring, q };
       });
@@ -346,11 +364,14 @@ class QueueWorker {
   private start(s: RingStart): undefined {
     let ring: WorkerRing;
     let inflight: { ring: InflightRing; map: Mapping } | null = null;
+    let dirty: RingDirtyLog;
     try {
       if (this.mem === null) throw new Error('ring started before the memory table');
       if (this.rings.has(s.index)) this.stop(s.index, false);
       const q = new DeviceQueue(this.mem, s.layout, { eventIdx: s.eventIdx });
       q.nextAvailIdx = s.nextAvail;
+      dirty = new RingDirtyLog(s.layout.size, s.usedLog);
+      q.trackDirty(dirty);
       if (s.inflight !== null) {
         inflight = mapInflight(s.inflight, s.layout.size);
         this.recoverInflight(s.index, q, inflight.ring);
@@ -358,7 +379,7 @@ class QueueWorker {
       this.features = BigInt(s.features);
       nonBlocking(s.kickFd);
       nonBlocking(s.callFd);
-      ring = new WorkerRing(s.index, q, s.enabled, s.kickFd, s.callFd, s.eventIdx);
+      ring = new WorkerRing(s.index, q, dirty, s.enabled, s.kickFd, s.callFd, s.eventIdx);
       ring.inflight = inflight;
       if (s.kickFd >= 0) this.epoll.add(s.kickFd, EPOLLIN, s.index);
     } catch (e) {
@@ -369,6 +390,7 @@ class QueueWorker {
     }
     if (s.kickFd < 0) this.polled.push(ring);
     this.rings.set(s.index, ring);
+    this.applyDirtyLog();
     this.handler.onStart(ring);
     if (ring.enabled) this.process(ring);
     return undefined;
@@ -415,6 +437,24 @@ class QueueWorker {
     for (const i of [...this.rings.keys()]) this.stop(i, true);
     this.release(this.mem);
     this.mem = null;
+    this.setDirtyLog(null);
+  }
+
+  /** Maps a new log (SET_LOG_BASE) in place of the old one, which is unmapped once no ring marks it. */
+  private setDirtyLog(spec: LogSpec | null): void {
+    const old = this.dirtyLog;
+    this.dirtyLog = spec === null ? null : mapDirtyLog(spec);
+    this.applyDirtyLog();
+    if (old === null) return;
+    if (old.log.missedPages > 0) this.peerWarn.warn({ pages: old.log.missedPages }, 'pages written past the end of the dirty log were not marked');
+    // A handler that could not drain may still complete (and mark) later: keep it mapped then.
+    if (!this.pinned) old.map.unmap();
+  }
+
+  /** Rings mark the log while the front-end logs: VHOST_F_LOG_ALL acked and a log set. */
+  private applyDirtyLog(): void {
+    const log = (this.features & F_LOG_ALL) !== 0n ? this.dirtyLog?.log ?? null : null;
+    for (const r of this.rings.values()) r.dirty.log = log;
   }
 }
 
@@ -432,6 +472,17 @@ function mapInflight(r: RingInflight, size: number): { ring: InflightRing; map: 
     }
   } finally {
     closeQuiet(r.fd);
+  }
+}
+
+/** Maps the dirty log (closing the fd); mmap wants a page-aligned offset, the front-end's need not be one. */
+function mapDirtyLog(spec: LogSpec): { log: DirtyLog; map: Mapping } {
+  try {
+    const skip = spec.offset % 4096;
+    const map = mapFd(spec.fd, skip + spec.size, spec.offset - skip);
+    return { log: new DirtyLog(map.bytes.subarray(skip, skip + spec.size)), map };
+  } finally {
+    closeQuiet(spec.fd);
   }
 }
 

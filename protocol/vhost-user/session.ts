@@ -1,6 +1,8 @@
 import { WarnLimiter, type Logger } from '../log.js';
 import type { MemoryRegionSpec } from '../memory/index.js';
 import { closeQuiet, dup } from '../sys/fd.js';
+import { sealAgainstShrink } from '../sys/mem.js';
+import { fstatSync } from 'node:fs';
 import { isQueueSize, ringSizes, validateLayout, type QueueLayout } from '../virtqueue/index.js';
 import type { VhostUserBackend } from './backend-types.js';
 import { reply, needsReply, type Message } from './codec.js';
@@ -8,7 +10,7 @@ import { VhostUserError, VhostUserProtocolError } from './errors.js';
 import { InflightBuffer, InflightUnsealableError } from './inflight-buffer.js';
 import { MemoryTable } from './memory-table.js';
 import {
-  F_PROTOCOL_FEATURES, MAX_CONFIG_SIZE, VHOST_USER_CONFIG_OFFSET, ProtocolFeature, Request, VRING_IDX_MASK, VRING_NOFD_MASK,
+  F_LOG_ALL, F_PROTOCOL_FEATURES, MAX_CONFIG_SIZE, VHOST_USER_CONFIG_OFFSET, ProtocolFeature, Request, VRING_IDX_MASK, VRING_NOFD_MASK,
   hasProtocolFeature, protocolFeatures, requestName,
 } from './messages.js';
 import type { MemRegion, Payload, PayloadOf, VringAddr } from './payload.js';
@@ -29,6 +31,10 @@ export const DEFAULT_PROTOCOL_FEATURES = protocolFeatures(
 
 export const MAX_MEM_SLOTS = 64;
 const F_EVENT_IDX = 1n << 29n;
+/** SET_VRING_ADDR flags: the used ring is logged at log_guest_addr. */
+const VRING_F_LOG = 1;
+/** A log this large covers 128 TiB of guest memory (and is the most one typed-array view holds). */
+const MAX_LOG_SIZE = 0x1_0000_0000;
 
 /** The request is understood but refused: NACK it (when an ack was asked for) and keep the connection. */
 export class RequestRefusedError extends VhostUserError {}
@@ -244,7 +250,8 @@ export class Session {
       case Request.GET_STATUS:
         return { kind: 'u64', value: BigInt(this.status) };
       case Request.SET_LOG_BASE:
-        // Dirty logging is not implemented; the fd is closed. With LOG_SHMFD QEMU waits for this reply.
+        this.setLogBase(p as PayloadOf<'log'>, msg.fds);
+        // With LOG_SHMFD the front-end waits for this reply (QEMU, Cloud Hypervisor): the log is in use once it comes.
         return hasProtocolFeature(this.proto, ProtocolFeature.LOG_SHMFD) ? { kind: 'u64', value: 0n } : null;
       case Request.SET_LOG_FD:
         return null;
@@ -300,10 +307,35 @@ export class Session {
     }
   }
 
+  /**
+   * SET_LOG_BASE (migration): the bitmap every queue worker marks the guest pages it writes in, once VHOST_F_LOG_ALL is
+   * acked. Cloud Hypervisor sends a fresh one for each pass; QEMU one for the whole migration.
+   */
+  private setLogBase(p: PayloadOf<'log'>, fds: number[]): void {
+    if (!hasProtocolFeature(this.proto, ProtocolFeature.LOG_SHMFD)) throw new RequestRefusedError('SET_LOG_BASE without LOG_SHMFD');
+    // A log that cannot be used ends the connection (as libvhost-user does): the front-end, waiting for the reply,
+    // would otherwise migrate a guest whose pages written from here are never sent again.
+    if (fds.length !== 1) bad('SET_LOG_BASE needs one fd', { fds: fds.length });
+    const fd = fds[0];
+    if (!Number.isSafeInteger(p.size) || p.size < 1 || p.size > MAX_LOG_SIZE || !Number.isSafeInteger(p.offset) || p.offset < 0) {
+      bad('dirty log size or offset out of range', { size: p.size, offset: p.offset, max: MAX_LOG_SIZE });
+    }
+    // A page past the file's end raises SIGBUS in the queue thread that marks it: the file must hold the whole log,
+    // and stay that long (QEMU seals its log memfd; the seal is added here where it can be).
+    const fileSize = fstatSync(fd).size;
+    if (p.offset + p.size > fileSize) bad('dirty log is larger than its file', { size: p.size, offset: p.offset, fileSize });
+    if (!sealAgainstShrink(fd)) this.log.info({ fileSize }, 'dirty log file takes no shrink seal: a front-end that truncates it would crash this back-end');
+    for (let w = 0; w < this.pool.size; w++) this.pool.worker(w).send({ op: 'dirtyLog', log: { fd: dup(fd), size: p.size, offset: p.offset } });
+    this.log.info({ size: p.size }, 'dirty log set');
+  }
+
   private setFeatures(v: bigint): void {
     const offered = this.offeredFeatures;
     if (v & ~offered) bad('features not offered', { acked: v.toString(16), offered: offered.toString(16) });
+    // Logging turned on or off under running rings (a migration starting or ending).
+    const logChanged = ((v ^ this.features) & F_LOG_ALL) !== 0n;
     this.features = v;
+    if (logChanged) this.pool.broadcast({ op: 'features', features: v.toString() });
     this.backend.ackFeatures?.(v);
     if (!(v & F_PROTOCOL_FEATURES)) {
       // Without protocol features there is no SET_VRING_ENABLE: rings are enabled now.
@@ -370,8 +402,14 @@ export class Session {
     if (a.desc % 16 !== 0 || a.avail % 2 !== 0 || a.used % 4 !== 0) {
       bad('ring addresses are misaligned', { index: a.index, desc: a.desc, avail: a.avail, used: a.used });
     }
-    const restart = r.started;
-    if (restart) r.base = this.stopRing(a.index, false);
+    const old = r.addr;
+    if (r.started && old !== null && old.desc === a.desc && old.avail === a.avail && old.used === a.used) {
+      // Only the used ring's logging changed (a migration starting or ending): the ring goes on as it is.
+      r.addr = { ...old, flags: a.flags, log: a.log };
+      this.worker(a.index).send({ op: 'usedLog', index: a.index, addr: usedLog(r.addr) });
+      return;
+    }
+    if (r.started) r.base = this.stopRing(a.index, false);
     r.addr = { index: a.index, flags: a.flags, desc: a.desc, used: a.used, avail: a.avail, log: a.log };
     if (!this.mem.isEmpty && r.num > 0) this.translate(this.mem, r, a.index);
     this.tryStart(a.index, r);
@@ -429,7 +467,7 @@ export class Session {
       op: 'start',
       ring: {
         index, layout, nextAvail: r.base, kickFd: r.kick >= 0 ? dup(r.kick) : -1, callFd: r.call >= 0 ? dup(r.call) : -1, enabled: r.enabled,
-        eventIdx: (this.features & F_EVENT_IDX) !== 0n, features: this.features.toString(),
+        eventIdx: (this.features & F_EVENT_IDX) !== 0n, features: this.features.toString(), usedLog: usedLog(r.addr),
         inflight: this.inflight?.ringRegion(index, r.num) ?? null,
       },
     });
@@ -474,6 +512,11 @@ export class Session {
     }
     return { kind: 'config', offset: c.offset, flags: c.flags, data };
   }
+}
+
+/** Where the used ring is logged, if its SET_VRING_ADDR asked for logging. */
+function usedLog(a: VringAddr | null): number | null {
+  return a !== null && (a.flags & VRING_F_LOG) !== 0 ? a.log : null;
 }
 
 /** The device config offset a GET/SET_CONFIG means (see VHOST_USER_CONFIG_OFFSET); the reply echoes the one sent. */

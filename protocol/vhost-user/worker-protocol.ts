@@ -26,6 +26,8 @@ export interface RingStart {
   enabled: boolean;
   eventIdx: boolean;
   features: string;
+  /** Guest-physical address its used ring is logged at while the front-end logs dirty pages (VRING_F_LOG), or null. */
+  usedLog: number | null;
   /** The front-end's inflight-tracking buffer for this ring (INFLIGHT_SHMFD), or null. */
   inflight: RingInflight | null; // bigint as decimal (structured clone keeps bigint, but strings keep logs readable)
 }
@@ -34,6 +36,13 @@ export interface RingStart {
 export interface RingInflight {
   fd: number;
   /** Byte offset of this ring's region in the file. */
+  offset: number;
+}
+
+/** The dirty-page log of SET_LOG_BASE. The worker's own duplicate of the fd: it closes it. */
+export interface LogSpec {
+  fd: number;
+  size: number;
   offset: number;
 }
 
@@ -46,6 +55,12 @@ export type WorkerCommand =
   | { op: 'stop'; seq: number; index: number; byFrontEnd: boolean }
   | { op: 'call'; seq: number; index: number; fd: number }
   | { op: 'enable'; seq: number; index: number; on: boolean }
+  /** SET_FEATURES while rings run (VHOST_F_LOG_ALL turned on or off). bigint as decimal. */
+  | { op: 'features'; seq: number; features: string }
+  /** SET_LOG_BASE: the log to mark from now on (the previous one is unmapped); null drops it. */
+  | { op: 'dirtyLog'; seq: number; log: LogSpec | null }
+  /** SET_VRING_ADDR that changed only the used ring's logging on a started ring. */
+  | { op: 'usedLog'; seq: number; index: number; addr: number | null }
   | { op: 'reset'; seq: number }
   | { op: 'exit'; seq: number };
 

@@ -13,6 +13,7 @@ import {
   type Segment,
 } from './layout.js';
 import type { InflightRecovery, InflightRing } from './inflight.js';
+import type { RingDirtyLog } from './dirty-log.js';
 import { RingViews } from './ring-views.js';
 
 export interface DeviceQueueOptions {
@@ -50,6 +51,7 @@ export class DeviceQueue {
   private signalledValid = false;
   private notifyOff = false;
   private inflight: InflightRing | null = null;
+  private dirty: RingDirtyLog | null = null;
 
   constructor(mem: GuestMemory, layout: QueueLayout, opts: DeviceQueueOptions) {
     this.rings = new RingViews(mem, layout);
@@ -99,6 +101,11 @@ export class DeviceQueue {
     return found;
   }
 
+  /** Dirty logging (vhost-user migration): what the device writes into guest memory is marked in `d`'s log. */
+  trackDirty(d: RingDirtyLog | null): void {
+    this.dirty = d;
+  }
+
   /** True if the driver has made chains available that pop() has not taken yet. */
   hasAvailable(): boolean {
     return this.availIdx() !== this.lastAvail || this.inflight?.hasResubmit() === true;
@@ -113,7 +120,7 @@ export class DeviceQueue {
     if (this.inflight?.hasResubmit() === true) {
       // Rings unmapped for now (REM_MEM_REG) throw here, before the head is handed out: it is resubmitted later.
       this.r();
-      return this.parseChain(this.inflight.nextResubmit());
+      return this.take(this.inflight.nextResubmit());
     }
     const availIdx = this.availIdx();
     const last = this.lastAvail;
@@ -127,10 +134,24 @@ export class DeviceQueue {
     if (this.eventIdx && !this.notifyOff) {
       // seq_cst store: it must be visible before the next load of avail.idx, or a kick could be lost.
       Atomics.store(this.r().used16, this.r().availEventIdx, this.lastAvail);
+      this.dirty?.usedRing(2 * this.r().availEventIdx, 2);
     }
     if (head >= this.size) throw new ChainError('descriptor head index out of range', head, { size: this.size });
     this.inflight?.taken(head);
-    return this.parseChain(head);
+    return this.take(head);
+  }
+
+  private take(head: number): DescriptorChain {
+    const d = this.dirty;
+    if (d === null) return this.parseChain(head);
+    try {
+      const chain = this.parseChain(head);
+      d.taken(head, chain.writable);
+      return chain;
+    } catch (e) {
+      if (e instanceof ChainError && e.reach !== null) d.takenMalformed(head, e.reach);
+      throw e;
+    }
   }
 
   /**
@@ -146,7 +167,17 @@ export class DeviceQueue {
       }
     }
     this.lastAvail = (this.lastAvail - count) & 0xffff;
-    if (this.eventIdx && !this.notifyOff) Atomics.store(this.r().used16, this.r().availEventIdx, this.lastAvail);
+    if (this.eventIdx && !this.notifyOff) this.storeAvailEvent();
+  }
+
+  private storeAvailEvent(): void {
+    Atomics.store(this.r().used16, this.r().availEventIdx, this.lastAvail);
+    this.dirty?.usedRing(2 * this.r().availEventIdx, 2);
+  }
+
+  private storeUsedFlags(flags: number): void {
+    Atomics.store(this.r().used16, 0, flags);
+    this.dirty?.usedRing(0, 2);
   }
 
   /**
@@ -179,6 +210,7 @@ export class DeviceQueue {
     const u32 = this.r().used32;
     u32[1 + 2 * i] = head;
     u32[2 + 2 * i] = writtenLen;
+    this.dirty?.used(head, writtenLen, i);
     this.inflight?.used(head);
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
   }
@@ -187,6 +219,7 @@ export class DeviceQueue {
   publishUsed(): void {
     if (this.publishedUsed === this.usedIdx) return;
     Atomics.store(this.r().used16, 1, this.usedIdx);
+    this.dirty?.usedRing(2, 2);
     this.publishedUsed = this.usedIdx;
     this.inflight?.published(this.usedIdx);
   }
@@ -212,14 +245,14 @@ export class DeviceQueue {
   /** Asks the driver not to kick (used.flags NO_NOTIFY; with EVENT_IDX avail_event stops moving). */
   disableNotifications(): void {
     this.notifyOff = true;
-    if (!this.eventIdx) Atomics.store(this.r().used16, 0, Atomics.load(this.r().used16, 0) | VIRTQ_USED_F_NO_NOTIFY);
+    if (!this.eventIdx) this.storeUsedFlags(Atomics.load(this.r().used16, 0) | VIRTQ_USED_F_NO_NOTIFY);
   }
 
   /** Re-enables kicks; returns true if more chains arrived meanwhile (the caller must then pop again). */
   enableNotifications(): boolean {
     this.notifyOff = false;
-    if (this.eventIdx) Atomics.store(this.r().used16, this.r().availEventIdx, this.lastAvail);
-    else Atomics.store(this.r().used16, 0, Atomics.load(this.r().used16, 0) & ~VIRTQ_USED_F_NO_NOTIFY);
+    if (this.eventIdx) this.storeAvailEvent();
+    else this.storeUsedFlags(Atomics.load(this.r().used16, 0) & ~VIRTQ_USED_F_NO_NOTIFY);
     return this.availIdx() !== this.lastAvail;
   }
 

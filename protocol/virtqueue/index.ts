@@ -22,3 +22,4 @@ export { DeviceQueue, type DeviceQueueOptions } from './device-queue.js';
 export { DriverQueue, type DriverQueueOptions, type UsedBuffer } from './driver-queue.js';
 export { GuestAllocator, GuestAllocatorError } from './allocator.js';
 export { InflightRing, inflightRegionSize, INFLIGHT_VERSION, type InflightRecovery } from './inflight.js';
+export { DirtyLog, RingDirtyLog, DIRTY_LOG_PAGE } from './dirty-log.js';

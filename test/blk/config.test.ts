@@ -64,7 +64,8 @@ describe('BlkBackend device model', () => {
       expect(f & bit(n)).not.toBe(0n);
     }
     expect(f & bit(VIRTIO_BLK_F_RO)).toBe(0n);
-    expect(b.protocolFeatures()).toBe((1n << 0n) | (1n << 3n) | (1n << 9n) | (1n << 12n) | (1n << 15n));
+    // MQ, LOG_SHMFD, REPLY_ACK, CONFIG, INFLIGHT_SHMFD, CONFIGURE_MEM_SLOTS
+    expect(b.protocolFeatures()).toBe((1n << 0n) | (1n << 1n) | (1n << 3n) | (1n << 9n) | (1n << 12n) | (1n << 15n));
     const cfg = b.getConfig(0, 60);
     const v = new DataView(cfg.buffer);
     expect(Number(v.getBigUint64(0, true))).toBe(2097152);

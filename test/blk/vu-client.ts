@@ -72,10 +72,15 @@ export interface BlkConnectOptions {
   memory?: GuestMemory;
   /** Ask for an inflight-tracking buffer (GET_INFLIGHT_FD, then SET_INFLIGHT_FD, as QEMU does). */
   inflight?: boolean;
+  /** Negotiate LOG_SHMFD, so that the test can migrate (SET_LOG_BASE, then LOG_ALL in SET_FEATURES, as QEMU does). */
+  logShmfd?: boolean;
+  /** Ask for REPLY_ACK on every request (as QEMU does for SET_FEATURES and SET_VRING_ADDR while it logs dirty pages). */
+  ackEveryRequest?: boolean;
 }
 
 const PROTOCOL_WANTED = bits(0, 3, 9, 15);
 const PROTOCOL_INFLIGHT = bits(12);
+const PROTOCOL_LOG_SHMFD = bits(1);
 
 /** A minimal vhost-user-blk front-end + driver for tests: raw chains in, used lengths out. */
 export class BlkVuClient {
@@ -101,11 +106,11 @@ export class BlkVuClient {
     const nq = opts.numQueues ?? 1;
     const qs = opts.queueSize ?? 128;
     const memSize = opts.memSize ?? 64 << 20;
-    const fe = await VhostUserFrontend.connect(socket, { retryForMs: 5000 });
+    const fe = await VhostUserFrontend.connect(socket, { retryForMs: 5000, ackEveryRequest: opts.ackEveryRequest });
     let want = opts.eventIdx === false ? BLK_FEATURES & ~bits(VIRTIO_RING_F_EVENT_IDX) : BLK_FEATURES;
     // Without FLUSH (and CONFIG_WCE) the device must be writethrough.
     if (opts.writethrough) want &= ~bits(VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_CONFIG_WCE);
-    const wantProtocol = opts.inflight ? PROTOCOL_WANTED | PROTOCOL_INFLIGHT : PROTOCOL_WANTED;
+    const wantProtocol = PROTOCOL_WANTED | (opts.inflight ? PROTOCOL_INFLIGHT : 0n) | (opts.logShmfd ? PROTOCOL_LOG_SHMFD : 0n);
     const { features, protocolFeatures } = fe.negotiate(want, wantProtocol);
     let inflight = null;
     if (opts.inflight) {

@@ -228,6 +228,13 @@ class Fuzzer {
       case Request.SET_LOG_FD:
       case Request.SET_BACKEND_REQ_FD:
       case Request.SET_DEVICE_STATE_FD: {
+        if (r === Request.SET_LOG_BASE && rng.chance(0.6)) {
+          // {u64 mmap_size; u64 mmap_offset}: mostly a log the random guest memfd can hold, so that pages get marked.
+          const p = b(16);
+          putU64(p, 0, rng.pick([Math.ceil(MEM / 4096 / 8), 1, 4096, MEM, rng.u32()]));
+          putU64(p, 8, rng.pick([0, 0, 8, 4095, rng.u32()]));
+          return { payload: p, fds: rng.chance(0.9) ? [this.memfd] : [] };
+        }
         const p = b(rng.pick([0, 8, 16, 24]));
         for (let k = 0; k < p.length; k += 4) p.writeUInt32LE(rng.u32(), k);
         return { payload: p, fds: rng.chance(0.8) ? [r === Request.SET_LOG_BASE ? this.memfd : this.eventfd()] : [] };
