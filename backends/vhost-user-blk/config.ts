@@ -11,6 +11,8 @@ const SCHEMA = {
   readonly: bool(false),
   direct: bool(false),
   poll_queue: bool(true),
+  /** Ours, as qemu-storage-daemon's locking=: off serves an image another process holds (a migration's two ends). */
+  locking: bool(true),
 };
 
 type Values = ParsedOptions<typeof SCHEMA>;
@@ -18,12 +20,12 @@ type Values = ParsedOptions<typeof SCHEMA>;
 /**
  * `--block-backend` of a vhost-user-blk backend; same keys and defaults as Cloud Hypervisor's
  * vhost_user_block: path, socket (required), num_queues=1, queue_size=1024, readonly=off,
- * direct=off, poll_queue=on.
+ * direct=off, poll_queue=on; plus locking=on (off: no image lock, as qemu-storage-daemon's locking=off).
  */
 export class BlockBackendConfig {
   static readonly SYNTAX =
     'vhost-user-block backend parameters "path=<image_path>,socket=<socket_path>,num_queues=<number_of_queues>,' +
-    'queue_size=<size_of_each_queue>,readonly=true|false,direct=true|false,poll_queue=true|false"';
+    'queue_size=<size_of_each_queue>,readonly=true|false,direct=true|false,poll_queue=true|false,locking=true|false"';
 
   readonly path: string;
   readonly socket: string;
@@ -32,6 +34,7 @@ export class BlockBackendConfig {
   readonly readonly: boolean;
   readonly direct: boolean;
   readonly pollQueue: boolean;
+  readonly locking: boolean;
 
   constructor(v: Values) {
     this.path = v.path;
@@ -41,6 +44,7 @@ export class BlockBackendConfig {
     this.readonly = v.readonly;
     this.direct = v.direct;
     this.pollQueue = v.poll_queue;
+    this.locking = v.locking;
   }
 
   /** Parses and validates "path=..,socket=..,..."; throws OptionsError / BlockBackendConfigError. */
@@ -69,6 +73,7 @@ export class BlockBackendConfig {
       readonly: this.readonly,
       direct: this.direct,
       poll_queue: this.pollQueue,
+      locking: this.locking,
     };
   }
 
@@ -76,7 +81,7 @@ export class BlockBackendConfig {
   toString(): string {
     return toOptionString(SCHEMA, {
       path: this.path, socket: this.socket, num_queues: this.numQueues, queue_size: this.queueSize,
-      readonly: this.readonly, direct: this.direct, poll_queue: this.pollQueue,
+      readonly: this.readonly, direct: this.direct, poll_queue: this.pollQueue, locking: this.locking,
     }, { includeDefaults: true });
   }
 }

@@ -17,6 +17,8 @@ export class ImageError extends KumoError {}
 export interface ImageOptions {
   readonly: boolean;
   direct: boolean;
+  /** false: no OFD lock (locking=off), for a second process that must open an image another holds. Default true. */
+  lock?: boolean;
 }
 
 /**
@@ -100,7 +102,7 @@ export class DiskImage {
       if (size % SECTOR_SIZE !== 0) {
         throw new ImageError(`image ${path} size ${size} is not a multiple of ${SECTOR_SIZE} bytes`, { path, size });
       }
-      lock(fd, path, opts.readonly ? F_RDLCK : F_WRLCK);
+      if (opts.lock !== false) lock(fd, path, opts.readonly ? F_RDLCK : F_WRLCK);
       // A block device's fstatfs names the file system its node lives on (devtmpfs reads as tmpfs), not the device.
       const fsType = st.isBlockDevice() || opts.direct ? 0 : fstatfs(fd).type;
       const memoryBacked = fsType === TMPFS_MAGIC || fsType === RAMFS_MAGIC;
@@ -124,12 +126,12 @@ function lock(fd: number, path: string, type: number): void {
     fcntlLock(fd, F_OFD_SETLK, { type, whence: 0, start: 0n, len: 0n, pid: 0 });
   } catch (e) {
     if (e instanceof SysError && (e.errno === EAGAIN || e.errno === EACCES)) {
-      throw new ImageError(`image ${path} is locked by another process`, { path, code: e.code });
+      throw new ImageError(`image ${path} is locked by another process (locking=off serves it all the same, as a live migration's destination must)`, { path, code: e.code });
     }
     if (e instanceof SysError) {
       // ENOLCK (NFS without lockd), EINVAL/EOPNOTSUPP (no OFD locks): the image cannot be kept from a second writer.
       throw new ImageError(`cannot lock image ${path}: its file system refuses locks (${e.code}); kumo-vhost-user-blk locks ` +
-        'every image so that two processes never write one', { path, code: e.code });
+        'every image so that two processes never write one (locking=off serves it unlocked)', { path, code: e.code });
     }
     throw e;
   }

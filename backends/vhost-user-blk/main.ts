@@ -17,7 +17,10 @@ Options:
   -h, --help                 print this help
   -V, --version              print the version
 
-Defaults: num_queues=1, queue_size=1024, readonly=false, direct=false, poll_queue=true.
+Defaults: num_queues=1, queue_size=1024, readonly=false, direct=false, poll_queue=true, locking=true.
+The image is locked (OFD) so that no two processes write it. locking=false serves it unlocked, as
+qemu-storage-daemon's locking=off: for the destination of a live migration on the same host or on shared
+storage, which starts while the source's back-end still holds the image.
 Serves one front-end at a time and listens on for the next after it disconnects, as qemu-storage-daemon
 (Cloud Hypervisor's vhost_user_block exits instead); SIGTERM, SIGINT or SIGHUP stop it.
 Environment: KUMO_LOG=fatal|error|warn|info|debug|trace|silent (log level, info), KUMO_BLK_COMPLETION=eventfd|wait
@@ -71,7 +74,7 @@ async function main(): Promise<number> {
   }
   let image: DiskImage;
   try {
-    image = DiskImage.open(cfg.path, { readonly: cfg.readonly, direct: cfg.direct });
+    image = DiskImage.open(cfg.path, { readonly: cfg.readonly, direct: cfg.direct, lock: cfg.locking });
   } catch (e) {
     process.stderr.write(`kumo-vhost-user-blk: ${e instanceof Error ? e.message : String(e)}\n`);
     return 1;

@@ -201,4 +201,23 @@ describe('kumo-vhost-user-blk process', () => {
     child = await startBackend(`path=${img},socket=${sock}`);
     await expect(startBackend(`path=${img},socket=${sock}2`)).rejects.toThrow(/locked by another process/);
   });
+
+  it('locking=off serves an image another back-end holds (the destination of a live migration), and takes no lock', async () => {
+    child = await startBackend(`path=${img},socket=${sock}`);
+    const second = await startBackend(`path=${img},socket=${sock}2,locking=off`);
+    try {
+      client = await BlkVuClient.connect(`${sock}2`);
+      const r = client.buf(512);
+      const st = client.add(0, VIRTIO_BLK_T_IN, 0, [], [{ addr: r, len: 512 }], 1);
+      client.run(0, 1);
+      expect(client.mem.readU8(st)).toBe(0);
+      client.close();
+      client = null;
+      // The unlocked one holds nothing: with the first gone, a locking back-end starts beside it.
+      await stopBackend(child);
+      child = await startBackend(`path=${img},socket=${sock}3`);
+    } finally {
+      await stopBackend(second);
+    }
+  });
 });

@@ -16,17 +16,18 @@ describe('BlockBackendConfig', () => {
   it('parses with Cloud Hypervisor defaults', () => {
     const c = BlockBackendConfig.parse('path=/tmp/img,socket=/tmp/s.sock');
     expect(c.toJSON()).toEqual({
-      path: '/tmp/img', socket: '/tmp/s.sock', num_queues: 1, queue_size: 1024, readonly: false, direct: false, poll_queue: true,
+      path: '/tmp/img', socket: '/tmp/s.sock', num_queues: 1, queue_size: 1024, readonly: false, direct: false, poll_queue: true, locking: true,
     });
   });
 
   it('parses every key and round-trips', () => {
-    const c = BlockBackendConfig.parse('path=/a b/img,socket=/s,num_queues=4,queue_size=128,readonly=on,direct=true,poll_queue=off');
+    const c = BlockBackendConfig.parse('path=/a b/img,socket=/s,num_queues=4,queue_size=128,readonly=on,direct=true,poll_queue=off,locking=off');
     expect(c.numQueues).toBe(4);
     expect(c.queueSize).toBe(128);
     expect(c.readonly).toBe(true);
     expect(c.direct).toBe(true);
     expect(c.pollQueue).toBe(false);
+    expect(c.locking).toBe(false);
     expect(c.path).toBe('/a b/img');
     expect(BlockBackendConfig.parse(c.toString()).toJSON()).toEqual(c.toJSON());
   });
