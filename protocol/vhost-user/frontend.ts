@@ -2,7 +2,7 @@ import type { GuestMemory } from '../memory/index.js';
 import { closeQuiet } from '../sys/fd.js';
 import { KumoError } from '../errors.js';
 import { SysError } from '../sys/libc.js';
-import { unixConnect } from '../sys/socket.js';
+import { peekState, unixConnect } from '../sys/socket.js';
 import type { QueueLayout } from '../virtqueue/index.js';
 import { VhostUserChannel, type RawMessage } from './channel.js';
 import { decodeReply, hasOwnReply, request, type Message } from './codec.js';
@@ -135,6 +135,26 @@ export class VhostUserFrontend {
   resetOwner(): void {
     this.call(Request.RESET_OWNER, { kind: 'none' });
   }
+  /**
+   * GET_FEATURES with the reply awaited without blocking the thread (polled every pollMs): a back-end that accepted the
+   * connection but does not answer (stopped, hung) holds no one up. VhostUserTimeoutError after timeoutMs.
+   */
+  async getFeaturesAnswered(timeoutMs: number, pollMs = 10): Promise<bigint> {
+    const r = Request.GET_FEATURES;
+    this.channel.send(request(r, { kind: 'none' }));
+    const until = Date.now() + timeoutMs;
+    while (peekState(this.channel.fd) === 'empty') {
+      if (Date.now() >= until) {
+        this.owed++;
+        throw new VhostUserTimeoutError('the back-end accepted the connection but does not answer', { request: requestName(r), timeoutMs });
+      }
+      await sleep(pollMs);
+    }
+    const raw = this.ownReply(r, this.timeoutMs);
+    raw.fds.forEach(closeQuiet);
+    return (decodeReply(r, raw.header, raw.payload, raw.fds).payload as PayloadOf<'u64'>).value;
+  }
+
   getFeatures(): bigint {
     return this.u64(Request.GET_FEATURES);
   }

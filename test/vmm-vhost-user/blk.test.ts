@@ -3,7 +3,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import {
   BlkConfig, encodeBlkHeader, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_OUTHDR_SIZE, VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
@@ -236,6 +237,48 @@ for (const b of backends) {
       writeBlock(v, q, 16, 0xc3, 3);
       g.kick(q);
       expect(await g.waitUsed(q)).toEqual([{ token: 3, len: 1 }]);
+    }, 60_000);
+
+    it('a listener that takes the connection but never answers does not hold up the main thread; the real back-end is connected to after it', async () => {
+      const { v, a } = await attachDisk({ retryForMs: 5000, reconnectForMs: 20_000, replyTimeoutMs: 2000 });
+      v.build(vhostUserDevices(a.specs, a.links));
+      const g = new GuestDriver(v, 0);
+      g.enableMsix();
+      g.start(bits(VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX), [128]);
+      const q = g.queues[0];
+      writeBlock(v, q, 0, 0xa1, 1);
+      g.kick(q);
+      expect(await g.waitUsed(q)).toEqual([{ token: 1, len: 1 }]);
+
+      await killChild();
+      rmSync(sock, { force: true });
+      // A stopped or hung back-end: the kernel completes the connection, nobody ever answers.
+      const mute = spawn(process.execPath, ['-e', `require('net').createServer(() => {}).listen(${JSON.stringify(sock)}, () => console.log('up'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
+      try {
+        await once(mute.stdout!, 'data');
+        const st = writeBlock(v, q, 8, 0xb2, 2);
+        g.kick(q);
+        // ~3 s: longer than one attempt's reply timeout, during which a blocking negotiation would stall everything.
+        let worst = 0;
+        let last = performance.now();
+        for (let i = 0; i < 150; i++) {
+          v.loop.poll(0);
+          await new Promise((r) => setTimeout(r, 20));
+          const now = performance.now();
+          worst = Math.max(worst, now - last);
+          last = now;
+        }
+        expect(worst).toBeLessThan(1000);
+        mute.kill('SIGKILL');
+        await once(mute, 'exit');
+        rmSync(sock, { force: true });
+        child = await b.start(img, sock);
+        expect(await g.waitUsed(q, 1, 20_000)).toEqual([{ token: 2, len: 1 }]);
+        expect(v.mem.readU8(st)).toBe(0);
+        expect(readFileSync(img)[8 * 512]).toBe(0xb2);
+      } finally {
+        mute.kill('SIGKILL');
+      }
     }, 60_000);
 
     it('a guest that resets and starts the device again while its back-end is away gets a working disk once it is back', async () => {

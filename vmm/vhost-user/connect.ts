@@ -179,6 +179,9 @@ async function attachOne(d: AnyDevice, callFd: CallFdResolver, t: ConnectTiming)
     for (;;) {
       const again = await open(id, d.c.socket, server, { ...t, retryForMs: Math.max(0, until - Date.now()) });
       try {
+        // The guest runs meanwhile, and its vCPUs wait on this thread: a back-end that took the connection but does
+        // not answer (stopped, hung, a stale listener) must not block it. Its first reply is awaited here.
+        await again.getFeaturesAnswered(Math.min(t.replyTimeoutMs ?? 30_000, Math.max(1, until - Date.now())));
         return negotiate(id, again, wantProtocol, queues, unsaid);
       } catch (e) {
         again.close();
