@@ -313,7 +313,7 @@ class QueueWorker {
         return undefined;
       case 'usedLog': {
         const r = this.rings.get(cmd.index);
-        if (r) r.dirty.usedAddr = cmd.addr;
+        if (r) r.dirty.usedAddr = cmd.addr ?? r.queue.layout.usedAddr;
         return undefined;
       }
       case 'reset':
@@ -370,7 +370,7 @@ class QueueWorker {
       if (this.rings.has(s.index)) this.stop(s.index, false);
       const q = new DeviceQueue(this.mem, s.layout, { eventIdx: s.eventIdx });
       q.nextAvailIdx = s.nextAvail;
-      dirty = new RingDirtyLog(s.layout.size, s.usedLog);
+      dirty = new RingDirtyLog(s.layout.size, s.usedLog ?? s.layout.usedAddr);
       q.trackDirty(dirty);
       if (s.inflight !== null) {
         inflight = mapInflight(s.inflight, s.layout.size);

@@ -26,7 +26,11 @@ export interface RingStart {
   enabled: boolean;
   eventIdx: boolean;
   features: string;
-  /** Guest-physical address its used ring is logged at while the front-end logs dirty pages (VRING_F_LOG), or null. */
+  /**
+   * Guest-physical address its used ring is logged at while the front-end logs dirty pages (VRING_F_LOG), or null: the
+   * ring's own address then (QEMU turns LOG_ALL on before it sends each ring's log address; used-ring writes between
+   * the two must be marked too).
+   */
   usedLog: number | null;
   /** The front-end's inflight-tracking buffer for this ring (INFLIGHT_SHMFD), or null. */
   inflight: RingInflight | null; // bigint as decimal (structured clone keeps bigint, but strings keep logs readable)

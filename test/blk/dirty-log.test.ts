@@ -119,6 +119,18 @@ describe('vhost-user-blk dirty logging', () => {
     expect(log.bits.every((b) => b === 0)).toBe(true);
   });
 
+  it('marks the used ring at its own address while LOG_ALL is on but the ring\'s log address is not sent yet', async () => {
+    const { c } = await setUp();
+    const log = newLog();
+    // QEMU's order: the log, LOG_ALL, then each ring's SET_VRING_ADDR with VRING_F_LOG. Completions come in between.
+    c.fe.setLogBase(log.fd, log.size);
+    c.fe.setFeatures(c.features | LOG_ALL);
+    const r = read(c, 1, 0);
+    expect(c.run(0, 1).size).toBe(1);
+    expect(isMarked(log.bits, r.data)).toBe(true);
+    expect(isMarked(log.bits, c.queues[0].layout.usedAddr)).toBe(true);
+  });
+
   it('moves to a new log when the front-end sends one (one per pass, as Cloud Hypervisor does)', async () => {
     const { c } = await setUp();
     const first = newLog();
