@@ -42,9 +42,9 @@ function start(cmd: string, args: string[], socket: string): Promise<ChildProces
   return waitForSocket(socket, c).then(() => c);
 }
 
-async function startRamBlk(name: string, queues: number, minimal = false): Promise<string> {
+async function startRamBlk(name: string, queues: number, flag?: 'minimal' | 'logs' | 'forgets'): Promise<string> {
   const socket = join(dir, `${name}.sock`);
-  await start(process.execPath, ['--import', 'tsx', ramDaemon, socket, '16', String(queues), ...(minimal ? ['minimal'] : [])], socket);
+  await start(process.execPath, ['--import', 'tsx', ramDaemon, socket, '16', String(queues), ...(flag ? [flag] : [])], socket);
   return socket;
 }
 
@@ -84,12 +84,25 @@ describe('kumo-vu blk', () => {
   });
 
   it('verify passes against a minimal back-end (no EVENT_IDX, no indirect, no MQ feature)', async () => {
-    const socket = await startRamBlk('ram-min', 1, true);
+    const socket = await startRamBlk('ram-min', 1, 'minimal');
     const r = await kumo(['blk', '--socket', socket, 'verify', '--json']);
     const rep = JSON.parse(r.stdout) as Report;
     expect(rep.checks.filter((c) => !c.ok)).toEqual([]);
     expect(rep.features).not.toContain('EVENT_IDX');
     expect(r.code).toBe(0);
+  });
+
+  it('verify checks the dirty log of a back-end that offers live migration, and fails one that never marks a page', async () => {
+    const good = JSON.parse((await kumo(['blk', '--socket', await startRamBlk('ram-logs', 1, 'logs'), 'verify', '--json'])).stdout) as Report;
+    expect(good.checks.filter((c) => c.name.startsWith('dirty log')).map((c) => c.ok)).toEqual([true, true]);
+    expect(good.ok).toBe(true);
+    const r = await kumo(['blk', '--socket', await startRamBlk('ram-forgets', 1, 'forgets'), 'verify', '--json']);
+    const bad = JSON.parse(r.stdout) as Report;
+    expect(bad.checks.filter((c) => !c.ok).map((c) => c.name)).toEqual(['dirty log: a read\'s data, its status byte and the used ring are marked']);
+    expect(r.code).not.toBe(0);
+    // A back-end that does not offer it is not asked.
+    const plain = JSON.parse((await kumo(['blk', '--socket', await startRamBlk('ram-plain', 1), 'verify', '--json'])).stdout) as Report;
+    expect(plain.checks.some((c) => c.name.startsWith('dirty log'))).toBe(false);
   });
 
   it('bench completes requests without errors', async () => {

@@ -45,6 +45,11 @@ export class BlkClient {
     return { status, written: used[0].len };
   }
 
+  /** Where queue q's requests get their status byte. */
+  statusOf(q: VuQueue): number {
+    return this.statusAddr[q.index];
+  }
+
   read(q: VuQueue, sector: number, data: Segment[]): number {
     return this.run(q, VIRTIO_BLK_T_IN, sector, data).status;
   }

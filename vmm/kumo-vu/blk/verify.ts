@@ -9,13 +9,14 @@ import type { Segment } from '../../../protocol/virtqueue/index.js';
 import { VuDevice } from '../device.js';
 import { featureNames, protocolFeatureNames } from '../features.js';
 import { BlkClient } from './client.js';
+import { DirtyLogProbe } from '../dirty-log-probe.js';
 import { BLK_CONFIG_READ, parseBlkConfig, type BlkDeviceConfig } from './config.js';
 
 export const BLK_WANTED_FEATURES = bits(
   VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_SEG_MAX,
   VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_CONFIG_WCE,
 );
-export const BLK_WANTED_PROTOCOL = protocolFeatures(ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG);
+export const BLK_WANTED_PROTOCOL = protocolFeatures(ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG, ProtocolFeature.LOG_SHMFD);
 
 export interface Check {
   name: string;
@@ -218,6 +219,24 @@ export async function verifyBlk(o: VerifyOptions): Promise<VerifyReport> {
       report.id = new TextDecoder().decode(idBytes.subarray(0, nul < 0 ? idBytes.length : nul));
     }
     check('GET_ID answered (OK or UNSUPP)', idr === VIRTIO_BLK_S_OK || idr === VIRTIO_BLK_S_UNSUPP, `status ${idr}`);
+
+    if (DirtyLogProbe.offered(dev)) {
+      // Live migration: while the front-end logs, what the back-end writes into guest memory must be marked.
+      const probe = DirtyLogProbe.start(dev);
+      try {
+        const rs = client.read(q0, 0, [{ addr: rbuf, len: blk }]);
+        check('dirty log: a read\'s data, its status byte and the used ring are marked', rs === VIRTIO_BLK_S_OK
+          && probe.marked(rbuf) && probe.marked(client.statusOf(q0)) && probe.marked(q0.dq.layout.usedAddr),
+        `status ${rs}, data ${probe.marked(rbuf)}, status byte ${probe.marked(client.statusOf(q0))}, used ring ${probe.marked(q0.dq.layout.usedAddr)}`);
+        if (!ro) {
+          probe.clear();
+          const ws = client.write(q0, 0, [{ addr: wbuf, len: blk }]);
+          check('dirty log: a write\'s data (only read by the back-end) is not marked', ws === VIRTIO_BLK_S_OK && !probe.marked(wbuf), `status ${ws}`);
+        }
+      } finally {
+        probe.stop();
+      }
+    }
   } catch (e) {
     check('no protocol or device error', false, e instanceof Error ? e.message : String(e));
   } finally {
