@@ -51,6 +51,12 @@ describe.skipIf(why !== null)('vhost-user-net backend with kumo-vu (private netn
     expect(ns.ip('neigh', 'show', 'dev', tap)).toContain(GUEST_MAC);
   });
 
+  it('marks every RX buffer it fills in the dirty log of a migrating front-end', async () => {
+    const r = await kumoVuNet(sock, ['ping', HOST, '-c', '3', '--dirty-log']);
+    expect(r).toMatchObject({ received: 3, exitCode: 0, dirtyLog: { unmarked: 0 } });
+    expect((r.dirtyLog as { rxBuffers: number }).rxBuffers).toBeGreaterThanOrEqual(3);
+  });
+
   it('pings with checksum offload off, and on queue pair 1', async () => {
     expect(await kumoVuNet(sock, ['--csum', 'off', 'ping', HOST, '-c', '2'])).toMatchObject({ received: 2, csumOffload: false });
     expect(await kumoVuNet(sock, ['--queue-pairs', '2', 'ping', HOST, '-c', '2', '--pair', '1'])).toMatchObject({ received: 2 });

@@ -44,8 +44,8 @@ function guestIp(o: NetOpts, peer: Uint8Array): Uint8Array {
   return ip;
 }
 
-async function open(o: NetOpts): Promise<NetNic> {
-  return NetNic.open({ socket: o.socket, queuePairs: o.queuePairs, queueSize: o.queueSize, csumOffload: o.csum, connectTimeoutMs: o.connectTimeout });
+async function open(o: NetOpts, dirtyLog = false): Promise<NetNic> {
+  return NetNic.open({ socket: o.socket, queuePairs: o.queuePairs, queueSize: o.queueSize, csumOffload: o.csum, connectTimeoutMs: o.connectTimeout, dirtyLog });
 }
 
 const out = (o: NetOpts, human: string, obj: unknown) => process.stdout.write(o.json ? `${JSON.stringify(obj)}\n` : `${human}\n`);
@@ -68,10 +68,11 @@ export function registerNet(program: Command): void {
     .option('-c, --count <n>', 'echo requests', parseCount(1, 100_000), 3)
     .option('-s, --size <bytes>', 'echo payload size', parseCount(0, 1400), 56)
     .option('--pair <n>', 'queue pair to send on', parseCount(0, 127), 0)
-    .action(async (addr: string, c: { count: number; size: number; pair: number }, cmd: Command) => {
+    .option('--dirty-log', 'log dirty pages as a migrating front-end does, and report the RX buffers the back-end left unmarked')
+    .action(async (addr: string, c: { count: number; size: number; pair: number; dirtyLog?: boolean }, cmd: Command) => {
       const o = cmd.optsWithGlobals() as NetOpts;
       const peer = ipv4Bytes(ipArg(addr));
-      const nic = await open(o);
+      const nic = await open(o, c.dirtyLog === true);
       try {
         const st = new MiniStack(nic, guestIp(o, peer));
         const rtts: number[] = [];
@@ -80,9 +81,11 @@ export function registerNet(program: Command): void {
           if (rtt !== null) rtts.push(rtt);
           if (!o.json) out(o, rtt === null ? `no reply for icmp_seq=${seq}` : `${c.size + 8} bytes from ${addr}: icmp_seq=${seq} time=${rtt.toFixed(3)} ms`, null);
         }
-        const summary = { target: addr, from: ipv4String(st.ip), sent: c.count, received: rtts.length, rttMs: rtts, csumOffload: nic.csumOffload };
-        out(o, `${c.count} packets transmitted, ${rtts.length} received`, summary);
-        if (rtts.length !== c.count) process.exitCode = 1;
+        const dirtyLog = nic.dirtyLogReport();
+        const summary = { target: addr, from: ipv4String(st.ip), sent: c.count, received: rtts.length, rttMs: rtts, csumOffload: nic.csumOffload, ...(dirtyLog ? { dirtyLog } : {}) };
+        const logLine = dirtyLog ? `; dirty log: ${dirtyLog.rxBuffers} RX buffers filled, ${dirtyLog.unmarked} left unmarked` : '';
+        out(o, `${c.count} packets transmitted, ${rtts.length} received${logLine}`, summary);
+        if (rtts.length !== c.count || (dirtyLog !== null && dirtyLog.unmarked > 0)) process.exitCode = 1;
       } finally {
         nic.close();
       }

@@ -10,6 +10,7 @@ import {
 } from '../../../protocol/virtio/index.js';
 import { HANGUP_TOKEN, VuDevice, disconnected, type VuQueue } from '../device.js';
 import { KumoVuError } from '../errors.js';
+import { DirtyLogProbe } from '../dirty-log-probe.js';
 
 export const BUF_SIZE = 2048;
 const HDR = VIRTIO_NET_HDR_SIZE;
@@ -22,6 +23,14 @@ export interface NicOptions {
   csumOffload: boolean;
   eventIdx?: boolean;
   connectTimeoutMs?: number;
+  /** Log dirty pages as a migrating front-end does (the back-end must offer it): see dirtyLogReport(). */
+  dirtyLog?: boolean;
+}
+
+/** What the back-end marked while the NIC logged dirty pages: every RX buffer it filled should be. */
+export interface DirtyLogReport {
+  rxBuffers: number;
+  unmarked: number;
 }
 
 export interface RxFrame {
@@ -51,6 +60,8 @@ export class NetNic {
   private readonly pairs: Pair[] = [];
   private readonly epoll = new Epoll(64);
   private readonly hdr = new Uint8Array(HDR);
+  private probe: DirtyLogProbe | null = null;
+  private readonly logged: DirtyLogReport = { rxBuffers: 0, unmarked: 0 };
 
   private constructor(readonly dev: VuDevice, readonly opts: NicOptions) {
     const cfg = dev.readConfig(12);
@@ -65,12 +76,19 @@ export class NetNic {
       VIRTIO_RING_F_INDIRECT_DESC, ...(o.eventIdx === false ? [] : [VIRTIO_RING_F_EVENT_IDX]),
       ...(o.csumOffload ? [VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM] : []),
     );
-    const proto = protocolFeatures(ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG, ProtocolFeature.CONFIGURE_MEM_SLOTS);
+    const proto = protocolFeatures(
+      ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG, ProtocolFeature.CONFIGURE_MEM_SLOTS,
+      ...(o.dirtyLog ? [ProtocolFeature.LOG_SHMFD] : []),
+    );
     const dev = await VuDevice.connect({ socket: o.socket, features: want, protocolFeatures: proto, connectTimeoutMs: o.connectTimeoutMs ?? 10_000 });
     try {
       if (!dev.has(VIRTIO_F_VERSION_1)) throw new KumoVuError('back-end does not offer VIRTIO_F_VERSION_1');
       const nic = new NetNic(dev, o);
       nic.start();
+      if (o.dirtyLog) {
+        if (!DirtyLogProbe.offered(dev)) throw new KumoVuError('the back-end does not offer dirty logging (VHOST_F_LOG_ALL with LOG_SHMFD)');
+        nic.probe = DirtyLogProbe.start(dev);
+      }
       return nic;
     } catch (e) {
       dev.close();
@@ -154,6 +172,10 @@ export class NetNic {
       const used = pair.rx.dq.takeUsed(max - out.length);
       for (const u of used) {
         const addr = pair.rxBufs[u.token];
+        if (this.probe !== null) {
+          this.logged.rxBuffers++;
+          if (!this.probe.marked(addr) || !this.probe.marked(addr + Math.max(0, u.len - 1))) this.logged.unmarked++;
+        }
         if (u.len >= HDR) {
           const b = new Uint8Array(u.len);
           mem.read(addr, b);
@@ -165,6 +187,11 @@ export class NetNic {
       if (used.length > 0) pair.rx.kick();
     }
     return out;
+  }
+
+  /** RX buffers the back-end filled while the NIC logged dirty pages, and how many of them it left unmarked; null: not logging. */
+  dirtyLogReport(): DirtyLogReport | null {
+    return this.probe === null ? null : { ...this.logged };
   }
 
   /** Counts (and recycles) received frames without copying them; for benchmarks. */
@@ -211,6 +238,12 @@ export class NetNic {
   }
 
   close(): void {
+    try {
+      this.probe?.stop();
+    } catch {
+      // the back-end is gone: nothing to turn off
+    }
+    this.probe = null;
     this.epoll.close();
     this.dev.close();
   }
