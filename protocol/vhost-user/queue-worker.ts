@@ -10,7 +10,7 @@ import { GuestMemory, type MemoryRegionSpec } from '../memory/index.js';
 import { Epoll, EPOLLERR, EPOLLHUP, EPOLLIN } from '../sys/epoll.js';
 import { closeQuiet, eventfdRead, eventfdWrite, setNonBlocking } from '../sys/fd.js';
 import { gettid, setThreadName } from '../sys/proc.js';
-import { mapFd, type Mapping } from '../sys/mem.js';
+import { mapFd, viewOf, type Mapping } from '../sys/mem.js';
 import { DeviceQueue, DirtyLog, InflightRing, inflightRegionSize, RingDirtyLog, RingMemoryError, type QueueLayout } from '../virtqueue/index.js';
 import { F_LOG_ALL } from './messages.js';
 import { HANDLER_TOKEN_BASE, type CreateQueueHandler, type QueueHandler, type VringHandle } from './backend-types.js';
@@ -475,12 +475,23 @@ function mapInflight(r: RingInflight, size: number): { ring: InflightRing; map: 
   }
 }
 
-/** Maps the dirty log (closing the fd); mmap wants a page-aligned offset, the front-end's need not be one. */
+/**
+ * Maps the dirty log (closing the fd); mmap wants a page-aligned offset, the front-end's need not be one. The log is
+ * viewed on its own, not through the mapping's view: a 4 GiB log at an offset off a page boundary makes a mapping
+ * larger than one typed array may be (Mapping then has no view), and a log viewed as empty would mark nothing.
+ */
 function mapDirtyLog(spec: LogSpec): { log: DirtyLog; map: Mapping } {
   try {
     const skip = spec.offset % 4096;
     const map = mapFd(spec.fd, skip + spec.size, spec.offset - skip);
-    return { log: new DirtyLog(map.bytes.subarray(skip, skip + spec.size)), map };
+    try {
+      const bits = viewOf(map.ptr + BigInt(skip), spec.size);
+      if (bits.length !== spec.size) throw new Error(`dirty log of ${spec.size} bytes cannot be viewed`);
+      return { log: new DirtyLog(bits), map };
+    } catch (e) {
+      map.unmap();
+      throw e;
+    }
   } finally {
     closeQuiet(spec.fd);
   }

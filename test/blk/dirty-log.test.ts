@@ -45,6 +45,15 @@ function newLog(size = MEM / PAGE / 8): { fd: number; bits: Uint8Array; size: nu
   return { fd, bits: map.bytes, size };
 }
 
+/** A log of `size` bytes at `offset` in a sparse memfd; `bits` views only its first pages (guest memory is small). */
+function logAt(size: number, offset: number): { fd: number; bits: Uint8Array; size: number; offset: number } {
+  const fd = memfdCreate('test-dirty-log', MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  ftruncate(fd, offset + size);
+  const map = mapFd(fd, offset + MEM / PAGE / 8);
+  logs.push({ fd, map });
+  return { fd, bits: map.bytes.subarray(offset), size, offset };
+}
+
 const isMarked = (log: Uint8Array, gpa: number) => (log[Math.floor(gpa / PAGE / 8)] & (1 << (Math.floor(gpa / PAGE) % 8))) !== 0;
 
 type Start = (img: string, sock: string) => Promise<ChildProcess>;
@@ -63,8 +72,8 @@ async function setUp(start: Start = kumo): Promise<{ c: BlkVuClient; content: Bu
 }
 
 /** Starts logging on the running device the way QEMU does: the log, LOG_ALL, then each ring's used-ring log address. */
-function startLogging(c: BlkVuClient, log: { fd: number; size: number }): void {
-  c.fe.setLogBase(log.fd, log.size);
+function startLogging(c: BlkVuClient, log: { fd: number; size: number; offset?: number }): void {
+  c.fe.setLogBase(log.fd, log.size, log.offset ?? 0);
   c.fe.setFeatures(c.features | LOG_ALL);
   const l = c.queues[0].layout;
   const user = (gpa: number) => guestToUser(c.mem, gpa);
@@ -155,6 +164,18 @@ describe('vhost-user-blk dirty logging', () => {
     expect(c.run(0, 1).size).toBe(1);
     expect(isMarked(second.bits, b.data)).toBe(true);
     expect(isMarked(first.bits, b.data)).toBe(false);
+  });
+
+  it('marks a 4 GiB log at an offset off a page boundary (its mapping is larger than one typed array)', async () => {
+    const { c } = await setUp();
+    for (const offset of [0, PAGE + 8]) {
+      const log = logAt(2 ** 32, offset);
+      startLogging(c, log);
+      const r = read(c, offset === 0 ? 3 : 4, offset === 0 ? 0 : 1);
+      expect(c.run(0, 1).size).toBe(1);
+      expect(isMarked(log.bits, r.data)).toBe(true);
+      expect(isMarked(log.bits, r.status)).toBe(true);
+    }
   });
 
   it('a log larger than its file ends that connection, and the back-end serves the next front-end', async () => {
