@@ -47,6 +47,17 @@ class BlkQueueHandler implements QueueHandler {
     this.current = null;
   }
 
+  /**
+   * SET_VRING_ENABLE 0: the requests in flight finish (and are published) before the front-end hears back. Cloud
+   * Hypervisor pauses a device this way and then takes its last dirty log (a new SET_LOG_BASE): a request completing
+   * after would write guest pages marked in a log nobody reads, and its destination starts the ring past it.
+   */
+  onDisable(q: VringHandle): void {
+    this.engine.attach(q.queue, this.ctx.memory());
+    this.engine.drain();
+    if (this.engine.processCompletions()) q.notify();
+  }
+
   process(q: VringHandle): void {
     this.current = q;
     const eng = this.engine;
