@@ -33,6 +33,14 @@ export class HostMap {
 
   /** Host address of [gpa, gpa+len) if it lies inside one mapped region, else -1. */
   translate(gpa: number, len: number): number {
+    const h = this.lookup(gpa, len);
+    if (h >= 0 || this.mem === null || !this.mem.contains(gpa, len)) return h;
+    // A region added since the last sync (the memory may have just mapped one it was told of: GuestMemory.missHook).
+    this.sync(this.mem);
+    return this.lookup(gpa, len);
+  }
+
+  private lookup(gpa: number, len: number): number {
     const n = this.start.length;
     let i = this.last;
     if (i < n && gpa >= this.start[i] && gpa + len <= this.end[i] && this.host[i] >= 0) return this.host[i] + (gpa - this.start[i]);

@@ -40,6 +40,12 @@ export class GuestMemory {
   /** Last region hit: most accesses in a row land in the same region. */
   private last: GuestRegion | null = null;
 
+  /**
+   * Called when an access finds no region: returns true if it mapped regions meanwhile (a queue worker applying an
+   * ADD_MEM_REG the front-end was already answered for), and the lookup is tried once more.
+   */
+  missHook: (() => boolean) | null = null;
+
   private constructor() {}
 
   get regions(): readonly GuestRegion[] {
@@ -148,7 +154,7 @@ export class GuestMemory {
 
   /** True if [gpa, gpa+len) is inside one region. */
   contains(gpa: number, len: number): boolean {
-    return this.lookup(gpa, len) !== null;
+    return this.lookup(gpa, len) !== null || (this.missHook !== null && this.missHook() && this.lookup(gpa, len) !== null);
   }
 
   /** The end (exclusive guest address) of the region that holds gpa, or -1 if none does. */
@@ -287,7 +293,8 @@ export class GuestMemory {
       const off = gpa - l.guestAddr;
       if (off >= 0 && len >= 0 && off + len <= l.size && Number.isSafeInteger(gpa) && Number.isSafeInteger(len)) return l;
     }
-    const r = this.lookup(gpa, len);
+    let r = this.lookup(gpa, len);
+    if (r === null && this.missHook !== null && this.missHook()) r = this.lookup(gpa, len);
     if (r === null) throw new GuestMemoryError('guest address range is not inside one memory region', { gpa, len });
     this.last = r;
     return r;
@@ -354,6 +361,16 @@ export class GuestMemory {
     this.gen++;
     this.regs.sort((a, b) => a.guestAddr - b.guestAddr);
   }
+}
+
+/**
+ * The size of a file a memory region may be mapped from, or null if it is neither a regular file nor a block device
+ * (see addMapped).
+ */
+export function mappableFileSize(fd: number): number | null {
+  const type = fstat(fd).mode & S_IFMT;
+  if (type === S_IFREG) return Number(fstat(fd).size);
+  return type === S_IFBLK ? deviceSize(fd) : null;
 }
 
 /**

@@ -216,22 +216,83 @@ class QueueWorker {
     else mem.close();
   }
 
+  /** Commands taken from the port ahead of their turn (see applyEarlyAdds); `done`: an addRegion applied already. */
+  private readonly stash: { cmd: WorkerCommand; done: boolean; error?: string }[] = [];
+
   private drainCommands(): void {
     for (;;) {
-      const m = receiveMessageOnPort(this.init.port);
-      if (m === undefined) return;
-      const cmd = m.message as WorkerCommand;
+      let cmd: WorkerCommand;
+      let early: { done: boolean; error?: string } | null = null;
+      const s = this.stash.shift();
+      if (s !== undefined) {
+        cmd = s.cmd;
+        if (s.done) early = s;
+      } else {
+        const m = receiveMessageOnPort(this.init.port);
+        if (m === undefined) return;
+        cmd = m.message as WorkerCommand;
+      }
       let res: WorkerResult;
-      try {
-        res = { seq: cmd.seq, ok: true, value: this.apply(cmd) };
-      } catch (e) {
-        this.log.error({ err: e, op: cmd.op }, 'worker command failed');
-        res = { seq: cmd.seq, ok: false, error: e instanceof Error ? e.message : String(e) };
+      if (early !== null) {
+        res = early.error === undefined ? { seq: cmd.seq, ok: true, value: undefined } : { seq: cmd.seq, ok: false, error: early.error };
+      } else {
+        try {
+          res = { seq: cmd.seq, ok: true, value: this.apply(cmd) };
+        } catch (e) {
+          this.log.error({ err: e, op: cmd.op }, 'worker command failed');
+          res = { seq: cmd.seq, ok: false, error: e instanceof Error ? e.message : String(e) };
+        }
       }
       this.init.port.postMessage(res);
       Atomics.store(this.ack, 0, cmd.seq);
       Atomics.notify(this.ack, 0);
     }
+  }
+
+  /**
+   * GuestMemory.missHook: an access found no region. The front-end is answered for ADD_MEM_REG before this thread
+   * maps the region (it may be busy in a request, or blocked in the kernel on a stalled device), and the driver may use
+   * the memory as soon as the answer went: regions this thread was told to add are mapped now, ahead of their turn,
+   * unless a command that changes memory otherwise comes before them. Returns true if any was mapped.
+   */
+  private applyEarlyAdds(): boolean {
+    for (;;) {
+      const m = receiveMessageOnPort(this.init.port);
+      if (m === undefined) break;
+      this.stash.push({ cmd: m.message as WorkerCommand, done: false });
+    }
+    let mapped = false;
+    for (const s of this.stash) {
+      const op = s.cmd.op;
+      if (op === 'memory' || op === 'removeRegion' || op === 'reset' || op === 'exit') break;
+      if (op !== 'addRegion' || s.done) continue;
+      s.done = true;
+      try {
+        this.addRegion(s.cmd.region);
+        mapped = true;
+      } catch (e) {
+        this.log.error({ err: e, op }, 'worker command failed');
+        s.error = e instanceof Error ? e.message : String(e);
+      }
+    }
+    return mapped;
+  }
+
+  private addRegion(region: MemoryRegionSpec): void {
+    if (this.mem === null) this.setMem(GuestMemory.fromRegions([]));
+    const mem = this.mem as GuestMemory;
+    try {
+      mem.addRegion(region);
+      this.noteShrinkable();
+    } catch (e) {
+      closeQuiet(region.fd);
+      throw e;
+    }
+  }
+
+  private setMem(mem: GuestMemory | null): void {
+    if (mem !== null) mem.missHook = () => this.applyEarlyAdds();
+    this.mem = mem;
   }
 
   /** Says once that a front-end's memory could be truncated under this worker (a SIGBUS nothing can catch). */
@@ -251,14 +312,10 @@ class QueueWorker {
         this.resume();
         return undefined;
       case 'addRegion':
-        this.quiesce();
-        if (this.mem === null) this.mem = GuestMemory.fromRegions([]);
+        // No quiesce: a region only added unmaps nothing that requests in flight use, and queues re-take their views
+        // when the generation changes.
         try {
-          this.mem.addRegion(cmd.region);
-          this.noteShrinkable();
-        } catch (e) {
-          closeQuiet(cmd.region.fd);
-          throw e;
+          this.addRegion(cmd.region);
         } finally {
           this.resume();
         }
@@ -355,7 +412,7 @@ class QueueWorker {
       throw e;
     }
     this.release(this.mem);
-    this.mem = next;
+    this.setMem(next);
     this.noteShrinkable();
     return undefined;
   }
@@ -436,7 +493,7 @@ class QueueWorker {
   private reset(): void {
     for (const i of [...this.rings.keys()]) this.stop(i, true);
     this.release(this.mem);
-    this.mem = null;
+    this.setMem(null);
     this.setDirtyLog(null);
   }
 

@@ -1,5 +1,5 @@
 import { WarnLimiter, type Logger } from '../log.js';
-import type { MemoryRegionSpec } from '../memory/index.js';
+import { mappableFileSize, type MemoryRegionSpec } from '../memory/index.js';
 import { closeQuiet, dup } from '../sys/fd.js';
 import { sealAgainstShrink } from '../sys/mem.js';
 import { fstatSync } from 'node:fs';
@@ -381,11 +381,23 @@ export class Session {
     this.rings.forEach((r, i) => this.tryStart(i, r));
   }
 
+  /**
+   * ADD_MEM_REG is answered once every worker was told, without waiting for them to map the region: QEMU waits for the
+   * answer with its main loop held (device_add pc-dimm), and a worker may be busy in a request the device holds up (a
+   * frozen file system) for as long as the device likes; the whole guest froze meanwhile. A worker maps the region
+   * before its first access there (GuestMemory.missHook), so no request the driver makes after the answer misses it.
+   */
   private addMemRegion(region: MemRegion, fd: number): void {
+    checkRegionFile(region, fd);
     if (!this.mem.add(region, MAX_MEM_SLOTS)) return; // already mapped (its fd is closed with the message's)
     for (let w = 0; w < this.pool.size; w++) {
       const spec = this.regionSpecs([region], [fd])[0];
-      this.pool.worker(w).send({ op: 'addRegion', region: spec });
+      try {
+        this.pool.worker(w).post({ op: 'addRegion', region: spec });
+      } catch (e) {
+        closeQuiet(spec.fd);
+        throw e;
+      }
     }
     this.rings.forEach((r, i) => this.tryStart(i, r));
   }
@@ -512,6 +524,22 @@ export class Session {
     }
     return { kind: 'config', offset: c.offset, flags: c.flags, data };
   }
+}
+
+/**
+ * What a worker would refuse to map, found before the front-end is answered (workers map ADD_MEM_REG regions after it):
+ * a file that is not a regular file or block device, or one shorter than the region.
+ */
+function checkRegionFile(r: MemRegion, fd: number): void {
+  if (fd === undefined || fd < 0) bad('ADD_MEM_REG without an fd');
+  let size: number | null;
+  try {
+    size = mappableFileSize(fd);
+  } catch (e) {
+    bad('ADD_MEM_REG fd cannot be examined', { cause: String(e) });
+  }
+  if (size === null) bad('memory region fd is neither a regular file (memfd, tmpfs, hugetlbfs) nor a block device');
+  if (size < r.mmapOffset + r.size) bad('memory region extends past the end of its file', { mmapOffset: r.mmapOffset, size: r.size, fileSize: size });
 }
 
 /** Where the used ring is logged, if its SET_VRING_ADDR asked for logging. */
