@@ -263,15 +263,17 @@ class QueueWorker {
     }
     let mapped = false;
     for (const s of this.stash) {
-      const op = s.cmd.op;
-      if (op === 'memory' || op === 'removeRegion' || op === 'reset' || op === 'exit') break;
-      if (op !== 'addRegion' || s.done) continue;
+      const cmd = s.cmd;
+      if (cmd.op === 'memory' || cmd.op === 'reset' || cmd.op === 'exit') break;
+      if (cmd.op !== 'addRegion' || s.done) continue;
+      // A region that a removal not yet made still holds the place of waits for its turn.
+      if (this.mem !== null && this.mem.regions.some((r) => overlaps(r, cmd.region))) continue;
       s.done = true;
       try {
-        this.addRegion(s.cmd.region);
+        this.addRegion(cmd.region);
         mapped = true;
       } catch (e) {
-        this.log.error({ err: e, op }, 'worker command failed');
+        this.log.error({ err: e, op: cmd.op }, 'worker command failed');
         s.error = e instanceof Error ? e.message : String(e);
       }
     }
@@ -513,6 +515,11 @@ class QueueWorker {
     const log = (this.features & F_LOG_ALL) !== 0n ? this.dirtyLog?.log ?? null : null;
     for (const r of this.rings.values()) r.dirty.log = log;
   }
+}
+
+/** Whether two regions overlap in guest or in front-end address space. */
+function overlaps(a: MemoryRegionSpec, b: MemoryRegionSpec): boolean {
+  return (a.guestAddr < b.guestAddr + b.size && b.guestAddr < a.guestAddr + a.size) || (a.userAddr < b.userAddr + b.size && b.userAddr < a.userAddr + a.size);
 }
 
 /** Maps a ring's region of the inflight buffer (closing the fd): mmap wants a page-aligned offset, the region need not be one. */

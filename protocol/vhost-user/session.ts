@@ -74,6 +74,8 @@ export class Session {
   private readonly qpw: number;
   /** INFLIGHT_SHMFD: the buffer rings record their in-flight heads in (GET/SET_INFLIGHT_FD), or null. */
   private inflight: InflightBuffer | null = null;
+  /** REM_MEM_REGs answered before the workers unmapped the region: the command each worker was sent (see awaitRemovals). */
+  private removals: { region: MemRegion; seqs: number[] }[] = [];
   /** File descriptors that go with the reply being built (GET_INFLIGHT_FD); sent, then closed, by the daemon. */
   private replyFds: number[] = [];
 
@@ -132,6 +134,7 @@ export class Session {
     this.inflight?.close();
     this.inflight = null;
     this.mem.clear();
+    this.removals = [];
   }
 
   private readonly kept = new Set<number>();
@@ -390,6 +393,7 @@ export class Session {
   private addMemRegion(region: MemRegion, fd: number): void {
     checkRegionFile(region, fd);
     if (!this.mem.add(region, MAX_MEM_SLOTS)) return; // already mapped (its fd is closed with the message's)
+    this.awaitRemovals(region);
     for (let w = 0; w < this.pool.size; w++) {
       const spec = this.regionSpecs([region], [fd])[0];
       try {
@@ -406,7 +410,28 @@ export class Session {
     const r = this.mem.remove(region);
     if (r === 'none') throw new RequestRefusedError('no such memory region', { ...region });
     if (r === 'kept') return;
-    this.pool.broadcast({ op: 'removeRegion', guestAddr: region.guestAddr, size: region.size, userAddr: region.userAddr });
+    // Answered without waiting, as ADD_MEM_REG (device_del pc-dimm waits for it with QEMU's main loop held): each worker
+    // unmaps the region on its turn, once its requests in flight are done, so none of them touches unmapped memory.
+    const seqs: number[] = [];
+    for (let w = 0; w < this.pool.size; w++) {
+      seqs.push(this.pool.worker(w).post({ op: 'removeRegion', guestAddr: region.guestAddr, size: region.size, userAddr: region.userAddr }));
+    }
+    this.removals = this.removals.filter((p) => p.seqs.some((seq, w) => !this.pool.worker(w).answered(seq)));
+    this.removals.push({ region: { ...region }, seqs });
+  }
+
+  /**
+   * A region added where one is still being removed (a DIMM unplugged and another plugged at its address) waits for
+   * the workers to unmap the old one: until then a request there would be served from the old mapping.
+   */
+  private awaitRemovals(r: MemRegion): void {
+    const overlap = (o: MemRegion): boolean => (r.guestAddr < o.guestAddr + o.size && o.guestAddr < r.guestAddr + r.size)
+      || (r.userAddr < o.userAddr + o.size && o.userAddr < r.userAddr + r.size);
+    this.removals = this.removals.filter((p) => {
+      if (!overlap(p.region)) return true;
+      p.seqs.forEach((seq, w) => this.pool.worker(w).waitAnswered(seq, 'removeRegion'));
+      return false;
+    });
   }
 
   private setVringAddr(a: PayloadOf<'vringAddr'>): void {

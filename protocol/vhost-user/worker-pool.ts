@@ -75,6 +75,21 @@ class WorkerLink {
     return seq;
   }
 
+  /** Whether command `seq` (posted without waiting) has been answered. */
+  answered(seq: number): boolean {
+    return Atomics.load(this.ackView, 0) >= seq;
+  }
+
+  /** Waits (blocking) until command `seq`, posted without waiting for it, has been answered; its result is not read. */
+  waitAnswered(seq: number, op: string): void {
+    for (;;) {
+      const cur = Atomics.load(this.ackView, 0);
+      if (cur >= seq) return;
+      if (!this.alive()) throw new VhostUserError('queue worker thread has ended', { worker: this.index, op });
+      Atomics.wait(this.ackView, 0, cur, 1000);
+    }
+  }
+
   /** Waits (blocking, until `deadline`) for the answer to command `seq`. */
   result(seq: number, op: string, deadline: number): number | undefined {
     const start = Date.now();

@@ -1,7 +1,7 @@
 // A device that holds a write up for longer than a command used to wait for a queue worker (10 s): the image's
 // file system frozen, as for a backup snapshot. QEMU waits for GET_VRING_BASE without limit; so must the back-end.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../protocol/virtio/index.js';
@@ -135,6 +135,97 @@ describe.skipIf(why !== null)('vhost-user-blk with a stalled device', () => {
         expect(c.mem.readU8(status)).toBe(0); // VIRTIO_BLK_S_OK
         const got = new Uint8Array(4096);
         c.mem.read(hot.guestAddr + 4096, got);
+        expect(got.every((b) => b === 0xab)).toBe(true);
+        c.close();
+      } finally {
+        sh(`fsfreeze -u ${mnt} 2>/dev/null`);
+        await stopBackend(child);
+      }
+    });
+  }, 60_000);
+
+  it('memory unplug (REM_MEM_REG) is answered at once while a write is held up, and memory added after it is usable at once', async () => {
+    // device_del pc-dimm: QEMU waits for the REM_MEM_REG answer as for ADD_MEM_REG (qemu-storage-daemon: 1 ms). The
+    // region stays mapped here until the requests in flight are done, so none of them can touch unmapped memory.
+    await withFreezableImage(async (mnt, img, sock) => {
+      const child = await startBackend(`path=${img},socket=${sock}`);
+      try {
+        const c = await BlkVuClient.connect(sock);
+        const buf = c.buf(4096);
+        c.mem.fill(buf, 4096, 0xab);
+        c.add(0, VIRTIO_BLK_T_OUT, 0, [{ addr: buf, len: 4096 }], [], 1);
+        c.run(0, 1);
+        const dimm = (guestAddr: number, userAddr: number) => {
+          const r = { guestAddr, size: 2 << 20, userAddr, mmapOffset: 0 };
+          const fd = memfdCreate('kumo-test-dimm', MFD_CLOEXEC);
+          ftruncate(fd, r.size);
+          c.mem.addRegion({ guestAddr, size: r.size, fd, fdOffset: 0, userAddr });
+          c.fe.addMemRegion(r, fd);
+          return r;
+        };
+        const d1 = dimm(0x1_0000_0000, 0x1000_0000_0000);
+        const fdsBefore = readdirSync(`/proc/${child.pid}/fd`).length;
+        sh(`fsfreeze -f ${mnt}`);
+        thawLater(mnt, 6);
+        startWrite(c, 8, 0xcd, 2);
+        await new Promise((r) => setTimeout(r, 300));
+        const t0 = Date.now();
+        c.fe.removeMemRegion(d1);
+        const took = Date.now() - t0;
+        expect(took, `REM_MEM_REG answered after ${took} ms`).toBeLessThan(1000);
+        // Another DIMM right away, used at once, while the queue thread is still held up.
+        const d2 = dimm(0x1_4000_0000, 0x2000_0000_0000);
+        expect(Date.now() - t0).toBeLessThan(1000);
+        const status = c.add(0, VIRTIO_BLK_T_IN, 0, [], [{ addr: d2.guestAddr, len: 4096 }], 3);
+        expect([...c.run(0, 2, 20_000).keys()].sort()).toEqual([2, 3]);
+        expect(c.mem.readU8(status)).toBe(0);
+        const got = new Uint8Array(4096);
+        c.mem.read(d2.guestAddr, got);
+        expect(got.every((b) => b === 0xab)).toBe(true);
+        // The first DIMM's mapping and fd went once its turn came: one DIMM held, as before the unplug.
+        const fds = (): number => readdirSync(`/proc/${child.pid}/fd`).length;
+        for (const until = Date.now() + 3000; fds() !== fdsBefore && Date.now() < until;) await new Promise((r) => setTimeout(r, 50));
+        expect(fds()).toBe(fdsBefore);
+        expect(readFileSync(`/proc/${child.pid}/maps`, 'utf8').split('\n').filter((l) => l.includes('kumo-test-dimm')).length).toBe(1);
+        c.close();
+      } finally {
+        sh(`fsfreeze -u ${mnt} 2>/dev/null`);
+        await stopBackend(child);
+      }
+    });
+  }, 60_000);
+
+  it('a DIMM unplugged and another plugged at its address while a write is held up: requests use the new one, never the old mapping', async () => {
+    // REM_MEM_REG is answered before the held-up queue thread unmapped the old DIMM; the ADD_MEM_REG of a new one at the
+    // same address must not be answered until it did, or a request made meanwhile read into the old memory.
+    await withFreezableImage(async (mnt, img, sock) => {
+      const child = await startBackend(`path=${img},socket=${sock}`);
+      try {
+        const c = await BlkVuClient.connect(sock);
+        const buf = c.buf(4096);
+        c.mem.fill(buf, 4096, 0xab);
+        c.add(0, VIRTIO_BLK_T_OUT, 0, [{ addr: buf, len: 4096 }], [], 1);
+        c.run(0, 1);
+        const region = { guestAddr: 0x1_0000_0000, size: 2 << 20, userAddr: 0x1000_0000_0000, mmapOffset: 0 };
+        const plug = () => {
+          const fd = memfdCreate('kumo-test-dimm', MFD_CLOEXEC);
+          ftruncate(fd, region.size);
+          c.mem.addRegion({ guestAddr: region.guestAddr, size: region.size, fd, fdOffset: 0, userAddr: region.userAddr });
+          c.fe.addMemRegion(region, fd);
+        };
+        plug();
+        sh(`fsfreeze -f ${mnt}`);
+        thawLater(mnt, 4);
+        startWrite(c, 8, 0xcd, 2);
+        await new Promise((r) => setTimeout(r, 300));
+        c.fe.removeMemRegion(region);
+        c.mem.removeRegion(region.guestAddr, region.size, region.userAddr);
+        plug(); // QEMU reuses the address range and, often, its own mapping address
+        const status = c.add(0, VIRTIO_BLK_T_IN, 0, [], [{ addr: region.guestAddr, len: 4096 }], 3);
+        expect([...c.run(0, 2, 20_000).keys()].sort()).toEqual([2, 3]);
+        expect(c.mem.readU8(status)).toBe(0);
+        const got = new Uint8Array(4096);
+        c.mem.read(region.guestAddr, got);
         expect(got.every((b) => b === 0xab)).toBe(true);
         c.close();
       } finally {
