@@ -59,6 +59,34 @@ function startWrite(c: BlkVuClient, sector: number, byte: number, token: number)
 }
 
 /** Whether `pid` has ended (a zombie has released its files and locks). */
+/** Writes 0xab over sector 0's 4 KiB block, to be read back into hotplugged memory. */
+function seedSectorZero(c: BlkVuClient): void {
+  const buf = c.buf(4096);
+  c.mem.fill(buf, 4096, 0xab);
+  c.add(0, VIRTIO_BLK_T_OUT, 0, [{ addr: buf, len: 4096 }], [], 1);
+  c.run(0, 1);
+}
+
+/** A 2 MiB DIMM: a memfd added to the test's memory (its driver checks buffers against it); `send`: ADD_MEM_REG too. */
+function dimm(c: BlkVuClient, guestAddr: number, userAddr: number, send = true): { guestAddr: number; size: number; userAddr: number; mmapOffset: number; fd: number } {
+  const r = { guestAddr, size: 2 << 20, userAddr, mmapOffset: 0 };
+  const fd = memfdCreate('kumo-test-dimm', MFD_CLOEXEC);
+  ftruncate(fd, r.size);
+  c.mem.addRegion({ guestAddr, size: r.size, fd, fdOffset: 0, userAddr });
+  if (send) c.fe.addMemRegion(r, fd);
+  return { ...r, fd };
+}
+
+/** Reads sector 0 into `gpa` as request `token`, with the held-up write (token 2) done too: the seed must be there. */
+function expectSeedRead(c: BlkVuClient, gpa: number): void {
+  const status = c.add(0, VIRTIO_BLK_T_IN, 0, [], [{ addr: gpa, len: 4096 }], 3);
+  expect([...c.run(0, 2, 20_000).keys()].sort()).toEqual([2, 3]);
+  expect(c.mem.readU8(status)).toBe(0); // VIRTIO_BLK_S_OK
+  const got = new Uint8Array(4096);
+  c.mem.read(gpa, got);
+  expect(got.every((b) => b === 0xab)).toBe(true);
+}
+
 function ended(pid: number): boolean {
   try {
     return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.startsWith('Z') ?? true;
@@ -111,31 +139,19 @@ describe.skipIf(why !== null)('vhost-user-blk with a stalled device', () => {
       const child = await startBackend(`path=${img},socket=${sock}`);
       try {
         const c = await BlkVuClient.connect(sock);
-        const buf = c.buf(4096);
-        c.mem.fill(buf, 4096, 0xab);
-        c.add(0, VIRTIO_BLK_T_OUT, 0, [{ addr: buf, len: 4096 }], [], 1);
-        c.run(0, 1);
-        // A 2 MiB DIMM at 4 GiB, in the test's memory too (its driver checks buffers against it).
-        const hot = { guestAddr: 0x1_0000_0000, size: 2 << 20, userAddr: 0x1000_0000_0000, mmapOffset: 0 };
-        const fd = memfdCreate('kumo-test-dimm', MFD_CLOEXEC);
-        ftruncate(fd, hot.size);
-        c.mem.addRegion({ guestAddr: hot.guestAddr, size: hot.size, fd, fdOffset: 0, userAddr: hot.userAddr });
+        seedSectorZero(c);
+        // A 2 MiB DIMM at 4 GiB.
+        const hot = dimm(c, 0x1_0000_0000, 0x1000_0000_0000, false);
         sh(`fsfreeze -f ${mnt}`);
         thawLater(mnt, 6);
         startWrite(c, 8, 0xcd, 2);
         await new Promise((r) => setTimeout(r, 300));
         const t0 = Date.now();
-        c.fe.addMemRegion(hot, fd);
+        c.fe.addMemRegion(hot, hot.fd);
         const took = Date.now() - t0;
         expect(took, `ADD_MEM_REG answered after ${took} ms`).toBeLessThan(1000);
-        // The driver uses the new memory at once: a read of sector 0 into it, while the queue thread is still held up.
-        const status = c.add(0, VIRTIO_BLK_T_IN, 0, [], [{ addr: hot.guestAddr + 4096, len: 4096 }], 3);
-        const done = c.run(0, 2, 20_000);
-        expect([...done.keys()].sort()).toEqual([2, 3]);
-        expect(c.mem.readU8(status)).toBe(0); // VIRTIO_BLK_S_OK
-        const got = new Uint8Array(4096);
-        c.mem.read(hot.guestAddr + 4096, got);
-        expect(got.every((b) => b === 0xab)).toBe(true);
+        // The driver uses the new memory at once, while the queue thread is still held up.
+        expectSeedRead(c, hot.guestAddr + 4096);
         c.close();
       } finally {
         sh(`fsfreeze -u ${mnt} 2>/dev/null`);
@@ -151,19 +167,8 @@ describe.skipIf(why !== null)('vhost-user-blk with a stalled device', () => {
       const child = await startBackend(`path=${img},socket=${sock}`);
       try {
         const c = await BlkVuClient.connect(sock);
-        const buf = c.buf(4096);
-        c.mem.fill(buf, 4096, 0xab);
-        c.add(0, VIRTIO_BLK_T_OUT, 0, [{ addr: buf, len: 4096 }], [], 1);
-        c.run(0, 1);
-        const dimm = (guestAddr: number, userAddr: number) => {
-          const r = { guestAddr, size: 2 << 20, userAddr, mmapOffset: 0 };
-          const fd = memfdCreate('kumo-test-dimm', MFD_CLOEXEC);
-          ftruncate(fd, r.size);
-          c.mem.addRegion({ guestAddr, size: r.size, fd, fdOffset: 0, userAddr });
-          c.fe.addMemRegion(r, fd);
-          return r;
-        };
-        const d1 = dimm(0x1_0000_0000, 0x1000_0000_0000);
+        seedSectorZero(c);
+        const d1 = dimm(c, 0x1_0000_0000, 0x1000_0000_0000);
         const fdsBefore = readdirSync(`/proc/${child.pid}/fd`).length;
         sh(`fsfreeze -f ${mnt}`);
         thawLater(mnt, 6);
@@ -174,14 +179,9 @@ describe.skipIf(why !== null)('vhost-user-blk with a stalled device', () => {
         const took = Date.now() - t0;
         expect(took, `REM_MEM_REG answered after ${took} ms`).toBeLessThan(1000);
         // Another DIMM right away, used at once, while the queue thread is still held up.
-        const d2 = dimm(0x1_4000_0000, 0x2000_0000_0000);
+        const d2 = dimm(c, 0x1_4000_0000, 0x2000_0000_0000);
         expect(Date.now() - t0).toBeLessThan(1000);
-        const status = c.add(0, VIRTIO_BLK_T_IN, 0, [], [{ addr: d2.guestAddr, len: 4096 }], 3);
-        expect([...c.run(0, 2, 20_000).keys()].sort()).toEqual([2, 3]);
-        expect(c.mem.readU8(status)).toBe(0);
-        const got = new Uint8Array(4096);
-        c.mem.read(d2.guestAddr, got);
-        expect(got.every((b) => b === 0xab)).toBe(true);
+        expectSeedRead(c, d2.guestAddr);
         // The first DIMM's mapping and fd went once its turn came: one DIMM held, as before the unplug.
         const fds = (): number => readdirSync(`/proc/${child.pid}/fd`).length;
         for (const until = Date.now() + 3000; fds() !== fdsBefore && Date.now() < until;) await new Promise((r) => setTimeout(r, 50));
@@ -202,31 +202,17 @@ describe.skipIf(why !== null)('vhost-user-blk with a stalled device', () => {
       const child = await startBackend(`path=${img},socket=${sock}`);
       try {
         const c = await BlkVuClient.connect(sock);
-        const buf = c.buf(4096);
-        c.mem.fill(buf, 4096, 0xab);
-        c.add(0, VIRTIO_BLK_T_OUT, 0, [{ addr: buf, len: 4096 }], [], 1);
-        c.run(0, 1);
-        const region = { guestAddr: 0x1_0000_0000, size: 2 << 20, userAddr: 0x1000_0000_0000, mmapOffset: 0 };
-        const plug = () => {
-          const fd = memfdCreate('kumo-test-dimm', MFD_CLOEXEC);
-          ftruncate(fd, region.size);
-          c.mem.addRegion({ guestAddr: region.guestAddr, size: region.size, fd, fdOffset: 0, userAddr: region.userAddr });
-          c.fe.addMemRegion(region, fd);
-        };
-        plug();
+        seedSectorZero(c);
+        const region = dimm(c, 0x1_0000_0000, 0x1000_0000_0000);
         sh(`fsfreeze -f ${mnt}`);
         thawLater(mnt, 4);
         startWrite(c, 8, 0xcd, 2);
         await new Promise((r) => setTimeout(r, 300));
         c.fe.removeMemRegion(region);
         c.mem.removeRegion(region.guestAddr, region.size, region.userAddr);
-        plug(); // QEMU reuses the address range and, often, its own mapping address
-        const status = c.add(0, VIRTIO_BLK_T_IN, 0, [], [{ addr: region.guestAddr, len: 4096 }], 3);
-        expect([...c.run(0, 2, 20_000).keys()].sort()).toEqual([2, 3]);
-        expect(c.mem.readU8(status)).toBe(0);
-        const got = new Uint8Array(4096);
-        c.mem.read(region.guestAddr, got);
-        expect(got.every((b) => b === 0xab)).toBe(true);
+        // QEMU reuses the address range and, often, its own mapping address.
+        dimm(c, region.guestAddr, region.userAddr);
+        expectSeedRead(c, region.guestAddr);
         c.close();
       } finally {
         sh(`fsfreeze -u ${mnt} 2>/dev/null`);

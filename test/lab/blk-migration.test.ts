@@ -20,6 +20,7 @@ import { LabTimeoutError } from '../../vmm/lab/errors.js';
 import { shQuote } from '../../vmm/lab/job.js';
 import { runInLab } from '../../vmm/lab/lab.js';
 import { whyNoLab } from './skip.js';
+import type { Result } from './fixtures/migration-result.js';
 
 const FILE = 'test/lab/blk-migration.test.ts';
 const root = path.resolve(import.meta.dirname, '../..');
@@ -39,31 +40,6 @@ function whyNot(): string | null {
   return why;
 }
 const skip = whyNot();
-
-interface Result {
-  backend: string;
-  status: string;
-  error?: string;
-  bootS?: number;
-  roundS?: number;
-  roundsAtStart?: number;
-  firstPassMs?: number;
-  roundsAfterFirstPass?: number;
-  releasedMs?: number;
-  wallMs?: number;
-  roundsBefore?: number;
-  roundsAfter?: number;
-  totalTimeMs?: number;
-  downtimeMs?: number;
-  setupTimeMs?: number;
-  ramTransferredMiB?: number;
-  ramTotalMiB?: number;
-  dirtySyncCount?: number;
-  mbps?: number;
-  backendAExit?: number | string | null;
-  backendBExit?: number | string | null;
-  retriedAfter?: string;
-}
 
 interface Round { n: number; buffersKiB: number; fresh: string; cached: string; direct: string }
 
