@@ -7,7 +7,8 @@
 // that marked only the used ring, not the buffers, failed here). One lab boot runs the scenario for
 // qemu-storage-daemon, then for kumo-vhost-user-blk, then for kumo-vhost-user-blk on a writable image (back-end B
 // opens it with locking=off while A holds its lock) (test/lab/fixtures/blk-migration.ts drives them inside L1);
-// about 3 minutes.
+// about 3 minutes. An L1 that hangs or stops (the nested lab is not steady under two L2 guests) gets one more lab boot
+// for the scenarios it left without a result.
 // MIG_BACKENDS=qsd|kumo|kumo-rw runs one; MIG_VERBOSE=1 echoes L1's console; MIG_KEEP=1 keeps the serial logs.
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -16,7 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureImage } from '../../vmm/image/index.js';
-import { LabTimeoutError } from '../../vmm/lab/errors.js';
+import { LabError, LabTimeoutError } from '../../vmm/lab/errors.js';
 import { shQuote } from '../../vmm/lab/job.js';
 import { runInLab } from '../../vmm/lab/lab.js';
 import { whyNoLab } from './skip.js';
@@ -63,7 +64,9 @@ describe.skipIf(skip !== null)('QEMU live-migrates a guest with a busy vhost-use
   let sum: string;
   let output = '';
   const results = new Map<string, Result>();
-  const file = (backend: string, name: string): string => path.join(dir, backend, name);
+  /** Where each scenario that reported ran (a second lab boot runs in a directory of its own). */
+  const dirs = new Map<string, string>();
+  const file = (backend: string, name: string): string => path.join(dirs.get(backend) ?? dir, backend, name);
   const read = (f: string): string => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '');
 
   beforeAll(async () => {
@@ -73,23 +76,38 @@ describe.skipIf(skip !== null)('QEMU live-migrates a guest with a busy vhost-use
     const data = randomBytes(IMAGE_MIB << 20);
     fs.writeFileSync(image, data);
     sum = createHash('sha256').update(data).digest('hex');
-    const cmd = [path.join(root, 'node_modules/.bin/tsx'), path.join(root, 'test/lab/fixtures/blk-migration.ts'),
-      dir, image, img.vmlinux, img.initramfs, ...BACKENDS].map(shQuote).join(' ');
-    try {
-      const r = await runInLab(cmd, {
-        timeoutMs: 14 * 60_000, memMiB: 3072, cwd: root, env: { MIG_POST_ROUNDS: String(POST_ROUNDS) },
-        onOutput: (t) => process.env.MIG_VERBOSE && process.stdout.write(t),
-      });
-      output = r.output;
-      console.log(`lab: L1 up in ${r.l1BootS.toFixed(1)} s, whole run ${r.wallS.toFixed(1)} s, job exit ${r.code}`);
-    } catch (e) {
-      if (!(e instanceof LabTimeoutError)) throw e;
-      output = e.output ?? '';
-      console.log('lab: timed out; judging each scenario on what it printed before');
-    }
-    for (const m of output.matchAll(/^MIG-RESULT (.*)$/gm)) {
-      const r = JSON.parse(m[1]) as Result;
-      results.set(r.backend, r);
+    /** One lab boot running `kinds` in `into`; the results it printed (an L1 that stops or hangs keeps those before). */
+    const boot = async (kinds: string[], into: string): Promise<void> => {
+      fs.mkdirSync(into, { recursive: true });
+      const cmd = [path.join(root, 'node_modules/.bin/tsx'), path.join(root, 'test/lab/fixtures/blk-migration.ts'),
+        into, image, img.vmlinux, img.initramfs, ...kinds].map(shQuote).join(' ');
+      let out = '';
+      try {
+        const r = await runInLab(cmd, {
+          timeoutMs: 8 * 60_000, memMiB: 3072, cwd: root, env: { MIG_POST_ROUNDS: String(POST_ROUNDS) },
+          onOutput: (t) => process.env.MIG_VERBOSE && process.stdout.write(t),
+        });
+        out = r.output;
+        console.log(`lab: L1 up in ${r.l1BootS.toFixed(1)} s, whole run ${r.wallS.toFixed(1)} s, job exit ${r.code}`);
+      } catch (e) {
+        if (!(e instanceof LabError)) throw e;
+        out = e instanceof LabTimeoutError ? e.output ?? '' : '';
+        console.log(`lab: ${e.message}; judging each scenario on what it printed before`);
+      }
+      output += out;
+      for (const m of out.matchAll(/^MIG-RESULT (.*)$/gm)) {
+        const r = JSON.parse(m[1]) as Result;
+        results.set(r.backend, r);
+        dirs.set(r.backend, into);
+      }
+    };
+    await boot(BACKENDS, dir);
+    // The nested lab is not steady under two L2 guests at once (nested-lab.md): L1 itself hung or stopped in about one
+    // run in ten. Scenarios it left without a result get one more lab boot, and the log says so.
+    const missing = BACKENDS.filter((b) => !results.has(b));
+    if (missing.length > 0) {
+      console.log(`lab: no result for ${missing.join(', ')}; one more lab boot for them`);
+      await boot(missing, path.join(dir, 'boot2'));
     }
     for (const b of BACKENDS) {
       const r = results.get(b);
@@ -99,7 +117,7 @@ describe.skipIf(skip !== null)('QEMU live-migrates a guest with a busy vhost-use
         if (text) console.log(`--- ${b} ${side} (last 1500 chars)\n${text.slice(-1500)}`);
       }
     }
-  }, 15 * 60_000);
+  }, 17 * 60_000);
 
   afterAll(() => {
     if (dir && process.env.MIG_KEEP === '1') console.log(`MIG_KEEP=1: kept ${dir}`);
