@@ -522,43 +522,38 @@ function overlaps(a: MemoryRegionSpec, b: MemoryRegionSpec): boolean {
   return (a.guestAddr < b.guestAddr + b.size && b.guestAddr < a.guestAddr + a.size) || (a.userAddr < b.userAddr + b.size && b.userAddr < a.userAddr + a.size);
 }
 
-/** Maps a ring's region of the inflight buffer (closing the fd): mmap wants a page-aligned offset, the region need not be one. */
-function mapInflight(r: RingInflight, size: number): { ring: InflightRing; map: Mapping } {
+/**
+ * Maps [offset, offset + len) of a front-end's file and hands `use` a view of exactly that (closing the fd): mmap wants
+ * a page-aligned offset, the front-end's need not be one. The range is viewed on its own, not through the mapping's
+ * view: a 4 GiB range off a page boundary makes a mapping larger than one typed array may be (Mapping then has none).
+ */
+function mapRange<T>(fd: number, offset: number, len: number, use: (bytes: Uint8Array) => T): { value: T; map: Mapping } {
   try {
-    const skip = r.offset % 4096;
-    const len = inflightRegionSize(size);
-    const map = mapFd(r.fd, skip + len, r.offset - skip);
+    const skip = offset % 4096;
+    const map = mapFd(fd, skip + len, offset - skip);
     try {
-      return { ring: new InflightRing(map.bytes.subarray(skip, skip + len), size), map };
+      const bytes = viewOf(map.ptr + BigInt(skip), len);
+      if (bytes.length !== len) throw new Error(`a range of ${len} bytes cannot be viewed`);
+      return { value: use(bytes), map };
     } catch (e) {
       map.unmap();
       throw e;
     }
   } finally {
-    closeQuiet(r.fd);
+    closeQuiet(fd);
   }
 }
 
-/**
- * Maps the dirty log (closing the fd); mmap wants a page-aligned offset, the front-end's need not be one. The log is
- * viewed on its own, not through the mapping's view: a 4 GiB log at an offset off a page boundary makes a mapping
- * larger than one typed array may be (Mapping then has no view), and a log viewed as empty would mark nothing.
- */
+/** Maps a ring's region of the inflight buffer. */
+function mapInflight(r: RingInflight, size: number): { ring: InflightRing; map: Mapping } {
+  const { value, map } = mapRange(r.fd, r.offset, inflightRegionSize(size), (b) => new InflightRing(b, size));
+  return { ring: value, map };
+}
+
+/** Maps the dirty log (a log viewed as empty would mark nothing: one that cannot be viewed whole is refused). */
 function mapDirtyLog(spec: LogSpec): { log: DirtyLog; map: Mapping } {
-  try {
-    const skip = spec.offset % 4096;
-    const map = mapFd(spec.fd, skip + spec.size, spec.offset - skip);
-    try {
-      const bits = viewOf(map.ptr + BigInt(skip), spec.size);
-      if (bits.length !== spec.size) throw new Error(`dirty log of ${spec.size} bytes cannot be viewed`);
-      return { log: new DirtyLog(bits), map };
-    } catch (e) {
-      map.unmap();
-      throw e;
-    }
-  } finally {
-    closeQuiet(spec.fd);
-  }
+  const { value, map } = mapRange(spec.fd, spec.offset, spec.size, (b) => new DirtyLog(b));
+  return { log: value, map };
 }
 
 async function main(): Promise<void> {

@@ -43,14 +43,20 @@ function write(c: BlkVuClient, q: number, blk: number, fill: number, token: numb
   return c.add(q, VIRTIO_BLK_T_OUT, blk * SECTORS, [{ addr: a, len: BLOCK }], [], token);
 }
 
+/** A back-end on a fresh 1 MiB image, a client with an inflight buffer, and one completed 4k write of 0x11 to `blk`. */
+async function servedOnce(blk: number): Promise<{ img: string; sock: string; args: string; c: BlkVuClient; be: ChildProcess }> {
+  const im = image(1 << 20);
+  const be = (child = await startBackend(im.args));
+  const c = (client = await BlkVuClient.connect(im.sock, { queueSize: 128, inflight: true }));
+  write(c, 0, blk, 0x11, 0);
+  expect(c.run(0, 1).size).toBe(1);
+  return { ...im, c, be };
+}
+
 describe('vhost-user-blk inflight tracking across a back-end restart', () => {
   it('resubmits the requests the killed back-end took and never returned, and does not repeat the one it did', async () => {
-    const { img, sock, args } = image(1 << 20);
-    child = await startBackend(args);
-    const c = (client = await BlkVuClient.connect(sock, { queueSize: 128, inflight: true }));
-    write(c, 0, 10, 0x11, 0);
-    expect(c.run(0, 1).size).toBe(1);
-    await stopBackend(child, 'SIGKILL');
+    const { img, sock, args, c, be } = await servedOnce(10);
+    await stopBackend(be, 'SIGKILL');
 
     // The killed back-end's last moments, as it would have left them: it took a, b and c, and returned c only
     // (c's write never reached the disk here, so a repeat of it would show).
@@ -176,12 +182,8 @@ describe('vhost-user-blk inflight tracking across a back-end restart', () => {
   }, 90_000);
 
   it('a front-end buffer of random bytes, or one its file cannot hold, never crashes the back-end', async () => {
-    const { img, sock, args } = image(1 << 20);
-    child = await startBackend(args);
-    const c = (client = await BlkVuClient.connect(sock, { queueSize: 128, inflight: true }));
-    write(c, 0, 0, 0x11, 0);
-    expect(c.run(0, 1).size).toBe(1);
-    await stopBackend(child, 'SIGKILL');
+    const { img, sock, args, c, be } = await servedOnce(0);
+    await stopBackend(be, 'SIGKILL');
     const inf = c.inflight!;
     const map = mapFd(inf.fd, inf.buffer.mmapSize, inf.buffer.mmapOffset);
     try {
@@ -219,11 +221,7 @@ describe('vhost-user-blk inflight tracking across a back-end restart', () => {
   });
 
   it('a buffer in a file that cannot be sealed (truncated later by the front-end) is refused, not a SIGBUS', async () => {
-    const { img, sock, args } = image(1 << 20);
-    child = await startBackend(args);
-    const c = (client = await BlkVuClient.connect(sock, { queueSize: 128, inflight: true }));
-    write(c, 0, 0, 0x11, 0);
-    expect(c.run(0, 1).size).toBe(1);
+    const { img, sock, args, c, be } = await servedOnce(0);
     // A plain tmpfs file takes no seals: the front-end could shrink it under the queue thread at any time.
     const path = join(dir, 'inflight');
     writeFileSync(path, Buffer.alloc(4096));
@@ -242,8 +240,8 @@ describe('vhost-user-blk inflight tracking across a back-end restart', () => {
     } finally {
       closeSync(fd);
     }
-    expect(child.exitCode).toBeNull();
-    expect(child.signalCode).toBeNull();
+    expect(be.exitCode).toBeNull();
+    expect(be.signalCode).toBeNull();
     expect(readFileSync(img)[BLOCK]).toBe(0x22);
   });
 });
