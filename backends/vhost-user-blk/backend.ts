@@ -44,6 +44,8 @@ export function serialFor(path: string): Uint8Array {
   return out;
 }
 
+const NO_CHOICE = 0xff;
+
 /** The virtio-blk device model of the backend (main thread): features, config space, WCE. */
 export class BlkBackend implements VhostUserBackend {
   readonly numQueues: number;
@@ -142,7 +144,12 @@ export class BlkBackend implements VhostUserBackend {
     // virtio 1.2 §5.2.5: writeback MUST be 0 with CONFIG_WCE but no FLUSH. With FLUSH it keeps what the driver
     // wrote: front-ends send SET_FEATURES again at every start (QEMU's stop/cont), and a guest that chose
     // writethrough sends no FLUSH.
-    this.config[BlkConfig.writeback] = hasFeature(features, VIRTIO_BLK_F_FLUSH) ? this.writebackChoice ?? 1 : 0;
+    this.applyChoice();
+  }
+
+  /** The writeback field under the acked features: the driver's choice (default 1) with FLUSH, 0 without. */
+  private applyChoice(): void {
+    this.config[BlkConfig.writeback] = hasFeature(this.acked, VIRTIO_BLK_F_FLUSH) ? this.writebackChoice ?? 1 : 0;
     this.updateWritethrough();
   }
 
@@ -152,6 +159,23 @@ export class BlkBackend implements VhostUserBackend {
     this.config[BlkConfig.writeback] = 1;
     this.acked = 0n;
     this.updateWritethrough();
+  }
+
+  /** The driver's writeback choice (0xff: none), kept in the front-end's inflight buffer across back-end restarts. */
+  saveState(): Uint8Array {
+    return Uint8Array.of(this.writebackChoice ?? NO_CHOICE);
+  }
+
+  /**
+   * A restarted back-end under QEMU's reconnect: the guest still believes the cache mode it chose, and a guest that
+   * chose writethrough sends no FLUSH, so forgetting its choice would ack writes that are not durable.
+   */
+  restoreState(saved: Uint8Array): void {
+    const v = saved.length === 1 ? saved[0] : -1;
+    if (v !== 0 && v !== 1 && v !== NO_CHOICE) throw new BlkConfigWriteError('saved device state is not a writeback choice', { bytes: saved.length, value: v });
+    this.writebackChoice = v === NO_CHOICE ? null : v;
+    if (this.acked !== 0n) this.applyChoice();
+    if (this.writebackChoice !== null) this.guestInfo?.info({ writeback: this.writebackChoice }, 'cache mode restored from the inflight buffer');
   }
 
   /** virtio 1.2 §5.2.6: writeback follows WCE if negotiated, else FLUSH; without FLUSH, always writethrough. */

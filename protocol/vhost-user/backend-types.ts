@@ -22,6 +22,14 @@ export interface VhostUserBackend {
    * front-end does not write the config again).
    */
   reset?(): void;
+  /**
+   * Driver-written state (at most DEVICE_STATE_MAX bytes) kept in the front-end's inflight buffer (INFLIGHT_SHMFD):
+   * QEMU reconnecting to a restarted back-end hands the buffer back but never writes the config again, while the guest
+   * still believes what it wrote. Saved after SET_CONFIG and RESET_*, and into every new buffer.
+   */
+  saveState?(): Uint8Array;
+  /** The state a back-end saved into the buffer a front-end handed back (SET_INFLIGHT_FD); written by the front-end's side too: validate. */
+  restoreState?(saved: Uint8Array): void;
   /** Module (absolute path or file: URL) exporting `createQueueHandler: CreateQueueHandler`; `data` is structured-cloned. */
   queueWorker: { module: string; data: unknown };
   /** Rings served by one worker thread: 1 (blk, fs) or 2 (net rx/tx pair). Default 1. */

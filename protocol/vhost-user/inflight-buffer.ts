@@ -1,4 +1,4 @@
-import { fstatSync } from 'node:fs';
+import { fstatSync, readSync, writeSync } from 'node:fs';
 import { closeQuiet, dup } from '../sys/fd.js';
 import { F_SEAL_GROW, ftruncate, memfdCreate, MFD_ALLOW_SEALING, MFD_CLOEXEC, sealAgainstShrink } from '../sys/mem.js';
 import { inflightRegionSize, isQueueSize } from '../virtqueue/index.js';
@@ -19,6 +19,12 @@ function bad(msg: string, ctx: Record<string, unknown>): never {
   throw new VhostUserProtocolError(msg, ctx);
 }
 
+/** Bytes a back-end may keep in the buffer's device-state record (see InflightBuffer.saveState). */
+export const DEVICE_STATE_MAX = 52;
+/** The record: this magic, a u32 length, then the state; after the last queue's region. */
+const STATE_MAGIC = Buffer.from('KUMO-DS1', 'ascii');
+const STATE_RECORD = 64;
+
 /**
  * The buffer of INFLIGHT_SHMFD (GET/SET_INFLIGHT_FD): made here for a front-end, which hands it back to the next
  * back-end after a restart. Queues' regions lie back to back from mmapOffset; see protocol/virtqueue/inflight.ts.
@@ -35,7 +41,9 @@ export class InflightBuffer {
   /** GET_INFLIGHT_FD: a zeroed buffer for numQueues rings of queueSize, sealed against resizing. */
   static create(p: InflightPayload, maxQueues: number, maxQueueSize: number): InflightBuffer {
     InflightBuffer.checkShape(p, maxQueues, maxQueueSize);
-    const size = p.numQueues * inflightRegionSize(p.queueSize);
+    // A device-state record after the queues' regions: the front-end keeps the buffer across a back-end restart, and
+    // back-ends that do not know the record (libvhost-user) size each queue's region from the queue size alone.
+    const size = p.numQueues * inflightRegionSize(p.queueSize) + STATE_RECORD;
     const fd = memfdCreate('vhost-user-inflight', MFD_CLOEXEC | MFD_ALLOW_SEALING);
     try {
       ftruncate(fd, size);
@@ -88,6 +96,37 @@ export class InflightBuffer {
   ringRegion(index: number, num: number): RingInflight | null {
     if (index >= this.numQueues || num !== this.queueSize) return null;
     return { fd: dup(this.fd), offset: this.mmapOffset + index * inflightRegionSize(num) };
+  }
+
+  /** Where the device-state record lies in the file, if the buffer has room for one (a peer's buffer may not). */
+  private stateAt(): number | null {
+    const queues = this.numQueues * inflightRegionSize(this.queueSize);
+    return this.mmapSize - queues >= STATE_RECORD ? this.mmapOffset + queues : null;
+  }
+
+  /**
+   * Keeps driver-written device state (at most DEVICE_STATE_MAX bytes) where the next back-end finds it: QEMU reconnects
+   * to a restarted back-end with the same buffer but never writes the device's config again. False if no room.
+   */
+  saveState(state: Uint8Array): boolean {
+    const at = this.stateAt();
+    if (at === null) return false;
+    if (state.length > DEVICE_STATE_MAX) throw new VhostUserError('device state too large for the inflight buffer', { bytes: state.length, max: DEVICE_STATE_MAX });
+    const rec = Buffer.alloc(STATE_RECORD);
+    STATE_MAGIC.copy(rec, 0);
+    rec.writeUInt32LE(state.length, 8);
+    rec.set(state, 12);
+    return writeSync(this.fd, rec, 0, STATE_RECORD, at) === STATE_RECORD;
+  }
+
+  /** The state an earlier back-end saved, or null (none, or no room). The front-end can write anything here. */
+  savedState(): Uint8Array | null {
+    const at = this.stateAt();
+    if (at === null) return null;
+    const rec = Buffer.alloc(STATE_RECORD);
+    if (readSync(this.fd, rec, 0, STATE_RECORD, at) !== STATE_RECORD || !rec.subarray(0, 8).equals(STATE_MAGIC)) return null;
+    const len = rec.readUInt32LE(8);
+    return len <= DEVICE_STATE_MAX ? new Uint8Array(rec.subarray(12, 12 + len)) : null;
   }
 
   close(): void {

@@ -245,6 +245,7 @@ export class Session {
         } catch (e) {
           throw new RequestRefusedError('back-end refused SET_CONFIG', { offset: c.offset, cause: String(e) });
         }
+        this.saveState();
         return null;
       }
       case Request.SET_STATUS:
@@ -292,6 +293,7 @@ export class Session {
     const buf = InflightBuffer.create(p, this.rings.length, this.backend.maxQueueSize);
     this.inflight?.close();
     this.inflight = buf;
+    this.saveState();
     this.replyFds.push(buf.dupFd());
     return buf.payload();
   }
@@ -307,6 +309,26 @@ export class Session {
     } catch (e) {
       if (e instanceof InflightUnsealableError) throw new RequestRefusedError(e.message, e.context);
       throw e;
+    }
+    const saved = this.inflight.savedState();
+    if (saved === null || !this.backend.restoreState) {
+      this.saveState();
+      return;
+    }
+    try {
+      this.backend.restoreState(saved);
+    } catch (e) {
+      this.log.warn({ err: e }, 'device state in the inflight buffer not restored');
+    }
+  }
+
+  /** Keeps the back-end's driver-written state in the inflight buffer, for a back-end restarted after this one. */
+  private saveState(): void {
+    if (this.inflight === null || !this.backend.saveState) return;
+    try {
+      this.inflight.saveState(this.backend.saveState());
+    } catch (e) {
+      this.log.warn({ err: e }, 'device state not kept in the inflight buffer');
     }
   }
 
@@ -357,6 +379,7 @@ export class Session {
     this.status = 0;
     this.rings = this.rings.map(() => newRing(false));
     this.backend.reset?.();
+    this.saveState();
   }
 
   private regionSpecs(regions: readonly MemRegion[], fds: number[]): MemoryRegionSpec[] {

@@ -119,6 +119,33 @@ describe('BlkBackend device model', () => {
     expect(b.writethrough).toBe(true);
   });
 
+  it('saves the writeback choice and takes it back before or after SET_FEATURES (a restarted back-end, see inflight.test.ts)', () => {
+    const f = bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_CONFIG_WCE);
+    const old = new BlkBackend(image(false), { numQueues: 1, queueSize: 128, pollQueue: false });
+    expect([...old.saveState()]).toEqual([0xff]);
+    old.ackFeatures(f);
+    old.setConfig(BlkConfig.writeback, new Uint8Array([0]));
+    const saved = old.saveState();
+    expect([...saved]).toEqual([0]);
+    // QEMU hands the buffer back before SET_FEATURES; a front-end may do it after.
+    const before = new BlkBackend(image(false), { numQueues: 1, queueSize: 128, pollQueue: false });
+    before.restoreState(saved);
+    before.ackFeatures(f);
+    const after = new BlkBackend(image(false), { numQueues: 1, queueSize: 128, pollQueue: false });
+    after.ackFeatures(f);
+    expect(after.writethrough).toBe(false);
+    after.restoreState(saved);
+    for (const b of [before, after]) {
+      expect(b.getConfig(BlkConfig.writeback, 1)[0]).toBe(0);
+      expect(b.writethrough).toBe(true);
+    }
+    // No choice saved: the default; anything else is refused and changes nothing.
+    after.restoreState(Uint8Array.of(0xff));
+    expect(after.writethrough).toBe(false);
+    for (const bad of [Uint8Array.of(2), Uint8Array.of(0, 0), new Uint8Array(0)]) expect(() => before.restoreState(bad)).toThrow(/writeback choice/);
+    expect(before.writethrough).toBe(true);
+  });
+
   it('keeps the driver\'s writeback across SET_FEATURES until the device is reset', () => {
     const b = new BlkBackend(image(false), { numQueues: 1, queueSize: 128, pollQueue: false });
     const f = bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_CONFIG_WCE);

@@ -11,7 +11,7 @@ import { VhostUserFrontend } from '../../protocol/vhost-user/frontend.js';
 import { eventfdRead, eventfdWrite } from '../../protocol/sys/fd.js';
 import { Epoll, EPOLLIN } from '../../protocol/sys/epoll.js';
 import { inflightRegionSize } from '../../protocol/virtqueue/index.js';
-import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_OUT } from '../../protocol/virtio/index.js';
+import { BlkConfig, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_OUT } from '../../protocol/virtio/index.js';
 import { BlkVuClient, startBackend, stopBackend } from './vu-client.js';
 
 const BLOCK = 4096;
@@ -243,5 +243,55 @@ describe('vhost-user-blk inflight tracking across a back-end restart', () => {
     expect(be.exitCode).toBeNull();
     expect(be.signalCode).toBeNull();
     expect(readFileSync(img)[BLOCK]).toBe(0x22);
+  });
+
+  it('a guest\'s writethrough choice outlives the back-end: QEMU\'s reconnect never writes the config again', async () => {
+    const { sock, args, c, be } = await servedOnce(0);
+    c.fe.setConfig(BlkConfig.writeback, Uint8Array.of(0));
+    expect(c.fe.getConfig(BlkConfig.writeback, 1)[0]).toBe(0);
+    await stopBackend(be, 'SIGKILL');
+    // A guest that chose writethrough sends no FLUSH: a restarted back-end in writeback would ack writes still in
+    // the host's page cache.
+    let log = '';
+    child = await startBackend(args, { KUMO_LOG: 'info' });
+    child.stderr?.on('data', (d: Buffer) => (log += d.toString()));
+    await c.reconnect(sock);
+    expect(c.fe.getConfig(BlkConfig.writeback, 1)[0]).toBe(0);
+    // The guest turns writeback back on; the next back-end is told that too.
+    c.fe.setConfig(BlkConfig.writeback, Uint8Array.of(1));
+    await stopBackend(child, 'SIGKILL');
+    child = await startBackend(args);
+    await c.reconnect(sock);
+    expect(c.fe.getConfig(BlkConfig.writeback, 1)[0]).toBe(1);
+    for (let i = 0; i < 40 && !log.includes('cache mode restored'); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(log).toContain('cache mode restored from the inflight buffer');
+    write(c, 0, 1, 0x22, 1);
+    expect([...c.run(0, 1).keys()]).toEqual([1]);
+  });
+
+  it('a device-state record the front-end scribbled on is ignored with a warning; the connection goes on', async () => {
+    const { sock, args, c, be } = await servedOnce(0);
+    c.fe.setConfig(BlkConfig.writeback, Uint8Array.of(0));
+    await stopBackend(be, 'SIGKILL');
+    const inf = c.inflight!;
+    const map = mapFd(inf.fd, inf.buffer.mmapSize, inf.buffer.mmapOffset);
+    try {
+      // The record follows the queue's region: its magic kept, its state a byte no writeback choice has.
+      const at = inflightRegionSize(128);
+      expect(inf.buffer.mmapSize).toBeGreaterThanOrEqual(at + 64);
+      expect(Buffer.from(map.bytes.subarray(at, at + 8)).toString('ascii')).toBe('KUMO-DS1');
+      map.bytes[at + 12] = 7;
+    } finally {
+      map.unmap();
+    }
+    let log = '';
+    child = await startBackend(args);
+    child.stderr?.on('data', (d: Buffer) => (log += d.toString()));
+    await c.reconnect(sock);
+    expect(c.fe.getConfig(BlkConfig.writeback, 1)[0]).toBe(1);
+    write(c, 0, 1, 0x22, 1);
+    expect([...c.run(0, 1).keys()]).toEqual([1]);
+    for (let i = 0; i < 40 && !log.includes('not restored'); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(log).toContain('device state in the inflight buffer not restored');
   });
 });

@@ -112,7 +112,7 @@ describe.skipIf(skip !== null)('QEMU live-migrates a guest with a busy vhost-use
     for (const b of BACKENDS) {
       const r = results.get(b);
       console.log(`${NAMES[b] ?? b}: ${JSON.stringify(r ?? 'no result')}`);
-      for (const side of ['a.log', 'b.log', 'src.qemu.log', 'dst.qemu.log', 'dst.stall.json']) {
+      for (const side of ['a.log', 'b.log', 'src.qemu.log', 'dst.qemu.log', 'src.stall.json', 'dst.stall.json']) {
         const text = read(file(b, side)).trim();
         if (text) console.log(`--- ${b} ${side} (last 1500 chars)\n${text.slice(-1500)}`);
       }
