@@ -153,10 +153,14 @@ echo "guest-sum vda-head $(dd if=/dev/vda bs=1M count=1 2>/dev/null | sha256sum 
 echo "guest-size vda $(cat /sys/block/vda/size)"
 echo "guest-queues vda $(ls /sys/block/vda/mq | wc -l)"
 check fio-verify fio --name=v --filename=/dev/vda --offset=1M --size=48M --rw=randwrite --bs=4k --iodepth=16 --numjobs=1 --ioengine=libaio --direct=1 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse
-# The host kills the back-end (kill -9) while this runs and starts a new one; QEMU reconnects and resubmits.
+# The host kills the back-end (kill -9) while this runs and starts a new one; QEMU reconnects and resubmits. L1 runs
+# the disk writethrough meanwhile: QEMU never writes the config to the new back-end, which must take L1's choice back
+# from the inflight buffer (else it would ack writes from its page cache to a guest that sends no FLUSH).
+check vda-writethrough sh -c "echo 'write through' > /sys/block/vda/cache_type && grep -q 'write through' /sys/block/vda/cache_type"
 touch $W/crash-start
 check fio-across-restart fio --name=c --filename=/dev/vda --offset=64M --size=32M --rw=randwrite --bs=4k --iodepth=16 --ioengine=libaio --direct=1 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --loops=4 --output-format=terse
 touch $W/crash-end
+check vda-writeback sh -c "echo 'write back' > /sys/block/vda/cache_type"
 dd if=/dev/urandom of=$W/pattern bs=1M count=4 2>/dev/null
 check direct-write dd if=$W/pattern of=/dev/vda bs=1M seek=128 oflag=direct conv=fsync
 check discard-zeroes sh -c "blkdiscard -o 160M -l 8M /dev/vda && cmp -n 8388608 /dev/zero /dev/vda -i 0:167772160"
@@ -194,6 +198,8 @@ interface Restart {
   killed: boolean;
   /** fio had not finished when the back-end was killed. */
   fioStillRunning: boolean;
+  /** The restarted back-end's log (info). */
+  log: string;
 }
 
 /**
@@ -202,7 +208,7 @@ interface Restart {
  */
 async function restartDuringFio(w: string, sock: string, args: string[], procs: ChildProcess[], i: number, lab: { done: boolean }): Promise<Restart> {
   while (!fs.existsSync(path.join(w, 'crash-start'))) {
-    if (lab.done) return { killed: false, fioStillRunning: false };
+    if (lab.done) return { killed: false, fioStillRunning: false, log: '' };
     await sleep(100);
   }
   await sleep(2000);
@@ -210,8 +216,10 @@ async function restartDuringFio(w: string, sock: string, args: string[], procs: 
   const fioStillRunning = !fs.existsSync(path.join(w, 'crash-end'));
   await new Promise((res) => procs[i].once('exit', res));
   fs.rmSync(sock, { force: true });
-  procs[i] = await startProcess(process.execPath, args, sock);
-  return { killed: true, fioStillRunning };
+  procs[i] = await startProcess(process.execPath, args, sock, { KUMO_LOG: 'info' });
+  const r = { killed: true, fioStillRunning, log: '' };
+  procs[i].stderr?.on('data', (d: Buffer) => (r.log += d.toString()));
+  return r;
 }
 
 describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends', () => {
@@ -224,7 +232,7 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
   const head = randomBytes(MiB);
   const roData = randomBytes(2 * MiB);
   let lines: string[] = [];
-  let crash: Restart = { killed: false, fioStillRunning: false };
+  let crash: Restart = { killed: false, fioStillRunning: false, log: '' };
   /** The second share's daemon log (info): its INIT line tells what L1's kernel negotiated. */
   let fs2Log = '';
   /** share3/sub: a tmpfs mounted inside the third share. */
@@ -432,8 +440,18 @@ describe.skipIf(skip !== null)('QEMU front-end, real Linux guest, kumo back-ends
   });
 
   it('vhost-user-blk: L1 writes on across a kill -9 and restart of the back-end, and verifies every block', () => {
-    expect(crash).toEqual({ killed: true, fioStillRunning: true });
+    expect({ killed: crash.killed, fioStillRunning: crash.fioStillRunning }).toEqual({ killed: true, fioStillRunning: true });
     expect(lines).toContain('ok fio-across-restart');
+  });
+
+  it('vhost-user-blk: the restarted back-end keeps L1\'s writethrough choice, which QEMU never sends it again', () => {
+    for (const name of ['vda-writethrough', 'vda-writeback']) expect(lines, name).toContain(`ok ${name}`);
+    const cache = crash.log.split('\n').filter((l) => /"msg":"cache mode/.test(l)).map((l) => {
+      const m = /"writeback":(\d)[^\n]*"msg":"([^"]*)"/.exec(l);
+      return m ? `${m[2]}: ${m[1]}` : l;
+    });
+    // Restored at SET_INFLIGHT_FD, then L1 turns writeback on again after the fio.
+    expect(cache).toEqual(['cache mode restored from the inflight buffer: 0', 'cache mode changed: 1']);
   });
 
   it('vhost-user-blk: a readonly=on disk is read-only in L1 and unchanged on the host', () => {
