@@ -66,7 +66,7 @@ function errorLines(log: string): string[] {
   });
 }
 
-describe.skipIf(skip !== null)('QEMU live-migrates a guest with a busy vhost-user-blk disk', () => {
+describe.skipIf(skip !== null)('QEMU live-migrates a guest with a busy vhost-user disk or NIC', () => {
   let dir: string;
   let sum: string;
   let output = '';
