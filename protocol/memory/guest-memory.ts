@@ -368,8 +368,9 @@ export class GuestMemory {
  * (see addMapped).
  */
 export function mappableFileSize(fd: number): number | null {
-  const type = fstat(fd).mode & S_IFMT;
-  if (type === S_IFREG) return Number(fstat(fd).size);
+  const st = fstat(fd);
+  const type = st.mode & S_IFMT;
+  if (type === S_IFREG) return Number(st.size);
   return type === S_IFBLK ? deviceSize(fd) : null;
 }
 

@@ -5,6 +5,13 @@ function overlaps(a: number, alen: number, b: number, blen: number): boolean {
   return a < b + blen && b < a + alen;
 }
 
+type Placed = Pick<MemRegion, 'guestAddr' | 'size' | 'userAddr'>;
+
+/** Whether two regions overlap in guest or in front-end address space. */
+export function regionsOverlap(a: Placed, b: Placed): boolean {
+  return overlaps(a.guestAddr, a.size, b.guestAddr, b.size) || overlaps(a.userAddr, a.size, b.userAddr, b.size);
+}
+
 /**
  * The daemon main thread's view of the front-end's memory table: metadata only (workers map the fds).
  * Used to validate tables and translate ring addresses from front-end user space to guest space.

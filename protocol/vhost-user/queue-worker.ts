@@ -13,6 +13,7 @@ import { gettid, setThreadName } from '../sys/proc.js';
 import { mapFd, viewOf, type Mapping } from '../sys/mem.js';
 import { DeviceQueue, DirtyLog, InflightRing, inflightRegionSize, RingDirtyLog, RingMemoryError, type QueueLayout } from '../virtqueue/index.js';
 import { F_LOG_ALL } from './messages.js';
+import { regionsOverlap } from './memory-table.js';
 import { HANDLER_TOKEN_BASE, type CreateQueueHandler, type QueueHandler, type VringHandle } from './backend-types.js';
 import { CONTROL_TOKEN, type LogSpec, type RingInflight, type RingStart, type WorkerCommand, type WorkerInit, type WorkerResult } from './worker-protocol.js';
 
@@ -267,7 +268,7 @@ class QueueWorker {
       if (cmd.op === 'memory' || cmd.op === 'reset' || cmd.op === 'exit') break;
       if (cmd.op !== 'addRegion' || s.done) continue;
       // A region that a removal not yet made still holds the place of waits for its turn.
-      if (this.mem !== null && this.mem.regions.some((r) => overlaps(r, cmd.region))) continue;
+      if (this.mem !== null && this.mem.regions.some((r) => regionsOverlap(r, cmd.region))) continue;
       s.done = true;
       try {
         this.addRegion(cmd.region);
@@ -515,11 +516,6 @@ class QueueWorker {
     const log = (this.features & F_LOG_ALL) !== 0n ? this.dirtyLog?.log ?? null : null;
     for (const r of this.rings.values()) r.dirty.log = log;
   }
-}
-
-/** Whether two regions overlap in guest or in front-end address space. */
-function overlaps(a: MemoryRegionSpec, b: MemoryRegionSpec): boolean {
-  return (a.guestAddr < b.guestAddr + b.size && b.guestAddr < a.guestAddr + a.size) || (a.userAddr < b.userAddr + b.size && b.userAddr < a.userAddr + a.size);
 }
 
 /**

@@ -8,7 +8,7 @@ import type { VhostUserBackend } from './backend-types.js';
 import { reply, needsReply, type Message } from './codec.js';
 import { VhostUserError, VhostUserProtocolError } from './errors.js';
 import { InflightBuffer, InflightUnsealableError } from './inflight-buffer.js';
-import { MemoryTable } from './memory-table.js';
+import { MemoryTable, regionsOverlap } from './memory-table.js';
 import {
   F_LOG_ALL, F_PROTOCOL_FEATURES, MAX_CONFIG_SIZE, VHOST_USER_CONFIG_OFFSET, ProtocolFeature, Request, VRING_IDX_MASK, VRING_NOFD_MASK,
   hasProtocolFeature, protocolFeatures, requestName,
@@ -448,10 +448,8 @@ export class Session {
    * the workers to unmap the old one: until then a request there would be served from the old mapping.
    */
   private awaitRemovals(r: MemRegion): void {
-    const overlap = (o: MemRegion): boolean => (r.guestAddr < o.guestAddr + o.size && o.guestAddr < r.guestAddr + r.size)
-      || (r.userAddr < o.userAddr + o.size && o.userAddr < r.userAddr + r.size);
     this.removals = this.removals.filter((p) => {
-      if (!overlap(p.region)) return true;
+      if (!regionsOverlap(r, p.region)) return true;
       p.seqs.forEach((seq, w) => this.pool.worker(w).waitAnswered(seq, 'removeRegion'));
       return false;
     });

@@ -95,6 +95,30 @@ function ended(pid: number): boolean {
   }
 }
 
+/**
+ * A back-end on a freezable image, sector zero seeded, `prepare` run (a DIMM plugged, say), then a write held up by
+ * fsfreeze for `thawS` s: `held` gets the client while the queue thread waits.
+ */
+async function withHeldWrite<T>(thawS: number, prepare: (c: BlkVuClient, pid: number) => T, held: (c: BlkVuClient, prepared: T, pid: number) => Promise<void>): Promise<void> {
+  await withFreezableImage(async (mnt, img, sock) => {
+    const child = await startBackend(`path=${img},socket=${sock}`);
+    try {
+      const c = await BlkVuClient.connect(sock);
+      seedSectorZero(c);
+      const prepared = prepare(c, child.pid!);
+      sh(`fsfreeze -f ${mnt}`);
+      thawLater(mnt, thawS);
+      startWrite(c, 8, 0xcd, 2);
+      await new Promise((r) => setTimeout(r, 300));
+      await held(c, prepared, child.pid!);
+      c.close();
+    } finally {
+      sh(`fsfreeze -u ${mnt} 2>/dev/null`);
+      await stopBackend(child);
+    }
+  });
+}
+
 describe.skipIf(why !== null)('vhost-user-blk with a stalled device', () => {
   it(`GET_VRING_BASE waits for a write the device holds up for ${FREEZE_S} s and returns it completed; the next front-end reads it`, async () => {
     let child: Awaited<ReturnType<typeof startBackend>> | null = null;
@@ -135,89 +159,48 @@ describe.skipIf(why !== null)('vhost-user-blk with a stalled device', () => {
     // QEMU waits for the ADD_MEM_REG answer in its main loop with the BQL held (device_add pc-dimm): a back-end that
     // waited for its queue thread first froze the whole guest, and its monitor, for as long as the device held a write
     // (here the image's file system frozen 6 s, as for a backup snapshot; qemu-storage-daemon answers in 1 ms).
-    await withFreezableImage(async (mnt, img, sock) => {
-      const child = await startBackend(`path=${img},socket=${sock}`);
-      try {
-        const c = await BlkVuClient.connect(sock);
-        seedSectorZero(c);
-        // A 2 MiB DIMM at 4 GiB.
-        const hot = dimm(c, 0x1_0000_0000, 0x1000_0000_0000, false);
-        sh(`fsfreeze -f ${mnt}`);
-        thawLater(mnt, 6);
-        startWrite(c, 8, 0xcd, 2);
-        await new Promise((r) => setTimeout(r, 300));
-        const t0 = Date.now();
-        c.fe.addMemRegion(hot, hot.fd);
-        const took = Date.now() - t0;
-        expect(took, `ADD_MEM_REG answered after ${took} ms`).toBeLessThan(1000);
-        // The driver uses the new memory at once, while the queue thread is still held up.
-        expectSeedRead(c, hot.guestAddr + 4096);
-        c.close();
-      } finally {
-        sh(`fsfreeze -u ${mnt} 2>/dev/null`);
-        await stopBackend(child);
-      }
+    // A 2 MiB DIMM at 4 GiB.
+    await withHeldWrite(6, (c) => dimm(c, 0x1_0000_0000, 0x1000_0000_0000, false), async (c, hot) => {
+      const t0 = Date.now();
+      c.fe.addMemRegion(hot, hot.fd);
+      const took = Date.now() - t0;
+      expect(took, `ADD_MEM_REG answered after ${took} ms`).toBeLessThan(1000);
+      // The driver uses the new memory at once, while the queue thread is still held up.
+      expectSeedRead(c, hot.guestAddr + 4096);
     });
   }, 60_000);
 
   it('memory unplug (REM_MEM_REG) is answered at once while a write is held up, and memory added after it is usable at once', async () => {
     // device_del pc-dimm: QEMU waits for the REM_MEM_REG answer as for ADD_MEM_REG (qemu-storage-daemon: 1 ms). The
     // region stays mapped here until the requests in flight are done, so none of them can touch unmapped memory.
-    await withFreezableImage(async (mnt, img, sock) => {
-      const child = await startBackend(`path=${img},socket=${sock}`);
-      try {
-        const c = await BlkVuClient.connect(sock);
-        seedSectorZero(c);
-        const d1 = dimm(c, 0x1_0000_0000, 0x1000_0000_0000);
-        const fdsBefore = readdirSync(`/proc/${child.pid}/fd`).length;
-        sh(`fsfreeze -f ${mnt}`);
-        thawLater(mnt, 6);
-        startWrite(c, 8, 0xcd, 2);
-        await new Promise((r) => setTimeout(r, 300));
-        const t0 = Date.now();
-        c.fe.removeMemRegion(d1);
-        const took = Date.now() - t0;
-        expect(took, `REM_MEM_REG answered after ${took} ms`).toBeLessThan(1000);
-        // Another DIMM right away, used at once, while the queue thread is still held up.
-        const d2 = dimm(c, 0x1_4000_0000, 0x2000_0000_0000);
-        expect(Date.now() - t0).toBeLessThan(1000);
-        expectSeedRead(c, d2.guestAddr);
-        // The first DIMM's mapping and fd went once its turn came: one DIMM held, as before the unplug.
-        const fds = (): number => readdirSync(`/proc/${child.pid}/fd`).length;
-        for (const until = Date.now() + 3000; fds() !== fdsBefore && Date.now() < until;) await new Promise((r) => setTimeout(r, 50));
-        expect(fds()).toBe(fdsBefore);
-        expect(readFileSync(`/proc/${child.pid}/maps`, 'utf8').split('\n').filter((l) => l.includes('kumo-test-dimm')).length).toBe(1);
-        c.close();
-      } finally {
-        sh(`fsfreeze -u ${mnt} 2>/dev/null`);
-        await stopBackend(child);
-      }
+    const fdCount = (pid: number): number => readdirSync(`/proc/${pid}/fd`).length;
+    const plugged = (c: BlkVuClient, pid: number) => ({ d1: dimm(c, 0x1_0000_0000, 0x1000_0000_0000), fdsBefore: fdCount(pid) });
+    await withHeldWrite(6, plugged, async (c, { d1, fdsBefore }, pid) => {
+      const fds = (): number => fdCount(pid);
+      const t0 = Date.now();
+      c.fe.removeMemRegion(d1);
+      const took = Date.now() - t0;
+      expect(took, `REM_MEM_REG answered after ${took} ms`).toBeLessThan(1000);
+      // Another DIMM right away, used at once, while the queue thread is still held up.
+      const d2 = dimm(c, 0x1_4000_0000, 0x2000_0000_0000);
+      expect(Date.now() - t0).toBeLessThan(1000);
+      expectSeedRead(c, d2.guestAddr);
+      // The first DIMM's mapping and fd went once its turn came: one DIMM held, as before the unplug.
+      for (const until = Date.now() + 3000; fds() !== fdsBefore && Date.now() < until;) await new Promise((r) => setTimeout(r, 50));
+      expect(fds()).toBe(fdsBefore);
+      expect(readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter((l) => l.includes('kumo-test-dimm')).length).toBe(1);
     });
   }, 60_000);
 
   it('a DIMM unplugged and another plugged at its address while a write is held up: requests use the new one, never the old mapping', async () => {
     // REM_MEM_REG is answered before the held-up queue thread unmapped the old DIMM; the ADD_MEM_REG of a new one at the
     // same address must not be answered until it did, or a request made meanwhile read into the old memory.
-    await withFreezableImage(async (mnt, img, sock) => {
-      const child = await startBackend(`path=${img},socket=${sock}`);
-      try {
-        const c = await BlkVuClient.connect(sock);
-        seedSectorZero(c);
-        const region = dimm(c, 0x1_0000_0000, 0x1000_0000_0000);
-        sh(`fsfreeze -f ${mnt}`);
-        thawLater(mnt, 4);
-        startWrite(c, 8, 0xcd, 2);
-        await new Promise((r) => setTimeout(r, 300));
-        c.fe.removeMemRegion(region);
-        c.mem.removeRegion(region.guestAddr, region.size, region.userAddr);
-        // QEMU reuses the address range and, often, its own mapping address.
-        dimm(c, region.guestAddr, region.userAddr);
-        expectSeedRead(c, region.guestAddr);
-        c.close();
-      } finally {
-        sh(`fsfreeze -u ${mnt} 2>/dev/null`);
-        await stopBackend(child);
-      }
+    await withHeldWrite(4, (c) => dimm(c, 0x1_0000_0000, 0x1000_0000_0000), async (c, region) => {
+      c.fe.removeMemRegion(region);
+      c.mem.removeRegion(region.guestAddr, region.size, region.userAddr);
+      // QEMU reuses the address range and, often, its own mapping address.
+      dimm(c, region.guestAddr, region.userAddr);
+      expectSeedRead(c, region.guestAddr);
     });
   }, 60_000);
 
