@@ -1,4 +1,5 @@
-import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
+import { MessageChannel, receiveMessageOnPort, type Worker, type MessagePort } from 'node:worker_threads';
+import { siblingModuleUrl, startModuleWorker } from '../sys/module-worker.js';
 import { SetupError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { closeQuiet, eventfd, eventfdWrite } from '../sys/fd.js';
@@ -18,16 +19,7 @@ const BUSY_WARN_MS = 10_000;
 
 /** Spawns a worker running TypeScript (through tsx) or compiled JS, whichever this module is. */
 function spawn(init: WorkerInit): Worker {
-  const self = import.meta.url;
-  const transfer = [init.port];
-  if (self.endsWith('.ts')) {
-    const entry = new URL('./queue-worker.ts', self).href;
-    const tsx = import.meta.resolve('tsx/esm/api');
-    // `execArgv: ['--import', 'tsx']` does not work for workers on Node 20: register tsx from an eval bootstrap.
-    const code = `import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}); })`;
-    return new Worker(code, { eval: true, workerData: init, transferList: transfer });
-  }
-  return new Worker(new URL('./queue-worker.js', self), { workerData: init, transferList: transfer });
+  return startModuleWorker(siblingModuleUrl(import.meta.url, 'queue-worker'), { workerData: init, transferList: [init.port] });
 }
 
 /** One queue worker thread as the main thread sees it: commands are synchronous (post, wake, wait for the ack). */
