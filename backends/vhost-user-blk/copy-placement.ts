@@ -66,7 +66,7 @@ export class CopyPlacement {
   }
 
   /** Fewer queues are served than there are CPUs: io-wq threads can run I/O beside the queue threads. */
-  private cpuToSpare(): boolean {
+  cpuToSpare(): boolean {
     return this.servedQueues() < CPUS;
   }
 

@@ -37,4 +37,6 @@ export interface BlkEngineOptions {
   log?: Logger;
   /** O_DIRECT requests off the alignment: the pool's byte limit and the piece size (tests make them small). */
   pooled?: { limit: number; piece: number };
+  /** The eventfd this queue's thread waits on for completions: a copy helper writes it after a burst. */
+  wakeFd?: number;
 }

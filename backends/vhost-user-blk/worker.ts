@@ -19,19 +19,25 @@ class BlkQueueHandler implements QueueHandler {
   private readonly notifyCurrent = (): void => this.current?.notify();
 
   constructor(private readonly ctx: QueueWorkerContext, private readonly cfg: BlkWorkerData) {
-    this.engine = new BlkQueueEngine(
-      { fd: cfg.fd, size: cfg.size, readonly: cfg.readonly, memoryBacked: cfg.memoryBacked, writesPunted: cfg.writesPunted, alignment: cfg.alignment, logicalBlock: cfg.logicalBlock, blockDevice: cfg.blockDevice, serial: cfg.serial, flags: new Int32Array(cfg.flags) },
-      { queueSize: cfg.queueSize, completion: cfg.completion, log: ctx.log },
-    );
+    // Completions of the ring and of the copy helper both wake this thread through it.
     this.efd = eventfd();
+    try {
+      this.engine = new BlkQueueEngine(
+        { fd: cfg.fd, size: cfg.size, readonly: cfg.readonly, memoryBacked: cfg.memoryBacked, writesPunted: cfg.writesPunted, alignment: cfg.alignment, logicalBlock: cfg.logicalBlock, blockDevice: cfg.blockDevice, serial: cfg.serial, flags: new Int32Array(cfg.flags) },
+        { queueSize: cfg.queueSize, completion: cfg.completion, log: ctx.log, wakeFd: this.efd },
+      );
+    } catch (e) {
+      closeQuiet(this.efd);
+      throw e;
+    }
     try {
       // Every completion signals (not IORING_REGISTER_EVENTFD_ASYNC): completions posted from task
       // work in this thread would not signal an async-only eventfd and could be left unreaped.
       this.engine.ring.registerEventfd(this.efd);
       ctx.epoll.add(this.efd, EPOLLIN, COMPLETION_TOKEN);
     } catch (e) {
-      closeQuiet(this.efd);
       this.engine.close();
+      closeQuiet(this.efd);
       throw e;
     }
   }

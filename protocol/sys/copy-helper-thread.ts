@@ -1,0 +1,81 @@
+// The copy helper's thread (see CopyHelper): runs the copies handed over, in order, and posts their results.
+import { workerData } from 'node:worker_threads';
+import { performance } from 'node:perf_hooks';
+import { eventfdWrite, preadvRaw, pwritevRaw } from './fd.js';
+import { schedYield } from './proc.js';
+import {
+  CTL_CQ_TAIL, CTL_SLEEPING, CTL_SQ_HEAD, CTL_SQ_TAIL, CTL_STATE, CTL_STOP, CQ_I32, OP_WRITE, SQ_F64, SQ_I32, STATE_EXITED,
+  STATE_RUNNING, isCopyHelperShared,
+} from './copy-helper-layout.js';
+
+const EIO = 5;
+
+if (!isCopyHelperShared(workerData)) throw new TypeError('copy helper: bad worker data');
+const sh = workerData;
+const ctl = new Int32Array(sh.ctl);
+const sqI = new Int32Array(sh.sqI32);
+const sqF = new Float64Array(sh.sqF64);
+const cq = new Int32Array(sh.cq);
+const mask = sh.entries - 1;
+const spinMs = sh.spinUs / 1000;
+
+function copy(k: number): number {
+  const fd = sqI[k * SQ_I32];
+  const count = sqI[k * SQ_I32 + 1];
+  const iov = sqF[k * SQ_F64];
+  const off = sqF[k * SQ_F64 + 1];
+  try {
+    return sqI[k * SQ_I32 + 2] === OP_WRITE ? pwritevRaw(fd, iov, count, off) : preadvRaw(fd, iov, count, off);
+  } catch {
+    return -EIO; // the binding itself failed: the request fails, the queue goes on
+  }
+}
+
+/** Waits for a copy: polls (yielding the CPU) for spinMs, then sleeps until one is handed over. Returns the tail. */
+function idle(head: number): number {
+  const deadline = performance.now() + spinMs;
+  let tail = Atomics.load(ctl, CTL_SQ_TAIL);
+  while (tail === head && performance.now() < deadline) {
+    schedYield();
+    tail = Atomics.load(ctl, CTL_SQ_TAIL);
+  }
+  if (tail !== head) return tail;
+  Atomics.store(ctl, CTL_SLEEPING, 1);
+  if (Atomics.load(ctl, CTL_SQ_TAIL) === head && Atomics.load(ctl, CTL_STOP) === 0) Atomics.wait(ctl, CTL_SQ_TAIL, head);
+  Atomics.store(ctl, CTL_SLEEPING, 0);
+  return Atomics.load(ctl, CTL_SQ_TAIL);
+}
+
+function serve(): void {
+  let head = Atomics.load(ctl, CTL_SQ_HEAD);
+  let cqTail = Atomics.load(ctl, CTL_CQ_TAIL);
+  let tail = head;
+  Atomics.store(ctl, CTL_STATE, STATE_RUNNING);
+  for (;;) {
+    if (Atomics.load(ctl, CTL_STOP) !== 0) return;
+    if (tail === head) {
+      tail = idle(head);
+      continue;
+    }
+    while (tail !== head) {
+      const k = head & mask;
+      const tag = sqI[k * SQ_I32 + 3];
+      const res = copy(k);
+      head = (head + 1) | 0;
+      Atomics.store(ctl, CTL_SQ_HEAD, head);
+      const c = cqTail & mask;
+      cq[c * CQ_I32] = tag;
+      cq[c * CQ_I32 + 1] = res;
+      cqTail = (cqTail + 1) | 0;
+      Atomics.store(ctl, CTL_CQ_TAIL, cqTail);
+      tail = Atomics.load(ctl, CTL_SQ_TAIL);
+    }
+    eventfdWrite(sh.wakeFd);
+  }
+}
+
+try {
+  serve();
+} finally {
+  Atomics.store(ctl, CTL_STATE, STATE_EXITED);
+}

@@ -1,0 +1,136 @@
+import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, openSync, closeSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { BlkQueueEngine, type BlkEngineImage } from '../../backends/vhost-user-blk/engine.js';
+import { IMAGE_FLAGS_LENGTH } from '../../backends/vhost-user-blk/bounce.js';
+import { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_S_OK } from '../../protocol/virtio/index.js';
+import { closeQuiet, eventfd, eventfdRead } from '../../protocol/sys/fd.js';
+import { BlkTestDriver } from './harness.js';
+
+const SIZE = 64 << 20;
+const SPARE_CPU = availableParallelism() >= 2;
+if (!SPARE_CPU) console.log('blk copy helper: skipped, one CPU (the helper runs only with a CPU to spare)');
+
+/** Requests in flight at once, as `kumo-vu blk bench --iodepth 32` keeps them. */
+const BATCH = 32;
+
+describe.skipIf(!SPARE_CPU)('BlkQueueEngine copy helper (tmpfs image, a CPU to spare)', () => {
+  let dir: string;
+  let file: string;
+  let fd: number;
+  let efd: number;
+  let initial: Buffer;
+  let d: BlkTestDriver;
+  let eng: BlkQueueEngine;
+  let img: BlkEngineImage;
+
+  beforeEach(() => {
+    dir = mkdtempSync('/dev/shm/kumo-blk-helper-');
+    file = join(dir, 'img');
+    initial = randomBytes(SIZE);
+    writeFileSync(file, initial);
+    fd = openSync(file, 'r+');
+    efd = eventfd();
+    d = new BlkTestDriver(512, 128 << 20);
+    img = { fd, size: SIZE, readonly: false, memoryBacked: true, serial: new Uint8Array(20), flags: new Int32Array(IMAGE_FLAGS_LENGTH) };
+    eng = new BlkQueueEngine(img, { queueSize: 512, completion: 'eventfd', wakeFd: efd });
+    eng.attach(d.device, d.mem);
+  });
+  afterEach(() => {
+    eng.close();
+    closeQuiet(efd);
+    closeSync(fd);
+    d.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** BATCH 4k requests (even k: write random data at sector 8k, odd k: read sector 8k); returns what to check. */
+  const batch = (round: number) =>
+    Array.from({ length: BATCH }, (_, k) => {
+      const sector = 8 * (round * BATCH + k);
+      const addr = d.buf(4096);
+      if (k % 2 === 0) {
+        const data = randomBytes(4096);
+        d.mem.write(addr, data);
+        return { sector, addr, data, write: true, st: d.add(VIRTIO_BLK_T_OUT, sector, [{ addr, len: 4096 }], [], round * BATCH + k) };
+      }
+      return { sector, addr, data: initial.subarray(sector * 512, sector * 512 + 4096), write: false, st: d.add(VIRTIO_BLK_T_IN, sector, [], [{ addr, len: 4096 }], round * BATCH + k) };
+    });
+
+  /** Until every request of a batch came back: the engine's own steps only (no drain), as its worker runs it. */
+  const serve = async (n: number): Promise<number> => {
+    d.driver.publish();
+    eng.processAvail();
+    let back = d.driver.takeUsed().length;
+    const end = Date.now() + 10_000;
+    while (back < n) {
+      if (Date.now() > end) throw new Error(`${back} of ${n} requests came back`);
+      if (eventfdRead(efd) > 0) eng.processCompletions();
+      else await new Promise((r) => setTimeout(r, 1));
+      back += d.driver.takeUsed().length;
+    }
+    return back;
+  };
+
+  it('copies on its own thread while other requests wait, with the data inline copies give; results wake the queue thread', async () => {
+    // The helper's thread starts on first use and copies once it runs; until then this thread copies.
+    let round = 0;
+    const reqs = [];
+    const end = Date.now() + 20_000;
+    do {
+      if (Date.now() > end) throw new Error('the copy helper never took a copy');
+      reqs.push(...batch(round++));
+      await serve(BATCH);
+      await new Promise((r) => setTimeout(r, 25));
+    } while (eng.helperCopies === 0);
+    const before = eng.helperCopies;
+    for (let k = 0; k < 3; k++) {
+      reqs.push(...batch(round++));
+      await serve(BATCH);
+    }
+    expect(eng.helperCopies - before).toBeGreaterThan(BATCH); // most of the last 96
+    const disk = readFileSync(file);
+    for (const r of reqs) {
+      expect(d.mem.readU8(r.st)).toBe(VIRTIO_BLK_S_OK);
+      expect(disk.subarray(r.sector * 512, r.sector * 512 + 4096).equals(r.data)).toBe(true);
+      if (!r.write) expect(Buffer.from(d.mem.slice(r.addr, 4096)).equals(r.data)).toBe(true);
+    }
+  });
+
+  it('a lone request is copied by the queue thread; a ring stop waits for the helper copies in flight', async () => {
+    const end = Date.now() + 20_000;
+    let round = 0;
+    do {
+      if (Date.now() > end) throw new Error('the copy helper never took a copy');
+      batch(round++);
+      await serve(BATCH);
+      await new Promise((r) => setTimeout(r, 25));
+    } while (eng.helperCopies === 0);
+    const helped = eng.helperCopies;
+    const inline = eng.inlineCopies;
+    const lone = d.buf(4096);
+    d.add(VIRTIO_BLK_T_IN, 0, [], [{ addr: lone, len: 4096 }], 9999);
+    await serve(1);
+    expect([eng.helperCopies - helped, eng.inlineCopies - inline]).toEqual([0, 1]);
+
+    // 128 reads of 60 KiB (still below the size io-wq would take): the helper is still copying when the ring stops.
+    const big = Array.from({ length: 128 }, (_, k) => {
+      const addr = d.buf(61440);
+      return { addr, k, st: d.add(VIRTIO_BLK_T_IN, 120 * k, [], [{ addr, len: 61440 }], 20000 + k) };
+    });
+    d.driver.publish();
+    eng.processAvail();
+    expect(eng.inFlight).toBeGreaterThan(0);
+    eng.detach();
+    expect(eng.inFlight).toBe(0);
+    expect(d.driver.takeUsed().length).toBe(128);
+    const disk = readFileSync(file); // the earlier batches wrote here too
+    for (const r of big) {
+      expect(d.mem.readU8(r.st)).toBe(VIRTIO_BLK_S_OK);
+      expect(Buffer.from(d.mem.slice(r.addr, 61440)).equals(disk.subarray(r.k * 61440, (r.k + 1) * 61440))).toBe(true);
+    }
+    eng.attach(d.device, d.mem);
+  });
+});
