@@ -2,7 +2,7 @@
 import { workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { eventfdWrite, preadvRaw, pwritevRaw } from './fd.js';
-import { schedYield } from './proc.js';
+import { schedYield, setThreadName } from './proc.js';
 import {
   CTL_CQ_TAIL, CTL_SLEEPING, CTL_SQ_HEAD, CTL_SQ_TAIL, CTL_STATE, CTL_STOP, CQ_I32, OP_WRITE, SQ_F64, SQ_I32, STATE_EXITED,
   STATE_RUNNING, isCopyHelperShared,
@@ -74,6 +74,11 @@ function serve(): void {
   }
 }
 
+try {
+  setThreadName('kumo-copy'); // else it keeps its creator's name (ps, /proc/PID/task/*/comm)
+} catch {
+  // cosmetic
+}
 try {
   serve();
 } finally {

@@ -30,8 +30,11 @@ export interface VhostUserBackend {
   saveState?(): Uint8Array;
   /** The state a back-end saved into the buffer a front-end handed back (SET_INFLIGHT_FD); written by the front-end's side too: validate. */
   restoreState?(saved: Uint8Array): void;
-  /** Module (absolute path or file: URL) exporting `createQueueHandler: CreateQueueHandler`; `data` is structured-cloned. */
-  queueWorker: { module: string; data: unknown };
+  /**
+   * Module (absolute path or file: URL) exporting `createQueueHandler: CreateQueueHandler`; `data` is structured-cloned.
+   * `signalHelper`: each worker writes its call fds through a helper thread (see SignalHelper).
+   */
+  queueWorker: { module: string; data: unknown; signalHelper?: boolean };
   /** Rings served by one worker thread: 1 (blk, fs) or 2 (net rx/tx pair). Default 1. */
   queuesPerWorker?: number;
 }

@@ -102,6 +102,7 @@ export class VhostUserDaemon extends EventEmitter<DaemonEvents> {
       count: Math.ceil(b.numQueues / qpw),
       module: b.queueWorker.module,
       data: b.queueWorker.data,
+      signalHelper: b.queueWorker.signalHelper,
       logName: this.opts.name ?? 'vhost-user',
       log: this.log,
     });

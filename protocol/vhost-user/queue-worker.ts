@@ -10,6 +10,7 @@ import { GuestMemory, type MemoryRegionSpec } from '../memory/index.js';
 import { Epoll, EPOLLERR, EPOLLHUP, EPOLLIN } from '../sys/epoll.js';
 import { closeQuiet, eventfdRead, eventfdWrite, setNonBlocking } from '../sys/fd.js';
 import { gettid, setThreadName } from '../sys/proc.js';
+import { SignalHelper } from '../sys/signal-helper.js';
 import { mapFd, viewOf, type Mapping } from '../sys/mem.js';
 import { DeviceQueue, DirtyLog, InflightRing, inflightRegionSize, RingDirtyLog, RingMemoryError, type QueueLayout } from '../virtqueue/index.js';
 import { F_LOG_ALL } from './messages.js';
@@ -34,9 +35,16 @@ class WorkerRing implements VringHandle {
     readonly kickFd: number,
     public callFd: number,
     readonly eventIdx: boolean,
+    private readonly signals: SignalHelper | null,
   ) {}
   notify(): void {
-    if (this.callFd >= 0 && this.queue.needsNotification()) eventfdWrite(this.callFd);
+    if (this.callFd >= 0 && this.queue.needsNotification() && this.signals?.signal(this.callFd) !== true) eventfdWrite(this.callFd);
+  }
+
+  /** Closes the call fd (once a signal helper wrote what it was handed: the number may be reused at once). */
+  closeCall(): void {
+    this.signals?.flush();
+    closeQuiet(this.callFd);
   }
 }
 
@@ -49,6 +57,8 @@ function nonBlocking(fd: number): void {
 }
 
 const POLL_INTERVAL_MS = 1;
+/** The signal helper polls this long after its last signal before it sleeps. */
+const SIGNAL_SPIN_US = 200;
 /**
  * An idle worker still comes back to JS this often: Node ends a worker (process.exit() joins every one) only between
  * JS steps, and a thread parked in an unbounded epoll_wait would hold the whole process up for good.
@@ -73,6 +83,7 @@ class QueueWorker {
   private readonly ack: Int32Array;
   /** A front-end can hand over a broken kick fd with every SET_VRING_KICK: those lines are rate-limited. */
   private readonly peerWarn: WarnLimiter;
+  private readonly signals: SignalHelper | null = null;
 
   constructor(
     private readonly init: WorkerInit,
@@ -82,6 +93,14 @@ class QueueWorker {
     this.ack = new Int32Array(init.ack);
     Atomics.store(this.ack, 1, gettid()); // the main thread's liveness check (see WorkerLink)
     this.epoll.add(init.controlFd, EPOLLIN, CONTROL_TOKEN);
+    if (init.signalHelper) {
+      // Started before the handler loads: a sandbox or seccomp filter it enters must not stand in the thread's way.
+      try {
+        this.signals = new SignalHelper(SIGNAL_SPIN_US);
+      } catch (e) {
+        log.warn({ err: e }, 'no signal helper thread; the queue thread writes its call fds');
+      }
+    }
   }
 
   async load(): Promise<void> {
@@ -123,6 +142,7 @@ class QueueWorker {
       // This thread never returns to its event loop: the held-back counts of its limiters go out from here.
       flushHeldWarnings();
     }
+    if (this.signals !== null && !this.signals.close()) this.log.warn('the signal helper thread did not stop');
     this.epoll.close();
   }
 
@@ -340,7 +360,7 @@ class QueueWorker {
           closeQuiet(cmd.fd);
           return undefined;
         }
-        closeQuiet(r.callFd);
+        r.closeCall();
         r.callFd = cmd.fd;
         nonBlocking(cmd.fd);
         // A ring restarted with its kick before its call fd was served with no fd to signal: those completions must
@@ -439,7 +459,7 @@ class QueueWorker {
       this.features = BigInt(s.features);
       nonBlocking(s.kickFd);
       nonBlocking(s.callFd);
-      ring = new WorkerRing(s.index, q, dirty, s.enabled, s.kickFd, s.callFd, s.eventIdx);
+      ring = new WorkerRing(s.index, q, dirty, s.enabled, s.kickFd, s.callFd, s.eventIdx, this.signals);
       ring.inflight = inflight;
       if (s.kickFd >= 0) this.epoll.add(s.kickFd, EPOLLIN, s.index);
     } catch (e) {
@@ -472,7 +492,7 @@ class QueueWorker {
       this.log.error({ err: e, ring: index }, 'queue handler onStop failed');
     }
     closeQuiet(ring.kickFd);
-    closeQuiet(ring.callFd);
+    ring.closeCall();
     // A handler that could not drain may still complete into the region: keep it mapped then (as guest memory).
     if (!this.pinned) ring.inflight?.map.unmap();
     return ring.queue.nextAvailIdx;

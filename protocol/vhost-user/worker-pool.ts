@@ -126,6 +126,7 @@ export interface PoolOptions {
   module: string;
   data: unknown;
   logName: string;
+  signalHelper?: boolean;
   log: Logger;
 }
 
@@ -143,7 +144,7 @@ export class WorkerPool {
         const { port1, port2 } = new MessageChannel();
         const ack = new SharedArrayBuffer(8);
         const controlFd = eventfd();
-        const init: WorkerInit = { workerIndex: i, module: o.module, data: o.data, controlFd, ack, port: port2, logName: o.logName };
+        const init: WorkerInit = { workerIndex: i, module: o.module, data: o.data, controlFd, ack, port: port2, logName: o.logName, signalHelper: o.signalHelper ?? false };
         const worker = spawn(init);
         const link = new WorkerLink(i, worker, port1, controlFd, ack, o.log);
         links.push(link);

@@ -13,6 +13,8 @@ export interface WorkerInit {
   ack: SharedArrayBuffer;
   port: MessagePort;
   logName: string;
+  /** Call fds are written by a signal helper thread (see SignalHelper). */
+  signalHelper: boolean;
 }
 
 export interface RingStart {

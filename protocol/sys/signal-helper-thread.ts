@@ -1,0 +1,63 @@
+// The signal helper's thread (see SignalHelper): writes the eventfds handed over, in order.
+import { workerData } from 'node:worker_threads';
+import { performance } from 'node:perf_hooks';
+import { eventfdWrite } from './fd.js';
+import { schedYield, setThreadName } from './proc.js';
+import {
+  SIG_CLAIMED, SIG_ENTRIES, SIG_RING, SIG_SEQ, SIG_SLEEPING, SIG_STATE, SIG_STOP, SIG_WRITTEN, isSignalHelperShared,
+} from './signal-helper-layout.js';
+
+if (!isSignalHelperShared(workerData)) throw new TypeError('signal helper: bad worker data');
+const ctl = new Int32Array(workerData.ctl);
+const spinMs = workerData.spinUs / 1000;
+
+/** Waits for a signal: polls (yielding the CPU) for spinMs, then sleeps. Returns the owner's count. */
+function idle(done: number): number {
+  const deadline = performance.now() + spinMs;
+  let seq = Atomics.load(ctl, SIG_SEQ);
+  while (seq === done && performance.now() < deadline) {
+    schedYield();
+    seq = Atomics.load(ctl, SIG_SEQ);
+  }
+  if (seq !== done) return seq;
+  Atomics.store(ctl, SIG_SLEEPING, 1);
+  if (Atomics.load(ctl, SIG_SEQ) === done && Atomics.load(ctl, SIG_STOP) === 0) Atomics.wait(ctl, SIG_SEQ, done);
+  Atomics.store(ctl, SIG_SLEEPING, 0);
+  return Atomics.load(ctl, SIG_SEQ);
+}
+
+function serve(): void {
+  let done = Atomics.load(ctl, SIG_CLAIMED);
+  Atomics.store(ctl, SIG_STATE, 1);
+  for (;;) {
+    if (Atomics.load(ctl, SIG_STOP) !== 0) return;
+    const seq = Atomics.load(ctl, SIG_SEQ);
+    if (seq === done) {
+      idle(done);
+      continue;
+    }
+    while (done !== seq) {
+      const fd = ctl[SIG_RING + (done & (SIG_ENTRIES - 1))];
+      done = (done + 1) | 0;
+      // Claimed before the write: an owner that finds a signal unclaimed may count on a write still to begin.
+      Atomics.store(ctl, SIG_CLAIMED, done);
+      try {
+        eventfdWrite(fd);
+      } catch {
+        // Not an eventfd any more (the front-end's problem): the owner's own write would have failed alike.
+      }
+      Atomics.store(ctl, SIG_WRITTEN, done);
+    }
+  }
+}
+
+try {
+  setThreadName('kumo-signal'); // else it keeps its creator's name (ps, /proc/PID/task/*/comm)
+} catch {
+  // cosmetic
+}
+try {
+  serve();
+} finally {
+  Atomics.store(ctl, SIG_STATE, 2);
+}
