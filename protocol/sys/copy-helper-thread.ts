@@ -1,8 +1,8 @@
 // The copy helper's thread (see CopyHelper): runs the copies handed over, in order, and posts their results.
 import { workerData } from 'node:worker_threads';
-import { performance } from 'node:perf_hooks';
 import { eventfdWrite, preadvRaw, pwritevRaw } from './fd.js';
-import { schedYield, setThreadName } from './proc.js';
+import { setThreadName } from './proc.js';
+import { waitForWork } from './helper-idle.js';
 import {
   CTL_CQ_TAIL, CTL_SLEEPING, CTL_SQ_HEAD, CTL_SQ_TAIL, CTL_STATE, CTL_STOP, CQ_I32, OP_WRITE, SQ_F64, SQ_I32, STATE_EXITED,
   STATE_RUNNING, isCopyHelperShared,
@@ -18,6 +18,7 @@ const sqF = new Float64Array(sh.sqF64);
 const cq = new Int32Array(sh.cq);
 const mask = sh.entries - 1;
 const spinMs = sh.spinUs / 1000;
+const idleWords = { ctl, count: CTL_SQ_TAIL, sleeping: CTL_SLEEPING, stop: CTL_STOP };
 
 function copy(k: number): number {
   const fd = sqI[k * SQ_I32];
@@ -31,21 +32,6 @@ function copy(k: number): number {
   }
 }
 
-/** Waits for a copy: polls (yielding the CPU) for spinMs, then sleeps until one is handed over. Returns the tail. */
-function idle(head: number): number {
-  const deadline = performance.now() + spinMs;
-  let tail = Atomics.load(ctl, CTL_SQ_TAIL);
-  while (tail === head && performance.now() < deadline) {
-    schedYield();
-    tail = Atomics.load(ctl, CTL_SQ_TAIL);
-  }
-  if (tail !== head) return tail;
-  Atomics.store(ctl, CTL_SLEEPING, 1);
-  if (Atomics.load(ctl, CTL_SQ_TAIL) === head && Atomics.load(ctl, CTL_STOP) === 0) Atomics.wait(ctl, CTL_SQ_TAIL, head);
-  Atomics.store(ctl, CTL_SLEEPING, 0);
-  return Atomics.load(ctl, CTL_SQ_TAIL);
-}
-
 function serve(): void {
   let head = Atomics.load(ctl, CTL_SQ_HEAD);
   let cqTail = Atomics.load(ctl, CTL_CQ_TAIL);
@@ -54,7 +40,7 @@ function serve(): void {
   for (;;) {
     if (Atomics.load(ctl, CTL_STOP) !== 0) return;
     if (tail === head) {
-      tail = idle(head);
+      tail = waitForWork(idleWords, head, spinMs);
       continue;
     }
     while (tail !== head) {

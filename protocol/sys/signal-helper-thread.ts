@@ -1,8 +1,8 @@
 // The signal helper's thread (see SignalHelper): writes the eventfds handed over, in order.
 import { workerData } from 'node:worker_threads';
-import { performance } from 'node:perf_hooks';
 import { eventfdWrite } from './fd.js';
-import { schedYield, setThreadName } from './proc.js';
+import { setThreadName } from './proc.js';
+import { waitForWork } from './helper-idle.js';
 import {
   SIG_CLAIMED, SIG_ENTRIES, SIG_RING, SIG_SEQ, SIG_SLEEPING, SIG_STATE, SIG_STOP, SIG_WRITTEN, isSignalHelperShared,
 } from './signal-helper-layout.js';
@@ -10,21 +10,7 @@ import {
 if (!isSignalHelperShared(workerData)) throw new TypeError('signal helper: bad worker data');
 const ctl = new Int32Array(workerData.ctl);
 const spinMs = workerData.spinUs / 1000;
-
-/** Waits for a signal: polls (yielding the CPU) for spinMs, then sleeps. Returns the owner's count. */
-function idle(done: number): number {
-  const deadline = performance.now() + spinMs;
-  let seq = Atomics.load(ctl, SIG_SEQ);
-  while (seq === done && performance.now() < deadline) {
-    schedYield();
-    seq = Atomics.load(ctl, SIG_SEQ);
-  }
-  if (seq !== done) return seq;
-  Atomics.store(ctl, SIG_SLEEPING, 1);
-  if (Atomics.load(ctl, SIG_SEQ) === done && Atomics.load(ctl, SIG_STOP) === 0) Atomics.wait(ctl, SIG_SEQ, done);
-  Atomics.store(ctl, SIG_SLEEPING, 0);
-  return Atomics.load(ctl, SIG_SEQ);
-}
+const idleWords = { ctl, count: SIG_SEQ, sleeping: SIG_SLEEPING, stop: SIG_STOP };
 
 function serve(): void {
   let done = Atomics.load(ctl, SIG_CLAIMED);
@@ -33,7 +19,7 @@ function serve(): void {
     if (Atomics.load(ctl, SIG_STOP) !== 0) return;
     const seq = Atomics.load(ctl, SIG_SEQ);
     if (seq === done) {
-      idle(done);
+      waitForWork(idleWords, done, spinMs);
       continue;
     }
     while (done !== seq) {
