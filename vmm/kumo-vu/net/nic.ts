@@ -89,6 +89,7 @@ export class NetNic {
         if (!DirtyLogProbe.offered(dev)) throw new KumoVuError('the back-end does not offer dirty logging (VHOST_F_LOG_ALL with LOG_SHMFD)');
         nic.probe = DirtyLogProbe.start(dev);
       }
+      nic.postRx();
       return nic;
     } catch (e) {
       dev.close();
@@ -112,14 +113,23 @@ export class NetNic {
         pair.txBufs.push(this.dev.buffer(BUF_SIZE, 64));
         pair.txFree.push(i);
       }
-      for (let i = 0; i < qs; i++) rx.dq.add([], [{ addr: pair.rxBufs[i], len: BUF_SIZE }], i);
-      rx.kick();
       this.epoll.add(rx.callFd, EPOLLIN, 2 * p);
       this.epoll.add(tx.callFd, EPOLLIN, 2 * p + 1);
       this.pairs.push(pair);
     }
     // A back-end that goes away ends a bench or a ping with an error, not with a rate over a run it was not there for.
     this.dev.watchHangup(this.epoll);
+  }
+
+  /**
+   * Hands every RX buffer to the back-end. Done after dirty logging started: a frame the host sends at once would
+   * otherwise fill a buffer before the back-end took LOG_ALL, rightly unmarked, and the probe would count it.
+   */
+  private postRx(): void {
+    for (const pair of this.pairs) {
+      pair.rxBufs.forEach((addr, i) => pair.rx.dq.add([], [{ addr, len: BUF_SIZE }], i));
+      pair.rx.kick();
+    }
   }
 
   get queuePairs(): number {
