@@ -287,7 +287,7 @@ export class BlkQueueEngine {
   private submitAndReap(): void {
     const ring = this.ring;
     if (this.opts.completion === 'wait' && this.opsInFlight > 0) {
-      ring.submit(this.opsInFlight - this.helperOps);
+      ring.submit(this.opsInFlight);
     } else if (ring.pending > 0) {
       ring.submit(0);
     }

@@ -9,13 +9,9 @@ export const CTL_CQ_HEAD = 3;
 /** 1 while the helper sleeps on CTL_SQ_TAIL (Atomics.wait): whoever hands a copy over must notify it. */
 export const CTL_SLEEPING = 4;
 export const CTL_STOP = 5;
-/** STATE_STARTING, then STATE_RUNNING once it takes copies, STATE_EXITED once it will touch nothing more. */
+/** The helper's state (helper-thread.ts STATE_*). */
 export const CTL_STATE = 6;
 export const CTL_WORDS = 8;
-
-export const STATE_STARTING = 0;
-export const STATE_RUNNING = 1;
-export const STATE_EXITED = 2;
 
 /** A copy handed over: fd, iovec count, op, tag (i32) and the iovec array's address, file offset (f64). */
 export const SQ_I32 = 4;

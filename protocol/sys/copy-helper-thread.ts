@@ -1,11 +1,9 @@
 // The copy helper's thread (see CopyHelper): runs the copies handed over, in order, and posts their results.
 import { workerData } from 'node:worker_threads';
 import { eventfdWrite, preadvRaw, pwritevRaw } from './fd.js';
-import { setThreadName } from './proc.js';
-import { waitForWork } from './helper-idle.js';
+import { runHelper, waitForWork } from './helper-thread.js';
 import {
-  CTL_CQ_TAIL, CTL_SLEEPING, CTL_SQ_HEAD, CTL_SQ_TAIL, CTL_STATE, CTL_STOP, CQ_I32, OP_WRITE, SQ_F64, SQ_I32, STATE_EXITED,
-  STATE_RUNNING, isCopyHelperShared,
+  CTL_CQ_TAIL, CTL_SLEEPING, CTL_SQ_HEAD, CTL_SQ_TAIL, CTL_STATE, CTL_STOP, CQ_I32, OP_WRITE, SQ_F64, SQ_I32, isCopyHelperShared,
 } from './copy-helper-layout.js';
 
 const EIO = 5;
@@ -36,7 +34,6 @@ function serve(): void {
   let head = Atomics.load(ctl, CTL_SQ_HEAD);
   let cqTail = Atomics.load(ctl, CTL_CQ_TAIL);
   let tail = head;
-  Atomics.store(ctl, CTL_STATE, STATE_RUNNING);
   for (;;) {
     if (Atomics.load(ctl, CTL_STOP) !== 0) return;
     if (tail === head) {
@@ -60,13 +57,4 @@ function serve(): void {
   }
 }
 
-try {
-  setThreadName('kumo-copy'); // else it keeps its creator's name (ps, /proc/PID/task/*/comm)
-} catch {
-  // cosmetic
-}
-try {
-  serve();
-} finally {
-  Atomics.store(ctl, CTL_STATE, STATE_EXITED);
-}
+runHelper(ctl, CTL_STATE, 'kumo-copy', serve);

@@ -1,9 +1,9 @@
 import type { Worker } from 'node:worker_threads';
 import {
   CTL_CQ_HEAD, CTL_CQ_TAIL, CTL_SLEEPING, CTL_SQ_TAIL, CTL_STATE, CTL_STOP, CTL_WORDS, CQ_I32, OP_READ, OP_WRITE, SQ_F64, SQ_I32,
-  STATE_EXITED, STATE_RUNNING, type CopyHelperShared,
+  type CopyHelperShared,
 } from './copy-helper-layout.js';
-import { siblingModuleUrl, startModuleWorker } from './module-worker.js';
+import { STATE_RUNNING, awaitHelperExit, startHelperThread } from './helper-thread.js';
 import { schedYield } from './proc.js';
 
 /** How long close() waits for the thread to let go of the wake eventfd. */
@@ -44,10 +44,7 @@ export class CopyHelper {
     this.sqI = new Int32Array(shared.sqI32);
     this.sqF = new Float64Array(shared.sqF64);
     this.cq = new Int32Array(shared.cq);
-    this.worker = startModuleWorker(siblingModuleUrl(import.meta.url, 'copy-helper-thread'), { workerData: shared, name: 'kumo-copy' });
-    // The owner may never return to its event loop (a blocking epoll loop): nothing here may depend on these events.
-    this.worker.unref();
-    this.worker.on('error', () => undefined);
+    this.worker = startHelperThread('copy-helper-thread', shared, 'kumo-copy');
   }
 
   /** The thread runs and takes copies. */
@@ -106,12 +103,6 @@ export class CopyHelper {
   close(): boolean {
     Atomics.store(this.ctl, CTL_STOP, 1);
     Atomics.notify(this.ctl, CTL_SQ_TAIL);
-    if (!this.used) return true;
-    const until = Date.now() + EXIT_WAIT_MS;
-    while (Atomics.load(this.ctl, CTL_STATE) !== STATE_EXITED) {
-      if (Date.now() >= until) return false;
-      Atomics.wait(this.ctl, CTL_STATE, STATE_RUNNING, 1);
-    }
-    return true;
+    return !this.used || awaitHelperExit(this.ctl, CTL_STATE, EXIT_WAIT_MS);
   }
 }

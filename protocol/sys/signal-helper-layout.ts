@@ -8,7 +8,7 @@ export const SIG_WRITTEN = 2;
 /** 1 while the helper sleeps on SIG_SEQ (Atomics.wait). */
 export const SIG_SLEEPING = 3;
 export const SIG_STOP = 4;
-/** 0 starting, 1 running, 2 exited. */
+/** The helper's state (helper-thread.ts STATE_*). */
 export const SIG_STATE = 5;
 /** The ring of eventfds to write starts here. */
 export const SIG_RING = 8;

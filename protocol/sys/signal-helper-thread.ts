@@ -1,8 +1,7 @@
 // The signal helper's thread (see SignalHelper): writes the eventfds handed over, in order.
 import { workerData } from 'node:worker_threads';
 import { eventfdWrite } from './fd.js';
-import { setThreadName } from './proc.js';
-import { waitForWork } from './helper-idle.js';
+import { runHelper, waitForWork } from './helper-thread.js';
 import {
   SIG_CLAIMED, SIG_ENTRIES, SIG_RING, SIG_SEQ, SIG_SLEEPING, SIG_STATE, SIG_STOP, SIG_WRITTEN, isSignalHelperShared,
 } from './signal-helper-layout.js';
@@ -14,7 +13,6 @@ const idleWords = { ctl, count: SIG_SEQ, sleeping: SIG_SLEEPING, stop: SIG_STOP 
 
 function serve(): void {
   let done = Atomics.load(ctl, SIG_CLAIMED);
-  Atomics.store(ctl, SIG_STATE, 1);
   for (;;) {
     if (Atomics.load(ctl, SIG_STOP) !== 0) return;
     const seq = Atomics.load(ctl, SIG_SEQ);
@@ -37,13 +35,4 @@ function serve(): void {
   }
 }
 
-try {
-  setThreadName('kumo-signal'); // else it keeps its creator's name (ps, /proc/PID/task/*/comm)
-} catch {
-  // cosmetic
-}
-try {
-  serve();
-} finally {
-  Atomics.store(ctl, SIG_STATE, 2);
-}
+runHelper(ctl, SIG_STATE, 'kumo-signal', serve);

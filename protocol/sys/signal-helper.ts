@@ -2,7 +2,7 @@ import type { Worker } from 'node:worker_threads';
 import {
   SIG_CLAIMED, SIG_ENTRIES, SIG_RING, SIG_SEQ, SIG_SLEEPING, SIG_STATE, SIG_STOP, SIG_WRITTEN, type SignalHelperShared,
 } from './signal-helper-layout.js';
-import { siblingModuleUrl, startModuleWorker } from './module-worker.js';
+import { STATE_RUNNING, STATE_STARTING, awaitHelperExit, startHelperThread } from './helper-thread.js';
 import { schedYield } from './proc.js';
 
 const EXIT_WAIT_MS = 5000;
@@ -22,14 +22,11 @@ export class SignalHelper {
 
   constructor(spinUs: number) {
     const shared: SignalHelperShared = { ctl: this.ctl.buffer as SharedArrayBuffer, spinUs };
-    this.worker = startModuleWorker(siblingModuleUrl(import.meta.url, 'signal-helper-thread'), { workerData: shared, name: 'kumo-signal' });
-    // The owner may never return to its event loop (a blocking epoll loop): nothing here depends on these events.
-    this.worker.unref();
-    this.worker.on('error', () => undefined);
+    this.worker = startHelperThread('signal-helper-thread', shared, 'kumo-signal');
   }
 
   get ready(): boolean {
-    return Atomics.load(this.ctl, SIG_STATE) === 1;
+    return Atomics.load(this.ctl, SIG_STATE) === STATE_RUNNING;
   }
 
   /**
@@ -38,7 +35,7 @@ export class SignalHelper {
    */
   signal(fd: number): boolean {
     const ctl = this.ctl;
-    if (Atomics.load(ctl, SIG_STATE) !== 1) return false;
+    if (Atomics.load(ctl, SIG_STATE) !== STATE_RUNNING) return false;
     if (Atomics.load(ctl, SIG_SLEEPING) !== 0) {
       Atomics.notify(ctl, SIG_SEQ);
       return false;
@@ -58,7 +55,7 @@ export class SignalHelper {
 
   /** Waits until every signal handed over was written: call before closing an fd that was handed over. */
   flush(): void {
-    while (Atomics.load(this.ctl, SIG_WRITTEN) !== this.seq && Atomics.load(this.ctl, SIG_STATE) === 1) schedYield();
+    while (Atomics.load(this.ctl, SIG_WRITTEN) !== this.seq && Atomics.load(this.ctl, SIG_STATE) === STATE_RUNNING) schedYield();
   }
 
   /** Stops the thread once it wrote what it was handed; false if it did not stop within EXIT_WAIT_MS. */
@@ -66,12 +63,7 @@ export class SignalHelper {
     this.flush();
     Atomics.store(this.ctl, SIG_STOP, 1);
     Atomics.notify(this.ctl, SIG_SEQ);
-    if (Atomics.load(this.ctl, SIG_STATE) === 0) return true; // never ran: it will see STOP first
-    const until = Date.now() + EXIT_WAIT_MS;
-    while (Atomics.load(this.ctl, SIG_STATE) !== 2) {
-      if (Date.now() >= until) return false;
-      Atomics.wait(this.ctl, SIG_STATE, 1, 1);
-    }
-    return true;
+    // Never ran: it will see STOP first.
+    return Atomics.load(this.ctl, SIG_STATE) === STATE_STARTING || awaitHelperExit(this.ctl, SIG_STATE, EXIT_WAIT_MS);
   }
 }

@@ -575,12 +575,13 @@ function mapDirtyLog(spec: LogSpec): { log: DirtyLog; map: Mapping } {
 async function main(): Promise<void> {
   const init = workerData as WorkerInit;
   const log = logger(init.logName, { worker: init.workerIndex });
+  // Named after the worker starts its helper thread, which would otherwise carry the name until it loads.
+  const w = new QueueWorker(init, log);
   try {
     setThreadName(`vu-q${init.workerIndex}`);
   } catch {
     // naming the thread is cosmetic
   }
-  const w = new QueueWorker(init, log);
   try {
     await w.load();
   } catch (e) {

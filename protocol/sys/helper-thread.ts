@@ -1,0 +1,71 @@
+// What the copy and signal helpers share: a worker thread that serves one owner thread through shared memory.
+import { performance } from 'node:perf_hooks';
+import type { Worker } from 'node:worker_threads';
+import { siblingModuleUrl, startModuleWorker } from './module-worker.js';
+import { schedYield, setThreadName } from './proc.js';
+
+/** A helper's state word: starting, then running once it takes work, exited once it will touch nothing more. */
+export const STATE_STARTING = 0;
+export const STATE_RUNNING = 1;
+export const STATE_EXITED = 2;
+
+/** Starts helper module `name` (beside this one) on `data`. */
+export function startHelperThread(name: string, data: unknown, threadName: string): Worker {
+  const w = startModuleWorker(siblingModuleUrl(import.meta.url, name), { workerData: data, name: threadName });
+  // The owner may never return to its event loop (a blocking epoll loop): nothing may depend on these events.
+  w.unref();
+  w.on('error', () => undefined);
+  return w;
+}
+
+/** In the helper: names its thread, marks ctl[state] running, serves, and marks it exited however serving ends. */
+export function runHelper(ctl: Int32Array, state: number, threadName: string, serve: () => void): void {
+  try {
+    setThreadName(threadName); // else it keeps its creator's name (ps, /proc/PID/task/*/comm)
+  } catch {
+    // cosmetic
+  }
+  try {
+    Atomics.store(ctl, state, STATE_RUNNING);
+    serve();
+  } finally {
+    Atomics.store(ctl, state, STATE_EXITED);
+  }
+}
+
+/** Waits up to `ms` for a running helper (told to stop) to exit; false if it did not. */
+export function awaitHelperExit(ctl: Int32Array, state: number, ms: number): boolean {
+  const until = Date.now() + ms;
+  while (Atomics.load(ctl, state) !== STATE_EXITED) {
+    if (Date.now() >= until) return false;
+    Atomics.wait(ctl, state, STATE_RUNNING, 1);
+  }
+  return true;
+}
+
+/** Where a helper thread's owner posts work (`count`), and the helper says it sleeps and is told to stop. */
+export interface IdleWords {
+  ctl: Int32Array;
+  count: number;
+  sleeping: number;
+  stop: number;
+}
+
+/**
+ * A helper thread waiting for work past `seen` (ctl[count] moving): polls, yielding the CPU, for `spinMs`, then sleeps
+ * on ctl[count] with ctl[sleeping] set, so that an owner posting work after it looked notifies it. Returns ctl[count].
+ */
+export function waitForWork(w: IdleWords, seen: number, spinMs: number): number {
+  const { ctl } = w;
+  const deadline = performance.now() + spinMs;
+  let now = Atomics.load(ctl, w.count);
+  while (now === seen && performance.now() < deadline) {
+    schedYield();
+    now = Atomics.load(ctl, w.count);
+  }
+  if (now !== seen) return now;
+  Atomics.store(ctl, w.sleeping, 1);
+  if (Atomics.load(ctl, w.count) === seen && Atomics.load(ctl, w.stop) === 0) Atomics.wait(ctl, w.count, seen);
+  Atomics.store(ctl, w.sleeping, 0);
+  return Atomics.load(ctl, w.count);
+}
