@@ -3,7 +3,7 @@ import {
   CTL_CQ_HEAD, CTL_CQ_TAIL, CTL_SLEEPING, CTL_SQ_TAIL, CTL_STATE, CTL_STOP, CTL_WORDS, CQ_I32, OP_READ, OP_WRITE, SQ_F64, SQ_I32,
   type CopyHelperShared,
 } from './copy-helper-layout.js';
-import { STATE_RUNNING, awaitHelperExit, startHelperThread } from './helper-thread.js';
+import { STATE_EXITED, STATE_RUNNING, awaitHelperExit, startHelperThread } from './helper-thread.js';
 import { schedYield } from './proc.js';
 
 /** How long close() waits for the thread to let go of the wake eventfd. */
@@ -24,7 +24,6 @@ export class CopyHelper {
   private readonly mask: number;
   private sqTail = 0;
   private cqHead = 0;
-  private used = false;
   private readonly worker: Worker;
 
   /** `entries` (a power of two) bounds the copies handed over and not yet reaped. */
@@ -44,12 +43,17 @@ export class CopyHelper {
     this.sqI = new Int32Array(shared.sqI32);
     this.sqF = new Float64Array(shared.sqF64);
     this.cq = new Int32Array(shared.cq);
-    this.worker = startHelperThread('copy-helper-thread', shared, 'kumo-copy');
+    this.worker = startHelperThread('copy-helper-thread', shared, 'kumo-copy', this.ctl, CTL_STATE);
   }
 
   /** The thread runs and takes copies. */
   get ready(): boolean {
     return Atomics.load(this.ctl, CTL_STATE) === STATE_RUNNING;
+  }
+
+  /** The thread ended (or never came up): it touches nothing more. */
+  get exited(): boolean {
+    return Atomics.load(this.ctl, CTL_STATE) === STATE_EXITED;
   }
 
   /** Copies handed over and not reaped yet. */
@@ -68,7 +72,6 @@ export class CopyHelper {
     this.sqF[k * SQ_F64] = iovAddr;
     this.sqF[k * SQ_F64 + 1] = offset;
     this.sqTail = (this.sqTail + 1) | 0;
-    this.used = true;
     // Both seq_cst: the helper stores SLEEPING before its last look at the tail, so one of the two sees the other.
     Atomics.store(this.ctl, CTL_SQ_TAIL, this.sqTail);
     if (Atomics.load(this.ctl, CTL_SLEEPING) !== 0) Atomics.notify(this.ctl, CTL_SQ_TAIL);
@@ -97,12 +100,12 @@ export class CopyHelper {
   }
 
   /**
-   * Stops the thread. Reap every copy first. Returns once the thread will not write the wake eventfd again (so the
-   * caller may close it), or after EXIT_WAIT_MS if it does not stop.
+   * Stops the thread (one still starting is waited for: see awaitHelperExit). Reap every copy first. Returns once the
+   * thread will not write the wake eventfd again (so the caller may close it), or after EXIT_WAIT_MS if it does not stop.
    */
   close(): boolean {
     Atomics.store(this.ctl, CTL_STOP, 1);
     Atomics.notify(this.ctl, CTL_SQ_TAIL);
-    return !this.used || awaitHelperExit(this.ctl, CTL_STATE, EXIT_WAIT_MS);
+    return awaitHelperExit(this.ctl, CTL_STATE, EXIT_WAIT_MS);
   }
 }

@@ -9,12 +9,17 @@ export const STATE_STARTING = 0;
 export const STATE_RUNNING = 1;
 export const STATE_EXITED = 2;
 
-/** Starts helper module `name` (beside this one) on `data`. */
-export function startHelperThread(name: string, data: unknown, threadName: string): Worker {
+/** Starts helper module `name` (beside this one) on `data`; ctl[state] is its state word. */
+export function startHelperThread(name: string, data: unknown, threadName: string, ctl: Int32Array, state: number): Worker {
   const w = startModuleWorker(siblingModuleUrl(import.meta.url, name), { workerData: data, name: threadName });
-  // The owner may never return to its event loop (a blocking epoll loop): nothing may depend on these events.
+  // The owner may never return to its event loop (a blocking epoll loop): nothing may depend on these events. The
+  // exit event only spares awaitHelperExit its wait for a thread that never came up (when the owner's loop runs).
   w.unref();
   w.on('error', () => undefined);
+  w.on('exit', () => {
+    Atomics.store(ctl, state, STATE_EXITED);
+    Atomics.notify(ctl, state);
+  });
   return w;
 }
 
@@ -33,12 +38,16 @@ export function runHelper(ctl: Int32Array, state: number, threadName: string, se
   }
 }
 
-/** Waits up to `ms` for a running helper (told to stop) to exit; false if it did not. */
+/**
+ * Waits up to `ms` for a helper told to stop to exit; false if it did not. One still starting is waited for too: it
+ * is loading native code (koffi), and Node aborts the whole process (napi_throw fails) when the thread that owns it
+ * ends, or the process exits, during that load.
+ */
 export function awaitHelperExit(ctl: Int32Array, state: number, ms: number): boolean {
   const until = Date.now() + ms;
-  while (Atomics.load(ctl, state) !== STATE_EXITED) {
+  for (let s = Atomics.load(ctl, state); s !== STATE_EXITED; s = Atomics.load(ctl, state)) {
     if (Date.now() >= until) return false;
-    Atomics.wait(ctl, state, STATE_RUNNING, 1);
+    Atomics.wait(ctl, state, s, 1);
   }
   return true;
 }

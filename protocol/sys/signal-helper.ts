@@ -2,7 +2,7 @@ import type { Worker } from 'node:worker_threads';
 import {
   SIG_CLAIMED, SIG_ENTRIES, SIG_RING, SIG_SEQ, SIG_SLEEPING, SIG_STATE, SIG_STOP, SIG_WRITTEN, type SignalHelperShared,
 } from './signal-helper-layout.js';
-import { STATE_RUNNING, STATE_STARTING, awaitHelperExit, startHelperThread } from './helper-thread.js';
+import { STATE_EXITED, STATE_RUNNING, awaitHelperExit, startHelperThread } from './helper-thread.js';
 import { schedYield } from './proc.js';
 
 const EXIT_WAIT_MS = 5000;
@@ -22,11 +22,16 @@ export class SignalHelper {
 
   constructor(spinUs: number) {
     const shared: SignalHelperShared = { ctl: this.ctl.buffer as SharedArrayBuffer, spinUs };
-    this.worker = startHelperThread('signal-helper-thread', shared, 'kumo-signal');
+    this.worker = startHelperThread('signal-helper-thread', shared, 'kumo-signal', this.ctl, SIG_STATE);
   }
 
   get ready(): boolean {
     return Atomics.load(this.ctl, SIG_STATE) === STATE_RUNNING;
+  }
+
+  /** The thread ended (or never came up): it touches nothing more. */
+  get exited(): boolean {
+    return Atomics.load(this.ctl, SIG_STATE) === STATE_EXITED;
   }
 
   /**
@@ -63,7 +68,6 @@ export class SignalHelper {
     this.flush();
     Atomics.store(this.ctl, SIG_STOP, 1);
     Atomics.notify(this.ctl, SIG_SEQ);
-    // Never ran: it will see STOP first.
-    return Atomics.load(this.ctl, SIG_STATE) === STATE_STARTING || awaitHelperExit(this.ctl, SIG_STATE, EXIT_WAIT_MS);
+    return awaitHelperExit(this.ctl, SIG_STATE, EXIT_WAIT_MS);
   }
 }

@@ -142,8 +142,13 @@ class QueueWorker {
       // This thread never returns to its event loop: the held-back counts of its limiters go out from here.
       flushHeldWarnings();
     }
-    if (this.signals !== null && !this.signals.close()) this.log.warn('the signal helper thread did not stop');
+    this.stopSignalHelper();
     this.epoll.close();
+  }
+
+  /** Before this thread ends: Node would abort the process if the helper were still loading when it does. */
+  stopSignalHelper(): void {
+    if (this.signals !== null && !this.signals.close()) this.log.warn('the signal helper thread did not stop');
   }
 
   /**
@@ -585,6 +590,7 @@ async function main(): Promise<void> {
   try {
     await w.load();
   } catch (e) {
+    w.stopSignalHelper(); // the pool terminates this thread on the error
     parentPort?.postMessage({ ready: true, error: e instanceof Error ? e.message : String(e), setup: e instanceof SetupError });
     return;
   }

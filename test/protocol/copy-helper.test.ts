@@ -79,6 +79,15 @@ describe('CopyHelper', () => {
     expect(now.subarray(0, 8192).equals(initial.subarray(0, 8192))).toBe(true);
   });
 
+  it('closed before its thread came up (never used), close waits for it to end', () => {
+    efd = eventfd();
+    helper = new CopyHelper(4, efd, 100);
+    expect(helper.ready).toBe(false);
+    expect(helper.close()).toBe(true);
+    expect(helper.exited).toBe(true);
+    helper = null;
+  });
+
   it('wakes from sleep for a copy, refuses more than its ring holds, and stops', async () => {
     const { h } = await setup(4);
     await new Promise((r) => setTimeout(r, 20)); // well past its 200 µs of polling: asleep

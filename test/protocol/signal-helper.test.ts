@@ -38,6 +38,16 @@ describe('SignalHelper', () => {
     h = null;
   });
 
+  it('closed before its thread came up, close waits for it to end', () => {
+    // A process that exits (or a thread that ends) while the helper loads koffi is aborted by Node: a queue worker
+    // whose handler failed to load was terminated so, and kumo-virtiofsd died of SIGABRT instead of exiting with 1.
+    h = new SignalHelper(100);
+    expect(h.ready).toBe(false);
+    expect(h.close()).toBe(true);
+    expect(h.exited).toBe(true);
+    h = null;
+  });
+
   it('asleep, it leaves the write to the caller and wakes for the next signals; nothing is written after close', async () => {
     const a = eventfd();
     fds.push(a);
