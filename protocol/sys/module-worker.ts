@@ -1,17 +1,77 @@
-import { Worker, type WorkerOptions } from 'node:worker_threads';
+import { Worker, isMainThread, workerData, type WorkerOptions } from 'node:worker_threads';
+
+/** The workerData key under which a worker started here finds the word it sets once its native code is loaded. */
+const NATIVE_LOADED_KEY = '__kumoNativeLoaded';
+/** The longest an exit waits for workers still loading their native code. */
+const EXIT_WAIT_MS = 3000;
+/** Workers started by this thread that have not yet loaded koffi, with the word they set once they have. */
+const loading = new Map<Worker, Int32Array>();
+let exitHook = false;
 
 /**
  * Starts a worker thread on a module: compiled JavaScript is loaded directly, TypeScript (running through tsx)
  * through an eval bootstrap that registers tsx first, since Node 20 workers cannot take `--import tsx` in execArgv
  * (nodejs/node#47747). A failure to load reaches the worker's 'error' event.
+ *
+ * Node aborts the whole process (a fatal napi_throw in koffi's init) when a thread is ended while it loads koffi, as
+ * process.exit() ends every worker. So a worker on object workerData reports, through a word added there, when its
+ * koffi is loaded (markNativeLoaded), and this thread's exit waits for that.
  */
 export function startModuleWorker(moduleUrl: URL, options: WorkerOptions = {}): Worker {
-  if (!moduleUrl.pathname.endsWith('.ts')) return new Worker(moduleUrl, options);
-  const tsx = import.meta.resolve('tsx/esm/api');
-  const src =
-    `import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(moduleUrl.href)}); })` +
-    `.catch((e) => { process.nextTick(() => { throw e; }); });`;
-  return new Worker(src, { ...options, eval: true });
+  const data: unknown = options.workerData;
+  const tracked = typeof data === 'object' && data !== null && !Array.isArray(data) && !ArrayBuffer.isView(data) && !(data instanceof SharedArrayBuffer);
+  const word = new Int32Array(new SharedArrayBuffer(4));
+  const opts: WorkerOptions = tracked ? { ...options, workerData: { ...(data as Record<string, unknown>), [NATIVE_LOADED_KEY]: word.buffer } } : options;
+  let w: Worker;
+  if (!moduleUrl.pathname.endsWith('.ts')) {
+    w = new Worker(moduleUrl, opts);
+  } else {
+    const tsx = import.meta.resolve('tsx/esm/api');
+    const src =
+      `import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(moduleUrl.href)}); })` +
+      `.catch((e) => { process.nextTick(() => { throw e; }); });`;
+    w = new Worker(src, { ...opts, eval: true });
+  }
+  if (tracked) track(w, word);
+  return w;
+}
+
+function track(w: Worker, word: Int32Array): void {
+  loading.set(w, word);
+  w.once('exit', () => loading.delete(w));
+  if (exitHook) return;
+  exitHook = true;
+  process.once('exit', () => awaitNativeLoads(EXIT_WAIT_MS));
+}
+
+/** How many workers started by this thread (and still running, as far as its event loop saw) are loading koffi. */
+export function nativeLoadsPending(): number {
+  let n = 0;
+  for (const word of loading.values()) if (Atomics.load(word, 0) === 0) n++;
+  return n;
+}
+
+/** Waits up to `ms` for the workers this thread started to have loaded koffi; false if some had not. */
+export function awaitNativeLoads(ms: number): boolean {
+  const until = Date.now() + ms;
+  for (const word of loading.values()) {
+    while (Atomics.load(word, 0) === 0) {
+      const left = until - Date.now();
+      if (left <= 0) return false;
+      Atomics.wait(word, 0, 0, Math.min(left, 5));
+    }
+  }
+  return true;
+}
+
+/** In a worker: says koffi is loaded here (protocol/sys/libc.ts calls it), so that an exit need not wait. */
+export function markNativeLoaded(): void {
+  if (isMainThread || typeof workerData !== 'object' || workerData === null) return;
+  const buf = (workerData as Record<string, unknown>)[NATIVE_LOADED_KEY];
+  if (!(buf instanceof SharedArrayBuffer)) return;
+  const word = new Int32Array(buf);
+  Atomics.store(word, 0, 1);
+  Atomics.notify(word, 0);
 }
 
 /** The URL of module `name` beside the caller, with the caller's own extension (`.ts` under tsx, `.js` in dist/). */
