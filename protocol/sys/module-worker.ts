@@ -37,6 +37,8 @@ export function startModuleWorker(moduleUrl: URL, options: WorkerOptions = {}): 
 }
 
 function track(w: Worker, word: Int32Array): void {
+  // A thread that never returns to its event loop (a queue worker) sees no 'exit' event: entries also go once loaded.
+  for (const [other, done] of loading) if (Atomics.load(done, 0) !== 0) loading.delete(other);
   loading.set(w, word);
   w.once('exit', () => loading.delete(w));
   if (exitHook) return;
