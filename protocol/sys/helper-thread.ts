@@ -1,7 +1,7 @@
 // What the copy and signal helpers share: a worker thread that serves one owner thread through shared memory.
 import { performance } from 'node:perf_hooks';
 import type { Worker } from 'node:worker_threads';
-import { siblingModuleUrl, startModuleWorker } from './module-worker.js';
+import { markStartupDone, siblingModuleUrl, startModuleWorker } from './module-worker.js';
 import { schedYield, setThreadName } from './proc.js';
 
 /** A helper's state word: starting, then running once it takes work, exited once it will touch nothing more. */
@@ -30,6 +30,7 @@ export function runHelper(ctl: Int32Array, state: number, threadName: string, se
   } catch {
     // cosmetic
   }
+  markStartupDone();
   try {
     Atomics.store(ctl, state, STATE_RUNNING);
     serve();

@@ -1,12 +1,9 @@
 import koffi from 'koffi';
 import { constants as osConstants } from 'node:os';
 import { KumoError } from '../errors.js';
-import { markNativeLoaded } from './module-worker.js';
 
 /** The one libc handle every binding in protocol/sys shares. */
 export const libc = koffi.load('libc.so.6');
-// koffi's init is done: this thread may now be ended without Node aborting the process (see startModuleWorker).
-markNativeLoaded();
 
 const errnoNames = new Map<number, string>([
   // Linux errnos Node's os.constants leaves out.

@@ -1,11 +1,11 @@
 import { Worker, isMainThread, workerData, type WorkerOptions } from 'node:worker_threads';
 
-/** The workerData key under which a worker started here finds the word it sets once its native code is loaded. */
-const NATIVE_LOADED_KEY = '__kumoNativeLoaded';
-/** The longest an exit waits for workers still loading their native code. */
+/** The workerData key under which a worker started here finds the word it sets once its start-up is done. */
+const STARTED_KEY = '__kumoStarted';
+/** The longest an exit waits for workers still starting. */
 const EXIT_WAIT_MS = 3000;
-/** Workers started by this thread that have not yet loaded koffi, with the word they set once they have. */
-const loading = new Map<Worker, Int32Array>();
+/** Workers started by this thread that are still starting, with the word they set once they are done. */
+const starting = new Map<Worker, Int32Array>();
 let exitHook = false;
 
 /**
@@ -13,15 +13,16 @@ let exitHook = false;
  * through an eval bootstrap that registers tsx first, since Node 20 workers cannot take `--import tsx` in execArgv
  * (nodejs/node#47747). A failure to load reaches the worker's 'error' event.
  *
- * Node aborts the whole process (a fatal napi_throw in koffi's init) when a thread is ended while it loads koffi, as
- * process.exit() ends every worker. So a worker on object workerData reports, through a word added there, when its
- * koffi is loaded (markNativeLoaded), and this thread's exit waits for that.
+ * Node aborts the whole process (a fatal napi_throw) when a thread is ended inside koffi's init or one of its
+ * declarations (koffi.load, lib.func: what protocol/sys modules do as they load), and process.exit() ends every
+ * worker. So a worker on object workerData says, through a word added there, when its start-up is done
+ * (markStartupDone: modules and handlers loaded; koffi calls are safe to end), and this thread's exit waits for that.
  */
 export function startModuleWorker(moduleUrl: URL, options: WorkerOptions = {}): Worker {
   const data: unknown = options.workerData;
   const tracked = typeof data === 'object' && data !== null && !Array.isArray(data) && !ArrayBuffer.isView(data) && !(data instanceof SharedArrayBuffer);
   const word = new Int32Array(new SharedArrayBuffer(4));
-  const opts: WorkerOptions = tracked ? { ...options, workerData: { ...(data as Record<string, unknown>), [NATIVE_LOADED_KEY]: word.buffer } } : options;
+  const opts: WorkerOptions = tracked ? { ...options, workerData: { ...(data as Record<string, unknown>), [STARTED_KEY]: word.buffer } } : options;
   let w: Worker;
   if (!moduleUrl.pathname.endsWith('.ts')) {
     w = new Worker(moduleUrl, opts);
@@ -37,26 +38,26 @@ export function startModuleWorker(moduleUrl: URL, options: WorkerOptions = {}): 
 }
 
 function track(w: Worker, word: Int32Array): void {
-  // A thread that never returns to its event loop (a queue worker) sees no 'exit' event: entries also go once loaded.
-  for (const [other, done] of loading) if (Atomics.load(done, 0) !== 0) loading.delete(other);
-  loading.set(w, word);
-  w.once('exit', () => loading.delete(w));
+  // A thread that never returns to its event loop (a queue worker) sees no 'exit' event: entries also go once started.
+  for (const [other, done] of starting) if (Atomics.load(done, 0) !== 0) starting.delete(other);
+  starting.set(w, word);
+  w.once('exit', () => starting.delete(w));
   if (exitHook) return;
   exitHook = true;
-  process.once('exit', () => awaitNativeLoads(EXIT_WAIT_MS));
+  process.once('exit', () => awaitStartups(EXIT_WAIT_MS));
 }
 
-/** How many workers started by this thread (and still running, as far as its event loop saw) are loading koffi. */
-export function nativeLoadsPending(): number {
+/** How many workers started by this thread (and still running, as far as its event loop saw) are still starting. */
+export function startupsPending(): number {
   let n = 0;
-  for (const word of loading.values()) if (Atomics.load(word, 0) === 0) n++;
+  for (const word of starting.values()) if (Atomics.load(word, 0) === 0) n++;
   return n;
 }
 
-/** Waits up to `ms` for the workers this thread started to have loaded koffi; false if some had not. */
-export function awaitNativeLoads(ms: number): boolean {
+/** Waits up to `ms` for the workers this thread started to be done starting; false if some were not. */
+export function awaitStartups(ms: number): boolean {
   const until = Date.now() + ms;
-  for (const word of loading.values()) {
+  for (const word of starting.values()) {
     while (Atomics.load(word, 0) === 0) {
       const left = until - Date.now();
       if (left <= 0) return false;
@@ -66,10 +67,13 @@ export function awaitNativeLoads(ms: number): boolean {
   return true;
 }
 
-/** In a worker: says koffi is loaded here (protocol/sys/libc.ts calls it), so that an exit need not wait. */
-export function markNativeLoaded(): void {
+/**
+ * In a worker: says its start-up is done, every module it needs loaded, so that ending it can no longer abort the
+ * process (see startModuleWorker). Call it once loading is over, whether it succeeded or not.
+ */
+export function markStartupDone(): void {
   if (isMainThread || typeof workerData !== 'object' || workerData === null) return;
-  const buf = (workerData as Record<string, unknown>)[NATIVE_LOADED_KEY];
+  const buf = (workerData as Record<string, unknown>)[STARTED_KEY];
   if (!(buf instanceof SharedArrayBuffer)) return;
   const word = new Int32Array(buf);
   Atomics.store(word, 0, 1);

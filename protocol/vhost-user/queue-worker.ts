@@ -10,6 +10,7 @@ import { GuestMemory, type MemoryRegionSpec } from '../memory/index.js';
 import { Epoll, EPOLLERR, EPOLLHUP, EPOLLIN } from '../sys/epoll.js';
 import { closeQuiet, eventfdRead, eventfdWrite, setNonBlocking } from '../sys/fd.js';
 import { gettid, setThreadName } from '../sys/proc.js';
+import { markStartupDone } from '../sys/module-worker.js';
 import { SignalHelper } from '../sys/signal-helper.js';
 import { mapFd, viewOf, type Mapping } from '../sys/mem.js';
 import { DeviceQueue, DirtyLog, InflightRing, inflightRegionSize, RingDirtyLog, RingMemoryError, type QueueLayout } from '../virtqueue/index.js';
@@ -591,9 +592,11 @@ async function main(): Promise<void> {
     await w.load();
   } catch (e) {
     w.stopSignalHelper(); // the pool terminates this thread on the error
+    markStartupDone();
     parentPort?.postMessage({ ready: true, error: e instanceof Error ? e.message : String(e), setup: e instanceof SetupError });
     return;
   }
+  markStartupDone();
   parentPort?.postMessage({ ready: true });
   w.loop();
   // Loader hooks (tsx) and handler handles may keep this thread alive; in a worker, exit() ends only the thread.

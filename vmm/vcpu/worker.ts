@@ -1,6 +1,7 @@
 // vCPU worker entry: builds this thread's device model, then runs KVM_RUN synchronously.
 import { parentPort, workerData } from 'node:worker_threads';
 import { gettid, setThreadName } from '../../protocol/sys/proc.js';
+import { markStartupDone } from '../../protocol/sys/module-worker.js';
 import { KvmVcpuFd } from '../kvm/vcpu-fd.js';
 import { ReplayInterrupts } from '../kvm/irq-sources.js';
 import { CTL_STATE, CTL_TID, STATE_EXITED, STATE_RUNNING } from './control.js';
@@ -26,6 +27,7 @@ async function main(): Promise<void> {
   });
   const loop = new VcpuRunLoop(new KvmVcpuFd(d.id, d.fd), d.runPtr, d.runSize, io, d.control);
   Atomics.store(d.control, CTL_STATE, STATE_RUNNING);
+  markStartupDone();
   post({ type: 'ready', id: d.id, tid });
   const t0 = performance.now();
   const stop = loop.run();
@@ -36,6 +38,7 @@ async function main(): Promise<void> {
 
 // The main thread terminates this worker once it has the exit message (a model may hold handles open).
 main().catch((e: unknown) => {
+  markStartupDone();
   Atomics.store(d.control, CTL_STATE, STATE_EXITED);
   post({ type: 'failed', id: d.id, message: e instanceof Error ? (e.stack ?? e.message) : String(e) });
 });
