@@ -1,11 +1,12 @@
+import { writeSync } from 'node:fs';
 import { Worker, isMainThread, workerData, type WorkerOptions } from 'node:worker_threads';
 
 /** The workerData key under which a worker started here finds the word it sets once its start-up is done. */
 const STARTED_KEY = '__kumoStarted';
 /** The longest an exit waits for workers still starting. */
 const EXIT_WAIT_MS = 3000;
-/** Workers started by this thread that are still starting, with the word they set once they are done. */
-const starting = new Map<Worker, Int32Array>();
+/** Workers started by this thread that are still starting: the word they set once they are done, and their name. */
+const starting = new Map<Worker, { word: Int32Array; name: string }>();
 let exitHook = false;
 
 /**
@@ -33,31 +34,36 @@ export function startModuleWorker(moduleUrl: URL, options: WorkerOptions = {}): 
       `.catch((e) => { process.nextTick(() => { throw e; }); });`;
     w = new Worker(src, { ...opts, eval: true });
   }
-  if (tracked) track(w, word);
+  if (tracked) track(w, word, options.name ?? moduleUrl.pathname);
   return w;
 }
 
-function track(w: Worker, word: Int32Array): void {
+function track(w: Worker, word: Int32Array, name: string): void {
   // A thread that never returns to its event loop (a queue worker) sees no 'exit' event: entries also go once started.
-  for (const [other, done] of starting) if (Atomics.load(done, 0) !== 0) starting.delete(other);
-  starting.set(w, word);
+  for (const [other, t] of starting) if (Atomics.load(t.word, 0) !== 0) starting.delete(other);
+  starting.set(w, { word, name });
   w.once('exit', () => starting.delete(w));
   if (exitHook) return;
   exitHook = true;
-  process.once('exit', () => awaitStartups(EXIT_WAIT_MS));
+  process.once('exit', () => {
+    if (awaitStartups(EXIT_WAIT_MS)) return;
+    const late = [...starting.values()].filter((t) => Atomics.load(t.word, 0) === 0).map((t) => t.name);
+    // Sync: the process ends right after. A worker that never calls markStartupDone costs every exit this wait.
+    writeSync(2, `exit: waited ${EXIT_WAIT_MS} ms for workers that did not say their start-up was done: ${late.join(', ')}\n`);
+  });
 }
 
 /** How many workers started by this thread (and still running, as far as its event loop saw) are still starting. */
 export function startupsPending(): number {
   let n = 0;
-  for (const word of starting.values()) if (Atomics.load(word, 0) === 0) n++;
+  for (const { word } of starting.values()) if (Atomics.load(word, 0) === 0) n++;
   return n;
 }
 
 /** Waits up to `ms` for the workers this thread started to be done starting; false if some were not. */
 export function awaitStartups(ms: number): boolean {
   const until = Date.now() + ms;
-  for (const word of starting.values()) {
+  for (const { word } of starting.values()) {
     while (Atomics.load(word, 0) === 0) {
       const left = until - Date.now();
       if (left <= 0) return false;
