@@ -20,10 +20,10 @@ let exitHook = false;
  * (markStartupDone: modules and handlers loaded; koffi calls are safe to end), and this thread's exit waits for that.
  */
 export function startModuleWorker(moduleUrl: URL, options: WorkerOptions = {}): Worker {
-  const data: unknown = options.workerData;
-  const tracked = typeof data === 'object' && data !== null && !Array.isArray(data) && !ArrayBuffer.isView(data) && !(data instanceof SharedArrayBuffer);
-  const word = new Int32Array(new SharedArrayBuffer(4));
-  const opts: WorkerOptions = tracked ? { ...options, workerData: { ...(data as Record<string, unknown>), [STARTED_KEY]: word.buffer } } : options;
+  // Only a plain object can take the word: an array, a typed array or a SharedArrayBuffer reaches the worker as is.
+  const data = isPlainObject(options.workerData) ? options.workerData : null;
+  const word = data !== null ? new Int32Array(new SharedArrayBuffer(4)) : null;
+  const opts: WorkerOptions = data !== null && word !== null ? { ...options, workerData: { ...data, [STARTED_KEY]: word.buffer } } : options;
   let w: Worker;
   if (!moduleUrl.pathname.endsWith('.ts')) {
     w = new Worker(moduleUrl, opts);
@@ -34,8 +34,12 @@ export function startModuleWorker(moduleUrl: URL, options: WorkerOptions = {}): 
       `.catch((e) => { process.nextTick(() => { throw e; }); });`;
     w = new Worker(src, { ...opts, eval: true });
   }
-  if (tracked) track(w, word, options.name ?? moduleUrl.pathname);
+  if (word !== null) track(w, word, options.name ?? moduleUrl.pathname);
   return w;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && Object.getPrototypeOf(v) === Object.prototype;
 }
 
 function track(w: Worker, word: Int32Array, name: string): void {
