@@ -55,39 +55,61 @@ describe('kumo-virtiofsd launch conventions', () => {
     const { dir, share } = scratch();
     const sock = join(dir, 'inherited.sock');
     const lfd = unixListen(sock);
-    const start = () => spawn('node', [BIN, '--fd=3', `--shared-dir=${share}`, '--sandbox=chroot'], {
-      stdio: ['ignore', 'ignore', 'pipe', lfd], env: { ...process.env, KUMO_LOG: 'warn' },
-    });
+    // Each daemon's stderr, and the step under way: a step that sticks fails with both instead of the test's timeout.
+    const stderrs: string[] = [];
+    let step = '';
+    const start = () => {
+      const c = spawn('node', [BIN, '--fd=3', `--shared-dir=${share}`, '--sandbox=chroot'], {
+        stdio: ['ignore', 'ignore', 'pipe', lfd], env: { ...process.env, KUMO_LOG: 'warn' },
+      });
+      const k = stderrs.push('') - 1;
+      c.stderr!.on('data', (b: Buffer) => (stderrs[k] += b.toString()));
+      return c;
+    };
+    const within = async <T>(what: string, p: Promise<T>, ms = 20_000): Promise<T> => {
+      step = what;
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`nothing after ${ms} ms`)), ms);
+      });
+      try {
+        return await Promise.race([p, late]);
+      } finally {
+        clearTimeout(timer);
+      }
+    };
     const d = start();
     let next: ChildProcess | null = null;
     try {
-      const r = await runScript(sock, 'mkdir viafd\nls .\n', dir);
+      const r = await within('first front-end', runScript(sock, 'mkdir viafd\nls .\n', dir));
       expect(r.code).toBe(0);
       expect(r.out).toContain('viafd');
       expect(existsSync(join(share, 'viafd'))).toBe(true);
-      expect(await exited(d)).toBe(0);
+      expect(await within('first daemon exits after its front-end left', exited(d))).toBe(0);
       // The listener is still the parent's (systemd socket activation): the next front-end waits on it for the next
       // daemon. The daemon shut it down for every holder, and each later front-end was refused.
       const waiting = runScript(sock, 'ls .\n', dir);
       await new Promise((r) => setTimeout(r, 300));
       next = start();
-      const again = await waiting;
+      const again = await within('a front-end that waited for the next daemon', waiting);
       expect(again.code).toBe(0);
       expect(again.out).toContain('viafd');
       // Stopped while waiting for a front-end, it leaves the parent's listener working too.
       next = start();
       await new Promise((r) => setTimeout(r, 1500));
       next.kill('SIGTERM');
-      expect(await exited(next)).toBe(0);
+      expect(await within('a daemon stopped while it waited', exited(next))).toBe(0);
       next = start();
-      expect((await runScript(sock, 'ls .\n', dir)).code).toBe(0);
+      expect((await within('a front-end after the stopped daemon', runScript(sock, 'ls .\n', dir))).code).toBe(0);
+    } catch (e) {
+      throw new Error(`${step}: ${(e as Error).message}\ndaemons' stderr:\n${stderrs.join('\n---\n')}`, { cause: e });
     } finally {
       d.kill('SIGKILL');
       next?.kill('SIGKILL');
       closeQuiet(lfd);
       rmSync(dir, { recursive: true, force: true });
     }
-  }, 60_000);
+  }, 90_000);
 
   it('--fd that is not a listening socket is a clear error, not a hang', async () => {
     const { dir, share } = scratch();
