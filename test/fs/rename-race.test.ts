@@ -104,9 +104,11 @@ describe('host-side rename races under a running guest', () => {
     await c.init();
     cleanups.push(startRacer(base));
     const seen = new Set<string>();
-    const until = Date.now() + 4000;
+    // 4 s at least, and on a loaded host until the race showed both sides (at most 20 s).
+    const t0 = Date.now();
+    const raced = () => rounds >= 150 && seen.has(INSIDE) && [...seen].some((s) => /^E[A-Z]+$/.test(s));
     let rounds = 0;
-    while (Date.now() < until) {
+    while (Date.now() - t0 < 4000 || (!raced() && Date.now() - t0 < 20_000)) {
       await guestRound(c, seen);
       rounds++;
     }
