@@ -58,9 +58,9 @@ describe('kumo-virtiofsd launch conventions', () => {
     // Each daemon's stderr, and the step under way: a step that sticks fails with both instead of the test's timeout.
     const stderrs: string[] = [];
     let step = '';
-    const start = () => {
+    const start = (level = 'warn') => {
       const c = spawn('node', [BIN, '--fd=3', `--shared-dir=${share}`, '--sandbox=chroot'], {
-        stdio: ['ignore', 'ignore', 'pipe', lfd], env: { ...process.env, KUMO_LOG: 'warn' },
+        stdio: ['ignore', 'ignore', 'pipe', lfd], env: { ...process.env, KUMO_LOG: level },
       });
       const k = stderrs.push('') - 1;
       c.stderr!.on('data', (b: Buffer) => (stderrs[k] += b.toString()));
@@ -95,8 +95,12 @@ describe('kumo-virtiofsd launch conventions', () => {
       expect(again.code).toBe(0);
       expect(again.out).toContain('viafd');
       // Stopped while waiting for a front-end, it leaves the parent's listener working too.
-      next = start();
-      await new Promise((r) => setTimeout(r, 1500));
+      // Once it waits (its SIGTERM handler is in place): on a loaded host a fixed 1.5 s was not always enough.
+      next = start('info');
+      const k = stderrs.length - 1;
+      await within('the next daemon waits for a front-end', (async () => {
+        for (let i = 0; i < 500 && !stderrs[k].includes('Waiting for vhost-user socket connection'); i++) await new Promise((r) => setTimeout(r, 50));
+      })());
       next.kill('SIGTERM');
       expect(await within('a daemon stopped while it waited', exited(next))).toBe(0);
       next = start();
