@@ -125,6 +125,8 @@ it('a ring the guest corrupts again after every restart is logged rate-limited',
   const stopped = log.match(/queue handler failed; ring stopped/g)?.length ?? 0;
   expect(stopped).toBeGreaterThan(0);
   expect(stopped).toBeLessThan(150); // one per restart (300) without the limiter
-  const lastLine = log.trim().split('\n').filter((l) => /queue handler failed; ring stopped/.test(l)).pop() ?? '';
-  expect(lastLine).toMatch(/"heldBack":\d+/);
+  // Counts held back at the end of a window are said on lines of their own (summary), which only the queue thread's loop
+  // writes. Not only the last line: on a loaded host the flood's last window may hold nothing back.
+  const lines = log.trim().split('\n').filter((l) => /queue handler failed; ring stopped/.test(l)).map((l) => JSON.parse(l) as Record<string, unknown>);
+  expect(lines.some((l) => l.summary === true && typeof l.heldBack === 'number' && l.heldBack > 0)).toBe(true);
 }, 60_000);
