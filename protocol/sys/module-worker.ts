@@ -21,9 +21,12 @@ let exitHook = false;
  */
 export function startModuleWorker(moduleUrl: URL, options: WorkerOptions = {}): Worker {
   // Only a plain object can take the word: an array, a typed array or a SharedArrayBuffer reaches the worker as is.
-  const data = isPlainObject(options.workerData) ? options.workerData : null;
-  const word = data !== null ? new Int32Array(new SharedArrayBuffer(4)) : null;
-  const opts: WorkerOptions = data !== null && word !== null ? { ...options, workerData: { ...data, [STARTED_KEY]: word.buffer } } : options;
+  let opts = options;
+  let word: Int32Array | null = null;
+  if (isPlainObject(options.workerData)) {
+    word = new Int32Array(new SharedArrayBuffer(4));
+    opts = { ...options, workerData: { ...options.workerData, [STARTED_KEY]: word.buffer } };
+  }
   let w: Worker;
   if (!moduleUrl.pathname.endsWith('.ts')) {
     w = new Worker(moduleUrl, opts);
