@@ -17,18 +17,24 @@ export interface RawMessage {
  * Receive comes in two flavours: async (daemon main thread, event loop stays free) and sync with a timeout
  * (front-end requests, which always wait for their reply).
  */
-/** How long a send waits for a peer that stops reading (its socket buffer full) before the connection is dropped. */
-const SEND_TIMEOUT_MS = 1000;
+/**
+ * How long a back-end's send waits for a front-end that stops reading (its socket buffer full) before the connection is
+ * dropped. A front-end waits as long as for a reply instead (see VhostUserFrontend).
+ */
+export const SEND_TIMEOUT_MS = 1000;
 
 export class VhostUserChannel {
   private readonly hdr = new Uint8Array(HEADER_SIZE);
   private poller: Epoll | null = null;
   private closed = false;
 
-  constructor(readonly fd: number) {}
+  constructor(
+    readonly fd: number,
+    private readonly sendTimeoutMs = SEND_TIMEOUT_MS,
+  ) {}
 
   /**
-   * Sends a message. A peer that leaves its socket full is waited for at most SEND_TIMEOUT_MS, then dropped: a
+   * Sends a message. A peer that leaves its socket full is waited for at most sendTimeoutMs, then dropped: a
    * blocking send would freeze the caller's thread (the daemon's main thread: no signal handled, no stop).
    */
   send(msg: Message): void {
@@ -40,7 +46,7 @@ export class VhostUserChannel {
     while (off < bytes.length) {
       const n = sendMsg(this.fd, off === 0 ? bytes : bytes.subarray(off), fds, true);
       if (n < 0) {
-        if (deadline === 0) deadline = Date.now() + SEND_TIMEOUT_MS;
+        if (deadline === 0) deadline = Date.now() + this.sendTimeoutMs;
         if (!this.waitWritable(deadline)) throw new VhostUserDisconnectedError('peer stopped reading', { request: requestName(msg.request) });
         continue;
       }

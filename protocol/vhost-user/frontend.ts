@@ -13,7 +13,7 @@ import {
 import type { MemRegion, Payload, PayloadOf } from './payload.js';
 
 export interface FrontendOptions {
-  /** How long one request waits for its reply (ms). */
+  /** How long one request waits for its reply, and a send for room on a full socket (ms). */
   replyTimeoutMs?: number;
   /** With REPLY_ACK negotiated, ask for an ack on every request (Cloud Hypervisor does); otherwise only where it matters. */
   ackEveryRequest?: boolean;
@@ -60,8 +60,10 @@ export class VhostUserFrontend {
   private owed = 0;
 
   constructor(fd: number, opts: FrontendOptions = {}) {
-    this.channel = new VhostUserChannel(fd);
     this.timeoutMs = opts.replyTimeoutMs ?? 30_000;
+    // A burst of requests that need no reply (SET_VRING_* without REPLY_ACK) can fill the socket while the back-end's
+    // main thread is busy: waited for as long as a reply would be, not dropped after the back-end's 1 s.
+    this.channel = new VhostUserChannel(fd, this.timeoutMs);
     this.ackAll = opts.ackEveryRequest ?? false;
   }
 
