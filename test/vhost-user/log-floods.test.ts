@@ -43,7 +43,11 @@ async function blkDaemonLoggingInfo(): Promise<{ sock: string; logFile: string }
   return { sock, logFile };
 }
 
+/** Lines a WarnLimiter lets through in `ms`: 20 a 1 s window and a summary of what it held back, windows cut anywhere. */
+const allowedLines = (ms: number) => 21 * (Math.ceil(ms / 1000) + 1);
+
 it('a kick fd that hangs up, sent again and again, is logged rate-limited and without a spurious error', async () => {
+  const started = Date.now();
   const { sock, logFile } = await blkDaemonLoggingInfo();
   const cl = await BlkVuClient.connect(sock);
   try {
@@ -67,10 +71,12 @@ it('a kick fd that hangs up, sent again and again, is logged rate-limited and wi
   expect(log).not.toMatch(/removing a kick fd from epoll failed/);
   const hup = log.match(/kick fd hung up or failed/g)?.length ?? 0;
   expect(hup).toBeGreaterThan(0);
-  expect(hup).toBeLessThan(200);
+  // On a loaded host the 2,000 messages take several windows; unlimited, each one would log.
+  expect(hup).toBeLessThanOrEqual(Math.min(allowedLines(Date.now() - started), 1000));
 }, 60_000);
 
 it('a front-end reconnecting in a loop with refused requests gets a bounded number of log lines', async () => {
+  const started = Date.now();
   const { sock, logFile } = await blkDaemonLoggingInfo();
   let refused = 0;
   for (let i = 0; i < 200; i++) {
@@ -90,9 +96,10 @@ it('a front-end reconnecting in a loop with refused requests gets a bounded numb
   const log = readFileSync(logFile, 'utf8');
   const count = (re: RegExp) => log.match(re)?.length ?? 0;
   expect(count(/"msg":"request refused"/g)).toBeGreaterThan(0);
-  // Without the shared limiters: 2000 refusals, 200 connected, 200 disconnected (a loaded host runs fewer a second).
-  expect(count(/"msg":"request refused"/g)).toBeLessThan(400);
-  expect(count(/"msg":"front-end connected"/g) + count(/"msg":"front-end disconnected"/g)).toBeLessThan(400);
+  // Without the shared limiters: 2000 refusals, 200 connected, 200 disconnected.
+  const allowed = allowedLines(Date.now() - started);
+  expect(count(/"msg":"request refused"/g)).toBeLessThanOrEqual(Math.min(allowed, 1000));
+  expect(count(/"msg":"front-end connected"/g) + count(/"msg":"front-end disconnected"/g)).toBeLessThanOrEqual(Math.min(2 * allowed, 300));
   // The next front-end is still said, with what was held back.
   await new Promise((r) => setTimeout(r, 1100));
   const fe = await VhostUserFrontend.connect(sock, { retryForMs: 5000 });
