@@ -21,7 +21,7 @@ export interface RawMessage {
  * How long a back-end's send waits for a front-end that stops reading (its socket buffer full) before the connection is
  * dropped. A front-end waits as long as for a reply instead (see VhostUserFrontend).
  */
-export const SEND_TIMEOUT_MS = 1000;
+const SEND_TIMEOUT_MS = 1000;
 
 export class VhostUserChannel {
   private readonly hdr = new Uint8Array(HEADER_SIZE);
