@@ -1,4 +1,4 @@
-import type { VhostUserBackend } from '../../protocol/vhost-user/backend-types.js';
+import type { SignalHelperOptions, VhostUserBackend } from '../../protocol/vhost-user/backend-types.js';
 import { ProtocolFeature, protocolFeatures } from '../../protocol/vhost-user/messages.js';
 import { bits, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../protocol/virtio/features.js';
 import { encodeFsConfig, FS_CONFIG_SIZE } from '../../protocol/virtio/fs.js';
@@ -14,7 +14,7 @@ export class VirtioFsBackend implements VhostUserBackend {
   readonly numQueues = 2;
   readonly maxQueueSize = 32768;
   readonly queuesPerWorker = 2;
-  readonly queueWorker: { module: string; data: FsWorkerData; signalHelper: boolean };
+  readonly queueWorker: { module: string; data: FsWorkerData; signalHelper: SignalHelperOptions };
 
   constructor(
     opts: FsOptions,
@@ -23,7 +23,8 @@ export class VirtioFsBackend implements VhostUserBackend {
   ) {
     const data: FsWorkerData = { opts, pollUs: DEFAULT_POLL_US, threadPoolSize: null, seccomp: 'none', capabilities: null, ...worker };
     // Waking the driver is a fifth of the request thread's time at depth 8: a helper thread takes it (see SignalHelper).
-    this.queueWorker = { module: siblingWorkerModule(import.meta.url, 'queue-worker'), data, signalHelper: true };
+    // It has no capabilities and, like the request thread, the --seccomp action for a call outside its short list.
+    this.queueWorker = { module: siblingWorkerModule(import.meta.url, 'queue-worker'), data, signalHelper: { confine: data.seccomp } };
   }
 
   features(): bigint {

@@ -49,8 +49,9 @@ QEMU spelling also accepted: -o source=DIR,cache=...,sandbox=...,xattr,xattrmap=
 --thread-pool-size=N: with a second CPU, large READs may be copied, and FSYNCs on disk-backed files waited
   for, by io_uring worker threads while other requests go on; N caps those threads, 0 keeps all of them on the
   request thread (default: CPUs - 1)
---seccomp: the thread that serves guest requests may make only the syscalls its work needs; any other
-  kills the daemon (kill, the default, or trap: SIGSYS), is logged by the kernel (log) or allowed (none)
+--seccomp: the thread that serves guest requests (and the one that signals the guest for it) may make only the
+  syscalls its work needs; any other kills the daemon (kill, the default, or trap: SIGSYS), is logged by the kernel
+  (log) or allowed (none)
 --preserve-noatime: keep the guest's O_NOATIME (dropped by default, as virtiofsd does)
 --modcaps=+CAP:-CAP...: the thread serving guest requests keeps only chown, dac_override, fowner, fsetid,
   setgid, setuid, mknod and setfcap (plus dac_read_search with file handles), as virtiofsd does; +CAP adds, -CAP removes

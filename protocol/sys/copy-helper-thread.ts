@@ -57,4 +57,4 @@ function serve(): void {
   }
 }
 
-runHelper(ctl, CTL_STATE, 'kumo-copy', serve);
+runHelper(ctl, CTL_STATE, 'kumo-copy', null, serve);

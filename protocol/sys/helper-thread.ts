@@ -3,6 +3,9 @@ import { performance } from 'node:perf_hooks';
 import type { Worker } from 'node:worker_threads';
 import { markStartupDone, siblingModuleUrl, startModuleWorker } from './module-worker.js';
 import { schedYield, setThreadName } from './proc.js';
+import { restrictThreadCaps } from './caps.js';
+import { restrictThreadSyscalls, SECCOMP_ACTIONS, type SeccompAction } from './seccomp.js';
+import type { SyscallName } from './syscalls-x86_64.js';
 
 /** A helper's state word: starting, then running once it takes work, exited once it will touch nothing more. */
 export const STATE_STARTING = 0;
@@ -23,8 +26,34 @@ export function startHelperThread(name: string, data: unknown, threadName: strin
   return w;
 }
 
-/** In the helper: names its thread, marks ctl[state] running, serves, and marks it exited however serving ends. */
-export function runHelper(ctl: Int32Array, state: number, threadName: string, serve: () => void): void {
+/**
+ * What a confined helper may call: its work (eventfd writes, preadv/pwritev), waiting for work, and what Node does on
+ * an idle worker thread and when it ends one (its heap, its loop's fds, signals, the thread's exit).
+ */
+export const HELPER_THREAD_SYSCALLS: readonly SyscallName[] = [
+  'write', 'preadv', 'preadv2', 'pwritev', 'pwritev2', 'sched_yield',
+  'futex', 'futex_wait', 'futex_wake', 'clock_gettime', 'clock_getres', 'gettimeofday', 'clock_nanosleep', 'nanosleep',
+  'mmap', 'munmap', 'mremap', 'mprotect', 'pkey_mprotect', 'madvise', 'brk',
+  'read', 'close', 'epoll_ctl', 'epoll_wait', 'epoll_pwait', 'epoll_pwait2',
+  'getpid', 'gettid', 'getcpu', 'tgkill', 'sched_getaffinity', 'getrandom', 'getrusage', 'prlimit64',
+  'rt_sigprocmask', 'rt_sigreturn', 'sigaltstack', 'restart_syscall', 'exit', 'exit_group',
+];
+
+/**
+ * A helper serving a sandboxed thread confines itself like it: no capabilities at all, and `seccomp` for a call
+ * outside HELPER_THREAD_SYSCALLS ('none': capabilities only). null leaves it as its creator was.
+ */
+export type HelperConfinement = SeccompAction | null;
+
+export function isConfinement(v: unknown): v is HelperConfinement {
+  return v === null || SECCOMP_ACTIONS.includes(v as SeccompAction);
+}
+
+/**
+ * In the helper: names its thread, confines it, marks ctl[state] running, serves, and marks it exited however serving
+ * ends. A helper that cannot confine itself never runs: its owner then does the work itself.
+ */
+export function runHelper(ctl: Int32Array, state: number, threadName: string, confine: HelperConfinement, serve: () => void): void {
   try {
     setThreadName(threadName); // else it keeps its creator's name (ps, /proc/PID/task/*/comm)
   } catch {
@@ -32,6 +61,10 @@ export function runHelper(ctl: Int32Array, state: number, threadName: string, se
   }
   markStartupDone();
   try {
+    if (confine !== null) {
+      restrictThreadCaps([]);
+      restrictThreadSyscalls(HELPER_THREAD_SYSCALLS, confine);
+    }
     Atomics.store(ctl, state, STATE_RUNNING);
     serve();
   } finally {

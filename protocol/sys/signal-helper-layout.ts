@@ -1,4 +1,6 @@
 /** The shared memory between a thread and its signal helper (signal-helper.ts). */
+import { isConfinement, type HelperConfinement } from './helper-thread.js';
+
 /** Signals handed over (written by the owner). */
 export const SIG_SEQ = 0;
 /** Signals the helper took (it read their fd; their slots are free). */
@@ -17,9 +19,10 @@ export const SIG_ENTRIES = 64;
 export interface SignalHelperShared {
   ctl: SharedArrayBuffer;
   spinUs: number;
+  confine: HelperConfinement;
 }
 
 export function isSignalHelperShared(v: unknown): v is SignalHelperShared {
   return typeof v === 'object' && v !== null && (v as SignalHelperShared).ctl instanceof SharedArrayBuffer &&
-    typeof (v as SignalHelperShared).spinUs === 'number';
+    typeof (v as SignalHelperShared).spinUs === 'number' && isConfinement((v as SignalHelperShared).confine);
 }

@@ -35,4 +35,4 @@ function serve(): void {
   }
 }
 
-runHelper(ctl, SIG_STATE, 'kumo-signal', serve);
+runHelper(ctl, SIG_STATE, 'kumo-signal', workerData.confine, serve);

@@ -2,7 +2,7 @@ import type { Worker } from 'node:worker_threads';
 import {
   SIG_CLAIMED, SIG_ENTRIES, SIG_RING, SIG_SEQ, SIG_SLEEPING, SIG_STATE, SIG_STOP, SIG_WRITTEN, type SignalHelperShared,
 } from './signal-helper-layout.js';
-import { STATE_EXITED, STATE_RUNNING, awaitHelperExit, startHelperThread } from './helper-thread.js';
+import { STATE_EXITED, STATE_RUNNING, awaitHelperExit, startHelperThread, type HelperConfinement } from './helper-thread.js';
 import { schedYield } from './proc.js';
 
 const EXIT_WAIT_MS = 5000;
@@ -20,8 +20,9 @@ export class SignalHelper {
   private lastFd = -1;
   private readonly worker: Worker;
 
-  constructor(spinUs: number) {
-    const shared: SignalHelperShared = { ctl: this.ctl.buffer as SharedArrayBuffer, spinUs };
+  /** `confine`: see HelperConfinement (a sandboxed owner's helper drops what the owner dropped). */
+  constructor(spinUs: number, confine: HelperConfinement = null) {
+    const shared: SignalHelperShared = { ctl: this.ctl.buffer as SharedArrayBuffer, spinUs, confine };
     this.worker = startHelperThread('signal-helper-thread', shared, 'kumo-signal', this.ctl, SIG_STATE);
   }
 

@@ -1,6 +1,7 @@
 import type { Logger } from '../log.js';
 import type { GuestMemory } from '../memory/index.js';
 import type { Epoll } from '../sys/epoll.js';
+import type { HelperConfinement } from '../sys/helper-thread.js';
 import type { DeviceQueue } from '../virtqueue/index.js';
 
 /** What a device back-end (blk, net, fs) gives the daemon; lives on the daemon's main thread. */
@@ -32,11 +33,16 @@ export interface VhostUserBackend {
   restoreState?(saved: Uint8Array): void;
   /**
    * Module (absolute path or file: URL) exporting `createQueueHandler: CreateQueueHandler`; `data` is structured-cloned.
-   * `signalHelper`: each worker writes its call fds through a helper thread (see SignalHelper).
+   * `signalHelper`: each worker writes its call fds through a helper thread (see SignalHelper), confined as it says.
    */
-  queueWorker: { module: string; data: unknown; signalHelper?: boolean };
+  queueWorker: { module: string; data: unknown; signalHelper?: SignalHelperOptions };
   /** Rings served by one worker thread: 1 (blk, fs) or 2 (net rx/tx pair). Default 1. */
   queuesPerWorker?: number;
+}
+
+/** A queue worker's signal helper; `confine`: what the helper drops (a sandboxed worker's helper drops what it does). */
+export interface SignalHelperOptions {
+  confine: HelperConfinement;
 }
 
 /** Exported as `createQueueHandler` by the queue worker module; called once per worker thread. */

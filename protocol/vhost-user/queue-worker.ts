@@ -94,10 +94,10 @@ class QueueWorker {
     this.ack = new Int32Array(init.ack);
     Atomics.store(this.ack, 1, gettid()); // the main thread's liveness check (see WorkerLink)
     this.epoll.add(init.controlFd, EPOLLIN, CONTROL_TOKEN);
-    if (init.signalHelper) {
+    if (init.signalHelper !== null) {
       // Started before the handler loads: a sandbox or seccomp filter it enters must not stand in the thread's way.
       try {
-        this.signals = new SignalHelper(SIGNAL_SPIN_US);
+        this.signals = new SignalHelper(SIGNAL_SPIN_US, init.signalHelper.confine);
       } catch (e) {
         log.warn({ err: e }, 'no signal helper thread; the queue thread writes its call fds');
       }

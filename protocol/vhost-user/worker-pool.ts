@@ -2,6 +2,7 @@ import { MessageChannel, receiveMessageOnPort, type Worker, type MessagePort } f
 import { siblingModuleUrl, startModuleWorker } from '../sys/module-worker.js';
 import { SetupError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { SignalHelperOptions } from './backend-types.js';
 import { closeQuiet, eventfd, eventfdWrite } from '../sys/fd.js';
 import { threadRuns } from '../sys/proc.js';
 import { VhostUserError } from './errors.js';
@@ -126,7 +127,7 @@ export interface PoolOptions {
   module: string;
   data: unknown;
   logName: string;
-  signalHelper?: boolean;
+  signalHelper?: SignalHelperOptions;
   log: Logger;
 }
 
@@ -144,7 +145,7 @@ export class WorkerPool {
         const { port1, port2 } = new MessageChannel();
         const ack = new SharedArrayBuffer(8);
         const controlFd = eventfd();
-        const init: WorkerInit = { workerIndex: i, module: o.module, data: o.data, controlFd, ack, port: port2, logName: o.logName, signalHelper: o.signalHelper ?? false };
+        const init: WorkerInit = { workerIndex: i, module: o.module, data: o.data, controlFd, ack, port: port2, logName: o.logName, signalHelper: o.signalHelper ?? null };
         const worker = spawn(init);
         const link = new WorkerLink(i, worker, port1, controlFd, ack, o.log);
         links.push(link);

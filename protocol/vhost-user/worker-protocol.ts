@@ -1,6 +1,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { MemoryRegionSpec } from '../memory/index.js';
 import type { QueueLayout } from '../virtqueue/index.js';
+import type { SignalHelperOptions } from './backend-types.js';
 
 /** workerData of a queue worker thread. */
 export interface WorkerInit {
@@ -13,8 +14,8 @@ export interface WorkerInit {
   ack: SharedArrayBuffer;
   port: MessagePort;
   logName: string;
-  /** Call fds are written by a signal helper thread (see SignalHelper). */
-  signalHelper: boolean;
+  /** Call fds are written by a signal helper thread (see SignalHelper) when set. */
+  signalHelper: SignalHelperOptions | null;
 }
 
 export interface RingStart {

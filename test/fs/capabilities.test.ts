@@ -27,12 +27,22 @@ describe('--modcaps and the request thread capability set', () => {
   });
 });
 
-/** Effective capabilities of each thread of `pid`, by thread name. */
-function threadCapEff(pid: number): { comm: string; eff: bigint }[] {
+interface ThreadConfinement {
+  comm: string;
+  eff: bigint;
+  /** 2: a seccomp filter. */
+  seccomp: number;
+}
+
+/** Effective capabilities and seccomp mode of each thread of `pid`, by thread name. */
+function threadCapEff(pid: number): ThreadConfinement[] {
   return readdirSync(`/proc/${pid}/task`).flatMap((t) => {
     try {
       const status = readFileSync(`/proc/${pid}/task/${t}/status`, 'utf8');
-      return [{ comm: /^Name:\s*(.*)$/m.exec(status)![1], eff: BigInt('0x' + /^CapEff:\s*([0-9a-f]+)$/m.exec(status)![1]) }];
+      return [{
+        comm: /^Name:\s*(.*)$/m.exec(status)![1], eff: BigInt('0x' + /^CapEff:\s*([0-9a-f]+)$/m.exec(status)![1]),
+        seccomp: Number(/^Seccomp:\s*(\d+)$/m.exec(status)![1]),
+      }];
     } catch {
       return [];
     }
@@ -44,7 +54,7 @@ const root = process.getuid?.() === 0;
 if (!root) console.log('capability tests of the daemon skipped: dropping capabilities needs a daemon that has them (root)');
 
 describe.skipIf(!root)('kumo-virtiofsd drops capabilities on the thread that serves the guest', () => {
-  async function run(extra: string[], wrap: string[] = []): Promise<{ out: string; stderr: string; threads: { comm: string; eff: bigint }[] }> {
+  async function run(extra: string[], wrap: string[] = []): Promise<{ out: string; stderr: string; threads: ThreadConfinement[] }> {
     const dir = mkdtempSync('/tmp/kumo-fs-caps-');
     try {
       mkdirSync(join(dir, 'share'));
@@ -58,7 +68,13 @@ describe.skipIf(!root)('kumo-virtiofsd drops capabilities on the thread that ser
       for (let i = 0; i < 600 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 25));
       // The worker thread confines itself before the socket listens. The pid file names the daemon: with the default
       // --sandbox=namespace, d is its supervisor outside the daemon's pid namespace.
-      const threads = threadCapEff(Number(readFileSync(`${sock}.pid`, 'utf8')));
+      const pid = Number(readFileSync(`${sock}.pid`, 'utf8'));
+      // The signal helper starts beside the worker and confines itself once it loaded (till then it does nothing).
+      let threads = threadCapEff(pid);
+      for (let i = 0; i < 400 && !threads.some((t) => t.comm === 'kumo-signal' && t.seccomp === 2); i++) {
+        await new Promise((r) => setTimeout(r, 25));
+        threads = threadCapEff(pid);
+      }
       const r = spawnSync(process.execPath, [join(ROOT, 'bin/kumo-vu.js'), 'fs', '--socket', sock, '--connect-timeout', '15000', 'run', join(dir, 'script')],
         { encoding: 'utf8', timeout: 60_000 });
       const t = setTimeout(() => d.kill('SIGKILL'), 10_000);
@@ -79,8 +95,12 @@ describe.skipIf(!root)('kumo-virtiofsd drops capabilities on the thread that ser
     const worker = threads.filter((t) => t.comm === 'vu-q0');
     expect(worker).toHaveLength(1);
     expect(worker[0].eff).toBe(mask(DEFAULT));
+    expect(worker[0].seccomp).toBe(2);
+    // The thread that writes its interrupt eventfds has none at all, and a filter of its own.
+    const helper = threads.filter((t) => t.comm === 'kumo-signal');
+    expect(helper).toEqual([{ comm: 'kumo-signal', eff: 0n, seccomp: 2 }]);
     // Node's other threads (module loading, the control socket) keep theirs.
-    expect(threads.filter((t) => t.comm !== 'vu-q0').every((t) => (t.eff & (1n << 21n)) !== 0n)).toBe(true);
+    expect(threads.filter((t) => t.comm !== 'vu-q0' && t.comm !== 'kumo-signal').every((t) => (t.eff & (1n << 21n)) !== 0n)).toBe(true);
     expect(reply(out, 'setxattr f trusted.k v')).toBe('err EPERM');
     expect(reply(out, 'setxattr f security.k v')).toBe('err EPERM');
     expect(reply(out, 'setxattr f user.k v')).toBe('ok');

@@ -1,4 +1,6 @@
 import { describe, it, expect, afterEach } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { SignalHelper } from '../../protocol/sys/signal-helper.js';
 import { closeQuiet, eventfd, eventfdRead } from '../../protocol/sys/fd.js';
 
@@ -67,4 +69,18 @@ describe('SignalHelper', () => {
     expect(eventfdRead(a)).toBe(0);
     h = null;
   });
+});
+
+describe('a confined SignalHelper (the one beside kumo-virtiofsd\'s sandboxed request thread)', () => {
+  it('has no capabilities and a syscall filter, works, and ends without a call outside its list', () => {
+    // With `kill`, a call outside HELPER_THREAD_SYSCALLS while it serves, stops or is torn down kills the child.
+    const r = spawnSync(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('./fixtures/confined-helper-child.ts', import.meta.url))],
+      { encoding: 'utf8', timeout: 60_000 });
+    const diag = `status ${r.status} signal ${r.signal}\n${r.stdout}\n${r.stderr}`;
+    expect(r.signal, diag).toBeNull();
+    expect(r.stdout.split('\n').filter((l) => l !== ''), diag).toEqual([
+      'CapEff: 0000000000000000', 'Seccomp: 2', 'handed some written yes', 'torn down', 'done',
+    ]);
+    expect(r.status).toBe(0);
+  }, 60_000);
 });
