@@ -27,11 +27,12 @@ export function startHelperThread(name: string, data: unknown, threadName: strin
 }
 
 /**
- * What a confined helper may call: its work (eventfd writes, preadv/pwritev), waiting for work, and what Node does on
- * an idle worker thread and when it ends one (its heap, its loop's fds, signals, the thread's exit).
+ * What a confined helper (the signal helper) may call: its eventfd writes, waiting for work, and what Node does on an
+ * idle worker thread and when it ends one. Its teardown was seen to call mmap, munmap, mprotect and madvise; its
+ * loop's fds (read, close, epoll) are allowed too, since a call outside the list under --seccomp=kill ends the daemon.
  */
 export const HELPER_THREAD_SYSCALLS: readonly SyscallName[] = [
-  'write', 'preadv', 'preadv2', 'pwritev', 'pwritev2', 'sched_yield',
+  'write', 'sched_yield',
   'futex', 'futex_wait', 'futex_wake', 'clock_gettime', 'clock_getres', 'gettimeofday', 'clock_nanosleep', 'nanosleep',
   'mmap', 'munmap', 'mremap', 'mprotect', 'pkey_mprotect', 'madvise', 'brk',
   'read', 'close', 'epoll_ctl', 'epoll_wait', 'epoll_pwait', 'epoll_pwait2',
