@@ -92,7 +92,7 @@ export async function run(): Promise<BenchTable[]> {
   const haveQemu = existsSync(QEMU_VIRTIOFSD);
   const rows: (string | number)[][] = [];
   const notes = [
-    `${SECONDS} s per case, share on ${BASE} (tmpfs), both daemons: cache=auto, sandbox=chroot, default thread settings, seccomp filters and capability sets (QEMU: process-wide; kumo: --seccomp=kill and virtiofsd's capabilities on the request thread)`,
+    `${SECONDS} s per case, share on ${BASE} (tmpfs), both daemons: cache=auto, sandbox=chroot, default thread settings, seccomp filters and capability sets (QEMU: process-wide; kumo: --seccomp=kill and virtiofsd's capabilities on the request thread, a shorter list and none on its signal helper)`,
     `median of ${REPS} runs per daemon and depth, kumo and QEMU alternating, a fresh daemon each run; "per run" = kumo/QEMU of each pair of runs`,
     'QEMU virtiofsd serves requests from a thread pool (default 64 threads); kumo-virtiofsd from one worker thread that busy-polls briefly (its driver wake-ups written by a signal helper thread),',
     'with large READs spread over the CPUs through io_uring workers while other requests wait, and a lone one split in two',
