@@ -40,7 +40,7 @@ export interface VhostUserBackend {
   queuesPerWorker?: number;
 }
 
-/** A queue worker's signal helper; `confine`: what the helper drops (a sandboxed worker's helper drops what it does). */
+/** A queue worker's signal helper. `confine`: how it confines itself (a sandboxed worker's helper gives up what the worker did). */
 export interface SignalHelperOptions {
   confine: HelperConfinement;
 }

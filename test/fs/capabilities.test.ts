@@ -35,7 +35,7 @@ interface ThreadConfinement {
 }
 
 /** Effective capabilities and seccomp mode of each thread of `pid`, by thread name. */
-function threadCapEff(pid: number): ThreadConfinement[] {
+function threadConfinement(pid: number): ThreadConfinement[] {
   return readdirSync(`/proc/${pid}/task`).flatMap((t) => {
     try {
       const status = readFileSync(`/proc/${pid}/task/${t}/status`, 'utf8');
@@ -70,10 +70,10 @@ describe.skipIf(!root)('kumo-virtiofsd drops capabilities on the thread that ser
       // --sandbox=namespace, d is its supervisor outside the daemon's pid namespace.
       const pid = Number(readFileSync(`${sock}.pid`, 'utf8'));
       // The signal helper starts beside the worker and confines itself once it loaded (till then it does nothing).
-      let threads = threadCapEff(pid);
+      let threads = threadConfinement(pid);
       for (let i = 0; i < 400 && !threads.some((t) => t.comm === 'kumo-signal' && t.seccomp === 2); i++) {
         await new Promise((r) => setTimeout(r, 25));
-        threads = threadCapEff(pid);
+        threads = threadConfinement(pid);
       }
       const r = spawnSync(process.execPath, [join(ROOT, 'bin/kumo-vu.js'), 'fs', '--socket', sock, '--connect-timeout', '15000', 'run', join(dir, 'script')],
         { encoding: 'utf8', timeout: 60_000 });
