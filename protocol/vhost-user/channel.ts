@@ -13,16 +13,16 @@ export interface RawMessage {
 }
 
 /**
- * Message framing over a connected AF_UNIX stream socket: header, payload and the fds that came with them.
- * Receive comes in two flavours: async (daemon main thread, event loop stays free) and sync with a timeout
- * (front-end requests, which always wait for their reply).
- */
-/**
  * How long a back-end's send waits for a front-end that stops reading (its socket buffer full) before the connection is
  * dropped. A front-end waits as long as for a reply instead (see VhostUserFrontend).
  */
 const SEND_TIMEOUT_MS = 1000;
 
+/**
+ * Message framing over a connected AF_UNIX stream socket: header, payload and the fds that came with them.
+ * Receive comes in two flavours: async (daemon main thread, event loop stays free) and sync with a timeout
+ * (front-end requests, which always wait for their reply).
+ */
 export class VhostUserChannel {
   private readonly hdr = new Uint8Array(HEADER_SIZE);
   private poller: Epoll | null = null;
