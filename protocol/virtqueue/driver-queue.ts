@@ -45,7 +45,13 @@ export class DriverQueue<T = unknown> {
   /** Per head: the driver's own copy of the chain links (never re-read from shared memory). */
   private readonly shadowNext: Uint16Array;
   private readonly chainLen: Uint16Array;
-  private readonly indirectAddr: Float64Array;
+  /** Per head: its indirect table with the view, kept together when the table goes back to spareTables. */
+  private readonly indirectTable: (IndirectTable | undefined)[];
+  /**
+   * Indirect tables the device returned, by byte size, for the next chain of that size: a request/reply loop then
+   * takes no allocator walk and no new view per chain. Given back to the allocator when it runs out or memory changes.
+   */
+  private readonly spareTables = new Map<number, IndirectTable[]>();
   private readonly busy: Uint8Array;
   /** Per head: total device-writable bytes, to refuse a used length the device could not have written. */
   private readonly writableLen: Float64Array;
@@ -74,7 +80,7 @@ export class DriverQueue<T = unknown> {
     this.freeTop = this.size;
     this.shadowNext = new Uint16Array(this.size);
     this.chainLen = new Uint16Array(this.size);
-    this.indirectAddr = new Float64Array(this.size).fill(-1);
+    this.indirectTable = new Array<IndirectTable | undefined>(this.size);
     this.busy = new Uint8Array(this.size);
     this.writableLen = new Float64Array(this.size);
     this.tokens = new Array<T | undefined>(this.size);
@@ -106,20 +112,18 @@ export class DriverQueue<T = unknown> {
       wlen += s.len;
     }
     if (this.indirect && total > 1 && this.freeTop > 0) {
-      const table = this.indirect.alloc(total * DESC_SIZE, DESC_SIZE);
+      const table = this.takeTable(total * DESC_SIZE);
       if (table !== null) {
-        const t = this.mem.slice(table, total * DESC_SIZE);
-        const tv = new DataView(t.buffer, t.byteOffset, t.byteLength);
         for (let k = 0; k < total; k++) {
           const w = k >= readable.length;
           const s = w ? writable[k - readable.length] : readable[k];
           const last = k === total - 1;
-          writeDesc(tv, k, s.addr, s.len, (w ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), last ? 0 : k + 1);
+          writeDesc(table.view, k, s.addr, s.len, (w ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT), last ? 0 : k + 1);
         }
         const head = this.freeStack[--this.freeTop];
-        writeDesc(this.r().desc, head, table, total * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
+        writeDesc(this.r().desc, head, table.addr, total * DESC_SIZE, VIRTQ_DESC_F_INDIRECT, 0);
         this.chainLen[head] = 1;
-        this.indirectAddr[head] = table;
+        this.indirectTable[head] = table;
         return this.makeAvailable(head, token, wlen);
       }
     }
@@ -138,7 +142,6 @@ export class DriverQueue<T = unknown> {
     }
     this.freeTop = top - total;
     this.chainLen[head] = total;
-    this.indirectAddr[head] = -1;
     return this.makeAvailable(head, token, wlen);
   }
 
@@ -218,13 +221,41 @@ export class DriverQueue<T = unknown> {
       this.freeStack[this.freeTop++] = d;
       d = this.shadowNext[d];
     }
-    const table = this.indirectAddr[head];
-    if (table >= 0) {
-      this.indirect?.free(table);
-      this.indirectAddr[head] = -1;
+    const table = this.indirectTable[head];
+    if (table !== undefined) {
+      const spares = this.spareTables.get(table.view.byteLength);
+      if (spares === undefined) this.spareTables.set(table.view.byteLength, [table]);
+      else spares.push(table);
+      this.indirectTable[head] = undefined;
     }
     this.busy[head] = 0;
     this.tokens[head] = undefined;
+  }
+
+  /** An indirect table of `bytes` bytes: a spare one of that size, else a new one (spares given back first if full). */
+  private takeTable(bytes: number): IndirectTable | null {
+    const alloc = this.indirect as GuestAllocator;
+    const spare = this.spareTables.get(bytes)?.pop();
+    if (spare !== undefined) {
+      if (spare.gen === this.mem.generation) return spare;
+      // A view taken before the memory table changed may no longer point at guest memory: none of them is reused.
+      alloc.free(spare.addr);
+      this.freeSpareTables();
+    }
+    let addr = alloc.alloc(bytes, DESC_SIZE);
+    if (addr === null && this.spareTables.size > 0) {
+      this.freeSpareTables();
+      addr = alloc.alloc(bytes, DESC_SIZE);
+    }
+    if (addr === null) return null;
+    const t = this.mem.slice(addr, bytes);
+    return { addr, view: new DataView(t.buffer, t.byteOffset, t.byteLength), gen: this.mem.generation };
+  }
+
+  /** Gives the spare indirect tables back to the allocator (kept for reuse otherwise, see spareTables). */
+  freeSpareTables(): void {
+    for (const spares of this.spareTables.values()) for (const t of spares) this.indirect?.free(t.addr);
+    this.spareTables.clear();
   }
 
   private checkSegment(s: Segment): void {
@@ -241,6 +272,13 @@ export class DriverQueue<T = unknown> {
     }
     return this.rings;
   }
+}
+
+/** An indirect descriptor table: its guest address, a view of it, and the memory generation the view was taken in. */
+interface IndirectTable {
+  addr: number;
+  view: DataView;
+  gen: number;
 }
 
 /** Descriptor i of the table viewed by `table` (the ring's own, or an indirect one). */

@@ -124,6 +124,8 @@ describe('driver ↔ device round trip', () => {
         expect(bad.slice(0, 5)).toEqual([]);
         expect(drv.freeCount).toBe(size);
         expect(drv.inFlight).toBe(0);
+        // Returned tables are kept for reuse; given back, the pool is whole again (none leaked).
+        drv.freeSpareTables();
         expect(alloc.available).toBe(0x8000);
         expect(dev.nextAvailIdx).toBe(TOTAL & 0xffff);
         expect(usedIdx(mem, layout)).toBe(TOTAL & 0xffff);
@@ -141,6 +143,40 @@ describe('driver ↔ device round trip', () => {
     const ind = new DriverQueue<string>(mem, compactLayout(0x4000, 4), { indirect: new GuestAllocator(0x30000, 4096) });
     for (let i = 0; i < 4; i++) expect(ind.add([seg(0), seg(1)], [seg(2)], `x${i}`)).not.toBeNull();
     expect(ind.add([seg(0)], [], 'full')).toBeNull();
+  });
+
+  it('indirect tables come back for reuse, and spares of another size are given back when the pool runs out', () => {
+    const layout = compactLayout(0x8000, 8);
+    // Room for two 3-descriptor tables (48 bytes each) and 32 bytes more.
+    const pool = new GuestAllocator(0x30000, 128);
+    const drv = new DriverQueue<string>(mem, layout, { indirect: pool });
+    const dev = new DeviceQueue(mem, layout, { eventIdx: false });
+    const seg = (a: number) => ({ addr: 0x20000 + a * 16, len: 16 });
+    const seen: string[] = [];
+    const serveAll = (): string[] => {
+      drv.publish();
+      for (let c = dev.pop(); c !== null; c = dev.pop()) {
+        seen.push(`${c.readable.map((r) => r.addr - 0x20000).join(',')}/${c.writable.map((w) => w.addr - 0x20000).join(',')}`);
+        dev.pushUsed(c.head, 0);
+      }
+      dev.publishUsed();
+      return drv.takeUsed().map((u) => u.token);
+    };
+    drv.add([seg(0), seg(1)], [seg(2)], 'a');
+    drv.add([seg(3), seg(4)], [seg(5)], 'b');
+    expect(pool.available).toBe(32);
+    expect(serveAll()).toEqual(['a', 'b']);
+    // The same size again: the returned tables serve it, the allocator is not asked.
+    expect(drv.add([seg(0), seg(1)], [seg(2)], 'c')).not.toBeNull();
+    expect(pool.available).toBe(32);
+    expect(serveAll()).toEqual(['c']);
+    // A 4-descriptor table fits only once the spare 3-descriptor ones are freed: still one descriptor of the ring.
+    const before = drv.freeCount;
+    expect(drv.add([seg(0), seg(1), seg(2)], [seg(3)], 'd')).not.toBeNull();
+    expect(drv.freeCount).toBe(before - 1);
+    expect(serveAll()).toEqual(['d']);
+    // What the device read through each (reused) table is what was added last.
+    expect(seen).toEqual(['0,16/32', '48,64/80', '0,16/32', '0,16,32/48']);
   });
 
   it('driver refuses segments outside memory and empty chains', () => {
