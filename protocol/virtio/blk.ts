@@ -89,13 +89,17 @@ export function decodeBlkHeader(b: Uint8Array): BlkRequestHeader {
 }
 
 export function encodeBlkHeader(h: BlkRequestHeader, out: Uint8Array = new Uint8Array(VIRTIO_BLK_OUTHDR_SIZE)): Uint8Array {
-  if (!Number.isSafeInteger(h.sector) || h.sector < 0) throw new VirtioHeaderError('virtio-blk sector must be a safe integer', { sector: h.sector });
-  const dv = new DataView(out.buffer, out.byteOffset, VIRTIO_BLK_OUTHDR_SIZE);
-  dv.setUint32(0, h.type, true);
-  dv.setUint32(4, h.ioprio, true);
-  dv.setUint32(8, h.sector % 0x1_0000_0000, true);
-  dv.setUint32(12, Math.floor(h.sector / 0x1_0000_0000), true);
+  writeBlkHeader(new DataView(out.buffer, out.byteOffset, VIRTIO_BLK_OUTHDR_SIZE), h.type, h.ioprio, h.sector);
   return out;
+}
+
+/** encodeBlkHeader into a view the caller keeps (a driver's request slot in guest memory): nothing allocated. */
+export function writeBlkHeader(dv: DataView, type: number, ioprio: number, sector: number): void {
+  if (!Number.isSafeInteger(sector) || sector < 0) throw new VirtioHeaderError('virtio-blk sector must be a safe integer', { sector });
+  dv.setUint32(0, type, true);
+  dv.setUint32(4, ioprio, true);
+  dv.setUint32(8, sector % 0x1_0000_0000, true);
+  dv.setUint32(12, Math.floor(sector / 0x1_0000_0000), true);
 }
 
 export interface BlkDiscardSegment {

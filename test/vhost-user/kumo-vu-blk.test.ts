@@ -115,6 +115,18 @@ describe('kumo-vu blk', () => {
     expect(res.cpuPercent).toBeGreaterThan(0);
   });
 
+  it('bench counts every request the back-end fails (writes to a read-only disk) and exits 1', async () => {
+    const img = join(dir, 'ro.img');
+    writeFileSync(img, Buffer.alloc(1 << 20));
+    const socket = join(dir, 'ro.sock');
+    await start(process.execPath, [join(root, 'bin/kumo-vhost-user-blk.js'), '--block-backend', `path=${img},socket=${socket},readonly=on`], socket);
+    const r = await kumo(['blk', '--socket', socket, 'bench', '--rw', 'randwrite', '--seconds', '0.5', '--iodepth', '4', '--json']);
+    expect(r.code).toBe(1);
+    const res = JSON.parse(r.stdout) as { ios: number; errors: number };
+    expect(res.ios).toBeGreaterThan(0);
+    expect(res.errors).toBe(res.ios);
+  });
+
   it('fails with a readable error when nothing listens', async () => {
     const r = await kumo(['blk', '--socket', join(dir, 'nobody.sock'), 'verify']);
     expect(r.code).not.toBe(0);

@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks';
 import { Epoll, EPOLLIN } from '../../../protocol/sys/epoll.js';
 import { eventfdRead } from '../../../protocol/sys/fd.js';
 import {
-  bits, encodeBlkHeader, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_OUTHDR_SIZE,
+  bits, writeBlkHeader, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_OUTHDR_SIZE,
   VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 } from '../../../protocol/virtio/index.js';
 import type { GuestMemory } from '../../../protocol/memory/index.js';
@@ -57,8 +57,9 @@ const BENCH_FEATURES = bits(
 class SlotSet {
   readonly readable: Segment[][] = [];
   readonly writable: Segment[][] = [];
-  readonly hdrAddr: number[] = [];
-  readonly statusAddr: number[] = [];
+  /** Per slot: views of its request header and status byte in guest memory (written and read in place). */
+  readonly header: DataView[] = [];
+  readonly status: Uint8Array[] = [];
   readonly start: Float64Array;
   private cursor: number;
   private rng: number;
@@ -79,8 +80,9 @@ class SlotSet {
       const hdr = dev.buffer(VIRTIO_BLK_OUTHDR_SIZE, 16);
       const data = dev.buffer(o.bs + (o.bufferOffset ?? 0), 4096) + (o.bufferOffset ?? 0);
       const st = dev.buffer(1, 1);
-      this.hdrAddr.push(hdr);
-      this.statusAddr.push(st);
+      const h = mem.slice(hdr, VIRTIO_BLK_OUTHDR_SIZE);
+      this.header.push(new DataView(h.buffer, h.byteOffset, h.byteLength));
+      this.status.push(mem.slice(st, 1));
       const hseg = { addr: hdr, len: VIRTIO_BLK_OUTHDR_SIZE };
       const dseg = { addr: data, len: o.bs };
       const sseg = { addr: st, len: 1 };
@@ -103,14 +105,9 @@ class SlotSet {
     return b;
   }
 
-  private readonly hdr = new Uint8Array(VIRTIO_BLK_OUTHDR_SIZE);
-  private readonly h = { type: 0, ioprio: 0, sector: 0 };
-
   submit(slot: number, now: number): void {
-    this.h.type = this.isWrite ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN;
-    this.h.sector = (this.nextBlock() * this.o.bs) / 512;
-    this.mem.write(this.hdrAddr[slot], encodeBlkHeader(this.h, this.hdr));
-    this.mem.writeU8(this.statusAddr[slot], 0xff);
+    writeBlkHeader(this.header[slot], this.isWrite ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN, 0, (this.nextBlock() * this.o.bs) / 512);
+    this.status[slot][0] = 0xff;
     this.start[slot] = now;
     if (this.q.dq.add(this.readable[slot], this.writable[slot], slot) === null) {
       throw new KumoVuError('queue full: raise --queue-size or lower --iodepth', { queue: this.q.index });
@@ -160,7 +157,7 @@ export async function benchBlk(o: BenchOptions): Promise<BenchResult> {
     let set = sets[0];
     const complete = (slot: number): void => {
       hist.record((now - set.start[slot]) * 1000);
-      if (mem.readU8(set.statusAddr[slot]) !== 0) errors++;
+      if (set.status[slot][0] !== 0) errors++;
       if (stopping) inflight--;
       else set.submit(slot, now);
     };
