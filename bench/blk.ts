@@ -30,6 +30,11 @@ const CASES: Case[] = [
   { name: '128k seq write QD32', rw: 'write', bs: 131072, iodepth: 32 },
 ];
 
+/** The (case, queues) pairs measured: every case with 1 queue, all but QD1 with 2. */
+function* measured(): Generator<[Case, number]> {
+  for (const q of [1, 2]) for (const c of CASES) if (q === 1 || c.iodepth > 1) yield [c, q];
+}
+
 interface Result {
   iops: number;
   mbps: number;
@@ -160,30 +165,24 @@ export async function run(): Promise<BenchTable[]> {
           children.push(qsd);
           await waitForSocket(socks.qsd, qsd, 'qemu-storage-daemon');
         }
-        for (const q of [1, 2]) {
-          for (const c of CASES) {
-            if (q === 2 && c.iodepth === 1) continue;
-            const r = get(key(c, q));
-            for (let rep = 0; rep < REPS; rep++) {
-              if (place.settle) settle(img, c.rw.includes('read'));
-              r.kumo = best(r.kumo, vuBench(socks.kumo, c, q));
-              if (place.settle) settle(img, c.rw.includes('read'));
-              if (withQsd) r.qsd = best(r.qsd, vuBench(socks.qsd, c, q));
-            }
+        for (const [c, q] of measured()) {
+          const r = get(key(c, q));
+          for (let rep = 0; rep < REPS; rep++) {
+            if (place.settle) settle(img, c.rw.includes('read'));
+            r.kumo = best(r.kumo, vuBench(socks.kumo, c, q));
+            if (place.settle) settle(img, c.rw.includes('read'));
+            if (withQsd) r.qsd = best(r.qsd, vuBench(socks.qsd, c, q));
           }
         }
       } finally {
         for (const ch of children) await stopProcess(ch);
       }
       if (withFio) {
-        for (const q of [1, 2]) {
-          for (const c of CASES) {
-            if (q === 2 && c.iodepth === 1) continue;
-            const r = get(key(c, q));
-            for (let rep = 0; rep < REPS; rep++) {
-              if (place.settle) settle(img, c.rw.includes('read'));
-              r.fio = best(r.fio, fio(img, c, q));
-            }
+        for (const [c, q] of measured()) {
+          const r = get(key(c, q));
+          for (let rep = 0; rep < REPS; rep++) {
+            if (place.settle) settle(img, c.rw.includes('read'));
+            r.fio = best(r.fio, fio(img, c, q));
           }
         }
       }
