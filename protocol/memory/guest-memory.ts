@@ -154,6 +154,11 @@ export class GuestMemory {
 
   /** True if [gpa, gpa+len) is inside one region. */
   contains(gpa: number, len: number): boolean {
+    const l = this.last;
+    if (l !== null) {
+      const off = gpa - l.guestAddr;
+      if (off >= 0 && len >= 0 && off + len <= l.size && Number.isSafeInteger(gpa) && Number.isSafeInteger(len)) return true;
+    }
     return this.lookup(gpa, len) !== null || (this.missHook !== null && this.missHook() && this.lookup(gpa, len) !== null);
   }
 

@@ -65,6 +65,15 @@ describe('GuestMemory bounds', () => {
     expectMemErr(() => mem.hostPtr(0, 1)); // views without a host address
     expect(mem.contains(0xfff, 1)).toBe(true);
     expect(mem.contains(0xfff, 2)).toBe(false);
+    // The same answers once a lookup has cached the first region (contains() asks it first).
+    mem.slice(0, 1);
+    expect(mem.contains(0xfff, 1)).toBe(true);
+    expect(mem.contains(0xfff, 2)).toBe(false);
+    expect(mem.contains(-1, 1)).toBe(false);
+    expect(mem.contains(0, -1)).toBe(false);
+    expect(mem.contains(0.5, 1)).toBe(false);
+    expect(mem.contains(0x10ff0, 0x10)).toBe(true);
+    expect(mem.contains(0x10ff0, 0x20)).toBe(false);
     expect(guardsIntact()).toBe(true);
   });
 
