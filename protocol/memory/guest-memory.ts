@@ -154,12 +154,7 @@ export class GuestMemory {
 
   /** True if [gpa, gpa+len) is inside one region. */
   contains(gpa: number, len: number): boolean {
-    const l = this.last;
-    if (l !== null) {
-      const off = gpa - l.guestAddr;
-      if (off >= 0 && len >= 0 && off + len <= l.size && Number.isSafeInteger(gpa) && Number.isSafeInteger(len)) return true;
-    }
-    return this.lookup(gpa, len) !== null || (this.missHook !== null && this.missHook() && this.lookup(gpa, len) !== null);
+    return this.inLast(gpa, len) || this.lookup(gpa, len) !== null || (this.missHook !== null && this.missHook() && this.lookup(gpa, len) !== null);
   }
 
   /** The end (exclusive guest address) of the region that holds gpa, or -1 if none does. */
@@ -292,12 +287,16 @@ export class GuestMemory {
     return r.dataViews[ci];
   }
 
-  private find(gpa: number, len: number): GuestRegion {
+  /** Whether [gpa, gpa+len) is inside the region the last lookup found (most accesses are). */
+  private inLast(gpa: number, len: number): boolean {
     const l = this.last;
-    if (l !== null) {
-      const off = gpa - l.guestAddr;
-      if (off >= 0 && len >= 0 && off + len <= l.size && Number.isSafeInteger(gpa) && Number.isSafeInteger(len)) return l;
-    }
+    if (l === null) return false;
+    const off = gpa - l.guestAddr;
+    return off >= 0 && len >= 0 && off + len <= l.size && Number.isSafeInteger(gpa) && Number.isSafeInteger(len);
+  }
+
+  private find(gpa: number, len: number): GuestRegion {
+    if (this.inLast(gpa, len)) return this.last as GuestRegion;
     let r = this.lookup(gpa, len);
     if (r === null && this.missHook !== null && this.missHook()) r = this.lookup(gpa, len);
     if (r === null) throw new GuestMemoryError('guest address range is not inside one memory region', { gpa, len });

@@ -67,7 +67,7 @@ class SlotSet {
   constructor(
     dev: VuDevice,
     readonly q: VuQueue,
-    readonly mem: GuestMemory,
+    mem: GuestMemory,
     private readonly o: BenchOptions,
     private readonly blocks: number,
     private readonly isWrite: boolean,
