@@ -96,7 +96,13 @@ function daemonPid(sock: string): number | null {
 
 /** An INIT'ed client; closing `t` is the front-end leaving. */
 async function connect(d: Unprivileged): Promise<{ c: FuseClient; t: VirtioFsTransport }> {
-  const t = await VirtioFsTransport.connect(d.sock, 20_000);
+  let t: VirtioFsTransport;
+  try {
+    t = await VirtioFsTransport.connect(d.sock, 20_000);
+  } catch (e) {
+    // Why the daemon never listened is in what it wrote, not in the connect error.
+    throw new Error(`${(e as Error).message}; daemon exit ${d.proc.exitCode ?? d.proc.signalCode ?? 'none yet'}, stderr:\n${d.stderr()}`);
+  }
   cleanups.push(() => t.close());
   const c = new FuseClient(t);
   await c.init();
