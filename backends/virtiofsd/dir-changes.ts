@@ -16,6 +16,8 @@ import type { Xattrs } from './xattrs.js';
 const RENAME_NOREPLACE = 1;
 const RENAME_EXCHANGE = 2;
 const RENAME_WHITEOUT = 4;
+/** open_tree(2) on the empty path gave O_PATH fds here until it failed as unsupported or refused (see pathOf). */
+let openTreeWorks = true;
 
 /**
  * The changes a guest makes to directories: new entries (CREATE, MKNOD, MKDIR, SYMLINK, LINK), made with the
@@ -133,6 +135,11 @@ export class DirChanges {
    * name leads to by the time it is looked up again (another writer on the share may have renamed a file over it).
    */
   private pathOf(fd: number): number {
+    if (openTreeWorks) {
+      const r = fs.openPathOfRaw(fd);
+      if (r >= 0 || (r !== -E.ENOSYS && r !== -E.EPERM && r !== -E.EINVAL)) return r;
+      openTreeWorks = false;
+    }
     try {
       return fs.openat(this.files.procSelfFd, String(fd), O_PATH | O_CLOEXEC);
     } catch (e) {

@@ -19,6 +19,9 @@ export const REQUEST_THREAD_SYSCALLS: readonly SyscallName[] = [
   // xattrs of symlinks and special files: through their /proc/self/fd link, from the thread's own cwd.
   'fchdir',
   'name_to_handle_at', 'open_by_handle_at',
+  // The O_PATH fd of a file CREATE made (openPathOfRaw). Its OPEN_TREE_CLONE form needs CAP_SYS_ADMIN, which this
+  // thread does not keep, and a detached tree could be attached nowhere (no move_mount here).
+  'open_tree',
   // The caller's credentials (and with --posix-acl its umask) around creating calls (per thread).
   'umask', 'setresuid', 'setresgid', 'setgroups', 'getuid', 'geteuid', 'getgid', 'getegid',
   // --killpriv-v2: CAP_FSETID leaves the effective set around an unprivileged guest caller's write or truncate.

@@ -1,5 +1,5 @@
 import { libc, koffi } from './libc.js';
-import { ck, cstr, EMPTY, P, type PathArg } from './fs-path.js';
+import { AT_EMPTY_PATH, ck, cstr, EMPTY, P, type PathArg } from './fs-path.js';
 
 /** Opening files: openat, openat2 and its RESOLVE_* flags, file handles (name_to_handle_at, open_by_handle_at). */
 
@@ -10,11 +10,14 @@ export const RESOLVE_BENEATH = 0x08;
 export const RESOLVE_IN_ROOT = 0x10;
 
 const SYS_openat2 = 437;
+const SYS_open_tree = 428;
+const OPEN_TREE_CLOEXEC = 0o2000000;
 const SYS_name_to_handle_at = 303;
 const SYS_open_by_handle_at = 304;
 
 const openat_ = libc.func('openat', 'int', ['int', P, 'int', 'uint']);
 const syscallPtr_ = libc.func('syscall', 'long', ['long', 'long', P, P, 'long', 'long']);
+const openTree_ = libc.func('syscall', 'long', ['long', 'int', P, 'uint']);
 
 export function openat(dirfd: number, path: PathArg, flags: number, mode = 0): number {
   return ck('openat', openat_(dirfd, cstr(path), flags, mode));
@@ -38,6 +41,17 @@ export function openat2Raw(dirfd: number, cpath: Uint8Array, flags: number, mode
   howBuf.writeUInt32LE(resolve >>> 0, 16);
   howBuf.writeUInt32LE(0, 20);
   const r = Number(syscallPtr_(SYS_openat2, dirfd, cpath, howBuf, 24, 0));
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/**
+ * An O_PATH fd (close-on-exec) for the file `fd` is open on, whatever its access mode; -errno on failure. open_tree(2)
+ * without OPEN_TREE_CLONE, on the empty path: the same file as reopening /proc/self/fd/N with O_PATH gives, without
+ * the walk through procfs (0.95 against 2.25 µs with the close here). Linux 5.2+; a container's seccomp profile may
+ * refuse it (EPERM), so callers keep the procfs way as a fallback.
+ */
+export function openPathOfRaw(fd: number): number {
+  const r = Number(openTree_(SYS_open_tree, fd, EMPTY, AT_EMPTY_PATH | OPEN_TREE_CLOEXEC));
   return r < 0 ? -koffi.errno() : r;
 }
 

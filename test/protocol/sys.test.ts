@@ -227,3 +227,29 @@ describe('statxRaw', () => {
     }
   });
 });
+
+describe('openPathOfRaw', () => {
+  it('gives an O_PATH, close-on-exec fd on the very file a write-only fd is open on, and -errno for a bad fd', async () => {
+    const fs = await import('../../protocol/sys/fs.js');
+    const { fcntl, fileStatusFlags, O_PATH, O_WRONLY, O_CREAT } = await import('../../protocol/sys/fd.js');
+    const dir = mkdtempSync(join(tmpdir(), 'kumo-opath-'));
+    try {
+      const wfd = fs.openat(fs.AT_FDCWD, join(dir, 'f'), O_WRONLY | O_CREAT, 0o600);
+      const pfd = fs.openPathOfRaw(wfd);
+      expect(pfd).toBeGreaterThanOrEqual(0);
+      expect(pfd).not.toBe(wfd);
+      expect(fileStatusFlags(pfd) & O_PATH).toBe(O_PATH);
+      expect(fcntl(pfd, 1 /* F_GETFD */, 0) & 1 /* FD_CLOEXEC */).toBe(1);
+      const ino = (fd: number): string => (expect(fs.fstatRaw(fd)).toBe(0), fs.rawStat.readBigUInt64LE(8).toString());
+      expect(ino(pfd)).toBe(ino(wfd));
+      expect(ino(pfd)).toBe(String(statSync(join(dir, 'f')).ino));
+      // An O_PATH fd moves no data.
+      expect(() => write(pfd, Buffer.from('x'))).toThrow(/EBADF/);
+      close(pfd);
+      close(wfd);
+      expect(fs.openPathOfRaw(wfd)).toBe(-9 /* EBADF */);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
