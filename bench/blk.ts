@@ -11,7 +11,7 @@ import { fmtPercent, HostCpuMeter, STEAL_NOISY } from './host-cpu.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SECONDS = Number(process.env.KUMO_BENCH_SECONDS ?? 3);
-const REPS = Math.max(1, Number(process.env.KUMO_BENCH_REPS ?? 2));
+const REPS = Math.max(1, Number(process.env.KUMO_BENCH_REPS ?? 3));
 const IMAGE_MB = 512;
 const QUEUE_SIZE = 1024;
 
@@ -129,7 +129,7 @@ export async function run(): Promise<BenchTable[]> {
   const withFio = have('fio');
   const rows: (string | number)[][] = [];
   const notes: string[] = [
-    `best of ${REPS} runs of ${SECONDS} s per case (kumo and qsd alternating on the same image), ${IMAGE_MB} MiB image, queue_size ${QUEUE_SIZE}, buffered I/O (direct=off / cache.direct=off) for all three;`,
+    `best of ${REPS} runs of ${SECONDS} s per case (kumo, qsd and fio taking turns on the same image; the back-ends idle while fio runs), ${IMAGE_MB} MiB image, queue_size ${QUEUE_SIZE}, buffered I/O (direct=off / cache.direct=off) for all three;`,
     'QD is per queue; kumo and qsd are driven by `kumo-vu blk bench` (a TypeScript driver that shares the host CPUs);',
     'fio: --ioengine=io_uring --numjobs=<queues> --invalidate=0 on the same file (no virtio hop: the limit).',
     'writes: `kumo-vu blk bench` negotiates FLUSH and CONFIG_WCE as a Linux guest does, so all three are writeback',
@@ -152,8 +152,8 @@ export async function run(): Promise<BenchTable[]> {
       const key = (c: Case, q: number) => `${c.name}|${q}`;
       const get = (k: string) => results.get(k) ?? results.set(k, {}).get(k)!;
       const best = (a: Result | undefined, b: Result) => (a === undefined || b.iops > a.iops ? b : a);
-      // Both back-ends serve the same image at once; their runs alternate case by case so that
-      // load from elsewhere on the host hits both alike. Best of REPS per case.
+      // Both back-ends serve the same image at once; their runs and fio's take turns case by case so that
+      // load from elsewhere on the host hits all three alike. Best of REPS per case.
       const socks = { kumo: join(dir, 'kumo.sock'), qsd: join(dir, 'qsd.sock') };
       const children: ChildProcess[] = [];
       try {
@@ -172,19 +172,13 @@ export async function run(): Promise<BenchTable[]> {
             r.kumo = best(r.kumo, vuBench(socks.kumo, c, q));
             if (place.settle) settle(img, c.rw.includes('read'));
             if (withQsd) r.qsd = best(r.qsd, vuBench(socks.qsd, c, q));
+            // fio in the same turn: this host's speed drifts over minutes, and the limit must see the same host.
+            if (place.settle && withFio) settle(img, c.rw.includes('read'));
+            if (withFio) r.fio = best(r.fio, fio(img, c, q));
           }
         }
       } finally {
         for (const ch of children) await stopProcess(ch);
-      }
-      if (withFio) {
-        for (const [c, q] of measured()) {
-          const r = get(key(c, q));
-          for (let rep = 0; rep < REPS; rep++) {
-            if (place.settle) settle(img, c.rw.includes('read'));
-            r.fio = best(r.fio, fio(img, c, q));
-          }
-        }
       }
       for (const q of [1, 2]) {
         for (const c of CASES) {

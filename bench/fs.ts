@@ -1,7 +1,7 @@
 // kumo-virtiofsd vs QEMU's virtiofsd, both driven by `kumo-vu fs bench` on the same tmpfs directory with the
 // same options (cache=auto, sandbox=chroot): lookup+getattr(+forget) ops/s, 4k random read IOPS, 1 MiB
 // sequential read MB/s, create+write 4k+close files/s, at queue depth 1 and KUMO_BENCH_FS_DEPTH (default 8).
-// KUMO_BENCH_SECONDS per case (default 1.5), KUMO_BENCH_FS_REPS runs per daemon and depth (default 3; the
+// KUMO_BENCH_SECONDS per case (default 1.5), KUMO_BENCH_FS_REPS runs per daemon and depth (default 5; the
 // table gives the median). Each run gets a fresh daemon; kumo and QEMU alternate so that background load
 // hits both alike.
 import { execFile, type ChildProcess } from 'node:child_process';
@@ -17,7 +17,7 @@ import { fmtPercent, HostCpuMeter, STEAL_NOISY } from './host-cpu.js';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SECONDS = Number(process.env.KUMO_BENCH_SECONDS ?? 1.5);
 const DEPTH = Number(process.env.KUMO_BENCH_FS_DEPTH ?? 8);
-const REPS = Math.max(1, Number(process.env.KUMO_BENCH_FS_REPS ?? 3));
+const REPS = Math.max(1, Number(process.env.KUMO_BENCH_FS_REPS ?? 5));
 /** QEMU's C virtiofsd; KUMO_QEMU_VIRTIOFSD points elsewhere (a copy outside /usr, as in scripts/portable-bench.sh). */
 const QEMU_VIRTIOFSD = process.env.KUMO_QEMU_VIRTIOFSD ?? '/usr/lib/qemu/virtiofsd';
 /** tmpfs, as in the issue; falls back to the OS temp dir. */
