@@ -73,7 +73,8 @@ describe.skipIf(skip !== null)('QEMU live-migrates a guest with a busy vhost-use
   const results = new Map<string, Result>();
   /** Where each scenario that reported ran (a second lab boot runs in a directory of its own). */
   const dirs = new Map<string, string>();
-  const file = (backend: string, name: string): string => path.join(dirs.get(backend) ?? dir, backend, name);
+  /** A scenario's file; `sub`: its directory there (a retried scenario's first try is `<backend>-try1`). */
+  const file = (backend: string, name: string, sub = backend): string => path.join(dirs.get(backend) ?? dir, sub, name);
   const read = (f: string): string => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '');
 
   beforeAll(async () => {
@@ -124,7 +125,7 @@ describe.skipIf(skip !== null)('QEMU live-migrates a guest with a busy vhost-use
       // switchover has only ever been seen there.
       for (const [name, sub] of [[b, b], ...(r?.retriedAfter !== undefined ? [[`${b} try 1`, `${b}-try1`]] : [])]) {
         for (const side of ['a.log', 'b.log', 'src.qemu.log', 'dst.qemu.log', 'src.stall.json', 'dst.stall.json']) {
-          const text = read(path.join(dirs.get(b) ?? dir, sub, side)).trim();
+          const text = read(file(b, side, sub)).trim();
           if (text) console.log(`--- ${name} ${side} (last 1500 chars)\n${text.slice(-1500)}`);
         }
       }
