@@ -105,6 +105,8 @@ describe('the migration fixture stream proxy', () => {
     src.once('close', () => (srcClosed = true));
     src.write('first pass');
     await expect.poll(() => got, { timeout: 5000 }).toBe('first pass');
+    // Not a QEMU stream: the framing check says so, and still counts what went through.
+    expect(proxy.report()).toMatchObject({ bytes: 10, state: 'bad', checkedTo: 0, closedFirst: null, deliveredAtHangUp: null });
     proxy.hold();
     // More than the socket buffers hold: with the proxy held, the sender is stuck in its writes.
     src.write(Buffer.alloc(16 << 20, 1));
@@ -114,5 +116,7 @@ describe('the migration fixture stream proxy', () => {
     // The destination fails to load the stream and exits: the source must not wait on the held proxy for good.
     (dstConn as net.Socket | null)?.destroy();
     await expect.poll(() => srcClosed, { timeout: 5000 }).toBe(true);
+    // It had the first 10 bytes; of the 16 MiB, what the proxy read before the hold is all it could have been given.
+    expect(proxy.report()).toMatchObject({ closedFirst: 'destination', deliveredAtHangUp: 10 });
   });
 });
