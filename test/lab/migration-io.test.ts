@@ -106,7 +106,7 @@ describe('the migration fixture stream proxy', () => {
     src.write('first pass');
     await expect.poll(() => got, { timeout: 5000 }).toBe('first pass');
     // Not a QEMU stream: the framing check says so, and still counts what went through.
-    expect(proxy.report()).toMatchObject({ bytes: 10, state: 'bad', checkedTo: 0, closedFirst: null, deliveredAtHangUp: null });
+    expect(proxy.report()).toMatchObject({ bytes: 10, state: 'bad', checkedTo: 0, closedFirst: null, deliveredAtHangUp: null, errors: [] });
     proxy.hold();
     // More than the socket buffers hold: with the proxy held, the sender is stuck in its writes.
     src.write(Buffer.alloc(16 << 20, 1));

@@ -124,7 +124,7 @@ describe.skipIf(skip !== null)('QEMU live-migrates a guest with a busy vhost-use
       // state in the stall files, the back-ends' and QEMUs' logs. A destination that stops after a completed
       // switchover has only ever been seen there.
       for (const [name, sub] of [[b, b], ...(r?.retriedAfter !== undefined ? [[`${b} try 1`, `${b}-try1`]] : [])]) {
-        for (const side of ['a.log', 'b.log', 'src.qemu.log', 'dst.qemu.log', 'src.stall.json', 'dst.stall.json', 'stream.json']) {
+        for (const side of ['a.log', 'b.log', 'src.qemu.log', 'dst.qemu.log', 'src.stall.json', 'dst.stall.json', 'stream.json', 'l1-dmesg.txt']) {
           const text = read(file(b, side, sub)).trim();
           if (text) console.log(`--- ${name} ${side} (last 1500 chars)\n${text.slice(-1500)}`);
         }
