@@ -41,6 +41,8 @@ export class FastPath {
   private readonly outDv: DataView;
   private readonly stDv = new DataView(rawStat.buffer, rawStat.byteOffset, rawStat.byteLength);
   private readonly outHead: Buffer;
+  /** outBuf[0, len) by reply length: a reply's few sizes, each cut once instead of per request. */
+  private readonly outViews: Buffer[] = [];
 
   constructor(
     private readonly fs: PassthroughFs,
@@ -234,7 +236,7 @@ export class FastPath {
     const len = OUT_HEADER_SIZE + bodyLen;
     if (len > io.outLength) return this.error(io, E.EINVAL);
     this.header(len, 0);
-    io.writeOut(0, bodyLen === 0 ? this.outHead : this.outBuf.subarray(0, len));
+    io.writeOut(0, (this.outViews[len] ??= this.outBuf.subarray(0, len)));
     return len;
   }
 

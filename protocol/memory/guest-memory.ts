@@ -177,6 +177,21 @@ export class GuestMemory {
     return v;
   }
 
+  /**
+   * The region's cached DataView that holds [gpa, gpa+len), the range starting at `viewOffset` in it; null if the range
+   * crosses a view chunk. Allocates nothing (a descriptor table read for every chain).
+   */
+  dataView(gpa: number, len: number): DataView | null {
+    const r = this.find(gpa, len);
+    const dv = this.dv(r, gpa - r.guestAddr);
+    return this.at + len <= dv.byteLength ? dv : null;
+  }
+
+  /** Where the range of the last dataView() call starts in the view it returned. */
+  get viewOffset(): number {
+    return this.at;
+  }
+
   /** Host views of [gpa, gpa+len) piecewise (one piece unless the range straddles a 1 GiB chunk). */
   *segments(gpa: number, len: number): Generator<MemorySegment> {
     const r = this.find(gpa, len);
@@ -274,7 +289,7 @@ export class GuestMemory {
 
   // --- internals ---
 
-  /** Offset inside the DataView returned by the last dv() call (avoids allocating a result pair). */
+  /** Offset inside the DataView returned by the last dv() call (avoids allocating a result pair); see viewOffset. */
   private at = 0;
 
   private dv(r: GuestRegion, off: number): DataView {

@@ -292,6 +292,8 @@ export class DeviceQueue {
     let wl = 0;
     let count = 0;
     let table = this.r().desc;
+    // Where the table starts in `table` (an indirect one is read in place, through its region's own view).
+    let base = 0;
     let tableSize = this.size;
     let indirect = false;
     let sawWritable = false;
@@ -310,7 +312,7 @@ export class DeviceQueue {
       // Each table entry can be visited at most once in a well-formed chain: more steps means a loop.
       if (steps >= tableSize) throw new ChainError('descriptor chain is longer than its table (loop?)', head, { indirect, tableSize });
       steps++;
-      const o = idx * DESC_SIZE;
+      const o = base + idx * DESC_SIZE;
       const lo = table.getUint32(o, true);
       const hi = table.getUint32(o + 4, true);
       const len = table.getUint32(o + 8, true);
@@ -326,8 +328,11 @@ export class DeviceQueue {
         const entries = len / DESC_SIZE;
         if (entries > this.maxIndirect) throw new ChainError('indirect table has too many entries', head, { entries, max: this.maxIndirect });
         if (addr < 0 || !this.mem.contains(addr, len)) throw new ChainError('indirect table is outside guest memory', head, { hi, lo, len });
-        const bytes = this.mem.slice(addr, len);
-        table = new DataView(bytes.buffer, bytes.byteOffset, len);
+        const dv = this.mem.dataView(addr, len);
+        // Not seen: a table is at most 1 MiB (maxIndirect) and view chunks overlap by more.
+        if (dv === null) throw new ChainError('indirect table crosses a view chunk', head, { hi, lo, len });
+        table = dv;
+        base = this.mem.viewOffset;
         tableSize = entries;
         indirect = true;
         idx = 0;

@@ -126,6 +126,20 @@ describe('GuestMemory chunked views (the >1 GiB path, scaled down)', () => {
     expect(() => mem.regions[0].bytes).toThrow(GuestMemoryError);
   });
 
+  it('dataView() gives the chunk view a range lies in and where it starts there, without a new view; null past the overlap', () => {
+    const mem = mk();
+    const base = 0x100000;
+    const dv = mem.dataView(base + 2 * 4096 + 100, 16);
+    expect(dv).toBe(mem.regions[0].dataViews[2]);
+    expect(mem.viewOffset).toBe(100);
+    expect(dv!.getUint8(mem.viewOffset)).toBe(100);
+    // Starts in chunk 0 and runs into the overlap: still chunk 0's view.
+    expect(mem.dataView(base + 4096 - 8, 32)).toBe(mem.regions[0].dataViews[0]);
+    expect(mem.viewOffset).toBe(4096 - 8);
+    expect(mem.dataView(base + 4096 - 8, 100)).toBeNull();
+    expectMemErr(() => mem.dataView(base + 16384 - 8, 16), { gpa: base + 16384 - 8, len: 16 });
+  });
+
   it('an empty range at the very end of a region of whole chunks is a no-op (an empty initramfs, a zero-length descriptor)', () => {
     const mem = mk();
     const end = 0x100000 + 16384;
