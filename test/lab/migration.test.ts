@@ -92,7 +92,7 @@ describe.skipIf(skip !== null)('QEMU live-migrates a guest with a busy vhost-use
       let out = '';
       try {
         const r = await runInLab(cmd, {
-          timeoutMs: 8 * 60_000, memMiB: 3072, cwd: root, env: { MIG_POST_ROUNDS: String(POST_ROUNDS) },
+          timeoutMs: 10 * 60_000, memMiB: 3072, cwd: root, env: { MIG_POST_ROUNDS: String(POST_ROUNDS) },
           onOutput: (t) => process.env.MIG_VERBOSE && process.stdout.write(t),
         });
         out = r.output;
@@ -130,7 +130,7 @@ describe.skipIf(skip !== null)('QEMU live-migrates a guest with a busy vhost-use
         }
       }
     }
-  }, 17 * 60_000);
+  }, 21 * 60_000);
 
   afterAll(() => {
     if (dir && process.env.MIG_KEEP === '1') console.log(`MIG_KEEP=1: kept ${dir}`);
