@@ -53,6 +53,8 @@ describe('the migration fixture QMP client', () => {
     const q = await Qmp.connect(file, 5000, 2000);
     cleanups.push(() => q.close());
     expect(await q.cmd('query-status')).toEqual({ status: 'running' });
+    // Kept for the log: a QEMU that went away says why in its last events (SHUTDOWN's reason).
+    expect(q.events).toEqual(['STOP {}']);
     await expect(q.cmd('bogus')).rejects.toThrow('bogus: no such thing');
   });
 
