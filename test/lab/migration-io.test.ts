@@ -4,6 +4,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { MigrationProxy, Qmp } from './fixtures/migration-io.js';
+import { stalled, type Result } from './fixtures/migration-result.js';
 
 // The live-migration fixture's QMP client and stream proxy against fake peers: what keeps one stuck QEMU from holding
 // the whole lab run (a CI run once sat 8 minutes on a source that stopped answering).
@@ -120,5 +121,38 @@ describe('the migration fixture stream proxy', () => {
     await expect.poll(() => srcClosed, { timeout: 5000 }).toBe(true);
     // It had the first 10 bytes; of the 16 MiB, what the proxy read before the hold is all it could have been given.
     expect(proxy.report()).toMatchObject({ closedFirst: 'destination', deliveredAtHangUp: 10 });
+  });
+});
+
+describe('which migration scenarios the fixture retries', () => {
+  const H = 'a'.repeat(64);
+  const BAD = 'b'.repeat(64);
+  const blk = (n: number, h = H): string => `MIG-ROUND ${n} t=1.0 buffers=65536 cached=${h} fresh=${H} direct=${H}\n`;
+  const done = (roundsAfter: number, extra: Partial<Result> = {}): Result => ({ backend: 'kumo', status: 'completed', roundsAfter, ...extra });
+
+  it('retries a migration that did not complete, but not one QEMU refused', () => {
+    expect(stalled({ backend: 'kumo', status: 'error' }, '', '', 3)).toBe(true);
+    expect(stalled({ backend: 'kumo', status: 'timed out (active)' }, '', '', 3)).toBe(true);
+    expect(stalled({ backend: 'kumo', status: 'refused' }, '', '', 3)).toBe(false);
+  });
+
+  it('retries a destination that stopped early only while every hash is the same right one', () => {
+    const src = blk(1) + blk(2);
+    expect(stalled(done(3), src, blk(3) + blk(4) + blk(5), 3)).toBe(false);
+    expect(stalled(done(0), src, '', 3)).toBe(true);
+    expect(stalled(done(1), src, blk(3), 3)).toBe(true);
+    // A stale page showing as a wrong hash is what the test is for: never retried, wherever it shows.
+    expect(stalled(done(1), src, blk(3, BAD), 3)).toBe(false);
+    expect(stalled(done(0), blk(1) + blk(2, BAD), '', 3)).toBe(false);
+    // So is a destination that said why it stopped.
+    expect(stalled(done(1), src, blk(3) + 'blk_update_request: I/O error, dev vda\n', 3)).toBe(false);
+  });
+
+  it('holds kumo-net rounds to the blob\'s hash', () => {
+    const net = (n: number, h: string): string => `MIG-ROUND ${n} t=1.0 got=${h}\n`;
+    const r = done(1, { backend: 'kumo-net', blobSha: H });
+    expect(stalled(r, net(1, H), net(2, H), 3)).toBe(true);
+    // An empty download (nc cut off) hashes to something else: a verdict.
+    expect(stalled(r, net(1, H), net(2, BAD), 3)).toBe(false);
   });
 });
