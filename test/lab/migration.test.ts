@@ -136,8 +136,7 @@ describe.skipIf(skip !== null)('QEMU live-migrates a guest with a busy vhost-use
       const r = results.get(b);
       console.log(`${NAMES[b] ?? b}: ${JSON.stringify(r ?? 'no result')}`);
       // A retried scenario's first try (its directory renamed `<backend>-try1`) says why it stalled: the rings'
-      // state in the stall files, the back-ends' and QEMUs' logs. A destination that stops after a completed
-      // switchover has only ever been seen there.
+      // state in the stall files, the back-ends' and QEMUs' logs, the stream check and L1's dmesg.
       for (const [name, sub] of [[b, b], ...(r?.retriedAfter !== undefined ? [[`${b} try 1`, `${b}-try1`]] : [])]) {
         for (const side of ['a.log', 'b.log', 'src.qemu.log', 'dst.qemu.log', 'src.stall.json', 'dst.stall.json', 'stream.json', 'l1-dmesg.txt']) {
           const text = side.endsWith('.stall.json') ? stallSummary(read(file(b, side, sub))) : read(file(b, side, sub)).trim();
