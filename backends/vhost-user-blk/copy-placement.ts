@@ -65,6 +65,15 @@ export class CopyPlacement {
     return this.img.memoryBacked === true ? !large || !this.cpuToSpare() : write && !large && this.writeInline();
   }
 
+  /**
+   * Whether a small buffered READ of a disk image may go to the copy helper as a cached-only read (the helper is
+   * there only while a CPU is spare). io_uring would copy cached data inline in this thread; the helper copies it
+   * on the spare CPU, and hands back what would wait for the device, which then goes to io_uring.
+   */
+  cachedReadToHelper(large: boolean): boolean {
+    return !large && this.img.memoryBacked !== true && !((this.img.alignment ?? 0) > 0);
+  }
+
   /** Fewer queues are served than there are CPUs: io-wq threads can run I/O beside the queue threads. */
   cpuToSpare(): boolean {
     return this.servedQueues() < CPUS;

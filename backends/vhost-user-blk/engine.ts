@@ -6,7 +6,7 @@ import {
   VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_OUTHDR_SIZE,
 } from '../../protocol/virtio/index.js';
 import { type IoUring, IOSQE_ASYNC, ECANCELED } from '../../protocol/sys/uring.js';
-import { closeQuiet, preadvRaw, pwritevRaw, reopenDescription } from '../../protocol/sys/fd.js';
+import { EAGAIN, closeQuiet, preadvRaw, pwritevRaw, reopenDescription } from '../../protocol/sys/fd.js';
 import { WriteGate } from './bounce.js';
 import { PooledIo, POOLED_PENDING, type PooledHost } from './pooled.js';
 import { HostMap } from './host-map.js';
@@ -14,6 +14,7 @@ import type { BlkEngineImage, BlkEngineOptions } from './engine-image.js';
 import { CopyPlacement, OFFLOAD_MIN_BYTES, queueRing } from './copy-placement.js';
 import { CancelledOps } from './cancelled-ops.js';
 import { CopyHelper } from '../../protocol/sys/copy-helper.js';
+import { OP_READ, OP_READ_CACHED, OP_WRITE } from '../../protocol/sys/copy-helper-layout.js';
 import { EngineWarnings } from './engine-warnings.js';
 import { RangeRequests, type RangeHost } from './range-requests.js';
 import { RequestHeader, SECTOR, rangeOk } from './request-header.js';
@@ -29,6 +30,11 @@ const HELPER_BACKLOG = 24;
 const HELPER_RING = 32;
 /** The helper polls this long for more copies after a burst, then sleeps. */
 const HELPER_SPIN_US = 200;
+
+/** Marks a helper copy's tag as a cached-only READ (OP_READ_CACHED): what it could not read goes to io_uring. */
+const CACHED_READ_TAG = 1 << 30;
+/** After a cached-only READ found data out of the page cache, this many READs go straight to io_uring. */
+const CACHED_READ_BACKOFF = 64;
 
 /** See BlkQueueEngine.drainAvail. */
 const SMALL_GROUP = 8;
@@ -52,8 +58,14 @@ export class BlkQueueEngine {
   private helperRefused = false;
   private readonly onHelperDone = (tag: number, res: number): void => {
     this.helperOps--;
+    if ((tag & CACHED_READ_TAG) !== 0) {
+      tag &= ~CACHED_READ_TAG;
+      if (res === -EAGAIN || (res >= 0 && res < this.slots.expect[tag])) return this.readFromDevice(tag);
+    }
     this.complete(tag, res);
   };
+  /** READs left before the copy helper takes cached-only READs again (see CACHED_READ_BACKOFF). */
+  private cachedReadBackoff = 0;
   private queue: DeviceQueue | null = null;
   private mem: GuestMemory | null = null;
   private readonly placement: CopyPlacement;
@@ -129,8 +141,11 @@ export class BlkQueueEngine {
   /** Reads and writes copied by preadv/pwritev in this thread rather than through io_uring (memory-backed images). */
   inlineCopies = 0;
 
-  /** Reads and writes copied by the copy helper's thread. */
+  /** Reads and writes copied by the copy helper's thread (cached-only READs included, whether they found the data or not). */
   helperCopies = 0;
+
+  /** Cached-only READs of the copy helper that found data out of the page cache and went to io_uring. */
+  cachedReadMisses = 0;
 
   /** Group fdatasyncs started for writethrough acks. */
   get groupSyncs(): number {
@@ -479,12 +494,24 @@ export class BlkQueueEngine {
       if (h !== null && h.backlog < HELPER_BACKLOG) {
         this.helperOps++;
         this.helperCopies++;
-        h.submit(fd, iovAddr, n, offset, write, slot);
+        h.submit(fd, iovAddr, n, offset, write ? OP_WRITE : OP_READ, slot);
         return;
       }
       this.inlineCopies++;
       this.complete(slot, write ? pwritevRaw(fd, iovAddr, n, offset) : preadvRaw(fd, iovAddr, n, offset));
       return;
+    }
+    if (!write && this.placement.cachedReadToHelper(large)) {
+      if (this.cachedReadBackoff > 0) this.cachedReadBackoff--;
+      else {
+        const h = this.opsInFlight > 1 || (this.queue as DeviceQueue).hasAvailable() ? this.copyHelper() : null;
+        if (h !== null && h.backlog < HELPER_BACKLOG) {
+          this.helperOps++;
+          this.helperCopies++;
+          h.submit(fd, iov.slotAddress(slot), n, offset, OP_READ_CACHED, slot | CACHED_READ_TAG);
+          return;
+        }
+      }
     }
     this.ensureSq(1);
     if (write) {
@@ -497,6 +524,15 @@ export class BlkQueueEngine {
       if (n === 1) this.ring.prepRead(fd, single, len, offset, slot, 0, sqeFlags);
       else this.ring.prepReadv(fd, iov.slotAddress(slot), n, offset, slot, 0, sqeFlags);
     }
+  }
+
+  /** A READ the copy helper found out of the page cache: read again through io_uring (still one op in flight). */
+  private readFromDevice(slot: number): void {
+    this.cachedReadMisses++;
+    this.cachedReadBackoff = CACHED_READ_BACKOFF;
+    this.ensureSq(1);
+    const s = this.slots;
+    this.ring.prepReadv(this.fd, s.iov.slotAddress(slot), s.iovN[slot], s.offset[slot], slot, 0, 0);
   }
 
   private complete(ud: number, res: number): void {

@@ -21,6 +21,9 @@ export const CQ_I32 = 2;
 
 export const OP_READ = 0;
 export const OP_WRITE = 1;
+/** A read of cached data only (preadv2 RWF_NOWAIT): -EAGAIN, or fewer bytes, where the rest would wait for the device. */
+export const OP_READ_CACHED = 2;
+export type CopyOp = typeof OP_READ | typeof OP_WRITE | typeof OP_READ_CACHED;
 
 export interface CopyHelperShared {
   ctl: SharedArrayBuffer;

@@ -1,9 +1,9 @@
 // The copy helper's thread (see CopyHelper): runs the copies handed over, in order, and posts their results.
 import { workerData } from 'node:worker_threads';
-import { eventfdWrite, preadvRaw, pwritevRaw } from './fd.js';
+import { eventfdWrite, preadvCachedRaw, preadvRaw, pwritevRaw } from './fd.js';
 import { runHelper, waitForWork } from './helper-thread.js';
 import {
-  CTL_CQ_TAIL, CTL_SLEEPING, CTL_SQ_HEAD, CTL_SQ_TAIL, CTL_STATE, CTL_STOP, CQ_I32, OP_WRITE, SQ_F64, SQ_I32, isCopyHelperShared,
+  CTL_CQ_TAIL, CTL_SLEEPING, CTL_SQ_HEAD, CTL_SQ_TAIL, CTL_STATE, CTL_STOP, CQ_I32, OP_READ_CACHED, OP_WRITE, SQ_F64, SQ_I32, isCopyHelperShared,
 } from './copy-helper-layout.js';
 
 const EIO = 5;
@@ -23,8 +23,10 @@ function copy(k: number): number {
   const count = sqI[k * SQ_I32 + 1];
   const iov = sqF[k * SQ_F64];
   const off = sqF[k * SQ_F64 + 1];
+  const op = sqI[k * SQ_I32 + 2];
   try {
-    return sqI[k * SQ_I32 + 2] === OP_WRITE ? pwritevRaw(fd, iov, count, off) : preadvRaw(fd, iov, count, off);
+    if (op === OP_WRITE) return pwritevRaw(fd, iov, count, off);
+    return op === OP_READ_CACHED ? preadvCachedRaw(fd, iov, count, off) : preadvRaw(fd, iov, count, off);
   } catch {
     return -EIO; // the binding itself failed: the request fails, the queue goes on
   }

@@ -1,7 +1,7 @@
 import type { Worker } from 'node:worker_threads';
 import {
-  CTL_CQ_HEAD, CTL_CQ_TAIL, CTL_SLEEPING, CTL_SQ_TAIL, CTL_STATE, CTL_STOP, CTL_WORDS, CQ_I32, OP_READ, OP_WRITE, SQ_F64, SQ_I32,
-  type CopyHelperShared,
+  CTL_CQ_HEAD, CTL_CQ_TAIL, CTL_SLEEPING, CTL_SQ_TAIL, CTL_STATE, CTL_STOP, CTL_WORDS, CQ_I32, SQ_F64, SQ_I32,
+  type CopyHelperShared, type CopyOp,
 } from './copy-helper-layout.js';
 import { STATE_EXITED, STATE_RUNNING, awaitHelperExit, startHelperThread } from './helper-thread.js';
 import { schedYield } from './proc.js';
@@ -61,13 +61,16 @@ export class CopyHelper {
     return (this.sqTail - this.cqHead) | 0;
   }
 
-  /** Hands over preadv/pwritev(fd, iovAddr, count, offset); the iovecs and buffers must stay valid until it is reaped. */
-  submit(fd: number, iovAddr: number, count: number, offset: number, write: boolean, tag: number): void {
+  /**
+   * Hands over preadv/pwritev(fd, iovAddr, count, offset) (`op`: OP_READ, OP_WRITE or OP_READ_CACHED); the iovecs and
+   * buffers must stay valid until it is reaped.
+   */
+  submit(fd: number, iovAddr: number, count: number, offset: number, op: CopyOp, tag: number): void {
     if (this.backlog >= this.entries) throw new RangeError('copy helper ring full');
     const k = this.sqTail & this.mask;
     this.sqI[k * SQ_I32] = fd;
     this.sqI[k * SQ_I32 + 1] = count;
-    this.sqI[k * SQ_I32 + 2] = write ? OP_WRITE : OP_READ;
+    this.sqI[k * SQ_I32 + 2] = op;
     this.sqI[k * SQ_I32 + 3] = tag;
     this.sqF[k * SQ_F64] = iovAddr;
     this.sqF[k * SQ_F64 + 1] = offset;

@@ -20,7 +20,7 @@ export const EFD_CLOEXEC = 0o2000000;
 const F_GETFL = 3;
 const F_SETFL = 4;
 const F_DUPFD_CLOEXEC = 1030;
-const EAGAIN = 11;
+export const EAGAIN = 11;
 const EINTR = 4;
 
 const close_ = libc.func('close', 'int', ['int']);
@@ -33,6 +33,7 @@ const pwritev_ = libc.func('pwritev', 'long', ['int', 'void *', 'int', 'int64'])
 const pread_ = libc.func('pread', 'long', ['int', 'void *', 'size_t', 'int64']);
 const pwrite_ = libc.func('pwrite', 'long', ['int', 'void *', 'size_t', 'int64']);
 const pwritev2_ = libc.func('pwritev2', 'long', ['int', 'void *', 'int', 'int64', 'int']);
+const preadv2_ = libc.func('preadv2', 'long', ['int', 'void *', 'int', 'int64', 'int']);
 const eventfd_ = libc.func('eventfd', 'int', ['uint', 'int']);
 const timerfdCreate_ = libc.func('timerfd_create', 'int', ['int', 'int']);
 const timerfdSettime_ = libc.func('timerfd_settime', 'int', ['int', 'int', 'void *', 'void *']);
@@ -191,6 +192,19 @@ function positionedIo(f: typeof preadv_, fd: number, addr: number, count: number
 /** preadv over a native iovec array at `iovAddr`; returns bytes read or -errno (no exception). */
 export function preadvRaw(fd: number, iovAddr: number, count: number, offset: number): number {
   return positionedIo(preadv_, fd, iovAddr, count, offset);
+}
+
+/** preadv2 flag: read only what is in the page cache (-EAGAIN, or a short count, where the rest would wait). */
+export const RWF_NOWAIT = 0x8;
+
+/** preadv2(RWF_NOWAIT) over a native iovec array at `iovAddr`; returns bytes read or -errno (no exception). */
+export function preadvCachedRaw(fd: number, iovAddr: number, count: number, offset: number): number {
+  for (;;) {
+    const r = Number(preadv2_(fd, iovAddr, count, offset, RWF_NOWAIT));
+    if (r >= 0) return r;
+    const e = koffi.errno();
+    if (e !== EINTR) return -e;
+  }
 }
 
 /** pwritev over a native iovec array at `iovAddr`; returns bytes written or -errno (no exception). */
