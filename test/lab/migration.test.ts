@@ -144,6 +144,9 @@ describe.skipIf(skip !== null)('QEMU live-migrates a guest with a busy vhost-use
         }
       }
     }
+    // A retried scenario's first try in full: each QEMU's exit and its last QMP events (a SHUTDOWN's reason says
+    // whether the guest reset itself, which -no-reboot turns into a silent exit, or QEMU was signalled).
+    for (const m of output.matchAll(/^MIG-RETRY .*$/gm)) console.log(m[0].slice(0, 6000));
   }, 21 * 60_000);
 
   afterAll(() => {
