@@ -17,63 +17,80 @@ if (!SPARE_CPU) console.log('blk copy helper: skipped, one CPU (the helper runs 
 /** Requests in flight at once, as `kumo-vu blk bench --iodepth 32` keeps them. */
 const BATCH = 32;
 
-describe.skipIf(!SPARE_CPU)('BlkQueueEngine copy helper (tmpfs image, a CPU to spare)', () => {
-  let dir: string;
-  let file: string;
-  let fd: number;
-  let efd: number;
-  let initial: Buffer;
-  let d: BlkTestDriver;
-  let eng: BlkQueueEngine;
-  let img: BlkEngineImage;
+/** Until every request of a batch came back: the engine's own steps only (no drain), as its worker runs it. */
+async function serveBatch(d: BlkTestDriver, eng: BlkQueueEngine, efd: number, n: number): Promise<number> {
+  d.driver.publish();
+  eng.processAvail();
+  let back = d.driver.takeUsed().length;
+  const end = Date.now() + 10_000;
+  while (back < n) {
+    if (Date.now() > end) throw new Error(`${back} of ${n} requests came back`);
+    if (eventfdRead(efd) > 0) eng.processCompletions();
+    else await new Promise((r) => setTimeout(r, 1));
+    back += d.driver.takeUsed().length;
+  }
+  return back;
+}
 
-  beforeEach(() => {
-    dir = mkdtempSync('/dev/shm/kumo-blk-helper-');
-    file = join(dir, 'img');
-    initial = randomBytes(SIZE);
-    writeFileSync(file, initial);
-    fd = openSync(file, 'r+');
-    efd = eventfd();
-    d = new BlkTestDriver(512, 128 << 20);
-    img = { fd, size: SIZE, readonly: false, memoryBacked: true, serial: new Uint8Array(20), flags: new Int32Array(IMAGE_FLAGS_LENGTH) };
-    eng = new BlkQueueEngine(img, { queueSize: 512, completion: 'eventfd', wakeFd: efd });
-    eng.attach(d.device, d.mem);
-  });
-  afterEach(() => {
-    eng.close();
-    closeQuiet(efd);
-    closeSync(fd);
-    d.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
+/** An image file of random bytes served by one engine with a copy helper, and a driver for it. */
+class Fixture {
+  readonly dir: string;
+  readonly file: string;
+  readonly fd: number;
+  readonly efd: number;
+  readonly initial: Buffer;
+  readonly d: BlkTestDriver;
+  readonly eng: BlkQueueEngine;
+
+  /** `memoryBacked`: the image lies on tmpfs (/dev/shm); else on a disk file system, whose pages can be dropped. */
+  constructor(memoryBacked: boolean) {
+    const base = memoryBacked ? '/dev/shm' : existsSync('/var/tmp') ? '/var/tmp' : tmpdir();
+    this.dir = mkdtempSync(join(base, 'kumo-blk-helper-'));
+    this.file = join(this.dir, 'img');
+    this.initial = randomBytes(SIZE);
+    writeFileSync(this.file, this.initial);
+    this.fd = openSync(this.file, 'r+');
+    this.efd = eventfd();
+    this.d = new BlkTestDriver(512, 128 << 20);
+    const img: BlkEngineImage = { fd: this.fd, size: SIZE, readonly: false, memoryBacked, serial: new Uint8Array(20), flags: new Int32Array(IMAGE_FLAGS_LENGTH) };
+    this.eng = new BlkQueueEngine(img, { queueSize: 512, completion: 'eventfd', wakeFd: this.efd });
+    this.eng.ring.registerEventfd(this.efd); // as the queue worker does: reads from a disk complete through the ring
+    this.eng.attach(this.d.device, this.d.mem);
+  }
+
+  serve(n: number): Promise<number> {
+    return serveBatch(this.d, this.eng, this.efd, n);
+  }
+
+  close(): void {
+    this.eng.close();
+    closeQuiet(this.efd);
+    closeSync(this.fd);
+    this.d.close();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+describe.skipIf(!SPARE_CPU)('BlkQueueEngine copy helper (tmpfs image, a CPU to spare)', () => {
+  let f: Fixture;
+  beforeEach(() => (f = new Fixture(true)));
+  afterEach(() => f.close());
+
+  const serve = (n: number): Promise<number> => f.serve(n);
 
   /** BATCH 4k requests (even k: write random data at sector 8k, odd k: read sector 8k); returns what to check. */
   const batch = (round: number) =>
     Array.from({ length: BATCH }, (_, k) => {
       const sector = 8 * (round * BATCH + k);
-      const addr = d.buf(4096);
+      const addr = f.d.buf(4096);
       if (k % 2 === 0) {
         const data = randomBytes(4096);
-        d.mem.write(addr, data);
-        return { sector, addr, data, write: true, st: d.add(VIRTIO_BLK_T_OUT, sector, [{ addr, len: 4096 }], [], round * BATCH + k) };
+        f.d.mem.write(addr, data);
+        return { sector, addr, data, write: true, st: f.d.add(VIRTIO_BLK_T_OUT, sector, [{ addr, len: 4096 }], [], round * BATCH + k) };
       }
-      return { sector, addr, data: initial.subarray(sector * 512, sector * 512 + 4096), write: false, st: d.add(VIRTIO_BLK_T_IN, sector, [], [{ addr, len: 4096 }], round * BATCH + k) };
+      return { sector, addr, data: f.initial.subarray(sector * 512, sector * 512 + 4096), write: false, st: f.d.add(VIRTIO_BLK_T_IN, sector, [], [{ addr, len: 4096 }], round * BATCH + k) };
     });
 
-  /** Until every request of a batch came back: the engine's own steps only (no drain), as its worker runs it. */
-  const serve = async (n: number): Promise<number> => {
-    d.driver.publish();
-    eng.processAvail();
-    let back = d.driver.takeUsed().length;
-    const end = Date.now() + 10_000;
-    while (back < n) {
-      if (Date.now() > end) throw new Error(`${back} of ${n} requests came back`);
-      if (eventfdRead(efd) > 0) eng.processCompletions();
-      else await new Promise((r) => setTimeout(r, 1));
-      back += d.driver.takeUsed().length;
-    }
-    return back;
-  };
 
   it('copies on its own thread while other requests wait, with the data inline copies give; results wake the queue thread', async () => {
     // The helper's thread starts on first use and copies once it runs; until then this thread copies.
@@ -85,18 +102,18 @@ describe.skipIf(!SPARE_CPU)('BlkQueueEngine copy helper (tmpfs image, a CPU to s
       reqs.push(...batch(round++));
       await serve(BATCH);
       await new Promise((r) => setTimeout(r, 25));
-    } while (eng.helperCopies === 0);
-    const before = eng.helperCopies;
+    } while (f.eng.helperCopies === 0);
+    const before = f.eng.helperCopies;
     for (let k = 0; k < 3; k++) {
       reqs.push(...batch(round++));
       await serve(BATCH);
     }
-    expect(eng.helperCopies - before).toBeGreaterThan(BATCH); // most of the last 96
-    const disk = readFileSync(file);
+    expect(f.eng.helperCopies - before).toBeGreaterThan(BATCH); // most of the last 96
+    const disk = readFileSync(f.file);
     for (const r of reqs) {
-      expect(d.mem.readU8(r.st)).toBe(VIRTIO_BLK_S_OK);
+      expect(f.d.mem.readU8(r.st)).toBe(VIRTIO_BLK_S_OK);
       expect(disk.subarray(r.sector * 512, r.sector * 512 + 4096).equals(r.data)).toBe(true);
-      if (!r.write) expect(Buffer.from(d.mem.slice(r.addr, 4096)).equals(r.data)).toBe(true);
+      if (!r.write) expect(Buffer.from(f.d.mem.slice(r.addr, 4096)).equals(r.data)).toBe(true);
     }
   });
 
@@ -108,98 +125,61 @@ describe.skipIf(!SPARE_CPU)('BlkQueueEngine copy helper (tmpfs image, a CPU to s
       batch(round++);
       await serve(BATCH);
       await new Promise((r) => setTimeout(r, 25));
-    } while (eng.helperCopies === 0);
-    const helped = eng.helperCopies;
-    const inline = eng.inlineCopies;
-    const lone = d.buf(4096);
-    d.add(VIRTIO_BLK_T_IN, 0, [], [{ addr: lone, len: 4096 }], 9999);
+    } while (f.eng.helperCopies === 0);
+    const helped = f.eng.helperCopies;
+    const inline = f.eng.inlineCopies;
+    const lone = f.d.buf(4096);
+    f.d.add(VIRTIO_BLK_T_IN, 0, [], [{ addr: lone, len: 4096 }], 9999);
     await serve(1);
-    expect([eng.helperCopies - helped, eng.inlineCopies - inline]).toEqual([0, 1]);
+    expect([f.eng.helperCopies - helped, f.eng.inlineCopies - inline]).toEqual([0, 1]);
 
     // 128 reads of 60 KiB (still below the size io-wq would take). The helper may finish its share before
     // processAvail() reaps (a loaded host runs the two threads in turn): rounds go on until a ring stop found copies
     // still in flight, and every round's data is checked.
-    const disk = readFileSync(file); // the earlier batches wrote here too
-    const bufs = Array.from({ length: 128 }, () => d.buf(61440));
+    const disk = readFileSync(f.file); // the earlier batches wrote here too
+    const bufs = Array.from({ length: 128 }, () => f.d.buf(61440));
     let caught = 0;
     for (let round = 0; round < 50 && caught === 0; round++) {
       const big = bufs.map((addr, k) => {
-        d.mem.fill(addr, 61440, 0xaa);
-        return { addr, k, st: d.add(VIRTIO_BLK_T_IN, 120 * k, [], [{ addr, len: 61440 }], 20000 + round * 128 + k) };
+        f.d.mem.fill(addr, 61440, 0xaa);
+        return { addr, k, st: f.d.add(VIRTIO_BLK_T_IN, 120 * k, [], [{ addr, len: 61440 }], 20000 + round * 128 + k) };
       });
-      d.driver.publish();
-      eng.processAvail();
-      if (eng.inFlight > 0) caught++;
-      eng.detach();
-      expect(eng.inFlight).toBe(0);
-      expect(d.driver.takeUsed().length).toBe(128);
+      f.d.driver.publish();
+      f.eng.processAvail();
+      if (f.eng.inFlight > 0) caught++;
+      f.eng.detach();
+      expect(f.eng.inFlight).toBe(0);
+      expect(f.d.driver.takeUsed().length).toBe(128);
       for (const r of big) {
-        expect(d.mem.readU8(r.st)).toBe(VIRTIO_BLK_S_OK);
-        expect(Buffer.from(d.mem.slice(r.addr, 61440)).equals(disk.subarray(r.k * 61440, (r.k + 1) * 61440))).toBe(true);
+        expect(f.d.mem.readU8(r.st)).toBe(VIRTIO_BLK_S_OK);
+        expect(Buffer.from(f.d.mem.slice(r.addr, 61440)).equals(disk.subarray(r.k * 61440, (r.k + 1) * 61440))).toBe(true);
       }
-      eng.attach(d.device, d.mem);
+      f.eng.attach(f.d.device, f.d.mem);
     }
     expect(caught).toBe(1);
   });
 });
 
 describe.skipIf(!SPARE_CPU)('BlkQueueEngine copy helper (disk image: cached-only READs)', () => {
-  let dir: string;
-  let file: string;
-  let fd: number;
-  let efd: number;
-  let initial: Buffer;
-  let d: BlkTestDriver;
-  let eng: BlkQueueEngine;
-
-  beforeEach(() => {
-    // A disk file system: its pages can be dropped from the page cache, tmpfs's cannot.
-    dir = mkdtempSync(join(existsSync('/var/tmp') ? '/var/tmp' : tmpdir(), 'kumo-blk-cached-'));
-    file = join(dir, 'img');
-    initial = randomBytes(SIZE);
-    writeFileSync(file, initial);
-    fd = openSync(file, 'r+');
-    efd = eventfd();
-    d = new BlkTestDriver(512, 128 << 20);
-    const img: BlkEngineImage = { fd, size: SIZE, readonly: false, serial: new Uint8Array(20), flags: new Int32Array(IMAGE_FLAGS_LENGTH) };
-    eng = new BlkQueueEngine(img, { queueSize: 512, completion: 'eventfd', wakeFd: efd });
-    eng.ring.registerEventfd(efd); // as the queue worker does: reads from the disk complete through the ring
-    eng.attach(d.device, d.mem);
-  });
-  afterEach(() => {
-    eng.close();
-    closeQuiet(efd);
-    closeSync(fd);
-    d.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  let f: Fixture;
+  beforeEach(() => (f = new Fixture(false)));
+  afterEach(() => f.close());
 
   /** BATCH 4k READs of consecutive blocks from `first`; each buffer filled with 0xaa first. */
   const reads = (first: number, tag: number) =>
     Array.from({ length: BATCH }, (_, k) => {
       const block = first + k;
-      const addr = d.buf(4096);
-      d.mem.fill(addr, 4096, 0xaa);
-      return { block, addr, st: d.add(VIRTIO_BLK_T_IN, block * 8, [], [{ addr, len: 4096 }], tag + k) };
+      const addr = f.d.buf(4096);
+      f.d.mem.fill(addr, 4096, 0xaa);
+      return { block, addr, st: f.d.add(VIRTIO_BLK_T_IN, block * 8, [], [{ addr, len: 4096 }], tag + k) };
     });
 
-  const serve = async (n: number): Promise<void> => {
-    d.driver.publish();
-    eng.processAvail();
-    let back = d.driver.takeUsed().length;
-    const end = Date.now() + 10_000;
-    while (back < n) {
-      if (Date.now() > end) throw new Error(`${back} of ${n} requests came back`);
-      if (eventfdRead(efd) > 0) eng.processCompletions();
-      else await new Promise((r) => setTimeout(r, 1));
-      back += d.driver.takeUsed().length;
-    }
-  };
+  const serve = (n: number): Promise<number> => f.serve(n);
 
   const check = (rs: ReturnType<typeof reads>): void => {
     for (const r of rs) {
-      expect(d.mem.readU8(r.st)).toBe(VIRTIO_BLK_S_OK);
-      expect(Buffer.from(d.mem.slice(r.addr, 4096)).equals(initial.subarray(r.block * 4096, (r.block + 1) * 4096))).toBe(true);
+      expect(f.d.mem.readU8(r.st)).toBe(VIRTIO_BLK_S_OK);
+      expect(Buffer.from(f.d.mem.slice(r.addr, 4096)).equals(f.initial.subarray(r.block * 4096, (r.block + 1) * 4096))).toBe(true);
     }
   };
 
@@ -214,14 +194,14 @@ describe.skipIf(!SPARE_CPU)('BlkQueueEngine copy helper (disk image: cached-only
       await serve(BATCH);
       check(rs);
       await new Promise((r) => setTimeout(r, 25));
-    } while (eng.helperCopies === 0);
-    expect(eng.cachedReadMisses).toBe(0);
+    } while (f.eng.helperCopies === 0);
+    expect(f.eng.cachedReadMisses).toBe(0);
 
     // Written back and dropped from the page cache: the helper's READs find nothing and io_uring reads the disk.
-    for (const args of [['sync', file], ['dd', `if=${file}`, 'iflag=nocache', 'count=0', 'status=none']]) {
+    for (const args of [['sync', f.file], ['dd', `if=${f.file}`, 'iflag=nocache', 'count=0', 'status=none']]) {
       expect(spawnSync(args[0], args.slice(1)).status).toBe(0);
     }
-    const helped = eng.helperCopies;
+    const helped = f.eng.helperCopies;
     let misses = 0;
     // Far apart so readahead of one batch does not fill the next; several rounds since a READ that finds the
     // helper busy or the queue idle goes to io_uring without asking it.
@@ -229,9 +209,9 @@ describe.skipIf(!SPARE_CPU)('BlkQueueEngine copy helper (disk image: cached-only
       const rs = reads(2048 + round * 512, 100_000 + round * BATCH);
       await serve(BATCH);
       check(rs);
-      misses = eng.cachedReadMisses;
+      misses = f.eng.cachedReadMisses;
     }
     expect(misses).toBeGreaterThan(0);
-    expect(eng.helperCopies).toBeGreaterThan(helped);
+    expect(f.eng.helperCopies).toBeGreaterThan(helped);
   });
 });
