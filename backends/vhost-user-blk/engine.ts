@@ -6,7 +6,7 @@ import {
   VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_OUTHDR_SIZE,
 } from '../../protocol/virtio/index.js';
 import { type IoUring, IOSQE_ASYNC, ECANCELED } from '../../protocol/sys/uring.js';
-import { EAGAIN, closeQuiet, preadvRaw, pwritevRaw, reopenDescription } from '../../protocol/sys/fd.js';
+import { EAGAIN, EINVAL, EOPNOTSUPP, closeQuiet, preadvRaw, pwritevRaw, reopenDescription } from '../../protocol/sys/fd.js';
 import { WriteGate } from './bounce.js';
 import { PooledIo, POOLED_PENDING, type PooledHost } from './pooled.js';
 import { HostMap } from './host-map.js';
@@ -60,12 +60,22 @@ export class BlkQueueEngine {
     this.helperOps--;
     if ((tag & CACHED_READ_TAG) !== 0) {
       tag &= ~CACHED_READ_TAG;
-      if (res === -EAGAIN || (res >= 0 && res < this.slots.expect[tag])) return this.readFromDevice(tag);
+      // Anything but the whole READ is read again through io_uring, whose result stands: -EAGAIN or a short count
+      // (data out of the page cache), a file system that refuses RWF_NOWAIT (FUSE, tmpfs: -EOPNOTSUPP; kernels
+      // without it: -EINVAL), or an error io_uring will report itself.
+      if (res !== this.slots.expect[tag]) {
+        if (res === -EOPNOTSUPP || res === -EINVAL) this.cachedReads = false;
+        else if (res === -EAGAIN || res >= 0) this.cachedReadMisses++;
+        this.cachedReadBackoff = CACHED_READ_BACKOFF;
+        return this.readFromDevice(tag);
+      }
     }
     this.complete(tag, res);
   };
   /** READs left before the copy helper takes cached-only READs again (see CACHED_READ_BACKOFF). */
   private cachedReadBackoff = 0;
+  /** False once the image's file system refused a cached-only READ: READs then always go to io_uring. */
+  cachedReads = true;
   private queue: DeviceQueue | null = null;
   private mem: GuestMemory | null = null;
   private readonly placement: CopyPlacement;
@@ -501,7 +511,7 @@ export class BlkQueueEngine {
       this.complete(slot, write ? pwritevRaw(fd, iovAddr, n, offset) : preadvRaw(fd, iovAddr, n, offset));
       return;
     }
-    if (!write && this.placement.cachedReadToHelper(large)) {
+    if (!write && this.cachedReads && this.placement.cachedReadToHelper(large)) {
       if (this.cachedReadBackoff > 0) this.cachedReadBackoff--;
       else {
         const h = this.opsInFlight > 1 || (this.queue as DeviceQueue).hasAvailable() ? this.copyHelper() : null;
@@ -526,10 +536,8 @@ export class BlkQueueEngine {
     }
   }
 
-  /** A READ the copy helper found out of the page cache: read again through io_uring (still one op in flight). */
+  /** A READ the copy helper did not read whole: read again through io_uring (still one op in flight). */
   private readFromDevice(slot: number): void {
-    this.cachedReadMisses++;
-    this.cachedReadBackoff = CACHED_READ_BACKOFF;
     this.ensureSq(1);
     const s = this.slots;
     this.ring.prepReadv(this.fd, s.iov.slotAddress(slot), s.iovN[slot], s.offset[slot], slot, 0, 0);

@@ -21,6 +21,9 @@ const F_GETFL = 3;
 const F_SETFL = 4;
 const F_DUPFD_CLOEXEC = 1030;
 export const EAGAIN = 11;
+/** preadv2 with RWF_NOWAIT on a file system without non-blocking reads (FUSE, tmpfs), or an unknown flag on old kernels. */
+export const EOPNOTSUPP = 95;
+export const EINVAL = 22;
 const EINTR = 4;
 
 const close_ = libc.func('close', 'int', ['int']);
