@@ -185,18 +185,24 @@ describe.skipIf(!SPARE_CPU)('BlkQueueEngine copy helper (disk image: cached-only
     }
   };
 
-  it('copies cached data on the helper thread; data out of the page cache is read through io_uring, whole', async () => {
-    // Cached (just written): the helper takes READs once its thread runs.
-    let block = 0;
+  /** Batches of READs from block `from` on, each checked, until `done()` (20 s at most); returns the next block. */
+  const readUntil = async (done: () => boolean, from = 0): Promise<number> => {
     const end = Date.now() + 20_000;
-    do {
+    let block = from;
+    while (!done()) {
       if (Date.now() > end) throw new Error('the copy helper never took a READ');
       const rs = reads(block, block);
       block += BATCH;
       await serve(BATCH);
       check(rs);
       await new Promise((r) => setTimeout(r, 25));
-    } while (f.eng.helperCopies === 0);
+    }
+    return block;
+  };
+
+  it('copies cached data on the helper thread; data out of the page cache is read through io_uring, whole', async () => {
+    // Cached (just written): the helper takes READs once its thread runs.
+    await readUntil(() => f.eng.helperCopies > 0);
     expect(f.eng.cachedReadMisses).toBe(0);
 
     // Written back and dropped from the page cache: the helper's READs find nothing and io_uring reads the disk.
@@ -221,24 +227,11 @@ describe.skipIf(!SPARE_CPU)('BlkQueueEngine copy helper (disk image: cached-only
     // The engine is not told the image is memory-backed, as with an image on virtiofs: RWF_NOWAIT gets EOPNOTSUPP.
     f.close();
     f = new Fixture(false, '/dev/shm');
-    const end = Date.now() + 20_000;
-    let block = 0;
-    while (f.eng.cachedReads) {
-      if (Date.now() > end) throw new Error('the copy helper never took a READ');
-      const rs = reads(block, block);
-      block += BATCH;
-      await serve(BATCH);
-      check(rs);
-      await new Promise((r) => setTimeout(r, 25));
-    }
+    const block = await readUntil(() => !f.eng.cachedReads);
     // Refused once: no READ goes to the helper again, and every READ still returns the image's bytes.
     const helped = f.eng.helperCopies;
-    for (let round = 0; round < 3; round++) {
-      const rs = reads(block, block);
-      block += BATCH;
-      await serve(BATCH);
-      check(rs);
-    }
+    let rounds = 0;
+    await readUntil(() => ++rounds > 3, block);
     expect(f.eng.helperCopies).toBe(helped);
     expect(f.eng.cachedReadMisses).toBe(0);
   });
