@@ -4,7 +4,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { MigrationProxy, Qmp } from './fixtures/migration-io.js';
-import { stalled, type Result } from './fixtures/migration-result.js';
+import { stalled, triesAllowed, type Result } from './fixtures/migration-result.js';
 
 // The live-migration fixture's QMP client and stream proxy against fake peers: what keeps one stuck QEMU from holding
 // the whole lab run (a CI run once sat 8 minutes on a source that stopped answering).
@@ -134,6 +134,14 @@ describe('which migration scenarios the fixture retries', () => {
     expect(stalled({ backend: 'kumo', status: 'error' }, '', '', 3)).toBe(true);
     expect(stalled({ backend: 'kumo', status: 'timed out (active)' }, '', '', 3)).toBe(true);
     expect(stalled({ backend: 'kumo', status: 'refused' }, '', '', 3)).toBe(false);
+  });
+
+  it('gives a try that ended in an L2 guest reset a third attempt, any other stall a second', () => {
+    const reset = 'SHUTDOWN {"guest":true,"reason":"guest-reset"}';
+    expect(triesAllowed({ backend: 'kumo', status: 'error', sourceEvents: [reset] })).toBe(3);
+    expect(triesAllowed({ backend: 'kumo', status: 'error', destinationEvents: ['RESUME {}', reset] })).toBe(3);
+    expect(triesAllowed({ backend: 'kumo', status: 'error', sourceEvents: ['SHUTDOWN {"guest":false,"reason":"host-signal"}'] })).toBe(2);
+    expect(triesAllowed({ backend: 'kumo', status: 'error' })).toBe(2);
   });
 
   it('retries a destination that stopped early only while every hash is the same right one', () => {

@@ -88,7 +88,7 @@ describe.skipIf(skip !== null)('QEMU live-migrates a guest with a busy vhost-use
   const results = new Map<string, Result>();
   /** Where each scenario that reported ran (a second lab boot runs in a directory of its own). */
   const dirs = new Map<string, string>();
-  /** A scenario's file; `sub`: its directory there (a retried scenario's first try is `<backend>-try1`). */
+  /** A scenario's file; `sub`: its directory there (a retried scenario's earlier tries are `<backend>-try<n>`). */
   const file = (backend: string, name: string, sub = backend): string => path.join(dirs.get(backend) ?? dir, sub, name);
   const read = (f: string): string => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '');
 
@@ -135,9 +135,10 @@ describe.skipIf(skip !== null)('QEMU live-migrates a guest with a busy vhost-use
     for (const b of BACKENDS) {
       const r = results.get(b);
       console.log(`${NAMES[b] ?? b}: ${JSON.stringify(r ?? 'no result')}`);
-      // A retried scenario's first try (its directory renamed `<backend>-try1`) says why it stalled: the rings'
-      // state in the stall files, the back-ends' and QEMUs' logs, the stream check and L1's dmesg.
-      for (const [name, sub] of [[b, b], ...(r?.retriedAfter !== undefined ? [[`${b} try 1`, `${b}-try1`]] : [])]) {
+      // A retried scenario's earlier tries (their directories renamed `<backend>-try<n>`) say why they stalled: the
+      // rings' state in the stall files, the back-ends' and QEMUs' logs, the stream check and L1's dmesg.
+      const tries = Array.from({ length: r?.earlierTries ?? 0 }, (_, k) => [`${b} try ${k + 1}`, `${b}-try${k + 1}`]);
+      for (const [name, sub] of [[b, b], ...tries]) {
         for (const side of ['a.log', 'b.log', 'src.qemu.log', 'dst.qemu.log', 'src.stall.json', 'dst.stall.json', 'stream.json', 'l1-dmesg.txt']) {
           const text = side.endsWith('.stall.json') ? stallSummary(read(file(b, side, sub))) : read(file(b, side, sub)).trim();
           if (text) console.log(`--- ${name} ${side} (last 1500 chars)\n${text.slice(-1500)}`);
