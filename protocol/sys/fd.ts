@@ -183,7 +183,7 @@ export function preadvRest(fd: number, iov: IoVecList, offset: FileOffset, n: nu
 }
 
 /** One positioned vector call, retried on EINTR; bytes moved or -errno. */
-function positionedIo(f: typeof preadv_, fd: number, addr: number, count: number, offset: number): number {
+function positionedIo(f: (fd: number, addr: number, count: number, offset: number) => unknown, fd: number, addr: number, count: number, offset: number): number {
   for (;;) {
     const r = Number(f(fd, addr, count, offset));
     if (r >= 0) return r;
@@ -200,14 +200,11 @@ export function preadvRaw(fd: number, iovAddr: number, count: number, offset: nu
 /** preadv2 flag: read only what is in the page cache (-EAGAIN, or a short count, where the rest would wait). */
 export const RWF_NOWAIT = 0x8;
 
+const preadvNowait = (fd: number, addr: number, count: number, offset: number): unknown => preadv2_(fd, addr, count, offset, RWF_NOWAIT);
+
 /** preadv2(RWF_NOWAIT) over a native iovec array at `iovAddr`; returns bytes read or -errno (no exception). */
 export function preadvCachedRaw(fd: number, iovAddr: number, count: number, offset: number): number {
-  for (;;) {
-    const r = Number(preadv2_(fd, iovAddr, count, offset, RWF_NOWAIT));
-    if (r >= 0) return r;
-    const e = koffi.errno();
-    if (e !== EINTR) return -e;
-  }
+  return positionedIo(preadvNowait, fd, iovAddr, count, offset);
 }
 
 /** pwritev over a native iovec array at `iovAddr`; returns bytes written or -errno (no exception). */
